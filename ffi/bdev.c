@@ -1,0 +1,552 @@
+/*
+ * bdev layer: a registry of block devices (control path, one mutex), per
+ * reactor channels created on first use, and the submit path that checks
+ * every I/O before a module sees it. Modules: malloc and null here, file in
+ * bdev_file.c; stacked modules (lvol, mirror) register through the same table.
+ */
+#include "srrs_int.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define REG_BUCKETS 4096u
+
+struct bdev_registry {
+    pthread_mutex_t lock;
+    uint32_t count;
+    struct srrs_bdev *buckets[REG_BUCKETS];
+};
+
+void *srrs_core_bdev_registry(struct srrs_core *core);
+void srrs_core_set_bdev_registry(struct srrs_core *core, void *reg);
+
+static uint8_t zero_mem[1u << 20] __attribute__((aligned(4096)));
+const uint8_t *srrs_zero_buf = zero_mem;
+
+static struct bdev_registry *registry(struct srrs_core *core)
+{
+    /* Created with the core's first bdev call; the core is built on one thread. */
+    struct bdev_registry *reg = srrs_core_bdev_registry(core);
+    if (!reg) {
+        reg = calloc(1, sizeof(*reg));
+        if (!reg)
+            return NULL;
+        pthread_mutex_init(&reg->lock, NULL);
+        srrs_core_set_bdev_registry(core, reg);
+    }
+    return reg;
+}
+
+static uint32_t name_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    while (*s)
+        h = (h ^ (uint8_t)*s++) * 16777619u;
+    return h % REG_BUCKETS;
+}
+
+static struct srrs_bdev *lookup_locked(struct bdev_registry *reg, const char *name)
+{
+    for (struct srrs_bdev *b = reg->buckets[name_hash(name)]; b; b = b->hnext)
+        if (!strcmp(b->name, name))
+            return b;
+    return NULL;
+}
+
+static int check_name(const char *name)
+{
+    size_t n = name ? strnlen(name, SRRS_NAME_MAX) : 0;
+    if (n == 0 || n >= SRRS_NAME_MAX)
+        return srrs_err(-EINVAL, "bdev name must be 1..%d bytes", SRRS_NAME_MAX - 1);
+    return 0;
+}
+
+static int check_geometry(const char *name, uint64_t size, uint32_t bs)
+{
+    if (bs != 512 && bs != 4096)
+        return srrs_err(-EINVAL, "bdev %s: block_size must be 512 or 4096, got %u", name, bs);
+    if (size == 0 || size % bs)
+        return srrs_err(-EINVAL, "bdev %s: size %llu is not a positive multiple of block_size %u",
+                        name, (unsigned long long)size, bs);
+    return 0;
+}
+
+int srrs_bdev_register(struct srrs_core *core, const char *name, const struct srrs_bdev_module *mod,
+                       void *ctx, uint64_t num_blocks, uint32_t block_size, struct srrs_bdev **out)
+{
+    int rc = check_name(name);
+    if (rc)
+        return rc;
+    rc = check_geometry(name, num_blocks * block_size, block_size);
+    if (rc)
+        return rc;
+    struct bdev_registry *reg = registry(core);
+    int n = srrs_core_num_reactors(core);
+    struct srrs_bdev *b = calloc(1, sizeof(*b));
+    if (!reg || !b)
+        goto nomem;
+    b->stats = aligned_alloc(SRRS_CACHELINE, sizeof(struct srrs_bdev_stats) * (size_t)n);
+    b->ch = calloc((size_t)n, sizeof(void *));
+    if (!b->stats || !b->ch)
+        goto nomem;
+    memset(b->stats, 0, sizeof(struct srrs_bdev_stats) * (size_t)n);
+    snprintf(b->name, sizeof(b->name), "%s", name);
+    b->mod = mod;
+    b->ctx = ctx;
+    b->core = core;
+    b->num_blocks = num_blocks;
+    b->block_size = block_size;
+    b->block_shift = (uint32_t)__builtin_ctz(block_size);
+    b->size = num_blocks * block_size;
+    pthread_mutex_lock(&reg->lock);
+    if (lookup_locked(reg, name)) {
+        pthread_mutex_unlock(&reg->lock);
+        free(b->stats);
+        free(b->ch);
+        free(b);
+        return srrs_err(-EEXIST, "bdev %s already exists", name);
+    }
+    uint32_t h = name_hash(name);
+    b->hnext = reg->buckets[h];
+    reg->buckets[h] = b;
+    reg->count++;
+    pthread_mutex_unlock(&reg->lock);
+    if (out)
+        *out = b;
+    return 0;
+nomem:
+    if (b) {
+        free(b->stats);
+        free(b->ch);
+        free(b);
+    }
+    return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
+}
+
+struct srrs_bdev *srrs_bdev_open(struct srrs_core *core, const char *name)
+{
+    struct bdev_registry *reg = registry(core);
+    if (!reg || !name)
+        return NULL;
+    pthread_mutex_lock(&reg->lock);
+    struct srrs_bdev *b = lookup_locked(reg, name);
+    if (b)
+        atomic_fetch_add(&b->open_count, 1);
+    pthread_mutex_unlock(&reg->lock);
+    if (!b)
+        srrs_err(-ENOENT, "bdev %s does not exist", name);
+    return b;
+}
+
+void srrs_bdev_close(struct srrs_bdev **pb)
+{
+    if (pb && *pb) {
+        atomic_fetch_sub(&(*pb)->open_count, 1);
+        *pb = NULL;
+    }
+}
+
+struct ch_destroy {
+    struct srrs_bdev *b;
+    int idx;
+};
+
+static void ch_destroy_fn(void *a)
+{
+    struct ch_destroy *c = a;
+    void *ch = c->b->ch[c->idx];
+    c->b->ch[c->idx] = NULL;
+    if (ch && c->b->mod->channel_destroy)
+        c->b->mod->channel_destroy(c->b, ch);
+}
+
+static void bdev_free(struct srrs_bdev *b)
+{
+    int n = srrs_core_num_reactors(b->core);
+    for (int i = 0; i < n; i++) {
+        if (b->ch[i]) {
+            struct ch_destroy c = {b, i};
+            srrs_reactor_call(srrs_core_reactor(b->core, i), ch_destroy_fn, &c);
+        }
+    }
+    if (b->mod->destroy)
+        b->mod->destroy(b);
+    free(b->stats);
+    free(b->ch);
+    free(b);
+}
+
+int srrs_bdev_delete(struct srrs_core *core, const char *name)
+{
+    struct bdev_registry *reg = registry(core);
+    if (!reg || !name)
+        return srrs_err(-ENOENT, "bdev %s does not exist", name ? name : "(null)");
+    pthread_mutex_lock(&reg->lock);
+    struct srrs_bdev **pp = &reg->buckets[name_hash(name)];
+    while (*pp && strcmp((*pp)->name, name))
+        pp = &(*pp)->hnext;
+    struct srrs_bdev *b = *pp;
+    if (!b) {
+        pthread_mutex_unlock(&reg->lock);
+        return srrs_err(-ENOENT, "bdev %s does not exist", name);
+    }
+    if (atomic_load(&b->open_count)) {
+        unsigned n = atomic_load(&b->open_count);
+        pthread_mutex_unlock(&reg->lock);
+        return srrs_err(-EBUSY, "bdev %s is in use by %u export(s) or job(s)", name, n);
+    }
+    *pp = b->hnext;
+    reg->count--;
+    pthread_mutex_unlock(&reg->lock);
+    bdev_free(b);
+    return 0;
+}
+
+void srrs_bdev_registry_destroy(struct srrs_core *core)
+{
+    struct bdev_registry *reg = srrs_core_bdev_registry(core);
+    if (!reg)
+        return;
+    /* Stacked bdevs first: repeat while something is still open by another. */
+    for (int pass = 0; pass < 64 && reg->count; pass++) {
+        for (uint32_t h = 0; h < REG_BUCKETS; h++) {
+            struct srrs_bdev **pp = &reg->buckets[h];
+            while (*pp) {
+                struct srrs_bdev *b = *pp;
+                if (atomic_load(&b->open_count) && pass < 63) {
+                    pp = &b->hnext;
+                    continue;
+                }
+                *pp = b->hnext;
+                reg->count--;
+                bdev_free(b);
+            }
+        }
+    }
+    pthread_mutex_destroy(&reg->lock);
+    free(reg);
+    srrs_core_set_bdev_registry(core, NULL);
+}
+
+static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    snprintf(o->name, sizeof(o->name), "%s", b->name);
+    snprintf(o->module, sizeof(o->module), "%s", b->mod->name);
+    snprintf(o->path, sizeof(o->path), "%s", b->path);
+    o->num_blocks = b->num_blocks;
+    o->block_size = b->block_size;
+    o->open_count = atomic_load(&b->open_count);
+    int n = srrs_core_num_reactors(b->core);
+    for (int i = 0; i < n; i++) {
+        const struct srrs_bdev_stats *s = &b->stats[i];
+        o->reads += s->reads;
+        o->writes += s->writes;
+        o->bytes_read += s->bytes_read;
+        o->bytes_written += s->bytes_written;
+        o->flushes += s->flushes;
+        o->unmaps += s->unmaps;
+        o->write_zeroes += s->write_zeroes;
+        o->errors += s->errors;
+        o->direct_ios += s->direct_ios;
+        o->buffered_ios += s->buffered_ios;
+    }
+}
+
+int srrs_bdev_list(struct srrs_core *core, struct srrs_bdev_info *out, int max)
+{
+    struct bdev_registry *reg = registry(core);
+    if (!reg)
+        return srrs_err(-ENOMEM, "out of memory");
+    int n = 0;
+    pthread_mutex_lock(&reg->lock);
+    for (uint32_t h = 0; h < REG_BUCKETS; h++)
+        for (struct srrs_bdev *b = reg->buckets[h]; b; b = b->hnext, n++)
+            if (n < max)
+                fill_info(b, &out[n]);
+    pthread_mutex_unlock(&reg->lock);
+    return n;
+}
+
+int srrs_bdev_get_info(struct srrs_core *core, const char *name, struct srrs_bdev_info *out)
+{
+    struct bdev_registry *reg = registry(core);
+    if (!reg || !name)
+        return srrs_err(-ENOENT, "bdev does not exist");
+    pthread_mutex_lock(&reg->lock);
+    struct srrs_bdev *b = lookup_locked(reg, name);
+    if (b)
+        fill_info(b, out);
+    pthread_mutex_unlock(&reg->lock);
+    return b ? 0 : srrs_err(-ENOENT, "bdev %s does not exist", name);
+}
+
+/* ---- submit path --------------------------------------------------------- */
+
+static inline bool io_has_range(int op) { return op != SRRS_IO_FLUSH; }
+
+void srrs_bdev_submit(struct srrs_io *io)
+{
+    struct srrs_bdev *b = io->bdev;
+    struct srrs_reactor *r = io->r;
+    if (srrs_unlikely(io->op >= SRRS_IO_NOPS)) {
+        srrs_io_complete(io, -EINVAL);
+        return;
+    }
+    if (io_has_range(io->op)) {
+        uint64_t mask = b->block_size - 1;
+        if (srrs_unlikely(((io->offset | io->len) & mask) || io->len == 0)) {
+            srrs_io_complete(io, -EINVAL);
+            return;
+        }
+        if (srrs_unlikely(io->offset >= b->size || io->len > b->size - io->offset)) {
+            srrs_io_complete(io, -ERANGE);
+            return;
+        }
+    }
+    int idx = srrs_reactor_idx(r);
+    void *ch = b->ch[idx];
+    if (srrs_unlikely(!ch && b->mod->channel_create)) {
+        ch = b->mod->channel_create(b, r);
+        if (!ch) {
+            srrs_io_complete(io, -ENOMEM);
+            return;
+        }
+        b->ch[idx] = ch;
+    }
+    b->mod->submit(b, ch, io);
+}
+
+/* Runs at completion, on the reactor, before the callback. */
+void srrs_bdev_account(struct srrs_io *io)
+{
+    struct srrs_bdev_stats *s = &io->bdev->stats[srrs_reactor_idx(io->r)];
+    if (srrs_unlikely(io->status)) {
+        s->errors++;
+        return;
+    }
+    switch (io->op) {
+    case SRRS_IO_READ:
+        s->reads++;
+        s->bytes_read += io->len;
+        break;
+    case SRRS_IO_WRITE:
+        s->writes++;
+        s->bytes_written += io->len;
+        break;
+    case SRRS_IO_FLUSH:
+        s->flushes++;
+        break;
+    case SRRS_IO_UNMAP:
+        s->unmaps++;
+        break;
+    case SRRS_IO_WRITE_ZEROES:
+        s->write_zeroes++;
+        break;
+    }
+}
+
+void srrs_bdev_count_path(struct srrs_io *io, bool direct);
+void srrs_bdev_count_path(struct srrs_io *io, bool direct)
+{
+    struct srrs_bdev_stats *s = &io->bdev->stats[srrs_reactor_idx(io->r)];
+    if (direct)
+        s->direct_ios++;
+    else
+        s->buffered_ios++;
+}
+
+/* ---- malloc and null ----------------------------------------------------- */
+
+struct malloc_disk {
+    uint8_t *mem;
+    size_t len;
+};
+
+static void copy_iov_to(uint8_t *dst, const struct srrs_io *io)
+{
+    for (int i = 0; i < io->iovcnt; i++) {
+        memcpy(dst, io->iov[i].iov_base, io->iov[i].iov_len);
+        dst += io->iov[i].iov_len;
+    }
+}
+
+static void copy_iov_from(const uint8_t *src, const struct srrs_io *io)
+{
+    for (int i = 0; i < io->iovcnt; i++) {
+        memcpy(io->iov[i].iov_base, src, io->iov[i].iov_len);
+        src += io->iov[i].iov_len;
+    }
+}
+
+static size_t iov_total(const struct srrs_io *io)
+{
+    size_t n = 0;
+    for (int i = 0; i < io->iovcnt; i++)
+        n += io->iov[i].iov_len;
+    return n;
+}
+
+static void malloc_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
+{
+    (void)ch;
+    struct malloc_disk *d = b->ctx;
+    uint8_t *p = d->mem + io->offset;
+    switch (io->op) {
+    case SRRS_IO_READ:
+    case SRRS_IO_WRITE:
+        if (srrs_unlikely(iov_total(io) != io->len)) {
+            srrs_io_complete(io, -EINVAL);
+            return;
+        }
+        if (io->op == SRRS_IO_READ)
+            copy_iov_from(p, io);
+        else
+            copy_iov_to(p, io);
+        break;
+    case SRRS_IO_WRITE_ZEROES:
+    case SRRS_IO_UNMAP:
+        memset(p, 0, io->len);
+        break;
+    default:
+        break;
+    }
+    srrs_io_complete(io, 0);
+}
+
+static void malloc_destroy(struct srrs_bdev *b)
+{
+    struct malloc_disk *d = b->ctx;
+    srrs_mem_free(d->mem, d->len);
+    free(d);
+}
+
+static const struct srrs_bdev_module malloc_module = {
+    .name = "malloc",
+    .submit = malloc_submit,
+    .destroy = malloc_destroy,
+};
+
+int srrs_bdev_create_malloc(struct srrs_core *core, const char *name, uint64_t size, uint32_t bs)
+{
+    int rc = check_name(name);
+    if (rc || (rc = check_geometry(name, size, bs)))
+        return rc;
+    struct malloc_disk *d = calloc(1, sizeof(*d));
+    if (!d)
+        return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
+    d->len = size;
+    d->mem = srrs_mem_alloc(size, NULL);
+    if (!d->mem) {
+        free(d);
+        return srrs_err(-ENOMEM, "bdev %s: cannot map %llu bytes of RAM", name,
+                        (unsigned long long)size);
+    }
+    rc = srrs_bdev_register(core, name, &malloc_module, d, size / bs, bs, NULL);
+    if (rc) {
+        srrs_mem_free(d->mem, d->len);
+        free(d);
+    }
+    return rc;
+}
+
+static void null_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
+{
+    (void)b;
+    (void)ch;
+    srrs_io_complete(io, 0);
+}
+
+static const struct srrs_bdev_module null_module = {
+    .name = "null",
+    .submit = null_submit,
+};
+
+int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t size, uint32_t bs)
+{
+    int rc = check_name(name);
+    if (rc || (rc = check_geometry(name, size, bs)))
+        return rc;
+    return srrs_bdev_register(core, name, &null_module, NULL, size / bs, bs, NULL);
+}
+
+/* ---- synchronous I/O for tests ------------------------------------------- */
+
+struct test_io {
+    struct srrs_bdev *b;
+    int op;
+    uint64_t offset, len;
+    void *user;
+    void *buf;
+    int status;
+    bool done;
+};
+
+static void test_io_done(struct srrs_io *io, void *arg)
+{
+    struct test_io *t = arg;
+    t->status = io->status;
+    if (t->op == SRRS_IO_READ && !io->status)
+        memcpy(t->user, t->buf, t->len);
+    if (t->buf)
+        srrs_buf_put(io->r, t->buf, t->len);
+    srrs_io_put(io);
+    t->done = true;
+}
+
+static void test_io_start(void *a)
+{
+    struct test_io *t = a;
+    struct srrs_reactor *r = srrs_reactor_self();
+    struct srrs_io *io = srrs_io_get(r);
+    if (!io) {
+        t->status = -ENOMEM;
+        t->done = true;
+        return;
+    }
+    t->buf = NULL;
+    if (t->op == SRRS_IO_READ || t->op == SRRS_IO_WRITE) {
+        t->buf = srrs_buf_get(r, t->len);
+        if (!t->buf) {
+            srrs_io_put(io);
+            t->status = -ENOMEM;
+            t->done = true;
+            return;
+        }
+        if (t->op == SRRS_IO_WRITE)
+            memcpy(t->buf, t->user, t->len);
+    }
+    srrs_io_prep(io, t->b, t->op, t->offset, t->len, t->buf, test_io_done, t);
+    srrs_bdev_submit(io);
+}
+
+static void test_io_poll(void *a)
+{
+    (void)a;
+}
+
+#include <sched.h>
+
+int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *name, int op, uint64_t offset,
+                      uint64_t len, void *buf)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r)
+        return srrs_err(-EINVAL, "no reactor %d", reactor);
+    if (len > SRRS_BUF_MAX && (op == SRRS_IO_READ || op == SRRS_IO_WRITE))
+        return srrs_err(-EINVAL, "test I/O larger than 1 MiB");
+    struct srrs_bdev *b = srrs_bdev_open(core, name);
+    if (!b)
+        return -ENOENT;
+    struct test_io t = {.b = b, .op = op, .offset = offset, .len = len, .user = buf};
+    srrs_reactor_call(r, test_io_start, &t);
+    while (!__atomic_load_n(&t.done, __ATOMIC_ACQUIRE)) {
+        srrs_reactor_call(r, test_io_poll, NULL); /* completes run on the reactor */
+        sched_yield();
+    }
+    srrs_bdev_close(&b);
+    return t.status;
+}

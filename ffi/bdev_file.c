@@ -1,0 +1,559 @@
+/*
+ * file bdev: a regular file (created sparse if missing), a partition or a
+ * whole block device, through io_uring with raw syscalls and the kernel's
+ * <linux/io_uring.h> (no liburing). One ring per reactor shared by every file
+ * bdev on it; SQEs are queued during the loop and submitted in one
+ * io_uring_enter per poll; completions are reaped by the same poller.
+ * I/O whose offset, length and buffers are 4 KiB-aligned goes through an
+ * O_DIRECT descriptor, the rest through the page cache.
+ */
+#include "srrs_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <linux/io_uring.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define URING_ENTRIES 1024u
+#define DIO_ALIGN 4096u
+
+/* ---- a minimal io_uring ------------------------------------------------ */
+
+struct uring {
+    int fd;
+    int efd;
+    unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *sq_ring, *cq_ring;
+    size_t sq_ring_len, cq_ring_len, sqes_len;
+    unsigned sq_local_tail;  /* prepared, not yet published */
+    unsigned to_submit;
+    unsigned inflight;
+    unsigned refs;
+    struct srrs_poller *poller;
+    struct srrs_io *wait_head, *wait_tail; /* I/O waiting for ring space */
+};
+
+static int sys_uring_setup(unsigned entries, struct io_uring_params *p)
+{
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+static int sys_uring_enter(int fd, unsigned submit, unsigned min_complete, unsigned flags)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, submit, min_complete, flags, NULL, 0);
+}
+
+static int sys_uring_register(int fd, unsigned op, void *arg, unsigned n)
+{
+    return (int)syscall(__NR_io_uring_register, fd, op, arg, n);
+}
+
+static void uring_close(struct uring *u)
+{
+    if (u->sq_ring && u->sq_ring != MAP_FAILED)
+        munmap(u->sq_ring, u->sq_ring_len);
+    if (u->cq_ring && u->cq_ring != MAP_FAILED && u->cq_ring != u->sq_ring)
+        munmap(u->cq_ring, u->cq_ring_len);
+    if (u->sqes && u->sqes != MAP_FAILED)
+        munmap(u->sqes, u->sqes_len);
+    if (u->efd >= 0)
+        close(u->efd);
+    if (u->fd >= 0)
+        close(u->fd);
+    free(u);
+}
+
+static struct uring *uring_open(void)
+{
+    struct uring *u = calloc(1, sizeof(*u));
+    if (!u)
+        return NULL;
+    u->efd = -1;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_CQSIZE;
+    p.cq_entries = URING_ENTRIES * 2;
+    u->fd = sys_uring_setup(URING_ENTRIES, &p);
+    if (u->fd < 0) {
+        srrs_err(-errno, "io_uring_setup: %s", strerror(errno));
+        u->fd = -1;
+        goto fail;
+    }
+    u->sq_ring_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    u->cq_ring_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    bool single = p.features & IORING_FEAT_SINGLE_MMAP;
+    if (single)
+        u->sq_ring_len = u->cq_ring_len = SRRS_MAX(u->sq_ring_len, u->cq_ring_len);
+    u->sq_ring = mmap(NULL, u->sq_ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                      u->fd, IORING_OFF_SQ_RING);
+    if (u->sq_ring == MAP_FAILED)
+        goto fail_errno;
+    u->cq_ring = single ? u->sq_ring
+                        : mmap(NULL, u->cq_ring_len, PROT_READ | PROT_WRITE,
+                               MAP_SHARED | MAP_POPULATE, u->fd, IORING_OFF_CQ_RING);
+    if (u->cq_ring == MAP_FAILED)
+        goto fail_errno;
+    u->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    u->sqes = mmap(NULL, u->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, u->fd,
+                   IORING_OFF_SQES);
+    if (u->sqes == MAP_FAILED)
+        goto fail_errno;
+    uint8_t *sq = u->sq_ring, *cq = u->cq_ring;
+    u->sq_head = (unsigned *)(sq + p.sq_off.head);
+    u->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    u->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    u->sq_array = (unsigned *)(sq + p.sq_off.array);
+    u->cq_head = (unsigned *)(cq + p.cq_off.head);
+    u->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    u->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    u->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    u->sq_local_tail = *u->sq_tail;
+    u->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (u->efd < 0 || sys_uring_register(u->fd, IORING_REGISTER_EVENTFD, &u->efd, 1) < 0)
+        goto fail_errno;
+    return u;
+fail_errno:
+    srrs_err(-errno, "io_uring mmap/register: %s", strerror(errno));
+fail:
+    uring_close(u);
+    return NULL;
+}
+
+static inline struct io_uring_sqe *uring_get_sqe(struct uring *u)
+{
+    unsigned head = __atomic_load_n(u->sq_head, __ATOMIC_ACQUIRE);
+    if (u->sq_local_tail - head >= URING_ENTRIES || u->inflight >= URING_ENTRIES * 2 - 1)
+        return NULL;
+    unsigned idx = u->sq_local_tail & *u->sq_mask;
+    struct io_uring_sqe *sqe = &u->sqes[idx];
+    u->sq_array[idx] = idx;
+    u->sq_local_tail++;
+    u->to_submit++;
+    u->inflight++;
+    memset(sqe, 0, sizeof(*sqe));
+    return sqe;
+}
+
+static int uring_flush(struct uring *u)
+{
+    if (!u->to_submit)
+        return 0;
+    __atomic_store_n(u->sq_tail, u->sq_local_tail, __ATOMIC_RELEASE);
+    int n = sys_uring_enter(u->fd, u->to_submit, 0, 0);
+    if (n > 0)
+        u->to_submit -= (unsigned)n;
+    /* On -EAGAIN/-EBUSY the SQEs stay published; the next enter retries. */
+    return 1;
+}
+
+/* ---- file bdev ----------------------------------------------------------- */
+
+struct file_disk {
+    int fd_direct;   /* -1 when the filesystem refuses O_DIRECT */
+    int fd_buf;
+    bool is_blockdev;
+    bool no_fallocate;
+};
+
+/* Per-I/O state in io->driver_ctx. */
+struct file_req {
+    uint32_t pending;    /* SQEs outstanding */
+    int32_t status;
+    uint8_t kind;        /* what the SQE was: op, or 0xff for a zero-fill chunk */
+    bool direct;
+};
+
+_Static_assert(sizeof(struct file_req) <= SRRS_IO_DRIVER_CTX, "file_req too big");
+
+struct file_ch {
+    struct uring *u;
+};
+
+/* Each reactor keeps its ring in a per-thread slot: the reactor is a thread. */
+static __thread struct uring *t_uring;
+
+static void file_req_finish(struct srrs_io *io);
+
+static int file_fallback_sync(struct file_disk *d, struct srrs_io *io, uint64_t done_bytes);
+
+static inline struct file_req *req_of(struct srrs_io *io) { return (struct file_req *)io->driver_ctx; }
+
+static inline bool iov_aligned(const struct srrs_io *io)
+{
+    if ((io->offset | io->len) & (DIO_ALIGN - 1))
+        return false;
+    for (int i = 0; i < io->iovcnt; i++)
+        if (((uintptr_t)io->iov[i].iov_base | io->iov[i].iov_len) & (DIO_ALIGN - 1))
+            return false;
+    return true;
+}
+
+void srrs_bdev_count_path(struct srrs_io *io, bool direct);
+
+/* Prepares the SQE(s) for io; false when the ring is full. */
+static bool file_prep(struct uring *u, struct file_disk *d, struct srrs_io *io)
+{
+    struct file_req *q = req_of(io);
+    struct io_uring_sqe *sqe = uring_get_sqe(u);
+    if (!sqe)
+        return false;
+    q->pending = 1;
+    q->status = 0;
+    q->kind = io->op;
+    sqe->user_data = (uint64_t)(uintptr_t)io;
+    switch (io->op) {
+    case SRRS_IO_READ:
+    case SRRS_IO_WRITE: {
+        q->direct = d->fd_direct >= 0 && iov_aligned(io);
+        sqe->fd = q->direct ? d->fd_direct : d->fd_buf;
+        sqe->off = io->offset;
+        if (io->iovcnt == 1) {
+            sqe->opcode = io->op == SRRS_IO_READ ? IORING_OP_READ : IORING_OP_WRITE;
+            sqe->addr = (uint64_t)(uintptr_t)io->iov[0].iov_base;
+            sqe->len = (uint32_t)io->iov[0].iov_len;
+        } else {
+            sqe->opcode = io->op == SRRS_IO_READ ? IORING_OP_READV : IORING_OP_WRITEV;
+            sqe->addr = (uint64_t)(uintptr_t)io->iov;
+            sqe->len = (uint32_t)io->iovcnt;
+        }
+        srrs_bdev_count_path(io, q->direct);
+        break;
+    }
+    case SRRS_IO_FLUSH:
+        sqe->opcode = IORING_OP_FSYNC;
+        sqe->fd = d->fd_buf;
+        sqe->fsync_flags = IORING_FSYNC_DATASYNC;
+        break;
+    case SRRS_IO_WRITE_ZEROES:
+    case SRRS_IO_UNMAP:
+        sqe->opcode = IORING_OP_FALLOCATE;
+        sqe->fd = d->fd_buf;
+        sqe->off = io->offset;
+        sqe->addr = io->len;
+        sqe->len = FALLOC_FL_KEEP_SIZE |
+                   (io->op == SRRS_IO_UNMAP ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+        break;
+    }
+    return true;
+}
+
+static void file_submit(struct srrs_bdev *b, void *chp, struct srrs_io *io)
+{
+    struct file_ch *ch = chp;
+    struct file_disk *d = b->ctx;
+    struct uring *u = ch->u;
+    if ((io->op == SRRS_IO_WRITE_ZEROES || io->op == SRRS_IO_UNMAP) && d->no_fallocate) {
+        srrs_io_complete(io, file_fallback_sync(d, io, 0));
+        return;
+    }
+    if (io->op == SRRS_IO_READ || io->op == SRRS_IO_WRITE) {
+        size_t n = 0;
+        for (int i = 0; i < io->iovcnt; i++)
+            n += io->iov[i].iov_len;
+        if (srrs_unlikely(n != io->len)) {
+            srrs_io_complete(io, -EINVAL);
+            return;
+        }
+    }
+    if (u->wait_head || !file_prep(u, d, io)) {
+        io->next = NULL;
+        if (u->wait_tail)
+            u->wait_tail->next = io;
+        else
+            u->wait_head = io;
+        u->wait_tail = io;
+    }
+}
+
+/*
+ * Rare paths done synchronously: a short transfer's remainder, and zeroing
+ * where the file or device has no fallocate. Never taken by aligned I/O on a
+ * healthy file, so the "no syscall per I/O" rule holds on the hot path.
+ */
+static int file_fallback_sync(struct file_disk *d, struct srrs_io *io, uint64_t done_bytes)
+{
+    if (io->op == SRRS_IO_WRITE_ZEROES || io->op == SRRS_IO_UNMAP) {
+        uint64_t off = io->offset, left = io->len;
+        while (left) {
+            size_t n = SRRS_MIN(left, (uint64_t)SRRS_BUF_MAX);
+            ssize_t w = pwrite(d->fd_buf, srrs_zero_buf, n, (off_t)off);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -errno;
+            }
+            off += (uint64_t)w;
+            left -= (uint64_t)w;
+        }
+        return 0;
+    }
+    uint64_t skip = done_bytes;
+    uint64_t off = io->offset + done_bytes;
+    for (int i = 0; i < io->iovcnt; i++) {
+        uint8_t *base = io->iov[i].iov_base;
+        size_t len = io->iov[i].iov_len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        base += skip;
+        len -= skip;
+        skip = 0;
+        while (len) {
+            ssize_t n = io->op == SRRS_IO_READ ? pread(d->fd_buf, base, len, (off_t)off)
+                                               : pwrite(d->fd_buf, base, len, (off_t)off);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                return -errno;
+            }
+            if (n == 0) {
+                if (io->op == SRRS_IO_READ) { /* past EOF of a sparse file: zeroes */
+                    memset(base, 0, len);
+                    n = (ssize_t)len;
+                } else {
+                    return -EIO;
+                }
+            }
+            base += n;
+            len -= (size_t)n;
+            off += (uint64_t)n;
+        }
+    }
+    return 0;
+}
+
+static void file_req_finish(struct srrs_io *io)
+{
+    struct file_req *q = req_of(io);
+    srrs_io_complete(io, q->status);
+}
+
+static void file_cqe(struct uring *u, struct srrs_io *io, int res)
+{
+    struct file_req *q = req_of(io);
+    struct file_disk *d = io->bdev->ctx;
+    u->inflight--;
+    q->pending--;
+    if (res < 0) {
+        if ((q->kind == SRRS_IO_WRITE_ZEROES || q->kind == SRRS_IO_UNMAP) &&
+            (res == -EOPNOTSUPP || res == -EINVAL || res == -ENOTTY)) {
+            d->no_fallocate = true;
+            res = file_fallback_sync(d, io, 0);
+        } else if (res == -EAGAIN || res == -EINTR) {
+            res = file_fallback_sync(d, io, 0);
+        }
+        if (res < 0 && !q->status)
+            q->status = res;
+    } else if ((q->kind == SRRS_IO_READ || q->kind == SRRS_IO_WRITE) && (uint64_t)res < io->len) {
+        int rc = file_fallback_sync(d, io, (uint64_t)res);
+        if (rc && !q->status)
+            q->status = rc;
+    }
+    if (!q->pending)
+        file_req_finish(io);
+}
+
+static int uring_poll(void *arg)
+{
+    struct uring *u = arg;
+    int work = 0;
+    unsigned head = *u->cq_head;
+    unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+    while (head != tail) {
+        struct io_uring_cqe *cqe = &u->cqes[head & *u->cq_mask];
+        struct srrs_io *io = (struct srrs_io *)(uintptr_t)cqe->user_data;
+        int res = cqe->res;
+        head++;
+        __atomic_store_n(u->cq_head, head, __ATOMIC_RELEASE);
+        file_cqe(u, io, res);
+        work++;
+        if (head == tail)
+            tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
+    }
+    while (u->wait_head) {
+        struct srrs_io *io = u->wait_head;
+        if (!file_prep(u, io->bdev->ctx, io))
+            break;
+        u->wait_head = io->next;
+        if (!u->wait_head)
+            u->wait_tail = NULL;
+        work++;
+    }
+    if (u->to_submit)
+        work += uring_flush(u);
+    return work;
+}
+
+/* Before the reactor sleeps nothing may stay prepared but unsubmitted. */
+static int uring_presleep(void *arg)
+{
+    struct uring *u = arg;
+    if (u->to_submit) {
+        uring_flush(u);
+        return 1;
+    }
+    return u->wait_head != NULL;
+}
+
+static void *file_ch_create(struct srrs_bdev *b, struct srrs_reactor *r)
+{
+    (void)b;
+    struct file_ch *ch = calloc(1, sizeof(*ch));
+    if (!ch)
+        return NULL;
+    if (!t_uring) {
+        struct uring *u = uring_open();
+        if (!u) {
+            free(ch);
+            return NULL;
+        }
+        u->poller = srrs_poller_register(r, uring_poll, u, 0);
+        if (!u->poller || srrs_poller_set_fd(u->poller, u->efd, EPOLLIN, true)) {
+            srrs_poller_unregister(&u->poller);
+            uring_close(u);
+            free(ch);
+            return NULL;
+        }
+        srrs_poller_set_presleep(u->poller, uring_presleep);
+        t_uring = u;
+    }
+    t_uring->refs++;
+    ch->u = t_uring;
+    return ch;
+}
+
+static void file_ch_destroy(struct srrs_bdev *b, void *chp)
+{
+    (void)b;
+    struct file_ch *ch = chp;
+    struct uring *u = ch->u;
+    free(ch);
+    if (--u->refs)
+        return;
+    /* Called on the reactor, or in the control thread once it has stopped. */
+    while (u->inflight)
+        if (sys_uring_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS) >= 0 || errno == EINTR)
+            uring_poll(u);
+        else
+            break;
+    srrs_poller_unregister(&u->poller);
+    if (t_uring == u)
+        t_uring = NULL;
+    uring_close(u);
+}
+
+static void file_destroy(struct srrs_bdev *b)
+{
+    struct file_disk *d = b->ctx;
+    if (d->fd_direct >= 0)
+        close(d->fd_direct);
+    close(d->fd_buf);
+    free(d);
+}
+
+static const struct srrs_bdev_module file_module = {
+    .name = "file",
+    .submit = file_submit,
+    .channel_create = file_ch_create,
+    .channel_destroy = file_ch_destroy,
+    .destroy = file_destroy,
+};
+
+int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size,
+                          uint32_t bs)
+{
+    if (!name || !path || !*path)
+        return srrs_err(-EINVAL, "bdev %s: a path is required", name ? name : "?");
+    if (bs != 512 && bs != 4096)
+        return srrs_err(-EINVAL, "bdev %s: block_size must be 512 or 4096, got %u", name, bs);
+    struct stat st;
+    bool exists = stat(path, &st) == 0;
+    if (!exists && errno != ENOENT)
+        return srrs_err(-errno, "bdev %s: %s: %s", name, path, strerror(errno));
+    if (exists && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        return srrs_err(-EINVAL, "bdev %s: %s is neither a regular file nor a block device", name,
+                        path);
+    if (!exists && size == 0)
+        return srrs_err(-ENOENT, "bdev %s: %s does not exist and no size was given to create it",
+                        name, path);
+    struct file_disk *d = calloc(1, sizeof(*d));
+    if (!d)
+        return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
+    d->fd_direct = -1;
+    d->is_blockdev = exists && S_ISBLK(st.st_mode);
+    int flags = O_RDWR | O_CLOEXEC | (d->is_blockdev ? 0 : O_CREAT);
+    d->fd_buf = open(path, flags, 0600);
+    int rc;
+    if (d->fd_buf < 0) {
+        rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+        free(d);
+        return rc;
+    }
+    uint64_t have;
+    if (d->is_blockdev) {
+        if (ioctl(d->fd_buf, BLKGETSIZE64, &have)) {
+            rc = srrs_err(-errno, "bdev %s: %s: BLKGETSIZE64: %s", name, path, strerror(errno));
+            goto fail;
+        }
+        int lbs = 512;
+        if (ioctl(d->fd_buf, BLKSSZGET, &lbs) == 0 && (uint32_t)lbs > bs) {
+            rc = srrs_err(-EINVAL, "bdev %s: %s has %d-byte sectors, larger than block_size %u",
+                          name, path, lbs, bs);
+            goto fail;
+        }
+        if (size && size > have) {
+            rc = srrs_err(-ENOSPC, "bdev %s: %s holds %llu bytes, less than size %llu", name, path,
+                          (unsigned long long)have, (unsigned long long)size);
+            goto fail;
+        }
+    } else {
+        if (fstat(d->fd_buf, &st)) {
+            rc = srrs_err(-errno, "bdev %s: fstat %s: %s", name, path, strerror(errno));
+            goto fail;
+        }
+        have = (uint64_t)st.st_size;
+        if (size > have && ftruncate(d->fd_buf, (off_t)size)) {
+            rc = srrs_err(-errno, "bdev %s: cannot size %s to %llu bytes: %s", name, path,
+                          (unsigned long long)size, strerror(errno));
+            goto fail;
+        }
+        if (size > have)
+            have = size;
+    }
+    uint64_t use = size ? size : have;
+    use -= use % bs;
+    if (use == 0) {
+        rc = srrs_err(-EINVAL, "bdev %s: %s is smaller than one block", name, path);
+        goto fail;
+    }
+    d->fd_direct = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+    rc = srrs_bdev_register(core, name, &file_module, d, use / bs, bs, NULL);
+    if (rc)
+        goto fail;
+    struct srrs_bdev *b = srrs_bdev_open(core, name);
+    if (b) {
+        snprintf(b->path, sizeof(b->path), "%s", path);
+        srrs_bdev_close(&b);
+    }
+    return 0;
+fail:
+    if (d->fd_direct >= 0)
+        close(d->fd_direct);
+    close(d->fd_buf);
+    free(d);
+    return rc;
+}

@@ -1,0 +1,177 @@
+/*
+ * SRRS core: the C API that Python may call (read verbatim into ffi.cdef()).
+ *
+ * Plain C, no macros, no includes. Every function returns 0 or a positive
+ * value on success and -errno on failure; srrs_last_error() then holds a
+ * message that says what failed and why (thread-local, valid until the next
+ * failing call on the same thread).
+ *
+ * Threads: "control" means any thread that is not a reactor (the Python
+ * control plane). Calls marked "control" may block until the reactors have
+ * done their part (they are messages underneath, DESIGN §1).
+ */
+
+/* ---- versions and errors ---------------------------------------------- */
+
+int srrs_abi_version(void);
+const char *srrs_last_error(void);
+uint32_t srrs_crc32c(uint32_t crc, const void *buf, size_t len);
+uint32_t srrs_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+int srrs_crc32c_hw_available(void);
+
+/* ---- core and reactors ------------------------------------------------- */
+
+struct srrs_core;
+struct srrs_reactor;
+
+struct srrs_core_opts {
+    int nreactors;          /* 1..64 */
+    int poll_mode;          /* 0 = adaptive, 1 = busy */
+    uint32_t idle_spin_us;  /* adaptive: keep spinning this long after work */
+    int ncpus;              /* 0: no pinning; else reactor i pinned to cpus[i % ncpus] */
+    int cpus[64];
+};
+
+struct srrs_reactor_stats {
+    uint64_t loops;         /* loop iterations */
+    uint64_t busy_ns;       /* iterations that found work */
+    uint64_t idle_ns;       /* iterations that found none (spinning) */
+    uint64_t sleep_ns;      /* time blocked in epoll_wait */
+    uint64_t msgs;          /* messages executed */
+    uint64_t wakeups;       /* returns from epoll_wait */
+    uint64_t io_outstanding;
+    uint64_t pollers;
+    int32_t poll_mode;
+    int32_t state;          /* 0 created, 1 running, 2 stopping, 3 stopped */
+    int32_t tid;
+    int32_t cpu;
+};
+
+/* control. Creates the reactors (not yet running). */
+int srrs_core_create(const struct srrs_core_opts *opts, struct srrs_core **out);
+/* control. Reactors must have returned from srrs_reactor_run(). Nulls *core. */
+void srrs_core_destroy(struct srrs_core **core);
+int srrs_core_num_reactors(struct srrs_core *core);
+/* The thread that calls this becomes reactor idx until it is stopped. */
+int srrs_reactor_run(struct srrs_core *core, int idx);
+/* control. Blocks until reactor idx is running (or timeout_ms passes: -ETIMEDOUT). */
+int srrs_reactor_wait_running(struct srrs_core *core, int idx, int timeout_ms);
+/* control. Asks every reactor to finish: stop hooks run, in-flight I/O drains
+ * (at most drain_ms), then srrs_reactor_run() returns. Does not wait. */
+int srrs_core_stop(struct srrs_core *core, int drain_ms);
+/* control. poll_mode 0 adaptive, 1 busy; applied by each reactor at its next loop. */
+int srrs_core_set_poll_mode(struct srrs_core *core, int poll_mode, uint32_t idle_spin_us);
+int srrs_reactor_get_stats(struct srrs_core *core, int idx, struct srrs_reactor_stats *out);
+
+/* ---- events to the control plane -------------------------------------- */
+
+struct srrs_event {
+    uint32_t type;          /* SRRS_EV_* values, see ffi/binding.py EVENT_TYPES */
+    int32_t reactor;
+    uint64_t a;
+    uint64_t b;
+    char obj[64];           /* object name (bdev, connection, device) */
+    char msg[160];
+};
+
+/* Readable eventfd: becomes readable when events are queued. */
+int srrs_core_event_fd(struct srrs_core *core);
+/* any thread. 1: *out filled; 0: none queued. */
+int srrs_core_event_poll(struct srrs_core *core, struct srrs_event *out);
+uint64_t srrs_core_events_dropped(struct srrs_core *core);
+
+/* ---- block devices ----------------------------------------------------- */
+
+struct srrs_bdev_info {
+    char name[64];
+    char module[16];
+    char path[256];
+    uint64_t num_blocks;
+    uint32_t block_size;
+    uint32_t open_count;
+    uint64_t reads;
+    uint64_t writes;
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t flushes;
+    uint64_t unmaps;
+    uint64_t write_zeroes;
+    uint64_t errors;
+    uint64_t direct_ios;    /* file: I/Os sent with O_DIRECT */
+    uint64_t buffered_ios;  /* file: I/Os sent through the page cache */
+};
+
+/* control. Names are unique, 1..63 bytes. size in bytes, multiple of block_size. */
+int srrs_bdev_create_malloc(struct srrs_core *core, const char *name, uint64_t size, uint32_t block_size);
+int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t size, uint32_t block_size);
+/* control. path: regular file (created sparse with `size` if missing; grown
+ * to `size` if smaller), partition or block device (size 0: use the device's). */
+int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size, uint32_t block_size);
+/* control. -ENOENT unknown, -EBUSY still open by an export or a job. */
+int srrs_bdev_delete(struct srrs_core *core, const char *name);
+/* control. Fills up to max infos, returns how many bdevs exist. */
+int srrs_bdev_list(struct srrs_core *core, struct srrs_bdev_info *out, int max);
+int srrs_bdev_get_info(struct srrs_core *core, const char *name, struct srrs_bdev_info *out);
+
+/* ---- load generator (bdevperf-like) ----------------------------------- */
+
+struct srrs_verify_map;
+
+struct srrs_bench_opts {
+    int rw;                 /* 0 randread 1 randwrite 2 randrw 3 read 4 write */
+    int rwmix_read;         /* randrw: percent reads */
+    uint32_t bs;            /* bytes; with bs_max > bs: random size in [bs, bs_max] */
+    uint32_t bs_max;
+    uint32_t qd;
+    double time_s;          /* stop after this long (0: no limit) */
+    uint64_t max_ios;       /* stop after this many I/Os (0: no limit) */
+    uint64_t seed;
+    uint64_t offset;        /* byte range the job works in */
+    uint64_t span;          /* 0: to the end of the device */
+    int misalign;           /* 1: some buffers start 512 B off a 4 KiB boundary */
+    struct srrs_verify_map *vmap;  /* verify: writes record CRC32C per block, reads check it */
+};
+
+struct srrs_bench_result {
+    uint64_t ios;
+    uint64_t reads;
+    uint64_t writes;
+    uint64_t bytes;
+    uint64_t errors;
+    uint64_t verify_errors;
+    uint64_t verified_blocks;
+    double elapsed_s;
+    double iops;
+    double mibps;
+    double lat_avg_us;
+    double lat_min_us;
+    double lat_max_us;
+    double lat_p50_us;
+    double lat_p99_us;
+    double lat_p999_us;
+    double busy_pct;        /* the job's reactor, over the run */
+    int32_t first_error;    /* -errno of the first failed I/O, 0 if none */
+};
+
+/* control. One map per device: num_blocks blocks of block_size bytes. */
+int srrs_verify_map_create(uint64_t num_blocks, uint32_t block_size, struct srrs_verify_map **out);
+void srrs_verify_map_destroy(struct srrs_verify_map **map);
+uint64_t srrs_verify_map_written(struct srrs_verify_map *map);
+
+/* control. Runs a load job against a bdev on reactor `reactor` and waits for it. */
+int srrs_bench_bdev(struct srrs_core *core, int reactor, const char *bdev,
+                    const struct srrs_bench_opts *opts, struct srrs_bench_result *out);
+
+/* ---- test hooks (used by the unit tests; cheap, always built) --------- */
+
+/* any thread. Posts a message to reactor `reactor` recording (sender, seq). */
+int srrs_test_msg_send(struct srrs_core *core, int reactor, uint32_t sender, uint64_t seq);
+/* control. Messages seen from sender on reactor and how many came out of order. */
+int srrs_test_msg_check(struct srrs_core *core, int reactor, uint32_t sender,
+                        uint64_t *count, uint64_t *order_errors);
+/* control. ns from posting a message to an idle reactor to its execution. */
+int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor);
+/* control. One synchronous I/O (op 0 read 1 write 2 flush 3 write-zeroes 4 unmap)
+ * through the reactor, buf copied through a pool buffer. Returns the I/O status. */
+int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *bdev, int op,
+                      uint64_t offset, uint64_t len, void *buf);

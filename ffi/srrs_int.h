@@ -1,0 +1,278 @@
+/*
+ * SRRS core: the private C API shared by the data-plane modules (bdevs,
+ * nvmf, vhost, lvol, mirror). Never read by cffi.
+ */
+#ifndef SRRS_INT_H
+#define SRRS_INT_H
+
+#define _GNU_SOURCE
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "srrs.h"
+
+#define SRRS_ABI_VERSION 1
+#define SRRS_MAX_REACTORS 64
+#define SRRS_NAME_MAX 64
+#define SRRS_CACHELINE 64
+
+#define SRRS_UNUSED __attribute__((unused))
+#define srrs_likely(x) __builtin_expect(!!(x), 1)
+#define srrs_unlikely(x) __builtin_expect(!!(x), 0)
+#define SRRS_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define SRRS_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SRRS_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* ---- errors ----------------------------------------------------------- */
+
+/* Records a message for srrs_last_error() and returns err (a -errno). */
+int srrs_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- time: TSC (x86-64) or the virtual counter (arm64) ----------------- */
+
+extern uint64_t srrs_tick_hz;
+void srrs_ticks_init(void);
+
+static inline uint64_t srrs_ticks(void)
+{
+#if defined(__x86_64__)
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+#elif defined(__aarch64__)
+    uint64_t v;
+    __asm__ volatile("isb; mrs %0, cntvct_el0" : "=r"(v));
+    return v;
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+#endif
+}
+
+static inline uint64_t srrs_ticks_to_ns(uint64_t t)
+{
+    return (uint64_t)((__uint128_t)t * 1000000000ull / srrs_tick_hz);
+}
+
+static inline uint64_t srrs_us_to_ticks(uint64_t us)
+{
+    return (uint64_t)((__uint128_t)us * srrs_tick_hz / 1000000ull);
+}
+
+uint64_t srrs_now_ns(void); /* CLOCK_MONOTONIC */
+
+/* ---- reactors, messages, pollers --------------------------------------- */
+
+typedef void (*srrs_msg_fn)(void *arg);
+/* Returns > 0 when it did work (busy), 0 when it found none (idle). */
+typedef int (*srrs_poller_fn)(void *arg);
+
+struct srrs_poller;
+
+/* The reactor the calling thread runs, or NULL on a control thread. */
+struct srrs_reactor *srrs_reactor_self(void);
+struct srrs_reactor *srrs_core_reactor(struct srrs_core *core, int idx);
+struct srrs_core *srrs_reactor_core(struct srrs_reactor *r);
+int srrs_reactor_idx(struct srrs_reactor *r);
+bool srrs_reactor_is_stopping(struct srrs_reactor *r);
+
+/* Any thread. Lock-free; wakes the reactor only if it sleeps.
+ * -EAGAIN: ring full (caller retries), -ESHUTDOWN: reactor has stopped. */
+int srrs_reactor_send(struct srrs_reactor *r, srrs_msg_fn fn, void *arg);
+/* Control thread: runs fn(arg) on reactor r and waits for it. On a reactor
+ * that is not running (never started, or stopped) fn runs in the caller. */
+int srrs_reactor_call(struct srrs_reactor *r, srrs_msg_fn fn, void *arg);
+
+/* Reactor thread. period_us 0: every loop; else at most every period_us. */
+struct srrs_poller *srrs_poller_register(struct srrs_reactor *r, srrs_poller_fn fn, void *arg,
+                                         uint64_t period_us);
+/* Reactor thread. Safe from inside the poller itself. Nulls *p. */
+void srrs_poller_unregister(struct srrs_poller **p);
+/* Reactor thread. Adds fd to the reactor's epoll set (adaptive mode sleeps on
+ * it). eventfd: the reactor reads it to reset it when it fires. */
+int srrs_poller_set_fd(struct srrs_poller *p, int fd, uint32_t epoll_events, bool eventfd);
+int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
+/* Reactor thread. Called before the reactor sleeps; return > 0 if work is
+ * pending (e.g. a ring filled while notifications were off): no sleep then. */
+void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);
+
+/* Reactor thread: run fn(arg) when the reactor is asked to stop (exports stop
+ * taking new work). Returns a handle for srrs_reactor_del_stop_hook. */
+int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg);
+void srrs_reactor_del_stop_hook(struct srrs_reactor *r, int handle);
+
+/* Any thread. Queue an event for the control plane (dropped and counted if full). */
+void srrs_event_post(struct srrs_core *core, uint32_t type, uint64_t a, uint64_t b, const char *obj,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+enum srrs_event_type {
+    SRRS_EV_NONE = 0,
+    SRRS_EV_LOG = 1,
+    SRRS_EV_BDEV_ERROR = 2,
+    SRRS_EV_CONN_UP = 10,
+    SRRS_EV_CONN_DOWN = 11,
+    SRRS_EV_KATO_EXPIRED = 12,
+    SRRS_EV_PROTO_ERROR = 13,
+    SRRS_EV_VHOST_STOPPED = 20,
+    SRRS_EV_VHOST_BROKEN = 21,
+    SRRS_EV_QUOTA = 30,
+    SRRS_EV_POOL_FULL = 31,
+    SRRS_EV_MIRROR_DOWN = 40,
+    SRRS_EV_MIRROR_UP = 41,
+};
+
+/* ---- I/O objects and buffers ------------------------------------------- */
+
+enum srrs_io_op {
+    SRRS_IO_READ = 0,
+    SRRS_IO_WRITE = 1,
+    SRRS_IO_FLUSH = 2,
+    SRRS_IO_WRITE_ZEROES = 3,
+    SRRS_IO_UNMAP = 4,
+    SRRS_IO_NOPS
+};
+
+struct srrs_io;
+struct srrs_bdev;
+typedef void (*srrs_io_cb)(struct srrs_io *io, void *arg);
+
+#define SRRS_IO_INLINE_IOV 4
+#define SRRS_IO_DRIVER_CTX 64
+
+struct srrs_io {
+    struct srrs_bdev *bdev;
+    struct srrs_reactor *r;
+    uint8_t op;
+    uint8_t flags;
+    int32_t status;         /* 0 or -errno, valid in the callback */
+    uint64_t offset;        /* bytes */
+    uint64_t len;           /* bytes */
+    struct iovec *iov;
+    int iovcnt;
+    srrs_io_cb cb;
+    void *cb_arg;
+    struct srrs_io *next;   /* free list / completion list / module queues */
+    struct srrs_io *parent; /* stacked bdevs: the I/O this one serves */
+    uint64_t tag;           /* owner's use */
+    struct iovec iov_inline[SRRS_IO_INLINE_IOV];
+    uint8_t driver_ctx[SRRS_IO_DRIVER_CTX] __attribute__((aligned(8))); /* bdev module scratch */
+};
+
+/* Reactor thread. NULL when the reactor's pool is empty (caller queues and retries). */
+struct srrs_io *srrs_io_get(struct srrs_reactor *r);
+void srrs_io_put(struct srrs_io *io);
+/* Reactor thread. Completion runs io->cb later in the same reactor's loop
+ * (never inline: no recursion between submit and completion). */
+void srrs_io_complete(struct srrs_io *io, int status);
+
+/* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB.
+ * NULL if len > 1 MiB or the class is empty. */
+void *srrs_buf_get(struct srrs_reactor *r, size_t len);
+void srrs_buf_put(struct srrs_reactor *r, void *buf, size_t len);
+#define SRRS_BUF_MAX (1u << 20)
+
+/* ---- block devices ----------------------------------------------------- */
+
+struct srrs_bdev_module {
+    const char *name;
+    /* Reactor thread. Range and alignment are already checked; must end in
+     * srrs_io_complete(io, status) (or srrs_io_complete from a later poll). */
+    void (*submit)(struct srrs_bdev *bdev, void *ch, struct srrs_io *io);
+    /* Reactor thread, on first I/O from that reactor. NULL: no channel. */
+    void *(*channel_create)(struct srrs_bdev *bdev, struct srrs_reactor *r);
+    void (*channel_destroy)(struct srrs_bdev *bdev, void *ch);
+    /* Control thread, after every channel is destroyed. */
+    void (*destroy)(struct srrs_bdev *bdev);
+};
+
+struct srrs_bdev_stats {
+    uint64_t reads, writes, bytes_read, bytes_written, flushes, unmaps, write_zeroes, errors;
+    uint64_t direct_ios, buffered_ios;
+} __attribute__((aligned(SRRS_CACHELINE)));
+
+struct srrs_bdev {
+    char name[SRRS_NAME_MAX];
+    char path[256];
+    const struct srrs_bdev_module *mod;
+    void *ctx;
+    struct srrs_core *core;
+    uint64_t num_blocks;
+    uint32_t block_size;
+    uint32_t block_shift;
+    uint64_t size;               /* bytes */
+    atomic_uint open_count;
+    struct srrs_bdev_stats *stats; /* one per reactor */
+    void **ch;                     /* one per reactor */
+    struct srrs_bdev *hnext;       /* registry hash chain */
+};
+
+/* Control thread. Registers a bdev built by a module (takes ctx). */
+int srrs_bdev_register(struct srrs_core *core, const char *name, const struct srrs_bdev_module *mod,
+                       void *ctx, uint64_t num_blocks, uint32_t block_size, struct srrs_bdev **out);
+/* Control thread. Open for use by an export/stacked bdev; NULL + srrs_err if absent. */
+struct srrs_bdev *srrs_bdev_open(struct srrs_core *core, const char *name);
+void srrs_bdev_close(struct srrs_bdev **bdev);
+/* Reactor thread. Fills io->bdev/op/offset/len before; checks range and
+ * alignment (bad: completes with -ERANGE / -EINVAL), counts, dispatches. */
+void srrs_bdev_submit(struct srrs_io *io);
+/* Reactor thread: io for bdev with a single buffer. */
+static inline void srrs_io_prep(struct srrs_io *io, struct srrs_bdev *bdev, int op, uint64_t offset,
+                                uint64_t len, void *buf, srrs_io_cb cb, void *cb_arg)
+{
+    io->bdev = bdev;
+    io->op = (uint8_t)op;
+    io->offset = offset;
+    io->len = len;
+    io->iov = io->iov_inline;
+    io->iov_inline[0].iov_base = buf;
+    io->iov_inline[0].iov_len = buf ? len : 0;
+    io->iovcnt = buf ? 1 : 0;
+    io->cb = cb;
+    io->cb_arg = cb_arg;
+    io->status = 0;
+}
+
+/* Zeroed, 4 KiB-aligned, read-only 1 MiB buffer (write-zeroes fallbacks). */
+extern const uint8_t *srrs_zero_buf;
+
+/* Buffers from mmap: huge pages when the system has them reserved, else 4 KiB pages. */
+void *srrs_mem_alloc(size_t len, bool *huge);
+void srrs_mem_free(void *p, size_t len);
+
+/* ---- load generator targets (bdev, nvmf initiator, vhost client) ------- */
+
+struct srrs_bench_req {
+    int op;             /* SRRS_IO_READ / SRRS_IO_WRITE */
+    uint64_t offset;
+    uint32_t len;
+    void *buf;
+    uint64_t start;     /* ticks */
+    void *job;
+    uint32_t slot;
+};
+
+struct srrs_bench_target {
+    uint64_t size;          /* bytes */
+    uint32_t block_size;
+    void *ctx;
+    /* Reactor thread; completes through srrs_bench_req_done(req, status). */
+    int (*submit)(void *ctx, struct srrs_bench_req *req);
+    /* Reactor thread, optional: poll the transport (returns > 0 when busy). */
+    int (*poll)(void *ctx);
+};
+
+/* Reactor thread. */
+void srrs_bench_req_done(struct srrs_bench_req *req, int status);
+/* Control thread: runs a job over target on reactor r, waits, fills *out. */
+int srrs_bench_run(struct srrs_reactor *r, struct srrs_bench_target *t, const struct srrs_bench_opts *o,
+                   struct srrs_bench_result *out);
+
+#endif
