@@ -320,6 +320,7 @@ def main() -> int:
             c.file("etc/hosts", b"127.0.0.1 localhost\n10.0.2.2 host\n")
             c.file("etc/srrs-initramfs", f"kver={args.kver}\nkey={key}\n".encode())
             c.trailer()
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -133,6 +133,19 @@ fi
 KVER="$(cat "$KDIR/KVER")"
 KERNEL="$KDIR/boot/vmlinuz-$KVER"
 
+# The uncompressed vmlinux (an ELF with a PVH entry note) boots ~2.5 s faster
+# under TCG than the bzImage, which spends that long decompressing itself.
+if [ ! -s "$KDIR/boot/vmlinux-$KVER" ] && [ ! -e "$KDIR/boot/.no-vmlinux" ]; then
+    if python3 "$HERE/extract_vmlinux.py" "$KERNEL" "$KDIR/boot/vmlinux-$KVER.tmp"; then
+        mv "$KDIR/boot/vmlinux-$KVER.tmp" "$KDIR/boot/vmlinux-$KVER"
+    else
+        rm -f "$KDIR/boot/vmlinux-$KVER.tmp"
+        touch "$KDIR/boot/.no-vmlinux"
+        log "could not extract a PVH vmlinux; booting the bzImage"
+    fi
+fi
+[ -s "$KDIR/boot/vmlinux-$KVER" ] && KERNEL="$KDIR/boot/vmlinux-$KVER"
+
 # Remove superseded kernels (keep the current one).
 for d in "$CACHE"/kernel/linux-image-*; do
     [ -d "$d" ] && [ "$d" != "$KDIR" ] && { log "removing old $d"; rm -rf "$d"; }

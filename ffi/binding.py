@@ -1,0 +1,342 @@
+"""The thin Python layer over the compiled core: the only importer of
+`srrs.ffi._srrs`. It owns C handles, turns -errno into `SrrsError` with the
+C side's message, and runs each reactor on its own thread (cffi releases the
+GIL for the call, so that thread is pure C until the reactor stops).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+from . import _srrs
+
+ffi = _srrs.ffi
+lib = _srrs.lib
+
+#: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
+ABI_VERSION = 1
+
+POLL_MODES = {"adaptive": 0, "busy": 1}
+RW_MODES = {"randread": 0, "randwrite": 1, "randrw": 2, "read": 3, "write": 4}
+IO_OPS = {"read": 0, "write": 1, "flush": 2, "write_zeroes": 3, "unmap": 4}
+REACTOR_STATES = {0: "created", 1: "running", 2: "stopping", 3: "stopped"}
+EVENT_TYPES = {
+    1: "log", 2: "bdev_error", 10: "conn_up", 11: "conn_down", 12: "kato_expired",
+    13: "proto_error", 20: "vhost_stopped", 21: "vhost_broken", 30: "quota",
+    31: "pool_full", 40: "mirror_down", 41: "mirror_up",
+}
+
+
+class SrrsError(OSError):
+    """A failed call into the core: errno plus the core's own explanation."""
+
+    def __init__(self, err: int, message: str):
+        super().__init__(err, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _verify_abi() -> None:
+    have = lib.srrs_abi_version()
+    if have != ABI_VERSION:
+        raise ImportError(
+            f"srrs: compiled core has ABI {have}, the Python code expects {ABI_VERSION}; "
+            "rebuild with `pip install -e .`"
+        )
+
+
+_verify_abi()
+
+
+def last_error() -> str:
+    return ffi.string(lib.srrs_last_error()).decode(errors="replace")
+
+
+def check(rc: int, what: str = "") -> int:
+    """Raise SrrsError for a negative return code, else return it."""
+    if rc < 0:
+        msg = last_error() or os.strerror(-rc)
+        raise SrrsError(-rc, f"{what}: {msg}" if what and what not in msg else msg)
+    return rc
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    return lib.srrs_crc32c(crc, data, len(data))
+
+
+def crc32c_sw(data: bytes, crc: int = 0) -> int:
+    return lib.srrs_crc32c_sw(crc, data, len(data))
+
+
+def _s(cdata) -> str:
+    return ffi.string(cdata).decode(errors="replace")
+
+
+def _struct_to_dict(obj, fields: Sequence[str]) -> dict:
+    return {f: getattr(obj, f) for f in fields}
+
+
+_BDEV_FIELDS = ("num_blocks", "block_size", "open_count", "reads", "writes", "bytes_read",
+                "bytes_written", "flushes", "unmaps", "write_zeroes", "errors", "direct_ios",
+                "buffered_ios")
+_BENCH_FIELDS = ("ios", "reads", "writes", "bytes", "errors", "verify_errors", "verified_blocks",
+                 "elapsed_s", "iops", "mibps", "busy_pct", "first_error")
+
+
+def bdev_info_dict(info) -> dict:
+    d = {"name": _s(info.name), "module": _s(info.module), "path": _s(info.path)}
+    d.update(_struct_to_dict(info, _BDEV_FIELDS))
+    d["size"] = d["num_blocks"] * d["block_size"]
+    return d
+
+
+def bench_result_dict(res) -> dict:
+    d = _struct_to_dict(res, _BENCH_FIELDS)
+    d["lat_us"] = {
+        "avg": res.lat_avg_us, "min": res.lat_min_us, "max": res.lat_max_us,
+        "p50": res.lat_p50_us, "p99": res.lat_p99_us, "p999": res.lat_p999_us,
+    }
+    return d
+
+
+class VerifyMap:
+    """Per-block CRC32C of what a verifying load job wrote (lives across jobs)."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        p = ffi.new("struct srrs_verify_map **")
+        check(lib.srrs_verify_map_create(num_blocks, block_size, p), "verify map")
+        self._p = p
+        self.ptr = p[0]
+
+    @property
+    def written_blocks(self) -> int:
+        return lib.srrs_verify_map_written(self.ptr)
+
+    def close(self) -> None:
+        if self.ptr != ffi.NULL:
+            lib.srrs_verify_map_destroy(self._p)
+            self.ptr = ffi.NULL
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class BenchOpts:
+    rw: str = "randread"
+    bs: int = 4096
+    bs_max: int = 0
+    qd: int = 1
+    time_s: float = 1.0
+    max_ios: int = 0
+    rwmix_read: int = 50
+    seed: int = 0
+    offset: int = 0
+    span: int = 0
+    misalign: bool = False
+
+    def to_c(self, vmap: Optional[VerifyMap] = None):
+        if self.rw not in RW_MODES:
+            raise ValueError(f"rw must be one of {', '.join(RW_MODES)}, got {self.rw!r}")
+        o = ffi.new("struct srrs_bench_opts *")
+        o.rw = RW_MODES[self.rw]
+        o.rwmix_read = self.rwmix_read
+        o.bs = self.bs
+        o.bs_max = self.bs_max
+        o.qd = self.qd
+        o.time_s = self.time_s
+        o.max_ios = self.max_ios
+        o.seed = self.seed
+        o.offset = self.offset
+        o.span = self.span
+        o.misalign = int(self.misalign)
+        o.vmap = vmap.ptr if vmap is not None else ffi.NULL
+        return o
+
+
+class Core:
+    """The data plane of one controller: N reactor threads and the bdev registry.
+
+    Owns the C core; `close()` (or leaving a `with` block) stops the reactors
+    (draining in-flight I/O), destroys every bdev and frees the core.
+    """
+
+    def __init__(self, reactors: int = 1, poll_mode: str = "adaptive", idle_spin_us: int = 200,
+                 cpus: Optional[Sequence[int]] = None):
+        if poll_mode not in POLL_MODES:
+            raise ValueError(f"poll_mode must be 'adaptive' or 'busy', got {poll_mode!r}")
+        opts = ffi.new("struct srrs_core_opts *")
+        opts.nreactors = reactors
+        opts.poll_mode = POLL_MODES[poll_mode]
+        opts.idle_spin_us = idle_spin_us
+        cpus = list(cpus or [])
+        if len(cpus) > 64:
+            raise ValueError("at most 64 cpus")
+        opts.ncpus = len(cpus)
+        for i, c in enumerate(cpus):
+            opts.cpus[i] = c
+        pp = ffi.new("struct srrs_core **")
+        check(lib.srrs_core_create(opts, pp), "core")
+        self._pp = pp
+        self.ptr = pp[0]
+        self.num_reactors = reactors
+        self.poll_mode = poll_mode
+        self._threads: list[threading.Thread] = []
+        self._rcs: list[int] = [0] * reactors
+        self._stopped = False
+        for i in range(reactors):
+            t = threading.Thread(target=self._run, args=(i,), name=f"srrs-reactor-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        for i in range(reactors):
+            check(lib.srrs_reactor_wait_running(self.ptr, i, 5000), f"reactor {i}")
+
+    def _run(self, idx: int) -> None:
+        self._rcs[idx] = lib.srrs_reactor_run(self.ptr, idx)
+
+    # -- lifecycle -------------------------------------------------------
+    def stop(self, drain_ms: int = 2000, join_timeout: float = 10.0) -> None:
+        """Ask every reactor to drain in-flight I/O (at most drain_ms) and return."""
+        if self._stopped:
+            return
+        lib.srrs_core_stop(self.ptr, drain_ms)
+        for t in self._threads:
+            t.join(join_timeout)
+            if t.is_alive():
+                raise SrrsError(_errno.ETIMEDOUT, f"{t.name} did not stop within {join_timeout}s")
+        self._stopped = True
+
+    def close(self) -> None:
+        if self.ptr == ffi.NULL:
+            return
+        self.stop()
+        lib.srrs_core_destroy(self._pp)
+        self.ptr = ffi.NULL
+
+    def __enter__(self) -> "Core":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self.ptr != ffi.NULL and not self._stopped
+
+    # -- reactors ----------------------------------------------------------
+    def set_poll_mode(self, poll_mode: str, idle_spin_us: int = 200) -> None:
+        if poll_mode not in POLL_MODES:
+            raise ValueError(f"poll_mode must be 'adaptive' or 'busy', got {poll_mode!r}")
+        check(lib.srrs_core_set_poll_mode(self.ptr, POLL_MODES[poll_mode], idle_spin_us))
+        self.poll_mode = poll_mode
+
+    def reactor_stats(self, idx: int) -> dict:
+        st = ffi.new("struct srrs_reactor_stats *")
+        check(lib.srrs_reactor_get_stats(self.ptr, idx, st), "reactor stats")
+        total = st.busy_ns + st.idle_ns + st.sleep_ns
+        return {
+            "reactor": idx,
+            "state": REACTOR_STATES.get(st.state, str(st.state)),
+            "poll_mode": "busy" if st.poll_mode == 1 else "adaptive",
+            "tid": st.tid,
+            "cpu": st.cpu,
+            "loops": st.loops,
+            "busy_ns": st.busy_ns,
+            "idle_ns": st.idle_ns,
+            "sleep_ns": st.sleep_ns,
+            "busy_pct": (100.0 * st.busy_ns / total) if total else 0.0,
+            "msgs": st.msgs,
+            "wakeups": st.wakeups,
+            "io_outstanding": st.io_outstanding,
+            "pollers": st.pollers,
+        }
+
+    def all_reactor_stats(self) -> list:
+        return [self.reactor_stats(i) for i in range(self.num_reactors)]
+
+    # -- events ---------------------------------------------------------------
+    @property
+    def event_fd(self) -> int:
+        return lib.srrs_core_event_fd(self.ptr)
+
+    def events(self) -> Iterator[dict]:
+        ev = ffi.new("struct srrs_event *")
+        while lib.srrs_core_event_poll(self.ptr, ev) == 1:
+            yield {
+                "type": EVENT_TYPES.get(ev.type, str(ev.type)),
+                "reactor": ev.reactor, "a": ev.a, "b": ev.b,
+                "obj": _s(ev.obj), "msg": _s(ev.msg),
+            }
+
+    # -- bdevs ----------------------------------------------------------------
+    def bdev_create_malloc(self, name: str, size: int, block_size: int = 4096) -> None:
+        check(lib.srrs_bdev_create_malloc(self.ptr, name.encode(), size, block_size),
+              f"bdev {name}")
+
+    def bdev_create_null(self, name: str, size: int, block_size: int = 4096) -> None:
+        check(lib.srrs_bdev_create_null(self.ptr, name.encode(), size, block_size),
+              f"bdev {name}")
+
+    def bdev_create_file(self, name: str, path: str, size: int = 0, block_size: int = 4096) -> None:
+        check(lib.srrs_bdev_create_file(self.ptr, name.encode(), os.fsencode(path), size,
+                                        block_size), f"bdev {name}")
+
+    def bdev_delete(self, name: str) -> None:
+        check(lib.srrs_bdev_delete(self.ptr, name.encode()), f"bdev {name}")
+
+    def bdev_list(self) -> list:
+        n = 64
+        while True:
+            arr = ffi.new("struct srrs_bdev_info[]", n)
+            total = check(lib.srrs_bdev_list(self.ptr, arr, n))
+            if total <= n:
+                return sorted((bdev_info_dict(arr[i]) for i in range(total)),
+                              key=lambda d: d["name"])
+            n = total + 16
+
+    def bdev_info(self, name: str) -> dict:
+        info = ffi.new("struct srrs_bdev_info *")
+        check(lib.srrs_bdev_get_info(self.ptr, name.encode(), info), f"bdev {name}")
+        return bdev_info_dict(info)
+
+    # -- load --------------------------------------------------------------------
+    def bench_bdev(self, bdev: str, opts: BenchOpts, reactor: int = 0,
+                   vmap: Optional[VerifyMap] = None) -> dict:
+        res = ffi.new("struct srrs_bench_result *")
+        check(lib.srrs_bench_bdev(self.ptr, reactor, bdev.encode(), opts.to_c(vmap), res),
+              f"bench {bdev}")
+        return bench_result_dict(res)
+
+    # -- test hooks ----------------------------------------------------------------
+    def test_msg_send(self, reactor: int, sender: int, seq: int) -> None:
+        check(lib.srrs_test_msg_send(self.ptr, reactor, sender, seq))
+
+    def test_msg_check(self, reactor: int, sender: int) -> tuple:
+        c = ffi.new("uint64_t *")
+        e = ffi.new("uint64_t *")
+        check(lib.srrs_test_msg_check(self.ptr, reactor, sender, c, e))
+        return c[0], e[0]
+
+    def test_wake_latency_ns(self, reactor: int) -> int:
+        return check(lib.srrs_test_wake_latency_ns(self.ptr, reactor))
+
+    def test_io(self, bdev: str, op: str, offset: int, length: int, data: bytes = b"",
+                reactor: int = 0) -> tuple:
+        """One synchronous I/O: returns (status, bytes read)."""
+        buf = ffi.new("uint8_t[]", max(length, 1))
+        if op == "write":
+            if len(data) != length:
+                raise ValueError("data length must equal length")
+            ffi.memmove(buf, data, length)
+        st = lib.srrs_test_bdev_io(self.ptr, reactor, bdev.encode(), IO_OPS[op], offset, length,
+                                   buf)
+        return st, bytes(ffi.buffer(buf, length)) if op == "read" else b""
