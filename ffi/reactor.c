@@ -235,6 +235,7 @@ struct srrs_reactor {
 
     /* stats: written by the reactor, read racily (aligned u64) by control */
     volatile uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups;
+    _Atomic uint64_t sleep_since; /* ticks; 0 when awake (so stats count a sleep in progress) */
 
     /* test hooks */
     uint64_t *test_seen;   /* per sender: last seq + 1 */
@@ -286,7 +287,7 @@ bool srrs_reactor_is_stopping(struct srrs_reactor *r)
     return atomic_load_explicit(&r->state, memory_order_relaxed) >= R_STOPPING;
 }
 
-static const size_t buf_sizes[3] = {4096, 65536, 1u << 20};
+static const size_t buf_sizes[3] = {4096, 65536, SRRS_BUF_LARGE};
 static const uint32_t buf_counts[3] = {4096, 512, 96};
 
 static int bufs_init(struct srrs_reactor *r)
@@ -745,6 +746,7 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
         return;
     }
     struct epoll_event evs[64];
+    atomic_store_explicit(&r->sleep_since, now, memory_order_relaxed);
     int n = epoll_wait(r->epfd, evs, 64, timeout_ms);
     atomic_store_explicit(&r->sleeping, 0, memory_order_relaxed);
     uint64_t v;
@@ -761,6 +763,7 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     r->st_wakeups++;
     uint64_t after = srrs_ticks();
     r->st_sleep += srrs_ticks_to_ns(after - now);
+    atomic_store_explicit(&r->sleep_since, 0, memory_order_relaxed);
 }
 
 static void reactor_begin_stop(struct srrs_reactor *r)
@@ -894,6 +897,10 @@ int srrs_reactor_get_stats(struct srrs_core *core, int idx, struct srrs_reactor_
     o->busy_ns = srrs_ticks_to_ns(r->st_busy);
     o->idle_ns = srrs_ticks_to_ns(r->st_idle);
     o->sleep_ns = r->st_sleep;
+    uint64_t since = atomic_load_explicit(&r->sleep_since, memory_order_relaxed);
+    uint64_t now = srrs_ticks();
+    if (since && now > since)
+        o->sleep_ns += srrs_ticks_to_ns(now - since);
     o->msgs = r->st_msgs;
     o->wakeups = r->st_wakeups;
     o->io_outstanding = r->io_outstanding;

@@ -173,11 +173,13 @@ void srrs_io_put(struct srrs_io *io);
  * (never inline: no recursion between submit and completion). */
 void srrs_io_complete(struct srrs_io *io, int status);
 
-/* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB.
- * NULL if len > 1 MiB or the class is empty. */
+/* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB + 64 KiB.
+ * NULL if len > SRRS_BUF_LARGE or the class is empty. */
 void *srrs_buf_get(struct srrs_reactor *r, size_t len);
 void srrs_buf_put(struct srrs_reactor *r, void *buf, size_t len);
 #define SRRS_BUF_MAX (1u << 20)
+/* The largest class has slack so a 1 MiB transfer fits at a sub-page offset. */
+#define SRRS_BUF_LARGE ((1u << 20) + 65536u)
 
 /* ---- block devices ----------------------------------------------------- */
 
