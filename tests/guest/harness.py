@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 __all__ = [
-    "Guest", "CommandResult", "GuestArtifacts",
+    "Guest", "GuestJob", "CommandResult", "GuestArtifacts",
     "GuestError", "GuestUnavailable", "GuestBootError", "GuestDead",
     "GuestCommandError", "GuestCommandTimeout",
     "find_artifacts", "require_guest", "in_ci", "memfd_args", "vhost_blk_args",
@@ -272,6 +272,17 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
+MIN_MEM_MIB = 384
+
+
+def _mem_mib(mem: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)[bB]?\s*", mem)
+    if not m:
+        raise ValueError(f"bad mem size {mem!r} (e.g. 512M, 1G)")
+    n, unit = float(m.group(1)), (m.group(2) or "M").upper()
+    return n * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1 << 20}[unit]
+
+
 _NQN_RE = re.compile(r"^[\x21-\x7e]{1,223}$")
 
 
@@ -303,6 +314,9 @@ class Guest:
         self.extra_qemu_args = [str(a) for a in extra_qemu_args]
         self.smp = int(smp)
         self.mem = str(mem)
+        if _mem_mib(self.mem) < MIN_MEM_MIB:
+            raise ValueError(f"mem={mem}: the guest needs at least {MIN_MEM_MIB}M (its ~100 MB "
+                             f"initramfs must fit in a rootfs capped at half the RAM)")
         self.hostid = hostid or str(uuid.uuid4())
         self.hostnqn = hostnqn or f"nqn.2014-08.org.nvmexpress:uuid:{self.hostid}"
         for what, v in (("hostnqn", self.hostnqn), ("hostid", self.hostid)):
@@ -366,6 +380,8 @@ class Guest:
         append = ["console=ttyS0,115200", "panic=-1", "mitigations=off",
                   f"srrs.bootid={self.boot_id}", f"srrs.hostnqn={self.hostnqn}",
                   f"srrs.hostid={self.hostid}", f"srrs.agent={AGENT_PORT_NAME}"]
+        if not self.net:
+            append.append("srrs.net=0")
         if self.modules:
             append.append("srrs.modules=" + ",".join(self.modules))
         append += self.kernel_args
@@ -429,9 +445,9 @@ class Guest:
                 except socket.timeout:
                     if self.proc.poll() is not None:
                         raise self._boot_error(f"QEMU exited with rc={self.proc.returncode} "
-                                               f"before connecting the agent port")
+                                               f"before connecting the agent port") from None
                     if time.monotonic() > deadline:
-                        raise self._boot_error("QEMU did not connect the agent socket")
+                        raise self._boot_error("QEMU did not connect the agent socket") from None
         except BaseException:
             lsock.close()
             self.kill()
@@ -719,6 +735,31 @@ class Guest:
                 del self._buf[:r]
             return True
 
+    # ----------------------------------------------------- background jobs
+
+    def spawn(self, cmd: str, name: str | None = None) -> "GuestJob":
+        """Start ``cmd`` in the background in the guest and return at once.
+
+        Its output goes to a guest file (``job.output()``), its exit code is
+        kept (``job.wait()``), and it has its own process group (``job.kill()``).
+        Use it for I/O that must keep running while the test does something else
+        (e.g. fio during a failover)."""
+        name = name or f"job-{secrets.token_hex(4)}"
+        if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+            raise ValueError(f"invalid job name {name!r}")
+        d = f"/tmp/.srrs-jobs/{name}"
+        script = (
+            f"set -e; rm -rf {d}; mkdir -p {d}\n"
+            f"base64 -d > {d}/cmd <<'__SRRS_EOF__'\n"
+            f"{base64.encodebytes(cmd.encode()).decode()}__SRRS_EOF__\n"
+            # busybox setsid does not fork here (not a group leader), so $! is
+            # the job's process group id.
+            f"setsid sh -c 'sh {d}/cmd > {d}/out 2>&1 </dev/null; echo $? > {d}/rc.tmp; "
+            f"mv {d}/rc.tmp {d}/rc' </dev/null >/dev/null 2>&1 &\n"
+            f"echo $! > {d}/pid; cat {d}/pid\n")
+        pid = int(self.check(script, timeout=30).strip())
+        return GuestJob(self, name, d, pid)
+
     # -------------------------------------------------------- file helpers
 
     def write_file(self, path: str, data: bytes | str, mode: int | None = None,
@@ -786,3 +827,39 @@ class Guest:
     def __repr__(self) -> str:
         state = "running" if self.alive else ("closed" if self._closed else "stopped")
         return f"<Guest {self.name} {state} workdir={self.workdir}>"
+
+
+class GuestJob:
+    """A background command started with ``Guest.spawn``."""
+
+    def __init__(self, guest: Guest, name: str, dir: str, pid: int):
+        self.guest, self.name, self.dir, self.pid = guest, name, dir, pid
+
+    def poll(self) -> int | None:
+        """Exit code if the job has finished, else None."""
+        out = self.guest.check(f"cat {self.dir}/rc 2>/dev/null || true", timeout=30).strip()
+        return int(out) if out else None
+
+    def output(self) -> str:
+        """Everything the job has printed so far."""
+        return self.guest.check(f"cat {self.dir}/out", timeout=60)
+
+    def wait(self, timeout: float = 600.0, interval: float = 0.5) -> CommandResult:
+        """Wait for the job to finish; returns (rc, output). Raises
+        GuestCommandTimeout (the job keeps running) if it does not in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.poll()
+            if rc is not None:
+                return CommandResult(rc, self.output())
+            if time.monotonic() > deadline:
+                raise GuestCommandTimeout(f"[job {self.name}]", timeout, self.output())
+            time.sleep(interval)
+
+    def kill(self, sig: str = "KILL") -> None:
+        """Signal the job's whole process group."""
+        self.guest.run(f"kill -{sig} -{self.pid} 2>/dev/null || kill -{sig} {self.pid}",
+                       timeout=30)
+
+    def __repr__(self) -> str:
+        return f"<GuestJob {self.name} pid={self.pid}>"

@@ -16,9 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from .harness import (Guest, GuestCommandError, GuestCommandTimeout, GuestDead,
-                      GuestUnavailable, require_guest, vhost_blk_args)
 from . import harness
+from .harness import (
+    Guest,
+    GuestCommandError,
+    GuestCommandTimeout,
+    GuestDead,
+    GuestUnavailable,
+    require_guest,
+    vhost_blk_args,
+)
 
 DISK_BYTES = 64 << 20
 NUM_QUEUES = 2
@@ -118,6 +125,18 @@ def test_command_timeout_kills_process_group(guest):
     assert "sleep 1000" not in ps and "sleep 600" not in ps
 
 
+def test_background_jobs(guest):
+    job = guest.spawn("echo begin; sleep 1; echo end; exit 5", name="bg1")
+    assert guest.check("echo meanwhile") == "meanwhile\n"
+    rc, out = job.wait(timeout=60)
+    assert (rc, out) == (5, "begin\nend\n")
+    job2 = guest.spawn("sleep 1000")
+    assert job2.poll() is None
+    job2.kill()
+    assert job2.wait(timeout=30).rc == 137
+    assert "sleep 1000" not in guest.check("ps -o args")
+
+
 def test_guest_identity_and_network(guest):
     assert guest.check("cat /etc/nvme/hostnqn").strip() == HOSTNQN
     assert guest.check("cat /etc/nvme/hostid").strip() == guest.hostid
@@ -215,7 +234,7 @@ def test_nvme_tcp_tooling(guest):
 
 
 def test_shutdown_and_kill(artifacts):
-    g = Guest(smp=1, mem="256M", net=False, modules=(), name="short-guest")
+    g = Guest(smp=1, net=False, modules=(), name="short-guest")
     with g:
         assert g.check("echo up") == "up\n"
         assert g.qmp("query-status")["status"] == "running"
@@ -227,7 +246,7 @@ def test_shutdown_and_kill(artifacts):
     assert "srrs-init: agent on" in g.serial_log()
     assert not g.workdir.exists()
 
-    g2 = Guest(smp=1, mem="256M", net=False, modules=(), name="killed-guest")
+    g2 = Guest(smp=1, net=False, modules=(), name="killed-guest")
     g2.start()
     try:
         g2.kill()
@@ -242,12 +261,17 @@ def test_boot_failure_reports_console(artifacts, tmp_path):
     # A vhost-user disk whose back end does not exist: QEMU must fail to start
     # and the error must say why, promptly.
     g = Guest(extra_qemu_args=vhost_blk_args(tmp_path / "nope.sock", reconnect=None),
-              smp=1, mem="256M", net=False, timeout=60, name="bad-guest")
+              smp=1, net=False, timeout=60, name="bad-guest")
     with pytest.raises(harness.GuestBootError) as ei:
         g.start()
     assert "qemu" in str(ei.value).lower()
     g.close()
     assert not g.alive
+
+
+def test_mem_too_small_rejected():
+    with pytest.raises(ValueError):
+        Guest(mem="256M")
 
 
 def test_require_guest_fails_under_ci(monkeypatch):
