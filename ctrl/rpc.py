@@ -100,14 +100,64 @@ def param(params: dict, key: str, kind, default=..., check: Optional[Callable] =
 
 # ---- server ---------------------------------------------------------------------
 
+class _Framer:
+    """Finds where the first top-level JSON object/array in a byte stream ends,
+    tracking strings and nesting; resumable across reads (no rescans)."""
+
+    __slots__ = ("pos", "depth", "in_str", "esc", "started", "garbage")
+
+    def __init__(self):
+        self.pos = 0
+        self.depth = 0
+        self.in_str = False
+        self.esc = False
+        self.started = False
+        self.garbage = False
+
+    def feed(self, buf: bytes):
+        i, n = self.pos, len(buf)
+        while i < n:
+            ch = buf[i]
+            i += 1
+            if not self.started:
+                if ch in b" \t\r\n":
+                    continue
+                if ch not in b"{[":
+                    self.garbage = True
+                    self.pos = i
+                    return None
+                self.started = True
+                self.depth = 1
+                continue
+            if self.in_str:
+                if self.esc:
+                    self.esc = False
+                elif ch == 0x5C:  # backslash
+                    self.esc = True
+                elif ch == 0x22:
+                    self.in_str = False
+            elif ch == 0x22:
+                self.in_str = True
+            elif ch in b"{[":
+                self.depth += 1
+            elif ch in b"}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    self.pos = i
+                    return i
+        self.pos = i
+        return None
+
+
 class _Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "closing")
+    __slots__ = ("sock", "rbuf", "wbuf", "closing", "frame")
 
     def __init__(self, sock):
         self.sock = sock
         self.rbuf = b""
         self.wbuf = b""
         self.closing = False
+        self.frame = _Framer()
 
 
 class RpcServer:
@@ -223,34 +273,26 @@ class RpcServer:
             self._drop(c)
             return
         c.rbuf += data
-        dec = json.JSONDecoder()
-        while True:
-            buf = c.rbuf.lstrip()
-            if not buf:
-                c.rbuf = b""
-                break
-            try:
-                text = buf.decode("utf-8")
-            except UnicodeDecodeError:
-                self._send(c, _error(None, RpcError(PARSE_ERROR, "request is not UTF-8")))
-                c.closing = True
-                break
-            try:
-                obj, end = dec.raw_decode(text)
-            except json.JSONDecodeError as e:
-                if len(buf) > MAX_REQUEST:
-                    self._send(c, _error(None, RpcError(INVALID_REQUEST,
-                                                        f"request larger than {MAX_REQUEST} bytes")))
+        while not c.closing:
+            end = c.frame.feed(c.rbuf)
+            if end is None:
+                if len(c.rbuf) > MAX_REQUEST:
+                    self._send(c, _error(None, RpcError(
+                        INVALID_REQUEST, f"request larger than {MAX_REQUEST} bytes")))
                     c.closing = True
-                    break
-                if e.pos < len(text) - 1 or _complete_garbage(text):
-                    # Not a truncated value: the stream cannot be resynchronised.
-                    self._send(c, _error(None, RpcError(PARSE_ERROR, f"parse error: {e.msg}")))
+                elif c.frame.garbage:
+                    self._send(c, _error(None, RpcError(
+                        PARSE_ERROR, "parse error: a request must be a JSON object or array")))
                     c.closing = True
-                    break
-                c.rbuf = buf
                 break
-            c.rbuf = text[end:].encode()
+            raw, c.rbuf = c.rbuf[:end], c.rbuf[end:]
+            c.frame = _Framer()
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                # The frame is known, so the stream stays in sync: answer and go on.
+                self._send(c, _error(None, RpcError(PARSE_ERROR, f"parse error: {e}")))
+                continue
             resp = self.dispatch(obj)
             if resp is not None:
                 self._send(c, resp)
@@ -325,11 +367,6 @@ class RpcServer:
             return None if notify else _error(rid, RpcError(INTERNAL_ERROR,
                                                             f"{type(e).__name__}: {e}"))
         return None if notify else {"jsonrpc": "2.0", "id": rid, "result": result}
-
-
-def _complete_garbage(text: str) -> bool:
-    s = text.lstrip()
-    return bool(s) and s[0] not in "{[\"-0123456789tfn"
 
 
 def _error(rid: Any, e: RpcError) -> dict:

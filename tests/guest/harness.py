@@ -752,11 +752,14 @@ class Guest:
             f"set -e; rm -rf {d}; mkdir -p {d}\n"
             f"base64 -d > {d}/cmd <<'__SRRS_EOF__'\n"
             f"{base64.encodebytes(cmd.encode()).decode()}__SRRS_EOF__\n"
-            # busybox setsid does not fork here (not a group leader), so $! is
-            # the job's process group id.
-            f"setsid sh -c 'sh {d}/cmd > {d}/out 2>&1 </dev/null; echo $? > {d}/rc.tmp; "
-            f"mv {d}/rc.tmp {d}/rc' </dev/null >/dev/null 2>&1 &\n"
-            f"echo $! > {d}/pid; cat {d}/pid\n")
+            # The wrapper records the exit code; the command itself runs in its
+            # own session (busybox setsid does not fork for a non-group-leader,
+            # so its pid is its process group id, which job.kill() signals).
+            f"sh -c 'setsid sh {d}/cmd > {d}/out 2>&1 </dev/null & echo $! > {d}/pid.tmp; "
+            f"mv {d}/pid.tmp {d}/pid; wait $!; echo $? > {d}/rc.tmp; mv {d}/rc.tmp {d}/rc' "
+            f"</dev/null >/dev/null 2>&1 &\n"
+            f"n=0; while [ ! -e {d}/pid ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done\n"
+            f"cat {d}/pid\n")
         pid = int(self.check(script, timeout=30).strip())
         return GuestJob(self, name, d, pid)
 

@@ -230,6 +230,72 @@ def test_nvme_tcp_tooling(guest):
     assert "nvme_tcp" in guest.check("lsmod")
 
 
+NVMET_SETUP = r"""
+set -e
+modprobe nvmet_tcp
+truncate -s 32M /tmp/ns.img
+C=/sys/kernel/config/nvmet
+S=$C/subsystems/{nqn}
+mkdir $S
+# Only our per-boot host NQN may connect: proves /etc/nvme/hostnqn is used.
+mkdir $C/hosts/{hostnqn}
+echo 0 > $S/attr_allow_any_host
+ln -s $C/hosts/{hostnqn} $S/allowed_hosts/
+mkdir $S/namespaces/1
+echo -n /tmp/ns.img > $S/namespaces/1/device_path
+echo 1 > $S/namespaces/1/buffered_io   # tmpfs has no O_DIRECT
+echo 1 > $S/namespaces/1/enable
+mkdir $C/ports/1
+echo tcp > $C/ports/1/addr_trtype
+echo ipv4 > $C/ports/1/addr_adrfam
+echo 127.0.0.1 > $C/ports/1/addr_traddr
+echo 4420 > $C/ports/1/addr_trsvcid
+ln -s $S $C/ports/1/subsystems/
+"""
+
+NVMET_TEARDOWN = r"""
+C=/sys/kernel/config/nvmet
+S=$C/subsystems/{nqn}
+rm -f $C/ports/1/subsystems/{nqn}
+rmdir $C/ports/1
+echo 0 > $S/namespaces/1/enable
+rmdir $S/namespaces/1
+rm -f $S/allowed_hosts/{hostnqn}
+rmdir $S
+rmdir $C/hosts/{hostnqn}
+rm -f /tmp/ns.img
+"""
+
+
+def test_nvme_tcp_connect_loopback_kernel_target(guest):
+    """End to end through the guest's nvme-tcp initiator and nvme-cli, against
+    the kernel's own nvmet-tcp target inside the same guest (127.0.0.1:4420),
+    with header and data digests (crc32c)."""
+    nqn = "nqn.2024-01.io.srrs:harness-loop"
+    fmt = {"nqn": nqn, "hostnqn": HOSTNQN}
+    guest.check(NVMET_SETUP.format(**fmt), timeout=60)
+    try:
+        disc = guest.check("nvme discover -t tcp -a 127.0.0.1 -s 4420", timeout=60)
+        assert nqn in disc
+        guest.check(f"nvme connect -t tcp -a 127.0.0.1 -s 4420 -n {nqn} "
+                    f"--hdr-digest --data-digest", timeout=60)
+        try:
+            dev = guest.check(
+                "n=0; while [ $n -lt 100 ]; do for d in /dev/nvme*n1; do "
+                "[ -b $d ] && { echo $d; exit 0; }; done; sleep 0.1; n=$((n+1)); done; exit 1",
+                timeout=30).strip()
+            listing = guest.check("nvme list")
+            assert dev in listing
+            assert int(guest.check(f"cat /sys/block/{dev[5:]}/size")) * 512 == 32 << 20
+            guest.check(f"fio --name=n --filename={dev} --rw=randwrite --bs=4k --size=4M "
+                        f"--verify=crc32c --direct=1 --ioengine=libaio --iodepth=4", timeout=300)
+        finally:
+            guest.run(f"nvme disconnect -n {nqn}", timeout=60)
+    finally:
+        guest.run(NVMET_TEARDOWN.format(**fmt), timeout=60)
+    assert "nvme" not in guest.check("ls /sys/block")
+
+
 # ------------------------------------------------------ lifecycle / misc
 
 
