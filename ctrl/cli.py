@@ -211,7 +211,7 @@ def cmd_bench_bdev(args) -> int:
     out["verified"] = bool(args.verify and out["verify_errors"] == 0 and out["errors"] == 0
                            and out["verified_blocks"] > 0)
     out.update({"target": f"bdev:{b.name}", "rw": args.rw, "bs": args.bs, "qd": args.qd,
-                "queues": args.queues})
+                "queues": args.queues, "verify": args.verify})
     _report(out, args.json)
     return 0 if out["errors"] == 0 and out["verify_errors"] == 0 else 1
 
@@ -226,7 +226,7 @@ def _report(out: dict, as_json: bool) -> None:
     print(f"{out['target']}  {out['rw']} bs={out['bs']} qd={out['qd']} queues={out['queues']}: "
           f"{out['iops']:,.0f} IOPS  {out['mibps']:,.1f} MiB/s  "
           f"lat p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p999']:.2f} us  "
-          f"errors {out['errors']}" + (f"  verified {out['verified']}" if 'verified' in out else "")
+          f"errors {out['errors']}" + (f"  verified {out['verified']}" if out.get('verify') else "")
           + (f"  reactor busy {busy_s}" if busy_s else ""))
 
 

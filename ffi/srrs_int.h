@@ -247,6 +247,8 @@ extern const uint8_t *srrs_zero_buf;
 
 /* Buffers from mmap: huge pages when the system has them reserved, else 4 KiB pages. */
 void *srrs_mem_alloc(size_t len, bool *huge);
+/* The same, every page faulted in now (RAM disks: no page fault on the I/O path). */
+void *srrs_mem_alloc_populated(size_t len, bool *huge);
 void srrs_mem_free(void *p, size_t len);
 
 /* ---- load generator targets (bdev, nvmf initiator, vhost client) ------- */

@@ -302,6 +302,8 @@ class Guest:
                        removed by close() unless keep_workdir or SRRS_GUEST_KEEP=1)
       command_grace    extra seconds the host waits past a command's timeout for
                        the guest to report that it killed the command
+      verbose_console  also log the early boot messages on the serial console
+                       (default "quiet" until init; env SRRS_GUEST_VERBOSE=1)
     """
 
     def __init__(self, extra_qemu_args: Sequence[str] = (), smp: int = 2, mem: str = "512M",
@@ -310,7 +312,7 @@ class Guest:
                  kernel_args: Sequence[str] = (), net: bool = True,
                  machine: str = "pc", workdir: str | os.PathLike | None = None,
                  keep_workdir: bool | None = None, command_grace: float = 30.0,
-                 name: str = "guest"):
+                 verbose_console: bool | None = None, name: str = "guest"):
         self.extra_qemu_args = [str(a) for a in extra_qemu_args]
         self.smp = int(smp)
         self.mem = str(mem)
@@ -335,6 +337,9 @@ class Guest:
         if keep_workdir is None:
             keep_workdir = os.environ.get("SRRS_GUEST_KEEP", "") in ("1", "true", "yes")
         self.keep_workdir = keep_workdir
+        if verbose_console is None:
+            verbose_console = os.environ.get("SRRS_GUEST_VERBOSE", "") in ("1", "true", "yes")
+        self.verbose_console = verbose_console
         self._own_workdir = workdir is None
         self._workdir_arg = workdir
         self.workdir: Path | None = None
@@ -377,7 +382,13 @@ class Guest:
         art = find_artifacts()
         assert self.workdir is not None
         w = self.workdir
-        append = ["console=ttyS0,115200", "panic=-1", "mitigations=off",
+        # Printing the early boot log over the emulated 8250 costs ~1 s under
+        # TCG: "quiet" drops it (warnings, oopses and panics still show, the rest
+        # is in g.dmesg()); init then sets the console log level back to 7, so
+        # every later kernel message (nvme connects, I/O errors) is on the
+        # console. verbose_console=True or SRRS_GUEST_VERBOSE=1 keeps everything.
+        quiet = [] if self.verbose_console else ["quiet"]
+        append = ["console=ttyS0,115200", *quiet, "panic=-1", "mitigations=off",
                   f"srrs.bootid={self.boot_id}", f"srrs.hostnqn={self.hostnqn}",
                   f"srrs.hostid={self.hostid}", f"srrs.agent={AGENT_PORT_NAME}"]
         if not self.net:
@@ -567,6 +578,10 @@ class Guest:
         if self._final_agent is not None:
             return self._final_agent
         return self._read_text(self.workdir / "agent.log") if self.workdir else ""
+
+    def dmesg(self, timeout: float = 30.0) -> str:
+        """The guest kernel log (needs a live agent; see serial_log() otherwise)."""
+        return self.check("dmesg", timeout=timeout)
 
     def diagnostics(self, lines: int = 40) -> str:
         parts = [f"--- {self.name}: serial console (last {lines} lines) ---",
