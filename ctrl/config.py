@@ -85,6 +85,21 @@ class Config:
     nvmf: Any = None          # srrs.nvmf.config.NvmfConfig when [nvmf] is present
     vhost: tuple = ()         # srrs.vhost.config.VhostConfig per [[vhost]]
     source: str = ""
+    sections: dict = field(default_factory=dict)  # every module-owned section, parsed
+
+
+# Sections owned by a module of this build: name -> (module with parse(), "table" | "array").
+# The module's parse(section_or_entry) raises ValueError("key: message"); a
+# module may also define check_all(entries) for rules across entries.
+MODULE_SECTIONS = {
+    "nvmf": ("srrs.nvmf.config", "table"),
+    "vhost": ("srrs.vhost.config", "array"),
+    "pool": ("srrs.ctrl.pool_config", "array"),
+    "tenant": ("srrs.ctrl.pool_config", "array"),
+    "volume": ("srrs.ctrl.pool_config", "array"),
+    "pair": ("srrs.ctrl.pair_config", "table"),
+    "metrics": ("srrs.ctrl.metrics_config", "table"),
+}
 
 
 # ---- line numbers for error messages -------------------------------------------
@@ -260,7 +275,7 @@ class _DictCtx(_Ctx):
         return self._f(keypath, msg)
 
 
-TOP_KEYS = {"controller", "bdev", "nvmf", "vhost"}
+TOP_KEYS = {"controller", "bdev"} | set(MODULE_SECTIONS)
 
 
 def loads(text: str, path: str = "<config>") -> Config:
@@ -286,37 +301,59 @@ def loads(text: str, path: str = "<config>") -> Config:
             raise ctx.fail(("bdev", i, "name"), f"bdev {bc.name!r} is defined twice")
         seen.add(bc.name)
         parsed.append(bc)
-    nvmf = None
-    if "nvmf" in raw:
-        nvmf = _section_from_module(ctx, "srrs.nvmf.config", raw["nvmf"], ("nvmf",))
-    vhosts = []
-    if "vhost" in raw:
-        if not isinstance(raw["vhost"], list):
-            raise ctx.fail(("vhost",), "must be an array of tables: [[vhost]]")
-        for i, v in enumerate(raw["vhost"]):
-            vhosts.append(_section_from_module(ctx, "srrs.vhost.config", v, ("vhost", i)))
-    return Config(controller=ctrl, bdevs=tuple(parsed), nvmf=nvmf, vhost=tuple(vhosts),
-                  source=path)
+    sections: dict = {}
+    for name, (modname, kind) in MODULE_SECTIONS.items():
+        if name not in raw:
+            continue
+        sec = raw[name]
+        if kind == "array":
+            if not isinstance(sec, list):
+                raise ctx.fail((name,), f"must be an array of tables: [[{name}]]")
+            sections[name] = tuple(_section_from_module(ctx, modname, e, (name, i), name)
+                                   for i, e in enumerate(sec))
+            _check_all(ctx, modname, name, sections[name])
+        else:
+            if not isinstance(sec, dict):
+                raise ctx.fail((name,), f"must be a table: [{name}]")
+            sections[name] = _section_from_module(ctx, modname, sec, (name,), name)
+    return Config(controller=ctrl, bdevs=tuple(parsed), nvmf=sections.get("nvmf"),
+                  vhost=sections.get("vhost", ()), source=path, sections=sections)
 
 
-def _section_from_module(ctx: _Ctx, modname: str, section: Any, where: tuple):
-    """Sections owned by an export module: its parse() raises ValueError("key: msg")."""
+def _check_all(ctx: _Ctx, modname: str, name: str, entries: tuple) -> None:
+    import importlib
+
+    fn = getattr(importlib.import_module(modname), "check_all", None)
+    if fn is None:
+        return
+    try:
+        fn(name, entries) if fn.__code__.co_argcount == 2 else fn(entries)
+    except ValueError as e:
+        raise _module_error(ctx, (name,), str(e)) from None
+
+
+def _section_from_module(ctx: _Ctx, modname: str, section: Any, where: tuple, name: str = ""):
+    """Sections owned by a module: its parse() raises ValueError("key: msg").
+    A module owning several sections gets parse_<section>() or parse(section, name)."""
     import importlib
 
     try:
         mod = importlib.import_module(modname)
     except ImportError:
         raise ctx.fail(where, "is not supported by this build") from None
+    fn = getattr(mod, f"parse_{name}", None)
     try:
-        return mod.parse(section)
+        return fn(section) if fn is not None else mod.parse(section)
     except ValueError as e:
-        msg = str(e)
-        key, sep, rest = msg.partition(": ")
-        if sep and re.match(r"^[A-Za-z0-9_.\[\]]+$", key):
-            sub = tuple(int(p) if p.isdigit() else p
-                        for p in re.split(r"[.\[\]]+", key) if p)
-            raise ctx.fail(where + sub, rest) from None
-        raise ctx.fail(where, msg) from None
+        raise _module_error(ctx, where, str(e)) from None
+
+
+def _module_error(ctx: _Ctx, where: tuple, msg: str) -> ConfigError:
+    key, sep, rest = msg.partition(": ")
+    if sep and re.match(r"^[A-Za-z0-9_.\[\]]+$", key):
+        sub = tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", key) if p)
+        return ctx.fail(where + sub, rest)
+    return ctx.fail(where, msg)
 
 
 def load(path: str) -> Config:

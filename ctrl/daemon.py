@@ -43,6 +43,10 @@ class Controller:
                          cpus=c.cpus)
         self.nvmf: Any = None
         self.vhost: Any = None
+        self.pool: Any = None
+        self.pair: Any = None
+        self.metrics: Any = None
+        self.services: dict = {}
         self.rpc: Optional[RpcServer] = None
         try:
             for b in conf.bdevs:
@@ -52,20 +56,30 @@ class Controller:
             self.close()
             raise
 
-    # -- exports (modules that exist in this build) ---------------------------------
+    # -- services (modules that exist in this build), in start order --------------------
+    # (attribute, module with start(ctl, section) -> service, config section)
+    SERVICES = [
+        ("pool", "srrs.ctrl.pool", "pool"),
+        ("nvmf", "srrs.nvmf.service", "nvmf"),
+        ("vhost", "srrs.vhost.service", "vhost"),
+        ("pair", "srrs.ctrl.pair", "pair"),
+        ("metrics", "srrs.ctrl.metrics", "metrics"),
+    ]
+
     def _start_exports(self) -> None:
-        try:
-            from ..nvmf import service as nvmf_service  # noqa: F401
-        except ImportError:
-            nvmf_service = None
-        if nvmf_service is not None:
-            self.nvmf = nvmf_service.start(self, self.conf.nvmf)
-        try:
-            from ..vhost import service as vhost_service  # noqa: F401
-        except ImportError:
-            vhost_service = None
-        if vhost_service is not None:
-            self.vhost = vhost_service.start(self, self.conf.vhost)
+        import importlib
+
+        for attr, modname, key in self.SERVICES:
+            try:
+                mod = importlib.import_module(modname)
+            except ModuleNotFoundError as e:
+                if e.name and modname.startswith(e.name):
+                    continue  # not in this build
+                raise
+            default = () if key == "vhost" else None
+            svc = mod.start(self, self.conf.sections.get(key, default))
+            setattr(self, attr, svc)
+            self.services[attr] = svc
 
     # -- bdevs ---------------------------------------------------------------------
     def bdev_create(self, b: cfg.BdevConfig) -> None:
@@ -93,10 +107,9 @@ class Controller:
             "reactors": reactors,
             "bdevs": self.core.bdev_list(),
         }
-        if self.nvmf is not None and hasattr(self.nvmf, "status"):
-            out["nvmf"] = self.nvmf.status()
-        if self.vhost is not None and hasattr(self.vhost, "status"):
-            out["vhost"] = self.vhost.status()
+        for name, svc in self.services.items():
+            if svc is not None and hasattr(svc, "status"):
+                out[name] = svc.status()
         return out
 
     def to_toml_dict(self) -> dict:
@@ -104,14 +117,19 @@ class Controller:
             replace(self.conf.controller, poll_mode=self.core.poll_mode))}
         if self.bdevs:
             doc["bdev"] = [cfg.bdev_to_dict(b) for b in self.bdevs.values()]
-        if self.nvmf is not None and hasattr(self.nvmf, "to_toml_dict"):
-            d = self.nvmf.to_toml_dict()
-            if d:
-                doc["nvmf"] = d
-        if self.vhost is not None and hasattr(self.vhost, "to_toml_list"):
-            lst = self.vhost.to_toml_list()
-            if lst:
-                doc["vhost"] = lst
+        for name, svc in self.services.items():
+            if svc is None:
+                continue
+            if hasattr(svc, "to_toml"):  # {top-level key: value}
+                doc.update({k: v for k, v in svc.to_toml().items() if v})
+            elif hasattr(svc, "to_toml_dict"):
+                d = svc.to_toml_dict()
+                if d:
+                    doc[name] = d
+            elif hasattr(svc, "to_toml_list"):
+                lst = svc.to_toml_list()
+                if lst:
+                    doc[name] = lst
         return doc
 
     def save_config(self, path: str) -> str:
@@ -143,13 +161,14 @@ class Controller:
         if self.rpc is not None:
             self.rpc.close()
             self.rpc = None
-        for svc in (self.vhost, self.nvmf):
+        for name in reversed(list(self.services)):
+            svc = self.services.pop(name)
+            setattr(self, name, None)
             if svc is not None and hasattr(svc, "close"):
                 try:
                     svc.close()
                 except Exception as e:  # keep tearing down the rest
-                    log.error("closing %s: %s", type(svc).__name__, e)
-        self.vhost = self.nvmf = None
+                    log.error("closing %s: %s", name, e)
         if self.core is not None:
             self.core.stop()  # stop hooks end load jobs; in-flight I/O drains
             for j in self.jobs:
@@ -279,11 +298,14 @@ def rpc_methods(ctl: Controller, p: dict):
 def _register_module_methods() -> None:
     import importlib
 
-    for modname in ("srrs.nvmf.rpc", "srrs.vhost.rpc"):
+    for modname in ("srrs.nvmf.rpc", "srrs.vhost.rpc", "srrs.ctrl.pool_rpc", "srrs.ctrl.pair_rpc",
+                    "srrs.ctrl.metrics_rpc"):
         try:
             mod = importlib.import_module(modname)
-        except ImportError:
-            continue
+        except ModuleNotFoundError as e:
+            if e.name and modname.startswith(e.name):
+                continue  # not in this build
+            raise
         for name, h in getattr(mod, "METHODS", {}).items():
             if name not in METHODS.methods:
                 METHODS.add(name, h)

@@ -30,6 +30,7 @@ import math
 import os
 import re
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -352,6 +353,7 @@ class Guest:
         self._cond = threading.Condition()
         self._buf = bytearray()
         self._eof = False
+        self._eof_reason = "agent channel closed"
         self._run_lock = threading.Lock()
         self._broken: str | None = None
         self._closed = False
@@ -464,7 +466,7 @@ class Guest:
             self.kill()
             raise
         lsock.close()
-        self._sock.settimeout(None)
+        self._sock.setblocking(True)
         self._reader = threading.Thread(target=self._read_loop, name=f"{self.name}-agent-reader",
                                         daemon=True)
         self._reader.start()
@@ -605,8 +607,9 @@ class Guest:
         while True:
             try:
                 data = sock.recv(1 << 16)
-            except OSError:
+            except OSError as e:
                 data = b""
+                self._eof_reason = f"agent channel recv failed: {e}"
             if self._transcript is not None and data:
                 try:
                     self._transcript.write(data)
@@ -637,18 +640,32 @@ class Guest:
         if self._broken is None:
             self._broken = "guest was stopped"
 
-    def _send(self, line: str) -> None:
-        if self._sock is None:
+    def _send(self, line: str, timeout: float = 60.0) -> None:
+        # The reader thread blocks in recv() on the same socket, so its mode must
+        # stay blocking (settimeout() here would make that recv() fail with
+        # EAGAIN): wait for writability with poll and send with MSG_DONTWAIT.
+        sock = self._sock
+        if sock is None:
             raise GuestDead(f"{self.name}: not running")
-        self._sock.settimeout(30)
+        data = memoryview(line.encode())
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
         try:
-            self._sock.sendall(line.encode())
+            while data:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("guest is not reading its command channel")
+                if not poller.poll(min(left, 1.0) * 1000):
+                    continue
+                try:
+                    n = sock.send(data, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                data = data[n:]
         except OSError as e:
             self._broken = f"agent socket send failed: {e}"
             raise GuestDead(f"{self.name}: {self._broken}\n{self.diagnostics()}") from None
-        finally:
-            if self._sock is not None:
-                self._sock.settimeout(None)
 
     def _wait(self, finder, deadline: float, what: str):
         """Wait until finder(buf) returns non-None; returns it. Checks QEMU health."""
@@ -662,7 +679,7 @@ class Guest:
                     raise GuestDead(f"{self.name}: {self._broken} during {what}\n"
                                     f"{self.diagnostics()}")
                 if self._eof:
-                    self._broken = "agent channel closed"
+                    self._broken = self._eof_reason
                     raise GuestDead(f"{self.name}: {self._broken} during {what}\n"
                                     f"{self.diagnostics()}")
                 left = deadline - time.monotonic()
