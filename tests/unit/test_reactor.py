@@ -55,10 +55,14 @@ def test_adaptive_idle_uses_almost_no_cpu_and_wakes_fast():
 def test_busy_mode_spins():
     with Core(reactors=1, poll_mode="busy") as core:
         time.sleep(0.2)
+        loops0 = core.reactor_stats(0)["loops"]
         pct = _cpu_over(psutil.Process(), 1.0)
-        assert pct > 80.0, f"busy reactor used only {pct:.1f}%"
         s = core.reactor_stats(0)
+        # It never sleeps and keeps looping; the CPU share depends on what else
+        # the machine runs, so the bound is loose.
         assert s["sleep_ns"] == 0 and s["wakeups"] == 0
+        assert s["loops"] - loops0 > 100_000, s
+        assert pct > 50.0, f"busy reactor used only {pct:.1f}%"
         # spinning without work is idle time, not busy time
         assert s["busy_pct"] < 5.0, s
         core.set_poll_mode("adaptive", 100)
