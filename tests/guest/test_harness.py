@@ -300,7 +300,7 @@ def test_nvme_tcp_connect_loopback_kernel_target(guest):
 
 
 def test_shutdown_and_kill(artifacts):
-    g = Guest(smp=1, net=False, modules=(), name="short-guest")
+    g = Guest(smp=1, net=False, modules=(), keep_workdir=False, name="short-guest")
     with g:
         assert g.check("echo up") == "up\n"
         assert g.qmp("query-status")["status"] == "running"
