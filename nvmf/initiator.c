@@ -640,6 +640,7 @@ static void hq_fail(struct hq *q, const char *why)
     for (uint32_t i = 0; i < q->nslots; i++) {
         struct hreq *r = &q->slots[i];
         if (r->busy) {
+            r->status = -EIO;
             r->tx_pending = 0;
             r->done_wait = false;
             hreq_finish(q, r);

@@ -64,7 +64,7 @@ struct nvmf_conn {
     uint32_t hdr_have, hdr_need;
     uint32_t pad_left;
     uint8_t rx_type;
-    bool rx_last;
+    bool rx_has_data;           /* the PDU carries a payload (and so a data digest) */
     struct nvmf_req *rx_req;
     uint8_t *rx_dst;
     uint32_t rx_left;
@@ -816,7 +816,7 @@ static void cmd_ready(struct nvmf_req *req)
 static void rx_data_end(struct nvmf_conn *c)
 {
     bool ok = true;
-    if (c->ddgst && c->rx_type != PDU_ICREQ) {
+    if (c->ddgst && c->rx_has_data) {
         uint32_t got;
         memcpy(&got, c->ddg, 4);
         ok = got == c->rx_crc;
@@ -847,6 +847,7 @@ static void rx_begin_data(struct nvmf_conn *c, struct nvmf_req *req, uint8_t *ds
     c->rx_crc = 0;
     c->ddg_have = 0;
     c->pad_left = pad;
+    c->rx_has_data = len > 0;
     if (!len) {
         rx_data_end(c);
         return;
