@@ -113,6 +113,11 @@ int srrs_nvmf_tgt_create(struct srrs_core *core, const struct srrs_nvmf_tgt_opts
         return srrs_err(-EINVAL, "nvmf: cntlid range must lie in 1..65519 with min <= max");
     if (opts.max_io_queues > NVMF_MAX_IOQ)
         return srrs_err(-EINVAL, "nvmf: max_io_queues must be 1..%d", NVMF_MAX_IOQ);
+    int nr = srrs_core_num_reactors(core);
+    if (opts.listener_reactor < 0 || opts.listener_reactor >= nr)
+        return srrs_err(-EINVAL, "nvmf: listener_reactor must be 0..%d", nr - 1);
+    if (opts.reactor_mask && !(opts.reactor_mask & (nr >= 64 ? ~0ull : (1ull << nr) - 1)))
+        return srrs_err(-EINVAL, "nvmf: reactor_mask names no existing reactor");
     if (opts.max_queue_depth < 2 || opts.max_queue_depth > 1024)
         return srrs_err(-EINVAL, "nvmf: max_queue_depth must be 2..1024");
     struct srrs_nvmf_tgt *t = calloc(1, sizeof(*t));

@@ -18,6 +18,8 @@ struct srrs_nvmf_tgt_opts {
     uint32_t max_queue_depth;   /* entries per queue (CAP.MQES + 1), 2..1024 */
     int allow_hdgst;            /* accept header digests when the host asks */
     int allow_ddgst;            /* accept data digests when the host asks */
+    uint64_t reactor_mask;      /* reactors that may own queue pairs (0: all) */
+    int listener_reactor;       /* reactor that polls the listening sockets */
 };
 
 /* control. Creates an empty target (no listener, only the discovery subsystem). */

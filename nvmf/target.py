@@ -44,9 +44,18 @@ class NvmfTarget:
 
     def __init__(self, core: Core, cntlid_min: int = 1, cntlid_max: int = 32767,
                  max_io_queues: int = 16, max_queue_depth: int = 128,
-                 header_digest: bool = True, data_digest: bool = True):
+                 header_digest: bool = True, data_digest: bool = True,
+                 reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0):
+        """reactors: the reactors that may own queue pairs (default: all, round-robin)."""
         self.core = core
         o = ffi.new("struct srrs_nvmf_tgt_opts *")
+        mask = 0
+        for r in reactors or ():
+            if not 0 <= r < core.num_reactors:
+                raise ValueError(f"reactor {r} does not exist")
+            mask |= 1 << r
+        o.reactor_mask = mask
+        o.listener_reactor = listener_reactor
         o.cntlid_min = cntlid_min
         o.cntlid_max = cntlid_max
         o.max_io_queues = max_io_queues

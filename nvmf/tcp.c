@@ -95,6 +95,7 @@ struct nvmf_group {
     struct srrs_reactor *r;
     int epfd;
     struct srrs_poller *poller, *tick;
+    int stop_hook;
     struct nvmf_conn *conns;
     uint32_t nconns;
 };
@@ -292,6 +293,7 @@ static int conn_run_waits(struct nvmf_conn *c)
     while (req) {
         struct nvmf_req *next = req->next;
         if (c->state == CONN_CLOSED) {
+            req_put_ns(req);
             req_free(req);
         } else {
             req_resume_fn fn = (req_resume_fn)req->tx_r2t.data;
@@ -1200,6 +1202,17 @@ static int group_tick(void *arg)
     return 0;
 }
 
+static void group_close_all_fn(void *arg);
+
+/* The reactor stops: its connections stop taking commands; what is at the
+ * bdev drains before the reactor returns. */
+static void group_stop_hook(void *arg)
+{
+    struct nvmf_group *g = arg;
+    g->stop_hook = -1;
+    group_close_all_fn(g);
+}
+
 static struct nvmf_group *group_get(struct srrs_nvmf_tgt *t, struct srrs_reactor *r)
 {
     int ri = srrs_reactor_idx(r);
@@ -1222,6 +1235,7 @@ static struct nvmf_group *group_get(struct srrs_nvmf_tgt *t, struct srrs_reactor
         free(g);
         return NULL;
     }
+    g->stop_hook = srrs_reactor_add_stop_hook(r, group_stop_hook, g);
     t->groups[ri] = g;
     return g;
 }
@@ -1290,6 +1304,19 @@ static struct nvmf_conn *conn_alloc(struct srrs_nvmf_tgt *t, int fd, const char 
 
 /* ---- listeners ------------------------------------------------------------------ */
 
+/* Round-robin over the reactors the target may use. */
+static uint32_t nvmf_pick_reactor(struct srrs_nvmf_tgt *t)
+{
+    uint32_t n = (uint32_t)srrs_core_num_reactors(t->core);
+    uint64_t mask = t->opts.reactor_mask;
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t ri = atomic_fetch_add(&t->rr, 1) % n;
+        if (!mask || (mask >> ri & 1))
+            return ri;
+    }
+    return 0;
+}
+
 static int listener_poll(void *arg)
 {
     struct nvmf_listener *l = arg;
@@ -1314,7 +1341,7 @@ static int listener_poll(void *arg)
             continue;
         }
         atomic_fetch_add(&t->st_accepted, 1);
-        uint32_t ri = atomic_fetch_add(&t->rr, 1) % (uint32_t)srrs_core_num_reactors(t->core);
+        uint32_t ri = nvmf_pick_reactor(t);
         if (srrs_reactor_send(srrs_core_reactor(t->core, (int)ri), conn_adopt, c)) {
             close(fd);
             free(c->reqs);
@@ -1393,7 +1420,7 @@ int nvmf_listener_add(struct srrs_nvmf_tgt *t, const char *addr, int port)
     l->fd = fd;
     l->port = bound;
     snprintf(l->addr, sizeof(l->addr), "%s", addr);
-    l->r = srrs_core_reactor(t->core, 0);
+    l->r = srrs_core_reactor(t->core, t->opts.listener_reactor);
     struct listener_op op = {.l = l};
     srrs_reactor_call(l->r, listener_start_fn, &op);
     if (op.rc) {
@@ -1473,6 +1500,9 @@ static void group_free_fn(void *arg)
     struct nvmf_group *g = arg;
     srrs_poller_unregister(&g->poller);
     srrs_poller_unregister(&g->tick);
+    if (g->stop_hook >= 0)
+        srrs_reactor_del_stop_hook(g->r, g->stop_hook);
+    g->stop_hook = -1;
 }
 
 void nvmf_transport_fini(struct srrs_nvmf_tgt *t)
