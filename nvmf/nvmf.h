@@ -138,3 +138,12 @@ int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t 
                        int timeout_ms);
 /* control. Shuts the controller down (CC.SHN) and closes the sockets. Nulls *h. */
 void srrs_nvmf_host_disconnect(struct srrs_nvmf_host **h);
+
+/* ---- transport floor (benchmark only) ------------------------------------ */
+
+/* control. Busy-polled TCP ping-pong on loopback (server thread on
+ * server_cpu, client on the calling thread pinned to client_cpu; -1: no
+ * pinning), qd messages in flight: req_len bytes out, resp_len back. Fills
+ * ios, iops, mibps, lat_avg/p50/p99/p999 of out. */
+int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double seconds,
+                      int server_cpu, int client_cpu, struct srrs_bench_result *out);
