@@ -1,7 +1,6 @@
 import os
 
 import pytest
-
 from srrs.ffi.binding import Core
 from srrs.nvmf.target import NvmfTarget
 
