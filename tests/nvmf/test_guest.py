@@ -153,3 +153,54 @@ def test_target_serves_after_guest_death(env):
     with NvmfHost("127.0.0.1", port, NQN, hostnqn="nqn.2026-11.io.srrs:after", queues=2) as h:
         r = h.bench(core, BenchOpts(rw="randread", qd=8, time_s=0.3), reactor=0)
         assert r["errors"] == 0 and r["ios"] > 0
+
+
+def test_native_multipath_and_ana(env):
+    """Two targets (the two controllers of a pair) export the same bdev under
+    one NQN with disjoint cntlid ranges: the kernel joins the paths into one
+    device and follows ANA state changes (AEN + ANA log) to the other path."""
+    core, tgt_a, port_a, g0 = env
+    nqn = "nqn.2026-11.io.srrs:mpath"
+    targets = []
+    g = None
+    try:
+        for lo, hi in ((1000, 1999), (2000, 2999)):
+            t = NvmfTarget(core, cntlid_min=lo, cntlid_max=hi)
+            p = t.add_listener("127.0.0.1", 0)
+            t.add_subsystem(nqn, "SRRSPAIR", "SRRS pair", allow_any_host=True)
+            t.add_namespace(nqn, "g1")  # same NQN + bdev name: same NGUID/UUID on both
+            targets.append((t, p))
+        g = guest_harness.Guest(smp=2, hostnqn=HOSTNQN, modules=("nvme_tcp",))
+        g.start()
+        for t, p in targets:
+            g.check(f"nvme connect -t tcp -a {H} -s {p} -n {nqn}", timeout=120)
+        g.check("for i in $(seq 100); do [ -b /dev/nvme0n1 ] && exit 0; sleep 0.1; done; exit 1",
+                timeout=60)
+        out = g.check("ls /sys/block; ls /sys/class/nvme-subsystem/nvme-subsys0/", timeout=30)
+        assert "nvme1n1" not in out, out  # one multipath device, not two
+        paths = g.check("ls -d /sys/block/nvme0c*n1", timeout=30).split()
+        assert len(paths) == 2, paths
+        states = g.check("cat /sys/block/nvme0c*n1/ana_state", timeout=30).split()
+        assert states == ["optimized", "optimized"]
+        # path A becomes inaccessible: the host learns it through the AEN
+        targets[0][0].set_ana_state(nqn, 1, "inaccessible")
+        g.check("for i in $(seq 100); do grep -q inaccessible /sys/block/nvme0c*n1/ana_state "
+                "&& exit 0; sleep 0.1; done; exit 1", timeout=60)
+        before = [sum(q["writes"] for c in t.list_controllers() for q in c["queues"])
+                  for t, _ in targets]
+        g.check("fio --name=m --filename=/dev/nvme0n1 --rw=randwrite --bs=4k --size=4M "
+                "--verify=crc32c --do_verify=1 --direct=1 --ioengine=libaio --iodepth=4 "
+                "--verify_fatal=1", timeout=600)
+        after = [sum(q["writes"] for c in t.list_controllers() for q in c["queues"])
+                 for t, _ in targets]
+        assert after[0] == before[0], "I/O went to the inaccessible path"
+        assert after[1] > before[1]
+        targets[0][0].set_ana_state(nqn, 1, "optimized")
+        g.check("for i in $(seq 100); do [ \"$(grep -c '^optimized' /sys/block/nvme0c*n1/ana_state"
+                " | tail -1)\" ] && ! grep -q inaccessible /sys/block/nvme0c*n1/ana_state "
+                "&& exit 0; sleep 0.1; done; exit 1", timeout=60)
+    finally:
+        if g is not None:
+            g.close()
+        for t, _ in targets:
+            t.close()
