@@ -172,7 +172,7 @@ def test_native_multipath_and_ana(env):
             targets.append((t, p))
         g = guest_harness.Guest(smp=2, hostnqn=HOSTNQN, modules=("nvme_tcp",))
         g.start()
-        for t, p in targets:
+        for _t, p in targets:
             g.check(f"nvme connect -t tcp -a {H} -s {p} -n {nqn}", timeout=120)
         g.check("for i in $(seq 100); do [ -b /dev/nvme0n1 ] && exit 0; sleep 0.1; done; exit 1",
                 timeout=60)
