@@ -222,6 +222,8 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 #define NVMF_MDTS_BYTES (1u << 20)
 #define NVMF_MAXH2CDATA (1u << 20)
 #define NVMF_MAX_CHANGED_NS 1024
+#define NVMF_MAX_CONNS 4096
+#define NVMF_CONNECT_TIMEOUT_MS 10000 /* accept to Connect */
 
 /* ---- target object model (ctrlr.c) -------------------------------------- */
 

@@ -87,6 +87,7 @@ struct nvmf_conn {
     uint32_t naer;
     /* stats (read racily by the control thread) */
     uint64_t st_cmds, st_reads, st_writes, st_bread, st_bwritten, st_errors;
+    uint64_t born;              /* ticks at accept */
     struct nvmf_conn *gnext, *tnext;
 };
 
@@ -1183,10 +1184,16 @@ static int group_poll(void *arg)
 static void group_tick_conns(struct nvmf_group *g)
 {
     uint64_t now = srrs_ticks();
+    uint64_t connect_limit = srrs_us_to_ticks(NVMF_CONNECT_TIMEOUT_MS * 1000ull);
     for (struct nvmf_conn *c = g->conns; c; c = c->gnext) {
         struct nvmf_ctrlr *ct = c->pub.ctrlr;
-        if (c->state != CONN_READY || !ct)
+        if (c->state == CONN_CLOSED)
             continue;
+        if (!ct) { /* a socket that never becomes a queue must not hold memory forever */
+            if (now - c->born > connect_limit)
+                nvmf_conn_close(c, "no ICReq/Connect in time");
+            continue;
+        }
         if (atomic_load(&ct->dead)) {
             nvmf_conn_close(c, "controller torn down");
             continue;
@@ -1248,6 +1255,7 @@ static void conn_adopt(void *arg)
     struct nvmf_group *g = t->destroying ? NULL : group_get(t, c->r);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (!g || epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev)) {
+        atomic_fetch_add(&t->st_closed, 1);
         close(c->fd);
         free(c->reqs);
         free(c->icmem);
@@ -1297,6 +1305,7 @@ static struct nvmf_conn *conn_alloc(struct srrs_nvmf_tgt *t, int fd, const char 
     c->fd = fd;
     c->pub.tgt = t;
     c->hpda_align = 4;
+    c->born = srrs_ticks();
     snprintf(c->pub.peer, sizeof(c->pub.peer), "%s", peer);
     rx_next_pdu(c);
     return c;
@@ -1329,6 +1338,10 @@ static int listener_poll(void *arg)
         if (fd < 0)
             break;
         work++;
+        if (atomic_load(&t->st_accepted) - atomic_load(&t->st_closed) >= NVMF_MAX_CONNS) {
+            close(fd); /* over the limit: refuse rather than run out of memory */
+            continue;
+        }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         char host[48] = "?", serv[8] = "?", peer[64];
@@ -1343,6 +1356,7 @@ static int listener_poll(void *arg)
         atomic_fetch_add(&t->st_accepted, 1);
         uint32_t ri = nvmf_pick_reactor(t);
         if (srrs_reactor_send(srrs_core_reactor(t->core, (int)ri), conn_adopt, c)) {
+            atomic_fetch_add(&t->st_closed, 1);
             close(fd);
             free(c->reqs);
             free(c->icmem);
