@@ -20,8 +20,11 @@
 #define H_RBUF (128u * 1024)
 #define H_IOV_MAX 256
 
+struct hq;
+
 struct hreq {
     struct srrs_bench_req *breq;
+    struct hq *q;
     uint16_t cid;
     bool busy;
     bool write;
@@ -71,6 +74,11 @@ struct srrs_nvmf_host {
     uint8_t hostid[16];
     uint32_t rr;
     int err;
+    /* Completions reach the job from our own poller, never from inside the
+     * job's poll callback: the job may finish (and be freed by its waiting
+     * thread) on the last one, and its poller must not run on after that. */
+    struct hreq *done_head, *done_tail;
+    struct srrs_poller *deliver;
 };
 
 /* ---- blocking setup --------------------------------------------------------- */
@@ -479,6 +487,7 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
                 rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
             for (uint32_t k = q->nslots; !rc && k-- > 0;) {
                 q->slots[k].cid = (uint16_t)k;
+                q->slots[k].q = q;
                 q->slots[k].next = q->free;
                 q->free = &q->slots[k];
             }
@@ -563,13 +572,35 @@ static void htx_queue(struct hq *q, struct tx_pdu *p)
 
 static void hreq_finish(struct hq *q, struct hreq *r)
 {
-    struct srrs_bench_req *b = r->breq;
-    int st = r->status;
-    r->busy = false;
-    r->breq = NULL;
-    r->next = q->free;
-    q->free = r;
-    srrs_bench_req_done(b, st);
+    struct srrs_nvmf_host *h = q->h;
+    r->next = NULL;
+    if (h->done_tail)
+        h->done_tail->next = r;
+    else
+        h->done_head = r;
+    h->done_tail = r;
+}
+
+static int host_deliver(void *ctx)
+{
+    struct srrs_nvmf_host *h = ctx;
+    struct hreq *r = h->done_head;
+    int n = 0;
+    h->done_head = h->done_tail = NULL;
+    while (r) {
+        struct hreq *next = r->next;
+        struct hq *q = r->q;
+        struct srrs_bench_req *b = r->breq;
+        int st = r->status;
+        r->busy = false;
+        r->breq = NULL;
+        r->next = q->free;
+        q->free = r;
+        srrs_bench_req_done(b, st);
+        r = next;
+        n++;
+    }
+    return n;
 }
 
 static void hreq_done(struct hq *q, struct hreq *r, int status)
@@ -920,6 +951,8 @@ static void host_watch_fn(void *arg)
     /* The reactor's adaptive sleep must wake on our sockets. */
     struct srrs_nvmf_host *h = arg;
     struct srrs_reactor *r = srrs_reactor_self();
+    h->done_head = h->done_tail = NULL;
+    h->deliver = srrs_poller_register(r, host_deliver, h, 0);
     for (uint32_t i = 0; i < h->nioq; i++) {
         struct hq *q = &h->ioq[i];
         q->wake = srrs_poller_register(r, wake_noop, q, 0);
@@ -933,6 +966,22 @@ static void host_unwatch_fn(void *arg)
     struct srrs_nvmf_host *h = arg;
     for (uint32_t i = 0; i < h->nioq; i++)
         srrs_poller_unregister(&h->ioq[i].wake);
+    /* The job ended with nothing in flight; never hand it anything now. */
+    for (struct hreq *r = h->done_head; r; r = r->next) {
+        r->busy = false;
+        r->breq = NULL;
+    }
+    h->done_head = h->done_tail = NULL;
+    for (uint32_t i = 0; i < h->nioq; i++) {
+        struct hq *q = &h->ioq[i];
+        q->free = NULL;
+        for (uint32_t k = q->nslots; k-- > 0;)
+            if (!q->slots[k].busy) {
+                q->slots[k].next = q->free;
+                q->free = &q->slots[k];
+            }
+    }
+    srrs_poller_unregister(&h->deliver);
 }
 
 int srrs_nvmf_host_bench(struct srrs_core *core, int reactor, struct srrs_nvmf_host *h,
@@ -951,6 +1000,10 @@ int srrs_nvmf_host_bench(struct srrs_core *core, int reactor, struct srrs_nvmf_h
     struct srrs_bench_target t = {.size = h->info.size, .block_size = h->info.block_size,
                                   .ctx = h, .submit = host_submit, .poll = host_poll};
     srrs_reactor_call(r, host_watch_fn, h);
+    if (!h->deliver) {
+        srrs_reactor_call(r, host_unwatch_fn, h);
+        return srrs_err(-ENOMEM, "nvmf bench: cannot register a poller");
+    }
     h->err = 0;
     int rc = srrs_bench_run(r, &t, opts, out);
     srrs_reactor_call(r, host_unwatch_fn, h);
