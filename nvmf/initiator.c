@@ -890,18 +890,23 @@ static void h_parse(struct hq *q)
 static int hq_rx(struct hq *q)
 {
     int work = 0;
+    bool drained = false;
     for (int round = 0; round < 8 && !q->broken; round++) {
         if (q->rhead < q->rtail) {
             h_parse(q);
             work = 1;
             continue;
         }
+        if (drained)
+            break;
         q->rhead = q->rtail = 0;
         ssize_t n;
         bool direct = q->rx_state == 1 && !q->pad_left && q->rx_left >= 4096;
-        n = recv(q->fd, direct ? q->rx_dst : q->rbuf, direct ? q->rx_left : H_RBUF, MSG_DONTWAIT);
+        size_t want = direct ? q->rx_left : H_RBUF;
+        n = recv(q->fd, direct ? q->rx_dst : q->rbuf, want, MSG_DONTWAIT);
         if (n > 0) {
             work = 1;
+            drained = (size_t)n < want; /* parse this, then stop for this poll */
             if (direct) {
                 if (q->ddgst)
                     q->rx_crc = srrs_crc32c(q->rx_crc, q->rx_dst, (size_t)n);

@@ -1090,6 +1090,10 @@ static int conn_rx(struct nvmf_conn *c)
             n = recv(c->fd, c->rbuf, RBUF_SIZE, MSG_DONTWAIT);
         if (n > 0) {
             work = 1;
+            /* Short read: the socket is drained; epoll (level-triggered) says
+             * when more comes, which saves an EAGAIN recv per poll. */
+            if ((size_t)n < (direct ? c->rx_left : RBUF_SIZE))
+                c->rx_ready = false;
             if (direct)
                 rx_data(c, c->rx_dst, (uint32_t)n, false);
             else
