@@ -430,6 +430,10 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
             rc = 0;
         }
     }
+    uint64_t cap = 0;
+    if (!rc)
+        rc = prop(&h->admin, false, PROP_CAP, 0, true, &cap);
+    uint32_t qsize = SRRS_MIN(o->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
     if (!rc)
         rc = enable_ctrlr(&h->admin, to);
     uint8_t *id = calloc(1, 4096);
@@ -476,11 +480,11 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
         h->nioq++;
         rc = q_open(h, q);
         if (!rc) {
-            rc = q_connect(h, q, (uint16_t)(i + 1), o->qsize, h->info.cntlid, 0);
+            rc = q_connect(h, q, (uint16_t)(i + 1), qsize, h->info.cntlid, 0);
             rc = rc > 0 ? 0 : rc;
         }
         if (!rc) {
-            q->nslots = o->qsize - 1;
+            q->nslots = qsize - 1;
             q->slots = calloc(q->nslots, sizeof(*q->slots));
             q->rbuf = malloc(H_RBUF);
             if (!q->slots || !q->rbuf)

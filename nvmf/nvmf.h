@@ -104,7 +104,7 @@ struct srrs_nvmf_host_opts {
     const char *subnqn;
     const char *hostnqn;        /* NULL: a fixed test host NQN */
     uint32_t nqueues;           /* I/O queues */
-    uint32_t qsize;             /* entries per I/O queue */
+    uint32_t qsize;             /* entries per I/O queue (clamped to the target's CAP.MQES + 1) */
     int hdgst;
     int ddgst;
     uint32_t kato_ms;           /* 0: no keep-alive */

@@ -39,6 +39,7 @@ def _tgt(ctl):
 
 
 def subsystem_create(ctl, params: dict):
+    """Create an NVMe-oF subsystem: {nqn, serial?, model?, allow_any_host?}."""
     nqn = C.check_nqn(_p(params, "nqn"), "nqn")
     _tgt(ctl).add_subsystem(nqn, _p(params, "serial", str, None), _p(params, "model", str, None),
                             allow_any_host=_p(params, "allow_any_host", bool, False))
@@ -46,15 +47,18 @@ def subsystem_create(ctl, params: dict):
 
 
 def subsystem_delete(ctl, params: dict):
+    """Delete a subsystem (its controllers are torn down first): {nqn}."""
     _tgt(ctl).remove_subsystem(_p(params, "nqn"))
     return True
 
 
 def get_subsystems(ctl, params: dict):
+    """List subsystems with namespaces, hosts and ANA groups."""
     return _tgt(ctl).subsystems()
 
 
 def subsystem_add_ns(ctl, params: dict):
+    """Add a bdev as a namespace: {nqn, bdev, nsid?, uuid?, ana_group?} -> {nsid}."""
     uuid = _p(params, "uuid", str, None)
     if uuid is not None:
         uuid = C.parse_uuid(uuid, "uuid")
@@ -65,26 +69,31 @@ def subsystem_add_ns(ctl, params: dict):
 
 
 def subsystem_remove_ns(ctl, params: dict):
+    """Remove a namespace (waits for its in-flight I/O): {nqn, nsid}."""
     _tgt(ctl).remove_namespace(_p(params, "nqn"), _p(params, "nsid", int))
     return True
 
 
 def subsystem_add_host(ctl, params: dict):
+    """Allow a host NQN on a subsystem: {nqn, host}."""
     _tgt(ctl).add_host(_p(params, "nqn"), _p(params, "host"))
     return True
 
 
 def subsystem_remove_host(ctl, params: dict):
+    """Remove a host NQN from a subsystem's allow-list: {nqn, host}."""
     _tgt(ctl).remove_host(_p(params, "nqn"), _p(params, "host"))
     return True
 
 
 def subsystem_allow_any_host(ctl, params: dict):
+    """Allow any host (or only the list): {nqn, allow}."""
     _tgt(ctl).set_allow_any_host(_p(params, "nqn"), _p(params, "allow", bool, True))
     return True
 
 
 def listener_add(ctl, params: dict):
+    """Listen for NVMe/TCP: {address: "HOST:PORT"} or {addr, port} -> {addr, port}."""
     if "address" in params:
         lst = C.parse_listen(_p(params, "address"), "address")
         addr, port = lst.addr, lst.port
@@ -94,6 +103,7 @@ def listener_add(ctl, params: dict):
 
 
 def listener_remove(ctl, params: dict):
+    """Stop listening: {address} or {addr, port}."""
     if "address" in params:
         lst = C.parse_listen(_p(params, "address"), "address")
         addr, port = lst.addr, lst.port
@@ -104,29 +114,35 @@ def listener_remove(ctl, params: dict):
 
 
 def get_listeners(ctl, params: dict):
+    """List NVMe/TCP listeners."""
     return _tgt(ctl).listeners()
 
 
 def set_ana_state(ctl, params: dict):
+    """Set an ANA group's state (optimized|non_optimized|inaccessible|persistent_loss): {nqn, ana_group, state}."""
     _tgt(ctl).set_ana_state(_p(params, "nqn"), _p(params, "ana_group", int, 1),
                             _p(params, "state"))
     return True
 
 
 def get_controllers(ctl, params: dict):
+    """Connected controllers with per-queue stats: {nqn?}."""
     nqn = _p(params or {}, "nqn", str, None)
     return [c for c in _tgt(ctl).list_controllers() if nqn is None or c["subnqn"] == nqn]
 
 
 def get_qpairs(ctl, params: dict):
+    """Connected queue pairs with their counters."""
     return _tgt(ctl).list_qpairs()
 
 
 def get_stats(ctl, params: dict):
+    """Target counters: accepted, closed, proto_errors, kato_expired, ctrlrs, conns."""
     return _tgt(ctl).stats()
 
 
 def discover_rpc(ctl, params: dict):
+    """Read a discovery log (this or another target): {addr, port?, hostnqn?}."""
     return discover(_p(params, "addr"), _p(params, "port", int, 4420),
                     _p(params, "hostnqn", str, None))
 

@@ -250,6 +250,18 @@ class NvmfTarget:
         return {f: getattr(st, f) for f in ("accepted", "closed", "proto_errors", "kato_expired",
                                             "ctrlrs", "conns")}
 
+    def status(self) -> dict:
+        """For `srrs status` and the console."""
+        return {"listeners": self.listeners(), "subsystems": self.subsystems(),
+                "controllers": self.list_controllers(), "stats": self.stats()}
+
+    def to_toml_dict(self) -> dict:
+        """The `[nvmf]` table for save_config ({} when there is nothing to save)."""
+        cfg = self.to_config()
+        if not cfg.listen and not cfg.subsystems:
+            return {}
+        return C.to_dict(cfg)
+
     def to_config(self) -> C.NvmfConfig:
         """The running state as config (for save_config)."""
         subs = []

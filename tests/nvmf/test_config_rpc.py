@@ -116,3 +116,34 @@ def test_rpc_methods(core, target):
     with pytest.raises(SrrsError):
         rpc.METHODS["nvmf_subsystem_delete"](ctl, {"nqn": nqn})
     assert set(rpc.WHEN) == set(rpc.METHODS)
+
+
+def test_service_and_bench_cli(core, capsys):
+    import json
+
+    from srrs.nvmf import bench, service
+
+    core.bdev_create_malloc("m0", 8 << 20, 4096)
+    core.bdev_create_malloc("m1", 8 << 20, 4096)
+    ctl = types.SimpleNamespace(core=core)
+    svc = service.start(ctl, C.parse(dict(GOOD, listen=["127.0.0.1:0"])))
+    try:
+        st = svc.status()
+        port = st["listeners"][0]["port"]
+        assert st["subsystems"][0]["nqn"] == "nqn.2026-11.io.srrs:v0"
+        assert C.parse(svc.to_toml_dict()).subsystems == svc.to_config().subsystems
+
+        def aggregate(results):
+            return dict(results[0])
+
+        args = types.SimpleNamespace(target=f"127.0.0.1:{port}", nqn="nqn.2026-11.io.srrs:v0",
+                                     rw="randrw", bs=4096, qd=16, time=0.3, queues=2,
+                                     verify=True, cpu=None, rwmix_read=50, json=True)
+        rc = bench.run(args, lambda out, as_json: print(json.dumps(out)), aggregate)
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and out["verified"] and out["errors"] == 0 and out["iops"] > 0
+    finally:
+        svc.close()
+    empty = service.start(ctl, None)
+    assert empty.to_toml_dict() == {}
+    empty.close()
