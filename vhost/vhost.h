@@ -106,8 +106,15 @@ int srrs_vhost_set_inflight(struct srrs_vhost_dev *dev, int fd, uint64_t mmap_si
 
 struct srrs_vhost_client;
 
+struct srrs_vhost_client_mem {
+    int fd;
+    uint64_t size;
+    uint64_t gpa;
+    uint64_t uaddr;
+};
+
 struct srrs_vhost_client_ring {
-    uint64_t desc;          /* addresses as the back end sees them (uaddr == gpa here) */
+    uint64_t desc;          /* front-end virtual addresses (SET_VRING_ADDR) */
     uint64_t avail;
     uint64_t used;
     int kickfd;
@@ -115,13 +122,15 @@ struct srrs_vhost_client_ring {
     uint32_t num;
 };
 
-/* control. Guest memory of mem_size bytes in a memfd, num_queues rings of
- * queue_size entries laid out in it. */
-int srrs_vhost_client_create(uint32_t num_queues, uint32_t queue_size, uint64_t mem_size,
-                             struct srrs_vhost_client **out);
+/* control. Guest memory in a memfd: num_queues rings of queue_size entries,
+ * max_inflight request slots with max_io-byte data buffers, and a 64 KiB
+ * scratch area for raw (fuzz) descriptors. Guest physical addresses start at
+ * gpa_base; ring addresses are given as this process's virtual addresses
+ * (like QEMU's userspace_addr). */
+int srrs_vhost_client_create(uint32_t num_queues, uint32_t queue_size, uint32_t max_inflight,
+                             uint32_t max_io, uint64_t gpa_base, struct srrs_vhost_client **out);
 void srrs_vhost_client_destroy(struct srrs_vhost_client **c);
-int srrs_vhost_client_memfd(struct srrs_vhost_client *c);
-uint64_t srrs_vhost_client_mem_size(struct srrs_vhost_client *c);
+int srrs_vhost_client_mem(struct srrs_vhost_client *c, struct srrs_vhost_client_mem *out);
 int srrs_vhost_client_ring(struct srrs_vhost_client *c, int idx, struct srrs_vhost_client_ring *out);
 /* control. Before the rings start: driver features (EVENT_IDX, INDIRECT) and
  * the device geometry (bytes, logical block size). */
@@ -135,12 +144,15 @@ int srrs_vhost_client_bench(struct srrs_core *core, int reactor, struct srrs_vho
  * (0 OK, 1 IOERR, 2 UNSUPP) or -errno (-ETIMEDOUT: no answer). */
 int srrs_vhost_client_request(struct srrs_vhost_client *c, int q, uint32_t type, uint64_t sector,
                               void *buf, uint32_t len, int timeout_ms);
-/* control. Malicious driver for fuzzing: writes raw descriptors into ring q
- * (n entries of 16 bytes: addr, len, flags, next), an extra region of guest
- * memory at the same offset being usable as indirect tables, then publishes
- * `heads` avail entries and kicks. Returns 0 once posted. */
+/* control. Malicious driver for fuzzing: copies n raw descriptors (16 bytes
+ * each: addr, len, flags, next) into ring q's table, scratch_len bytes into
+ * the scratch area (indirect tables, headers), then publishes the nheads
+ * avail entries (raw values, not checked) with avail->idx moved by
+ * idx_delta, and kicks. The scratch area's guest address is returned by
+ * srrs_vhost_client_scratch(). */
 int srrs_vhost_client_post_raw(struct srrs_vhost_client *c, int q, const uint8_t *descs, uint32_t n,
-                               const uint16_t *heads, uint32_t nheads, const uint8_t *scratch,
-                               uint32_t scratch_len);
-/* Offset in guest memory of the fuzz scratch area (for raw descriptors). */
-uint64_t srrs_vhost_client_scratch(struct srrs_vhost_client *c, uint32_t *len);
+                               const uint16_t *heads, uint32_t nheads, uint16_t idx_delta,
+                               const uint8_t *scratch, uint32_t scratch_len);
+uint64_t srrs_vhost_client_scratch(struct srrs_vhost_client *c);
+/* Used entries the back end has published on ring q (its used->idx). */
+int srrs_vhost_client_used_idx(struct srrs_vhost_client *c, int q);
