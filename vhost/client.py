@@ -13,10 +13,32 @@ from typing import Optional
 from srrs.ffi.binding import BenchOpts, VerifyMap, bench_result_dict, check, ffi, lib
 
 from .proto import (
-    CONFIG_HDR, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, MEM_HDR, MEM_REGION, PF, U64, VRING_ADDR,
-    VRING_STATE, BLK_F_BLK_SIZE, BLK_F_DISCARD, BLK_F_FLUSH, BLK_F_MQ, BLK_F_SEG_MAX,
-    BLK_F_WRITE_ZEROES, F_EVENT_IDX, F_INDIRECT, F_PROTOCOL_FEATURES, F_VERSION_1,
-    VIRTIO_BLK_CONFIG_SIZE, ProtocolError, Req, recv_msg, send_msg, close_fds,
+    BLK_F_BLK_SIZE,
+    BLK_F_DISCARD,
+    BLK_F_FLUSH,
+    BLK_F_MQ,
+    BLK_F_SEG_MAX,
+    BLK_F_WRITE_ZEROES,
+    CONFIG_HDR,
+    F_EVENT_IDX,
+    F_INDIRECT,
+    F_PROTOCOL_FEATURES,
+    F_VERSION_1,
+    FLAG_NEED_REPLY,
+    FLAG_REPLY,
+    FLAG_VERSION,
+    MEM_HDR,
+    MEM_REGION,
+    PF,
+    U64,
+    VIRTIO_BLK_CONFIG_SIZE,
+    VRING_ADDR,
+    VRING_STATE,
+    ProtocolError,
+    Req,
+    close_fds,
+    recv_msg,
+    send_msg,
 )
 
 WANT_FEATURES = (1 << F_VERSION_1 | 1 << F_INDIRECT | 1 << F_EVENT_IDX | 1 << F_PROTOCOL_FEATURES

@@ -24,9 +24,26 @@ from typing import Callable, Optional
 from srrs.ffi.binding import check, ffi, lib
 
 from .proto import (
-    CONFIG_HDR, CONFIG_MAX, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION, INFLIGHT, MAX_REGIONS_TABLE,
-    MEM_HDR, MEM_REGION, U64, VRING_ADDR, VRING_IDX_MASK, VRING_NOFD, VRING_STATE, PF,
-    ProtocolError, Req, close_fds, recv_msg, send_msg,
+    CONFIG_HDR,
+    CONFIG_MAX,
+    FLAG_NEED_REPLY,
+    FLAG_REPLY,
+    FLAG_VERSION,
+    INFLIGHT,
+    MAX_REGIONS_TABLE,
+    MEM_HDR,
+    MEM_REGION,
+    PF,
+    U64,
+    VRING_ADDR,
+    VRING_IDX_MASK,
+    VRING_NOFD,
+    VRING_STATE,
+    ProtocolError,
+    Req,
+    close_fds,
+    recv_msg,
+    send_msg,
 )
 
 log = logging.getLogger("srrs.vhost")
@@ -92,6 +109,7 @@ class VhostBlkDevice:
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._lock = threading.Lock()   # serialises C calls: device thread vs info()/stop()
+        self.config = None  # the VhostConfig it came from, if any
         self.state = "created"
         self.connections = 0
         self.last_error = ""
@@ -526,6 +544,13 @@ class VhostService:
             self.devices[name] = dev
             return dev
 
+    def create_from_config(self, c) -> VhostBlkDevice:
+        """c: srrs.vhost.config.VhostConfig."""
+        dev = self.create(c.name, c.socket, c.bdev, c.num_queues, c.serial, c.read_only, c.owner,
+                          c.mode)
+        dev.config = c
+        return dev
+
     def delete(self, name: str) -> None:
         with self._lock:
             dev = self.devices.pop(name, None)
@@ -538,6 +563,23 @@ class VhostService:
 
     def list(self) -> list:
         return [d.info() for d in sorted(self.devices.values(), key=lambda d: d.name)]
+
+    def status(self) -> list:
+        """Per device: connection state, last error and per-queue stats."""
+        return self.list()
+
+    def to_toml_list(self) -> list:
+        """The running devices as [[vhost]] tables (save_config)."""
+        from .config import VhostConfig, to_dict
+
+        out = []
+        for d in sorted(self.devices.values(), key=lambda d: d.name):
+            c = getattr(d, "config", None) or VhostConfig(
+                name=d.name, socket=d.socket_path, bdev=d.bdev, num_queues=d.num_queues,
+                serial=d.serial if d.serial != d.name[:20] else "", read_only=d.read_only,
+                owner=d.owner, mode=d.mode)
+            out.append(to_dict(c))
+        return out
 
     def close(self) -> None:
         for name in list(self.devices):
