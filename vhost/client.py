@@ -7,6 +7,7 @@ Python (like QEMU's front end), the rings and the load in C (vhost/client.c).
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Optional
 
@@ -27,6 +28,7 @@ from .proto import (
     FLAG_NEED_REPLY,
     FLAG_REPLY,
     FLAG_VERSION,
+    INFLIGHT,
     MEM_HDR,
     MEM_REGION,
     PF,
@@ -44,7 +46,7 @@ from .proto import (
 WANT_FEATURES = (1 << F_VERSION_1 | 1 << F_INDIRECT | 1 << F_EVENT_IDX | 1 << F_PROTOCOL_FEATURES
                  | 1 << BLK_F_SEG_MAX | 1 << BLK_F_BLK_SIZE | 1 << BLK_F_FLUSH | 1 << BLK_F_MQ
                  | 1 << BLK_F_DISCARD | 1 << BLK_F_WRITE_ZEROES)
-WANT_PROTOCOL = 1 << PF.MQ | 1 << PF.REPLY_ACK | 1 << PF.CONFIG
+WANT_PROTOCOL = 1 << PF.MQ | 1 << PF.REPLY_ACK | 1 << PF.CONFIG | 1 << PF.INFLIGHT_SHMFD
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
 
@@ -58,7 +60,8 @@ class VhostClient:
 
     def __init__(self, socket_path: str, num_queues: int = 1, queue_size: int = 256,
                  max_inflight: int = 256, max_io: int = 1 << 20, features: int = WANT_FEATURES,
-                 gpa_base: int = 1 << 32, timeout: float = 30.0):
+                 gpa_base: int = 1 << 32, timeout: float = 30.0, inflight: bool = False,
+                 inflight_fd: Optional[int] = None):
         self.socket_path = str(socket_path)
         pp = ffi.new("struct srrs_vhost_client **")
         check(lib.srrs_vhost_client_create(num_queues, queue_size, max_inflight, max_io, gpa_base,
@@ -76,6 +79,11 @@ class VhostClient:
         self.device_queues = 1
         self.config = b""
         self.connected = False
+        self.use_inflight = inflight or inflight_fd is not None
+        self.inflight_fd = inflight_fd      # kept across reconnects, like QEMU
+        self.inflight_size = 0
+        self.queue_size = queue_size
+        self.keep_inflight = False
 
     # -- protocol ---------------------------------------------------------------------
     def call(self, req: int, payload: bytes = b"", fds=None, reply: bool = False,
@@ -128,6 +136,8 @@ class VhostClient:
             self.device_queues = int.from_bytes(cfg[34:36], "little") or self.device_queues
         if self.num_queues > self.device_queues:
             raise ProtocolError(f"device has {self.device_queues} queues, asked for {self.num_queues}")
+        if self.use_inflight:
+            self._inflight()
         m = ffi.new("struct srrs_vhost_client_mem *")
         lib.srrs_vhost_client_mem(self.ptr, m)
         self.mem = (m.fd, m.size, m.gpa, m.uaddr)
@@ -149,6 +159,24 @@ class VhostClient:
         self.connected = True
         return self
 
+    def _inflight(self) -> None:
+        if not self.protocol_features >> PF.INFLIGHT_SHMFD & 1:
+            raise ProtocolError("back end does not offer INFLIGHT_SHMFD")
+        if self.inflight_fd is None:
+            send_msg(self.sock, Req.GET_INFLIGHT_FD, INFLIGHT.pack(0, 0, self.num_queues,
+                                                                     self.queue_size))
+            rreq, rflags, data, rfds = recv_msg(self.sock)
+            if rreq != Req.GET_INFLIGHT_FD or len(rfds) != 1 or len(data) != INFLIGHT.size:
+                close_fds(rfds)
+                raise ProtocolError("bad GET_INFLIGHT_FD reply")
+            self.inflight_size, off, _, _ = INFLIGHT.unpack(data)
+            self.inflight_fd = rfds[0]
+        else:
+            self.inflight_size = os.fstat(self.inflight_fd).st_size
+        self.call(Req.SET_INFLIGHT_FD, INFLIGHT.pack(self.inflight_size, 0, self.num_queues,
+                                                     self.queue_size),
+                  fds=[self.inflight_fd], ack=True)
+
     def get_vring_base(self, i: int) -> int:
         r = self.call(Req.GET_VRING_BASE, VRING_STATE.pack(i, 0), reply=True)
         return VRING_STATE.unpack(r)[1]
@@ -162,6 +190,9 @@ class VhostClient:
                 pass
             self.connected = False
         self.sock.close()
+        if self.inflight_fd is not None and not self.keep_inflight:
+            os.close(self.inflight_fd)
+            self.inflight_fd = None
         if self.ptr != ffi.NULL:
             lib.srrs_vhost_client_destroy(self._pp)
             self.ptr = ffi.NULL
@@ -215,7 +246,7 @@ class VhostClient:
         st, d = self.request(T_GET_ID, length=20)
         if st:
             raise OSError(5, f"get_id status {st}")
-        return d.rstrip(b"\0")
+        return d.split(b"\0", 1)[0]
 
     def discard_like(self, type_: int, offset: int, length: int, flags: int = 0) -> int:
         seg = (offset // 512).to_bytes(8, "little") + (length // 512).to_bytes(4, "little") \

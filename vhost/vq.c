@@ -1254,8 +1254,9 @@ int srrs_vhost_dev_reset(struct srrs_vhost_dev *d)
         vq_set_fd(d, i, -1, false);
         free(vq->reqs);
         free(vq->resubmit);
-        memset(&vq->st, 0, sizeof(vq->st));
+        struct vq_stats keep = vq->st; /* counters are cumulative over connections */
         *vq = (struct vq){.dev = d, .idx = i, .kickfd = -1, .callfd = -1, .stop_hook = -1};
+        vq->st = keep;
     }
     dev_mem_publish(d, NULL);
     dev_inflight_drop(d);
