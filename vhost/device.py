@@ -208,12 +208,14 @@ class VhostBlkDevice:
     def _session(self, conn: socket.socket) -> str:
         sel = selectors.DefaultSelector()
         sel.register(conn, selectors.EVENT_READ)
+        sel.register(lib.srrs_vhost_dev_event_fd(self._dev), selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
                 broken = self._broken()
                 if broken:
                     return f"device stopped: {broken}"
-                if not sel.select(0.25):
+                ready = sel.select(0.25)
+                if not any(key.fileobj is conn for key, _ in ready):
                     continue
                 try:
                     req, flags, payload, fds = recv_msg(conn)

@@ -64,6 +64,8 @@ int srrs_vhost_dev_get_config(struct srrs_vhost_dev *dev, uint8_t *buf, uint32_t
  * guest error; 0 otherwise. */
 int srrs_vhost_dev_broken(struct srrs_vhost_dev *dev, char *reason, uint32_t len);
 int srrs_vhost_dev_num_queues(struct srrs_vhost_dev *dev);
+/* An eventfd (owned by the device) that becomes readable when a queue breaks. */
+int srrs_vhost_dev_event_fd(struct srrs_vhost_dev *dev);
 uint64_t srrs_vhost_dev_capacity(struct srrs_vhost_dev *dev);
 
 /* control. Guest memory. mem_add maps fd (not taken: the caller closes it)

@@ -21,6 +21,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -174,6 +175,7 @@ struct srrs_vhost_dev {
     uint8_t *infl_base;
     uint32_t infl_nq, infl_qs;
     _Atomic int broken;
+    int broken_efd;                /* readable once a queue broke (the protocol thread waits on it) */
     char reason[192];
     struct vq vq[];
 };
@@ -207,6 +209,9 @@ static void vq_break(struct vq *vq, const char *fmt, ...)
     if (atomic_compare_exchange_strong(&d->broken, &expected, 2)) {
         snprintf(d->reason, sizeof(d->reason), "queue %d: %s", vq->idx, msg);
         atomic_store(&d->broken, 1);
+        uint64_t one = 1;
+        ssize_t n = write(d->broken_efd, &one, sizeof(one)); /* error path: a syscall is fine */
+        (void)n;
     }
     srrs_event_post(d->core, SRRS_EV_VHOST_BROKEN, 0, (uint64_t)vq->idx, d->name, "queue %d: %s",
                     vq->idx, msg);
@@ -1218,6 +1223,13 @@ int srrs_vhost_dev_create(struct srrs_core *core, const char *name, const char *
         srrs_bdev_close(&b);
         return srrs_err(-ENOMEM, "vhost %s: out of memory", name);
     }
+    d->broken_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (d->broken_efd < 0) {
+        int e = errno;
+        srrs_bdev_close(&b);
+        free(d);
+        return srrs_err(-e, "vhost %s: eventfd: %s", name, strerror(e));
+    }
     snprintf(d->name, sizeof(d->name), "%s", name);
     d->core = core;
     d->bdev = b;
@@ -1261,6 +1273,9 @@ int srrs_vhost_dev_reset(struct srrs_vhost_dev *d)
     dev_mem_publish(d, NULL);
     dev_inflight_drop(d);
     d->features = 0;
+    uint64_t v;
+    ssize_t n = read(d->broken_efd, &v, sizeof(v));
+    (void)n;
     atomic_store(&d->broken, 0);
     d->reason[0] = 0;
     return 0;
@@ -1273,6 +1288,7 @@ void srrs_vhost_dev_destroy(struct srrs_vhost_dev **pd)
         return;
     srrs_vhost_dev_reset(d);
     srrs_bdev_close(&d->bdev);
+    close(d->broken_efd);
     free(d);
     *pd = NULL;
 }
@@ -1323,5 +1339,7 @@ int srrs_vhost_dev_broken(struct srrs_vhost_dev *d, char *reason, uint32_t len)
 }
 
 int srrs_vhost_dev_num_queues(struct srrs_vhost_dev *d) { return d->nq; }
+
+int srrs_vhost_dev_event_fd(struct srrs_vhost_dev *d) { return d->broken_efd; }
 
 uint64_t srrs_vhost_dev_capacity(struct srrs_vhost_dev *d) { return d->bdev->size; }
