@@ -439,7 +439,7 @@ int srrs_bdev_create_malloc(struct srrs_core *core, const char *name, uint64_t s
     if (!d)
         return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
     d->len = size;
-    d->mem = srrs_mem_alloc(size, NULL);
+    d->mem = srrs_mem_alloc_populated(size, NULL);
     if (!d->mem) {
         free(d);
         return srrs_err(-ENOMEM, "bdev %s: cannot map %llu bytes of RAM", name,

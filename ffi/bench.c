@@ -446,7 +446,7 @@ int srrs_bench_run(struct srrs_reactor *r, struct srrs_bench_target *t,
         return srrs_err(-EINVAL, "bench: rw must be 0..4");
     if (!o->bs || o->bs % bs || (o->bs_max && o->bs_max % bs))
         return srrs_err(-EINVAL, "bench: bs %u is not a multiple of the block size %u", o->bs, bs);
-    if (maxlen > SRRS_BUF_MAX - (o->misalign ? 4096u : 0))
+    if (maxlen > SRRS_BUF_MAX)
         return srrs_err(-EINVAL, "bench: I/O size %u above the 1 MiB buffer limit", maxlen);
     if (o->qd < 1 || o->qd > 4096)
         return srrs_err(-EINVAL, "bench: qd must be 1..4096");

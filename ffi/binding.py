@@ -12,8 +12,26 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
-from . import _srrs
 
+def _load_extension():
+    """The compiled core; SRRS_EXT_PATH selects another build of it (the CI's
+    AddressSanitizer build) without touching the installed one."""
+    path = os.environ.get("SRRS_EXT_PATH")
+    if not path:
+        from . import _srrs as mod
+
+        return mod
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{__package__}._srrs", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_srrs = _load_extension()
 ffi = _srrs.ffi
 lib = _srrs.lib
 

@@ -173,11 +173,13 @@ void srrs_io_put(struct srrs_io *io);
  * (never inline: no recursion between submit and completion). */
 void srrs_io_complete(struct srrs_io *io, int status);
 
-/* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB.
- * NULL if len > 1 MiB or the class is empty. */
+/* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB + 64 KiB.
+ * NULL if len > SRRS_BUF_LARGE or the class is empty. */
 void *srrs_buf_get(struct srrs_reactor *r, size_t len);
 void srrs_buf_put(struct srrs_reactor *r, void *buf, size_t len);
 #define SRRS_BUF_MAX (1u << 20)
+/* The largest class has slack so a 1 MiB transfer fits at a sub-page offset. */
+#define SRRS_BUF_LARGE ((1u << 20) + 65536u)
 
 /* ---- block devices ----------------------------------------------------- */
 
@@ -245,6 +247,8 @@ extern const uint8_t *srrs_zero_buf;
 
 /* Buffers from mmap: huge pages when the system has them reserved, else 4 KiB pages. */
 void *srrs_mem_alloc(size_t len, bool *huge);
+/* The same, every page faulted in now (RAM disks: no page fault on the I/O path). */
+void *srrs_mem_alloc_populated(size_t len, bool *huge);
 void srrs_mem_free(void *p, size_t len);
 
 /* ---- load generator targets (bdev, nvmf initiator, vhost client) ------- */

@@ -43,7 +43,9 @@ DEFAULT_MODULES = [
     "virtio_scsi",
     "nvme_tcp", "nvme_fabrics", "nvme_core", "nvme",
     "crc32c_generic", "crc32c_intel", "crc64_rocksoft_generic",
-    "ext4", "loop",
+    "ext4", "loop", "configfs",
+    # The kernel NVMe/TCP *target*, to check the initiator side in one guest.
+    "nvmet", "nvmet_tcp",
 ]
 
 # Host binaries copied in, as "guest path=host path" or a name looked up on PATH

@@ -6,6 +6,8 @@ type 18, XEN_ELFNOTE_PHYS32_ENTRY), so QEMU can boot it directly with -kernel.
 Usage: extract_vmlinux.py BZIMAGE OUT
 """
 
+from __future__ import annotations
+
 import gzip
 import lzma
 import struct

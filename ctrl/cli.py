@@ -1,0 +1,333 @@
+"""`srrs` command line: start, rpc, status, bdev, bench, and the export nouns.
+
+Every subcommand other than `start` and `bench` is a thin client of the
+controller's JSON-RPC socket (-s/--socket, default $SRRS_SOCKET or the
+runtime dir's srrs.sock); `--json` prints the raw result for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from typing import Any, Optional
+
+from . import config as cfg
+from .rpc import RpcClient, RpcError
+
+
+def _default_socket() -> str:
+    return os.environ.get("SRRS_SOCKET") or cfg.default_rpc_socket()
+
+
+def _client(args) -> RpcClient:
+    return RpcClient(args.socket)
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json or not isinstance(obj, (list, dict)):
+        print(json.dumps(obj, indent=2, sort_keys=True))
+        return
+    if isinstance(obj, list):
+        for item in obj:
+            print(json.dumps(item, sort_keys=True))
+    else:
+        for k, v in obj.items():
+            print(f"{k}: {json.dumps(v, sort_keys=True)}")
+
+
+def _call(args, method: str, params: Optional[dict] = None) -> Any:
+    with _client(args) as c:
+        return c.call(method, params)
+
+
+# ---- subcommands -----------------------------------------------------------------
+
+def cmd_start(args) -> int:
+    from .daemon import run
+
+    return run(args.config)
+
+
+def cmd_rpc(args) -> int:
+    params = None
+    if args.params is not None:
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as e:
+            print(f"srrs rpc: params are not JSON: {e}", file=sys.stderr)
+            return 2
+    with _client(args) as c:
+        resp = c.call_raw(args.method, params)
+    print(json.dumps(resp.get("result", resp.get("error")), indent=2, sort_keys=True))
+    return 1 if "error" in resp else 0
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if n >= 1 << {"TiB": 40, "GiB": 30, "MiB": 20, "KiB": 10}[unit]:
+            return f"{n / (1 << {'TiB': 40, 'GiB': 30, 'MiB': 20, 'KiB': 10}[unit]):.1f} {unit}"
+    return f"{n} B"
+
+
+def cmd_status(args) -> int:
+    st = _call(args, "status")
+    if args.json:
+        _print(st, True)
+        return 0
+    print(f"controller {st['name']}  pid {st['pid']}  up {st['uptime_s']:.0f}s  "
+          f"poll {st['poll_mode']}  rpc {st['rpc_socket']}")
+    for r in st["reactors"]:
+        print(f"  reactor {r['reactor']}: {r['state']:8} {r['poll_mode']:8} busy {r['busy_pct']:5.1f}%"
+              f"  loops {r['loops']}  in-flight {r['io_outstanding']}  cpu {r['cpu']}")
+    for b in st["bdevs"]:
+        print(f"  bdev {b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  bs {b['block_size']}"
+              f"  r {b['reads']} w {b['writes']} err {b['errors']}  {b['path']}")
+    for key in ("nvmf", "vhost"):
+        if key in st:
+            print(f"  {key}: {json.dumps(st[key], sort_keys=True)}")
+    return 0
+
+
+def cmd_bdev(args) -> int:
+    if args.verb == "create":
+        p: dict = {"name": args.name, "type": args.type, "block_size": args.block_size}
+        if args.size:
+            p["size"] = args.size
+        if args.path:
+            p["path"] = args.path
+        _print(_call(args, "bdev_create", p), args.json)
+    elif args.verb == "delete":
+        _call(args, "bdev_delete", {"name": args.name})
+        if args.json:
+            _print(True, True)
+    else:
+        res = _call(args, "bdev_list", {"name": args.name} if args.name else {})
+        if args.json:
+            _print(res, True)
+        else:
+            for b in res:
+                print(f"{b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  "
+                      f"bs {b['block_size']:5}  open {b['open_count']}  {b['path']}")
+    return 0
+
+
+def cmd_noun(args) -> int:
+    """nvmf / vhost / …: `srrs NOUN VERB [JSON]` calls the RPC method NOUN_VERB."""
+    params = json.loads(args.params) if args.params else None
+    res = _call(args, f"{args.noun}_{args.verb}", params)
+    _print(res, args.json)
+    return 0
+
+
+# ---- bench ------------------------------------------------------------------------
+
+def _bench_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rw", default="randread",
+                   choices=["randread", "randwrite", "randrw", "read", "write"])
+    p.add_argument("--bs", type=lambda s: cfg.parse_size(s), default=4096, help="bytes, e.g. 4096 or 128KiB")
+    p.add_argument("--qd", type=int, default=32)
+    p.add_argument("--time", type=float, default=10.0, help="seconds")
+    p.add_argument("--queues", type=int, default=1)
+    p.add_argument("--verify", action="store_true")
+    p.add_argument("--cpu", type=int, default=None, help="pin the load reactor to this CPU")
+    p.add_argument("--rwmix-read", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+
+def aggregate(results: list) -> dict:
+    """One report from per-queue job results (latency: worst queue's percentiles)."""
+    out = {k: sum(r[k] for r in results) for k in
+           ("ios", "reads", "writes", "bytes", "errors", "verify_errors", "verified_blocks",
+            "iops", "mibps")}
+    out["elapsed_s"] = max(r["elapsed_s"] for r in results)
+    out["lat_us"] = {k: max(r["lat_us"][k] for r in results) for k in
+                     ("p50", "p99", "p999", "max", "avg")}
+    out["busy_pct"] = [r["busy_pct"] for r in results]
+    return out
+
+
+def cmd_bench_bdev(args) -> int:
+    from ..ffi.binding import BenchOpts, Core, SrrsError, VerifyMap
+
+    try:
+        conf = cfg.load(args.config)
+    except cfg.ConfigError as e:
+        print(f"srrs bench: config error: {e}", file=sys.stderr)
+        return 2
+    b = next((x for x in conf.bdevs if x.name == args.bdev), None)
+    if b is None:
+        print(f"srrs bench: no bdev {args.bdev!r} in {args.config}", file=sys.stderr)
+        return 2
+    cpus = [args.cpu + i for i in range(args.queues)] if args.cpu is not None else None
+    core = Core(reactors=args.queues, poll_mode="busy", cpus=cpus)
+    try:
+        if b.type == "malloc":
+            core.bdev_create_malloc(b.name, b.size, b.block_size)
+        elif b.type == "null":
+            core.bdev_create_null(b.name, b.size, b.block_size)
+        else:
+            core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+        size = core.bdev_info(b.name)["size"]
+        span = size // args.queues
+        span -= span % (1 << 20) if span >= (1 << 21) else span % b.block_size
+        vmaps = [VerifyMap(size // b.block_size, b.block_size) if args.verify else None
+                 for _ in range(args.queues)]
+        results: list = [None] * args.queues
+        errors: list = []
+
+        def job(i):
+            try:
+                opts = BenchOpts(rw=args.rw, bs=args.bs, qd=args.qd, time_s=args.time,
+                                 rwmix_read=args.rwmix_read, seed=i + 1,
+                                 offset=i * span if args.queues > 1 else 0,
+                                 span=span if args.queues > 1 else 0)
+                results[i] = core.bench_bdev(b.name, opts, reactor=i, vmap=vmaps[i])
+                if vmaps[i] is not None and vmaps[i].written_blocks:
+                    # read back everything the job wrote
+                    chk = core.bench_bdev(b.name, BenchOpts(
+                        rw="read", bs=min(1 << 20, span), qd=8, time_s=0,
+                        max_ios=max(1, span // min(1 << 20, span)), offset=opts.offset,
+                        span=opts.span), reactor=i, vmap=vmaps[i])
+                    results[i]["verify_errors"] += chk["verify_errors"]
+                    results[i]["verified_blocks"] += chk["verified_blocks"]
+                    results[i]["errors"] += chk["errors"]
+            except SrrsError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(args.queues)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            print(f"srrs bench: {errors[0]}", file=sys.stderr)
+            return 1
+    finally:
+        core.close()
+    out = aggregate(results)
+    out["verified"] = bool(args.verify and out["verify_errors"] == 0 and out["errors"] == 0
+                           and out["verified_blocks"] > 0)
+    out.update({"target": f"bdev:{b.name}", "rw": args.rw, "bs": args.bs, "qd": args.qd,
+                "queues": args.queues, "verify": args.verify})
+    _report(out, args.json)
+    return 0 if out["errors"] == 0 and out["verify_errors"] == 0 else 1
+
+
+def _report(out: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out, sort_keys=True))
+        return
+    lat = out["lat_us"]
+    busy = out.get("busy_pct")
+    busy_s = ", ".join(f"{b:.0f}%" for b in busy) if isinstance(busy, list) else ""
+    print(f"{out['target']}  {out['rw']} bs={out['bs']} qd={out['qd']} queues={out['queues']}: "
+          f"{out['iops']:,.0f} IOPS  {out['mibps']:,.1f} MiB/s  "
+          f"lat p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p999']:.2f} us  "
+          f"errors {out['errors']}" + (f"  verified {out['verified']}" if out.get('verify') else "")
+          + (f"  reactor busy {busy_s}" if busy_s else ""))
+
+
+def cmd_bench_module(args) -> int:
+    """bench nvmf / vhost: provided by the export modules when built in."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"srrs.{args.target}.bench")
+    except ImportError:
+        print(f"srrs bench {args.target}: not available in this build", file=sys.stderr)
+        return 2
+    return mod.run(args, _report, aggregate)
+
+
+# ---- parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="srrs", description="SRRS block storage controller")
+    ap.add_argument("-s", "--socket", default=_default_socket(),
+                    help="controller RPC socket (default: $SRRS_SOCKET or %(default)s)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("start", help="run one controller in the foreground")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(fn=cmd_start)
+
+    p = sub.add_parser("rpc", help="call one JSON-RPC method")
+    p.add_argument("method")
+    p.add_argument("params", nargs="?", help="JSON object")
+    p.set_defaults(fn=cmd_rpc)
+
+    p = sub.add_parser("status", help="controller, reactors, bdevs, exports")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("bdev", help="block devices")
+    bs = p.add_subparsers(dest="verb", required=True)
+    c = bs.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--type", required=True, choices=["malloc", "null", "file"])
+    c.add_argument("--size", default=None, help="e.g. 256MiB")
+    c.add_argument("--block-size", type=int, default=4096)
+    c.add_argument("--path", default=None)
+    c.add_argument("--json", action="store_true")
+    d = bs.add_parser("delete")
+    d.add_argument("name")
+    d.add_argument("--json", action="store_true")
+    ls = bs.add_parser("list")
+    ls.add_argument("name", nargs="?")
+    ls.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bdev)
+
+    for noun in ("nvmf", "vhost"):
+        p = sub.add_parser(noun, help=f"{noun} export (calls the RPC method {noun}_VERB)")
+        p.add_argument("verb")
+        p.add_argument("params", nargs="?", help="JSON object")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=cmd_noun, noun=noun)
+
+    p = sub.add_parser("bench", help="C load generator")
+    bsub = p.add_subparsers(dest="target", required=True)
+    b = bsub.add_parser("bdev", help="a bdev from a config, on its own reactor (like bdevperf)")
+    b.add_argument("-c", "--config", required=True)
+    b.add_argument("--bdev", required=True)
+    _bench_common(b)
+    b.set_defaults(fn=cmd_bench_bdev)
+    n = bsub.add_parser("nvmf", help="NVMe/TCP initiator")
+    n.add_argument("--target", required=True, help="HOST:PORT")
+    n.add_argument("--nqn", required=True)
+    _bench_common(n)
+    n.set_defaults(fn=cmd_bench_module)
+    v = bsub.add_parser("vhost", help="vhost-user-blk client")
+    v.add_argument("--socket", dest="vhost_socket", required=True)
+    _bench_common(v)
+    v.set_defaults(fn=cmd_bench_module)
+    return ap
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "size", None) and args.cmd == "bdev":
+        try:
+            args.size = cfg.parse_size(args.size)
+        except ValueError as e:
+            print(f"srrs: --size: {e}", file=sys.stderr)
+            return 2
+    try:
+        return args.fn(args)
+    except ConnectionError as e:
+        print(f"srrs: {e}", file=sys.stderr)
+        return 3
+    except RpcError as e:
+        print(f"srrs: {e.message}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as e:
+        print(f"srrs: params are not JSON: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

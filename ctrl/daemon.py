@@ -1,0 +1,367 @@
+"""One controller process: `srrs start -c FILE.toml` (DESIGN §1, §6).
+
+Builds the data plane from a validated config, serves JSON-RPC, logs the
+core's events, and on SIGTERM/SIGINT stops cleanly: RPC closed, exports
+closed, in-flight I/O drained, every bdev destroyed, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Optional
+
+from ..ffi.binding import Core, SrrsError
+from . import config as cfg
+from .rpc import InvalidParams, MethodTable, RpcServer, param
+
+log = logging.getLogger("srrs")
+
+METHODS = MethodTable()
+
+
+class Controller:
+    """The running state of one controller: the model that save_config writes."""
+
+    def __init__(self, conf: cfg.Config):
+        self.conf = conf
+        self.name = conf.controller.name
+        self.lock = threading.RLock()
+        self.phase = "startup"
+        self.started = time.time()
+        self.events: list = []
+        self.bdevs: dict[str, cfg.BdevConfig] = {}
+        self.jobs: list = []
+        c = conf.controller
+        self.core = Core(reactors=c.reactors, poll_mode=c.poll_mode, idle_spin_us=c.idle_spin_us,
+                         cpus=c.cpus)
+        self.nvmf: Any = None
+        self.vhost: Any = None
+        self.pool: Any = None
+        self.pair: Any = None
+        self.metrics: Any = None
+        self.services: dict = {}
+        self.rpc: Optional[RpcServer] = None
+        try:
+            for b in conf.bdevs:
+                self.bdev_create(b)
+            self._start_exports()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- services (modules that exist in this build), in start order --------------------
+    # (attribute, module with start(ctl, section) -> service, config section)
+    SERVICES = [
+        ("pool", "srrs.ctrl.pool", "pool"),
+        ("nvmf", "srrs.nvmf.service", "nvmf"),
+        ("vhost", "srrs.vhost.service", "vhost"),
+        ("pair", "srrs.ctrl.pair", "pair"),
+        ("metrics", "srrs.ctrl.metrics", "metrics"),
+    ]
+
+    def _start_exports(self) -> None:
+        import importlib
+
+        for attr, modname, key in self.SERVICES:
+            try:
+                mod = importlib.import_module(modname)
+            except ModuleNotFoundError as e:
+                if e.name and modname.startswith(e.name):
+                    continue  # not in this build
+                raise
+            default = () if key == "vhost" else None
+            svc = mod.start(self, self.conf.sections.get(key, default))
+            setattr(self, attr, svc)
+            self.services[attr] = svc
+
+    # -- bdevs ---------------------------------------------------------------------
+    def bdev_create(self, b: cfg.BdevConfig) -> None:
+        if b.type == "malloc":
+            self.core.bdev_create_malloc(b.name, b.size, b.block_size)
+        elif b.type == "null":
+            self.core.bdev_create_null(b.name, b.size, b.block_size)
+        else:
+            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+        self.bdevs[b.name] = b
+
+    def bdev_delete(self, name: str) -> None:
+        self.core.bdev_delete(name)
+        self.bdevs.pop(name, None)
+
+    # -- state ---------------------------------------------------------------------
+    def status(self) -> dict:
+        reactors = self.core.all_reactor_stats()
+        out = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "rpc_socket": self.conf.controller.rpc_socket,
+            "poll_mode": self.core.poll_mode,
+            "reactors": reactors,
+            "bdevs": self.core.bdev_list(),
+        }
+        for name, svc in self.services.items():
+            if svc is not None and hasattr(svc, "status"):
+                out[name] = svc.status()
+        return out
+
+    def to_toml_dict(self) -> dict:
+        doc: dict = {"controller": cfg.controller_to_dict(
+            replace(self.conf.controller, poll_mode=self.core.poll_mode))}
+        if self.bdevs:
+            doc["bdev"] = [cfg.bdev_to_dict(b) for b in self.bdevs.values()]
+        for name, svc in self.services.items():
+            if svc is None:
+                continue
+            if hasattr(svc, "to_toml"):  # {top-level key: value}
+                doc.update({k: v for k, v in svc.to_toml().items() if v})
+            elif hasattr(svc, "to_toml_dict"):
+                d = svc.to_toml_dict()
+                if d:
+                    doc[name] = d
+            elif hasattr(svc, "to_toml_list"):
+                lst = svc.to_toml_list()
+                if lst:
+                    doc[name] = lst
+        return doc
+
+    def save_config(self, path: str) -> str:
+        text = cfg.dumps(self.to_toml_dict())
+        cfg.loads(text, path)  # never write a file that `srrs start` would refuse
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def poll_events(self) -> None:
+        for ev in self.core.events():
+            ev["time"] = time.time()
+            self.events.append(ev)
+            log.info("event %s %s: %s", ev["type"], ev["obj"], ev["msg"])
+        del self.events[:-1000]
+
+    # -- lifecycle -----------------------------------------------------------------
+    def serve_rpc(self) -> None:
+        self.rpc = RpcServer(self.conf.controller.rpc_socket, METHODS, self, self.lock,
+                             phase=lambda: self.phase)
+        self.rpc.start()
+        self.phase = "runtime"
+
+    def close(self) -> None:
+        if self.rpc is not None:
+            self.rpc.close()
+            self.rpc = None
+        for name in reversed(list(self.services)):
+            svc = self.services.pop(name)
+            setattr(self, name, None)
+            if svc is not None and hasattr(svc, "close"):
+                try:
+                    svc.close()
+                except Exception as e:  # keep tearing down the rest
+                    log.error("closing %s: %s", name, e)
+        if self.core is not None:
+            self.core.stop()  # stop hooks end load jobs; in-flight I/O drains
+            for j in self.jobs:
+                j["_thread"].join(5)
+            self.core.close()
+            self.core = None
+
+
+# ---- RPC methods of the core ------------------------------------------------------
+
+def _bdev_fail(keypath, msg):
+    key = ".".join(str(p) for p in keypath)
+    return InvalidParams(f"{key}: {msg}" if key else msg)
+
+
+@METHODS.method("bdev_create")
+def rpc_bdev_create(ctl: Controller, p: dict):
+    """Create a bdev: {name, type: malloc|null|file, size, block_size, path}."""
+    b = cfg.parse_bdev(p, _bdev_fail)
+    ctl.bdev_create(b)
+    return ctl.core.bdev_info(b.name)
+
+
+@METHODS.method("bdev_delete")
+def rpc_bdev_delete(ctl: Controller, p: dict):
+    """Delete a bdev that no export uses: {name}."""
+    ctl.bdev_delete(param(p, "name", str))
+    return True
+
+
+@METHODS.method("bdev_list")
+def rpc_bdev_list(ctl: Controller, p: dict):
+    """List bdevs with their I/O counters; {name} for one."""
+    name = param(p, "name", str, None)
+    if name is not None:
+        return [ctl.core.bdev_info(name)]
+    return ctl.core.bdev_list()
+
+
+@METHODS.method("reactor_stats")
+def rpc_reactor_stats(ctl: Controller, p: dict):
+    """Per-reactor loop counters, busy/idle/sleep time and poll mode."""
+    return ctl.core.all_reactor_stats()
+
+
+@METHODS.method("reactor_set_poll_mode", when="runtime")
+def rpc_reactor_set_poll_mode(ctl: Controller, p: dict):
+    """Switch every reactor: {poll_mode: adaptive|busy, idle_spin_us}."""
+    mode = param(p, "poll_mode", str)
+    if mode not in ("adaptive", "busy"):
+        raise InvalidParams("poll_mode must be 'adaptive' or 'busy'")
+    ctl.core.set_poll_mode(mode, param(p, "idle_spin_us", int, 200))
+    return True
+
+
+@METHODS.method("status")
+def rpc_status(ctl: Controller, p: dict):
+    """Controller name, pid, uptime, reactors, bdevs and exports."""
+    return ctl.status()
+
+
+@METHODS.method("events")
+def rpc_events(ctl: Controller, p: dict):
+    """Recent data-plane events: {since: unix time}."""
+    since = param(p, "since", (int, float), 0)
+    return [e for e in ctl.events if e["time"] > since]
+
+
+@METHODS.method("save_config")
+def rpc_save_config(ctl: Controller, p: dict):
+    """Write the running state to a TOML file that `srrs start` accepts: {path}."""
+    path = param(p, "path", str)
+    if not os.path.isabs(path):
+        raise InvalidParams("path must be absolute (the controller's cwd is not yours)")
+    return {"path": ctl.save_config(path)}
+
+
+@METHODS.method("bench_bdev_start", when="runtime")
+def rpc_bench_bdev_start(ctl: Controller, p: dict):
+    """Start a C load job on a reactor in the background (like bdevperf inside the
+    controller): {bdev, reactor, rw, bs, bs_max, qd, time_s, max_ios, verify}. Returns its id."""
+    from ..ffi.binding import BenchOpts, VerifyMap
+
+    name = param(p, "bdev", str)
+    reactor = param(p, "reactor", int, 0)
+    if not 0 <= reactor < ctl.core.num_reactors:
+        raise InvalidParams(f"reactor must be 0..{ctl.core.num_reactors - 1}")
+    info = ctl.core.bdev_info(name)
+    opts = BenchOpts(rw=param(p, "rw", str, "randrw"), bs=param(p, "bs", int, 4096),
+                     bs_max=param(p, "bs_max", int, 0), qd=param(p, "qd", int, 32),
+                     time_s=float(param(p, "time_s", (int, float), 10)),
+                     max_ios=param(p, "max_ios", int, 0), seed=param(p, "seed", int, 0))
+    vmap = VerifyMap(info["num_blocks"], info["block_size"]) if param(p, "verify", bool, False) else None
+    jid = len(ctl.jobs)
+    job = {"id": jid, "bdev": name, "reactor": reactor, "state": "running", "result": None}
+    ctl.jobs.append(job)
+
+    def run():
+        try:
+            job["result"] = ctl.core.bench_bdev(name, opts, reactor=reactor, vmap=vmap)
+            job["state"] = "done"
+        except OSError as e:
+            job["state"] = f"failed: {e}"
+        finally:
+            if vmap is not None:
+                vmap.close()
+
+    t = threading.Thread(target=run, name=f"srrs-bench-{jid}", daemon=True)
+    job["_thread"] = t
+    t.start()
+    return jid
+
+
+@METHODS.method("bench_bdev_results")
+def rpc_bench_bdev_results(ctl: Controller, p: dict):
+    """State and results of the load jobs started with bench_bdev_start."""
+    return [{k: v for k, v in j.items() if not k.startswith("_")} for j in ctl.jobs]
+
+
+@METHODS.method("rpc_methods")
+def rpc_methods(ctl: Controller, p: dict):
+    """Every RPC method with when it is allowed and what it does."""
+    return [{"name": m.name, "when": m.when, "help": m.help}
+            for m in sorted(METHODS.methods.values(), key=lambda m: m.name)]
+
+
+def _register_module_methods() -> None:
+    import importlib
+
+    for modname in ("srrs.nvmf.rpc", "srrs.vhost.rpc", "srrs.ctrl.pool_rpc", "srrs.ctrl.pair_rpc",
+                    "srrs.ctrl.metrics_rpc"):
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name and modname.startswith(e.name):
+                continue  # not in this build
+            raise
+        for name, h in getattr(mod, "METHODS", {}).items():
+            if name not in METHODS.methods:
+                METHODS.add(name, h)
+
+
+_register_module_methods()
+
+
+# ---- the process ---------------------------------------------------------------------
+
+def run(config_path: str) -> int:
+    """Foreground controller. Returns the exit code."""
+    logging.basicConfig(level=os.environ.get("SRRS_LOG", "INFO"),
+                        format="%(asctime)s srrs[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        conf = cfg.load(config_path)
+    except cfg.ConfigError as e:
+        print(f"srrs: config error: {e}", file=sys.stderr)
+        return 2
+    stop_r, stop_w = os.pipe()
+    os.set_blocking(stop_w, False)
+
+    def on_signal(signo, frame):
+        try:
+            os.write(stop_w, bytes([signo]))
+        except OSError:
+            pass
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    ctl = None
+    try:
+        try:
+            ctl = Controller(conf)
+            ctl.serve_rpc()
+        except (SrrsError, OSError, ValueError) as e:
+            print(f"srrs: cannot start controller {conf.controller.name}: {e}", file=sys.stderr)
+            return 1
+        log.info("controller %s running: %d reactor(s), %s polling, RPC on %s", ctl.name,
+                 conf.controller.reactors, conf.controller.poll_mode, conf.controller.rpc_socket)
+        efd = ctl.core.event_fd
+        while True:
+            r, _, _ = select.select([stop_r, efd], [], [])
+            if efd in r:
+                with ctl.lock:
+                    ctl.poll_events()
+            if stop_r in r:
+                signo = os.read(stop_r, 1)[0]
+                log.info("signal %d: stopping", signo)
+                break
+        return 0
+    finally:
+        if ctl is not None:
+            ctl.close()
+            log.info("stopped")
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(stop_r)
+        os.close(stop_w)
