@@ -456,8 +456,15 @@ class VhostBlkDevice:
         # Only `wce` is writable in virtio_blk_config and we do not offer CONFIG_WCE.
         raise _Nack("no writable config fields")
 
+    @staticmethod
+    def _inflight_args(p):
+        # QEMU sends the padded C struct (24 bytes); accept the packed 20 too.
+        if len(p) not in (INFLIGHT.size, INFLIGHT.size - 4):
+            raise ProtocolError(f"inflight message of {len(p)} bytes")
+        return INFLIGHT.unpack(p.ljust(INFLIGHT.size, b"\0"))
+
     def _get_inflight_fd(self, p, fds):
-        size0, _off, nq, qs = INFLIGHT.unpack(p)
+        size0, _off, nq, qs = self._inflight_args(p)
         if not 1 <= nq <= self.num_queues or not 1 <= qs <= 1024:
             raise ProtocolError(f"GET_INFLIGHT_FD: {nq} queues of {qs}")
         size = lib.srrs_vhost_inflight_size(nq, qs)
@@ -471,7 +478,7 @@ class VhostBlkDevice:
         return INFLIGHT.pack(size, 0, nq, qs), [fd]
 
     def _set_inflight_fd(self, p, fds):
-        size, off, nq, qs = INFLIGHT.unpack(p)
+        size, off, nq, qs = self._inflight_args(p)
         self._c(lib.srrs_vhost_set_inflight(self._dev, fds[0], size, off, nq, qs),
                 "SET_INFLIGHT_FD")
 
@@ -506,8 +513,8 @@ _HANDLERS = {
     Req.SET_VRING_ENABLE: ("SET_VRING_ENABLE", _VS, 0, D._set_vring_enable),
     Req.GET_CONFIG: ("GET_CONFIG", None, 0, D._get_config),
     Req.SET_CONFIG: ("SET_CONFIG", None, 0, D._set_config),
-    Req.GET_INFLIGHT_FD: ("GET_INFLIGHT_FD", INFLIGHT.size, 0, D._get_inflight_fd),
-    Req.SET_INFLIGHT_FD: ("SET_INFLIGHT_FD", INFLIGHT.size, 1, D._set_inflight_fd),
+    Req.GET_INFLIGHT_FD: ("GET_INFLIGHT_FD", None, 0, D._get_inflight_fd),
+    Req.SET_INFLIGHT_FD: ("SET_INFLIGHT_FD", None, 1, D._set_inflight_fd),
     Req.RESET_DEVICE: ("RESET_DEVICE", 0, 0, D._reset_device),
     Req.GET_MAX_MEM_SLOTS: ("GET_MAX_MEM_SLOTS", 0, 0, D._get_max_mem_slots),
     Req.ADD_MEM_REG: ("ADD_MEM_REG", 8 + MEM_REGION.size, 1, D._add_mem_reg),

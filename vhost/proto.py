@@ -17,7 +17,7 @@ VRING_ADDR = struct.Struct("<IIQQQQ")  # index, flags, desc, used, avail, log
 MEM_REGION = struct.Struct("<QQQQ")  # guest_phys_addr, memory_size, userspace_addr, mmap_offset
 MEM_HDR = struct.Struct("<II")       # nregions, padding
 CONFIG_HDR = struct.Struct("<III")   # offset, size, flags
-INFLIGHT = struct.Struct("<QQHH")    # mmap_size, mmap_offset, num_queues, queue_size
+INFLIGHT = struct.Struct("<QQHH4x")  # mmap_size, mmap_offset, num_queues, queue_size (+ C padding)
 
 FLAG_VERSION = 0x1
 FLAG_REPLY = 0x4

@@ -4,6 +4,7 @@ import subprocess
 import time
 
 import pytest
+
 from srrs.ffi.binding import Core
 from srrs.vhost.device import VhostService
 

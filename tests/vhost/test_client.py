@@ -4,6 +4,7 @@ verified random I/O, the virtio-blk commands, reconnect, config sizes."""
 import os
 
 import pytest
+
 from srrs.ffi.binding import BenchOpts
 from srrs.vhost import proto
 from srrs.vhost.client import (

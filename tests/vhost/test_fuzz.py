@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+
 from srrs.ffi.binding import BenchOpts, ffi, lib
 from srrs.vhost import proto
 from srrs.vhost.client import WANT_FEATURES, VhostClient
