@@ -43,6 +43,7 @@ def run(args, report, aggregate) -> int:
     out.update({k: r[k] for k in ("target", "rw", "bs", "qd", "queues")})
     out["first_error"] = r["first_error"]
     if args.verify:
-        out["verified"] = r["verified"]
+        out["verify"] = True
+        out["verified"] = bool(r["verified"] and out["verified_blocks"] > 0)
     report(out, args.json)
     return 0 if not out["errors"] and not out["verify_errors"] else 1
