@@ -13,8 +13,9 @@
  *
  * Requests: slot s goes to queue s % nq_used as queue-local k = s / nq_used;
  * with indirect descriptors it uses head k (one descriptor), else heads
- * 3k..3k+2. Data is copied between the load generator's buffer and guest
- * memory (the generator owns its buffers), the same cost for any back end.
+ * 3k..3k+2. With verify, data is copied between the load generator's buffers
+ * and guest memory (the generator owns its buffers); without, the guest
+ * buffers are used as they are (a VM's zero-copy I/O).
  */
 #include "ffi/srrs_int.h"
 #include "vhost/vhost.h"
@@ -49,6 +50,7 @@ struct srrs_vhost_client {
     uint64_t features, capacity;
     uint32_t block_size, nq_used;
     bool indirect, event_idx;
+    bool copy;          /* move data to/from the job's buffers (only verify looks at it) */
     uint64_t errors_bad_used;
     struct cq q[];
 };
@@ -256,7 +258,7 @@ static int cl_submit(void *ctx, struct srrs_bench_req *r)
     uint32_t k = s / c->nq_used;
     uint8_t *data = c->mem + c->data_off + (uint64_t)s * c->max_io;
     bool rd = r->op == SRRS_IO_READ;
-    if (!rd)
+    if (!rd && c->copy)
         memcpy(data, r->buf, r->len);
     uint16_t head = cl_build(c, q, k, s, rd ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT, r->offset / 512,
                              r->len, rd);
@@ -274,6 +276,7 @@ static int cl_poll(void *ctx)
         struct cq *q = &c->q[i];
         cq_kick(q, c->event_idx);
         uint16_t used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+        bool moved = q->last_used != used;
         while (q->last_used != used) {
             struct vring_used_elem e = q->used->ring[q->last_used & (q->num - 1)];
             q->last_used++;
@@ -286,12 +289,13 @@ static int cl_poll(void *ctx)
             q->inflight--;
             uint32_t s = r->slot;
             uint8_t st = c->mem[c->slots_off + (uint64_t)s * CL_SLOT + 16];
-            if (st == VIRTIO_BLK_S_OK && r->op == SRRS_IO_READ)
+            if (st == VIRTIO_BLK_S_OK && r->op == SRRS_IO_READ && c->copy)
                 memcpy(r->buf, c->mem + c->data_off + (uint64_t)s * c->max_io, r->len);
             srrs_bench_req_done(r, st == VIRTIO_BLK_S_OK ? 0 : -EIO);
             busy++;
         }
-        if (c->event_idx)
+        /* Only when it changed: a store per poll would bounce the line to the device. */
+        if (c->event_idx && moved)
             q->avail->ring[q->num] = (uint16_t)(q->last_used + 0x8000);
         cq_kick(q, c->event_idx);
         if (q->inflight)
@@ -315,6 +319,7 @@ int srrs_vhost_client_bench(struct srrs_core *core, int reactor, struct srrs_vho
                         c->max_inflight, cap);
     if (SRRS_MAX(o->bs, o->bs_max) > c->max_io)
         return srrs_err(-EINVAL, "vhost client: I/O size above %u", c->max_io);
+    c->copy = o->vmap != NULL;
     struct srrs_bench_target t = {.size = c->capacity, .block_size = c->block_size, .ctx = c,
                                   .submit = cl_submit, .poll = cl_poll};
     return srrs_bench_run(r, &t, o, out);
