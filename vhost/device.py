@@ -230,6 +230,9 @@ class VhostBlkDevice:
             return str(e)
         except OSError as e:
             return "" if self._stop.is_set() else f"socket error: {e}"
+        except Exception as e:  # a bug of ours must drop the session, not the device thread
+            log.exception("vhost %s: internal error", self.name)
+            return f"internal error: {type(e).__name__}: {e}"
         finally:
             sel.close()
 

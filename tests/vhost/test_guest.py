@@ -31,8 +31,18 @@ def test_guest_fio_verify_discard_zeroes_flush_serial(guest_core, tmp_path):
         guest_core.bdev_create_malloc("g0", 256 << 20, 4096)
         sock = str(tmp_path / "g.sock")
         dev = svc.create("g", sock, "g0", num_queues=2, serial="SRRS-GUEST-0001")
-        with Guest(extra_qemu_args=vhost_blk_args(sock, num_queues=2), smp=2, net=False,
+        guest_core.bdev_create_malloc("g1", 64 << 20, 512)
+        sock2 = str(tmp_path / "g2.sock")
+        dev2 = svc.create("g2", sock2, "g1", num_queues=1, serial="SRRS-GUEST-0002")
+        with Guest(extra_qemu_args=vhost_blk_args(sock, num_queues=2)
+                   + vhost_blk_args(sock2, num_queues=1, id="vblk1"), smp=2, net=False,
                    modules=()) as g:
+            # the second disk: 512-byte blocks, one queue, its own serial, verified I/O
+            assert g.check("cat /sys/block/vdb/serial").strip() == "SRRS-GUEST-0002"
+            assert g.check("cat /sys/block/vdb/queue/logical_block_size").strip() == "512"
+            second = g.spawn("fio --name=w --filename=/dev/vdb --ioengine=libaio --direct=1 "
+                             "--rw=randwrite --bsrange=512-64k --size=16M --iodepth=8 "
+                             "--verify=crc32c --verify_fatal=1")
             assert g.check("cat /sys/block/vda/serial").strip() == "SRRS-GUEST-0001"
             assert g.check("cat /sys/block/vda/size").strip() == str((256 << 20) // 512)
             assert g.check("ls /sys/block/vda/mq | wc -l").strip() == "2"
@@ -50,6 +60,8 @@ def test_guest_fio_verify_discard_zeroes_flush_serial(guest_core, tmp_path):
                         " | od -An -v -tx1 | tr -s ' ' '\\n' | sort -u | tr -d '\\n'")
             assert z == "00", z
             g.check("dd if=/dev/urandom of=/dev/vda bs=4096 count=4 seek=1024 conv=fsync")
+            rc, out2 = second.wait(timeout=600)
+            assert rc == 0 and "err= 0" in out2, out2
         info = dev.info()
         qs = info["queues"]
         assert all(q["requests"] > 0 for q in qs), qs        # both queues carried I/O
@@ -59,6 +71,7 @@ def test_guest_fio_verify_discard_zeroes_flush_serial(guest_core, tmp_path):
         assert sum(q["errors"] for q in qs) == 0, qs
         assert wait_for(lambda: dev.info()["state"] == "listening", 10)
         assert dev.info()["last_error"] == ""
+        assert dev2.info()["queues"][0]["writes"] > 0 and dev2.info()["last_error"] == ""
     finally:
         svc.close()
 
