@@ -46,7 +46,8 @@ from .proto import (
 WANT_FEATURES = (1 << F_VERSION_1 | 1 << F_INDIRECT | 1 << F_EVENT_IDX | 1 << F_PROTOCOL_FEATURES
                  | 1 << BLK_F_SEG_MAX | 1 << BLK_F_BLK_SIZE | 1 << BLK_F_FLUSH | 1 << BLK_F_MQ
                  | 1 << BLK_F_DISCARD | 1 << BLK_F_WRITE_ZEROES)
-WANT_PROTOCOL = 1 << PF.MQ | 1 << PF.REPLY_ACK | 1 << PF.CONFIG | 1 << PF.INFLIGHT_SHMFD
+WANT_PROTOCOL = (1 << PF.MQ | 1 << PF.REPLY_ACK | 1 << PF.CONFIG | 1 << PF.INFLIGHT_SHMFD
+                 | 1 << PF.CONFIGURE_MEM_SLOTS)
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
 
@@ -61,7 +62,7 @@ class VhostClient:
     def __init__(self, socket_path: str, num_queues: int = 1, queue_size: int = 256,
                  max_inflight: int = 256, max_io: int = 1 << 20, features: int = WANT_FEATURES,
                  gpa_base: int = 1 << 32, timeout: float = 30.0, inflight: bool = False,
-                 inflight_fd: Optional[int] = None):
+                 inflight_fd: Optional[int] = None, regions: int = 1, mem_slots: bool = False):
         self.socket_path = str(socket_path)
         pp = ffi.new("struct srrs_vhost_client **")
         check(lib.srrs_vhost_client_create(num_queues, queue_size, max_inflight, max_io, gpa_base,
@@ -84,6 +85,8 @@ class VhostClient:
         self.inflight_size = 0
         self.queue_size = queue_size
         self.keep_inflight = False
+        self.regions = regions          # split guest memory into this many regions
+        self.mem_slots = mem_slots      # send them with ADD_MEM_REG (CONFIGURE_MEM_SLOTS)
 
     # -- protocol ---------------------------------------------------------------------
     def call(self, req: int, payload: bytes = b"", fds=None, reply: bool = False,
@@ -141,8 +144,21 @@ class VhostClient:
         m = ffi.new("struct srrs_vhost_client_mem *")
         lib.srrs_vhost_client_mem(self.ptr, m)
         self.mem = (m.fd, m.size, m.gpa, m.uaddr)
-        self.call(Req.SET_MEM_TABLE, MEM_HDR.pack(1, 0) + MEM_REGION.pack(m.gpa, m.size, m.uaddr, 0),
-                  fds=[m.fd], ack=True)
+        # Region boundaries at odd page offsets, so buffers straddle them.
+        cuts = [0] + [((m.size * i // self.regions) & ~0xFFF) + 0x3000
+                      for i in range(1, self.regions)] + [m.size]
+        regs = [MEM_REGION.pack(m.gpa + a, b - a, m.uaddr + a, a) for a, b in zip(cuts, cuts[1:])]
+        if self.mem_slots:
+            if not self.protocol_features >> PF.CONFIGURE_MEM_SLOTS & 1:
+                raise ProtocolError("back end does not offer CONFIGURE_MEM_SLOTS")
+            if self._u64(Req.GET_MAX_MEM_SLOTS) < len(regs):
+                raise ProtocolError("back end has too few memory slots")
+            for r in regs:
+                self.call(Req.ADD_MEM_REG, bytes(8) + r, fds=[m.fd], ack=True)
+        else:
+            self.call(Req.SET_MEM_TABLE, MEM_HDR.pack(len(regs), 0) + b"".join(regs),
+                      fds=[m.fd] * len(regs), ack=True)
+        self._regs = regs
         check(lib.srrs_vhost_client_setup(self.ptr, self.features, self.capacity, self.block_size,
                                           self.num_queues), "vhost client setup")
         ring = ffi.new("struct srrs_vhost_client_ring *")
@@ -176,6 +192,10 @@ class VhostClient:
         self.call(Req.SET_INFLIGHT_FD, INFLIGHT.pack(self.inflight_size, 0, self.num_queues,
                                                      self.queue_size),
                   fds=[self.inflight_fd], ack=True)
+
+    def remove_region(self, i: int) -> None:
+        """REM_MEM_REG of region i (its rings must not live there)."""
+        self.call(Req.REM_MEM_REG, bytes(8) + self._regs[i], fds=[self.mem[0]], ack=True)
 
     def get_vring_base(self, i: int) -> int:
         r = self.call(Req.GET_VRING_BASE, VRING_STATE.pack(i, 0), reply=True)

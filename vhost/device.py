@@ -363,7 +363,9 @@ class VhostBlkDevice:
         if len(fds) > 1:
             raise ProtocolError(f"REM_MEM_REG: {len(fds)} fds")
         gpa, size, ua, off = MEM_REGION.unpack_from(p, 8)
-        self._c(lib.srrs_vhost_mem_remove(self._dev, gpa, size), "REM_MEM_REG")
+        if lib.srrs_vhost_mem_remove(self._dev, gpa, size) < 0:
+            # unknown region, or the rings live in it: refuse, keep the session
+            raise _Nack(ffi.string(lib.srrs_last_error()).decode(errors="replace"))
 
     def _set_vring_num(self, p, fds):
         i, num = VRING_STATE.unpack(p)
