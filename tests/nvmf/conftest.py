@@ -1,6 +1,7 @@
 import os
 
 import pytest
+
 from srrs.ffi.binding import Core
 from srrs.nvmf.target import NvmfTarget
 

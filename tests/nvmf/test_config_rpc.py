@@ -3,6 +3,7 @@
 import types
 
 import pytest
+
 from srrs.ffi.binding import SrrsError
 from srrs.nvmf import config as C
 from srrs.nvmf import rpc

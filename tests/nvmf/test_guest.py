@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+
 from srrs.ffi.binding import Core
 from srrs.nvmf.target import NvmfTarget
 

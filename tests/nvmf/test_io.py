@@ -3,6 +3,7 @@
 import os
 
 import pytest
+
 from srrs.ffi.binding import BenchOpts, SrrsError
 from srrs.nvmf.target import NvmfHost, bench_nvmf, discover
 
