@@ -1004,7 +1004,7 @@ static size_t log_discovery(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap)
             e[0] = 3;                                   /* TRTYPE: TCP */
             e[1] = strchr(addrs[l], ':') ? 2 : 1;       /* ADRFAM */
             e[2] = 2;                                   /* SUBTYPE: NVMe subsystem */
-            e[3] = 0x02 | 0x04;                         /* TREQ: no secure channel; SQ flow control disable ok */
+            e[3] = 0x04; /* TREQ: secure channel not specified (no TLS); SQ flow control disable ok */
             put16(e + 4, (uint16_t)(l + 1));            /* PORTID */
             put16(e + 6, 0xFFFF);                       /* CNTLID: dynamic */
             put16(e + 8, 32);                           /* ASQSZ */

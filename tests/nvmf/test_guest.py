@@ -123,6 +123,25 @@ def test_host_not_allowed(env):
     assert tgt.list_controllers() == []
 
 
+def test_sqflow_disabled_and_mkfs(env):
+    """With SQ flow control disabled (what `connect-all` does when the
+    discovery log's TREQ allows it) reads complete with C2HData SUCCESS and no
+    response capsule; a file system on top just works. (connect-all itself
+    would dial the listener's 127.0.0.1, the guest's own loopback.)"""
+    core, tgt, port, g = env
+    _connect(g, port, "--disable-sqflow")
+    g.check("for i in $(seq 100); do [ -b /dev/nvme0n1 ] && exit 0; sleep 0.1; done; exit 1",
+            timeout=60)
+    g.check("mkfs.ext4 -q -F /dev/nvme0n1 && mkdir -p /mnt/x && mount -t ext4 /dev/nvme0n1 /mnt/x && "
+            "dd if=/dev/urandom of=/mnt/x/f bs=1M count=8 2>/dev/null && sync && "
+            "md5sum /mnt/x/f > /root/f.md5 && umount /mnt/x && "
+            "echo 3 > /proc/sys/vm/drop_caches && mount -t ext4 /dev/nvme0n1 /mnt/x && "
+            "cd /mnt/x && md5sum -c /root/f.md5 && cd / && umount /mnt/x", timeout=600)
+    g.check("fio --name=r --filename=/dev/nvme0n1 --rw=randread --bs=4k --size=8M "
+            "--direct=1 --ioengine=libaio --iodepth=8 --runtime=3 --time_based", timeout=120)
+    _disconnect(g, tgt)
+
+
 def test_keep_alive_teardown_when_guest_dies(env):
     core, tgt, port, g = env
     _connect(g, port, "--keep-alive-tmo=5")
