@@ -1237,11 +1237,17 @@ void nvmf_admin_exec(struct nvmf_req *req)
     case ADM_KEEP_ALIVE:
         nvmf_req_complete(req, 0, 0);
         return;
-    case ADM_ABORT:
-        /* Best effort: commands here finish quickly or wait on the bdev,
-         * which cannot take them back; report "not aborted" (dw0 bit 0). */
-        nvmf_req_complete(req, 0, 1);
+    case ADM_ABORT: {
+        /* Best effort: a parked AER is aborted; anything else either finishes
+         * quickly or waits on the bdev, which cannot take it back, so it is
+         * reported "not aborted" (dw0 bit 0). */
+        uint16_t sqid = cmd->cdw10 & 0xffff, cid = (uint16_t)(cmd->cdw10 >> 16);
+        struct nvmf_req *victim = sqid == 0 ? nvmf_aer_take_cid(req->c, cid) : NULL;
+        if (victim)
+            nvmf_req_complete(victim, SC_ABORT_REQ, 0);
+        nvmf_req_complete(req, 0, victim ? 0 : 1);
         return;
+    }
     default:
         nvmf_req_complete(req, SC_INVALID_OPCODE, 0);
     }

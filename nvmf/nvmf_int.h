@@ -358,6 +358,7 @@ struct nvmf_req {
 };
 
 struct nvmf_req *nvmf_aer_take(struct nvmf_conn *c);
+struct nvmf_req *nvmf_aer_take_cid(struct nvmf_conn *c, uint16_t cid);
 
 /* ---- between tcp.c and ctrlr.c ------------------------------------------- */
 

@@ -381,6 +381,19 @@ struct nvmf_req *nvmf_aer_take(struct nvmf_conn *c)
     return req;
 }
 
+struct nvmf_req *nvmf_aer_take_cid(struct nvmf_conn *c, uint16_t cid)
+{
+    for (uint32_t i = 0; i < c->naer; i++) {
+        struct nvmf_req *req = c->aer[i];
+        if (req->cmd.cid == cid) {
+            memmove(&c->aer[i], &c->aer[i + 1], (c->naer - i - 1) * sizeof(c->aer[0]));
+            c->naer--;
+            return req;
+        }
+    }
+    return NULL;
+}
+
 /* ---- I/O commands -------------------------------------------------------- */
 
 static uint16_t io_status(int err, int op)

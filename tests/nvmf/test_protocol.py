@@ -219,6 +219,15 @@ def test_features_and_logs(target):
     assert a.get_log(0x33, 512)[0] & 0xFF == 0x09
     assert a.admin(0x18)[0] == 0  # keep alive
     assert a.admin(0x08, cdw10=1 | 5 << 16)[1] & 1 == 1  # abort: best effort, not aborted
+    # a parked AER can be aborted
+    a.send(a.pdu(wire.CMD, wire.sqe(0x0C, 4242)))
+    a.send(a.pdu(wire.CMD, wire.sqe(0x08, 4243, cdw10=0 | 4242 << 16)))
+    got = {}
+    for _ in range(2):
+        t, f, hdr, _ = a.recv_pdu()
+        dw0, _, _, _, cid, status = struct.unpack("<IIHHHH", hdr[:16])
+        got[cid] = (status >> 1, dw0)
+    assert got[4242][0] == 0x07 and got[4243] == (0, 0)
     a.close()
 
 
