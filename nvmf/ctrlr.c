@@ -621,7 +621,7 @@ static void fabrics_connect(struct nvmf_req *req)
                 ct->cntlid = (uint16_t)(t->opts.cntlid_min + slot);
                 t->next_cntlid = ct->cntlid + 1u > t->opts.cntlid_max ? t->opts.cntlid_min
                                                                        : ct->cntlid + 1u;
-                snprintf(ct->hostnqn, sizeof(ct->hostnqn), "%s", d.hostnqn);
+                memcpy(ct->hostnqn, d.hostnqn, strlen(d.hostnqn) + 1); /* <= 223, checked */
                 memcpy(ct->hostid, d.hostid, 16);
                 atomic_store(&ct->refs, 1);
                 ct->kato_ms = cmd->cdw12;
