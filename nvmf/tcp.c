@@ -27,6 +27,7 @@
 #define TX_IOV_MAX 256
 #define RX_ROUNDS 16
 #define GROUP_TICK_US 100000
+#define LISTEN_POLL_US 1000
 
 enum conn_state {
     CONN_IC = 0,   /* accepted; the next PDU must be ICReq (rx moves it on) */
@@ -1393,7 +1394,10 @@ static void listener_start_fn(void *arg)
 {
     struct listener_op *op = arg;
     struct nvmf_listener *l = op->l;
-    l->poller = srrs_poller_register(l->r, listener_poll, l, 0);
+    /* accept4() allocates a socket and a file before it finds the queue
+     * empty: never call it every loop. 1 ms adds at most 1 ms to a connect;
+     * the fd in the reactor's epoll set still wakes an adaptive reactor. */
+    l->poller = srrs_poller_register(l->r, listener_poll, l, LISTEN_POLL_US);
     if (!l->poller) {
         op->rc = -ENOMEM;
         return;
