@@ -207,6 +207,24 @@ def _worker(seed: int, port: int, cntlid_box: list, stop: threading.Event, cnt: 
                     sent += 3
                 for x in (c, io):
                     x.close()
+            elif mode < 5:
+                # Commands before Connect: each answered with Command Sequence Error.
+                c = wire.Conn("127.0.0.1", port)
+                c.icreq()
+                batch = rng.randint(1, 60)
+                out = b"".join(c.pdu(wire.CMD, s, data) for s, data, _ in
+                               (_bad_command(rng, cid, nblocks) if rng.random() < 0.5 else
+                                (wire.sqe(rng.choice([0x02, 0x06, 0x18, 0x0C]), cid, 1,
+                                          sgl_len=4096), b"", 0)
+                                for cid in range(batch)))
+                c.send(out)
+                for _ in range(batch):
+                    t, f, hdr, _ = c.recv_pdu()
+                    status = struct.unpack_from("<H", hdr, 14)[0] >> 1
+                    assert t == wire.RSP and status != 0, f"command before Connect: {t} {status}"
+                cnt.add(pdus=batch + 1, statuses=batch)
+                sent += batch + 1
+                c.close()
             else:
                 # Fresh connection, maybe connected, then PDUs that must close it.
                 c = wire.Conn("127.0.0.1", port)
