@@ -142,6 +142,28 @@ def test_sqflow_disabled_and_mkfs(env):
     _disconnect(g, tgt)
 
 
+def test_reset_and_namespace_hot_add(env):
+    """Controller reset (the host reconnects, new cntlid) and a namespace added
+    and removed at run time (namespace-attribute AEN → rescan)."""
+    core, tgt, port, g = env
+    _connect(g, port)
+    old = tgt.list_controllers()[0]["cntlid"]
+    g.check("nvme reset /dev/nvme0", timeout=120)
+    assert wait_for(lambda: [c["cntlid"] for c in tgt.list_controllers()] not in ([], [old]), 30)
+    g.check("dd if=/dev/nvme0n1 of=/dev/null bs=4k count=16 iflag=direct", timeout=60)
+    core.bdev_create_malloc("g2", 8 << 20, 4096)
+    nsid = tgt.add_namespace(NQN, "g2")
+    g.check(f"for i in $(seq 200); do [ -b /dev/nvme0n{nsid} ] && exit 0; sleep 0.1; done; exit 1",
+            timeout=60)
+    out = g.check(f"cat /sys/block/nvme0n{nsid}/size", timeout=30)
+    assert int(out.split()[0]) == (8 << 20) // 512
+    tgt.remove_namespace(NQN, nsid)
+    g.check(f"for i in $(seq 200); do [ -b /dev/nvme0n{nsid} ] || exit 0; sleep 0.1; done; exit 1",
+            timeout=60)
+    core.bdev_delete("g2")
+    _disconnect(g, tgt)
+
+
 def test_keep_alive_teardown_when_guest_dies(env):
     core, tgt, port, g = env
     _connect(g, port, "--keep-alive-tmo=5")
