@@ -983,7 +983,7 @@ static size_t log_ana(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap, bool rgo)
     return off;
 }
 
-static size_t log_discovery(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap)
+static size_t log_discovery(struct nvmf_ctrlr *ct, const char *local, uint8_t *d, size_t cap)
 {
     struct srrs_nvmf_tgt *t = ct->tgt;
     char addrs[16][64];
@@ -1012,7 +1012,11 @@ static size_t log_discovery(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap)
             snprintf(port, sizeof(port), "%d", ports[l]);
             put_str(e + 32, 32, port, 0);
             put_str(e + 256, 256, ss->nqn, 0);
-            put_str(e + 512, 256, addrs[l], 0);
+            /* A wildcard listener is reached at the address this host used. */
+            bool any = !strcmp(addrs[l], "0.0.0.0") || !strcmp(addrs[l], "::");
+            const char *traddr = any && local[0] ? local : addrs[l];
+            e[1] = strchr(traddr, ':') ? 2 : 1;
+            put_str(e + 512, 256, traddr, 0);
         }
     }
     put64(d, t->genctr);
@@ -1122,7 +1126,7 @@ static void admin_get_log(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         break;
     case 0x70:
         if (disc)
-            n = log_discovery(ct, d, cap);
+            n = log_discovery(ct, nvmf_conn_pub(req->c)->local_addr, d, cap);
         break;
     }
     pthread_mutex_unlock(&t->lock);

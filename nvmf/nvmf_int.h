@@ -388,6 +388,7 @@ struct nvmf_conn_pub {
     bool sqhd_disabled;
     bool close_after_tx;
     char peer[64];
+    char local_addr[48];        /* our address on this connection (numeric) */
 };
 struct nvmf_conn_pub *nvmf_conn_pub(struct nvmf_conn *c);
 

@@ -1371,6 +1371,10 @@ static int listener_poll(void *arg)
             close(fd);
             continue;
         }
+        sl = sizeof(sa);
+        if (!getsockname(fd, (struct sockaddr *)&sa, &sl))
+            getnameinfo((struct sockaddr *)&sa, sl, c->pub.local_addr, sizeof(c->pub.local_addr),
+                        NULL, 0, NI_NUMERICHOST);
         atomic_fetch_add(&t->st_accepted, 1);
         uint32_t ri = nvmf_pick_reactor(t);
         if (srrs_reactor_send(srrs_core_reactor(t->core, (int)ri), conn_adopt, c)) {

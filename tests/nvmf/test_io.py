@@ -134,3 +134,11 @@ def test_ipv6_listener(core, target):
     with NvmfHost("::1", port, NQN) as h:
         assert h.size == 64 << 20
     target.remove_listener("::1", port)
+
+
+def test_discovery_wildcard_listener(target):
+    port = target.add_listener("0.0.0.0", 0)
+    log = discover("127.0.0.1", port)
+    assert {e["traddr"] for e in log} == {"127.0.0.1"}  # never "0.0.0.0"
+    assert str(port) in {e["trsvcid"] for e in log}
+    target.remove_listener("0.0.0.0", port)
