@@ -107,7 +107,7 @@ struct srrs_nvmf_host_opts {
     uint32_t qsize;             /* entries per I/O queue (clamped to the target's CAP.MQES + 1) */
     int hdgst;
     int ddgst;
-    uint32_t kato_ms;           /* 0: no keep-alive */
+    uint32_t kato_ms;           /* 0: no keep-alive (this initiator never sends Keep Alive) */
     int timeout_ms;             /* for each setup step */
 };
 
