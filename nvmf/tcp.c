@@ -644,6 +644,7 @@ static void r2t_send(struct nvmf_req *req)
     uint32_t hl = pdu_seal(c, req->h_r2t, PDU_R2T, 0, PDU_R2T_HLEN, 0);
     tx_set(c, &req->tx_r2t, req, req->h_r2t, hl, NULL, 0);
     req->state = REQ_H2C;
+    req->r2t_at = srrs_ticks();
     tx_queue(c, &req->tx_r2t);
 }
 
@@ -1199,6 +1200,16 @@ static int group_poll(void *arg)
     return work;
 }
 
+/* A host that takes R2Ts and never sends the data would pin pool buffers. */
+static bool conn_h2c_stuck(const struct nvmf_conn *c, uint64_t now)
+{
+    uint64_t limit = srrs_us_to_ticks(NVMF_H2C_TIMEOUT_MS * 1000ull);
+    for (uint32_t i = 0; i < c->nreqs; i++)
+        if (c->reqs[i].state == REQ_H2C && now - c->reqs[i].r2t_at > limit)
+            return true;
+    return false;
+}
+
 static void group_tick_conns(struct nvmf_group *g)
 {
     uint64_t now = srrs_ticks();
@@ -1214,6 +1225,13 @@ static void group_tick_conns(struct nvmf_group *g)
         }
         if (atomic_load(&ct->dead)) {
             nvmf_conn_close(c, "controller torn down");
+            continue;
+        }
+        if (conn_h2c_stuck(c, now)) {
+            srrs_event_post(c->pub.tgt->core, SRRS_EV_PROTO_ERROR, ct->cntlid, c->pub.qid,
+                            c->pub.peer, "no H2CData for an R2T in %u ms: closing the queue",
+                            NVMF_H2C_TIMEOUT_MS);
+            nvmf_conn_close(c, "R2T data timeout");
             continue;
         }
         if (c->pub.qid == 0)
