@@ -438,13 +438,21 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, co
             memcpy(ns->uuid, uuid, 16);
         else
             derive_uuid(ss->nqn, bdev, ns->uuid);
-        if (!nsid)
+        for (uint32_t i = 1; i <= NVMF_MAX_NS && !rc; i++) {
+            struct nvmf_ns *o = atomic_load(&ss->ns[i]);
+            /* Hosts reject two namespaces with one identity (and one bdev twice
+             * would get the same derived UUID). */
+            if (o && (o->bdev == b || !memcmp(o->uuid, ns->uuid, 16)))
+                rc = srrs_err(-EEXIST, "nvmf subsystem %s: namespace %u already has %s", nqn, i,
+                              o->bdev == b ? "this bdev" : "this UUID");
+        }
+        if (!rc && !nsid)
             for (uint32_t i = 1; i <= NVMF_MAX_NS && !nsid; i++)
                 if (!atomic_load(&ss->ns[i]))
                     nsid = i;
-        if (!nsid)
+        if (!rc && !nsid)
             rc = srrs_err(-ENOSPC, "nvmf subsystem %s: all %d namespaces in use", nqn, NVMF_MAX_NS);
-        else if (atomic_load(&ss->ns[nsid]))
+        else if (!rc && atomic_load(&ss->ns[nsid]))
             rc = srrs_err(-EEXIST, "nvmf subsystem %s: nsid %u in use", nqn, nsid);
     }
     if (!rc) {

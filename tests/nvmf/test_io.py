@@ -176,3 +176,12 @@ def test_core_stop_with_live_host():
     finally:
         core.close()
         load.close()
+
+
+def test_namespace_identity_unique(target):
+    with pytest.raises(SrrsError):
+        target.add_namespace(NQN, "m0")  # the same bdev twice: one identity
+    nsid = target.add_namespace(NQN, "m1", uuid="11111111-2222-4333-8444-555555555555")
+    with pytest.raises(SrrsError):
+        target.add_namespace(NQN, "m1", nsid=9)
+    target.remove_namespace(NQN, nsid)
