@@ -185,3 +185,13 @@ def test_namespace_identity_unique(target):
     with pytest.raises(SrrsError):
         target.add_namespace(NQN, "m1", nsid=9)
     target.remove_namespace(NQN, nsid)
+
+
+def test_counted_job_ends_when_the_target_goes_away(core, target):
+    h = NvmfHost("127.0.0.1", target.port, NQN, queues=2)
+    try:
+        target.remove_subsystem(NQN)
+        r = h.bench(core, BenchOpts(rw="randwrite", qd=8, time_s=0, max_ios=500), reactor=0)
+        assert r["errors"] > 0 and r["ios"] + r["errors"] >= 500
+    finally:
+        h.close()
