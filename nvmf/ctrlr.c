@@ -955,6 +955,17 @@ static void admin_identify(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         reply_data(req, d, sizeof(d), 0);
         return;
     }
+    case 0x05:   /* I/O command set specific namespace (NVM: nothing beyond CNS 0) */
+    case 0x06: { /* I/O command set specific controller (NVM: no extra limits) */
+        uint8_t csi = (uint8_t)(req->cmd.cdw11 >> 24);
+        if (csi != 0 || (cns == 0x05 && !ns)) {
+            nvmf_req_complete(req, cns == 0x05 && !ns ? SC_INVALID_NS : SC_INVALID_FIELD, 0);
+            return;
+        }
+        uint8_t d[4096] = {0};
+        reply_data(req, d, sizeof(d), 0);
+        return;
+    }
     default:
         nvmf_req_complete(req, SC_INVALID_FIELD, 0);
     }
@@ -1143,12 +1154,9 @@ static void admin_get_log(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         nvmf_req_complete(req, SC_INVALID_LOG_PAGE, 0);
         return;
     }
-    if (lpo > n) {
-        free(d);
-        nvmf_req_complete(req, SC_INVALID_FIELD, 0);
-        return;
-    }
-    reply_data(req, d + lpo, SRRS_MIN(n - lpo, len), 0);
+    /* Variable-length logs (ANA, discovery, changed namespaces) are read by
+     * hosts in chunks up to their maximum size: past our end is zeroes. */
+    reply_data(req, d + SRRS_MIN(lpo, (uint64_t)n), lpo >= n ? 0 : SRRS_MIN(n - lpo, len), 0);
     free(d);
     aen_deliver(req->c);
 }
