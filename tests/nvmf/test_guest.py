@@ -78,6 +78,11 @@ def test_connect_identify_io(env):
     assert re.search(r"nmic\s*:\s*0x1", out)
     out = g.check("nvme ns-descs /dev/nvme0n1", timeout=60)
     assert "6a0e6d1c5d274b8b9f7e3f8c1a2b3c4d" in out.replace("-", "")
+    out = g.check("nvme ana-log /dev/nvme0", timeout=60)
+    assert re.search(r"state\s*:\s*optimized", out)
+    for cmd in ("smart-log", "error-log", "fw-log", "effects-log"):
+        g.check(f"nvme {cmd} /dev/nvme0", timeout=60)
+    assert "0x00010001" in g.check("nvme get-feature /dev/nvme0 -f 7", timeout=60)
     out = g.check("cat /sys/block/nvme0n1/size", timeout=30)
     assert int(out.split()[0]) == (128 << 20) // 512
     g.check("fio --name=v --filename=/dev/nvme0n1 --rw=randwrite --bsrange=4k-1m "
