@@ -194,6 +194,17 @@ def _worker(seed: int, port: int, cntlid_box: list, stop: threading.Event, cnt: 
                     assert t == wire.R2T
                     cccid, ttag, off, ln = struct.unpack_from("<HHII", hdr)
                     half = ln // 2
+                    if rng.random() < 0.1:
+                        # data offset / length outside the command's range: fatal
+                        boff, blen = rng.choice([(ln, 512), (half, ln), (4096, 512), (0, ln + 4)])
+                        io.send(io.pdu(wire.H2C_DATA,
+                                       struct.pack("<HHIII", cid, ttag, boff, blen, 0),
+                                       bytes(blen)))
+                        cnt.add(pdus=2, closed=1)
+                        sent += 2
+                        if _drain(io, 2.0) != "closed":
+                            errors.append(f"H2CData {boff}+{blen} of {ln} did not close (seed {seed})")
+                        break
                     io.send(io.pdu(wire.H2C_DATA, struct.pack("<HHIII", cid, ttag, 0, half, 0),
                                    payload[:half]))
                     bad = bytearray(io.pdu(wire.H2C_DATA,
