@@ -153,7 +153,8 @@ struct vq {
     uint16_t signalled_used;
     bool signalled_valid, need_call, notify_on, event_idx;
     _Atomic uint32_t inflight_n;
-    struct vreq *reqs;
+    struct vreq *reqs;             /* one per ring entry, indexed by head */
+    uint32_t reqs_cap;
     struct infl_queue *infl;
     uint64_t infl_counter;
     uint16_t *resubmit;            /* heads to resume at start, counter order */
@@ -733,8 +734,15 @@ int srrs_vhost_vq_start(struct srrs_vhost_dev *d, int idx, int reactor)
     vq->used = (void *)used;
     vq->event_idx = dev_has(d, VIRTIO_RING_F_EVENT_IDX);
     vq->mem = m;
+    if (vq->reqs && vq->reqs_cap < vq->num) {
+        free(vq->reqs);
+        free(vq->resubmit);
+        vq->reqs = NULL;
+        vq->resubmit = NULL;
+    }
     if (!vq->reqs) {
-        vq->reqs = calloc(VQ_MAX_NUM, sizeof(*vq->reqs));
+        vq->reqs_cap = vq->num;
+        vq->reqs = calloc(vq->num, sizeof(*vq->reqs));
         vq->resubmit = calloc(VQ_MAX_NUM, sizeof(uint16_t));
         if (!vq->reqs || !vq->resubmit) {
             free(vq->reqs);
