@@ -184,3 +184,20 @@ def test_several_memory_regions(svc, bench_core, tmp_path, mem_slots):
             cl.remove_region(2)
             cl.write(0, b"r" * 4096)
             assert cl.read(0, 4096) == b"r" * 4096
+
+
+def test_second_front_end_is_refused(svc, tmp_path):
+    svc.core.bdev_create_malloc("m0", 16 << 20, 4096)
+    sock = str(tmp_path / "vh.sock")
+    dev = svc.create("vh", sock, "m0")
+    with VhostClient(sock) as a:
+        b = VhostClient(sock, timeout=5)
+        with pytest.raises((EOFError, OSError, proto.ProtocolError)):
+            b.connect()
+        b.close()
+        a.write(0, b"1" * 4096)
+        assert a.read(0, 4096) == b"1" * 4096
+        assert dev.info()["refused"] == 1
+    assert wait_for(lambda: dev.info()["state"] == "listening")
+    with VhostClient(sock) as c:
+        assert c.read(0, 4096) == b"1" * 4096
