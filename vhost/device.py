@@ -518,6 +518,13 @@ class VhostBlkDevice:
         self._reset_owner(p, fds)
 
 
+class VhostNotFound(KeyError):
+    """No such device (a KeyError whose message prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such vhost device"
+
+
 class _Nack(Exception):
     """A request refused without breaking the session (REPLY_ACK failure)."""
 
@@ -596,7 +603,7 @@ class VhostService:
         with self._lock:
             dev = self.devices.pop(name, None)
         if dev is None:
-            raise KeyError(f"no vhost device {name!r}")
+            raise VhostNotFound(f"no vhost device {name!r}")
         dev.stop()
 
     def get(self, name: str) -> VhostBlkDevice:
