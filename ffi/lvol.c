@@ -195,6 +195,7 @@ struct lv_tenant {
     uint64_t quota_cl;     /* 0: none */
     uint64_t used;
     uint64_t failures;
+    uint64_t last_event_ns;
     uint32_t nvols;
 };
 
@@ -247,6 +248,7 @@ struct srrs_pool {
     struct lv_tenant *tenants;
     struct lv_alloc *ahash[AHASH];
     uint64_t alloc_failures, md_writes;
+    uint64_t full_event_ns;
     int created, repaired;
     pthread_mutex_t lock;         /* control thread side: volume table, messages */
     char msgs[16384];
@@ -792,13 +794,25 @@ static void alloc_zeroed(struct srrs_io *io, void *arg)
     page_commit(pg, &a->w);
 }
 
+/* At most one event per second per tenant / pool: a full volume under load
+ * fails thousands of writes a second. */
+static bool event_due(uint64_t *last)
+{
+    uint64_t now = srrs_now_ns();
+    if (*last && now - *last < 1000000000ull)
+        return false;
+    *last = now;
+    return true;
+}
+
 static int alloc_check_space(struct srrs_pool *p, struct lv_vol *v)
 {
     struct lv_tenant *t = v->tenant;
     if (t && t->quota_cl && t->used >= t->quota_cl) {
         t->failures++;
         p->alloc_failures++;
-        srrs_event_post(p->core, SRRS_EV_QUOTA, t->used, t->quota_cl, v->name,
+        if (event_due(&t->last_event_ns))
+            srrs_event_post(p->core, SRRS_EV_QUOTA, t->used, t->quota_cl, v->name,
                         "tenant %s is at its quota (%llu clusters): write to volume %s refused",
                         t->name, (unsigned long long)t->quota_cl, v->name);
         return -ENOSPC;
@@ -819,7 +833,8 @@ static struct lv_alloc *alloc_start(struct lv_vol *v, uint64_t c, int *err)
     uint64_t e = fi >= 0 ? cluster_take(p, fi, &zero) : 0;
     if (!e) {
         p->alloc_failures++;
-        srrs_event_post(p->core, SRRS_EV_POOL_FULL, 0, 0, v->name,
+        if (event_due(&p->full_event_ns))
+            srrs_event_post(p->core, SRRS_EV_POOL_FULL, 0, 0, v->name,
                         "pool %s has no free cluster: write to volume %s refused", p->name, v->name);
         *err = -ENOSPC;
         return NULL;
