@@ -158,7 +158,8 @@ struct lv_wait {
 struct lv_vol;
 
 struct lv_page {
-    struct lv_vol *vol;
+    struct srrs_pool *pool;
+    struct lv_vol *vol;     /* NULL for a tombstone written to a slot being vacated */
     uint32_t idx;
     uint32_t frag;
     uint64_t slot;
@@ -253,15 +254,20 @@ struct srrs_pool {
     pthread_mutex_t lock;         /* control thread side: volume table, messages */
     char msgs[16384];
     size_t msgs_len;
-    /* drain */
-    int drain_idx;
-    int drain_max;
-    int drain_inflight;
-    uint64_t drain_scan_vol_bucket;
-    struct lv_vol *drain_vol;
-    uint64_t drain_c;
+    /* I/O in flight per reactor, by epoch parity: a barrier waits for the old parity to drain. */
+    struct lv_rstate *rs;
+    int nreactors;
+    /* drain (P) */
+    struct lv_drain *drain;
     struct srrs_poller *drain_poller;
 };
+
+struct lv_rstate {
+    uint64_t epoch;
+    uint64_t cnt[2];
+} __attribute__((aligned(SRRS_CACHELINE)));
+
+#define IO_NOTAG 0xffu
 
 /* Per-I/O state. Parent: the I/O submitted to the volume. Child: one cluster
  * piece (its driver_ctx is ours only until it is submitted to a fragment). */
@@ -506,7 +512,7 @@ static void page_start(struct lv_page *pg);
 static void page_io_done(struct srrs_io *io, void *arg)
 {
     struct lv_page *pg = arg;
-    struct srrs_pool *p = pg->vol->pool;
+    struct srrs_pool *p = pg->pool;
     int st = io->status;
     if (st && !pg->status)
         pg->status = st;
@@ -548,7 +554,7 @@ static void page_io_done(struct srrs_io *io, void *arg)
 
 static void page_start(struct lv_page *pg)
 {
-    struct srrs_pool *p = pg->vol->pool;
+    struct srrs_pool *p = pg->pool;
     struct lv_frag *f = &p->frags[pg->frag];
     if (pg->busy || !pg->want)
         return;
@@ -646,6 +652,7 @@ static struct lv_page *page_get(struct lv_vol *v, uint32_t idx)
         free(pg);
         return NULL;
     }
+    pg->pool = v->pool;
     pg->vol = v;
     pg->idx = idx;
     v->pages[idx] = pg;
@@ -930,6 +937,10 @@ static void child_cb(struct srrs_io *child, void *arg)
 {
     (void)arg;
     struct srrs_io *parent = child->parent;
+    if (child->tag != IO_NOTAG) {
+        struct srrs_pool *p = ((struct lv_vol *)parent->bdev->ctx)->pool;
+        __atomic_sub_fetch(&p->rs[srrs_reactor_idx(child->r)].cnt[child->tag], 1, __ATOMIC_RELEASE);
+    }
     int st = child->status;
     srrs_io_put(child);
     piece_done(parent, st);
@@ -982,6 +993,11 @@ static void child_go(struct srrs_io *child)
     child->offset = f->data_off + (e_cl(e) << p->cs_shift) + lc->coff;
     child->cb = child_cb;
     child->cb_arg = NULL;
+    /* Counted until it completes: a drain frees a moved-away cluster only
+     * once every I/O that may still use its old location is done. */
+    struct lv_rstate *rs = &p->rs[srrs_reactor_idx(child->r)];
+    child->tag = __atomic_load_n(&rs->epoch, __ATOMIC_RELAXED) & 1;
+    __atomic_add_fetch(&rs->cnt[child->tag], 1, __ATOMIC_RELAXED);
     srrs_bdev_submit(child);
 }
 
@@ -1013,6 +1029,7 @@ static void lv_flush(struct srrs_pool *p, struct srrs_io *io)
         }
         srrs_io_prep(c, f->bdev, SRRS_IO_FLUSH, 0, 0, NULL, child_cb, NULL);
         c->parent = io;
+        c->tag = IO_NOTAG;
         pp->pending++;
         srrs_bdev_submit(c);
     }
@@ -1086,6 +1103,7 @@ static void lv_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
         k->len = n;
         k->parent = io;
         k->status = 0;
+        k->tag = IO_NOTAG;
         if (!data) {
             k->iov = k->iov_inline;
             k->iovcnt = 0;
@@ -1484,6 +1502,9 @@ int srrs_lvol_delete(struct srrs_pool *p, const char *name)
     struct lv_vol *v = vol_find(p, name);
     if (!v)
         return -ENOENT;
+    if (__atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
+        return srrs_err(-EBUSY, "volume %s: pool %s is draining a fragment; delete it afterwards",
+                        name, p->name);
     if (v->bdev) {
         int rc = srrs_bdev_delete(p->core, name);
         if (rc)
@@ -2029,6 +2050,7 @@ static int load_entries(struct srrs_pool *p, struct lv_vol *v, struct scan_pg *e
     struct lv_page *pg = calloc(1, sizeof(*pg));
     if (!pg)
         return -ENOMEM;
+    pg->pool = p;
     pg->vol = v;
     pg->idx = k;
     pg->frag = e->frag;
@@ -2160,6 +2182,7 @@ static void pool_free(struct srrs_pool *p)
         free(t);
     }
     pthread_mutex_destroy(&p->lock);
+    free(p->rs);
     free(p);
 }
 
@@ -2323,7 +2346,14 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
     p->cs_shift = (uint32_t)__builtin_ctz(cs);
     p->placement = o ? o->placement : 0;
     p->sync_md = o ? o->sync_metadata : 1;
-    p->drain_idx = -1;
+    p->nreactors = srrs_core_num_reactors(core);
+    p->rs = aligned_alloc(SRRS_CACHELINE, sizeof(struct lv_rstate) * (size_t)p->nreactors);
+    if (!p->rs) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return srrs_err(-ENOMEM, "out of memory");
+    }
+    memset(p->rs, 0, sizeof(struct lv_rstate) * (size_t)p->nreactors);
     struct frag_probe *pr_ = calloc((size_t)nfrags, sizeof(*pr_));
     bool used[LV_MAX_FRAGS] = {0};
     int rc = pr_ ? 0 : srrs_err(-ENOMEM, "out of memory");
@@ -2396,9 +2426,11 @@ int srrs_pool_close(struct srrs_pool **pp)
         for (struct lv_vol *v = p->vhash[h]; v; v = v->hnext)
             if (v->bdev && atomic_load(&v->bdev->open_count))
                 return srrs_err(-EBUSY, "pool %s: volume %s is still in use", p->name, v->name);
-    if (p->drain_poller) {
-        struct lv_op op = {0};
+    if (__atomic_load_n(&p->drain, __ATOMIC_ACQUIRE)) {
+        struct lv_op op = {.p = p};
         srrs_reactor_call(p->pr, lv_drain_stop_msg, &op);
+        if (op.rc)
+            return srrs_err(op.rc, "pool %s: a drain is moving clusters; try again", p->name);
     }
     pool_free(p);
     *pp = NULL;
@@ -2526,19 +2558,512 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
 
 /* ---- drain (P) ------------------------------------------------------------------ */
 
+/*
+ * Moving a cluster off a draining fragment, while I/O continues:
+ *   1. a move record enters the allocation hash and the map entry gets
+ *      LOCKED: new writes (and zeroing) to that cluster queue on the record;
+ *   2. barrier: every I/O submitted before the lock has completed;
+ *   3. copy old -> new (reads keep using the old location meanwhile);
+ *   4. the entry points at the new cluster and its page is committed, then
+ *      the lock is dropped and the held writes go to the new location;
+ *   5. barrier: no read still uses the old location; the old cluster is freed.
+ * Moves run in batches of max_inflight. Then the metadata pages on the
+ * fragment move to other fragments (commit at the new slot, then a FREE page
+ * at the old one). The fragment ends with no cluster and no page.
+ */
+
+struct lv_move {
+    struct lv_alloc a;      /* in the allocation hash: writes to the cluster queue on it */
+    struct lv_drain *d;
+    uint64_t old_e, new_e;
+    uint64_t done;
+    void *buf;
+    struct srrs_io *io;
+    bool reading, failed;
+};
+
+struct lv_pmove {
+    struct lv_wait w;
+    struct lv_drain *d;
+    struct lv_page *pg;
+    struct lv_page tomb;
+    uint32_t old_frag;
+    uint64_t old_slot;
+    int step;
+};
+
+enum { DR_SCAN, DR_BARRIER1, DR_COPY, DR_BARRIER2, DR_PAGES };
+
+struct lv_drain {
+    struct srrs_pool *p;
+    int idx, max, state, error;
+    struct lv_move **mv;
+    int n, pending;
+    uint32_t bucket, pos;
+    uint64_t c;
+    bool skipped;
+    int acks;
+    uint8_t oldpar[SRRS_MAX_REACTORS];
+    int pages_inflight;
+};
+
+static void barrier_ack(void *arg) { ((struct lv_drain *)arg)->acks++; }
+
+static void barrier_flip(void *arg)
+{
+    struct lv_drain *d = arg;
+    int i = srrs_reactor_idx(srrs_reactor_self());
+    __atomic_add_fetch(&d->p->rs[i].epoch, 1, __ATOMIC_ACQ_REL);
+    send_to(d->p->pr, barrier_ack, d);
+}
+
+static void barrier_start(struct lv_drain *d)
+{
+    struct srrs_pool *p = d->p;
+    d->acks = 0;
+    for (int i = 0; i < p->nreactors; i++)
+        d->oldpar[i] = __atomic_load_n(&p->rs[i].epoch, __ATOMIC_ACQUIRE) & 1;
+    for (int i = 0; i < p->nreactors; i++)
+        send_to(srrs_core_reactor(p->core, i), barrier_flip, d);
+}
+
+static bool barrier_done(struct lv_drain *d)
+{
+    struct srrs_pool *p = d->p;
+    if (d->acks < p->nreactors)
+        return false;
+    for (int i = 0; i < p->nreactors; i++)
+        if (__atomic_load_n(&p->rs[i].cnt[d->oldpar[i]], __ATOMIC_ACQUIRE))
+            return false;
+    return true;
+}
+
+static void move_release(struct lv_move *mv, uint64_t e)
+{
+    struct lv_alloc *a = &mv->a;
+    struct srrs_pool *p = mv->d->p;
+    map_set(map_chunk(a->vol, a->c), a->c, e);
+    alloc_unhash(p, a);
+    struct srrs_io *io = a->wq_head;
+    a->wq_head = a->wq_tail = NULL;
+    while (io) {
+        struct srrs_io *n = io->next;
+        child_reply(io, 0);
+        io = n;
+    }
+    if (mv->buf)
+        srrs_buf_put(p->pr, mv->buf, SRRS_BUF_MAX);
+    if (mv->io)
+        srrs_io_put(mv->io);
+    mv->buf = NULL;
+    mv->io = NULL;
+    mv->d->pending--;
+}
+
+static void move_fail(struct lv_move *mv, int st)
+{
+    struct srrs_pool *p = mv->d->p;
+    if (!mv->d->error)
+        mv->d->error = st;
+    mv->failed = true;
+    if (mv->new_e)
+        cluster_put(p, mv->new_e);
+    srrs_event_post(p->core, SRRS_EV_BDEV_ERROR, (uint64_t)-st, 0, p->name,
+                    "drain of fragment %d: moving a cluster of volume %s failed: %s", mv->d->idx,
+                    mv->a.vol->name, strerror(-st));
+    move_release(mv, mv->old_e);
+}
+
+static void move_committed(struct lv_wait *w, int status)
+{
+    struct lv_move *mv = (struct lv_move *)w;
+    if (status) {
+        map_set(map_chunk(mv->a.vol, mv->a.c), mv->a.c, mv->old_e | E_LOCKED);
+        move_fail(mv, status);
+        return;
+    }
+    move_release(mv, mv->new_e);
+}
+
+static void move_copy_next(struct lv_move *mv);
+
+static void move_io_done(struct srrs_io *io, void *arg)
+{
+    struct lv_move *mv = arg;
+    struct srrs_pool *p = mv->d->p;
+    if (io->status) {
+        move_fail(mv, io->status);
+        return;
+    }
+    uint64_t len = io->len;
+    if (mv->reading) {
+        mv->reading = false;
+        struct lv_frag *f = &p->frags[e_frag(mv->new_e)];
+        srrs_io_prep(io, f->bdev, SRRS_IO_WRITE, f->data_off + (e_cl(mv->new_e) << p->cs_shift) + mv->done,
+                     len, mv->buf, move_io_done, mv);
+        srrs_bdev_submit(io);
+        return;
+    }
+    mv->done += len;
+    move_copy_next(mv);
+}
+
+static void move_copy_next(struct lv_move *mv)
+{
+    struct srrs_pool *p = mv->d->p;
+    if (mv->done == p->cs) {
+        struct lv_vol *v = mv->a.vol;
+        struct lv_page *pg = v->pages[mv->a.c / MD_ENTRIES];
+        map_set(map_chunk(v, mv->a.c), mv->a.c, mv->new_e | E_LOCKED);
+        mv->a.w.fn = move_committed;
+        page_commit(pg, &mv->a.w);
+        return;
+    }
+    struct lv_frag *f = &p->frags[e_frag(mv->old_e)];
+    uint64_t len = SRRS_MIN((uint64_t)SRRS_BUF_MAX, p->cs - mv->done);
+    mv->reading = true;
+    srrs_io_prep(mv->io, f->bdev, SRRS_IO_READ, f->data_off + (e_cl(mv->old_e) << p->cs_shift) + mv->done,
+                 len, mv->buf, move_io_done, mv);
+    srrs_bdev_submit(mv->io);
+}
+
+static void move_start(struct lv_move *mv)
+{
+    struct srrs_pool *p = mv->d->p;
+    int fi = pick_frag(p);
+    bool zero;
+    mv->new_e = fi >= 0 ? cluster_take(p, fi, &zero) : 0;
+    mv->buf = srrs_buf_get(p->pr, SRRS_BUF_MAX);
+    mv->io = srrs_io_get(p->pr);
+    if (!mv->new_e || !mv->buf || !mv->io) {
+        move_fail(mv, mv->new_e ? -ENOMEM : -ENOSPC);
+        return;
+    }
+    move_copy_next(mv);
+}
+
+static struct lv_vol *vol_at(struct srrs_pool *p, uint32_t bucket, uint32_t pos)
+{
+    struct lv_vol *v = p->vhash[bucket];
+    while (v && pos--)
+        v = v->hnext;
+    return v;
+}
+
+/* Collects up to max clusters on the fragment; returns true at the end of a pass. */
+static bool drain_scan(struct lv_drain *d)
+{
+    struct srrs_pool *p = d->p;
+    uint32_t budget = 1u << 16;
+    while (d->n < d->max && budget--) {
+        if (d->bucket >= VHASH)
+            return true;
+        struct lv_vol *v = vol_at(p, d->bucket, d->pos);
+        if (!v) {
+            d->bucket++;
+            d->pos = 0;
+            d->c = 0;
+            continue;
+        }
+        if (d->c >= v->nclusters) {
+            d->pos++;
+            d->c = 0;
+            continue;
+        }
+        uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
+        if (!top[d->c / MD_ENTRIES]) {
+            d->c = (d->c / MD_ENTRIES + 1) * MD_ENTRIES;
+            continue;
+        }
+        uint64_t c = d->c++;
+        uint64_t e = map_get(v, c);
+        if (!e_alloc(e) || (int)e_frag(e) != d->idx)
+            continue;
+        if ((e & (E_PENDING | E_LOCKED)) || alloc_find(p, v, c)) {
+            d->skipped = true;
+            continue;
+        }
+        struct lv_move *mv = calloc(1, sizeof(*mv));
+        if (!mv) {
+            d->error = -ENOMEM;
+            return true;
+        }
+        mv->d = d;
+        mv->a.vol = v;
+        mv->a.c = c;
+        mv->old_e = e;
+        uint32_t h = ahash(v, c);
+        mv->a.hnext = p->ahash[h];
+        p->ahash[h] = &mv->a;
+        map_set(map_chunk(v, c), c, e | E_LOCKED);
+        d->mv[d->n++] = mv;
+    }
+    return false;
+}
+
+static void pmove_done(struct lv_wait *w, int status)
+{
+    struct lv_pmove *pm = (struct lv_pmove *)w;
+    struct lv_drain *d = pm->d;
+    struct srrs_pool *p = d->p;
+    if (status && !d->error)
+        d->error = status;
+    if (pm->step == 0 && !status) {
+        /* The page is durable at its new slot: mark the old slot FREE. */
+        pm->step = 1;
+        pm->tomb.pool = p;
+        pm->tomb.tomb = true;
+        pm->tomb.frag = pm->old_frag;
+        pm->tomb.slot = pm->old_slot;
+        page_commit(&pm->tomb, &pm->w);
+        return;
+    }
+    if (!status)
+        slot_free(p, pm->old_frag, pm->old_slot);
+    d->pages_inflight--;
+    free(pm);
+}
+
+/* Moves pages off the fragment; returns true when none is left. */
+static bool drain_pages(struct lv_drain *d)
+{
+    struct srrs_pool *p = d->p;
+    bool left = false;
+    for (uint32_t h = 0; h < VHASH; h++) {
+        for (struct lv_vol *v = p->vhash[h]; v; v = v->hnext) {
+            for (uint32_t k = 0; k < v->nchunks; k++) {
+                struct lv_page *pg = v->pages[k];
+                if (!pg || (int)pg->frag != d->idx)
+                    continue;
+                left = true;
+                if (pg->busy || pg->want || d->pages_inflight >= d->max || d->error)
+                    continue;
+                struct lv_pmove *pm = calloc(1, sizeof(*pm));
+                uint32_t nf;
+                uint64_t ns;
+                if (!pm || slot_alloc(p, &nf, &ns)) {
+                    free(pm);
+                    d->error = -ENOSPC;
+                    return false;
+                }
+                pm->d = d;
+                pm->pg = pg;
+                pm->old_frag = pg->frag;
+                pm->old_slot = pg->slot;
+                pm->w.fn = pmove_done;
+                pg->frag = nf;
+                pg->slot = ns;
+                d->pages_inflight++;
+                page_commit(pg, &pm->w);
+            }
+        }
+    }
+    return !left && !d->pages_inflight;
+}
+
+static void drain_end(struct lv_drain *d)
+{
+    struct srrs_pool *p = d->p;
+    struct lv_frag *f = &p->frags[d->idx];
+    f->drain_error = d->error;
+    if (d->error)
+        pool_msg(p, "drain of fragment %d (%s) stopped: %s", d->idx, f->path, strerror(-d->error));
+    else
+        pool_msg(p, "drain of fragment %d (%s) done: %llu clusters moved", d->idx, f->path,
+                 (unsigned long long)f->drain_moved);
+    srrs_poller_unregister(&p->drain_poller);
+    __atomic_store_n(&p->drain, NULL, __ATOMIC_RELEASE);
+    free(d->mv);
+    free(d);
+}
+
+static int drain_poll(void *arg)
+{
+    struct lv_drain *d = arg;
+    struct srrs_pool *p = d->p;
+    switch (d->state) {
+    case DR_SCAN: {
+        bool end = d->error ? true : drain_scan(d);
+        if (d->n) {
+            barrier_start(d);
+            d->state = DR_BARRIER1;
+        } else if (end) {
+            if (d->error) {
+                drain_end(d);
+                return 1;
+            }
+            d->bucket = d->pos = 0;
+            d->c = 0;
+            if (!d->skipped && !p->frags[d->idx].nused)
+                d->state = DR_PAGES;
+            d->skipped = false;
+        }
+        return 1;
+    }
+    case DR_BARRIER1:
+        if (!barrier_done(d))
+            return 0;
+        d->state = DR_COPY;
+        d->pending = d->n;
+        for (int i = 0; i < d->n; i++)
+            move_start(d->mv[i]);
+        return 1;
+    case DR_COPY:
+        if (d->pending)
+            return 0;
+        barrier_start(d);
+        d->state = DR_BARRIER2;
+        return 1;
+    case DR_BARRIER2:
+        if (!barrier_done(d))
+            return 0;
+        for (int i = 0; i < d->n; i++) {
+            struct lv_move *mv = d->mv[i];
+            if (!mv->failed) {
+                cluster_put(p, mv->old_e);
+                p->frags[d->idx].drain_moved++;
+            }
+            free(mv);
+        }
+        d->n = 0;
+        d->state = DR_SCAN;
+        return 1;
+    case DR_PAGES:
+        if (p->frags[d->idx].nused) {
+            d->state = DR_SCAN;
+            return 1;
+        }
+        if (drain_pages(d) || (d->error && !d->pages_inflight))
+            drain_end(d);
+        return 1;
+    }
+    return 0;
+}
+
+struct drain_start {
+    struct lv_drain *d;
+    int rc;
+};
+
+static void drain_start_msg(void *arg)
+{
+    struct drain_start *ds = arg;
+    struct srrs_pool *p = ds->d->p;
+    p->drain_poller = srrs_poller_register(p->pr, drain_poll, ds->d, 20);
+    if (!p->drain_poller) {
+        ds->rc = -ENOMEM;
+        return;
+    }
+    __atomic_store_n(&p->drain, ds->d, __ATOMIC_RELEASE);
+}
+
 void lv_drain_stop_msg(void *arg);
 void lv_drain_stop_msg(void *arg)
 {
-    (void)arg;
+    struct lv_op *op = arg;
+    struct srrs_pool *p = op->p;
+    struct lv_drain *d = p->drain;
+    if (!d)
+        return;
+    if (d->n || d->pages_inflight || d->state != DR_SCAN) {
+        op->rc = -EBUSY;
+        return;
+    }
+    d->error = -ECANCELED;
+    drain_end(d);
 }
 
 int srrs_pool_frag_drain(struct srrs_pool *p, int idx, int max_inflight)
 {
-    (void)max_inflight;
-    return srrs_err(-ENOSYS, "pool %s: drain of fragment %d is not implemented yet", p->name, idx);
+    if (idx < 0 || idx >= LV_MAX_FRAGS || p->frags[idx].state == FS_EMPTY ||
+        p->frags[idx].state == FS_REMOVED)
+        return srrs_err(-ENOENT, "pool %s has no fragment %d", p->name, idx);
+    if (__atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
+        return srrs_err(-EBUSY, "pool %s is already draining a fragment", p->name);
+    struct lv_frag *f = &p->frags[idx];
+    uint64_t free_elsewhere = 0, slots_elsewhere = 0;
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *g = &p->frags[i];
+        if (i == idx || g->state != FS_ACTIVE)
+            continue;
+        free_elsewhere += g->nclusters - __atomic_load_n(&g->nused, __ATOMIC_RELAXED);
+        slots_elsewhere += g->md_slots - __atomic_load_n(&g->slots_used, __ATOMIC_RELAXED);
+    }
+    uint64_t used = __atomic_load_n(&f->nused, __ATOMIC_RELAXED);
+    if (free_elsewhere < used || slots_elsewhere < f->slots_used)
+        return srrs_err(-ENOSPC, "pool %s: the other fragments have %llu free clusters and %llu free "
+                        "metadata slots, fragment %d holds %llu clusters and %llu slots", p->name,
+                        (unsigned long long)free_elsewhere, (unsigned long long)slots_elsewhere, idx,
+                        (unsigned long long)used, (unsigned long long)f->slots_used);
+    struct lv_drain *d = calloc(1, sizeof(*d));
+    int max = max_inflight > 0 ? SRRS_MIN(max_inflight, 64) : 4;
+    if (!d || !(d->mv = calloc((size_t)max, sizeof(*d->mv)))) {
+        free(d);
+        return srrs_err(-ENOMEM, "out of memory");
+    }
+    d->p = p;
+    d->idx = idx;
+    d->max = max;
+    int old = f->state;
+    /* No new allocation there from now on; durable so a restart keeps it so. */
+    __atomic_store_n(&f->state, FS_DRAINING, __ATOMIC_RELEASE);
+    int rc = sb_write_all(p);
+    if (rc) {
+        __atomic_store_n(&f->state, old, __ATOMIC_RELEASE);
+        free(d->mv);
+        free(d);
+        return rc;
+    }
+    f->drain_total = used;
+    f->drain_moved = 0;
+    f->drain_error = 0;
+    struct drain_start ds = {.d = d};
+    srrs_reactor_call(p->pr, drain_start_msg, &ds);
+    if (ds.rc) {
+        free(d->mv);
+        free(d);
+        return srrs_err(ds.rc, "pool %s: cannot start the drain", p->name);
+    }
+    pool_msg(p, "drain of fragment %d (%s) started: %llu clusters, %llu metadata pages", idx, f->path,
+             (unsigned long long)used, (unsigned long long)f->slots_used);
+    return 0;
 }
+
+static void noop_msg(void *arg) { (void)arg; }
 
 int srrs_pool_frag_remove(struct srrs_pool *p, int idx)
 {
-    return srrs_err(-ENOSYS, "pool %s: remove of fragment %d is not implemented yet", p->name, idx);
+    if (idx < 0 || idx >= LV_MAX_FRAGS || p->frags[idx].state == FS_EMPTY ||
+        p->frags[idx].state == FS_REMOVED)
+        return srrs_err(-ENOENT, "pool %s has no fragment %d", p->name, idx);
+    struct lv_frag *f = &p->frags[idx];
+    if (f->state != FS_DRAINING || __atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
+        return srrs_err(-EBUSY, "fragment %d of pool %s must be drained first", idx, p->name);
+    if (__atomic_load_n(&f->nused, __ATOMIC_RELAXED) || __atomic_load_n(&f->slots_used, __ATOMIC_RELAXED))
+        return srrs_err(-EBUSY, "fragment %d of pool %s still holds %llu clusters and %llu metadata "
+                        "pages", idx, p->name, (unsigned long long)f->nused,
+                        (unsigned long long)f->slots_used);
+    f->state = FS_REMOVED;
+    int rc = sb_write_all(p);
+    if (rc) {
+        f->state = FS_DRAINING;
+        return rc;
+    }
+    srrs_reactor_call(p->pr, noop_msg, NULL); /* P no longer looks at it */
+    if (!f->ram) {
+        /* Its superblock goes: the file or device is free for anything again. */
+        int fd = open(f->path, O_RDWR | O_CLOEXEC);
+        if (fd >= 0) {
+            if (pwrite_full(fd, srrs_zero_buf, 2 * MD_PAGE, 0) == 0)
+                (void)fdatasync(fd);
+            close(fd);
+        }
+    }
+    srrs_bdev_close(&f->bdev);
+    srrs_bdev_delete(p->core, f->bdev_name);
+    free(f->used);
+    free(f->slot_used);
+    f->used = f->slot_used = NULL;
+    pool_msg(p, "fragment %d (%s) removed", idx, f->path);
+    return 0;
 }
