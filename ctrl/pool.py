@@ -347,6 +347,20 @@ class PoolService:
                 log.error("closing pool %s: %s", name, e)
 
 
+def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> None:
+    """New volumes of a config, created concurrently: their metadata commits
+    share fragment flushes (group commit) instead of paying one each."""
+    if len(vols) < 64:
+        for v in vols:
+            svc.volume_create(v)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as ex:
+        for f in [ex.submit(svc.volume_create, v) for v in vols]:
+            f.result()
+
+
 def start(ctl, pools_section) -> PoolService:
     svc = PoolService(ctl)
     secs = ctl.conf.sections
@@ -357,10 +371,15 @@ def start(ctl, pools_section) -> PoolService:
             svc.pool_create(pc)
         for t in secs.get("tenant", ()):
             svc.tenant_set(t)
+        new = []
         for v in secs.get("volume", ()):
             if v.pool not in svc.pools:
                 raise ValueError(f"volume {v.name}: pool {v.pool} is not configured")
-            svc.apply_config_volume(v)
+            if svc.pools[v.pool].volume_info(v.name) is None:
+                new.append(v)
+            else:
+                svc.apply_config_volume(v)
+        _create_parallel(svc, new)
     except BaseException:
         svc.close()
         raise

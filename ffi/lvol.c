@@ -169,9 +169,13 @@ struct lv_page {
     struct lv_wait *cur, *next;
     void *buf;
     struct srrs_io *io;
+    struct lv_page *fl_link; /* waiting for / covered by a fragment flush */
 };
 
 struct lv_frag {
+    struct srrs_pool *pool;
+    bool flushing;
+    struct lv_page *fl_cur, *fl_next;
     int state;
     bool ram;
     bool fresh;            /* created by this process: clusters >= zero_hwm are zero */
@@ -509,29 +513,13 @@ static void page_fill(struct srrs_pool *p, struct lv_page *pg, uint8_t *buf, uin
 
 static void page_start(struct lv_page *pg);
 
-static void page_io_done(struct srrs_io *io, void *arg)
+static void page_io_done(struct srrs_io *io, void *arg);
+
+static void page_finish(struct lv_page *pg)
 {
-    struct lv_page *pg = arg;
     struct srrs_pool *p = pg->pool;
-    int st = io->status;
-    if (st && !pg->status)
-        pg->status = st;
-    struct lv_frag *f = &p->frags[pg->frag];
-    if (!pg->status && pg->step < 2) {
-        /* After copy A (and the flush): copy B. */
-        pg->step++;
-        bool flush = pg->step == 1 && p->sync_md && !f->ram;
-        if (!flush && pg->step == 1)
-            pg->step = 2;
-        if (flush)
-            srrs_io_prep(io, f->bdev, SRRS_IO_FLUSH, 0, 0, NULL, page_io_done, pg);
-        else
-            srrs_io_prep(io, f->bdev, SRRS_IO_WRITE, slot_offset(f, pg->slot, 1), MD_PAGE, pg->buf,
-                         page_io_done, pg);
-        srrs_bdev_submit(io);
-        return;
-    }
-    srrs_io_put(io);
+    srrs_io_put(pg->io);
+    pg->io = NULL;
     srrs_buf_put(p->pr, pg->buf, MD_PAGE);
     pg->buf = NULL;
     pg->busy = false;
@@ -550,6 +538,90 @@ static void page_io_done(struct srrs_io *io, void *arg)
         w->fn(w, status);
         w = n;
     }
+}
+
+static void page_write_b(struct lv_page *pg)
+{
+    struct lv_frag *f = &pg->pool->frags[pg->frag];
+    pg->step = 2;
+    srrs_io_prep(pg->io, f->bdev, SRRS_IO_WRITE, slot_offset(f, pg->slot, 1), MD_PAGE, pg->buf,
+                 page_io_done, pg);
+    srrs_bdev_submit(pg->io);
+}
+
+static void frag_flush_start(struct srrs_pool *p, struct lv_frag *f);
+
+/* Group commit: one flush of the fragment covers every page whose copy A
+ * completed before the flush was issued. */
+static void frag_flush_done(struct srrs_io *io, void *arg)
+{
+    struct lv_frag *f = arg;
+    struct srrs_pool *p = f->pool;
+    int st = io->status;
+    srrs_io_put(io);
+    struct lv_page *pg = f->fl_cur;
+    f->fl_cur = NULL;
+    f->flushing = false;
+    if (f->fl_next)
+        frag_flush_start(p, f);
+    while (pg) {
+        struct lv_page *n = pg->fl_link;
+        pg->fl_link = NULL;
+        if (st) {
+            pg->status = st;
+            page_finish(pg);
+        } else {
+            page_write_b(pg);
+        }
+        pg = n;
+    }
+}
+
+static void frag_flush_start(struct srrs_pool *p, struct lv_frag *f)
+{
+    struct srrs_io *io = srrs_io_get(p->pr);
+    f->flushing = true;
+    f->fl_cur = f->fl_next;
+    f->fl_next = NULL;
+    if (!io) {
+        /* No I/O object: fail this group (callers report -ENOMEM). */
+        struct lv_page *pg = f->fl_cur;
+        f->fl_cur = NULL;
+        f->flushing = false;
+        while (pg) {
+            struct lv_page *n = pg->fl_link;
+            pg->fl_link = NULL;
+            pg->status = -ENOMEM;
+            page_finish(pg);
+            pg = n;
+        }
+        return;
+    }
+    srrs_io_prep(io, f->bdev, SRRS_IO_FLUSH, 0, 0, NULL, frag_flush_done, f);
+    srrs_bdev_submit(io);
+}
+
+static void page_io_done(struct srrs_io *io, void *arg)
+{
+    struct lv_page *pg = arg;
+    struct srrs_pool *p = pg->pool;
+    if (io->status && !pg->status)
+        pg->status = io->status;
+    struct lv_frag *f = &p->frags[pg->frag];
+    if (pg->status || pg->step == 2) {
+        page_finish(pg);
+        return;
+    }
+    /* Copy A is written. Copy B may only start once A is durable. */
+    if (p->sync_md && !f->ram) {
+        pg->step = 1;
+        pg->fl_link = f->fl_next;
+        f->fl_next = pg;
+        if (!f->flushing)
+            frag_flush_start(p, f);
+        return;
+    }
+    page_write_b(pg);
 }
 
 static void page_start(struct lv_page *pg)
@@ -1771,6 +1843,7 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
                        bool md_here, uint32_t md_slots)
 {
     struct lv_frag *f = &p->frags[fi];
+    f->pool = p;
     snprintf(f->bdev_name, sizeof(f->bdev_name), "%.40s.f%d", p->name, fi & 0xff);
     int rc;
     bool ram = spec->path == NULL;
