@@ -992,7 +992,12 @@ static void p_alloc_msg(void *arg)
 
 /* ---- the data path (any reactor) ---------------------------------------------- */
 
-static void piece_done(struct srrs_io *parent, int status)
+void srrs_bdev_account(struct srrs_io *io);
+
+/* in_completion: called from a child's completion callback (the reactor's
+ * completion loop), so the parent's callback may run now rather than one loop
+ * later; from a submit path it must be deferred (no recursion). */
+static void piece_done_ex(struct srrs_io *parent, int status, bool in_completion)
 {
     struct lv_parent *pp = parent_of(parent);
     if (status && !pp->status)
@@ -1002,12 +1007,24 @@ static void piece_done(struct srrs_io *parent, int status)
     if (pp->iovbuf)
         srrs_buf_put(parent->r, pp->iovbuf, pp->iovbuf_len);
     pp->iovbuf = NULL;
-    srrs_io_complete(parent, pp->status);
+    if (!in_completion) {
+        srrs_io_complete(parent, pp->status);
+        return;
+    }
+    parent->status = pp->status;
+    srrs_bdev_account(parent);
+    parent->cb(parent, parent->cb_arg);
 }
+
+static void piece_done(struct srrs_io *parent, int status)
+{
+    piece_done_ex(parent, status, false);
+}
+
+#define CHILD_SUBMITTED ((void *)1)
 
 static void child_cb(struct srrs_io *child, void *arg)
 {
-    (void)arg;
     struct srrs_io *parent = child->parent;
     if (child->tag != IO_NOTAG) {
         struct srrs_pool *p = ((struct lv_vol *)parent->bdev->ctx)->pool;
@@ -1015,7 +1032,7 @@ static void child_cb(struct srrs_io *child, void *arg)
     }
     int st = child->status;
     srrs_io_put(child);
-    piece_done(parent, st);
+    piece_done_ex(parent, st, arg == CHILD_SUBMITTED);
 }
 
 static void iov_zero(struct srrs_io *io)
@@ -1064,7 +1081,7 @@ static void child_go(struct srrs_io *child)
     child->bdev = f->bdev;
     child->offset = f->data_off + (e_cl(e) << p->cs_shift) + lc->coff;
     child->cb = child_cb;
-    child->cb_arg = NULL;
+    child->cb_arg = CHILD_SUBMITTED;
     /* Counted until it completes: a drain frees a moved-away cluster only
      * once every I/O that may still use its old location is done. */
     struct lv_rstate *rs = &p->rs[srrs_reactor_idx(child->r)];
