@@ -264,6 +264,13 @@ struct srrs_pool {
     /* drain (P) */
     struct lv_drain *drain;
     struct srrs_poller *drain_poller;
+    /* barriers (P): one at a time, covering every request queued before it started */
+    struct srrs_poller *maint_poller;
+    struct lv_wait *bar_cur, *bar_next;
+    bool bar_running;
+    int bar_acks;
+    uint8_t bar_oldpar[SRRS_MAX_REACTORS];
+    uint64_t unmapped;
 };
 
 struct lv_rstate {
@@ -990,6 +997,139 @@ static void p_alloc_msg(void *arg)
         wq_push(a, child);
 }
 
+/* ---- barriers and unmap (P) ---------------------------------------------------- */
+
+/*
+ * A barrier completes once every volume I/O that was submitted to a fragment
+ * before it started has completed, on every reactor: each reactor counts its
+ * in-flight child I/O by epoch parity; the barrier flips every reactor's
+ * epoch (a message) and waits for the old parity's count to reach zero.
+ * Freed clusters (unmap, drain) go back to the allocator only after one, so
+ * a late write can never land in a cluster that another volume now owns.
+ */
+
+static void bar_ack(void *arg) { ((struct srrs_pool *)arg)->bar_acks++; }
+
+static void bar_flip(void *arg)
+{
+    struct srrs_pool *p = arg;
+    int i = srrs_reactor_idx(srrs_reactor_self());
+    __atomic_add_fetch(&p->rs[i].epoch, 1, __ATOMIC_ACQ_REL);
+    send_to(p->pr, bar_ack, p);
+}
+
+static int maint_poll(void *arg)
+{
+    struct srrs_pool *p = arg;
+    if (p->bar_running) {
+        if (p->bar_acks < p->nreactors)
+            return 0;
+        for (int i = 0; i < p->nreactors; i++)
+            if (__atomic_load_n(&p->rs[i].cnt[p->bar_oldpar[i]], __ATOMIC_ACQUIRE))
+                return 0;
+        p->bar_running = false;
+        struct lv_wait *w = p->bar_cur;
+        p->bar_cur = NULL;
+        while (w) {
+            struct lv_wait *n = w->next;
+            w->fn(w, 0);
+            w = n;
+        }
+        return 1;
+    }
+    if (!p->bar_next)
+        return 0;
+    p->bar_cur = p->bar_next;
+    p->bar_next = NULL;
+    p->bar_running = true;
+    p->bar_acks = 0;
+    for (int i = 0; i < p->nreactors; i++)
+        p->bar_oldpar[i] = __atomic_load_n(&p->rs[i].epoch, __ATOMIC_ACQUIRE) & 1;
+    for (int i = 0; i < p->nreactors; i++)
+        send_to(srrs_core_reactor(p->core, i), bar_flip, p);
+    return 1;
+}
+
+/* P. w->fn(w, 0) runs after a barrier that started after this call. */
+static void barrier_request(struct srrs_pool *p, struct lv_wait *w)
+{
+    if (!p->maint_poller)
+        p->maint_poller = srrs_poller_register(p->pr, maint_poll, p, 20);
+    w->next = p->bar_next;
+    p->bar_next = w;
+}
+
+struct lv_free {
+    struct lv_alloc a;       /* in the allocation hash while the map changes */
+    struct lv_wait bw;
+    uint64_t old_e;
+};
+
+static void free_after_barrier(struct lv_wait *w, int status)
+{
+    (void)status;
+    struct lv_free *fr = (struct lv_free *)((uint8_t *)w - offsetof(struct lv_free, bw));
+    cluster_put(fr->a.vol->pool, fr->old_e);
+    free(fr);
+}
+
+static void unmap_committed(struct lv_wait *w, int status)
+{
+    struct lv_free *fr = (struct lv_free *)w;
+    struct lv_vol *v = fr->a.vol;
+    struct srrs_pool *p = v->pool;
+    map_set(map_chunk(v, fr->a.c), fr->a.c, status ? fr->old_e : 0);
+    alloc_unhash(p, &fr->a);
+    struct srrs_io *io = fr->a.wq_head;
+    while (io) {
+        struct srrs_io *n = io->next;
+        child_reply(io, status); /* the unmap itself finds the cluster gone: done */
+        io = n;
+    }
+    if (status) {
+        free(fr);
+        return;
+    }
+    v->allocated--;
+    if (v->tenant)
+        v->tenant->used--;
+    p->unmapped++;
+    fr->bw.fn = free_after_barrier;
+    barrier_request(p, &fr->bw);
+}
+
+/* P. An unmap covering a whole allocated cluster: the cluster goes back to the pool. */
+static void p_unmap_msg(void *arg)
+{
+    struct srrs_io *child = arg;
+    struct lv_child *lc = child_of(child);
+    struct lv_vol *v = lc->vol;
+    struct srrs_pool *p = v->pool;
+    struct lv_alloc *a = alloc_find(p, v, lc->c);
+    if (a) {
+        wq_push(a, child);
+        return;
+    }
+    uint64_t e = map_get(v, lc->c);
+    struct lv_page *pg = v->pages[lc->c / MD_ENTRIES];
+    struct lv_free *fr = e_alloc(e) && pg ? calloc(1, sizeof(*fr)) : NULL;
+    if (!fr) {
+        child_reply(child, e_alloc(e) ? -ENOMEM : 0);
+        return;
+    }
+    fr->a.vol = v;
+    fr->a.c = lc->c;
+    fr->old_e = e;
+    uint32_t h = ahash(v, lc->c);
+    fr->a.hnext = p->ahash[h];
+    p->ahash[h] = &fr->a;
+    wq_push(&fr->a, child);
+    /* Reads see an unallocated cluster (zeroes); writes queue on the record. */
+    map_set(map_chunk(v, lc->c), lc->c, E_LOCKED);
+    fr->a.w.fn = unmap_committed;
+    page_commit(pg, &fr->a.w);
+}
+
 /* ---- the data path (any reactor) ---------------------------------------------- */
 
 void srrs_bdev_account(struct srrs_io *io);
@@ -1074,7 +1214,11 @@ static void child_go(struct srrs_io *child)
             send_to(p->pr, p_alloc_msg, child);
             return;
         }
-        child->op = SRRS_IO_WRITE_ZEROES; /* the cluster stays allocated */
+        if (child->op == SRRS_IO_UNMAP && lc->coff == 0 && child->len == p->cs) {
+            send_to(p->pr, p_unmap_msg, child);
+            return;
+        }
+        child->op = SRRS_IO_WRITE_ZEROES; /* a partial cluster stays allocated */
         break;
     }
     struct lv_frag *f = &p->frags[e_frag(e)];
@@ -2242,8 +2386,30 @@ static int build_volumes(struct srrs_pool *p, struct scan *s)
 
 void lv_drain_stop_msg(void *arg);
 
+struct maint_stop {
+    struct srrs_pool *p;
+    bool busy;
+};
+
+/* Stops the maintenance poller once no barrier is pending (their waiters and
+ * the reactors' acks point at the pool). */
+static void maint_stop_msg(void *arg)
+{
+    struct maint_stop *ms = arg;
+    struct srrs_pool *p = ms->p;
+    ms->busy = p->bar_running || p->bar_next;
+    if (!ms->busy)
+        srrs_poller_unregister(&p->maint_poller);
+}
+
 static void pool_free(struct srrs_pool *p)
 {
+    for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
+        struct maint_stop ms = {.p = p};
+        srrs_reactor_call(p->pr, maint_stop_msg, &ms);
+        if (ms.busy)
+            usleep(1000);
+    }
     for (uint32_t h = 0; h < VHASH; h++) {
         struct lv_vol *v = p->vhash[h];
         while (v) {
@@ -2692,41 +2858,26 @@ struct lv_drain {
     uint32_t bucket, pos;
     uint64_t c;
     bool skipped;
-    int acks;
-    uint8_t oldpar[SRRS_MAX_REACTORS];
+    struct lv_wait bw;
+    bool bar_done;
     int pages_inflight;
 };
 
-static void barrier_ack(void *arg) { ((struct lv_drain *)arg)->acks++; }
-
-static void barrier_flip(void *arg)
+static void drain_bar_done(struct lv_wait *w, int status)
 {
-    struct lv_drain *d = arg;
-    int i = srrs_reactor_idx(srrs_reactor_self());
-    __atomic_add_fetch(&d->p->rs[i].epoch, 1, __ATOMIC_ACQ_REL);
-    send_to(d->p->pr, barrier_ack, d);
+    (void)status;
+    struct lv_drain *d = (struct lv_drain *)((uint8_t *)w - offsetof(struct lv_drain, bw));
+    d->bar_done = true;
 }
 
 static void barrier_start(struct lv_drain *d)
 {
-    struct srrs_pool *p = d->p;
-    d->acks = 0;
-    for (int i = 0; i < p->nreactors; i++)
-        d->oldpar[i] = __atomic_load_n(&p->rs[i].epoch, __ATOMIC_ACQUIRE) & 1;
-    for (int i = 0; i < p->nreactors; i++)
-        send_to(srrs_core_reactor(p->core, i), barrier_flip, d);
+    d->bar_done = false;
+    d->bw.fn = drain_bar_done;
+    barrier_request(d->p, &d->bw);
 }
 
-static bool barrier_done(struct lv_drain *d)
-{
-    struct srrs_pool *p = d->p;
-    if (d->acks < p->nreactors)
-        return false;
-    for (int i = 0; i < p->nreactors; i++)
-        if (__atomic_load_n(&p->rs[i].cnt[d->oldpar[i]], __ATOMIC_ACQUIRE))
-            return false;
-    return true;
-}
+static bool barrier_done(struct lv_drain *d) { return d->bar_done; }
 
 static void move_release(struct lv_move *mv, uint64_t e)
 {

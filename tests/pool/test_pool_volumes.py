@@ -3,6 +3,7 @@ verified random I/O on all at once; allocated space is what was written,
 rounded to clusters; thick volumes, resize, delete, reopen."""
 
 import os
+import time
 
 import pytest
 
@@ -131,3 +132,36 @@ def test_open_errors_name_the_fragment(tmp_path):
         with pytest.raises(SrrsError, match="not an SRRS pool"):
             open_pool(core, [frag_file(foreign)], name="r")
         assert core.bdev_list() == [], "a failed open leaves no bdev behind"
+
+
+def test_unmap_frees_whole_clusters(tmp_path):
+    with Core(reactors=2) as core:
+        pool = open_pool(core, [frag_file(tmp_path / "f.img", 128 * MiB)])
+        pool.volume_create("v", 32 * MiB)
+        data = os.urandom(4 * MiB)
+        for i in range(4):
+            assert core.test_io("v", "write", i * MiB, MiB, data[i * MiB:(i + 1) * MiB])[0] == 0
+        assert pool.volume_info("v")["allocated_clusters"] == 4
+        # Cluster 1 whole and half of cluster 2: 1 freed, 2 zeroed in part.
+        assert core.test_io("v", "unmap", MiB, MiB + MiB // 2, reactor=1)[0] == 0
+        assert pool.volume_info("v")["allocated_clusters"] == 3
+        got = b"".join(core.test_io("v", "read", i * MiB, MiB)[1] for i in range(4))
+        want = data[:MiB] + bytes(MiB + MiB // 2) + data[2 * MiB + MiB // 2:]
+        assert got == want
+        # The freed cluster comes back to the pool (after the barrier) and is reused.
+        for _ in range(100):
+            if pool.info()["used_clusters"] == 3:
+                break
+            time.sleep(0.01)
+        assert pool.info()["used_clusters"] == 3
+        assert core.test_io("v", "write", MiB + 4096, 4096, data[:4096])[0] == 0
+        st, got = core.test_io("v", "read", MiB, MiB)
+        assert got == bytes(4096) + data[:4096] + bytes(MiB - 8192)
+        vm = VerifyMap(32 * MiB // 4096, 4096)
+        w, r = verified_write_read(core, "v", 32 * MiB, vm, ios=2000)
+        assert w["errors"] == 0 and r["verify_errors"] == 0
+        pool.close()
+    with Core(reactors=1) as core:  # the free is durable
+        pool = open_pool(core, [frag_file(tmp_path / "f.img")])
+        assert pool.volume_info("v")["allocated_clusters"] == pool.info()["used_clusters"]
+        pool.close()
