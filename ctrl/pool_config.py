@@ -47,7 +47,7 @@ class PoolConfig:
     placement: str = "spread"
     reactor: int = 0
     sync_metadata: bool = True
-    metadata_slots: int = 0     # per persistent fragment; 0: 1/64 of it (256..131072)
+    metadata_slots: int = 0     # per persistent fragment; 0: 1/256 of it (256..131072)
     force_create: bool = False
 
 

@@ -2029,7 +2029,7 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
         f->weight = spec->weight ? spec->weight : 100;
         f->md_slots = 0;
         if (md_here) {
-            uint64_t auto_slots = f->size / 64 / MD_SLOT;
+            uint64_t auto_slots = f->size / 256 / MD_SLOT; /* 1/256 of the fragment */
             f->md_slots = md_slots ? md_slots : SRRS_MAX(256, SRRS_MIN(auto_slots, 131072));
         }
         f->data_off = f->md_slots ? MD_AREA_OFF + f->md_slots * MD_SLOT : 0;
