@@ -2772,6 +2772,9 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
         if ((p->frags[i].state == FS_ACTIVE || p->frags[i].state == FS_DRAINING) && !p->frags[i].ram)
             any_persistent = true;
     }
+    for (int i = 0; i < LV_MAX_FRAGS && fi < 0; i++)
+        if (p->frags[i].state == FS_REMOVED)
+            fi = i; /* no map entry or page refers to a removed fragment: reuse its index */
     if (fi < 0)
         return srrs_err(-ENOSPC, "pool %s already has %d fragments", p->name, LV_MAX_FRAGS);
     if (spec->path) {
@@ -2788,6 +2791,8 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
         return srrs_err(-EINVAL, "a RAM fragment needs a size, a multiple of 4096");
     }
     struct lv_frag *f = &p->frags[fi];
+    if (f->state == FS_REMOVED)
+        memset(f, 0, sizeof(*f));
     /* Invisible to the allocator (hidden) until the superblocks that list it
      * are durable: a cluster is never mapped on a fragment the table lacks. */
     __atomic_store_n(&f->hidden, true, __ATOMIC_RELEASE);

@@ -6,6 +6,10 @@ and one write at a time, logging to log-T.txt: "S seq off nblk" before the
 write is submitted and "A seq" once it is acknowledged (O_APPEND writes, in
 the kernel before the next I/O starts, so they survive SIGKILL).
 
+With CRASH_DRAIN=1 the main thread meanwhile drains one fragment after the
+other, removes it once empty and adds the same file back (fresh), so the kill
+also lands in drains, removals and additions.
+
 usage: crash_writer.py LOGDIR ROUND FRAG [FRAG...]
 """
 
@@ -26,8 +30,10 @@ CS = 64 << 10
 
 def main():
     logdir, rnd, frags = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    drain = os.environ.get("CRASH_DRAIN") == "1"
     core = Core(reactors=2)
-    pool = open_pool(core, [frag_file(f, 256 * MiB) for f in frags], cluster_size=CS)
+    size = 384 * MiB if drain else 256 * MiB
+    pool = open_pool(core, [frag_file(f, size) for f in frags], cluster_size=CS)
     if pool.volume_info("cv") is None:
         pool.volume_create("cv", VOL_SIZE)
     print("ready", flush=True)
@@ -49,7 +55,28 @@ def main():
 
     for t in range(THREADS):
         threading.Thread(target=writer, args=(t,), daemon=True).start()
+    if drain:
+        drain_forever(pool, rnd, size)
     threading.Event().wait()
+
+
+def drain_forever(pool, rnd, size):
+    """Drain, remove and re-add fragments in turn until killed."""
+    import time
+
+    turn = rnd
+    while True:
+        frags = [f for f in pool.fragments() if f["state"] in ("active", "draining")]
+        f = frags[turn % len(frags)]
+        turn += 1
+        pool.frag_drain(f["index"], 32)
+        while True:
+            try:
+                pool.frag_remove(f["index"])
+                break
+            except OSError:
+                time.sleep(0.005)
+        pool.frag_add(frag_file(f["path"], size))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 every acknowledged write) and is killed with SIGKILL at a random moment; the
 pool is reopened and every acknowledged write must read back exactly. A
 write in flight at the kill may read old or new, block by block, never
-anything else; blocks never written read zeroes."""
+anything else; blocks never written read zeroes. The second variant also
+drains, removes and re-adds fragments all the time, so kills land there too."""
 
 import os
 import random
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from srrs.ffi.binding import Core
 
@@ -45,14 +48,15 @@ def _parse(logdir):
     return acked, pending
 
 
-def test_sigkill_30_rounds(tmp_path):
+@pytest.mark.parametrize("drain", [False, True], ids=["writes", "writes+drain"])
+def test_sigkill_30_rounds(tmp_path, drain):
     frags = [str(tmp_path / "f0.img"), str(tmp_path / "f1.img")]
     logdir = tmp_path / "logs"
     logdir.mkdir()
     rng = random.Random(5)
     truth = {}  # blk -> seq whose content the block must hold
     total_acked = 0
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CRASH_DRAIN="1" if drain else "0")
     for rnd in range(ROUNDS):
         for name in os.listdir(logdir):
             os.unlink(logdir / name)
