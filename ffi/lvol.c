@@ -2682,11 +2682,16 @@ int srrs_pool_close(struct srrs_pool **pp)
         for (struct lv_vol *v = p->vhash[h]; v; v = v->hnext)
             if (v->bdev && atomic_load(&v->bdev->open_count))
                 return srrs_err(-EBUSY, "pool %s: volume %s is still in use", p->name, v->name);
-    if (__atomic_load_n(&p->drain, __ATOMIC_ACQUIRE)) {
+    /* A running drain stops after the batch in flight (it resumes with the
+     * next frag_drain: the fragment stays draining in the superblock). */
+    for (int tries = 0; __atomic_load_n(&p->drain, __ATOMIC_ACQUIRE); tries++) {
         struct lv_op op = {.p = p};
         srrs_reactor_call(p->pr, lv_drain_stop_msg, &op);
-        if (op.rc)
-            return srrs_err(op.rc, "pool %s: a drain is moving clusters; try again", p->name);
+        if (!op.rc)
+            break;
+        if (tries > 10000)
+            return srrs_err(-EBUSY, "pool %s: a drain is still moving clusters", p->name);
+        usleep(1000);
     }
     pool_free(p);
     *pp = NULL;
@@ -3212,6 +3217,8 @@ void lv_drain_stop_msg(void *arg)
     if (!d)
         return;
     if (d->n || d->pages_inflight || d->state != DR_SCAN) {
+        if (!d->error)
+            d->error = -ECANCELED; /* no new batch */
         op->rc = -EBUSY;
         return;
     }
