@@ -52,6 +52,24 @@
  *
  * - Fresh clusters (never allocated since this process created the file or
  *   the RAM) are known to be zero and are not zeroed again.
+ *
+ * - Group commit: with sync_metadata, one flush of a fragment covers every
+ *   page whose copy A completed before the flush was issued (first writes at
+ *   QD 32 and bulk volume creation share flushes).
+ *
+ * - Barriers: each reactor counts its in-flight child I/O by epoch parity;
+ *   a barrier flips every reactor's epoch and waits for the old parity to
+ *   drain. A cluster freed by unmap (whole clusters only; partial unmaps write
+ *   zeroes) or by a drain goes back to the allocator only after one, so a
+ *   late write never lands in a cluster another volume owns.
+ *
+ * - Drain (see the drain section): lock, barrier, copy, commit, unlock,
+ *   barrier, free; then the fragment's metadata pages move. Removal zeroes
+ *   the fragment's superblock; its table index is reused by a later add.
+ *
+ * - Limits: 16 fragments, volume block size 4096, volumes only grow, a
+ *   volume cannot be deleted while a drain runs, RAM clusters of a pool with
+ *   persistent fragments are lost at restart (reported per volume).
  */
 #include "srrs_int.h"
 #include "lvol.h"
