@@ -165,3 +165,25 @@ def test_unmap_frees_whole_clusters(tmp_path):
         pool = open_pool(core, [frag_file(tmp_path / "f.img")])
         assert pool.volume_info("v")["allocated_clusters"] == pool.info()["used_clusters"]
         pool.close()
+
+
+def test_concurrent_first_writes_to_one_cluster_allocate_once(tmp_path):
+    """Two reactors race first writes into the same few clusters: each cluster is
+    allocated once (no leaked or double-mapped cluster) and nothing fails."""
+    with Core(reactors=2) as core:
+        pool = open_pool(core, [frag_file(tmp_path / "f.img", 128 * MiB)], cluster_size=4 * MiB)
+        for rnd in range(20):
+            name = f"race{rnd}"
+            pool.volume_create(name, 64 * MiB)
+
+            def job(reactor, name=name, rnd=rnd):
+                return core.bench_bdev(name, BenchOpts(rw="randwrite", bs=4096, qd=32, time_s=0,
+                                                       max_ios=500, seed=rnd * 2 + reactor,
+                                                       span=8 * MiB), reactor=reactor)
+
+            for r in run_parallel([lambda: job(0), lambda: job(1)]):
+                assert r["errors"] == 0, r
+            assert pool.volume_info(name)["allocated_clusters"] == 2
+            assert pool.info()["used_clusters"] == 2
+            pool.volume_delete(name)
+        pool.close()
