@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bdev)
 
-    for noun in ("nvmf", "vhost"):
+    for noun in ("nvmf", "vhost", "pool", "volume", "tenant"):
         p = sub.add_parser(noun, help=f"{noun} export (calls the RPC method {noun}_VERB)")
         p.add_argument("verb")
         p.add_argument("params", nargs="?", help="JSON object")
