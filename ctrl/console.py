@@ -1,0 +1,686 @@
+"""`srrs console`: the live status console of one or more controllers (DESIGN §6).
+
+Everything shown comes from each controller's `status`, `events` and
+`bench_bdev_results` RPCs, so the console knows no module's internals: the
+core's reactors and bdevs are drawn as tables, and any other section of the
+status result (nvmf, vhost, pool, pair, metrics, … as those modules land) is
+drawn generically — a table per list of records, `key value` lines otherwise —
+and simply left out when absent.
+
+Rates (IOPS, MiB/s, loops/s, busy % now) are counter deltas over the last
+second of samples; sparklines keep one point per second for the last minute.
+A controller that stops answering is shown as down (with its last figures
+dimmed) and is reconnected on every refresh.
+
+Modes: full screen (rich Live, screen=True, redrawn on our own timer — no
+auto-refresh thread, no flicker); `--once` one plain-text snapshot; `--once
+--json` the same snapshot as JSON, whose reactor and bdev records carry the
+RPC's own field names plus the computed `*_iops`, `*_mibps`, `loops_per_s`,
+`busy_pct_now`. When stdout is not a terminal, one summary line per controller
+is printed every few seconds instead of the full screen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any, Callable, Optional
+
+import psutil
+from rich import box
+from rich.console import Console, Group
+from rich.layout import Layout
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .rpc import RpcClient, RpcError
+
+SPARK = "▁▂▃▄▅▆▇█"
+HISTORY_S = 60
+RATE_WINDOW_S = 1.0
+CORE_KEYS = ("name", "pid", "uptime_s", "rpc_socket", "poll_mode", "reactors", "bdevs")
+_BDEV_RATES = (("read_iops", "reads", 1), ("write_iops", "writes", 1),
+               ("read_mibps", "bytes_read", 1 / (1 << 20)),
+               ("write_mibps", "bytes_written", 1 / (1 << 20)))
+
+
+# ---- one controller -------------------------------------------------------------------
+
+class Source:
+    """One controller's RPC socket: samples, rates, history and its event cursor."""
+
+    def __init__(self, sock: str, timeout: float = 1.0):
+        self.sock = sock
+        self.timeout = timeout
+        self.client: Optional[RpcClient] = None
+        self.state = "connecting"       # "up" | "down" | "connecting"
+        self.error = ""
+        self.status: Optional[dict] = None
+        self.jobs: list = []
+        self.samples: deque = deque()   # (t, status) over the last RATE_WINDOW_S+
+        self.rates: dict = {}           # computed figures, see _rates()
+        self.history: dict = {}         # (kind, name) -> deque of per-second values
+        self._last_hist_t = 0.0
+        self._events_since = 0.0
+        self._proc: Optional[psutil.Process] = None
+        self._proc_sample: Optional[tuple] = None  # (t, cpu seconds)
+        self.process: dict = {}
+        self.down_since: Optional[float] = None
+
+    @property
+    def name(self) -> str:
+        return self.status["name"] if self.status else os.path.basename(self.sock)
+
+    def _call(self, method: str, params: Optional[dict] = None) -> Any:
+        if self.client is None:
+            self.client = RpcClient(self.sock, timeout=self.timeout)
+        return self.client.call(method, params)
+
+    def poll(self, now: float, want_events: bool = True) -> list:
+        """Sample the controller; returns new event records for the log."""
+        out: list = []
+        try:
+            st = self._call("status")
+            jobs = self._call("bench_bdev_results")
+            evs = self._call("events", {"since": self._events_since}) if want_events else []
+        except (OSError, RpcError, ValueError) as e:  # ConnectionError, timeout, bad JSON
+            self._drop()
+            err = getattr(e, "message", None) or str(e) or type(e).__name__
+            if isinstance(e, socket.timeout):
+                err = f"no answer within {self.timeout:g} s"
+            if self.state != "down":
+                out.append(_console_event(now, self.name, "down", err))
+                self.down_since = now
+            self.state, self.error = "down", err
+            self.rates, self.process = {}, {}  # no live figures from a controller that is gone
+            self.samples.clear()
+            return out
+        if self.state == "down":
+            out.append(_console_event(now, st["name"], "up", f"reconnected (pid {st['pid']})"))
+        if self.status is not None and self.status.get("pid") != st.get("pid"):
+            self.samples.clear()  # a restarted controller: counters start over
+            self.history.clear()
+            self._proc = None
+            self._events_since = 0.0
+            evs = self._call("events", {"since": 0}) if want_events else []
+        self.state, self.error, self.down_since = "up", "", None
+        self.status, self.jobs = st, [j for j in jobs if isinstance(j, dict)]
+        for ev in evs:
+            self._events_since = max(self._events_since, ev.get("time", 0))
+            out.append({"time": ev.get("time", now), "controller": st["name"], **ev})
+        self.samples.append((now, st))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
+            self.samples.popleft()
+        self._sample_process(now, st.get("pid"))
+        self.rates = self._rates()
+        if now - self._last_hist_t >= 1.0 or not self._last_hist_t:
+            self._last_hist_t = now
+            for name, r in self.rates.get("bdevs", {}).items():
+                for kind in ("iops", "mibps"):
+                    self.history.setdefault((kind, name), deque(maxlen=HISTORY_S)).append(r[kind])
+            for idx, r in self.rates.get("reactors", {}).items():
+                self.history.setdefault(("busy", idx), deque(maxlen=HISTORY_S)).append(
+                    r["busy_pct_now"])
+        return out
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except OSError:
+                pass
+            self.client = None
+
+    def close(self) -> None:
+        self._drop()
+
+    def _sample_process(self, now: float, pid: Optional[int]) -> None:
+        if pid is None:
+            return
+        try:
+            if self._proc is None or self._proc.pid != pid:
+                self._proc = psutil.Process(pid)
+                self._proc_sample = None
+            with self._proc.oneshot():
+                t = self._proc.cpu_times()
+                cpu_s = t.user + t.system
+                rss = self._proc.memory_info().rss
+                nthreads = self._proc.num_threads()
+        except psutil.Error:  # another host's or another pid namespace's controller
+            self.process = {}
+            return
+        cpu_pct = None
+        if self._proc_sample is not None and now > self._proc_sample[0]:
+            cpu_pct = 100.0 * (cpu_s - self._proc_sample[1]) / (now - self._proc_sample[0])
+        elif self.process.get("cpu_pct") is not None:
+            cpu_pct = self.process["cpu_pct"]
+        if self._proc_sample is None or now - self._proc_sample[0] >= RATE_WINDOW_S:
+            self._proc_sample = (now, cpu_s)
+        self.process = {"cpu_pct": cpu_pct, "cpu_seconds": cpu_s, "rss_bytes": rss,
+                        "threads": nthreads}
+
+    def _rates(self) -> dict:
+        t1, new = self.samples[-1]
+        t0, old = self.samples[0]
+        dt = t1 - t0
+        out: dict = {"window_s": dt, "bdevs": {}, "reactors": {}}
+        oldb = {b["name"]: b for b in old.get("bdevs", [])}
+        for b in new.get("bdevs", []):
+            o = oldb.get(b["name"])
+            r = {}
+            for key, field, scale in _BDEV_RATES:
+                d = (b[field] - o[field]) if o is not None and dt > 0 else 0
+                r[key] = max(0.0, d * scale / dt) if dt > 0 else 0.0
+            r["iops"] = r["read_iops"] + r["write_iops"]
+            r["mibps"] = r["read_mibps"] + r["write_mibps"]
+            out["bdevs"][b["name"]] = r
+        oldr = {x["reactor"]: x for x in old.get("reactors", [])}
+        for x in new.get("reactors", []):
+            o = oldr.get(x["reactor"])
+            if o is None or dt <= 0:
+                out["reactors"][x["reactor"]] = {"busy_pct_now": x["busy_pct"], "loops_per_s": 0.0}
+                continue
+            busy = x["busy_ns"] - o["busy_ns"]
+            total = busy + (x["idle_ns"] - o["idle_ns"]) + (x["sleep_ns"] - o["sleep_ns"])
+            out["reactors"][x["reactor"]] = {
+                "busy_pct_now": 100.0 * busy / total if total > 0 else 0.0,
+                "loops_per_s": max(0.0, (x["loops"] - o["loops"]) / dt),
+            }
+        return out
+
+    def snapshot(self) -> dict:
+        """This controller as one JSON-able record (the --json format)."""
+        d: dict = {"socket": self.sock, "state": self.state, "error": self.error or None}
+        st = self.status
+        if st is None:
+            d["name"] = self.name
+            return d
+        d.update({k: st[k] for k in ("name", "pid", "uptime_s", "rpc_socket", "poll_mode")
+                  if k in st})
+        d["process"] = dict(self.process)
+        rr = self.rates.get("reactors", {})
+        d["reactors"] = [{**x, **rr.get(x["reactor"], {})} for x in st.get("reactors", [])]
+        br = self.rates.get("bdevs", {})
+        d["bdevs"] = [{**b, **br.get(b["name"], {})} for b in st.get("bdevs", [])]
+        for k, v in st.items():
+            if k not in CORE_KEYS:
+                d[k] = v
+        d["jobs"] = self.jobs
+        return d
+
+
+def _console_event(t: float, obj: str, typ: str, msg: str) -> dict:
+    return {"time": t, "controller": obj, "type": typ, "obj": obj, "msg": msg, "source": "console"}
+
+
+# ---- formatting -----------------------------------------------------------------------
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_num(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{unit}"
+    return f"{x:.0f}" if abs(x) >= 10 or x == 0 else f"{x:.1f}"
+
+
+def fmt_duration(s: float) -> str:
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def sparkline(values, width: int) -> str:
+    """The last `width` values as block characters, scaled to their own maximum."""
+    vals = list(values)[-width:] if width > 0 else []
+    if not vals:
+        return ""
+    top = max(vals)
+    if top <= 0:
+        return (SPARK[0] * len(vals)).rjust(width)
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))]
+                   for v in vals).rjust(width)
+
+
+def bar(pct: float, width: int = 10) -> Text:
+    pct = max(0.0, min(100.0, pct))
+    n = int(round(pct / 100 * width))
+    style = "red" if pct >= 90 else "yellow" if pct >= 60 else "green"
+    return Text("█" * n, style=style) + Text("·" * (width - n), style="dim")
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e4 else fmt_num(v)
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_scalar(x) for x in v)
+    if isinstance(v, dict):
+        return " ".join(f"{k}={_scalar(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _state_style(v: str) -> str:
+    v = v.lower()
+    if v in ("up", "running", "paired", "optimized", "connected", "live", "ok", "synced", "done"):
+        return "green"
+    if v in ("down", "fenced", "inaccessible", "failed", "broken", "error", "stopped"):
+        return "bold red"
+    if v in ("solo", "resync", "degraded", "non-optimized", "connecting", "stopping"):
+        return "yellow"
+    return ""
+
+
+def render_section(key: str, val: Any, width: int) -> list:
+    """A status section the console has no specific view of (nvmf, vhost, pool,
+    pair, …): tables for lists of records, key/value lines for the rest."""
+    out: list = []
+    title = Text(key, style="bold cyan")
+    if isinstance(val, list):
+        out.append(_records_table(title, val))
+        return out
+    if not isinstance(val, dict):
+        out.append(Text.assemble(title, "  ", _scalar(val)))
+        return out
+    scalars = [(k, v) for k, v in val.items() if not isinstance(v, (list, dict))
+               or (isinstance(v, list) and not any(isinstance(x, dict) for x in v))]
+    line = Text.assemble(title, " ")
+    for k, v in scalars:
+        s = _scalar(v)
+        line.append(f" {k} ", style="dim")
+        line.append(s, style=_state_style(s) if isinstance(v, str) else "")
+    out.append(line)
+    for k, v in val.items():
+        if isinstance(v, list) and any(isinstance(x, dict) for x in v):
+            out.append(_records_table(Text(f"{key}.{k}", style="cyan"), v))
+        elif isinstance(v, dict):
+            sub = Text(f"  {k}:", style="cyan")
+            for kk, vv in v.items():
+                s = _scalar(vv)
+                sub.append(f" {kk} ", style="dim")
+                sub.append(s, style=_state_style(s) if isinstance(vv, str) else "")
+            out.append(sub)
+    return out
+
+
+def _records_table(title: Text, rows: list) -> Table:
+    cols: list = []
+    for r in rows:
+        if isinstance(r, dict):
+            for k in r:
+                if k not in cols:
+                    cols.append(k)
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+              show_edge=False, expand=False)
+    if not cols:
+        t.add_column("value")
+        for r in rows:
+            t.add_row(_scalar(r))
+        return t
+    for c in cols[:10]:
+        t.add_column(c, overflow="ellipsis", no_wrap=True, max_width=24)
+    for r in rows[:50]:
+        cells = []
+        for c in cols[:10]:
+            v = r.get(c, "") if isinstance(r, dict) else ""
+            s = _scalar(v)
+            cells.append(Text(s, style=_state_style(s)) if isinstance(v, str) else s)
+        t.add_row(*cells)
+    return t
+
+
+def controller_view(src: Source, width: int, focused: bool, compact: bool) -> Panel:
+    st = src.status
+    up = src.state == "up"
+    if up:
+        title = Text.assemble((f" {src.name} ", "bold"), ("● up ", "green"))
+    else:
+        title = Text.assemble((f" {src.name} ", "bold"), ("✖ DOWN " if src.state == "down"
+                                                          else "○ connecting ", "bold red"))
+    items: list = []
+    if not up:
+        since = f" for {fmt_duration(time.time() - src.down_since)}" if src.down_since else ""
+        items.append(Text(f"down{since}: {src.error} — reconnecting at {src.sock}",
+                          style="bold red"))
+    if st is not None:
+        items.extend(_controller_body(src, width, compact))
+    style = "bright_white" if focused else ("blue" if up else "red")
+    return Panel(Group(*items), title=title, title_align="left", border_style=style,
+                 box=box.HEAVY if focused else box.ROUNDED, padding=(0, 1),
+                 style="" if up else "dim")
+
+
+def _controller_body(src: Source, width: int, compact: bool) -> list:
+    st = src.status
+    p = src.process
+    cpu = p.get("cpu_pct")
+    head = Text.assemble(
+        ("pid ", "dim"), str(st.get("pid", "?")), ("  up ", "dim"),
+        fmt_duration(st.get("uptime_s", 0)), ("  poll ", "dim"), str(st.get("poll_mode", "?")),
+        ("  CPU ", "dim"), f"{cpu:.1f}%" if cpu is not None else "-",
+        ("  RSS ", "dim"), fmt_bytes(p.get("rss_bytes")),
+        ("  threads ", "dim"), str(p.get("threads", "-")),
+        ("  rpc ", "dim"), str(st.get("rpc_socket", src.sock)))
+    items: list = [head]
+    rr = src.rates.get("reactors", {})
+    spark_w = max(8, min(HISTORY_S, (width - 80) // 2))
+    rt = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for c, j in (("reactor", "right"), ("state", "left"), ("mode", "left"), ("busy", "left"),
+                 ("busy %", "right"), ("loops/s", "right"), ("in-flight", "right"),
+                 ("cpu", "right")):
+        rt.add_column(c, justify=j, no_wrap=True)
+    if not compact:
+        rt.add_column("busy, last minute", no_wrap=True)
+    for x in st.get("reactors", []):
+        r = rr.get(x["reactor"], {})
+        busy = r.get("busy_pct_now", x["busy_pct"])
+        row = [str(x["reactor"]), Text(x["state"], style=_state_style(x["state"])),
+               x["poll_mode"], bar(busy), f"{busy:5.1f}", fmt_num(r.get("loops_per_s")),
+               str(x["io_outstanding"]), "-" if x["cpu"] < 0 else str(x["cpu"])]
+        if not compact:
+            row.append(Text(sparkline(src.history.get(("busy", x["reactor"]), ()), spark_w),
+                            style="magenta"))
+        rt.add_row(*row)
+    items.append(rt)
+
+    br = src.rates.get("bdevs", {})
+    bt = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for c, j in (("bdev", "left"), ("module", "left"), ("size", "right"), ("r IOPS", "right"),
+                 ("w IOPS", "right"), ("MiB/s", "right"), ("errors", "right")):
+        bt.add_column(c, justify=j, no_wrap=True)
+    if not compact:
+        bt.add_column("IOPS, last minute", no_wrap=True)
+        if width >= 140:
+            bt.add_column("MiB/s, last minute", no_wrap=True)
+    for b in st.get("bdevs", []):
+        r = br.get(b["name"], {})
+        row = [b["name"], b["module"], fmt_bytes(b["size"]), fmt_num(r.get("read_iops")),
+               fmt_num(r.get("write_iops")), f"{r.get('mibps', 0):.1f}",
+               Text(str(b["errors"]), style="bold red" if b["errors"] else "")]
+        if not compact:
+            row.append(Text(sparkline(src.history.get(("iops", b["name"]), ()), spark_w),
+                            style="cyan"))
+            if width >= 140:
+                row.append(Text(sparkline(src.history.get(("mibps", b["name"]), ()), spark_w),
+                                style="green"))
+        bt.add_row(*row)
+    if st.get("bdevs"):
+        items.append(bt)
+    else:
+        items.append(Text("no bdevs", style="dim"))
+
+    for k, v in st.items():
+        if k not in CORE_KEYS:
+            items.extend(render_section(k, v, width))
+
+    jobs = src.jobs[-4:]
+    if jobs and not compact:
+        jt = Table(title=Text("load jobs", style="bold cyan"), title_justify="left",
+                   box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+        for c in ("job", "bdev", "reactor", "state", "IOPS", "MiB/s", "p50 us", "p99 us",
+                  "errors"):
+            jt.add_column(c, justify="left" if c in ("bdev", "state") else "right")
+        for j in jobs:
+            res = j.get("result") or {}
+            lat = res.get("lat_us", {})
+            jt.add_row(str(j.get("id")), str(j.get("bdev")), str(j.get("reactor")),
+                       Text(str(j.get("state")), style=_state_style(str(j.get("state")))),
+                       fmt_num(res.get("iops")), f"{res['mibps']:.1f}" if res else "-",
+                       f"{lat['p50']:.1f}" if lat else "-", f"{lat['p99']:.1f}" if lat else "-",
+                       str(res.get("errors", "-")))
+        items.append(jt)
+    return items
+
+
+def events_view(events: deque, height: int, focused: bool) -> Panel:
+    rows = max(1, height - 2)
+    t = Text(no_wrap=True, overflow="ellipsis")
+    shown = list(events)[-rows:]
+    for i, ev in enumerate(shown):
+        ts = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
+        typ = str(ev.get("type", "?"))
+        t.append(f"{ts} ", style="dim")
+        t.append(f"{ev.get('controller', '?'):>8} ", style="bold")
+        t.append(f"{typ:<12} ", style=_state_style(typ) or "cyan")
+        t.append(f"{ev.get('obj', '')}: {ev.get('msg', '')}")
+        if i < len(shown) - 1:
+            t.append("\n")
+    if not shown:
+        t.append("no events yet", style="dim")
+    return Panel(t, title=" events ", title_align="left",
+                 border_style="bright_white" if focused else "blue",
+                 box=box.HEAVY if focused else box.ROUNDED)
+
+
+# ---- the console ------------------------------------------------------------------------
+
+class ConsoleApp:
+    def __init__(self, sockets: list, refresh_hz: float = 4.0, timeout: float = 1.0,
+                 footer: Optional[Callable[[], str]] = None):
+        self.sources = [Source(s, timeout=timeout) for s in sockets]
+        self.refresh_hz = max(0.2, min(30.0, refresh_hz))
+        self.events: deque = deque(maxlen=500)
+        self.paused = False
+        self.focus = 0                # index into sources, len(sources) = the event log
+        self.footer = footer
+        self.frames = 0
+
+    def poll(self) -> None:
+        now = time.time()
+        for s in self.sources:
+            self.events.extend(s.poll(now))
+        self.frames += 1
+
+    def snapshot(self) -> dict:
+        return {"time": time.time(), "controllers": [s.snapshot() for s in self.sources],
+                "events": list(self.events)[-100:]}
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+    # -- drawing --------------------------------------------------------------------
+    def header(self, width: int) -> Text:
+        t = Text.assemble((" SRRS console ", "bold reverse"), " ")
+        for s in self.sources:
+            t.append(f" {s.name} ", style="bold")
+            t.append("●" if s.state == "up" else "○",
+                     style="green" if s.state == "up" else "bold red")
+        t.append(f"   {self.refresh_hz:g} Hz", style="dim")
+        if self.paused:
+            t.append("   PAUSED", style="bold yellow reverse")
+        extra = self.footer() if self.footer else ""
+        if extra:
+            t.append(f"   {extra}", style="yellow")
+        right = f"q quit · p pause · tab panel   {time.strftime('%H:%M:%S')} "
+        pad = width - t.cell_len - len(right)
+        if pad > 0:
+            t.append(" " * pad)
+            t.append(right, style="dim")
+        return t
+
+    def render(self, width: int, height: int) -> Layout:
+        root = Layout()
+        n = len(self.sources)
+        ev_h = max(4, min(12, height // 4))
+        root.split_column(Layout(self.header(width), name="header", size=1),
+                          Layout(name="body"), Layout(name="events", size=ev_h))
+        compact = height < 30 or (n > 1 and width < 160 and height < 50)
+        side = n > 1 and width >= 160
+        pw = width // n if side else width
+        panels = []
+        for i, s in enumerate(self.sources):
+            focused = self.focus == i
+            lay = Layout(controller_view(s, pw, focused, compact and not focused), name=f"c{i}")
+            if not side and n > 1:
+                lay.ratio = 3 if focused else 2
+            panels.append(lay)
+        if side:
+            root["body"].split_row(*panels)
+        else:
+            root["body"].split_column(*panels)
+        root["events"].update(events_view(self.events, ev_h, self.focus == n))
+        return root
+
+    def render_plain(self, width: int = 120) -> str:
+        con = Console(width=width, no_color=True, force_terminal=False, highlight=False,
+                      color_system=None, legacy_windows=False)
+        with con.capture() as cap:
+            for s in self.sources:
+                con.print(controller_view(s, width, False, False))
+            con.print(events_view(self.events, 12, False))
+        return cap.get()
+
+    # -- keys -----------------------------------------------------------------------
+    def key(self, ch: str) -> bool:
+        """Handle one key; False to quit."""
+        if ch in ("q", "Q", "\x03"):
+            return False
+        if ch in ("p", "P", " "):
+            self.paused = not self.paused
+        elif ch == "\t":
+            self.focus = (self.focus + 1) % (len(self.sources) + 1)
+        return True
+
+    # -- loops ----------------------------------------------------------------------
+    def run_live(self, duration: Optional[float] = None) -> int:
+        period = 1.0 / self.refresh_hz
+        con = Console()
+        stdin_fd = None
+        old_attr = None
+        if sys.stdin.isatty():
+            import termios
+            import tty
+
+            stdin_fd = sys.stdin.fileno()
+            old_attr = termios.tcgetattr(stdin_fd)
+            tty.setcbreak(stdin_fd)
+        end = time.monotonic() + duration if duration else None
+        try:
+            with Live(console=con, screen=True, auto_refresh=False, transient=True,
+                      redirect_stdout=False, redirect_stderr=False) as live:
+                nxt = time.monotonic()
+                while True:
+                    if not self.paused:
+                        self.poll()
+                    w, h = con.size
+                    live.update(self.render(w, h), refresh=True)
+                    nxt += period
+                    now = time.monotonic()
+                    if nxt < now:  # fell behind (slow terminal): don't try to catch up
+                        nxt = now + period
+                    if end is not None and now >= end:
+                        return 0
+                    if not self._wait_keys(stdin_fd, nxt - now):
+                        return 0
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            if old_attr is not None:
+                import termios
+
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, old_attr)
+
+    def _wait_keys(self, fd: Optional[int], timeout: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            if fd is None:
+                time.sleep(left)
+                return True
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                data = os.read(fd, 64).decode(errors="replace")
+                if not data:  # stdin closed: keep running without keys
+                    fd = None
+                    continue
+                for ch in data:
+                    if not self.key(ch):
+                        return False
+                return True  # redraw at once after a key
+
+    def run_lines(self, duration: Optional[float] = None, every: float = 5.0) -> int:
+        """Not a terminal: one summary line per controller every few seconds."""
+        period = 1.0 / self.refresh_hz
+        end = time.monotonic() + duration if duration else None
+        last = 0.0
+        try:
+            while end is None or time.monotonic() < end:
+                self.poll()
+                if time.monotonic() - last >= every:
+                    last = time.monotonic()
+                    for line in self.summary_lines():
+                        print(line, flush=True)
+                time.sleep(period)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    def summary_lines(self) -> list:
+        out = []
+        for s in self.sources:
+            if s.state != "up":
+                out.append(f"{time.strftime('%H:%M:%S')} {s.name}: {s.state} ({s.error})")
+                continue
+            br = s.rates.get("bdevs", {})
+            iops = sum(r["iops"] for r in br.values())
+            mibps = sum(r["mibps"] for r in br.values())
+            busy = ", ".join(f"{r['busy_pct_now']:.0f}%" for r in s.rates.get("reactors", {})
+                             .values())
+            cpu = s.process.get("cpu_pct")
+            out.append(f"{time.strftime('%H:%M:%S')} {s.name}: {iops:,.0f} IOPS {mibps:,.1f} MiB/s"
+                       f"  reactors busy {busy}  cpu "
+                       f"{'-' if cpu is None else f'{cpu:.0f}%'}")
+        return out
+
+
+def run(sockets: list, once: bool = False, as_json: bool = False, refresh_hz: float = 4.0,
+        interval: float = 0.5, duration: Optional[float] = None) -> int:
+    """`srrs console`; returns the exit code (1 when --once finds a controller down)."""
+    app = ConsoleApp(sockets, refresh_hz=refresh_hz)
+    try:
+        if once:
+            app.poll()
+            if interval > 0 and any(s.state == "up" for s in app.sources):
+                time.sleep(interval)
+                app.poll()
+            if as_json:
+                print(json.dumps(app.snapshot(), indent=2, sort_keys=True))
+            else:
+                width = max(100, min(200, _term_width()))
+                sys.stdout.write(app.render_plain(width))
+            return 0 if all(s.state == "up" for s in app.sources) else 1
+        if sys.stdout.isatty():
+            return app.run_live(duration)
+        return app.run_lines(duration)
+    finally:
+        app.close()
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 120
