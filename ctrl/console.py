@@ -625,7 +625,7 @@ class ConsoleApp:
         """Not a terminal: one summary line per controller every few seconds."""
         period = 1.0 / self.refresh_hz
         end = time.monotonic() + duration if duration else None
-        last = 0.0
+        last = time.monotonic()  # first line once there is a rate to show
         try:
             while end is None or time.monotonic() < end:
                 self.poll()
