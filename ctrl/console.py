@@ -484,6 +484,13 @@ class ConsoleApp:
         self.focus = 0                # index into sources, len(sources) = the event log
         self.footer = footer
         self.frames = 0
+        self._drawn: deque = deque(maxlen=64)  # monotonic times of the last redraws
+
+    @property
+    def fps(self) -> float:
+        """Measured redraws per second over the last ~2 s."""
+        ts = [t for t in self._drawn if t >= self._drawn[-1] - 2.0] if self._drawn else []
+        return (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
 
     def poll(self) -> None:
         now = time.time()
@@ -506,7 +513,7 @@ class ConsoleApp:
             t.append(f" {s.name} ", style="bold")
             t.append("●" if s.state == "up" else "○",
                      style="green" if s.state == "up" else "bold red")
-        t.append(f"   {self.refresh_hz:g} Hz", style="dim")
+        t.append(f"   {self.fps:.1f} fps", style="dim")
         if self.paused:
             t.append("   PAUSED", style="bold yellow reverse")
         extra = self.footer() if self.footer else ""
@@ -585,6 +592,7 @@ class ConsoleApp:
                         self.poll()
                     w, h = con.size
                     live.update(self.render(w, h), refresh=True)
+                    self._drawn.append(time.monotonic())
                     nxt += period
                     now = time.monotonic()
                     if nxt < now:  # fell behind (slow terminal): don't try to catch up
