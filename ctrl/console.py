@@ -370,59 +370,96 @@ def controller_view(src: Source, width: int, focused: bool, compact: bool) -> Pa
                  style="" if up else "dim")
 
 
+def _table(cols: list) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for c, j in cols:
+        t.add_column(c, justify=j, no_wrap=True)
+    return t
+
+
+def _spare_width(cols: list, rows: list, inner: int, n: int) -> int:
+    """Width left for each of n sparkline columns after the other columns' natural
+    widths (a cell of padding each side, a divider between), at most one point a second."""
+    used = 1
+    for i, (name, _) in enumerate(cols):
+        used += max([len(name)] + [len(str(r[i])) for r in rows]) + 3
+    return max(0, min(HISTORY_S, (inner - used) // n - 3))
+
+
 def _controller_body(src: Source, width: int, compact: bool) -> list:
+    """Columns drop out as the panel narrows (sparklines, then secondary figures),
+    so that what remains is never truncated into ellipses."""
     st = src.status
     p = src.process
     cpu = p.get("cpu_pct")
+    wide = width >= 110
     head = Text.assemble(
         ("pid ", "dim"), str(st.get("pid", "?")), ("  up ", "dim"),
         fmt_duration(st.get("uptime_s", 0)), ("  poll ", "dim"), str(st.get("poll_mode", "?")),
         ("  CPU ", "dim"), f"{cpu:.1f}%" if cpu is not None else "-",
-        ("  RSS ", "dim"), fmt_bytes(p.get("rss_bytes")),
-        ("  threads ", "dim"), str(p.get("threads", "-")),
-        ("  rpc ", "dim"), str(st.get("rpc_socket", src.sock)))
+        ("  RSS ", "dim"), fmt_bytes(p.get("rss_bytes")))
+    if wide:
+        head.append_text(Text.assemble(("  threads ", "dim"), str(p.get("threads", "-")),
+                                       ("  rpc ", "dim"), str(st.get("rpc_socket", src.sock))))
     items: list = [head]
+    sparks = not compact and width >= 70
+    inner = width - 4  # panel border and padding
+
     rr = src.rates.get("reactors", {})
-    spark_w = max(8, min(HISTORY_S, (width - 80) // 2))
-    rt = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
-    for c, j in (("reactor", "right"), ("state", "left"), ("mode", "left"), ("busy", "left"),
-                 ("busy %", "right"), ("loops/s", "right"), ("in-flight", "right"),
-                 ("cpu", "right")):
-        rt.add_column(c, justify=j, no_wrap=True)
-    if not compact:
-        rt.add_column("busy, last minute", no_wrap=True)
+    cols = [("reactor", "right")] + ([("state", "left")] if wide else []) + [("mode", "left")]
+    cols += ([("busy", "left")] if wide else []) + [("busy %", "right"), ("loops/s", "right"),
+                                                    ("in-flight", "right")]
+    cols += [("cpu", "right")] if wide else []
+    rows = []
     for x in st.get("reactors", []):
         r = rr.get(x["reactor"], {})
         busy = r.get("busy_pct_now", x["busy_pct"])
-        row = [str(x["reactor"]), Text(x["state"], style=_state_style(x["state"])),
-               x["poll_mode"], bar(busy), f"{busy:5.1f}", fmt_num(r.get("loops_per_s")),
-               str(x["io_outstanding"]), "-" if x["cpu"] < 0 else str(x["cpu"])]
-        if not compact:
+        row = [str(x["reactor"])]
+        if wide:
+            row.append(Text(x["state"], style=_state_style(x["state"])))
+        row.append(x["poll_mode"])
+        if wide:
+            row.append(bar(busy))
+        row += [f"{busy:5.1f}", fmt_num(r.get("loops_per_s")), str(x["io_outstanding"])]
+        if wide:
+            row.append("-" if x["cpu"] < 0 else str(x["cpu"]))
+        rows.append(row)
+    spark_w = _spare_width(cols, rows, inner, 1) if sparks else 0
+    if spark_w >= 8:
+        cols.append(("busy, last minute", "left"))
+        for x, row in zip(st.get("reactors", []), rows):
             row.append(Text(sparkline(src.history.get(("busy", x["reactor"]), ()), spark_w),
                             style="magenta"))
+    rt = _table(cols)
+    for row in rows:
         rt.add_row(*row)
     items.append(rt)
 
     br = src.rates.get("bdevs", {})
-    bt = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
-    for c, j in (("bdev", "left"), ("module", "left"), ("size", "right"), ("r IOPS", "right"),
-                 ("w IOPS", "right"), ("MiB/s", "right"), ("errors", "right")):
-        bt.add_column(c, justify=j, no_wrap=True)
-    if not compact:
-        bt.add_column("IOPS, last minute", no_wrap=True)
-        if width >= 140:
-            bt.add_column("MiB/s, last minute", no_wrap=True)
+    cols = [("bdev", "left")] + ([("module", "left"), ("size", "right")] if wide else [])
+    cols += [("r IOPS", "right"), ("w IOPS", "right"), ("MiB/s", "right"), ("errors", "right")]
+    rows = []
     for b in st.get("bdevs", []):
         r = br.get(b["name"], {})
-        row = [b["name"], b["module"], fmt_bytes(b["size"]), fmt_num(r.get("read_iops")),
-               fmt_num(r.get("write_iops")), f"{r.get('mibps', 0):.1f}",
-               Text(str(b["errors"]), style="bold red" if b["errors"] else "")]
-        if not compact:
+        row = [b["name"]] + ([b["module"], fmt_bytes(b["size"])] if wide else [])
+        row += [fmt_num(r.get("read_iops")), fmt_num(r.get("write_iops")),
+                f"{r.get('mibps', 0):.1f}",
+                Text(str(b["errors"]), style="bold red" if b["errors"] else "")]
+        rows.append(row)
+    nspark = 2 if width >= 140 else 1
+    spark_w = _spare_width(cols, rows, inner, nspark) if sparks else 0
+    if spark_w >= 8:
+        cols.append(("IOPS, last minute", "left"))
+        if nspark == 2:
+            cols.append(("MiB/s, last minute", "left"))
+        for b, row in zip(st.get("bdevs", []), rows):
             row.append(Text(sparkline(src.history.get(("iops", b["name"]), ()), spark_w),
                             style="cyan"))
-            if width >= 140:
+            if nspark == 2:
                 row.append(Text(sparkline(src.history.get(("mibps", b["name"]), ()), spark_w),
                                 style="green"))
+    bt = _table(cols)
+    for row in rows:
         bt.add_row(*row)
     if st.get("bdevs"):
         items.append(bt)
@@ -437,17 +474,20 @@ def _controller_body(src: Source, width: int, compact: bool) -> list:
     if jobs and not compact:
         jt = Table(title=Text("load jobs", style="bold cyan"), title_justify="left",
                    box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
-        for c in ("job", "bdev", "reactor", "state", "IOPS", "MiB/s", "p50 us", "p99 us",
-                  "errors"):
-            jt.add_column(c, justify="left" if c in ("bdev", "state") else "right")
+        names = ["job", "bdev", "reactor", "state", "IOPS", "MiB/s", "p50 us", "p99 us", "errors"]
+        keep = names if width >= 100 else ["job", "bdev", "state", "IOPS", "p99 us"]
+        for c in keep:
+            jt.add_column(c, justify="left" if c in ("bdev", "state") else "right", no_wrap=True)
         for j in jobs:
             res = j.get("result") or {}
             lat = res.get("lat_us", {})
-            jt.add_row(str(j.get("id")), str(j.get("bdev")), str(j.get("reactor")),
-                       Text(str(j.get("state")), style=_state_style(str(j.get("state")))),
-                       fmt_num(res.get("iops")), f"{res['mibps']:.1f}" if res else "-",
-                       f"{lat['p50']:.1f}" if lat else "-", f"{lat['p99']:.1f}" if lat else "-",
-                       str(res.get("errors", "-")))
+            cells = dict(zip(names, [
+                str(j.get("id")), str(j.get("bdev")), str(j.get("reactor")),
+                Text(str(j.get("state")), style=_state_style(str(j.get("state")))),
+                fmt_num(res.get("iops")), f"{res['mibps']:.1f}" if res else "-",
+                f"{lat['p50']:.1f}" if lat else "-", f"{lat['p99']:.1f}" if lat else "-",
+                str(res.get("errors", "-"))]))
+            jt.add_row(*[cells[c] for c in keep])
         items.append(jt)
     return items
 
@@ -572,7 +612,9 @@ class ConsoleApp:
     # -- loops ----------------------------------------------------------------------
     def run_live(self, duration: Optional[float] = None) -> int:
         period = 1.0 / self.refresh_hz
-        con = Console()
+        # COLUMNS/LINES in the environment would pin rich to one size: follow the tty
+        con = Console(_environ={k: v for k, v in os.environ.items()
+                                if k not in ("COLUMNS", "LINES")})
         stdin_fd = None
         old_attr = None
         if sys.stdin.isatty():
