@@ -270,14 +270,37 @@ def bar(pct: float, width: int = 10) -> Text:
     return Text("█" * n, style=style) + Text("·" * (width - n), style="dim")
 
 
-def _scalar(v: Any) -> str:
+_BYTE_KEYS = ("size", "capacity", "allocated", "used", "free", "ram", "quota", "dirty_bytes")
+_USED_KEYS = ("allocated", "used")
+_TOTAL_KEYS = ("capacity", "size", "quota")
+
+
+def _is_bytes_key(k: Any) -> bool:
+    k = str(k)
+    return k in _BYTE_KEYS or k.endswith("_bytes") or k.endswith("_size")
+
+
+def _scalar(v: Any, key: Any = "") -> str:
+    if isinstance(v, bool) or v is None:
+        return "-" if v is None else ("yes" if v else "no")
+    if isinstance(v, (int, float)) and _is_bytes_key(key):
+        return fmt_bytes(v)
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1e4 else fmt_num(v)
+        return f"{v:.3g}" if abs(v) < 1e3 else fmt_num(v)
     if isinstance(v, (list, tuple)):
         return ", ".join(_scalar(x) for x in v)
     if isinstance(v, dict):
-        return " ".join(f"{k}={_scalar(x)}" for k, x in v.items())
+        return " ".join(f"{k}={_scalar(x, k)}" for k, x in v.items())
     return str(v)
+
+
+def _usage(r: dict) -> Optional[float]:
+    """Percent used of a record with allocated/used and capacity/size (pools, fragments)."""
+    used = next((r[k] for k in _USED_KEYS if isinstance(r.get(k), (int, float))), None)
+    total = next((r[k] for k in _TOTAL_KEYS if isinstance(r.get(k), (int, float))), None)
+    if used is None or not total:
+        return None
+    return 100.0 * used / total
 
 
 def _state_style(v: str) -> str:
@@ -293,60 +316,89 @@ def _state_style(v: str) -> str:
 
 def render_section(key: str, val: Any, width: int) -> list:
     """A status section the console has no specific view of (nvmf, vhost, pool,
-    pair, …): tables for lists of records, key/value lines for the rest."""
-    out: list = []
+    pair, …): tables for lists of records (nested lists of records as their own
+    tables, a usage bar where a record has used/allocated and size/capacity),
+    key/value lines for the rest."""
     title = Text(key, style="bold cyan")
     if isinstance(val, list):
-        out.append(_records_table(title, val))
-        return out
+        return _records(title, key, val)
     if not isinstance(val, dict):
-        out.append(Text.assemble(title, "  ", _scalar(val)))
-        return out
-    scalars = [(k, v) for k, v in val.items() if not isinstance(v, (list, dict))
-               or (isinstance(v, list) and not any(isinstance(x, dict) for x in v))]
+        return [Text.assemble(title, "  ", _scalar(val, key))]
+    out: list = []
     line = Text.assemble(title, " ")
-    for k, v in scalars:
-        s = _scalar(v)
-        line.append(f" {k} ", style="dim")
-        line.append(s, style=_state_style(s) if isinstance(v, str) else "")
+    _kv(line, {k: v for k, v in val.items() if not _is_records(v) and not isinstance(v, dict)})
+    u = _usage(val)
+    if u is not None:
+        line.append("  ")
+        line.append_text(bar(u))
+        line.append(f" {u:.0f}%")
     out.append(line)
     for k, v in val.items():
-        if isinstance(v, list) and any(isinstance(x, dict) for x in v):
-            out.append(_records_table(Text(f"{key}.{k}", style="cyan"), v))
+        if _is_records(v):
+            out.extend(_records(Text(f"{key}.{k}", style="cyan"), f"{key}.{k}", v))
         elif isinstance(v, dict):
             sub = Text(f"  {k}:", style="cyan")
-            for kk, vv in v.items():
-                s = _scalar(vv)
-                sub.append(f" {kk} ", style="dim")
-                sub.append(s, style=_state_style(s) if isinstance(vv, str) else "")
+            _kv(sub, v)
             out.append(sub)
     return out
 
 
-def _records_table(title: Text, rows: list) -> Table:
+def _is_records(v: Any) -> bool:
+    return isinstance(v, list) and any(isinstance(x, dict) for x in v)
+
+
+def _kv(line: Text, d: dict) -> None:
+    for k, v in d.items():
+        s = _scalar(v, k)
+        line.append(f" {k} ", style="dim")
+        line.append(s, style=_state_style(s) if isinstance(v, str) else "")
+
+
+def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
     cols: list = []
+    nested: list = []
     for r in rows:
         if isinstance(r, dict):
-            for k in r:
-                if k not in cols:
+            for k, v in r.items():
+                if _is_records(v):
+                    if k not in nested:
+                        nested.append(k)
+                elif k not in cols:
                     cols.append(k)
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
               show_edge=False, expand=False)
-    if not cols:
+    if not cols and not nested:
         t.add_column("value")
         for r in rows:
             t.add_row(_scalar(r))
-        return t
+        return [t]
+    usage = any(isinstance(r, dict) and _usage(r) is not None for r in rows)
     for c in cols[:10]:
-        t.add_column(c, overflow="ellipsis", no_wrap=True, max_width=24)
+        t.add_column(c, overflow="ellipsis", no_wrap=True, max_width=28)
+    if usage:
+        t.add_column("usage", no_wrap=True)
     for r in rows[:50]:
-        cells = []
+        r = r if isinstance(r, dict) else {"value": r}
+        cells: list = []
         for c in cols[:10]:
-            v = r.get(c, "") if isinstance(r, dict) else ""
-            s = _scalar(v)
+            v = r.get(c, "")
+            s = _scalar(v, c)
             cells.append(Text(s, style=_state_style(s)) if isinstance(v, str) else s)
+        if usage:
+            u = _usage(r)
+            cells.append(bar(u) + Text(f" {u:.0f}%") if u is not None else "")
         t.add_row(*cells)
-    return t
+    out: list = [t]
+    if depth < 2:
+        for i, r in enumerate(rows[:50]):
+            if not isinstance(r, dict):
+                continue
+            ident = next((str(r[k]) for k in ("name", "nqn", "id", "path") if k in r), str(i))
+            for k in nested:
+                if _is_records(r.get(k)):
+                    sub = f"{path}[{ident}].{k}"
+                    out.extend(_records(Text(sub, style="cyan"), sub, r[k], depth + 1))
+    return out
 
 
 def controller_view(src: Source, width: int, focused: bool, compact: bool) -> Panel:
