@@ -45,6 +45,7 @@ from .rpc import RpcClient, RpcError
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY_S = 60
 RATE_WINDOW_S = 1.0
+SLOW_POLL_S = 0.5
 CORE_KEYS = ("name", "pid", "uptime_s", "rpc_socket", "poll_mode", "reactors", "bdevs")
 _BDEV_RATES = (("read_iops", "reads", 1), ("write_iops", "writes", 1),
                ("read_mibps", "bytes_read", 1 / (1 << 20)),
@@ -73,6 +74,7 @@ class Source:
         self._proc_sample: Optional[tuple] = None  # (t, cpu seconds)
         self.process: dict = {}
         self.down_since: Optional[float] = None
+        self._slow_t = 0.0
 
     @property
     def name(self) -> str:
@@ -88,8 +90,13 @@ class Source:
         out: list = []
         try:
             st = self._call("status")
-            jobs = self._call("bench_bdev_results")
-            evs = self._call("events", {"since": self._events_since}) if want_events else []
+            # the event log and the load jobs change slowly: ask for them at ~2 Hz
+            slow = now - self._slow_t >= SLOW_POLL_S or self.state != "up"
+            jobs = self._call("bench_bdev_results") if slow else self.jobs
+            evs = (self._call("events", {"since": self._events_since})
+                   if want_events and slow else [])
+            if slow:
+                self._slow_t = now
         except (OSError, RpcError, ValueError) as e:  # ConnectionError, timeout, bad JSON
             self._drop()
             err = getattr(e, "message", None) or str(e) or type(e).__name__
@@ -110,6 +117,7 @@ class Source:
             self._proc = None
             self._events_since = 0.0
             evs = self._call("events", {"since": 0}) if want_events else []
+            jobs = self._call("bench_bdev_results")
         self.state, self.error, self.down_since = "up", "", None
         self.status, self.jobs = st, [j for j in jobs if isinstance(j, dict)]
         for ev in evs:
