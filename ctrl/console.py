@@ -27,6 +27,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any, Callable, Optional
@@ -75,6 +76,7 @@ class Source:
         self.process: dict = {}
         self.down_since: Optional[float] = None
         self._slow_t = 0.0
+        self.lock = threading.Lock()  # the poller thread's updates vs. the redraw
 
     @property
     def name(self) -> str:
@@ -86,40 +88,57 @@ class Source:
         return self.client.call(method, params)
 
     def poll(self, now: float, want_events: bool = True) -> list:
-        """Sample the controller; returns new event records for the log."""
-        out: list = []
+        """Sample the controller; returns new event records for the log. The RPCs
+        run outside self.lock, so a hung controller never blocks a redraw."""
         try:
-            st = self._call("status")
-            # the event log and the load jobs change slowly: ask for them at ~2 Hz
-            slow = now - self._slow_t >= SLOW_POLL_S or self.state != "up"
-            jobs = self._call("bench_bdev_results") if slow else self.jobs
-            evs = (self._call("events", {"since": self._events_since})
-                   if want_events and slow else [])
-            if slow:
-                self._slow_t = now
+            st, jobs, evs, restarted = self._fetch(now, want_events)
         except (OSError, RpcError, ValueError) as e:  # ConnectionError, timeout, bad JSON
             self._drop()
-            err = getattr(e, "message", None) or str(e) or type(e).__name__
-            if isinstance(e, socket.timeout):
-                err = f"no answer within {self.timeout:g} s"
-            if self.state != "down":
-                out.append(_console_event(now, self.name, "down", err))
-                self.down_since = now
-            self.state, self.error = "down", err
-            self.rates, self.process = {}, {}  # no live figures from a controller that is gone
-            self.samples.clear()
-            return out
+            with self.lock:
+                return self._went_down(now, e)
+        with self.lock:
+            return self._apply(now, st, jobs, evs, restarted)
+
+    def _fetch(self, now: float, want_events: bool) -> tuple:
+        st = self._call("status")
+        restarted = self.status is not None and self.status.get("pid") != st.get("pid")
+        # the event log and the load jobs change slowly: ask for them at ~2 Hz
+        slow = restarted or self.state != "up" or now - self._slow_t >= SLOW_POLL_S
+        jobs = self._call("bench_bdev_results") if slow else None
+        evs: list = []
+        if want_events and slow:
+            evs = self._call("events", {"since": 0.0 if restarted else self._events_since})
+        if slow:
+            self._slow_t = now
+        return st, jobs, evs, restarted
+
+    def _went_down(self, now: float, e: Exception) -> list:
+        out: list = []
+        err = getattr(e, "message", None) or str(e) or type(e).__name__
+        if isinstance(e, socket.timeout):
+            err = f"no answer within {self.timeout:g} s"
+        if self.state != "down":
+            out.append(_console_event(now, self.name, "down", err))
+            self.down_since = now
+        self.state, self.error = "down", err
+        self.rates, self.process = {}, {}  # no live figures from a controller that is gone
+        self.samples.clear()
+        return out
+
+    def _apply(self, now: float, st: dict, jobs: Optional[list], evs: list,
+               restarted: bool) -> list:
+        out: list = []
         if self.state == "down":
             out.append(_console_event(now, st["name"], "up", f"reconnected (pid {st['pid']})"))
-        if self.status is not None and self.status.get("pid") != st.get("pid"):
-            self.samples.clear()  # a restarted controller: counters start over
+        if restarted:  # counters start over
+            self.samples.clear()
             self.history.clear()
             self._proc = None
             self._events_since = 0.0
-            evs = self._call("events", {"since": 0}) if want_events else []
-            jobs = self._call("bench_bdev_results")
         self.state, self.error, self.down_since = "up", "", None
-        self.status, self.jobs = st, [j for j in jobs if isinstance(j, dict)]
+        self.status = st
+        if jobs is not None:
+            self.jobs = [j for j in jobs if isinstance(j, dict)]
         for ev in evs:
             self._events_since = max(self._events_since, ev.get("time", 0))
             out.append({"time": ev.get("time", now), "controller": st["name"], **ev})
@@ -585,6 +604,9 @@ class ConsoleApp:
         self.footer = footer
         self.frames = 0
         self._drawn: deque = deque(maxlen=64)  # monotonic times of the last redraws
+        self.lock = threading.Lock()           # the event log
+        self._stop = threading.Event()
+        self._pollers: list = []
 
     @property
     def fps(self) -> float:
@@ -593,16 +615,51 @@ class ConsoleApp:
         return (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
 
     def poll(self) -> None:
+        """Sample every controller once, in this thread."""
         now = time.time()
         for s in self.sources:
-            self.events.extend(s.poll(now))
+            evs = s.poll(now)
+            with self.lock:
+                self.events.extend(evs)
         self.frames += 1
 
+    def start_pollers(self) -> None:
+        """One sampling thread per controller at the refresh rate: a controller
+        that hangs (SIGSTOP, a wedged RPC server) delays only its own panel."""
+        for s in self.sources:
+            t = threading.Thread(target=self._poll_loop, args=(s,), daemon=True,
+                                 name=f"console-poll-{os.path.basename(s.sock)}")
+            t.start()
+            self._pollers.append(t)
+
+    def _poll_loop(self, src: Source) -> None:
+        period = 1.0 / self.refresh_hz
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            if not self.paused:
+                evs = src.poll(time.time())
+                if evs:
+                    with self.lock:
+                        self.events.extend(evs)
+            nxt += period
+            now = time.monotonic()
+            if nxt < now:
+                nxt = now + period
+            self._stop.wait(nxt - now)
+
     def snapshot(self) -> dict:
-        return {"time": time.time(), "controllers": [s.snapshot() for s in self.sources],
-                "events": list(self.events)[-100:]}
+        with self.lock:
+            events = list(self.events)[-100:]
+        ctrls = []
+        for s in self.sources:
+            with s.lock:
+                ctrls.append(s.snapshot())
+        return {"time": time.time(), "controllers": ctrls, "events": events}
 
     def close(self) -> None:
+        self._stop.set()
+        for t in self._pollers:
+            t.join(max(2.0, 2 * max(s.timeout for s in self.sources)))
         for s in self.sources:
             s.close()
 
@@ -638,7 +695,9 @@ class ConsoleApp:
         panels = []
         for i, s in enumerate(self.sources):
             focused = self.focus == i
-            lay = Layout(controller_view(s, pw, focused, compact and not focused), name=f"c{i}")
+            with s.lock:  # the view copies what it shows: no lock while rich renders
+                view = controller_view(s, pw, focused, compact and not focused)
+            lay = Layout(view, name=f"c{i}")
             if not side and n > 1:
                 lay.ratio = 3 if focused else 2
             panels.append(lay)
@@ -646,7 +705,8 @@ class ConsoleApp:
             root["body"].split_row(*panels)
         else:
             root["body"].split_column(*panels)
-        root["events"].update(events_view(self.events, ev_h, self.focus == n))
+        with self.lock:
+            root["events"].update(events_view(self.events, ev_h, self.focus == n))
         return root
 
     def render_plain(self, width: int = 120) -> str:
@@ -654,8 +714,11 @@ class ConsoleApp:
                       color_system=None, legacy_windows=False)
         with con.capture() as cap:
             for s in self.sources:
-                con.print(controller_view(s, width, False, False))
-            con.print(events_view(self.events, 12, False))
+                with s.lock:
+                    view = controller_view(s, width, False, False)
+                con.print(view)
+            with self.lock:
+                con.print(events_view(self.events, 12, False))
         return cap.get()
 
     # -- keys -----------------------------------------------------------------------
@@ -688,10 +751,10 @@ class ConsoleApp:
         try:
             with Live(console=con, screen=True, auto_refresh=False, transient=True,
                       redirect_stdout=False, redirect_stderr=False) as live:
+                self.poll()  # the first frame has figures
+                self.start_pollers()
                 nxt = time.monotonic()
                 while True:
-                    if not self.paused:
-                        self.poll()
                     w, h = con.size
                     live.update(self.render(w, h), refresh=True)
                     self._drawn.append(time.monotonic())

@@ -120,3 +120,31 @@ def test_console_cpu_under_5pct_at_4hz(tmp_path, tmux_ok, loaded):
         assert t.rc() == 0
     finally:
         t.close()
+
+
+def test_hung_controller_does_not_stall_the_screen(tmp_path, tmux_ok, loaded):
+    """SIGSTOP: the RPC stops answering; the panel turns DOWN after the RPC timeout
+    while the screen keeps redrawing at full rate; SIGCONT brings it back."""
+    import signal
+
+    other_conf, other_sock = write_config(tmp_path, name="other")
+    other = Controller(other_conf, other_sock)
+    t = _console(tmp_path, loaded.sock, other_sock)
+    try:
+        t.wait_for(_live_iops, what="live screen")
+        loaded.proc.send_signal(signal.SIGSTOP)
+        try:
+            s = t.wait_for(lambda s: "no answer within" in s, timeout=10, what="no answer")
+            time.sleep(2.5)
+            s = t.capture()
+            fps = float(re.search(r"([\d.]+) fps", s).group(1))
+            assert fps >= 3.5, f"redraws fell to {fps}/s while a controller hangs"
+            assert "other ● up" in s
+        finally:
+            loaded.proc.send_signal(signal.SIGCONT)
+        t.wait_for(lambda s: "DOWN" not in s and _live_iops(s), timeout=10, what="back up")
+        t.send("q")
+        assert t.rc() == 0
+    finally:
+        t.close()
+        other.kill()
