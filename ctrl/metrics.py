@@ -9,6 +9,7 @@ show figures older than the request. Names and labels are stable:
     srrs_uptime_seconds{controller}
     srrs_process_cpu_seconds_total{controller}            user + system
     srrs_process_resident_memory_bytes{controller}
+    srrs_process_threads{controller}
     srrs_reactor_busy_seconds_total{controller,reactor}   loop time that found work
     srrs_reactor_idle_seconds_total{controller,reactor}   spinning without work
     srrs_reactor_sleep_seconds_total{controller,reactor}  blocked in epoll (adaptive)
@@ -128,6 +129,7 @@ def core_families(st: dict, proc: Optional[psutil.Process] = None) -> Iterable[M
             with proc.oneshot():
                 t = proc.cpu_times()
                 rss = proc.memory_info().rss
+                nthreads = proc.num_threads()
         except psutil.Error:
             pass
         else:
@@ -139,6 +141,10 @@ def core_families(st: dict, proc: Optional[psutil.Process] = None) -> Iterable[M
                                   labels=["controller"])
             m.add_metric([c], rss)
             yield m
+            n = GaugeMetricFamily("srrs_process_threads", "Controller process threads",
+                                  labels=["controller"])
+            n.add_metric([c], nthreads)
+            yield n
 
     rl = ["controller", "reactor"]
     reactors = st.get("reactors", [])

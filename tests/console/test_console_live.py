@@ -90,12 +90,18 @@ def test_two_controllers_one_down_from_start(tmp_path, tmux_ok, loaded):
         t.close()
 
 
-def test_small_terminal(tmp_path, tmux_ok, loaded):
-    """80x24 still shows the controller and its bdev (compact layout), no crash."""
+def test_small_terminal_and_resize(tmp_path, tmux_ok, loaded):
+    """80x24 still shows the controller and its bdev (compact layout), and the
+    layout follows the terminal when it is resized."""
     t = _console(tmp_path, loaded.sock, width=80, height=24)
     try:
-        s = t.wait_for(lambda s: "m0" in s and "live" in s, what="compact screen")
+        s = t.wait_for(lambda s: "live" in s and _live_iops(s), what="compact screen")
         assert all(len(line) <= 80 for line in s.splitlines())
+        t._tmux("resize-window", "-t", "t", "-x", "150", "-y", "45")
+        s = t.wait_for(lambda s: "q quit · p pause · tab panel" in s and "malloc" in s,
+                       timeout=5, what="wide layout after resize")
+        assert max(len(line) for line in s.splitlines()) > 100
+        assert len(s.rstrip("\n").splitlines()) >= 40
         t.send("q")
         assert t.rc() == 0
     finally:
