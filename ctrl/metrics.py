@@ -256,7 +256,10 @@ class MetricsService:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         host, port = split_host_port(conf.listen)
-        self.httpd, self.thread = start_http_server(port, host, self.registry)
+        try:
+            self.httpd, self.thread = start_http_server(port, host, self.registry)
+        except OSError as e:
+            raise OSError(e.errno, f"[metrics] listen {conf.listen}: {e.strerror or e}") from None
         bound = self.httpd.server_address
         self.listen = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
         log.info("metrics on http://%s/metrics", self.listen)

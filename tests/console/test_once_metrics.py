@@ -193,3 +193,16 @@ def test_busy_mode_without_io_is_about_0pct_busy(tmp_path):
         assert x["poll_mode"] == "busy" and x["busy_pct_now"] < 2.0 and x["loops_per_s"] > 10_000
     finally:
         c.kill()
+
+
+def test_metrics_port_in_use_fails_clearly(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        conf, _ = write_config(tmp_path, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        r = srrs("start", "-c", conf, timeout=20)
+    assert r.returncode == 1
+    assert f"[metrics] listen 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr, r.stderr

@@ -111,7 +111,7 @@ def _app(sources):
     return app
 
 
-@pytest.mark.parametrize("w,h", [(40, 12), (80, 24), (120, 40), (200, 60)])
+@pytest.mark.parametrize("w,h", [(20, 5), (40, 12), (80, 24), (120, 40), (200, 60)])
 def test_every_size_renders_within_the_screen(w, h):
     up = FakeSource([_status(10.0, ios=0, extra=SECTIONS), _status(11.0, ios=500,
                                                                   extra=SECTIONS)])
