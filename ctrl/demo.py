@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .rpc import RpcClient
+from .rpc import RpcClient, RpcError
 
 QD = 32
 BS = 4096
@@ -58,6 +58,19 @@ class Demo:
 def _rpc(sock: str, method: str, params: Optional[dict] = None):
     with RpcClient(sock, timeout=10) as c:
         return c.call(method, params)
+
+
+def _rpc_runtime(sock: str, method: str, params: dict, wait_s: float = 5.0):
+    """A run-time-only method: the controller's socket answers a moment before
+    the controller switches from start-up to run time, so retry that refusal."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _rpc(sock, method, params)
+        except RpcError as e:
+            if "only at runtime" not in e.message or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _reactors() -> int:
@@ -118,9 +131,9 @@ def start_load(d: Demo) -> None:
         d.before[sock] = _rpc(sock, "bdev_list")
         n = len(_rpc(sock, "reactor_stats"))
         for r in range(n):
-            jid = _rpc(sock, "bench_bdev_start", {"bdev": "f0", "reactor": r, "rw": "randrw",
-                                                  "bs": BS, "qd": QD, "time_s": d.duration,
-                                                  "seed": r + 1})
+            jid = _rpc_runtime(sock, "bench_bdev_start", {
+                "bdev": "f0", "reactor": r, "rw": "randrw", "bs": BS, "qd": QD,
+                "time_s": d.duration, "seed": r + 1})
             d.jobs.append((sock, jid))
     d.t0 = time.monotonic()
 
@@ -236,6 +249,8 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -
         lines = ["srrs demo: interrupted"]
     except (RuntimeError, OSError) as e:
         lines = [f"srrs demo: {e}"]
+    except RpcError as e:
+        lines = [f"srrs demo: {e.message}"]
     finally:
         try:
             stop_all(d)

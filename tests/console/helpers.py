@@ -13,7 +13,7 @@ import urllib.request
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from srrs.ctrl.rpc import RpcClient
+from srrs.ctrl.rpc import RpcClient, RpcError
 
 SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
 
@@ -73,8 +73,17 @@ class Controller:
             return c.call(method, params)
 
     def load(self, bdev="m0", reactor=0, time_s=60, qd=8, rw="randrw"):
-        return self.rpc("bench_bdev_start", {"bdev": bdev, "reactor": reactor, "time_s": time_s,
-                                             "qd": qd, "rw": rw, "bs": 4096})
+        # the socket answers a moment before the controller is at run time
+        deadline = time.time() + 5
+        while True:
+            try:
+                return self.rpc("bench_bdev_start", {"bdev": bdev, "reactor": reactor,
+                                                     "time_s": time_s, "qd": qd, "rw": rw,
+                                                     "bs": 4096})
+            except RpcError as e:
+                if "only at runtime" not in e.message or time.time() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self, timeout=10) -> int:
         if self.proc.poll() is None:
