@@ -22,6 +22,7 @@ is printed every few seconds instead of the full screen.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -38,6 +39,7 @@ from rich.console import Console, Group
 from rich.layout import Layout
 from rich.live import Live
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -593,6 +595,28 @@ def events_view(events: deque, height: int, focused: bool) -> Panel:
 
 # ---- the console ------------------------------------------------------------------------
 
+EVENTS_MIN_H = 6
+_MEASURE = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                   _environ={})
+
+
+class _Lines:
+    """Lines already rendered (segments): laid out again at no cost. A panel cut
+    short by its region loses its bottom border, so the last line is kept."""
+
+    def __init__(self, lines: list):
+        self.lines = lines
+
+    def __rich_console__(self, console, options):
+        lines = self.lines
+        h = options.height
+        if h is not None and 1 < h < len(lines):
+            lines = lines[:h - 1] + lines[-1:]
+        for line in lines:
+            yield from line
+            yield Segment.line()
+
+
 class ConsoleApp:
     def __init__(self, sockets: list, refresh_hz: float = 4.0, timeout: float = 1.0,
                  footer: Optional[Callable[[], str]] = None):
@@ -683,27 +707,43 @@ class ConsoleApp:
             t.append(right, style="dim")
         return t
 
-    def render(self, width: int, height: int) -> Layout:
+    def render(self, width: int, height: int, console: Optional[Console] = None) -> Layout:
+        """The whole screen. Each controller panel is rendered once to lines here,
+        so its real height is known: panels take what they need and the event
+        log gets the rest (at least EVENTS_MIN_H rows)."""
+        con = console or _MEASURE
         root = Layout()
         n = len(self.sources)
-        ev_h = max(4, min(12, height // 4))
-        root.split_column(Layout(self.header(width), name="header", size=1),
-                          Layout(name="body"), Layout(name="events", size=ev_h))
         compact = height < 30 or (n > 1 and width < 160 and height < 50)
         side = n > 1 and width >= 160
         pw = width // n if side else width
-        panels = []
+        body_max = max(0, height - 1 - EVENTS_MIN_H)
+        views = []
         for i, s in enumerate(self.sources):
-            focused = self.focus == i
             with s.lock:  # the view copies what it shows: no lock while rich renders
-                view = controller_view(s, pw, focused, compact and not focused)
-            lay = Layout(view, name=f"c{i}")
-            if not side and n > 1:
-                lay.ratio = 3 if focused else 2
+                view = controller_view(s, pw, self.focus == i, compact and self.focus != i)
+            views.append(_Lines(con.render_lines(view, con.options.update(width=pw, height=None),
+                                                 pad=False)))
+        heights = [len(v.lines) for v in views]
+        if side:
+            body_h = min(body_max, max(heights, default=0))
+        else:
+            body_h = min(body_max, sum(heights))
+        panels = []
+        for i, v in enumerate(views):
+            lay = Layout(v, name=f"c{i}")
+            if not side:
+                if sum(heights) <= body_max:
+                    lay.size = heights[i]
+                else:  # not enough room: share it, the focused panel first
+                    lay.ratio = 3 if self.focus == i else 2
             panels.append(lay)
+        ev_h = height - 1 - body_h
+        root.split_column(Layout(self.header(width), name="header", size=1),
+                          Layout(name="body", size=body_h), Layout(name="events", size=ev_h))
         if side:
             root["body"].split_row(*panels)
-        else:
+        elif panels:
             root["body"].split_column(*panels)
         with self.lock:
             root["events"].update(events_view(self.events, ev_h, self.focus == n))
@@ -756,7 +796,7 @@ class ConsoleApp:
                 nxt = time.monotonic()
                 while True:
                     w, h = con.size
-                    live.update(self.render(w, h), refresh=True)
+                    live.update(self.render(w, h, con), refresh=True)
                     self._drawn.append(time.monotonic())
                     nxt += period
                     now = time.monotonic()
