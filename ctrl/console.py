@@ -573,10 +573,13 @@ def _controller_body(src: Source, width: int, compact: bool) -> list:
     return items
 
 
-def events_view(events: deque, height: int, focused: bool) -> Panel:
+def events_view(events: deque, height: int, focused: bool, back: int = 0) -> Panel:
+    """The last events that fit, or `back` events further up when scrolled."""
     rows = max(1, height - 2)
     t = Text(no_wrap=True, overflow="ellipsis")
-    shown = list(events)[-rows:]
+    evs = list(events)
+    end = max(0, len(evs) - back)
+    shown = evs[max(0, end - rows):end]
     for i, ev in enumerate(shown):
         ts = time.strftime("%H:%M:%S", time.localtime(ev.get("time", 0)))
         typ = str(ev.get("type", "?"))
@@ -588,7 +591,8 @@ def events_view(events: deque, height: int, focused: bool) -> Panel:
             t.append("\n")
     if not shown:
         t.append("no events yet", style="dim")
-    return Panel(t, title=" events ", title_align="left",
+    title = f" events (↑{back}, End to follow) " if back else " events "
+    return Panel(t, title=title, title_align="left",
                  border_style="bright_white" if focused else "blue",
                  box=box.HEAVY if focused else box.ROUNDED)
 
@@ -631,6 +635,8 @@ class ConsoleApp:
         self.lock = threading.Lock()           # the event log
         self._stop = threading.Event()
         self._pollers: list = []
+        self.ev_back = 0        # event log scrolled up by this many events (0: follow)
+        self._ev_seen = 0
 
     @property
     def fps(self) -> float:
@@ -700,7 +706,7 @@ class ConsoleApp:
         extra = self.footer() if self.footer else ""
         if extra:
             t.append(f"   {extra}", style="yellow")
-        right = f"q quit · p pause · tab panel   {time.strftime('%H:%M:%S')} "
+        right = f"q quit · p pause · tab panel · ↑↓ log   {time.strftime('%H:%M:%S')} "
         pad = width - t.cell_len - len(right)
         if pad > 0:
             t.append(" " * pad)
@@ -746,7 +752,11 @@ class ConsoleApp:
         elif panels:
             root["body"].split_column(*panels)
         with self.lock:
-            root["events"].update(events_view(self.events, ev_h, self.focus == n))
+            # a scrolled log stays on the same events while new ones arrive
+            if self.ev_back and len(self.events) != self._ev_seen:
+                self.ev_back += len(self.events) - self._ev_seen
+            self._ev_seen = len(self.events)
+            root["events"].update(events_view(self.events, ev_h, self.focus == n, self.ev_back))
         return root
 
     def render_plain(self, width: int = 120) -> str:
@@ -762,14 +772,41 @@ class ConsoleApp:
         return cap.get()
 
     # -- keys -----------------------------------------------------------------------
-    def key(self, ch: str) -> bool:
-        """Handle one key; False to quit."""
-        if ch in ("q", "Q", "\x03"):
+    KEYS = {"\x1b[A": "up", "\x1b[B": "down", "\x1b[5~": "pgup", "\x1b[6~": "pgdn",
+            "\x1b[F": "end", "\x1b[4~": "end", "\x1bOF": "end", "\x1b[H": "home",
+            "\x1bOA": "up", "\x1bOB": "down"}
+
+    def keys(self, data: str) -> bool:
+        """Handle what one read of stdin returned (escape sequences whole); False to quit."""
+        i = 0
+        while i < len(data):
+            for seq, name in self.KEYS.items():
+                if data.startswith(seq, i):
+                    i += len(seq)
+                    self.key(name)
+                    break
+            else:
+                if not self.key(data[i]):
+                    return False
+                i += 1
+        return True
+
+    def key(self, k: str) -> bool:
+        """Handle one key; False to quit. Arrows, PgUp/PgDn, Home/End (and k/j, G)
+        scroll the event log."""
+        if k in ("q", "Q", "\x03"):
             return False
-        if ch in ("p", "P", " "):
+        if k in ("p", "P", " "):
             self.paused = not self.paused
-        elif ch == "\t":
+        elif k == "\t":
             self.focus = (self.focus + 1) % (len(self.sources) + 1)
+        else:
+            step = {"up": 1, "k": 1, "down": -1, "j": -1, "pgup": 10, "pgdn": -10,
+                    "home": 10 ** 6, "end": -10 ** 6, "G": -10 ** 6}.get(k)
+            if step is not None:
+                with self.lock:
+                    n = len(self.events)
+                self.ev_back = max(0, min(n - 1, self.ev_back + step)) if n else 0
         return True
 
     # -- loops ----------------------------------------------------------------------
@@ -829,9 +866,8 @@ class ConsoleApp:
                 if not data:  # stdin closed: keep running without keys
                     fd = None
                     continue
-                for ch in data:
-                    if not self.key(ch):
-                        return False
+                if not self.keys(data):
+                    return False
                 return True  # redraw at once after a key
 
     def run_lines(self, duration: Optional[float] = None, every: float = 5.0) -> int:

@@ -218,3 +218,20 @@ def test_metrics_config(listen, ok):
     assert metrics_config.parse({}).listen == "127.0.0.1:9464"
     with pytest.raises(ValueError, match="^port: unknown key"):
         metrics_config.parse({"port": 1})
+
+
+def test_event_log_scrolls():
+    app = _app([FakeSource([])])
+    for i in range(30):
+        app.events.append({"time": time.time(), "controller": "a", "type": "log", "obj": "o",
+                           "msg": f"event-{i:02d}"})
+    assert app.keys("\x1b[A\x1b[Ak") and app.ev_back == 3
+    c = Console(file=io.StringIO(), width=80, height=20, force_terminal=True, color_system=None)
+    c.print(con.events_view(app.events, 6, False, app.ev_back))
+    out = c.file.getvalue()
+    assert "event-26" in out and "event-23" in out and "event-27" not in out and "↑3" in out
+    assert app.keys("\x1b[5~") and app.ev_back == 13
+    assert app.keys("\x1b[H") and app.ev_back == 30  # capped at the oldest
+    assert app.keys("\x1b[F") and app.ev_back == 0
+    assert app.keys("j") and app.ev_back == 0
+    assert app.keys("xq") is False
