@@ -10,6 +10,8 @@ import psutil
 import pytest
 from conftest import need
 
+from srrs.ctrl.rpc import RpcClient, RpcError
+
 from .helpers import SRRS, Tmux, bdev_row, srrs
 
 
@@ -71,9 +73,19 @@ def test_demo_sigterm_cleans_up(tmp_path, sig):
     env = dict(os.environ, TMPDIR=str(tmpdir))
     p = subprocess.Popen(SRRS + ["demo", "--duration", "60"], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not any(f.endswith(".sock") for _, _, fs in os.walk(tmpdir) for f in fs):
+    # signal once the load runs (earlier, the demo stops with "interrupted", exit 1)
+    deadline = time.monotonic() + 30
+    while True:
         assert time.monotonic() < deadline and p.poll() is None
+        socks = [os.path.join(d, f) for d, _, fs in os.walk(tmpdir) for f in fs
+                 if f.endswith(".sock")]
+        try:
+            if socks:
+                with RpcClient(socks[0]) as c:
+                    if c.call("bench_bdev_results"):
+                        break
+        except (ConnectionError, OSError, RpcError):
+            pass
         time.sleep(0.1)
     time.sleep(1.0)
     p.send_signal(getattr(signal, f"SIG{sig}"))
