@@ -235,7 +235,9 @@ def _raise_interrupt(signo, frame):
 
 def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -> int:
     d = Demo(duration=max(1.0, duration), refresh_hz=refresh_hz, console=console)
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGTERM and SIGHUP (terminal closed) stop the run like Ctrl-C: through the
+    # clean-up below, never around it
+    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     d.tmp = tempfile.mkdtemp(prefix="srrs-demo-")
     lines: list = []
     ok = False
@@ -252,11 +254,16 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -
     except RpcError as e:
         lines = [f"srrs demo: {e.message}"]
     finally:
+        # a second signal must not cut the clean-up short
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            old.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, signal.SIG_IGN)
         try:
             stop_all(d)
         finally:
             shutil.rmtree(d.tmp, ignore_errors=True)
-            signal.signal(signal.SIGTERM, old)
+            for sig, h in old.items():
+                signal.signal(sig, h)
     for line in lines:
         print(line, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

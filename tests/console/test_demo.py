@@ -63,7 +63,7 @@ def test_demo_console_quit_early(tmp_path):
     assert _leftovers(str(tmpdir)) == []
 
 
-@pytest.mark.parametrize("sig", ["TERM", "INT"])
+@pytest.mark.parametrize("sig", ["TERM", "INT", "HUP"])
 def test_demo_sigterm_cleans_up(tmp_path, sig):
     import signal
     import subprocess
