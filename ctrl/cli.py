@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller RPC socket(s) (default: the global -s)")
     p.add_argument("-c", "--config", dest="configs", action="append", metavar="FILE",
                    help="a controller config: watch its rpc_socket")
-    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--once", action="store_true",
+                   help="print one snapshot (two samples 0.5 s apart, for the rates) and exit")
     p.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
     p.add_argument("--refresh", type=float, default=4.0, metavar="HZ", help="redraws per second")
     p.add_argument("--duration", type=float, default=None, help="exit after SECONDS")

@@ -4,20 +4,25 @@ Everything shown comes from each controller's `status`, `events` and
 `bench_bdev_results` RPCs, so the console knows no module's internals: the
 core's reactors and bdevs are drawn as tables, and any other section of the
 status result (nvmf, vhost, pool, pair, metrics, … as those modules land) is
-drawn generically — a table per list of records, `key value` lines otherwise —
-and simply left out when absent.
+drawn generically — a table per list of records (nested lists as their own
+tables, byte units and usage bars where the keys say so), `key value` lines
+otherwise — and simply left out when absent.
 
-Rates (IOPS, MiB/s, loops/s, busy % now) are counter deltas over the last
-second of samples; sparklines keep one point per second for the last minute.
-A controller that stops answering is shown as down (with its last figures
-dimmed) and is reconnected on every refresh.
+Rates (IOPS, MiB/s, loops/s, busy % now, process CPU %) are counter deltas
+over the last second of samples; sparklines keep one point per second for the
+last minute. Each controller is sampled by its own thread at the refresh
+rate, so one that hangs delays only its own panel; one that stops answering
+is shown DOWN (its last known layout dimmed, no rates) and is reconnected by
+itself, a restarted one (new pid) starts its rates and history over.
 
 Modes: full screen (rich Live, screen=True, redrawn on our own timer — no
-auto-refresh thread, no flicker); `--once` one plain-text snapshot; `--once
---json` the same snapshot as JSON, whose reactor and bdev records carry the
-RPC's own field names plus the computed `*_iops`, `*_mibps`, `loops_per_s`,
-`busy_pct_now`. When stdout is not a terminal, one summary line per controller
-is printed every few seconds instead of the full screen.
+auto-refresh thread, no flicker; keys q quit, p pause, tab next panel,
+arrows/PgUp/PgDn/Home/End scroll the event log); `--once` one plain-text
+snapshot; `--once --json` the same snapshot as JSON, whose reactor and bdev
+records carry the RPC's own field names plus the computed `read_iops`,
+`write_iops`, `iops`, `read_mibps`, `write_mibps`, `mibps`, `loops_per_s`,
+`busy_pct_now`. When stdout is not a terminal, one summary line per
+controller is printed every few seconds instead of the full screen.
 """
 
 from __future__ import annotations
