@@ -154,8 +154,8 @@ class Controller:
     def serve_rpc(self) -> None:
         self.rpc = RpcServer(self.conf.controller.rpc_socket, METHODS, self, self.lock,
                              phase=lambda: self.phase)
+        self.phase = "runtime"  # the config is applied: every client sees a running controller
         self.rpc.start()
-        self.phase = "runtime"
 
     def close(self) -> None:
         if self.rpc is not None:

@@ -341,6 +341,12 @@ static void job_stop_hook(void *arg)
         job_finish(j);
 }
 
+static void job_post_done(void *arg)
+{
+    struct bench_job *j = arg;
+    sem_post(&j->done);
+}
+
 static void job_finish(struct bench_job *j)
 {
     if (j->finished)
@@ -384,7 +390,11 @@ static void job_finish(struct bench_job *j)
     if (j->stop_hook >= 0)
         srrs_reactor_del_stop_hook(j->r, j->stop_hook);
     srrs_poller_unregister(&j->poller);
-    sem_post(&j->done);
+    /* Wake the caller from a message, not from here: job_finish may run inside
+     * the target's poll (a completion), which must return before the caller
+     * frees the job and the target. */
+    if (srrs_reactor_send(j->r, job_post_done, j))
+        sem_post(&j->done);
 }
 
 static void job_start(void *arg)

@@ -32,6 +32,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -249,6 +250,7 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"initramfs-{args.kver}-{key}.cpio"
     if out.exists() and not args.force:
+        os.utime(out)  # mark as in use (see the pruning below)
         log(f"up to date: {out}")
         print(out)
         return 0
@@ -328,11 +330,16 @@ def main() -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
-    # Keep only the newest few archives for this kernel.
-    old = sorted(args.out_dir.glob(f"initramfs-{args.kver}-*.cpio*"),
+    # Prune archives unused for a day beyond the newest few (several checkouts
+    # may share the cache, each with its own archive; "up to date" touches it).
+    old = sorted(args.out_dir.glob("initramfs-*.cpio*"),
                  key=lambda p: p.stat().st_mtime, reverse=True)
-    for p in old[3:]:
-        p.unlink(missing_ok=True)
+    for p in old[4:]:
+        try:
+            if p.stat().st_mtime < time.time() - 86400:
+                p.unlink()
+        except OSError:
+            pass
 
     log(f"built {out} ({out.stat().st_size / 1e6:.1f} MB)")
     print(out)

@@ -148,9 +148,9 @@ def find_artifacts(setup: bool | None = None) -> GuestArtifacts:
 
     Order: $SRRS_GUEST_KERNEL + $SRRS_GUEST_INITRAMFS if both are set; else run
     ci/guest/setup.sh once per process (idempotent: ~1 s when everything is
-    cached; installs packages and downloads the kernel when not) and read the
-    manifest it writes. ``setup=False`` (or SRRS_GUEST_NO_SETUP=1) only reads the
-    manifest. Raises GuestUnavailable.
+    cached; installs packages and downloads the kernel when not) and use the
+    paths it prints. ``setup=False`` (or SRRS_GUEST_NO_SETUP=1) reads the last
+    manifest setup.sh wrote ($CACHE/guest.json) instead. Raises GuestUnavailable.
     """
     global _artifacts
     with _artifacts_lock:
@@ -166,22 +166,31 @@ def find_artifacts(setup: bool | None = None) -> GuestArtifacts:
         if setup is None:
             setup = os.environ.get("SRRS_GUEST_NO_SETUP", "") not in ("1", "true", "yes")
         if setup:
-            _run_setup()
-        manifest = cache_dir() / "guest.json"
-        try:
-            m = json.loads(manifest.read_text())
-        except (OSError, ValueError) as e:
-            raise GuestUnavailable(
-                f"guest image manifest {manifest} unreadable ({e}); run {SETUP_SCRIPT}") from None
-        art = GuestArtifacts(Path(m["kernel"]), Path(m["initramfs"]), m.get("kver", "?"))
+            # Use what setup.sh printed, not the shared manifest: other checkouts
+            # sharing the cache may have rewritten that with their own initramfs.
+            info = _run_setup()
+            if not {"KERNEL", "INITRAMFS"} <= info.keys():
+                raise GuestUnavailable(f"{SETUP_SCRIPT} printed no KERNEL/INITRAMFS")
+            art = GuestArtifacts(Path(info["KERNEL"]), Path(info["INITRAMFS"]),
+                                 info.get("KVER", "?"))
+            where = str(SETUP_SCRIPT)
+        else:
+            manifest = cache_dir() / "guest.json"
+            try:
+                m = json.loads(manifest.read_text())
+            except (OSError, ValueError) as e:
+                raise GuestUnavailable(f"guest image manifest {manifest} unreadable ({e}); "
+                                       f"run {SETUP_SCRIPT}") from None
+            art = GuestArtifacts(Path(m["kernel"]), Path(m["initramfs"]), m.get("kver", "?"))
+            where = str(manifest)
         for p in (art.kernel, art.initramfs):
             if not p.is_file():
-                raise GuestUnavailable(f"{p} listed in {manifest} is missing; run {SETUP_SCRIPT}")
+                raise GuestUnavailable(f"{p} (from {where}) is missing; run {SETUP_SCRIPT}")
         _artifacts = art
         return art
 
 
-def _run_setup() -> None:
+def _run_setup() -> dict[str, str]:
     if not SETUP_SCRIPT.exists():
         raise GuestUnavailable(f"{SETUP_SCRIPT} not found")
     if shutil.which("bash") is None:
@@ -194,6 +203,12 @@ def _run_setup() -> None:
     if r.returncode != 0:
         raise GuestUnavailable(f"{SETUP_SCRIPT} failed (rc={r.returncode}):\n"
                                f"{_tail(r.stderr + r.stdout, 30)}")
+    info = {}
+    for line in r.stdout.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.isupper():
+            info[k] = v
+    return info
 
 
 def _check_qemu() -> str:

@@ -209,6 +209,15 @@ def test_blkdiscard(guest, qsd):
     assert os.stat(img).st_blocks * 512 < before
 
 
+def test_mkfs_ext4_and_mount(guest):
+    guest.check("mkfs.ext4 -q -F /dev/vda && mkdir -p /mnt/v && mount -t ext4 /dev/vda /mnt/v",
+                timeout=120)
+    try:
+        guest.check("echo data > /mnt/v/f && sync && cat /mnt/v/f")
+    finally:
+        guest.run("umount /mnt/v", timeout=60)
+
+
 # ----------------------------------------------------------------- NVMe
 
 
@@ -300,7 +309,7 @@ def test_nvme_tcp_connect_loopback_kernel_target(guest):
 
 
 def test_shutdown_and_kill(artifacts):
-    g = Guest(smp=1, net=False, modules=(), name="short-guest")
+    g = Guest(smp=1, net=False, modules=(), keep_workdir=False, name="short-guest")
     with g:
         assert g.check("echo up") == "up\n"
         assert g.qmp("query-status")["status"] == "running"

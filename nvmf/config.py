@@ -1,0 +1,276 @@
+"""The `[nvmf]` section of the controller config (DESIGN §9), parsed once into
+frozen dataclasses where every default lives.
+
+    [nvmf]
+    listen = ["127.0.0.1:4420", "[::1]:4420"]
+    cntlid_min = 1
+    cntlid_max = 32767
+    max_io_queues = 16          # per controller
+    max_queue_depth = 128       # entries per queue
+    header_digest = true        # accept header digests when a host asks
+    data_digest = true
+
+    [[nvmf.subsystem]]
+    nqn = "nqn.2026-11.io.srrs:v0"
+    serial = "SRRS0001"
+    model = "SRRS volume"
+    namespaces = ["v0", { bdev = "v1", nsid = 4, uuid = "…", ana_group = 2 }]
+    allow_hosts = ["*"]         # or a list of host NQNs
+    ana_groups = [{ id = 1, state = "optimized" }, { id = 2, state = "inaccessible" }]
+
+A plain string namespace gets nsid = position + 1 (DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as _uuid
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+ANA_STATES = {"optimized": 1, "non_optimized": 2, "inaccessible": 3, "persistent_loss": 4}
+ANA_NAMES = {v: k for k, v in ANA_STATES.items()}
+MAX_NS = 32
+MAX_ANA = 32
+_NQN = re.compile(r"^nqn\.\d{4}-\d{2}\.[^:]+(:.+)?$|^nqn\.2014-08\.org\.nvmexpress:uuid:[0-9a-fA-F-]{36}$")
+
+
+@dataclass(frozen=True)
+class NvmfNamespace:
+    bdev: str
+    nsid: int
+    uuid: Optional[str] = None      # None: derived from nqn + bdev (stable)
+    ana_group: int = 1
+
+
+@dataclass(frozen=True)
+class NvmfAnaGroup:
+    id: int
+    state: str = "optimized"
+
+
+@dataclass(frozen=True)
+class NvmfSubsystem:
+    nqn: str
+    serial: str = "SRRS0000"
+    model: str = "SRRS NVMe-oF"
+    namespaces: Tuple[NvmfNamespace, ...] = ()
+    allow_hosts: Tuple[str, ...] = ("*",)
+    ana_groups: Tuple[NvmfAnaGroup, ...] = ()
+
+    @property
+    def allow_any_host(self) -> bool:
+        return "*" in self.allow_hosts
+
+
+@dataclass(frozen=True)
+class NvmfListen:
+    addr: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NvmfConfig:
+    listen: Tuple[NvmfListen, ...] = ()
+    cntlid_min: int = 1
+    cntlid_max: int = 32767
+    max_io_queues: int = 16
+    max_queue_depth: int = 128
+    header_digest: bool = True
+    data_digest: bool = True
+    subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
+
+
+def _fail(key: str, msg: str) -> ValueError:
+    return ValueError(f"{key}: {msg}")
+
+
+def parse_listen(s: str, key: str = "listen") -> NvmfListen:
+    if not isinstance(s, str):
+        raise _fail(key, f"expected \"host:port\", got {s!r}")
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", s)
+    if not m:
+        raise _fail(key, f"expected \"host:port\" or \"[v6addr]:port\", got {s!r}")
+    addr = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise _fail(key, f"port {port} out of range")
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        raise _fail(key, f"{addr!r} is not an IPv4/IPv6 address") from None
+    return NvmfListen(addr, port)
+
+
+def check_nqn(nqn, key: str) -> str:
+    if not isinstance(nqn, str) or not nqn:
+        raise _fail(key, "must be a non-empty string")
+    if len(nqn.encode()) > 223:
+        raise _fail(key, "longer than 223 bytes")
+    if not _NQN.match(nqn):
+        raise _fail(key, f"{nqn!r} is not an NQN (nqn.yyyy-mm.reverse.domain:name)")
+    return nqn
+
+
+def _int(v, key: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _fail(key, f"expected an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise _fail(key, f"must be {lo}..{hi}, got {v}")
+    return v
+
+
+def _bool(v, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise _fail(key, f"expected true or false, got {v!r}")
+    return v
+
+
+def _ascii(v, key: str, maxlen: int) -> str:
+    if not isinstance(v, str) or not v or len(v) > maxlen or not all(0x20 <= ord(c) < 0x7F for c in v):
+        raise _fail(key, f"expected 1..{maxlen} printable ASCII characters, got {v!r}")
+    return v
+
+
+def _unknown(d: dict, known: set, key: str) -> None:
+    extra = sorted(set(d) - known)
+    if extra:
+        raise _fail(f"{key}.{extra[0]}", "unknown key")
+
+
+def parse_uuid(v, key: str) -> str:
+    try:
+        return str(_uuid.UUID(str(v)))
+    except ValueError:
+        raise _fail(key, f"{v!r} is not a UUID") from None
+
+
+def _namespace(v, i: int, key: str) -> NvmfNamespace:
+    if isinstance(v, str):
+        if not v:
+            raise _fail(key, "empty bdev name")
+        return NvmfNamespace(bdev=v, nsid=i + 1)
+    if not isinstance(v, dict):
+        raise _fail(key, f"expected a bdev name or a table, got {v!r}")
+    _unknown(v, {"bdev", "nsid", "uuid", "ana_group"}, key)
+    if not isinstance(v.get("bdev"), str) or not v["bdev"]:
+        raise _fail(f"{key}.bdev", "required bdev name")
+    return NvmfNamespace(
+        bdev=v["bdev"],
+        nsid=_int(v.get("nsid", i + 1), f"{key}.nsid", 1, MAX_NS),
+        uuid=parse_uuid(v["uuid"], f"{key}.uuid") if "uuid" in v else None,
+        ana_group=_int(v.get("ana_group", 1), f"{key}.ana_group", 1, MAX_ANA),
+    )
+
+
+def _subsystem(d, key: str) -> NvmfSubsystem:
+    if not isinstance(d, dict):
+        raise _fail(key, "expected a table")
+    _unknown(d, {"nqn", "serial", "model", "namespaces", "allow_hosts", "ana_groups"}, key)
+    nqn = check_nqn(d.get("nqn"), f"{key}.nqn")
+    nss = d.get("namespaces", [])
+    if not isinstance(nss, list):
+        raise _fail(f"{key}.namespaces", "expected a list")
+    namespaces = tuple(_namespace(v, i, f"{key}.namespaces[{i}]") for i, v in enumerate(nss))
+    seen = set()
+    for i, ns in enumerate(namespaces):
+        if ns.nsid in seen:
+            raise _fail(f"{key}.namespaces[{i}].nsid", f"nsid {ns.nsid} used twice")
+        seen.add(ns.nsid)
+    hosts = d.get("allow_hosts", ["*"])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise _fail(f"{key}.allow_hosts", "expected a list of host NQNs or [\"*\"]")
+    for i, h in enumerate(hosts):
+        if h != "*":
+            check_nqn(h, f"{key}.allow_hosts[{i}]")
+    groups = []
+    for i, g in enumerate(d.get("ana_groups", [])):
+        gk = f"{key}.ana_groups[{i}]"
+        if not isinstance(g, dict):
+            raise _fail(gk, "expected { id = N, state = \"optimized\" }")
+        _unknown(g, {"id", "state"}, gk)
+        state = g.get("state", "optimized")
+        if state not in ANA_STATES:
+            raise _fail(f"{gk}.state", f"must be one of {', '.join(ANA_STATES)}")
+        groups.append(NvmfAnaGroup(_int(g.get("id"), f"{gk}.id", 1, MAX_ANA), state))
+    return NvmfSubsystem(
+        nqn=nqn,
+        serial=_ascii(d.get("serial", "SRRS0000"), f"{key}.serial", 20),
+        model=_ascii(d.get("model", "SRRS NVMe-oF"), f"{key}.model", 40),
+        namespaces=namespaces,
+        allow_hosts=tuple(hosts),
+        ana_groups=tuple(groups),
+    )
+
+
+def parse(section: dict) -> NvmfConfig:
+    """Validates the `[nvmf]` table; raises ValueError("key: message")."""
+    if section is None:
+        return NvmfConfig()
+    if not isinstance(section, dict):
+        raise _fail("nvmf", "expected a table")
+    _unknown(section, {"listen", "cntlid_min", "cntlid_max", "max_io_queues", "max_queue_depth",
+                       "header_digest", "data_digest", "subsystem"}, "nvmf")
+    listen = section.get("listen", [])
+    if isinstance(listen, str):
+        listen = [listen]
+    if not isinstance(listen, list):
+        raise _fail("nvmf.listen", "expected a list of \"host:port\"")
+    lst = tuple(parse_listen(s, f"nvmf.listen[{i}]") for i, s in enumerate(listen))
+    cmin = _int(section.get("cntlid_min", 1), "nvmf.cntlid_min", 1, 0xFFEF)
+    cmax = _int(section.get("cntlid_max", 32767), "nvmf.cntlid_max", 1, 0xFFEF)
+    if cmin > cmax:
+        raise _fail("nvmf.cntlid_max", f"must be >= cntlid_min ({cmin})")
+    subs = section.get("subsystem", [])
+    if not isinstance(subs, list):
+        raise _fail("nvmf.subsystem", "expected [[nvmf.subsystem]] tables")
+    subsystems = tuple(_subsystem(d, f"nvmf.subsystem[{i}]") for i, d in enumerate(subs))
+    nqns = set()
+    for i, s in enumerate(subsystems):
+        if s.nqn in nqns:
+            raise _fail(f"nvmf.subsystem[{i}].nqn", f"{s.nqn} defined twice")
+        nqns.add(s.nqn)
+    return NvmfConfig(
+        listen=lst,
+        cntlid_min=cmin,
+        cntlid_max=cmax,
+        max_io_queues=_int(section.get("max_io_queues", 16), "nvmf.max_io_queues", 1, 64),
+        max_queue_depth=_int(section.get("max_queue_depth", 128), "nvmf.max_queue_depth", 2, 1024),
+        header_digest=_bool(section.get("header_digest", True), "nvmf.header_digest"),
+        data_digest=_bool(section.get("data_digest", True), "nvmf.data_digest"),
+        subsystems=subsystems,
+    )
+
+
+def to_dict(cfg: NvmfConfig) -> dict:
+    """The inverse of parse(), for save_config."""
+    subs = []
+    for s in cfg.subsystems:
+        nss = []
+        for ns in s.namespaces:
+            e = {"bdev": ns.bdev, "nsid": ns.nsid}
+            if ns.uuid:
+                e["uuid"] = ns.uuid
+            if ns.ana_group != 1:
+                e["ana_group"] = ns.ana_group
+            nss.append(e)
+        d = {"nqn": s.nqn, "serial": s.serial, "model": s.model, "namespaces": nss,
+             "allow_hosts": list(s.allow_hosts)}
+        if s.ana_groups:
+            d["ana_groups"] = [{"id": g.id, "state": g.state} for g in s.ana_groups]
+        subs.append(d)
+    return {
+        "listen": [str(x) for x in cfg.listen],
+        "cntlid_min": cfg.cntlid_min,
+        "cntlid_max": cfg.cntlid_max,
+        "max_io_queues": cfg.max_io_queues,
+        "max_queue_depth": cfg.max_queue_depth,
+        "header_digest": cfg.header_digest,
+        "data_digest": cfg.data_digest,
+        "subsystem": subs,
+    }

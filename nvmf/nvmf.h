@@ -1,0 +1,149 @@
+/*
+ * SRRS NVMe-oF/TCP: the C API that Python may call (read verbatim into
+ * ffi.cdef() after ffi/srrs.h). Plain C, no macros, no includes.
+ *
+ * Every function returns 0 (or a positive value) on success and -errno on
+ * failure with srrs_last_error() set. "control" = any non-reactor thread;
+ * those calls may block while reactors do their part.
+ */
+
+/* ---- target ------------------------------------------------------------ */
+
+struct srrs_nvmf_tgt;
+
+struct srrs_nvmf_tgt_opts {
+    uint16_t cntlid_min;        /* dynamic controller IDs come from [min, max] */
+    uint16_t cntlid_max;        /* (disjoint ranges on the two controllers of a pair) */
+    uint32_t max_io_queues;     /* per controller, 1..64 */
+    uint32_t max_queue_depth;   /* entries per queue (CAP.MQES + 1), 2..1024 */
+    int allow_hdgst;            /* accept header digests when the host asks */
+    int allow_ddgst;            /* accept data digests when the host asks */
+    uint64_t reactor_mask;      /* reactors that may own queue pairs (0: all) */
+    int listener_reactor;       /* reactor that polls the listening sockets */
+};
+
+/* control. Creates an empty target (no listener, only the discovery subsystem). */
+int srrs_nvmf_tgt_create(struct srrs_core *core, const struct srrs_nvmf_tgt_opts *opts,
+                         struct srrs_nvmf_tgt **out);
+/* control. Closes listeners and every connection (in-flight I/O drains),
+ * closes the bdevs and frees everything. Reactors must still be running
+ * (or already stopped). Nulls *tgt. */
+void srrs_nvmf_tgt_destroy(struct srrs_nvmf_tgt **tgt);
+
+/* control. Listens on addr (IPv4 or IPv6 literal) : port. Port 0 picks a free
+ * one. Returns the bound port. -EADDRINUSE, -EINVAL (bad address), -EEXIST. */
+int srrs_nvmf_listener_add(struct srrs_nvmf_tgt *tgt, const char *addr, int port);
+/* control. -ENOENT if not listening there. Connections already accepted stay. */
+int srrs_nvmf_listener_remove(struct srrs_nvmf_tgt *tgt, const char *addr, int port);
+
+/* ---- subsystems --------------------------------------------------------- */
+
+/* control. nqn 1..223 bytes; serial <= 20, model <= 40 ASCII (NULL: defaults).
+ * -EEXIST, -EINVAL, -ENOSPC (too many subsystems). */
+int srrs_nvmf_subsystem_add(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *serial,
+                            const char *model, int allow_any_host);
+/* control. Tears down its controllers (their I/O drains) first. -ENOENT. */
+int srrs_nvmf_subsystem_remove(struct srrs_nvmf_tgt *tgt, const char *nqn);
+int srrs_nvmf_subsystem_allow_any_host(struct srrs_nvmf_tgt *tgt, const char *nqn, int allow);
+int srrs_nvmf_host_add(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *hostnqn);
+int srrs_nvmf_host_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *hostnqn);
+
+/* control. Adds bdev as namespace nsid (0: lowest free) in ANA group
+ * anagrpid (1..32). uuid: 16 bytes or NULL (derived from nqn + bdev name,
+ * stable across restarts); the NGUID equals the UUID bytes. Returns the
+ * nsid. Connected hosts get a namespace-attribute-changed AEN. */
+int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid, const char *bdev,
+                     const uint8_t *uuid, uint32_t anagrpid);
+/* control. Waits for the namespace's in-flight I/O, then closes the bdev. */
+int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid);
+/* control. state: 1 optimized, 2 non-optimized, 3 inaccessible. Raises an
+ * ANA-change AEN on every controller of the subsystem. */
+int srrs_nvmf_ana_set(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t anagrpid, int state);
+
+/* ---- introspection ------------------------------------------------------- */
+
+struct srrs_nvmf_qpair_info {
+    char subnqn[224];
+    char hostnqn[224];
+    char peer[64];
+    uint16_t cntlid;
+    uint16_t qid;
+    int32_t reactor;
+    uint32_t sqsize;            /* entries */
+    uint32_t outstanding;       /* commands in the target now */
+    int32_t hdgst;
+    int32_t ddgst;
+    uint64_t cmds;
+    uint64_t reads;
+    uint64_t writes;
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+    uint64_t errors;            /* commands completed with a non-zero status */
+};
+
+/* control. Fills up to max, returns how many queue pairs exist (connected ones). */
+int srrs_nvmf_qpair_list(struct srrs_nvmf_tgt *tgt, struct srrs_nvmf_qpair_info *out, int max);
+
+struct srrs_nvmf_tgt_stats {
+    uint64_t accepted;          /* TCP connections accepted */
+    uint64_t closed;
+    uint64_t proto_errors;      /* connections closed for a bad PDU */
+    uint64_t kato_expired;      /* controllers torn down by keep-alive */
+    uint64_t ctrlrs;            /* controllers now */
+    uint64_t conns;             /* connections now */
+};
+int srrs_nvmf_tgt_get_stats(struct srrs_nvmf_tgt *tgt, struct srrs_nvmf_tgt_stats *out);
+
+/* ---- initiator (load generator and tests) ------------------------------- */
+
+struct srrs_nvmf_host;
+
+struct srrs_nvmf_host_opts {
+    const char *addr;
+    int port;
+    const char *subnqn;
+    const char *hostnqn;        /* NULL: a fixed test host NQN */
+    uint32_t nqueues;           /* I/O queues */
+    uint32_t qsize;             /* entries per I/O queue (clamped to the target's CAP.MQES + 1) */
+    int hdgst;
+    int ddgst;
+    uint32_t kato_ms;           /* 0: no keep-alive */
+    int timeout_ms;             /* for each setup step */
+};
+
+struct srrs_nvmf_host_info {
+    uint16_t cntlid;
+    uint32_t nqueues;           /* I/O queues connected */
+    uint32_t nn;
+    uint64_t size;              /* namespace 1, bytes */
+    uint32_t block_size;
+    uint32_t ioccsz_bytes;      /* in-capsule data limit */
+    uint32_t mdts_bytes;
+    uint32_t maxh2cdata;
+    char sn[21];
+    char mn[41];
+};
+
+/* control. Connects admin + nqueues I/O queues (blocking, with timeouts),
+ * enables the controller and identifies namespace 1. */
+int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *opts, struct srrs_nvmf_host **out);
+int srrs_nvmf_host_get_info(struct srrs_nvmf_host *h, struct srrs_nvmf_host_info *out);
+/* control. Runs a load job (srrs_bench_run) on reactor `reactor` over the
+ * host's I/O queues (request slot i uses queue i % nqueues). */
+int srrs_nvmf_host_bench(struct srrs_core *core, int reactor, struct srrs_nvmf_host *h,
+                         const struct srrs_bench_opts *opts, struct srrs_bench_result *out);
+/* control. Discovery: connects to the discovery subsystem and fills up to
+ * max log entries (1024 bytes each, raw) into buf. Returns numrec. */
+int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t *buf, int max,
+                       int timeout_ms);
+/* control. Shuts the controller down (CC.SHN) and closes the sockets. Nulls *h. */
+void srrs_nvmf_host_disconnect(struct srrs_nvmf_host **h);
+
+/* ---- transport floor (benchmark only) ------------------------------------ */
+
+/* control. Busy-polled TCP ping-pong on loopback (server thread on
+ * server_cpu, client on the calling thread pinned to client_cpu; -1: no
+ * pinning), qd messages in flight: req_len bytes out, resp_len back. Fills
+ * ios, iops, mibps, lat_avg/p50/p99/p999 of out. */
+int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double seconds,
+                      int server_cpu, int client_cpu, struct srrs_bench_result *out);
