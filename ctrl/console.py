@@ -322,7 +322,7 @@ def _scalar(v: Any, key: Any = "") -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1e3 else fmt_num(v)
     if isinstance(v, (list, tuple)):
-        return ", ".join(_scalar(x) for x in v)
+        return ", ".join(_scalar(x) for x in v) if v else "-"
     if isinstance(v, dict):
         return " ".join(f"{k}={_scalar(x, k)}" for k, x in v.items())
     return str(v)
@@ -399,13 +399,14 @@ def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
                         nested.append(k)
                 elif k not in cols:
                     cols.append(k)
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
-              show_edge=False, expand=False)
+    # the title on its own line: a table title wraps at the table's (narrow) width
+    title.no_wrap, title.overflow = True, "ellipsis"
+    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, expand=False)
     if not cols and not nested:
         t.add_column("value")
         for r in rows:
             t.add_row(_scalar(r))
-        return [t]
+        return [title, t]
     usage = any(isinstance(r, dict) and _usage(r) is not None for r in rows)
     for c in cols[:10]:
         t.add_column(c, overflow="ellipsis", no_wrap=True, max_width=28)
@@ -422,16 +423,18 @@ def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
             u = _usage(r)
             cells.append(bar(u) + Text(f" {u:.0f}%") if u is not None else "")
         t.add_row(*cells)
-    out: list = [t]
+    out: list = [title, t]
     if depth < 2:
         for i, r in enumerate(rows[:50]):
             if not isinstance(r, dict):
                 continue
-            ident = next((str(r[k]) for k in ("name", "nqn", "id", "path") if k in r), str(i))
+            ident = next((f"{k} {r[k]}" if k in ("cntlid", "id") else str(r[k])
+                          for k in ("name", "nqn", "cntlid", "id", "path") if k in r), str(i))
             for k in nested:
                 if _is_records(r.get(k)):
                     sub = f"{path}[{ident}].{k}"
-                    out.extend(_records(Text(sub, style="cyan"), sub, r[k], depth + 1))
+                    out.extend(_records(Text(f"{'  ' * (depth + 1)}{ident} · {k}", style="cyan"),
+                                        sub, r[k], depth + 1))
     return out
 
 

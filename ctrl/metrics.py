@@ -74,7 +74,8 @@ _REACTOR_COUNTERS = [
     ("wakeups", "wakeups", 1, "Wake-ups from sleep"),
 ]
 _CORE_KEYS = {"name", "pid", "uptime_s", "rpc_socket", "poll_mode", "reactors", "bdevs", "metrics"}
-_ID_KEYS = ("name", "nqn", "id", "path", "volume", "bdev", "host", "socket", "addr", "listen")
+_ID_KEYS = ("name", "nqn", "id", "cntlid", "qid", "index", "path", "volume", "bdev", "host",
+            "socket", "addr", "listen")
 
 
 class SrrsCollector:
@@ -209,7 +210,7 @@ def section_families(controller: str, section: str, value: Any) -> Iterable[Metr
     """Generic gauges from a service's status() (see the module docstring)."""
     samples: dict = {}  # name -> list of (labels dict, value)
 
-    def walk(v: Any, path: list, labels: dict) -> None:
+    def walk(v: Any, path: list, labels: dict, skip: str = "") -> None:
         if isinstance(v, bool):
             samples.setdefault(_metric_name(path), []).append((labels, 1 if v else 0))
         elif isinstance(v, (int, float)):
@@ -219,7 +220,7 @@ def section_families(controller: str, section: str, value: Any) -> Iterable[Metr
                 if isinstance(x, str) and (k == "state" or k.endswith("_state")):
                     samples.setdefault(_metric_name(path + [k]), []).append(
                         ({**labels, _metric_name([k]): x}, 1))
-                elif k not in _ID_KEYS or not isinstance(x, str):
+                elif k != skip and (k not in _ID_KEYS or not isinstance(x, str)):
                     walk(x, path + [str(k)], labels)
         elif isinstance(v, list):
             for i, x in enumerate(v):
@@ -230,7 +231,7 @@ def section_families(controller: str, section: str, value: Any) -> Iterable[Metr
                                 and not isinstance(x.get(k), bool)), None)
                 lname = _metric_name([path[-1] if path else "item", key or "index"])
                 lab[lname] = str(x[key]) if key else str(i)
-                walk(x, path, lab)
+                walk(x, path, lab, key or "")
 
     walk(value, ["srrs", section], {})
     for name, rows in sorted(samples.items()):
