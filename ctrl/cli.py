@@ -254,9 +254,9 @@ def cmd_bench_module(args) -> int:
     import importlib
 
     try:
-        mod = importlib.import_module(f"srrs.{args.target}.bench")
+        mod = importlib.import_module(f"srrs.{args.bench_module}.bench")
     except ImportError:
-        print(f"srrs bench {args.target}: not available in this build", file=sys.stderr)
+        print(f"srrs bench {args.bench_module}: not available in this build", file=sys.stderr)
         return 2
     return mod.run(args, _report, aggregate)
 
@@ -335,11 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--target", required=True, help="HOST:PORT")
     n.add_argument("--nqn", required=True)
     _bench_common(n)
-    n.set_defaults(fn=cmd_bench_module)
+    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf")  # --target is the HOST:PORT
     v = bsub.add_parser("vhost", help="vhost-user-blk client")
     v.add_argument("--socket", dest="vhost_socket", required=True)
     _bench_common(v)
-    v.set_defaults(fn=cmd_bench_module)
+    v.set_defaults(fn=cmd_bench_module, bench_module="vhost")
     return ap
 
 
