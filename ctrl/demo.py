@@ -1,30 +1,34 @@
 """`srrs demo`: SRRS on one machine with no setup (DESIGN §6).
 
-Today: one controller in a temporary directory with a file-backed bdev, load
-from the controller's own C load jobs (`bench_bdev_start`, one per reactor),
-the live console, and after `--duration` (or `q`) everything stopped and
-deleted, then a summary (IOPS, MiB/s, latency percentiles, errors). Exit 0
-when the load ran without an I/O error; nothing is left behind (the
-controller is stopped, the directory removed, on every path out, SIGTERM and
-Ctrl-C included).
+Today: one controller in a temporary directory, one file-backed bdev per
+load path, and the load through every export of this build — `srrs bench
+nvmf` over NVMe/TCP on loopback, `srrs bench vhost` over vhost-user — each a
+separate process like a real host; with neither export built, the
+controller's own C load jobs (`bench_bdev_start`). The live console watches
+it; after `--duration` (or `q`, Ctrl-C, SIGTERM, SIGHUP) everything is
+stopped and deleted, then a summary per path (IOPS, MiB/s, latency
+percentiles, errors). Exit 0 when every path moved I/O without an error;
+nothing is left behind on any way out: the load processes and the controller
+are stopped, the directory removed.
 
-The steps are a list of functions over one `Demo` state so the full demo of
-the issue slots in as its modules land. TODO:
+The steps are functions over one `Demo` state, so the full demo of the issue
+slots in as its modules land. TODO:
   * pair + witness: start `srrs witness` and controllers a and b from pair
-    configs (file-backed pools in the temp dir), create a paired volume;
-    the console watches both sockets.
-  * NVMe/TCP: `srrs bench nvmf` against both controllers' listeners (both
-    paths) instead of in-controller load jobs; summary per path.
-  * vhost-user: `srrs bench vhost` on each controller's vhost socket when present.
+    configs (file-backed pools in the temp dir), create a paired volume; the
+    console watches both sockets; NVMe/TCP load on both controllers' listeners
+    (both paths), vhost-user on each controller's socket.
   * `--chaos`: kill and restart one controller mid-run; the summary reports the
     failover (from the pair events) and zero I/O errors.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +41,19 @@ from .rpc import RpcClient, RpcError
 QD = 32
 BS = 4096
 IMG_SIZE = 128 << 20
+SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+
+
+@dataclass
+class Path:
+    """One way the load reaches a bdev: "nvmf", "vhost" or "local" (in-controller jobs)."""
+    kind: str
+    bdev: str
+    where: str = ""                  # what the summary calls it
+    bench: list = field(default_factory=list)  # `srrs bench` arguments of this path
+    proc: Optional[subprocess.Popen] = None
+    out: str = ""                    # the bench's --json output file
+    result: Optional[dict] = None
 
 
 @dataclass
@@ -45,14 +62,14 @@ class Demo:
     refresh_hz: float = 4.0
     console: bool = True
     tmp: str = ""
-    procs: list = field(default_factory=list)   # (name, Popen, log path)
+    procs: list = field(default_factory=list)   # controllers: (name, Popen, log path)
     sockets: list = field(default_factory=list)
-    jobs: list = field(default_factory=list)    # (socket, job id)
+    paths: list = field(default_factory=list)
     t0: float = 0.0
     t1: float = 0.0
-    before: dict = field(default_factory=dict)  # socket -> bdev_list
+    before: dict = field(default_factory=dict)  # socket -> {bdev: counters}
     after: dict = field(default_factory=dict)
-    results: dict = field(default_factory=dict)  # socket -> bench_bdev_results
+    jobs: dict = field(default_factory=dict)    # socket -> bench_bdev_results
 
 
 def _rpc(sock: str, method: str, params: Optional[dict] = None):
@@ -61,8 +78,7 @@ def _rpc(sock: str, method: str, params: Optional[dict] = None):
 
 
 def _rpc_runtime(sock: str, method: str, params: dict, wait_s: float = 5.0):
-    """A run-time-only method: the controller's socket answers a moment before
-    the controller switches from start-up to run time, so retry that refusal."""
+    """A run-time-only method, retried while the controller is still starting."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -73,41 +89,69 @@ def _rpc_runtime(sock: str, method: str, params: dict, wait_s: float = 5.0):
             time.sleep(0.05)
 
 
-def _reactors() -> int:
-    return 2 if (os.cpu_count() or 1) >= 4 else 1
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _image(path: str) -> None:
+    # written in full up front: random 4 KiB writes into a sparse (or fallocated,
+    # unwritten) file split it into tens of thousands of extents, and deleting
+    # that takes many seconds; overwriting written blocks changes no extent
+    chunk = bytes(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(IMG_SIZE // len(chunk)):
+            f.write(chunk)
+
+
+def plan_paths(d: Demo) -> None:
+    if _have("srrs.nvmf.service"):
+        d.paths.append(Path("nvmf", "f0"))
+    if _have("srrs.vhost.service"):
+        d.paths.append(Path("vhost", "f1"))
+    if not d.paths:
+        d.paths.append(Path("local", "f0"))
 
 
 def start_controller(d: Demo, name: str) -> str:
     sock = os.path.join(d.tmp, f"{name}.sock")
     conf = os.path.join(d.tmp, f"{name}.toml")
-    # written in full up front: random 4 KiB writes into a sparse (or fallocated,
-    # unwritten) file split it into tens of thousands of extents, and deleting
-    # that takes many seconds; overwriting written blocks changes no extent
-    img = os.path.join(d.tmp, f"{name}-f0.img")
-    chunk = bytes(1 << 20)
-    with open(img, "wb") as f:
-        for _ in range(IMG_SIZE // len(chunk)):
-            f.write(chunk)
-    with open(conf, "w", encoding="utf-8") as f:
-        f.write(f"""[controller]
+    text = f"""[controller]
 name = "{name}"
 rpc_socket = "{sock}"
-reactors = {_reactors()}
+reactors = {2 if (os.cpu_count() or 1) >= 4 else 1}
 poll_mode = "adaptive"
-
-[[bdev]]
-name = "f0"
-type = "file"
-path = "{img}"
-size = {IMG_SIZE}
-""")
+"""
+    for p in d.paths:
+        img = os.path.join(d.tmp, f"{name}-{p.bdev}.img")
+        _image(img)
+        text += f'\n[[bdev]]\nname = "{p.bdev}"\ntype = "file"\npath = "{img}"\n'
+    for p in d.paths:
+        if p.kind == "nvmf":
+            port = _free_port()
+            nqn = f"nqn.2026-11.io.srrs:{os.path.basename(d.tmp)}"
+            p.where = f"127.0.0.1:{port}"
+            p.bench = ["nvmf", "--target", p.where, "--nqn", nqn]
+            text += (f'\n[nvmf]\nlisten = ["{p.where}"]\n\n[[nvmf.subsystem]]\nnqn = "{nqn}"\n'
+                     f'serial = "SRRSDEMO"\nnamespaces = ["{p.bdev}"]\nallow_hosts = ["*"]\n')
+        elif p.kind == "vhost":
+            p.where = os.path.join(d.tmp, "vh0.sock")
+            p.bench = ["vhost", "--socket", p.where]
+            text += (f'\n[[vhost]]\nname = "vh0"\nsocket = "{p.where}"\nbdev = "{p.bdev}"\n'
+                     f'num_queues = 1\n')
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write(text)
     log = os.path.join(d.tmp, f"{name}.log")
     with open(log, "w") as lf:
         # own session: a Ctrl-C in the terminal reaches the demo, which stops the
-        # controller itself (SIGTERM) after reading its results
-        p = subprocess.Popen([sys.executable, "-m", "srrs.ctrl.cli", "start", "-c", conf],
-                             stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        # controller itself (SIGTERM) after reading its figures
+        p = subprocess.Popen(SRRS + ["start", "-c", conf], stdin=subprocess.DEVNULL, stdout=lf,
+                             stderr=subprocess.STDOUT, start_new_session=True)
     d.procs.append((name, p, log))
     deadline = time.monotonic() + 20
     while True:
@@ -127,14 +171,23 @@ size = {IMG_SIZE}
 
 
 def start_load(d: Demo) -> None:
-    for sock in d.sockets:
-        d.before[sock] = _rpc(sock, "bdev_list")
-        n = len(_rpc(sock, "reactor_stats"))
-        for r in range(n):
-            jid = _rpc_runtime(sock, "bench_bdev_start", {
-                "bdev": "f0", "reactor": r, "rw": "randrw", "bs": BS, "qd": QD,
-                "time_s": d.duration, "seed": r + 1})
-            d.jobs.append((sock, jid))
+    sock = d.sockets[0]
+    d.before[sock] = {b["name"]: b for b in _rpc(sock, "bdev_list")}
+    for p in d.paths:
+        if p.kind == "local":
+            for r in range(len(_rpc(sock, "reactor_stats"))):
+                _rpc_runtime(sock, "bench_bdev_start", {
+                    "bdev": p.bdev, "reactor": r, "rw": "randrw", "bs": BS, "qd": QD,
+                    "time_s": d.duration, "seed": r + 1})
+            p.where = "in-controller load jobs"
+            continue
+        p.out = os.path.join(d.tmp, f"bench-{p.kind}.json")
+        with open(p.out, "w") as out:
+            p.proc = subprocess.Popen(
+                SRRS + ["bench"] + p.bench + ["--rw", "randrw", "--bs", str(BS), "--qd", str(QD),
+                                              "--time", str(d.duration), "--json"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
     d.t0 = time.monotonic()
 
 
@@ -157,54 +210,94 @@ def show(d: Demo) -> None:
 
 
 def collect(d: Demo) -> None:
+    """Figures from the controller now, then the load's own reports: a bench that
+    runs to its end reports latency percentiles; one cut short (q) does not."""
     d.t1 = time.monotonic()
-    for sock in d.sockets:
-        d.after[sock] = _rpc(sock, "bdev_list")
-        # jobs end with the duration; give them a moment to post results
-        deadline = time.monotonic() + 3
-        while True:
-            res = _rpc(sock, "bench_bdev_results")
-            if all(j["state"] != "running" for j in res) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        d.results[sock] = res
+    sock = d.sockets[0]
+    d.after[sock] = {b["name"]: b for b in _rpc(sock, "bdev_list")}
+    early = d.t1 - d.t0 < d.duration - 1.0
+    for p in d.paths:
+        if p.proc is None:
+            continue
+        if early:
+            _stop_proc(p.proc, signal.SIGKILL, 0)  # a load client: nothing to lose
+            continue
+        try:
+            p.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            _stop_proc(p.proc, signal.SIGKILL, 0)
+            continue
+        try:
+            with open(p.out) as f:
+                p.result = json.loads(f.read().strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError):
+            p.result = None
+    deadline = time.monotonic() + 3
+    while any(p.kind == "local" for p in d.paths):
+        jobs = _rpc(sock, "bench_bdev_results")
+        d.jobs[sock] = jobs
+        if early or all(j["state"] != "running" for j in jobs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
 
 def summary(d: Demo) -> tuple:
-    """(lines, ok)"""
+    """(lines, ok): one line per path, from the load's report when it ran to its
+    end, else from the controller's bdev counters (latency by Little's law)."""
     lines = []
     ok = True
     elapsed = max(1e-9, d.t1 - d.t0)
-    for sock in d.sockets:
-        before = {b["name"]: b for b in d.before.get(sock, [])}
-        ios = nbytes = errors = 0
-        for b in d.after.get(sock, []):
-            o = before.get(b["name"], {})
-            ios += b["reads"] + b["writes"] - o.get("reads", 0) - o.get("writes", 0)
-            nbytes += (b["bytes_read"] + b["bytes_written"] - o.get("bytes_read", 0)
-                       - o.get("bytes_written", 0))
-            errors += b["errors"] - o.get("errors", 0)
-        iops = ios / elapsed
-        done = [j["result"] for j in d.results.get(sock, []) if j.get("result")]
-        if done and len(done) == len(d.results.get(sock, [])):
-            lat = {k: max(r["lat_us"][k] for r in done) for k in ("p50", "p99", "p999", "avg")}
+    sock = d.sockets[0]
+    for p in d.paths:
+        b = d.after.get(sock, {}).get(p.bdev, {})
+        o = d.before.get(sock, {}).get(p.bdev, {})
+        ios = sum(b.get(k, 0) - o.get(k, 0) for k in ("reads", "writes"))
+        nbytes = sum(b.get(k, 0) - o.get(k, 0) for k in ("bytes_read", "bytes_written"))
+        errors = b.get("errors", 0) - o.get("errors", 0)
+        iops, mibps = ios / elapsed, nbytes / elapsed / (1 << 20)
+        res = p.result
+        if p.kind == "local":
+            done = [j["result"] for j in d.jobs.get(sock, []) if j.get("result")]
+            if done and len(done) == len(d.jobs.get(sock, [])):
+                res = {"lat_us": {k: max(r["lat_us"][k] for r in done)
+                                  for k in ("p50", "p99", "p999")},
+                       "errors": sum(r["errors"] for r in done)}
+        if res is not None:
+            lat = res["lat_us"]
             lat_s = (f"lat p50 {lat['p50']:.0f} us  p99 {lat['p99']:.0f} us  "
                      f"p99.9 {lat['p999']:.0f} us")
-            errors = max(errors, sum(r["errors"] for r in done))
-        else:  # stopped early: Little's law from the queue depth
-            nq = len(d.results.get(sock, [])) or 1
+            errors = max(errors, res.get("errors", 0))
+            if p.kind != "local":
+                iops, mibps = res["iops"], res["mibps"]
+        else:
+            nq = max(1, len(d.jobs.get(sock, []))) if p.kind == "local" else 1
             lat_s = (f"lat mean ~{nq * QD / iops * 1e6:.0f} us (stopped early)" if iops
                      else "lat n/a")
-        name = os.path.basename(sock).rsplit(".", 1)[0]
-        lines.append(f"srrs demo: {name} (file bdev, in-controller load, randrw {BS} B qd {QD}"
-                     f" x{len(d.results.get(sock, []))}): {iops:,.0f} IOPS  "
-                     f"{nbytes / elapsed / (1 << 20):,.1f} MiB/s  {lat_s}  errors {errors}  "
-                     f"over {elapsed:.1f} s")
+        label = {"nvmf": "NVMe/TCP", "vhost": "vhost-user", "local": "local"}[p.kind]
+        lines.append(f"srrs demo: {p.kind:5} {label} {p.where} -> {p.bdev} (randrw {BS} B "
+                     f"qd {QD}): {iops:,.0f} IOPS  {mibps:,.1f} MiB/s  {lat_s}  "
+                     f"errors {errors}")
         ok = ok and errors == 0 and ios > 0
+    lines.append(f"srrs demo: {elapsed:.1f} s, 1 controller, "
+                 f"{'no I/O errors' if ok else 'FAILED: a path had errors or no I/O'}; "
+                 f"everything stopped and deleted")
     return lines, ok
 
 
+def _stop_proc(p: subprocess.Popen, sig: int, timeout: float) -> None:
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout or None)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def stop_all(d: Demo) -> None:
+    for p in d.paths:  # load first: the controller then stops with nothing connected
+        if p.proc is not None:
+            _stop_proc(p.proc, signal.SIGKILL, 0)
     for name, p, log in reversed(d.procs):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -242,6 +335,7 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -
     lines: list = []
     ok = False
     try:
+        plan_paths(d)
         start_controller(d, "demo")
         start_load(d)
         show(d)
