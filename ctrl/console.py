@@ -613,17 +613,25 @@ _MEASURE = Console(file=io.StringIO(), force_terminal=True, color_system="trueco
 
 
 class _Lines:
-    """Lines already rendered (segments): laid out again at no cost. A panel cut
-    short by its region loses its bottom border, so the last line is kept."""
+    """A panel already rendered to lines: laid out again at no cost. When its
+    region is shorter, the borders stay and the inside scrolls by `offset`
+    (`max_offset` tells the keys how far it can go)."""
 
-    def __init__(self, lines: list):
+    def __init__(self, lines: list, offset: int = 0):
         self.lines = lines
+        self.offset = offset
+        self.max_offset = 0
 
     def __rich_console__(self, console, options):
         lines = self.lines
         h = options.height
-        if h is not None and 1 < h < len(lines):
-            lines = lines[:h - 1] + lines[-1:]
+        if h is not None and 2 < h < len(lines):
+            inner = lines[1:-1]
+            self.max_offset = len(inner) - (h - 2)
+            off = max(0, min(self.offset, self.max_offset))
+            lines = [lines[0]] + inner[off:off + h - 2] + [lines[-1]]
+        elif h is not None and h < len(lines):
+            lines = lines[:h]
         for line in lines:
             yield from line
             yield Segment.line()
@@ -644,6 +652,8 @@ class ConsoleApp:
         self._stop = threading.Event()
         self._pollers: list = []
         self.ev_back = 0        # event log scrolled up by this many events (0: follow)
+        self.scroll: dict = {}  # controller panel index -> first line shown
+        self._views: list = []  # the last frame's panels (how far each can scroll)
         self._ev_seen = 0
 
     @property
@@ -714,7 +724,7 @@ class ConsoleApp:
         extra = self.footer() if self.footer else ""
         if extra:
             t.append(f"   {extra}", style="yellow")
-        right = f"q quit · p pause · tab panel · ↑↓ log   {time.strftime('%H:%M:%S')} "
+        right = f"q quit · p pause · tab panel · ↑↓ scroll   {time.strftime('%H:%M:%S')} "
         pad = width - t.cell_len - len(right)
         if pad > 0:
             t.append(" " * pad)
@@ -737,7 +747,8 @@ class ConsoleApp:
             with s.lock:  # the view copies what it shows: no lock while rich renders
                 view = controller_view(s, pw, self.focus == i, compact and self.focus != i)
             views.append(_Lines(con.render_lines(view, con.options.update(width=pw, height=None),
-                                                 pad=False)))
+                                                 pad=False), self.scroll.get(i, 0)))
+        self._views = views
         heights = [len(v.lines) for v in views]
         if side:
             body_h = min(body_max, max(heights, default=0))
@@ -801,7 +812,7 @@ class ConsoleApp:
 
     def key(self, k: str) -> bool:
         """Handle one key; False to quit. Arrows, PgUp/PgDn, Home/End (and k/j, G)
-        scroll the event log."""
+        scroll the focused panel: a controller's lines, or the event log."""
         if k in ("q", "Q", "\x03"):
             return False
         if k in ("p", "P", " "):
@@ -811,10 +822,16 @@ class ConsoleApp:
         else:
             step = {"up": 1, "k": 1, "down": -1, "j": -1, "pgup": 10, "pgdn": -10,
                     "home": 10 ** 6, "end": -10 ** 6, "G": -10 ** 6}.get(k)
-            if step is not None:
+            if step is None:
+                return True
+            if self.focus == len(self.sources):  # the event log: back in time
                 with self.lock:
                     n = len(self.events)
                 self.ev_back = max(0, min(n - 1, self.ev_back + step)) if n else 0
+            else:  # a controller panel taller than its region: its lines
+                views = self._views
+                top = views[self.focus].max_offset if self.focus < len(views) else 0
+                self.scroll[self.focus] = max(0, min(top, self.scroll.get(self.focus, 0) - step))
         return True
 
     # -- loops ----------------------------------------------------------------------

@@ -222,6 +222,7 @@ def test_metrics_config(listen, ok):
 
 def test_event_log_scrolls():
     app = _app([FakeSource([])])
+    app.focus = 1  # the event log
     for i in range(30):
         app.events.append({"time": time.time(), "controller": "a", "type": "log", "obj": "o",
                            "msg": f"event-{i:02d}"})
@@ -235,3 +236,35 @@ def test_event_log_scrolls():
     assert app.keys("\x1b[F") and app.ev_back == 0
     assert app.keys("j") and app.ev_back == 0
     assert app.keys("xq") is False
+
+
+def test_tall_panel_scrolls_inside_its_borders():
+    st = _status(10.0, extra=SECTIONS)
+    st["bdevs"] = [dict(st["bdevs"][0], name=f"b{i:02d}") for i in range(40)]
+    s = FakeSource([st, dict(st, uptime_s=11.0)])
+    s.step(100.0)
+    s.step(101.0)
+    app = _app([s])
+
+    def screen():
+        c = Console(file=io.StringIO(), width=120, height=30, force_terminal=True,
+                    color_system=None)
+        c.print(app.render(120, 30, c))
+        return c.file.getvalue().splitlines()
+
+    top = screen()
+    assert "b00" in "\n".join(top) and "b30" not in "\n".join(top)
+    assert top[1].startswith("┏") and any(line.startswith("┗") for line in top)
+    app.keys("\x1b[6~\x1b[6~\x1b[6~")  # PgDn x3 on the focused controller panel
+    down = screen()
+    assert "b00" not in "\n".join(down) and "b30" in "\n".join(down)
+    assert down[1].startswith("┏") and any(line.startswith("┗") for line in down)
+    app.keys("\x1b[F")  # End: as far as it goes, and no further
+    screen()
+    far = app.scroll[0]
+    app.keys("\x1b[B")
+    screen()
+    screen()
+    assert app.scroll[0] == far
+    app.keys("\x1b[H")
+    assert "b00" in "\n".join(screen())
