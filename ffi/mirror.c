@@ -821,10 +821,18 @@ static void send_bitmap(struct mirror *m, int reply)
     struct mlink *l = m->l;
     size_t off = 0;
     do {
+        /* A copy: the bitmap keeps changing while the frame waits to be sent. */
         size_t n = SRRS_MIN(m->bm_len - off, (size_t)M_CHUNK);
-        struct iovec v = {m->bm + off, n};
-        frame_send(l, T_BITMAP, m, (uint32_t)reply, off, 0, off + n >= m->bm_len, &v, 1,
-                   (uint32_t)n, NULL);
+        struct piece *p = piece_get(l, P_PEER_READ, m);
+        if (!p || !piece_buf(l, p, n)) {
+            if (p)
+                piece_put(l, p);
+            link_drop(l, "out of buffers for the bitmap");
+            return;
+        }
+        memcpy(p->buf, m->bm + off, n);
+        frame_send(l, T_BITMAP, m, (uint32_t)reply, off, 0, off + n >= m->bm_len, p->iov, 1,
+                   (uint32_t)n, p);
         off += n;
     } while (off < m->bm_len);
 }
