@@ -47,6 +47,14 @@ class PairService:
         self._resync_started = 0.0
         os.makedirs(conf.state_dir, exist_ok=True)
         persisted = self._load_state()
+        if self._volatile_replicas():
+            # RAM replicas come back empty: this side is a new replica (full resync).
+            persisted = {}
+            for v in conf.volumes:
+                try:
+                    os.unlink(os.path.join(conf.state_dir, f"{v.replica}.bitmap"))
+                except FileNotFoundError:
+                    pass
         timing = ha.Timing(heartbeat_s=conf.heartbeat_ms / 1000, miss_count=conf.miss_count,
                            lease_s=conf.lease_ms / 1000,
                            witness_timeout_s=max(0.2, min(1.0, conf.lease_ms / 4000)))
@@ -69,6 +77,10 @@ class PairService:
         self._thread.start()
 
     # -- persistence ------------------------------------------------------------
+    def _volatile_replicas(self) -> bool:
+        mods = {b["name"]: b["module"] for b in self.ctl.core.bdev_list()}
+        return any(mods.get(v.replica) in ("malloc", "null") for v in self.conf.volumes)
+
     @property
     def _state_file(self) -> str:
         return os.path.join(self.conf.state_dir, "pair.json")

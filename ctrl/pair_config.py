@@ -181,7 +181,7 @@ def parse(d: dict) -> PairConfig:
         raise ValueError(f"stripe_size: must be a power of two in 64KiB..64MiB, got {stripe}")
     hb = _int(d, "heartbeat_ms", 200, 10, 60000)
     miss = _int(d, "miss_count", 5, 2, 1000)
-    lease = _int(d, "lease_ms", 3000, 100, 30000)
+    lease = _int(d, "lease_ms", 3000, 100, 10000)  # the witness grants at most 10 s
     if lease < 2 * hb:
         raise ValueError(f"lease_ms: must be at least two heartbeats ({2 * hb}), got {lease}")
     keys = {k: _str(d, k, required=False) for k in
@@ -224,16 +224,18 @@ class WitnessConfig:
     state: str = ""
     secret_key: str = ""
     authorized_keys: str = ""   # directory of the controllers' public keys
+    max_lease_ms: int = 0       # longest lease granted (0: 10 s); also the start-up wait
 
 
 def parse_witness(d: dict) -> WitnessConfig:
-    allowed = {"bind", "state", "secret_key", "authorized_keys"}
+    allowed = {"bind", "state", "secret_key", "authorized_keys", "max_lease_ms"}
     for k in d:
         if k not in allowed:
             raise ValueError(f"{k}: unknown key (allowed: {', '.join(sorted(allowed))})")
     return WitnessConfig(bind=_zmq(d, "bind"), state=_str(d, "state", False),
                          secret_key=_str(d, "secret_key", False),
-                         authorized_keys=_str(d, "authorized_keys", False))
+                         authorized_keys=_str(d, "authorized_keys", False),
+                         max_lease_ms=_int(d, "max_lease_ms", 0, 0, 10000))
 
 
 def parse_witness_file(path: str) -> WitnessConfig:

@@ -35,7 +35,7 @@ from typing import Optional
 
 log = logging.getLogger("srrs.witness")
 
-MAX_LEASE_S = 30.0
+MAX_LEASE_S = 10.0
 
 
 @dataclass
@@ -218,6 +218,8 @@ def main(args) -> int:
         state = state or w.state
         sec = sec or w.secret_key
         authd = authd or w.authorized_keys
+        if w.max_lease_ms and args.max_lease == MAX_LEASE_S:
+            args.max_lease = w.max_lease_ms / 1000
     if not bind:
         print("srrs witness: --bind or a config with [witness] bind is required", file=sys.stderr)
         return 2
