@@ -439,11 +439,13 @@ def _heartbeat(s: State, e: PeerHeartbeat, now: float) -> Tuple[State, list]:
             return s, acts + a + [Alert("error", f"{s.me}: both SOLO; peer epoch {e.epoch} > "
                                                  f"{s.epoch}: fenced")]
         return s, acts
-    if s.role in (PAIRED, RESYNC) and e.role == SOLO:
+    if s.role in (PAIRED, RESYNC) and e.role == SOLO and e.epoch >= s.epoch:
+        # (A SOLO heartbeat from before our rejoin has a lower epoch: stale.)
         # It went on alone (it lost us): whatever we hold is stale now.
         s, a = _peer_lost(s, now, f"peer {s.peer} went SOLO")
         return s, acts + a
-    if s.role in (PAIRED, RESYNC) and e.role in (STARTING, FENCED) and peer_usable(s, now):
+    if (s.role in (PAIRED, RESYNC) and e.role in (STARTING, FENCED) and peer_usable(s, now)
+            and (s.role == PAIRED or e.epoch >= s.epoch)):
         # It left the pair (restarted, or fenced and back): pair again through
         # a resync of what was in flight at the cut.
         s2, a = _rejoin(s, now)

@@ -28,4 +28,12 @@ def pair_resync(ctl, p: dict):
     return True
 
 
-METHODS = {"pair_status": pair_status, "pair_resync": pair_resync}
+def pair_debug_dump(ctl, p: dict):
+    """Test hook: the mirror's live pieces, locks and resync flags to the controller's stderr."""
+    svc = _svc(ctl)
+    svc._lib.srrs_mirror_test_dump(svc.link)
+    return True
+
+
+METHODS = {"pair_status": pair_status, "pair_resync": pair_resync,
+           "pair_debug_dump": pair_debug_dump}

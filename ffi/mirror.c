@@ -410,16 +410,27 @@ static void stripe_unlock(struct piece *p)
         return;
     p->locked = false;
     m->locked[p->stripe] = 0;
-    /* The first waiter for this stripe goes again (it may now be someone else's). */
-    for (struct piece **pp = &m->lock_wait; *pp; pp = &(*pp)->next) {
+    /* Every waiter for this stripe goes again, in order: the first takes the
+     * lock, the others queue again behind it. Waking only one would strand the
+     * rest when it does not take the lock (now forwarded, or held). */
+    struct piece *wake = NULL, **tail = &wake;
+    for (struct piece **pp = &m->lock_wait; *pp;) {
         struct piece *w = *pp;
         if (w->stripe == p->stripe) {
             *pp = w->next;
             w->next = NULL;
-            w->waiting = false;
-            piece_dispatch(m->l, w);
-            return;
+            *tail = w;
+            tail = &w->next;
+        } else {
+            pp = &w->next;
         }
+    }
+    while (wake) {
+        struct piece *w = wake;
+        wake = w->next;
+        w->next = NULL;
+        w->waiting = false;
+        piece_dispatch(m->l, w);
     }
 }
 
@@ -1873,4 +1884,39 @@ uint64_t srrs_core_loops_poke(struct srrs_core *core)
             sum += st.loops;
     }
     return sum;
+}
+
+/* ---- test hook --------------------------------------------------------------------- */
+
+static void dump_fn(void *a)
+{
+    struct mlink *l = a;
+    fprintf(stderr, "mirror link: mode %d up %d hello %d conn_gen %llu held %p\n", l->mode, l->up,
+            l->hello_rx, (unsigned long long)l->conn_gen, (void *)l->held);
+    for (uint32_t i = 0; i < M_NPIECES; i++) {
+        struct piece *p = &l->pieces[i];
+        if (p->kind == P_FREE)
+            continue;
+        fprintf(stderr, "  piece %u kind %d off %llu len %llu stripe %llu lw %d rw %d locked %d "
+                "applied %d waiting %d relock %d conn %llu status %d\n", i, p->kind,
+                (unsigned long long)p->off, (unsigned long long)p->len,
+                (unsigned long long)p->stripe, p->local_wait, p->remote_wait, p->locked,
+                p->applied, p->waiting, p->relock, (unsigned long long)p->conn_gen, p->status);
+    }
+    for (int v = 0; v < M_MAX_VOLS; v++) {
+        struct mirror *m = l->vols[v];
+        if (!m)
+            continue;
+        for (uint64_t s = 0; s < m->nstripes; s++)
+            if (m->locked[s] || m->need[s])
+                fprintf(stderr, "  vol %d stripe %llu locked %d need %d\n", v,
+                        (unsigned long long)s, m->locked[s], m->need[s]);
+    }
+}
+
+int srrs_mirror_test_dump(struct srrs_mirror_link *link)
+{
+    struct mlink *l = (struct mlink *)link;
+    srrs_reactor_call(l->r, dump_fn, l);
+    return 0;
 }

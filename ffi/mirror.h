@@ -89,3 +89,5 @@ int srrs_mirror_get_info(struct srrs_mirror_link *link, const char *name,
 /* any thread. Posts a no-op to every reactor (an idle one wakes and loops)
  * and returns the sum of their loop counters: a wedged reactor stops it. */
 uint64_t srrs_core_loops_poke(struct srrs_core *core);
+/* control. Test hook: every live piece, lock and resync flag to stderr. */
+int srrs_mirror_test_dump(struct srrs_mirror_link *link);
