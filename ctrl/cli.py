@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-console", action="store_true", help="progress lines instead")
     p.set_defaults(fn=cmd_demo)
 
+    from .pair_cli import add_parsers as _pair_parsers  # pair, witness, keygen
+
+    _pair_parsers(sub)
+
     p = sub.add_parser("bench", help="C load generator")
     bsub = p.add_subparsers(dest="target", required=True)
     b = bsub.add_parser("bdev", help="a bdev from a config, on its own reactor (like bdevperf)")
