@@ -114,6 +114,25 @@ def cmd_bdev(args) -> int:
     return 0
 
 
+def cmd_console(args) -> int:
+    from . import console
+
+    socks = list(args.sockets or [])
+    try:
+        socks += [cfg.load(path).controller.rpc_socket for path in args.configs or []]
+    except cfg.ConfigError as e:
+        print(f"srrs console: config error: {e}", file=sys.stderr)
+        return 2
+    return console.run(socks or [args.socket], once=args.once, as_json=args.json,
+                       refresh_hz=args.refresh, duration=args.duration)
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    return demo.run(duration=args.duration, refresh_hz=args.refresh, console=not args.no_console)
+
+
 def cmd_noun(args) -> int:
     """nvmf / vhost / …: `srrs NOUN VERB [JSON]` calls the RPC method NOUN_VERB."""
     params = json.loads(args.params) if args.params else None
@@ -235,9 +254,9 @@ def cmd_bench_module(args) -> int:
     import importlib
 
     try:
-        mod = importlib.import_module(f"srrs.{args.target}.bench")
+        mod = importlib.import_module(f"srrs.{args.bench_module}.bench")
     except ImportError:
-        print(f"srrs bench {args.target}: not available in this build", file=sys.stderr)
+        print(f"srrs bench {args.bench_module}: not available in this build", file=sys.stderr)
         return 2
     return mod.run(args, _report, aggregate)
 
@@ -280,12 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bdev)
 
-    for noun in ("nvmf", "vhost"):
+    for noun in ("nvmf", "vhost", "pool", "volume", "tenant"):
         p = sub.add_parser(noun, help=f"{noun} export (calls the RPC method {noun}_VERB)")
         p.add_argument("verb")
         p.add_argument("params", nargs="?", help="JSON object")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=cmd_noun, noun=noun)
+
+    p = sub.add_parser("console", help="live status console of one or more controllers")
+    p.add_argument("-s", "--socket", dest="sockets", action="extend", nargs="+", metavar="SOCK",
+                   help="controller RPC socket(s) (default: the global -s)")
+    p.add_argument("-c", "--config", dest="configs", action="append", metavar="FILE",
+                   help="a controller config: watch its rpc_socket")
+    p.add_argument("--once", action="store_true",
+                   help="print one snapshot (two samples 0.5 s apart, for the rates) and exit")
+    p.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
+    p.add_argument("--refresh", type=float, default=4.0, metavar="HZ", help="redraws per second")
+    p.add_argument("--duration", type=float, default=None, help="exit after SECONDS")
+    p.set_defaults(fn=cmd_console)
+
+    p = sub.add_parser("demo", help="a controller under load in a temp dir, with the console")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds (default %(default)s)")
+    p.add_argument("--refresh", type=float, default=4.0, metavar="HZ")
+    p.add_argument("--no-console", action="store_true", help="progress lines instead")
+    p.set_defaults(fn=cmd_demo)
+
+    from .pair_cli import add_parsers as _pair_parsers  # pair, witness, keygen
+
+    _pair_parsers(sub)
 
     p = sub.add_parser("bench", help="C load generator")
     bsub = p.add_subparsers(dest="target", required=True)
@@ -298,11 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--target", required=True, help="HOST:PORT")
     n.add_argument("--nqn", required=True)
     _bench_common(n)
-    n.set_defaults(fn=cmd_bench_module)
+    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf")  # --target is the HOST:PORT
     v = bsub.add_parser("vhost", help="vhost-user-blk client")
     v.add_argument("--socket", dest="vhost_socket", required=True)
     _bench_common(v)
-    v.set_defaults(fn=cmd_bench_module)
+    v.set_defaults(fn=cmd_bench_module, bench_module="vhost")
     return ap
 
 
