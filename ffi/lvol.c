@@ -1309,47 +1309,60 @@ static int iov_slice(const struct srrs_io *io, uint64_t skip, uint64_t len, stru
     return len ? -1 : n;
 }
 
-static void lv_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
+/* I/O that found the reactor's I/O objects or buffers exhausted waits here
+ * (per reactor) and is dispatched again by a poller: never failed for that. */
+struct lv_retry {
+    struct srrs_io *head, *tail;
+    struct srrs_poller *poller;
+};
+static __thread struct lv_retry t_retry;
+
+/* Takes everything the I/O needs (child I/O objects, an iovec buffer when it
+ * is split) and dispatches it; false, with nothing taken, when short. */
+static bool lv_dispatch(struct srrs_io *io)
 {
-    (void)ch;
-    struct lv_vol *v = b->ctx;
+    struct lv_vol *v = io->bdev->ctx;
     struct srrs_pool *p = v->pool;
     struct lv_parent *pp = parent_of(io);
-    pp->pending = 1;
-    pp->status = 0;
-    pp->iovbuf = NULL;
-    if (io->op == SRRS_IO_FLUSH) {
-        lv_flush(p, io);
-        return;
-    }
     bool data = io->op == SRRS_IO_READ || io->op == SRRS_IO_WRITE;
     uint64_t first = io->offset >> p->cs_shift, last = (io->offset + io->len - 1) >> p->cs_shift;
     bool split = first != last;
+    uint32_t npieces = (uint32_t)(last - first + 1);
+    struct srrs_io *kids = NULL;
+    for (uint32_t i = 0; i < npieces; i++) {
+        struct srrs_io *k = srrs_io_get(io->r);
+        if (!k)
+            goto short_of;
+        k->next = kids;
+        kids = k;
+    }
+    pp->pending = 1;
+    pp->status = 0;
+    pp->iovbuf = NULL;
     struct iovec *iovs = NULL;
     int iov_left = 0;
     if (split && data) {
         /* Rare: a transfer crossing a cluster boundary gets sliced iovecs. */
-        uint32_t need = (uint32_t)(io->iovcnt + (last - first) + 1) * sizeof(struct iovec);
-        pp->iovbuf_len = need <= 4096 ? 4096 : 65536;
-        pp->iovbuf = need <= 65536 ? srrs_buf_get(io->r, pp->iovbuf_len) : NULL;
-        if (!pp->iovbuf) {
-            pp->status = -ENOMEM;
-            piece_done(io, 0);
-            return;
+        uint32_t need = (uint32_t)(io->iovcnt + npieces) * sizeof(struct iovec);
+        if (need > 65536) {
+            pp->status = -EINVAL;
+        } else {
+            pp->iovbuf_len = need <= 4096 ? 4096 : 65536;
+            pp->iovbuf = srrs_buf_get(io->r, pp->iovbuf_len);
+            if (!pp->iovbuf)
+                goto short_of;
+            iovs = pp->iovbuf;
+            iov_left = (int)(pp->iovbuf_len / sizeof(struct iovec));
         }
-        iovs = pp->iovbuf;
-        iov_left = (int)(pp->iovbuf_len / sizeof(struct iovec));
     }
     uint64_t off = io->offset, end = io->offset + io->len;
-    while (off < end) {
+    while (off < end && !pp->status) {
         uint64_t c = off >> p->cs_shift;
         uint64_t coff = off & (p->cs - 1);
         uint64_t n = SRRS_MIN(p->cs - coff, end - off);
-        struct srrs_io *k = srrs_io_get(io->r);
-        if (!k) {
-            pp->status = -ENOMEM;
-            break;
-        }
+        struct srrs_io *k = kids;
+        kids = k->next;
+        k->next = NULL;
         k->op = io->op;
         k->len = n;
         k->parent = io;
@@ -1382,7 +1395,67 @@ static void lv_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
         child_go(k);
         off += n;
     }
+    while (kids) {
+        struct srrs_io *n = kids->next;
+        srrs_io_put(kids);
+        kids = n;
+    }
     piece_done(io, 0);
+    return true;
+short_of:
+    while (kids) {
+        struct srrs_io *n = kids->next;
+        srrs_io_put(kids);
+        kids = n;
+    }
+    return false;
+}
+
+static int retry_poll(void *arg)
+{
+    struct lv_retry *q = arg;
+    int n = 0;
+    while (q->head) {
+        struct srrs_io *io = q->head;
+        struct srrs_io *next = io->next;
+        if (!lv_dispatch(io))
+            break;
+        q->head = next;
+        if (!q->head)
+            q->tail = NULL;
+        n++;
+    }
+    return n;
+}
+
+static void lv_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
+{
+    (void)ch;
+    struct lv_vol *v = b->ctx;
+    if (io->op == SRRS_IO_FLUSH) {
+        struct lv_parent *pp = parent_of(io);
+        pp->pending = 1;
+        pp->status = 0;
+        pp->iovbuf = NULL;
+        lv_flush(v->pool, io);
+        return;
+    }
+    struct lv_retry *q = &t_retry;
+    if (srrs_likely(!q->head) && lv_dispatch(io))
+        return;
+    if (!q->poller) {
+        q->poller = srrs_poller_register(io->r, retry_poll, q, 0);
+        if (!q->poller) {
+            srrs_io_complete(io, -ENOMEM);
+            return;
+        }
+    }
+    io->next = NULL;
+    if (q->tail)
+        q->tail->next = io;
+    else
+        q->head = io;
+    q->tail = io;
 }
 
 static void lv_destroy(struct srrs_bdev *b)
