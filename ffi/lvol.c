@@ -876,6 +876,17 @@ static void alloc_committed(struct lv_wait *w, int status)
     alloc_finish(a, status);
 }
 
+/* At most one event per second per tenant / pool: a full volume under load
+ * fails thousands of writes a second. */
+static bool event_due(uint64_t *last)
+{
+    uint64_t now = srrs_now_ns();
+    if (*last && now - *last < 1000000000ull)
+        return false;
+    *last = now;
+    return true;
+}
+
 static void alloc_zeroed(struct srrs_io *io, void *arg)
 {
     struct lv_alloc *a = arg;
@@ -886,6 +897,10 @@ static void alloc_zeroed(struct srrs_io *io, void *arg)
     struct lv_page *pg = st ? NULL : page_get(v, (uint32_t)(a->c / MD_ENTRIES));
     uint64_t *chunk = st ? NULL : map_chunk(v, a->c);
     if (st || !pg || !chunk) {
+        if (!st && !pg && event_due(&v->pool->full_event_ns))
+            srrs_event_post(v->pool->core, SRRS_EV_POOL_FULL, 0, 0, v->name,
+                            "pool %s has no free metadata slot (raise metadata_slots): write to "
+                            "volume %s refused", v->pool->name, v->name);
         cluster_put(v->pool, a->entry);
         v->allocated--;
         if (v->tenant)
@@ -896,17 +911,6 @@ static void alloc_zeroed(struct srrs_io *io, void *arg)
     map_set(chunk, a->c, a->entry | E_PENDING);
     a->w.fn = alloc_committed;
     page_commit(pg, &a->w);
-}
-
-/* At most one event per second per tenant / pool: a full volume under load
- * fails thousands of writes a second. */
-static bool event_due(uint64_t *last)
-{
-    uint64_t now = srrs_now_ns();
-    if (*last && now - *last < 1000000000ull)
-        return false;
-    *last = now;
-    return true;
 }
 
 static int alloc_check_space(struct srrs_pool *p, struct lv_vol *v)
@@ -924,62 +928,6 @@ static int alloc_check_space(struct srrs_pool *p, struct lv_vol *v)
     return 0;
 }
 
-/* P. Allocate cluster c of v; the requester (child io or waiter) is queued on
- * the record. Returns NULL with *err when it fails at once. */
-static struct lv_alloc *alloc_start(struct lv_vol *v, uint64_t c, int *err)
-{
-    struct srrs_pool *p = v->pool;
-    *err = alloc_check_space(p, v);
-    if (*err)
-        return NULL;
-    int fi = pick_frag(p);
-    bool zero = true;
-    uint64_t e = fi >= 0 ? cluster_take(p, fi, &zero) : 0;
-    if (!e) {
-        p->alloc_failures++;
-        if (event_due(&p->full_event_ns))
-            srrs_event_post(p->core, SRRS_EV_POOL_FULL, 0, 0, v->name,
-                        "pool %s has no free cluster: write to volume %s refused", p->name, v->name);
-        *err = -ENOSPC;
-        return NULL;
-    }
-    struct lv_alloc *a = calloc(1, sizeof(*a));
-    if (!a) {
-        cluster_put(p, e);
-        *err = -ENOMEM;
-        return NULL;
-    }
-    a->vol = v;
-    a->c = c;
-    a->entry = e;
-    v->allocated++;
-    if (v->tenant)
-        v->tenant->used++;
-    uint32_t h = ahash(v, c);
-    a->hnext = p->ahash[h];
-    p->ahash[h] = a;
-    if (!zero) {
-        alloc_zeroed(NULL, a);
-        return a;
-    }
-    struct srrs_io *io = srrs_io_get(p->pr);
-    if (!io) {
-        alloc_unhash(p, a);
-        cluster_put(p, e);
-        v->allocated--;
-        if (v->tenant)
-            v->tenant->used--;
-        free(a);
-        *err = -ENOMEM;
-        return NULL;
-    }
-    struct lv_frag *f = &p->frags[e_frag(e)];
-    srrs_io_prep(io, f->bdev, SRRS_IO_WRITE_ZEROES, f->data_off + (e_cl(e) << p->cs_shift), p->cs,
-                 NULL, alloc_zeroed, a);
-    srrs_bdev_submit(io);
-    return a;
-}
-
 static void wq_push(struct lv_alloc *a, struct srrs_io *io)
 {
     io->next = NULL;
@@ -990,6 +938,73 @@ static void wq_push(struct lv_alloc *a, struct srrs_io *io)
     a->wq_tail = io;
 }
 
+static void alloc_attach(struct lv_alloc *a, struct srrs_io *child, struct lv_wait *w)
+{
+    if (child)
+        wq_push(a, child);
+    if (w) {
+        w->next = a->extra;
+        a->extra = w;
+    }
+}
+
+/* P. Cluster c of v for a requester (a child I/O or a waiter). Returns 0 when
+ * the requester is queued on an allocation record (new or in progress: its
+ * answer may already have come), 1 when the cluster is already allocated, or
+ * -errno when it cannot be allocated now; in both last cases nothing is queued. */
+static int alloc_request(struct lv_vol *v, uint64_t c, struct srrs_io *child, struct lv_wait *w)
+{
+    struct srrs_pool *p = v->pool;
+    struct lv_alloc *a = alloc_find(p, v, c);
+    if (a) {
+        alloc_attach(a, child, w);
+        return 0;
+    }
+    if (e_alloc(map_get(v, c)))
+        return 1;
+    int err = alloc_check_space(p, v);
+    if (err)
+        return err;
+    int fi = pick_frag(p);
+    bool zero = true;
+    uint64_t e = fi >= 0 ? cluster_take(p, fi, &zero) : 0;
+    if (!e) {
+        p->alloc_failures++;
+        if (event_due(&p->full_event_ns))
+            srrs_event_post(p->core, SRRS_EV_POOL_FULL, 0, 0, v->name,
+                            "pool %s has no free cluster: write to volume %s refused", p->name, v->name);
+        return -ENOSPC;
+    }
+    struct srrs_io *io = zero ? srrs_io_get(p->pr) : NULL;
+    a = calloc(1, sizeof(*a));
+    if (!a || (zero && !io)) {
+        free(a);
+        if (io)
+            srrs_io_put(io);
+        cluster_put(p, e);
+        return -ENOMEM;
+    }
+    a->vol = v;
+    a->c = c;
+    a->entry = e;
+    v->allocated++;
+    if (v->tenant)
+        v->tenant->used++;
+    uint32_t h = ahash(v, c);
+    a->hnext = p->ahash[h];
+    p->ahash[h] = a;
+    alloc_attach(a, child, w);
+    if (!zero) {
+        alloc_zeroed(NULL, a); /* may finish (and free) the record at once */
+        return 0;
+    }
+    struct lv_frag *f = &p->frags[e_frag(e)];
+    srrs_io_prep(io, f->bdev, SRRS_IO_WRITE_ZEROES, f->data_off + (e_cl(e) << p->cs_shift), p->cs,
+                 NULL, alloc_zeroed, a);
+    srrs_bdev_submit(io);
+    return 0;
+}
+
 /* P. A child write (or zeroing) found its cluster unallocated, pending or locked. */
 static void p_alloc_msg(void *arg)
 {
@@ -997,22 +1012,22 @@ static void p_alloc_msg(void *arg)
     struct lv_child *lc = child_of(child);
     struct lv_vol *v = lc->vol;
     struct srrs_pool *p = v->pool;
+    if (v->deleted) {
+        child_reply(child, -ENXIO);
+        return;
+    }
     struct lv_alloc *a = alloc_find(p, v, lc->c);
     if (a) {
         wq_push(a, child);
         return;
     }
-    uint64_t e = map_get(v, lc->c);
-    if (e_alloc(e) || lc->noalloc || v->deleted) {
-        child_reply(child, v->deleted ? -ENXIO : 0);
+    if (lc->noalloc) {
+        child_reply(child, 0);
         return;
     }
-    int err;
-    a = alloc_start(v, lc->c, &err);
-    if (!a)
-        child_reply(child, err);
-    else
-        wq_push(a, child);
+    int rc = alloc_request(v, lc->c, child, NULL);
+    if (rc)
+        child_reply(child, rc > 0 ? 0 : rc);
 }
 
 /* ---- barriers and unmap (P) ---------------------------------------------------- */
@@ -1559,23 +1574,27 @@ static void thick_more(struct lv_op *op)
     struct lv_vol *v = op->vol;
     while (op->window > 0 && op->next_c < op->end_c && !op->rc) {
         uint64_t c = op->next_c++;
-        if (e_alloc(map_get(v, c)))
-            continue;
         struct thick_wait *tw = calloc(1, sizeof(*tw));
-        int err = -ENOMEM;
-        struct lv_alloc *a = tw ? alloc_start(v, c, &err) : NULL;
-        if (!a) {
-            free(tw);
-            op_fail(op, err, "volume %s: cannot allocate cluster %llu of a thick volume: %s",
-                    v->name, (unsigned long long)c, strerror(-err));
+        if (!tw) {
+            op_fail(op, -ENOMEM, "volume %s: out of memory", v->name);
             return;
         }
         tw->op = op;
         tw->w.fn = thick_one_done;
-        tw->w.next = a->extra;
-        a->extra = &tw->w;
+        /* Counted first: the answer may come before alloc_request returns. */
         op->window--;
         op->pending++;
+        int rc = alloc_request(v, c, NULL, &tw->w);
+        if (rc) {
+            free(tw);
+            op->window++;
+            op->pending--;
+            if (rc < 0) {
+                op_fail(op, rc, "volume %s: cannot allocate cluster %llu of a thick volume: %s",
+                        v->name, (unsigned long long)c, strerror(-rc));
+                return;
+            }
+        }
     }
 }
 
