@@ -536,11 +536,31 @@ int lv_sb_write_all(struct srrs_pool *p)
         return srrs_err(-ENOMEM, "out of memory");
     p->sb_seq++;
     int rc = 0;
-    for (int copy = 0; copy < 2 && !rc; copy++) {
+    /* Pass 0: a fragment being added gets both copies first, so a table that
+     * lists it is never durable before its own superblock. Then copy A of the
+     * others, then copy B. */
+    for (int pass = 0; pass < 3 && !rc; pass++) {
+        int copy = pass == 2 ? 1 : 0;
         for (int i = 0; i < LV_MAX_FRAGS && !rc; i++) {
             struct lv_frag *f = &p->frags[i];
             if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram)
                 continue;
+            if (pass == 0 && !f->hidden)
+                continue;
+            if (pass == 0) {
+                sb_build(p, (uint32_t)i, buf);
+                int fd = open(f->path, O_RDWR | O_CLOEXEC);
+                rc = fd < 0 ? -errno : lv_pwrite_full(fd, buf, MD_PAGE, MD_PAGE);
+                if (!rc && fdatasync(fd))
+                    rc = -errno;
+                if (fd >= 0)
+                    close(fd);
+                if (rc) {
+                    rc = srrs_err(rc, "pool %s: writing the superblock of %s: %s", p->name, f->path,
+                                  strerror(-rc));
+                    break;
+                }
+            }
             int fd = open(f->path, O_RDWR | O_CLOEXEC);
             if (fd < 0) {
                 rc = srrs_err(-errno, "pool %s: cannot open fragment %s: %s", p->name, f->path,
@@ -1055,6 +1075,26 @@ static void pool_free(struct srrs_pool *p)
     free(p);
 }
 
+/* An existing file or device: clear the metadata area so no old page (of
+ * another pool, or of this one before the fragment was removed) is read. */
+static int md_area_clear(struct lv_frag *f)
+{
+    if (f->ram || f->fresh)
+        return 0;
+    int fd = open(f->path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return srrs_err(-errno, "fragment %s: %s", f->path, strerror(errno));
+    int rc = 0;
+    for (uint64_t off = 0; off < f->data_off && !rc; off += SRRS_BUF_MAX)
+        rc = lv_pwrite_full(fd, srrs_zero_buf, SRRS_MIN(SRRS_BUF_MAX, f->data_off - off), off);
+    if (!rc && fdatasync(fd))
+        rc = -errno;
+    close(fd);
+    if (rc)
+        return srrs_err(rc, "fragment %s: clearing metadata: %s", f->path, strerror(-rc));
+    return 0;
+}
+
 static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
                            const struct srrs_pool_frag_spec *frags, int nfrags, bool any_persistent)
 {
@@ -1065,20 +1105,9 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
         int rc = frag_attach(p, i, &frags[i], true, md_here, o->md_slots);
         if (rc)
             return rc;
-        struct lv_frag *f = &p->frags[i];
-        if (frags[i].path && !f->fresh) {
-            /* An existing device: clear the metadata area so no old page is read. */
-            int fd = open(f->path, O_RDWR | O_CLOEXEC);
-            if (fd < 0)
-                return srrs_err(-errno, "fragment %s: %s", f->path, strerror(errno));
-            for (uint64_t off = 0; off < f->data_off && !rc; off += SRRS_BUF_MAX)
-                rc = lv_pwrite_full(fd, srrs_zero_buf, SRRS_MIN(SRRS_BUF_MAX, f->data_off - off), off);
-            if (!rc && fdatasync(fd))
-                rc = -errno;
-            close(fd);
-            if (rc)
-                return srrs_err(rc, "fragment %s: clearing metadata: %s", f->path, strerror(-rc));
-        }
+        rc = md_area_clear(&p->frags[i]);
+        if (rc)
+            return rc;
     }
     p->created = 1;
     return lv_sb_write_all(p);
@@ -1116,8 +1145,24 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         }
         const struct sb_frag *t = &best->frags[own->frag_idx];
         if ((t->state != FS_ACTIVE && t->state != FS_DRAINING) ||
-            memcmp(t->uuid, own->frags[own->frag_idx].uuid, 16))
-            return srrs_err(-EINVAL, "fragment %s was removed from pool %s", frags[i].path, best->name);
+            memcmp(t->uuid, own->frags[own->frag_idx].uuid, 16)) {
+            /* Removed (a crash came before its superblock was cleared): it is
+             * not part of the pool; the configuration lists it, so it is added
+             * back as a fresh fragment below. */
+            lv_pool_msg(p, "fragment %s had been removed from pool %s; adding it back as new",
+                        frags[i].path, best->name);
+            int fd = open(frags[i].path, O_RDWR | O_CLOEXEC);
+            int rc = fd < 0 ? -errno : lv_pwrite_full(fd, srrs_zero_buf, 2 * MD_PAGE, 0);
+            if (!rc && fdatasync(fd))
+                rc = -errno;
+            if (fd >= 0)
+                close(fd);
+            if (rc)
+                return srrs_err(rc, "fragment %s: clearing its superblock: %s", frags[i].path,
+                                strerror(-rc));
+            pr[i].kind = FR_FRESH;
+            continue;
+        }
         if (!pr[i].a_ok || !pr[i].b_ok) {
             lv_pool_msg(p, "fragment %s: superblock copy %c is invalid; opened from copy %c and rewrote it",
                      frags[i].path, pr[i].a_ok ? 'B' : 'A', pr[i].a_ok ? 'A' : 'B');
@@ -1415,6 +1460,8 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
      * are durable: a cluster is never mapped on a fragment the table lacks. */
     __atomic_store_n(&f->hidden, true, __ATOMIC_RELEASE);
     int rc = frag_attach(p, fi, spec, true, spec->path ? true : !any_persistent, 0);
+    if (!rc)
+        rc = md_area_clear(f);
     if (!rc)
         rc = lv_sb_write_all(p);
     if (rc) {
