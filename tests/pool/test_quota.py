@@ -4,7 +4,9 @@ what was written stays; other volumes are unaffected."""
 import errno
 import os
 
-from srrs.ffi.binding import BenchOpts, Core, VerifyMap
+import pytest
+
+from srrs.ffi.binding import BenchOpts, Core, SrrsError, VerifyMap
 
 from .util import MiB, frag_file, open_pool, verified_write_read
 
@@ -66,4 +68,24 @@ def test_pool_full(tmp_path):
         pool.volume_delete("va")
         assert pool.info()["free_clusters"] == cap - 1
         assert core.test_io("vb", "write", 2 * MiB, 4096, bytes(4096))[0] == 0
+        pool.close()
+
+
+def test_metadata_slots_exhausted(tmp_path):
+    """No free metadata slot: the write that needs a new map page fails with
+    -ENOSPC and an event; a thick volume that cannot be mapped is not created."""
+    with Core(reactors=1) as core:
+        pool = open_pool(core, [frag_file(tmp_path / "f.img", 2048 * MiB)], metadata_slots=4)
+        for v in ("a", "b", "c"):
+            pool.volume_create(v, 1024 * MiB)
+        assert core.test_io("a", "write", 0, 4096, bytes(4096))[0] == 0        # page 0
+        assert core.test_io("a", "write", 480 * MiB, 4096, bytes(4096))[0] == 0  # page 1: last slot
+        assert core.test_io("a", "write", 960 * MiB, 4096, bytes(4096))[0] == -errno.ENOSPC
+        assert any("metadata slot" in e["msg"] for e in _events(core))
+        assert core.test_io("b", "write", 0, 4096, bytes(4096))[0] == 0        # page 0 exists
+        with pytest.raises(SrrsError):
+            pool.volume_create("thick", 1024 * MiB, thin=False)
+        assert pool.volume_info("thick") is None and "thick" not in {
+            b["name"] for b in core.bdev_list()}
+        assert pool.info()["used_clusters"] == 3
         pool.close()

@@ -1,0 +1,1484 @@
+/*
+ * Pool lifecycle: superblocks, the metadata scan at open, close, volume
+ * and tenant operations (run on the pool reactor), online fragment add.
+ * The design is at the top of lvol.c.
+ */
+#include "lvol_int.h"
+
+/* ---- control-thread operations run on P ------------------------------------- */
+
+
+static void op_fail(struct lv_op *op, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void op_fail(struct lv_op *op, int rc, const char *fmt, ...)
+{
+    if (op->rc)
+        return;
+    op->rc = rc;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(op->err, sizeof(op->err), fmt, ap);
+    va_end(ap);
+}
+
+static void op_put(struct lv_op *op)
+{
+    if (--op->pending == 0)
+        sem_post(&op->done);
+}
+
+/* Runs fn on P and waits until every asynchronous part has finished. */
+static int op_run(struct srrs_pool *p, struct lv_op *op, srrs_msg_fn fn)
+{
+    if (srrs_reactor_is_stopping(p->pr))
+        return srrs_err(-ESHUTDOWN, "pool %s: its reactor is stopping", p->name);
+    op->p = p;
+    op->pending = 1;
+    sem_init(&op->done, 0, 0);
+    srrs_reactor_call(p->pr, fn, op);
+    while (sem_wait(&op->done) && errno == EINTR)
+        ;
+    sem_destroy(&op->done);
+    if (op->rc)
+        return srrs_err(op->rc, "%s", op->err[0] ? op->err : strerror(-op->rc));
+    return 0;
+}
+
+static void op_page_done(struct lv_wait *w, int status)
+{
+    struct lv_op *op = (struct lv_op *)w;
+    if (status)
+        op_fail(op, status, "pool %s: metadata write failed: %s", op->p->name, strerror(-status));
+    op_put(op);
+}
+
+/* Thick: keep `window` allocations in flight until every cluster is allocated. */
+static void thick_more(struct lv_op *op);
+
+struct thick_wait {
+    struct lv_wait w;
+    struct lv_op *op;
+};
+
+static void thick_one_done(struct lv_wait *w, int status)
+{
+    struct thick_wait *tw = (struct thick_wait *)w;
+    struct lv_op *op = tw->op;
+    free(tw);
+    if (status)
+        op_fail(op, status, "volume %s: allocating its clusters failed: %s", op->vol->name,
+                strerror(-status));
+    op->window++;
+    thick_more(op);
+    op_put(op);
+}
+
+static void thick_more(struct lv_op *op)
+{
+    struct lv_vol *v = op->vol;
+    while (op->window > 0 && op->next_c < op->end_c && !op->rc) {
+        uint64_t c = op->next_c++;
+        struct thick_wait *tw = calloc(1, sizeof(*tw));
+        if (!tw) {
+            op_fail(op, -ENOMEM, "volume %s: out of memory", v->name);
+            return;
+        }
+        tw->op = op;
+        tw->w.fn = thick_one_done;
+        /* Counted first: the answer may come before lv_alloc_request returns. */
+        op->window--;
+        op->pending++;
+        int rc = lv_alloc_request(v, c, NULL, &tw->w);
+        if (rc) {
+            free(tw);
+            op->window++;
+            op->pending--;
+            if (rc < 0) {
+                op_fail(op, rc, "volume %s: cannot allocate cluster %llu of a thick volume: %s",
+                        v->name, (unsigned long long)c, strerror(-rc));
+                return;
+            }
+        }
+    }
+}
+
+static void thick_start(struct lv_op *op, uint64_t from)
+{
+    op->next_c = from;
+    op->end_c = op->vol->nclusters;
+    op->window = 32;
+    thick_more(op);
+}
+
+static void p_create(void *arg)
+{
+    struct lv_op *op = arg;
+    struct srrs_pool *p = op->p;
+    struct lv_tenant *t = NULL;
+    if (op->tenant && *op->tenant && !(t = tenant_lookup(p, op->tenant))) {
+        op_fail(op, -ENOENT, "tenant %s does not exist", op->tenant);
+        op_put(op);
+        return;
+    }
+    struct lv_vol *v = calloc(1, sizeof(*v));
+    if (!v || lv_vol_alloc_top(v, op->size / p->cs) ||
+        getrandom(v->uuid, 16, 0) != 16) {
+        free(v);
+        op_fail(op, -ENOMEM, "volume %s: out of memory", op->name);
+        op_put(op);
+        return;
+    }
+    v->pool = p;
+    snprintf(v->name, sizeof(v->name), "%s", op->name);
+    snprintf(v->tenant_name, sizeof(v->tenant_name), "%s", t ? t->name : "");
+    v->tenant = t;
+    v->size = op->size;
+    v->nclusters = op->size / p->cs;
+    v->thin = op->thin;
+    v->ctime = (uint64_t)time(NULL);
+    struct lv_page *pg = lv_page_get(v, 0);
+    if (!pg) {
+        lv_vol_free(v);
+        op_fail(op, -ENOSPC, "pool %s: no free metadata slot for volume %s (raise metadata_slots)",
+                p->name, op->name);
+        op_put(op);
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    vol_link(p, v);
+    pthread_mutex_unlock(&p->lock);
+    if (t)
+        t->nvols++;
+    op->vol = v;
+    op->w.fn = op_page_done;
+    op->pending++;
+    lv_page_commit(pg, &op->w);
+    if (!v->thin)
+        thick_start(op, 0);
+    op_put(op);
+}
+
+/* P: frees everything the volume held (after its tombstone is durable). */
+static void vol_release(struct srrs_pool *p, struct lv_vol *v)
+{
+    uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
+    for (uint32_t k = 0; k < v->nchunks; k++) {
+        for (uint32_t i = 0; top[k] && i < MD_ENTRIES; i++)
+            if (e_alloc(top[k][i]))
+                lv_cluster_put(p, top[k][i]);
+        if (v->pages[k])
+            lv_slot_free(p, v->pages[k]->frag, v->pages[k]->slot);
+    }
+    if (v->tenant) {
+        v->tenant->used -= v->allocated;
+        v->tenant->nvols--;
+    }
+    pthread_mutex_lock(&p->lock);
+    vol_unlink(p, v);
+    pthread_mutex_unlock(&p->lock);
+    lv_vol_free(v);
+}
+
+static void delete_done(struct lv_wait *w, int status)
+{
+    struct lv_op *op = (struct lv_op *)w;
+    struct lv_vol *v = op->vol;
+    if (status) {
+        v->pages[0]->tomb = false;
+        v->deleted = false;
+        op_fail(op, status, "volume %s: writing its deletion failed: %s", v->name, strerror(-status));
+    } else {
+        vol_release(op->p, v);
+    }
+    op_put(op);
+}
+
+static void p_delete(void *arg)
+{
+    struct lv_op *op = arg;
+    struct lv_vol *v = op->vol;
+    v->deleted = true;
+    v->pages[0]->tomb = true;
+    op->w.fn = delete_done;
+    op->pending++;
+    lv_page_commit(v->pages[0], &op->w);
+    op_put(op);
+}
+
+static void p_resize(void *arg)
+{
+    struct lv_op *op = arg;
+    struct lv_vol *v = op->vol;
+    struct srrs_pool *p = op->p;
+    uint64_t old_n = v->nclusters;
+    if (lv_vol_alloc_top(v, op->size / p->cs)) {
+        op_fail(op, -ENOMEM, "volume %s: out of memory", v->name);
+        op_put(op);
+        return;
+    }
+    v->size = op->size;
+    v->nclusters = op->size / p->cs;
+    op->w.fn = op_page_done;
+    op->pending++;
+    lv_page_commit(v->pages[0], &op->w);
+    if (!v->thin)
+        thick_start(op, old_n);
+    op_put(op);
+}
+
+static void p_tenant_set(void *arg)
+{
+    struct lv_op *op = arg;
+    struct srrs_pool *p = op->p;
+    struct lv_tenant *t = tenant_lookup(p, op->name);
+    if (!t) {
+        t = calloc(1, sizeof(*t));
+        if (!t) {
+            op_fail(op, -ENOMEM, "out of memory");
+            op_put(op);
+            return;
+        }
+        snprintf(t->name, sizeof(t->name), "%s", op->name);
+        t->next = p->tenants;
+        p->tenants = t;
+    }
+    t->quota_cl = op->quota / p->cs;
+    if (op->quota && !t->quota_cl)
+        t->quota_cl = 1;
+    op_put(op);
+}
+
+static void p_tenant_delete(void *arg)
+{
+    struct lv_op *op = arg;
+    struct srrs_pool *p = op->p;
+    struct lv_tenant **pp = &p->tenants;
+    while (*pp && strcmp((*pp)->name, op->name))
+        pp = &(*pp)->next;
+    if (!*pp)
+        op_fail(op, -ENOENT, "tenant %s does not exist", op->name);
+    else if ((*pp)->nvols)
+        op_fail(op, -EBUSY, "tenant %s still has %u volume(s)", op->name, (*pp)->nvols);
+    else {
+        struct lv_tenant *t = *pp;
+        *pp = t->next;
+        free(t);
+    }
+    op_put(op);
+}
+
+static int check_vol_name(const char *name)
+{
+    size_t n = name ? strnlen(name, SRRS_NAME_MAX) : 0;
+    if (n == 0 || n >= SRRS_NAME_MAX)
+        return srrs_err(-EINVAL, "volume name must be 1..%d bytes", SRRS_NAME_MAX - 1);
+    return 0;
+}
+
+static void vol_fill_info(struct srrs_pool *p, struct lv_vol *v, struct srrs_lvol_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    snprintf(o->name, sizeof(o->name), "%s", v->name);
+    snprintf(o->tenant, sizeof(o->tenant), "%s", v->tenant_name);
+    memcpy(o->uuid, v->uuid, 16);
+    o->size = v->size;
+    o->allocated_clusters = __atomic_load_n(&v->allocated, __ATOMIC_RELAXED);
+    o->cluster_size = p->cs;
+    o->thin = v->thin;
+    o->lost_clusters = v->lost;
+}
+
+static int vol_register(struct srrs_pool *p, struct lv_vol *v)
+{
+    return srrs_bdev_register(p->core, v->name, &lv_lvol_module, v, v->size / LV_BS, LV_BS, &v->bdev);
+}
+
+int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int thin,
+                     const char *tenant, struct srrs_lvol_info *out)
+{
+    int rc = check_vol_name(name);
+    if (rc)
+        return rc;
+    if (!size || size % p->cs)
+        return srrs_err(-EINVAL, "volume %s: size %llu is not a positive multiple of the cluster size %u",
+                        name, (unsigned long long)size, p->cs);
+    if (size / p->cs > (uint64_t)UINT32_MAX * MD_ENTRIES)
+        return srrs_err(-EINVAL, "volume %s: too large", name);
+    struct srrs_bdev *b = srrs_bdev_open(p->core, name);
+    if (b) {
+        srrs_bdev_close(&b);
+        return srrs_err(-EEXIST, "volume %s: a bdev of that name already exists", name);
+    }
+    struct lv_op op = {.name = name, .tenant = tenant, .size = size, .thin = thin};
+    rc = op_run(p, &op, p_create);
+    if (rc && op.vol) {
+        /* Created but not fully allocated (thick): take it back. */
+        struct lv_op d = {.vol = op.vol};
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        op_run(p, &d, p_delete);
+        return srrs_err(rc, "%s", msg);
+    }
+    if (rc)
+        return rc;
+    rc = vol_register(p, op.vol);
+    if (rc) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        struct lv_op d = {.vol = op.vol};
+        op_run(p, &d, p_delete);
+        return srrs_err(rc, "%s", msg);
+    }
+    if (out)
+        vol_fill_info(p, op.vol, out);
+    return 0;
+}
+
+static struct lv_vol *vol_find(struct srrs_pool *p, const char *name)
+{
+    pthread_mutex_lock(&p->lock);
+    struct lv_vol *v = name ? vol_lookup(p, name) : NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (!v)
+        srrs_err(-ENOENT, "pool %s has no volume %s", p->name, name ? name : "(null)");
+    return v;
+}
+
+int srrs_lvol_delete(struct srrs_pool *p, const char *name)
+{
+    struct lv_vol *v = vol_find(p, name);
+    if (!v)
+        return -ENOENT;
+    if (__atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
+        return srrs_err(-EBUSY, "volume %s: pool %s is draining a fragment; delete it afterwards",
+                        name, p->name);
+    if (v->bdev) {
+        int rc = srrs_bdev_delete(p->core, name);
+        if (rc)
+            return rc;
+    }
+    struct lv_op op = {.vol = v};
+    return op_run(p, &op, p_delete);
+}
+
+int srrs_lvol_resize(struct srrs_pool *p, const char *name, uint64_t size)
+{
+    struct lv_vol *v = vol_find(p, name);
+    if (!v)
+        return -ENOENT;
+    if (size < v->size)
+        return srrs_err(-EINVAL, "volume %s: shrinking (%llu -> %llu bytes) is not supported", name,
+                        (unsigned long long)v->size, (unsigned long long)size);
+    if (size % p->cs)
+        return srrs_err(-EINVAL, "volume %s: size %llu is not a multiple of the cluster size %u", name,
+                        (unsigned long long)size, p->cs);
+    if (size == v->size)
+        return 0;
+    struct lv_op op = {.vol = v, .size = size};
+    int rc = op_run(p, &op, p_resize);
+    if (rc)
+        return rc;
+    if (v->bdev) {
+        /* The map is already large enough when reactors see the new size. */
+        __atomic_store_n(&v->bdev->num_blocks, size / LV_BS, __ATOMIC_RELEASE);
+        __atomic_store_n(&v->bdev->size, size, __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+int srrs_lvol_list(struct srrs_pool *p, struct srrs_lvol_info *out, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&p->lock);
+    for (uint32_t h = 0; h < VHASH; h++)
+        for (struct lv_vol *v = p->vhash[h]; v; v = v->hnext, n++)
+            if (n < max)
+                vol_fill_info(p, v, &out[n]);
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+int srrs_lvol_get_info(struct srrs_pool *p, const char *name, struct srrs_lvol_info *out)
+{
+    struct lv_vol *v = vol_find(p, name);
+    if (!v)
+        return -ENOENT;
+    vol_fill_info(p, v, out);
+    return 0;
+}
+
+int srrs_pool_tenant_set(struct srrs_pool *p, const char *name, uint64_t quota)
+{
+    if (!name || !*name || strlen(name) >= SRRS_NAME_MAX)
+        return srrs_err(-EINVAL, "tenant name must be 1..63 bytes");
+    struct lv_op op = {.name = name, .quota = quota};
+    return op_run(p, &op, p_tenant_set);
+}
+
+int srrs_pool_tenant_delete(struct srrs_pool *p, const char *name)
+{
+    struct lv_op op = {.name = name ? name : ""};
+    return op_run(p, &op, p_tenant_delete);
+}
+
+int srrs_pool_tenant_get_info(struct srrs_pool *p, const char *name, struct srrs_pool_tenant_info *out)
+{
+    struct lv_tenant *t = name ? tenant_lookup(p, name) : NULL;
+    if (!t)
+        return srrs_err(-ENOENT, "tenant %s does not exist", name ? name : "(null)");
+    memset(out, 0, sizeof(*out));
+    snprintf(out->name, sizeof(out->name), "%s", t->name);
+    out->quota = t->quota_cl * p->cs;
+    out->used_clusters = __atomic_load_n(&t->used, __ATOMIC_RELAXED);
+    out->quota_failures = t->failures;
+    return 0;
+}
+
+/* ---- superblocks and the metadata scan (control thread, at open) ---------- */
+
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *b = buf;
+    while (len) {
+        ssize_t n = pread(fd, b, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0) { /* past the end of a file: zeroes */
+            memset(b, 0, len);
+            return 0;
+        }
+        b += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+int lv_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const uint8_t *b = buf;
+    while (len) {
+        ssize_t n = pwrite(fd, b, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        b += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+static bool all_zero(const void *buf, size_t len)
+{
+    const uint8_t *b = buf;
+    for (size_t i = 0; i < len; i++)
+        if (b[i])
+            return false;
+    return true;
+}
+
+static bool crc_ok(const void *buf, size_t len, size_t crc_off)
+{
+    uint8_t tmp[MD_PAGE];
+    memcpy(tmp, buf, len);
+    uint32_t want;
+    memcpy(&want, tmp + crc_off, 4);
+    memset(tmp + crc_off, 0, 4);
+    return srrs_crc32c(0, tmp, len) == want;
+}
+
+static bool sb_valid(const struct sb *s)
+{
+    return s->magic == SB_MAGIC && s->version == LV_VERSION && crc_ok(s, MD_PAGE, 4) &&
+           s->cluster_size && s->frag_idx < LV_MAX_FRAGS;
+}
+
+static void sb_build(struct srrs_pool *p, uint32_t fi, uint8_t *buf)
+{
+    memset(buf, 0, MD_PAGE);
+    struct sb *s = (struct sb *)buf;
+    s->magic = SB_MAGIC;
+    s->seq = p->sb_seq;
+    s->version = LV_VERSION;
+    s->cluster_size = p->cs;
+    s->frag_idx = fi;
+    s->nfrags = LV_MAX_FRAGS;
+    s->placement = (uint32_t)p->placement;
+    memcpy(s->pool_uuid, p->uuid, 16);
+    snprintf(s->name, sizeof(s->name), "%s", p->name);
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        struct sb_frag *t = &s->frags[i];
+        t->state = (uint32_t)f->state;
+        if (f->state == FS_EMPTY)
+            continue;
+        memcpy(t->uuid, f->uuid, 16);
+        t->ram = f->ram;
+        t->size = f->size;
+        t->nclusters = f->nclusters;
+        t->data_off = f->data_off;
+        t->md_slots = f->md_slots;
+        t->weight = f->weight;
+        snprintf(t->path, sizeof(t->path), "%s", f->path);
+    }
+    s->crc = srrs_crc32c(0, buf, MD_PAGE);
+}
+
+/* Control thread. Writes copy A on every persistent fragment, syncs, then copy B:
+ * a crash leaves every fragment with one copy of the old or the new table. */
+int lv_sb_write_all(struct srrs_pool *p)
+{
+    uint8_t *buf = aligned_alloc(4096, MD_PAGE);
+    if (!buf)
+        return srrs_err(-ENOMEM, "out of memory");
+    p->sb_seq++;
+    int rc = 0;
+    /* Pass 0: a fragment being added gets both copies first, so a table that
+     * lists it is never durable before its own superblock. Then copy A of the
+     * others, then copy B. */
+    for (int pass = 0; pass < 3 && !rc; pass++) {
+        int copy = pass == 2 ? 1 : 0;
+        for (int i = 0; i < LV_MAX_FRAGS && !rc; i++) {
+            struct lv_frag *f = &p->frags[i];
+            if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram)
+                continue;
+            if (pass == 0 && !f->hidden)
+                continue;
+            if (pass == 0) {
+                sb_build(p, (uint32_t)i, buf);
+                int fd = open(f->path, O_RDWR | O_CLOEXEC);
+                rc = fd < 0 ? -errno : lv_pwrite_full(fd, buf, MD_PAGE, MD_PAGE);
+                if (!rc && fdatasync(fd))
+                    rc = -errno;
+                if (fd >= 0)
+                    close(fd);
+                if (rc) {
+                    rc = srrs_err(rc, "pool %s: writing the superblock of %s: %s", p->name, f->path,
+                                  strerror(-rc));
+                    break;
+                }
+            }
+            int fd = open(f->path, O_RDWR | O_CLOEXEC);
+            if (fd < 0) {
+                rc = srrs_err(-errno, "pool %s: cannot open fragment %s: %s", p->name, f->path,
+                              strerror(errno));
+                break;
+            }
+            sb_build(p, (uint32_t)i, buf);
+            rc = lv_pwrite_full(fd, buf, MD_PAGE, (uint64_t)copy * MD_PAGE);
+            if (!rc && fdatasync(fd))
+                rc = -errno;
+            close(fd);
+            if (rc)
+                rc = srrs_err(rc, "pool %s: writing the superblock of %s: %s", p->name, f->path,
+                              strerror(-rc));
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+enum { FR_FRESH, FR_OURS, FR_FOREIGN, FR_MISSING };
+
+struct frag_probe {
+    int kind;
+    bool exists;
+    struct sb a, b;
+    bool a_ok, b_ok;
+    const struct sb *best;
+};
+
+static int probe(const char *path, struct frag_probe *pr)
+{
+    memset(pr, 0, sizeof(*pr));
+    struct stat st;
+    if (stat(path, &st)) {
+        if (errno != ENOENT)
+            return srrs_err(-errno, "fragment %s: %s", path, strerror(errno));
+        pr->kind = FR_MISSING;
+        return 0;
+    }
+    pr->exists = true;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return srrs_err(-errno, "fragment %s: cannot open: %s", path, strerror(errno));
+    int rc = pread_full(fd, &pr->a, MD_PAGE, 0);
+    if (!rc)
+        rc = pread_full(fd, &pr->b, MD_PAGE, MD_PAGE);
+    close(fd);
+    if (rc)
+        return srrs_err(rc, "fragment %s: cannot read its superblock: %s", path, strerror(-rc));
+    pr->a_ok = sb_valid(&pr->a);
+    pr->b_ok = sb_valid(&pr->b);
+    if (pr->a_ok || pr->b_ok) {
+        pr->kind = FR_OURS;
+        pr->best = !pr->b_ok || (pr->a_ok && pr->a.seq >= pr->b.seq) ? &pr->a : &pr->b;
+    } else if (pr->a.magic == SB_MAGIC || pr->b.magic == SB_MAGIC) {
+        pr->kind = FR_OURS; /* ours, but no copy is valid */
+    } else if (all_zero(&pr->a, MD_PAGE) && all_zero(&pr->b, MD_PAGE)) {
+        pr->kind = FR_FRESH;
+    } else {
+        pr->kind = FR_FOREIGN;
+    }
+    return 0;
+}
+
+static void uuid_str(const uint8_t *u, char *out)
+{
+    for (int i = 0; i < 16; i++)
+        sprintf(out + 2 * i, "%02x", u[i]);
+}
+
+/* Opens (and on a fresh fragment lays out) fragment fi's bdev. */
+static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_spec *spec, bool layout,
+                       bool md_here, uint32_t md_slots)
+{
+    struct lv_frag *f = &p->frags[fi];
+    f->pool = p;
+    snprintf(f->bdev_name, sizeof(f->bdev_name), "%.40s.f%d", p->name, fi & 0xff);
+    int rc;
+    bool ram = spec->path == NULL;
+    if (ram) {
+        rc = srrs_bdev_create_malloc(p->core, f->bdev_name, spec->size, LV_BS);
+        snprintf(f->path, sizeof(f->path), "ram");
+        f->fresh = true;
+    } else {
+        struct stat st;
+        f->fresh = stat(spec->path, &st) != 0;
+        rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS);
+        snprintf(f->path, sizeof(f->path), "%s", spec->path);
+    }
+    if (rc)
+        return rc;
+    f->bdev = srrs_bdev_open(p->core, f->bdev_name);
+    if (!f->bdev)
+        return -ENOENT;
+    f->ram = ram;
+    if (layout) {
+        f->size = f->bdev->size;
+        f->weight = spec->weight ? spec->weight : 100;
+        f->md_slots = 0;
+        if (md_here) {
+            uint64_t auto_slots = f->size / 256 / MD_SLOT; /* 1/256 of the fragment */
+            f->md_slots = md_slots ? md_slots : SRRS_MAX(256, SRRS_MIN(auto_slots, 131072));
+        }
+        f->data_off = f->md_slots ? MD_AREA_OFF + f->md_slots * MD_SLOT : 0;
+        f->data_off = (f->data_off + p->cs - 1) & ~((uint64_t)p->cs - 1);
+        if (f->size <= f->data_off + p->cs)
+            return srrs_err(-ENOSPC, "fragment %s: %llu bytes hold no cluster after %llu bytes of metadata",
+                            f->path, (unsigned long long)f->size, (unsigned long long)f->data_off);
+        f->nclusters = (f->size - f->data_off) / p->cs;
+        if (getrandom(f->uuid, 16, 0) != 16)
+            return srrs_err(-EIO, "getrandom failed");
+    } else if (f->bdev->size < f->size) {
+        return srrs_err(-EINVAL, "fragment %s: %llu bytes, the pool expects %llu", f->path,
+                        (unsigned long long)f->bdev->size, (unsigned long long)f->size);
+    }
+    f->used = calloc((f->nclusters + 63) / 64, 8);
+    f->slot_used = calloc((f->md_slots + 63) / 64 + 1, 8);
+    if (!f->used || !f->slot_used)
+        return srrs_err(-ENOMEM, "out of memory");
+    f->state = f->state ? f->state : FS_ACTIVE;
+    return 0;
+}
+
+/* One metadata page seen by the scan: the newest copy of a (volume, page) identity. */
+struct scan_pg {
+    struct scan_pg *next;
+    uint8_t uuid[16];
+    uint32_t idx;
+    uint32_t frag;
+    uint64_t slot;
+    uint64_t seq;
+    uint8_t *page;
+};
+
+struct scan {
+    struct scan_pg **h;
+    uint32_t nb;
+    struct fixup {
+        uint32_t frag;
+        uint64_t slot;
+        int copy;       /* -1: both copies get a FREE page */
+        uint8_t *page;
+    } *fix;
+    size_t nfix, capfix;
+};
+
+static int scan_fix(struct scan *s, uint32_t frag, uint64_t slot, int copy, const uint8_t *page)
+{
+    if (s->nfix == s->capfix) {
+        size_t cap = s->capfix ? s->capfix * 2 : 64;
+        void *n = realloc(s->fix, cap * sizeof(*s->fix));
+        if (!n)
+            return -ENOMEM;
+        s->fix = n;
+        s->capfix = cap;
+    }
+    uint8_t *pg = malloc(MD_PAGE);
+    if (!pg)
+        return -ENOMEM;
+    if (page)
+        memcpy(pg, page, MD_PAGE);
+    s->fix[s->nfix++] = (struct fixup){frag, slot, copy, pg};
+    return 0;
+}
+
+static bool md_valid(struct srrs_pool *p, const uint8_t *pg)
+{
+    const struct md_hdr *h = (const struct md_hdr *)pg;
+    return h->magic == MD_MAGIC && !memcmp(h->pool_uuid, p->uuid, 16) && crc_ok(pg, MD_PAGE, 4) &&
+           (h->kind == PK_VOL || h->kind == PK_MAP || h->kind == PK_FREE);
+}
+
+static bool md_ours(struct srrs_pool *p, const uint8_t *pg)
+{
+    const struct md_hdr *h = (const struct md_hdr *)pg;
+    return h->magic == MD_MAGIC || !memcmp(h->pool_uuid, p->uuid, 16);
+}
+
+static uint32_t scan_hash(const uint8_t *uuid, uint32_t idx, uint32_t nb)
+{
+    uint64_t x;
+    memcpy(&x, uuid, 8);
+    return (uint32_t)((x ^ (idx * 0x9E3779B97F4A7C15ull)) % nb);
+}
+
+static int scan_slot(struct srrs_pool *p, struct scan *s, uint32_t fi, uint64_t slot, const uint8_t *a,
+                     const uint8_t *b)
+{
+    struct lv_frag *f = &p->frags[fi];
+    bool av = md_valid(p, a), bv = md_valid(p, b);
+    if (!av && !bv) {
+        if (md_ours(p, a) && md_ours(p, b))
+            return srrs_err(-EIO, "pool %s: fragment %s metadata slot %llu: both copies are corrupt; "
+                            "refusing to open the pool", p->name, f->path, (unsigned long long)slot);
+        if (!all_zero(a, MD_PAGE) && md_ours(p, a))
+            lv_pool_msg(p, "fragment %s metadata slot %llu: copy A is invalid (torn first write), copy B "
+                     "empty: slot treated as free", f->path, (unsigned long long)slot);
+        return 0;
+    }
+    const struct md_hdr *ha = (const void *)a, *hb = (const void *)b;
+    const uint8_t *win = !bv || (av && ha->seq >= hb->seq) ? a : b;
+    const uint8_t *other = win == a ? b : a;
+    bool other_valid = win == a ? bv : av;
+    const struct md_hdr *hw = (const void *)win;
+    if (p->seq < hw->seq)
+        p->seq = hw->seq;
+    if (!other_valid || memcmp(win, other, MD_PAGE)) {
+        if (!other_valid && !all_zero(other, MD_PAGE))
+            lv_pool_msg(p, "fragment %s metadata slot %llu: copy %c failed its checksum; opened from "
+                     "copy %c (seq %llu) and rewrote it", f->path, (unsigned long long)slot,
+                     other == a ? 'A' : 'B', win == a ? 'A' : 'B', (unsigned long long)hw->seq);
+        if (scan_fix(s, fi, slot, other == a ? 0 : 1, win))
+            return -ENOMEM;
+    }
+    if (hw->kind == PK_FREE)
+        return 0;
+    uint32_t h = scan_hash(hw->vol_uuid, hw->page_idx, s->nb);
+    for (struct scan_pg *e = s->h[h]; e; e = e->next) {
+        if (e->idx != hw->page_idx || memcmp(e->uuid, hw->vol_uuid, 16))
+            continue;
+        /* The same page in two slots (a move cut short): keep the newer, free the other. */
+        if (hw->seq > e->seq) {
+            if (scan_fix(s, e->frag, e->slot, -1, NULL))
+                return -ENOMEM;
+            e->frag = fi;
+            e->slot = slot;
+            e->seq = hw->seq;
+            memcpy(e->page, win, MD_PAGE);
+        } else if (scan_fix(s, fi, slot, -1, NULL)) {
+            return -ENOMEM;
+        }
+        return 0;
+    }
+    struct scan_pg *e = calloc(1, sizeof(*e));
+    if (!e || !(e->page = malloc(MD_PAGE))) {
+        free(e);
+        return -ENOMEM;
+    }
+    memcpy(e->uuid, hw->vol_uuid, 16);
+    e->idx = hw->page_idx;
+    e->frag = fi;
+    e->slot = slot;
+    e->seq = hw->seq;
+    memcpy(e->page, win, MD_PAGE);
+    e->next = s->h[h];
+    s->h[h] = e;
+    return 0;
+}
+
+static int scan_frag(struct srrs_pool *p, struct scan *s, uint32_t fi)
+{
+    struct lv_frag *f = &p->frags[fi];
+    if (!f->md_slots)
+        return 0;
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return srrs_err(-errno, "fragment %s: %s", f->path, strerror(errno));
+    const uint64_t per = 512; /* slots per read: 4 MiB */
+    uint8_t *buf = malloc(per * MD_SLOT);
+    int rc = buf ? 0 : -ENOMEM;
+    for (uint64_t s0 = 0; !rc && s0 < f->md_slots; s0 += per) {
+        uint64_t n = SRRS_MIN(per, f->md_slots - s0);
+        rc = pread_full(fd, buf, n * MD_SLOT, MD_AREA_OFF + s0 * MD_SLOT);
+        if (rc) {
+            rc = srrs_err(rc, "fragment %s: reading metadata: %s", f->path, strerror(-rc));
+            break;
+        }
+        for (uint64_t i = 0; i < n && !rc; i++) {
+            const uint8_t *a = buf + i * MD_SLOT;
+            if (all_zero(a, 64) && all_zero(a + MD_PAGE, 64) && all_zero(a, MD_SLOT))
+                continue;
+            rc = scan_slot(p, s, fi, s0 + i, a, a + MD_PAGE);
+        }
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+static int scan_apply_fixups(struct srrs_pool *p, struct scan *s)
+{
+    uint8_t *buf = aligned_alloc(4096, MD_PAGE);
+    if (!buf)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; i < s->nfix && !rc; i++) {
+        struct fixup *x = &s->fix[i];
+        struct lv_frag *f = &p->frags[x->frag];
+        int fd = open(f->path, O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            rc = srrs_err(-errno, "fragment %s: %s", f->path, strerror(errno));
+            break;
+        }
+        if (x->copy < 0) {
+            memset(buf, 0, MD_PAGE);
+            struct md_hdr *h = (struct md_hdr *)buf;
+            h->magic = MD_MAGIC;
+            h->seq = ++p->seq;
+            h->kind = PK_FREE;
+            h->version = LV_VERSION;
+            memcpy(h->pool_uuid, p->uuid, 16);
+            h->crc = srrs_crc32c(0, buf, MD_PAGE);
+            rc = lv_pwrite_full(fd, buf, MD_PAGE, lv_slot_offset(f, x->slot, 0));
+            if (!rc && fdatasync(fd))
+                rc = -errno;
+            if (!rc)
+                rc = lv_pwrite_full(fd, buf, MD_PAGE, lv_slot_offset(f, x->slot, 1));
+        } else {
+            rc = lv_pwrite_full(fd, x->page, MD_PAGE, lv_slot_offset(f, x->slot, x->copy));
+        }
+        if (!rc && fdatasync(fd))
+            rc = -errno;
+        close(fd);
+        if (rc)
+            rc = srrs_err(rc, "fragment %s: repairing metadata: %s", f->path, strerror(-rc));
+        p->repaired++;
+    }
+    free(buf);
+    return rc;
+}
+
+static void scan_free(struct scan *s)
+{
+    for (uint32_t i = 0; s->h && i < s->nb; i++) {
+        struct scan_pg *e = s->h[i];
+        while (e) {
+            struct scan_pg *n = e->next;
+            free(e->page);
+            free(e);
+            e = n;
+        }
+    }
+    free(s->h);
+    for (size_t i = 0; i < s->nfix; i++)
+        free(s->fix[i].page);
+    free(s->fix);
+}
+
+static struct scan_pg *scan_find(struct scan *s, const uint8_t *uuid, uint32_t idx)
+{
+    for (struct scan_pg *e = s->h[scan_hash(uuid, idx, s->nb)]; e; e = e->next)
+        if (e->idx == idx && !memcmp(e->uuid, uuid, 16))
+            return e;
+    return NULL;
+}
+
+/* Loads entries of one page into the volume's map, checking every one. */
+static int load_entries(struct srrs_pool *p, struct lv_vol *v, struct scan_pg *e)
+{
+    uint32_t k = e->idx;
+    if (k >= v->nchunks)
+        return 0; /* beyond the volume (cannot happen: volumes only grow) */
+    struct lv_page *pg = calloc(1, sizeof(*pg));
+    if (!pg)
+        return -ENOMEM;
+    pg->pool = p;
+    pg->vol = v;
+    pg->idx = k;
+    pg->frag = e->frag;
+    pg->slot = e->slot;
+    v->pages[k] = pg;
+    struct lv_frag *sf = &p->frags[e->frag];
+    bm_set(sf->slot_used, e->slot);
+    sf->slots_used++;
+    const uint64_t *ent = (const uint64_t *)(e->page + MD_ENTRY_OFF);
+    uint64_t *chunk = NULL;
+    for (uint32_t i = 0; i < MD_ENTRIES; i++) {
+        uint64_t x = ent[i];
+        if (!x)
+            continue;
+        uint64_t c = (uint64_t)k * MD_ENTRIES + i;
+        uint32_t fi = e_frag(x);
+        struct lv_frag *f = fi < LV_MAX_FRAGS ? &p->frags[fi] : NULL;
+        if (!e_alloc(x) || (x & ~E_LOC_MASK) || !f ||
+            (f->state != FS_ACTIVE && f->state != FS_DRAINING) || e_cl(x) >= f->nclusters ||
+            c >= v->nclusters)
+            return srrs_err(-EIO, "pool %s: volume %s cluster %llu maps outside the pool (entry %llx); "
+                            "refusing to open", p->name, v->name, (unsigned long long)c,
+                            (unsigned long long)x);
+        if (f->ram) {
+            v->lost++;
+            continue;
+        }
+        if (bm_get(f->used, e_cl(x)))
+            return srrs_err(-EIO, "pool %s: cluster %llu of fragment %s is mapped twice (volume %s); "
+                            "refusing to open", p->name, (unsigned long long)e_cl(x), f->path, v->name);
+        bm_set(f->used, e_cl(x));
+        f->nused++;
+        if (!chunk && !(chunk = lv_map_chunk(v, c)))
+            return -ENOMEM;
+        chunk[i] = x;
+        v->allocated++;
+    }
+    return 0;
+}
+
+static int build_volumes(struct srrs_pool *p, struct scan *s)
+{
+    for (uint32_t b = 0; b < s->nb; b++) {
+        for (struct scan_pg *e = s->h[b]; e; e = e->next) {
+            if (e->idx != 0)
+                continue;
+            const struct md_vol *mv = (const void *)(e->page + sizeof(struct md_hdr));
+            struct lv_vol *v = calloc(1, sizeof(*v));
+            if (!v)
+                return -ENOMEM;
+            v->pool = p;
+            memcpy(v->uuid, e->uuid, 16);
+            snprintf(v->name, sizeof(v->name), "%.*s", (int)sizeof(mv->name) - 1, mv->name);
+            snprintf(v->tenant_name, sizeof(v->tenant_name), "%.*s", (int)sizeof(mv->tenant) - 1,
+                     mv->tenant);
+            v->size = mv->size;
+            v->nclusters = mv->size / p->cs;
+            v->thin = mv->thin;
+            v->ctime = mv->ctime;
+            if (!v->size || v->size % p->cs || lv_vol_alloc_top(v, v->nclusters)) {
+                free(v);
+                return srrs_err(-EIO, "pool %s: volume record %s is inconsistent", p->name, mv->name);
+            }
+            if (vol_lookup(p, v->name)) {
+                lv_vol_free(v);
+                return srrs_err(-EIO, "pool %s: two volumes are named %s", p->name, mv->name);
+            }
+            vol_link(p, v);
+            uint32_t nch = v->nchunks;
+            for (uint32_t k = 0; k < nch; k++) {
+                struct scan_pg *pe = k ? scan_find(s, v->uuid, k) : e;
+                int rc = pe ? load_entries(p, v, pe) : 0;
+                if (rc)
+                    return rc;
+            }
+            if (v->tenant_name[0]) {
+                struct lv_tenant *t = tenant_lookup(p, v->tenant_name);
+                if (!t) {
+                    t = calloc(1, sizeof(*t));
+                    if (!t)
+                        return -ENOMEM;
+                    snprintf(t->name, sizeof(t->name), "%s", v->tenant_name);
+                    t->next = p->tenants;
+                    p->tenants = t;
+                }
+                v->tenant = t;
+                t->used += v->allocated;
+                t->nvols++;
+            }
+            if (v->lost)
+                lv_pool_msg(p, "volume %s: %llu cluster(s) lived on a RAM fragment and are gone (read "
+                         "as zeroes)", v->name, (unsigned long long)v->lost);
+        }
+    }
+    return 0;
+}
+
+/* ---- open / close ------------------------------------------------------------------ */
+
+void lv_drain_stop_msg(void *arg);
+
+struct maint_stop {
+    struct srrs_pool *p;
+    bool busy;
+};
+
+/* Stops the maintenance poller once no barrier is pending (their waiters and
+ * the reactors' acks point at the pool). */
+static void maint_stop_msg(void *arg)
+{
+    struct maint_stop *ms = arg;
+    struct srrs_pool *p = ms->p;
+    ms->busy = p->bar_running || p->bar_next;
+    if (!ms->busy)
+        srrs_poller_unregister(&p->maint_poller);
+}
+
+static void pool_free(struct srrs_pool *p)
+{
+    for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
+        struct maint_stop ms = {.p = p};
+        srrs_reactor_call(p->pr, maint_stop_msg, &ms);
+        if (ms.busy)
+            usleep(1000);
+    }
+    for (uint32_t h = 0; h < VHASH; h++) {
+        struct lv_vol *v = p->vhash[h];
+        while (v) {
+            struct lv_vol *n = v->hnext;
+            if (v->bdev) {
+                v->bdev->ctx = v; /* srrs_bdev_delete -> lv_destroy */
+                srrs_bdev_delete(p->core, v->name);
+            }
+            lv_vol_free(v);
+            v = n;
+        }
+        p->vhash[h] = NULL;
+    }
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        if (f->bdev) {
+            srrs_bdev_close(&f->bdev);
+            srrs_bdev_delete(p->core, f->bdev_name);
+        }
+        free(f->used);
+        free(f->slot_used);
+    }
+    while (p->tenants) {
+        struct lv_tenant *t = p->tenants;
+        p->tenants = t->next;
+        free(t);
+    }
+    pthread_mutex_destroy(&p->lock);
+    free(p->rs);
+    free(p);
+}
+
+/* An existing file or device: clear the metadata area so no old page (of
+ * another pool, or of this one before the fragment was removed) is read. */
+static int md_area_clear(struct lv_frag *f)
+{
+    if (f->ram || f->fresh)
+        return 0;
+    int fd = open(f->path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return srrs_err(-errno, "fragment %s: %s", f->path, strerror(errno));
+    int rc = 0;
+    for (uint64_t off = 0; off < f->data_off && !rc; off += SRRS_BUF_MAX)
+        rc = lv_pwrite_full(fd, srrs_zero_buf, SRRS_MIN(SRRS_BUF_MAX, f->data_off - off), off);
+    if (!rc && fdatasync(fd))
+        rc = -errno;
+    close(fd);
+    if (rc)
+        return srrs_err(rc, "fragment %s: clearing metadata: %s", f->path, strerror(-rc));
+    return 0;
+}
+
+static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
+                           const struct srrs_pool_frag_spec *frags, int nfrags, bool any_persistent)
+{
+    if (getrandom(p->uuid, 16, 0) != 16)
+        return srrs_err(-EIO, "getrandom failed");
+    for (int i = 0; i < nfrags; i++) {
+        bool md_here = frags[i].path ? true : !any_persistent;
+        int rc = frag_attach(p, i, &frags[i], true, md_here, o->md_slots);
+        if (rc)
+            return rc;
+        rc = md_area_clear(&p->frags[i]);
+        if (rc)
+            return rc;
+    }
+    p->created = 1;
+    return lv_sb_write_all(p);
+}
+
+static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
+                              struct frag_probe *pr, bool *used_spec)
+{
+    const struct sb *best = NULL;
+    for (int i = 0; i < nfrags; i++) {
+        if (!frags[i].path || pr[i].kind != FR_OURS)
+            continue;
+        if (!pr[i].best)
+            return srrs_err(-EIO, "fragment %s: both superblock copies are corrupt; refusing to open "
+                            "the pool", frags[i].path);
+        if (!best || pr[i].best->seq > best->seq)
+            best = pr[i].best;
+    }
+    memcpy(p->uuid, best->pool_uuid, 16);
+    p->cs = best->cluster_size;
+    p->cs_shift = (uint32_t)__builtin_ctz(p->cs);
+    p->placement = (int)best->placement;
+    p->sb_seq = best->seq;
+    bool rewrite = false;
+    char us[33], them[33];
+    uuid_str(p->uuid, us);
+    for (int i = 0; i < nfrags; i++) {
+        if (!frags[i].path || pr[i].kind != FR_OURS)
+            continue;
+        const struct sb *own = pr[i].best;
+        if (memcmp(own->pool_uuid, p->uuid, 16)) {
+            uuid_str(own->pool_uuid, them);
+            return srrs_err(-EINVAL, "fragment %s belongs to another pool (%s, uuid %s), not to %s (uuid %s)",
+                            frags[i].path, own->name, them, best->name, us);
+        }
+        const struct sb_frag *t = &best->frags[own->frag_idx];
+        if ((t->state != FS_ACTIVE && t->state != FS_DRAINING) ||
+            memcmp(t->uuid, own->frags[own->frag_idx].uuid, 16)) {
+            /* Removed (a crash came before its superblock was cleared): it is
+             * not part of the pool; the configuration lists it, so it is added
+             * back as a fresh fragment below. */
+            lv_pool_msg(p, "fragment %s had been removed from pool %s; adding it back as new",
+                        frags[i].path, best->name);
+            int fd = open(frags[i].path, O_RDWR | O_CLOEXEC);
+            int rc = fd < 0 ? -errno : lv_pwrite_full(fd, srrs_zero_buf, 2 * MD_PAGE, 0);
+            if (!rc && fdatasync(fd))
+                rc = -errno;
+            if (fd >= 0)
+                close(fd);
+            if (rc)
+                return srrs_err(rc, "fragment %s: clearing its superblock: %s", frags[i].path,
+                                strerror(-rc));
+            pr[i].kind = FR_FRESH;
+            continue;
+        }
+        if (!pr[i].a_ok || !pr[i].b_ok) {
+            lv_pool_msg(p, "fragment %s: superblock copy %c is invalid; opened from copy %c and rewrote it",
+                     frags[i].path, pr[i].a_ok ? 'B' : 'A', pr[i].a_ok ? 'A' : 'B');
+            rewrite = true;
+        }
+        if (own->seq != best->seq || pr[i].a.seq != pr[i].b.seq)
+            rewrite = true;
+        if (p->frags[own->frag_idx].state)
+            return srrs_err(-EINVAL, "fragment %s is listed twice", frags[i].path);
+        struct lv_frag *f = &p->frags[own->frag_idx];
+        f->state = (int)t->state;
+        f->size = t->size;
+        f->nclusters = t->nclusters;
+        f->data_off = t->data_off;
+        f->md_slots = t->md_slots;
+        f->weight = t->weight;
+        memcpy(f->uuid, t->uuid, 16);
+        int rc = frag_attach(p, own->frag_idx, &frags[i], false, false, 0);
+        if (rc)
+            return rc;
+        f->fresh = false;
+        used_spec[i] = true;
+    }
+    /* RAM fragments come back empty, in table order. */
+    int next_ram = 0;
+    for (int fi = 0; fi < LV_MAX_FRAGS; fi++) {
+        const struct sb_frag *t = &best->frags[fi];
+        if (t->state != FS_ACTIVE && t->state != FS_DRAINING)
+            continue;
+        if (!t->ram) {
+            if (!p->frags[fi].state)
+                return srrs_err(-ENOENT, "pool %s: fragment %d (%s) is missing from the configuration "
+                                "or unreadable", best->name, fi, t->path);
+            continue;
+        }
+        while (next_ram < nfrags && frags[next_ram].path)
+            next_ram++;
+        if (next_ram >= nfrags)
+            return srrs_err(-ENOENT, "pool %s: its RAM fragment %d (%llu bytes) is missing from the "
+                            "configuration", best->name, fi, (unsigned long long)t->size);
+        struct lv_frag *f = &p->frags[fi];
+        f->state = (int)t->state;
+        f->size = t->size;
+        f->nclusters = t->nclusters;
+        f->data_off = t->data_off;
+        f->md_slots = 0;
+        f->weight = t->weight;
+        memcpy(f->uuid, t->uuid, 16);
+        struct srrs_pool_frag_spec rs = frags[next_ram];
+        rs.size = t->size;
+        int rc = frag_attach(p, fi, &rs, false, false, 0);
+        if (rc)
+            return rc;
+        used_spec[next_ram++] = true;
+    }
+    struct scan s = {.nb = 65536};
+    s.h = calloc(s.nb, sizeof(*s.h));
+    if (!s.h)
+        return -ENOMEM;
+    int rc = 0;
+    for (int fi = 0; fi < LV_MAX_FRAGS && !rc; fi++)
+        if (p->frags[fi].state && !p->frags[fi].ram)
+            rc = scan_frag(p, &s, (uint32_t)fi);
+    if (!rc)
+        rc = build_volumes(p, &s);
+    if (!rc)
+        rc = scan_apply_fixups(p, &s);
+    scan_free(&s);
+    if (!rc && rewrite)
+        rc = lv_sb_write_all(p);
+    return rc;
+}
+
+int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_pool_opts *o,
+                   const struct srrs_pool_frag_spec *frags, int nfrags, struct srrs_pool **out)
+{
+    if (!name || !*name || strlen(name) > 40)
+        return srrs_err(-EINVAL, "pool name must be 1..40 bytes");
+    if (nfrags < 1 || nfrags > LV_MAX_FRAGS)
+        return srrs_err(-EINVAL, "pool %s: 1..%d fragments, got %d", name, LV_MAX_FRAGS, nfrags);
+    uint32_t cs = o && o->cluster_size ? o->cluster_size : 1u << 20;
+    if (cs & (cs - 1) || cs < 65536 || cs > (64u << 20))
+        return srrs_err(-EINVAL, "pool %s: cluster_size must be a power of two in 64KiB..64MiB", name);
+    struct srrs_reactor *pr = srrs_core_reactor(core, o ? o->reactor : 0);
+    if (!pr)
+        return srrs_err(-EINVAL, "pool %s: no reactor %d", name, o ? o->reactor : 0);
+    struct srrs_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return srrs_err(-ENOMEM, "out of memory");
+    pthread_mutex_init(&p->lock, NULL);
+    p->core = core;
+    p->pr = pr;
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->cs = cs;
+    p->cs_shift = (uint32_t)__builtin_ctz(cs);
+    p->placement = o ? o->placement : 0;
+    p->sync_md = o ? o->sync_metadata : 1;
+    p->nreactors = srrs_core_num_reactors(core);
+    p->rs = aligned_alloc(SRRS_CACHELINE, sizeof(struct lv_rstate) * (size_t)p->nreactors);
+    if (!p->rs) {
+        pthread_mutex_destroy(&p->lock);
+        free(p);
+        return srrs_err(-ENOMEM, "out of memory");
+    }
+    memset(p->rs, 0, sizeof(struct lv_rstate) * (size_t)p->nreactors);
+    struct frag_probe *pr_ = calloc((size_t)nfrags, sizeof(*pr_));
+    bool used[LV_MAX_FRAGS] = {0};
+    int rc = pr_ ? 0 : srrs_err(-ENOMEM, "out of memory");
+    bool any_ours = false, any_persistent = false;
+    for (int i = 0; i < nfrags && !rc; i++) {
+        if (!frags[i].path) {
+            if (!frags[i].size || frags[i].size % LV_BS)
+                rc = srrs_err(-EINVAL, "pool %s: a RAM fragment needs a size, a multiple of 4096", name);
+            continue;
+        }
+        any_persistent = true;
+        rc = probe(frags[i].path, &pr_[i]);
+        if (rc)
+            break;
+        if (pr_[i].kind == FR_OURS)
+            any_ours = true;
+        if (pr_[i].kind == FR_FOREIGN && !(o && o->force_create))
+            rc = srrs_err(-EEXIST, "fragment %s holds data that is not an SRRS pool; refusing to "
+                          "format it (set force_create to overwrite)", frags[i].path);
+        if (pr_[i].kind == FR_MISSING && !frags[i].size)
+            rc = srrs_err(-ENOENT, "fragment %s does not exist and has no size to create it with",
+                          frags[i].path);
+    }
+    if (!rc) {
+        if (!any_ours) {
+            rc = pool_create_new(p, o, frags, nfrags, any_persistent);
+            for (int i = 0; i < nfrags; i++)
+                used[i] = true;
+        } else {
+            rc = pool_open_existing(p, frags, nfrags, pr_, used);
+        }
+    }
+    /* Fresh fragments the config lists beyond the pool's table are added now. */
+    for (int i = 0; i < nfrags && !rc; i++) {
+        if (used[i])
+            continue;
+        if (frags[i].path && pr_[i].kind == FR_OURS)
+            rc = srrs_err(-EINVAL, "fragment %s: already part of the pool", frags[i].path);
+        else
+            rc = srrs_pool_frag_add(p, &frags[i]) < 0 ? -EINVAL : 0;
+        if (rc)
+            rc = (int)-EINVAL;
+    }
+    free(pr_);
+    if (!rc) {
+        /* Every volume becomes a bdev. */
+        for (uint32_t h = 0; h < VHASH && !rc; h++)
+            for (struct lv_vol *v = p->vhash[h]; v && !rc; v = v->hnext) {
+                rc = vol_register(p, v);
+                if (rc)
+                    rc = srrs_err(rc, "pool %s: volume %s: %s", name, v->name, srrs_last_error());
+            }
+    }
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        pool_free(p);
+        return srrs_err(rc, "%s", msg);
+    }
+    *out = p;
+    return 0;
+}
+
+int srrs_pool_close(struct srrs_pool **pp)
+{
+    struct srrs_pool *p = pp ? *pp : NULL;
+    if (!p)
+        return 0;
+    for (uint32_t h = 0; h < VHASH; h++)
+        for (struct lv_vol *v = p->vhash[h]; v; v = v->hnext)
+            if (v->bdev && atomic_load(&v->bdev->open_count))
+                return srrs_err(-EBUSY, "pool %s: volume %s is still in use", p->name, v->name);
+    /* A running drain stops after the batch in flight (it resumes with the
+     * next frag_drain: the fragment stays draining in the superblock). */
+    for (int tries = 0; __atomic_load_n(&p->drain, __ATOMIC_ACQUIRE); tries++) {
+        struct lv_op op = {.p = p};
+        srrs_reactor_call(p->pr, lv_drain_stop_msg, &op);
+        if (!op.rc)
+            break;
+        if (tries > 10000)
+            return srrs_err(-EBUSY, "pool %s: a drain is still moving clusters", p->name);
+        usleep(1000);
+    }
+    pool_free(p);
+    *pp = NULL;
+    return 0;
+}
+
+int srrs_pool_get_info(struct srrs_pool *p, struct srrs_pool_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    snprintf(o->name, sizeof(o->name), "%s", p->name);
+    memcpy(o->uuid, p->uuid, 16);
+    o->cluster_size = p->cs;
+    o->placement = (uint32_t)p->placement;
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        if (f->state == FS_EMPTY || f->state == FS_REMOVED)
+            continue;
+        o->nfrags++;
+        uint64_t used = __atomic_load_n(&f->nused, __ATOMIC_RELAXED);
+        o->used_clusters += used;
+        if (f->state == FS_ACTIVE) {
+            o->total_clusters += f->nclusters;
+            o->free_clusters += f->nclusters - used;
+        } else {
+            o->total_clusters += used;
+        }
+        o->md_slots_total += f->md_slots;
+        o->md_slots_used += __atomic_load_n(&f->slots_used, __ATOMIC_RELAXED);
+    }
+    o->nvolumes = p->nvols;
+    o->seq = p->seq;
+    o->alloc_failures = p->alloc_failures;
+    o->md_writes = p->md_writes;
+    o->created = p->created;
+    o->repaired = p->repaired;
+    return 0;
+}
+
+int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_info *o)
+{
+    if (idx < 0 || idx >= LV_MAX_FRAGS || p->frags[idx].state == FS_EMPTY)
+        return srrs_err(-ENOENT, "pool %s has no fragment %d", p->name, idx);
+    struct lv_frag *f = &p->frags[idx];
+    memset(o, 0, sizeof(*o));
+    o->index = idx;
+    o->state = f->state;
+    o->ram = f->ram;
+    o->weight = f->weight;
+    snprintf(o->path, sizeof(o->path), "%s", f->path);
+    snprintf(o->bdev, sizeof(o->bdev), "%s", f->bdev_name);
+    memcpy(o->uuid, f->uuid, 16);
+    o->size = f->size;
+    o->total_clusters = f->nclusters;
+    o->used_clusters = __atomic_load_n(&f->nused, __ATOMIC_RELAXED);
+    o->md_slots = f->md_slots;
+    o->md_slots_used = __atomic_load_n(&f->slots_used, __ATOMIC_RELAXED);
+    o->drain_moved = f->drain_moved;
+    o->drain_total = f->drain_total;
+    o->drain_error = f->drain_error;
+    return 0;
+}
+
+int srrs_pool_messages(struct srrs_pool *p, char *buf, int len)
+{
+    pthread_mutex_lock(&p->lock);
+    int n = (int)SRRS_MIN((size_t)(len > 0 ? len - 1 : 0), p->msgs_len);
+    memcpy(buf, p->msgs, (size_t)n);
+    if (len > 0)
+        buf[n] = 0;
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+/* ---- online fragment add ------------------------------------------------------ */
+
+int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *spec)
+{
+    int fi = -1;
+    bool any_persistent = false;
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        if (p->frags[i].state == FS_EMPTY && fi < 0)
+            fi = i;
+        if ((p->frags[i].state == FS_ACTIVE || p->frags[i].state == FS_DRAINING) && !p->frags[i].ram)
+            any_persistent = true;
+    }
+    for (int i = 0; i < LV_MAX_FRAGS && fi < 0; i++)
+        if (p->frags[i].state == FS_REMOVED)
+            fi = i; /* no map entry or page refers to a removed fragment: reuse its index */
+    if (fi < 0)
+        return srrs_err(-ENOSPC, "pool %s already has %d fragments", p->name, LV_MAX_FRAGS);
+    if (spec->path) {
+        struct frag_probe pr;
+        int rc = probe(spec->path, &pr);
+        if (rc)
+            return rc;
+        if (pr.kind == FR_OURS || pr.kind == FR_FOREIGN)
+            return srrs_err(-EEXIST, "fragment %s already holds %s", spec->path,
+                            pr.kind == FR_OURS ? "SRRS metadata" : "other data");
+        if (pr.kind == FR_MISSING && !spec->size)
+            return srrs_err(-ENOENT, "fragment %s does not exist and has no size", spec->path);
+    } else if (!spec->size || spec->size % LV_BS) {
+        return srrs_err(-EINVAL, "a RAM fragment needs a size, a multiple of 4096");
+    }
+    struct lv_frag *f = &p->frags[fi];
+    if (f->state == FS_REMOVED)
+        memset(f, 0, sizeof(*f));
+    /* Invisible to the allocator (hidden) until the superblocks that list it
+     * are durable: a cluster is never mapped on a fragment the table lacks. */
+    __atomic_store_n(&f->hidden, true, __ATOMIC_RELEASE);
+    int rc = frag_attach(p, fi, spec, true, spec->path ? true : !any_persistent, 0);
+    if (!rc)
+        rc = md_area_clear(f);
+    if (!rc)
+        rc = lv_sb_write_all(p);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        __atomic_store_n(&f->state, FS_EMPTY, __ATOMIC_RELEASE);
+        if (f->bdev) {
+            srrs_bdev_close(&f->bdev);
+            srrs_bdev_delete(p->core, f->bdev_name);
+        }
+        free(f->used);
+        free(f->slot_used);
+        memset(f, 0, sizeof(*f));
+        return srrs_err(rc, "%s", msg);
+    }
+    __atomic_store_n(&f->hidden, false, __ATOMIC_RELEASE);
+    lv_pool_msg(p, "fragment %d (%s, %llu clusters) added", fi, f->path, (unsigned long long)f->nclusters);
+    return fi;
+}
+
