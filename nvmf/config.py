@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 ANA_STATES = {"optimized": 1, "non_optimized": 2, "inaccessible": 3, "persistent_loss": 4}
 ANA_NAMES = {v: k for k, v in ANA_STATES.items()}
-MAX_NS = 32
+MAX_NS = 256
 MAX_ANA = 32
 _NQN = re.compile(r"^nqn\.\d{4}-\d{2}\.[^:]+(:.+)?$|^nqn\.2014-08\.org\.nvmexpress:uuid:[0-9a-fA-F-]{36}$")
 

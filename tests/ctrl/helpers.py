@@ -24,7 +24,7 @@ class Controller:
         self.sock = sock
         self.proc = subprocess.Popen(SRRS + ["start", "-c", config_path],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 20
+        deadline = time.time() + 60
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controller exited {self.proc.returncode}: {self.proc.stdout.read()}")
@@ -36,7 +36,7 @@ class Controller:
                     pass
             if time.time() > deadline:
                 self.kill()
-                raise RuntimeError("controller did not open its RPC socket within 20 s")
+                raise RuntimeError("controller did not open its RPC socket within 60 s")
             time.sleep(0.05)
 
     def rpc(self, method, params=None):
