@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bdev)
 
-    for noun in ("nvmf", "vhost"):
+    for noun in ("nvmf", "vhost", "pool", "volume", "tenant"):
         p = sub.add_parser(noun, help=f"{noun} export (calls the RPC method {noun}_VERB)")
         p.add_argument("verb")
         p.add_argument("params", nargs="?", help="JSON object")
@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", type=float, default=4.0, metavar="HZ")
     p.add_argument("--no-console", action="store_true", help="progress lines instead")
     p.set_defaults(fn=cmd_demo)
+
+    from .pair_cli import add_parsers as _pair_parsers  # pair, witness, keygen
+
+    _pair_parsers(sub)
 
     p = sub.add_parser("bench", help="C load generator")
     bsub = p.add_subparsers(dest="target", required=True)

@@ -14,7 +14,7 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIRS = ["ffi", "nvmf", "vhost"]
-CONTRACTS = ["ffi/srrs.h", "nvmf/nvmf.h", "vhost/vhost.h"]
+CONTRACTS = ["ffi/srrs.h", "ffi/lvol.h", "ffi/mirror.h", "nvmf/nvmf.h", "vhost/vhost.h"]
 
 
 def _sources():

@@ -13,8 +13,11 @@ from .target import NvmfHost
 
 
 def run(args, report, aggregate) -> int:
+    # ctrl/cli.py: the bench sub-command and `--target` may share args.target
+    # (then it holds HOST:PORT); a separate dest is preferred when present.
+    target = getattr(args, "nvmf_target", None) or args.target
     try:
-        lst = parse_listen(args.target, "--target")
+        lst = parse_listen(target, "--target")
     except ValueError as e:
         print(f"srrs bench nvmf: {e}", file=sys.stderr)
         return 2

@@ -438,13 +438,21 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, co
             memcpy(ns->uuid, uuid, 16);
         else
             derive_uuid(ss->nqn, bdev, ns->uuid);
-        if (!nsid)
+        for (uint32_t i = 1; i <= NVMF_MAX_NS && !rc; i++) {
+            struct nvmf_ns *o = atomic_load(&ss->ns[i]);
+            /* Hosts reject two namespaces with one identity (and one bdev twice
+             * would get the same derived UUID). */
+            if (o && (o->bdev == b || !memcmp(o->uuid, ns->uuid, 16)))
+                rc = srrs_err(-EEXIST, "nvmf subsystem %s: namespace %u already has %s", nqn, i,
+                              o->bdev == b ? "this bdev" : "this UUID");
+        }
+        if (!rc && !nsid)
             for (uint32_t i = 1; i <= NVMF_MAX_NS && !nsid; i++)
                 if (!atomic_load(&ss->ns[i]))
                     nsid = i;
-        if (!nsid)
+        if (!rc && !nsid)
             rc = srrs_err(-ENOSPC, "nvmf subsystem %s: all %d namespaces in use", nqn, NVMF_MAX_NS);
-        else if (atomic_load(&ss->ns[nsid]))
+        else if (!rc && atomic_load(&ss->ns[nsid]))
             rc = srrs_err(-EEXIST, "nvmf subsystem %s: nsid %u in use", nqn, nsid);
     }
     if (!rc) {
@@ -621,7 +629,7 @@ static void fabrics_connect(struct nvmf_req *req)
                 ct->cntlid = (uint16_t)(t->opts.cntlid_min + slot);
                 t->next_cntlid = ct->cntlid + 1u > t->opts.cntlid_max ? t->opts.cntlid_min
                                                                        : ct->cntlid + 1u;
-                snprintf(ct->hostnqn, sizeof(ct->hostnqn), "%s", d.hostnqn);
+                memcpy(ct->hostnqn, d.hostnqn, strlen(d.hostnqn) + 1); /* <= 223, checked */
                 memcpy(ct->hostid, d.hostid, 16);
                 atomic_store(&ct->refs, 1);
                 ct->kato_ms = cmd->cdw12;
@@ -947,6 +955,17 @@ static void admin_identify(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         reply_data(req, d, sizeof(d), 0);
         return;
     }
+    case 0x05:   /* I/O command set specific namespace (NVM: nothing beyond CNS 0) */
+    case 0x06: { /* I/O command set specific controller (NVM: no extra limits) */
+        uint8_t csi = (uint8_t)(req->cmd.cdw11 >> 24);
+        if (csi != 0 || (cns == 0x05 && !ns)) {
+            nvmf_req_complete(req, cns == 0x05 && !ns ? SC_INVALID_NS : SC_INVALID_FIELD, 0);
+            return;
+        }
+        uint8_t d[4096] = {0};
+        reply_data(req, d, sizeof(d), 0);
+        return;
+    }
     default:
         nvmf_req_complete(req, SC_INVALID_FIELD, 0);
     }
@@ -983,7 +1002,7 @@ static size_t log_ana(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap, bool rgo)
     return off;
 }
 
-static size_t log_discovery(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap)
+static size_t log_discovery(struct nvmf_ctrlr *ct, const char *local, uint8_t *d, size_t cap)
 {
     struct srrs_nvmf_tgt *t = ct->tgt;
     char addrs[16][64];
@@ -1004,7 +1023,7 @@ static size_t log_discovery(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap)
             e[0] = 3;                                   /* TRTYPE: TCP */
             e[1] = strchr(addrs[l], ':') ? 2 : 1;       /* ADRFAM */
             e[2] = 2;                                   /* SUBTYPE: NVMe subsystem */
-            e[3] = 0x02 | 0x04;                         /* TREQ: no secure channel; SQ flow control disable ok */
+            e[3] = 0x04; /* TREQ: secure channel not specified (no TLS); SQ flow control disable ok */
             put16(e + 4, (uint16_t)(l + 1));            /* PORTID */
             put16(e + 6, 0xFFFF);                       /* CNTLID: dynamic */
             put16(e + 8, 32);                           /* ASQSZ */
@@ -1012,7 +1031,11 @@ static size_t log_discovery(struct nvmf_ctrlr *ct, uint8_t *d, size_t cap)
             snprintf(port, sizeof(port), "%d", ports[l]);
             put_str(e + 32, 32, port, 0);
             put_str(e + 256, 256, ss->nqn, 0);
-            put_str(e + 512, 256, addrs[l], 0);
+            /* A wildcard listener is reached at the address this host used. */
+            bool any = !strcmp(addrs[l], "0.0.0.0") || !strcmp(addrs[l], "::");
+            const char *traddr = any && local[0] ? local : addrs[l];
+            e[1] = strchr(traddr, ':') ? 2 : 1;
+            put_str(e + 512, 256, traddr, 0);
         }
     }
     put64(d, t->genctr);
@@ -1122,7 +1145,7 @@ static void admin_get_log(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         break;
     case 0x70:
         if (disc)
-            n = log_discovery(ct, d, cap);
+            n = log_discovery(ct, nvmf_conn_pub(req->c)->local_addr, d, cap);
         break;
     }
     pthread_mutex_unlock(&t->lock);
@@ -1131,12 +1154,9 @@ static void admin_get_log(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         nvmf_req_complete(req, SC_INVALID_LOG_PAGE, 0);
         return;
     }
-    if (lpo > n) {
-        free(d);
-        nvmf_req_complete(req, SC_INVALID_FIELD, 0);
-        return;
-    }
-    reply_data(req, d + lpo, SRRS_MIN(n - lpo, len), 0);
+    /* Variable-length logs (ANA, discovery, changed namespaces) are read by
+     * hosts in chunks up to their maximum size: past our end is zeroes. */
+    reply_data(req, d + SRRS_MIN(lpo, (uint64_t)n), lpo >= n ? 0 : SRRS_MIN(n - lpo, len), 0);
     free(d);
     aen_deliver(req->c);
 }
@@ -1237,11 +1257,17 @@ void nvmf_admin_exec(struct nvmf_req *req)
     case ADM_KEEP_ALIVE:
         nvmf_req_complete(req, 0, 0);
         return;
-    case ADM_ABORT:
-        /* Best effort: commands here finish quickly or wait on the bdev,
-         * which cannot take them back; report "not aborted" (dw0 bit 0). */
-        nvmf_req_complete(req, 0, 1);
+    case ADM_ABORT: {
+        /* Best effort: a parked AER is aborted; anything else either finishes
+         * quickly or waits on the bdev, which cannot take it back, so it is
+         * reported "not aborted" (dw0 bit 0). */
+        uint16_t sqid = cmd->cdw10 & 0xffff, cid = (uint16_t)(cmd->cdw10 >> 16);
+        struct nvmf_req *victim = sqid == 0 ? nvmf_aer_take_cid(req->c, cid) : NULL;
+        if (victim)
+            nvmf_req_complete(victim, SC_ABORT_REQ, 0);
+        nvmf_req_complete(req, 0, victim ? 0 : 1);
         return;
+    }
     default:
         nvmf_req_complete(req, SC_INVALID_OPCODE, 0);
     }

@@ -703,8 +703,6 @@ static int host_submit(void *ctx, struct srrs_bench_req *b)
 {
     struct srrs_nvmf_host *h = ctx;
     struct hq *q = &h->ioq[b->slot % h->nioq];
-    if (q->broken)
-        return -EIO;
     struct hreq *r = q->free;
     if (!r)
         return -EAGAIN;
@@ -714,6 +712,13 @@ static int host_submit(void *ctx, struct srrs_bench_req *b)
     r->status = 0;
     r->tx_pending = 0;
     r->done_wait = false;
+    if (q->broken) {
+        /* Fail it through the completion path: a job bounded by an I/O count
+         * must still reach its count. */
+        r->status = -EIO;
+        hreq_finish(q, r);
+        return 0;
+    }
     r->write = b->op == SRRS_IO_WRITE;
     uint32_t bs = h->info.block_size;
     struct nvme_sqe *sqe = (struct nvme_sqe *)(r->h_cmd + PDU_CH_LEN);

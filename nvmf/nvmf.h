@@ -31,7 +31,7 @@ int srrs_nvmf_tgt_create(struct srrs_core *core, const struct srrs_nvmf_tgt_opts
 void srrs_nvmf_tgt_destroy(struct srrs_nvmf_tgt **tgt);
 
 /* control. Listens on addr (IPv4 or IPv6 literal) : port. Port 0 picks a free
- * one. Returns the bound port. -EADDRINUSE, -EINVAL (bad address), -EEXIST. */
+ * one. Returns the bound port. -EADDRINUSE, -EINVAL (bad address). */
 int srrs_nvmf_listener_add(struct srrs_nvmf_tgt *tgt, const char *addr, int port);
 /* control. -ENOENT if not listening there. Connections already accepted stay. */
 int srrs_nvmf_listener_remove(struct srrs_nvmf_tgt *tgt, const char *addr, int port);
@@ -51,7 +51,9 @@ int srrs_nvmf_host_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, const char
 /* control. Adds bdev as namespace nsid (0: lowest free) in ANA group
  * anagrpid (1..32). uuid: 16 bytes or NULL (derived from nqn + bdev name,
  * stable across restarts); the NGUID equals the UUID bytes. Returns the
- * nsid. Connected hosts get a namespace-attribute-changed AEN. */
+ * nsid. Connected hosts get a namespace-attribute-changed AEN. -ENOENT (no
+ * bdev or subsystem), -EEXIST (nsid, bdev or UUID already in the subsystem),
+ * -ENOSPC, -EINVAL. */
 int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid, const char *bdev,
                      const uint8_t *uuid, uint32_t anagrpid);
 /* control. Waits for the namespace's in-flight I/O, then closes the bdev. */
@@ -107,7 +109,7 @@ struct srrs_nvmf_host_opts {
     uint32_t qsize;             /* entries per I/O queue (clamped to the target's CAP.MQES + 1) */
     int hdgst;
     int ddgst;
-    uint32_t kato_ms;           /* 0: no keep-alive */
+    uint32_t kato_ms;           /* 0: no keep-alive (this initiator never sends Keep Alive) */
     int timeout_ms;             /* for each setup step */
 };
 

@@ -224,6 +224,7 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 #define NVMF_MAX_CHANGED_NS 1024
 #define NVMF_MAX_CONNS 4096
 #define NVMF_CONNECT_TIMEOUT_MS 10000 /* accept to Connect */
+#define NVMF_H2C_TIMEOUT_MS 30000 /* R2T to its last H2CData: buffers are not held forever */
 
 /* ---- target object model (ctrlr.c) -------------------------------------- */
 
@@ -350,6 +351,7 @@ struct nvmf_req {
     uint8_t *icbuf;             /* this slot's in-capsule buffer */
     struct nvmf_ns *ns;
     uint32_t pending;           /* child I/Os (DSM) */
+    uint64_t r2t_at;            /* ticks when the R2T was queued */
     uint16_t first_status;
     uint8_t tx_pending;
     struct tx_pdu tx_r2t, tx_data, tx_rsp;
@@ -358,6 +360,7 @@ struct nvmf_req {
 };
 
 struct nvmf_req *nvmf_aer_take(struct nvmf_conn *c);
+struct nvmf_req *nvmf_aer_take_cid(struct nvmf_conn *c, uint16_t cid);
 
 /* ---- between tcp.c and ctrlr.c ------------------------------------------- */
 
@@ -387,6 +390,7 @@ struct nvmf_conn_pub {
     bool sqhd_disabled;
     bool close_after_tx;
     char peer[64];
+    char local_addr[48];        /* our address on this connection (numeric) */
 };
 struct nvmf_conn_pub *nvmf_conn_pub(struct nvmf_conn *c);
 

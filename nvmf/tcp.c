@@ -27,6 +27,7 @@
 #define TX_IOV_MAX 256
 #define RX_ROUNDS 16
 #define GROUP_TICK_US 100000
+#define LISTEN_POLL_US 1000
 
 enum conn_state {
     CONN_IC = 0,   /* accepted; the next PDU must be ICReq (rx moves it on) */
@@ -381,6 +382,19 @@ struct nvmf_req *nvmf_aer_take(struct nvmf_conn *c)
     return req;
 }
 
+struct nvmf_req *nvmf_aer_take_cid(struct nvmf_conn *c, uint16_t cid)
+{
+    for (uint32_t i = 0; i < c->naer; i++) {
+        struct nvmf_req *req = c->aer[i];
+        if (req->cmd.cid == cid) {
+            memmove(&c->aer[i], &c->aer[i + 1], (c->naer - i - 1) * sizeof(c->aer[0]));
+            c->naer--;
+            return req;
+        }
+    }
+    return NULL;
+}
+
 /* ---- I/O commands -------------------------------------------------------- */
 
 static uint16_t io_status(int err, int op)
@@ -630,6 +644,7 @@ static void r2t_send(struct nvmf_req *req)
     uint32_t hl = pdu_seal(c, req->h_r2t, PDU_R2T, 0, PDU_R2T_HLEN, 0);
     tx_set(c, &req->tx_r2t, req, req->h_r2t, hl, NULL, 0);
     req->state = REQ_H2C;
+    req->r2t_at = srrs_ticks();
     tx_queue(c, &req->tx_r2t);
 }
 
@@ -1185,6 +1200,16 @@ static int group_poll(void *arg)
     return work;
 }
 
+/* A host that takes R2Ts and never sends the data would pin pool buffers. */
+static bool conn_h2c_stuck(const struct nvmf_conn *c, uint64_t now)
+{
+    uint64_t limit = srrs_us_to_ticks(NVMF_H2C_TIMEOUT_MS * 1000ull);
+    for (uint32_t i = 0; i < c->nreqs; i++)
+        if (c->reqs[i].state == REQ_H2C && now - c->reqs[i].r2t_at > limit)
+            return true;
+    return false;
+}
+
 static void group_tick_conns(struct nvmf_group *g)
 {
     uint64_t now = srrs_ticks();
@@ -1200,6 +1225,13 @@ static void group_tick_conns(struct nvmf_group *g)
         }
         if (atomic_load(&ct->dead)) {
             nvmf_conn_close(c, "controller torn down");
+            continue;
+        }
+        if (conn_h2c_stuck(c, now)) {
+            srrs_event_post(c->pub.tgt->core, SRRS_EV_PROTO_ERROR, ct->cntlid, c->pub.qid,
+                            c->pub.peer, "no H2CData for an R2T in %u ms: closing the queue",
+                            NVMF_H2C_TIMEOUT_MS);
+            nvmf_conn_close(c, "R2T data timeout");
             continue;
         }
         if (c->pub.qid == 0)
@@ -1357,6 +1389,10 @@ static int listener_poll(void *arg)
             close(fd);
             continue;
         }
+        sl = sizeof(sa);
+        if (!getsockname(fd, (struct sockaddr *)&sa, &sl))
+            getnameinfo((struct sockaddr *)&sa, sl, c->pub.local_addr, sizeof(c->pub.local_addr),
+                        NULL, 0, NI_NUMERICHOST);
         atomic_fetch_add(&t->st_accepted, 1);
         uint32_t ri = nvmf_pick_reactor(t);
         if (srrs_reactor_send(srrs_core_reactor(t->core, (int)ri), conn_adopt, c)) {
@@ -1380,7 +1416,10 @@ static void listener_start_fn(void *arg)
 {
     struct listener_op *op = arg;
     struct nvmf_listener *l = op->l;
-    l->poller = srrs_poller_register(l->r, listener_poll, l, 0);
+    /* accept4() allocates a socket and a file before it finds the queue
+     * empty: never call it every loop. 1 ms adds at most 1 ms to a connect;
+     * the fd in the reactor's epoll set still wakes an adaptive reactor. */
+    l->poller = srrs_poller_register(l->r, listener_poll, l, LISTEN_POLL_US);
     if (!l->poller) {
         op->rc = -ENOMEM;
         return;

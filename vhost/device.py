@@ -112,6 +112,7 @@ class VhostBlkDevice:
         self.config = None  # the VhostConfig it came from, if any
         self.state = "created"
         self.connections = 0
+        self.refused = 0
         self.last_error = ""
         self._reset_session()
 
@@ -177,7 +178,8 @@ class VhostBlkDevice:
         return {
             "name": self.name, "socket": self.socket_path, "bdev": self.bdev,
             "num_queues": self.num_queues, "serial": self.serial, "read_only": self.read_only,
-            "state": self.state, "connections": self.connections, "last_error": self.last_error,
+            "state": self.state, "connections": self.connections, "refused": self.refused,
+            "last_error": self.last_error,
             "queues": queues,
         }
 
@@ -209,12 +211,17 @@ class VhostBlkDevice:
         sel = selectors.DefaultSelector()
         sel.register(conn, selectors.EVENT_READ)
         sel.register(lib.srrs_vhost_dev_event_fd(self._dev), selectors.EVENT_READ)
+        sel.register(self._lsock, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
                 broken = self._broken()
                 if broken:
                     return f"device stopped: {broken}"
                 ready = sel.select(0.25)
+                if any(key.fileobj is self._lsock for key, _ in ready):
+                    if self._peer_gone(conn):
+                        return ""   # the new front end is accepted next
+                    self._refuse_second()
                 if not any(key.fileobj is conn for key, _ in ready):
                     continue
                 try:
@@ -235,6 +242,26 @@ class VhostBlkDevice:
             return f"internal error: {type(e).__name__}: {e}"
         finally:
             sel.close()
+
+    @staticmethod
+    def _peer_gone(conn: socket.socket) -> bool:
+        try:
+            return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def _refuse_second(self) -> None:
+        """One front end at a time: a second one is closed at once (QEMU with
+        reconnect= retries, and gets in once the first has gone)."""
+        try:
+            extra, _ = self._lsock.accept()
+        except OSError:
+            return
+        extra.close()
+        self.refused += 1
+        log.warning("vhost %s: refused a second front end while one is connected", self.name)
 
     def _broken(self) -> str:
         buf = ffi.new("char[192]")
@@ -491,6 +518,13 @@ class VhostBlkDevice:
         self._reset_owner(p, fds)
 
 
+class VhostNotFound(KeyError):
+    """No such device (a KeyError whose message prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such vhost device"
+
+
 class _Nack(Exception):
     """A request refused without breaking the session (REPLY_ACK failure)."""
 
@@ -569,7 +603,7 @@ class VhostService:
         with self._lock:
             dev = self.devices.pop(name, None)
         if dev is None:
-            raise KeyError(f"no vhost device {name!r}")
+            raise VhostNotFound(f"no vhost device {name!r}")
         dev.stop()
 
     def get(self, name: str) -> VhostBlkDevice:

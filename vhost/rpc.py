@@ -44,7 +44,9 @@ def vhost_list(ctl, params: dict):
     name = (params or {}).get("name")
     if name is not None:
         if name not in svc.devices:
-            raise KeyError(f"no vhost device {name!r}")
+            from .device import VhostNotFound
+
+            raise VhostNotFound(f"no vhost device {name!r}")
         return [svc.devices[name].info()]
     return svc.list()
 

@@ -153,7 +153,8 @@ struct vq {
     uint16_t signalled_used;
     bool signalled_valid, need_call, notify_on, event_idx;
     _Atomic uint32_t inflight_n;
-    struct vreq *reqs;
+    struct vreq *reqs;             /* one per ring entry, indexed by head */
+    uint32_t reqs_cap;
     struct infl_queue *infl;
     uint64_t infl_counter;
     uint16_t *resubmit;            /* heads to resume at start, counter order */
@@ -702,6 +703,42 @@ static int vq_inflight_attach(struct vq *vq)
     return 0;
 }
 
+static void vq_stop_begin_msg(void *arg)
+{
+    struct vq *vq = arg;
+    int running = VQ_RUNNING;
+    atomic_compare_exchange_strong(&vq->state, &running, VQ_STOPPING);
+}
+
+/* Control: wait until the queue has nothing in flight (false on timeout). */
+static bool vq_drain(struct vq *vq, int timeout_ms)
+{
+    uint64_t deadline = srrs_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    while (atomic_load_explicit(&vq->inflight_n, memory_order_acquire)) {
+        if (srrs_now_ns() > deadline)
+            return false;
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+    return true;
+}
+
+/* Host addresses of the rings through table m (whole rings inside one region,
+ * aligned as the spec requires). */
+static bool vq_map_rings(struct vq *vq, const struct mem_table *m)
+{
+    uint8_t *desc = mem_uaddr(m, vq->desc_ua, vring_desc_size(vq->num));
+    uint8_t *avail = mem_uaddr(m, vq->avail_ua, vring_avail_size(vq->num) + 2);
+    uint8_t *used = mem_uaddr(m, vq->used_ua, vring_used_size(vq->num) + 2);
+    if (!desc || !avail || !used || ((uintptr_t)desc & 15) || ((uintptr_t)avail & 1) ||
+        ((uintptr_t)used & 3))
+        return false;
+    vq->desc = (void *)desc;
+    vq->avail = (void *)avail;
+    vq->used = (void *)used;
+    return true;
+}
+
 int srrs_vhost_vq_start(struct srrs_vhost_dev *d, int idx, int reactor)
 {
     struct vq *vq = dev_vq(d, idx);
@@ -720,21 +757,20 @@ int srrs_vhost_vq_start(struct srrs_vhost_dev *d, int idx, int reactor)
     const struct mem_table *m = d->mem;
     if (!m || !m->n)
         return srrs_err(-EINVAL, "vhost %s: queue %d: no guest memory table", d->name, idx);
-    uint8_t *desc = mem_uaddr(m, vq->desc_ua, vring_desc_size(vq->num));
-    uint8_t *avail = mem_uaddr(m, vq->avail_ua, vring_avail_size(vq->num) + 2);
-    uint8_t *used = mem_uaddr(m, vq->used_ua, vring_used_size(vq->num) + 2);
-    if (!desc || !avail || !used)
-        return srrs_err(-EFAULT, "vhost %s: queue %d: ring addresses outside the memory table",
+    if (!vq_map_rings(vq, m))
+        return srrs_err(-EFAULT, "vhost %s: queue %d: rings outside the memory table or misaligned",
                         d->name, idx);
-    if (((uintptr_t)desc & 15) || ((uintptr_t)avail & 1) || ((uintptr_t)used & 3))
-        return srrs_err(-EINVAL, "vhost %s: queue %d: misaligned ring", d->name, idx);
-    vq->desc = (void *)desc;
-    vq->avail = (void *)avail;
-    vq->used = (void *)used;
     vq->event_idx = dev_has(d, VIRTIO_RING_F_EVENT_IDX);
     vq->mem = m;
+    if (vq->reqs && vq->reqs_cap < vq->num) {
+        free(vq->reqs);
+        free(vq->resubmit);
+        vq->reqs = NULL;
+        vq->resubmit = NULL;
+    }
     if (!vq->reqs) {
-        vq->reqs = calloc(VQ_MAX_NUM, sizeof(*vq->reqs));
+        vq->reqs_cap = vq->num;
+        vq->reqs = calloc(vq->num, sizeof(*vq->reqs));
         vq->resubmit = calloc(VQ_MAX_NUM, sizeof(uint16_t));
         if (!vq->reqs || !vq->resubmit) {
             free(vq->reqs);
@@ -766,12 +802,6 @@ int srrs_vhost_vq_start(struct srrs_vhost_dev *d, int idx, int reactor)
     return 0;
 }
 
-static void vq_stop_begin_msg(void *arg)
-{
-    struct vq *vq = arg;
-    int running = VQ_RUNNING;
-    atomic_compare_exchange_strong(&vq->state, &running, VQ_STOPPING);
-}
 
 static void vq_stop_finish_msg(void *arg)
 {
@@ -791,14 +821,9 @@ int srrs_vhost_vq_stop(struct srrs_vhost_dev *d, int idx, int timeout_ms)
     if (!vq_active(vq))
         return vq->last_avail_idx;
     srrs_reactor_call(vq->r, vq_stop_begin_msg, vq);
-    uint64_t deadline = srrs_now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
-    while (atomic_load_explicit(&vq->inflight_n, memory_order_acquire)) {
-        if (srrs_now_ns() > deadline)
-            return srrs_err(-ETIMEDOUT, "vhost %s: queue %d: %u requests still in flight",
-                            d->name, idx, atomic_load(&vq->inflight_n));
-        struct timespec ts = {0, 50000};
-        nanosleep(&ts, NULL);
-    }
+    if (!vq_drain(vq, timeout_ms < 0 ? 0 : timeout_ms))
+        return srrs_err(-ETIMEDOUT, "vhost %s: queue %d: %u requests still in flight", d->name,
+                        idx, atomic_load(&vq->inflight_n));
     srrs_reactor_call(vq->r, vq_stop_finish_msg, vq);
     if (atomic_load(&vq->state) != VQ_BROKEN)
         atomic_store(&vq->state, VQ_STOPPED);
@@ -957,23 +982,51 @@ static bool any_active(struct srrs_vhost_dev *d)
 struct mem_swap {
     struct vq *vq;
     const struct mem_table *m;
+    bool resume;
 };
 
 static void vq_mem_swap_msg(void *arg)
 {
     struct mem_swap *s = arg;
-    s->vq->mem = s->m;
+    struct vq *vq = s->vq;
+    vq_signal(vq); /* while the old mapping of the rings is still there */
+    vq->mem = s->m;
+    /* The rings' host addresses come from the table: a region may have been
+     * mapped anew (same file, different mapping). */
+    if (!s->m || !vq_map_rings(vq, s->m)) {
+        vq->need_call = false; /* nothing may touch the old rings now */
+        if (atomic_load(&vq->state) != VQ_BROKEN)
+            vq_break(vq, "the new memory table does not hold the rings");
+        return;
+    }
+    int stopping = VQ_STOPPING;
+    if (s->resume && !srrs_reactor_is_stopping(vq->r))
+        atomic_compare_exchange_strong(&vq->state, &stopping, VQ_RUNNING);
 }
 
-/* Publish table nt to the running queues, then free regions only the old one had. */
+/* Publish table nt: running queues pause and drain (their requests point into
+ * the old mappings), switch tables and resume; then regions only the old
+ * table had are unmapped (kept if a queue failed to drain: a leak, never a
+ * dangling mapping). */
 static void dev_mem_publish(struct srrs_vhost_dev *d, struct mem_table *nt)
 {
     struct mem_table *old = d->mem;
+    bool drained = true;
+    bool resume[VHOST_MAX_QUEUES] = {false};
+    for (int i = 0; i < d->nq; i++) {
+        struct vq *vq = &d->vq[i];
+        if (vq_active(vq)) {
+            resume[i] = atomic_load(&vq->state) == VQ_RUNNING;
+            srrs_reactor_call(vq->r, vq_stop_begin_msg, vq);
+        }
+    }
+    for (int i = 0; i < d->nq; i++)
+        drained &= vq_drain(&d->vq[i], 30000);
     d->mem = nt;
     for (int i = 0; i < d->nq; i++) {
         struct vq *vq = &d->vq[i];
         if (vq_active(vq)) {
-            struct mem_swap s = {vq, nt};
+            struct mem_swap s = {vq, nt, resume[i]};
             srrs_reactor_call(vq->r, vq_mem_swap_msg, &s);
         } else {
             vq->mem = nt;
@@ -984,7 +1037,7 @@ static void dev_mem_publish(struct srrs_vhost_dev *d, struct mem_table *nt)
             bool kept = false;
             for (int k = 0; nt && k < nt->n; k++)
                 kept |= nt->r[k] == old->r[i];
-            if (!kept)
+            if (!kept && drained)
                 region_free(old->r[i]);
         }
         free(old);
@@ -1151,15 +1204,7 @@ int srrs_vhost_mem_remove(struct srrs_vhost_dev *d, uint64_t gpa, uint64_t size)
             return srrs_err(-EBUSY, "vhost %s: queue %d's rings live in that region", d->name, i);
         }
     }
-    /* Requests in flight may point into the region: drain first. */
-    if (any_active(d)) {
-        for (int i = 0; i < d->nq; i++)
-            while (atomic_load(&d->vq[i].inflight_n)) {
-                struct timespec ts = {0, 50000};
-                nanosleep(&ts, NULL);
-            }
-    }
-    dev_mem_publish(d, t);
+    dev_mem_publish(d, t); /* drains: requests in flight may point into the region */
     return 0;
 }
 

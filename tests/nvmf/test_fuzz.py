@@ -194,6 +194,17 @@ def _worker(seed: int, port: int, cntlid_box: list, stop: threading.Event, cnt: 
                     assert t == wire.R2T
                     cccid, ttag, off, ln = struct.unpack_from("<HHII", hdr)
                     half = ln // 2
+                    if rng.random() < 0.1:
+                        # data offset / length outside the command's range: fatal
+                        boff, blen = rng.choice([(ln, 512), (half, ln), (4096, 512), (0, ln + 4)])
+                        io.send(io.pdu(wire.H2C_DATA,
+                                       struct.pack("<HHIII", cid, ttag, boff, blen, 0),
+                                       bytes(blen)))
+                        cnt.add(pdus=2, closed=1)
+                        sent += 2
+                        if _drain(io, 2.0) != "closed":
+                            errors.append(f"H2CData {boff}+{blen} of {ln} did not close (seed {seed})")
+                        break
                     io.send(io.pdu(wire.H2C_DATA, struct.pack("<HHIII", cid, ttag, 0, half, 0),
                                    payload[:half]))
                     bad = bytearray(io.pdu(wire.H2C_DATA,
@@ -207,6 +218,24 @@ def _worker(seed: int, port: int, cntlid_box: list, stop: threading.Event, cnt: 
                     sent += 3
                 for x in (c, io):
                     x.close()
+            elif mode < 5:
+                # Commands before Connect: each answered with Command Sequence Error.
+                c = wire.Conn("127.0.0.1", port)
+                c.icreq()
+                batch = rng.randint(1, 60)
+                out = b"".join(c.pdu(wire.CMD, s, data) for s, data, _ in
+                               (_bad_command(rng, cid, nblocks) if rng.random() < 0.5 else
+                                (wire.sqe(rng.choice([0x02, 0x06, 0x18, 0x0C]), cid, 1,
+                                          sgl_len=4096), b"", 0)
+                                for cid in range(batch)))
+                c.send(out)
+                for _ in range(batch):
+                    t, f, hdr, _ = c.recv_pdu()
+                    status = struct.unpack_from("<H", hdr, 14)[0] >> 1
+                    assert t == wire.RSP and status != 0, f"command before Connect: {t} {status}"
+                cnt.add(pdus=batch + 1, statuses=batch)
+                sent += batch + 1
+                c.close()
             else:
                 # Fresh connection, maybe connected, then PDUs that must close it.
                 c = wire.Conn("127.0.0.1", port)

@@ -79,6 +79,11 @@ def test_connect_identify_io(env):
     assert re.search(r"nmic\s*:\s*0x1", out)
     out = g.check("nvme ns-descs /dev/nvme0n1", timeout=60)
     assert "6a0e6d1c5d274b8b9f7e3f8c1a2b3c4d" in out.replace("-", "")
+    out = g.check("nvme ana-log /dev/nvme0", timeout=60)
+    assert re.search(r"state\s*:\s*optimized", out)
+    for cmd in ("smart-log", "error-log", "fw-log", "effects-log"):
+        g.check(f"nvme {cmd} /dev/nvme0", timeout=60)
+    assert "0x00010001" in g.check("nvme get-feature /dev/nvme0 -f 7", timeout=60)
     out = g.check("cat /sys/block/nvme0n1/size", timeout=30)
     assert int(out.split()[0]) == (128 << 20) // 512
     g.check("fio --name=v --filename=/dev/nvme0n1 --rw=randwrite --bsrange=4k-1m "
@@ -122,6 +127,47 @@ def test_host_not_allowed(env):
     rc, out = g.run(f"nvme connect -t tcp -a {H} -s {port} -n {LOCKED}", timeout=60)
     assert rc != 0
     assert tgt.list_controllers() == []
+
+
+def test_sqflow_disabled_and_mkfs(env):
+    """With SQ flow control disabled (what `connect-all` does when the
+    discovery log's TREQ allows it) reads complete with C2HData SUCCESS and no
+    response capsule; a file system on top just works. (connect-all itself
+    would dial the listener's 127.0.0.1, the guest's own loopback.)"""
+    core, tgt, port, g = env
+    _connect(g, port, "--disable-sqflow")
+    g.check("for i in $(seq 100); do [ -b /dev/nvme0n1 ] && exit 0; sleep 0.1; done; exit 1",
+            timeout=60)
+    g.check("mkfs.ext4 -q -F /dev/nvme0n1 && mkdir -p /mnt/x && mount -t ext4 /dev/nvme0n1 /mnt/x && "
+            "dd if=/dev/urandom of=/mnt/x/f bs=1M count=8 2>/dev/null && sync && "
+            "md5sum /mnt/x/f > /root/f.md5 && umount /mnt/x && "
+            "echo 3 > /proc/sys/vm/drop_caches && mount -t ext4 /dev/nvme0n1 /mnt/x && "
+            "cd /mnt/x && md5sum -c /root/f.md5 && cd / && umount /mnt/x", timeout=600)
+    g.check("fio --name=r --filename=/dev/nvme0n1 --rw=randread --bs=4k --size=8M "
+            "--direct=1 --ioengine=libaio --iodepth=8 --runtime=3 --time_based", timeout=120)
+    _disconnect(g, tgt)
+
+
+def test_reset_and_namespace_hot_add(env):
+    """Controller reset (the host reconnects, new cntlid) and a namespace added
+    and removed at run time (namespace-attribute AEN → rescan)."""
+    core, tgt, port, g = env
+    _connect(g, port)
+    old = tgt.list_controllers()[0]["cntlid"]
+    g.check("nvme reset /dev/nvme0", timeout=120)
+    assert wait_for(lambda: [c["cntlid"] for c in tgt.list_controllers()] not in ([], [old]), 30)
+    g.check("dd if=/dev/nvme0n1 of=/dev/null bs=4k count=16 iflag=direct", timeout=60)
+    core.bdev_create_malloc("g2", 8 << 20, 4096)
+    nsid = tgt.add_namespace(NQN, "g2")
+    g.check(f"for i in $(seq 200); do [ -b /dev/nvme0n{nsid} ] && exit 0; sleep 0.1; done; exit 1",
+            timeout=60)
+    out = g.check(f"cat /sys/block/nvme0n{nsid}/size", timeout=30)
+    assert int(out.split()[0]) == (8 << 20) // 512
+    tgt.remove_namespace(NQN, nsid)
+    g.check(f"for i in $(seq 200); do [ -b /dev/nvme0n{nsid} ] || exit 0; sleep 0.1; done; exit 1",
+            timeout=60)
+    core.bdev_delete("g2")
+    _disconnect(g, tgt)
 
 
 def test_keep_alive_teardown_when_guest_dies(env):

@@ -135,3 +135,64 @@ def test_ipv6_listener(core, target):
     with NvmfHost("::1", port, NQN) as h:
         assert h.size == 64 << 20
     target.remove_listener("::1", port)
+
+
+def test_discovery_wildcard_listener(target):
+    port = target.add_listener("0.0.0.0", 0)
+    log = discover("127.0.0.1", port)
+    assert {e["traddr"] for e in log} == {"127.0.0.1"}  # never "0.0.0.0"
+    assert str(port) in {e["trsvcid"] for e in log}
+    target.remove_listener("0.0.0.0", port)
+
+
+def test_core_stop_with_live_host():
+    """Stopping the reactors closes the target's connections (stop hooks), in-flight
+    I/O drains, and the target can still be closed afterwards."""
+    import threading
+
+    from srrs.ffi.binding import Core
+    from srrs.nvmf.target import NvmfTarget
+
+    core = Core(reactors=2)
+    load = Core(reactors=1)
+    try:
+        core.bdev_create_malloc("s0", 16 << 20, 4096)
+        t = NvmfTarget(core)
+        port = t.add_listener("127.0.0.1", 0)
+        t.add_subsystem(NQN, allow_any_host=True)
+        t.add_namespace(NQN, "s0")
+        h = NvmfHost("127.0.0.1", port, NQN, queues=2)
+        res = {}
+        th = threading.Thread(target=lambda: res.update(
+            h.bench(load, BenchOpts(rw="randrw", qd=32, time_s=3), reactor=0)))
+        th.start()
+        assert wait_for(lambda: sum(q["cmds"] for q in t.list_qpairs()) > 1000, 5)
+        core.stop()
+        st = t.stats()
+        assert st["conns"] == 0 and st["ctrlrs"] == 0
+        th.join(10)
+        assert res["ios"] > 0 and res["errors"] > 0  # the host saw its queues go away
+        t.close()
+        h.close()
+    finally:
+        core.close()
+        load.close()
+
+
+def test_namespace_identity_unique(target):
+    with pytest.raises(SrrsError):
+        target.add_namespace(NQN, "m0")  # the same bdev twice: one identity
+    nsid = target.add_namespace(NQN, "m1", uuid="11111111-2222-4333-8444-555555555555")
+    with pytest.raises(SrrsError):
+        target.add_namespace(NQN, "m1", nsid=9)
+    target.remove_namespace(NQN, nsid)
+
+
+def test_counted_job_ends_when_the_target_goes_away(core, target):
+    h = NvmfHost("127.0.0.1", target.port, NQN, queues=2)
+    try:
+        target.remove_subsystem(NQN)
+        r = h.bench(core, BenchOpts(rw="randwrite", qd=8, time_s=0, max_ios=500), reactor=0)
+        assert r["errors"] > 0 and r["ios"] + r["errors"] >= 500
+    finally:
+        h.close()

@@ -47,6 +47,8 @@ def test_identify(target):
     assert d[20] == 3 and d[24:40] == nguid
     assert c.identify(3, nsid=9)[0] == SC_INVALID_NS
     assert c.identify(0x42)[0] == SC_INVALID_FIELD
+    assert c.identify(0x06)[0] == 0  # NVM command set controller: no extra limits
+    assert c.admin(0x06, cdw10=0x06, cdw11=2 << 24, read_len=4096)[0] == SC_INVALID_FIELD
     st, _, _, d = c.identify(0, nsid=5)  # inactive: zeroes
     assert st == 0 and d == bytes(4096)
     c.close()
@@ -216,9 +218,20 @@ def test_features_and_logs(target):
     assert st == 0 and u32(d, 20) == 0
     st, _, _, d = a.get_log(0x0C, 16, offset=8)  # offset into the log
     assert st == 0 and struct.unpack_from("<H", d, 0)[0] == 1
+    st, _, _, d = a.get_log(0x0C, 4096, offset=4096)  # chunked reads past the end: zeroes
+    assert st == 0 and d == bytes(4096)
     assert a.get_log(0x33, 512)[0] & 0xFF == 0x09
     assert a.admin(0x18)[0] == 0  # keep alive
     assert a.admin(0x08, cdw10=1 | 5 << 16)[1] & 1 == 1  # abort: best effort, not aborted
+    # a parked AER can be aborted
+    a.send(a.pdu(wire.CMD, wire.sqe(0x0C, 4242)))
+    a.send(a.pdu(wire.CMD, wire.sqe(0x08, 4243, cdw10=0 | 4242 << 16)))
+    got = {}
+    for _ in range(2):
+        t, f, hdr, _ = a.recv_pdu()
+        dw0, _, _, _, cid, status = struct.unpack("<IIHHHH", hdr[:16])
+        got[cid] = (status >> 1, dw0)
+    assert got[4242][0] == 0x07 and got[4243] == (0, 0)
     a.close()
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from srrs.ffi.binding import BenchOpts
+from srrs.ffi.binding import BenchOpts, ffi, lib
 from srrs.vhost import proto
 from srrs.vhost.client import (
     T_DISCARD,
@@ -184,3 +184,52 @@ def test_several_memory_regions(svc, bench_core, tmp_path, mem_slots):
             cl.remove_region(2)
             cl.write(0, b"r" * 4096)
             assert cl.read(0, 4096) == b"r" * 4096
+
+
+def test_second_front_end_is_refused(svc, tmp_path):
+    svc.core.bdev_create_malloc("m0", 16 << 20, 4096)
+    sock = str(tmp_path / "vh.sock")
+    dev = svc.create("vh", sock, "m0")
+    with VhostClient(sock) as a:
+        b = VhostClient(sock, timeout=5)
+        with pytest.raises((EOFError, OSError, proto.ProtocolError)):
+            b.connect()
+        b.close()
+        a.write(0, b"1" * 4096)
+        assert a.read(0, 4096) == b"1" * 4096
+        assert dev.info()["refused"] == 1
+    assert wait_for(lambda: dev.info()["state"] == "listening")
+    with VhostClient(sock) as c:
+        assert c.read(0, 4096) == b"1" * 4096
+
+
+def test_ring_disable_enable_and_stop_start_cycle(svc, bench_core, tmp_path):
+    """SET_VRING_ENABLE 0/1 and GET_VRING_BASE + re-setup (QEMU's vhost_dev_stop /
+    start on a VM stop/cont): the device resumes at the right avail index."""
+    svc.core.bdev_create_malloc("m0", 16 << 20, 4096)
+    sock = str(tmp_path / "vh.sock")
+    dev = svc.create("vh", sock, "m0", num_queues=1)
+    with VhostClient(sock, queue_size=64, max_inflight=16, max_io=4096) as cl:
+        _verify_run(cl, bench_core, qd=16, time_s=0.3, offset=1 << 20)
+        cl.call(proto.Req.SET_VRING_ENABLE, proto.VRING_STATE.pack(0, 0), ack=True)
+        assert wait_for(lambda: dev.info()["queues"][0]["state"] == "stopped")
+        cl.call(proto.Req.SET_VRING_ENABLE, proto.VRING_STATE.pack(0, 1), ack=True)
+        cl.write(0, b"e" * 4096)
+        assert cl.read(0, 4096) == b"e" * 4096
+        # stop: GET_VRING_BASE answers the next avail index = what we published
+        base = cl.get_vring_base(0)
+        ring = ffi.new("struct srrs_vhost_client_ring *")
+        lib.srrs_vhost_client_ring(cl.ptr, 0, ring)
+        assert base == cl.used_idx(0)
+        assert dev.info()["queues"][0]["state"] == "stopped"
+        # start again, as QEMU does
+        cl.call(proto.Req.SET_VRING_NUM, proto.VRING_STATE.pack(0, ring.num), ack=True)
+        cl.call(proto.Req.SET_VRING_BASE, proto.VRING_STATE.pack(0, base), ack=True)
+        cl.call(proto.Req.SET_VRING_ADDR, proto.VRING_ADDR.pack(0, 0, ring.desc, ring.used,
+                                                                ring.avail, 0), ack=True)
+        cl.call(proto.Req.SET_VRING_KICK, proto.U64.pack(0), fds=[ring.kickfd], ack=True)
+        cl.call(proto.Req.SET_VRING_CALL, proto.U64.pack(0), fds=[ring.callfd], ack=True)
+        cl.call(proto.Req.SET_VRING_ENABLE, proto.VRING_STATE.pack(0, 1), ack=True)
+        assert cl.read(0, 4096) == b"e" * 4096
+        _verify_run(cl, bench_core, qd=16, time_s=0.3, offset=1 << 20)
+    assert dev.info()["last_error"] == ""

@@ -357,3 +357,90 @@ def test_queue_index_out_of_range_and_hot_add(svc, bench_core, tmp_path):
         assert r["errors"] == 0 and r["verify_errors"] == 0
     with VhostClient(sock) as ca:
         assert ca.read(0, 4096) == bytes(4096)
+
+
+def _random_sequence_message(rng, cl, efds):
+    """A well-framed message with plausible-to-hostile arguments, in any order."""
+    mem_fd, mem_size, gpa, ua = cl.mem
+    i = rng.choice([0, 0, 0, 1, 2])
+    V = proto.FLAG_VERSION | (proto.FLAG_NEED_REPLY if rng.randrange(2) else 0)
+    ring = ffi.new("struct srrs_vhost_client_ring *")
+    lib.srrs_vhost_client_ring(cl.ptr, 0, ring)
+    choices = [
+        (Req.GET_FEATURES, b"", []),
+        (Req.SET_FEATURES, proto.U64.pack(rng.choice([0, WANT_FEATURES, rng.randrange(1 << 64)])), []),
+        (Req.SET_OWNER, b"", []),
+        (Req.RESET_OWNER, b"", []),
+        (Req.RESET_DEVICE, b"", []),
+        (Req.SET_MEM_TABLE, proto.MEM_HDR.pack(1, 0) + proto.MEM_REGION.pack(
+            rng.choice([gpa, 0]), rng.choice([mem_size, 4096]), ua, 0), [os.dup(mem_fd)]),
+        (Req.ADD_MEM_REG, bytes(8) + proto.MEM_REGION.pack(
+            gpa + mem_size * rng.randrange(0, 3), rng.choice([mem_size, 1 << 20]),
+            ua + mem_size * rng.randrange(0, 3), 0), [os.dup(mem_fd)]),
+        (Req.REM_MEM_REG, bytes(8) + proto.MEM_REGION.pack(gpa, mem_size, ua, 0), []),
+        (Req.SET_VRING_NUM, proto.VRING_STATE.pack(i, rng.choice([QS, 1, 1024, 8])), []),
+        (Req.SET_VRING_ADDR, proto.VRING_ADDR.pack(i, 0, rng.choice([ring.desc, ua, 0]),
+                                                   rng.choice([ring.used, ua + mem_size - 8]),
+                                                   rng.choice([ring.avail, ua + 1]), 0), []),
+        (Req.SET_VRING_BASE, proto.VRING_STATE.pack(i, rng.randrange(0, 70000)), []),
+        (Req.GET_VRING_BASE, proto.VRING_STATE.pack(i, 0), []),
+        (Req.SET_VRING_KICK, proto.U64.pack(i), [os.dup(efds[0])]),
+        (Req.SET_VRING_KICK, proto.U64.pack(i | proto.VRING_NOFD), []),
+        (Req.SET_VRING_CALL, proto.U64.pack(i), [os.dup(efds[1])]),
+        (Req.SET_VRING_ERR, proto.U64.pack(i), [os.dup(efds[1])]),
+        (Req.SET_VRING_ENABLE, proto.VRING_STATE.pack(i, rng.randrange(0, 2)), []),
+        (Req.GET_PROTOCOL_FEATURES, b"", []),
+        (Req.SET_PROTOCOL_FEATURES, proto.U64.pack(rng.choice([0, 8, 1 << 12 | 8, 1 << 15 | 9])), []),
+        (Req.GET_QUEUE_NUM, b"", []),
+        (Req.GET_CONFIG, proto.CONFIG_HDR.pack(0, 60, 0) + bytes(60), []),
+        (Req.GET_INFLIGHT_FD, proto.INFLIGHT.pack(0, 0, 1, rng.choice([QS, 1024, 0])), []),
+        (Req.GET_MAX_MEM_SLOTS, b"", []),
+    ]
+    return choices[rng.randrange(len(choices))], V
+
+
+def test_random_message_sequences(svc, bench_core, tmp_path):
+    """Valid-looking messages in random order and with random arguments (starts,
+    stops, table changes while rings run): the process survives, the device
+    serves a good front end afterwards, the bystander sees no error."""
+    svc.core.bdev_create_malloc("sq0", 16 << 20, 4096)
+    sock = str(tmp_path / "sq.sock")
+    dev = svc.create("sq", sock, "sq0", num_queues=2)
+    by = Bystander(svc, bench_core, tmp_path)
+    rng = random.Random(7)
+    efds = [_eventfd(), _eventfd()]
+    cases = max(CASES // 10, 50)
+    try:
+        for _case in range(cases):
+            cl = VhostClient(sock, queue_size=QS, max_inflight=4, max_io=4096, timeout=15)
+            try:
+                cl.connect()
+                for _ in range(rng.randrange(1, 12)):
+                    (req, payload, fds), flags = _random_sequence_message(rng, cl, efds)
+                    try:
+                        proto.send_msg(cl.sock, req, payload, flags, fds)
+                    finally:
+                        proto.close_fds(fds)
+                    # drain whatever comes back (replies, acks) or notice the close
+                    while select.select([cl.sock], [], [], 0.02)[0]:
+                        try:
+                            rq, _, _, rfds = proto.recv_msg(cl.sock)
+                            proto.close_fds(rfds)
+                        except (EOFError, OSError, proto.ProtocolError):
+                            raise StopIteration from None
+                    if rng.randrange(4) == 0:
+                        cl.post_raw(0, b"", [rng.randrange(QS)], None, b"")
+            except StopIteration:
+                pass
+            except (OSError, EOFError, proto.ProtocolError):
+                pass
+            finally:
+                cl.connected = False
+                cl.close()
+    finally:
+        proto.close_fds(efds)
+    by.check()
+    assert wait_for(lambda: dev.info()["state"] == "listening", 10)
+    with VhostClient(sock, num_queues=2) as good:
+        r = good.bench(bench_core, BenchOpts(rw="randrw", qd=16, time_s=0.5), verify=True)
+        assert r["errors"] == 0 and r["verify_errors"] == 0

@@ -1,0 +1,423 @@
+"""The pair's coordination service (DESIGN §5): one thread that feeds ctrl/ha.py.
+
+It owns three ZeroMQ sockets: a ROUTER at coord_bind (the peer's heartbeats
+and commands come in), a DEALER to the peer's ROUTER (ours go out) and a
+DEALER to the witness (lease requests, pings). Every heartbeat_ms it sends a
+heartbeat carrying the sum of our reactors' loop counters (a wedged data plane
+stops it, so the peer counts us dead), polls the mirror link's state, and
+feeds Tick; every message becomes an ha event. The actions that come back are
+carried out here: mirror mode and lease deadline into C, ANA state to the
+exports, lease requests to the witness, generations to state_dir.
+
+Time is time.monotonic() (CLOCK_MONOTONIC), the clock the C mirror checks the
+lease deadline against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from . import ha
+from .pair_config import PairConfig, split_hostport
+
+log = logging.getLogger("srrs.pair")
+
+MIRROR_MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4}
+MODE_NAMES = {v: k for k, v in MIRROR_MODES.items()}
+
+
+class PairService:
+    def __init__(self, ctl: Any, conf: PairConfig):
+        import zmq
+
+        self.ctl = ctl
+        self.conf = conf
+        self.lock = threading.RLock()
+        self.ana = ha.ANA_INACCESSIBLE
+        self.ana_listeners: list[Callable[[str], None]] = []
+        self.alerts: list = []
+        self.link = None
+        self._link_pp = None
+        self._mirrors: list = []
+        self._resync_started = 0.0
+        os.makedirs(conf.state_dir, exist_ok=True)
+        persisted = self._load_state()
+        if self._volatile_replicas():
+            # RAM replicas come back empty: this side is a new replica (full resync).
+            persisted = {}
+            for v in conf.volumes:
+                try:
+                    os.unlink(os.path.join(conf.state_dir, f"{v.replica}.bitmap"))
+                except FileNotFoundError:
+                    pass
+        timing = ha.Timing(heartbeat_s=conf.heartbeat_ms / 1000, miss_count=conf.miss_count,
+                           lease_s=conf.lease_ms / 1000,
+                           witness_timeout_s=max(0.2, min(1.0, conf.lease_ms / 4000)))
+        self.timing = timing
+        now = time.monotonic()
+        self.state, acts = ha.initial(
+            conf.me_id, conf.peer_id, now, timing,
+            data_gen=ha.Gen.from_json(persisted.get("data_gen", [0, ""])),
+            base_gen=ha.Gen.from_json(persisted.get("base_gen", [0, ""])),
+            need_mirror=bool(conf.volumes), epoch=int(persisted.get("epoch", 0)),
+            behind=bool(persisted.get("behind", False)))
+        self._mirror_setup()
+        self.zctx = zmq.Context()
+        self._auth = None
+        self._open_sockets()
+        self._apply(acts, now)
+        self._stop = threading.Event()
+        self._cmds: list = []
+        self._thread = threading.Thread(target=self._run, name="srrs-pair", daemon=True)
+        self._thread.start()
+
+    # -- persistence ------------------------------------------------------------
+    def _volatile_replicas(self) -> bool:
+        mods = {b["name"]: b["module"] for b in self.ctl.core.bdev_list()}
+        return any(mods.get(v.replica) in ("malloc", "null") for v in self.conf.volumes)
+
+    @property
+    def _state_file(self) -> str:
+        return os.path.join(self.conf.state_dir, "pair.json")
+
+    def _load_state(self) -> dict:
+        try:
+            with open(self._state_file, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"pair state {self._state_file}: {e}") from None
+
+    def _save_state(self, data: ha.Gen, base: ha.Gen, behind: bool) -> None:
+        tmp = self._state_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"data_gen": data.to_json(), "base_gen": base.to_json(),
+                       "behind": behind, "epoch": self.state.epoch}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_file)
+        dfd = os.open(self.conf.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # -- the C mirror -------------------------------------------------------------
+    def _mirror_setup(self) -> None:
+        from ..ffi.binding import check, ffi, lib
+
+        self._ffi, self._lib, self._check = ffi, lib, check
+        core = self.ctl.core.ptr
+        o = ffi.new("struct srrs_mirror_link_opts *")
+        o.reactor = 0
+        o.node = 0 if self.conf.me_id < self.conf.peer_id else 1
+        host, port = split_hostport(self.conf.mirror_listen)
+        o.listen_host = host.encode()
+        o.listen_port = port
+        host, port = split_hostport(self.conf.peer_mirror)
+        o.peer_host = host.encode()
+        o.peer_port = port
+        o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
+        o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
+        pp = ffi.new("struct srrs_mirror_link **")
+        check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
+        self._link_pp = pp
+        self.link = pp[0]
+        try:
+            for i, v in enumerate(self.conf.volumes):
+                bitmap = os.path.join(self.conf.state_dir, f"{v.replica}.bitmap")
+                check(lib.srrs_mirror_create(self.link, v.name.encode(), v.replica.encode(), i,
+                                             self.conf.stripe_size, bitmap.encode()),
+                      f"mirror {v.name}")
+                self._mirrors.append(v.name)
+        except BaseException:
+            self._mirror_teardown()
+            raise
+
+    def _mirror_teardown(self) -> None:
+        for name in reversed(self._mirrors):
+            try:
+                self.ctl.core.bdev_delete(name)
+            except OSError as e:
+                log.error("deleting mirror %s: %s", name, e)
+        self._mirrors.clear()
+        if self._link_pp is not None:
+            self._lib.srrs_mirror_link_destroy(self._link_pp)
+            self._link_pp = None
+            self.link = None
+
+    def mirror_info(self) -> list:
+        out = []
+        for name in self._mirrors:
+            i = self._ffi.new("struct srrs_mirror_info *")
+            self._check(self._lib.srrs_mirror_get_info(self.link, name.encode(), i))
+            d = {k: getattr(i, k) for k in ("vol_id", "stripe_size", "stripes", "dirty_stripes",
+                                            "resync_left", "resync_bytes", "resync_active",
+                                            "resync_done", "writes", "replicated", "forwarded",
+                                            "remote_reads", "fenced_ios")}
+            d.update(name=name, replica=self._ffi.string(i.replica).decode(),
+                     mode=MODE_NAMES.get(i.mode, str(i.mode)))
+            el = time.monotonic() - self._resync_started if self._resync_started else 0
+            d["resync_mibps"] = round(d["resync_bytes"] / el / (1 << 20), 1) if el > 0 else 0.0
+            d["resync_progress"] = (round(1 - d["resync_left"] / d["stripes"], 4)
+                                    if d["stripes"] else 1.0)
+            out.append(d)
+        return out
+
+    def link_info(self) -> dict:
+        i = self._ffi.new("struct srrs_mirror_link_info *")
+        self._check(self._lib.srrs_mirror_link_get_info(self.link, i))
+        d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
+                                        "rx_bytes", "crc_errors", "proto_errors",
+                                        "held_writes")}
+        d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))
+        return d
+
+    # -- sockets ------------------------------------------------------------------
+    def _open_sockets(self) -> None:
+        import zmq
+
+        from .witness import curve_client_setup
+
+        c = self.conf
+        self.router = self.zctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        if c.secret_key:
+            self._auth = self._curve_server(self.router)
+        self.router.bind(c.coord_bind)
+        self.peer_sock = self.zctx.socket(zmq.DEALER)
+        self.peer_sock.linger = 0
+        self.peer_sock.sndhwm = 4
+        self.peer_sock.immediate = True    # nothing queued for a peer that is not there
+        curve_client_setup(self.peer_sock, c.secret_key or None, c.peer_public_key or None)
+        self.peer_sock.connect(c.peer_coord)
+        self.wit = self.zctx.socket(zmq.DEALER)
+        self.wit.linger = 0
+        self.wit.sndhwm = 4
+        self.wit.immediate = True
+        curve_client_setup(self.wit, c.secret_key or None, c.witness_public_key or None)
+        self.wit.connect(c.witness)
+
+    def _curve_server(self, sock):
+        """Our ROUTER accepts only the peer's public key."""
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        pub, sec = zmq.auth.load_certificate(self.conf.secret_key)
+        peer_pub, _ = zmq.auth.load_certificate(self.conf.peer_public_key)
+
+        class _Only:
+            def callback(self, domain, key):
+                return key == peer_pub
+
+        auth = ThreadAuthenticator(self.zctx)
+        auth.start()
+        auth.configure_curve_callback(domain="*", credentials_provider=_Only())
+        sock.curve_secretkey = sec
+        sock.curve_publickey = pub
+        sock.curve_server = True
+        return auth
+
+    def _send(self, sock, msg: dict) -> None:
+        import zmq
+
+        try:
+            sock.send(json.dumps(msg).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected / queue full: the protocol tolerates loss
+
+    # -- the loop -------------------------------------------------------------------
+    def _run(self) -> None:
+        import zmq
+
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.wit, zmq.POLLIN)
+        period = self.conf.heartbeat_ms / 1000
+        next_beat = 0.0
+        next_ping = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + period
+                self._beat(now)
+                if now >= next_ping and self.state.lease_sent_at is None:
+                    next_ping = now + 1.0
+                    self._send(self.wit, {"op": "ping", "sent_at": now})
+            timeout = max(0, int((next_beat - time.monotonic()) * 1000))
+            try:
+                ready = dict(poller.poll(timeout))
+            except zmq.ZMQError:
+                if self._stop.is_set():
+                    return
+                raise
+            if self.router in ready:
+                while True:
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_peer(frames[-1])
+            if self.wit in ready:
+                while True:
+                    try:
+                        body = self.wit.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_witness(body)
+            with self.lock:
+                cmds, self._cmds = self._cmds, []
+            for ev in cmds:
+                self.feed(ev)
+
+    def _beat(self, now: float) -> None:
+        loops = int(self._lib.srrs_core_loops_poke(self.ctl.core.ptr))
+        s = self.state
+        self._send(self.peer_sock, {
+            "type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
+            "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
+            "sees_peer": ha.peer_alive(s, now)})
+        self._poll_mirror()
+        self.feed(ha.Tick())
+
+    def _poll_mirror(self) -> None:
+        li = self.link_info()
+        up = bool(li["up"])
+        if up != self.state.mirror_up:
+            self.feed(ha.MirrorUp() if up else ha.MirrorDown())
+        if self.state.role == ha.RESYNC and self._resync_started:
+            infos = self.mirror_info()
+            if all(i["resync_done"] for i in infos):
+                self.feed(ha.ResyncDone())
+
+    def _on_peer(self, body: bytes) -> None:
+        try:
+            m = json.loads(body)
+            if m.get("node") != self.conf.peer_id:
+                log.warning("coordination message from %r, expected %r", m.get("node"),
+                            self.conf.peer_id)
+                return
+            if m["type"] == "hb":
+                ev = ha.PeerHeartbeat(int(m["epoch"]), str(m["role"]), int(m["loops"]),
+                                      ha.Gen.from_json(m["data_gen"]),
+                                      ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]))
+            elif m["type"] == "resync":
+                ev = ha.AdminResync(str(m["source"]))
+            else:
+                return
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("bad coordination message: %s", e)
+            return
+        self.feed(ev)
+
+    def _on_witness(self, body: bytes) -> None:
+        try:
+            m = json.loads(body)
+            op = m.get("op")
+            if op == "pong":
+                self.feed(ha.WitnessReachable())
+            elif op == "lease":
+                sent = float(m["sent_at"])
+                ev = (ha.LeaseGranted(sent, float(m["lease_s"])) if m.get("ok")
+                      else ha.LeaseDenied(sent, str(m.get("reason", ""))))
+                self.feed(ev)
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("bad witness message: %s", e)
+
+    # -- the state machine ---------------------------------------------------------
+    def feed(self, ev) -> None:
+        with self.lock:
+            now = time.monotonic()
+            old = self.state
+            self.state, acts = ha.step(self.state, ev, now)
+            if self.state.role != old.role:
+                log.warning("pair %s: %s -> %s (%s, epoch %d)", self.conf.self_name, old.role,
+                            self.state.role, self.state.reason, self.state.epoch)
+            self._apply(acts, now)
+
+    def _apply(self, acts, now: float) -> None:
+        for a in acts:
+            if isinstance(a, ha.SetMirror):
+                deadline = 0
+                if a.lease_until:
+                    deadline = int(a.lease_until * 1e9)
+                self._check(self._lib.srrs_mirror_set_mode(self.link, MIRROR_MODES[a.mode],
+                                                           deadline), "mirror mode")
+            elif isinstance(a, ha.SetAna):
+                self.ana = a.state
+                for fn in self.ana_listeners:
+                    try:
+                        fn(a.state)
+                    except Exception as e:
+                        log.error("ANA listener: %s", e)
+            elif isinstance(a, ha.RequestLease):
+                self._send(self.wit, {"op": "lease", "pair": self.conf.pair_id,
+                                      "node": self.conf.me_id, "sent_at": a.sent_at,
+                                      "lease_s": self.timing.lease_s,
+                                      "data_gen": a.data_gen.to_json(),
+                                      "next_gen": a.next_gen.to_json()})
+            elif isinstance(a, ha.ReleaseLease):
+                self._send(self.wit, {"op": "release", "pair": self.conf.pair_id,
+                                      "node": self.conf.me_id})
+            elif isinstance(a, ha.StartResync):
+                self._resync_started = now
+                self._check(self._lib.srrs_mirror_resync_start(self.link, int(a.full)),
+                            "resync")
+            elif isinstance(a, ha.SaveGens):
+                self._save_state(a.data_gen, a.base_gen, a.behind)
+            elif isinstance(a, ha.Alert):
+                self.alerts.append({"time": time.time(), "level": a.level, "msg": a.message})
+                del self.alerts[:-100]
+                (log.error if a.level == "error" else log.warning)("pair: %s", a.message)
+
+    # -- operator ---------------------------------------------------------------------
+    def resync(self, source: str) -> None:
+        """After a split brain: `source` keeps its data, the other is overwritten.
+        Names: this controller's or the peer's (self/peer of the config)."""
+        ids = {self.conf.self_name: self.conf.me_id, self.conf.me_id: self.conf.me_id}
+        if self.conf.peer:
+            ids[self.conf.peer] = self.conf.peer_id
+        ids[self.conf.peer_id] = self.conf.peer_id
+        if source not in ids:
+            raise ValueError(f"source must be {self.conf.self_name} or "
+                             f"{self.conf.peer or self.conf.peer_id}")
+        src = ids[source]
+        self._send(self.peer_sock, {"type": "resync", "node": self.conf.me_id, "source": src})
+        with self.lock:
+            self._cmds.append(ha.AdminResync(src))
+
+    def status(self) -> dict:
+        with self.lock:
+            now = time.monotonic()
+            st = self.state.to_json(now)
+            st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
+                      alerts=self.alerts[-10:], link=self.link_info(),
+                      volumes=self.mirror_info())
+            return st
+
+    def to_toml_dict(self) -> dict:
+        from .pair_config import to_toml_dict
+
+        return to_toml_dict(self.conf)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in (self.router, self.peer_sock, self.wit):
+            s.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.zctx.term()
+        self._mirror_teardown()
+
+
+def start(ctl: Any, section: Optional[PairConfig]) -> Optional[PairService]:
+    if section is None:
+        return None
+    return PairService(ctl, section)

@@ -1,0 +1,54 @@
+"""CLI of the pair: `srrs pair status|resync`, `srrs witness`, `srrs keygen`
+(added to the parser of ctrl/cli.py)."""
+
+from __future__ import annotations
+
+from .cli import _call, _print
+
+
+def cmd_pair(args) -> int:
+    if args.verb == "resync":
+        _print(_call(args, "pair_resync", {"source": args.source}), args.json)
+        return 0
+    st = _call(args, "pair_status")
+    if args.json:
+        _print(st, True)
+        return 0
+    print(f"pair {st['pair']}: {st['name']} {st['state']} (epoch {st['epoch']}, {st['reason']}) "
+          f"ana {st['ana']}  peer {st['peer_state'] or '?'} alive {st['peer_alive']}  "
+          f"mirror {'up' if st['mirror_up'] else 'down'}  witness "
+          f"{'ok' if st['witness_ok'] else 'unreachable'}  lease {st['lease_left_s']}s  "
+          f"gen {st['data_gen']}")
+    if st["split_brain"]:
+        print(f"  SPLIT BRAIN: {st['split_brain']}")
+    for v in st["volumes"]:
+        print(f"  {v['name']:16} {v['mode']:13} dirty {v['dirty_stripes']}/{v['stripes']}  "
+              f"resync {100 * v['resync_progress']:.1f}% {v['resync_mibps']} MiB/s")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("pair", help="active/active pair: status, resync")
+    ps = p.add_subparsers(dest="verb", required=True)
+    s = ps.add_parser("status")
+    s.add_argument("--json", action="store_true")
+    r = ps.add_parser("resync", help="after a split brain: keep SOURCE's data")
+    r.add_argument("--source", required=True)
+    r.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_pair)
+
+    from . import witness
+
+    w = sub.add_parser("witness", help="run the pair witness (lease service) in the foreground")
+    w.add_argument("--bind", default=None, help="ZeroMQ endpoint, e.g. tcp://0.0.0.0:5600")
+    w.add_argument("-c", "--config", default=None, help="witness TOML ([witness] table)")
+    w.add_argument("--state", default=None, help="file keeping generations across restarts")
+    w.add_argument("--secret-key", default=None, help="CURVE secret key file (srrs keygen)")
+    w.add_argument("--authorized", default=None, help="directory of allowed public keys")
+    w.add_argument("--max-lease", type=float, default=witness.MAX_LEASE_S,
+                   help="longest lease granted, seconds (also the start-up quarantine)")
+    w.set_defaults(fn=witness.main)
+    k = sub.add_parser("keygen", help="CURVE key pair for the pair and witness")
+    k.add_argument("dir")
+    k.add_argument("name")
+    k.set_defaults(fn=witness.keygen)

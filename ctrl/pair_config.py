@@ -1,0 +1,255 @@
+"""[pair] of a controller config, and the witness's own config file (DESIGN §5, §9).
+
+    [pair]
+    self = "a"                          # this controller's name
+    peer = "b"                          # the other's name (default: identities are
+                                        #   the coordination addresses)
+    coord_bind = "tcp://127.0.0.1:5601" # our ZeroMQ endpoint for the peer
+    peer_coord = "tcp://127.0.0.1:5602"
+    mirror_listen = "127.0.0.1:4521"    # the C mirror link (TCP)
+    peer_mirror = "127.0.0.1:4522"
+    witness = "tcp://127.0.0.1:5600"
+    volumes = ["v0"]                    # replicas; each gets a mirror bdev "v0.mirror"
+                                        #   or { replica = "v0", name = "pv0" }
+    state_dir = "/var/tmp/srrs-pair-a"  # generations and dirty bitmaps (persisted)
+    stripe_size = "1MiB"
+    heartbeat_ms = 200                  # peer dead after heartbeat_ms * miss_count
+    miss_count = 5
+    lease_ms = 3000                     # witness lease
+    secret_key = "keys/a.key_secret"    # CURVE (srrs keygen); all three or none
+    peer_public_key = "keys/b.key"
+    witness_public_key = "keys/w.key"
+
+Defaults give < 5 s of host I/O pause on a controller death: 1 s to declare
+the peer dead, one witness round trip for the lease, then the ANA change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import check_name, parse_size
+
+_ZMQ_RE = re.compile(r"^(tcp://[^\s]+:\d+|ipc://\S+|inproc://\S+)$")
+_HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class PairVolume:
+    replica: str          # the local bdev holding this controller's replica
+    name: str             # the mirror bdev that exports use
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    self_name: str
+    coord_bind: str
+    peer_coord: str
+    mirror_listen: str
+    peer_mirror: str
+    witness: str
+    peer: str = ""
+    volumes: tuple = ()
+    state_dir: str = ""
+    stripe_size: int = 1 << 20
+    heartbeat_ms: int = 200
+    miss_count: int = 5
+    lease_ms: int = 3000
+    secret_key: str = ""
+    peer_public_key: str = ""
+    witness_public_key: str = ""
+
+    @property
+    def me_id(self) -> str:
+        return self.self_name if self.peer else self.coord_bind
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer if self.peer else self.peer_coord
+
+    @property
+    def pair_id(self) -> str:
+        return "+".join(sorted((self.me_id, self.peer_id)))
+
+
+KEYS = {"self", "peer", "coord_bind", "peer_coord", "mirror_listen", "peer_mirror", "witness",
+        "volumes", "state_dir", "stripe_size", "heartbeat_ms", "miss_count", "lease_ms",
+        "secret_key", "peer_public_key", "witness_public_key"}
+
+
+def _str(d: dict, key: str, required: bool = True, default: str = "") -> str:
+    if key not in d:
+        if required:
+            raise ValueError(f"{key}: is required")
+        return default
+    v = d[key]
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{key}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _int(d: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{key}: expected an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{key}: must be in {lo}..{hi}, got {v}")
+    return v
+
+
+def _zmq(d: dict, key: str) -> str:
+    v = _str(d, key)
+    if not _ZMQ_RE.match(v):
+        raise ValueError(f"{key}: {v!r} is not a ZeroMQ endpoint like tcp://HOST:PORT")
+    return v
+
+
+def _hostport(d: dict, key: str) -> str:
+    v = _str(d, key)
+    m = _HOSTPORT_RE.match(v)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"{key}: {v!r} is not HOST:PORT")
+    return v
+
+
+def split_hostport(v: str) -> tuple:
+    m = _HOSTPORT_RE.match(v)
+    if not m:
+        raise ValueError(f"{v!r} is not HOST:PORT")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+def _volumes(d: dict) -> tuple:
+    raw = d.get("volumes", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"volumes: expected a list, got {raw!r}")
+    out, seen = [], set()
+    for i, v in enumerate(raw):
+        if isinstance(v, str):
+            vol = PairVolume(v, f"{v}.mirror")
+        elif isinstance(v, dict):
+            unknown = set(v) - {"replica", "name"}
+            if unknown:
+                raise ValueError(f"volumes[{i}].{sorted(unknown)[0]}: unknown key "
+                                 "(allowed: name, replica)")
+            if not isinstance(v.get("replica"), str):
+                raise ValueError(f"volumes[{i}].replica: is required (a bdev name)")
+            vol = PairVolume(v["replica"], v.get("name", f"{v['replica']}.mirror"))
+        else:
+            raise ValueError(f"volumes[{i}]: expected a bdev name or a table, got {v!r}")
+        for n in (vol.replica, vol.name):
+            try:
+                check_name(n)
+            except ValueError as e:
+                raise ValueError(f"volumes[{i}]: {e}") from None
+            if len(n) > 63:
+                raise ValueError(f"volumes[{i}]: name {n!r} too long")
+        if vol.replica in seen or vol.name in seen:
+            raise ValueError(f"volumes[{i}]: {vol.replica!r} is listed twice")
+        seen |= {vol.replica, vol.name}
+        out.append(vol)
+    return tuple(out)
+
+
+def parse(d: dict) -> PairConfig:
+    if not isinstance(d, dict):
+        raise ValueError("must be a table")
+    for k in d:
+        if k not in KEYS:
+            raise ValueError(f"{k}: unknown key (allowed: {', '.join(sorted(KEYS))})")
+    me = _str(d, "self")
+    check_name(me)
+    peer = _str(d, "peer", required=False)
+    if peer:
+        check_name(peer)
+        if peer == me:
+            raise ValueError(f"peer: must differ from self ({me!r})")
+    coord_bind, peer_coord = _zmq(d, "coord_bind"), _zmq(d, "peer_coord")
+    if coord_bind == peer_coord:
+        raise ValueError("peer_coord: must differ from coord_bind")
+    ml, pm = _hostport(d, "mirror_listen"), _hostport(d, "peer_mirror")
+    if ml == pm:
+        raise ValueError("peer_mirror: must differ from mirror_listen")
+    try:
+        stripe = parse_size(d.get("stripe_size", 1 << 20))
+    except ValueError as e:
+        raise ValueError(f"stripe_size: {e}") from None
+    if stripe < 65536 or stripe > (64 << 20) or stripe & (stripe - 1):
+        raise ValueError(f"stripe_size: must be a power of two in 64KiB..64MiB, got {stripe}")
+    hb = _int(d, "heartbeat_ms", 200, 10, 60000)
+    miss = _int(d, "miss_count", 5, 2, 1000)
+    lease = _int(d, "lease_ms", 3000, 100, 10000)  # the witness grants at most 10 s
+    if lease < 2 * hb:
+        raise ValueError(f"lease_ms: must be at least two heartbeats ({2 * hb}), got {lease}")
+    keys = {k: _str(d, k, required=False) for k in
+            ("secret_key", "peer_public_key", "witness_public_key")}
+    if any(keys.values()) and not all(keys.values()):
+        missing = [k for k, v in keys.items() if not v][0]
+        raise ValueError(f"{missing}: CURVE needs secret_key, peer_public_key and "
+                         "witness_public_key together")
+    for k, v in keys.items():
+        if v and not os.path.exists(v):
+            raise ValueError(f"{k}: {v} does not exist (make keys with `srrs keygen`)")
+    state_dir = _str(d, "state_dir", required=False, default=f"/var/tmp/srrs-pair-{me}")
+    return PairConfig(self_name=me, peer=peer, coord_bind=coord_bind, peer_coord=peer_coord,
+                      mirror_listen=ml, peer_mirror=pm, witness=_zmq(d, "witness"),
+                      volumes=_volumes(d), state_dir=state_dir, stripe_size=stripe,
+                      heartbeat_ms=hb, miss_count=miss, lease_ms=lease, **keys)
+
+
+def to_toml_dict(c: PairConfig) -> dict:
+    d: dict = {"self": c.self_name, "coord_bind": c.coord_bind, "peer_coord": c.peer_coord,
+               "mirror_listen": c.mirror_listen, "peer_mirror": c.peer_mirror,
+               "witness": c.witness, "state_dir": c.state_dir, "stripe_size": c.stripe_size,
+               "heartbeat_ms": c.heartbeat_ms, "miss_count": c.miss_count,
+               "lease_ms": c.lease_ms}
+    if c.peer:
+        d["peer"] = c.peer
+    d["volumes"] = [v.replica if v.name == f"{v.replica}.mirror" else
+                    {"replica": v.replica, "name": v.name} for v in c.volumes]
+    for k in ("secret_key", "peer_public_key", "witness_public_key"):
+        if getattr(c, k):
+            d[k] = getattr(c, k)
+    return d
+
+
+# ---- the witness's file: configs/witness.toml ------------------------------------
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    bind: str
+    state: str = ""
+    secret_key: str = ""
+    authorized_keys: str = ""   # directory of the controllers' public keys
+    max_lease_ms: int = 0       # longest lease granted (0: 10 s); also the start-up wait
+
+
+def parse_witness(d: dict) -> WitnessConfig:
+    allowed = {"bind", "state", "secret_key", "authorized_keys", "max_lease_ms"}
+    for k in d:
+        if k not in allowed:
+            raise ValueError(f"{k}: unknown key (allowed: {', '.join(sorted(allowed))})")
+    return WitnessConfig(bind=_zmq(d, "bind"), state=_str(d, "state", False),
+                         secret_key=_str(d, "secret_key", False),
+                         authorized_keys=_str(d, "authorized_keys", False),
+                         max_lease_ms=_int(d, "max_lease_ms", 0, 0, 10000))
+
+
+def parse_witness_file(path: str) -> WitnessConfig:
+    import toml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = toml.load(f)
+    except (OSError, toml.TomlDecodeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    sec: Optional[dict] = raw.get("witness")
+    if not isinstance(sec, dict) or set(raw) != {"witness"}:
+        raise ValueError(f"{path}: needs exactly one [witness] table")
+    try:
+        return parse_witness(sec)
+    except ValueError as e:
+        raise ValueError(f"{path}: witness.{e}") from None

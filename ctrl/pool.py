@@ -1,0 +1,386 @@
+"""Storage pools and thin volumes: the control-plane service (DESIGN §4).
+
+`Pool` owns one C pool handle (ffi/lvol.h); the data path (cluster lookup,
+allocation, metadata commits) is all C. `PoolService` builds pools, tenants
+and volumes from the config at start, keeps the running model that
+save_config writes back, and serves the pool_/volume_/tenant_ RPCs
+(ctrl/pool_rpc.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import Optional
+
+from ..ffi.binding import SrrsError, check, ffi, lib
+from .pool_config import FragmentConfig, PoolConfig, TenantConfig, VolumeConfig
+
+log = logging.getLogger("srrs.pool")
+
+FRAG_STATES = {0: "empty", 1: "active", 2: "draining", 3: "removed"}
+
+
+def _s(c) -> str:
+    return ffi.string(c).decode(errors="replace")
+
+
+def _uuid(u) -> str:
+    h = bytes(ffi.buffer(u, 16)).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _vol_dict(v) -> dict:
+    return {"name": _s(v.name), "uuid": _uuid(v.uuid), "tenant": _s(v.tenant), "size": v.size,
+            "thin": bool(v.thin), "cluster_size": v.cluster_size,
+            "allocated_clusters": v.allocated_clusters,
+            "allocated": v.allocated_clusters * v.cluster_size,
+            "lost_clusters": v.lost_clusters}
+
+
+def _frag_specs(frags):
+    specs = ffi.new("struct srrs_pool_frag_spec[]", max(len(frags), 1))
+    keep = []
+    for i, f in enumerate(frags):
+        if not f.ram:
+            b = ffi.new("char[]", os.fsencode(f.path))
+            keep.append(b)
+            specs[i].path = b
+        specs[i].size = f.size
+        specs[i].weight = f.weight
+    return specs, keep
+
+
+class Pool:
+    """One open pool. Every method is a control-thread call into C."""
+
+    def __init__(self, core, conf: PoolConfig):
+        self.core = core
+        self.conf = conf
+        o = ffi.new("struct srrs_pool_opts *")
+        o.cluster_size = conf.cluster_size
+        o.placement = 1 if conf.placement == "fill-first" else 0
+        o.reactor = conf.reactor
+        o.sync_metadata = int(conf.sync_metadata)
+        o.md_slots = conf.metadata_slots
+        o.force_create = int(conf.force_create)
+        specs, keep = _frag_specs(conf.fragments)
+        pp = ffi.new("struct srrs_pool **")
+        check(lib.srrs_pool_open(core.ptr, conf.name.encode(), o, specs, len(conf.fragments), pp),
+              f"pool {conf.name}")
+        del keep
+        self._pp = pp
+        self.ptr = pp[0]
+        self.name = conf.name
+        for m in self.messages():
+            log.warning("pool %s: %s", self.name, m)
+
+    # -- pool ------------------------------------------------------------------
+    def close(self) -> None:
+        if self.ptr != ffi.NULL:
+            check(lib.srrs_pool_close(self._pp), f"pool {self.name}")
+            self.ptr = ffi.NULL
+
+    def messages(self) -> list:
+        buf = ffi.new("char[]", 16384)
+        lib.srrs_pool_messages(self.ptr, buf, 16384)
+        return [m for m in _s(buf).split("\n") if m]
+
+    def info(self) -> dict:
+        i = ffi.new("struct srrs_pool_info *")
+        check(lib.srrs_pool_get_info(self.ptr, i))
+        cs = i.cluster_size
+        return {"name": self.name, "uuid": _uuid(i.uuid), "cluster_size": cs,
+                "placement": "fill-first" if i.placement else "spread",
+                "capacity": i.total_clusters * cs, "used": i.used_clusters * cs,
+                "free": i.free_clusters * cs, "total_clusters": i.total_clusters,
+                "used_clusters": i.used_clusters, "free_clusters": i.free_clusters,
+                "volumes": i.nvolumes, "md_slots": i.md_slots_total, "md_slots_used": i.md_slots_used,
+                "md_writes": i.md_writes, "alloc_failures": i.alloc_failures,
+                "created": bool(i.created), "repaired": i.repaired,
+                "fragments": self.fragments(), "messages": self.messages()}
+
+    def fragments(self) -> list:
+        out = []
+        fi = ffi.new("struct srrs_pool_frag_info *")
+        for idx in range(16):
+            if lib.srrs_pool_frag_get_info(self.ptr, idx, fi) < 0:
+                continue
+            cs = self.conf.cluster_size
+            out.append({"index": idx, "state": FRAG_STATES.get(fi.state, str(fi.state)),
+                        "ram": bool(fi.ram), "path": _s(fi.path), "bdev": _s(fi.bdev),
+                        "uuid": _uuid(fi.uuid), "size": fi.size, "weight": fi.weight,
+                        "total_clusters": fi.total_clusters, "used_clusters": fi.used_clusters,
+                        "capacity": fi.total_clusters * cs, "used": fi.used_clusters * cs,
+                        "free": (fi.total_clusters - fi.used_clusters) * cs,
+                        "md_slots": fi.md_slots, "md_slots_used": fi.md_slots_used,
+                        "drain": {"moved": fi.drain_moved, "total": fi.drain_total,
+                                  "error": fi.drain_error}})
+        return out
+
+    def frag_add(self, frag: FragmentConfig) -> int:
+        specs, keep = _frag_specs([frag])
+        idx = check(lib.srrs_pool_frag_add(self.ptr, specs), f"pool {self.name}")
+        self.conf = replace(self.conf, fragments=self.conf.fragments + (frag,))
+        return idx
+
+    def frag_drain(self, idx: int, max_inflight: int = 4) -> None:
+        check(lib.srrs_pool_frag_drain(self.ptr, idx, max_inflight), f"pool {self.name}")
+
+    def frag_remove(self, idx: int) -> None:
+        frags = self.fragments()
+        check(lib.srrs_pool_frag_remove(self.ptr, idx), f"pool {self.name}")
+        gone = next((f for f in frags if f["index"] == idx), None)
+        if gone is not None:
+            keep = [f for f in self.conf.fragments
+                    if not ((f.ram and gone["ram"] and f.size == gone["size"]) or
+                            (not f.ram and f.path == gone["path"]))]
+            if gone["ram"] and len(keep) < len(self.conf.fragments) - 1:
+                # Several RAM fragments of that size: drop only one.
+                keep = list(self.conf.fragments)
+                for i, f in enumerate(keep):
+                    if f.ram and f.size == gone["size"]:
+                        del keep[i]
+                        break
+            self.conf = replace(self.conf, fragments=tuple(keep))
+
+    # -- tenants -----------------------------------------------------------------
+    def tenant_set(self, name: str, quota: int) -> None:
+        check(lib.srrs_pool_tenant_set(self.ptr, name.encode(), quota), f"tenant {name}")
+
+    def tenant_delete(self, name: str) -> None:
+        check(lib.srrs_pool_tenant_delete(self.ptr, name.encode()), f"tenant {name}")
+
+    def tenant_info(self, name: str) -> Optional[dict]:
+        t = ffi.new("struct srrs_pool_tenant_info *")
+        if lib.srrs_pool_tenant_get_info(self.ptr, name.encode(), t) < 0:
+            return None
+        cs = self.conf.cluster_size
+        return {"name": _s(t.name), "pool": self.name, "quota": t.quota,
+                "used_clusters": t.used_clusters, "used": t.used_clusters * cs,
+                "quota_failures": t.quota_failures}
+
+    # -- volumes ---------------------------------------------------------------------
+    def volume_create(self, name: str, size: int, thin: bool = True, tenant: str = "") -> dict:
+        v = ffi.new("struct srrs_lvol_info *")
+        check(lib.srrs_lvol_create(self.ptr, name.encode(), size, int(thin),
+                                   tenant.encode() if tenant else ffi.NULL, v), f"volume {name}")
+        return _vol_dict(v)
+
+    def volume_delete(self, name: str) -> None:
+        check(lib.srrs_lvol_delete(self.ptr, name.encode()), f"volume {name}")
+
+    def volume_resize(self, name: str, size: int) -> None:
+        check(lib.srrs_lvol_resize(self.ptr, name.encode(), size), f"volume {name}")
+
+    def volume_info(self, name: str) -> Optional[dict]:
+        v = ffi.new("struct srrs_lvol_info *")
+        if lib.srrs_lvol_get_info(self.ptr, name.encode(), v) < 0:
+            return None
+        d = _vol_dict(v)
+        d["pool"] = self.name
+        return d
+
+    def volume_list(self) -> list:
+        n = 256
+        while True:
+            arr = ffi.new("struct srrs_lvol_info[]", n)
+            total = check(lib.srrs_lvol_list(self.ptr, arr, n))
+            if total <= n:
+                out = []
+                for i in range(total):
+                    d = _vol_dict(arr[i])
+                    d["pool"] = self.name
+                    out.append(d)
+                return sorted(out, key=lambda d: d["name"])
+            n = total + 64
+
+
+class PoolService:
+    """Every pool of one controller, and the config model of pools/tenants/volumes."""
+
+    def __init__(self, ctl):
+        self.ctl = ctl
+        self.pools: dict[str, Pool] = {}
+        self.tenants: dict[str, TenantConfig] = {}
+        self.volumes: dict[str, VolumeConfig] = {}
+
+    # -- building ------------------------------------------------------------------
+    def pool_create(self, conf: PoolConfig) -> Pool:
+        if conf.name in self.pools:
+            raise ValueError(f"pool {conf.name} already exists")
+        if conf.reactor >= self.ctl.core.num_reactors:
+            raise ValueError(f"pool {conf.name}: reactor {conf.reactor} does not exist")
+        p = Pool(self.ctl.core, conf)
+        self.pools[conf.name] = p
+        for t in self.tenants.values():
+            if not t.pool or t.pool == conf.name:
+                p.tenant_set(t.name, t.quota)
+        for v in p.volume_list():
+            self.volumes.setdefault(v["name"], VolumeConfig(
+                name=v["name"], pool=conf.name, size=v["size"], thin=v["thin"], tenant=v["tenant"]))
+        return p
+
+    def pool_close(self, name: str) -> None:
+        p = self.pool(name)
+        p.close()
+        del self.pools[name]
+        for v in [v for v in self.volumes.values() if v.pool == name]:
+            del self.volumes[v.name]
+
+    def pool(self, name: str) -> Pool:
+        p = self.pools.get(name)
+        if p is None:
+            raise ValueError(f"pool {name} does not exist")
+        return p
+
+    def tenant_set(self, t: TenantConfig) -> None:
+        if t.pool and t.pool not in self.pools:
+            raise ValueError(f"tenant {t.name}: pool {t.pool} does not exist")
+        for p in self.pools.values():
+            if not t.pool or t.pool == p.name:
+                p.tenant_set(t.name, t.quota)
+        self.tenants[t.name] = t
+
+    def tenant_delete(self, name: str) -> None:
+        if name not in self.tenants:
+            raise ValueError(f"tenant {name} does not exist")
+        users = [v.name for v in self.volumes.values() if v.tenant == name]
+        if users:
+            raise ValueError(f"tenant {name} still has volumes: {', '.join(sorted(users)[:10])}")
+        for p in self.pools.values():
+            try:
+                p.tenant_delete(name)
+            except SrrsError:
+                pass
+        del self.tenants[name]
+
+    def tenant_list(self) -> list:
+        out = []
+        for t in self.tenants.values():
+            d = {"name": t.name, "quota": t.quota, "pool": t.pool, "pools": []}
+            for p in self.pools.values():
+                i = p.tenant_info(t.name)
+                if i is not None:
+                    d["pools"].append(i)
+            d["used"] = sum(i["used"] for i in d["pools"])
+            out.append(d)
+        return sorted(out, key=lambda d: d["name"])
+
+    def volume_create(self, v: VolumeConfig) -> dict:
+        p = self.pool(v.pool)
+        if v.tenant and v.tenant not in self.tenants:
+            raise ValueError(f"volume {v.name}: tenant {v.tenant} does not exist")
+        cs = p.conf.cluster_size
+        size = -(-v.size // cs) * cs  # whole clusters
+        info = p.volume_create(v.name, size, v.thin, v.tenant)
+        self.volumes[v.name] = replace(v, size=size)
+        info["pool"] = v.pool
+        return info
+
+    def _owner(self, name: str) -> Pool:
+        v = self.volumes.get(name)
+        if v is None:
+            raise ValueError(f"volume {name} does not exist")
+        return self.pool(v.pool)
+
+    def volume_delete(self, name: str) -> None:
+        self._owner(name).volume_delete(name)
+        del self.volumes[name]
+
+    def volume_resize(self, name: str, size: int) -> dict:
+        p = self._owner(name)
+        cs = p.conf.cluster_size
+        size = -(-size // cs) * cs
+        p.volume_resize(name, size)
+        self.volumes[name] = replace(self.volumes[name], size=size)
+        return p.volume_info(name)
+
+    def volume_info(self, name: str) -> dict:
+        return self._owner(name).volume_info(name)
+
+    def volume_list(self, pool: str = "") -> list:
+        out = []
+        for p in self.pools.values():
+            if not pool or p.name == pool:
+                out += p.volume_list()
+        return out
+
+    def apply_config_volume(self, v: VolumeConfig) -> None:
+        """A [[volume]] at start: create it, or check / grow the existing one."""
+        p = self.pool(v.pool)
+        have = p.volume_info(v.name)
+        if have is None:
+            self.volume_create(v)
+            return
+        cs = p.conf.cluster_size
+        want = -(-v.size // cs) * cs
+        if want > have["size"]:
+            p.volume_resize(v.name, want)
+            log.info("volume %s grown to %d bytes as configured", v.name, want)
+        elif want < have["size"]:
+            log.warning("volume %s is %d bytes, larger than the configured %d; volumes never shrink",
+                        v.name, have["size"], want)
+        self.volumes[v.name] = replace(v, size=max(want, have["size"]), thin=have["thin"],
+                                       tenant=have["tenant"])
+
+    # -- service interface ------------------------------------------------------------
+    def status(self) -> dict:
+        return {"pools": [p.info() for p in self.pools.values()],
+                "tenants": self.tenant_list(),
+                "volumes": len(self.volumes)}
+
+    def to_toml(self) -> dict:
+        from .pool_config import pool_to_dict, tenant_to_dict, volume_to_dict
+
+        return {"pool": [pool_to_dict(p.conf) for p in self.pools.values()],
+                "tenant": [tenant_to_dict(t) for t in self.tenants.values()],
+                "volume": [volume_to_dict(v) for v in sorted(self.volumes.values(),
+                                                             key=lambda v: v.name)]}
+
+    def close(self) -> None:
+        for name in list(self.pools):
+            try:
+                self.pools.pop(name).close()
+            except SrrsError as e:
+                log.error("closing pool %s: %s", name, e)
+
+
+def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> None:
+    """New volumes of a config, created concurrently: their metadata commits
+    share fragment flushes (group commit) instead of paying one each."""
+    if len(vols) < 64:
+        for v in vols:
+            svc.volume_create(v)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as ex:
+        for f in [ex.submit(svc.volume_create, v) for v in vols]:
+            f.result()
+
+
+def start(ctl, pools_section) -> PoolService:
+    svc = PoolService(ctl)
+    secs = ctl.conf.sections
+    try:
+        for t in secs.get("tenant", ()):
+            svc.tenants[t.name] = t
+        for pc in pools_section or ():
+            svc.pool_create(pc)
+        for t in secs.get("tenant", ()):
+            svc.tenant_set(t)
+        new = []
+        for v in secs.get("volume", ()):
+            if v.pool not in svc.pools:
+                raise ValueError(f"volume {v.name}: pool {v.pool} is not configured")
+            if svc.pools[v.pool].volume_info(v.name) is None:
+                new.append(v)
+            else:
+                svc.apply_config_volume(v)
+        _create_parallel(svc, new)
+    except BaseException:
+        svc.close()
+        raise
+    return svc

@@ -1,0 +1,252 @@
+"""The witness: `srrs witness --bind ADDR` (DESIGN §5).
+
+A tiny ZeroMQ ROUTER service on a third host that breaks ties: it grants the
+solo lease of a pair to at most one controller at a time, and never before
+the other's lease can have expired (by the witness's own clock, which starts
+each lease later than the holder's, so the holder always gives up first).
+
+It also remembers the data generation the last holder writes under, and
+refuses a lease to a controller whose data is older ("outdated"): a
+controller that missed the other's solo writes must never serve alone.
+
+After a restart the witness knows no leases, so it grants nothing for one
+maximum lease length (a lease it granted before may still run); with
+--state FILE the generations survive restarts.
+
+Protocol (JSON, one frame; ROUTER/DEALER):
+  {"op": "lease", "pair": P, "node": N, "sent_at": T, "lease_s": S,
+   "data_gen": [n, node], "next_gen": [n, node]}
+     -> {"op": "lease", "ok": true, "sent_at": T, "lease_s": S}
+      | {"op": "lease", "ok": false, "sent_at": T, "reason": "...", "holder": H}
+  {"op": "release", "pair": P, "node": N}  -> {"op": "release", "ok": true}
+  {"op": "ping", "sent_at": T}             -> {"op": "pong", "sent_at": T}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+log = logging.getLogger("srrs.witness")
+
+MAX_LEASE_S = 10.0
+
+
+@dataclass
+class PairRecord:
+    holder: str = ""
+    expires: float = 0.0          # witness clock
+    gen: Optional[list] = None    # generation the last holder writes under
+
+
+@dataclass
+class LeaseTable:
+    """The witness's decisions, pure (tested directly and by the pair simulation)."""
+    started: float
+    max_lease_s: float = MAX_LEASE_S
+    pairs: dict = field(default_factory=dict)
+
+    def request(self, pair: str, node: str, lease_s: float, data_gen, next_gen,
+                now: float) -> tuple:
+        """(ok, reason, holder). Grants extend to now + lease_s."""
+        if not 0 < lease_s <= self.max_lease_s:
+            return False, f"lease_s must be in (0, {self.max_lease_s}]", ""
+        rec = self.pairs.setdefault(pair, PairRecord())
+        if rec.holder and rec.holder != node and now < rec.expires:
+            return False, f"lease held by {rec.holder} for {rec.expires - now:.1f}s", rec.holder
+        if rec.holder != node and now < self.started + self.max_lease_s:
+            # A lease granted before our restart may still run.
+            return False, "witness restarted: waiting out earlier leases", ""
+        if rec.gen is not None and list(data_gen) != rec.gen and list(next_gen) != rec.gen:
+            return False, (f"outdated: {node} has generation {data_gen}, the pair's latest is "
+                           f"{rec.gen}"), rec.holder
+        rec.holder = node
+        rec.expires = now + lease_s
+        rec.gen = list(next_gen)
+        return True, "", node
+
+    def release(self, pair: str, node: str) -> None:
+        rec = self.pairs.get(pair)
+        if rec and rec.holder == node:
+            rec.holder = ""
+            rec.expires = 0.0
+
+    def to_json(self) -> dict:
+        return {p: {"gen": r.gen} for p, r in self.pairs.items()}
+
+    def load_json(self, d: dict) -> None:
+        for p, r in d.items():
+            self.pairs[p] = PairRecord(gen=r.get("gen"))
+
+
+def curve_server_setup(sock, secret_key_file: Optional[str], authorized_dir: Optional[str]):
+    """CURVE server: our secret key; clients limited to the public keys in
+    authorized_dir (ZAP through zmq.auth.thread). Returns the authenticator."""
+    if not secret_key_file:
+        return None
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
+    pub, sec = zmq.auth.load_certificate(secret_key_file)
+    if sec is None:
+        raise ValueError(f"{secret_key_file} holds no secret key")
+    auth = ThreadAuthenticator(sock.context)
+    auth.start()
+    if authorized_dir:
+        auth.configure_curve(domain="*", location=authorized_dir)
+    else:
+        auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+    sock.curve_secretkey = sec
+    sock.curve_publickey = pub
+    sock.curve_server = True
+    return auth
+
+
+def curve_client_setup(sock, secret_key_file: Optional[str], server_public_file: Optional[str]):
+    if not secret_key_file:
+        return
+    import zmq.auth
+
+    pub, sec = zmq.auth.load_certificate(secret_key_file)
+    spub, _ = zmq.auth.load_certificate(server_public_file)
+    sock.curve_secretkey = sec
+    sock.curve_publickey = pub
+    sock.curve_serverkey = spub
+
+
+def serve(bind: str, state_file: Optional[str] = None, secret_key: Optional[str] = None,
+          authorized: Optional[str] = None, max_lease_s: float = MAX_LEASE_S,
+          stop_fd: Optional[int] = None) -> int:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    auth = curve_server_setup(sock, secret_key, authorized)
+    sock.bind(bind)
+    table = LeaseTable(started=time.monotonic(), max_lease_s=max_lease_s)
+    if state_file and os.path.exists(state_file):
+        with open(state_file, encoding="utf-8") as f:
+            table.load_json(json.load(f))
+    log.info("witness on %s%s", bind, " (CURVE)" if secret_key else "")
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    if stop_fd is not None:
+        poller.register(stop_fd, zmq.POLLIN)
+    try:
+        while True:
+            ready = dict(poller.poll())
+            if stop_fd is not None and stop_fd in ready:
+                return 0
+            if sock not in ready:
+                continue
+            frames = sock.recv_multipart()
+            if len(frames) < 2:
+                continue
+            ident, body = frames[0], frames[-1]
+            reply = _handle(table, body, time.monotonic())
+            if reply is None:
+                continue
+            if reply.get("op") == "lease" and reply.get("ok") and state_file:
+                _save(state_file, table)
+            sock.send_multipart([ident, json.dumps(reply).encode()])
+    finally:
+        sock.close(0)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+
+
+def _save(path: str, table: LeaseTable) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(table.to_json(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _handle(table: LeaseTable, body: bytes, now: float) -> Optional[dict]:
+    try:
+        m = json.loads(body)
+        op = m["op"]
+    except (ValueError, KeyError, TypeError):
+        return {"op": "error", "reason": "bad request"}
+    if op == "ping":
+        return {"op": "pong", "sent_at": m.get("sent_at")}
+    try:
+        pair, node = str(m["pair"]), str(m["node"])
+        if op == "release":
+            table.release(pair, node)
+            log.info("%s released the lease of %s", node, pair)
+            return {"op": "release", "ok": True}
+        if op == "lease":
+            lease_s = float(m["lease_s"])
+            ok, reason, holder = table.request(pair, node, lease_s, list(m["data_gen"]),
+                                               list(m["next_gen"]), now)
+            if ok:
+                log.debug("lease %s -> %s for %.1fs", pair, node, lease_s)
+            else:
+                log.info("lease %s refused to %s: %s", pair, node, reason)
+            return {"op": "lease", "ok": ok, "sent_at": m.get("sent_at"), "lease_s": lease_s,
+                    "reason": reason, "holder": holder}
+    except (KeyError, TypeError, ValueError) as e:
+        return {"op": "error", "reason": f"bad request: {e}"}
+    return {"op": "error", "reason": f"unknown op {op!r}"}
+
+
+def main(args) -> int:
+    """`srrs witness --bind ADDR [--state FILE] [--secret-key F --authorized DIR]`."""
+    logging.basicConfig(level=os.environ.get("SRRS_LOG", "INFO"),
+                        format="%(asctime)s srrs-witness[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    bind, state, sec, authd = args.bind, args.state, args.secret_key, args.authorized
+    if args.config:
+        from .pair_config import parse_witness_file
+        try:
+            w = parse_witness_file(args.config)
+        except ValueError as e:
+            print(f"srrs witness: config error: {e}", file=sys.stderr)
+            return 2
+        bind = bind or w.bind
+        state = state or w.state
+        sec = sec or w.secret_key
+        authd = authd or w.authorized_keys
+        if w.max_lease_ms and args.max_lease == MAX_LEASE_S:
+            args.max_lease = w.max_lease_ms / 1000
+    if not bind:
+        print("srrs witness: --bind or a config with [witness] bind is required", file=sys.stderr)
+        return 2
+    r, w_ = os.pipe()
+    os.set_blocking(w_, False)
+
+    def on_signal(signo, frame):
+        try:
+            os.write(w_, b"x")
+        except OSError:
+            pass
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    try:
+        return serve(bind, state, sec, authd, max_lease_s=args.max_lease, stop_fd=r)
+    except Exception as e:  # zmq.ZMQError, OSError, ValueError: one line, not a traceback
+        print(f"srrs witness: {e}", file=sys.stderr)
+        return 1
+
+
+def keygen(args) -> int:
+    """`srrs keygen DIR NAME`: NAME.key (public) and NAME.key_secret (secret, 0600)."""
+    import zmq.auth
+
+    os.makedirs(args.dir, exist_ok=True)
+    pub, sec = zmq.auth.create_certificates(args.dir, args.name)
+    os.chmod(sec, 0o600)
+    print(json.dumps({"public": pub, "secret": sec}))
+    return 0

@@ -1,0 +1,93 @@
+/*
+ * Mirror bdev and mirror link (DESIGN §5): the C contract Python may call
+ * (read verbatim into cdef after ffi/srrs.h). Plain C, no macros.
+ *
+ * One link = one TCP connection between the two controllers of a pair, owned
+ * by one reactor; every mirror bdev of the pair rides on it (volume id in each
+ * frame). Frames: a 40-byte header (magic, type, volume, sequence number,
+ * stripe/offset, length, CRC32C of header and payload) and a payload.
+ * Node index 0 connects, node 1 accepts; stripe i is ordered by node i % 2.
+ *
+ * Mirror I/O of every reactor is processed on the link's reactor (messages
+ * there and back); no Python runs per I/O.
+ *
+ * Modes (srrs_mirror_set_mode), from the pair's state machine (ctrl/ha.py):
+ *   0 fenced         every I/O fails with -ENOTCONN (a path error: the host retries
+ *                    on the other path); writes held for the peer fail too
+ *   1 paired         writes applied by the stripe owner, then on the peer; ack when
+ *                    both have them; reads local
+ *   2 solo           writes applied locally and their stripes marked dirty in the
+ *                    persistent bitmap; acknowledged alone only while now < the
+ *                    lease deadline: past it the mirror fences by itself
+ *   3 resync_source  like paired, and dirty stripes (ours | the peer's) are copied to
+ *                    the peer; stripes not yet copied are ordered by us
+ *   4 resync_target  like paired; reads of stripes not yet copied go to the peer
+ */
+
+struct srrs_mirror_link;
+
+struct srrs_mirror_link_opts {
+    int reactor;               /* reactor that owns the socket and all mirror I/O */
+    int node;                  /* 0 or 1 */
+    char listen_host[64];      /* node 1 accepts here (node 0 listens too, for restarts) */
+    uint16_t listen_port;
+    char peer_host[64];
+    uint16_t peer_port;
+    uint32_t ping_ms;          /* PING period (default 50) */
+    uint32_t timeout_ms;       /* link down when nothing arrives this long (default 1000) */
+};
+
+struct srrs_mirror_link_info {
+    int32_t up;
+    int32_t mode;
+    uint64_t connects;
+    uint64_t tx_frames;
+    uint64_t rx_frames;
+    uint64_t tx_bytes;
+    uint64_t rx_bytes;
+    uint64_t crc_errors;       /* frames that failed CRC32C: connection dropped */
+    uint64_t proto_errors;     /* bad header, length, volume or sequence number */
+    uint64_t held_writes;      /* writes waiting for the peer right now */
+};
+
+struct srrs_mirror_info {
+    char name[64];
+    char replica[64];
+    uint32_t vol_id;
+    int32_t mode;
+    uint64_t stripe_size;
+    uint64_t stripes;
+    uint64_t dirty_stripes;    /* bits set in the persistent bitmap */
+    uint64_t resync_left;      /* stripes still to copy (source and target) */
+    uint64_t resync_bytes;     /* copied since the last resync start */
+    int32_t resync_active;
+    int32_t resync_done;       /* 1 after a resync completed (until the next start) */
+    uint64_t writes;
+    uint64_t replicated;       /* writes we applied for the peer */
+    uint64_t forwarded;        /* writes we forwarded to the owner */
+    uint64_t remote_reads;     /* reads served by the peer (stripe not yet in sync) */
+    uint64_t fenced_ios;
+};
+
+/* control. Creates the link on opts->reactor (socket listening/connecting). */
+int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_link_opts *opts,
+                            struct srrs_mirror_link **out);
+/* control. Mirror bdevs of the link must be deleted first (-EBUSY). Nulls *link. */
+int srrs_mirror_link_destroy(struct srrs_mirror_link **link);
+/* control. A mirror bdev `name` over local bdev `replica` (opened; must match
+ * the peer's size). bitmap_path: file holding the dirty bitmap (created). */
+int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
+                       uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path);
+/* control. Every mirror of the link; lease_deadline_ns (CLOCK_MONOTONIC) bounds solo. */
+int srrs_mirror_set_mode(struct srrs_mirror_link *link, int mode, uint64_t lease_deadline_ns);
+/* control. Start copying: source (mode 3) copies dirty stripes of both sides
+ * (full: every stripe); target (mode 4) waits for them. */
+int srrs_mirror_resync_start(struct srrs_mirror_link *link, int full);
+int srrs_mirror_link_get_info(struct srrs_mirror_link *link, struct srrs_mirror_link_info *out);
+int srrs_mirror_get_info(struct srrs_mirror_link *link, const char *name,
+                         struct srrs_mirror_info *out);
+/* any thread. Posts a no-op to every reactor (an idle one wakes and loops)
+ * and returns the sum of their loop counters: a wedged reactor stops it. */
+uint64_t srrs_core_loops_poke(struct srrs_core *core);
+/* control. Test hook: every live piece, lock and resync flag to stderr. */
+int srrs_mirror_test_dump(struct srrs_mirror_link *link);

@@ -1,0 +1,178 @@
+"""Real processes for the pair tests: witness and controllers on loopback (or in
+network namespaces), with free ports so parallel test runs do not collide."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from srrs.ctrl.rpc import RpcClient
+
+SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+
+
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Proc:
+    def __init__(self, args, log_path, prefix=()):
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.args = list(prefix) + SRRS + list(args)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill9(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+                raise
+        return self.proc.returncode
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+class Witness(Proc):
+    def __init__(self, tmp, bind, max_lease=3.0, extra=(), prefix=()):
+        super().__init__(["witness", "--bind", bind, "--max-lease", str(max_lease)] + list(extra),
+                         str(tmp / f"witness-{time.monotonic_ns()}.log"), prefix)
+
+
+class Ctl(Proc):
+    def __init__(self, tmp, name, conf_text, prefix=()):
+        self.name = name
+        self.conf = tmp / f"{name}.toml"
+        self.conf.write_text(conf_text)
+        self.sock = str(tmp / f"{name}.sock")
+        self.tmp = tmp
+        self.prefix = prefix
+        self._start()
+
+    def _start(self):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        super().__init__(["start", "-c", str(self.conf)], str(self.tmp / f"{self.name}.log"),
+                         self.prefix)
+        deadline = time.time() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.output()}")
+            if os.path.exists(self.sock):
+                try:
+                    RpcClient(self.sock).close()
+                    return
+                except ConnectionError:
+                    pass
+            if time.time() > deadline:
+                self.kill9()
+                raise RuntimeError(f"{self.name} did not start: {self.output()}")
+            time.sleep(0.05)
+
+    def restart(self):
+        self._start()
+
+    def rpc(self, method, params=None, timeout=30.0):
+        with RpcClient(self.sock, timeout=timeout) as c:
+            return c.call(method, params)
+
+    def pair(self):
+        return self.rpc("pair_status")
+
+    def wait_state(self, want, timeout=15.0):
+        deadline = time.time() + timeout
+        st = None
+        while time.time() < deadline:
+            try:
+                st = self.pair()
+            except (ConnectionError, OSError):
+                st = None
+            if st and st["state"] == want:
+                return st
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: not {want} within {timeout}s: "
+                             f"{json.dumps(st, indent=1) if st else None}\n{self.output()[-3000:]}")
+
+    def bench(self, **kw):
+        p = {"bdev": "v0.mirror", "rw": "randwrite", "qd": 32, "time_s": 2}
+        p.update(kw)
+        jid = self.rpc("bench_bdev_start", p)
+        while True:
+            jobs = self.rpc("bench_bdev_results")
+            j = jobs[jid]
+            if j["state"] != "running":
+                return j
+            time.sleep(0.1)
+
+
+def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=5, lease=1500, host="127.0.0.1",
+              peer_host="127.0.0.1", witness_host="127.0.0.1", extra=""):
+    """ports: dict with coord_<n>, mirror_<n>, witness."""
+    return f"""
+[controller]
+name = "{name}"
+rpc_socket = "{tmp}/{name}.sock"
+
+[[bdev]]
+name = "v0"
+type = "file"
+path = "{tmp}/{name}-v0.img"
+size = "{size}"
+
+[pair]
+self = "{name}"
+peer = "{peer}"
+coord_bind = "tcp://{host}:{ports['coord_' + name]}"
+peer_coord = "tcp://{peer_host}:{ports['coord_' + peer]}"
+mirror_listen = "{host}:{ports['mirror_' + name]}"
+peer_mirror = "{peer_host}:{ports['mirror_' + peer]}"
+witness = "tcp://{witness_host}:{ports['witness']}"
+volumes = ["v0"]
+state_dir = "{tmp}/state-{name}"
+heartbeat_ms = {hb}
+miss_count = {miss}
+lease_ms = {lease}
+{extra}
+"""
+
+
+def alloc_ports():
+    p = free_ports(5)
+    return {"coord_a": p[0], "coord_b": p[1], "mirror_a": p[2], "mirror_b": p[3], "witness": p[4]}
+
+
+def same_files(a, b, chunk=1 << 20):
+    diff = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        off = 0
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                diff.append(off)
+            if not x and not y:
+                break
+            off += chunk
+    return diff

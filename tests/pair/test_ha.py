@@ -1,0 +1,305 @@
+"""ha.step: the pair's state machine, with a fake clock (STYLE §13)."""
+
+import random
+
+import pytest
+
+from srrs.ctrl import ha
+from srrs.ctrl.ha import FENCED, PAIRED, RESYNC, SOLO, STARTING, Gen
+from srrs.ctrl.witness import LeaseTable
+
+from .sim import Sim
+
+T = ha.Timing()
+
+
+def acts_of(sim, name, kind):
+    return [a for t, n, a in sim.log if n == name and isinstance(a, kind)]
+
+
+def test_start_both_pair():
+    sim = Sim()
+    sim.run(1.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+    a, b = sim.nodes["a"].state, sim.nodes["b"].state
+    assert a.data_gen == b.data_gen and a.base_gen == b.base_gen
+
+
+def test_decide_directions():
+    g5, g6a, g6b = Gen(5, "a"), Gen(6, "a"), Gen(6, "b")
+    assert ha.decide("a", g5, g5, "b", g5, g5) == "insync"
+    assert ha.decide("a", g6a, g5, "b", g5, g5) == "source"
+    assert ha.decide("b", g5, g5, "a", g6a, g5) == "target"
+    assert ha.decide("a", g6a, g5, "b", g6b, g5) == "split"
+    assert ha.decide("a", ha.NULL_GEN, ha.NULL_GEN, "b", g5, g5) == "full_target"
+    assert ha.decide("a", g5, g5, "b", ha.NULL_GEN, ha.NULL_GEN) == "full_source"
+
+
+def test_peer_death_solo_then_resync_back_to_paired():
+    sim = Sim()
+    sim.run(1.0)
+    sim.kill("b")
+    sim.run(T.peer_timeout_s + 0.3)
+    assert sim.roles()["a"] == SOLO
+    a = sim.nodes["a"].state
+    assert a.data_gen == Gen(a.base_gen.n + 1, "a")
+    assert ha.SetMirror("solo", a.lease_until) in acts_of(sim, "a", ha.SetMirror)
+    sim.run(10)  # lease renewed, still SOLO
+    assert sim.roles()["a"] == SOLO
+    sim.restart("b")
+    sim.run(0.5)
+    assert sim.nodes["a"].state.resync_role == "source" or sim.roles()["a"] == PAIRED
+    sim.run(1.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+    a, b = sim.nodes["a"].state, sim.nodes["b"].state
+    assert a.data_gen == b.data_gen == a.base_gen == b.base_gen
+    assert acts_of(sim, "b", ha.StartResync)[-1] == ha.StartResync("target", False)
+    assert ha.ReleaseLease() in acts_of(sim, "a", ha.ReleaseLease)
+
+
+def test_failover_time_under_host_limit():
+    sim = Sim()
+    sim.run(1.0)
+    sim.kill("a")
+    t0 = sim.t
+    while sim.roles()["b"] != SOLO:
+        sim.tick()
+        assert sim.t - t0 < 5.0
+    assert sim.t - t0 < 2.0  # default timings: 1 s detection + one witness round trip
+
+
+def test_partition_of_link_one_solo_other_fenced_then_heal():
+    sim = Sim()
+    sim.run(1.0)
+    sim.cut.add(frozenset("ab"))
+    sim.run(3.0)
+    r = sorted(sim.roles().values())
+    assert r == [FENCED, SOLO]
+    fenced = next(k for k, v in sim.roles().items() if v == FENCED)
+    assert ha.SetAna("inaccessible") in acts_of(sim, fenced, ha.SetAna)
+    sim.run(10)
+    assert sorted(sim.roles().values()) == [FENCED, SOLO]
+    sim.cut.clear()
+    sim.run(2.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+
+
+def test_isolated_node_fences_and_other_goes_solo():
+    sim = Sim()
+    sim.run(1.0)
+    sim.cut |= {frozenset("ab"), frozenset(("a", "w"))}
+    sim.run(3.0)
+    assert sim.roles() == {"a": FENCED, "b": SOLO}
+
+
+def test_isolated_solo_node_fences_itself_within_its_lease():
+    sim = Sim()
+    sim.run(1.0)
+    sim.kill("b")
+    sim.run(2.0)
+    assert sim.roles()["a"] == SOLO
+    sim.cut.add(frozenset(("a", "w")))
+    t0 = sim.t
+    while sim.roles()["a"] == SOLO:
+        sim.tick()
+    assert sim.t - t0 <= T.lease_s
+    assert sim.nodes["a"].state.reason == "lease expired"
+
+
+def test_witness_down_while_paired_changes_nothing_then_death_fences():
+    sim = Sim()
+    sim.run(1.0)
+    sim.witness_up = False
+    sim.run(5.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+    sim.kill("b")
+    sim.run(5.0)
+    assert sim.roles()["a"] == FENCED
+    assert not sim.nodes["a"].state.witness_ok
+    assert any("witness" in a.message for a in acts_of(sim, "a", ha.Alert))
+
+
+def test_wedged_data_plane_counts_as_dead():
+    sim = Sim()
+    sim.run(1.0)
+    sim.nodes["b"].wedged = True   # heartbeats flow, reactor loops do not advance
+    sim.run(3.0)
+    assert sim.roles()["a"] == SOLO
+
+
+def test_outdated_replica_never_serves_alone():
+    sim = Sim()
+    sim.run(1.0)
+    sim.kill("b")
+    sim.run(2.0)
+    assert sim.roles()["a"] == SOLO          # a writes alone: b is outdated
+    sim.kill("a")
+    sim.restart("b")
+    sim.run(10.0)
+    assert sim.roles()["b"] == FENCED
+    assert "outdated" in sim.nodes["b"].state.lease_denied
+    sim.restart("a")                          # a comes back: b resyncs from a
+    sim.run(3.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+
+
+def test_split_brain_reported_never_resolved_silently():
+    sim = Sim()
+    sim.run(1.0)
+    sim.kill("b")
+    sim.run(2.0)
+    assert sim.roles()["a"] == SOLO
+    sim.kill("a")
+    sim.table = LeaseTable(started=-100.0)   # witness lost its memory (misconfiguration)
+    sim.restart("b")
+    sim.run(2.0)
+    assert sim.roles()["b"] == SOLO           # b wrote alone too: a true split brain
+    sim.restart("a")
+    sim.run(3.0)
+    a, b = sim.nodes["a"].state, sim.nodes["b"].state
+    assert a.split_brain and b.split_brain
+    assert a.role != RESYNC and b.role != RESYNC
+    assert not [x for x in acts_of(sim, "a", ha.StartResync)[1:]]
+    assert len([x for x in acts_of(sim, "a", ha.Alert) if "split brain" in x.message]) == 1
+    # the operator keeps b's data
+    for n in ("a", "b"):
+        sim.feed(sim.nodes[n], ha.AdminResync("b"))
+    sim.run(2.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+    a, b = sim.nodes["a"].state, sim.nodes["b"].state
+    assert a.data_gen == b.data_gen and not a.split_brain
+
+
+def test_higher_epoch_wins_when_both_solo():
+    s, _ = ha.initial("a", "b", 0.0, T)
+    s = ha.replace(s, role=SOLO, epoch=3, lease_until=10.0)
+    s2, acts = ha.step(s, ha.PeerHeartbeat(5, SOLO, 1), 1.0)
+    assert s2.role == FENCED and ha.SetMirror("fenced") in acts
+    s3, _ = ha.step(s, ha.PeerHeartbeat(2, SOLO, 1), 1.0)
+    assert s3.role == SOLO
+
+
+def test_lease_expiry_fences_on_its_own():
+    s, _ = ha.initial("a", "b", 0.0, T)
+    s = ha.replace(s, role=FENCED, lease_sent_at=1.0, lease_next_gen=Gen(1, "a"))
+    s, acts = ha.step(s, ha.LeaseGranted(1.0, 3.0), 1.01)
+    assert s.role == SOLO and s.lease_until == pytest.approx(1.0 + 3.0 * (1 - T.drift))
+    assert s.lease_until < 1.01 + 3.0     # ends before the witness's view of it
+    s, acts = ha.step(s, ha.Tick(), 2.0)
+    assert any(isinstance(a, ha.RequestLease) for a in acts)  # renewal
+    s, acts = ha.step(s, ha.WitnessUnreachable(s.lease_sent_at), 2.6)
+    s, acts = ha.step(s, ha.Tick(), 3.93)
+    assert s.role == SOLO
+    s, acts = ha.step(s, ha.Tick(), 3.95)
+    assert s.role == FENCED and ha.SetMirror("fenced") in acts
+
+
+def test_stale_and_mismatched_grants_ignored():
+    s, _ = ha.initial("a", "b", 0.0, T)
+    s = ha.replace(s, role=FENCED, lease_sent_at=5.0)
+    s2, acts = ha.step(s, ha.LeaseGranted(4.0, 3.0), 5.1)
+    assert s2 == s and acts == ()
+    s3, acts = ha.step(s, ha.LeaseGranted(5.0, 3.0), 9.0)   # arrived after it ended
+    assert s3.role == FENCED
+
+
+def test_grant_after_peer_returned_is_released():
+    s, _ = ha.initial("a", "b", 0.0, T, need_mirror=False)
+    s = ha.replace(s, role=RESYNC, lease_sent_at=1.0, resync_role="source", peer_seen=1.0,
+                   peer_loops_at=1.0, peer_sees_us=True)
+    s2, acts = ha.step(s, ha.LeaseGranted(1.0, 3.0), 1.1)
+    assert s2.role == RESYNC and acts == (ha.ReleaseLease(),)
+
+
+def test_target_losing_source_fences_without_lease_request():
+    sim = Sim()
+    sim.run(1.0)
+    sim.resync_ticks = 200
+    sim.kill("b")
+    sim.run(2.0)
+    sim.restart("b")
+    sim.run(0.5)
+    assert sim.roles()["b"] == RESYNC and sim.nodes["b"].state.resync_role == "target"
+    sim.kill("a")
+    sim.run(5.0)
+    assert sim.roles()["b"] == FENCED and sim.nodes["b"].state.behind
+    assert not [a for t, n, a in sim.log if n == "b" and isinstance(a, ha.RequestLease)
+                and t > 3.5]
+    sim.restart("b")   # `behind` is persisted: still never alone after a restart
+    sim.run(5.0)
+    assert sim.roles()["b"] == FENCED
+
+
+def test_starting_alone_goes_solo_with_lease():
+    sim = Sim()
+    sim.kill("b")
+    sim.run(2.0)
+    assert sim.roles()["a"] == SOLO
+    assert sim.nodes["a"].state.data_gen == Gen(1, "a")
+
+
+def test_starting_has_no_io():
+    s, acts = ha.initial("a", "b", 0.0)
+    assert s.role == STARTING and ha.SetAna("inaccessible") in acts
+    assert ha.SetMirror("fenced") in acts
+
+
+def test_mirror_link_down_with_heartbeats_up():
+    sim = Sim()
+    sim.run(1.0)
+    # heartbeats flow (coordination), the data link is cut
+    orig = sim.can
+    sim.can = lambda x, y: orig(x, y)
+    a, b = sim.nodes["a"], sim.nodes["b"]
+    for n in (a, b):
+        sim.feed(n, ha.MirrorDown())
+    assert sorted(sim.roles().values()) == [FENCED, FENCED]
+    sim.tick()   # mirror comes back up in the sim
+    sim.run(2.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+
+
+def test_unknown_event_rejected():
+    s, _ = ha.initial("a", "b", 0.0)
+    with pytest.raises(TypeError):
+        ha.step(s, object(), 0.0)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_faults_keep_invariants_and_converge(seed):
+    rnd = random.Random(seed)
+    sim = Sim()
+    sim.run(1.0)
+    for _ in range(25):
+        what = rnd.choice(["kill", "restart", "cut_ab", "cut_aw", "cut_bw", "heal", "witness",
+                           "wedge", "run"])
+        name = rnd.choice("ab")
+        if what == "kill":
+            sim.kill(name)
+        elif what == "restart" and not sim.nodes[name].alive:
+            sim.restart(name)
+        elif what == "cut_ab":
+            sim.cut.add(frozenset("ab"))
+        elif what == "cut_aw":
+            sim.cut.add(frozenset(("a", "w")))
+        elif what == "cut_bw":
+            sim.cut.add(frozenset(("b", "w")))
+        elif what == "heal":
+            sim.cut.clear()
+        elif what == "witness":
+            sim.witness_up = not sim.witness_up
+        elif what == "wedge":
+            sim.nodes[name].wedged = not sim.nodes[name].wedged
+        sim.run(rnd.choice([0.1, 0.5, 1.5, 4.0]))   # check() runs every tick
+    # heal everything: the pair must come back (the witness never lost state,
+    # so there can be no split brain)
+    sim.cut.clear()
+    sim.witness_up = True
+    for n in sim.nodes.values():
+        n.wedged = False
+        if not n.alive:
+            sim.restart(n.name)
+    sim.run(8.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}, sim.log[-30:]
+    a, b = sim.nodes["a"].state, sim.nodes["b"].state
+    assert a.data_gen == b.data_gen and not a.split_brain
