@@ -357,7 +357,7 @@ def render_section(key: str, val: Any, width: int) -> list:
     key/value lines for the rest."""
     title = Text(key, style="bold cyan")
     if isinstance(val, list):
-        return _records(title, key, val)
+        return _records(title, key, val, width=width)
     if not isinstance(val, dict):
         return [Text.assemble(title, "  ", _scalar(val, key))]
     out: list = []
@@ -371,7 +371,7 @@ def render_section(key: str, val: Any, width: int) -> list:
     out.append(line)
     for k, v in val.items():
         if _is_records(v):
-            out.extend(_records(Text(f"{key}.{k}", style="cyan"), f"{key}.{k}", v))
+            out.extend(_records(Text(f"{key}.{k}", style="cyan"), f"{key}.{k}", v, width=width))
         elif isinstance(v, dict):
             sub = Text(f"  {k}:", style="cyan")
             _kv(sub, v)
@@ -390,7 +390,7 @@ def _kv(line: Text, d: dict) -> None:
         line.append(s, style=_state_style(s) if isinstance(v, str) else "")
 
 
-def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
+def _records(title: Text, path: str, rows: list, depth: int = 0, width: int = 200) -> list:
     cols: list = []
     nested: list = []
     for r in rows:
@@ -410,14 +410,28 @@ def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
             t.add_row(_scalar(r))
         return [title, t]
     usage = any(isinstance(r, dict) and _usage(r) is not None for r in rows)
-    for c in cols[:10]:
+    # whole columns while they fit, the rest left out (and counted in the title):
+    # squeezing every column into ellipses would make each one unreadable
+    room = width - (17 if usage else 0)
+    fit: list = []
+    for c in cols:
+        w = min(28, max([len(str(c))] + [len(_scalar(r.get(c, ""), c)) for r in rows[:50]
+                                         if isinstance(r, dict)]))
+        if room < w + 3:
+            break
+        room -= w + 3
+        fit.append(c)
+    if len(fit) < len(cols):
+        title.append(f"  (+{len(cols) - len(fit)} more fields)", style="dim")
+    cols = fit
+    for c in cols:
         t.add_column(c, overflow="ellipsis", no_wrap=True, max_width=28)
     if usage:
         t.add_column("usage", no_wrap=True)
     for r in rows[:50]:
         r = r if isinstance(r, dict) else {"value": r}
         cells: list = []
-        for c in cols[:10]:
+        for c in cols:
             v = r.get(c, "")
             s = _scalar(v, c)
             cells.append(Text(s, style=_state_style(s)) if isinstance(v, str) else s)
@@ -436,7 +450,7 @@ def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
                 if _is_records(r.get(k)):
                     sub = f"{path}[{ident}].{k}"
                     out.extend(_records(Text(f"{'  ' * (depth + 1)}{ident} · {k}", style="cyan"),
-                                        sub, r[k], depth + 1))
+                                        sub, r[k], depth + 1, width))
     return out
 
 
