@@ -319,6 +319,9 @@ def _is_bytes_key(k: Any) -> bool:
 def _scalar(v: Any, key: Any = "") -> str:
     if isinstance(v, bool) or v is None:
         return "-" if v is None else ("yes" if v else "no")
+    if isinstance(v, (int, float)) and v > 1e9 and (key in ("time", "ts", "since")
+                                                      or str(key).endswith(("_time", "_at"))):
+        return time.strftime("%H:%M:%S", time.localtime(v))  # a unix time
     if isinstance(v, (int, float)) and _is_bytes_key(key):
         return fmt_bytes(v)
     if isinstance(v, float):
@@ -356,6 +359,8 @@ def render_section(key: str, val: Any, width: int) -> list:
     tables, a usage bar where a record has used/allocated and size/capacity),
     key/value lines for the rest."""
     title = Text(key, style="bold cyan")
+    if isinstance(val, list) and not val:
+        return [Text.assemble(title, ("  none", "dim"))]
     if isinstance(val, list):
         return _records(title, key, val, width=width)
     if not isinstance(val, dict):
@@ -510,6 +515,10 @@ def controller_view(src: Source, width: int, focused: bool, compact: bool,
     up = src.state == "up"
     if up:
         title = Text.assemble((f" {src.name} ", "bold"), ("● up ", "green"))
+        for k, v in (st or {}).items():  # a section's own state (pair: PAIRED, SOLO, …)
+            if k not in CORE_KEYS and isinstance(v, dict) and isinstance(v.get("state"), str):
+                title.append(f" {k} ", style="dim")
+                title.append(f"{v['state']} ", style=_state_style(v["state"]) or "bold")
     else:
         title = Text.assemble((f" {src.name} ", "bold"), ("✖ DOWN " if src.state == "down"
                                                           else "○ connecting ", "bold red"))
