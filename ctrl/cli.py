@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pair_parsers(sub)
 
     p = sub.add_parser("bench", help="C load generator")
-    bsub = p.add_subparsers(dest="target", required=True)
+    bsub = p.add_subparsers(dest="bench_target", required=True)
     b = bsub.add_parser("bdev", help="a bdev from a config, on its own reactor (like bdevperf)")
     b.add_argument("-c", "--config", required=True)
     b.add_argument("--bdev", required=True)

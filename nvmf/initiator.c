@@ -62,6 +62,7 @@ struct hq {
     struct tx_pdu *tx_head, *tx_tail;
     uint32_t tx_off;
     bool broken;
+    bool rx_ready;              /* epoll said readable (or no epoll set: always) */
 };
 
 struct srrs_nvmf_host {
@@ -79,6 +80,9 @@ struct srrs_nvmf_host {
      * thread) on the last one, and its poller must not run on after that. */
     struct hreq *done_head, *done_tail;
     struct srrs_poller *deliver;
+    /* With several queues, one epoll_wait per poll finds the readable ones
+     * instead of a recv per queue. */
+    int epfd;
 };
 
 /* ---- blocking setup --------------------------------------------------------- */
@@ -383,6 +387,8 @@ static int enable_ctrlr(struct hq *a, int timeout_ms)
 
 static void host_free(struct srrs_nvmf_host *h)
 {
+    if (h->epfd >= 0)
+        close(h->epfd);
     q_close(&h->admin);
     for (uint32_t i = 0; i < h->nioq; i++)
         q_close(&h->ioq[i]);
@@ -397,6 +403,7 @@ static struct srrs_nvmf_host *host_new(const char *addr, int port, const char *s
     if (!h)
         return NULL;
     h->admin.fd = -1;
+    h->epfd = -1;
     snprintf(h->addr, sizeof(h->addr), "%s", addr);
     snprintf(h->subnqn, sizeof(h->subnqn), "%s", subnqn);
     snprintf(h->hostnqn, sizeof(h->hostnqn), "%s",
@@ -496,6 +503,16 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
                 q->free = &q->slots[k];
             }
             fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
+        }
+    }
+    if (!rc && h->nioq >= 2) {
+        h->epfd = epoll_create1(EPOLL_CLOEXEC);
+        for (uint32_t i = 0; h->epfd >= 0 && i < h->nioq; i++) {
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &h->ioq[i]};
+            if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->ioq[i].fd, &ev)) {
+                close(h->epfd); /* fall back to a recv per queue */
+                h->epfd = -1;
+            }
         }
     }
     if (rc) {
@@ -916,6 +933,8 @@ static int hq_rx(struct hq *q)
         if (n > 0) {
             work = 1;
             drained = (size_t)n < want; /* parse this, then stop for this poll */
+            if (drained && q->h->epfd >= 0)
+                q->rx_ready = false;
             if (direct) {
                 if (q->ddgst)
                     q->rx_crc = srrs_crc32c(q->rx_crc, q->rx_dst, (size_t)n);
@@ -934,6 +953,8 @@ static int hq_rx(struct hq *q)
         }
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
             hq_fail(q, "connection lost");
+        else if (q->h->epfd >= 0)
+            q->rx_ready = false;
         break;
     }
     return work;
@@ -943,10 +964,17 @@ static int host_poll(void *ctx)
 {
     struct srrs_nvmf_host *h = ctx;
     int work = 0;
+    if (h->epfd >= 0) {
+        struct epoll_event evs[NVMF_MAX_IOQ];
+        int n = epoll_wait(h->epfd, evs, NVMF_MAX_IOQ, 0);
+        for (int i = 0; i < n; i++)
+            ((struct hq *)evs[i].data.ptr)->rx_ready = true;
+    }
     for (uint32_t i = 0; i < h->nioq; i++) {
         struct hq *q = &h->ioq[i];
         work += hq_flush(q);
-        work += hq_rx(q);
+        if (h->epfd < 0 || q->rx_ready || q->rhead < q->rtail)
+            work += hq_rx(q);
         work += hq_flush(q);
         if (q->tx_head)
             work++; /* keep polling: the socket is only watched for input */
@@ -967,6 +995,15 @@ static void host_watch_fn(void *arg)
     struct srrs_reactor *r = srrs_reactor_self();
     h->done_head = h->done_tail = NULL;
     h->deliver = srrs_poller_register(r, host_deliver, h, 0);
+    for (uint32_t i = 0; i < h->nioq; i++)
+        h->ioq[i].rx_ready = true;
+    if (h->epfd >= 0) {
+        struct hq *q0 = &h->ioq[0];
+        q0->wake = srrs_poller_register(r, wake_noop, q0, 0);
+        if (q0->wake)
+            srrs_poller_set_fd(q0->wake, h->epfd, EPOLLIN, false);
+        return;
+    }
     for (uint32_t i = 0; i < h->nioq; i++) {
         struct hq *q = &h->ioq[i];
         q->wake = srrs_poller_register(r, wake_noop, q, 0);
