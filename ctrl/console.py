@@ -84,6 +84,8 @@ class Source:
         self.down_since: Optional[float] = None
         self._slow_t = 0.0
         self.lock = threading.Lock()  # the poller thread's updates vs. the redraw
+        self.section_cache: Optional[tuple] = None  # (monotonic, key, framed lines)
+        self.plain_cache: Optional[tuple] = None    # (monotonic, width, lines)
 
     @property
     def name(self) -> str:
@@ -317,6 +319,9 @@ def _is_bytes_key(k: Any) -> bool:
 def _scalar(v: Any, key: Any = "") -> str:
     if isinstance(v, bool) or v is None:
         return "-" if v is None else ("yes" if v else "no")
+    if isinstance(v, (int, float)) and v > 1e9 and (key in ("time", "ts", "since")
+                                                      or str(key).endswith(("_time", "_at"))):
+        return time.strftime("%H:%M:%S", time.localtime(v))  # a unix time
     if isinstance(v, (int, float)) and _is_bytes_key(key):
         return fmt_bytes(v)
     if isinstance(v, float):
@@ -354,8 +359,10 @@ def render_section(key: str, val: Any, width: int) -> list:
     tables, a usage bar where a record has used/allocated and size/capacity),
     key/value lines for the rest."""
     title = Text(key, style="bold cyan")
+    if isinstance(val, list) and not val:
+        return [Text.assemble(title, ("  none", "dim"))]
     if isinstance(val, list):
-        return _records(title, key, val)
+        return _records(title, key, val, width=width)
     if not isinstance(val, dict):
         return [Text.assemble(title, "  ", _scalar(val, key))]
     out: list = []
@@ -369,7 +376,7 @@ def render_section(key: str, val: Any, width: int) -> list:
     out.append(line)
     for k, v in val.items():
         if _is_records(v):
-            out.extend(_records(Text(f"{key}.{k}", style="cyan"), f"{key}.{k}", v))
+            out.extend(_records(Text(f"{key}.{k}", style="cyan"), f"{key}.{k}", v, width=width))
         elif isinstance(v, dict):
             sub = Text(f"  {k}:", style="cyan")
             _kv(sub, v)
@@ -388,7 +395,7 @@ def _kv(line: Text, d: dict) -> None:
         line.append(s, style=_state_style(s) if isinstance(v, str) else "")
 
 
-def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
+def _records(title: Text, path: str, rows: list, depth: int = 0, width: int = 200) -> list:
     cols: list = []
     nested: list = []
     for r in rows:
@@ -408,14 +415,28 @@ def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
             t.add_row(_scalar(r))
         return [title, t]
     usage = any(isinstance(r, dict) and _usage(r) is not None for r in rows)
-    for c in cols[:10]:
+    # whole columns while they fit, the rest left out (and counted in the title):
+    # squeezing every column into ellipses would make each one unreadable
+    room = width - (17 if usage else 0)
+    fit: list = []
+    for c in cols:
+        w = min(28, max([len(str(c))] + [len(_scalar(r.get(c, ""), c)) for r in rows[:50]
+                                         if isinstance(r, dict)]))
+        if room < w + 3:
+            break
+        room -= w + 3
+        fit.append(c)
+    if len(fit) < len(cols):
+        title.append(f"  (+{len(cols) - len(fit)} more fields)", style="dim")
+    cols = fit
+    for c in cols:
         t.add_column(c, overflow="ellipsis", no_wrap=True, max_width=28)
     if usage:
         t.add_column("usage", no_wrap=True)
     for r in rows[:50]:
         r = r if isinstance(r, dict) else {"value": r}
         cells: list = []
-        for c in cols[:10]:
+        for c in cols:
             v = r.get(c, "")
             s = _scalar(v, c)
             cells.append(Text(s, style=_state_style(s)) if isinstance(v, str) else s)
@@ -434,15 +455,70 @@ def _records(title: Text, path: str, rows: list, depth: int = 0) -> list:
                 if _is_records(r.get(k)):
                     sub = f"{path}[{ident}].{k}"
                     out.extend(_records(Text(f"{'  ' * (depth + 1)}{ident} · {k}", style="cyan"),
-                                        sub, r[k], depth + 1))
+                                        sub, r[k], depth + 1, width))
     return out
 
 
-def controller_view(src: Source, width: int, focused: bool, compact: bool) -> Panel:
+EVENTS_MIN_H = 6
+_MEASURE = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                   _environ={})
+
+
+class _Lines:
+    """A panel already rendered to lines: laid out again at no cost. When its
+    region is shorter, the borders stay and the inside scrolls by `offset`
+    (`max_offset` tells the keys how far it can go)."""
+
+    def __init__(self, lines: list, offset: int = 0):
+        self.lines = lines
+        self.offset = offset
+        self.max_offset = 0
+
+    def __rich_console__(self, console, options):
+        lines = self.lines
+        h = options.height
+        if h is not None and 2 < h < len(lines):
+            inner = lines[1:-1]
+            self.max_offset = len(inner) - (h - 2)
+            off = max(0, min(self.offset, self.max_offset))
+            lines = [lines[0]] + inner[off:off + h - 2] + [lines[-1]]
+        elif h is not None and h < len(lines):
+            lines = lines[:h]
+        for line in lines:
+            yield from line
+            yield Segment.line()
+
+
+SECTIONS_EVERY_S = 1.0
+
+
+def _section_lines(src: Source, sections: list, width: int) -> _Lines:
+    """The export/pool/pair sections, rendered to lines at most once a second:
+    they are most of a big panel's drawing cost and none of its fast figures
+    (those are the reactor and bdev rates above them, redrawn every frame)."""
+    now = time.monotonic()
+    cached = src.plain_cache
+    if cached is not None and cached[1] == width and now - cached[0] < SECTIONS_EVERY_S:
+        return _Lines(cached[2])
+    items: list = []
+    for k, v in sections:
+        items.extend(render_section(k, v, width))
+    lines = _MEASURE.render_lines(Group(*items), _MEASURE.options.update(width=width, height=None),
+                                  pad=False)
+    src.plain_cache = (now, width, lines)
+    return _Lines(lines)
+
+
+def controller_view(src: Source, width: int, focused: bool, compact: bool,
+                    sections: bool = True) -> Panel:
     st = src.status
     up = src.state == "up"
     if up:
         title = Text.assemble((f" {src.name} ", "bold"), ("● up ", "green"))
+        for k, v in (st or {}).items():  # a section's own state (pair: PAIRED, SOLO, …)
+            if k not in CORE_KEYS and isinstance(v, dict) and isinstance(v.get("state"), str):
+                title.append(f" {k} ", style="dim")
+                title.append(f"{v['state']} ", style=_state_style(v["state"]) or "bold")
     else:
         title = Text.assemble((f" {src.name} ", "bold"), ("✖ DOWN " if src.state == "down"
                                                           else "○ connecting ", "bold red"))
@@ -452,17 +528,69 @@ def controller_view(src: Source, width: int, focused: bool, compact: bool) -> Pa
         items.append(Text(f"down{since}: {src.error} — reconnecting at {src.sock}",
                           style="bold red"))
     if st is not None:
-        items.extend(_controller_body(src, width, compact))
-    style = "bright_white" if focused else ("blue" if up else "red")
-    return Panel(Group(*items), title=title, title_align="left", border_style=style,
+        items.extend(_controller_body(src, width, compact, sections))
+    return Panel(Group(*items), title=title, title_align="left", border_style=_border(src, focused),
                  box=box.HEAVY if focused else box.ROUNDED, padding=(0, 1),
                  style="" if up else "dim")
 
 
-def _table(cols: list) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
-    for c, j in cols:
-        t.add_column(c, justify=j, no_wrap=True)
+def _border(src: Source, focused: bool) -> str:
+    return "bright_white" if focused else ("blue" if src.state == "up" else "red")
+
+
+def controller_lines(src: Source, width: int, focused: bool, compact: bool,
+                     con: Console) -> list:
+    """The panel as rendered lines. Its fast part (figures that move every frame)
+    is drawn each time; the export/pool/pair sections come framed from a cache
+    refreshed once a second and are spliced in above the bottom border — drawing
+    them is most of a big panel's cost and none of its fast figures."""
+    lines = con.render_lines(controller_view(src, width, focused, compact, sections=False),
+                             con.options.update(width=width, height=None), pad=False)
+    st = src.status
+    secs = [(k, v) for k, v in st.items() if k not in CORE_KEYS] if st else []
+    if not secs or len(lines) < 2:
+        return lines
+    bx = box.HEAVY if focused else box.ROUNDED
+    key = (width, bx is box.HEAVY, src.state == "up")
+    now = time.monotonic()
+    c = src.section_cache
+    if c is None or c[1] != key or now - c[0] >= SECTIONS_EVERY_S:
+        inner = width - 4
+        body = con.render_lines(Group(*[x for k, v in secs for x in render_section(k, v, inner)]),
+                                con.options.update(width=inner, height=None), pad=True)
+        border = con.get_style(_border(src, focused))
+        base = con.get_style("" if src.state == "up" else "dim")
+        left = [Segment(bx.mid_left, border), Segment(" ", base)]
+        right = [Segment(" ", base), Segment(bx.mid_right, border)]
+        framed = [left + list(Segment.apply_style(line, base)) + right for line in body]
+        c = src.section_cache = (now, key, framed)
+    return lines[:-1] + c[2] + lines[-1:]
+
+
+def _grid(cols: list, rows: list) -> Text:
+    """A table of the figures redrawn every frame, as one Text: rich's Table
+    measures every cell in several passes, which is most of a frame's CPU.
+    Columns are as wide as their widest cell; one space of padding each side
+    and a space between, like Table with box.SIMPLE_HEAD."""
+    widths = [max([len(name)] + [len(str(r[i])) for r in rows]) for i, (name, _) in
+              enumerate(cols)]
+    t = Text(no_wrap=True, overflow="crop")
+
+    def cell(v, w: int, justify: str) -> Text:
+        c = v if isinstance(v, Text) else Text(str(v))
+        pad = " " * (w - c.cell_len)
+        return Text.assemble(" ", pad, c, " ") if justify == "right" else \
+            Text.assemble(" ", c, pad, " ")
+
+    for i, (name, j) in enumerate(cols):
+        t.append_text(cell(Text(name, style="bold"), widths[i], j))
+        t.append(" ")
+    t.append("\n" + "─" * (sum(w + 3 for w in widths) - 1), style="dim")
+    for r in rows:
+        t.append("\n")
+        for i, (_, j) in enumerate(cols):
+            t.append_text(cell(r[i], widths[i], j))
+            t.append(" ")
     return t
 
 
@@ -475,7 +603,7 @@ def _spare_width(cols: list, rows: list, inner: int, n: int) -> int:
     return max(0, min(HISTORY_S, (inner - used) // n - 3))
 
 
-def _controller_body(src: Source, width: int, compact: bool) -> list:
+def _controller_body(src: Source, width: int, compact: bool, sections: bool = True) -> list:
     """Columns drop out as the panel narrows (sparklines, then secondary figures),
     so that what remains is never truncated into ellipses."""
     st = src.status
@@ -519,10 +647,7 @@ def _controller_body(src: Source, width: int, compact: bool) -> list:
         for x, row in zip(st.get("reactors", []), rows):
             row.append(Text(sparkline(src.history.get(("busy", x["reactor"]), ()), spark_w),
                             style="magenta"))
-    rt = _table(cols)
-    for row in rows:
-        rt.add_row(*row)
-    items.append(rt)
+    items.append(_grid(cols, rows))
 
     br = src.rates.get("bdevs", {})
     cols = [("bdev", "left")] + ([("module", "left"), ("size", "right")] if wide else [])
@@ -547,26 +672,20 @@ def _controller_body(src: Source, width: int, compact: bool) -> list:
             if nspark == 2:
                 row.append(Text(sparkline(src.history.get(("mibps", b["name"]), ()), spark_w),
                                 style="green"))
-    bt = _table(cols)
-    for row in rows:
-        bt.add_row(*row)
     if st.get("bdevs"):
-        items.append(bt)
+        items.append(_grid(cols, rows))
     else:
         items.append(Text("no bdevs", style="dim"))
 
-    for k, v in st.items():
-        if k not in CORE_KEYS:
-            items.extend(render_section(k, v, width))
+    secs = [(k, v) for k, v in st.items() if k not in CORE_KEYS] if sections else []
+    if secs:
+        items.append(_section_lines(src, secs, width - 4))
 
     jobs = src.jobs[-4:]
     if jobs and not compact:
-        jt = Table(title=Text("load jobs", style="bold cyan"), title_justify="left",
-                   box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
         names = ["job", "bdev", "reactor", "state", "IOPS", "MiB/s", "p50 us", "p99 us", "errors"]
         keep = names if width >= 100 else ["job", "bdev", "state", "IOPS", "p99 us"]
-        for c in keep:
-            jt.add_column(c, justify="left" if c in ("bdev", "state") else "right", no_wrap=True)
+        rows = []
         for j in jobs:
             res = j.get("result") or {}
             lat = res.get("lat_us", {})
@@ -576,8 +695,10 @@ def _controller_body(src: Source, width: int, compact: bool) -> list:
                 fmt_num(res.get("iops")), f"{res['mibps']:.1f}" if res else "-",
                 f"{lat['p50']:.1f}" if lat else "-", f"{lat['p99']:.1f}" if lat else "-",
                 str(res.get("errors", "-"))]))
-            jt.add_row(*[cells[c] for c in keep])
-        items.append(jt)
+            rows.append([cells[c] for c in keep])
+        items.append(Text("load jobs", style="bold cyan"))
+        items.append(_grid([(c, "left" if c in ("bdev", "state") else "right") for c in keep],
+                           rows))
     return items
 
 
@@ -606,36 +727,6 @@ def events_view(events: deque, height: int, focused: bool, back: int = 0) -> Pan
 
 
 # ---- the console ------------------------------------------------------------------------
-
-EVENTS_MIN_H = 6
-_MEASURE = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor",
-                   _environ={})
-
-
-class _Lines:
-    """A panel already rendered to lines: laid out again at no cost. When its
-    region is shorter, the borders stay and the inside scrolls by `offset`
-    (`max_offset` tells the keys how far it can go)."""
-
-    def __init__(self, lines: list, offset: int = 0):
-        self.lines = lines
-        self.offset = offset
-        self.max_offset = 0
-
-    def __rich_console__(self, console, options):
-        lines = self.lines
-        h = options.height
-        if h is not None and 2 < h < len(lines):
-            inner = lines[1:-1]
-            self.max_offset = len(inner) - (h - 2)
-            off = max(0, min(self.offset, self.max_offset))
-            lines = [lines[0]] + inner[off:off + h - 2] + [lines[-1]]
-        elif h is not None and h < len(lines):
-            lines = lines[:h]
-        for line in lines:
-            yield from line
-            yield Segment.line()
-
 
 class ConsoleApp:
     def __init__(self, sockets: list, refresh_hz: float = 4.0, timeout: float = 1.0,
@@ -744,10 +835,9 @@ class ConsoleApp:
         body_max = max(0, height - 1 - EVENTS_MIN_H)
         views = []
         for i, s in enumerate(self.sources):
-            with s.lock:  # the view copies what it shows: no lock while rich renders
-                view = controller_view(s, pw, self.focus == i, compact and self.focus != i)
-            views.append(_Lines(con.render_lines(view, con.options.update(width=pw, height=None),
-                                                 pad=False), self.scroll.get(i, 0)))
+            with s.lock:
+                lines = controller_lines(s, pw, self.focus == i, compact and self.focus != i, con)
+            views.append(_Lines(lines, self.scroll.get(i, 0)))
         self._views = views
         heights = [len(v.lines) for v in views]
         if side:
@@ -862,8 +952,10 @@ class ConsoleApp:
                     self._drawn.append(time.monotonic())
                     nxt += period
                     now = time.monotonic()
-                    if nxt < now:  # fell behind (slow terminal): don't try to catch up
-                        nxt = now + period
+                    if nxt < now - period:  # far behind (stopped, slow terminal): no burst
+                        nxt = now
+                    # a frame a little late (a busy host) keeps the schedule: the next
+                    # comes sooner, so the rate holds on average
                     if end is not None and now >= end:
                         return 0
                     if not self._wait_keys(stdin_fd, nxt - now):

@@ -154,6 +154,12 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True)
+        # the server leaves its socket file behind
+        tmpdir = os.environ.get("TMUX_TMPDIR") or "/tmp"
+        try:
+            os.unlink(os.path.join(tmpdir, f"tmux-{os.getuid()}", self.sock))
+        except OSError:
+            pass
 
 
 def _q(s: str) -> str:
