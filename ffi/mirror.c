@@ -494,6 +494,13 @@ static void hold(struct mlink *l, struct piece *p)
 /* Start an ordered write (host write we order, or a peer's forward). */
 static void ordered_write(struct mlink *l, struct piece *p)
 {
+    if (p->kind == P_PEER_FWD && (p->conn_gen != l->conn_gen || !link_ready(l))) {
+        /* Forwarded on a connection that died while it waited for the lock:
+         * the forwarder settles it (applies it alone in SOLO, fails it fenced). */
+        stripe_unlock(p);
+        piece_put(l, p);
+        return;
+    }
     if (!p->locked && !stripe_lock(p))
         return;
     mark_dirty(p->m, p->stripe);
@@ -778,7 +785,7 @@ static void copy_next(struct mirror *m)
 static void resync_maybe_start(struct mirror *m)
 {
     struct mlink *l = m->l;
-    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done)
+    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done || m->copy)
         return;
     uint64_t n = 0;
     for (uint64_t s = 0; s < m->nstripes; s++) {
@@ -1375,6 +1382,8 @@ static void set_mode_fn(void *a)
                 continue;
             m->resync_ready = m->peer_bm_done = false;
             m->resync_done = m->resync_active = false;
+            m->resync_bytes = 0;
+            memset(m->peer_bm, 0, m->bm_len);
         }
     }
     if (x->mode == MODE_SOLO || x->mode == MODE_FENCED || x->mode == MODE_PAIRED)
@@ -1389,10 +1398,11 @@ static void resync_start_fn(void *a)
         struct mirror *m = l->vols[i];
         if (!m)
             continue;
+        /* Entering the resync mode reset the volume's resync state; the peer's
+         * bitmap may already be here (it started first): then we are running. */
+        if (m->resync_ready || m->resync_done)
+            continue;
         m->resync_full = x->full && l->mode == MODE_RSRC;
-        m->resync_ready = m->peer_bm_done = m->resync_done = false;
-        m->resync_bytes = 0;
-        memset(m->peer_bm, 0, m->bm_len);
         if (x->full && l->mode == MODE_RTGT)
             memset(m->bm, 0xff, m->bm_len); /* everything here is suspect */
         if (link_ready(l))
@@ -1520,25 +1530,57 @@ struct vol_arg {
     struct mlink *l;
     struct mirror *m;
     bool busy;
+    bool force;
 };
+
+static void unlist(struct piece **head, struct piece *p)
+{
+    for (struct piece **pp = head; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            return;
+        }
+    }
+}
 
 static void vol_detach_fn(void *a)
 {
     struct vol_arg *x = a;
     struct mirror *m = x->m;
-    for (uint32_t i = 0; i < M_NPIECES; i++)
-        if (x->l->pieces[i].kind != P_FREE && x->l->pieces[i].m == m)
-            x->busy = true;
+    struct mlink *l = x->l;
+    for (uint32_t i = 0; i < M_NPIECES; i++) {
+        struct piece *p = &l->pieces[i];
+        if (p->kind == P_FREE || p->m != m)
+            continue;
+        if (x->force && !p->local_wait) {
+            /* Deleting under a peer that never answers: fail what waits for it. */
+            if (p->waiting) {
+                unlist(&l->held, p);
+                unlist(&m->lock_wait, p);
+                p->waiting = false;
+            }
+            if (p == m->copy)
+                m->copy = NULL;
+            p->locked = false;
+            if (p->host)
+                piece_host_done(l, p, -ENOTCONN);
+            piece_put(l, p);
+            continue;
+        }
+        x->busy = true;
+    }
     if (!x->busy)
-        x->l->vols[m->vol] = NULL;
+        l->vols[m->vol] = NULL;
 }
 
 static void mirror_destroy(struct srrs_bdev *b)
 {
     struct mirror *m = b->ctx;
-    struct vol_arg x = {m->l, m, false};
-    for (int i = 0; i < 1000; i++) {
+    struct vol_arg x = {m->l, m, false, false};
+    for (int i = 0; i < 10000; i++) {
         x.busy = false;
+        x.force = i >= 500; /* 0.5 s for in-flight I/O to finish by itself */
         srrs_reactor_call(m->l->r, vol_detach_fn, &x);
         if (!x.busy)
             break;
@@ -1761,7 +1803,7 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         return srrs_err(-ENOMEM, "mirror %s: cannot map bitmap %s", name, bitmap_path);
     }
     (void)fresh;
-    struct vol_arg x = {l, m, false};
+    struct vol_arg x = {l, m, false, false};
     srrs_reactor_call(l->r, vol_attach_fn, &x);
     if (x.busy) {
         mirror_free(m);
@@ -1918,5 +1960,14 @@ int srrs_mirror_test_dump(struct srrs_mirror_link *link)
 {
     struct mlink *l = (struct mlink *)link;
     srrs_reactor_call(l->r, dump_fn, l);
+    return 0;
+}
+
+static void drop_fn(void *a) { link_drop(a, "dropped by a test"); }
+
+int srrs_mirror_test_drop(struct srrs_mirror_link *link)
+{
+    struct mlink *l = (struct mlink *)link;
+    srrs_reactor_call(l->r, drop_fn, l);
     return 0;
 }

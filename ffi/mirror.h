@@ -91,3 +91,5 @@ int srrs_mirror_get_info(struct srrs_mirror_link *link, const char *name,
 uint64_t srrs_core_loops_poke(struct srrs_core *core);
 /* control. Test hook: every live piece, lock and resync flag to stderr. */
 int srrs_mirror_test_dump(struct srrs_mirror_link *link);
+/* control. Test hook: drop the connection now (as if the peer vanished). */
+int srrs_mirror_test_drop(struct srrs_mirror_link *link);

