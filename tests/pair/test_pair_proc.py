@@ -127,3 +127,8 @@ def test_pair_status_cli_and_rpc_errors(pair):
     from srrs.ctrl.rpc import RpcError
     with pytest.raises(RpcError):
         a.rpc("pair_resync", {"source": "nobody"})
+    # the running state writes back a [pair] that `srrs start` accepts
+    out = a.rpc("save_config", {"path": str(tmp / "saved.toml")})["path"]
+    from srrs.ctrl import config
+    saved = config.load(out).sections["pair"]
+    assert saved == config.load(str(a.conf)).sections["pair"]
