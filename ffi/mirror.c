@@ -44,6 +44,7 @@
 #define M_CHUNK SRRS_BUF_MAX
 #define M_RXBUF (4u << 20)
 #define M_HDR 48
+#define M_COPIES 4                 /* stripes copied in parallel by a resync source */
 
 enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT };
 
@@ -122,7 +123,7 @@ struct mirror {
     uint8_t *peer_bm;           /* resync: the peer's bitmap as received */
     bool peer_bm_done, resync_ready, resync_active, resync_done, resync_full;
     uint64_t resync_left, resync_bytes, copy_cursor;
-    struct piece *copy;         /* the stripe copy in progress */
+    uint32_t ncopy;             /* stripe copies in progress (M_COPIES at most) */
     struct piece *lock_wait;    /* pieces waiting for a stripe lock */
     struct mirror_stats {
         uint64_t writes, replicated, forwarded, remote_reads, fenced;
@@ -604,7 +605,7 @@ static void piece_dispatch(struct mlink *l, struct piece *p)
     }
 }
 
-static void copy_next(struct mirror *m);
+static void copy_next(struct mirror *m, struct piece *p);
 
 /* Called whenever a piece's local or remote part finished. */
 static void piece_step(struct mlink *l, struct piece *p)
@@ -676,7 +677,7 @@ static void piece_step(struct mlink *l, struct piece *p)
         }
         break;
     case P_COPY:
-        copy_next(m);
+        copy_next(m, p);
         break;
     default:
         break;
@@ -696,17 +697,15 @@ static void resync_finish(struct mirror *m)
                     "resync complete: %llu bytes copied", (unsigned long long)m->resync_bytes);
 }
 
-/* The copy piece walks: pick a stripe, lock it, read a chunk, send it, next chunk. */
-static void copy_next(struct mirror *m)
+/* A copy piece walks: pick a stripe, lock it, read a chunk, send it, next
+ * chunk; M_COPIES of them run at once. */
+static void copy_next(struct mirror *m, struct piece *p)
 {
     struct mlink *l = m->l;
-    struct piece *p = m->copy;
-    if (!p)
-        return;
     if (l->mode != MODE_RSRC || !link_ready(l) || p->status) {
         stripe_unlock(p);
-        m->copy = NULL;
-        m->resync_active = false;
+        if (--m->ncopy == 0)
+            m->resync_active = false;
         piece_put(l, p);
         return;
     }
@@ -742,7 +741,7 @@ static void copy_next(struct mirror *m)
             if (local_submit(l, p, SRRS_IO_READ))
                 p->status = -ENOMEM;
             if (p->status)
-                copy_next(m);
+                copy_next(m, p);
             return;
         }
     }
@@ -750,9 +749,9 @@ static void copy_next(struct mirror *m)
         while (m->copy_cursor < m->nstripes && !m->need[m->copy_cursor])
             m->copy_cursor++;
         if (m->copy_cursor >= m->nstripes) {
-            m->copy = NULL;
             piece_put(l, p);
-            resync_finish(m);
+            if (--m->ncopy == 0)
+                resync_finish(m);
             return;
         }
         p->stripe = m->copy_cursor++;
@@ -766,26 +765,26 @@ static void copy_next(struct mirror *m)
     }
     if (!m->need[p->stripe]) {
         stripe_unlock(p); /* copied meanwhile? (cannot happen: only we copy) */
-        copy_next(m);
+        copy_next(m, p);
         return;
     }
     if (!piece_buf(l, p, M_CHUNK)) {
         p->status = -ENOMEM;
-        copy_next(m);
+        copy_next(m, p);
         return;
     }
     p->iov[0].iov_len = p->len;
     p->applied = true;
     if (local_submit(l, p, SRRS_IO_READ)) {
         p->status = -ENOMEM;
-        copy_next(m);
+        copy_next(m, p);
     }
 }
 
 static void resync_maybe_start(struct mirror *m)
 {
     struct mlink *l = m->l;
-    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done || m->copy)
+    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done || m->ncopy)
         return;
     uint64_t n = 0;
     for (uint64_t s = 0; s < m->nstripes; s++) {
@@ -822,13 +821,17 @@ static void resync_maybe_start(struct mirror *m)
     }
     if (l->mode == MODE_RSRC) {
         m->resync_active = true;
-        struct piece *p = piece_get(l, P_COPY, m);
-        if (!p) {
+        struct piece *ps[M_COPIES];
+        uint32_t n = 0;
+        while (n < M_COPIES && (ps[n] = piece_get(l, P_COPY, m)))
+            n++;
+        m->ncopy = n;
+        if (!n) {
             m->resync_active = false;
             return;
         }
-        m->copy = p;
-        copy_next(m);
+        for (uint32_t i = 0; i < n; i++)
+            copy_next(m, ps[i]);
     }
 }
 
@@ -1560,8 +1563,8 @@ static void vol_detach_fn(void *a)
                 unlist(&m->lock_wait, p);
                 p->waiting = false;
             }
-            if (p == m->copy)
-                m->copy = NULL;
+            if (p->kind == P_COPY)
+                m->ncopy--;
             p->locked = false;
             if (p->host)
                 piece_host_done(l, p, -ENOTCONN);
