@@ -161,3 +161,66 @@ def test_remote_reads_while_behind(pair):
     assert r["verify_errors"] == 0 and r["errors"] == 0 and r["verified_blocks"] > 0
     wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 20, "resync")
     assert replica_diff(a, b) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_acknowledged_write_lost_through_random_cuts(tmp_path, seed):
+    """Random cut/solo/fence/heal events under verified load from both sides:
+    every acknowledged write reads back through both controllers afterwards."""
+    import random
+
+    rnd = random.Random(seed)
+    a, b = make_pair(tmp_path, "malloc")
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        half = 32 << 20
+        va, vb = VerifyMap(16384, 4096), VerifyMap(16384, 4096)
+
+        def load(t):
+            return both(lambda: bench(a, rw="randrw", bs=4096, bs_max=65536, time_s=t,
+                                      offset=0, span=half, vmap=va, seed=rnd.randrange(1 << 30)),
+                        lambda: bench(b, rw="randrw", bs=4096, bs_max=65536, time_s=t,
+                                      offset=half, span=half, vmap=vb,
+                                      seed=rnd.randrange(1 << 30)))
+
+        for event in range(10):
+            what = rnd.choice(["a_solo", "b_solo", "both_fenced", "none"])
+            res = {}
+            t = threading.Thread(target=lambda res=res: res.__setitem__("r", load(0.6)))
+            t.start()
+            time.sleep(0.2)
+            if what != "none":
+                rnd.choice((a, b)).drop()
+                wait(lambda: not a.up() and not b.up(), what="link down")
+                a.mode("solo" if what == "a_solo" else "fenced")
+                b.mode("solo" if what == "b_solo" else "fenced")
+            t.join(30)
+            assert not t.is_alive(), "I/O hung"
+            ra, rb = res["r"]
+            if what == "a_solo":
+                assert ra["errors"] == 0
+            if what == "b_solo":
+                assert rb["errors"] == 0
+            if what != "none":
+                wait(lambda: a.up() and b.up(), what="link back")
+                src, dst = (b, a) if what == "b_solo" else (a, b)
+                src.mode("resync_source")
+                dst.mode("resync_target")
+                src.resync()
+                dst.resync()
+                wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 30, "resync")
+                a.mode("paired")
+                b.mode("paired")
+            # every acknowledged write, through both controllers
+            for side in (a, b):
+                for vm, off in ((va, 0), (vb, half)):
+                    r = bench(side, rw="read", bs=1 << 20, qd=4, time_s=0, max_ios=32, offset=off,
+                              span=half, vmap=vm)
+                    assert r["errors"] == 0 and r["verify_errors"] == 0, (event, what, side.name)
+        assert va.written_blocks + vb.written_blocks > 0
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()
