@@ -132,3 +132,21 @@ def test_pair_status_cli_and_rpc_errors(pair):
     from srrs.ctrl import config
     saved = config.load(out).sections["pair"]
     assert saved == config.load(str(a.conf)).sections["pair"]
+
+
+def test_volume_mismatch_never_pairs(tmp_path):
+    ports = alloc_ports()
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=2.0)
+    ctls = []
+    try:
+        ctls.append(Ctl(tmp_path, "a", pair_conf("a", "b", ports, tmp_path, size="64MiB")))
+        ctls.append(Ctl(tmp_path, "b", pair_conf("b", "a", ports, tmp_path, size="32MiB")))
+        time.sleep(4)
+        sa, sb = ctls[0].pair(), ctls[1].pair()
+        assert "PAIRED" not in (sa["state"], sb["state"])
+        assert sorted((sa["state"], sb["state"])) == ["FENCED", "SOLO"]
+        assert "not pairing" in sa["config_mismatch"]
+    finally:
+        for c in ctls:
+            c.kill9()
+        w.kill9()
