@@ -12,9 +12,9 @@ MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target
 
 
 class Side:
-    def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc"):
+    def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1):
         self.name = name
-        self.core = Core(reactors=1)
+        self.core = Core(reactors=reactors)
         if kind == "malloc":
             self.core.bdev_create_malloc("r0", size)
         else:
@@ -83,10 +83,10 @@ class Side:
         self.core.close()
 
 
-def make_pair(tmp, kind="malloc", size=64 << 20):
+def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1):
     pa, pb = free_ports(2)
-    a = Side(tmp, "a", 0, pa, pb, size, kind)
-    b = Side(tmp, "b", 1, pb, pa, size, kind)
+    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors)
+    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors)
     return a, b
 
 

@@ -224,3 +224,23 @@ def test_no_acknowledged_write_lost_through_random_cuts(tmp_path, seed):
     finally:
         a.close()
         b.close()
+
+
+def test_io_from_another_reactor(tmp_path):
+    """Mirror I/O submitted on reactor 1 runs on the link's reactor 0 and completes back."""
+    a, b = make_pair(tmp_path, "malloc", reactors=2)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        vm = VerifyMap(16384, 4096)
+        r = a.core.bench_bdev("v", BenchOpts(rw="randrw", bs=4096, bs_max=262144, qd=32,
+                                             time_s=1, seed=3), reactor=1, vmap=vm)
+        assert r["errors"] == 0 and r["ios"] > 0
+        r = b.core.bench_bdev("v", BenchOpts(rw="read", bs=1 << 20, qd=4, time_s=0,
+                                             max_ios=64), reactor=1, vmap=vm)
+        assert r["errors"] == 0 and r["verify_errors"] == 0 and r["verified_blocks"] > 0
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()
