@@ -27,7 +27,8 @@ from .pair_config import PairConfig, split_hostport
 
 log = logging.getLogger("srrs.pair")
 
-MIRROR_MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4}
+MIRROR_MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4,
+                "pending": 5}
 MODE_NAMES = {v: k for k, v in MIRROR_MODES.items()}
 
 

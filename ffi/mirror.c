@@ -46,7 +46,7 @@
 #define M_HDR 48
 #define M_COPIES 4                 /* stripes copied in parallel by a resync source */
 
-enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT };
+enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT, MODE_PENDING };
 
 enum {
     T_HELLO = 1, T_PING, T_WRITE, T_WRITE_REF, T_FORWARD, T_ACK, T_FWD_DONE, T_READ,
@@ -525,6 +525,10 @@ static void ordered_write(struct mlink *l, struct piece *p)
 static void host_write_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
+    if (l->mode == MODE_PENDING) {
+        hold(l, p); /* a lease is being asked for: SOLO or FENCED decides */
+        return;
+    }
     if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
         m->st.fenced++;
         piece_host_done(l, p, -ENOTCONN);
@@ -554,6 +558,10 @@ static void host_write_start(struct mlink *l, struct piece *p)
 static void host_read_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
+    if (l->mode == MODE_PENDING) {
+        hold(l, p);
+        return;
+    }
     if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
         m->st.fenced++;
         piece_host_done(l, p, -ENOTCONN);
@@ -1376,8 +1384,8 @@ static void set_mode_fn(void *a)
     l->mode = x->mode;
     l->lease_deadline = x->deadline;
     l->st.mode = x->mode;
-    if (!mode_needs_peer(x->mode))
-        l->need_rejoin = false;
+    if (x->mode == MODE_SOLO || x->mode == MODE_FENCED)
+        l->need_rejoin = false; /* what waited for the old connection is settled now */
     if (old != x->mode && mode_resync(x->mode)) {
         for (int i = 0; i < M_MAX_VOLS; i++) {
             struct mirror *m = l->vols[i];
@@ -1827,7 +1835,7 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
 int srrs_mirror_set_mode(struct srrs_mirror_link *link, int mode, uint64_t lease_deadline_ns)
 {
     struct mlink *l = (struct mlink *)link;
-    if (mode < MODE_FENCED || mode > MODE_RTGT)
+    if (mode < MODE_FENCED || mode > MODE_PENDING)
         return srrs_err(-EINVAL, "mirror: mode %d unknown", mode);
     struct mode_arg x = {l, mode, lease_deadline_ns, 0};
     srrs_reactor_call(l->r, set_mode_fn, &x);

@@ -22,6 +22,8 @@
  *   3 resync_source  like paired, and dirty stripes (ours | the peer's) are copied to
  *                    the peer; stripes not yet copied are ordered by us
  *   4 resync_target  like paired; reads of stripes not yet copied go to the peer
+ *   5 pending        peer lost, lease asked for: new and held I/O waits (nothing is
+ *                    acknowledged); the next mode (solo or fenced) settles it
  */
 
 struct srrs_mirror_link;
