@@ -150,3 +150,24 @@ def test_volume_mismatch_never_pairs(tmp_path):
         for c in ctls:
             c.kill9()
         w.kill9()
+
+
+def test_survivor_load_has_no_errors_through_kill9(pair):
+    """kill -9 of the peer under load: the survivor's writes wait (mirror pending,
+    ANA change) for the lease and complete; none fails."""
+    import threading
+
+    w, a, b, tmp = pair
+    a.wait_state("PAIRED")
+    b.wait_state("PAIRED")
+    time.sleep(2.5)   # past the witness's start-up quarantine (it refuses leases then)
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("j", a.bench(rw="randwrite", time_s=4)))
+    t.start()
+    time.sleep(1)
+    b.kill9()
+    t.join(30)
+    r = res["j"]["result"]
+    assert r["errors"] == 0 and r["ios"] > 0, r
+    assert a.pair()["state"] == "SOLO"
+    assert r["lat_us"]["max"] < 5e6          # the longest pause a write saw, < 5 s
