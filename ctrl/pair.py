@@ -147,12 +147,20 @@ class PairService:
             raise
 
     def _mirror_teardown(self) -> None:
+        if self.link is not None:
+            # Whatever still uses the mirrors (an export closed after us) gets path errors.
+            self._lib.srrs_mirror_set_mode(self.link, MIRROR_MODES["fenced"], 0)
+        busy = []
         for name in reversed(self._mirrors):
             try:
                 self.ctl.core.bdev_delete(name)
             except OSError as e:
-                log.error("deleting mirror %s: %s", name, e)
+                log.warning("mirror %s left to the core's teardown: %s", name, e)
+                busy.append(name)
         self._mirrors.clear()
+        if busy:
+            self._link_pp = None  # the link outlives its mirrors; freed with the process
+            return
         if self._link_pp is not None:
             self._lib.srrs_mirror_link_destroy(self._link_pp)
             self._link_pp = None
