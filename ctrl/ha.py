@@ -318,17 +318,21 @@ def _enter(s: State, role: str, now: float, reason: str, **kw) -> State:
 
 
 def _fence(s: State, now: float, reason: str, request: bool = True) -> Tuple[State, list]:
-    """Stop acknowledging. With request: ask the witness for the lease at once."""
+    """Stop acknowledging. With request: ask the witness for the lease at once,
+    and hold I/O (mirror "pending", ANA change) until it answers."""
     acts: list = []
-    if s.role != FENCED:
+    entering = s.role != FENCED
+    if entering:
         s = _enter(s, FENCED, now, reason, lease_until=0.0, resync_role="")
-        acts.append(SetMirror("fenced"))
     else:
         s = replace(s, reason=reason)
     if request and not s.behind and s.lease_sent_at is None and now >= s.lease_retry_at:
         s, a = _request(s, now)
         acts += a
-    acts.append(SetAna(ANA_CHANGE if s.lease_sent_at is not None else ANA_INACCESSIBLE))
+    pending = s.lease_sent_at is not None
+    if entering:
+        acts.insert(0, SetMirror("pending" if pending else "fenced"))
+    acts.append(SetAna(ANA_CHANGE if pending else ANA_INACCESSIBLE))
     return s, acts
 
 
@@ -384,6 +388,8 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
     if s.lease_sent_at is not None and now - s.lease_sent_at > t.witness_timeout_s:
         s = replace(s, lease_sent_at=None, witness_ok=False, lease_retry_at=now)
         acts.append(Alert("warning", "witness did not answer the lease request"))
+        if s.role == FENCED:
+            acts += [SetMirror("fenced"), SetAna(ANA_INACCESSIBLE)]
     usable = peer_usable(s, now)
     if s.role in (PAIRED, RESYNC) and not usable:
         why = "peer lost" if not peer_alive(s, now) else "mirror link down"
@@ -417,8 +423,8 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
             acts += a
         if (s.lease_sent_at is None and now >= s.lease_retry_at and not s.behind
                 and not peer_usable(s, now)):
-            s, a = _request(s, now)
-            acts += a + [SetAna(ANA_CHANGE)]
+            s, a = _request(s, now)   # a retry: I/O keeps failing meanwhile
+            acts += a
     return s, acts
 
 
@@ -484,7 +490,8 @@ def _lease_denied(s: State, e: LeaseDenied, now: float) -> Tuple[State, list]:
         s, a = _fence(s, now, f"lease renewal denied: {e.reason}", request=False)
         return s, a + [Alert("error", f"{s.me}: lease renewal denied ({e.reason}); fenced")]
     if s.role == FENCED:
-        return replace(s, reason=f"no lease: {e.reason}"), [SetAna(ANA_INACCESSIBLE)]
+        return replace(s, reason=f"no lease: {e.reason}"), [SetMirror("fenced"),
+                                                             SetAna(ANA_INACCESSIBLE)]
     return s, []
 
 
@@ -545,9 +552,12 @@ def step(s: State, e, now: float) -> Tuple[State, tuple]:
     elif isinstance(e, LeaseDenied):
         s, a = _lease_denied(s, e, now)
     elif isinstance(e, WitnessUnreachable):
+        a = []
         if s.lease_sent_at is not None and (not e.sent_at or e.sent_at == s.lease_sent_at):
             s = replace(s, lease_sent_at=None, lease_retry_at=now + s.timing.retry_s)
-        s, a = replace(s, witness_ok=False), []
+            if s.role == FENCED:
+                a = [SetMirror("fenced"), SetAna(ANA_INACCESSIBLE)]
+        s = replace(s, witness_ok=False)
     elif isinstance(e, WitnessReachable):
         s, a = replace(s, witness_ok=True), []
     elif isinstance(e, MirrorDown):

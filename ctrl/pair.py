@@ -27,7 +27,8 @@ from .pair_config import PairConfig, split_hostport
 
 log = logging.getLogger("srrs.pair")
 
-MIRROR_MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4}
+MIRROR_MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4,
+                "pending": 5}
 MODE_NAMES = {v: k for k, v in MIRROR_MODES.items()}
 
 
@@ -67,6 +68,11 @@ class PairService:
             need_mirror=bool(conf.volumes), epoch=int(persisted.get("epoch", 0)),
             behind=bool(persisted.get("behind", False)))
         self._mirror_setup()
+        sizes = {b["name"]: b["size"] for b in ctl.core.bdev_list()}
+        # What both controllers must agree on (DESIGN §5 "configuration agreement").
+        self.agreement = [[v.name, sizes.get(v.replica, 0), conf.stripe_size]
+                          for v in conf.volumes]
+        self._disagree = ""
         self.zctx = zmq.Context()
         self._auth = None
         self._open_sockets()
@@ -141,12 +147,20 @@ class PairService:
             raise
 
     def _mirror_teardown(self) -> None:
+        if self.link is not None:
+            # Whatever still uses the mirrors (an export closed after us) gets path errors.
+            self._lib.srrs_mirror_set_mode(self.link, MIRROR_MODES["fenced"], 0)
+        busy = []
         for name in reversed(self._mirrors):
             try:
                 self.ctl.core.bdev_delete(name)
             except OSError as e:
-                log.error("deleting mirror %s: %s", name, e)
+                log.warning("mirror %s left to the core's teardown: %s", name, e)
+                busy.append(name)
         self._mirrors.clear()
+        if busy:
+            self._link_pp = None  # the link outlives its mirrors; freed with the process
+            return
         if self._link_pp is not None:
             self._lib.srrs_mirror_link_destroy(self._link_pp)
             self._link_pp = None
@@ -282,7 +296,7 @@ class PairService:
         self._send(self.peer_sock, {
             "type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
             "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
-            "sees_peer": ha.peer_alive(s, now)})
+            "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement})
         self._poll_mirror()
         self.feed(ha.Tick())
 
@@ -304,6 +318,15 @@ class PairService:
                             self.conf.peer_id)
                 return
             if m["type"] == "hb":
+                if m.get("volumes") != self.agreement:
+                    # Never pair over different volumes: the peer stays "dead" to us.
+                    msg = (f"peer {self.conf.peer_id} declares volumes {m.get('volumes')}, we "
+                           f"have {self.agreement} ([name, size, stripe]): not pairing")
+                    if msg != self._disagree:
+                        self._disagree = msg
+                        self._apply([ha.Alert("error", msg)], time.monotonic())
+                    return
+                self._disagree = ""
                 ev = ha.PeerHeartbeat(int(m["epoch"]), str(m["role"]), int(m["loops"]),
                                       ha.Gen.from_json(m["data_gen"]),
                                       ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]))
@@ -397,6 +420,7 @@ class PairService:
             now = time.monotonic()
             st = self.state.to_json(now)
             st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
+                      config_mismatch=self._disagree,
                       alerts=self.alerts[-10:], link=self.link_info(),
                       volumes=self.mirror_info())
             return st

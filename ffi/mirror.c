@@ -44,8 +44,9 @@
 #define M_CHUNK SRRS_BUF_MAX
 #define M_RXBUF (4u << 20)
 #define M_HDR 48
+#define M_COPIES 4                 /* stripes copied in parallel by a resync source */
 
-enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT };
+enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT, MODE_PENDING };
 
 enum {
     T_HELLO = 1, T_PING, T_WRITE, T_WRITE_REF, T_FORWARD, T_ACK, T_FWD_DONE, T_READ,
@@ -122,7 +123,7 @@ struct mirror {
     uint8_t *peer_bm;           /* resync: the peer's bitmap as received */
     bool peer_bm_done, resync_ready, resync_active, resync_done, resync_full;
     uint64_t resync_left, resync_bytes, copy_cursor;
-    struct piece *copy;         /* the stripe copy in progress */
+    uint32_t ncopy;             /* stripe copies in progress (M_COPIES at most) */
     struct piece *lock_wait;    /* pieces waiting for a stripe lock */
     struct mirror_stats {
         uint64_t writes, replicated, forwarded, remote_reads, fenced;
@@ -494,6 +495,13 @@ static void hold(struct mlink *l, struct piece *p)
 /* Start an ordered write (host write we order, or a peer's forward). */
 static void ordered_write(struct mlink *l, struct piece *p)
 {
+    if (p->kind == P_PEER_FWD && (p->conn_gen != l->conn_gen || !link_ready(l))) {
+        /* Forwarded on a connection that died while it waited for the lock:
+         * the forwarder settles it (applies it alone in SOLO, fails it fenced). */
+        stripe_unlock(p);
+        piece_put(l, p);
+        return;
+    }
     if (!p->locked && !stripe_lock(p))
         return;
     mark_dirty(p->m, p->stripe);
@@ -517,6 +525,10 @@ static void ordered_write(struct mlink *l, struct piece *p)
 static void host_write_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
+    if (l->mode == MODE_PENDING) {
+        hold(l, p); /* a lease is being asked for: SOLO or FENCED decides */
+        return;
+    }
     if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
         m->st.fenced++;
         piece_host_done(l, p, -ENOTCONN);
@@ -546,6 +558,10 @@ static void host_write_start(struct mlink *l, struct piece *p)
 static void host_read_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
+    if (l->mode == MODE_PENDING) {
+        hold(l, p);
+        return;
+    }
     if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
         m->st.fenced++;
         piece_host_done(l, p, -ENOTCONN);
@@ -597,7 +613,7 @@ static void piece_dispatch(struct mlink *l, struct piece *p)
     }
 }
 
-static void copy_next(struct mirror *m);
+static void copy_next(struct mirror *m, struct piece *p);
 
 /* Called whenever a piece's local or remote part finished. */
 static void piece_step(struct mlink *l, struct piece *p)
@@ -669,7 +685,7 @@ static void piece_step(struct mlink *l, struct piece *p)
         }
         break;
     case P_COPY:
-        copy_next(m);
+        copy_next(m, p);
         break;
     default:
         break;
@@ -689,17 +705,15 @@ static void resync_finish(struct mirror *m)
                     "resync complete: %llu bytes copied", (unsigned long long)m->resync_bytes);
 }
 
-/* The copy piece walks: pick a stripe, lock it, read a chunk, send it, next chunk. */
-static void copy_next(struct mirror *m)
+/* A copy piece walks: pick a stripe, lock it, read a chunk, send it, next
+ * chunk; M_COPIES of them run at once. */
+static void copy_next(struct mirror *m, struct piece *p)
 {
     struct mlink *l = m->l;
-    struct piece *p = m->copy;
-    if (!p)
-        return;
     if (l->mode != MODE_RSRC || !link_ready(l) || p->status) {
         stripe_unlock(p);
-        m->copy = NULL;
-        m->resync_active = false;
+        if (--m->ncopy == 0)
+            m->resync_active = false;
         piece_put(l, p);
         return;
     }
@@ -735,7 +749,7 @@ static void copy_next(struct mirror *m)
             if (local_submit(l, p, SRRS_IO_READ))
                 p->status = -ENOMEM;
             if (p->status)
-                copy_next(m);
+                copy_next(m, p);
             return;
         }
     }
@@ -743,9 +757,9 @@ static void copy_next(struct mirror *m)
         while (m->copy_cursor < m->nstripes && !m->need[m->copy_cursor])
             m->copy_cursor++;
         if (m->copy_cursor >= m->nstripes) {
-            m->copy = NULL;
             piece_put(l, p);
-            resync_finish(m);
+            if (--m->ncopy == 0)
+                resync_finish(m);
             return;
         }
         p->stripe = m->copy_cursor++;
@@ -759,26 +773,26 @@ static void copy_next(struct mirror *m)
     }
     if (!m->need[p->stripe]) {
         stripe_unlock(p); /* copied meanwhile? (cannot happen: only we copy) */
-        copy_next(m);
+        copy_next(m, p);
         return;
     }
     if (!piece_buf(l, p, M_CHUNK)) {
         p->status = -ENOMEM;
-        copy_next(m);
+        copy_next(m, p);
         return;
     }
     p->iov[0].iov_len = p->len;
     p->applied = true;
     if (local_submit(l, p, SRRS_IO_READ)) {
         p->status = -ENOMEM;
-        copy_next(m);
+        copy_next(m, p);
     }
 }
 
 static void resync_maybe_start(struct mirror *m)
 {
     struct mlink *l = m->l;
-    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done)
+    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done || m->ncopy)
         return;
     uint64_t n = 0;
     for (uint64_t s = 0; s < m->nstripes; s++) {
@@ -815,13 +829,17 @@ static void resync_maybe_start(struct mirror *m)
     }
     if (l->mode == MODE_RSRC) {
         m->resync_active = true;
-        struct piece *p = piece_get(l, P_COPY, m);
-        if (!p) {
+        struct piece *ps[M_COPIES];
+        uint32_t n = 0;
+        while (n < M_COPIES && (ps[n] = piece_get(l, P_COPY, m)))
+            n++;
+        m->ncopy = n;
+        if (!n) {
             m->resync_active = false;
             return;
         }
-        m->copy = p;
-        copy_next(m);
+        for (uint32_t i = 0; i < n; i++)
+            copy_next(m, ps[i]);
     }
 }
 
@@ -1366,8 +1384,8 @@ static void set_mode_fn(void *a)
     l->mode = x->mode;
     l->lease_deadline = x->deadline;
     l->st.mode = x->mode;
-    if (!mode_needs_peer(x->mode))
-        l->need_rejoin = false;
+    if (x->mode == MODE_SOLO || x->mode == MODE_FENCED)
+        l->need_rejoin = false; /* what waited for the old connection is settled now */
     if (old != x->mode && mode_resync(x->mode)) {
         for (int i = 0; i < M_MAX_VOLS; i++) {
             struct mirror *m = l->vols[i];
@@ -1375,6 +1393,8 @@ static void set_mode_fn(void *a)
                 continue;
             m->resync_ready = m->peer_bm_done = false;
             m->resync_done = m->resync_active = false;
+            m->resync_bytes = 0;
+            memset(m->peer_bm, 0, m->bm_len);
         }
     }
     if (x->mode == MODE_SOLO || x->mode == MODE_FENCED || x->mode == MODE_PAIRED)
@@ -1389,10 +1409,11 @@ static void resync_start_fn(void *a)
         struct mirror *m = l->vols[i];
         if (!m)
             continue;
+        /* Entering the resync mode reset the volume's resync state; the peer's
+         * bitmap may already be here (it started first): then we are running. */
+        if (m->resync_ready || m->resync_done)
+            continue;
         m->resync_full = x->full && l->mode == MODE_RSRC;
-        m->resync_ready = m->peer_bm_done = m->resync_done = false;
-        m->resync_bytes = 0;
-        memset(m->peer_bm, 0, m->bm_len);
         if (x->full && l->mode == MODE_RTGT)
             memset(m->bm, 0xff, m->bm_len); /* everything here is suspect */
         if (link_ready(l))
@@ -1520,25 +1541,57 @@ struct vol_arg {
     struct mlink *l;
     struct mirror *m;
     bool busy;
+    bool force;
 };
+
+static void unlist(struct piece **head, struct piece *p)
+{
+    for (struct piece **pp = head; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            p->next = NULL;
+            return;
+        }
+    }
+}
 
 static void vol_detach_fn(void *a)
 {
     struct vol_arg *x = a;
     struct mirror *m = x->m;
-    for (uint32_t i = 0; i < M_NPIECES; i++)
-        if (x->l->pieces[i].kind != P_FREE && x->l->pieces[i].m == m)
-            x->busy = true;
+    struct mlink *l = x->l;
+    for (uint32_t i = 0; i < M_NPIECES; i++) {
+        struct piece *p = &l->pieces[i];
+        if (p->kind == P_FREE || p->m != m)
+            continue;
+        if (x->force && !p->local_wait) {
+            /* Deleting under a peer that never answers: fail what waits for it. */
+            if (p->waiting) {
+                unlist(&l->held, p);
+                unlist(&m->lock_wait, p);
+                p->waiting = false;
+            }
+            if (p->kind == P_COPY)
+                m->ncopy--;
+            p->locked = false;
+            if (p->host)
+                piece_host_done(l, p, -ENOTCONN);
+            piece_put(l, p);
+            continue;
+        }
+        x->busy = true;
+    }
     if (!x->busy)
-        x->l->vols[m->vol] = NULL;
+        l->vols[m->vol] = NULL;
 }
 
 static void mirror_destroy(struct srrs_bdev *b)
 {
     struct mirror *m = b->ctx;
-    struct vol_arg x = {m->l, m, false};
-    for (int i = 0; i < 1000; i++) {
+    struct vol_arg x = {m->l, m, false, false};
+    for (int i = 0; i < 10000; i++) {
         x.busy = false;
+        x.force = i >= 500; /* 0.5 s for in-flight I/O to finish by itself */
         srrs_reactor_call(m->l->r, vol_detach_fn, &x);
         if (!x.busy)
             break;
@@ -1761,7 +1814,7 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         return srrs_err(-ENOMEM, "mirror %s: cannot map bitmap %s", name, bitmap_path);
     }
     (void)fresh;
-    struct vol_arg x = {l, m, false};
+    struct vol_arg x = {l, m, false, false};
     srrs_reactor_call(l->r, vol_attach_fn, &x);
     if (x.busy) {
         mirror_free(m);
@@ -1782,7 +1835,7 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
 int srrs_mirror_set_mode(struct srrs_mirror_link *link, int mode, uint64_t lease_deadline_ns)
 {
     struct mlink *l = (struct mlink *)link;
-    if (mode < MODE_FENCED || mode > MODE_RTGT)
+    if (mode < MODE_FENCED || mode > MODE_PENDING)
         return srrs_err(-EINVAL, "mirror: mode %d unknown", mode);
     struct mode_arg x = {l, mode, lease_deadline_ns, 0};
     srrs_reactor_call(l->r, set_mode_fn, &x);
@@ -1918,5 +1971,14 @@ int srrs_mirror_test_dump(struct srrs_mirror_link *link)
 {
     struct mlink *l = (struct mlink *)link;
     srrs_reactor_call(l->r, dump_fn, l);
+    return 0;
+}
+
+static void drop_fn(void *a) { link_drop(a, "dropped by a test"); }
+
+int srrs_mirror_test_drop(struct srrs_mirror_link *link)
+{
+    struct mlink *l = (struct mlink *)link;
+    srrs_reactor_call(l->r, drop_fn, l);
     return 0;
 }

@@ -22,6 +22,8 @@
  *   3 resync_source  like paired, and dirty stripes (ours | the peer's) are copied to
  *                    the peer; stripes not yet copied are ordered by us
  *   4 resync_target  like paired; reads of stripes not yet copied go to the peer
+ *   5 pending        peer lost, lease asked for: new and held I/O waits (nothing is
+ *                    acknowledged); the next mode (solo or fenced) settles it
  */
 
 struct srrs_mirror_link;
@@ -91,3 +93,5 @@ int srrs_mirror_get_info(struct srrs_mirror_link *link, const char *name,
 uint64_t srrs_core_loops_poke(struct srrs_core *core);
 /* control. Test hook: every live piece, lock and resync flag to stderr. */
 int srrs_mirror_test_dump(struct srrs_mirror_link *link);
+/* control. Test hook: drop the connection now (as if the peer vanished). */
+int srrs_mirror_test_drop(struct srrs_mirror_link *link);

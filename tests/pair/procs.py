@@ -128,7 +128,7 @@ class Ctl(Proc):
             time.sleep(0.1)
 
 
-def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=5, lease=1500, host="127.0.0.1",
+def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
               peer_host="127.0.0.1", witness_host="127.0.0.1", extra=""):
     """ports: dict with coord_<n>, mirror_<n>, witness."""
     return f"""

@@ -191,7 +191,20 @@ def test_lease_expiry_fences_on_its_own():
     s, acts = ha.step(s, ha.Tick(), 3.93)
     assert s.role == SOLO
     s, acts = ha.step(s, ha.Tick(), 3.95)
-    assert s.role == FENCED and ha.SetMirror("fenced") in acts
+    assert s.role == FENCED and ha.SetMirror("pending") in acts   # nothing acked; lease asked
+    s, acts = ha.step(s, ha.LeaseDenied(s.lease_sent_at, "held by b"), 3.96)
+    assert ha.SetMirror("fenced") in acts
+
+
+def test_io_held_while_lease_pending_then_settled():
+    s, _ = ha.initial("a", "b", 0.0, T, need_mirror=False)
+    s, acts = ha.step(s, ha.Tick(), 1.1)              # peer never heard: fence, ask
+    assert s.role == FENCED and acts[0] == ha.SetMirror("pending")
+    assert ha.SetAna("change") in acts
+    s2, acts = ha.step(s, ha.LeaseGranted(s.lease_sent_at, 3.0), 1.2)
+    assert s2.role == SOLO and ha.SetMirror("solo", s2.lease_until) in acts
+    s3, acts = ha.step(s, ha.Tick(), 1.1 + T.witness_timeout_s + 0.01)
+    assert ha.SetMirror("fenced") in acts and ha.SetAna("inaccessible") in acts
 
 
 def test_stale_and_mismatched_grants_ignored():

@@ -13,7 +13,7 @@ from .procs import Ctl, Witness, alloc_ports, pair_conf, same_files
 @pytest.fixture
 def pair(tmp_path):
     ports = alloc_ports()
-    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=1.5)
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=2.0)
     ctls = {}
     try:
         for n, p in (("a", "b"), ("b", "a")):
@@ -46,8 +46,8 @@ def test_paired_writes_from_both_sides_identical(pair):
     for t in ts:
         t.join()
     for n, j in res.items():
-        assert j["state"] == "done" and j["result"]["errors"] == 0, (n, j)
-        assert j["result"]["ios"] > 1000
+        assert j["state"] == "done" and j["result"]["errors"] == 0, (n, j["result"])
+        assert j["result"]["ios"] > 200
     st = a.pair()
     assert st["volumes"][0]["forwarded"] > 0 and st["link"]["crc_errors"] == 0
     assert quiesce_and_compare(a, b, tmp) == []
@@ -127,3 +127,47 @@ def test_pair_status_cli_and_rpc_errors(pair):
     from srrs.ctrl.rpc import RpcError
     with pytest.raises(RpcError):
         a.rpc("pair_resync", {"source": "nobody"})
+    # the running state writes back a [pair] that `srrs start` accepts
+    out = a.rpc("save_config", {"path": str(tmp / "saved.toml")})["path"]
+    from srrs.ctrl import config
+    saved = config.load(out).sections["pair"]
+    assert saved == config.load(str(a.conf)).sections["pair"]
+
+
+def test_volume_mismatch_never_pairs(tmp_path):
+    ports = alloc_ports()
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=2.0)
+    ctls = []
+    try:
+        ctls.append(Ctl(tmp_path, "a", pair_conf("a", "b", ports, tmp_path, size="64MiB")))
+        ctls.append(Ctl(tmp_path, "b", pair_conf("b", "a", ports, tmp_path, size="32MiB")))
+        time.sleep(4)
+        sa, sb = ctls[0].pair(), ctls[1].pair()
+        assert "PAIRED" not in (sa["state"], sb["state"])
+        assert sorted((sa["state"], sb["state"])) == ["FENCED", "SOLO"]
+        assert "not pairing" in sa["config_mismatch"]
+    finally:
+        for c in ctls:
+            c.kill9()
+        w.kill9()
+
+
+def test_survivor_load_has_no_errors_through_kill9(pair):
+    """kill -9 of the peer under load: the survivor's writes wait (mirror pending,
+    ANA change) for the lease and complete; none fails."""
+    import threading
+
+    w, a, b, tmp = pair
+    a.wait_state("PAIRED")
+    b.wait_state("PAIRED")
+    time.sleep(2.5)   # past the witness's start-up quarantine (it refuses leases then)
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("j", a.bench(rw="randwrite", time_s=4)))
+    t.start()
+    time.sleep(1)
+    b.kill9()
+    t.join(30)
+    r = res["j"]["result"]
+    assert r["errors"] == 0 and r["ios"] > 0, r
+    assert a.pair()["state"] == "SOLO"
+    assert r["lat_us"]["max"] < 5e6          # the longest pause a write saw, < 5 s

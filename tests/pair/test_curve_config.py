@@ -1,0 +1,86 @@
+"""CURVE between the controllers and with the witness; [pair] config errors."""
+
+import pytest
+
+from srrs.ctrl import config
+from srrs.ctrl.pair_config import parse
+
+from .procs import Ctl, Proc, Witness, alloc_ports, pair_conf
+
+
+def test_pair_with_curve_keys(tmp_path):
+    keys = tmp_path / "keys"
+    for n in ("a", "b", "witness"):
+        assert Proc(["keygen", str(keys), n], str(tmp_path / "k.log")).proc.wait(20) == 0
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for n in ("a", "b"):
+        (allowed / f"{n}.key").write_text((keys / f"{n}.key").read_text())
+    p = alloc_ports()
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{p['witness']}", max_lease=2.0, extra=[
+        "--secret-key", str(keys / "witness.key_secret"), "--authorized", str(allowed)])
+    ctls = []
+    try:
+        for n, o in (("a", "b"), ("b", "a")):
+            extra = (f'secret_key = "{keys}/{n}.key_secret"\n'
+                     f'peer_public_key = "{keys}/{o}.key"\n'
+                     f'witness_public_key = "{keys}/witness.key"\n')
+            ctls.append(Ctl(tmp_path, n, pair_conf(n, o, p, tmp_path, extra=extra)))
+        a, b = ctls
+        a.wait_state("PAIRED", 20)
+        b.wait_state("PAIRED", 20)
+        b.kill9()
+        a.wait_state("SOLO", 10)          # the lease came through CURVE
+    finally:
+        for c in ctls:
+            c.kill9()
+        w.kill9()
+
+
+BASE = {"self": "a", "coord_bind": "tcp://127.0.0.1:1", "peer_coord": "tcp://127.0.0.1:2",
+        "mirror_listen": "127.0.0.1:3", "peer_mirror": "127.0.0.1:4",
+        "witness": "tcp://127.0.0.1:5"}
+
+
+def test_defaults():
+    c = parse(dict(BASE, volumes=["v0", {"replica": "v1", "name": "pv1"}]))
+    assert c.heartbeat_ms == 200 and c.miss_count == 5 and c.lease_ms == 3000
+    assert c.stripe_size == 1 << 20
+    assert [(v.replica, v.name) for v in c.volumes] == [("v0", "v0.mirror"), ("v1", "pv1")]
+    assert c.me_id == "tcp://127.0.0.1:1" and c.pair_id == "tcp://127.0.0.1:1+tcp://127.0.0.1:2"
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"bogus": 1}, "bogus: unknown key"),
+    ({"self": None}, "self: is required"),
+    ({"coord_bind": "127.0.0.1:1"}, "coord_bind:"),
+    ({"peer_mirror": "127.0.0.1:3"}, "peer_mirror: must differ"),
+    ({"stripe_size": "3MiB"}, "stripe_size: must be a power of two"),
+    ({"lease_ms": 100}, "lease_ms:"),
+    ({"heartbeat_ms": 0}, "heartbeat_ms: must be in"),
+    ({"volumes": ["v0", "v0"]}, "listed twice"),
+    ({"secret_key": "/nonexistent"}, "CURVE needs"),
+    ({"peer": "a"}, "peer: must differ"),
+])
+def test_errors(change, msg):
+    d = dict(BASE)
+    for k, v in change.items():
+        if v is None:
+            d.pop(k)
+        else:
+            d[k] = v
+    with pytest.raises(ValueError, match=msg):
+        parse(d)
+
+
+def test_error_names_file_line_key(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[pair]\nself = "a"\ncoord_bind = "tcp://127.0.0.1:1"\nheartbeat_ms = -5\n')
+    with pytest.raises(config.ConfigError, match=r"c.toml:\d+: pair"):
+        config.load(str(f))
+
+
+def test_shipped_configs_parse():
+    for n in ("a", "b"):
+        c = config.load(f"configs/pair-{n}.toml").sections["pair"]
+        assert c.self_name == n and c.volumes

@@ -1,0 +1,146 @@
+"""Network partitions with `ip netns` + veth (DESIGN §5 "Partition").
+
+Topology (every address in namespaces this test creates):
+  ns srrsA (10.77.1.1 to B, 10.77.2.1 to W)   ns srrsB (10.77.1.2 to A, 10.77.3.1 to W)
+  ns srrsW (10.77.2.2 to A, 10.77.3.2 to B): the witness
+Cutting a link = setting one end of its veth down.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from .procs import Ctl, Witness, pair_conf, same_files
+
+NS = {"A": "srrsA", "B": "srrsB", "W": "srrsW"}
+LINKS = {  # name: (ns1, ifname1, addr1, ns2, ifname2, addr2)
+    "ab": ("A", "ab-a", "10.77.1.1", "B", "ab-b", "10.77.1.2"),
+    "aw": ("A", "aw-a", "10.77.2.1", "W", "aw-w", "10.77.2.2"),
+    "bw": ("B", "bw-b", "10.77.3.1", "W", "bw-w", "10.77.3.2"),
+}
+
+
+def sh(*args):
+    subprocess.run(list(args), check=True, capture_output=True)
+
+
+def nsx(ns, *args):
+    sh("ip", "netns", "exec", NS[ns], *args)
+
+
+def have_netns():
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return False
+    r = subprocess.run(["ip", "netns", "add", "srrs-probe"], capture_output=True)
+    if r.returncode:
+        return False
+    subprocess.run(["ip", "netns", "del", "srrs-probe"], capture_output=True)
+    return True
+
+
+@pytest.fixture
+def net():
+    if not have_netns():
+        pytest.skip("needs root and ip netns")
+    for ns in NS.values():
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    try:
+        for ns in NS.values():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        for n1, i1, a1, n2, i2, a2 in LINKS.values():
+            sh("ip", "link", "add", i1, "netns", NS[n1], "type", "veth", "peer", "name", i2,
+               "netns", NS[n2])
+            nsx(n1, "ip", "addr", "add", f"{a1}/24", "dev", i1)
+            nsx(n2, "ip", "addr", "add", f"{a2}/24", "dev", i2)
+            nsx(n1, "ip", "link", "set", i1, "up")
+            nsx(n2, "ip", "link", "set", i2, "up")
+        yield
+    finally:
+        for ns in NS.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def cut(link, down=True):
+    n1, i1, *_ = LINKS[link]
+    nsx(n1, "ip", "link", "set", i1, "down" if down else "up")
+
+
+def ports():
+    return {"coord_a": 5601, "coord_b": 5602, "mirror_a": 4521, "mirror_b": 4522, "witness": 5600}
+
+
+@pytest.fixture
+def cluster(net, tmp_path):
+    p = ports()
+    w = Witness(tmp_path, "tcp://0.0.0.0:5600", max_lease=2.0,
+                prefix=["ip", "netns", "exec", NS["W"]])
+    ctls = {}
+    try:
+        conf_a = pair_conf("a", "b", p, tmp_path, host="10.77.1.1", peer_host="10.77.1.2",
+                           witness_host="10.77.2.2")
+        conf_b = pair_conf("b", "a", p, tmp_path, host="10.77.1.2", peer_host="10.77.1.1",
+                           witness_host="10.77.3.2")
+        ctls["a"] = Ctl(tmp_path, "a", conf_a, prefix=["ip", "netns", "exec", NS["A"]])
+        ctls["b"] = Ctl(tmp_path, "b", conf_b, prefix=["ip", "netns", "exec", NS["B"]])
+        ctls["a"].wait_state("PAIRED", 20)
+        ctls["b"].wait_state("PAIRED", 20)
+        yield w, ctls["a"], ctls["b"], tmp_path
+    finally:
+        for c in ctls.values():
+            c.kill9()
+        w.kill9()
+
+
+def test_cut_pair_link_one_solo_one_fenced_then_heal(cluster):
+    w, a, b, tmp = cluster
+    cut("ab")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        roles = sorted((a.pair()["state"], b.pair()["state"]))
+        if roles == ["FENCED", "SOLO"]:
+            break
+        time.sleep(0.1)
+    assert roles == ["FENCED", "SOLO"]
+    solo, fenced = (a, b) if a.pair()["state"] == "SOLO" else (b, a)
+    j = fenced.bench(rw="randwrite", time_s=0.5)
+    assert j["result"]["ios"] == 0                      # nothing acknowledged by the fenced one
+    j = solo.bench(rw="randwrite", time_s=1)
+    assert j["result"]["errors"] == 0 and j["result"]["ios"] > 0
+    time.sleep(3)                                       # stays so: the lease is renewed
+    assert solo.pair()["state"] == "SOLO" and fenced.pair()["state"] == "FENCED"
+    cut("ab", down=False)
+    a.wait_state("PAIRED", 20)
+    b.wait_state("PAIRED", 20)
+    assert a.stop() == 0 and b.stop() == 0
+    assert same_files(tmp / "a-v0.img", tmp / "b-v0.img") == []
+
+
+def test_isolate_a_from_b_and_witness(cluster):
+    w, a, b, tmp = cluster
+    cut("ab")
+    cut("aw")
+    b.wait_state("SOLO", 10)
+    st = a.wait_state("FENCED", 10)
+    assert st["lease_left_s"] == 0
+    j = a.bench(rw="randwrite", time_s=0.5)
+    assert j["result"]["ios"] == 0
+    cut("ab", down=False)
+    cut("aw", down=False)
+    a.wait_state("PAIRED", 20)
+    b.wait_state("PAIRED", 20)
+    assert a.stop() == 0 and b.stop() == 0
+    assert same_files(tmp / "a-v0.img", tmp / "b-v0.img") == []
+
+
+def test_isolate_solo_node_fences_itself_within_lease(cluster):
+    w, a, b, tmp = cluster
+    b.kill9()
+    a.wait_state("SOLO", 10)
+    t0 = time.time()
+    cut("aw")                                           # a can no longer renew
+    a.wait_state("FENCED", 10)
+    assert time.time() - t0 <= 2.5                      # lease_ms = 2000
