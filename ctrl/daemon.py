@@ -58,11 +58,13 @@ class Controller:
 
     # -- services (modules that exist in this build), in start order --------------------
     # (attribute, module with start(ctl, section) -> service, config section)
+    # The pair comes before the exports: its mirror bdevs ("v0.mirror") are
+    # what they export, and the exports close before the pair does.
     SERVICES = [
         ("pool", "srrs.ctrl.pool", "pool"),
+        ("pair", "srrs.ctrl.pair", "pair"),
         ("nvmf", "srrs.nvmf.service", "nvmf"),
         ("vhost", "srrs.vhost.service", "vhost"),
-        ("pair", "srrs.ctrl.pair", "pair"),
         ("metrics", "srrs.ctrl.metrics", "metrics"),
     ]
 
@@ -80,6 +82,26 @@ class Controller:
             svc = mod.start(self, self.conf.sections.get(key, default))
             setattr(self, attr, svc)
             self.services[attr] = svc
+        self._wire_ana()
+
+    def _wire_ana(self) -> None:
+        """The pair's ANA state drives the ANA groups of every NVMe/TCP namespace
+        that exports one of its mirror bdevs; each change raises the ANA-change
+        AEN, so the host's native multipath moves I/O by itself (DESIGN §5)."""
+        if self.pair is None or self.nvmf is None or not hasattr(self.pair, "ana_listeners"):
+            return
+        mirrors = {v.name for v in getattr(self.pair.conf, "volumes", ())}
+
+        def apply(state: str) -> None:
+            nvme_state = "optimized" if state == "optimized" else "inaccessible"
+            for sub in self.nvmf.subsystems():
+                groups = {ns.get("ana_group", 1) for ns in sub["namespaces"]
+                          if ns.get("bdev") in mirrors}
+                for g in groups:
+                    self.nvmf.set_ana_state(sub["nqn"], g, nvme_state)
+
+        self.pair.ana_listeners.append(apply)
+        apply(self.pair.ana)
 
     # -- bdevs ---------------------------------------------------------------------
     def bdev_create(self, b: cfg.BdevConfig) -> None:
