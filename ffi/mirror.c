@@ -40,7 +40,7 @@
 #define M_MAX_VOLS 64
 #define M_NPIECES 8192u
 #define M_NFRAMES 16384u
-#define M_PIECE_IOV 16
+#define M_PIECE_IOV 130 /* a virtio request may carry seg_max (126) segments, plus slack */
 #define M_CHUNK SRRS_BUF_MAX
 #define M_RXBUF (4u << 20)
 #define M_HDR 48

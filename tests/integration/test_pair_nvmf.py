@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.guest.harness import Guest, require_guest
+from tests.guest.harness import Guest, require_guest, vhost_blk_args
 from tests.nvmf import wire
 from tests.pair.procs import Ctl, Witness, free_ports, pair_conf
 
@@ -36,6 +36,12 @@ nqn = "{NQN}"
 serial = "SRRSPAIR0001"
 namespaces = ["v0.mirror"]
 allow_hosts = ["*"]
+
+[[vhost]]
+name = "vh-{n}"
+socket = "{tmp_path}/vh-{n}.sock"
+bdev = "v0.mirror"
+num_queues = 2
 """
             ctls[n] = Ctl(tmp_path, n, pair_conf(n, peer, ports, tmp_path, size="256MiB",
                                                  extra=extra))
@@ -154,6 +160,62 @@ def test_linux_multipath_rides_through_kill9_of_either_controller(pair):
         g.run("nvme disconnect-all", timeout=60)
     print(f"\nsurvivor SOLO {solo_after:.2f} s after kill -9")
     assert solo_after < 5.0
+    assert a.stop() == 0 and b.stop() == 0
+    from tests.pair.procs import same_files
+    assert same_files(a.tmp / "a-v0.img", b.tmp / "b-v0.img") == []
+
+
+def test_both_paths_at_once_round_robin_replicas_identical(pair):
+    """Multipath iopolicy=round-robin: every other I/O goes to the other
+    controller, so both order writes to overlapping ranges concurrently."""
+    require_guest()
+    w, a, b, ports = pair
+    a.wait_state("PAIRED")
+    b.wait_state("PAIRED")
+    with Guest(smp=2, kernel_args=("nvme_core.multipath=Y",)) as g:
+        for n in ("a", "b"):
+            g.check(f"nvme connect -t tcp -a 10.0.2.2 -s {ports['nvmf_' + n]} -n {NQN}",
+                    timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if g.run("ls /sys/block | grep -cE '^nvme0c[0-9]+n1$'")[1].strip() == "2":
+                break
+            time.sleep(0.2)
+        g.check("echo round-robin > /sys/class/nvme-subsystem/nvme-subsys0/iopolicy")
+        out = g.check("fio --name=rr --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 "
+                      "--rw=randwrite --bsrange=4k-256k --size=64M --iodepth=16 --numjobs=2 "
+                      "--time_based --runtime=60 --verify=crc32c --verify_fatal=1 "
+                      "--verify_backlog=64 --group_reporting", timeout=600)
+        assert "err= 0" in out, out
+        g.run("nvme disconnect-all", timeout=60)
+    both = [c.pair() for c in (a, b)]
+    assert all(p["state"] == "PAIRED" for p in both), both
+    assert both[0]["volumes"][0]["forwarded"] > 0 or both[1]["volumes"][0]["forwarded"] > 0
+    assert a.stop() == 0 and b.stop() == 0
+    from tests.pair.procs import same_files
+    assert same_files(a.tmp / "a-v0.img", b.tmp / "b-v0.img") == []
+
+
+def test_vm_on_vhost_user_at_a_keeps_running_when_b_dies_and_returns(pair):
+    require_guest()
+    w, a, b, ports = pair
+    a.wait_state("PAIRED")
+    b.wait_state("PAIRED")
+    sock = str(a.tmp / "vh-a.sock")
+    with Guest(extra_qemu_args=vhost_blk_args(sock, num_queues=2), smp=2, net=False,
+               modules=()) as g:
+        fio = g.spawn("fio --name=vm --filename=/dev/vda --ioengine=libaio --direct=1 "
+                      "--rw=randwrite --bsrange=4k-128k --size=96M --iodepth=8 --time_based "
+                      "--runtime=30 --verify=crc32c --verify_fatal=1 --verify_backlog=64")
+        time.sleep(5)
+        b.kill9()
+        a.wait_state("SOLO", timeout=10)
+        time.sleep(5)
+        b.restart()
+        a.wait_state("PAIRED", timeout=60)
+        rc, out = fio.wait(timeout=600)
+        assert rc == 0 and "err= 0" in out, out
+    b.wait_state("PAIRED", timeout=30)
     assert a.stop() == 0 and b.stop() == 0
     from tests.pair.procs import same_files
     assert same_files(a.tmp / "a-v0.img", b.tmp / "b-v0.img") == []
