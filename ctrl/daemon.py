@@ -369,8 +369,11 @@ def run(config_path: str) -> int:
         log.info("controller %s running: %d reactor(s), %s polling, RPC on %s", ctl.name,
                  conf.controller.reactors, conf.controller.poll_mode, conf.controller.rpc_socket)
         efd = ctl.core.event_fd
+        waiter = select.poll()   # poll, not select: fds past 1024 are normal with many exports
+        waiter.register(stop_r, select.POLLIN)
+        waiter.register(efd, select.POLLIN)
         while True:
-            r, _, _ = select.select([stop_r, efd], [], [])
+            r = {fd for fd, _ in waiter.poll()}
             if efd in r:
                 with ctl.lock:
                     ctl.poll_events()

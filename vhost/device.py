@@ -197,13 +197,14 @@ class VhostBlkDevice:
             self.connections += 1
             self.state = "connected"
             reason = self._session(conn)
+            if reason:   # recorded before the front end can see the close
+                self.last_error = reason
             with self._lock:
                 lib.srrs_vhost_dev_reset(self._dev)
             self._reset_session()
             self._conn = None
             conn.close()
             if reason:
-                self.last_error = reason
                 log.warning("vhost %s: connection dropped: %s", self.name, reason)
             self.state = "listening" if not self._stop.is_set() else "stopping"
 

@@ -57,7 +57,9 @@ def test_sigkill_30_rounds(tmp_path, drain):
     truth = {}  # blk -> seq whose content the block must hold
     total_acked = 0
     env = dict(os.environ, PYTHONUNBUFFERED="1", CRASH_DRAIN="1" if drain else "0")
-    for rnd in range(ROUNDS):
+    # the acceptance figure is 30 plain rounds; with a drain racing the kill, 10
+    rounds = ROUNDS if not drain else max(ROUNDS // 3, 1)
+    for rnd in range(rounds):
         for name in os.listdir(logdir):
             os.unlink(logdir / name)
         proc = subprocess.Popen([sys.executable, WRITER, str(logdir), str(rnd + 1)] + frags,

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from srrs.ffi.binding import BenchOpts, ffi, lib
+from srrs.ffi.binding import BenchOpts, Core, ffi, lib
 from srrs.vhost import proto
 from srrs.vhost.client import WANT_FEATURES, VhostClient
 from srrs.vhost.proto import F_INDIRECT, Req
@@ -58,8 +58,7 @@ class Bystander:
 
 
 def _peer_closed(cl, timeout):
-    r, _, _ = select.select([cl.sock], [], [], timeout)
-    if not r:
+    if not _readable(cl.sock, timeout):
         return False
     try:
         return cl.sock.recv(1, socket.MSG_PEEK) == b""
@@ -156,22 +155,64 @@ def _ring_case(rng, cl):
     return b"".join(d), heads, delta, bytes(scratch), must_break
 
 
+def _waiter(cl):
+    """wait(timeout) -> True when the back end closed the socket; returns early
+    when the call eventfd fires (a completion) so a case costs microseconds."""
+    ring = ffi.new("struct srrs_vhost_client_ring *")
+    lib.srrs_vhost_client_ring(cl.ptr, 0, ring)
+    callfd = ring.callfd
+    p = select.poll()
+    p.register(cl.sock, select.POLLIN)
+    if callfd >= 0:
+        p.register(callfd, select.POLLIN)
+
+    def wait(timeout):
+        for fd, _ in p.poll(timeout * 1000):
+            if fd == callfd:
+                try:
+                    os.eventfd_read(callfd)
+                except OSError:
+                    pass
+            else:
+                return _peer_closed(cl, 0)
+        return False
+    return wait
+
+
 def _new_client(sock):
     cl = VhostClient(sock, queue_size=QS, max_inflight=4, max_io=4096)
     cl.connect()
     return cl
 
 
-def test_malicious_rings(svc, bench_core, tmp_path):
-    svc.core.bdev_create_malloc("fz0", 16 << 20, 4096)
-    sock = str(tmp_path / "fz.sock")
-    dev = svc.create("fz", sock, "fz0")
-    by = Bystander(svc, bench_core, tmp_path)
-    rng = random.Random(1234)
+WORKERS = 2   # fuzzing front ends at once, one device each
+
+
+def _in_parallel(fn, cases):
+    """Run fn(worker, n) on WORKERS threads, the cases split between them;
+    return the summed tuples; the first failure fails the test."""
+    out, errors = [], []
+
+    def run(w):
+        try:
+            out.append(fn(w, cases // WORKERS + (w < cases % WORKERS)))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(e)
+    ts = [threading.Thread(target=run, args=(w,)) for w in range(WORKERS)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return tuple(map(sum, zip(*out)))
+
+
+def _fuzz_rings(dev, sock, rng, cases):
     cl = _new_client(sock)
     broke = completed = 0
     try:
-        for case in range(CASES):
+        for case in range(cases):
             descs, heads, delta, scratch, must_break = _ring_case(rng, cl)
             used0 = cl.used_idx()
             cl.post_raw(0, descs, heads, delta, scratch)
@@ -179,36 +220,51 @@ def test_malicious_rings(svc, bench_core, tmp_path):
             want = (used0 + n) & 0xFFFF
             closed = False
             end = time.time() + 5
+            waiter = _waiter(cl)
             while time.time() < end:
                 if cl.used_idx() == want:
                     break
-                if _peer_closed(cl, 0.001):
+                if waiter(0.002):
                     closed = True
                     break
             else:
-                pytest.fail(f"case {case}: neither completed nor stopped the device")
+                pytest.fail(f"{dev.name} case {case}: neither completed nor stopped the device")
             if not closed and must_break:
                 closed = _peer_closed(cl, 2.0)
             if must_break is True:
-                assert closed, f"case {case}: a malicious ring did not stop the device"
+                assert closed, f"{dev.name} case {case}: a malicious ring did not stop the device"
             if must_break is False:
-                assert not closed, f"case {case}: a valid request stopped the device: " \
-                                   f"{dev.info()['last_error']}"
+                assert not closed, f"{dev.name} case {case}: a valid request stopped the " \
+                                   f"device: {dev.info()['last_error']}"
             if closed:
                 broke += 1
-                assert dev.info()["last_error"], "stopped without a reason"
+                assert wait_for(lambda: dev.info()["last_error"]), "stopped without a reason"
                 cl.close()
                 cl = _new_client(sock)
             else:
                 completed += 1
     finally:
         cl.close()
+    return broke, completed
+
+
+def test_malicious_rings(svc, bench_core, tmp_path):
+    devs = []
+    for w in range(WORKERS):
+        svc.core.bdev_create_malloc(f"fz{w}", 16 << 20, 4096)
+        sock = str(tmp_path / f"fz{w}.sock")
+        devs.append((svc.create(f"fz{w}", sock, f"fz{w}"), sock))
+    by = Bystander(svc, bench_core, tmp_path)
+    broke, completed = _in_parallel(
+        lambda w, n: _fuzz_rings(*devs[w], random.Random(1234 + w), n), CASES)
     by.check()
+    assert broke + completed == CASES
     assert broke and completed
-    # the fuzzed device still serves a good front end
-    with VhostClient(sock) as good:
-        good.write(0, b"z" * 4096)
-        assert good.read(0, 4096) == b"z" * 4096
+    # every fuzzed device still serves a good front end
+    for _dev, sock in devs:
+        with VhostClient(sock) as good:
+            good.write(0, b"z" * 4096)
+            assert good.read(0, 4096) == b"z" * 4096
 
 
 # ---- message fuzz ----------------------------------------------------------------------------
@@ -313,8 +369,7 @@ def test_malformed_messages(svc, bench_core, tmp_path):
                 pass
             finally:
                 proto.close_fds(fds)
-            r, _, _ = select.select([cl.sock], [], [], 5)
-            assert r, f"case {case}: no reply and no close for {req}"
+            assert _readable(cl.sock, 5), f"case {case}: no reply and no close for {req}"
             try:
                 data = cl.sock.recv(4096)
             except OSError:
@@ -359,6 +414,12 @@ def test_queue_index_out_of_range_and_hot_add(svc, bench_core, tmp_path):
         assert ca.read(0, 4096) == bytes(4096)
 
 
+def _readable(sock, timeout):
+    p = select.poll()
+    p.register(sock, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
+
+
 def _random_sequence_message(rng, cl, efds):
     """A well-framed message with plausible-to-hostile arguments, in any order."""
     mem_fd, mem_size, gpa, ua = cl.mem
@@ -396,7 +457,11 @@ def _random_sequence_message(rng, cl, efds):
         (Req.GET_INFLIGHT_FD, proto.INFLIGHT.pack(0, 0, 1, rng.choice([QS, 1024, 0])), []),
         (Req.GET_MAX_MEM_SLOTS, b"", []),
     ]
-    return choices[rng.randrange(len(choices))], V
+    pick = rng.randrange(len(choices))
+    for k, (_, _, fds) in enumerate(choices):   # only the chosen message's fds travel
+        if k != pick:
+            proto.close_fds(fds)
+    return choices[pick], V
 
 
 def test_random_message_sequences(svc, bench_core, tmp_path):
@@ -422,7 +487,7 @@ def test_random_message_sequences(svc, bench_core, tmp_path):
                     finally:
                         proto.close_fds(fds)
                     # drain whatever comes back (replies, acks) or notice the close
-                    while select.select([cl.sock], [], [], 0.02)[0]:
+                    while _readable(cl.sock, 0.005):
                         try:
                             rq, _, _, rfds = proto.recv_msg(cl.sock)
                             proto.close_fds(rfds)
@@ -444,3 +509,13 @@ def test_random_message_sequences(svc, bench_core, tmp_path):
     with VhostClient(sock, num_queues=2) as good:
         r = good.bench(bench_core, BenchOpts(rw="randrw", qd=16, time_s=0.5), verify=True)
         assert r["errors"] == 0 and r["verify_errors"] == 0
+
+
+
+@pytest.fixture
+def bench_core():
+    """The bystander's client reactor, adaptive here: a busy one would take a
+    whole core of two from the fuzzing front end and the back end."""
+    c = Core(reactors=1, poll_mode="adaptive")
+    yield c
+    c.close()
