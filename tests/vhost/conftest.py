@@ -1,24 +1,11 @@
-import os
-import shutil
 import subprocess
 import time
 
 import pytest
+from conftest import need as need_tool
 
 from srrs.ffi.binding import Core
 from srrs.vhost.device import VhostService
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def need_tool(tool: str) -> str:
-    """A host tool a test needs: under CI its absence fails the run, else skips."""
-    path = shutil.which(tool)
-    if not path:
-        if IN_CI:
-            pytest.fail(f"{tool} is required under CI but is not installed")
-        pytest.skip(f"{tool} not installed")
-    return path
 
 
 @pytest.fixture
