@@ -62,7 +62,8 @@ class VhostClient:
     def __init__(self, socket_path: str, num_queues: int = 1, queue_size: int = 256,
                  max_inflight: int = 256, max_io: int = 1 << 20, features: int = WANT_FEATURES,
                  gpa_base: int = 1 << 32, timeout: float = 30.0, inflight: bool = False,
-                 inflight_fd: Optional[int] = None, regions: int = 1, mem_slots: bool = False):
+                 inflight_fd: Optional[int] = None, regions: int = 1, mem_slots: bool = False,
+                 pipeline: bool = False):
         self.socket_path = str(socket_path)
         pp = ffi.new("struct srrs_vhost_client **")
         check(lib.srrs_vhost_client_create(num_queues, queue_size, max_inflight, max_io, gpa_base,
@@ -87,6 +88,8 @@ class VhostClient:
         self.keep_inflight = False
         self.regions = regions          # split guest memory into this many regions
         self.mem_slots = mem_slots      # send them with ADD_MEM_REG (CONFIGURE_MEM_SLOTS)
+        self.pipeline = pipeline        # send the ring set-up at once, then read the acks
+        self._unacked: Optional[list] = None
 
     # -- protocol ---------------------------------------------------------------------
     def call(self, req: int, payload: bytes = b"", fds=None, reply: bool = False,
@@ -98,6 +101,9 @@ class VhostClient:
             flags |= FLAG_NEED_REPLY
         send_msg(self.sock, req, payload, flags, fds)
         if not reply and not want_ack:
+            return None
+        if want_ack and self._unacked is not None:
+            self._unacked.append(req)
             return None
         rreq, rflags, data, rfds = recv_msg(self.sock)
         close_fds(rfds)
@@ -162,6 +168,8 @@ class VhostClient:
         check(lib.srrs_vhost_client_setup(self.ptr, self.features, self.capacity, self.block_size,
                                           self.num_queues), "vhost client setup")
         ring = ffi.new("struct srrs_vhost_client_ring *")
+        if self.pipeline:
+            self._unacked = []
         for i in range(self.num_queues):
             lib.srrs_vhost_client_ring(self.ptr, i, ring)
             self.call(Req.SET_VRING_NUM, VRING_STATE.pack(i, ring.num), ack=True)
@@ -172,8 +180,20 @@ class VhostClient:
             self.call(Req.SET_VRING_CALL, U64.pack(i), fds=[ring.callfd], ack=True)
             if self.features >> F_PROTOCOL_FEATURES & 1:
                 self.call(Req.SET_VRING_ENABLE, VRING_STATE.pack(i, 1), ack=True)
+        self._collect_acks()
         self.connected = True
         return self
+
+    def _collect_acks(self) -> None:
+        """Pipelined set-up: the back end answers in order; every ack must be 0."""
+        pending, self._unacked = self._unacked or [], None
+        for req in pending:
+            rreq, rflags, data, rfds = recv_msg(self.sock)
+            close_fds(rfds)
+            if rreq != req or not rflags & FLAG_REPLY or len(data) != U64.size:
+                raise ProtocolError(f"reply to {req} is {rreq} flags {rflags:#x}")
+            if U64.unpack(data)[0]:
+                raise ProtocolError(f"request {Req(req).name} refused by the back end")
 
     def _inflight(self) -> None:
         if not self.protocol_features >> PF.INFLIGHT_SHMFD & 1:

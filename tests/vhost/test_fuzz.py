@@ -180,7 +180,7 @@ def _waiter(cl):
 
 
 def _new_client(sock):
-    cl = VhostClient(sock, queue_size=QS, max_inflight=4, max_io=4096)
+    cl = VhostClient(sock, queue_size=QS, max_inflight=4, max_io=4096, pipeline=True)
     cl.connect()
     return cl
 
@@ -339,7 +339,8 @@ def test_malformed_messages(svc, bench_core, tmp_path):
     rng = random.Random(99)
     dropped = answered = 0
     for case in range(CASES):
-        cl = VhostClient(sock, queue_size=QS, max_inflight=4, max_io=4096, timeout=10)
+        cl = VhostClient(sock, queue_size=QS, max_inflight=4, max_io=4096, timeout=10,
+                         pipeline=True)
         try:
             if rng.randrange(3):
                 cl.connect()             # a set-up device …
