@@ -1,5 +1,5 @@
 """Scale through the export: one controller with 10,000 thin volumes in one
-pool, every one an NVMe/TCP namespace (40 subsystems x 250), starts in < 30 s
+pool, every one an NVMe/TCP namespace (100 subsystems x 100), starts in < 30 s
 with RSS < 1 GiB and no file descriptor per volume; a real Linux guest
 connects to one of those subsystems and does verified I/O on a namespace.
 SRRS_SCALE_VOLUMES changes the count."""
@@ -14,7 +14,7 @@ from tests.ctrl.helpers import Controller
 from tests.guest.harness import Guest, require_guest
 
 N = int(os.environ.get("SRRS_SCALE_VOLUMES", "10000"))
-PER_SUBSYS = 250
+PER_SUBSYS = 100   # a guest under TCG scans each of its namespaces: keep that part short
 
 
 def _free_port():
@@ -91,7 +91,8 @@ def test_ten_thousand_volumes_as_namespaces_and_a_guest(tmp_path):
                           "--rw=randwrite --bsrange=4k-256k --size=24M --iodepth=8 "
                           "--verify=crc32c --verify_fatal=1", timeout=600)
             assert "err= 0" in out, out
-            g.run("nvme disconnect-all", timeout=120)
+            # no `nvme disconnect-all`: tearing down 100 block devices takes a TCG
+            # guest a minute; the guest's exit drops the connection instead
         # what the guest wrote landed in exactly one volume of that subsystem
         vols = [v for v in c.rpc("volume_list") if v["allocated"]]
         assert [v["name"] for v in vols] == [f"vol{7 * PER_SUBSYS + 99:05d}"], vols[:5]

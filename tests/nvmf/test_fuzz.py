@@ -10,11 +10,15 @@ import struct
 import threading
 import time
 
+import pytest
+
 from srrs.ffi.binding import BenchOpts
 from srrs.nvmf.target import NvmfHost
 
 from . import wire
 from .conftest import NQN
+
+pytestmark = pytest.mark.fuzz
 
 PDUS = int(os.environ.get("SRRS_NVMF_FUZZ_PDUS", "100000"))
 WORKERS = 4

@@ -24,6 +24,8 @@ from srrs.vhost.proto import F_INDIRECT, Req
 
 from .conftest import wait_for
 
+pytestmark = pytest.mark.fuzz
+
 CASES = int(os.environ.get("SRRS_FUZZ_CASES", "3000"))
 DESC = struct.Struct("<QIHH")
 NEXT, WRITE, INDIRECT = 1, 2, 4
