@@ -181,6 +181,10 @@ class PairService:
             d["resync_mibps"] = round(d["resync_bytes"] / el / (1 << 20), 1) if el > 0 else 0.0
             d["resync_progress"] = (round(1 - d["resync_left"] / d["stripes"], 4)
                                     if d["stripes"] else 1.0)
+            # the time left at the rate so far (None until there is a rate to go by)
+            rate = d["resync_bytes"] / el if el > 0 else 0.0
+            d["resync_eta_s"] = (round(d["resync_left"] * d["stripe_size"] / rate, 1)
+                                 if d["resync_active"] and rate > 0 else None)
             out.append(d)
         return out
 

@@ -72,7 +72,9 @@ def test_kill9_solo_restart_resync_identical(pair):
     a.wait_state("PAIRED", timeout=20)
     st = b.wait_state("PAIRED", timeout=20)
     assert st["data_gen"] == a.pair()["data_gen"]
-    assert a.pair()["volumes"][0]["dirty_stripes"] == 0
+    vol = a.pair()["volumes"][0]
+    assert vol["dirty_stripes"] == 0 and vol["resync_progress"] == 1.0
+    assert vol["resync_mibps"] > 0 and vol["resync_eta_s"] is None   # done: no ETA
     assert quiesce_and_compare(a, b, tmp) == []
 
 
