@@ -43,7 +43,7 @@ def _lat_count(b, cls="read"):
 def test_once_json_field_by_field(ctl):
     ctl.load(reactor=0, time_s=30)
     # a short job beside it, done before the snapshot: its figures to compare the latency with
-    jid = ctl.load(reactor=1, time_s=1)
+    jid = ctl.load(reactor=1, time_s=0.5)
     deadline = time.monotonic() + 10
     while (job := ctl.rpc("bench_bdev_results")[jid])["state"] == "running":
         assert time.monotonic() < deadline, job
