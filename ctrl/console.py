@@ -9,8 +9,11 @@ tables, byte units and usage bars where the keys say so), `key value` lines
 otherwise — and simply left out when absent.
 
 Rates (IOPS, MiB/s, loops/s, busy % now, process CPU %) are counter deltas
-over the last second of samples; sparklines keep one point per second for the
-last minute. Each controller is sampled by its own thread at the refresh
+over the last second of samples, and latency percentiles (p50/p99 per bdev)
+are those of the bdev's latency histogram's delta over the same window (the
+I/Os that completed in it, not all time); sparklines keep one point per
+second for the last minute. Exports (NVMe/TCP namespaces, vhost devices)
+show the figures of the bdev they serve. Each controller is sampled by its own thread at the refresh
 rate, so one that hangs delays only its own panel; one that stops answering
 is shown DOWN (its last known layout dimmed, no rates) and is reconnected by
 itself, a restarted one (new pid) starts its rates and history over.
@@ -20,8 +23,10 @@ auto-refresh thread, no flicker; keys q quit, p pause, tab next panel,
 arrows/PgUp/PgDn/Home/End scroll the event log); `--once` one plain-text
 snapshot; `--once --json` the same snapshot as JSON, whose reactor and bdev
 records carry the RPC's own field names plus the computed `read_iops`,
-`write_iops`, `iops`, `read_mibps`, `write_mibps`, `mibps`, `loops_per_s`,
-`busy_pct_now`. When stdout is not a terminal, one summary line per
+`write_iops`, `iops`, `read_mibps`, `write_mibps`, `mibps`, `p50_us`,
+`p99_us`, `p999_us`, `lat_ios` (I/Os the percentiles are of; the
+percentiles are null when none completed), `loops_per_s`, `busy_pct_now`;
+`exports` lists each export with its bdev (`volume`) and the same figures. When stdout is not a terminal, one summary line per
 controller is printed every few seconds instead of the full screen.
 """
 
@@ -48,6 +53,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from .iostats import exports_of, interval_latency
 from .rpc import RpcClient, RpcError
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -159,8 +165,10 @@ class Source:
         if now - self._last_hist_t >= 1.0 or not self._last_hist_t:
             self._last_hist_t = now
             for name, r in self.rates.get("bdevs", {}).items():
-                for kind in ("iops", "mibps"):
-                    self.history.setdefault((kind, name), deque(maxlen=HISTORY_S)).append(r[kind])
+                for kind in ("iops", "mibps", "p50_us", "p99_us"):
+                    # a second without I/O has no percentile: drawn at the floor
+                    self.history.setdefault((kind, name), deque(maxlen=HISTORY_S)).append(
+                        r[kind] or 0.0)
             for idx, r in self.rates.get("reactors", {}).items():
                 self.history.setdefault(("busy", idx), deque(maxlen=HISTORY_S)).append(
                     r["busy_pct_now"])
@@ -216,6 +224,10 @@ class Source:
                 r[key] = max(0.0, d * scale / dt) if dt > 0 else 0.0
             r["iops"] = r["read_iops"] + r["write_iops"]
             r["mibps"] = r["read_mibps"] + r["write_mibps"]
+            if dt > 0 and o is not None:
+                r.update(interval_latency(b, o))
+            else:
+                r.update(p50_us=None, p99_us=None, p999_us=None, lat_ios=0)
             out["bdevs"][b["name"]] = r
         oldr = {x["reactor"]: x for x in old.get("reactors", [])}
         for x in new.get("reactors", []):
@@ -245,6 +257,7 @@ class Source:
         d["reactors"] = [{**x, **rr.get(x["reactor"], {})} for x in st.get("reactors", [])]
         br = self.rates.get("bdevs", {})
         d["bdevs"] = [{**b, **br.get(b["name"], {})} for b in st.get("bdevs", [])]
+        d["exports"] = [{**e, **br.get(e["volume"], {})} for e in exports_of(st)]
         for k, v in st.items():
             if k not in CORE_KEYS:
                 d[k] = v
@@ -575,22 +588,32 @@ def _grid(cols: list, rows: list) -> Text:
     widths = [max([len(name)] + [len(str(r[i])) for r in rows]) for i, (name, _) in
               enumerate(cols)]
     t = Text(no_wrap=True, overflow="crop")
+    plain: list = []  # unstyled text not yet appended: one append per run, not per cell
 
-    def cell(v, w: int, justify: str) -> Text:
-        c = v if isinstance(v, Text) else Text(str(v))
-        pad = " " * (w - c.cell_len)
-        return Text.assemble(" ", pad, c, " ") if justify == "right" else \
-            Text.assemble(" ", c, pad, " ")
+    def cell(v, w: int, justify: str, style: str = "") -> None:
+        if isinstance(v, Text) or style:
+            c = v if isinstance(v, Text) else Text(str(v), style=style)
+            pad = " " * (w - c.cell_len)
+            plain.append(" " + pad if justify == "right" else " ")
+            t.append("".join(plain))
+            plain.clear()
+            t.append_text(c)
+            plain.append("  " if justify == "right" else pad + "  ")
+        else:
+            v = str(v)
+            pad = " " * (w - len(v))
+            plain.append(f" {pad}{v}  " if justify == "right" else f" {v}{pad}  ")
 
     for i, (name, j) in enumerate(cols):
-        t.append_text(cell(Text(name, style="bold"), widths[i], j))
-        t.append(" ")
+        cell(name, widths[i], j, "bold")
+    t.append("".join(plain))
+    plain.clear()
     t.append("\n" + "─" * (sum(w + 3 for w in widths) - 1), style="dim")
     for r in rows:
-        t.append("\n")
+        plain.append("\n")
         for i, (_, j) in enumerate(cols):
-            t.append_text(cell(r[i], widths[i], j))
-            t.append(" ")
+            cell(r[i], widths[i], j)
+    t.append("".join(plain))
     return t
 
 
@@ -601,6 +624,40 @@ def _spare_width(cols: list, rows: list, inner: int, n: int) -> int:
     for i, (name, _) in enumerate(cols):
         used += max([len(name)] + [len(str(r[i])) for r in rows]) + 3
     return max(0, min(HISTORY_S, (inner - used) // n - 3))
+
+
+# (history kind, column title, style), in the order they give way as the panel narrows
+_SPARKS = (("iops", "IOPS, 1 min", "cyan"), ("p99_us", "p99, 1 min", "yellow"),
+           ("mibps", "MiB/s, 1 min", "green"), ("p50_us", "p50, 1 min", "magenta"))
+
+
+def _add_sparks(src: Source, cols: list, rows: list, names: list, inner: int) -> None:
+    """As many last-minute sparklines (IOPS, p99, MiB/s, p50 of the bdev in
+    `names[i]` for row i) as fit at 12+ points each (one at 8+)."""
+    n = 0
+    for k in range(len(_SPARKS), 0, -1):
+        if _spare_width(cols, rows, inner, k) >= (12 if k > 1 else 8):
+            n = k
+            break
+    if not n:
+        return
+    w = _spare_width(cols, rows, inner, n)
+    for kind, title, style in _SPARKS[:n]:
+        cols.append((title, "left"))
+        for name, row in zip(names, rows):
+            row.append(Text(sparkline(src.history.get((kind, name), ()), w), style=style))
+
+
+def fmt_lat(us: Optional[float]) -> str:
+    """A latency in microseconds: '-' when no I/O completed."""
+    if us is None:
+        return "-"
+    return f"{us:.1f}" if us < 100 else fmt_num(us)
+
+
+def _short_export(name: str, width: int = 32) -> str:
+    """A long NQN keeps its distinctive end: '…io.srrs:v0/ns1'."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 def _controller_body(src: Source, width: int, compact: bool, sections: bool = True) -> list:
@@ -651,31 +708,37 @@ def _controller_body(src: Source, width: int, compact: bool, sections: bool = Tr
 
     br = src.rates.get("bdevs", {})
     cols = [("bdev", "left")] + ([("module", "left"), ("size", "right")] if wide else [])
-    cols += [("r IOPS", "right"), ("w IOPS", "right"), ("MiB/s", "right"), ("errors", "right")]
+    cols += [("r IOPS", "right"), ("w IOPS", "right"), ("MiB/s", "right"), ("p50 us", "right"),
+             ("p99 us", "right"), ("errors", "right")]
     rows = []
+    names = []
     for b in st.get("bdevs", []):
         r = br.get(b["name"], {})
         row = [b["name"]] + ([b["module"], fmt_bytes(b["size"])] if wide else [])
         row += [fmt_num(r.get("read_iops")), fmt_num(r.get("write_iops")),
-                f"{r.get('mibps', 0):.1f}",
+                f"{r.get('mibps', 0):.1f}", fmt_lat(r.get("p50_us")), fmt_lat(r.get("p99_us")),
                 Text(str(b["errors"]), style="bold red" if b["errors"] else "")]
         rows.append(row)
-    nspark = 2 if width >= 140 else 1
-    spark_w = _spare_width(cols, rows, inner, nspark) if sparks else 0
-    if spark_w >= 8:
-        cols.append(("IOPS, last minute", "left"))
-        if nspark == 2:
-            cols.append(("MiB/s, last minute", "left"))
-        for b, row in zip(st.get("bdevs", []), rows):
-            row.append(Text(sparkline(src.history.get(("iops", b["name"]), ()), spark_w),
-                            style="cyan"))
-            if nspark == 2:
-                row.append(Text(sparkline(src.history.get(("mibps", b["name"]), ()), spark_w),
-                                style="green"))
+        names.append(b["name"])
     if st.get("bdevs"):
+        _add_sparks(src, cols, rows, names, inner if sparks else 0)
         items.append(_grid(cols, rows))
     else:
         items.append(Text("no bdevs", style="dim"))
+
+    exports = exports_of(st)
+    if exports:
+        cols = [("export", "left"), ("kind", "left"), ("volume", "left"), ("IOPS", "right"),
+                ("MiB/s", "right"), ("p50 us", "right"), ("p99 us", "right")]
+        rows = []
+        for e in exports:
+            r = br.get(e["volume"], {})
+            rows.append([_short_export(e["export"]), e["kind"], e["volume"], fmt_num(r.get("iops")),
+                         f"{r.get('mibps', 0):.1f}", fmt_lat(r.get("p50_us")),
+                         fmt_lat(r.get("p99_us"))])
+        if not compact:
+            _add_sparks(src, cols, rows, [e["volume"] for e in exports], inner if sparks else 0)
+        items.append(_grid(cols, rows))
 
     secs = [(k, v) for k, v in st.items() if k not in CORE_KEYS] if sections else []
     if secs:

@@ -223,7 +223,7 @@ def rpc_bdev_delete(ctl: Controller, p: dict):
 
 @METHODS.method("bdev_list")
 def rpc_bdev_list(ctl: Controller, p: dict):
-    """List bdevs with their I/O counters; {name} for one."""
+    """List bdevs with their I/O counters and latency histograms; {name} for one."""
     name = param(p, "name", str, None)
     if name is not None:
         return [ctl.core.bdev_info(name)]

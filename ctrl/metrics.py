@@ -20,11 +20,25 @@ show figures older than the request. Names and labels are stable:
     srrs_bdev_{read,write}_bytes_total{controller,bdev}
     srrs_bdev_errors_total{controller,bdev}
     srrs_bdev_size_bytes / srrs_bdev_open_count{controller,bdev,module}
+    srrs_bdev_io_latency_seconds{controller,bdev,op}      histogram, op read|write|other
+    srrs_export_ops_total{controller,export,kind,volume,op}          op read|write|other
+    srrs_export_bytes_total{controller,export,kind,volume,op}        op read|write
+    srrs_export_errors_total{controller,export,kind,volume}
+    srrs_export_io_latency_seconds{controller,export,kind,volume,op} histogram
     srrs_load_job_{iops,mibps,errors}{controller,job,bdev}            finished load jobs
     srrs_load_job_latency_microseconds{controller,job,bdev,quantile}  finished load jobs
 
 Busy % is rate(busy) / (rate(busy) + rate(idle) + rate(sleep)): pollers that
 found no work count as idle, so a busy-polling reactor without I/O is ~0 % busy.
+
+Latency is submit -> completion of the bdev's successful I/Os (op "other":
+flush, unmap, write-zeroes), counted by the bdev layer in log-linear
+microsecond buckets (ffi/lathist.py) and exported at power-of-two bounds from
+1 us to 8.4 s; a series appears once that bdev has completed an I/O of that op.
+p99 over 1 min: histogram_quantile(0.99, rate(srrs_bdev_io_latency_seconds_bucket[1m])).
+An export (kind "nvmf": NVMe/TCP namespace "NQN/nsN"; kind "vhost": vhost-user
+device) carries the figures of the bdev it serves (label volume): the bdev
+layer counts per bdev, so two exports of one bdev show the same figures.
 
 Sections of export/pool/pair services: a service with `metrics(controller)`
 yielding prometheus metric families is asked for them; otherwise the numeric
@@ -45,10 +59,14 @@ from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.exposition import start_http_server
+from prometheus_client.utils import floatToGoString
 
+from ..ffi import lathist
+from .iostats import exports_of
 from .metrics_config import MetricsConfig, split_host_port, to_toml_dict
 
 log = logging.getLogger("srrs")
@@ -178,6 +196,8 @@ def core_families(st: dict, proc: Optional[psutil.Process] = None) -> Iterable[M
         opens.add_metric([c, b["name"]], b["open_count"])
     yield size
     yield opens
+    yield from latency_families(c, bdevs)
+    yield from export_families(c, st)
 
     jobs = [j for j in st.get("jobs", []) if j.get("result")]
     if jobs:
@@ -197,6 +217,56 @@ def core_families(st: dict, proc: Optional[psutil.Process] = None) -> Iterable[M
             for q, k in (("0.5", "p50"), ("0.99", "p99"), ("0.999", "p999")):
                 lat.add_metric(lv + [q], res["lat_us"][k])
         yield from (iops, mibps, errs, lat)
+
+
+_LE = [floatToGoString(b * 1e-6) for b in lathist.PROM_BOUNDS_US] + ["+Inf"]
+
+
+def _add_histogram(f: HistogramMetricFamily, labels: list, rec: dict) -> None:
+    """One labelled histogram from a latency class record of bdev_list
+    ({count, sum_ns, buckets}) at the exported bounds."""
+    cum = lathist.cumulative(rec.get("buckets") or [])
+    f.add_metric(labels, [(le, n) for le, (_, n) in zip(_LE, cum)], rec.get("sum_ns", 0) * _NS)
+
+
+def latency_families(c: str, bdevs: list) -> Iterable[Metric]:
+    f = HistogramMetricFamily("srrs_bdev_io_latency_seconds", "Latency of the bdev's "
+                              "successful I/Os, submit to completion", labels=["controller",
+                                                                               "bdev", "op"])
+    for b in bdevs:
+        for op, rec in (b.get("latency") or {}).items():
+            if rec.get("count"):
+                _add_histogram(f, [c, b["name"], op], rec)
+    yield f
+
+
+def export_families(c: str, st: dict) -> Iterable[Metric]:
+    """Each export with the figures of the bdev it serves (see the module docstring)."""
+    byname = {b["name"]: b for b in st.get("bdevs", [])}
+    el = ["controller", "export", "kind", "volume"]
+    ops = CounterMetricFamily("srrs_export_ops", "I/Os completed by the bdev the export "
+                              "serves", labels=el + ["op"])
+    nbytes = CounterMetricFamily("srrs_export_bytes", "Bytes moved by the bdev the export "
+                                 "serves", labels=el + ["op"])
+    errs = CounterMetricFamily("srrs_export_errors", "I/Os completed with an error by the bdev "
+                               "the export serves", labels=el)
+    lat = HistogramMetricFamily("srrs_export_io_latency_seconds", "Latency of successful I/Os "
+                                "of the bdev the export serves", labels=el + ["op"])
+    for e in exports_of(st):
+        b = byname.get(e["volume"])
+        if b is None:
+            continue
+        lv = [c, e["export"], e["kind"], e["volume"]]
+        ops.add_metric(lv + ["read"], b["reads"])
+        ops.add_metric(lv + ["write"], b["writes"])
+        ops.add_metric(lv + ["other"], b["flushes"] + b["unmaps"] + b["write_zeroes"])
+        nbytes.add_metric(lv + ["read"], b["bytes_read"])
+        nbytes.add_metric(lv + ["write"], b["bytes_written"])
+        errs.add_metric(lv, b["errors"])
+        for op, rec in (b.get("latency") or {}).items():
+            if rec.get("count"):
+                _add_histogram(lat, lv + [op], rec)
+    yield from (ops, nbytes, errs, lat)
 
 
 _BAD = re.compile(r"[^a-zA-Z0-9_]")

@@ -174,6 +174,8 @@ static void bdev_free(struct srrs_bdev *b)
     }
     if (b->mod->destroy)
         b->mod->destroy(b);
+    for (int i = 0; i < n; i++)
+        free(atomic_load(&b->stats[i].hist));
     free(b->stats);
     free(b->ch);
     free(b);
@@ -231,6 +233,8 @@ void srrs_bdev_registry_destroy(struct srrs_core *core)
     srrs_core_set_bdev_registry(core, NULL);
 }
 
+static inline uint64_t stat_get(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
 static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
 {
     memset(o, 0, sizeof(*o));
@@ -243,16 +247,36 @@ static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
     int n = srrs_core_num_reactors(b->core);
     for (int i = 0; i < n; i++) {
         const struct srrs_bdev_stats *s = &b->stats[i];
-        o->reads += s->reads;
-        o->writes += s->writes;
-        o->bytes_read += s->bytes_read;
-        o->bytes_written += s->bytes_written;
-        o->flushes += s->flushes;
-        o->unmaps += s->unmaps;
-        o->write_zeroes += s->write_zeroes;
-        o->errors += s->errors;
-        o->direct_ios += s->direct_ios;
-        o->buffered_ios += s->buffered_ios;
+        o->reads += stat_get(&s->reads);
+        o->writes += stat_get(&s->writes);
+        o->bytes_read += stat_get(&s->bytes_read);
+        o->bytes_written += stat_get(&s->bytes_written);
+        o->flushes += stat_get(&s->flushes);
+        o->unmaps += stat_get(&s->unmaps);
+        o->write_zeroes += stat_get(&s->write_zeroes);
+        o->errors += stat_get(&s->errors);
+        o->direct_ios += stat_get(&s->direct_ios);
+        o->buffered_ios += stat_get(&s->buffered_ios);
+    }
+}
+
+/* Racy by design: each reactor goes on writing its channel's counters while a
+ * control thread sums them here (see struct srrs_bdev_stats). */
+static void fill_latency(struct srrs_bdev *b, struct srrs_bdev_latency *o)
+{
+    _Static_assert(sizeof(o->buckets[0]) == SRRS_LAT_BUCKETS * sizeof(uint64_t),
+                   "srrs.h struct srrs_bdev_latency and SRRS_LAT_BUCKETS disagree");
+    _Static_assert(SRRS_ARRAY_SIZE(o->buckets) == SRRS_LAT_NOPS, "latency classes");
+    memset(o, 0, sizeof(*o));
+    int n = srrs_core_num_reactors(b->core);
+    for (int i = 0; i < n; i++) {
+        const struct srrs_bdev_stats *s = &b->stats[i];
+        const struct srrs_lat_hist *h = atomic_load_explicit(&s->hist, memory_order_acquire);
+        for (int k = 0; k < SRRS_LAT_NOPS; k++) {
+            o->sum_ns[k] += stat_get(&s->lat_sum_ns[k]);
+            for (uint32_t j = 0; h && j < SRRS_LAT_BUCKETS; j++)
+                o->buckets[k][j] += stat_get(&h->n[k][j]);
+        }
     }
 }
 
@@ -284,6 +308,20 @@ int srrs_bdev_get_info(struct srrs_core *core, const char *name, struct srrs_bde
     return b ? 0 : srrs_err(-ENOENT, "bdev %s does not exist", name);
 }
 
+int srrs_bdev_get_latency(struct srrs_core *core, const char *name, struct srrs_bdev_latency *out)
+{
+    struct bdev_registry *reg = registry(core);
+    if (!reg || !name)
+        return srrs_err(-ENOENT, "bdev does not exist");
+    /* The registry lock keeps the bdev (and its histograms) from being freed. */
+    pthread_mutex_lock(&reg->lock);
+    struct srrs_bdev *b = lookup_locked(reg, name);
+    if (b)
+        fill_latency(b, out);
+    pthread_mutex_unlock(&reg->lock);
+    return b ? 0 : srrs_err(-ENOENT, "bdev %s does not exist", name);
+}
+
 /* ---- submit path --------------------------------------------------------- */
 
 static inline bool io_has_range(int op) { return op != SRRS_IO_FLUSH; }
@@ -292,6 +330,7 @@ void srrs_bdev_submit(struct srrs_io *io)
 {
     struct srrs_bdev *b = io->bdev;
     struct srrs_reactor *r = io->r;
+    io->submit_ticks = srrs_ticks();
     if (srrs_unlikely(io->op >= SRRS_IO_NOPS)) {
         srrs_io_complete(io, -EINVAL);
         return;
@@ -320,43 +359,70 @@ void srrs_bdev_submit(struct srrs_io *io)
     b->mod->submit(b, ch, io);
 }
 
+/* Reactor thread: this reactor's histograms of the bdev, allocated at its
+ * first completion (once per bdev and reactor, like a channel). */
+__attribute__((noinline, cold)) static struct srrs_lat_hist *lat_hist_create(struct srrs_bdev_stats *s)
+{
+    struct srrs_lat_hist *h = calloc(1, sizeof(*h));
+    if (h)
+        atomic_store_explicit(&s->hist, h, memory_order_release);
+    return h;
+}
+
+static inline void lat_record(struct srrs_bdev_stats *s, int cls, uint64_t ns, uint64_t count)
+{
+    srrs_stat_add(&s->lat_sum_ns[cls], ns * count);
+    struct srrs_lat_hist *h = atomic_load_explicit(&s->hist, memory_order_relaxed);
+    if (srrs_unlikely(!h) && !(h = lat_hist_create(s)))
+        return;
+    srrs_stat_add(&h->n[cls][srrs_lat_bucket(ns / 1000)], count);
+}
+
 /* Runs at completion, on the reactor, before the callback. */
-void srrs_bdev_account(struct srrs_io *io)
+void srrs_bdev_account_at(struct srrs_io *io, uint64_t now)
 {
     struct srrs_bdev_stats *s = &io->bdev->stats[srrs_reactor_idx(io->r)];
     if (srrs_unlikely(io->status)) {
-        s->errors++;
+        srrs_stat_add(&s->errors, 1);
         return;
     }
+    int cls = SRRS_LAT_OTHER;
     switch (io->op) {
     case SRRS_IO_READ:
-        s->reads++;
-        s->bytes_read += io->len;
+        srrs_stat_add(&s->reads, 1);
+        srrs_stat_add(&s->bytes_read, io->len);
+        cls = SRRS_LAT_READ;
         break;
     case SRRS_IO_WRITE:
-        s->writes++;
-        s->bytes_written += io->len;
+        srrs_stat_add(&s->writes, 1);
+        srrs_stat_add(&s->bytes_written, io->len);
+        cls = SRRS_LAT_WRITE;
         break;
     case SRRS_IO_FLUSH:
-        s->flushes++;
+        srrs_stat_add(&s->flushes, 1);
         break;
     case SRRS_IO_UNMAP:
-        s->unmaps++;
+        srrs_stat_add(&s->unmaps, 1);
         break;
     case SRRS_IO_WRITE_ZEROES:
-        s->write_zeroes++;
+        srrs_stat_add(&s->write_zeroes, 1);
         break;
     }
+    /* One thread's TSC never runs backwards; a clamp costs nothing should it. */
+    uint64_t dt = now > io->submit_ticks ? now - io->submit_ticks : 0;
+    lat_record(s, cls, srrs_ticks_to_ns_fast(dt), 1);
+}
+
+void srrs_bdev_account(struct srrs_io *io)
+{
+    srrs_bdev_account_at(io, srrs_ticks());
 }
 
 void srrs_bdev_count_path(struct srrs_io *io, bool direct);
 void srrs_bdev_count_path(struct srrs_io *io, bool direct)
 {
     struct srrs_bdev_stats *s = &io->bdev->stats[srrs_reactor_idx(io->r)];
-    if (direct)
-        s->direct_ios++;
-    else
-        s->buffered_ios++;
+    srrs_stat_add(direct ? &s->direct_ios : &s->buffered_ios, 1);
 }
 
 /* ---- malloc and null ----------------------------------------------------- */
@@ -549,4 +615,37 @@ int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *name, int
     }
     srrs_bdev_close(&b);
     return t.status;
+}
+
+/* ---- latency test hooks ---------------------------------------------------- */
+
+uint32_t srrs_test_lat_bucket(uint64_t ns) { return srrs_lat_bucket(ns / 1000); }
+
+struct test_lat {
+    struct srrs_bdev *b;
+    int idx, cls;
+    uint64_t ns, count;
+};
+
+static void test_lat_fn(void *a)
+{
+    struct test_lat *t = a;
+    lat_record(&t->b->stats[t->idx], t->cls, t->ns, t->count);
+}
+
+int srrs_test_lat_record(struct srrs_core *core, int reactor, const char *name, int cls,
+                         uint64_t ns, uint64_t count)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r)
+        return srrs_err(-EINVAL, "no reactor %d", reactor);
+    if (cls < 0 || cls >= SRRS_LAT_NOPS)
+        return srrs_err(-EINVAL, "latency class must be 0..%d", SRRS_LAT_NOPS - 1);
+    struct srrs_bdev *b = srrs_bdev_open(core, name);
+    if (!b)
+        return -ENOENT;
+    struct test_lat t = {b, reactor, cls, ns, count};
+    int rc = srrs_reactor_call(r, test_lat_fn, &t);
+    srrs_bdev_close(&b);
+    return rc;
 }

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
+from . import lathist
+
 
 def _load_extension():
     """The compiled core; SRRS_EXT_PATH selects another build of it (the CI's
@@ -36,7 +38,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 POLL_MODES = {"adaptive": 0, "busy": 1}
 RW_MODES = {"randread": 0, "randwrite": 1, "randrw": 2, "read": 3, "write": 4}
@@ -112,6 +114,24 @@ def bdev_info_dict(info) -> dict:
     d.update(_struct_to_dict(info, _BDEV_FIELDS))
     d["size"] = d["num_blocks"] * d["block_size"]
     return d
+
+
+def _completed(d: dict) -> int:
+    return d["reads"] + d["writes"] + d["flushes"] + d["unmaps"] + d["write_zeroes"]
+
+
+def latency_dict(lat=None) -> dict:
+    """{read|write|other: {count, sum_ns, p50_us, p99_us, p999_us, buckets}} of a
+    `struct srrs_bdev_latency` (None: a bdev without completed I/O). buckets is
+    sparse ([[bucket, count], ...], layout in ffi/lathist.py); the percentiles
+    are over the bdev's whole life (None without samples)."""
+    out = {}
+    for k, cls in enumerate(lathist.CLASSES):
+        pairs = lathist.sparse(ffi.unpack(lat.buckets[k], lathist.NBUCKETS)) if lat else []
+        p50, p99, p999 = lathist.percentiles(pairs)
+        out[cls] = {"count": lathist.count(pairs), "sum_ns": lat.sum_ns[k] if lat else 0,
+                    "p50_us": p50, "p99_us": p99, "p999_us": p999, "buckets": pairs}
+    return out
 
 
 def bench_result_dict(res) -> dict:
@@ -317,14 +337,32 @@ class Core:
             arr = ffi.new("struct srrs_bdev_info[]", n)
             total = check(lib.srrs_bdev_list(self.ptr, arr, n))
             if total <= n:
-                return sorted((bdev_info_dict(arr[i]) for i in range(total)),
-                              key=lambda d: d["name"])
+                break
             n = total + 16
+        out = sorted((bdev_info_dict(arr[i]) for i in range(total)), key=lambda d: d["name"])
+        lat = ffi.new("struct srrs_bdev_latency *")
+        idle = None
+        for d in out:
+            # one call per bdev that has done I/O; idle ones (most of 10,000
+            # volumes) share one empty record (read-only, like the whole list)
+            if _completed(d) and lib.srrs_bdev_get_latency(self.ptr, d["name"].encode(), lat) == 0:
+                d["latency"] = latency_dict(lat)
+            else:
+                d["latency"] = idle = idle or latency_dict()
+        return out
 
     def bdev_info(self, name: str) -> dict:
         info = ffi.new("struct srrs_bdev_info *")
         check(lib.srrs_bdev_get_info(self.ptr, name.encode(), info), f"bdev {name}")
-        return bdev_info_dict(info)
+        d = bdev_info_dict(info)
+        d["latency"] = self.bdev_latency(name)
+        return d
+
+    def bdev_latency(self, name: str) -> dict:
+        """The bdev's latency histograms (see latency_dict), summed over reactors."""
+        lat = ffi.new("struct srrs_bdev_latency *")
+        check(lib.srrs_bdev_get_latency(self.ptr, name.encode(), lat), f"bdev {name}")
+        return latency_dict(lat)
 
     # -- load --------------------------------------------------------------------
     def bench_bdev(self, bdev: str, opts: BenchOpts, reactor: int = 0,
@@ -358,3 +396,19 @@ class Core:
         st = lib.srrs_test_bdev_io(self.ptr, reactor, bdev.encode(), IO_OPS[op], offset, length,
                                    buf)
         return st, bytes(ffi.buffer(buf, length)) if op == "read" else b""
+
+    def test_lat_record(self, bdev: str, cls: str, ns: int, count: int = 1,
+                        reactor: int = 0) -> None:
+        """Record `count` completions of class cls (read, write, other) that took
+        ns nanoseconds in bdev's latency histogram, as reactor `reactor` would."""
+        check(lib.srrs_test_lat_record(self.ptr, reactor, bdev.encode(),
+                                       lathist.CLASSES.index(cls), ns, count), f"bdev {bdev}")
+
+
+def _verify_latency_layout() -> None:
+    n = len(ffi.new("struct srrs_bdev_latency *").buckets[0])
+    if n != lathist.NBUCKETS:
+        raise ImportError(f"srrs: the core has {n} latency buckets, ffi/lathist.py {lathist.NBUCKETS}")
+
+
+_verify_latency_layout()

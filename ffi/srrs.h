@@ -101,6 +101,15 @@ struct srrs_bdev_info {
     uint64_t buffered_ios;  /* file: I/Os sent through the page cache */
 };
 
+/* Latency of a bdev's successful I/Os, submit -> completion, in three
+ * classes: [0] reads, [1] writes, [2] other (flush, unmap, write-zeroes).
+ * buckets: log-linear microseconds (ffi/lathist.py has the layout: buckets
+ * 0..7 are 0..7 us, then 8 per power of two, the last from 2^24 us up). */
+struct srrs_bdev_latency {
+    uint64_t sum_ns[3];
+    uint64_t buckets[3][177];
+};
+
 /* control. Names are unique, 1..63 bytes. size in bytes, multiple of block_size. */
 int srrs_bdev_create_malloc(struct srrs_core *core, const char *name, uint64_t size, uint32_t block_size);
 int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t size, uint32_t block_size);
@@ -112,6 +121,11 @@ int srrs_bdev_delete(struct srrs_core *core, const char *name);
 /* control. Fills up to max infos, returns how many bdevs exist. */
 int srrs_bdev_list(struct srrs_core *core, struct srrs_bdev_info *out, int max);
 int srrs_bdev_get_info(struct srrs_core *core, const char *name, struct srrs_bdev_info *out);
+/* control. The latency histograms of bdev `name`, summed over every reactor's
+ * channel. Each reactor keeps writing while this reads (no lock on the I/O
+ * path), so the sums may lag a few I/Os behind and behind srrs_bdev_info's
+ * counters: fine for statistics. -ENOENT unknown bdev. */
+int srrs_bdev_get_latency(struct srrs_core *core, const char *name, struct srrs_bdev_latency *out);
 
 /* ---- load generator (bdevperf-like) ----------------------------------- */
 
@@ -175,3 +189,9 @@ int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor);
  * through the reactor, buf copied through a pool buffer. Returns the I/O status. */
 int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *bdev, int op,
                       uint64_t offset, uint64_t len, void *buf);
+/* any thread. The latency bucket (see struct srrs_bdev_latency) of ns nanoseconds. */
+uint32_t srrs_test_lat_bucket(uint64_t ns);
+/* control. Records `count` completions of class cls (0 read 1 write 2 other)
+ * that took ns nanoseconds in bdev's latency histogram, as reactor `reactor`. */
+int srrs_test_lat_record(struct srrs_core *core, int reactor, const char *bdev, int cls,
+                         uint64_t ns, uint64_t count);

@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 1
+#define SRRS_ABI_VERSION 2
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -65,6 +65,15 @@ static inline uint64_t srrs_ticks_to_ns(uint64_t t)
 static inline uint64_t srrs_us_to_ticks(uint64_t us)
 {
     return (uint64_t)((__uint128_t)us * srrs_tick_hz / 1000000ull);
+}
+
+/* ns per tick as a 32.32 fixed-point factor, set with srrs_tick_hz: one
+ * multiply instead of srrs_ticks_to_ns()'s 128-bit division (the I/O path). */
+extern uint64_t srrs_tick_ns_mult;
+
+static inline uint64_t srrs_ticks_to_ns_fast(uint64_t t)
+{
+    return (uint64_t)(((__uint128_t)t * srrs_tick_ns_mult) >> 32);
 }
 
 uint64_t srrs_now_ns(void); /* CLOCK_MONOTONIC */
@@ -149,6 +158,7 @@ typedef void (*srrs_io_cb)(struct srrs_io *io, void *arg);
 
 struct srrs_io {
     struct srrs_bdev *bdev;
+    uint64_t submit_ticks;  /* set by srrs_bdev_submit: the bdev's latency is submit -> completion */
     struct srrs_reactor *r;
     uint8_t op;
     uint8_t flags;
@@ -195,10 +205,58 @@ struct srrs_bdev_module {
     void (*destroy)(struct srrs_bdev *bdev);
 };
 
+/*
+ * I/O latency histogram: log-linear buckets of whole microseconds, like
+ * HdrHistogram with 8 sub-buckets per power of two (a bucket is at most 1/8
+ * of its lower bound wide). Buckets 0..7 hold 0..7 us exactly; then each
+ * power of two 2^m (m = 3..23) has 8 buckets of width 2^(m-3); the last
+ * bucket holds everything from 2^24 us (16.8 s) up. ffi/lathist.py is the
+ * Python side of the same layout.
+ */
+#define SRRS_LAT_SUB_BITS 3
+#define SRRS_LAT_SUB (1u << SRRS_LAT_SUB_BITS)
+#define SRRS_LAT_MAX_MSB 23
+#define SRRS_LAT_BUCKETS ((SRRS_LAT_MAX_MSB - SRRS_LAT_SUB_BITS + 2) * SRRS_LAT_SUB + 1) /* 177 */
+
+/* Latency classes, each its own histogram. */
+enum { SRRS_LAT_READ, SRRS_LAT_WRITE, SRRS_LAT_OTHER /* flush, unmap, write-zeroes */, SRRS_LAT_NOPS };
+
+static inline uint32_t srrs_lat_bucket(uint64_t us)
+{
+    if (us < SRRS_LAT_SUB)
+        return (uint32_t)us;
+    uint32_t msb = 63u - (uint32_t)__builtin_clzll(us);
+    if (srrs_unlikely(msb > SRRS_LAT_MAX_MSB))
+        return SRRS_LAT_BUCKETS - 1;
+    return (msb - SRRS_LAT_SUB_BITS + 1) * SRRS_LAT_SUB +
+           (uint32_t)((us >> (msb - SRRS_LAT_SUB_BITS)) & (SRRS_LAT_SUB - 1));
+}
+
+struct srrs_lat_hist {
+    uint64_t n[SRRS_LAT_NOPS][SRRS_LAT_BUCKETS];
+};
+
+/*
+ * One per (bdev, reactor): written only by that reactor, with plain
+ * load + relaxed-store increments (no lock, no locked instruction); a control
+ * thread sums them with relaxed loads. A reader on another thread may see one
+ * counter updated and its neighbour not yet: fine for statistics.
+ */
 struct srrs_bdev_stats {
     uint64_t reads, writes, bytes_read, bytes_written, flushes, unmaps, write_zeroes, errors;
     uint64_t direct_ios, buffered_ios;
+    uint64_t lat_sum_ns[SRRS_LAT_NOPS]; /* successful I/Os, submit -> completion */
+    /* Allocated by the reactor at its first completion on this bdev (most of
+     * 10,000 volumes never see I/O from most reactors), published with a
+     * release store; freed with the bdev. NULL if that allocation failed. */
+    struct srrs_lat_hist *_Atomic hist;
 } __attribute__((aligned(SRRS_CACHELINE)));
+
+/* Reactor thread: the single writer's increment (see struct srrs_bdev_stats). */
+static inline void srrs_stat_add(uint64_t *p, uint64_t v)
+{
+    __atomic_store_n(p, *p + v, __ATOMIC_RELAXED);
+}
 
 struct srrs_bdev {
     char name[SRRS_NAME_MAX];
@@ -225,6 +283,11 @@ void srrs_bdev_close(struct srrs_bdev **bdev);
 /* Reactor thread. Fills io->bdev/op/offset/len before; checks range and
  * alignment (bad: completes with -ERANGE / -EINVAL), counts, dispatches. */
 void srrs_bdev_submit(struct srrs_io *io);
+/* Reactor thread, at completion before io->cb: counts the I/O and its latency
+ * up to now_ticks (the reactor reads the clock once per completion batch). */
+void srrs_bdev_account_at(struct srrs_io *io, uint64_t now_ticks);
+/* The same at srrs_ticks() (a completion outside the reactor's batch). */
+void srrs_bdev_account(struct srrs_io *io);
 /* Reactor thread: io for bdev with a single buffer. */
 static inline void srrs_io_prep(struct srrs_io *io, struct srrs_bdev *bdev, int op, uint64_t offset,
                                 uint64_t len, void *buf, srrs_io_cb cb, void *cb_arg)

@@ -167,17 +167,17 @@ def _q(s: str) -> str:
 
 
 def bdev_row(screen: str, name: str):
-    """(r IOPS, w IOPS, MiB/s) from the console's bdev table row for `name`
-    (wide rows also carry module and size before them)."""
+    """(r IOPS, w IOPS, MiB/s, p50 us, p99 us) from the console's bdev table row
+    for `name` (wide rows also carry module and size before them; '-' reads 0)."""
     for line in screen.splitlines():
         for cell in re.split(r"[│┃]", line):
             tok = cell.split()
-            if len(tok) < 5 or tok[0] != name:
+            if len(tok) < 7 or tok[0] != name:
                 continue
             if not re.match(r"^[\d.]+[kMG]?$", tok[1]):
                 tok = [tok[0]] + tok[4:]  # module, size and its unit
             try:
-                return tuple(_num(x) for x in tok[1:4])
+                return tuple(_num(x) for x in tok[1:6])
             except ValueError:
                 continue
     return None

@@ -44,6 +44,10 @@ def test_screen_shows_live_figures_keys_and_down(tmp_path, tmux_ok, loaded):
     try:
         s1 = t.wait_for(_live_iops, what="non-zero IOPS for m0")
         assert "live" in s1 and "● up" in s1
+        # latency of the last second, and the last minute's sparklines beside it
+        _, _, _, p50, p99 = bdev_row(s1, "m0")
+        assert 0 < p50 <= p99 < 1e5, bdev_row(s1, "m0")
+        assert re.search(r"p50 us\s+p99 us\s+errors\s+IOPS, 1 min\s+p99, 1 min", s1), s1
         assert re.search(r"running\s+adaptive", s1), s1
         # figures move: the IOPS cell or the clock changes between two screens
         time.sleep(1.2)

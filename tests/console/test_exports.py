@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .helpers import Controller, scrape, srrs, write_config
+from .helpers import Controller, sample, scrape, srrs, write_config
 
 nvmf_target = pytest.importorskip("srrs.nvmf.target", reason="NVMe/TCP not in this build")
 pytest.importorskip("srrs.vhost.service", reason="vhost-user not in this build")
@@ -69,7 +69,9 @@ def test_console_and_metrics_show_exports(exports):
                 time.sleep(1.0)
                 rj = srrs("console", "-s", c.sock, "--once", "--json")
                 r = srrs("console", "-s", c.sock, "--once")
-                m = scrape(c.rpc("status")["metrics"]["listen"])
+                before = c.rpc("status")
+                m = scrape(before["metrics"]["listen"])
+                after = c.rpc("status")
             finally:
                 t.join(30)
     finally:
@@ -84,7 +86,29 @@ def test_console_and_metrics_show_exports(exports):
     assert snap["nvmf"]["controllers"][0]["io_queues"] == 2
     assert snap["vhost"][0]["name"] == "vh0"
     assert snap["bdevs"][0]["iops"] > 0, "host I/O through NVMe/TCP shows on the bdev"
+    # each export with the figures of the bdev it serves, latency of the last interval
+    ex = {e["kind"]: e for e in snap["exports"]}
+    assert (ex["nvmf"]["export"], ex["nvmf"]["volume"]) == (f"{NQN}/ns1", "m0")
+    assert (ex["vhost"]["export"], ex["vhost"]["volume"]) == ("vh0", "m0")
+    e = ex["nvmf"]
+    assert e["iops"] == snap["bdevs"][0]["iops"] > 0 and e["mibps"] > 0
+    assert 0 < e["p50_us"] <= e["p99_us"] and e["lat_ios"] > 0
+    lab = {"controller": "x", "export": f"{NQN}/ns1", "kind": "nvmf", "volume": "m0"}
+    b, a = before["bdevs"][0], after["bdevs"][0]
+    for op, field in (("read", "reads"), ("write", "writes")):
+        assert b[field] <= sample(m, "srrs_export_ops_total", op=op, **lab) <= a[field] > 0
+        n = sample(m, "srrs_export_io_latency_seconds_count", op=op, **lab)
+        assert b["latency"][op]["count"] <= n <= a["latency"][op]["count"]
+        assert n == sample(m, "srrs_bdev_io_latency_seconds_count", controller="x", bdev="m0",
+                           op=op)
+    assert b["bytes_read"] <= sample(m, "srrs_export_bytes_total", op="read",
+                                     **lab) <= a["bytes_read"]
+    assert sample(m, "srrs_export_errors_total", **lab) == 0
+    assert ("srrs_export_ops_total", frozenset({**lab, "export": "vh0", "kind": "vhost",
+                                               "op": "read"}.items())) in m
     names = {name for name, _ in m}
     assert "srrs_nvmf_stats_accepted" in names and "srrs_vhost_num_queues" in names
     assert m[("srrs_nvmf_stats_accepted", frozenset({"controller": "x"}.items()))] >= 1
     assert results and results[0]["ios"] > 0 and results[0]["errors"] == 0
+    # the bdev's part of the host's latency (each I/O's is inside the host's)
+    assert e["p50_us"] <= 1.1 * results[0]["lat_us"]["p50"] + 1, (e, results[0]["lat_us"])

@@ -9,6 +9,8 @@ import urllib.request
 
 import pytest
 
+from srrs.ffi import lathist
+
 from .helpers import Controller, sample, scrape, srrs, write_config
 
 CONST_REACTOR = ("reactor", "poll_mode", "state", "tid", "cpu", "pollers")
@@ -34,9 +36,18 @@ def _between(before, mid, after, key, where):
         f"{mid[key]} <= {after[key]} does not hold"
 
 
+def _lat_count(b, cls="read"):
+    return b["latency"][cls]["count"]
+
+
 def test_once_json_field_by_field(ctl):
     ctl.load(reactor=0, time_s=30)
-    time.sleep(0.5)
+    # a short job beside it, done before the snapshot: its figures to compare the latency with
+    jid = ctl.load(reactor=1, time_s=0.5)
+    deadline = time.monotonic() + 10
+    while (job := ctl.rpc("bench_bdev_results")[jid])["state"] == "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
     before = ctl.rpc("status")
     t0 = time.monotonic()
     r = srrs("console", "-s", ctl.sock, "--once", "--json")
@@ -73,7 +84,17 @@ def test_once_json_field_by_field(ctl):
     assert m["iops"] == pytest.approx(m["read_iops"] + m["write_iops"])
     assert 0.2 * rpc_iops < m["iops"] < 5 * rpc_iops, (m["iops"], rpc_iops)
     assert m["mibps"] == pytest.approx(m["read_mibps"] + m["write_mibps"])
-    assert (c["jobs"][0]["bdev"], c["jobs"][0]["state"]) == ("m0", "running")
+    assert [(j["bdev"], j["state"]) for j in c["jobs"]] == [("m0", "running"), ("m0", "done")]
+    # latency: the RPC's histograms, and percentiles of the I/Os of the sample interval only
+    for cls in lathist.CLASSES:
+        _between(b["latency"][cls], m["latency"][cls], a["latency"][cls], "count", f"lat.{cls}")
+    done = (a["reads"] + a["writes"]) - (b["reads"] + b["writes"])
+    assert 0 < m["lat_ios"] <= 1.01 * done + 100, (m["lat_ios"], done)
+    assert 0 < m["p50_us"] <= m["p99_us"] <= m["p999_us"]
+    # ... of the same order as a load job's own (which also counts its own path)
+    lat = job["result"]["lat_us"]
+    assert lat["p50"] / 30 < m["p50_us"] < 10 * lat["p50"], (m["p50_us"], lat)
+    assert m["p99_us"] < 10 * lat["p99"], (m["p99_us"], lat)
 
 
 def test_once_plain_text_and_down(ctl, tmp_path):
@@ -107,6 +128,20 @@ def test_metrics_counters_match_rpc_under_load(ctl):
         v = sample(m, metric, controller="m", bdev="m0")
         assert b[field] <= v <= a[field], metric
     assert sample(m, "srrs_bdev_read_ops_total", controller="m", bdev="m0") > 1000
+    # the latency histogram: count, sum and each bucket between the RPC's before and after
+    for op in ("read", "write"):
+        lab = {"controller": "m", "bdev": "m0", "op": op}
+        lb, la = b["latency"][op], a["latency"][op]
+        n = sample(m, "srrs_bdev_io_latency_seconds_count", **lab)
+        assert lb["count"] <= n <= la["count"] and n > 1000
+        assert sample(m, "srrs_bdev_io_latency_seconds_bucket", le="+Inf", **lab) == n
+        assert lb["sum_ns"] / 1e9 <= sample(m, "srrs_bdev_io_latency_seconds_sum",
+                                            **lab) <= la["sum_ns"] / 1e9
+        for (ub, cb), (_, ca) in zip(lathist.cumulative(lb["buckets"]),
+                                     lathist.cumulative(la["buckets"])):
+            le = "+Inf" if ub == float("inf") else str(ub * 1e-6)
+            v = sample(m, "srrs_bdev_io_latency_seconds_bucket", le=le, **lab)
+            assert cb <= v <= ca, (op, le)
     assert sample(m, "srrs_bdev_size_bytes", controller="m", bdev="m0", module="malloc") == 64 << 20
     for rb, ra in zip(before["reactors"], after["reactors"]):
         lab = {"controller": "m", "reactor": str(rb["reactor"])}
