@@ -336,10 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_common(b)
     b.set_defaults(fn=cmd_bench_bdev)
     n = bsub.add_parser("nvmf", help="NVMe/TCP initiator")
-    n.add_argument("--target", required=True, help="HOST:PORT")
+    n.add_argument("--target", dest="nvmf_target", action="append", required=True,
+                   metavar="HOST:PORT[,HOST:PORT]",
+                   help="a controller of the subsystem; repeat it (or a comma list) for "
+                        "multipath: every path of an active/active pair")
     n.add_argument("--nqn", required=True)
+    n.add_argument("--path-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="an I/O that lost its path waits this long for one to come back "
+                        "before it fails (0: fail at once, no retry; default %(default)s)")
     _bench_common(n)
-    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf")  # --target is the HOST:PORT
+    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf", target=None)
     v = bsub.add_parser("vhost", help="vhost-user-blk client")
     v.add_argument("--socket", dest="vhost_socket", required=True)
     _bench_common(v)
