@@ -16,6 +16,8 @@ import pytest
 from srrs.nvmf.bench import targets
 from tests.pair.procs import SRRS, Ctl, Witness, free_ports, pair_conf
 
+from .conftest import NQN as TEST_NQN  # the in-process `target` fixture's subsystem
+
 NQN = "nqn.2026-11.io.srrs:mpath"
 
 
@@ -113,3 +115,104 @@ def test_kill9_one_path_under_verified_load_zero_errors(pair, tmp_path):
     assert pa["drops"] >= 1 and pa["reconnects"] >= 1 and pb["drops"] == 0
     assert res["failovers"] > 0 and res["max_wait_us"] < 10e6
     assert pa["live"] and pa["ana"] == "optimized"
+
+
+@pytest.fixture
+def two_targets(core):
+    """One namespace (same bdev, same UUID) behind two targets of one subsystem:
+    two controllers, two paths, in this process."""
+    from srrs.nvmf.target import NvmfTarget
+
+    core.bdev_create_malloc("mp0", 32 << 20, 4096)
+    tgts = []
+    for lo in (1, 1001):
+        t = NvmfTarget(core, cntlid_min=lo, cntlid_max=lo + 99, max_io_queues=4)
+        t.port = t.add_listener("127.0.0.1", 0)
+        t.add_subsystem(NQN, "SRRSMP", "SRRS mp", allow_any_host=True)
+        t.add_namespace(NQN, "mp0", uuid="5a5a5a5a-0000-4000-8000-00000000000a")
+        tgts.append(t)
+    yield tgts
+    for t in tgts:
+        t.close()
+    core.bdev_delete("mp0")
+
+
+def _run(h, load, **kw):
+    import threading
+
+    from srrs.ffi.binding import BenchOpts
+
+    res = {}
+    th = threading.Thread(target=lambda: res.update(h.bench(load, BenchOpts(**kw), 0)))
+    th.start()
+    return th, res
+
+
+def test_ana_inaccessible_path_moves_io_and_comes_back(two_targets):
+    """A path whose ANA group turns inaccessible answers with a path error
+    (SCT 3, no DNR): its I/O goes to the other path with no error; once the
+    group is optimized again the monitor's ANA read puts the path back."""
+    from srrs.ffi.binding import Core
+    from srrs.nvmf.target import NvmfHost
+
+    t1, t2 = two_targets
+    load = Core(reactors=1, poll_mode="busy")
+    try:
+        with NvmfHost("127.0.0.1", t1.port, NQN, queues=2, qsize=32,
+                      path_timeout_ms=1500) as h:
+            assert h.add_path("127.0.0.1", t2.port) is True
+            with pytest.raises(Exception, match="already a path"):
+                h.add_path("127.0.0.1", t2.port)
+            assert [p["ana"] for p in h.paths()] == ["optimized", "optimized"]
+            th, res = _run(h, load, rw="randrw", qd=16, time_s=2.5)
+            time.sleep(0.5)
+            t1.set_ana_state(NQN, 1, "inaccessible")
+            time.sleep(0.8)
+            mid = h.paths()
+            t1.set_ana_state(NQN, 1, "optimized")
+            th.join(10)
+            p1, p2 = h.paths()
+            assert res["errors"] == 0 and res["ios"] > 0
+            assert p1["path_errors"] > 0 and p1["resubmitted"] >= p1["path_errors"]
+            assert mid[0]["ana"] == "inaccessible" and p1["ana"] == "optimized"
+            # no I/O on the inaccessible path meanwhile, and back on it afterwards
+            assert p1["ios"] - mid[0]["ios"] > 100 and p2["ios"] > mid[1]["ios"]
+            assert p1["drops"] == 0 and p2["path_errors"] == 0
+            # every path inaccessible for longer than the path timeout: I/O fails
+            for t in (t1, t2):
+                t.set_ana_state(NQN, 1, "inaccessible")
+            th, res = _run(h, load, rw="randread", qd=8, time_s=0, max_ios=8)
+            t0 = time.monotonic()
+            t0 = time.monotonic()
+            th.join(10)
+            assert 1.5 <= time.monotonic() - t0 < 5
+            assert res["errors"] == 8 and h.multipath_stats()["path_timeouts"] == 8
+            for t in (t1, t2):
+                t.set_ana_state(NQN, 1, "optimized")
+    finally:
+        load.close()
+
+
+def test_path_to_another_namespace_is_refused(core, target):
+    """A second path must show the same namespace (NGUID, size, block size)."""
+    from srrs.nvmf.target import NvmfHost, NvmfTarget
+
+    core.bdev_create_malloc("other", 64 << 20, 4096)
+    t2 = NvmfTarget(core)
+    try:
+        port = t2.add_listener("127.0.0.1", 0)
+        t2.add_subsystem(TEST_NQN, allow_any_host=True)
+        t2.add_namespace(TEST_NQN, "other")
+        with NvmfHost("127.0.0.1", target.port, TEST_NQN, path_timeout_ms=1000) as h:
+            with pytest.raises(Exception, match="serves another namespace"):
+                h.add_path("127.0.0.1", port)
+            assert len(h.paths()) == 1
+            # a path that is down now is kept, to be reconnected during a job
+            assert h.add_path("127.0.0.1", 1) is False
+            assert [p["live"] for p in h.paths()] == [True, False]
+        with NvmfHost("127.0.0.1", target.port, TEST_NQN) as h:  # no path timeout: one path
+            with pytest.raises(Exception, match="path timeout"):
+                h.add_path("127.0.0.1", port)
+    finally:
+        t2.close()
+        core.bdev_delete("other")
