@@ -24,13 +24,15 @@ HAVE_NVMF = importlib.util.find_spec("srrs.nvmf.service") is not None
 def _leftovers(tmpdir: str, since: float) -> list:
     """Processes of a demo: its controllers and witness (config or state in
     tmpdir), its vhost load (socket in tmpdir) and its NVMe/TCP load (the NQN
-    names the demo's srrs-demo-* directory)."""
+    names the demo's srrs-demo-* directory; the demo's processes inherit TMPDIR)."""
     procs = []
     for p in psutil.process_iter(["cmdline", "create_time"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             if p.info["create_time"] >= since - 1 and (tmpdir in cmd or "srrs-demo-" in cmd):
-                procs.append((p.pid, cmd))
+                # ours (not another run's on this machine): started with our TMPDIR
+                if tmpdir in cmd or p.environ().get("TMPDIR") == tmpdir:
+                    procs.append((p.pid, cmd))
         except psutil.Error:
             pass
     return [x for x in procs if "pytest" not in x[1]]
@@ -136,8 +138,9 @@ def test_demo_sigterm_cleans_up(tmp_path, sig):
                  if f == "a.sock"]  # controller a's RPC socket (not the vhost one)
         try:
             if socks:
-                with RpcClient(socks[0]) as c:
-                    if any(b["reads"] for b in c.call("bdev_list")):
+                with RpcClient(socks[0]) as c:  # the exported volume: load, not resync
+                    if any(b["reads"] for b in c.call("bdev_list")
+                           if b["name"].endswith(".mirror")):
                         break
         except (ConnectionError, OSError, RpcError):
             pass
