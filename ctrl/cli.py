@@ -114,23 +114,48 @@ def cmd_bdev(args) -> int:
     return 0
 
 
+def pair_sources(path: str) -> tuple:
+    """`--pair CONFIG`: (RPC sockets of both controllers, witness probe) from one
+    controller's pair config; its [pair] peer_rpc_socket names the peer's socket."""
+    from .witness import WitnessProbe
+
+    conf = cfg.load(path)
+    pair = conf.sections.get("pair")
+    if pair is None:
+        raise cfg.ConfigError(f"{path}: no [pair] section: not a pair member's config")
+    if not pair.peer_rpc_socket:
+        raise cfg.ConfigError(f"{path}: pair.peer_rpc_socket is not set: add the peer's RPC "
+                              "socket to [pair] (or watch both with -s SOCK -s SOCK)")
+    socks = [conf.controller.rpc_socket, pair.peer_rpc_socket]
+    if socks[0] == socks[1]:
+        raise cfg.ConfigError(f"{path}: pair.peer_rpc_socket is this controller's own "
+                              "rpc_socket")
+    return socks, WitnessProbe(pair.witness, secret_key=pair.secret_key,
+                               server_public_key=pair.witness_public_key)
+
+
 def cmd_console(args) -> int:
     from . import console
 
     socks = list(args.sockets or [])
+    witness = None
     try:
         socks += [cfg.load(path).controller.rpc_socket for path in args.configs or []]
+        if args.pair:
+            more, witness = pair_sources(args.pair)
+            socks += [s for s in more if s not in socks]
     except cfg.ConfigError as e:
         print(f"srrs console: config error: {e}", file=sys.stderr)
         return 2
     return console.run(socks or [args.socket], once=args.once, as_json=args.json,
-                       refresh_hz=args.refresh, duration=args.duration)
+                       refresh_hz=args.refresh, duration=args.duration, witness=witness)
 
 
 def cmd_demo(args) -> int:
     from . import demo
 
-    return demo.run(duration=args.duration, refresh_hz=args.refresh, console=not args.no_console)
+    return demo.run(duration=args.duration, refresh_hz=args.refresh, console=not args.no_console,
+                    chaos=args.chaos)
 
 
 def cmd_noun(args) -> int:
@@ -311,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="controller RPC socket(s) (default: the global -s)")
     p.add_argument("-c", "--config", dest="configs", action="append", metavar="FILE",
                    help="a controller config: watch its rpc_socket")
+    p.add_argument("--pair", metavar="CONFIG", default=None,
+                   help="a pair member's config: watch both controllers (rpc_socket and "
+                        "[pair] peer_rpc_socket) and ping the pair's witness")
     p.add_argument("--once", action="store_true",
                    help="print one snapshot (two samples 0.5 s apart, for the rates) and exit")
     p.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
@@ -318,8 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="exit after SECONDS")
     p.set_defaults(fn=cmd_console)
 
-    p = sub.add_parser("demo", help="a controller under load in a temp dir, with the console")
+    p = sub.add_parser("demo", help="a pair + witness under multipath load in a temp dir, with "
+                                    "the console")
     p.add_argument("--duration", type=float, default=60.0, help="seconds (default %(default)s)")
+    p.add_argument("--chaos", action="store_true",
+                   help="kill -9 and restart controller b during the run (twice from 50 s)")
     p.add_argument("--refresh", type=float, default=4.0, metavar="HZ")
     p.add_argument("--no-console", action="store_true", help="progress lines instead")
     p.set_defaults(fn=cmd_demo)
@@ -336,10 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_common(b)
     b.set_defaults(fn=cmd_bench_bdev)
     n = bsub.add_parser("nvmf", help="NVMe/TCP initiator")
-    n.add_argument("--target", required=True, help="HOST:PORT")
+    n.add_argument("--target", dest="nvmf_target", action="append", required=True,
+                   metavar="HOST:PORT[,HOST:PORT]",
+                   help="a controller of the subsystem; repeat it (or a comma list) for "
+                        "multipath: every path of an active/active pair")
     n.add_argument("--nqn", required=True)
+    n.add_argument("--path-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="an I/O that lost its path waits this long for one to come back "
+                        "before it fails (0: fail at once, no retry; default %(default)s)")
     _bench_common(n)
-    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf")  # --target is the HOST:PORT
+    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf", target=None)
     v = bsub.add_parser("vhost", help="vhost-user-blk client")
     v.add_argument("--socket", dest="vhost_socket", required=True)
     _bench_common(v)

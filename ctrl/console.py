@@ -16,7 +16,9 @@ second for the last minute. Exports (NVMe/TCP namespaces, vhost devices)
 show the figures of the bdev they serve. Each controller is sampled by its own thread at the refresh
 rate, so one that hangs delays only its own panel; one that stops answering
 is shown DOWN (its last known layout dimmed, no rates) and is reconnected by
-itself, a restarted one (new pid) starts its rates and history over.
+itself, a restarted one (new pid) starts its rates and history over. With
+`--pair CONFIG` (ctrl/cli.py) both controllers of a pair are watched and the
+pair's witness is pinged once a second (header, event log, `witness` in JSON).
 
 Modes: full screen (rich Live, screen=True, redrawn on our own timer — no
 auto-refresh thread, no flicker; keys q quit, p pause, tab next panel,
@@ -60,6 +62,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 HISTORY_S = 60
 RATE_WINDOW_S = 1.0
 SLOW_POLL_S = 0.5
+WITNESS_POLL_S = 1.0
 CORE_KEYS = ("name", "pid", "uptime_s", "rpc_socket", "poll_mode", "reactors", "bdevs")
 _BDEV_RATES = (("read_iops", "reads", 1), ("write_iops", "writes", 1),
                ("read_mibps", "bytes_read", 1 / (1 << 20)),
@@ -793,8 +796,9 @@ def events_view(events: deque, height: int, focused: bool, back: int = 0) -> Pan
 
 class ConsoleApp:
     def __init__(self, sockets: list, refresh_hz: float = 4.0, timeout: float = 1.0,
-                 footer: Optional[Callable[[], str]] = None):
+                 footer: Optional[Callable[[], str]] = None, witness: Any = None):
         self.sources = [Source(s, timeout=timeout) for s in sockets]
+        self.witness = witness  # a witness.WitnessProbe (the pair's witness), or None
         self.refresh_hz = max(0.2, min(30.0, refresh_hz))
         self.events: deque = deque(maxlen=500)
         self.paused = False
@@ -823,6 +827,10 @@ class ConsoleApp:
             evs = s.poll(now)
             with self.lock:
                 self.events.extend(evs)
+        if self.witness is not None:
+            evs = self.witness.poll(now)
+            with self.lock:
+                self.events.extend(evs)
         self.frames += 1
 
     def start_pollers(self) -> None:
@@ -833,6 +841,18 @@ class ConsoleApp:
                                  name=f"console-poll-{os.path.basename(s.sock)}")
             t.start()
             self._pollers.append(t)
+        if self.witness is not None:
+            t = threading.Thread(target=self._poll_witness, daemon=True, name="console-witness")
+            t.start()
+            self._pollers.append(t)
+
+    def _poll_witness(self) -> None:
+        while not self._stop.wait(WITNESS_POLL_S):
+            if not self.paused:
+                evs = self.witness.poll(time.time())
+                if evs:
+                    with self.lock:
+                        self.events.extend(evs)
 
     def _poll_loop(self, src: Source) -> None:
         period = 1.0 / self.refresh_hz
@@ -856,7 +876,10 @@ class ConsoleApp:
         for s in self.sources:
             with s.lock:
                 ctrls.append(s.snapshot())
-        return {"time": time.time(), "controllers": ctrls, "events": events}
+        snap = {"time": time.time(), "controllers": ctrls, "events": events}
+        if self.witness is not None:
+            snap["witness"] = self.witness.snapshot()
+        return snap
 
     def close(self) -> None:
         self._stop.set()
@@ -864,6 +887,8 @@ class ConsoleApp:
             t.join(max(2.0, 2 * max(s.timeout for s in self.sources)))
         for s in self.sources:
             s.close()
+        if self.witness is not None:
+            self.witness.close()
 
     # -- drawing --------------------------------------------------------------------
     def header(self, width: int) -> Text:
@@ -872,6 +897,13 @@ class ConsoleApp:
             t.append(f" {s.name} ", style="bold")
             t.append("●" if s.state == "up" else "○",
                      style="green" if s.state == "up" else "bold red")
+        w = self.witness
+        if w is not None:
+            t.append(" witness ", style="bold")
+            t.append("●" if w.state == "up" else "○",
+                     style="green" if w.state == "up" else "bold red")
+            if w.rtt_ms is not None:
+                t.append(f" {w.rtt_ms:.1f} ms", style="dim")
         t.append(f"   {self.fps:.1f} fps", style="dim")
         if self.paused:
             t.append("   PAUSED", style="bold yellow reverse")
@@ -935,6 +967,8 @@ class ConsoleApp:
         con = Console(width=width, no_color=True, force_terminal=False, highlight=False,
                       color_system=None, legacy_windows=False)
         with con.capture() as cap:
+            if self.witness is not None:
+                con.print(self._witness_line())
             for s in self.sources:
                 with s.lock:
                     view = controller_view(s, width, False, False)
@@ -1067,8 +1101,15 @@ class ConsoleApp:
             pass
         return 0
 
+    def _witness_line(self) -> str:
+        w = self.witness
+        rtt = f" rtt {w.rtt_ms:.1f} ms" if w.rtt_ms is not None else ""
+        return f"witness {w.endpoint}: {w.state}{rtt}" + (f" ({w.error})" if w.error else "")
+
     def summary_lines(self) -> list:
         out = []
+        if self.witness is not None:
+            out.append(f"{time.strftime('%H:%M:%S')} {self._witness_line()}")
         for s in self.sources:
             if s.state != "up":
                 out.append(f"{time.strftime('%H:%M:%S')} {s.name}: {s.state} ({s.error})")
@@ -1086,9 +1127,10 @@ class ConsoleApp:
 
 
 def run(sockets: list, once: bool = False, as_json: bool = False, refresh_hz: float = 4.0,
-        interval: float = 0.5, duration: Optional[float] = None) -> int:
-    """`srrs console`; returns the exit code (1 when --once finds a controller down)."""
-    app = ConsoleApp(sockets, refresh_hz=refresh_hz)
+        interval: float = 0.5, duration: Optional[float] = None, witness: Any = None) -> int:
+    """`srrs console`; returns the exit code (1 when --once finds a controller down).
+    witness: a WitnessProbe of the pair's witness (--pair), shown in the header."""
+    app = ConsoleApp(sockets, refresh_hz=refresh_hz, witness=witness)
     try:
         if once:
             app.poll()

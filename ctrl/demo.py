@@ -1,24 +1,26 @@
-"""`srrs demo`: SRRS on one machine with no setup (DESIGN §6).
+"""`srrs demo`: the whole system on one machine with no setup (DESIGN §6).
 
-Today: one controller in a temporary directory, one file-backed bdev per
-load path, and the load through every export of this build — `srrs bench
-nvmf` over NVMe/TCP on loopback, `srrs bench vhost` over vhost-user — each a
-separate process like a real host; with neither export built, the
-controller's own C load jobs (`bench_bdev_start`). The live console watches
-it; after `--duration` (or `q`, Ctrl-C, SIGTERM, SIGHUP) everything is
-stopped and deleted, then a summary per path (IOPS, MiB/s, latency
-percentiles, errors). Exit 0 when every path moved I/O without an error;
-nothing is left behind on any way out: the load processes and the controller
-are stopped, the directory removed.
+In a temporary directory: `srrs witness` and the controllers a and b of an
+active/active pair on loopback (free ports), each with a pool on a sparse file
+fragment and two thin volumes v0 and v1, paired as the mirror bdevs v0.mirror
+and v1.mirror. Once both are PAIRED, the load runs in separate processes like
+real hosts: `srrs bench nvmf` with multipath over both controllers' NVMe/TCP
+listeners (one subsystem on v0.mirror through a and b, round-robin, verified
+writes), and `srrs bench vhost` on a's vhost-user socket (v1.mirror) when the
+build has vhost-user (with no export built, in-controller load jobs on a). The
+live console watches both controllers and pings the witness. After
+`--duration` (or q, Ctrl-C, SIGTERM, SIGHUP) everything is stopped and
+deleted, then a summary: per load and per path IOPS, MiB/s, latency
+percentiles and errors, and each failover the pair went through.
 
-The steps are functions over one `Demo` state, so the full demo of the issue
-slots in as its modules land. TODO:
-  * pair + witness: start `srrs witness` and controllers a and b from pair
-    configs (file-backed pools in the temp dir), create a paired volume; the
-    console watches both sockets; NVMe/TCP load on both controllers' listeners
-    (both paths), vhost-user on each controller's socket.
-  * `--chaos`: kill and restart one controller mid-run; the summary reports the
-    failover (from the pair events) and zero I/O errors.
+`--chaos`: controller b is killed (SIGKILL) during the run, restarted a few
+seconds later and resyncs back to PAIRED, twice in a run of 50 s or more
+(always b: the vhost-user client has no second path). The multipath load rides
+through on a. A watcher samples both controllers' pair state ten times a
+second, so the summary reports every failover it saw, asked for or not.
+
+Exit 0 only with zero I/O errors, I/O on every load and every path, and every
+killed controller back to PAIRED; nothing is left behind on any way out.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -40,166 +43,439 @@ from .rpc import RpcClient, RpcError
 
 QD = 32
 BS = 4096
-IMG_SIZE = 128 << 20
+VOL_SIZE = "64MiB"
+FRAG_SIZE = 192 << 20
+PATH_TIMEOUT_S = 15
 SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+VICTIM, SURVIVOR = "b", "a"
+SOLO_S = 3.0            # chaos: how long the survivor serves alone before the restart
+WATCH_S = 0.1           # pair state sampling period
 
 
 @dataclass
-class Path:
-    """One way the load reaches a bdev: "nvmf", "vhost" or "local" (in-controller jobs)."""
+class Node:
+    """A controller of the pair."""
+    name: str
+    conf: str = ""
+    sock: str = ""
+    log: str = ""
+    nvmf: str = ""                   # its NVMe/TCP listener, host:port
+    proc: Optional[subprocess.Popen] = None
+
+
+@dataclass
+class Load:
+    """One way the load reaches a volume: "nvmf" (multipath over both
+    controllers), "vhost" or "local" (in-controller jobs)."""
     kind: str
     bdev: str
     where: str = ""                  # what the summary calls it
-    bench: list = field(default_factory=list)  # `srrs bench` arguments of this path
+    bench: list = field(default_factory=list)  # `srrs bench` arguments
     proc: Optional[subprocess.Popen] = None
     out: str = ""                    # the bench's --json output file
     result: Optional[dict] = None
+    early: dict = field(default_factory=dict)  # figures when it was cut short
+
+
+@dataclass
+class Failover:
+    victim: str
+    survivor: str
+    killed: float                    # seconds since the load started
+    solo: Optional[float] = None     # the survivor serves alone (witness lease)
+    restarted: Optional[float] = None
+    resync: Optional[float] = None   # the pair seen resyncing
+    paired: Optional[float] = None   # both PAIRED again
+    planned: bool = True
 
 
 @dataclass
 class Demo:
     duration: float
+    chaos: bool = False
     refresh_hz: float = 4.0
     console: bool = True
     tmp: str = ""
-    procs: list = field(default_factory=list)   # controllers: (name, Popen, log path)
-    sockets: list = field(default_factory=list)
-    paths: list = field(default_factory=list)
+    ports: dict = field(default_factory=dict)
+    nqn: str = ""
+    witness: Optional[subprocess.Popen] = None
+    nodes: dict = field(default_factory=dict)
+    loads: list = field(default_factory=list)
     t0: float = 0.0
     t1: float = 0.0
-    before: dict = field(default_factory=dict)  # socket -> {bdev: counters}
-    after: dict = field(default_factory=dict)
-    jobs: dict = field(default_factory=dict)    # socket -> bench_bdev_results
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    states: dict = field(default_factory=dict)       # name -> pair state ("DOWN")
+    transitions: list = field(default_factory=list)  # (t, name, old, new)
+    failovers: list = field(default_factory=list)
+    note: str = ""                                   # chaos step, for the console footer
+    before: dict = field(default_factory=dict)       # bdev counters at load start
+    jobs: list = field(default_factory=list)         # local load results
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
 
 
-def _rpc(sock: str, method: str, params: Optional[dict] = None):
-    with RpcClient(sock, timeout=10) as c:
+def _rpc(sock: str, method: str, params: Optional[dict] = None, timeout: float = 10):
+    with RpcClient(sock, timeout=timeout) as c:
         return c.call(method, params)
-
-
-def _rpc_runtime(sock: str, method: str, params: dict, wait_s: float = 5.0):
-    """A run-time-only method, retried while the controller is still starting."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return _rpc(sock, method, params)
-        except RpcError as e:
-            if "only at runtime" not in e.message or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def _image(path: str) -> None:
-    # written in full up front: random 4 KiB writes into a sparse (or fallocated,
-    # unwritten) file split it into tens of thousands of extents, and deleting
-    # that takes many seconds; overwriting written blocks changes no extent
-    chunk = bytes(1 << 20)
-    with open(path, "wb") as f:
-        for _ in range(IMG_SIZE // len(chunk)):
-            f.write(chunk)
+# ---- set-up ---------------------------------------------------------------------------
 
-
-def plan_paths(d: Demo) -> None:
+def plan(d: Demo) -> None:
+    p = _free_ports(7)
+    d.ports = {"witness": p[0], "coord_a": p[1], "coord_b": p[2], "mirror_a": p[3],
+               "mirror_b": p[4], "nvmf_a": p[5], "nvmf_b": p[6]}
+    d.nqn = f"nqn.2026-11.io.srrs:{os.path.basename(d.tmp)}"
+    for n in ("a", "b"):
+        d.nodes[n] = Node(n, conf=os.path.join(d.tmp, f"{n}.toml"),
+                          sock=os.path.join(d.tmp, f"{n}.sock"),
+                          log=os.path.join(d.tmp, f"{n}.log"))
     if _have("srrs.nvmf.service"):
-        d.paths.append(Path("nvmf", "f0"))
+        for n in ("a", "b"):
+            d.nodes[n].nvmf = f"127.0.0.1:{d.ports['nvmf_' + n]}"
+        d.loads.append(Load("nvmf", "v0.mirror"))
     if _have("srrs.vhost.service"):
-        d.paths.append(Path("vhost", "f1"))
-    if not d.paths:
-        d.paths.append(Path("local", "f0"))
+        d.loads.append(Load("vhost", "v1.mirror"))
+    if not d.loads:
+        d.loads.append(Load("local", "v0.mirror"))
 
 
-def start_controller(d: Demo, name: str) -> str:
-    sock = os.path.join(d.tmp, f"{name}.sock")
-    conf = os.path.join(d.tmp, f"{name}.toml")
+def config_text(d: Demo, n: str) -> str:
+    peer = "b" if n == "a" else "a"
+    node = d.nodes[n]
     text = f"""[controller]
-name = "{name}"
-rpc_socket = "{sock}"
+name = "{n}"
+rpc_socket = "{node.sock}"
 reactors = {2 if (os.cpu_count() or 1) >= 4 else 1}
 poll_mode = "adaptive"
+
+[[pool]]
+name = "p0"
+cluster_size = "1MiB"
+fragments = [ {{ path = "{d.tmp}/{n}-frag0.img", size = {FRAG_SIZE} }} ]
+
+[[volume]]
+name = "v0"
+pool = "p0"
+size = "{VOL_SIZE}"
+
+[[volume]]
+name = "v1"
+pool = "p0"
+size = "{VOL_SIZE}"
+
+[pair]
+self = "{n}"
+peer = "{peer}"
+coord_bind = "tcp://127.0.0.1:{d.ports['coord_' + n]}"
+peer_coord = "tcp://127.0.0.1:{d.ports['coord_' + peer]}"
+mirror_listen = "127.0.0.1:{d.ports['mirror_' + n]}"
+peer_mirror = "127.0.0.1:{d.ports['mirror_' + peer]}"
+witness = "tcp://127.0.0.1:{d.ports['witness']}"
+peer_rpc_socket = "{d.nodes[peer].sock}"
+volumes = ["v0", "v1"]
+state_dir = "{d.tmp}/state-{n}"
+heartbeat_ms = 100
+miss_count = 10
+lease_ms = 2000
 """
-    for p in d.paths:
-        img = os.path.join(d.tmp, f"{name}-{p.bdev}.img")
-        _image(img)
-        text += f'\n[[bdev]]\nname = "{p.bdev}"\ntype = "file"\npath = "{img}"\n'
-    for p in d.paths:
-        if p.kind == "nvmf":
-            port = _free_port()
-            nqn = f"nqn.2026-11.io.srrs:{os.path.basename(d.tmp)}"
-            p.where = f"127.0.0.1:{port}"
-            p.bench = ["nvmf", "--target", p.where, "--nqn", nqn]
-            text += (f'\n[nvmf]\nlisten = ["{p.where}"]\n\n[[nvmf.subsystem]]\nnqn = "{nqn}"\n'
-                     f'serial = "SRRSDEMO"\nnamespaces = ["{p.bdev}"]\nallow_hosts = ["*"]\n')
-        elif p.kind == "vhost":
-            p.where = os.path.join(d.tmp, "vh0.sock")
-            p.bench = ["vhost", "--socket", p.where]
-            text += (f'\n[[vhost]]\nname = "vh0"\nsocket = "{p.where}"\nbdev = "{p.bdev}"\n'
-                     f'num_queues = 1\n')
-    with open(conf, "w", encoding="utf-8") as f:
-        f.write(text)
-    log = os.path.join(d.tmp, f"{name}.log")
-    with open(log, "w") as lf:
+    if node.nvmf:
+        lo = 1 if n == "a" else 1001
+        text += f"""
+[nvmf]
+listen = ["{node.nvmf}"]
+cntlid_min = {lo}
+cntlid_max = {lo + 999}
+
+[[nvmf.subsystem]]
+nqn = "{d.nqn}"
+serial = "SRRSDEMO"
+namespaces = ["v0.mirror"]
+allow_hosts = ["*"]
+"""
+    if n == "a" and any(x.kind == "vhost" for x in d.loads):
+        text += f"""
+[[vhost]]
+name = "vh-a"
+socket = "{d.tmp}/vh-a.sock"
+bdev = "v1.mirror"
+num_queues = 1
+"""
+    return text
+
+
+def start_witness(d: Demo) -> None:
+    log = open(os.path.join(d.tmp, "witness.log"), "w")
+    with log:
+        d.witness = subprocess.Popen(
+            SRRS + ["witness", "--bind", f"tcp://127.0.0.1:{d.ports['witness']}",
+                    "--max-lease", "2", "--state", os.path.join(d.tmp, "witness.json")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+
+def spawn(d: Demo, node: Node) -> None:
+    """Start (or restart) a controller; wait_up() waits for its RPC socket."""
+    if os.path.exists(node.sock):
+        os.unlink(node.sock)  # a killed controller's: not an answer
+    with open(node.log, "a") as lf:
         # own session: a Ctrl-C in the terminal reaches the demo, which stops the
-        # controller itself (SIGTERM) after reading its figures
-        p = subprocess.Popen(SRRS + ["start", "-c", conf], stdin=subprocess.DEVNULL, stdout=lf,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    d.procs.append((name, p, log))
-    deadline = time.monotonic() + 20
+        # controllers itself (SIGTERM) after reading their figures
+        node.proc = subprocess.Popen(SRRS + ["start", "-c", node.conf],
+                                     stdin=subprocess.DEVNULL, stdout=lf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_up(d: Demo, node: Node, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
     while True:
-        if p.poll() is not None:
-            raise RuntimeError(f"controller {name} exited {p.returncode}:\n{_tail(log)}")
-        if os.path.exists(sock):
+        if node.proc.poll() is not None:
+            raise RuntimeError(f"controller {node.name} exited {node.proc.returncode}:\n"
+                               f"{_tail(node.log)}")
+        if os.path.exists(node.sock):
             try:
-                RpcClient(sock).close()
-                break
+                RpcClient(node.sock).close()
+                return
             except ConnectionError:
                 pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"controller {name} did not open {sock} within 20 s")
+            raise RuntimeError(f"controller {node.name} did not open {node.sock} within "
+                               f"{timeout:.0f} s:\n{_tail(node.log)}")
         time.sleep(0.05)
-    d.sockets.append(sock)
-    return sock
 
+
+def _fragment(path: str) -> None:
+    # Allocated up front, physically contiguous (the pool formats an all-zero
+    # file like a new one), and written over in full before it is deleted
+    # (_wipe_fragments): a cluster's zeroing and then random 4 KiB writes cut a
+    # file into an extent per block, and on a filesystem mounted with online
+    # discard deleting that takes tens of seconds. Written over, the extents
+    # merge back and the file goes at once.
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, FRAG_SIZE)
+        except OSError:  # no fallocate here: a sparse file, as the pool makes it
+            os.ftruncate(fd, FRAG_SIZE)
+    finally:
+        os.close(fd)
+
+
+def _wipe_fragments(d: Demo) -> None:
+    chunk = bytes(1 << 20)
+    for n in d.nodes:
+        path = f"{d.tmp}/{n}-frag0.img"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for off in range(0, FRAG_SIZE, len(chunk)):
+                os.pwrite(fd, chunk, off)
+            os.fdatasync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def start_pair(d: Demo) -> None:
+    for n, node in d.nodes.items():
+        with open(node.conf, "w", encoding="utf-8") as f:
+            f.write(config_text(d, n))
+        _fragment(f"{d.tmp}/{n}-frag0.img")
+    start_witness(d)
+    for node in d.nodes.values():
+        spawn(d, node)
+    for node in d.nodes.values():
+        wait_up(d, node)
+    deadline = time.monotonic() + 30
+    while not all(_pair_state(n) == "PAIRED" for n in d.nodes.values()):
+        if time.monotonic() > deadline:
+            st = {n.name: _pair_state(n) for n in d.nodes.values()}
+            raise RuntimeError(f"the pair is not PAIRED within 30 s: {st}")
+        time.sleep(0.1)
+
+
+def _pair_state(node: Node) -> str:
+    try:
+        return _rpc(node.sock, "pair_status", timeout=1.0)["state"]
+    except (OSError, RpcError, ValueError, KeyError, TypeError):
+        return "DOWN"
+
+
+# ---- load -----------------------------------------------------------------------------
 
 def start_load(d: Demo) -> None:
-    sock = d.sockets[0]
-    d.before[sock] = {b["name"]: b for b in _rpc(sock, "bdev_list")}
-    for p in d.paths:
-        if p.kind == "local":
-            for r in range(len(_rpc(sock, "reactor_stats"))):
-                _rpc_runtime(sock, "bench_bdev_start", {
-                    "bdev": p.bdev, "reactor": r, "rw": "randrw", "bs": BS, "qd": QD,
+    a = d.nodes["a"]
+    d.before = {b["name"]: b for b in _rpc(a.sock, "bdev_list")}
+    common = ["--rw", "randrw", "--bs", str(BS), "--qd", str(QD), "--time", str(d.duration),
+              "--json"]
+    for ld in d.loads:
+        if ld.kind == "local":
+            for r in range(len(_rpc(a.sock, "reactor_stats"))):
+                _rpc(a.sock, "bench_bdev_start", {
+                    "bdev": ld.bdev, "reactor": r, "rw": "randrw", "bs": BS, "qd": QD,
                     "time_s": d.duration, "seed": r + 1})
-            p.where = "in-controller load jobs"
+            ld.where = "in-controller load jobs on a"
             continue
-        p.out = os.path.join(d.tmp, f"bench-{p.kind}.json")
-        with open(p.out, "w") as out:
-            p.proc = subprocess.Popen(
-                SRRS + ["bench"] + p.bench + ["--rw", "randrw", "--bs", str(BS), "--qd", str(QD),
-                                              "--time", str(d.duration), "--json"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        if ld.kind == "nvmf":
+            ld.where = " + ".join(f"{n.name} {n.nvmf}" for n in d.nodes.values())
+            ld.bench = ["nvmf", "--nqn", d.nqn, "--verify", "--path-timeout",
+                        str(PATH_TIMEOUT_S)]
+            for n in d.nodes.values():
+                ld.bench += ["--target", n.nvmf]
+        else:
+            ld.where = f"a {d.tmp}/vh-a.sock"
+            ld.bench = ["vhost", "--socket", f"{d.tmp}/vh-a.sock"]
+        ld.out = os.path.join(d.tmp, f"bench-{ld.kind}.json")
+        with open(ld.out, "w") as out:
+            ld.proc = subprocess.Popen(SRRS + ["bench"] + ld.bench + common,
+                                       stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_nice)
     d.t0 = time.monotonic()
 
 
+def _nice() -> None:
+    # the load's busy-polling reactors yield to the controllers on a small
+    # machine: a starved controller would miss heartbeats (a false failover)
+    os.nice(5)
+
+
+# ---- the pair: state watcher and chaos --------------------------------------------------
+
+def watch(d: Demo) -> None:
+    """Samples both controllers' pair state; every change is a transition, every
+    entry into SOLO a failover (the chaos thread fills in its planned ones)."""
+    while not d.stop.wait(WATCH_S):
+        for node in d.nodes.values():
+            st = _pair_state(node)
+            with d.lock:
+                old = d.states.get(node.name)
+                if old == st:
+                    continue
+                t = d.now()
+                d.states[node.name] = st
+                d.transitions.append((t, node.name, old, st))
+                if st == "SOLO":
+                    other = "b" if node.name == "a" else "a"
+                    f = next((f for f in d.failovers if f.survivor == node.name
+                              and f.solo is None), None)
+                    if f is None:
+                        f = Failover(victim=other, survivor=node.name, killed=t, planned=False)
+                        d.failovers.append(f)
+                    f.solo = t
+                elif st == "RESYNC":
+                    for f in d.failovers:
+                        if f.paired is None and f.resync is None:
+                            f.resync = t
+                if all(d.states.get(n) == "PAIRED" for n in d.nodes):
+                    for f in d.failovers:
+                        if f.paired is None and f.solo is not None:
+                            f.paired = t
+
+
+def _wait(d: Demo, pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not d.stop.is_set():
+        with d.lock:
+            if pred():
+                return True
+        if time.monotonic() > deadline:
+            return False
+        d.stop.wait(0.05)
+    return False
+
+
+def chaos(d: Demo) -> None:
+    """Kill -9 the victim, let the survivor serve alone, restart the victim and
+    wait for the pair to resync back to PAIRED; twice in a long run."""
+    times = [max(4.0, 0.25 * d.duration)]
+    if d.duration >= 50:
+        times.append(0.6 * d.duration)
+    victim = d.nodes[VICTIM]
+    for k, at in enumerate(times, 1):
+        if d.stop.wait(max(0.0, at - d.now())):
+            return
+        if not _wait(d, lambda: all(d.states.get(n) == "PAIRED" for n in d.nodes), 10):
+            d.note = "chaos: the pair is not PAIRED, no kill"
+            return
+        with d.lock:
+            f = Failover(VICTIM, SURVIVOR, killed=d.now())
+            d.failovers.append(f)
+        d.note = f"chaos {k}: kill -9 {VICTIM}"
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        if not _wait(d, lambda f=f: f.solo is not None, 10):
+            d.note = f"chaos {k}: {SURVIVOR} did not go SOLO"
+            return
+        d.note = f"chaos {k}: {SURVIVOR} SOLO, {VICTIM} down"
+        if d.stop.wait(max(0.0, f.solo + SOLO_S - d.now())):
+            return
+        d.note = f"chaos {k}: restarting {VICTIM}"
+        spawn(d, victim)
+        try:
+            wait_up(d, victim)
+        except RuntimeError as e:
+            d.note = f"chaos {k}: {e}".splitlines()[0]
+            return
+        f.restarted = d.now()
+        d.note = f"chaos {k}: {VICTIM} back, resyncing"
+        if not _wait(d, lambda f=f: f.paired is not None, 30):
+            return
+        d.note = f"chaos {k}: PAIRED again"
+
+
+def start_threads(d: Demo) -> None:
+    d.states = {n: "PAIRED" for n in d.nodes}
+    fns = [watch] + ([chaos] if d.chaos else [])
+    for fn in fns:
+        t = threading.Thread(target=fn, args=(d,), daemon=True, name=f"demo-{fn.__name__}")
+        t.start()
+        d.threads.append(t)
+
+
+def stop_threads(d: Demo) -> None:
+    d.stop.set()
+    for t in d.threads:
+        t.join(30)
+    d.threads.clear()
+
+
+# ---- console, results -----------------------------------------------------------------
+
 def show(d: Demo) -> None:
     from .console import ConsoleApp
+    from .witness import WitnessProbe
 
     end = d.t0 + d.duration
 
     def footer() -> str:
-        return f"demo: {max(0, end - time.monotonic()):.0f} s left"
+        s = f"demo: {max(0, end - time.monotonic()):.0f} s left"
+        return f"{s} · {d.note}" if d.note else s
 
-    app = ConsoleApp(d.sockets, refresh_hz=d.refresh_hz, footer=footer)
+    app = ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
+                     footer=footer,
+                     witness=WitnessProbe(f"tcp://127.0.0.1:{d.ports['witness']}"))
     try:
         if d.console and sys.stdout.isatty():
             app.run_live(max(0.0, end - time.monotonic()))
@@ -209,80 +485,148 @@ def show(d: Demo) -> None:
         app.close()
 
 
-def collect(d: Demo) -> None:
-    """Figures from the controller now, then the load's own reports: a bench that
-    runs to its end reports latency percentiles; one cut short (q) does not."""
+def collect(d: Demo) -> bool:
+    """The load's own reports (a bench that runs to its end reports latency
+    percentiles and per-path figures); cut short (q), the controllers' counters.
+    Returns True when the run was cut short."""
     d.t1 = time.monotonic()
-    sock = d.sockets[0]
-    d.after[sock] = {b["name"]: b for b in _rpc(sock, "bdev_list")}
     early = d.t1 - d.t0 < d.duration - 1.0
-    for p in d.paths:
-        if p.proc is None:
+    if early:
+        _early_figures(d)
+    for ld in d.loads:
+        if ld.proc is None:
             continue
         if early:
-            _stop_proc(p.proc, signal.SIGKILL, 0)  # a load client: nothing to lose
+            _stop_proc(ld.proc, signal.SIGKILL, 0)  # a load client: nothing to lose
             continue
         try:
-            p.proc.wait(15)
+            ld.proc.wait(60)  # the verified load reads everything back at its end
         except subprocess.TimeoutExpired:
-            _stop_proc(p.proc, signal.SIGKILL, 0)
+            _stop_proc(ld.proc, signal.SIGKILL, 0)
             continue
         try:
-            with open(p.out) as f:
-                p.result = json.loads(f.read().strip().splitlines()[-1])
+            with open(ld.out) as f:
+                ld.result = json.loads(f.read().strip().splitlines()[-1])
         except (OSError, ValueError, IndexError):
-            p.result = None
-    deadline = time.monotonic() + 3
-    while any(p.kind == "local" for p in d.paths):
-        jobs = _rpc(sock, "bench_bdev_results")
-        d.jobs[sock] = jobs
-        if early or all(j["state"] != "running" for j in jobs) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+            ld.result = None
+    if any(ld.kind == "local" for ld in d.loads):
+        deadline = time.monotonic() + 3
+        while True:
+            d.jobs = _rpc(d.nodes["a"].sock, "bench_bdev_results")
+            if early or all(j["state"] != "running" for j in d.jobs) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    return early
 
 
-def summary(d: Demo) -> tuple:
-    """(lines, ok): one line per path, from the load's report when it ran to its
-    end, else from the controller's bdev counters (latency by Little's law)."""
+def _early_figures(d: Demo) -> None:
+    """Per path I/O from the targets' queue counters, per volume from a's bdev."""
+    for ld in d.loads:
+        if ld.kind == "nvmf":
+            for n in d.nodes.values():
+                try:
+                    qs = [q for q in _rpc(n.sock, "nvmf_get_qpairs", timeout=2) if q["qid"]]
+                except (OSError, RpcError):
+                    qs = []
+                ld.early[n.name] = {k: sum(q[k] for q in qs) for k in
+                                    ("reads", "writes", "bytes_read", "bytes_written")}
+        else:
+            try:
+                b = {x["name"]: x for x in _rpc(d.nodes["a"].sock, "bdev_list", timeout=2)}
+            except (OSError, RpcError):
+                b = {}
+            o = d.before.get(ld.bdev, {})
+            ld.early["a"] = {k: b.get(ld.bdev, {}).get(k, 0) - o.get(k, 0) for k in
+                             ("reads", "writes", "bytes_read", "bytes_written", "errors")}
+
+
+def _lat(res: dict) -> str:
+    lat = res["lat_us"]
+    return (f"lat p50 {lat['p50']:.0f} us  p99 {lat['p99']:.0f} us  "
+            f"p99.9 {lat['p999']:.0f} us")
+
+
+def summary(d: Demo, early: bool) -> tuple:
+    """(lines, ok)."""
     lines = []
     ok = True
     elapsed = max(1e-9, d.t1 - d.t0)
-    sock = d.sockets[0]
-    for p in d.paths:
-        b = d.after.get(sock, {}).get(p.bdev, {})
-        o = d.before.get(sock, {}).get(p.bdev, {})
-        ios = sum(b.get(k, 0) - o.get(k, 0) for k in ("reads", "writes"))
-        nbytes = sum(b.get(k, 0) - o.get(k, 0) for k in ("bytes_read", "bytes_written"))
-        errors = b.get("errors", 0) - o.get("errors", 0)
-        iops, mibps = ios / elapsed, nbytes / elapsed / (1 << 20)
-        res = p.result
-        if p.kind == "local":
-            done = [j["result"] for j in d.jobs.get(sock, []) if j.get("result")]
-            if done and len(done) == len(d.jobs.get(sock, [])):
-                res = {"lat_us": {k: max(r["lat_us"][k] for r in done)
+    for ld in d.loads:
+        label = {"nvmf": "NVMe/TCP multipath", "vhost": "vhost-user", "local": "local"}[ld.kind]
+        head = f"srrs demo: {ld.kind:5} {label} {ld.where} -> {ld.bdev} (randrw {BS} B qd {QD}"
+        head += ", verified)" if ld.kind == "nvmf" else ")"
+        res = ld.result
+        if ld.kind == "local":
+            done = [j["result"] for j in d.jobs if j.get("result")]
+            if done and len(done) == len(d.jobs):
+                res = {"iops": sum(r["iops"] for r in done),
+                       "mibps": sum(r["mibps"] for r in done),
+                       "lat_us": {k: max(r["lat_us"][k] for r in done)
                                   for k in ("p50", "p99", "p999")},
-                       "errors": sum(r["errors"] for r in done)}
+                       "errors": sum(r["errors"] for r in done), "ios": sum(r["ios"] for r in done)}
         if res is not None:
-            lat = res["lat_us"]
-            lat_s = (f"lat p50 {lat['p50']:.0f} us  p99 {lat['p99']:.0f} us  "
-                     f"p99.9 {lat['p999']:.0f} us")
-            errors = max(errors, res.get("errors", 0))
-            if p.kind != "local":
-                iops, mibps = res["iops"], res["mibps"]
+            errors = res.get("errors", 0) + res.get("verify_errors", 0)
+            lines.append(f"{head}: {res['iops']:,.0f} IOPS  {res['mibps']:,.1f} MiB/s  "
+                         f"{_lat(res)}  errors {errors}")
+            ok = ok and errors == 0 and res.get("ios", 1) > 0
+            for p in res.get("paths", []):
+                name = next((n.name for n in d.nodes.values() if n.nvmf == p["target"]), "?")
+                lines.append(f"srrs demo:   path {name} {p['target']} cntlid {p['cntlid']}: "
+                             f"{p['iops']:,.0f} IOPS  {p['mibps']:,.1f} MiB/s  connection drops "
+                             f"{p['drops']}  reconnects {p['reconnects']}  path errors "
+                             f"{p['path_errors']}  I/Os moved to the other path "
+                             f"{p['resubmitted']}  errors {p['errors']}")
+                ok = ok and p["ios"] > 0
+            if "failovers" in res:
+                lines.append(f"srrs demo:   multipath: {res['failovers']} I/Os waited for a "
+                             f"usable path and were resubmitted, longest wait "
+                             f"{res['max_wait_us'] / 1000:,.0f} ms, {res['path_timeouts']} "
+                             f"timed out; verified {res.get('verified')}")
+            continue
+        # cut short: the controllers' counters, latency by Little's law
+        tot = {k: sum(e.get(k, 0) for e in ld.early.values()) for k in
+               ("reads", "writes", "bytes_read", "bytes_written", "errors")}
+        ios = tot["reads"] + tot["writes"]
+        iops, mibps = ios / elapsed, (tot["bytes_read"] + tot["bytes_written"]) / elapsed / 2**20
+        lat_s = f"lat mean ~{QD / iops * 1e6:.0f} us (stopped early)" if iops else "lat n/a"
+        lines.append(f"{head}: {iops:,.0f} IOPS  {mibps:,.1f} MiB/s  {lat_s}  "
+                     f"errors {tot['errors']}")
+        ok = ok and ios > 0 and tot["errors"] == 0
+        if ld.kind == "nvmf":
+            for name, e in ld.early.items():
+                lines.append(f"srrs demo:   path {name} {d.nodes[name].nvmf}: "
+                             f"{(e['reads'] + e['writes']) / elapsed:,.0f} IOPS (stopped early)")
+    planned = [f for f in d.failovers if f.planned]
+    for i, f in enumerate(d.failovers, 1):
+        def at(t):
+            return "-" if t is None else f"+{t:.1f} s"
+        how = (f"{f.victim} killed (kill -9) at {at(f.killed)}" if f.planned
+               else f"{f.victim} lost (not by the demo) at {at(f.killed)}")
+        solo = (f"{f.survivor} SOLO (witness lease) after {f.solo - f.killed:.1f} s"
+                if f.solo is not None else f"{f.survivor} never went SOLO")
+        back = (f"{f.victim} restarted at {at(f.restarted)}, " if f.restarted is not None else "")
+        if f.paired is not None:
+            back += (f"resync, PAIRED again at {at(f.paired)}"
+                     + (f" ({f.paired - f.resync:.1f} s after resync began)"
+                        if f.resync is not None else ""))
         else:
-            nq = max(1, len(d.jobs.get(sock, []))) if p.kind == "local" else 1
-            lat_s = (f"lat mean ~{nq * QD / iops * 1e6:.0f} us (stopped early)" if iops
-                     else "lat n/a")
-        label = {"nvmf": "NVMe/TCP", "vhost": "vhost-user", "local": "local"}[p.kind]
-        lines.append(f"srrs demo: {p.kind:5} {label} {p.where} -> {p.bdev} (randrw {BS} B "
-                     f"qd {QD}): {iops:,.0f} IOPS  {mibps:,.1f} MiB/s  {lat_s}  "
-                     f"errors {errors}")
-        ok = ok and errors == 0 and ios > 0
-    lines.append(f"srrs demo: {elapsed:.1f} s, 1 controller, "
-                 f"{'no I/O errors' if ok else 'FAILED: a path had errors or no I/O'}; "
-                 f"everything stopped and deleted")
+            back += "not PAIRED again by the end"
+        lines.append(f"srrs demo: failover {i}: {how}; {solo}; {back}")
+        if not early:
+            ok = ok and f.solo is not None and f.paired is not None
+    if d.chaos and not planned and not early:
+        lines.append("srrs demo: chaos: no controller was killed (run too short?)")
+        ok = False
+    survived = sum(1 for f in d.failovers if f.paired is not None)
+    lines.append(f"srrs demo: {elapsed:.1f} s, pair a+b with witness, "
+                 f"{survived} failover{'s' if survived != 1 else ''} survived, "
+                 f"{'no I/O errors' if ok else 'FAILED: I/O errors, a path without I/O, or the pair not back'}"
+                 f"; everything stopped and deleted")
     return lines, ok
 
+
+# ---- stop -----------------------------------------------------------------------------
 
 def _stop_proc(p: subprocess.Popen, sig: int, timeout: float) -> None:
     if p.poll() is None:
@@ -295,23 +639,30 @@ def _stop_proc(p: subprocess.Popen, sig: int, timeout: float) -> None:
 
 
 def stop_all(d: Demo) -> None:
-    for p in d.paths:  # load first: the controller then stops with nothing connected
-        if p.proc is not None:
-            _stop_proc(p.proc, signal.SIGKILL, 0)
-    for name, p, log in reversed(d.procs):
+    stop_threads(d)
+    for ld in d.loads:  # load first: the controllers then stop with nothing connected
+        if ld.proc is not None:
+            _stop_proc(ld.proc, signal.SIGKILL, 0)
+    for node in reversed(list(d.nodes.values())):
+        p = node.proc
+        if p is None:
+            continue
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
-                print(f"srrs demo: controller {name} did not stop in 10 s, killing it",
+                print(f"srrs demo: controller {node.name} did not stop in 10 s, killing it",
                       file=sys.stderr)
                 p.kill()
                 p.wait()
-        elif p.returncode not in (0, -signal.SIGTERM):
-            print(f"srrs demo: controller {name} exited {p.returncode}:\n{_tail(log)}",
-                  file=sys.stderr)
-    d.procs.clear()
+        elif p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            print(f"srrs demo: controller {node.name} exited {p.returncode}:\n"
+                  f"{_tail(node.log)}", file=sys.stderr)
+        node.proc = None
+    if d.witness is not None:
+        _stop_proc(d.witness, signal.SIGTERM, 5)
+        d.witness = None
 
 
 def _tail(path: str, n: int = 15) -> str:
@@ -326,8 +677,9 @@ def _raise_interrupt(signo, frame):
     raise KeyboardInterrupt
 
 
-def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -> int:
-    d = Demo(duration=max(1.0, duration), refresh_hz=refresh_hz, console=console)
+def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
+        chaos: bool = False) -> int:
+    d = Demo(duration=max(1.0, duration), chaos=chaos, refresh_hz=refresh_hz, console=console)
     # SIGTERM and SIGHUP (terminal closed) stop the run like Ctrl-C: through the
     # clean-up below, never around it
     old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -335,12 +687,15 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -
     lines: list = []
     ok = False
     try:
-        plan_paths(d)
-        start_controller(d, "demo")
+        plan(d)
+        start_pair(d)
         start_load(d)
+        start_threads(d)
         show(d)
-        collect(d)
-        lines, ok = summary(d)
+        d.stop.set()  # no new kill; a restart under way finishes
+        early = collect(d)
+        stop_threads(d)
+        lines, ok = summary(d, early)
     except KeyboardInterrupt:
         lines = ["srrs demo: interrupted"]
     except (RuntimeError, OSError) as e:
@@ -355,6 +710,7 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True) -
         try:
             stop_all(d)
         finally:
+            _wipe_fragments(d)
             shutil.rmtree(d.tmp, ignore_errors=True)
             for sig, h in old.items():
                 signal.signal(sig, h)

@@ -9,6 +9,8 @@
     mirror_listen = "127.0.0.1:4521"    # the C mirror link (TCP)
     peer_mirror = "127.0.0.1:4522"
     witness = "tcp://127.0.0.1:5600"
+    peer_rpc_socket = "/tmp/srrs-b.sock" # optional: the peer's JSON-RPC socket, so that
+                                        #   `srrs console --pair FILE` finds both controllers
     volumes = ["v0"]                    # replicas; each gets a mirror bdev "v0.mirror"
                                         #   or { replica = "v0", name = "pv0" }
     state_dir = "/var/tmp/srrs-pair-a"  # generations and dirty bitmaps (persisted)
@@ -61,6 +63,7 @@ class PairConfig:
     secret_key: str = ""
     peer_public_key: str = ""
     witness_public_key: str = ""
+    peer_rpc_socket: str = ""   # the peer's JSON-RPC socket (for the console), "" unknown
 
     @property
     def me_id(self) -> str:
@@ -77,7 +80,7 @@ class PairConfig:
 
 KEYS = {"self", "peer", "coord_bind", "peer_coord", "mirror_listen", "peer_mirror", "witness",
         "volumes", "state_dir", "stripe_size", "heartbeat_ms", "miss_count", "lease_ms",
-        "secret_key", "peer_public_key", "witness_public_key"}
+        "secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket"}
 
 
 def _str(d: dict, key: str, required: bool = True, default: str = "") -> str:
@@ -120,6 +123,13 @@ def split_hostport(v: str) -> tuple:
     if not m:
         raise ValueError(f"{v!r} is not HOST:PORT")
     return m.group(1).strip("[]"), int(m.group(2))
+
+
+def _unix_socket(d: dict, key: str) -> str:
+    v = _str(d, key, required=False)
+    if v and ("\0" in v or len(v.encode()) > 107):
+        raise ValueError(f"{key}: {v!r} is not a Unix socket path (at most 107 bytes, no NUL)")
+    return v
 
 
 def _volumes(d: dict) -> tuple:
@@ -197,7 +207,8 @@ def parse(d: dict) -> PairConfig:
     return PairConfig(self_name=me, peer=peer, coord_bind=coord_bind, peer_coord=peer_coord,
                       mirror_listen=ml, peer_mirror=pm, witness=_zmq(d, "witness"),
                       volumes=_volumes(d), state_dir=state_dir, stripe_size=stripe,
-                      heartbeat_ms=hb, miss_count=miss, lease_ms=lease, **keys)
+                      heartbeat_ms=hb, miss_count=miss, lease_ms=lease,
+                      peer_rpc_socket=_unix_socket(d, "peer_rpc_socket"), **keys)
 
 
 def to_toml_dict(c: PairConfig) -> dict:
@@ -210,7 +221,7 @@ def to_toml_dict(c: PairConfig) -> dict:
         d["peer"] = c.peer
     d["volumes"] = [v.replica if v.name == f"{v.replica}.mirror" else
                     {"replica": v.replica, "name": v.name} for v in c.volumes]
-    for k in ("secret_key", "peer_public_key", "witness_public_key"):
+    for k in ("secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket"):
         if getattr(c, k):
             d[k] = getattr(c, k)
     return d

@@ -201,6 +201,88 @@ def _handle(table: LeaseTable, body: bytes, now: float) -> Optional[dict]:
     return {"op": "error", "reason": f"unknown op {op!r}"}
 
 
+class WitnessProbe:
+    """The console's view of a witness: `ping` over a DEALER socket (CURVE with
+    a controller's keys when given). poll() returns console events when the
+    witness goes down or comes back; a silent witness's socket is replaced so
+    that no stale request waits in it."""
+
+    def __init__(self, endpoint: str, timeout: float = 1.0, secret_key: str = "",
+                 server_public_key: str = ""):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.keys = (secret_key, server_public_key)
+        self.state = "connecting"         # "up" | "down" | "connecting"
+        self.error = ""
+        self.rtt_ms: Optional[float] = None
+        self.since: Optional[float] = None  # wall time of the last state change
+        self._ctx = None
+        self._sock = None
+
+    def _socket(self):
+        import zmq
+
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        if self._sock is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.linger = 0
+            if self.keys[0]:
+                curve_client_setup(s, self.keys[0], self.keys[1])
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def ping(self) -> float:
+        """Round trip in ms; raises TimeoutError when no pong comes in time."""
+        import zmq
+
+        s = self._socket()
+        t0 = time.monotonic()
+        s.send(json.dumps({"op": "ping", "sent_at": t0}).encode())
+        deadline = t0 + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not s.poll(int(left * 1000) + 1, zmq.POLLIN):
+                if time.monotonic() >= deadline:
+                    self._sock.close(0)
+                    self._sock = None
+                    raise TimeoutError(f"no answer within {self.timeout:g} s")
+                continue
+            m = json.loads(s.recv())
+            if m.get("op") == "pong" and m.get("sent_at") == t0:
+                return (time.monotonic() - t0) * 1000
+
+    def poll(self, now: float) -> list:
+        try:
+            self.rtt_ms = self.ping()
+            ok, err = True, ""
+        except Exception as e:  # TimeoutError, zmq.ZMQError, bad JSON
+            self.rtt_ms, ok, err = None, False, str(e) or type(e).__name__
+        state = "up" if ok else "down"
+        out = []
+        if state != self.state and (self.state != "connecting" or state == "down"):
+            out.append({"time": now, "controller": "witness", "type": state, "obj": "witness",
+                        "msg": f"{self.endpoint} {'answers' if ok else err}",
+                        "source": "console"})
+        if state != self.state:
+            self.since = now
+        self.state, self.error = state, err
+        return out
+
+    def snapshot(self) -> dict:
+        return {"endpoint": self.endpoint, "state": self.state, "error": self.error or None,
+                "rtt_ms": self.rtt_ms}
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+
 def main(args) -> int:
     """`srrs witness --bind ADDR [--state FILE] [--secret-key F --authorized DIR]`."""
     logging.basicConfig(level=os.environ.get("SRRS_LOG", "INFO"),

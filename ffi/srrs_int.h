@@ -324,6 +324,10 @@ struct srrs_bench_req {
     uint64_t start;     /* ticks */
     void *job;
     uint32_t slot;
+    /* Multipath initiator: when the I/O first lost its path (0: never), and
+     * its link in the host's list of I/Os waiting for a usable path. */
+    uint64_t mp_t0;
+    struct srrs_bench_req *mp_next;
 };
 
 struct srrs_bench_target {

@@ -4,6 +4,20 @@
  * sockets; the I/O phase runs on a reactor as a `struct srrs_bench_target`:
  * per poll, per queue, one recv and one sendmsg; read data lands straight in
  * the job's buffers, writes go in-capsule up to IOCCSZ, else by R2T/H2CData.
+ *
+ * Multipath (path_timeout_ms > 0): a host has up to H_MAX_PATHS paths, each
+ * a controller of the same subsystem with its own admin queue and I/O
+ * queues. Each I/O goes to the next ANA-optimized live path. An I/O that
+ * completes with a path-related status (SCT 3, DNR clear) or whose
+ * connection drops waits in the host's list (linked through the request
+ * itself: no allocation) and is resubmitted on a usable path; it fails only
+ * when none comes back within path_timeout_ms. A dropped path's queues are
+ * closed on the reactor; its monitor thread reconnects it with backoff and
+ * hands the new queues over in a reactor message. The same monitor reads
+ * the path's ANA log every 100 ms on the admin queue (the reactor never
+ * blocks on it), so a path that answered "inaccessible" comes back once its
+ * controller says optimized again, and an admin queue that stops answering
+ * drops the path (a keep-alive of sorts).
  */
 #include "nvmf/nvmf_int.h"
 
@@ -12,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -19,8 +34,19 @@
 
 #define H_RBUF (128u * 1024)
 #define H_IOV_MAX 256
+#define H_MAX_PATHS 8
+#define H_ANA_POLL_MS 100
+#define H_PROBE_TIMEOUT_MS 3000    /* admin queue silent this long: the path is dead */
+#define H_BACKOFF_MIN_MS 50
+#define H_BACKOFF_MAX_MS 1000
+#define H_ANA_LOG_LEN 4096
+
+/* ANA states (Asymmetric Namespace Access log, group descriptor byte 16). */
+enum { ANA_OPTIMIZED = 1, ANA_NON_OPTIMIZED = 2, ANA_INACCESSIBLE = 3, ANA_PERSISTENT_LOSS = 4,
+       ANA_CHANGE = 15 };
 
 struct hq;
+struct hpath;
 
 struct hreq {
     struct srrs_bench_req *breq;
@@ -28,9 +54,12 @@ struct hreq {
     uint16_t cid;
     bool busy;
     bool write;
+    bool lost;                  /* its connection broke: the command's fate is unknown */
+    bool queued;                /* in the host's done list */
     uint8_t tx_pending;
     bool done_wait;             /* response arrived while PDUs were still queued */
     int status;
+    uint16_t nvme;              /* NVMe status of the response (SC | SCT << 8 | DNR) */
     struct tx_pdu tx_cmd, tx_h2c;
     uint8_t h_cmd[PDU_CMD_HLEN + 8];
     uint8_t h_h2c[PDU_DATA_HLEN + 8];
@@ -39,13 +68,13 @@ struct hreq {
 
 struct hq {
     struct srrs_nvmf_host *h;
+    struct hpath *p;
     int fd;
     uint16_t qid;
     uint32_t nslots;
     bool hdgst, ddgst;
     struct hreq *slots;
     struct hreq *free;
-    struct srrs_poller *wake;
     /* rx */
     uint8_t *rbuf;
     uint32_t rhead, rtail;
@@ -62,27 +91,73 @@ struct hq {
     struct tx_pdu *tx_head, *tx_tail;
     uint32_t tx_off;
     bool broken;
-    bool rx_ready;              /* epoll said readable (or no epoll set: always) */
+    bool rx_ready;              /* epoll said readable (or epoll not in use: always) */
+};
+
+/* One controller of the subsystem. `state`, `installing` and `drop_req` are
+ * the hand-off between the reactor (owns ioq while a job runs) and the
+ * path's monitor thread (owns admin while a job runs). */
+enum { P_DOWN = 0, P_LIVE = 1 };
+
+struct hpath {
+    struct srrs_nvmf_host *h;
+    uint32_t idx;
+    char addr[64];
+    int port;
+    struct hq admin;
+    struct hq *ioq;             /* [h->nioq] while live */
+    struct hq *next_ioq;        /* monitor -> reactor: a reconnection's queues */
+    uint16_t cntlid;
+    uint32_t anagrpid;
+    uint32_t ioccsz_bytes;
+    uint32_t mdts_bytes;
+    _Atomic int state;          /* P_LIVE / P_DOWN: moved by the reactor (or setup) */
+    _Atomic int installing;     /* next_ioq sent to the reactor, not taken yet */
+    _Atomic int drop_req;       /* the monitor found the admin queue dead */
+    /* seq << 8 | ANA state: the reactor bumps seq when an I/O reports a path
+     * error, so an ANA log read that started before it does not undo it. */
+    _Atomic uint64_t ana_word;
+    bool failing;               /* reactor: a queue broke; dropped at the next delivery */
+    /* monitor thread */
+    pthread_t thread;
+    bool thread_on;
+    uint32_t backoff_ms;
+    uint64_t next_try_ns;
+    uint8_t *ana_log;
+    /* counters (reactor while a job runs) */
+    uint64_t ios, bytes, path_errors, drops, reconnects, resubmitted, errors;
 };
 
 struct srrs_nvmf_host {
     struct srrs_nvmf_host_opts o;
-    char subnqn[224], hostnqn[224], addr[64];
+    char subnqn[224], hostnqn[224];
     struct srrs_nvmf_host_info info;
-    struct hq admin;
-    struct hq *ioq;
+    struct hpath paths[H_MAX_PATHS];
+    uint32_t npaths;
     uint32_t nioq;
+    uint32_t qsize;             /* requested entries per I/O queue */
     uint8_t hostid[16];
+    uint8_t nguid[16];
     uint32_t rr;
     int err;
+    bool mp;                    /* path_timeout_ms > 0: retry, reconnect, wait */
+    uint64_t path_timeout_ticks;
     /* Completions reach the job from our own poller, never from inside the
      * job's poll callback: the job may finish (and be freed by its waiting
      * thread) on the last one, and its poller must not run on after that. */
     struct hreq *done_head, *done_tail;
     struct srrs_poller *deliver;
-    /* With several queues, one epoll_wait per poll finds the readable ones
-     * instead of a recv per queue. */
+    struct srrs_poller *wake;
+    /* I/Os without a usable path, oldest first (linked through mp_next). */
+    struct srrs_bench_req *wait_head, *wait_tail;
+    /* Every I/O queue of every live path is in this epoll set: with several
+     * queues, one epoll_wait per poll finds the readable ones instead of a
+     * recv per queue. */
     int epfd;
+    uint32_t nlive_q;
+    struct srrs_reactor *reactor;  /* of the running job */
+    _Atomic int mon_stop;
+    uint64_t failovers, path_timeouts, max_wait_ticks;
 };
 
 /* ---- blocking setup --------------------------------------------------------- */
@@ -352,13 +427,14 @@ static int admin_cmd(struct hq *q, uint8_t opc, uint32_t nsid, uint32_t cdw10, u
                             : 0;
 }
 
-static int q_open(struct srrs_nvmf_host *h, struct hq *q)
+static int q_open(struct hpath *p, struct hq *q, int timeout_ms)
 {
-    q->h = h;
-    q->fd = sock_connect(h->addr, h->o.port, h->o.timeout_ms);
+    q->h = p->h;
+    q->p = p;
+    q->fd = sock_connect(p->addr, p->port, timeout_ms);
     if (q->fd < 0)
         return q->fd;
-    return q_icreq(q, h->o.hdgst, h->o.ddgst);
+    return q_icreq(q, p->h->o.hdgst, p->h->o.ddgst);
 }
 
 static void q_close(struct hq *q)
@@ -385,15 +461,38 @@ static int enable_ctrlr(struct hq *a, int timeout_ms)
     return rc ? rc : srrs_err(-ETIMEDOUT, "nvmf host: controller did not become ready");
 }
 
+static void ioq_free(struct hq *ioq, uint32_t n)
+{
+    if (!ioq)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        q_close(&ioq[i]);
+    free(ioq);
+}
+
 static void host_free(struct srrs_nvmf_host *h)
 {
     if (h->epfd >= 0)
         close(h->epfd);
-    q_close(&h->admin);
-    for (uint32_t i = 0; i < h->nioq; i++)
-        q_close(&h->ioq[i]);
-    free(h->ioq);
+    for (uint32_t i = 0; i < H_MAX_PATHS; i++) {
+        struct hpath *p = &h->paths[i];
+        q_close(&p->admin);
+        ioq_free(p->ioq, h->nioq);
+        ioq_free(p->next_ioq, h->nioq);
+        free(p->ana_log);
+    }
     free(h);
+}
+
+static void path_init(struct srrs_nvmf_host *h, struct hpath *p, const char *addr, int port)
+{
+    memset(p, 0, sizeof(*p));
+    p->h = h;
+    p->idx = (uint32_t)(p - h->paths);
+    p->admin.fd = -1;
+    p->port = port;
+    snprintf(p->addr, sizeof(p->addr), "%s", addr);
+    atomic_store(&p->state, P_DOWN);
 }
 
 static struct srrs_nvmf_host *host_new(const char *addr, int port, const char *subnqn,
@@ -402,9 +501,7 @@ static struct srrs_nvmf_host *host_new(const char *addr, int port, const char *s
     struct srrs_nvmf_host *h = calloc(1, sizeof(*h));
     if (!h)
         return NULL;
-    h->admin.fd = -1;
     h->epfd = -1;
-    snprintf(h->addr, sizeof(h->addr), "%s", addr);
     snprintf(h->subnqn, sizeof(h->subnqn), "%s", subnqn);
     snprintf(h->hostnqn, sizeof(h->hostnqn), "%s",
              hostnqn && *hostnqn ? hostnqn
@@ -413,81 +510,145 @@ static struct srrs_nvmf_host *host_new(const char *addr, int port, const char *s
         uint32_t c = srrs_crc32c(k, h->hostnqn, strlen(h->hostnqn));
         memcpy(h->hostid + 4 * k, &c, 4);
     }
+    for (uint32_t i = 0; i < H_MAX_PATHS; i++)
+        path_init(h, &h->paths[i], "", 0);
+    path_init(h, &h->paths[0], addr, port);
+    h->npaths = 1;
     h->o.port = port;
     h->o.timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
     return h;
 }
 
-int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf_host **out)
+static inline uint8_t path_ana(struct hpath *p)
 {
-    if (!o || !o->addr || !o->subnqn || !out || o->nqueues < 1 || o->nqueues > NVMF_MAX_IOQ ||
-        o->qsize < 2 || o->qsize > 1024)
-        return srrs_err(-EINVAL, "nvmf host: need addr, subnqn, 1..64 queues of 2..1024 entries");
-    struct srrs_nvmf_host *h = host_new(o->addr, o->port, o->subnqn, o->hostnqn, o->timeout_ms);
-    if (!h)
+    return (uint8_t)atomic_load_explicit(&p->ana_word, memory_order_relaxed);
+}
+
+/* The state of the namespace's ANA group in an ANA log page (bounds-checked:
+ * the page comes from the target). */
+static int ana_log_state(const uint8_t *d, uint32_t len, uint32_t grp)
+{
+    if (!grp)
+        return ANA_OPTIMIZED; /* no ANA reporting: always usable */
+    uint16_t ngrps;
+    memcpy(&ngrps, d + 8, 2);
+    uint32_t off = 16;
+    for (uint32_t i = 0; i < ngrps; i++) {
+        if (off + 32 > len)
+            break;
+        uint32_t id, nn;
+        memcpy(&id, d + off, 4);
+        memcpy(&nn, d + off + 4, 4);
+        uint8_t st = d[off + 16] & 0xf;
+        if (id == grp)
+            return st;
+        if (nn > (len - off - 32) / 4)
+            break;
+        off += 32 + 4 * nn;
+    }
+    return ANA_INACCESSIBLE; /* our group is not reported: do not use the path */
+}
+
+static int read_ana(struct hpath *p, int *state)
+{
+    uint32_t numd = H_ANA_LOG_LEN / 4 - 1;
+    memset(p->ana_log, 0, H_ANA_LOG_LEN);
+    int rc = admin_cmd(&p->admin, ADM_GET_LOG_PAGE, 0xFFFFFFFF, 0x0C | (numd & 0xffff) << 16,
+                       numd >> 16, p->ana_log, H_ANA_LOG_LEN, NULL);
+    if (!rc)
+        *state = ana_log_state(p->ana_log, H_ANA_LOG_LEN, p->anagrpid);
+    return rc;
+}
+
+/* Blocking: admin queue (connect, enable, identify, queue count), namespace
+ * 1's identity, the ANA state and h->nioq I/O queues. The first path defines
+ * the host's namespace; the others must show the same one. */
+static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
+{
+    struct srrs_nvmf_host *h = p->h;
+    const struct srrs_nvmf_host_opts *o = &h->o;
+    if (!p->ana_log && !(p->ana_log = malloc(H_ANA_LOG_LEN)))
         return srrs_err(-ENOMEM, "nvmf host: out of memory");
-    int to = h->o.timeout_ms;
-    h->o = *o;
-    h->o.timeout_ms = to;
-    int rc = q_open(h, &h->admin);
+    q_close(&p->admin);
+    int rc = q_open(p, &p->admin, to);
     if (!rc) {
-        rc = q_connect(h, &h->admin, 0, 32, 0xFFFF, o->kato_ms);
+        rc = q_connect(h, &p->admin, 0, 32, 0xFFFF, o->kato_ms);
         if (rc >= 0) {
-            h->info.cntlid = (uint16_t)rc;
+            p->cntlid = (uint16_t)rc;
             rc = 0;
         }
     }
     uint64_t cap = 0;
     if (!rc)
-        rc = prop(&h->admin, false, PROP_CAP, 0, true, &cap);
-    uint32_t qsize = SRRS_MIN(o->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
+        rc = prop(&p->admin, false, PROP_CAP, 0, true, &cap);
+    uint32_t qsize = SRRS_MIN(h->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
     if (!rc)
-        rc = enable_ctrlr(&h->admin, to);
+        rc = enable_ctrlr(&p->admin, to);
     uint8_t *id = calloc(1, 4096);
-    if (!id)
+    if (!id && !rc)
         rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
     if (!rc)
-        rc = admin_cmd(&h->admin, ADM_IDENTIFY, 0, 1, 0, id, 4096, NULL);
+        rc = admin_cmd(&p->admin, ADM_IDENTIFY, 0, 1, 0, id, 4096, NULL);
     if (!rc) {
-        memcpy(h->info.sn, id + 4, 20);
-        memcpy(h->info.mn, id + 24, 40);
         uint32_t ioccsz;
         memcpy(&ioccsz, id + 1792, 4);
-        h->info.ioccsz_bytes = ioccsz >= 4 ? ioccsz * 16 - 64 : 0;
-        h->info.mdts_bytes = id[77] ? 4096u << id[77] : (1u << 30);
-        memcpy(&h->info.nn, id + 516, 4);
-        uint32_t dw0 = 0, n = o->nqueues - 1;
-        rc = admin_cmd(&h->admin, ADM_SET_FEATURES, 0, 0x07, n | n << 16, NULL, 0, &dw0);
-        if (!rc && SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1 < o->nqueues)
+        p->ioccsz_bytes = ioccsz >= 4 ? ioccsz * 16 - 64 : 0;
+        p->mdts_bytes = id[77] ? 4096u << id[77] : (1u << 30);
+        if (first) {
+            memcpy(h->info.sn, id + 4, 20);
+            memcpy(h->info.mn, id + 24, 40);
+            memcpy(&h->info.nn, id + 516, 4);
+            h->info.cntlid = p->cntlid;
+            h->info.ioccsz_bytes = p->ioccsz_bytes;
+            h->info.mdts_bytes = p->mdts_bytes;
+        }
+        uint32_t dw0 = 0, n = h->nioq - 1;
+        rc = admin_cmd(&p->admin, ADM_SET_FEATURES, 0, 0x07, n | n << 16, NULL, 0, &dw0);
+        if (!rc && SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1 < h->nioq)
             rc = srrs_err(-ENOSPC, "nvmf host: target grants only %u I/O queues",
                           SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1);
     }
     if (!rc) {
         memset(id, 0, 4096);
-        rc = admin_cmd(&h->admin, ADM_IDENTIFY, 1, 0, 0, id, 4096, NULL);
-        if (!rc) {
-            uint64_t nsze;
-            memcpy(&nsze, id, 8);
-            uint8_t lbads = id[130 + 4 * (id[26] & 0xf)];
-            if (!nsze || lbads < 9 || lbads > 12)
-                rc = srrs_err(-ENODEV, "nvmf host: namespace 1 is not active");
-            h->info.block_size = 1u << (lbads & 31);
-            h->info.size = nsze * h->info.block_size;
+        rc = admin_cmd(&p->admin, ADM_IDENTIFY, 1, 0, 0, id, 4096, NULL);
+    }
+    if (!rc) {
+        uint64_t nsze;
+        memcpy(&nsze, id, 8);
+        uint8_t lbads = id[130 + 4 * (id[26] & 0xf)];
+        if (!nsze || lbads < 9 || lbads > 12)
+            rc = srrs_err(-ENODEV, "nvmf host: namespace 1 is not active at %s:%d", p->addr,
+                          p->port);
+        uint32_t bs = 1u << (lbads & 31);
+        memcpy(&p->anagrpid, id + 92, 4);
+        if (!rc && first) {
+            h->info.block_size = bs;
+            h->info.size = nsze * bs;
+            memcpy(h->nguid, id + 104, 16);
+        } else if (!rc && (bs != h->info.block_size || nsze * bs != h->info.size ||
+                           memcmp(h->nguid, id + 104, 16))) {
+            rc = srrs_err(-EINVAL, "nvmf host: %s:%d serves another namespace (NGUID, size or "
+                          "block size differ): not a path to the same one", p->addr, p->port);
         }
     }
     free(id);
+    int ana = ANA_OPTIMIZED;
+    if (!rc && p->anagrpid)
+        rc = read_ana(p, &ana);
     if (!rc) {
-        h->ioq = calloc(o->nqueues, sizeof(*h->ioq));
-        if (!h->ioq)
-            rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
+        uint64_t w = atomic_load(&p->ana_word);
+        atomic_store(&p->ana_word, ((w >> 8) + 1) << 8 | (uint8_t)ana);
     }
-    for (uint32_t i = 0; !rc && i < o->nqueues; i++) {
-        struct hq *q = &h->ioq[i];
-        q->fd = -1;
-        h->nioq++;
-        rc = q_open(h, q);
+    struct hq *ioq = NULL;
+    if (!rc && !(ioq = calloc(h->nioq, sizeof(*ioq))))
+        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
+    for (uint32_t i = 0; ioq && i < h->nioq; i++)
+        ioq[i].fd = -1;
+    for (uint32_t i = 0; !rc && i < h->nioq; i++) {
+        struct hq *q = &ioq[i];
+        rc = q_open(p, q, to);
         if (!rc) {
-            rc = q_connect(h, q, (uint16_t)(i + 1), qsize, h->info.cntlid, 0);
+            rc = q_connect(h, q, (uint16_t)(i + 1), qsize, p->cntlid, 0);
             rc = rc > 0 ? 0 : rc;
         }
         if (!rc) {
@@ -505,16 +666,81 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
             fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
         }
     }
-    if (!rc && h->nioq >= 2) {
-        h->epfd = epoll_create1(EPOLL_CLOEXEC);
-        for (uint32_t i = 0; h->epfd >= 0 && i < h->nioq; i++) {
-            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &h->ioq[i]};
-            if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->ioq[i].fd, &ev)) {
-                close(h->epfd); /* fall back to a recv per queue */
-                h->epfd = -1;
-            }
+    if (rc) {
+        ioq_free(ioq, h->nioq);
+        return rc;
+    }
+    /* From here the admin queue only answers the monitor's ANA reads. */
+    struct timeval tv = {H_PROBE_TIMEOUT_MS / 1000, (H_PROBE_TIMEOUT_MS % 1000) * 1000};
+    setsockopt(p->admin.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(p->admin.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    *ioq_out = ioq;
+    return 0;
+}
+
+static int ioq_watch(struct srrs_nvmf_host *h, struct hq *ioq)
+{
+    for (uint32_t i = 0; i < h->nioq; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &ioq[i]};
+        if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, ioq[i].fd, &ev))
+            return srrs_err(-errno, "nvmf host: epoll_ctl: %s", strerror(errno));
+        ioq[i].rx_ready = true;
+    }
+    return 0;
+}
+
+static void ioq_unwatch(struct srrs_nvmf_host *h, struct hq *ioq)
+{
+    for (uint32_t i = 0; i < h->nioq; i++)
+        if (ioq[i].fd >= 0)
+            epoll_ctl(h->epfd, EPOLL_CTL_DEL, ioq[i].fd, NULL);
+}
+
+/* Control thread: connect path p now (it stays down when that fails). */
+static int path_connect(struct hpath *p, bool first)
+{
+    struct srrs_nvmf_host *h = p->h;
+    struct hq *ioq = NULL;
+    int rc = path_setup(p, first, h->o.timeout_ms, &ioq);
+    if (!rc) {
+        rc = ioq_watch(h, ioq);
+        if (rc) {
+            ioq_unwatch(h, ioq);
+            ioq_free(ioq, h->nioq);
         }
     }
+    if (rc)
+        return rc;
+    if (!first && p->mdts_bytes < h->info.mdts_bytes)
+        h->info.mdts_bytes = p->mdts_bytes;
+    p->ioq = ioq;
+    h->nlive_q += h->nioq;
+    atomic_store(&p->state, P_LIVE);
+    return 0;
+}
+
+int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf_host **out)
+{
+    if (!o || !o->addr || !o->subnqn || !out || o->nqueues < 1 || o->nqueues > NVMF_MAX_IOQ ||
+        o->qsize < 2 || o->qsize > 1024)
+        return srrs_err(-EINVAL, "nvmf host: need addr, subnqn, 1..64 queues of 2..1024 entries");
+    if (o->path_timeout_ms > 3600u * 1000)
+        return srrs_err(-EINVAL, "nvmf host: path timeout above one hour");
+    struct srrs_nvmf_host *h = host_new(o->addr, o->port, o->subnqn, o->hostnqn, o->timeout_ms);
+    if (!h)
+        return srrs_err(-ENOMEM, "nvmf host: out of memory");
+    int to = h->o.timeout_ms;
+    h->o = *o;
+    h->o.timeout_ms = to;
+    h->o.addr = h->o.subnqn = h->o.hostnqn = NULL; /* copies live in h and its paths */
+    h->nioq = o->nqueues;
+    h->qsize = o->qsize;
+    h->mp = o->path_timeout_ms > 0;
+    h->path_timeout_ticks = srrs_us_to_ticks((uint64_t)o->path_timeout_ms * 1000);
+    h->epfd = epoll_create1(EPOLL_CLOEXEC);
+    int rc = h->epfd < 0 ? srrs_err(-errno, "nvmf host: epoll_create1: %s", strerror(errno)) : 0;
+    if (!rc)
+        rc = path_connect(&h->paths[0], true);
     if (rc) {
         host_free(h);
         return rc;
@@ -524,10 +750,60 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
     return 0;
 }
 
+int srrs_nvmf_host_add_path(struct srrs_nvmf_host *h, const char *addr, int port)
+{
+    if (!h || !addr || port <= 0 || port > 65535)
+        return srrs_err(-EINVAL, "nvmf host: add path: need an address and a port");
+    if (!h->mp)
+        return srrs_err(-EINVAL, "nvmf host: several paths need a path timeout (multipath)");
+    if (h->npaths >= H_MAX_PATHS)
+        return srrs_err(-ENOSPC, "nvmf host: at most %d paths", H_MAX_PATHS);
+    for (uint32_t i = 0; i < h->npaths; i++)
+        if (h->paths[i].port == port && !strcmp(h->paths[i].addr, addr))
+            return srrs_err(-EEXIST, "nvmf host: %s:%d is already a path", addr, port);
+    struct hpath *p = &h->paths[h->npaths];
+    path_init(h, p, addr, port);
+    int rc = path_connect(p, false);
+    if (rc == -EINVAL || rc == -ENOMEM) {
+        q_close(&p->admin);
+        return rc;
+    }
+    h->npaths++;
+    return rc ? 1 : 0;
+}
+
 int srrs_nvmf_host_get_info(struct srrs_nvmf_host *h, struct srrs_nvmf_host_info *out)
 {
     *out = h->info;
+    out->npaths = h->npaths;
+    out->failovers = h->failovers;
+    out->path_timeouts = h->path_timeouts;
+    out->max_wait_us = (double)srrs_ticks_to_ns(h->max_wait_ticks) / 1000.0;
     return 0;
+}
+
+int srrs_nvmf_host_path_info(struct srrs_nvmf_host *h, struct srrs_nvmf_path_info *out, int max)
+{
+    if (!h || max < 0)
+        return srrs_err(-EINVAL, "nvmf host: bad arguments");
+    for (uint32_t i = 0; i < h->npaths && (int)i < max; i++) {
+        struct hpath *p = &h->paths[i];
+        struct srrs_nvmf_path_info *d = &out[i];
+        memset(d, 0, sizeof(*d));
+        snprintf(d->addr, sizeof(d->addr), "%s", p->addr);
+        d->port = p->port;
+        d->cntlid = p->cntlid;
+        d->live = atomic_load(&p->state) == P_LIVE;
+        d->ana = path_ana(p);
+        d->ios = p->ios;
+        d->bytes = p->bytes;
+        d->path_errors = p->path_errors;
+        d->drops = p->drops;
+        d->reconnects = p->reconnects;
+        d->resubmitted = p->resubmitted;
+        d->errors = p->errors;
+    }
+    return (int)h->npaths;
 }
 
 void srrs_nvmf_host_disconnect(struct srrs_nvmf_host **ph)
@@ -535,8 +811,11 @@ void srrs_nvmf_host_disconnect(struct srrs_nvmf_host **ph)
     struct srrs_nvmf_host *h = ph ? *ph : NULL;
     if (!h)
         return;
-    if (h->admin.fd >= 0)
-        prop(&h->admin, true, PROP_CC, 1u | 1u << 14 | 6u << 16 | 4u << 20, false, NULL);
+    for (uint32_t i = 0; i < h->npaths; i++) {
+        struct hpath *p = &h->paths[i];
+        if (p->admin.fd >= 0 && atomic_load(&p->state) == P_LIVE)
+            prop(&p->admin, true, PROP_CC, 1u | 1u << 14 | 6u << 16 | 4u << 20, false, NULL);
+    }
     host_free(h);
     *ph = NULL;
 }
@@ -549,13 +828,14 @@ int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t 
     struct srrs_nvmf_host *h = host_new(addr, port, NVMF_DISCOVERY_NQN, hostnqn, timeout_ms);
     if (!h)
         return srrs_err(-ENOMEM, "nvmf discover: out of memory");
-    int rc = q_open(h, &h->admin);
+    struct hq *a = &h->paths[0].admin;
+    int rc = q_open(&h->paths[0], a, h->o.timeout_ms);
     if (!rc) {
-        rc = q_connect(h, &h->admin, 0, 32, 0xFFFF, 0);
+        rc = q_connect(h, a, 0, 32, 0xFFFF, 0);
         rc = rc > 0 ? 0 : rc;
     }
     if (!rc)
-        rc = enable_ctrlr(&h->admin, h->o.timeout_ms);
+        rc = enable_ctrlr(a, h->o.timeout_ms);
     uint32_t len = 1024u * (uint32_t)(max + 1);
     uint8_t *log = calloc(1, len);
     if (!log)
@@ -563,8 +843,8 @@ int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t 
     uint64_t numrec = 0;
     if (!rc) {
         uint32_t numd = len / 4 - 1;
-        rc = admin_cmd(&h->admin, ADM_GET_LOG_PAGE, 0, 0x70 | (numd & 0xffff) << 16, numd >> 16,
-                       log, len, NULL);
+        rc = admin_cmd(a, ADM_GET_LOG_PAGE, 0, 0x70 | (numd & 0xffff) << 16, numd >> 16, log, len,
+                       NULL);
     }
     if (!rc) {
         memcpy(&numrec, log + 8, 8);
@@ -595,6 +875,7 @@ static void hreq_finish(struct hq *q, struct hreq *r)
 {
     struct srrs_nvmf_host *h = q->h;
     r->next = NULL;
+    r->queued = true;
     if (h->done_tail)
         h->done_tail->next = r;
     else
@@ -602,24 +883,196 @@ static void hreq_finish(struct hq *q, struct hreq *r)
     h->done_tail = r;
 }
 
+static inline bool path_usable(struct hpath *p)
+{
+    return atomic_load_explicit(&p->state, memory_order_relaxed) == P_LIVE && !p->failing;
+}
+
+/* The next live path in round-robin order whose ANA state is optimized (else
+ * non-optimized), or NULL. */
+static struct hpath *path_pick(struct srrs_nvmf_host *h)
+{
+    struct hpath *alt = NULL;
+    for (uint32_t k = 0; k < h->npaths; k++) {
+        uint32_t i = h->rr + k;
+        struct hpath *p = &h->paths[i >= h->npaths ? i - h->npaths : i];
+        if (!path_usable(p))
+            continue;
+        uint8_t ana = path_ana(p);
+        if (ana == ANA_OPTIMIZED) {
+            alt = p;
+            break;
+        }
+        if (ana == ANA_NON_OPTIMIZED && !alt)
+            alt = p;
+    }
+    if (alt)
+        h->rr = alt->idx + 1 >= h->npaths ? 0 : alt->idx + 1;
+    return alt;
+}
+
+/* Path Related Status (SCT 3) without Do Not Retry: another path may serve it. */
+static inline bool nvme_path_error(uint16_t st)
+{
+    return ((st >> 8) & 7) == 3 && !(st & NVME_DNR);
+}
+
+/* An I/O answered with a path error says the path's ANA state before the
+ * monitor's next log read does: stop sending there now. */
+static void path_mark_ana(struct hpath *p, uint16_t st)
+{
+    uint8_t sc = st & 0xff;
+    uint8_t ana = sc == 0x01 ? ANA_PERSISTENT_LOSS : sc == 0x03 ? ANA_CHANGE : ANA_INACCESSIBLE;
+    uint64_t w = atomic_load_explicit(&p->ana_word, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak(&p->ana_word, &w, ((w >> 8) + 1) << 8 | ana))
+        ;
+}
+
+static void wait_push(struct srrs_nvmf_host *h, struct srrs_bench_req *b, uint64_t now)
+{
+    if (!b->mp_t0)
+        b->mp_t0 = now;
+    b->mp_next = NULL;
+    if (h->wait_tail)
+        h->wait_tail->mp_next = b;
+    else
+        h->wait_head = b;
+    h->wait_tail = b;
+}
+
+/* Ticks since t0; 0 when t0 is later than now (taken after a caller's `now`). */
+static inline uint64_t ticks_since(uint64_t t0, uint64_t now)
+{
+    return now > t0 ? now - t0 : 0;
+}
+
+static void mp_complete(struct srrs_nvmf_host *h, struct srrs_bench_req *b, int st, uint64_t now)
+{
+    if (b->mp_t0) {
+        if (ticks_since(b->mp_t0, now) > h->max_wait_ticks)
+            h->max_wait_ticks = ticks_since(b->mp_t0, now);
+        b->mp_t0 = 0;
+    }
+    srrs_bench_req_done(b, st);
+}
+
+static int hq_submit(struct hq *q, struct srrs_bench_req *b);
+
+/* I/Os waiting for a path: resubmit on a usable one, or fail those that have
+ * waited path_timeout_ms. */
+static int wait_run(struct srrs_nvmf_host *h, uint64_t now)
+{
+    struct srrs_bench_req *b = h->wait_head, *kh = NULL, *kt = NULL;
+    h->wait_head = h->wait_tail = NULL;
+    int n = 0;
+    while (b) {
+        struct srrs_bench_req *next = b->mp_next;
+        struct hpath *p = path_pick(h);
+        if (p && !hq_submit(&p->ioq[b->slot % h->nioq], b)) {
+            h->failovers++;
+            n++;
+        } else if (ticks_since(b->mp_t0, now) >= h->path_timeout_ticks) {
+            h->path_timeouts++;
+            mp_complete(h, b, -ETIMEDOUT, now);
+            n++;
+        } else {
+            b->mp_next = NULL;
+            if (kt)
+                kt->mp_next = b;
+            else
+                kh = b;
+            kt = b;
+        }
+        b = next;
+    }
+    if (kh) { /* the older ones first, then any pushed meanwhile */
+        kt->mp_next = h->wait_head;
+        if (!h->wait_head)
+            h->wait_tail = kt;
+        h->wait_head = kh;
+    }
+    return n;
+}
+
+/* Reactor: a lost path's queues are closed and freed; its monitor reconnects. */
+static void path_drop(struct hpath *p)
+{
+    struct srrs_nvmf_host *h = p->h;
+    if (p->ioq) {
+        ioq_unwatch(h, p->ioq);
+        ioq_free(p->ioq, h->nioq);
+        p->ioq = NULL;
+        h->nlive_q -= h->nioq;
+    }
+    p->failing = false;
+    p->drops++;
+    atomic_store(&p->drop_req, 0);
+    atomic_store(&p->state, P_DOWN);
+}
+
 static int host_deliver(void *ctx)
 {
     struct srrs_nvmf_host *h = ctx;
-    struct hreq *r = h->done_head;
     int n = 0;
+    uint64_t now = srrs_ticks();
+    if (h->mp) {
+        /* One broken queue (or a dead admin queue) takes the whole path down:
+         * every command in flight on it goes to the wait list below. */
+        for (uint32_t i = 0; i < h->npaths; i++) {
+            struct hpath *p = &h->paths[i];
+            if (atomic_load_explicit(&p->state, memory_order_relaxed) != P_LIVE)
+                continue;
+            if (atomic_load_explicit(&p->drop_req, memory_order_relaxed))
+                p->failing = true;
+            for (uint32_t k = 0; p->failing && k < h->nioq; k++)
+                hq_fail(&p->ioq[k], "path lost");
+        }
+    }
+    struct hreq *r = h->done_head;
     h->done_head = h->done_tail = NULL;
     while (r) {
         struct hreq *next = r->next;
         struct hq *q = r->q;
+        struct hpath *p = q->p;
         struct srrs_bench_req *b = r->breq;
         int st = r->status;
+        bool lost = r->lost, path_err = nvme_path_error(r->nvme);
+        uint16_t nvme = r->nvme;
         r->busy = false;
+        r->lost = false;
+        r->queued = false;
         r->breq = NULL;
         r->next = q->free;
         q->free = r;
-        srrs_bench_req_done(b, st);
+        if (h->mp && (lost || path_err)) {
+            p->resubmitted++;
+            if (path_err) {
+                p->path_errors++;
+                path_mark_ana(p, nvme);
+            }
+            wait_push(h, b, now);
+        } else {
+            if (st)
+                p->errors++;
+            else {
+                p->ios++;
+                p->bytes += b->len;
+            }
+            mp_complete(h, b, st, now);
+        }
         r = next;
         n++;
+    }
+    if (h->mp) {
+        for (uint32_t i = 0; i < h->npaths; i++)
+            if (h->paths[i].failing) {
+                path_drop(&h->paths[i]);
+                n++;
+            }
+        if (h->wait_head) {
+            wait_run(h, srrs_ticks());
+            n++; /* keep polling: paths come back without an fd event */
+        }
     }
     return n;
 }
@@ -688,15 +1141,20 @@ static void hq_fail(struct hq *q, const char *why)
         return;
     q->broken = true;
     q->tx_head = q->tx_tail = NULL;
+    q->tx_off = 0;
     q->h->err = -EIO;
+    q->p->failing = q->h->mp; /* multipath: the path is dropped at the next delivery */
     for (uint32_t i = 0; i < q->nslots; i++) {
         struct hreq *r = &q->slots[i];
-        if (r->busy) {
+        if (!r->busy || r->queued)
+            continue; /* free, or completed and waiting for delivery */
+        if (!r->done_wait) { /* no response: whether it ran is unknown */
             r->status = -EIO;
-            r->tx_pending = 0;
-            r->done_wait = false;
-            hreq_finish(q, r);
+            r->lost = true;
         }
+        r->tx_pending = 0;
+        r->done_wait = false;
+        hreq_finish(q, r);
     }
     (void)why;
 }
@@ -716,10 +1174,9 @@ static void hpdu_set(struct hq *q, struct tx_pdu *p, struct hreq *r, uint8_t *h,
     htx_queue(q, p);
 }
 
-static int host_submit(void *ctx, struct srrs_bench_req *b)
+static int hq_submit(struct hq *q, struct srrs_bench_req *b)
 {
-    struct srrs_nvmf_host *h = ctx;
-    struct hq *q = &h->ioq[b->slot % h->nioq];
+    struct srrs_nvmf_host *h = q->h;
     struct hreq *r = q->free;
     if (!r)
         return -EAGAIN;
@@ -727,6 +1184,8 @@ static int host_submit(void *ctx, struct srrs_bench_req *b)
     r->busy = true;
     r->breq = b;
     r->status = 0;
+    r->nvme = 0;
+    r->lost = false;
     r->tx_pending = 0;
     r->done_wait = false;
     if (q->broken) {
@@ -749,11 +1208,25 @@ static int host_submit(void *ctx, struct srrs_bench_req *b)
     sqe->cdw11 = (uint32_t)(slba >> 32);
     sqe->cdw12 = b->len / bs - 1;
     sqe->sgl.len = b->len;
-    bool incap = r->write && b->len <= h->info.ioccsz_bytes;
+    bool incap = r->write && b->len <= q->p->ioccsz_bytes;
     sqe->sgl.type = incap ? SGL_DATA_BLOCK_OFFSET : SGL_TRANSPORT_DATA_BLOCK;
     uint32_t hl = seal(q->hdgst, q->ddgst, r->h_cmd, PDU_CMD, 0, PDU_CMD_HLEN, incap ? b->len : 0);
     hpdu_set(q, &r->tx_cmd, r, r->h_cmd, hl, incap ? b->buf : NULL, incap ? b->len : 0);
     return 0;
+}
+
+static int host_submit(void *ctx, struct srrs_bench_req *b)
+{
+    struct srrs_nvmf_host *h = ctx;
+    b->mp_t0 = 0;
+    if (!h->mp)
+        return hq_submit(&h->paths[0].ioq[b->slot % h->nioq], b);
+    struct hpath *p = path_pick(h);
+    if (!p) { /* no usable path now: wait for one (the job counts it in flight) */
+        wait_push(h, b, srrs_ticks());
+        return 0;
+    }
+    return hq_submit(&p->ioq[b->slot % h->nioq], b);
 }
 
 static void h_rx_next(struct hq *q)
@@ -807,8 +1280,10 @@ static void h_hdr_done(struct hq *q)
         memcpy(&cqe, q->hdr + PDU_CH_LEN, sizeof(cqe));
         h_rx_next(q);
         struct hreq *r = h_req(q, cqe.cid);
-        if (r)
-            hreq_done(q, r, cqe.status >> 1 ? -EIO : r->status);
+        if (r) {
+            r->nvme = cqe.status >> 1;
+            hreq_done(q, r, r->nvme ? -EIO : r->status);
+        }
         return;
     }
     case PDU_C2H_DATA: {
@@ -933,7 +1408,7 @@ static int hq_rx(struct hq *q)
         if (n > 0) {
             work = 1;
             drained = (size_t)n < want; /* parse this, then stop for this poll */
-            if (drained && q->h->epfd >= 0)
+            if (drained)
                 q->rx_ready = false;
             if (direct) {
                 if (q->ddgst)
@@ -953,7 +1428,7 @@ static int hq_rx(struct hq *q)
         }
         if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
             hq_fail(q, "connection lost");
-        else if (q->h->epfd >= 0)
+        else
             q->rx_ready = false;
         break;
     }
@@ -964,20 +1439,26 @@ static int host_poll(void *ctx)
 {
     struct srrs_nvmf_host *h = ctx;
     int work = 0;
-    if (h->epfd >= 0) {
+    bool ep = h->nlive_q > 1;
+    if (ep) {
         struct epoll_event evs[NVMF_MAX_IOQ];
         int n = epoll_wait(h->epfd, evs, NVMF_MAX_IOQ, 0);
         for (int i = 0; i < n; i++)
             ((struct hq *)evs[i].data.ptr)->rx_ready = true;
     }
-    for (uint32_t i = 0; i < h->nioq; i++) {
-        struct hq *q = &h->ioq[i];
-        work += hq_flush(q);
-        if (h->epfd < 0 || q->rx_ready || q->rhead < q->rtail)
-            work += hq_rx(q);
-        work += hq_flush(q);
-        if (q->tx_head)
-            work++; /* keep polling: the socket is only watched for input */
+    for (uint32_t k = 0; k < h->npaths; k++) {
+        struct hpath *p = &h->paths[k];
+        if (atomic_load_explicit(&p->state, memory_order_relaxed) != P_LIVE)
+            continue;
+        for (uint32_t i = 0; i < h->nioq; i++) {
+            struct hq *q = &p->ioq[i];
+            work += hq_flush(q);
+            if (!ep || q->rx_ready || q->rhead < q->rtail)
+                work += hq_rx(q);
+            work += hq_flush(q);
+            if (q->tx_head)
+                work++; /* keep polling: the socket is only watched for input */
+        }
     }
     return work;
 }
@@ -988,49 +1469,151 @@ static int wake_noop(void *arg)
     return 0;
 }
 
+/* ---- path monitors (one thread per path while a job runs) ------------------- */
+
+/* Reactor: a reconnected path's queues take over. */
+static void path_install_fn(void *arg)
+{
+    struct hpath *p = arg;
+    struct srrs_nvmf_host *h = p->h;
+    struct hq *ioq = p->next_ioq;
+    p->next_ioq = NULL;
+    if (ioq_watch(h, ioq)) {
+        ioq_unwatch(h, ioq);
+        ioq_free(ioq, h->nioq);
+        atomic_store(&p->installing, 0);
+        return;
+    }
+    p->ioq = ioq;
+    p->failing = false;
+    p->reconnects++;
+    h->nlive_q += h->nioq;
+    atomic_store(&p->state, P_LIVE);
+    atomic_store(&p->installing, 0);
+}
+
+static void path_reconnect(struct hpath *p)
+{
+    struct srrs_nvmf_host *h = p->h;
+    struct hq *ioq = NULL;
+    int rc = path_setup(p, false, SRRS_MIN(h->o.timeout_ms, H_PROBE_TIMEOUT_MS), &ioq);
+    if (!rc && p->mdts_bytes < h->info.mdts_bytes) {
+        ioq_free(ioq, h->nioq);
+        rc = -EINVAL;
+    }
+    if (rc) {
+        q_close(&p->admin);
+        p->backoff_ms = p->backoff_ms ? SRRS_MIN(2 * p->backoff_ms, H_BACKOFF_MAX_MS)
+                                      : H_BACKOFF_MIN_MS;
+        p->next_try_ns = srrs_now_ns() + (uint64_t)p->backoff_ms * 1000000;
+        return;
+    }
+    p->backoff_ms = 0;
+    p->next_ioq = ioq;
+    atomic_store(&p->installing, 1);
+    while ((rc = srrs_reactor_send(h->reactor, path_install_fn, p)) == -EAGAIN)
+        usleep(100);
+    if (rc) { /* the reactor has stopped: the job is over */
+        p->next_ioq = NULL;
+        ioq_free(ioq, h->nioq);
+        atomic_store(&p->installing, 0);
+    }
+}
+
+static void *path_monitor(void *arg)
+{
+    struct hpath *p = arg;
+    struct srrs_nvmf_host *h = p->h;
+    uint64_t next_ana = 0;
+    while (!atomic_load(&h->mon_stop)) {
+        uint64_t now = srrs_now_ns();
+        int st = atomic_load(&p->state);
+        if (st == P_DOWN && !atomic_load(&p->installing) && now >= p->next_try_ns) {
+            path_reconnect(p);
+        } else if (st == P_LIVE && !atomic_load(&p->drop_req) && p->admin.fd >= 0 &&
+                   now >= next_ana) {
+            next_ana = now + H_ANA_POLL_MS * 1000000ull;
+            uint64_t w = atomic_load(&p->ana_word);
+            int ana = 0;
+            if (read_ana(p, &ana)) {
+                /* No answer from the controller: take the path down (its I/O
+                 * queues may be stuck as well); it is reconnected from scratch. */
+                q_close(&p->admin);
+                atomic_store(&p->drop_req, 1);
+            } else {
+                /* Unless an I/O reported a path error since the read began. */
+                atomic_compare_exchange_strong(&p->ana_word, &w, (w & ~0xffull) | (uint8_t)ana);
+            }
+        }
+        usleep(10000);
+    }
+    return NULL;
+}
+
+static void monitors_start(struct srrs_nvmf_host *h)
+{
+    atomic_store(&h->mon_stop, 0);
+    for (uint32_t i = 0; i < h->npaths; i++) {
+        struct hpath *p = &h->paths[i];
+        p->next_try_ns = 0;
+        p->thread_on = !pthread_create(&p->thread, NULL, path_monitor, p);
+    }
+}
+
+static void monitors_stop(struct srrs_nvmf_host *h)
+{
+    atomic_store(&h->mon_stop, 1);
+    for (uint32_t i = 0; i < h->npaths; i++)
+        if (h->paths[i].thread_on) {
+            pthread_join(h->paths[i].thread, NULL);
+            h->paths[i].thread_on = false;
+        }
+}
+
+/* ---- the job ------------------------------------------------------------------ */
+
 static void host_watch_fn(void *arg)
 {
     /* The reactor's adaptive sleep must wake on our sockets. */
     struct srrs_nvmf_host *h = arg;
     struct srrs_reactor *r = srrs_reactor_self();
     h->done_head = h->done_tail = NULL;
+    h->wait_head = h->wait_tail = NULL;
     h->deliver = srrs_poller_register(r, host_deliver, h, 0);
-    for (uint32_t i = 0; i < h->nioq; i++)
-        h->ioq[i].rx_ready = true;
-    if (h->epfd >= 0) {
-        struct hq *q0 = &h->ioq[0];
-        q0->wake = srrs_poller_register(r, wake_noop, q0, 0);
-        if (q0->wake)
-            srrs_poller_set_fd(q0->wake, h->epfd, EPOLLIN, false);
-        return;
-    }
-    for (uint32_t i = 0; i < h->nioq; i++) {
-        struct hq *q = &h->ioq[i];
-        q->wake = srrs_poller_register(r, wake_noop, q, 0);
-        if (q->wake)
-            srrs_poller_set_fd(q->wake, q->fd, EPOLLIN, false);
-    }
+    for (uint32_t k = 0; k < h->npaths; k++)
+        for (uint32_t i = 0; h->paths[k].ioq && i < h->nioq; i++)
+            h->paths[k].ioq[i].rx_ready = true;
+    h->wake = srrs_poller_register(r, wake_noop, h, 0);
+    if (h->wake)
+        srrs_poller_set_fd(h->wake, h->epfd, EPOLLIN, false);
 }
 
 static void host_unwatch_fn(void *arg)
 {
     struct srrs_nvmf_host *h = arg;
-    for (uint32_t i = 0; i < h->nioq; i++)
-        srrs_poller_unregister(&h->ioq[i].wake);
+    srrs_poller_unregister(&h->wake);
     /* The job ended with nothing in flight; never hand it anything now. */
     for (struct hreq *r = h->done_head; r; r = r->next) {
         r->busy = false;
+        r->queued = false;
         r->breq = NULL;
     }
     h->done_head = h->done_tail = NULL;
-    for (uint32_t i = 0; i < h->nioq; i++) {
-        struct hq *q = &h->ioq[i];
-        q->free = NULL;
-        for (uint32_t k = q->nslots; k-- > 0;)
-            if (!q->slots[k].busy) {
-                q->slots[k].next = q->free;
-                q->free = &q->slots[k];
-            }
+    h->wait_head = h->wait_tail = NULL;
+    for (uint32_t k = 0; k < h->npaths; k++) {
+        struct hpath *p = &h->paths[k];
+        if (h->mp && atomic_load(&p->state) == P_LIVE &&
+            (p->failing || atomic_load(&p->drop_req)))
+            path_drop(p);
+        for (uint32_t i = 0; p->ioq && i < h->nioq; i++) {
+            struct hq *q = &p->ioq[i];
+            q->free = NULL;
+            for (uint32_t s = q->nslots; s-- > 0;)
+                if (!q->slots[s].busy) {
+                    q->slots[s].next = q->free;
+                    q->free = &q->slots[s];
+                }
+        }
     }
     srrs_poller_unregister(&h->deliver);
 }
@@ -1041,8 +1624,8 @@ int srrs_nvmf_host_bench(struct srrs_core *core, int reactor, struct srrs_nvmf_h
     struct srrs_reactor *r = srrs_core_reactor(core, reactor);
     if (!r || !h)
         return srrs_err(-EINVAL, "nvmf bench: bad reactor or host");
-    for (uint32_t i = 0; i < h->nioq; i++)
-        if (h->ioq[i].broken)
+    for (uint32_t i = 0; !h->mp && i < h->nioq; i++)
+        if (h->paths[0].ioq[i].broken)
             return srrs_err(-EIO, "nvmf bench: queue %u is broken", i + 1);
     uint32_t maxlen = SRRS_MAX(opts->bs, opts->bs_max);
     if (maxlen > h->info.mdts_bytes)
@@ -1050,13 +1633,18 @@ int srrs_nvmf_host_bench(struct srrs_core *core, int reactor, struct srrs_nvmf_h
                         h->info.mdts_bytes);
     struct srrs_bench_target t = {.size = h->info.size, .block_size = h->info.block_size,
                                   .ctx = h, .submit = host_submit, .poll = host_poll};
+    h->reactor = r;
     srrs_reactor_call(r, host_watch_fn, h);
-    if (!h->deliver) {
+    if (!h->deliver || !h->wake) {
         srrs_reactor_call(r, host_unwatch_fn, h);
         return srrs_err(-ENOMEM, "nvmf bench: cannot register a poller");
     }
     h->err = 0;
+    if (h->mp)
+        monitors_start(h);
     int rc = srrs_bench_run(r, &t, opts, out);
+    if (h->mp)
+        monitors_stop(h);
     srrs_reactor_call(r, host_unwatch_fn, h);
     return rc;
 }

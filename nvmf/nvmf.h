@@ -111,6 +111,11 @@ struct srrs_nvmf_host_opts {
     int ddgst;
     uint32_t kato_ms;           /* 0: no keep-alive (this initiator never sends Keep Alive) */
     int timeout_ms;             /* for each setup step */
+    uint32_t path_timeout_ms;   /* multipath: an I/O that lost its path (connection lost, or
+                                 * a path-related status without DNR) is resubmitted on another
+                                 * path; a lost path is reconnected in the background; the I/O
+                                 * fails only after this long without a usable path.
+                                 * 0: no retry, no reconnection (an I/O fails at once). */
 };
 
 struct srrs_nvmf_host_info {
@@ -124,14 +129,48 @@ struct srrs_nvmf_host_info {
     uint32_t maxh2cdata;
     char sn[21];
     char mn[41];
+    uint32_t npaths;            /* paths (controllers of the subsystem) */
+    uint64_t failovers;         /* I/Os resubmitted on another path */
+    uint64_t path_timeouts;     /* I/Os failed: no usable path within path_timeout_ms */
+    double max_wait_us;         /* longest an I/O took from losing its path to completing */
+};
+
+struct srrs_nvmf_path_info {
+    char addr[64];
+    int port;
+    uint16_t cntlid;
+    int32_t live;               /* 1: connected; 0: down, reconnecting during a job */
+    int32_t ana;                /* last known ANA state: 1 optimized, 2 non-optimized,
+                                 * 3 inaccessible, 4 persistent loss, 15 change */
+    uint64_t ios;               /* I/Os completed successfully on this path */
+    uint64_t bytes;
+    uint64_t path_errors;       /* completions with a path-related status (SCT 3, no DNR) */
+    uint64_t drops;             /* connection losses */
+    uint64_t reconnects;        /* successful background reconnections */
+    uint64_t resubmitted;       /* I/Os moved off this path (path error or connection loss) */
+    uint64_t errors;            /* I/Os failed on this path with another status */
 };
 
 /* control. Connects admin + nqueues I/O queues (blocking, with timeouts),
  * enables the controller and identifies namespace 1. */
 int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *opts, struct srrs_nvmf_host **out);
 int srrs_nvmf_host_get_info(struct srrs_nvmf_host *h, struct srrs_nvmf_host_info *out);
+/* control. Adds another controller of the same subsystem as a path (up to 8):
+ * its own admin queue and nqueues I/O queues; namespace 1 must have the same
+ * NGUID, size and block size. Returns 0 when connected, 1 when it could not
+ * connect now (kept as a down path, reconnected in the background while a
+ * job runs with path_timeout_ms > 0). -EINVAL (not the same namespace, or
+ * path_timeout_ms is 0), -ENOSPC (too many paths). */
+int srrs_nvmf_host_add_path(struct srrs_nvmf_host *h, const char *addr, int port);
+/* control (not while a job runs). Fills up to max path records, returns the count. */
+int srrs_nvmf_host_path_info(struct srrs_nvmf_host *h, struct srrs_nvmf_path_info *out, int max);
 /* control. Runs a load job (srrs_bench_run) on reactor `reactor` over the
- * host's I/O queues (request slot i uses queue i % nqueues). */
+ * host's I/O queues (request slot i uses queue i % nqueues). With several
+ * paths, each I/O goes to the next ANA-optimized live path (round-robin, like
+ * Linux iopolicy=round-robin; non-optimized ones only when no optimized one
+ * is usable). While the job runs, one monitor thread per path reads the
+ * path's ANA log every 100 ms on its admin queue and reconnects a lost path
+ * with backoff; no allocation and no thread hand-off per I/O. */
 int srrs_nvmf_host_bench(struct srrs_core *core, int reactor, struct srrs_nvmf_host *h,
                          const struct srrs_bench_opts *opts, struct srrs_bench_result *out);
 /* control. Discovery: connects to the discovery subsystem and fills up to

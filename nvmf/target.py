@@ -278,12 +278,25 @@ class NvmfTarget:
             return replace(self._cfg, listen=tuple(self._listeners), subsystems=tuple(subs))
 
 
+_ANA_NAMES = {1: "optimized", 2: "non-optimized", 3: "inaccessible", 4: "persistent-loss",
+              15: "change"}
+_PATH_FIELDS = ("port", "cntlid", "ios", "bytes", "path_errors", "drops", "reconnects",
+                "resubmitted", "errors")
+
+
 class NvmfHost:
-    """The C initiator: an admin queue plus `queues` I/O queues to one subsystem."""
+    """The C initiator: an admin queue plus `queues` I/O queues to one subsystem.
+
+    Multipath: with `path_timeout_ms` > 0, `add_path()` adds other controllers
+    of the subsystem; I/O goes round-robin to the ANA-optimized live paths, an
+    I/O whose path fails is resubmitted on another, a lost path reconnects in
+    the background, and an I/O fails only after `path_timeout_ms` without a
+    usable path (nvmf/nvmf.h)."""
 
     def __init__(self, addr: str, port: int, nqn: str, hostnqn: Optional[str] = None,
                  queues: int = 1, qsize: int = 128, header_digest: bool = False,
-                 data_digest: bool = False, kato_ms: int = 0, timeout_ms: int = 5000):
+                 data_digest: bool = False, kato_ms: int = 0, timeout_ms: int = 5000,
+                 path_timeout_ms: int = 0):
         o = ffi.new("struct srrs_nvmf_host_opts *")
         self._keep = [ffi.new("char[]", addr.encode()), ffi.new("char[]", nqn.encode()),
                       ffi.new("char[]", (hostnqn or DEFAULT_HOSTNQN).encode())]
@@ -295,6 +308,7 @@ class NvmfHost:
         o.ddgst = int(data_digest)
         o.kato_ms = kato_ms
         o.timeout_ms = timeout_ms
+        o.path_timeout_ms = path_timeout_ms
         pp = ffi.new("struct srrs_nvmf_host **")
         check(lib.srrs_nvmf_host_connect(o, pp), f"nvmf connect {addr}:{port} {nqn}")
         self._pp = pp
@@ -315,6 +329,31 @@ class NvmfHost:
     @property
     def block_size(self) -> int:
         return self.info["block_size"]
+
+    def add_path(self, addr: str, port: int) -> bool:
+        """Another controller of the subsystem; False when it could not be
+        reached now (kept, and reconnected in the background during a job)."""
+        return check(lib.srrs_nvmf_host_add_path(self.ptr, addr.encode(), port),
+                     f"nvmf add path {addr}:{port}") == 0
+
+    def paths(self) -> List[dict]:
+        """Per path: address, live, ANA state and counters since connect."""
+        out = ffi.new("struct srrs_nvmf_path_info[8]")
+        n = check(lib.srrs_nvmf_host_path_info(self.ptr, out, 8), "nvmf path info")
+        res = []
+        for i in range(min(n, 8)):
+            p = out[i]
+            d = {"addr": _s(p.addr), "live": bool(p.live),
+                 "ana": _ANA_NAMES.get(p.ana, str(p.ana))}
+            d.update({k: getattr(p, k) for k in _PATH_FIELDS})
+            res.append(d)
+        return res
+
+    def multipath_stats(self) -> dict:
+        info = ffi.new("struct srrs_nvmf_host_info *")
+        lib.srrs_nvmf_host_get_info(self.ptr, info)
+        return {"npaths": info.npaths, "failovers": info.failovers,
+                "path_timeouts": info.path_timeouts, "max_wait_us": info.max_wait_us}
 
     def verify_map(self) -> VerifyMap:
         return VerifyMap(self.size // self.block_size, self.block_size)

@@ -1,4 +1,7 @@
-"""`srrs demo`: runs, reports non-zero IOPS, exits 0, leaves no process or file."""
+"""`srrs demo`: a pair + witness under multipath load; runs, reports non-zero IOPS
+on every load and on both NVMe/TCP paths, exits 0, leaves no process or file;
+`--chaos` kills and restarts a controller and reports the failover with zero
+I/O errors."""
 
 from __future__ import annotations
 
@@ -15,46 +18,87 @@ from srrs.ctrl.rpc import RpcClient, RpcError
 
 from .helpers import SRRS, Tmux, bdev_row, srrs
 
+HAVE_NVMF = importlib.util.find_spec("srrs.nvmf.service") is not None
+
 
 def _leftovers(tmpdir: str, since: float) -> list:
-    """Processes of a demo: its controller (config in tmpdir), its vhost load (socket in
-    tmpdir) and its NVMe/TCP load (the NQN names the demo's srrs-demo-* directory)."""
+    """Processes of a demo: its controllers and witness (config or state in
+    tmpdir), its vhost load (socket in tmpdir) and its NVMe/TCP load (the NQN
+    names the demo's srrs-demo-* directory; the demo's processes inherit TMPDIR)."""
     procs = []
     for p in psutil.process_iter(["cmdline", "create_time"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             if p.info["create_time"] >= since - 1 and (tmpdir in cmd or "srrs-demo-" in cmd):
-                procs.append((p.pid, cmd))
+                # ours (not another run's on this machine): started with our TMPDIR
+                if tmpdir in cmd or p.environ().get("TMPDIR") == tmpdir:
+                    procs.append((p.pid, cmd))
         except psutil.Error:
             pass
     return [x for x in procs if "pytest" not in x[1]]
 
 
-def test_demo_duration_20(tmp_path):
+def _run_demo(tmp_path, *args, timeout=120):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = dict(os.environ, TMPDIR=str(tmpdir))
     since = time.time()
     t0 = time.monotonic()
-    r = srrs("demo", "--duration", "20", env=env, timeout=120)
+    r = srrs("demo", *args, env=env, timeout=timeout)
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    paths = re.findall(r"srrs demo: (\w+) .*: ([\d,]+) IOPS\s+([\d,.]+) MiB/s\s+lat p50 (\d+) us"
-                       r"\s+p99 (\d+) us.*errors 0", r.stdout)
-    assert paths, r.stdout
-    for kind, iops, mibps, p50, p99 in paths:
+    loads = re.findall(r"srrs demo: (\w+) .*: ([\d,]+) IOPS\s+([\d,.]+) MiB/s\s+lat p50 (\d+) us"
+                       r"\s+p99 (\d+) us.*errors (\d+)", r.stdout)
+    assert loads, r.stdout
+    for kind, iops, mibps, p50, p99, errors in loads:
         assert int(iops.replace(",", "")) > 0 and float(mibps.replace(",", "")) > 0, kind
         assert 0 < int(p50) <= int(p99), kind
-    kinds = {p[0] for p in paths}
+        assert errors == "0", r.stdout
+    kinds = {x[0] for x in loads}
     for mod, kind in (("srrs.nvmf.service", "nvmf"), ("srrs.vhost.service", "vhost")):
         if importlib.util.find_spec(mod) is not None:
             assert kind in kinds, f"{kind} is built but the demo did not drive it"
-    assert "no I/O errors" in r.stdout
-    assert 20 <= took < 60, took
-    # progress lines while it ran (stdout is not a terminal here)
-    assert re.search(r"demo: [\d,]+ IOPS", r.stdout)
+    paths = {}
+    if HAVE_NVMF:  # multipath: both controllers carried I/O
+        for name, iops, rest in re.findall(r"path ([ab]) \S+ cntlid \d+: ([\d,]+) IOPS(.*)",
+                                           r.stdout):
+            paths[name] = (int(iops.replace(",", "")), rest)
+        assert set(paths) == {"a", "b"} and all(v[0] > 0 for v in paths.values()), r.stdout
+        assert all(v[1].endswith("errors 0") for v in paths.values()), r.stdout
+        assert "0 timed out; verified True" in r.stdout
+    assert "no I/O errors" in r.stdout and "pair a+b with witness" in r.stdout
+    # progress lines while it ran (stdout is not a terminal here): both
+    # controllers and the witness
+    assert re.search(r"^\S+ a: [\d,]+ IOPS", r.stdout, re.M)
+    assert re.search(r"^\S+ b: [\d,]+ IOPS", r.stdout, re.M)
+    assert re.search(r"^\S+ witness tcp://127.0.0.1:\d+: up", r.stdout, re.M)
     assert os.listdir(tmpdir) == []
     assert _leftovers(str(tmpdir), since) == []
+    return r, took, paths
+
+
+def test_demo_duration_20(tmp_path):
+    r, took, _ = _run_demo(tmp_path, "--duration", "20")
+    assert 20 <= took < 60, took
+    print(f"\n{r.stdout[r.stdout.index('srrs demo:'):]}")
+
+
+def test_demo_chaos(tmp_path):
+    """kill -9 of controller b under the multipath load: a serves alone, b comes
+    back, resyncs and is PAIRED again; zero I/O errors, nothing left behind."""
+    r, took, paths = _run_demo(tmp_path, "--duration", "25", "--chaos")
+    assert took < 45, took
+    m = re.search(r"failover 1: b killed \(kill -9\) at \+([\d.]+) s; a SOLO \(witness lease\) "
+                  r"after ([\d.]+) s; b restarted at \+([\d.]+) s, resync, PAIRED again at "
+                  r"\+([\d.]+) s", r.stdout)
+    assert m, r.stdout
+    killed, solo, restarted, paired = map(float, m.groups())
+    assert killed < restarted < paired < 25 and solo < 5
+    assert re.search(r"[1-9]\d* failovers? survived, no I/O errors", r.stdout)
+    if HAVE_NVMF:  # b's path dropped and came back; its I/O moved to a
+        assert re.search(r"path b .*connection drops [1-9]\d*\s+reconnects [1-9]", r.stdout)
+        assert re.search(r"path a .*connection drops 0", r.stdout)
+    print(f"\n{r.stdout[r.stdout.index('srrs demo:'):]}")
 
 
 def test_demo_console_quit_early(tmp_path):
@@ -64,9 +108,9 @@ def test_demo_console_quit_early(tmp_path):
     since = time.time()
     t = Tmux(tmp_path, ["env", f"TMPDIR={tmpdir}"] + SRRS + ["demo", "--duration", "60"])
     try:
-        s = t.wait_for(lambda s: "s left" in s and (bdev_row(s, "f0") or (0,))[0] > 0,
+        s = t.wait_for(lambda s: "s left" in s and (bdev_row(s, "v0.mirror") or (0,))[0] > 0,
                        timeout=30, what="demo console with IOPS")
-        assert "demo" in s and "f0" in s
+        assert "v0.mirror" in s and "witness" in s
         t.send("q")
         assert t.rc(timeout=20) == 0
     finally:
@@ -91,11 +135,12 @@ def test_demo_sigterm_cleans_up(tmp_path, sig):
     while True:
         assert time.monotonic() < deadline and p.poll() is None
         socks = [os.path.join(d, f) for d, _, fs in os.walk(tmpdir) for f in fs
-                 if f.endswith(".sock")]
+                 if f == "a.sock"]  # controller a's RPC socket (not the vhost one)
         try:
             if socks:
-                with RpcClient(socks[0]) as c:
-                    if any(b["reads"] for b in c.call("bdev_list")):
+                with RpcClient(socks[0]) as c:  # the exported volume: load, not resync
+                    if any(b["reads"] for b in c.call("bdev_list")
+                           if b["name"].endswith(".mirror")):
                         break
         except (ConnectionError, OSError, RpcError):
             pass

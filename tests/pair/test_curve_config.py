@@ -61,6 +61,9 @@ def test_defaults():
     ({"volumes": ["v0", "v0"]}, "listed twice"),
     ({"secret_key": "/nonexistent"}, "CURVE needs"),
     ({"peer": "a"}, "peer: must differ"),
+    ({"peer_rpc_socket": ""}, "peer_rpc_socket: expected a non-empty string"),
+    ({"peer_rpc_socket": 7}, "peer_rpc_socket: expected a non-empty string"),
+    ({"peer_rpc_socket": "/tmp/" + "s" * 120}, "peer_rpc_socket: .* not a Unix socket path"),
 ])
 def test_errors(change, msg):
     d = dict(BASE)
@@ -84,3 +87,6 @@ def test_shipped_configs_parse():
     for n in ("a", "b"):
         c = config.load(f"configs/pair-{n}.toml").sections["pair"]
         assert c.self_name == n and c.volumes
+        other = "b" if n == "a" else "a"
+        assert c.peer_rpc_socket == f"/tmp/srrs-pair-{other}.sock"
+        assert config.load(f"configs/pair-{other}.toml").controller.rpc_socket == c.peer_rpc_socket
