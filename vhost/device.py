@@ -260,8 +260,8 @@ class VhostBlkDevice:
             extra, _ = self._lsock.accept()
         except OSError:
             return
+        self.refused += 1   # counted before the front end can see the close
         extra.close()
-        self.refused += 1
         log.warning("vhost %s: refused a second front end while one is connected", self.name)
 
     def _broken(self) -> str:
