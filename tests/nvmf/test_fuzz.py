@@ -18,7 +18,7 @@ from srrs.nvmf.target import NvmfHost
 from . import wire
 from .conftest import NQN
 
-pytestmark = pytest.mark.fuzz
+pytestmark = pytest.mark.side
 
 PDUS = int(os.environ.get("SRRS_NVMF_FUZZ_PDUS", "100000"))
 WORKERS = 4

@@ -12,6 +12,7 @@ from .conftest import NQN, wait_for
 TIME = float(os.environ.get("SRRS_NVMF_VERIFY_TIME", "5"))
 
 
+@pytest.mark.side
 def test_verify_qd128_4_queues(core, target):
     with NvmfHost("127.0.0.1", target.port, NQN, queues=4, qsize=128) as h:
         assert h.info["queues"] == 4

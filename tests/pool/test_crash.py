@@ -48,6 +48,7 @@ def _parse(logdir):
     return acked, pending
 
 
+@pytest.mark.side
 @pytest.mark.parametrize("drain", [False, True], ids=["writes", "writes+drain"])
 def test_sigkill_30_rounds(tmp_path, drain):
     frags = [str(tmp_path / "f0.img"), str(tmp_path / "f1.img")]

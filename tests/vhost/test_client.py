@@ -32,6 +32,7 @@ def _verify_run(cl, bench_core, qd=64, time_s=BENCH_S, rw="randrw", bs=4096, bs_
     return r
 
 
+@pytest.mark.side
 def test_verified_io_vs_srrs(svc, bench_core, tmp_path):
     svc.core.bdev_create_malloc("m0", 64 << 20, 4096)
     sock = str(tmp_path / "vh0.sock")
@@ -149,6 +150,7 @@ def test_inflight_fd_negotiated(svc, bench_core, tmp_path):
         _verify_run(cl, bench_core, qd=32, time_s=1)
 
 
+@pytest.mark.side
 def test_verified_io_vs_qemu_storage_daemon(qsd, bench_core):
     with VhostClient(qsd, num_queues=2) as cl:
         assert cl.capacity == 64 << 20

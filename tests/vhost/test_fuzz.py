@@ -24,7 +24,7 @@ from srrs.vhost.proto import F_INDIRECT, Req
 
 from .conftest import wait_for
 
-pytestmark = pytest.mark.fuzz
+pytestmark = pytest.mark.side
 
 CASES = int(os.environ.get("SRRS_FUZZ_CASES", "3000"))
 DESC = struct.Struct("<QIHH")
