@@ -1091,21 +1091,7 @@ static int hq_flush(struct hq *q)
     if (!q->tx_head || q->broken)
         return 0;
     struct iovec iov[H_IOV_MAX];
-    int n = 0;
-    uint32_t skip = q->tx_off;
-    for (struct tx_pdu *p = q->tx_head; p && n + 3 <= H_IOV_MAX; p = p->next) {
-        struct iovec seg[3] = {{p->hdr, p->hlen}, {p->data, p->dlen}, {&p->ddgst, 4}};
-        int nseg = p->has_ddgst ? 3 : (p->dlen ? 2 : 1);
-        for (int i = 0; i < nseg; i++) {
-            if (skip >= seg[i].iov_len) {
-                skip -= (uint32_t)seg[i].iov_len;
-                continue;
-            }
-            iov[n].iov_base = (uint8_t *)seg[i].iov_base + skip;
-            iov[n++].iov_len = seg[i].iov_len - skip;
-            skip = 0;
-        }
-    }
+    int n = pdu_queue_iov(q->tx_head, q->tx_off, iov, H_IOV_MAX);
     struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
     ssize_t s = sendmsg(q->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (s < 0) {
@@ -1114,18 +1100,8 @@ static int hq_flush(struct hq *q)
         return 0;
     }
     uint64_t left = (uint64_t)s;
-    while (left && q->tx_head) {
-        struct tx_pdu *p = q->tx_head;
-        uint32_t rem = p->hlen + p->dlen + (p->has_ddgst ? 4u : 0u) - q->tx_off;
-        if (left < rem) {
-            q->tx_off += (uint32_t)left;
-            break;
-        }
-        left -= rem;
-        q->tx_off = 0;
-        q->tx_head = p->next;
-        if (!q->tx_head)
-            q->tx_tail = NULL;
+    struct tx_pdu *p;
+    while ((p = pdu_queue_pop_sent(&q->tx_head, &q->tx_tail, &q->tx_off, &left))) {
         struct hreq *r = (struct hreq *)(void *)p->req;
         if (r && !--r->tx_pending && r->done_wait) {
             r->done_wait = false;

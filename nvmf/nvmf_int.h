@@ -10,6 +10,7 @@
 #include "nvmf/nvmf.h"
 
 #include <pthread.h>
+#include <sys/uio.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "NVMe wire formats are little-endian; this code reads them in place"
@@ -323,6 +324,57 @@ struct tx_pdu {
     bool has_ddgst;
     struct nvmf_req *req;       /* NULL: connection-owned */
 };
+
+/* Bytes a queued PDU puts on the wire. */
+static inline uint32_t pdu_total(const struct tx_pdu *p)
+{
+    return p->hlen + p->dlen + (p->has_ddgst ? 4u : 0u);
+}
+
+/* The unsent bytes of a PDU queue (head, `off` bytes of it already sent) as at
+ * most `max` iovecs, whole PDUs only; returns the count. Shared by the
+ * target's connections and the initiator's queues. */
+static inline int pdu_queue_iov(struct tx_pdu *head, uint32_t off, struct iovec *iov, int max)
+{
+    int n = 0;
+    for (struct tx_pdu *p = head; p && n + 3 <= max; p = p->next) {
+        struct iovec seg[3] = {{p->hdr, p->hlen}, {p->data, p->dlen}, {&p->ddgst, 4}};
+        int nseg = p->has_ddgst ? 3 : (p->dlen ? 2 : 1);
+        for (int i = 0; i < nseg; i++) {
+            if (off >= seg[i].iov_len) {
+                off -= (uint32_t)seg[i].iov_len;
+                continue;
+            }
+            iov[n].iov_base = (uint8_t *)seg[i].iov_base + off;
+            iov[n++].iov_len = seg[i].iov_len - off;
+            off = 0;
+        }
+    }
+    return n;
+}
+
+/* Accounts `*left` sent bytes against the queue: returns the next PDU now sent
+ * in full (unlinked; the caller completes it), or NULL once the bytes run out
+ * (a partly sent PDU keeps its progress in *off). */
+static inline struct tx_pdu *pdu_queue_pop_sent(struct tx_pdu **head, struct tx_pdu **tail,
+                                                uint32_t *off, uint64_t *left)
+{
+    struct tx_pdu *p = *head;
+    if (!p || !*left)
+        return NULL;
+    uint32_t rem = pdu_total(p) - *off;
+    if (*left < rem) {
+        *off += (uint32_t)*left;
+        *left = 0;
+        return NULL;
+    }
+    *left -= rem;
+    *off = 0;
+    *head = p->next;
+    if (!*head)
+        *tail = NULL;
+    return p;
+}
 
 enum req_state {
     REQ_FREE = 0,

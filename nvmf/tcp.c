@@ -129,11 +129,6 @@ static inline uint32_t sqe_dir(const struct nvme_sqe *cmd)
 
 /* ---- send path ------------------------------------------------------------ */
 
-static uint32_t pdu_total(const struct tx_pdu *p)
-{
-    return p->hlen + p->dlen + (p->has_ddgst ? 4u : 0u);
-}
-
 static void tx_queue(struct nvmf_conn *c, struct tx_pdu *p)
 {
     p->next = NULL;
@@ -213,22 +208,7 @@ static int conn_flush(struct nvmf_conn *c)
     if (!c->tx_head || c->fd < 0)
         return 0;
     struct iovec iov[TX_IOV_MAX];
-    int n = 0;
-    uint32_t skip = c->tx_off;
-    for (struct tx_pdu *p = c->tx_head; p && n + 3 <= TX_IOV_MAX; p = p->next) {
-        struct iovec seg[3] = {{p->hdr, p->hlen}, {p->data, p->dlen}, {&p->ddgst, 4}};
-        int nseg = p->has_ddgst ? 3 : (p->dlen ? 2 : 1);
-        for (int i = 0; i < nseg; i++) {
-            if (skip >= seg[i].iov_len) {
-                skip -= (uint32_t)seg[i].iov_len;
-                continue;
-            }
-            iov[n].iov_base = (uint8_t *)seg[i].iov_base + skip;
-            iov[n].iov_len = seg[i].iov_len - skip;
-            skip = 0;
-            n++;
-        }
-    }
+    int n = pdu_queue_iov(c->tx_head, c->tx_off, iov, TX_IOV_MAX);
     struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
     ssize_t s = sendmsg(c->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (s < 0) {
@@ -240,20 +220,9 @@ static int conn_flush(struct nvmf_conn *c)
         return 1;
     }
     uint64_t left = (uint64_t)s;
-    while (left && c->tx_head) {
-        struct tx_pdu *p = c->tx_head;
-        uint32_t rem = pdu_total(p) - c->tx_off;
-        if (left < rem) {
-            c->tx_off += (uint32_t)left;
-            break;
-        }
-        left -= rem;
-        c->tx_off = 0;
-        c->tx_head = p->next;
-        if (!c->tx_head)
-            c->tx_tail = NULL;
+    struct tx_pdu *p;
+    while ((p = pdu_queue_pop_sent(&c->tx_head, &c->tx_tail, &c->tx_off, &left)))
         pdu_sent(c, p);
-    }
     conn_set_out(c, c->tx_head != NULL);
     return 1;
 }
