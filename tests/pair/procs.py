@@ -128,20 +128,42 @@ class Ctl(Proc):
             time.sleep(0.1)
 
 
-def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
-              peer_host="127.0.0.1", witness_host="127.0.0.1", extra=""):
-    """ports: dict with coord_<n>, mirror_<n>, witness."""
-    return f"""
-[controller]
-name = "{name}"
-rpc_socket = "{tmp}/{name}.sock"
-
+def replica_conf(name, tmp, size, replica="file"):
+    """The local replica "v0": a file bdev, or a volume of a pool with one file
+    fragment ({tmp}/{name}-pool.img, sized for the volume and the metadata)."""
+    if replica == "file":
+        return f"""
 [[bdev]]
 name = "v0"
 type = "file"
 path = "{tmp}/{name}-v0.img"
 size = "{size}"
+"""
+    if replica != "pool":
+        raise ValueError(f"replica must be 'file' or 'pool', not {replica!r}")
+    from srrs.ctrl.config import parse_size
 
+    frag = parse_size(size) + max(parse_size(size) // 8, 16 << 20)
+    return f"""
+[[pool]]
+name = "p0"
+fragments = [ {{ path = "{tmp}/{name}-pool.img", size = {frag} }} ]
+
+[[volume]]
+name = "v0"
+pool = "p0"
+size = "{size}"
+"""
+
+
+def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
+              peer_host="127.0.0.1", witness_host="127.0.0.1", extra="", replica="file"):
+    """ports: dict with coord_<n>, mirror_<n>, witness. replica: "file" | "pool"."""
+    return f"""
+[controller]
+name = "{name}"
+rpc_socket = "{tmp}/{name}.sock"
+{replica_conf(name, tmp, size, replica)}
 [pair]
 self = "{name}"
 peer = "{peer}"
