@@ -260,7 +260,8 @@ class PairService:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + period
-                self._beat(now)
+                self._drain()
+                self._beat()
                 if now >= next_ping and self.state.lease_sent_at is None:
                     next_ping = now + 1.0
                     self._send(self.wit, {"op": "ping", "sent_at": now})
@@ -271,26 +272,38 @@ class PairService:
                 if self._stop.is_set():
                     return
                 raise
-            if self.router in ready:
-                while True:
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_peer(frames[-1])
-            if self.wit in ready:
-                while True:
-                    try:
-                        body = self.wit.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_witness(body)
+            if ready:
+                self._drain()
             with self.lock:
                 cmds, self._cmds = self._cmds, []
             for ev in cmds:
                 self.feed(ev)
 
-    def _beat(self, now: float) -> None:
+    def _drain(self) -> None:
+        """Everything the peer and the witness sent so far, fed in. Called
+        before we judge the peer or tell it whether we hear it: after a stall of
+        this thread (a slow reactor call, the GIL, the scheduler) their messages
+        are waiting here, and the peer must not be taken for dead, nor told so,
+        for our own delay."""
+        import zmq
+
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_peer(frames[-1])
+        while True:
+            try:
+                body = self.wit.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_witness(body)
+
+    def _beat(self) -> None:
+        """Heartbeat out, mirror link polled, then Tick. Called right after a
+        _drain(), so what we tell the peer is current."""
+        now = time.monotonic()
         loops = int(self._lib.srrs_core_loops_poke(self.ctl.core.ptr))
         s = self.state
         self._send(self.peer_sock, {
@@ -301,14 +314,16 @@ class PairService:
         self.feed(ha.Tick())
 
     def _poll_mirror(self) -> None:
-        li = self.link_info()
-        up = bool(li["up"])
+        # Calls into the reactor first (they may wait for it), then what came
+        # meanwhile, then the events: each of them judges the peer.
+        up = bool(self.link_info()["up"])
+        started = self._resync_started if self.state.role == ha.RESYNC else 0.0
+        done = bool(started) and all(i["resync_done"] for i in self.mirror_info())
+        self._drain()
         if up != self.state.mirror_up:
             self.feed(ha.MirrorUp() if up else ha.MirrorDown())
-        if self.state.role == ha.RESYNC and self._resync_started:
-            infos = self.mirror_info()
-            if all(i["resync_done"] for i in infos):
-                self.feed(ha.ResyncDone())
+        if done and self.state.role == ha.RESYNC and self._resync_started == started:
+            self.feed(ha.ResyncDone())
 
     def _on_peer(self, body: bytes) -> None:
         try:
@@ -416,13 +431,15 @@ class PairService:
             self._cmds.append(ha.AdminResync(src))
 
     def status(self) -> dict:
+        # Calls into the reactor, so not under the lock: a busy reactor must not
+        # hold up the coordination thread (its heartbeats and lease timing).
+        link, vols = self.link_info(), self.mirror_info()
         with self.lock:
             now = time.monotonic()
             st = self.state.to_json(now)
             st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
                       config_mismatch=self._disagree,
-                      alerts=self.alerts[-10:], link=self.link_info(),
-                      volumes=self.mirror_info())
+                      alerts=self.alerts[-10:], link=link, volumes=vols)
             return st
 
     def to_toml_dict(self) -> dict:
