@@ -979,8 +979,15 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         p->remote_wait = false;
         if (h->status && !p->status)
             p->status = h->status;
-        if (!p->applied && !p->status)
-            p->status = -EIO; /* the owner finished without asking us to apply it */
+        if (!p->applied && !p->status) {
+            /* The owner finished without asking us to apply it: it went on
+             * alone (SOLO) while our link still stood, so the write is on its
+             * replica only. Not ours to acknowledge, and not a media error
+             * either (a host does not retry those): a path error, so the
+             * host's multipath sends it to the owner, where applying it again
+             * changes nothing. */
+            p->status = -ENOTCONN;
+        }
         piece_step(l, p);
         return true;
     }

@@ -247,3 +247,29 @@ def test_io_from_another_reactor(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_forward_to_an_owner_gone_solo_is_a_path_error(tmp_path):
+    """b still paired, a (owner of stripe 0) already SOLO with the link up (it
+    took b for dead first): a applies b's forwarded write alone. b must not
+    acknowledge it (not on its replica), and must answer with a path error,
+    which the host retries through a, not with a media error (-EIO, an NVMe
+    Write Fault that a host's multipath does not retry)."""
+    import errno
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        a.mode("solo")
+        data = os.urandom(4096)
+        st, _ = b.core.test_io("v", "write", 0, 4096, data)
+        assert st == -errno.ENOTCONN, st
+        assert a.core.test_io("r0", "read", 0, 4096)[1] == data     # on the owner only
+        assert b.core.test_io("r0", "read", 0, 4096)[1] != data
+        assert a.info()["dirty_stripes"] == 1
+    finally:
+        a.close()
+        b.close()
