@@ -48,8 +48,16 @@ class PairService:
         self._resync_started = 0.0
         os.makedirs(conf.state_dir, exist_ok=True)
         persisted = self._load_state()
-        if self._volatile_replicas():
-            # RAM replicas come back empty: this side is a new replica (full resync).
+        fresh = self._fresh_replicas()
+        if fresh:
+            # A replica that began empty at this start (RAM, a file or pool
+            # volume created now, clusters lost with a RAM fragment) is a new
+            # replica, whatever the state file says: a full resync from the
+            # peer, and never serving alone before it (the witness refuses an
+            # empty generation). Trusting the old generations would pair it
+            # as in sync, and its reads would return zeroes.
+            log.warning("pair: new replica (%s): no data generation, a full copy from the "
+                        "peer if it has data", "; ".join(f"{k}: {v}" for k, v in fresh.items()))
             persisted = {}
             for v in conf.volumes:
                 try:
@@ -83,9 +91,17 @@ class PairService:
         self._thread.start()
 
     # -- persistence ------------------------------------------------------------
-    def _volatile_replicas(self) -> bool:
+    def _fresh_replicas(self) -> dict:
+        """{replica: why} for the replicas that began empty at this start."""
         mods = {b["name"]: b["module"] for b in self.ctl.core.bdev_list()}
-        return any(mods.get(v.replica) in ("malloc", "null") for v in self.conf.volumes)
+        fresh = getattr(self.ctl, "fresh_bdevs", {})
+        out = {}
+        for v in self.conf.volumes:
+            if v.replica in fresh:
+                out[v.replica] = fresh[v.replica]
+            elif mods.get(v.replica) in ("malloc", "null"):
+                out[v.replica] = "RAM"
+        return out
 
     @property
     def _state_file(self) -> str:

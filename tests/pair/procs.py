@@ -198,3 +198,28 @@ def same_files(a, b, chunk=1 << 20):
                 break
             off += chunk
     return diff
+
+
+def replica_chunks(tmp, name, size, replica="file", chunk=1 << 20):
+    """(offset, bytes) of controller `name`'s replica "v0", read while the
+    controller is stopped: the file itself, or the volume of its pool opened
+    offline in this process. What is on the disk, not what a path says."""
+    if replica == "file":
+        with open(tmp / f"{name}-v0.img", "rb") as f:
+            for off in range(0, size, chunk):
+                yield off, f.read(chunk).ljust(min(chunk, size - off), b"\0")
+        return
+    from srrs.ctrl.pool import Pool
+    from srrs.ctrl.pool_config import FragmentConfig, PoolConfig
+    from srrs.ffi.binding import Core
+
+    frag = FragmentConfig(path=str(tmp / f"{name}-pool.img"))
+    with Core(reactors=1) as core:
+        pool = Pool(core, PoolConfig(name="p0", fragments=(frag,)))
+        try:
+            for off in range(0, size, chunk):
+                st, d = core.test_io("v0", "read", off, min(chunk, size - off))
+                assert st == 0, f"{name}: read of its replica at {off}: {st}"
+                yield off, d
+        finally:
+            pool.close()
