@@ -18,7 +18,8 @@ The log is written line by line with os.write on an O_APPEND fd, so what it
 says does not depend on this process surviving:
     I <block> <seq>             issued (about to be sent, on any path)
     A <block> <seq> <path>      acknowledged (status 0)
-    F <block> <seq> <path> <st> failed on that path (NVMe status, or "drop")
+    F <block> <seq> <path> <st> <time>  failed on that path (NVMe status, "drop"
+                                or "timeout"; time.time(), to match the controllers' logs)
 SIGTERM: every thread finishes the write it has (until acknowledged, or
 --grace seconds), then the process prints a JSON summary and exits 0.
 """
@@ -190,7 +191,8 @@ class Client:
                 # other path; this one is retried after a short while.
                 timeout = isinstance(e, socket.timeout)
                 self.count("timeouts" if timeout else "drops")
-                self.log(f"F {block} {seq} {p.idx} {'timeout' if timeout else 'drop'}\n")
+                self.log(f"F {block} {seq} {p.idx} {'timeout' if timeout else 'drop'} "
+                         f"{time.time():.3f}\n")
                 p.close()
                 p.down_until = time.monotonic() + 0.05
                 continue
@@ -202,7 +204,7 @@ class Client:
                     self.stats["acks_per_path"][p.idx] += 1
                     self.stats["max_ack_s"] = max(self.stats["max_ack_s"], dt)
                 return True
-            self.log(f"F {block} {seq} {p.idx} {st:#x}\n")
+            self.log(f"F {block} {seq} {p.idx} {st:#x} {time.time():.3f}\n")
             self.count("path_errors" if is_path_error(st) else "other_errors", f"{st:#x}")
             # An ANA state change is what the host waits out: back off a little.
             p.down_until = time.monotonic() + 0.01

@@ -32,7 +32,7 @@ import time
 
 import pytest
 
-from .procs import Ctl, Witness, pair_conf
+from .procs import Ctl, Witness, pair_conf, replica_chunks
 from .test_partition import have_netns
 
 NS = {"A": "srrsRA", "B": "srrsRB", "W": "srrsRW", "C": "srrsRC"}
@@ -178,25 +178,6 @@ def read_log(path):
     return issued, acked
 
 
-def replica_chunks(tmp, name, chunk=1 << 20):
-    """The replica's bytes, chunk by chunk, read from its pool opened offline
-    (the controller is stopped): what is on the disk, not what a path says."""
-    from srrs.ctrl.pool import Pool
-    from srrs.ctrl.pool_config import FragmentConfig, PoolConfig
-    from srrs.ffi.binding import Core
-
-    frag = FragmentConfig(path=str(tmp / f"{name}-pool.img"))
-    with Core(reactors=1) as core:
-        pool = Pool(core, PoolConfig(name="p0", fragments=(frag,)))
-        try:
-            for off in range(0, SIZE, chunk):
-                st, d = core.test_io("v0", "read", off, chunk)
-                assert st == 0, f"{name}: read at {off}: {st}"
-                yield off, d
-        finally:
-            pool.close()
-
-
 def block_ok(blk, got, issued, acked):
     """got: what the block holds (ack_client.decode). The latest acknowledged
     write, or one issued after it whose answer never came; zeros only if no
@@ -217,7 +198,7 @@ def check_replicas(tmp, issued, acked, decode):
     bad, digests = [], {}
     for n in "ab":
         digests[n] = []
-        for off, d in replica_chunks(tmp, n):
+        for off, d in replica_chunks(tmp, n, SIZE, "pool"):
             digests[n].append(hashlib.blake2b(d, digest_size=16).digest())
             for i in range(0, len(d), 4096):
                 blk = (off + i) // 4096
@@ -234,7 +215,8 @@ def test_no_acknowledged_write_lost_through_20_random_events(net, tmp_path):
 
     seed = int(os.environ.get("SRRS_EVENTS_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
-    print(f"\nseed {seed}")
+    tag = f"seed {seed} ({tmp_path})"
+    print(f"\n{tag}")
     pfx = {n: ["ip", "netns", "exec", NS[n.upper()]] for n in "ab"}
     w = Witness(tmp_path, f"tcp://0.0.0.0:{PORTS['witness']}", max_lease=2.0,
                 prefix=["ip", "netns", "exec", NS["W"]])
@@ -268,7 +250,7 @@ def test_no_acknowledged_write_lost_through_20_random_events(net, tmp_path):
             time.sleep(0.05)
         detail = {x: ctls[x].pair() for x in "ab" if world.alive[x]}
         raise AssertionError(
-            f"seed {seed}: after {what} want {want}, have {st}\nhistory: {history}\n"
+            f"{tag}: after {what} want {want}, have {st}\nhistory: {history}\n"
             f"{json.dumps(detail, indent=1, default=str)[:4000]}\n"
             + "\n".join(f"--- {x}\n{ctls[x].output()[-3000:]}" for x in "ab"))
 
@@ -343,8 +325,8 @@ def test_no_acknowledged_write_lost_through_20_random_events(net, tmp_path):
     print(f"client: {summary}")
     print(f"acknowledged writes {n_acks} checked: {once} write-once blocks and the latest of "
           f"{len(acked) - once} hot blocks, on both replicas; events {t_events:.1f} s")
-    assert not bad, f"seed {seed}: {len(bad)} blocks wrong, first {bad[:10]}\n{history}"
-    assert diff == [], f"seed {seed}: replicas differ in MiB {diff[:20]}"
+    assert not bad, f"{tag}: {len(bad)} blocks wrong, first {bad[:10]}\n{history}"
+    assert diff == [], f"{tag}: replicas differ in MiB {diff[:20]}"
     assert summary["unfinished"] == 0 and n_acks == summary["acks"]
     # A host sees only path errors, which its multipath retries elsewhere.
     assert summary["other_errors"] == {}, summary
