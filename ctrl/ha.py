@@ -392,7 +392,8 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
             acts += [SetMirror("fenced"), SetAna(ANA_INACCESSIBLE)]
     usable = peer_usable(s, now)
     if s.role in (PAIRED, RESYNC) and not usable:
-        why = "peer lost" if not peer_alive(s, now) else "mirror link down"
+        why = ("peer lost" if not peer_alive(s, now)
+               else "peer does not hear us" if not s.peer_sees_us else "mirror link down")
         s, a = _peer_lost(s, now, why)
         return s, acts + a
     if s.role == SOLO:

@@ -87,8 +87,14 @@ class PairService:
         self._apply(acts, now)
         self._stop = threading.Event()
         self._cmds: list = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="srrs-pair", daemon=True)
         self._thread.start()
+        self._probe = threading.Thread(target=self._probe_run, name="srrs-pair-probe",
+                                       daemon=True)
+        self._probe.start()
 
     # -- persistence ------------------------------------------------------------
     def _fresh_replicas(self) -> dict:
@@ -269,6 +275,7 @@ class PairService:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.wit, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         period = self.conf.heartbeat_ms / 1000
         next_beat = 0.0
         next_ping = 0.0
@@ -288,12 +295,20 @@ class PairService:
                 if self._stop.is_set():
                     return
                 raise
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
             if ready:
                 self._drain()
             with self.lock:
                 cmds, self._cmds = self._cmds, []
             for ev in cmds:
-                self.feed(ev)
+                if isinstance(ev, tuple):
+                    self._mirror_seen(*ev)
+                else:
+                    self.feed(ev)
 
     def _drain(self) -> None:
         """Everything the peer and the witness sent so far, fed in. Called
@@ -317,8 +332,11 @@ class PairService:
             self._on_witness(body)
 
     def _beat(self) -> None:
-        """Heartbeat out, mirror link polled, then Tick. Called right after a
-        _drain(), so what we tell the peer is current."""
+        """Heartbeat out, then Tick. Called right after a _drain(), so what we
+        tell the peer is current. Nothing here waits for a reactor: the loop
+        counter is read, not asked for, and the mirror link is polled by the
+        probe thread, so a busy reactor cannot delay our heartbeats past the
+        peer's timeout (a reactor that stops looping still shows as dead)."""
         now = time.monotonic()
         loops = int(self._lib.srrs_core_loops_poke(self.ctl.core.ptr))
         s = self.state
@@ -326,16 +344,30 @@ class PairService:
             "type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
             "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
             "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement})
-        self._poll_mirror()
         self.feed(ha.Tick())
 
-    def _poll_mirror(self) -> None:
-        # Calls into the reactor first (they may wait for it), then what came
-        # meanwhile, then the events: each of them judges the peer.
-        up = bool(self.link_info()["up"])
-        started = self._resync_started if self.state.role == ha.RESYNC else 0.0
-        done = bool(started) and all(i["resync_done"] for i in self.mirror_info())
-        self._drain()
+    def _probe_run(self) -> None:
+        """Every heartbeat: the mirror link's state (and resync completion), asked
+        of the reactor here, and handed to the coordination thread."""
+        period = self.conf.heartbeat_ms / 1000
+        while not self._stop.wait(period):
+            try:
+                up = bool(self.link_info()["up"])
+                started = self._resync_started if self.state.role == ha.RESYNC else 0.0
+                done = bool(started) and all(i["resync_done"] for i in self.mirror_info())
+            except Exception as e:  # never let the probe die silently
+                log.error("pair: mirror probe: %s", e)
+                continue
+            if up == self.state.mirror_up and not done:
+                continue
+            with self.lock:
+                self._cmds.append((up, started, done))
+            try:
+                os.write(self._wake_w, b"!")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _mirror_seen(self, up: bool, started: float, done: bool) -> None:
         if up != self.state.mirror_up:
             self.feed(ha.MirrorUp() if up else ha.MirrorDown())
         if done and self.state.role == ha.RESYNC and self._resync_started == started:
@@ -466,6 +498,9 @@ class PairService:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._probe.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         for s in (self.router, self.peer_sock, self.wit):
             s.close(0)
         if self._auth is not None:
