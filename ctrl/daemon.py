@@ -37,6 +37,9 @@ class Controller:
         self.started = time.time()
         self.events: list = []
         self.bdevs: dict[str, cfg.BdevConfig] = {}
+        # bdevs that began empty at this start ({name: why}): a pair replica
+        # among them is a new replica (ctrl/pair.py), whatever its state file says
+        self.fresh_bdevs: dict[str, str] = {}
         self.jobs: list = []
         c = conf.controller
         self.core = Core(reactors=c.reactors, poll_mode=c.poll_mode, idle_spin_us=c.idle_spin_us,
@@ -107,15 +110,21 @@ class Controller:
     def bdev_create(self, b: cfg.BdevConfig) -> None:
         if b.type == "malloc":
             self.core.bdev_create_malloc(b.name, b.size, b.block_size)
+            self.fresh_bdevs[b.name] = "RAM"
         elif b.type == "null":
             self.core.bdev_create_null(b.name, b.size, b.block_size)
+            self.fresh_bdevs[b.name] = "RAM"
         else:
+            existed = os.path.exists(b.path)
             self.core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+            if not existed:
+                self.fresh_bdevs[b.name] = f"{b.path} created"
         self.bdevs[b.name] = b
 
     def bdev_delete(self, name: str) -> None:
         self.core.bdev_delete(name)
         self.bdevs.pop(name, None)
+        self.fresh_bdevs.pop(name, None)
 
     # -- state ---------------------------------------------------------------------
     def status(self) -> dict:

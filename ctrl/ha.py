@@ -392,7 +392,8 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
             acts += [SetMirror("fenced"), SetAna(ANA_INACCESSIBLE)]
     usable = peer_usable(s, now)
     if s.role in (PAIRED, RESYNC) and not usable:
-        why = "peer lost" if not peer_alive(s, now) else "mirror link down"
+        why = ("peer lost" if not peer_alive(s, now)
+               else "peer does not hear us" if not s.peer_sees_us else "mirror link down")
         s, a = _peer_lost(s, now, why)
         return s, acts + a
     if s.role == SOLO:
@@ -450,6 +451,15 @@ def _heartbeat(s: State, e: PeerHeartbeat, now: float) -> Tuple[State, list]:
         # It went on alone (it lost us): whatever we hold is stale now.
         s, a = _peer_lost(s, now, f"peer {s.peer} went SOLO")
         return s, acts + a
+    if (s.role == PAIRED and e.role == RESYNC and peer_usable(s, now)
+            and (e.epoch > s.epoch or e.data_gen.n > s.data_gen.n)):
+        # It left the pair and came back between two of its heartbeats (FENCED,
+        # or even SOLO on a new generation, for less than a heartbeat): it began
+        # a resync that we are not part of, and would wait for us forever while
+        # we serve reads that may be stale. (A resync of ours it is finishing
+        # has an epoch not above our PAIRED one, and no newer generation.)
+        s2, a = _rejoin(s, now)
+        return s2, acts + a
     if (s.role in (PAIRED, RESYNC) and e.role in (STARTING, FENCED) and peer_usable(s, now)
             and (s.role == PAIRED or e.epoch >= s.epoch)):
         # It left the pair (restarted, or fenced and back): pair again through

@@ -48,8 +48,16 @@ class PairService:
         self._resync_started = 0.0
         os.makedirs(conf.state_dir, exist_ok=True)
         persisted = self._load_state()
-        if self._volatile_replicas():
-            # RAM replicas come back empty: this side is a new replica (full resync).
+        fresh = self._fresh_replicas()
+        if fresh:
+            # A replica that began empty at this start (RAM, a file or pool
+            # volume created now, clusters lost with a RAM fragment) is a new
+            # replica, whatever the state file says: a full resync from the
+            # peer, and never serving alone before it (the witness refuses an
+            # empty generation). Trusting the old generations would pair it
+            # as in sync, and its reads would return zeroes.
+            log.warning("pair: new replica (%s): no data generation, a full copy from the "
+                        "peer if it has data", "; ".join(f"{k}: {v}" for k, v in fresh.items()))
             persisted = {}
             for v in conf.volumes:
                 try:
@@ -79,13 +87,27 @@ class PairService:
         self._apply(acts, now)
         self._stop = threading.Event()
         self._cmds: list = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="srrs-pair", daemon=True)
         self._thread.start()
+        self._probe = threading.Thread(target=self._probe_run, name="srrs-pair-probe",
+                                       daemon=True)
+        self._probe.start()
 
     # -- persistence ------------------------------------------------------------
-    def _volatile_replicas(self) -> bool:
+    def _fresh_replicas(self) -> dict:
+        """{replica: why} for the replicas that began empty at this start."""
         mods = {b["name"]: b["module"] for b in self.ctl.core.bdev_list()}
-        return any(mods.get(v.replica) in ("malloc", "null") for v in self.conf.volumes)
+        fresh = getattr(self.ctl, "fresh_bdevs", {})
+        out = {}
+        for v in self.conf.volumes:
+            if v.replica in fresh:
+                out[v.replica] = fresh[v.replica]
+            elif mods.get(v.replica) in ("malloc", "null"):
+                out[v.replica] = "RAM"
+        return out
 
     @property
     def _state_file(self) -> str:
@@ -257,6 +279,7 @@ class PairService:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.wit, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         period = self.conf.heartbeat_ms / 1000
         next_beat = 0.0
         next_ping = 0.0
@@ -264,7 +287,8 @@ class PairService:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + period
-                self._beat(now)
+                self._drain()
+                self._beat()
                 if now >= next_ping and self.state.lease_sent_at is None:
                     next_ping = now + 1.0
                     self._send(self.wit, {"op": "ping", "sent_at": now})
@@ -275,44 +299,83 @@ class PairService:
                 if self._stop.is_set():
                     return
                 raise
-            if self.router in ready:
-                while True:
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_peer(frames[-1])
-            if self.wit in ready:
-                while True:
-                    try:
-                        body = self.wit.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_witness(body)
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if ready:
+                self._drain()
             with self.lock:
                 cmds, self._cmds = self._cmds, []
             for ev in cmds:
-                self.feed(ev)
+                if isinstance(ev, tuple):
+                    self._mirror_seen(*ev)
+                else:
+                    self.feed(ev)
 
-    def _beat(self, now: float) -> None:
+    def _drain(self) -> None:
+        """Everything the peer and the witness sent so far, fed in. Called
+        before we judge the peer or tell it whether we hear it: after a stall of
+        this thread (a slow reactor call, the GIL, the scheduler) their messages
+        are waiting here, and the peer must not be taken for dead, nor told so,
+        for our own delay."""
+        import zmq
+
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_peer(frames[-1])
+        while True:
+            try:
+                body = self.wit.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_witness(body)
+
+    def _beat(self) -> None:
+        """Heartbeat out, then Tick. Called right after a _drain(), so what we
+        tell the peer is current. Nothing here waits for a reactor: the loop
+        counter is read, not asked for, and the mirror link is polled by the
+        probe thread, so a busy reactor cannot delay our heartbeats past the
+        peer's timeout (a reactor that stops looping still shows as dead)."""
+        now = time.monotonic()
         loops = int(self._lib.srrs_core_loops_poke(self.ctl.core.ptr))
         s = self.state
         self._send(self.peer_sock, {
             "type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
             "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
             "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement})
-        self._poll_mirror()
         self.feed(ha.Tick())
 
-    def _poll_mirror(self) -> None:
-        li = self.link_info()
-        up = bool(li["up"])
+    def _probe_run(self) -> None:
+        """Every heartbeat: the mirror link's state (and resync completion), asked
+        of the reactor here, and handed to the coordination thread."""
+        period = self.conf.heartbeat_ms / 1000
+        while not self._stop.wait(period):
+            try:
+                up = bool(self.link_info()["up"])
+                started = self._resync_started if self.state.role == ha.RESYNC else 0.0
+                done = bool(started) and all(i["resync_done"] for i in self.mirror_info())
+            except Exception as e:  # never let the probe die silently
+                log.error("pair: mirror probe: %s", e)
+                continue
+            if up == self.state.mirror_up and not done:
+                continue
+            with self.lock:
+                self._cmds.append((up, started, done))
+            try:
+                os.write(self._wake_w, b"!")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _mirror_seen(self, up: bool, started: float, done: bool) -> None:
         if up != self.state.mirror_up:
             self.feed(ha.MirrorUp() if up else ha.MirrorDown())
-        if self.state.role == ha.RESYNC and self._resync_started:
-            infos = self.mirror_info()
-            if all(i["resync_done"] for i in infos):
-                self.feed(ha.ResyncDone())
+        if done and self.state.role == ha.RESYNC and self._resync_started == started:
+            self.feed(ha.ResyncDone())
 
     def _on_peer(self, body: bytes) -> None:
         try:
@@ -420,13 +483,15 @@ class PairService:
             self._cmds.append(ha.AdminResync(src))
 
     def status(self) -> dict:
+        # Calls into the reactor, so not under the lock: a busy reactor must not
+        # hold up the coordination thread (its heartbeats and lease timing).
+        link, vols = self.link_info(), self.mirror_info()
         with self.lock:
             now = time.monotonic()
             st = self.state.to_json(now)
             st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
                       config_mismatch=self._disagree,
-                      alerts=self.alerts[-10:], link=self.link_info(),
-                      volumes=self.mirror_info())
+                      alerts=self.alerts[-10:], link=link, volumes=vols)
             return st
 
     def to_toml_dict(self) -> dict:
@@ -437,6 +502,9 @@ class PairService:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._probe.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         for s in (self.router, self.peer_sock, self.wit):
             s.close(0)
         if self._auth is not None:

@@ -364,6 +364,8 @@ def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> None:
 def start(ctl, pools_section) -> PoolService:
     svc = PoolService(ctl)
     secs = ctl.conf.sections
+    # volumes that begin empty (or partly) now: a pair replica among them is new
+    fresh = ctl.fresh_bdevs if isinstance(getattr(ctl, "fresh_bdevs", None), dict) else {}
     try:
         for t in secs.get("tenant", ()):
             svc.tenants[t.name] = t
@@ -375,11 +377,17 @@ def start(ctl, pools_section) -> PoolService:
         for v in secs.get("volume", ()):
             if v.pool not in svc.pools:
                 raise ValueError(f"volume {v.name}: pool {v.pool} is not configured")
-            if svc.pools[v.pool].volume_info(v.name) is None:
+            have = svc.pools[v.pool].volume_info(v.name)
+            if have is None:
                 new.append(v)
             else:
                 svc.apply_config_volume(v)
+                if have["lost_clusters"]:
+                    fresh[v.name] = (f"{have['lost_clusters']} cluster(s) lost with a RAM "
+                                     "fragment")
         _create_parallel(svc, new)
+        for v in new:
+            fresh[v.name] = f"volume created in pool {v.pool}"
     except BaseException:
         svc.close()
         raise

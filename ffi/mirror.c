@@ -93,6 +93,7 @@ struct piece {
     bool remote_wait;    /* waiting for the peer's answer */
     bool locked;
     bool applied;        /* forwarder: WRITE_REF applied locally */
+    bool alone;          /* ordered in SOLO: applied here only, its stripe stays dirty */
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
     uint32_t peer_tag;   /* the peer's tag this piece answers */
@@ -183,10 +184,15 @@ static inline bool link_ready(struct mlink *l) { return l->up && l->hello_rx; }
 
 static void mark_dirty(struct mirror *m, uint64_t s) { bit_set(m->bm, s); }
 
-/* A write on both replicas: its bit may go, unless the stripe still waits for a copy. */
+/* A write on both replicas: its bit may go, unless the stripe still waits for a
+ * copy -- or may: in a resync whose bitmaps have not met yet, need[] is not
+ * known, and a bit cleared now would be missing from the union that decides
+ * what is copied (a write applied here alone, SOLO, just before would be lost
+ * on the peer). */
 static void clear_dirty(struct mirror *m, uint64_t s)
 {
-    if (m->l->mode == MODE_PAIRED || (mode_resync(m->l->mode) && !m->need[s]))
+    int mode = m->l->mode;
+    if (mode == MODE_PAIRED || (mode_resync(mode) && m->resync_ready && !m->need[s]))
         bit_clr(m->bm, s);
 }
 
@@ -510,8 +516,10 @@ static void ordered_write(struct mlink *l, struct piece *p)
         piece_step(l, p);
         return;
     }
-    if (l->mode == MODE_SOLO)
+    if (l->mode == MODE_SOLO) {
+        p->alone = true; /* whatever the mode when it completes */
         return;
+    }
     if (!link_ready(l)) {
         p->remote_wait = true;     /* resolved by the next mode change */
         p->conn_gen = 0;
@@ -625,8 +633,8 @@ static void piece_step(struct mlink *l, struct piece *p)
     case P_HOST_WRITE:
         if (p->locked) {
             /* ordered here: local done and (paired) the peer's ACK */
-            if (p->status == 0 && l->mode != MODE_SOLO && p->conn_gen == l->conn_gen &&
-                link_ready(l))
+            if (p->status == 0 && !p->alone && l->mode != MODE_SOLO &&
+                p->conn_gen == l->conn_gen && link_ready(l))
                 clear_dirty(m, p->stripe);
             int st = p->status;
             if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
@@ -668,7 +676,7 @@ static void piece_step(struct mlink *l, struct piece *p)
         piece_put(l, p);
         break;
     case P_PEER_FWD:
-        if (p->status == 0 && p->conn_gen == l->conn_gen && link_ready(l))
+        if (p->status == 0 && !p->alone && p->conn_gen == l->conn_gen && link_ready(l))
             clear_dirty(m, p->stripe);
         stripe_unlock(p);
         if (p->conn_gen == l->conn_gen && link_ready(l))
@@ -979,8 +987,15 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         p->remote_wait = false;
         if (h->status && !p->status)
             p->status = h->status;
-        if (!p->applied && !p->status)
-            p->status = -EIO; /* the owner finished without asking us to apply it */
+        if (!p->applied && !p->status) {
+            /* The owner finished without asking us to apply it: it went on
+             * alone (SOLO) while our link still stood, so the write is on its
+             * replica only. Not ours to acknowledge, and not a media error
+             * either (a host does not retry those): a path error, so the
+             * host's multipath sends it to the owner, where applying it again
+             * changes nothing. */
+            p->status = -ENOTCONN;
+        }
         piece_step(l, p);
         return true;
     }

@@ -128,20 +128,42 @@ class Ctl(Proc):
             time.sleep(0.1)
 
 
-def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
-              peer_host="127.0.0.1", witness_host="127.0.0.1", extra=""):
-    """ports: dict with coord_<n>, mirror_<n>, witness."""
-    return f"""
-[controller]
-name = "{name}"
-rpc_socket = "{tmp}/{name}.sock"
-
+def replica_conf(name, tmp, size, replica="file"):
+    """The local replica "v0": a file bdev, or a volume of a pool with one file
+    fragment ({tmp}/{name}-pool.img, sized for the volume and the metadata)."""
+    if replica == "file":
+        return f"""
 [[bdev]]
 name = "v0"
 type = "file"
 path = "{tmp}/{name}-v0.img"
 size = "{size}"
+"""
+    if replica != "pool":
+        raise ValueError(f"replica must be 'file' or 'pool', not {replica!r}")
+    from srrs.ctrl.config import parse_size
 
+    frag = parse_size(size) + max(parse_size(size) // 8, 16 << 20)
+    return f"""
+[[pool]]
+name = "p0"
+fragments = [ {{ path = "{tmp}/{name}-pool.img", size = {frag} }} ]
+
+[[volume]]
+name = "v0"
+pool = "p0"
+size = "{size}"
+"""
+
+
+def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
+              peer_host="127.0.0.1", witness_host="127.0.0.1", extra="", replica="file"):
+    """ports: dict with coord_<n>, mirror_<n>, witness. replica: "file" | "pool"."""
+    return f"""
+[controller]
+name = "{name}"
+rpc_socket = "{tmp}/{name}.sock"
+{replica_conf(name, tmp, size, replica)}
 [pair]
 self = "{name}"
 peer = "{peer}"
@@ -176,3 +198,28 @@ def same_files(a, b, chunk=1 << 20):
                 break
             off += chunk
     return diff
+
+
+def replica_chunks(tmp, name, size, replica="file", chunk=1 << 20):
+    """(offset, bytes) of controller `name`'s replica "v0", read while the
+    controller is stopped: the file itself, or the volume of its pool opened
+    offline in this process. What is on the disk, not what a path says."""
+    if replica == "file":
+        with open(tmp / f"{name}-v0.img", "rb") as f:
+            for off in range(0, size, chunk):
+                yield off, f.read(chunk).ljust(min(chunk, size - off), b"\0")
+        return
+    from srrs.ctrl.pool import Pool
+    from srrs.ctrl.pool_config import FragmentConfig, PoolConfig
+    from srrs.ffi.binding import Core
+
+    frag = FragmentConfig(path=str(tmp / f"{name}-pool.img"))
+    with Core(reactors=1) as core:
+        pool = Pool(core, PoolConfig(name="p0", fragments=(frag,)))
+        try:
+            for off in range(0, size, chunk):
+                st, d = core.test_io("v0", "read", off, min(chunk, size - off))
+                assert st == 0, f"{name}: read of its replica at {off}: {st}"
+                yield off, d
+        finally:
+            pool.close()

@@ -272,6 +272,31 @@ def test_mirror_link_down_with_heartbeats_up():
     assert sim.roles() == {"a": PAIRED, "b": PAIRED}
 
 
+def test_peer_away_for_less_than_a_heartbeat_is_rejoined():
+    """Seen in the 20-event test under load: b left PAIRED (a's heartbeat said
+    it did not hear b), took the lease, was SOLO on a new generation for 30 ms
+    and rejoined as resync source, all between two of its heartbeats. a, still
+    PAIRED, must not stay so: b waits for it to resync, and a's reads may be stale."""
+    sim = Sim()
+    sim.run(1.0)
+    a = sim.nodes["a"]
+    s = a.state
+    assert s.role == PAIRED
+    t = sim.t
+    # b's resync of ours, finishing: same generation, epoch not above ours -> nothing
+    s2, acts = ha.step(s, ha.PeerHeartbeat(s.epoch, RESYNC, 10**6, s.data_gen, s.base_gen), t)
+    assert s2.role == PAIRED and not acts
+    # b back from a SOLO blip: newer generation, higher epoch -> resync as its target
+    g = Gen(s.data_gen.n + 1, "b")
+    s2, acts = ha.step(s, ha.PeerHeartbeat(s.epoch + 2, RESYNC, 10**6 + 1, g, s.data_gen), t)
+    assert s2.role == RESYNC and s2.resync_role == "target" and s2.behind
+    assert ha.StartResync("target", False) in acts and ha.SetMirror("resync_target") in acts
+    # b back from a FENCED blip (no new generation): resync too, lower name is the source
+    s2, acts = ha.step(s, ha.PeerHeartbeat(s.epoch + 1, RESYNC, 10**6 + 1, s.data_gen,
+                                           s.base_gen), t)
+    assert s2.role == RESYNC and s2.resync_role == "source"
+
+
 def test_unknown_event_rejected():
     s, _ = ha.initial("a", "b", 0.0)
     with pytest.raises(TypeError):

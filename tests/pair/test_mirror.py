@@ -247,3 +247,64 @@ def test_io_from_another_reactor(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_forward_to_an_owner_gone_solo_is_a_path_error(tmp_path):
+    """b still paired, a (owner of stripe 0) already SOLO with the link up (it
+    took b for dead first): a applies b's forwarded write alone. b must not
+    acknowledge it (not on its replica), and must answer with a path error,
+    which the host retries through a, not with a media error (-EIO, an NVMe
+    Write Fault that a host's multipath does not retry)."""
+    import errno
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        a.mode("solo")
+        data = os.urandom(4096)
+        st, _ = b.core.test_io("v", "write", 0, 4096, data)
+        assert st == -errno.ENOTCONN, st
+        assert a.core.test_io("r0", "read", 0, 4096)[1] == data     # on the owner only
+        assert b.core.test_io("r0", "read", 0, 4096)[1] != data
+        assert a.info()["dirty_stripes"] == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_solo_write_stays_dirty_when_a_resync_starts_before_the_bitmaps_meet(tmp_path):
+    """Seen in the 20-event test under load (an acknowledged write lost): b
+    left PAIRED for less than a heartbeat (SOLO, link up) and came back as
+    resync source while a was still PAIRED. A write b applied alone (W1) set
+    its stripe's dirty bit; a write a forwarded to b right after b entered
+    resync (W2, same stripe, applied on both) cleared it, because the stripe
+    was not yet marked as needed: the bitmaps had not been exchanged. The
+    resync then skipped the stripe and a never got W1."""
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        stripe1 = 1 << 20                      # stripe 1: ordered by b (node 1)
+        w1, w2 = os.urandom(4096), os.urandom(4096)
+        b.mode("solo")
+        st, _ = b.core.test_io("v", "write", stripe1, 4096, w1)   # acknowledged by b alone
+        assert st == 0 and b.info()["dirty_stripes"] == 1
+        b.mode("resync_source")                # a still paired: it forwards to b
+        st, _ = a.core.test_io("v", "write", stripe1 + 4096, 4096, w2)
+        assert st == 0
+        assert b.info()["dirty_stripes"] == 1  # W1 is still only on b
+        a.mode("resync_target")
+        b.resync()
+        a.resync()
+        wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 10, "resync")
+        assert a.core.test_io("r0", "read", stripe1, 4096)[1] == w1
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()

@@ -173,3 +173,42 @@ def test_survivor_load_has_no_errors_through_kill9(pair):
     assert r["errors"] == 0 and r["ios"] > 0, r
     assert a.pair()["state"] == "SOLO"
     assert r["lat_us"]["max"] < 5e6          # the longest pause a write saw, < 5 s
+
+
+@pytest.mark.parametrize("replica", ["file", "pool"])
+def test_replaced_replica_gets_a_full_resync(tmp_path, replica):
+    """b's replica comes back empty (its disk replaced: the image file or the
+    pool's fragment is gone, so the file or the volume is created anew) while
+    its state file still names the pair's generation: b must take a full copy
+    from a, not pair as in sync with zeroes where a has data."""
+    import os
+
+    from .procs import replica_chunks
+
+    ports = alloc_ports()
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=2.0)
+    size = 32 << 20
+    ctls = {}
+    try:
+        for n, p in (("a", "b"), ("b", "a")):
+            ctls[n] = Ctl(tmp_path, n, pair_conf(n, p, ports, tmp_path, size=size,
+                                                 replica=replica))
+        a, b = ctls["a"], ctls["b"]
+        a.wait_state("PAIRED")
+        b.wait_state("PAIRED")
+        j = a.bench(rw="write", bs=1 << 20, qd=4, time_s=0, max_ios=32, verify=True)  # all
+        assert j["result"]["errors"] == 0 and j["result"]["ios"] == 32
+        assert b.stop() == 0
+        os.unlink(tmp_path / (f"b-{replica}.img" if replica == "pool" else "b-v0.img"))
+        b.restart()
+        st = b.wait_state("PAIRED")
+        a.wait_state("PAIRED")
+        assert "new replica (v0:" in b.output()
+        assert st["volumes"][0]["resync_bytes"] == size
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        for c in ctls.values():
+            c.kill9()
+        w.kill9()
+    ra, rb = (list(replica_chunks(tmp_path, n, size, replica)) for n in "ab")
+    assert ra == rb and ra[0][1] != bytes(1 << 20)
