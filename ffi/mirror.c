@@ -9,9 +9,11 @@
  * writes of one stripe in the same order:
  *
  *   owner  : lock, mark dirty, write locally + WRITE to peer; ack after both
- *   other  : FORWARD to the owner; the owner locks and answers WRITE_REF
- *            ("apply your forwarded data now"); we write locally, ACK; the
- *            owner unlocks and sends FWD_DONE: the host write completes.
+ *   other  : FORWARD to the owner; the owner locks, writes locally, then
+ *            answers WRITE_REF ("on my replica: apply your forwarded data
+ *            now"); we write locally, ACK, and the host write completes (one
+ *            round trip); the owner unlocks on the ACK. An owner whose local
+ *            write failed answers FWD_DONE with the error instead.
  *
  * The dirty bitmap (one bit per stripe, a MAP_SHARED file, so it survives a
  * kill -9) has a bit set before any local write and cleared once both
@@ -84,7 +86,6 @@ struct piece {
     struct mirror *m;
     struct srrs_io *host;
     uint64_t off, len, stripe;
-    struct iovec iov[M_PIECE_IOV];
     int iovcnt;
     void *buf;           /* owned pool buffer (peer data, copies) */
     size_t buf_len;
@@ -92,12 +93,13 @@ struct piece {
     uint8_t local_wait;  /* local I/Os outstanding */
     bool remote_wait;    /* waiting for the peer's answer */
     bool locked;
-    bool applied;        /* forwarder: WRITE_REF applied locally */
+    bool applied;        /* forwarder: WRITE_REF applied locally; owner: WRITE_REF sent */
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
     uint32_t peer_tag;   /* the peer's tag this piece answers */
     uint64_t conn_gen;   /* connection the remote part was sent on */
     struct piece *next;
+    struct iovec iov[M_PIECE_IOV]; /* last: piece_get clears only what precedes it */
 };
 
 struct frame {
@@ -136,6 +138,7 @@ struct mlink {
     struct srrs_mirror_link_opts o;
     int lfd, fd;
     bool connecting, up, hello_rx;
+    bool want_out;              /* EPOLLOUT asked for (the socket was full) */
     bool need_rejoin;           /* lost in paired/resync: stay down until the mode changes */
     uint64_t conn_gen;
     struct srrs_poller *p_listen, *p_conn, *p_timer;
@@ -203,7 +206,7 @@ static struct piece *piece_get(struct mlink *l, enum pkind kind, struct mirror *
         return NULL;
     l->pfree = p->next;
     uint16_t gen = (uint16_t)(p->gen + 1), idx = p->idx;
-    memset(p, 0, sizeof(*p));
+    memset(p, 0, offsetof(struct piece, iov)); /* not the 2 KiB iovec array */
     p->gen = gen;
     p->idx = idx;
     p->kind = kind;
@@ -299,6 +302,15 @@ static void frame_free(struct mlink *l, struct frame *f)
     l->ffree = f;
 }
 
+/* EPOLLOUT only while the socket is full; epoll_ctl only when that changes. */
+static void set_want_out(struct mlink *l, bool out)
+{
+    if (l->want_out == out)
+        return;
+    l->want_out = out;
+    srrs_poller_mod_fd(l->p_conn, EPOLLIN | (out ? EPOLLOUT : 0));
+}
+
 static int tx_flush(struct mlink *l)
 {
     int work = 0;
@@ -322,7 +334,7 @@ static int tx_flush(struct mlink *l)
         ssize_t k = writev(l->fd, v, n);
         if (k < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                srrs_poller_mod_fd(l->p_conn, EPOLLIN | EPOLLOUT);
+                set_want_out(l, true);
                 return work;
             }
             if (errno == EINTR)
@@ -349,7 +361,7 @@ static int tx_flush(struct mlink *l)
         }
     }
     if (!l->txq && l->fd >= 0 && !l->connecting)
-        srrs_poller_mod_fd(l->p_conn, EPOLLIN);
+        set_want_out(l, false);
     return work;
 }
 
@@ -510,16 +522,15 @@ static void ordered_write(struct mlink *l, struct piece *p)
         piece_step(l, p);
         return;
     }
-    if (l->mode == MODE_SOLO)
-        return;
+    if (l->mode == MODE_SOLO || p->kind == P_PEER_FWD)
+        return; /* a forward is answered (WRITE_REF) once it is on our replica */
     if (!link_ready(l)) {
         p->remote_wait = true;     /* resolved by the next mode change */
         p->conn_gen = 0;
         return;
     }
-    send_write(l, p, p->kind == P_PEER_FWD ? T_WRITE_REF : T_WRITE);
-    if (p->kind == P_HOST_WRITE)
-        p->m->st.writes++;
+    send_write(l, p, T_WRITE);
+    p->m->st.writes++;
 }
 
 static void host_write_start(struct mlink *l, struct piece *p)
@@ -635,7 +646,13 @@ static void piece_step(struct mlink *l, struct piece *p)
             piece_host_done(l, p, st);
             piece_put(l, p);
         } else {
-            /* forwarded: FWD_DONE arrived (status in p->status) */
+            /* forwarded: applied here after the owner's WRITE_REF (it has it:
+             * ACK so it unlocks), or failed by the owner (FWD_DONE) */
+            if (p->applied && p->conn_gen == l->conn_gen && link_ready(l)) {
+                if (p->status == 0)
+                    clear_dirty(m, p->stripe);
+                frame_send(l, T_ACK, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
+            }
             piece_host_done(l, p, p->status);
             piece_put(l, p);
         }
@@ -667,14 +684,22 @@ static void piece_step(struct mlink *l, struct piece *p)
         m->resync_bytes += p->len;
         piece_put(l, p);
         break;
-    case P_PEER_FWD:
-        if (p->status == 0 && p->conn_gen == l->conn_gen && link_ready(l))
-            clear_dirty(m, p->stripe);
+    case P_PEER_FWD: {
+        bool conn = p->conn_gen == l->conn_gen && link_ready(l);
+        if (!p->applied && p->status == 0 && conn) {
+            /* on our replica: the forwarder applies it now, and ACKs */
+            p->applied = true;
+            send_write(l, p, T_WRITE_REF);
+            return;
+        }
+        if (p->applied && p->status == 0 && conn)
+            clear_dirty(m, p->stripe); /* the forwarder's ACK: both have it */
         stripe_unlock(p);
-        if (p->conn_gen == l->conn_gen && link_ready(l))
+        if (!p->applied && conn)
             frame_send(l, T_FWD_DONE, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
         piece_put(l, p);
         break;
+    }
     case P_PEER_READ:
         if (p->conn_gen == l->conn_gen && link_ready(l)) {
             /* the frame frees the piece once sent */
@@ -938,26 +963,18 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         return true;
     }
     case T_WRITE_REF: {
+        /* The owner has our forwarded write: apply it here, then ACK and complete. */
         struct piece *p = piece_by_tag(l, (uint32_t)h->aux);
-        if (!p || p->kind != P_HOST_WRITE || p->locked || p->applied)
+        if (!p || p->kind != P_HOST_WRITE || p->locked || p->applied || !p->remote_wait ||
+            p->conn_gen != l->conn_gen)
             return false;
+        p->remote_wait = false;
         p->applied = true;
         p->peer_tag = h->tag;
         mark_dirty(p->m, p->stripe);
-        /* Apply the forwarded data here; ACK when it is on our replica. */
-        struct piece *a = piece_get(l, P_PEER_WRITE, p->m);
-        if (!a)
-            return false;
-        a->off = p->off;
-        a->len = p->len;
-        a->stripe = p->stripe;
-        a->peer_tag = h->tag;
-        a->conn_gen = l->conn_gen;
-        memcpy(a->iov, p->iov, sizeof(p->iov));
-        a->iovcnt = p->iovcnt;
-        if (local_submit(l, a, SRRS_IO_WRITE)) {
-            a->status = -ENOMEM;
-            piece_step(l, a);
+        if (local_submit(l, p, SRRS_IO_WRITE)) {
+            p->status = -ENOMEM;
+            piece_step(l, p);
         }
         return true;
     }
@@ -1177,6 +1194,7 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
     l->fd = fd;
     l->connecting = connecting;
+    l->want_out = connecting;
     l->hello_rx = false;
     l->rx_start = l->rx_end = 0;
     l->tx_seq = l->rx_seq = 0;
@@ -1620,7 +1638,9 @@ static void link_start_fn(void *a)
     struct mlink *l = x->l;
     l->p_timer = srrs_poller_register(l->r, timer_poll, l, SRRS_MAX(1u, l->o.ping_ms / 2) * 1000u);
     if (l->lfd >= 0) {
-        l->p_listen = srrs_poller_register(l->r, listen_poll, l, 0);
+        /* Timed, not every loop: an accept4() per poll round costs a syscall per
+         * round for nothing (the fd still wakes a sleeping reactor). */
+        l->p_listen = srrs_poller_register(l->r, listen_poll, l, 5000);
         if (!l->p_listen || srrs_poller_set_fd(l->p_listen, l->lfd, EPOLLIN, false))
             x->rc = -ENOMEM;
     }
