@@ -9,11 +9,12 @@
  * writes of one stripe in the same order:
  *
  *   owner  : lock, mark dirty, write locally + WRITE to peer; ack after both
- *   other  : FORWARD to the owner; the owner locks, writes locally, then
- *            answers WRITE_REF ("on my replica: apply your forwarded data
- *            now"); we write locally, ACK, and the host write completes (one
- *            round trip); the owner unlocks on the ACK. An owner whose local
- *            write failed answers FWD_DONE with the error instead.
+ *   other  : FORWARD to the owner; the owner locks, starts its local write
+ *            and answers WRITE_REF at once ("apply your forwarded data now"),
+ *            then FWD_DONE (with its status) when its write is done. We apply
+ *            on WRITE_REF and ACK when our write is done; the host write
+ *            completes with both (one round trip, the two local writes
+ *            overlapped); the owner unlocks on the ACK.
  *
  * The dirty bitmap (one bit per stripe, a MAP_SHARED file, so it survives a
  * kill -9) has a bit set before any local write and cleared once both
@@ -46,7 +47,7 @@
 #define M_CHUNK SRRS_BUF_MAX
 #define M_RXBUF (4u << 20)
 #define M_HDR 48
-#define M_COPIES 4                 /* stripes copied in parallel by a resync source */
+#define M_COPIES 16                /* stripes copied in parallel by a resync source */
 
 enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT, MODE_PENDING };
 
@@ -93,7 +94,8 @@ struct piece {
     uint8_t local_wait;  /* local I/Os outstanding */
     bool remote_wait;    /* waiting for the peer's answer */
     bool locked;
-    bool applied;        /* forwarder: WRITE_REF applied locally; owner: WRITE_REF sent */
+    bool applied;        /* forwarder: WRITE_REF applied locally */
+    bool answered;       /* forwarder: ACK sent; owner of a forward: FWD_DONE sent */
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
     uint32_t peer_tag;   /* the peer's tag this piece answers */
@@ -522,15 +524,16 @@ static void ordered_write(struct mlink *l, struct piece *p)
         piece_step(l, p);
         return;
     }
-    if (l->mode == MODE_SOLO || p->kind == P_PEER_FWD)
-        return; /* a forward is answered (WRITE_REF) once it is on our replica */
+    if (l->mode == MODE_SOLO)
+        return;
     if (!link_ready(l)) {
         p->remote_wait = true;     /* resolved by the next mode change */
         p->conn_gen = 0;
         return;
     }
-    send_write(l, p, T_WRITE);
-    p->m->st.writes++;
+    send_write(l, p, p->kind == P_PEER_FWD ? T_WRITE_REF : T_WRITE);
+    if (p->kind == P_HOST_WRITE)
+        p->m->st.writes++;
 }
 
 static void host_write_start(struct mlink *l, struct piece *p)
@@ -626,10 +629,28 @@ static void piece_dispatch(struct mlink *l, struct piece *p)
 
 static void copy_next(struct mirror *m, struct piece *p);
 
+/* A forward's two answers that go out as soon as our local write is done,
+ * without waiting for the peer: the forwarder's ACK, the owner's FWD_DONE. */
+static void forward_answer(struct mlink *l, struct piece *p)
+{
+    p->answered = true;
+    if (p->conn_gen != l->conn_gen || !link_ready(l))
+        return;
+    if (p->kind == P_PEER_FWD)
+        frame_send(l, T_FWD_DONE, p->m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
+    else
+        frame_send(l, T_ACK, p->m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
+}
+
 /* Called whenever a piece's local or remote part finished. */
 static void piece_step(struct mlink *l, struct piece *p)
 {
-    if (p->local_wait || p->remote_wait)
+    if (p->local_wait)
+        return;
+    if (!p->answered && ((p->kind == P_HOST_WRITE && !p->locked && p->applied) ||
+                         p->kind == P_PEER_FWD))
+        forward_answer(l, p);
+    if (p->remote_wait)
         return;
     struct mirror *m = p->m;
     switch (p->kind) {
@@ -646,13 +667,10 @@ static void piece_step(struct mlink *l, struct piece *p)
             piece_host_done(l, p, st);
             piece_put(l, p);
         } else {
-            /* forwarded: applied here after the owner's WRITE_REF (it has it:
-             * ACK so it unlocks), or failed by the owner (FWD_DONE) */
-            if (p->applied && p->conn_gen == l->conn_gen && link_ready(l)) {
-                if (p->status == 0)
-                    clear_dirty(m, p->stripe);
-                frame_send(l, T_ACK, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
-            }
+            /* forwarded: applied here (WRITE_REF, our ACK sent) and FWD_DONE
+             * arrived: both replicas have it */
+            if (p->status == 0 && p->applied && p->conn_gen == l->conn_gen && link_ready(l))
+                clear_dirty(m, p->stripe);
             piece_host_done(l, p, p->status);
             piece_put(l, p);
         }
@@ -684,22 +702,13 @@ static void piece_step(struct mlink *l, struct piece *p)
         m->resync_bytes += p->len;
         piece_put(l, p);
         break;
-    case P_PEER_FWD: {
-        bool conn = p->conn_gen == l->conn_gen && link_ready(l);
-        if (!p->applied && p->status == 0 && conn) {
-            /* on our replica: the forwarder applies it now, and ACKs */
-            p->applied = true;
-            send_write(l, p, T_WRITE_REF);
-            return;
-        }
-        if (p->applied && p->status == 0 && conn)
-            clear_dirty(m, p->stripe); /* the forwarder's ACK: both have it */
+    case P_PEER_FWD:
+        /* our write done (FWD_DONE sent) and the forwarder's ACK */
+        if (p->status == 0 && p->conn_gen == l->conn_gen && link_ready(l))
+            clear_dirty(m, p->stripe);
         stripe_unlock(p);
-        if (!p->applied && conn)
-            frame_send(l, T_FWD_DONE, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
         piece_put(l, p);
         break;
-    }
     case P_PEER_READ:
         if (p->conn_gen == l->conn_gen && link_ready(l)) {
             /* the frame frees the piece once sent */
@@ -963,12 +972,12 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         return true;
     }
     case T_WRITE_REF: {
-        /* The owner has our forwarded write: apply it here, then ACK and complete. */
+        /* The owner orders our forwarded write now: apply it here, ACK when done. */
         struct piece *p = piece_by_tag(l, (uint32_t)h->aux);
         if (!p || p->kind != P_HOST_WRITE || p->locked || p->applied || !p->remote_wait ||
             p->conn_gen != l->conn_gen)
             return false;
-        p->remote_wait = false;
+        /* still remote_wait: FWD_DONE (the owner's write done) follows */
         p->applied = true;
         p->peer_tag = h->tag;
         mark_dirty(p->m, p->stripe);
