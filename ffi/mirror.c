@@ -46,6 +46,8 @@
 #define M_PIECE_IOV 130 /* a virtio request may carry seg_max (126) segments, plus slack */
 #define M_CHUNK SRRS_BUF_MAX
 #define M_RXBUF (4u << 20)
+#define M_RX_RECV (256u << 10)     /* one recv() into the ring reads at most this */
+#define M_RX_DIRECT (64u << 10)    /* larger payloads are received straight into a pool buffer */
 #define M_HDR 48
 #define M_COPIES 16                /* stripes copied in parallel by a resync source */
 
@@ -140,7 +142,7 @@ struct mlink {
     struct srrs_mirror_link_opts o;
     int lfd, fd;
     bool connecting, up, hello_rx;
-    bool want_out;              /* EPOLLOUT asked for (the socket was full) */
+    uint32_t ev_mask;           /* epoll events asked for on fd (EPOLLOUT: the socket was full) */
     bool need_rejoin;           /* lost in paired/resync: stay down until the mode changes */
     uint64_t conn_gen;
     struct srrs_poller *p_listen, *p_conn, *p_timer;
@@ -151,6 +153,12 @@ struct mlink {
     struct piece *held;         /* waiting for the peer while the link is down */
     uint8_t *rx;
     size_t rx_start, rx_end;
+    uint64_t rx_next;           /* ticks: no recv() before this (backoff while idle) */
+    uint32_t rx_idle;           /* recv()s in a row that found nothing */
+    uint64_t tick_us;           /* ticks per microsecond */
+    struct mhdr dh;             /* a large frame being received straight into dbuf */
+    uint8_t *dbuf;              /* pool buffer of dh.len bytes (NULL: none) */
+    size_t dgot;
     int mode;
     uint64_t lease_deadline;    /* ns, CLOCK_MONOTONIC */
     struct mirror *vols[M_MAX_VOLS];
@@ -307,10 +315,11 @@ static void frame_free(struct mlink *l, struct frame *f)
 /* EPOLLOUT only while the socket is full; epoll_ctl only when that changes. */
 static void set_want_out(struct mlink *l, bool out)
 {
-    if (l->want_out == out)
+    uint32_t ev = EPOLLIN | (out ? EPOLLOUT : 0);
+    if (l->ev_mask == ev)
         return;
-    l->want_out = out;
-    srrs_poller_mod_fd(l->p_conn, EPOLLIN | (out ? EPOLLOUT : 0));
+    l->ev_mask = ev;
+    srrs_poller_mod_fd(l->p_conn, ev);
 }
 
 static int tx_flush(struct mlink *l)
@@ -671,7 +680,10 @@ static void piece_step(struct mlink *l, struct piece *p)
              * arrived: both replicas have it */
             if (p->status == 0 && p->applied && p->conn_gen == l->conn_gen && link_ready(l))
                 clear_dirty(m, p->stripe);
-            piece_host_done(l, p, p->status);
+            int st = p->status;
+            if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
+                st = -ENOTCONN; /* settled alone (link lost): never past the lease */
+            piece_host_done(l, p, st);
             piece_put(l, p);
         }
         break;
@@ -841,14 +853,19 @@ static void resync_maybe_start(struct mirror *m)
     m->copy_cursor = 0;
     /* Held pieces of this volume may go now. */
     struct piece *h = l->held, *keep = NULL;
+    bool bad_fwd = false;
     l->held = NULL;
     while (h) {
         struct piece *next = h->next;
         h->next = NULL;
         h->waiting = false;
-        if (h->m == m)
+        if (h->m == m && h->kind == P_PEER_FWD && h->conn_gen == l->conn_gen &&
+            !we_order(m, h->stripe)) {
+            piece_put(l, h);
+            bad_fwd = true; /* the two sides disagree on who orders it */
+        } else if (h->m == m) {
             piece_dispatch(l, h);
-        else {
+        } else {
             h->next = keep;
             keep = h;
             h->waiting = true;
@@ -860,6 +877,11 @@ static void resync_maybe_start(struct mirror *m)
         k->next = l->held;
         l->held = k;
         k = next;
+    }
+    if (bad_fwd) {
+        l->st.proto_errors++;
+        link_drop(l, "forward for a stripe we do not order");
+        return;
     }
     if (l->mode == MODE_RSRC) {
         m->resync_active = true;
@@ -902,7 +924,9 @@ static void send_bitmap(struct mirror *m, int reply)
 
 /* ---- receiving -------------------------------------------------------------------- */
 
-static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
+/* One checked frame. *own: the payload is a pool buffer of h->len bytes that a
+ * data piece may keep (then *own is nulled); otherwise it is copied. */
+static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, void **own)
 {
     struct mirror *m = h->vol < M_MAX_VOLS ? l->vols[h->vol] : NULL;
     bool needs_vol = h->type != T_HELLO && h->type != T_PING && h->type != T_ACK &&
@@ -938,20 +962,34 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         struct piece *p = piece_get(l, k, m);
         if (!p)
             return false;
-        if (!piece_buf(l, p, h->len)) {
+        if (*own) {
+            p->buf = *own; /* received straight into it: no copy */
+            p->buf_len = h->len;
+            p->iov[0].iov_base = p->buf;
+            p->iov[0].iov_len = h->len;
+            p->iovcnt = 1;
+            *own = NULL;
+        } else if (!piece_buf(l, p, h->len)) {
             p->kind = P_FREE;
             p->next = l->pfree;
             l->pfree = p;
             errno = ENOBUFS;
             return false;
+        } else {
+            memcpy(p->buf, payload, h->len);
         }
-        memcpy(p->buf, payload, h->len);
         p->off = h->off;
         p->len = h->len;
         p->stripe = s;
         p->peer_tag = h->tag;
         p->conn_gen = l->conn_gen;
         if (k == P_PEER_FWD) {
+            if (mode_resync(l->mode) && !m->resync_ready) {
+                /* The peer computed the stripes to copy first and forwards a
+                 * write for one we will order: decided when ours are known. */
+                hold(l, p);
+                return true;
+            }
             if (!we_order(m, s)) {
                 piece_put(l, p);
                 return false; /* it thinks we own a stripe we do not */
@@ -1074,10 +1112,74 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
     return false;
 }
 
+/* A whole frame (header copied out, payload at `payload`): CRC32C, sequence,
+ * then its meaning. 1 consumed, 0 retry later (out of buffers), -1 link dropped. */
+static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **own)
+{
+    uint32_t want = h->crc;
+    h->crc = 0;
+    uint32_t crc = srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
+    h->crc = want;
+    if (crc != want) {
+        l->st.crc_errors++;
+        link_drop(l, "frame CRC32C mismatch");
+        return -1;
+    }
+    if (h->seq != l->rx_seq) {
+        l->st.proto_errors++;
+        link_drop(l, "frame out of sequence");
+        return -1;
+    }
+    errno = 0;
+    if (!rx_frame(l, h, payload, own)) {
+        if (errno == ENOBUFS && !*own)
+            return 0; /* out of buffers: leave it, retry next poll */
+        static const char *const names[T_MAX] = {
+            "?", "HELLO", "PING", "WRITE", "WRITE_REF", "FORWARD", "ACK", "FWD_DONE", "READ",
+            "READ_DATA", "BITMAP", "RESYNC", "RESYNC_DONE"};
+        char why[64];
+        snprintf(why, sizeof(why), "bad %s frame (tag %#x)", names[h->type], h->tag);
+        l->st.proto_errors++;
+        link_drop(l, why);
+        return -1;
+    }
+    l->rx_seq++;
+    l->st.rx_frames++;
+    return l->fd < 0 ? -1 : 1;
+}
+
 static int rx_poll(struct mlink *l)
 {
     int work = 0;
     for (;;) {
+        if (l->dbuf) {
+            ssize_t k = recv(l->fd, l->dbuf + l->dgot, l->dh.len - l->dgot, MSG_DONTWAIT);
+            if (k == 0) {
+                link_drop(l, "peer closed the connection");
+                return 1;
+            }
+            if (k < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                    link_drop(l, "receive failed");
+                    return 1;
+                }
+                return work;
+            }
+            l->dgot += (size_t)k;
+            l->st.rx_bytes += (uint64_t)k;
+            l->last_rx = srrs_ticks();
+            work = 1;
+            if (l->dgot < l->dh.len)
+                return work;
+            void *own = l->dbuf;
+            l->dbuf = NULL;
+            int rc = rx_check(l, &l->dh, own, &own);
+            if (own)
+                srrs_buf_put(l->r, own, l->dh.len);
+            if (rc < 0)
+                return 1;
+            continue;
+        }
         if (l->rx_start && l->rx_end == l->rx_start)
             l->rx_start = l->rx_end = 0;
         if (l->rx_start > M_RXBUF / 2) {
@@ -1086,7 +1188,8 @@ static int rx_poll(struct mlink *l)
             l->rx_start = 0;
         }
         if (l->rx_end < M_RXBUF) {
-            ssize_t k = recv(l->fd, l->rx + l->rx_end, M_RXBUF - l->rx_end, MSG_DONTWAIT);
+            ssize_t k = recv(l->fd, l->rx + l->rx_end, SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end),
+                             MSG_DONTWAIT);
             if (k == 0) {
                 link_drop(l, "peer closed the connection");
                 return 1;
@@ -1111,39 +1214,32 @@ static int rx_poll(struct mlink *l)
                 link_drop(l, "bad frame header");
                 return 1;
             }
-            if (l->rx_end - l->rx_start < M_HDR + (size_t)h.len)
+            size_t have = l->rx_end - l->rx_start - M_HDR;
+            if (have < h.len && h.len >= M_RX_DIRECT) {
+                /* A large frame not yet here: the rest goes straight into a pool
+                 * buffer that the piece keeps (no copy out of the ring). */
+                uint8_t *b = srrs_buf_get(l->r, h.len);
+                if (b) {
+                    memcpy(b, l->rx + l->rx_start + M_HDR, have);
+                    l->dh = h;
+                    l->dbuf = b;
+                    l->dgot = have;
+                    l->rx_start = l->rx_end;
+                    progress = true;
+                    break;
+                }
+            }
+            if (have < h.len)
                 break;
-            uint8_t *payload = l->rx + l->rx_start + M_HDR;
-            uint32_t want = h.crc;
-            h.crc = 0;
-            uint32_t crc = srrs_crc32c(srrs_crc32c(0, &h, sizeof(h)), payload, h.len);
-            if (crc != want) {
-                l->st.crc_errors++;
-                link_drop(l, "frame CRC32C mismatch");
+            void *own = NULL;
+            int rc = rx_check(l, &h, l->rx + l->rx_start + M_HDR, &own);
+            if (rc < 0)
                 return 1;
-            }
-            if (h.seq != l->rx_seq) {
-                l->st.proto_errors++;
-                link_drop(l, "frame out of sequence");
-                return 1;
-            }
-            errno = 0;
-            if (!rx_frame(l, &h, payload)) {
-                if (errno == ENOBUFS)
-                    break; /* out of buffers: leave it, retry next poll */
-                l->st.proto_errors++;
-                link_drop(l, "bad frame");
-                return 1;
-            }
-            l->rx_seq++;
-            l->st.rx_frames++;
+            if (rc == 0)
+                break;
             l->rx_start += M_HDR + h.len;
             progress = true;
-            if (l->fd < 0)
-                return 1;
         }
-        if (!progress && (l->rx_end == M_RXBUF || work == 0))
-            break;
         if (!progress)
             break;
         work = 1;
@@ -1182,7 +1278,20 @@ static int conn_poll(void *arg)
         l->last_rx = srrs_ticks();
         frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, 0, NULL, 0, 0, NULL);
     }
-    int work = rx_poll(l);
+    /* A recv() that finds nothing costs a syscall per poll round; while the
+     * peer is quiet, try again after 1, 2, 4, 8 us rather than every round. */
+    int work = 0;
+    uint64_t now = srrs_ticks();
+    if (now >= l->rx_next) {
+        work = rx_poll(l);
+        if (work) {
+            l->rx_idle = 0;
+            l->rx_next = 0;
+        } else {
+            l->rx_next = now + (l->tick_us << SRRS_MIN(l->rx_idle, 3u));
+            l->rx_idle++;
+        }
+    }
     if (l->fd >= 0)
         work |= tx_flush(l);
     return work;
@@ -1203,7 +1312,7 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
     l->fd = fd;
     l->connecting = connecting;
-    l->want_out = connecting;
+    l->ev_mask = connecting ? EPOLLOUT : EPOLLIN;
     l->hello_rx = false;
     l->rx_start = l->rx_end = 0;
     l->tx_seq = l->rx_seq = 0;
@@ -1243,6 +1352,10 @@ static void link_drop(struct mlink *l, const char *why)
     }
     l->txq_tail = NULL;
     l->rx_start = l->rx_end = 0;
+    if (l->dbuf) {
+        srrs_buf_put(l->r, l->dbuf, l->dh.len);
+        l->dbuf = NULL;
+    }
     l->last_try = srrs_ticks();
     if (mode_needs_peer(l->mode))
         l->need_rejoin = true;
@@ -1383,6 +1496,12 @@ static void resolve_held(struct mlink *l)
             if (p->kind == P_HOST_WRITE && !p->locked) {
                 /* forwarded and lost: apply it here ourselves (in SOLO) */
                 if (l->mode == MODE_SOLO && !p->status) {
+                    if (p->applied) {
+                        /* the owner's WRITE_REF came: our copy is (being) written;
+                         * it completes with that write, under the lease */
+                        piece_step(l, p);
+                        continue;
+                    }
                     p->applied = true;
                     ordered_write(l, p);
                     continue;
@@ -1722,6 +1841,7 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
     l->fd = -1;
     l->lfd = -1;
     l->stop_hook = -1;
+    l->tick_us = SRRS_MAX(1u, srrs_us_to_ticks(1));
     l->mode = MODE_FENCED;
     l->pieces = calloc(M_NPIECES, sizeof(*l->pieces));
     l->frames = calloc(M_NFRAMES, sizeof(*l->frames));
