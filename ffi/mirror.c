@@ -9,9 +9,12 @@
  * writes of one stripe in the same order:
  *
  *   owner  : lock, mark dirty, write locally + WRITE to peer; ack after both
- *   other  : FORWARD to the owner; the owner locks and answers WRITE_REF
- *            ("apply your forwarded data now"); we write locally, ACK; the
- *            owner unlocks and sends FWD_DONE: the host write completes.
+ *   other  : FORWARD to the owner; the owner locks, starts its local write
+ *            and answers WRITE_REF at once ("apply your forwarded data now"),
+ *            then FWD_DONE (with its status) when its write is done. We apply
+ *            on WRITE_REF and ACK when our write is done; the host write
+ *            completes with both (one round trip, the two local writes
+ *            overlapped); the owner unlocks on the ACK.
  *
  * The dirty bitmap (one bit per stripe, a MAP_SHARED file, so it survives a
  * kill -9) has a bit set before any local write and cleared once both
@@ -43,8 +46,10 @@
 #define M_PIECE_IOV 130 /* a virtio request may carry seg_max (126) segments, plus slack */
 #define M_CHUNK SRRS_BUF_MAX
 #define M_RXBUF (4u << 20)
+#define M_RX_RECV (256u << 10)     /* one recv() into the ring reads at most this */
+#define M_RX_DIRECT (64u << 10)    /* larger payloads are received straight into a pool buffer */
 #define M_HDR 48
-#define M_COPIES 4                 /* stripes copied in parallel by a resync source */
+#define M_COPIES 16                /* stripes copied in parallel by a resync source */
 
 enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT, MODE_PENDING };
 
@@ -84,7 +89,6 @@ struct piece {
     struct mirror *m;
     struct srrs_io *host;
     uint64_t off, len, stripe;
-    struct iovec iov[M_PIECE_IOV];
     int iovcnt;
     void *buf;           /* owned pool buffer (peer data, copies) */
     size_t buf_len;
@@ -94,11 +98,13 @@ struct piece {
     bool locked;
     bool applied;        /* forwarder: WRITE_REF applied locally */
     bool alone;          /* ordered in SOLO: applied here only, its stripe stays dirty */
+    bool answered;       /* forwarder: ACK sent; owner of a forward: FWD_DONE sent */
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
     uint32_t peer_tag;   /* the peer's tag this piece answers */
     uint64_t conn_gen;   /* connection the remote part was sent on */
     struct piece *next;
+    struct iovec iov[M_PIECE_IOV]; /* last: piece_get clears only what precedes it */
 };
 
 struct frame {
@@ -137,6 +143,7 @@ struct mlink {
     struct srrs_mirror_link_opts o;
     int lfd, fd;
     bool connecting, up, hello_rx;
+    uint32_t ev_mask;           /* epoll events asked for on fd (EPOLLOUT: the socket was full) */
     bool need_rejoin;           /* lost in paired/resync: stay down until the mode changes */
     uint64_t conn_gen;
     struct srrs_poller *p_listen, *p_conn, *p_timer;
@@ -147,6 +154,12 @@ struct mlink {
     struct piece *held;         /* waiting for the peer while the link is down */
     uint8_t *rx;
     size_t rx_start, rx_end;
+    uint64_t rx_next;           /* ticks: no recv() before this (backoff while idle) */
+    uint32_t rx_idle;           /* recv()s in a row that found nothing */
+    uint64_t tick_us;           /* ticks per microsecond */
+    struct mhdr dh;             /* a large frame being received straight into dbuf */
+    uint8_t *dbuf;              /* pool buffer of dh.len bytes (NULL: none) */
+    size_t dgot;
     int mode;
     uint64_t lease_deadline;    /* ns, CLOCK_MONOTONIC */
     struct mirror *vols[M_MAX_VOLS];
@@ -209,7 +222,7 @@ static struct piece *piece_get(struct mlink *l, enum pkind kind, struct mirror *
         return NULL;
     l->pfree = p->next;
     uint16_t gen = (uint16_t)(p->gen + 1), idx = p->idx;
-    memset(p, 0, sizeof(*p));
+    memset(p, 0, offsetof(struct piece, iov)); /* not the 2 KiB iovec array */
     p->gen = gen;
     p->idx = idx;
     p->kind = kind;
@@ -305,6 +318,16 @@ static void frame_free(struct mlink *l, struct frame *f)
     l->ffree = f;
 }
 
+/* EPOLLOUT only while the socket is full; epoll_ctl only when that changes. */
+static void set_want_out(struct mlink *l, bool out)
+{
+    uint32_t ev = EPOLLIN | (out ? EPOLLOUT : 0);
+    if (l->ev_mask == ev)
+        return;
+    l->ev_mask = ev;
+    srrs_poller_mod_fd(l->p_conn, ev);
+}
+
 static int tx_flush(struct mlink *l)
 {
     int work = 0;
@@ -328,7 +351,7 @@ static int tx_flush(struct mlink *l)
         ssize_t k = writev(l->fd, v, n);
         if (k < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                srrs_poller_mod_fd(l->p_conn, EPOLLIN | EPOLLOUT);
+                set_want_out(l, true);
                 return work;
             }
             if (errno == EINTR)
@@ -355,7 +378,7 @@ static int tx_flush(struct mlink *l)
         }
     }
     if (!l->txq && l->fd >= 0 && !l->connecting)
-        srrs_poller_mod_fd(l->p_conn, EPOLLIN);
+        set_want_out(l, false);
     return work;
 }
 
@@ -623,10 +646,28 @@ static void piece_dispatch(struct mlink *l, struct piece *p)
 
 static void copy_next(struct mirror *m, struct piece *p);
 
+/* A forward's two answers that go out as soon as our local write is done,
+ * without waiting for the peer: the forwarder's ACK, the owner's FWD_DONE. */
+static void forward_answer(struct mlink *l, struct piece *p)
+{
+    p->answered = true;
+    if (p->conn_gen != l->conn_gen || !link_ready(l))
+        return;
+    if (p->kind == P_PEER_FWD)
+        frame_send(l, T_FWD_DONE, p->m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
+    else
+        frame_send(l, T_ACK, p->m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
+}
+
 /* Called whenever a piece's local or remote part finished. */
 static void piece_step(struct mlink *l, struct piece *p)
 {
-    if (p->local_wait || p->remote_wait)
+    if (p->local_wait)
+        return;
+    if (!p->answered && ((p->kind == P_HOST_WRITE && !p->locked && p->applied) ||
+                         p->kind == P_PEER_FWD))
+        forward_answer(l, p);
+    if (p->remote_wait)
         return;
     struct mirror *m = p->m;
     switch (p->kind) {
@@ -643,8 +684,14 @@ static void piece_step(struct mlink *l, struct piece *p)
             piece_host_done(l, p, st);
             piece_put(l, p);
         } else {
-            /* forwarded: FWD_DONE arrived (status in p->status) */
-            piece_host_done(l, p, p->status);
+            /* forwarded: applied here (WRITE_REF, our ACK sent) and FWD_DONE
+             * arrived: both replicas have it */
+            if (p->status == 0 && p->applied && p->conn_gen == l->conn_gen && link_ready(l))
+                clear_dirty(m, p->stripe);
+            int st = p->status;
+            if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
+                st = -ENOTCONN; /* settled alone (link lost): never past the lease */
+            piece_host_done(l, p, st);
             piece_put(l, p);
         }
         break;
@@ -676,11 +723,10 @@ static void piece_step(struct mlink *l, struct piece *p)
         piece_put(l, p);
         break;
     case P_PEER_FWD:
+        /* our write done (FWD_DONE sent) and the forwarder's ACK */
         if (p->status == 0 && !p->alone && p->conn_gen == l->conn_gen && link_ready(l))
             clear_dirty(m, p->stripe);
         stripe_unlock(p);
-        if (p->conn_gen == l->conn_gen && link_ready(l))
-            frame_send(l, T_FWD_DONE, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
         piece_put(l, p);
         break;
     case P_PEER_READ:
@@ -815,14 +861,19 @@ static void resync_maybe_start(struct mirror *m)
     m->copy_cursor = 0;
     /* Held pieces of this volume may go now. */
     struct piece *h = l->held, *keep = NULL;
+    bool bad_fwd = false;
     l->held = NULL;
     while (h) {
         struct piece *next = h->next;
         h->next = NULL;
         h->waiting = false;
-        if (h->m == m)
+        if (h->m == m && h->kind == P_PEER_FWD && h->conn_gen == l->conn_gen &&
+            !we_order(m, h->stripe)) {
+            piece_put(l, h);
+            bad_fwd = true; /* the two sides disagree on who orders it */
+        } else if (h->m == m) {
             piece_dispatch(l, h);
-        else {
+        } else {
             h->next = keep;
             keep = h;
             h->waiting = true;
@@ -834,6 +885,11 @@ static void resync_maybe_start(struct mirror *m)
         k->next = l->held;
         l->held = k;
         k = next;
+    }
+    if (bad_fwd) {
+        l->st.proto_errors++;
+        link_drop(l, "forward for a stripe we do not order");
+        return;
     }
     if (l->mode == MODE_RSRC) {
         m->resync_active = true;
@@ -876,7 +932,9 @@ static void send_bitmap(struct mirror *m, int reply)
 
 /* ---- receiving -------------------------------------------------------------------- */
 
-static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
+/* One checked frame. *own: the payload is a pool buffer of h->len bytes that a
+ * data piece may keep (then *own is nulled); otherwise it is copied. */
+static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, void **own)
 {
     struct mirror *m = h->vol < M_MAX_VOLS ? l->vols[h->vol] : NULL;
     bool needs_vol = h->type != T_HELLO && h->type != T_PING && h->type != T_ACK &&
@@ -912,20 +970,34 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         struct piece *p = piece_get(l, k, m);
         if (!p)
             return false;
-        if (!piece_buf(l, p, h->len)) {
+        if (*own) {
+            p->buf = *own; /* received straight into it: no copy */
+            p->buf_len = h->len;
+            p->iov[0].iov_base = p->buf;
+            p->iov[0].iov_len = h->len;
+            p->iovcnt = 1;
+            *own = NULL;
+        } else if (!piece_buf(l, p, h->len)) {
             p->kind = P_FREE;
             p->next = l->pfree;
             l->pfree = p;
             errno = ENOBUFS;
             return false;
+        } else {
+            memcpy(p->buf, payload, h->len);
         }
-        memcpy(p->buf, payload, h->len);
         p->off = h->off;
         p->len = h->len;
         p->stripe = s;
         p->peer_tag = h->tag;
         p->conn_gen = l->conn_gen;
         if (k == P_PEER_FWD) {
+            if (mode_resync(l->mode) && !m->resync_ready) {
+                /* The peer computed the stripes to copy first and forwards a
+                 * write for one we will order: decided when ours are known. */
+                hold(l, p);
+                return true;
+            }
             if (!we_order(m, s)) {
                 piece_put(l, p);
                 return false; /* it thinks we own a stripe we do not */
@@ -946,26 +1018,18 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
         return true;
     }
     case T_WRITE_REF: {
+        /* The owner orders our forwarded write now: apply it here, ACK when done. */
         struct piece *p = piece_by_tag(l, (uint32_t)h->aux);
-        if (!p || p->kind != P_HOST_WRITE || p->locked || p->applied)
+        if (!p || p->kind != P_HOST_WRITE || p->locked || p->applied || !p->remote_wait ||
+            p->conn_gen != l->conn_gen)
             return false;
+        /* still remote_wait: FWD_DONE (the owner's write done) follows */
         p->applied = true;
         p->peer_tag = h->tag;
         mark_dirty(p->m, p->stripe);
-        /* Apply the forwarded data here; ACK when it is on our replica. */
-        struct piece *a = piece_get(l, P_PEER_WRITE, p->m);
-        if (!a)
-            return false;
-        a->off = p->off;
-        a->len = p->len;
-        a->stripe = p->stripe;
-        a->peer_tag = h->tag;
-        a->conn_gen = l->conn_gen;
-        memcpy(a->iov, p->iov, sizeof(p->iov));
-        a->iovcnt = p->iovcnt;
-        if (local_submit(l, a, SRRS_IO_WRITE)) {
-            a->status = -ENOMEM;
-            piece_step(l, a);
+        if (local_submit(l, p, SRRS_IO_WRITE)) {
+            p->status = -ENOMEM;
+            piece_step(l, p);
         }
         return true;
     }
@@ -1063,10 +1127,74 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload)
     return false;
 }
 
+/* A whole frame (header copied out, payload at `payload`): CRC32C, sequence,
+ * then its meaning. 1 consumed, 0 retry later (out of buffers), -1 link dropped. */
+static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **own)
+{
+    uint32_t want = h->crc;
+    h->crc = 0;
+    uint32_t crc = srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
+    h->crc = want;
+    if (crc != want) {
+        l->st.crc_errors++;
+        link_drop(l, "frame CRC32C mismatch");
+        return -1;
+    }
+    if (h->seq != l->rx_seq) {
+        l->st.proto_errors++;
+        link_drop(l, "frame out of sequence");
+        return -1;
+    }
+    errno = 0;
+    if (!rx_frame(l, h, payload, own)) {
+        if (errno == ENOBUFS && !*own)
+            return 0; /* out of buffers: leave it, retry next poll */
+        static const char *const names[T_MAX] = {
+            "?", "HELLO", "PING", "WRITE", "WRITE_REF", "FORWARD", "ACK", "FWD_DONE", "READ",
+            "READ_DATA", "BITMAP", "RESYNC", "RESYNC_DONE"};
+        char why[64];
+        snprintf(why, sizeof(why), "bad %s frame (tag %#x)", names[h->type], h->tag);
+        l->st.proto_errors++;
+        link_drop(l, why);
+        return -1;
+    }
+    l->rx_seq++;
+    l->st.rx_frames++;
+    return l->fd < 0 ? -1 : 1;
+}
+
 static int rx_poll(struct mlink *l)
 {
     int work = 0;
     for (;;) {
+        if (l->dbuf) {
+            ssize_t k = recv(l->fd, l->dbuf + l->dgot, l->dh.len - l->dgot, MSG_DONTWAIT);
+            if (k == 0) {
+                link_drop(l, "peer closed the connection");
+                return 1;
+            }
+            if (k < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                    link_drop(l, "receive failed");
+                    return 1;
+                }
+                return work;
+            }
+            l->dgot += (size_t)k;
+            l->st.rx_bytes += (uint64_t)k;
+            l->last_rx = srrs_ticks();
+            work = 1;
+            if (l->dgot < l->dh.len)
+                return work;
+            void *own = l->dbuf;
+            l->dbuf = NULL;
+            int rc = rx_check(l, &l->dh, own, &own);
+            if (own)
+                srrs_buf_put(l->r, own, l->dh.len);
+            if (rc < 0)
+                return 1;
+            continue;
+        }
         if (l->rx_start && l->rx_end == l->rx_start)
             l->rx_start = l->rx_end = 0;
         if (l->rx_start > M_RXBUF / 2) {
@@ -1075,7 +1203,8 @@ static int rx_poll(struct mlink *l)
             l->rx_start = 0;
         }
         if (l->rx_end < M_RXBUF) {
-            ssize_t k = recv(l->fd, l->rx + l->rx_end, M_RXBUF - l->rx_end, MSG_DONTWAIT);
+            ssize_t k = recv(l->fd, l->rx + l->rx_end, SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end),
+                             MSG_DONTWAIT);
             if (k == 0) {
                 link_drop(l, "peer closed the connection");
                 return 1;
@@ -1100,39 +1229,32 @@ static int rx_poll(struct mlink *l)
                 link_drop(l, "bad frame header");
                 return 1;
             }
-            if (l->rx_end - l->rx_start < M_HDR + (size_t)h.len)
+            size_t have = l->rx_end - l->rx_start - M_HDR;
+            if (have < h.len && h.len >= M_RX_DIRECT) {
+                /* A large frame not yet here: the rest goes straight into a pool
+                 * buffer that the piece keeps (no copy out of the ring). */
+                uint8_t *b = srrs_buf_get(l->r, h.len);
+                if (b) {
+                    memcpy(b, l->rx + l->rx_start + M_HDR, have);
+                    l->dh = h;
+                    l->dbuf = b;
+                    l->dgot = have;
+                    l->rx_start = l->rx_end;
+                    progress = true;
+                    break;
+                }
+            }
+            if (have < h.len)
                 break;
-            uint8_t *payload = l->rx + l->rx_start + M_HDR;
-            uint32_t want = h.crc;
-            h.crc = 0;
-            uint32_t crc = srrs_crc32c(srrs_crc32c(0, &h, sizeof(h)), payload, h.len);
-            if (crc != want) {
-                l->st.crc_errors++;
-                link_drop(l, "frame CRC32C mismatch");
+            void *own = NULL;
+            int rc = rx_check(l, &h, l->rx + l->rx_start + M_HDR, &own);
+            if (rc < 0)
                 return 1;
-            }
-            if (h.seq != l->rx_seq) {
-                l->st.proto_errors++;
-                link_drop(l, "frame out of sequence");
-                return 1;
-            }
-            errno = 0;
-            if (!rx_frame(l, &h, payload)) {
-                if (errno == ENOBUFS)
-                    break; /* out of buffers: leave it, retry next poll */
-                l->st.proto_errors++;
-                link_drop(l, "bad frame");
-                return 1;
-            }
-            l->rx_seq++;
-            l->st.rx_frames++;
+            if (rc == 0)
+                break;
             l->rx_start += M_HDR + h.len;
             progress = true;
-            if (l->fd < 0)
-                return 1;
         }
-        if (!progress && (l->rx_end == M_RXBUF || work == 0))
-            break;
         if (!progress)
             break;
         work = 1;
@@ -1171,7 +1293,20 @@ static int conn_poll(void *arg)
         l->last_rx = srrs_ticks();
         frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, 0, NULL, 0, 0, NULL);
     }
-    int work = rx_poll(l);
+    /* A recv() that finds nothing costs a syscall per poll round; while the
+     * peer is quiet, try again after 1, 2, 4, 8 us rather than every round. */
+    int work = 0;
+    uint64_t now = srrs_ticks();
+    if (now >= l->rx_next) {
+        work = rx_poll(l);
+        if (work) {
+            l->rx_idle = 0;
+            l->rx_next = 0;
+        } else {
+            l->rx_next = now + (l->tick_us << SRRS_MIN(l->rx_idle, 3u));
+            l->rx_idle++;
+        }
+    }
     if (l->fd >= 0)
         work |= tx_flush(l);
     return work;
@@ -1192,6 +1327,7 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
     l->fd = fd;
     l->connecting = connecting;
+    l->ev_mask = connecting ? EPOLLOUT : EPOLLIN;
     l->hello_rx = false;
     l->rx_start = l->rx_end = 0;
     l->tx_seq = l->rx_seq = 0;
@@ -1231,6 +1367,10 @@ static void link_drop(struct mlink *l, const char *why)
     }
     l->txq_tail = NULL;
     l->rx_start = l->rx_end = 0;
+    if (l->dbuf) {
+        srrs_buf_put(l->r, l->dbuf, l->dh.len);
+        l->dbuf = NULL;
+    }
     l->last_try = srrs_ticks();
     if (mode_needs_peer(l->mode))
         l->need_rejoin = true;
@@ -1371,6 +1511,12 @@ static void resolve_held(struct mlink *l)
             if (p->kind == P_HOST_WRITE && !p->locked) {
                 /* forwarded and lost: apply it here ourselves (in SOLO) */
                 if (l->mode == MODE_SOLO && !p->status) {
+                    if (p->applied) {
+                        /* the owner's WRITE_REF came: our copy is (being) written;
+                         * it completes with that write, under the lease */
+                        piece_step(l, p);
+                        continue;
+                    }
                     p->applied = true;
                     ordered_write(l, p);
                     continue;
@@ -1635,7 +1781,9 @@ static void link_start_fn(void *a)
     struct mlink *l = x->l;
     l->p_timer = srrs_poller_register(l->r, timer_poll, l, SRRS_MAX(1u, l->o.ping_ms / 2) * 1000u);
     if (l->lfd >= 0) {
-        l->p_listen = srrs_poller_register(l->r, listen_poll, l, 0);
+        /* Timed, not every loop: an accept4() per poll round costs a syscall per
+         * round for nothing (the fd still wakes a sleeping reactor). */
+        l->p_listen = srrs_poller_register(l->r, listen_poll, l, 5000);
         if (!l->p_listen || srrs_poller_set_fd(l->p_listen, l->lfd, EPOLLIN, false))
             x->rc = -ENOMEM;
     }
@@ -1708,6 +1856,7 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
     l->fd = -1;
     l->lfd = -1;
     l->stop_hook = -1;
+    l->tick_us = SRRS_MAX(1u, srrs_us_to_ticks(1));
     l->mode = MODE_FENCED;
     l->pieces = calloc(M_NPIECES, sizeof(*l->pieces));
     l->frames = calloc(M_NFRAMES, sizeof(*l->frames));
