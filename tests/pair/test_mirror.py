@@ -299,14 +299,20 @@ def test_solo_write_stays_dirty_when_a_resync_starts_before_the_bitmaps_meet(tmp
         st, _ = b.core.test_io("v", "write", stripe1, 4096, w1)   # acknowledged by b alone
         assert st == 0 and b.info()["dirty_stripes"] == 1
         b.mode("resync_source")                # a still paired: it forwards to b
-        st, _ = a.core.test_io("v", "write", stripe1 + 4096, 4096, w2)
-        assert st == 0
+        res = {}
+        t = threading.Thread(target=lambda: res.setdefault(
+            "w2", a.core.test_io("v", "write", stripe1 + 4096, 4096, w2)))
+        t.start()                              # b may hold W2 until the bitmaps meet
+        time.sleep(0.2)
         assert b.info()["dirty_stripes"] == 1  # W1 is still only on b
         a.mode("resync_target")
         b.resync()
         a.resync()
+        t.join(10)
+        assert not t.is_alive() and res["w2"][0] == 0
         wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 10, "resync")
         assert a.core.test_io("r0", "read", stripe1, 4096)[1] == w1
+        assert a.core.test_io("r0", "read", stripe1 + 4096, 4096)[1] == w2
         assert replica_diff(a, b) == []
     finally:
         a.close()
