@@ -6,13 +6,11 @@ Topology (every address in namespaces this test creates):
 Cutting a link = setting one end of its veth down.
 """
 
-import os
-import shutil
-import subprocess
 import time
 
 import pytest
 
+from .netns import Topology
 from .procs import Ctl, Witness, pair_conf, same_files
 
 NS = {"A": "srrsA", "B": "srrsB", "W": "srrsW"}
@@ -23,50 +21,17 @@ LINKS = {  # name: (ns1, ifname1, addr1, ns2, ifname2, addr2)
 }
 
 
-def sh(*args):
-    subprocess.run(list(args), check=True, capture_output=True)
-
-
-def nsx(ns, *args):
-    sh("ip", "netns", "exec", NS[ns], *args)
-
-
-def have_netns():
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        return False
-    r = subprocess.run(["ip", "netns", "add", "srrs-probe"], capture_output=True)
-    if r.returncode:
-        return False
-    subprocess.run(["ip", "netns", "del", "srrs-probe"], capture_output=True)
-    return True
+TOPO = Topology(NS, LINKS)
 
 
 @pytest.fixture
 def net():
-    if not have_netns():
-        pytest.skip("needs root and ip netns")
-    for ns in NS.values():
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    try:
-        for ns in NS.values():
-            sh("ip", "netns", "add", ns)
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        for n1, i1, a1, n2, i2, a2 in LINKS.values():
-            sh("ip", "link", "add", i1, "netns", NS[n1], "type", "veth", "peer", "name", i2,
-               "netns", NS[n2])
-            nsx(n1, "ip", "addr", "add", f"{a1}/24", "dev", i1)
-            nsx(n2, "ip", "addr", "add", f"{a2}/24", "dev", i2)
-            nsx(n1, "ip", "link", "set", i1, "up")
-            nsx(n2, "ip", "link", "set", i2, "up")
+    with TOPO.up():
         yield
-    finally:
-        for ns in NS.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def cut(link, down=True):
-    n1, i1, *_ = LINKS[link]
-    nsx(n1, "ip", "link", "set", i1, "down" if down else "up")
+    TOPO.set_link(link, not down)
 
 
 def ports():

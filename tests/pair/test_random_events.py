@@ -34,8 +34,8 @@ import time
 
 import pytest
 
+from .netns import Topology
 from .procs import Ctl, Witness, pair_conf, replica_chunks
-from .test_partition import have_netns
 
 NS = {"A": "srrsRA", "B": "srrsRB", "W": "srrsRW", "C": "srrsRC"}
 LINKS = {  # name: (ns1, ifname1, addr1, ns2, ifname2, addr2)
@@ -55,42 +55,14 @@ PORTS = {"coord_a": 5611, "coord_b": 5612, "mirror_a": 4531, "mirror_b": 4532, "
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ack_client.py")
 
 
-def sh(*args):
-    r = subprocess.run(list(args), capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-
-
-def nsx(ns, *args):
-    sh("ip", "netns", "exec", NS[ns], *args)
-
-
-def set_link(link, up):
-    n1, i1, *_ = LINKS[link]
-    nsx(n1, "ip", "link", "set", i1, "up" if up else "down")
+TOPO = Topology(NS, LINKS)
+set_link = TOPO.set_link
 
 
 @pytest.fixture
 def net():
-    if not have_netns():
-        pytest.skip("needs root and ip netns")
-    for ns in NS.values():
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    try:
-        for ns in NS.values():
-            sh("ip", "netns", "add", ns)
-            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        for n1, i1, a1, n2, i2, a2 in LINKS.values():
-            sh("ip", "link", "add", i1, "netns", NS[n1], "type", "veth", "peer", "name", i2,
-               "netns", NS[n2])
-            nsx(n1, "ip", "addr", "add", f"{a1}/24", "dev", i1)
-            nsx(n2, "ip", "addr", "add", f"{a2}/24", "dev", i2)
-            nsx(n1, "ip", "link", "set", i1, "up")
-            nsx(n2, "ip", "link", "set", i2, "up")
+    with TOPO.up():
         yield
-    finally:
-        for ns in NS.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def ctl_conf(name, tmp):

@@ -1,0 +1,66 @@
+"""Test hosts in network namespaces this suite creates: named namespaces joined
+by veth pairs; a link is cut by setting its first end down."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+def sh(*args):
+    r = subprocess.run(list(args), capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+
+
+def have_netns():
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return False
+    r = subprocess.run(["ip", "netns", "add", "srrs-probe"], capture_output=True)
+    if r.returncode:
+        return False
+    subprocess.run(["ip", "netns", "del", "srrs-probe"], capture_output=True)
+    return True
+
+
+class Topology:
+    """ns: {key: netns name}; links: {name: (ns1, ifname1, addr1, ns2, ifname2, addr2)}
+    with ns keys, addresses in /24s."""
+
+    def __init__(self, ns: dict, links: dict):
+        self.ns, self.links = ns, links
+
+    def nsx(self, key, *args):
+        sh("ip", "netns", "exec", self.ns[key], *args)
+
+    def set_link(self, link, up):
+        n1, i1, *_ = self.links[link]
+        self.nsx(n1, "ip", "link", "set", i1, "up" if up else "down")
+
+    def _delete(self):
+        for ns in self.ns.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    @contextlib.contextmanager
+    def up(self):
+        """Build it (skip the test without root and `ip netns`), yield, tear it down."""
+        if not have_netns():
+            pytest.skip("needs root and ip netns")
+        self._delete()
+        try:
+            for ns in self.ns.values():
+                sh("ip", "netns", "add", ns)
+                sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+            for n1, i1, a1, n2, i2, a2 in self.links.values():
+                sh("ip", "link", "add", i1, "netns", self.ns[n1], "type", "veth", "peer",
+                   "name", i2, "netns", self.ns[n2])
+                for n, i, a in ((n1, i1, a1), (n2, i2, a2)):
+                    self.nsx(n, "ip", "addr", "add", f"{a}/24", "dev", i)
+                    self.nsx(n, "ip", "link", "set", i, "up")
+            yield self
+        finally:
+            self._delete()
