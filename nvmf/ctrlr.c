@@ -584,7 +584,10 @@ static void fabrics_connect(struct nvmf_req *req)
         nvmf_req_complete(req, SC_CONNECT_INVALID_PARAM, IPO_DATA(subnqn));
         return;
     }
-    if (!memchr(d.hostnqn, 0, sizeof(d.hostnqn)) || !d.hostnqn[0] || strlen(d.hostnqn) > 223) {
+    /* An empty host NQN (SPDK's initiator sends one unless told otherwise) is
+     * accepted as the Linux and SPDK targets do: it can only match a subsystem
+     * that allows any host, never a named allow-list entry. */
+    if (!memchr(d.hostnqn, 0, sizeof(d.hostnqn)) || strlen(d.hostnqn) > 223) {
         nvmf_req_complete(req, SC_CONNECT_INVALID_PARAM, IPO_DATA(hostnqn));
         return;
     }

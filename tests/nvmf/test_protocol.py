@@ -119,6 +119,29 @@ def test_connect_errors(target):
     c.close()
 
 
+def test_connect_empty_host_nqn(target):
+    """SPDK's initiator sends an empty host NQN unless given one: a subsystem that
+    allows any host accepts it (admin and I/O queue, I/O works); a named allow-list
+    never matches it."""
+    a = wire.Conn("127.0.0.1", target.port)
+    a.icreq()
+    st, dw0, _, _ = a.connect(NQN, hostnqn="")
+    assert st == 0, hex(st)
+    a.enable()
+    io = wire.io_session("127.0.0.1", target.port, NQN, dw0 & 0xFFFF, hostnqn="")
+    assert _rw(io, 0x01, 0, 1, b"\x5a" * 4096)[0] == 0
+    assert _rw(io, 0x02, 0, 1)[3] == b"\x5a" * 4096
+    locked = "nqn.2026-11.io.srrs:locked-empty"
+    target.add_subsystem(locked)
+    target.add_host(locked, wire.HOSTNQN)
+    c = wire.Conn("127.0.0.1", target.port)
+    c.icreq()
+    st, dw0, _, _ = c.connect(locked, hostnqn="")
+    assert st == SC_CONNECT_INVALID_HOST and dw0 == (1 << 16 | 512)
+    for x in (a, io, c):
+        x.close()
+
+
 def test_io_queue_limits(target):
     a, cntlid = wire.admin_session("127.0.0.1", target.port, NQN)
     st, dw0, _, _ = a.admin(0x09, cdw10=0x07, cdw11=(100 << 16) | 100)
