@@ -4,7 +4,9 @@ headers read verbatim into cdef (ffi/srrs.h, then nvmf/nvmf.h and
 vhost/vhost.h when they exist).
 
 Environment: SRRS_SANITIZE=1 builds with AddressSanitizer + UBSan,
-SRRS_DEBUG=1 with -O0 -g.
+SRRS_DEBUG=1 with -O0 -g, SRRS_WERROR=1 turns warnings into errors (CI sets
+it; a user's `pip install` never does, so a newer compiler's new warning
+cannot break an install).
 """
 
 import os
@@ -34,8 +36,10 @@ def _cdef():
 
 
 def _flags():
-    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
+    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",
               "-fno-strict-aliasing", "-pthread", "-fvisibility=hidden"]
+    if os.environ.get("SRRS_WERROR") == "1":
+        cflags.append("-Werror")
     ldflags = ["-pthread"]
     if os.environ.get("SRRS_DEBUG"):
         cflags += ["-O0", "-g"]
