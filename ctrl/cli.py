@@ -15,6 +15,7 @@ import threading
 from typing import Any, Optional
 
 from . import config as cfg
+from . import logs
 from .rpc import RpcClient, RpcError
 
 
@@ -48,7 +49,7 @@ def _call(args, method: str, params: Optional[dict] = None) -> Any:
 def cmd_start(args) -> int:
     from .daemon import run
 
-    return run(args.config)
+    return run(args.config, args.log_level, args.log_format)
 
 
 def cmd_rpc(args) -> int:
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("start", help="run one controller in the foreground")
     p.add_argument("-c", "--config", required=True)
+    logs.add_arguments(p)
     p.set_defaults(fn=cmd_start)
 
     p = sub.add_parser("rpc", help="call one JSON-RPC method")

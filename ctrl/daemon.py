@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from ..ffi.binding import Core, SrrsError
 from . import config as cfg
+from . import logs
 from .rpc import InvalidParams, MethodTable, RpcServer, param
 
 log = logging.getLogger("srrs")
@@ -347,11 +348,9 @@ _register_module_methods()
 
 # ---- the process ---------------------------------------------------------------------
 
-def run(config_path: str) -> int:
+def run(config_path: str, log_level: Optional[str] = None, log_format: str = "text") -> int:
     """Foreground controller. Returns the exit code."""
-    logging.basicConfig(level=os.environ.get("SRRS_LOG", "INFO"),
-                        format="%(asctime)s srrs[%(process)d] %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logs.setup(log_level, log_format, "srrs")
     try:
         conf = cfg.load(config_path)
     except cfg.ConfigError as e:

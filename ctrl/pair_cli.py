@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from . import logs
 from .cli import _call, _print
 
 
@@ -47,6 +48,7 @@ def add_parsers(sub) -> None:
     w.add_argument("--authorized", default=None, help="directory of allowed public keys")
     w.add_argument("--max-lease", type=float, default=witness.MAX_LEASE_S,
                    help="longest lease granted, seconds (also the start-up quarantine)")
+    logs.add_arguments(w)
     w.set_defaults(fn=witness.main)
     k = sub.add_parser("keygen", help="CURVE key pair for the pair and witness")
     k.add_argument("dir")

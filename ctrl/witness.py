@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from . import logs
+
 log = logging.getLogger("srrs.witness")
 
 MAX_LEASE_S = 10.0
@@ -285,9 +287,8 @@ class WitnessProbe:
 
 def main(args) -> int:
     """`srrs witness --bind ADDR [--state FILE] [--secret-key F --authorized DIR]`."""
-    logging.basicConfig(level=os.environ.get("SRRS_LOG", "INFO"),
-                        format="%(asctime)s srrs-witness[%(process)d] %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logs.setup(getattr(args, "log_level", None), getattr(args, "log_format", "text"),
+               "srrs-witness")
     bind, state, sec, authd = args.bind, args.state, args.secret_key, args.authorized
     if args.config:
         from .pair_config import parse_witness_file
