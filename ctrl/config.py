@@ -1,4 +1,4 @@
-"""TOML config, parsed and validated once into frozen dataclasses (DESIGN §9).
+"""TOML config, parsed and validated once into frozen dataclasses (docs/architecture.md, Config).
 
 Every default lives here. Any problem (unknown key, wrong type, bad size
 string, missing file) raises ConfigError whose message is one line naming the

@@ -1,4 +1,4 @@
-"""`srrs console`: the live status console of one or more controllers (DESIGN §6).
+"""`srrs console`: the live status console of one or more controllers (docs/architecture.md, Console).
 
 Everything shown comes from each controller's `status`, `events` and
 `bench_bdev_results` RPCs, so the console knows no module's internals: the

@@ -1,4 +1,4 @@
-"""One controller process: `srrs start -c FILE.toml` (DESIGN §1, §6).
+"""One controller process: `srrs start -c FILE.toml` (docs/architecture.md, Threads).
 
 Builds the data plane from a validated config, serves JSON-RPC, logs the
 core's events, and on SIGTERM/SIGINT stops cleanly: RPC closed, exports
@@ -91,7 +91,7 @@ class Controller:
     def _wire_ana(self) -> None:
         """The pair's ANA state drives the ANA groups of every NVMe/TCP namespace
         that exports one of its mirror bdevs; each change raises the ANA-change
-        AEN, so the host's native multipath moves I/O by itself (DESIGN §5)."""
+        AEN, so the host's native multipath moves I/O by itself (docs/architecture.md, Pair)."""
         if self.pair is None or self.nvmf is None or not hasattr(self.pair, "ana_listeners"):
             return
         mirrors = {v.name for v in getattr(self.pair.conf, "volumes", ())}

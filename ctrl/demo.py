@@ -1,4 +1,4 @@
-"""`srrs demo`: the whole system on one machine with no setup (DESIGN §6).
+"""`srrs demo`: the whole system on one machine with no setup (docs/architecture.md, Demo).
 
 In a temporary directory: `srrs witness` and the controllers a and b of an
 active/active pair on loopback (free ports), each with a pool on a sparse file

@@ -1,4 +1,4 @@
-"""The pair's state machine as a pure function (DESIGN §5, STYLE §13).
+"""The pair's state machine as a pure function (docs/architecture.md, Pair).
 
     step(state, event, now) -> (state, actions)
 

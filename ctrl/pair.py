@@ -1,4 +1,4 @@
-"""The pair's coordination service (DESIGN §5): one thread that feeds ctrl/ha.py.
+"""The pair's coordination service (docs/architecture.md, Pair): one thread that feeds ctrl/ha.py.
 
 It owns three ZeroMQ sockets: a ROUTER at coord_bind (the peer's heartbeats
 and commands come in), a DEALER to the peer's ROUTER (ours go out) and a
@@ -77,7 +77,7 @@ class PairService:
             behind=bool(persisted.get("behind", False)))
         self._mirror_setup()
         sizes = {b["name"]: b["size"] for b in ctl.core.bdev_list()}
-        # What both controllers must agree on (DESIGN §5 "configuration agreement").
+        # What both controllers must agree on before they pair (docs/architecture.md, Pair).
         self.agreement = [[v.name, sizes.get(v.replica, 0), conf.stripe_size]
                           for v in conf.volumes]
         self._disagree = ""

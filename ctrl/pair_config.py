@@ -1,4 +1,4 @@
-"""[pair] of a controller config, and the witness's own config file (DESIGN §5, §9).
+"""[pair] of a controller config, and the witness's own config file (docs/architecture.md, Pair).
 
     [pair]
     self = "a"                          # this controller's name

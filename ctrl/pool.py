@@ -1,4 +1,4 @@
-"""Storage pools and thin volumes: the control-plane service (DESIGN §4).
+"""Storage pools and thin volumes: the control-plane service (docs/architecture.md, Pool).
 
 `Pool` owns one C pool handle (ffi/lvol.h); the data path (cluster lookup,
 allocation, metadata commits) is all C. `PoolService` builds pools, tenants

@@ -1,4 +1,4 @@
-"""[[pool]], [[tenant]] and [[volume]] sections (DESIGN §4, §9), parsed once
+"""[[pool]], [[tenant]] and [[volume]] sections (docs/architecture.md, Pool), parsed once
 into frozen dataclasses where every default lives.
 
     [[pool]]

@@ -1,6 +1,6 @@
 """JSON-RPC 2.0 over a Unix stream socket (mode 0600).
 
-One method table drives the server, the client and the CLI (STYLE §11):
+One method table drives the server, the client and the CLI (one place per method):
 handlers only decode params, call the controller and return a JSON-able
 result. Framing: JSON values back to back (newline-separated when we send);
 a request may be a batch. A request larger than MAX_REQUEST, bad JSON, an

@@ -1,4 +1,4 @@
-"""The witness: `srrs witness --bind ADDR` (DESIGN §5).
+"""The witness: `srrs witness --bind ADDR` (docs/architecture.md, Pair).
 
 A tiny ZeroMQ ROUTER service on a third host that breaks ties: it grants the
 solo lease of a pair to at most one controller at a time, and never before

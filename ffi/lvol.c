@@ -1,5 +1,5 @@
 /*
- * Storage pool and thin volumes (DESIGN §4): the `lvol` bdev module.
+ * Storage pool and thin volumes (docs/architecture.md, Pool): the `lvol` bdev module.
  *
  * Decisions (see also ffi/lvol.h):
  *

@@ -1,5 +1,5 @@
 /*
- * Mirror bdev and mirror link (DESIGN §5; contract in ffi/mirror.h).
+ * Mirror bdev and mirror link (docs/architecture.md, Pair; contract in ffi/mirror.h).
  *
  * Everything below runs on the link's reactor: host I/O submitted on another
  * reactor is passed here by a message and its completion passed back. A host

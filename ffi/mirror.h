@@ -1,5 +1,5 @@
 /*
- * Mirror bdev and mirror link (DESIGN §5): the C contract Python may call
+ * Mirror bdev and mirror link (docs/architecture.md, Pair): the C contract Python may call
  * (read verbatim into cdef after ffi/srrs.h). Plain C, no macros.
  *
  * One link = one TCP connection between the two controllers of a pair, owned

@@ -1,5 +1,5 @@
 /*
- * Reactors: one poll loop per thread (DESIGN §1). Messages from any thread
+ * Reactors: one poll loop per thread (docs/architecture.md, Threads). Messages from any thread
  * arrive through a lock-free bounded MPSC ring (Vyukov's sequence-numbered
  * cells) and an eventfd that is written only while the reactor sleeps.
  * Events to the control plane leave through a second MPSC ring.

@@ -8,7 +8,7 @@
  *
  * Threads: "control" means any thread that is not a reactor (the Python
  * control plane). Calls marked "control" may block until the reactors have
- * done their part (they are messages underneath, DESIGN §1).
+ * done their part (they are messages underneath: docs/architecture.md, Threads).
  */
 
 /* ---- versions and errors ---------------------------------------------- */

@@ -1,4 +1,4 @@
-"""The `[nvmf]` section of the controller config (DESIGN §9), parsed once into
+"""The `[nvmf]` section of the controller config (docs/architecture.md, Config), parsed once into
 frozen dataclasses where every default lives.
 
     [nvmf]
@@ -18,7 +18,7 @@ frozen dataclasses where every default lives.
     allow_hosts = ["*"]         # or a list of host NQNs
     ana_groups = [{ id = 1, state = "optimized" }, { id = 2, state = "inaccessible" }]
 
-A plain string namespace gets nsid = position + 1 (DESIGN §9).
+A plain string namespace gets nsid = position + 1.
 """
 
 from __future__ import annotations

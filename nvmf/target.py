@@ -40,7 +40,7 @@ _QP_FIELDS = ("cntlid", "qid", "reactor", "sqsize", "outstanding", "hdgst", "ddg
 
 
 class NvmfTarget:
-    """The NVMe/TCP target of one controller (DESIGN §3)."""
+    """The NVMe/TCP target of one controller (docs/architecture.md, Exports)."""
 
     def __init__(self, core: Core, cntlid_min: int = 1, cntlid_max: int = 32767,
                  max_io_queues: int = 16, max_queue_depth: int = 128,

@@ -379,7 +379,7 @@ static uint16_t io_status(int err, int op)
     case -EIO:
         return op == SRRS_IO_READ ? SC(2, 0x81) : SC(2, 0x80);
     case -ENOTCONN:
-        /* A fenced replica (DESIGN §5): path error, no DNR, so the host's
+        /* A fenced replica (docs/architecture.md, Pair): path error, no DNR, so the host's
          * multipath retries the I/O on the other controller. */
         return SC(3, 0x02); /* ANA Inaccessible */
     case -EAGAIN:

@@ -1,4 +1,4 @@
-"""SRRS vhost-user-blk (DESIGN §3): QEMU VMs' disks served from bdevs.
+"""SRRS vhost-user-blk (docs/architecture.md, Exports): QEMU VMs' disks served from bdevs.
 
     proto.py    wire format shared by both sides (requests, structs, fd passing)
     device.py   VhostBlkDevice (one socket, one front end at a time, reconnect)

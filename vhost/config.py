@@ -1,4 +1,4 @@
-"""`[[vhost]]` config entries (DESIGN §9), parsed once into a frozen dataclass.
+"""`[[vhost]]` config entries (docs/architecture.md, Config), parsed once into a frozen dataclass.
 
     [[vhost]]
     name = "vh0"

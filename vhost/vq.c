@@ -1,6 +1,6 @@
 /*
  * vhost-user-blk back end, data plane: guest memory table, split virtqueues
- * and virtio-blk requests, zero-copy into the bdev (DESIGN §3).
+ * and virtio-blk requests, zero-copy into the bdev (docs/architecture.md, Exports).
  *
  * Everything read from guest memory is hostile: descriptors and headers are
  * copied out before use, every address is translated through the memory

@@ -2,7 +2,7 @@
 (disjoint cntlid ranges, identical namespace identity), ANA states following
 the pair state, a fenced controller answering with an ANA path error without
 DNR, and a real Linux host whose native multipath rides through kill -9 of
-either controller with fio verify running (DESIGN §5)."""
+either controller with fio verify running (docs/architecture.md, Pair)."""
 
 import os
 import time

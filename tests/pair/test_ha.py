@@ -1,4 +1,4 @@
-"""ha.step: the pair's state machine, with a fake clock (STYLE §13)."""
+"""ha.step: the pair's state machine, with a fake clock (it does no I/O and reads no clock)."""
 
 import random
 

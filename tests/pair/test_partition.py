@@ -1,4 +1,4 @@
-"""Network partitions with `ip netns` + veth (DESIGN §5 "Partition").
+"""Network partitions with `ip netns` + veth (docs/architecture.md, Pair).
 
 Topology (every address in namespaces this test creates):
   ns srrsA (10.77.1.1 to B, 10.77.2.1 to W)   ns srrsB (10.77.1.2 to A, 10.77.3.1 to W)

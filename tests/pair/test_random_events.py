@@ -92,7 +92,7 @@ allow_hosts = ["*"]
 
 class World:
     """What the test has done to the pair, and the states the design says
-    follow from it (DESIGN §5): connected -> both PAIRED (through RESYNC);
+    follow from it (docs/architecture.md, Pair): connected -> both PAIRED (through RESYNC);
     otherwise a controller goes SOLO only if it reaches the witness and its
     data is not older than what was written alone since the last pairing
     (`ahead`: who wrote alone); if both could, exactly one does."""
