@@ -1,0 +1,160 @@
+"""Hostile RPC clients against a real controller process: no single request or
+client can kill the RPC server or hold up the others, every parse failure is
+answered with a JSON-RPC error object, and a normal call answers promptly
+after each attack."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from srrs.ctrl.rpc import RpcClient
+
+from .helpers import Controller, write_config
+
+
+@pytest.fixture
+def ctl(tmp_path):
+    sock = str(tmp_path / "c.sock")
+    c = Controller(write_config(tmp_path / "c.toml", sock), sock)
+    yield c
+    c.kill()
+
+
+def _still_serving(ctl, within=2.0):
+    t0 = time.monotonic()
+    with RpcClient(ctl.sock, timeout=10) as c:
+        assert c.call("status")["name"] == "t"
+    assert time.monotonic() - t0 < within, "a normal RPC was slow after the attack"
+    assert ctl.proc.poll() is None
+
+
+def _exchange(path, payload: bytes, half_close=False) -> list:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    try:
+        s.sendall(payload)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        buf = b""
+        while True:
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                break
+            if not d:
+                break
+            buf += d
+            if not half_close and buf.endswith(b"\n"):
+                break
+    finally:
+        s.close()
+    return [json.loads(line) for line in buf.splitlines() if line.strip()]
+
+
+def test_deep_nesting_answered_not_fatal(ctl):
+    # 10 KB of nested brackets blew json.loads' recursion and ended the RPC thread.
+    for payload in (b"[" * 5000 + b"]" * 5000,
+                    b'{"jsonrpc": "2.0", "id": 7, "method": "status", "params": {"x": '
+                    + b"[" * 5000 + b"]" * 5000 + b"}}"):
+        (r,) = _exchange(ctl.sock, payload)
+        assert r["error"]["code"] == -32600 and "deep" in r["error"]["message"]
+    _still_serving(ctl)
+
+
+def test_huge_integer_answered_not_fatal(ctl):
+    # int() refuses more than 4300 digits with ValueError, which killed the thread.
+    req = b'{"jsonrpc": "2.0", "id": 1, "method": "status", "params": {"n": ' + b"7" * 5000 + b"}}"
+    (r,) = _exchange(ctl.sock, req)
+    assert r["error"]["code"] == -32700
+    _still_serving(ctl)
+
+
+def test_truncated_request_then_eof_gets_an_error(ctl):
+    (r,) = _exchange(ctl.sock, b'{"jsonrpc": "2.0", "id": 1, "meth', half_close=True)
+    assert r["error"]["code"] == -32700 and "closed" in r["error"]["message"]
+    _still_serving(ctl)
+
+
+def test_oversized_request_refused(ctl):
+    (r,) = _exchange(ctl.sock, b'{"x": "' + b"a" * (1 << 20) + b"a" * 70000, half_close=True)
+    assert r["error"]["code"] == -32600 and "larger" in r["error"]["message"]
+    _still_serving(ctl)
+
+
+def test_hundred_clients_at_once(ctl):
+    # All connect before any is served: a backlog of 16 refused most of them.
+    socks = []
+    try:
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)   # non-blocking connect underneath: a full backlog is EAGAIN
+            s.connect(ctl.sock)
+            socks.append(s)
+        for i, s in enumerate(socks):
+            s.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "method": "rpc_methods"}).encode())
+        for i, s in enumerate(socks):
+            buf = b""
+            while not buf.endswith(b"\n"):
+                d = s.recv(65536)
+                assert d, f"client {i} got no answer"
+                buf += d
+            assert json.loads(buf)["id"] == i
+    finally:
+        for s in socks:
+            s.close()
+    _still_serving(ctl)
+
+
+def test_client_that_never_reads_does_not_block_others(ctl):
+    hog = socket.socket(socket.AF_UNIX)
+    hog.connect(ctl.sock)
+    hog.settimeout(0.2)
+    req = (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "rpc_methods"}) + "\n").encode() * 200
+    stop = threading.Event()
+
+    def push():  # pipelined requests, never a read: its answers pile up at the server
+        while not stop.is_set():
+            try:
+                hog.sendall(req)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=push, daemon=True)
+    t.start()
+    try:
+        time.sleep(1.0)
+        worst = 0.0
+        with RpcClient(ctl.sock, timeout=10) as c:
+            for _ in range(20):
+                t0 = time.monotonic()
+                c.call("status")
+                worst = max(worst, time.monotonic() - t0)
+                time.sleep(0.05)
+        assert worst < 1.0, f"a normal client waited {worst:.2f} s behind a client that never reads"
+        # The hog takes none of its answers: after the write timeout (10 s) it is dropped.
+        stop.set()
+        t.join(5)
+        time.sleep(12)
+        hog.settimeout(2)
+        dropped = False
+        try:
+            while True:
+                if not hog.recv(1 << 20):
+                    dropped = True
+                    break
+        except socket.timeout:
+            pass
+        except OSError:
+            dropped = True
+        assert dropped, "the server never dropped a client that takes none of its answers"
+    finally:
+        stop.set()
+        hog.close()
+        t.join(5)
+    _still_serving(ctl)
