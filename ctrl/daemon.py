@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from typing import Any, Optional
 
+from ..ffi import sockpath
 from ..ffi.binding import Core, SrrsError
 from . import config as cfg
 from .rpc import InvalidParams, MethodTable, RpcServer, param
@@ -370,6 +371,9 @@ def run(config_path: str) -> int:
     ctl = None
     try:
         try:
+            # Before anything is built: a live RPC socket means another controller
+            # owns this config's exports too; a non-socket file is never ours.
+            sockpath.claim(conf.controller.rpc_socket, "RPC socket")
             ctl = Controller(conf)
             ctl.serve_rpc()
         except (SrrsError, OSError, ValueError) as e:
