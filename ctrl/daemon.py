@@ -168,11 +168,23 @@ class Controller:
         text = cfg.dumps(self.to_toml_dict())
         cfg.loads(text, path)  # never write a file that `srrs start` would refuse
         tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            # A full disk fails the write, the flush or the close: the old file
+            # at path stays as it was and no half-written temporary is left.
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise SrrsError(e.errno or 0, f"save_config {path}: {e.strerror or e}; "
+                                "nothing was written") from None
+            raise
         return path
 
     def poll_events(self) -> None:
