@@ -345,7 +345,7 @@ class RpcServer:
                 log.warning("RPC client took none of its %d bytes of answers for %.0f s: dropped",
                             len(c.wbuf), WRITE_TIMEOUT)
                 self._drop(c)
-            elif c.rbuf and not c.closing and not c.wbuf and now - c.rtime > READ_TIMEOUT:
+            elif c.frame.started and not c.closing and not c.wbuf and now - c.rtime > READ_TIMEOUT:
                 c.closing = True
                 self._send(c, _error(None, RpcError(
                     PARSE_ERROR, f"parse error: request still incomplete after {READ_TIMEOUT:.0f} s")))
@@ -363,7 +363,8 @@ class RpcServer:
         except OSError:
             self._drop(c)
             return
-        c.rtime = time.monotonic()
+        if not c.frame.started:  # READ_TIMEOUT runs from a request's first read
+            c.rtime = time.monotonic()
         if c.draining:
             if not data:
                 self._drop(c)

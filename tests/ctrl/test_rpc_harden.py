@@ -158,3 +158,36 @@ def test_client_that_never_reads_does_not_block_others(ctl):
         hog.close()
         t.join(5)
     _still_serving(ctl)
+
+
+def test_idle_client_kept_half_sent_request_timed_out(tmp_path, monkeypatch):
+    # In-process server with short timeouts: an idle client between requests
+    # (the trailing newline of its last request still buffered) is kept; a
+    # request left half-sent is answered with an error and closed.
+    from srrs.ctrl import rpc
+
+    monkeypatch.setattr(rpc, "READ_TIMEOUT", 1.0)
+    t = rpc.MethodTable()
+    t.add("echo", lambda ctx, p: p)
+    srv = rpc.RpcServer(str(tmp_path / "s.sock"), t, None)
+    srv.start()
+    try:
+        with RpcClient(srv.path) as c:
+            assert c.call("echo", {"a": 1}) == {"a": 1}
+            time.sleep(2.5)
+            assert c.call("echo", {"a": 2}) == {"a": 2}
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(srv.path)
+        s.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "ec')
+        t0 = time.monotonic()
+        buf = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+        s.close()
+        assert json.loads(buf)["error"]["code"] == -32700 and time.monotonic() - t0 < 5
+    finally:
+        srv.close()
