@@ -191,3 +191,32 @@ def test_idle_client_kept_half_sent_request_timed_out(tmp_path, monkeypatch):
         assert json.loads(buf)["error"]["code"] == -32700 and time.monotonic() - t0 < 5
     finally:
         srv.close()
+
+
+def test_client_retries_a_connect_refused_during_restart(tmp_path):
+    # A stale socket (the controller is restarting): the client keeps trying
+    # briefly and reaches the server that comes up 0.3 s later.
+    from srrs.ctrl import rpc
+
+    path = str(tmp_path / "r.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    t = rpc.MethodTable()
+    t.add("echo", lambda ctx, p: p)
+    box = {}
+
+    def later():
+        time.sleep(0.3)
+        box["srv"] = rpc.RpcServer(path, t, None)
+        box["srv"].start()
+
+    th = threading.Thread(target=later)
+    th.start()
+    try:
+        with RpcClient(path, connect_retry=5.0) as c:
+            assert c.call("echo", {"x": 1}) == {"x": 1}
+    finally:
+        th.join()
+        if "srv" in box:
+            box["srv"].close()
