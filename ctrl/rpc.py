@@ -3,9 +3,11 @@
 One method table drives the server, the client and the CLI (STYLE §11):
 handlers only decode params, call the controller and return a JSON-able
 result. Framing: JSON values back to back (newline-separated when we send);
-a request may be a batch. A request larger than MAX_REQUEST, bad JSON, an
-unknown method or bad params gets a JSON-RPC error object; the server keeps
-serving every other connection (and that one, unless its stream is unparsable).
+a request may be a batch. A request larger than MAX_REQUEST, nested deeper
+than MAX_DEPTH, a batch longer than MAX_BATCH, bad JSON, a request cut short
+by the client's EOF, an unknown method or bad params gets a JSON-RPC error
+object; the server keeps serving every other connection (and that one, unless
+its stream is unparsable or too large).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def param(params: dict, key: str, kind, default=..., check: Optional[Callable] =
 
 # ---- server ---------------------------------------------------------------------
 
+MAX_BATCH = 1000            # requests in one batch
 MAX_DEPTH = 64              # nesting of one request; json.loads recurses per level
 MAX_CONNS = 1000            # beyond this, new clients wait in the listen backlog
 OUT_HIGH = 1 << 20          # stop reading a client whose unread answers pass this
@@ -470,6 +473,9 @@ class RpcServer:
         if isinstance(obj, list):
             if not obj:
                 return _error(None, RpcError(INVALID_REQUEST, "empty batch"))
+            if len(obj) > MAX_BATCH:  # bounds the answer a single request can make us buffer
+                return _error(None, RpcError(
+                    INVALID_REQUEST, f"batch of {len(obj)} requests (at most {MAX_BATCH})"))
             out = [r for r in (self._one(o) for o in obj) if r is not None]
             return out or None
         return self._one(obj)

@@ -85,6 +85,13 @@ def test_oversized_request_refused(ctl):
     _still_serving(ctl)
 
 
+def test_batch_bounded(ctl):
+    one = {"jsonrpc": "2.0", "id": 1, "method": "rpc_methods"}
+    (r,) = _exchange(ctl.sock, json.dumps([one] * 1001).encode())
+    assert r["error"]["code"] == -32600 and "batch" in r["error"]["message"]
+    _still_serving(ctl)
+
+
 def test_hundred_clients_at_once(ctl):
     # All connect before any is served: a backlog of 16 refused most of them.
     socks = []
