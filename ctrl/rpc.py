@@ -224,6 +224,7 @@ class RpcServer:
         self._conns: dict = {}
         self._accepting = False
         self._accept_pause = 0.0
+        self._closing = False
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
@@ -249,6 +250,7 @@ class RpcServer:
         self._thread.start()
 
     def close(self) -> None:
+        self._closing = True
         if self._thread:
             os.write(self._stop_w, b"x")
             self._thread.join(5)
@@ -300,6 +302,8 @@ class RpcServer:
                     last_tick = now
                     self._tick(now)
             except Exception:  # a bug here must not end RPC for the controller's lifetime
+                if self._closing:
+                    return
                 log.exception("RPC server loop")
                 time.sleep(0.01)
 
