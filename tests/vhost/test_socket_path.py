@@ -126,3 +126,19 @@ bdev = "m0"
     assert r.returncode != 0 and "live socket" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "vh9.sock")
     assert ctl.rpc("status")["name"] == "t"
+
+
+def test_config_vhost_unknown_owner_refuses_start_cleanly(tmp_path):
+    vsock = tmp_path / "vh0.sock"
+    sock = str(tmp_path / "c.sock")
+    conf = write_config(tmp_path / "c.toml", sock, extra=BDEV + f"""
+[[vhost]]
+name = "vh0"
+socket = "{vsock}"
+bdev = "m0"
+owner = "nosuchuser:kvm"
+""")
+    r = srrs("start", "-c", conf)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "no such user 'nosuchuser'" in r.stderr, r.stderr
+    assert not os.path.lexists(vsock) and not os.path.exists(sock)
