@@ -539,7 +539,6 @@ class RpcClient:
         self.sock = _connect(path, timeout, connect_retry)
         self._id = 0
         self._buf = bytearray()
-        self._frame = _Framer()
 
     def close(self) -> None:
         self.sock.close()
@@ -556,15 +555,18 @@ class RpcClient:
         if params is not None:
             req["params"] = params
         self.sock.sendall(json.dumps(req).encode() + b"\n")
+        seen = 0
         while True:
-            end = self._frame.feed(self._buf)
-            if end is not None:
-                raw = bytes(self._buf[:end])
-                del self._buf[:end]
-                self._frame = _Framer()
-                return json.loads(raw.decode("utf-8"))
-            if self._frame.garbage:
-                raise ConnectionError("controller sent something that is not JSON-RPC")
+            # The server ends every answer with a newline and never puts one inside.
+            nl = self._buf.find(b"\n", seen)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[:nl + 1]
+                seen = 0
+                if line.strip():
+                    return json.loads(line.decode("utf-8"))
+                continue
+            seen = len(self._buf)
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("controller closed the connection")
