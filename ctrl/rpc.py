@@ -123,9 +123,9 @@ _IN_STR = re.compile(rb'["\\]')
 
 class _Framer:
     """Finds where the first top-level JSON object/array in a byte stream ends,
-    tracking strings and nesting; resumable across reads (no rescans). Also
-    records the deepest nesting, so a request too deep for json.loads' recursion
-    is refused before it is parsed."""
+    tracking strings and nesting; resumable across reads (no rescans). It stops
+    at the first level past MAX_DEPTH (max_depth says so), so a request too deep
+    for json.loads' recursion is refused before it is parsed."""
 
     __slots__ = ("pos", "depth", "max_depth", "in_str", "esc", "started", "garbage")
 
@@ -178,6 +178,9 @@ class _Framer:
                 self.depth += 1
                 if self.depth > self.max_depth:
                     self.max_depth = self.depth
+                    if self.depth > MAX_DEPTH:  # refuse now: no need to scan the rest
+                        self.pos = i
+                        return None
             else:
                 self.depth -= 1
                 if self.depth == 0:
@@ -397,6 +400,10 @@ class RpcServer:
                     c.closing = True
                     self._send(c, _error(None, RpcError(
                         INVALID_REQUEST, f"request larger than {MAX_REQUEST} bytes")))
+                elif c.frame.max_depth > MAX_DEPTH:
+                    c.closing = True
+                    self._send(c, _error(None, RpcError(
+                        INVALID_REQUEST, f"request nested deeper than {MAX_DEPTH} levels")))
                 elif c.frame.garbage:
                     c.closing = True
                     self._send(c, _error(None, RpcError(
@@ -404,12 +411,8 @@ class RpcServer:
                 break
             raw = bytes(c.rbuf[:end])
             del c.rbuf[:end]
-            depth, c.frame = c.frame.max_depth, _Framer()
+            c.frame = _Framer()
             # The frame is known, so the stream stays in sync whatever its content.
-            if depth > MAX_DEPTH:
-                self._send(c, _error(None, RpcError(
-                    INVALID_REQUEST, f"request nested {depth} deep (at most {MAX_DEPTH})")))
-                continue
             try:
                 obj = json.loads(raw.decode("utf-8"))
             except Exception as e:  # bad UTF-8/JSON, an int past the digit limit, ...
