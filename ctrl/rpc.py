@@ -224,6 +224,7 @@ class RpcServer:
         os.set_blocking(self._stop_r, False)
         self._thread: Optional[threading.Thread] = None
         self._lsock = self._listen(path)
+        self._ident = sockpath.identity(path)
         self._conns: dict = {}
         self._accepting = False
         self._accept_pause = 0.0
@@ -265,10 +266,7 @@ class RpcServer:
         self._sel.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        sockpath.release(self.path, self._ident)
 
     def _set_accepting(self, on: bool) -> None:
         if on == self._accepting:

@@ -72,3 +72,20 @@ def claim(path: str, what: str) -> None:
             os.unlink(path)  # a socket nobody listens on: left by a killed process
         except FileNotFoundError:
             pass
+
+
+def identity(path: str) -> tuple:
+    """(st_dev, st_ino) of the socket just bound at path, for release()."""
+    st = os.lstat(path)
+    return st.st_dev, st.st_ino
+
+
+def release(path: str, ident: tuple) -> None:
+    """Unlink path only if it is still the socket we bound (ident): a path
+    someone reused since then is theirs."""
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == ident and stat.S_ISSOCK(st.st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -146,6 +146,7 @@ class VhostBlkDevice:
         try:
             s.bind(path)
             bound = True
+            self._ident = sockpath.identity(path)
             os.chmod(path, self.mode)
             if self._uid != -1 or self._gid != -1:
                 os.chown(path, self._uid, self._gid)
@@ -177,10 +178,7 @@ class VhostBlkDevice:
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
+            sockpath.release(self.socket_path, self._ident)
         with self._lock:
             if self._dev != ffi.NULL:
                 lib.srrs_vhost_dev_destroy(self._pp)

@@ -142,3 +142,25 @@ owner = "nosuchuser:kvm"
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "no such user 'nosuchuser'" in r.stderr, r.stderr
     assert not os.path.lexists(vsock) and not os.path.exists(sock)
+
+
+def test_stop_removes_only_its_own_socket(tmp_path):
+    # The path was reused while the controller ran: stopping the device and the
+    # controller must not take the new file with them.
+    sock = str(tmp_path / "c.sock")
+    ctl = Controller(write_config(tmp_path / "c.toml", sock, extra=BDEV), sock)
+    try:
+        vpath = tmp_path / "vh.sock"
+        _create(ctl, vpath)
+        os.unlink(vpath)
+        vpath.write_text("someone else's")
+        ctl.rpc("vhost_delete", {"name": "vh0"})
+        assert vpath.read_text() == "someone else's"
+        os.unlink(sock)
+        with open(sock, "w") as f:
+            f.write("not the controller's")
+        assert ctl.stop() == 0
+        with open(sock) as f:
+            assert f.read() == "not the controller's"
+    finally:
+        ctl.kill()
