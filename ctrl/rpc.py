@@ -110,6 +110,7 @@ def param(params: dict, key: str, kind, default=..., check: Optional[Callable] =
 
 MAX_BATCH = 1000            # requests in one batch
 MAX_DEPTH = 64              # nesting of one request; json.loads recurses per level
+MAX_BUFFERED = 64 << 20     # unfinished request bytes over all clients
 MAX_CONNS = 1000            # beyond this, new clients wait in the listen backlog
 OUT_HIGH = 1 << 20          # stop reading a client whose unread answers pass this
 WRITE_TIMEOUT = 10.0        # a client that takes none of its answers for this long is dropped
@@ -387,7 +388,19 @@ class RpcServer:
             self._arm(c)
             return
         c.rbuf += data
+        if len(c.rbuf) > 65536 and self._buffered() > MAX_BUFFERED:
+            # Many clients each holding a big half-sent request: refuse the one
+            # that crossed the line rather than grow without bound.
+            c.closing = True
+            self._send(c, _error(None, RpcError(
+                SERVER_ERROR, f"server busy: more than {MAX_BUFFERED >> 20} MiB of unfinished "
+                "requests buffered; retry later")))
+            self._arm(c)
+            return
         self._process(c)
+
+    def _buffered(self) -> int:
+        return sum(len(x.rbuf) for x in self._conns.values())
 
     def _process(self, c: _Conn) -> None:
         """Answers every whole request in rbuf while the client takes its answers."""

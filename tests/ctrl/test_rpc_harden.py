@@ -250,3 +250,39 @@ def test_client_that_never_reads_is_dropped_after_write_timeout(tmp_path, monkey
     finally:
         hog.close()
         srv.close()
+
+
+def test_total_unfinished_input_is_bounded(tmp_path, monkeypatch):
+    # In-process server with the total cut to 1 MiB: clients each parking a big
+    # half-sent request are refused once the total passes it; others are served.
+    from srrs.ctrl import rpc
+
+    monkeypatch.setattr(rpc, "MAX_BUFFERED", 1 << 20)
+    t = rpc.MethodTable()
+    t.add("echo", lambda ctx, p: p)
+    srv = rpc.RpcServer(str(tmp_path / "b.sock"), t, None)
+    srv.start()
+    socks = []
+    try:
+        answers = []
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(3)
+            s.connect(srv.path)
+            s.sendall(b'{"x": "' + b"a" * (600 << 10))
+            socks.append(s)
+            time.sleep(0.3)
+        for s in socks:
+            try:
+                d = s.recv(65536)
+            except socket.timeout:
+                d = b""
+            answers.append(json.loads(d) if d.strip() else None)
+        busy = [a for a in answers if a and "busy" in a["error"]["message"]]
+        assert answers[0] is None and len(busy) >= 1, answers
+        with RpcClient(srv.path) as c:
+            assert c.call("echo", {"ok": 1}) == {"ok": 1}
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
