@@ -399,6 +399,10 @@ def main(argv: Optional[list] = None) -> int:
     except ConnectionError as e:
         print(f"srrs: {e}", file=sys.stderr)
         return 3
+    except TimeoutError:
+        print(f"srrs: the controller at {getattr(args, 'socket', '?')} did not answer in time",
+              file=sys.stderr)
+        return 3
     except RpcError as e:
         print(f"srrs: {e.message}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from typing import Any, Optional
 
+from ..ffi import sockpath
 from ..ffi.binding import Core, SrrsError
 from . import config as cfg
 from . import logs
@@ -168,11 +169,23 @@ class Controller:
         text = cfg.dumps(self.to_toml_dict())
         cfg.loads(text, path)  # never write a file that `srrs start` would refuse
         tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            # A full disk fails the write, the flush or the close: the old file
+            # at path stays as it was and no half-written temporary is left.
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(e, OSError):
+                raise SrrsError(e.errno or 0, f"save_config {path}: {e.strerror or e}; "
+                                "nothing was written") from None
+            raise
         return path
 
     def poll_events(self) -> None:
@@ -369,6 +382,9 @@ def run(config_path: str, log_level: Optional[str] = None, log_format: str = "te
     ctl = None
     try:
         try:
+            # Before anything is built: a live RPC socket means another controller
+            # owns this config's exports too; a non-socket file is never ours.
+            sockpath.claim(conf.controller.rpc_socket, "RPC socket")
             ctl = Controller(conf)
             ctl.serve_rpc()
         except (SrrsError, OSError, ValueError) as e:

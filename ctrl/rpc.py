@@ -3,23 +3,31 @@
 One method table drives the server, the client and the CLI (one place per method):
 handlers only decode params, call the controller and return a JSON-able
 result. Framing: JSON values back to back (newline-separated when we send);
-a request may be a batch. A request larger than MAX_REQUEST, bad JSON, an
-unknown method or bad params gets a JSON-RPC error object; the server keeps
-serving every other connection (and that one, unless its stream is unparsable).
+a request may be a batch. A request larger than MAX_REQUEST, nested deeper
+than MAX_DEPTH, a batch longer than MAX_BATCH, bad JSON, a request cut short
+by the client's EOF, an unknown method or bad params gets a JSON-RPC error
+object; the server keeps serving every other connection (and that one, unless
+its stream is unparsable or too large).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import selectors
 import socket
-import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..ffi import sockpath
+
 MAX_REQUEST = 1 << 20
+
+log = logging.getLogger("srrs.rpc")
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -100,47 +108,81 @@ def param(params: dict, key: str, kind, default=..., check: Optional[Callable] =
 
 # ---- server ---------------------------------------------------------------------
 
+MAX_BATCH = 1000            # requests in one batch
+MAX_DEPTH = 64              # nesting of one request; json.loads recurses per level
+MAX_BUFFERED = 64 << 20     # unfinished request bytes over all clients
+MAX_CONNS = 1000            # beyond this, new clients wait in the listen backlog
+OUT_HIGH = 1 << 20          # stop reading a client whose unread answers pass this
+WRITE_TIMEOUT = 10.0        # a client that takes none of its answers for this long is dropped
+LINGER = 2.0                # after a last answer, how long unread input is drained before close
+READ_TIMEOUT = 30.0         # a request left half-sent for this long is answered and dropped
+BACKLOG = max(socket.SOMAXCONN, 1024)  # the kernel caps it at net.core.somaxconn
+
+_OUT = re.compile(rb'[][{}"]')
+_IN_STR = re.compile(rb'["\\]')
+
+
 class _Framer:
     """Finds where the first top-level JSON object/array in a byte stream ends,
-    tracking strings and nesting; resumable across reads (no rescans)."""
+    tracking strings and nesting; resumable across reads (no rescans). It stops
+    at the first level past MAX_DEPTH (max_depth says so), so a request too deep
+    for json.loads' recursion is refused before it is parsed."""
 
-    __slots__ = ("pos", "depth", "in_str", "esc", "started", "garbage")
+    __slots__ = ("pos", "depth", "max_depth", "in_str", "esc", "started", "garbage")
 
     def __init__(self):
         self.pos = 0
         self.depth = 0
+        self.max_depth = 0
         self.in_str = False
         self.esc = False
         self.started = False
         self.garbage = False
 
-    def feed(self, buf: bytes):
+    def feed(self, buf) -> Optional[int]:
         i, n = self.pos, len(buf)
-        while i < n:
+        while not self.started:
+            if i >= n:
+                self.pos = i
+                return None
             ch = buf[i]
             i += 1
-            if not self.started:
-                if ch in b" \t\r\n":
-                    continue
-                if ch not in b"{[":
-                    self.garbage = True
-                    self.pos = i
-                    return None
-                self.started = True
-                self.depth = 1
+            if ch in b" \t\r\n":
                 continue
+            if ch not in b"{[":
+                self.garbage = True
+                self.pos = i
+                return None
+            self.started = True
+            self.depth = self.max_depth = 1
+        while True:
+            if self.esc:  # the byte after a backslash in a string is never special
+                if i >= n:
+                    break
+                i += 1
+                self.esc = False
+                continue
+            m = (_IN_STR if self.in_str else _OUT).search(buf, i)
+            if m is None:
+                i = n
+                break
+            i = m.end()
+            ch = buf[i - 1]
             if self.in_str:
-                if self.esc:
-                    self.esc = False
-                elif ch == 0x5C:  # backslash
+                if ch == 0x5C:
                     self.esc = True
-                elif ch == 0x22:
+                else:
                     self.in_str = False
             elif ch == 0x22:
                 self.in_str = True
             elif ch in b"{[":
                 self.depth += 1
-            elif ch in b"}]":
+                if self.depth > self.max_depth:
+                    self.max_depth = self.depth
+                    if self.depth > MAX_DEPTH:  # refuse now: no need to scan the rest
+                        self.pos = i
+                        return None
+            else:
                 self.depth -= 1
                 if self.depth == 0:
                     self.pos = i
@@ -150,18 +192,26 @@ class _Framer:
 
 
 class _Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "closing", "frame")
+    __slots__ = ("sock", "rbuf", "wbuf", "closing", "draining", "frame", "rtime", "wtime")
 
     def __init__(self, sock):
         self.sock = sock
-        self.rbuf = b""
-        self.wbuf = b""
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
         self.closing = False
+        self.draining = False   # answered and shut for writing: input is discarded until EOF
         self.frame = _Framer()
+        self.rtime = self.wtime = time.monotonic()
 
 
 class RpcServer:
-    """Serves a MethodTable on a Unix socket from one thread (selectors)."""
+    """Serves a MethodTable on a Unix socket from one thread (selectors).
+
+    No client can take the server down or hold up the others: requests are
+    bounded in size and depth before they are parsed, every failure gets a
+    JSON-RPC error object, a client that stops reading its answers stops being
+    read (bounded output) and is dropped after WRITE_TIMEOUT, and nothing a
+    request does escapes the loop."""
 
     def __init__(self, path: str, table: MethodTable, ctx: Any, lock: Optional[threading.Lock] = None,
                  phase: Callable[[], str] = lambda: "runtime"):
@@ -175,65 +225,63 @@ class RpcServer:
         os.set_blocking(self._stop_r, False)
         self._thread: Optional[threading.Thread] = None
         self._lsock = self._listen(path)
+        self._ident = sockpath.identity(path)
         self._conns: dict = {}
+        self._accepting = False
+        self._accept_pause = 0.0
+        self._closing = False
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
-        d = os.path.dirname(path) or "."
-        if not os.path.isdir(d):
-            raise OSError(f"RPC socket directory {d} does not exist")
-        if os.path.exists(path) or os.path.islink(path):
-            st = os.lstat(path)
-            if not stat.S_ISSOCK(st.st_mode):
-                raise OSError(f"RPC socket path {path} exists and is not a socket")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # stale socket of a dead controller
-            else:
-                raise OSError(f"another controller is serving {path}")
-            finally:
-                probe.close()
+        sockpath.claim(path, "RPC socket")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
         try:
             s.bind(path)
+        except BaseException:
+            s.close()
+            raise
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        s.listen(16)
+        s.listen(BACKLOG)
         s.setblocking(False)
         return s
 
     def start(self) -> None:
-        self._sel.register(self._lsock, selectors.EVENT_READ, None)
+        self._set_accepting(True)
         self._sel.register(self._stop_r, selectors.EVENT_READ, "stop")
         self._thread = threading.Thread(target=self._loop, name="srrs-rpc", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
+        self._closing = True
         if self._thread:
             os.write(self._stop_w, b"x")
             self._thread.join(5)
             self._thread = None
         for c in list(self._conns.values()):
             self._drop(c)
-        try:
-            self._sel.unregister(self._lsock)
-        except (KeyError, ValueError):
-            pass
+        self._set_accepting(False)
         self._lsock.close()
         self._sel.close()
         os.close(self._stop_r)
         os.close(self._stop_w)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        sockpath.release(self.path, self._ident)
+
+    def _set_accepting(self, on: bool) -> None:
+        if on == self._accepting:
+            return
+        if on:
+            self._sel.register(self._lsock, selectors.EVENT_READ, None)
+        else:
+            self._sel.unregister(self._lsock)
+        self._accepting = on
 
     def _drop(self, c: _Conn) -> None:
-        self._conns.pop(c.sock.fileno(), None)
+        c.closing = True
+        if self._conns.pop(id(c), None) is None:
+            return
         try:
             self._sel.unregister(c.sock)
         except (KeyError, ValueError):
@@ -241,25 +289,80 @@ class RpcServer:
         c.sock.close()
 
     def _loop(self) -> None:
+        last_tick = time.monotonic()
         while True:
-            for key, ev in self._sel.select():
-                if key.data == "stop":
+            try:
+                for key, ev in self._sel.select(1.0):
+                    if key.data == "stop":
+                        return
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        self._event(key.data, ev)
+                now = time.monotonic()
+                if now - last_tick >= 1.0:
+                    last_tick = now
+                    self._tick(now)
+            except Exception:  # a bug here must not end RPC for the controller's lifetime
+                if self._closing:
                     return
-                if key.data is None:
-                    try:
-                        s, _ = self._lsock.accept()
-                    except OSError:
-                        continue
-                    s.setblocking(False)
-                    c = _Conn(s)
-                    self._conns[s.fileno()] = c
-                    self._sel.register(s, selectors.EVENT_READ, c)
-                    continue
-                c = key.data
-                if ev & selectors.EVENT_READ:
-                    self._on_read(c)
-                if c.sock.fileno() >= 0 and ev & selectors.EVENT_WRITE:
-                    self._flush(c)
+                log.exception("RPC server loop")
+                time.sleep(0.01)
+
+    def _accept(self) -> None:
+        while len(self._conns) < MAX_CONNS:
+            try:
+                s, _ = self._lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: let clients wait in the backlog
+                log.warning("RPC accept: %s; pausing new connections for 1 s", e)
+                self._set_accepting(False)
+                self._accept_pause = time.monotonic() + 1.0
+                return
+            s.setblocking(False)
+            c = _Conn(s)
+            self._conns[id(c)] = c
+            self._sel.register(s, selectors.EVENT_READ, c)
+        self._set_accepting(False)  # full: the backlog holds the rest until one leaves
+
+    def _event(self, c: _Conn, ev: int) -> None:
+        try:
+            if ev & selectors.EVENT_WRITE and self._flush(c):
+                if c.rbuf and not c.closing and len(c.wbuf) < OUT_HIGH:
+                    self._process(c)  # answers drained: go on with requests already read
+                else:
+                    self._arm(c)
+            if id(c) in self._conns and ev & selectors.EVENT_READ:
+                self._on_read(c)
+        except Exception as e:  # one client's trouble is that client's, never the server's
+            log.exception("RPC connection")
+            if id(c) in self._conns:
+                c.wbuf.clear()
+                c.closing = True
+                self._send(c, _error(None, RpcError(INTERNAL_ERROR, f"{type(e).__name__}: {e}")))
+                self._arm(c)
+        if len(self._conns) < MAX_CONNS and not self._accept_pause:
+            self._set_accepting(True)
+
+    def _tick(self, now: float) -> None:
+        for c in list(self._conns.values()):
+            if c.draining:
+                if now - c.wtime > LINGER:
+                    self._drop(c)
+            elif c.wbuf and now - c.wtime > WRITE_TIMEOUT:
+                log.warning("RPC client took none of its %d bytes of answers for %.0f s: dropped",
+                            len(c.wbuf), WRITE_TIMEOUT)
+                self._drop(c)
+            elif c.frame.started and not c.closing and not c.wbuf and now - c.rtime > READ_TIMEOUT:
+                c.closing = True
+                self._send(c, _error(None, RpcError(
+                    PARSE_ERROR, f"parse error: request still incomplete after {READ_TIMEOUT:.0f} s")))
+                self._arm(c)
+        if self._accept_pause and now >= self._accept_pause:
+            self._accept_pause = 0.0
+        if not self._accept_pause and len(self._conns) < MAX_CONNS:
+            self._set_accepting(True)
 
     def _on_read(self, c: _Conn) -> None:
         try:
@@ -269,55 +372,118 @@ class RpcServer:
         except OSError:
             self._drop(c)
             return
+        if not c.frame.started:  # READ_TIMEOUT runs from a request's first read
+            c.rtime = time.monotonic()
+        if c.draining:
+            if not data:
+                self._drop(c)
+            return
         if not data:
-            self._drop(c)
+            if c.rbuf.strip() and not c.closing:
+                # Half-closed with a request unfinished: say so (the client may still read).
+                self._send(c, _error(None, RpcError(
+                    PARSE_ERROR, "parse error: connection closed in the middle of a request")))
+            c.rbuf.clear()
+            c.closing = True
+            self._arm(c)
             return
         c.rbuf += data
-        while not c.closing:
+        if len(c.rbuf) > 65536 and self._buffered() > MAX_BUFFERED:
+            # Many clients each holding a big half-sent request: refuse the one
+            # that crossed the line rather than grow without bound.
+            c.closing = True
+            self._send(c, _error(None, RpcError(
+                SERVER_ERROR, f"server busy: more than {MAX_BUFFERED >> 20} MiB of unfinished "
+                "requests buffered; retry later")))
+            self._arm(c)
+            return
+        self._process(c)
+
+    def _buffered(self) -> int:
+        return sum(len(x.rbuf) for x in self._conns.values())
+
+    def _process(self, c: _Conn) -> None:
+        """Answers every whole request in rbuf while the client takes its answers."""
+        while not c.closing and len(c.wbuf) < OUT_HIGH:
             end = c.frame.feed(c.rbuf)
             if end is None:
                 if len(c.rbuf) > MAX_REQUEST:
+                    c.closing = True
                     self._send(c, _error(None, RpcError(
                         INVALID_REQUEST, f"request larger than {MAX_REQUEST} bytes")))
+                elif c.frame.max_depth > MAX_DEPTH:
                     c.closing = True
+                    self._send(c, _error(None, RpcError(
+                        INVALID_REQUEST, f"request nested deeper than {MAX_DEPTH} levels")))
                 elif c.frame.garbage:
+                    c.closing = True
                     self._send(c, _error(None, RpcError(
                         PARSE_ERROR, "parse error: a request must be a JSON object or array")))
-                    c.closing = True
                 break
-            raw, c.rbuf = c.rbuf[:end], c.rbuf[end:]
+            raw = bytes(c.rbuf[:end])
+            del c.rbuf[:end]
             c.frame = _Framer()
+            # The frame is known, so the stream stays in sync whatever its content.
             try:
                 obj = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                # The frame is known, so the stream stays in sync: answer and go on.
+            except Exception as e:  # bad UTF-8/JSON, an int past the digit limit, ...
                 self._send(c, _error(None, RpcError(PARSE_ERROR, f"parse error: {e}")))
                 continue
             resp = self.dispatch(obj)
             if resp is not None:
                 self._send(c, resp)
-        if c.closing and not c.wbuf:
-            self._drop(c)
+        self._arm(c)
 
     def _send(self, c: _Conn, obj: Any) -> None:
-        c.wbuf += json.dumps(obj).encode() + b"\n"
+        try:
+            data = json.dumps(obj).encode()
+        except (TypeError, ValueError) as e:  # a handler returned something unencodable
+            rid = obj.get("id") if isinstance(obj, dict) else None
+            data = json.dumps(_error(rid, RpcError(INTERNAL_ERROR, f"result not JSON: {e}"))).encode()
+        if not c.wbuf:
+            c.wtime = time.monotonic()
+        c.wbuf += data + b"\n"
         self._flush(c)
 
-    def _flush(self, c: _Conn) -> None:
+    def _flush(self, c: _Conn) -> bool:
+        """Sends what the socket takes; False if the client is gone."""
         try:
             while c.wbuf:
                 n = c.sock.send(c.wbuf)
-                c.wbuf = c.wbuf[n:]
+                del c.wbuf[:n]
+                c.wtime = time.monotonic()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             self._drop(c)
-            return
+            return False
+        return True
+
+    def _linger(self, c: _Conn) -> None:
+        """Closing a socket with unread input resets it, and the client loses
+        the error that explains why: shut writing, read to EOF, then close."""
         try:
-            self._sel.modify(c.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if c.wbuf else 0), c)
-        except (KeyError, ValueError):
+            c.sock.shutdown(socket.SHUT_WR)
+            self._sel.modify(c.sock, selectors.EVENT_READ, c)
+        except (OSError, KeyError, ValueError):
+            self._drop(c)
+            return
+        c.draining = True
+        c.wtime = time.monotonic()
+
+    def _arm(self, c: _Conn) -> None:
+        """Read while the client takes its answers; write while answers wait."""
+        if id(c) not in self._conns or c.draining:
             return
         if c.closing and not c.wbuf:
+            self._linger(c)
+            return
+        ev = (selectors.EVENT_WRITE if c.wbuf else 0) | (
+            selectors.EVENT_READ if not c.closing and len(c.wbuf) < OUT_HIGH else 0)
+        try:
+            if ev:
+                self._sel.modify(c.sock, ev, c)
+        except (KeyError, ValueError):
             self._drop(c)
 
     # -- dispatch ------------------------------------------------------------------
@@ -325,6 +491,9 @@ class RpcServer:
         if isinstance(obj, list):
             if not obj:
                 return _error(None, RpcError(INVALID_REQUEST, "empty batch"))
+            if len(obj) > MAX_BATCH:  # bounds the answer a single request can make us buffer
+                return _error(None, RpcError(
+                    INVALID_REQUEST, f"batch of {len(obj)} requests (at most {MAX_BATCH})"))
             out = [r for r in (self._one(o) for o in obj) if r is not None]
             return out or None
         return self._one(obj)
@@ -376,18 +545,14 @@ def _error(rid: Any, e: RpcError) -> dict:
 # ---- client -------------------------------------------------------------------------
 
 class RpcClient:
-    def __init__(self, path: str, timeout: float = 30.0):
+    """connect_retry: how long to keep trying a connect that the server's full
+    backlog (EAGAIN) or a restart window (ECONNREFUSED) turned away."""
+
+    def __init__(self, path: str, timeout: float = 30.0, connect_retry: float = 1.0):
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(path)
-        except OSError as e:
-            self.sock.close()
-            raise ConnectionError(f"cannot connect to the controller at {path}: "
-                                  f"{e.strerror or e}") from None
+        self.sock = _connect(path, timeout, connect_retry)
         self._id = 0
-        self._buf = ""
+        self._buf = bytearray()
 
     def close(self) -> None:
         self.sock.close()
@@ -404,20 +569,22 @@ class RpcClient:
         if params is not None:
             req["params"] = params
         self.sock.sendall(json.dumps(req).encode() + b"\n")
-        dec = json.JSONDecoder()
+        seen = 0
         while True:
-            s = self._buf.lstrip()
-            if s:
-                try:
-                    obj, end = dec.raw_decode(s)
-                    self._buf = s[end:]
-                    return obj
-                except json.JSONDecodeError:
-                    pass
+            # The server ends every answer with a newline and never puts one inside.
+            nl = self._buf.find(b"\n", seen)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[:nl + 1]
+                seen = 0
+                if line.strip():
+                    return json.loads(line.decode("utf-8"))
+                continue
+            seen = len(self._buf)
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("controller closed the connection")
-            self._buf += data.decode()
+            self._buf += data
 
     def call(self, method: str, params: Optional[dict] = None) -> Any:
         resp = self.call_raw(method, params)
@@ -425,3 +592,22 @@ class RpcClient:
             e = resp["error"]
             raise RpcError(e.get("code", SERVER_ERROR), e.get("message", "?"), e.get("data"))
         return resp.get("result")
+
+
+def _connect(path: str, timeout: float, retry: float) -> socket.socket:
+    deadline = time.monotonic() + retry
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as e:
+            sock.close()
+            busy = isinstance(e, (BlockingIOError, ConnectionRefusedError, InterruptedError))
+            if not busy or time.monotonic() + pause > deadline:
+                raise ConnectionError(f"cannot connect to the controller at {path}: "
+                                      f"{e.strerror or e}") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)

@@ -46,13 +46,14 @@ def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int
     """The host over every target: the first that answers is the primary (it
     defines the namespace), the others are added as paths (down ones are kept
     and reconnected while the job runs). Returns (host, warnings)."""
-    errors = []
+    errors, errno = [], 0
     for i, lst in enumerate(tlist):
         try:
             h = NvmfHost(lst.addr, lst.port, nqn, queues=queues, qsize=qsize,
                          path_timeout_ms=path_timeout_ms)
         except SrrsError as e:
             errors.append(str(e))
+            errno = e.errno or errno
             continue
         warn = list(errors)
         try:
@@ -63,7 +64,7 @@ def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int
             h.close()
             raise
         return h, warn
-    raise SrrsError(errors[-1] if len(errors) == 1 else "; ".join(errors))
+    raise SrrsError(errno, "; ".join(errors))
 
 
 def _path_report(before: list, after: list, elapsed: float) -> list:
@@ -127,7 +128,7 @@ def run(args, report, aggregate) -> int:
             finally:
                 if vmap is not None:
                     vmap.close()
-    except SrrsError as e:
+    except OSError as e:  # SrrsError, or a socket error: one line, no traceback
         print(f"srrs bench nvmf: {e}", file=sys.stderr)
         return 1
     finally:

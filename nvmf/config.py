@@ -15,7 +15,7 @@ frozen dataclasses where every default lives.
     serial = "SRRS0001"
     model = "SRRS volume"
     namespaces = ["v0", { bdev = "v1", nsid = 4, uuid = "…", ana_group = 2 }]
-    allow_hosts = ["*"]         # or a list of host NQNs
+    allow_hosts = ["*"]         # or a list of host NQNs; default [] = no host (deny)
     ana_groups = [{ id = 1, state = "optimized" }, { id = 2, state = "inaccessible" }]
 
 A plain string namespace gets nsid = position + 1.
@@ -55,7 +55,7 @@ class NvmfSubsystem:
     serial: str = "SRRS0000"
     model: str = "SRRS NVMe-oF"
     namespaces: Tuple[NvmfNamespace, ...] = ()
-    allow_hosts: Tuple[str, ...] = ("*",)
+    allow_hosts: Tuple[str, ...] = ()   # deny by default, as nvmf_subsystem_create does
     ana_groups: Tuple[NvmfAnaGroup, ...] = ()
 
     @property
@@ -182,7 +182,7 @@ def _subsystem(d, key: str) -> NvmfSubsystem:
         if ns.nsid in seen:
             raise _fail(f"{key}.namespaces[{i}].nsid", f"nsid {ns.nsid} used twice")
         seen.add(ns.nsid)
-    hosts = d.get("allow_hosts", ["*"])
+    hosts = d.get("allow_hosts", [])
     if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
         raise _fail(f"{key}.allow_hosts", "expected a list of host NQNs or [\"*\"]")
     for i, h in enumerate(hosts):

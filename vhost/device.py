@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from srrs.ffi import sockpath
 from srrs.ffi.binding import check, ffi, lib
 
 from .proto import (
@@ -77,6 +78,23 @@ class _Ring:
         self.started = False
 
 
+def resolve_owner(owner: Optional[str]) -> tuple:
+    """"user[:group]" / "uid[:gid]" -> (uid, gid), -1 for a part not given;
+    an unknown name raises ValueError("owner: ...")."""
+    if not owner:
+        return -1, -1
+    user, _, group = str(owner).partition(":")
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid if user else -1
+    except KeyError:
+        raise ValueError(f"owner: no such user {user!r} on this host") from None
+    try:
+        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else -1
+    except KeyError:
+        raise ValueError(f"owner: no such group {group!r} on this host") from None
+    return uid, gid
+
+
 class VhostBlkDevice:
     """One vhost-user-blk device: a listening socket and the C device behind it.
 
@@ -95,6 +113,7 @@ class VhostBlkDevice:
         self.serial = serial or name[:20]
         self.read_only = bool(read_only)
         self.owner = owner
+        self._uid, self._gid = resolve_owner(owner)  # before anything exists to clean up
         self.mode = mode
         rr = itertools.count()
         self._pick = pick_reactor or (lambda: next(rr) % core.num_reactors)
@@ -119,21 +138,26 @@ class VhostBlkDevice:
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
         path = self.socket_path
-        if os.path.exists(path):
-            # A stale socket from a previous run (kill -9): listen on it again.
-            os.unlink(path)
+        # Only a stale socket (a previous run killed -9) is replaced; any other
+        # file there, or a socket someone serves, is refused untouched.
+        sockpath.claim(path, f"vhost {self.name} socket")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bound = False
         try:
             s.bind(path)
+            bound = True
+            self._ident = sockpath.identity(path)
             os.chmod(path, self.mode)
-            if self.owner:
-                user, _, group = str(self.owner).partition(":")
-                uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid if user else -1
-                gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else -1
-                os.chown(path, uid, gid)
+            if self._uid != -1 or self._gid != -1:
+                os.chown(path, self._uid, self._gid)
             s.listen(1)
         except BaseException:
             s.close()
+            if bound:  # the inode we just made: nothing is left behind
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             raise
         self._lsock = s
         self.state = "listening"
@@ -154,10 +178,7 @@ class VhostBlkDevice:
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
+            sockpath.release(self.socket_path, self._ident)
         with self._lock:
             if self._dev != ffi.NULL:
                 lib.srrs_vhost_dev_destroy(self._pp)

@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import threading
+import time
 
 from srrs.ctrl.rpc import MethodTable, RpcClient, RpcServer, _Framer, param
 
@@ -67,6 +68,20 @@ def test_dispatch_and_framer_fuzz(tmp_path):
         srv.close()
 
 
+def _connect(path):
+    """A connect that waits out a momentarily full backlog (EAGAIN), like RpcClient."""
+    for _ in range(500):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        try:
+            s.connect(path)
+            return s
+        except BlockingIOError:
+            s.close()
+            time.sleep(0.01)
+    raise AssertionError("the RPC server's backlog stayed full for 5 s")
+
+
 def test_server_survives_garbage_connections(tmp_path):
     path = str(tmp_path / "g.sock")
     srv = RpcServer(path, _table(), None)
@@ -77,9 +92,7 @@ def test_server_survives_garbage_connections(tmp_path):
         def attack(seed):
             r = random.Random(seed)
             for _ in range(150):
-                s = socket.socket(socket.AF_UNIX)
-                s.settimeout(5)
-                s.connect(path)
+                s = _connect(path)
                 try:
                     s.sendall(r.choice([os.urandom(r.randint(1, 3000)),
                                         _mutate(r, json.dumps(r.choice(SEEDS)).encode())]))
