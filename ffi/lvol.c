@@ -458,7 +458,7 @@ int lv_pick_frag(struct srrs_pool *p)
     double best_score = -1;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || f->nused >= f->nclusters ||
+        if (f->state != FS_ACTIVE || f->nused >= f->nclusters || f->failed ||
             __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
         double score;
@@ -494,6 +494,7 @@ void lv_cluster_put(struct srrs_pool *p, uint64_t e)
 {
     struct lv_frag *f = &p->frags[e_frag(e)];
     uint64_t cl = e_cl(e);
+    lv_lost_clear(f, cl); /* freed: whoever gets it next has it zeroed */
     if (f->used && cl < f->nclusters && bm_get(f->used, cl)) {
         bm_clr(f->used, cl);
         f->nused--;
@@ -797,6 +798,8 @@ static void unmap_committed(struct lv_wait *w, int status)
     if (v->tenant)
         v->tenant->used--;
     p->unmapped++;
+    if (lv_lost_clear(&p->frags[e_frag(fr->old_e)], e_cl(fr->old_e)))
+        __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED);
     fr->bw.fn = free_after_barrier;
     lv_barrier_request(p, &fr->bw);
 }
@@ -869,11 +872,13 @@ static void piece_done(struct srrs_io *parent, int status)
 static void child_cb(struct srrs_io *child, void *arg)
 {
     struct srrs_io *parent = child->parent;
+    int st = child->status;
     if (child->tag != IO_NOTAG) {
         struct srrs_pool *p = ((struct lv_vol *)parent->bdev->ctx)->pool;
         __atomic_sub_fetch(&p->rs[srrs_reactor_idx(child->r)].cnt[child->tag], 1, __ATOMIC_RELEASE);
+        if (srrs_unlikely(st)) /* a fragment failed an I/O: check its health now */
+            __atomic_store_n(&p->health_due, 1, __ATOMIC_RELAXED);
     }
-    int st = child->status;
     srrs_io_put(child);
     piece_done_ex(parent, st, arg == CHILD_SUBMITTED);
 }
@@ -892,10 +897,18 @@ static void child_go(struct srrs_io *child)
     struct srrs_pool *p = v->pool;
     uint64_t e = map_get(v, lc->c);
     bool mapped = e_alloc(e) && !(e & E_PENDING);
+    struct lv_frag *f = &p->frags[e_frag(e) & (LV_MAX_FRAGS - 1)]; /* used only when mapped */
+    bool whole = lc->coff == 0 && child->len == p->cs;
     switch (child->op) {
     case SRRS_IO_READ:
         if (!mapped) {
             iov_zero(child);
+            child_cb(child, NULL);
+            return;
+        }
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e)))) {
+            /* its RAM was gone at open: unknown data, never zeroes */
+            child->status = -EIO;
             child_cb(child, NULL);
             return;
         }
@@ -906,6 +919,8 @@ static void child_go(struct srrs_io *child)
             send_to(p->pr, p_alloc_msg, child);
             return;
         }
+        if (srrs_unlikely(whole && lv_lost_clear(f, e_cl(e))))
+            __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED); /* rewritten whole: good again */
         break;
     default: /* write zeroes, unmap */
         if (!e_alloc(e)) {
@@ -922,9 +937,10 @@ static void child_go(struct srrs_io *child)
             return;
         }
         child->op = SRRS_IO_WRITE_ZEROES; /* a partial cluster stays allocated */
+        if (srrs_unlikely(whole && lv_lost_clear(f, e_cl(e))))
+            __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED);
         break;
     }
-    struct lv_frag *f = &p->frags[e_frag(e)];
     child->bdev = f->bdev;
     child->offset = f->data_off + (e_cl(e) << p->cs_shift) + lc->coff;
     child->cb = child_cb;

@@ -496,6 +496,7 @@ int srrs_pool_frag_remove(struct srrs_pool *p, int idx)
     }
     srrs_bdev_close(&f->bdev);
     srrs_bdev_delete(p->core, f->bdev_name);
+    lv_shm_drop(p, idx, true); /* removed on purpose: its memory goes too */
     free(f->used);
     free(f->slot_used);
     f->used = f->slot_used = NULL;

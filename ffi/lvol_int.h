@@ -146,6 +146,19 @@ struct lv_frag {
     uint64_t slots_used, slot_hint;
     uint64_t drain_moved, drain_total;
     int drain_error;
+    /* Health: set (P) when the fragment's file shrank, vanished or failed an
+     * I/O check; from then on its bdev fails every I/O with -EIO. */
+    int failed;
+    char why[160];
+    /* A RAM fragment of a pool with persistent fragments lives in a shared
+     * mapping (/dev/shm) that outlives the process: data, then a header,
+     * then one "lost" bit per cluster (set for clusters whose memory was gone
+     * at open; reads of them fail until a whole-cluster write). */
+    void *shm;
+    size_t shm_len;
+    uint64_t *lost;        /* in the mapping, atomic bits; NULL without shm */
+    uint64_t nlost;        /* atomic */
+    bool ram_gone;         /* the mapping was missing or not ours at open */
 };
 
 struct lv_tenant {
@@ -175,7 +188,7 @@ struct lv_vol {
     void **old_tops;        /* replaced by resize; freed with the volume */
     uint32_t nold;
     uint64_t allocated;     /* clusters (P) */
-    uint64_t lost;
+    uint64_t lost;          /* clusters whose RAM was gone (atomic): reads fail until rewritten */
 };
 
 struct lv_alloc {
@@ -225,6 +238,11 @@ struct srrs_pool {
     int bar_acks;
     uint8_t bar_oldpar[SRRS_MAX_REACTORS];
     uint64_t unmapped;
+    /* fragment health check (P): every HEALTH_PERIOD, or at once after an I/O error */
+    struct srrs_poller *health_poller;
+    uint64_t health_ticks;
+    int health_due;        /* atomic: an I/O on a fragment failed */
+    uint32_t nfailed;
 };
 
 struct lv_rstate {
@@ -345,6 +363,25 @@ struct lv_op {
 
 void lv_pool_msg(struct srrs_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A cluster's "lost" bit (RAM gone at open): cleared by a whole-cluster write or
+ * when the cluster is freed. Returns whether it was set. Any reactor. */
+static inline bool lv_lost_clear(struct lv_frag *f, uint64_t cl)
+{
+    if (!f->lost || !__atomic_load_n(&f->nlost, __ATOMIC_RELAXED))
+        return false;
+    uint64_t bit = 1ull << (cl & 63);
+    if (!(__atomic_fetch_and(&f->lost[cl >> 6], ~bit, __ATOMIC_ACQ_REL) & bit))
+        return false;
+    __atomic_sub_fetch(&f->nlost, 1, __ATOMIC_RELAXED);
+    return true;
+}
+
+static inline bool lv_lost_get(struct lv_frag *f, uint64_t cl)
+{
+    return __atomic_load_n(&f->nlost, __ATOMIC_RELAXED) && f->lost &&
+           (__atomic_load_n(&f->lost[cl >> 6], __ATOMIC_ACQUIRE) >> (cl & 63) & 1);
+}
+
 /* Cluster map: read on any reactor, written on P only. */
 static inline uint64_t map_get(struct lv_vol *v, uint64_t c)
 {
@@ -382,6 +419,7 @@ int lv_slot_alloc(struct srrs_pool *p, uint32_t *frag, uint64_t *slot);
 void lv_slot_free(struct srrs_pool *p, uint32_t frag, uint64_t slot);
 uint64_t lv_slot_offset(struct lv_frag *f, uint64_t slot, int copy);
 int lv_vol_alloc_top(struct lv_vol *v, uint64_t nclusters);
+void lv_shm_drop(struct srrs_pool *p, int fi, bool unlink_file);
 void lv_vol_free(struct lv_vol *v);
 
 #endif

@@ -1,0 +1,128 @@
+"""RAM fragments live in shared memory that outlives the controller: data
+acknowledged on a RAM fragment survives kill -9 and reads back; where the
+memory is truly gone (its /dev/shm file removed, as by a host reboot), reads
+of those clusters fail with Unrecovered Read Error — never zeroes — across
+restarts, the loss is an alert in status, console and metrics, and a
+whole-cluster rewrite makes each cluster good again. Real controller
+processes, NVMe/TCP from `srrs bench nvmf` and raw commands."""
+
+import os
+import re
+import subprocess
+import urllib.request
+
+from tests.ctrl.helpers import SRRS
+from tests.pool.fragwire import (
+    NQN,
+    SC_OK,
+    SC_READ_ERROR,
+    Host,
+    MiB,
+    console_pool,
+    free_port,
+    pattern,
+    pool,
+    shm_files,
+    start,
+    write_conf,
+)
+
+NCL = 48  # clusters in the volume
+
+
+def _read_all(h: Host) -> list:
+    return [h.read(k * MiB, MiB) for k in range(NCL)]
+
+
+def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
+    port, mport = free_port(), free_port()
+    conf = write_conf(tmp_path, port,
+                      f'{{ path = "{tmp_path}/frag0.img", size = "64MiB" }}, {{ ram = "64MiB" }}',
+                      f"{NCL}MiB", metrics_port=mport)
+    c = start(conf)
+    try:
+        bench = subprocess.run(
+            SRRS + ["bench", "nvmf", "--target", f"127.0.0.1:{port}", "--nqn", NQN, "--rw", "write",
+                    "--bs", "1MiB", "--qd", "4", "--time", "2", "--verify", "--json"],
+            capture_output=True, text=True, timeout=60)
+        assert bench.returncode == 0, bench.stderr
+        h = Host(port)
+        for k in range(NCL):  # every cluster allocated, with content we can name
+            assert h.write(k * MiB, pattern(1, k)) == SC_OK
+        before = _read_all(h)
+        assert all(st == SC_OK for st, _ in before)
+        h.close()
+        p = pool(c)
+        ram = [f for f in p["fragments"] if f["ram"]][0]
+        assert ram["used_clusters"] > 0, p  # some clusters live on the RAM fragment
+        shm = shm_files(p["uuid"])
+        assert len(shm) == 1, shm
+    finally:
+        c.kill()  # SIGKILL: no clean stop
+
+    # 1. a crash of the process: the RAM data is still there
+    c = start(conf)
+    try:
+        h = Host(port)
+        assert _read_all(h) == before
+        p = pool(c)
+        assert p["lost_clusters"] == 0 and p["state"] == "ok", p
+        h.close()
+    finally:
+        c.kill()
+
+    # 2. the memory is gone (host reboot): reads of its clusters fail, never zeroes
+    os.unlink(shm[0])
+    c = start(conf)
+    try:
+        h = Host(port)
+        after = _read_all(h)
+        lost = [k for k, (st, _) in enumerate(after) if st != SC_OK]
+        assert lost and len(lost) == ram["used_clusters"], (lost, ram)
+        for k, (st, data) in enumerate(after):
+            if k in lost:
+                assert st == SC_READ_ERROR, hex(st)
+            else:
+                assert data == before[k][1], k
+        p = pool(c)
+        assert p["state"] == "degraded" and p["lost_clusters"] == len(lost), p
+        assert any("lost" in a for a in p["alerts"]), p
+        assert c.rpc("volume_list")[0]["lost_clusters"] == len(lost)
+        assert any(e["type"] == "ram_lost" for e in c.rpc("events"))
+        snap = console_pool(str(tmp_path / "c.sock"))
+        text = repr(snap)
+        assert "degraded" in text and "lost" in text, text[:2000]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        m = re.search(r'^srrs_pool_pools_lost_clusters\{[^}]*name="p0"[^}]*\} (\S+)$', metrics, re.M)
+        assert m and float(m.group(1)) == len(lost), metrics[-3000:]
+        # a partial write does not make the cluster good: the rest is unknown
+        assert h.write(lost[0] * MiB, b"x" * 4096) == SC_OK
+        assert h.read(lost[0] * MiB + 4096, 4096)[0] == SC_READ_ERROR
+        h.close()
+    finally:
+        c.stop()
+
+    # 3. the loss is remembered across a restart (the new memory is zeroes, not the data)
+    c = start(conf)
+    try:
+        h = Host(port)
+        assert [k for k, (st, _) in enumerate(_read_all(h)) if st != SC_OK] == lost
+        # 4. a whole-cluster rewrite makes each cluster readable again
+        for k in lost:
+            assert h.write(k * MiB, pattern(2, k)) == SC_OK
+        for k in lost:
+            assert h.read(k * MiB, MiB) == (SC_OK, pattern(2, k))
+        p = pool(c)
+        assert p["lost_clusters"] == 0 and p["state"] == "ok", p
+        h.close()
+    finally:
+        c.kill()
+    c = start(conf)  # and it stays good after another crash
+    try:
+        h = Host(port)
+        got = _read_all(h)
+        assert all(got[k] == (SC_OK, pattern(2, k)) for k in lost)
+        assert pool(c)["lost_clusters"] == 0
+        h.close()
+    finally:
+        c.kill()
