@@ -67,9 +67,19 @@
  *   barrier, free; then the fragment's metadata pages move. Removal zeroes
  *   the fragment's superblock; its table index is reused by a later add.
  *
+ * - RAM fragments of a pool with persistent fragments live in a shared
+ *   mapping (/dev/shm) that outlives the process and is re-attached at open.
+ *   Where it is gone (host reboot), its mapped clusters are "lost": reads
+ *   fail with -EIO until a whole-cluster write, never zeroes (lvol_pool.c).
+ *
+ * - Fragment health: a poller on P checks each file fragment (shrunk,
+ *   deleted, replaced) every few hundred ms and after any fragment I/O
+ *   error; a failed fragment's bdev fails every I/O with -EIO and gets no
+ *   new clusters.
+ *
  * - Limits: 16 fragments, volume block size 4096, volumes only grow, a
- *   volume cannot be deleted while a drain runs, RAM clusters of a pool with
- *   persistent fragments are lost at restart (reported per volume).
+ *   volume cannot be deleted while a drain runs, a lost cluster cannot be
+ *   drained until rewritten or unmapped.
  */
 #include "lvol_int.h"
 
