@@ -389,7 +389,8 @@ int lv_slot_alloc(struct srrs_pool *p, uint32_t *frag, uint64_t *slot)
     uint64_t best_free = 0;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || !f->md_slots || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
+        if (f->state != FS_ACTIVE || !f->md_slots || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE))
             continue;
         uint64_t fr = f->md_slots - f->slots_used;
         if (fr > best_free) {
@@ -468,8 +469,8 @@ int lv_pick_frag(struct srrs_pool *p)
     double best_score = -1;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || f->nused >= f->nclusters || f->failed ||
-            __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
+        if (f->state != FS_ACTIVE || f->nused >= f->nclusters ||
+            __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
         double score;
         if (p->placement == 1)
