@@ -6,6 +6,7 @@ restarts, the loss is an alert in status, console and metrics, and a
 whole-cluster rewrite makes each cluster good again. Real controller
 processes, NVMe/TCP from `srrs bench nvmf` and raw commands."""
 
+import errno
 import os
 import re
 import subprocess
@@ -24,6 +25,7 @@ from tests.pool.fragwire import (
     pool,
     shm_files,
     start,
+    wait_for,
     write_conf,
 )
 
@@ -98,6 +100,12 @@ def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
         # a partial write does not make the cluster good: the rest is unknown
         assert h.write(lost[0] * MiB, b"x" * 4096) == SC_OK
         assert h.read(lost[0] * MiB + 4096, 4096)[0] == SC_READ_ERROR
+        # nor does a drain copy "unknown" into zeroes elsewhere: it stops with an error
+        c.rpc("pool_drain_fragment", {"pool": "p0", "index": 1})
+        fr = wait_for(lambda: c.rpc("pool_fragments", {"pool": "p0"})[1]["drain"]["error"] and
+                      c.rpc("pool_fragments", {"pool": "p0"})[1], "drain error")
+        assert fr["drain"]["error"] == -errno.EIO and fr["lost_clusters"] == len(lost), fr
+        assert any("lost with its RAM" in m for m in pool(c)["messages"])
         h.close()
     finally:
         c.stop()
@@ -123,6 +131,13 @@ def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
         got = _read_all(h)
         assert all(got[k] == (SC_OK, pattern(2, k)) for k in lost)
         assert pool(c)["lost_clusters"] == 0
+        # 5. rewritten, the fragment drains; removed on purpose, its memory goes too
+        c.rpc("pool_drain_fragment", {"pool": "p0", "index": 1})
+        wait_for(lambda: c.rpc("pool_fragments", {"pool": "p0"})[1]["used_clusters"] == 0,
+                 "drained", timeout=20)
+        c.rpc("pool_remove_fragment", {"pool": "p0", "index": 1})
+        assert shm_files(p["uuid"]) == []
+        assert _read_all(h) == got
         h.close()
     finally:
         c.kill()
