@@ -69,8 +69,9 @@
  *
  * - RAM fragments of a pool with persistent fragments live in a shared
  *   mapping (/dev/shm) that outlives the process and is re-attached at open.
- *   Where it is gone (host reboot), its mapped clusters are "lost": reads
- *   fail with -EIO until a whole-cluster write, never zeroes (lvol_pool.c).
+ *   Where it is gone (host reboot), its mapped clusters are "lost": a read
+ *   of a block not rewritten since fails with -EIO, never zeroes; a cluster
+ *   whose every block was rewritten (or that is unmapped) is good again.
  *
  * - Fragment health: a poller on P checks each file fragment (shrunk,
  *   deleted, replaced) every few hundred ms and after any fragment I/O
@@ -909,7 +910,6 @@ static void child_go(struct srrs_io *child)
     uint64_t e = map_get(v, lc->c);
     bool mapped = e_alloc(e) && !(e & E_PENDING);
     struct lv_frag *f = &p->frags[e_frag(e) & (LV_MAX_FRAGS - 1)]; /* used only when mapped */
-    bool whole = lc->coff == 0 && child->len == p->cs;
     switch (child->op) {
     case SRRS_IO_READ:
         if (!mapped) {
@@ -917,7 +917,7 @@ static void child_go(struct srrs_io *child)
             child_cb(child, NULL);
             return;
         }
-        if (srrs_unlikely(lv_lost_get(f, e_cl(e)))) {
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e)) && lv_lost_range(f, e_cl(e), lc->coff, child->len))) {
             /* its RAM was gone at open: unknown data, never zeroes */
             child->status = -EIO;
             child_cb(child, NULL);
@@ -930,7 +930,7 @@ static void child_go(struct srrs_io *child)
             send_to(p->pr, p_alloc_msg, child);
             return;
         }
-        if (srrs_unlikely(whole && lv_lost_clear(f, e_cl(e))))
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e))) && lv_lost_write(f, e_cl(e), lc->coff, child->len))
             __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED); /* rewritten whole: good again */
         break;
     default: /* write zeroes, unmap */
@@ -948,7 +948,7 @@ static void child_go(struct srrs_io *child)
             return;
         }
         child->op = SRRS_IO_WRITE_ZEROES; /* a partial cluster stays allocated */
-        if (srrs_unlikely(whole && lv_lost_clear(f, e_cl(e))))
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e))) && lv_lost_write(f, e_cl(e), lc->coff, child->len))
             __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED);
         break;
     }

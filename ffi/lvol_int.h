@@ -153,11 +153,14 @@ struct lv_frag {
     /* A RAM fragment of a pool with persistent fragments lives in a shared
      * mapping (/dev/shm) that outlives the process: data, then a header,
      * then one "lost" bit per cluster (set for clusters whose memory was gone
-     * at open; reads of them fail until a whole-cluster write). */
+     * at open), then one per 4 KiB block of those clusters: a read touching a
+     * lost block fails; a write makes the blocks it covers good, and the
+     * cluster is good once all of its blocks are. */
     void *shm;
     size_t shm_len;
-    uint64_t *lost;        /* in the mapping, atomic bits; NULL without shm */
-    uint64_t nlost;        /* atomic */
+    uint64_t *lost;        /* per cluster, in the mapping, atomic bits; NULL without shm */
+    uint64_t *lost_blk;    /* per block, likewise */
+    uint64_t nlost;        /* clusters (atomic) */
     bool ram_gone;         /* the mapping was missing or not ours at open */
 };
 
@@ -363,12 +366,55 @@ struct lv_op {
 
 void lv_pool_msg(struct srrs_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* A cluster's "lost" bit (RAM gone at open): cleared by a whole-cluster write or
- * when the cluster is freed. Returns whether it was set. Any reactor. */
+/* Bits [from, to) of an atomic bitmap: clear them / are any set. */
+static inline void bm_clr_range_atomic(uint64_t *bm, uint64_t from, uint64_t to)
+{
+    while (from < to) {
+        uint64_t n = SRRS_MIN(64 - (from & 63), to - from);
+        uint64_t m = (n == 64 ? ~0ull : ((1ull << n) - 1)) << (from & 63);
+        __atomic_fetch_and(&bm[from >> 6], ~m, __ATOMIC_ACQ_REL);
+        from += n;
+    }
+}
+
+static inline bool bm_any_atomic(const uint64_t *bm, uint64_t from, uint64_t to)
+{
+    while (from < to) {
+        uint64_t n = SRRS_MIN(64 - (from & 63), to - from);
+        uint64_t m = (n == 64 ? ~0ull : ((1ull << n) - 1)) << (from & 63);
+        if (__atomic_load_n(&bm[from >> 6], __ATOMIC_ACQUIRE) & m)
+            return true;
+        from += n;
+    }
+    return false;
+}
+
+/* First block bit of cluster cl, and blocks per cluster. */
+static inline uint64_t lv_blk0(struct lv_frag *f, uint64_t cl) { return cl << (f->pool->cs_shift - 12); }
+static inline uint64_t lv_blks(struct lv_frag *f) { return 1ull << (f->pool->cs_shift - 12); }
+
+/* Is cluster cl marked lost (its RAM was gone at open)? Any reactor; one load
+ * when the fragment has no lost cluster. */
+static inline bool lv_lost_get(struct lv_frag *f, uint64_t cl)
+{
+    return __atomic_load_n(&f->nlost, __ATOMIC_RELAXED) && f->lost &&
+           (__atomic_load_n(&f->lost[cl >> 6], __ATOMIC_ACQUIRE) >> (cl & 63) & 1);
+}
+
+/* Does [coff, coff + len) of lost cluster cl touch a block not yet rewritten? */
+static inline bool lv_lost_range(struct lv_frag *f, uint64_t cl, uint64_t coff, uint64_t len)
+{
+    uint64_t b = lv_blk0(f, cl);
+    return bm_any_atomic(f->lost_blk, b + (coff >> 12), b + ((coff + len + 4095) >> 12));
+}
+
+/* Cluster cl is good again (freed, or every block rewritten): clears its bits.
+ * Returns whether this call did it (counts drop once). Any reactor. */
 static inline bool lv_lost_clear(struct lv_frag *f, uint64_t cl)
 {
-    if (!f->lost || !__atomic_load_n(&f->nlost, __ATOMIC_RELAXED))
+    if (!lv_lost_get(f, cl))
         return false;
+    bm_clr_range_atomic(f->lost_blk, lv_blk0(f, cl), lv_blk0(f, cl) + lv_blks(f));
     uint64_t bit = 1ull << (cl & 63);
     if (!(__atomic_fetch_and(&f->lost[cl >> 6], ~bit, __ATOMIC_ACQ_REL) & bit))
         return false;
@@ -376,10 +422,14 @@ static inline bool lv_lost_clear(struct lv_frag *f, uint64_t cl)
     return true;
 }
 
-static inline bool lv_lost_get(struct lv_frag *f, uint64_t cl)
+/* A write of [coff, coff + len) landed in lost cluster cl: those blocks hold
+ * known data now. Returns true when that made the whole cluster good. */
+static inline bool lv_lost_write(struct lv_frag *f, uint64_t cl, uint64_t coff, uint64_t len)
 {
-    return __atomic_load_n(&f->nlost, __ATOMIC_RELAXED) && f->lost &&
-           (__atomic_load_n(&f->lost[cl >> 6], __ATOMIC_ACQUIRE) >> (cl & 63) & 1);
+    uint64_t b = lv_blk0(f, cl);
+    /* only whole blocks become known (volume I/O is block-aligned anyway) */
+    bm_clr_range_atomic(f->lost_blk, b + ((coff + 4095) >> 12), b + ((coff + len) >> 12));
+    return !bm_any_atomic(f->lost_blk, b, b + lv_blks(f)) && lv_lost_clear(f, cl);
 }
 
 /* Cluster map: read on any reactor, written on P only. */

@@ -637,7 +637,7 @@ static void uuid_str(const uint8_t *u, char *out)
 /* ---- RAM fragments in shared memory ------------------------------------------------ */
 
 /* Mapping layout: [0, size) data, then this header (one page), then one
- * "lost" bit per cluster. The header is written (sealed) only once the lost
+ * "lost" bit per cluster, then one per block. The header is written (sealed) only once the lost
  * bits say the truth, so a crash before that makes the next open treat the
  * memory as gone rather than trust zeroes. */
 #define SHM_MAGIC 0x4d485353u /* "SSHM" */
@@ -671,7 +671,7 @@ static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
     struct lv_frag *f = &p->frags[fi];
     char path[512];
     shm_path(p, fi, path, sizeof(path));
-    size_t len = size + MD_PAGE + shm_bm_len(size);
+    size_t len = size + MD_PAGE + 2 * shm_bm_len(size);
     struct shm_hdr h = {0};
     int fd = layout ? -1 : open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0 && !layout && errno != ENOENT)
@@ -701,6 +701,7 @@ static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
     f->shm = m;
     f->shm_len = len;
     f->lost = (uint64_t *)((uint8_t *)m + size + MD_PAGE);
+    f->lost_blk = (uint64_t *)((uint8_t *)m + size + MD_PAGE + shm_bm_len(size));
     f->fresh = !ours;
     f->ram_gone = !ours && !layout;
     return 0;
@@ -716,6 +717,9 @@ static void shm_seal(struct srrs_pool *p, struct lv_frag *f)
         n += (uint64_t)__builtin_popcountll(f->lost[w]);
     }
     f->nlost = n;
+    for (uint64_t cl = 0; cl < f->nclusters; cl++)
+        if (!bm_get(f->lost, cl))
+            bm_clr_range_atomic(f->lost_blk, lv_blk0(f, cl), lv_blk0(f, cl) + lv_blks(f));
     struct shm_hdr *h = (void *)((uint8_t *)f->shm + f->size);
     h->magic = SHM_MAGIC;
     h->version = 1;
@@ -733,7 +737,7 @@ void lv_shm_drop(struct srrs_pool *p, int fi, bool unlink_file)
         return;
     munmap(f->shm, f->shm_len);
     f->shm = NULL;
-    f->lost = NULL;
+    f->lost = f->lost_blk = NULL;
     if (unlink_file) {
         char path[512];
         shm_path(p, fi, path, sizeof(path));
@@ -1064,6 +1068,8 @@ static int load_entries(struct srrs_pool *p, struct lv_vol *v, struct scan_pg *e
         }
         if (f->ram_gone && !bm_get(f->lost, e_cl(x))) {
             bm_set(f->lost, e_cl(x));
+            for (uint64_t b = lv_blk0(f, e_cl(x)); b < lv_blk0(f, e_cl(x)) + lv_blks(f); b++)
+                bm_set(f->lost_blk, b);
             f->nlost++;
         }
         if (f->lost && bm_get(f->lost, e_cl(x)))
