@@ -83,6 +83,8 @@ def test_fragment_truncated_under_load_fails_its_clusters(tmp_path):
         assert ev and "frag1.img" in ev[0]["msg"], ev
         text = repr(console_pool(str(tmp_path / "c.sock")))
         assert "degraded" in text and "shrank" in text, text[:2000]
+        st = c.rpc("status")["pool"]["pools"][0]
+        assert st["state"] == "degraded" and st["fragments"][1]["failed"], st
         h.close()
     finally:
         c.kill()
