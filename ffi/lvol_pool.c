@@ -695,9 +695,11 @@ static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
     if (rc) {
         if (!ours)
             unlink(path);
-        return srrs_err(-rc, "RAM fragment %d: cannot reserve %zu bytes in %s: %s", fi, len, path,
-                        strerror(rc));
+        return srrs_err(-rc, "RAM fragment %d: cannot reserve %zu bytes in %s: %s (RAM fragments live "
+                        "in shared memory to survive a crash: make room, or set SRRS_SHM_DIR to "
+                        "another tmpfs)", fi, len, path, strerror(rc));
     }
+    (void)madvise(m, len, MADV_HUGEPAGE); /* fewer TLB misses where tmpfs allows huge pages */
     f->shm = m;
     f->shm_len = len;
     f->lost = (uint64_t *)((uint8_t *)m + size + MD_PAGE);
@@ -1287,6 +1289,7 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
 {
     if (getrandom(p->uuid, 16, 0) != 16)
         return srrs_err(-EIO, "getrandom failed");
+    p->created = 1; /* from here a failure removes the files this open made */
     for (int i = 0; i < nfrags; i++) {
         bool md_here = frags[i].path ? true : !any_persistent;
         int rc = frag_attach(p, i, &frags[i], true, md_here, o->md_slots);
@@ -1296,7 +1299,6 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
         if (rc)
             return rc;
     }
-    p->created = 1;
     return lv_sb_write_all(p);
 }
 
@@ -1522,14 +1524,20 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
     if (rc) {
         char msg[512];
         snprintf(msg, sizeof(msg), "%s", srrs_last_error());
-        for (int i = 0; i < LV_MAX_FRAGS; i++)
-            if (p->frags[i].shm && p->frags[i].fresh) { /* made by this failed open: nothing left behind */
-                if (p->frags[i].bdev) {
-                    srrs_bdev_close(&p->frags[i].bdev);
-                    srrs_bdev_delete(p->core, p->frags[i].bdev_name);
-                }
-                lv_shm_drop(p, i, true);
+        for (int i = 0; i < LV_MAX_FRAGS; i++) {
+            struct lv_frag *f = &p->frags[i];
+            if (!f->fresh || (f->ram && !f->shm))
+                continue;
+            /* made by this failed open (shared memory, a new file): nothing left behind */
+            if (f->bdev) {
+                srrs_bdev_close(&f->bdev);
+                srrs_bdev_delete(p->core, f->bdev_name);
             }
+            if (f->ram)
+                lv_shm_drop(p, i, true);
+            else if (p->created && f->path[0]) /* no superblock elsewhere names it */
+                unlink(f->path);
+        }
         pool_free(p);
         return srrs_err(rc, "%s", msg);
     }

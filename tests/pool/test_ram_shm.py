@@ -12,6 +12,8 @@ import re
 import subprocess
 import urllib.request
 
+import pytest
+
 from tests.ctrl.helpers import SRRS
 from tests.pool.fragwire import (
     NQN,
@@ -149,3 +151,21 @@ def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
         h.close()
     finally:
         c.kill()
+
+
+def test_ram_fragment_without_shared_memory_is_a_clear_error(tmp_path, monkeypatch):
+    """No room for the RAM fragment's shared memory: the pool is refused with
+    a message naming the file, and the fragment file this open made is gone."""
+    from srrs.ffi.binding import Core, SrrsError
+
+    from .util import frag_file, frag_ram, open_pool
+
+    monkeypatch.setenv("SRRS_SHM_DIR", str(tmp_path / "missing"))
+    (tmp_path / "old.img").write_bytes(b"")
+    os.truncate(tmp_path / "old.img", 64 * MiB)
+    with Core(reactors=1) as core:
+        with pytest.raises(SrrsError) as e:
+            open_pool(core, [frag_file(tmp_path / "new.img", 64 * MiB), frag_file(tmp_path / "old.img"),
+                             frag_ram(16 * MiB)])
+        assert "RAM fragment 2" in str(e.value) and str(tmp_path / "missing") in str(e.value), e.value
+    assert sorted(os.listdir(tmp_path)) == ["old.img"]
