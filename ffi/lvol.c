@@ -931,7 +931,7 @@ static void child_go(struct srrs_io *child)
             return;
         }
         if (srrs_unlikely(lv_lost_get(f, e_cl(e))) && lv_lost_write(f, e_cl(e), lc->coff, child->len))
-            __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED); /* rewritten whole: good again */
+            __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED); /* every block rewritten: good again */
         break;
     default: /* write zeroes, unmap */
         if (!e_alloc(e)) {

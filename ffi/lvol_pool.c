@@ -637,9 +637,9 @@ static void uuid_str(const uint8_t *u, char *out)
 /* ---- RAM fragments in shared memory ------------------------------------------------ */
 
 /* Mapping layout: [0, size) data, then this header (one page), then one
- * "lost" bit per cluster, then one per block. The header is written (sealed) only once the lost
- * bits say the truth, so a crash before that makes the next open treat the
- * memory as gone rather than trust zeroes. */
+ * "lost" bit per cluster, then one per block. The header is written (sealed)
+ * only once the lost bits say the truth, so a crash before that makes the
+ * next open treat the memory as gone rather than trust zeroes. */
 #define SHM_MAGIC 0x4d485353u /* "SSHM" */
 struct shm_hdr {
     uint32_t magic;
@@ -688,7 +688,8 @@ static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
     }
     /* Reserve every page now: a full tmpfs must fail here, not SIGBUS a write. */
     int rc = posix_fallocate(fd, 0, (off_t)len);
-    void *m = rc ? MAP_FAILED : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void *m = rc ? MAP_FAILED
+                 : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (!rc && m == MAP_FAILED)
         rc = errno;
     close(fd);
