@@ -92,8 +92,8 @@ class Pool:
         check(lib.srrs_pool_get_info(self.ptr, i))
         cs = i.cluster_size
         frags = self.fragments()
-        alerts = [f"fragment {f['index']} ({f['path']}) failed: {f['error']}"
-                  for f in frags if f["failed"]]
+        alerts = [f"fragment {f['index']} ({f['path']}): "
+                  f"{'failed: ' if f['failed'] else ''}{f['error']}" for f in frags if f["error"]]
         if i.lost_clusters:
             alerts.append(f"{i.lost_clusters} cluster(s) lost with a RAM fragment's memory: "
                           "reads of them fail until rewritten")

@@ -67,7 +67,7 @@ struct srrs_pool_frag_info {
     int32_t failed;         /* 1: shrank, vanished or failed; I/O to its clusters fails */
     int32_t pad2;
     uint64_t lost_clusters; /* RAM: mapped clusters whose memory was gone at open */
-    char error[160];        /* what the health check found */
+    char error[160];        /* what the health check found (also: a RAM fragment's file removed) */
 };
 
 struct srrs_lvol_info {

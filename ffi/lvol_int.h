@@ -162,6 +162,9 @@ struct lv_frag {
     uint64_t *lost_blk;    /* per block, likewise */
     uint64_t nlost;        /* clusters (atomic) */
     bool ram_gone;         /* the mapping was missing or not ours at open */
+    bool shm_unlinked;     /* its file was removed while we run: the data dies with us */
+    dev_t shm_dev;         /* the file mapped, to notice it removed or replaced */
+    ino_t shm_ino;
 };
 
 struct lv_tenant {

@@ -688,6 +688,9 @@ static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
     }
     /* Reserve every page now: a full tmpfs must fail here, not SIGBUS a write. */
     int rc = posix_fallocate(fd, 0, (off_t)len);
+    struct stat st;
+    if (!rc && fstat(fd, &st))
+        rc = errno;
     void *m = rc ? MAP_FAILED
                  : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (!rc && m == MAP_FAILED)
@@ -707,6 +710,8 @@ static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
     f->lost_blk = (uint64_t *)((uint8_t *)m + size + MD_PAGE + shm_bm_len(size));
     f->fresh = !ours;
     f->ram_gone = !ours && !layout;
+    f->shm_dev = st.st_dev;
+    f->shm_ino = st.st_ino;
     return 0;
 }
 
@@ -1188,6 +1193,24 @@ static void frag_failed(struct srrs_pool *p, int fi, const char *why)
                     "pool %s degraded: fragment %d (%s) failed: %s", p->name, fi, f->path, why);
 }
 
+/* P. A RAM fragment's shared memory file removed under us: the data still
+ * serves, but a crash or stop now loses it; say so while it can be saved. */
+static void shm_health(struct srrs_pool *p, int fi)
+{
+    struct lv_frag *f = &p->frags[fi];
+    char path[512];
+    struct stat st;
+    shm_path(p, fi, path, sizeof(path));
+    if (!stat(path, &st) && st.st_dev == f->shm_dev && st.st_ino == f->shm_ino)
+        return;
+    snprintf(f->why, sizeof(f->why), "shared memory file %.80s removed: data lost when this "
+             "process stops", path);
+    __atomic_store_n(&f->shm_unlinked, true, __ATOMIC_RELEASE);
+    lv_pool_msg(p, "RAM fragment %d: %s", fi, f->why);
+    srrs_event_post(p->core, SRRS_EV_FRAG_FAILED, (uint64_t)fi, 0, p->name, "pool %s degraded: RAM "
+                    "fragment %d: %s", p->name, fi, f->why);
+}
+
 static int health_poll(void *arg)
 {
     struct srrs_pool *p = arg;
@@ -1197,9 +1220,14 @@ static int health_poll(void *arg)
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
         int st = __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
-        if ((st != FS_ACTIVE && st != FS_DRAINING) || f->ram || f->failed || !f->bdev ||
+        if ((st != FS_ACTIVE && st != FS_DRAINING) || f->failed || !f->bdev ||
             __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
+        if (f->ram) {
+            if (f->shm && !f->shm_unlinked)
+                shm_health(p, i);
+            continue;
+        }
         char why[160];
         if (srrs_bdev_file_check(f->bdev, why, sizeof(why)))
             frag_failed(p, i, why);
@@ -1634,7 +1662,7 @@ int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_
     o->drain_error = f->drain_error;
     o->failed = __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE);
     o->lost_clusters = __atomic_load_n(&f->nlost, __ATOMIC_RELAXED);
-    if (o->failed)
+    if (o->failed || __atomic_load_n(&f->shm_unlinked, __ATOMIC_ACQUIRE))
         snprintf(o->error, sizeof(o->error), "%s", f->why);
     return 0;
 }

@@ -71,12 +71,17 @@ def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
         assert _read_all(h) == before
         p = pool(c)
         assert p["lost_clusters"] == 0 and p["state"] == "ok", p
+        # its file removed while we run: still served, but an alert says it dies with us
+        os.unlink(shm[0])
+        p = wait_for(lambda: (lambda p: p["state"] == "degraded" and p)(pool(c)), "shm alert")
+        assert any("shared memory file" in a for a in p["alerts"]), p
+        assert _read_all(h) == before
         h.close()
     finally:
         c.kill()
 
-    # 2. the memory is gone (host reboot): reads of its clusters fail, never zeroes
-    os.unlink(shm[0])
+    # 2. the memory is gone (as after a host reboot): reads of its clusters fail, never zeroes
+    assert not os.path.exists(shm[0])
     c = start(conf)
     try:
         h = Host(port)
