@@ -91,7 +91,15 @@ class Pool:
         i = ffi.new("struct srrs_pool_info *")
         check(lib.srrs_pool_get_info(self.ptr, i))
         cs = i.cluster_size
-        return {"name": self.name, "uuid": _uuid(i.uuid), "cluster_size": cs,
+        frags = self.fragments()
+        alerts = [f"fragment {f['index']} ({f['path']}): "
+                  f"{'failed: ' if f['failed'] else ''}{f['error']}" for f in frags if f["error"]]
+        if i.lost_clusters:
+            alerts.append(f"{i.lost_clusters} cluster(s) lost with a RAM fragment's memory: "
+                          "reads of them fail until rewritten")
+        return {"name": self.name, "state": "degraded" if alerts else "ok", "alerts": alerts,
+                "failed_fragments": i.failed_frags, "lost_clusters": i.lost_clusters,
+                "uuid": _uuid(i.uuid), "cluster_size": cs,
                 "placement": "fill-first" if i.placement else "spread",
                 "capacity": i.total_clusters * cs, "used": i.used_clusters * cs,
                 "free": i.free_clusters * cs, "total_clusters": i.total_clusters,
@@ -99,7 +107,7 @@ class Pool:
                 "volumes": i.nvolumes, "md_slots": i.md_slots_total, "md_slots_used": i.md_slots_used,
                 "md_writes": i.md_writes, "alloc_failures": i.alloc_failures,
                 "created": bool(i.created), "repaired": i.repaired,
-                "fragments": self.fragments(), "messages": self.messages()}
+                "fragments": frags, "messages": self.messages()}
 
     def fragments(self) -> list:
         out = []
@@ -116,7 +124,9 @@ class Pool:
                         "free": (fi.total_clusters - fi.used_clusters) * cs,
                         "md_slots": fi.md_slots, "md_slots_used": fi.md_slots_used,
                         "drain": {"moved": fi.drain_moved, "total": fi.drain_total,
-                                  "error": fi.drain_error}})
+                                  "error": fi.drain_error},
+                        "failed": bool(fi.failed), "error": _s(fi.error),
+                        "lost_clusters": fi.lost_clusters})
         return out
 
     def frag_add(self, frag: FragmentConfig) -> int:

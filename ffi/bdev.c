@@ -430,6 +430,7 @@ void srrs_bdev_count_path(struct srrs_io *io, bool direct)
 struct malloc_disk {
     uint8_t *mem;
     size_t len;
+    bool borrowed; /* srrs_bdev_create_mem: the caller unmaps it */
 };
 
 static void copy_iov_to(uint8_t *dst, const struct srrs_io *io)
@@ -486,7 +487,8 @@ static void malloc_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
 static void malloc_destroy(struct srrs_bdev *b)
 {
     struct malloc_disk *d = b->ctx;
-    srrs_mem_free(d->mem, d->len);
+    if (!d->borrowed)
+        srrs_mem_free(d->mem, d->len);
     free(d);
 }
 
@@ -516,6 +518,24 @@ int srrs_bdev_create_malloc(struct srrs_core *core, const char *name, uint64_t s
         srrs_mem_free(d->mem, d->len);
         free(d);
     }
+    return rc;
+}
+
+int srrs_bdev_create_mem(struct srrs_core *core, const char *name, void *mem, uint64_t size,
+                         uint32_t bs)
+{
+    int rc = check_name(name);
+    if (rc || (rc = check_geometry(name, size, bs)))
+        return rc;
+    struct malloc_disk *d = calloc(1, sizeof(*d));
+    if (!d)
+        return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
+    d->mem = mem;
+    d->len = size;
+    d->borrowed = true;
+    rc = srrs_bdev_register(core, name, &malloc_module, d, size / bs, bs, NULL);
+    if (rc)
+        free(d);
     return rc;
 }
 

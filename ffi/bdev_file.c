@@ -14,6 +14,8 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <linux/io_uring.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -166,6 +168,10 @@ struct file_disk {
     int fd_buf;
     bool is_blockdev;
     bool no_fallocate;
+    int failed;      /* set by the health check: every I/O fails with -EIO from then on */
+    dev_t dev;       /* the inode opened, to notice the path now naming another file */
+    ino_t ino;
+    char why[160];   /* what the health check found */
 };
 
 /* Per-I/O state in io->driver_ctx. */
@@ -255,6 +261,10 @@ static void file_submit(struct srrs_bdev *b, void *chp, struct srrs_io *io)
     struct file_ch *ch = chp;
     struct file_disk *d = b->ctx;
     struct uring *u = ch->u;
+    if (srrs_unlikely(__atomic_load_n(&d->failed, __ATOMIC_RELAXED))) {
+        srrs_io_complete(io, -EIO);
+        return;
+    }
     if ((io->op == SRRS_IO_WRITE_ZEROES || io->op == SRRS_IO_UNMAP) && d->no_fallocate) {
         srrs_io_complete(io, file_fallback_sync(d, io, 0));
         return;
@@ -320,14 +330,10 @@ static int file_fallback_sync(struct file_disk *d, struct srrs_io *io, uint64_t 
                     continue;
                 return -errno;
             }
-            if (n == 0) {
-                if (io->op == SRRS_IO_READ) { /* past EOF of a sparse file: zeroes */
-                    memset(base, 0, len);
-                    n = (ssize_t)len;
-                } else {
-                    return -EIO;
-                }
-            }
+            /* End of file inside the bdev: the file was truncated under us
+             * (it is sized to the bdev at open). Zeroes would be wrong data. */
+            if (n == 0)
+                return -EIO;
             base += n;
             len -= (size_t)n;
             off += (uint64_t)n;
@@ -465,6 +471,53 @@ static void file_destroy(struct srrs_bdev *b)
     free(d);
 }
 
+static int file_fail(struct file_disk *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int file_fail(struct file_disk *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->why, sizeof(d->why), fmt, ap);
+    va_end(ap);
+    __atomic_store_n(&d->failed, 1, __ATOMIC_RELEASE);
+    return -EIO;
+}
+
+static const struct srrs_bdev_module file_module;
+
+/*
+ * Is the file still the one we opened, whole? A file truncated or deleted
+ * under us would otherwise read back as zeroes (past its new end) or swallow
+ * acknowledged writes (unlinked inode): from the first finding on, every I/O
+ * on the bdev fails with -EIO (a media error to the host). A few syscalls:
+ * meant for a timer or an I/O error, never per I/O.
+ */
+int srrs_bdev_file_check(struct srrs_bdev *b, char *why, size_t len)
+{
+    if (b->mod != &file_module)
+        return 0;
+    struct file_disk *d = b->ctx;
+    if (!__atomic_load_n(&d->failed, __ATOMIC_ACQUIRE)) {
+        struct stat st, pst;
+        uint64_t have = 0;
+        if (fstat(d->fd_buf, &st))
+            file_fail(d, "fstat: %s", strerror(errno));
+        else if (st.st_nlink == 0)
+            file_fail(d, "%s was deleted", b->path);
+        else if (stat(b->path, &pst) || pst.st_dev != d->dev || pst.st_ino != d->ino)
+            file_fail(d, "%s was deleted or replaced by another file", b->path);
+        else if (d->is_blockdev ? ioctl(d->fd_buf, BLKGETSIZE64, &have) == 0 && have < b->size
+                                : (uint64_t)st.st_size < b->size)
+            file_fail(d, "%s shrank to %llu bytes (it must hold %llu)", b->path,
+                      (unsigned long long)(d->is_blockdev ? have : (uint64_t)st.st_size),
+                      (unsigned long long)b->size);
+    }
+    if (!__atomic_load_n(&d->failed, __ATOMIC_ACQUIRE))
+        return 0;
+    if (why && len)
+        snprintf(why, len, "%s", d->why);
+    return -EIO;
+}
+
 static const struct srrs_bdev_module file_module = {
     .name = "file",
     .submit = file_submit,
@@ -502,6 +555,11 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
         free(d);
         return rc;
+    }
+    struct stat ost;
+    if (!fstat(d->fd_buf, &ost)) {
+        d->dev = ost.st_dev;
+        d->ino = ost.st_ino;
     }
     uint64_t have;
     if (d->is_blockdev) {

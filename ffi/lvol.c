@@ -67,9 +67,20 @@
  *   barrier, free; then the fragment's metadata pages move. Removal zeroes
  *   the fragment's superblock; its table index is reused by a later add.
  *
+ * - RAM fragments of a pool with persistent fragments live in a shared
+ *   mapping (/dev/shm) that outlives the process and is re-attached at open.
+ *   Where it is gone (host reboot), its mapped clusters are "lost": a read
+ *   of a block not rewritten since fails with -EIO, never zeroes; a cluster
+ *   whose every block was rewritten (or that is unmapped) is good again.
+ *
+ * - Fragment health: a poller on P checks each file fragment (shrunk,
+ *   deleted, replaced) every few hundred ms and after any fragment I/O
+ *   error; a failed fragment's bdev fails every I/O with -EIO and gets no
+ *   new clusters.
+ *
  * - Limits: 16 fragments, volume block size 4096, volumes only grow, a
- *   volume cannot be deleted while a drain runs, RAM clusters of a pool with
- *   persistent fragments are lost at restart (reported per volume).
+ *   volume cannot be deleted while a drain runs, a lost cluster cannot be
+ *   drained until rewritten or unmapped.
  */
 #include "lvol_int.h"
 
@@ -379,7 +390,8 @@ int lv_slot_alloc(struct srrs_pool *p, uint32_t *frag, uint64_t *slot)
     uint64_t best_free = 0;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || !f->md_slots || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
+        if (f->state != FS_ACTIVE || !f->md_slots || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE) ||
+            __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE))
             continue;
         uint64_t fr = f->md_slots - f->slots_used;
         if (fr > best_free) {
@@ -459,7 +471,7 @@ int lv_pick_frag(struct srrs_pool *p)
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
         if (f->state != FS_ACTIVE || f->nused >= f->nclusters ||
-            __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
+            __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
         double score;
         if (p->placement == 1)
@@ -494,6 +506,7 @@ void lv_cluster_put(struct srrs_pool *p, uint64_t e)
 {
     struct lv_frag *f = &p->frags[e_frag(e)];
     uint64_t cl = e_cl(e);
+    lv_lost_clear(f, cl); /* freed: whoever gets it next has it zeroed */
     if (f->used && cl < f->nclusters && bm_get(f->used, cl)) {
         bm_clr(f->used, cl);
         f->nused--;
@@ -797,6 +810,8 @@ static void unmap_committed(struct lv_wait *w, int status)
     if (v->tenant)
         v->tenant->used--;
     p->unmapped++;
+    if (lv_lost_clear(&p->frags[e_frag(fr->old_e)], e_cl(fr->old_e)))
+        __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED);
     fr->bw.fn = free_after_barrier;
     lv_barrier_request(p, &fr->bw);
 }
@@ -869,11 +884,13 @@ static void piece_done(struct srrs_io *parent, int status)
 static void child_cb(struct srrs_io *child, void *arg)
 {
     struct srrs_io *parent = child->parent;
+    int st = child->status;
     if (child->tag != IO_NOTAG) {
         struct srrs_pool *p = ((struct lv_vol *)parent->bdev->ctx)->pool;
         __atomic_sub_fetch(&p->rs[srrs_reactor_idx(child->r)].cnt[child->tag], 1, __ATOMIC_RELEASE);
+        if (srrs_unlikely(st)) /* a fragment failed an I/O: check its health now */
+            __atomic_store_n(&p->health_due, 1, __ATOMIC_RELAXED);
     }
-    int st = child->status;
     srrs_io_put(child);
     piece_done_ex(parent, st, arg == CHILD_SUBMITTED);
 }
@@ -892,10 +909,17 @@ static void child_go(struct srrs_io *child)
     struct srrs_pool *p = v->pool;
     uint64_t e = map_get(v, lc->c);
     bool mapped = e_alloc(e) && !(e & E_PENDING);
+    struct lv_frag *f = &p->frags[e_frag(e) & (LV_MAX_FRAGS - 1)]; /* used only when mapped */
     switch (child->op) {
     case SRRS_IO_READ:
         if (!mapped) {
             iov_zero(child);
+            child_cb(child, NULL);
+            return;
+        }
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e)) && lv_lost_range(f, e_cl(e), lc->coff, child->len))) {
+            /* its RAM was gone at open: unknown data, never zeroes */
+            child->status = -EIO;
             child_cb(child, NULL);
             return;
         }
@@ -906,6 +930,8 @@ static void child_go(struct srrs_io *child)
             send_to(p->pr, p_alloc_msg, child);
             return;
         }
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e))) && lv_lost_write(f, e_cl(e), lc->coff, child->len))
+            __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED); /* every block rewritten: good again */
         break;
     default: /* write zeroes, unmap */
         if (!e_alloc(e)) {
@@ -922,9 +948,10 @@ static void child_go(struct srrs_io *child)
             return;
         }
         child->op = SRRS_IO_WRITE_ZEROES; /* a partial cluster stays allocated */
+        if (srrs_unlikely(lv_lost_get(f, e_cl(e))) && lv_lost_write(f, e_cl(e), lc->coff, child->len))
+            __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED);
         break;
     }
-    struct lv_frag *f = &p->frags[e_frag(e)];
     child->bdev = f->bdev;
     child->offset = f->data_off + (e_cl(e) << p->cs_shift) + lc->coff;
     child->cb = child_cb;

@@ -42,6 +42,9 @@ struct srrs_pool_info {
     uint64_t md_writes;
     int32_t created;        /* 1: this open formatted the fragments */
     int32_t repaired;       /* metadata copies rewritten at open */
+    uint32_t failed_frags;  /* fragments that shrank, vanished or failed: the pool is degraded */
+    uint32_t pad2;
+    uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
 };
 
 struct srrs_pool_frag_info {
@@ -61,6 +64,10 @@ struct srrs_pool_frag_info {
     uint64_t drain_total;   /* clusters it held when the drain started */
     int32_t drain_error;    /* -errno that stopped the drain, 0 if none */
     int32_t pad;
+    int32_t failed;         /* 1: shrank, vanished or failed; I/O to its clusters fails */
+    int32_t pad2;
+    uint64_t lost_clusters; /* RAM: mapped clusters whose memory was gone at open */
+    char error[160];        /* what the health check found (also: a RAM fragment's file removed) */
 };
 
 struct srrs_lvol_info {
@@ -71,7 +78,7 @@ struct srrs_lvol_info {
     uint64_t allocated_clusters;
     uint32_t cluster_size;
     int32_t thin;
-    uint64_t lost_clusters; /* clusters that lived on RAM at the last stop */
+    uint64_t lost_clusters; /* clusters whose RAM was gone at open: reads fail until rewritten */
 };
 
 struct srrs_pool_tenant_info {

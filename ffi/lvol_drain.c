@@ -163,6 +163,16 @@ static void move_copy_next(struct lv_move *mv)
 static void move_start(struct lv_move *mv)
 {
     struct srrs_pool *p = mv->d->p;
+    if (lv_lost_get(&p->frags[e_frag(mv->old_e)], e_cl(mv->old_e))) {
+        /* Its RAM was gone: a copy would turn "unknown" into zeroes elsewhere.
+         * The drain stops; rewriting or unmapping the cluster lets it go on. */
+        mv->new_e = 0;
+        lv_pool_msg(p, "drain of fragment %d: volume %s cluster %llu was lost with its RAM; "
+                    "rewrite or unmap it, then drain again", mv->d->idx, mv->a.vol->name,
+                    (unsigned long long)mv->a.c);
+        move_fail(mv, -EIO);
+        return;
+    }
     int fi = lv_pick_frag(p);
     bool zero;
     mv->new_e = fi >= 0 ? lv_cluster_take(p, fi, &zero) : 0;
@@ -496,6 +506,7 @@ int srrs_pool_frag_remove(struct srrs_pool *p, int idx)
     }
     srrs_bdev_close(&f->bdev);
     srrs_bdev_delete(p->core, f->bdev_name);
+    lv_shm_drop(p, idx, true); /* removed on purpose: its memory goes too */
     free(f->used);
     free(f->slot_used);
     f->used = f->slot_used = NULL;

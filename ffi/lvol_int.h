@@ -146,6 +146,25 @@ struct lv_frag {
     uint64_t slots_used, slot_hint;
     uint64_t drain_moved, drain_total;
     int drain_error;
+    /* Health: set (P) when the fragment's file shrank, vanished or failed an
+     * I/O check; from then on its bdev fails every I/O with -EIO. */
+    int failed;
+    char why[160];
+    /* A RAM fragment of a pool with persistent fragments lives in a shared
+     * mapping (/dev/shm) that outlives the process: data, then a header,
+     * then one "lost" bit per cluster (set for clusters whose memory was gone
+     * at open), then one per 4 KiB block of those clusters: a read touching a
+     * lost block fails; a write makes the blocks it covers good, and the
+     * cluster is good once all of its blocks are. */
+    void *shm;
+    size_t shm_len;
+    uint64_t *lost;        /* per cluster, in the mapping, atomic bits; NULL without shm */
+    uint64_t *lost_blk;    /* per block, likewise */
+    uint64_t nlost;        /* clusters (atomic) */
+    bool ram_gone;         /* the mapping was missing or not ours at open */
+    bool shm_unlinked;     /* its file was removed while we run: the data dies with us */
+    dev_t shm_dev;         /* the file mapped, to notice it removed or replaced */
+    ino_t shm_ino;
 };
 
 struct lv_tenant {
@@ -175,7 +194,7 @@ struct lv_vol {
     void **old_tops;        /* replaced by resize; freed with the volume */
     uint32_t nold;
     uint64_t allocated;     /* clusters (P) */
-    uint64_t lost;
+    uint64_t lost;          /* clusters whose RAM was gone (atomic): reads fail until rewritten */
 };
 
 struct lv_alloc {
@@ -225,6 +244,11 @@ struct srrs_pool {
     int bar_acks;
     uint8_t bar_oldpar[SRRS_MAX_REACTORS];
     uint64_t unmapped;
+    /* fragment health check (P): every HEALTH_PERIOD, or at once after an I/O error */
+    struct srrs_poller *health_poller;
+    uint64_t health_ticks;
+    int health_due;        /* atomic: an I/O on a fragment failed */
+    uint32_t nfailed;
 };
 
 struct lv_rstate {
@@ -345,6 +369,72 @@ struct lv_op {
 
 void lv_pool_msg(struct srrs_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Bits [from, to) of an atomic bitmap: clear them / are any set. */
+static inline void bm_clr_range_atomic(uint64_t *bm, uint64_t from, uint64_t to)
+{
+    while (from < to) {
+        uint64_t n = SRRS_MIN(64 - (from & 63), to - from);
+        uint64_t m = (n == 64 ? ~0ull : ((1ull << n) - 1)) << (from & 63);
+        __atomic_fetch_and(&bm[from >> 6], ~m, __ATOMIC_ACQ_REL);
+        from += n;
+    }
+}
+
+static inline bool bm_any_atomic(const uint64_t *bm, uint64_t from, uint64_t to)
+{
+    while (from < to) {
+        uint64_t n = SRRS_MIN(64 - (from & 63), to - from);
+        uint64_t m = (n == 64 ? ~0ull : ((1ull << n) - 1)) << (from & 63);
+        if (__atomic_load_n(&bm[from >> 6], __ATOMIC_ACQUIRE) & m)
+            return true;
+        from += n;
+    }
+    return false;
+}
+
+/* First block bit of cluster cl, and blocks per cluster. */
+static inline uint64_t lv_blk0(struct lv_frag *f, uint64_t cl) { return cl << (f->pool->cs_shift - 12); }
+static inline uint64_t lv_blks(struct lv_frag *f) { return 1ull << (f->pool->cs_shift - 12); }
+
+/* Is cluster cl marked lost (its RAM was gone at open)? Any reactor; one load
+ * when the fragment has no lost cluster. */
+static inline bool lv_lost_get(struct lv_frag *f, uint64_t cl)
+{
+    return __atomic_load_n(&f->nlost, __ATOMIC_RELAXED) && f->lost &&
+           (__atomic_load_n(&f->lost[cl >> 6], __ATOMIC_ACQUIRE) >> (cl & 63) & 1);
+}
+
+/* Does [coff, coff + len) of lost cluster cl touch a block not yet rewritten? */
+static inline bool lv_lost_range(struct lv_frag *f, uint64_t cl, uint64_t coff, uint64_t len)
+{
+    uint64_t b = lv_blk0(f, cl);
+    return bm_any_atomic(f->lost_blk, b + (coff >> 12), b + ((coff + len + 4095) >> 12));
+}
+
+/* Cluster cl is good again (freed, or every block rewritten): clears its bits.
+ * Returns whether this call did it (counts drop once). Any reactor. */
+static inline bool lv_lost_clear(struct lv_frag *f, uint64_t cl)
+{
+    if (!lv_lost_get(f, cl))
+        return false;
+    bm_clr_range_atomic(f->lost_blk, lv_blk0(f, cl), lv_blk0(f, cl) + lv_blks(f));
+    uint64_t bit = 1ull << (cl & 63);
+    if (!(__atomic_fetch_and(&f->lost[cl >> 6], ~bit, __ATOMIC_ACQ_REL) & bit))
+        return false;
+    __atomic_sub_fetch(&f->nlost, 1, __ATOMIC_RELAXED);
+    return true;
+}
+
+/* A write of [coff, coff + len) landed in lost cluster cl: those blocks hold
+ * known data now. Returns true when that made the whole cluster good. */
+static inline bool lv_lost_write(struct lv_frag *f, uint64_t cl, uint64_t coff, uint64_t len)
+{
+    uint64_t b = lv_blk0(f, cl);
+    /* only whole blocks become known (volume I/O is block-aligned anyway) */
+    bm_clr_range_atomic(f->lost_blk, b + ((coff + 4095) >> 12), b + ((coff + len) >> 12));
+    return !bm_any_atomic(f->lost_blk, b, b + lv_blks(f)) && lv_lost_clear(f, cl);
+}
+
 /* Cluster map: read on any reactor, written on P only. */
 static inline uint64_t map_get(struct lv_vol *v, uint64_t c)
 {
@@ -382,6 +472,7 @@ int lv_slot_alloc(struct srrs_pool *p, uint32_t *frag, uint64_t *slot);
 void lv_slot_free(struct srrs_pool *p, uint32_t frag, uint64_t slot);
 uint64_t lv_slot_offset(struct lv_frag *f, uint64_t slot, int copy);
 int lv_vol_alloc_top(struct lv_vol *v, uint64_t nclusters);
+void lv_shm_drop(struct srrs_pool *p, int fi, bool unlink_file);
 void lv_vol_free(struct lv_vol *v);
 
 #endif

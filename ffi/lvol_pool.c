@@ -5,6 +5,8 @@
  */
 #include "lvol_int.h"
 
+#include <sys/mman.h>
+
 /* ---- control-thread operations run on P ------------------------------------- */
 
 
@@ -284,7 +286,7 @@ static void vol_fill_info(struct srrs_pool *p, struct lv_vol *v, struct srrs_lvo
     o->allocated_clusters = __atomic_load_n(&v->allocated, __ATOMIC_RELAXED);
     o->cluster_size = p->cs;
     o->thin = v->thin;
-    o->lost_clusters = v->lost;
+    o->lost_clusters = __atomic_load_n(&v->lost, __ATOMIC_RELAXED);
 }
 
 static int vol_register(struct srrs_pool *p, struct lv_vol *v)
@@ -632,6 +634,125 @@ static void uuid_str(const uint8_t *u, char *out)
         sprintf(out + 2 * i, "%02x", u[i]);
 }
 
+/* ---- RAM fragments in shared memory ------------------------------------------------ */
+
+/* Mapping layout: [0, size) data, then this header (one page), then one
+ * "lost" bit per cluster, then one per block. The header is written (sealed)
+ * only once the lost bits say the truth, so a crash before that makes the
+ * next open treat the memory as gone rather than trust zeroes. */
+#define SHM_MAGIC 0x4d485353u /* "SSHM" */
+struct shm_hdr {
+    uint32_t magic;
+    uint32_t version;
+    uint8_t pool_uuid[16];
+    uint8_t frag_uuid[16];
+    uint64_t size;
+};
+
+static void shm_path(const struct srrs_pool *p, int fi, char *out, size_t len)
+{
+    char u[33];
+    for (int i = 0; i < 16; i++)
+        sprintf(u + 2 * i, "%02x", p->uuid[i]);
+    /* SRRS_SHM_DIR: another tmpfs directory (tests keep theirs apart). */
+    const char *dir = getenv("SRRS_SHM_DIR");
+    snprintf(out, len, "%s/srrs-%s-f%d", dir && *dir ? dir : "/dev/shm", u, fi);
+}
+
+static size_t shm_bm_len(uint64_t size)
+{
+    return ((size / LV_BS + 63) / 64 * 8 + MD_PAGE - 1) & ~(size_t)(MD_PAGE - 1);
+}
+
+/* Maps fragment fi's memory, re-attaching what a previous process left
+ * (layout: a new fragment, start empty). Sets f->fresh / f->ram_gone. */
+static int shm_attach(struct srrs_pool *p, int fi, uint64_t size, bool layout)
+{
+    struct lv_frag *f = &p->frags[fi];
+    char path[512];
+    shm_path(p, fi, path, sizeof(path));
+    size_t len = size + MD_PAGE + 2 * shm_bm_len(size);
+    struct shm_hdr h = {0};
+    int fd = layout ? -1 : open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && !layout && errno != ENOENT)
+        return srrs_err(-errno, "RAM fragment %d: %s: %s", fi, path, strerror(errno));
+    bool ours = fd >= 0 && pread(fd, &h, sizeof(h), (off_t)size) == (ssize_t)sizeof(h) &&
+                h.magic == SHM_MAGIC && h.size == size && !memcmp(h.pool_uuid, p->uuid, 16) &&
+                !memcmp(h.frag_uuid, f->uuid, 16);
+    if (!ours) {
+        if (fd >= 0)
+            close(fd);
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return srrs_err(-errno, "RAM fragment %d: cannot create %s: %s", fi, path, strerror(errno));
+    }
+    /* Reserve every page now: a full tmpfs must fail here, not SIGBUS a write. */
+    int rc = posix_fallocate(fd, 0, (off_t)len);
+    struct stat st;
+    if (!rc && fstat(fd, &st))
+        rc = errno;
+    void *m = rc ? MAP_FAILED
+                 : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (!rc && m == MAP_FAILED)
+        rc = errno;
+    close(fd);
+    if (rc) {
+        if (!ours)
+            unlink(path);
+        return srrs_err(-rc, "RAM fragment %d: cannot reserve %zu bytes in %s: %s (RAM fragments live "
+                        "in shared memory to survive a crash: make room, or set SRRS_SHM_DIR to "
+                        "another tmpfs)", fi, len, path, strerror(rc));
+    }
+    (void)madvise(m, len, MADV_HUGEPAGE); /* fewer TLB misses where tmpfs allows huge pages */
+    f->shm = m;
+    f->shm_len = len;
+    f->lost = (uint64_t *)((uint8_t *)m + size + MD_PAGE);
+    f->lost_blk = (uint64_t *)((uint8_t *)m + size + MD_PAGE + shm_bm_len(size));
+    f->fresh = !ours;
+    f->ram_gone = !ours && !layout;
+    f->shm_dev = st.st_dev;
+    f->shm_ino = st.st_ino;
+    return 0;
+}
+
+/* Control thread. Its lost bits now say the truth: the memory may be trusted
+ * by the next open. Bits of clusters no longer mapped are dropped. */
+static void shm_seal(struct srrs_pool *p, struct lv_frag *f)
+{
+    uint64_t words = (f->nclusters + 63) / 64, n = 0;
+    for (uint64_t w = 0; w < words; w++) {
+        f->lost[w] &= f->used[w];
+        n += (uint64_t)__builtin_popcountll(f->lost[w]);
+    }
+    f->nlost = n;
+    for (uint64_t cl = 0; cl < f->nclusters; cl++)
+        if (!bm_get(f->lost, cl))
+            bm_clr_range_atomic(f->lost_blk, lv_blk0(f, cl), lv_blk0(f, cl) + lv_blks(f));
+    struct shm_hdr *h = (void *)((uint8_t *)f->shm + f->size);
+    h->magic = SHM_MAGIC;
+    h->version = 1;
+    memcpy(h->pool_uuid, p->uuid, 16);
+    memcpy(h->frag_uuid, f->uuid, 16);
+    __atomic_store_n(&h->size, f->size, __ATOMIC_RELEASE);
+}
+
+/* Unmaps fragment fi's memory (after its bdev is gone); unlink_file: the
+ * fragment is removed on purpose (or was never part of the pool). */
+void lv_shm_drop(struct srrs_pool *p, int fi, bool unlink_file)
+{
+    struct lv_frag *f = &p->frags[fi];
+    if (!f->shm)
+        return;
+    munmap(f->shm, f->shm_len);
+    f->shm = NULL;
+    f->lost = f->lost_blk = NULL;
+    if (unlink_file) {
+        char path[512];
+        shm_path(p, fi, path, sizeof(path));
+        unlink(path);
+    }
+}
+
 /* Opens (and on a fresh fragment lays out) fragment fi's bdev. */
 static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_spec *spec, bool layout,
                        bool md_here, uint32_t md_slots)
@@ -641,10 +762,16 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
     snprintf(f->bdev_name, sizeof(f->bdev_name), "%.40s.f%d", p->name, fi & 0xff);
     int rc;
     bool ram = spec->path == NULL;
-    if (ram) {
+    if (ram && layout && md_here) {
+        /* No persistent fragment: the pool itself does not outlive the process. */
         rc = srrs_bdev_create_malloc(p->core, f->bdev_name, spec->size, LV_BS);
         snprintf(f->path, sizeof(f->path), "ram");
         f->fresh = true;
+    } else if (ram) {
+        rc = shm_attach(p, fi, spec->size, layout);
+        if (!rc)
+            rc = srrs_bdev_create_mem(p->core, f->bdev_name, f->shm, spec->size, LV_BS);
+        snprintf(f->path, sizeof(f->path), "ram");
     } else {
         struct stat st;
         f->fresh = stat(spec->path, &st) != 0;
@@ -682,6 +809,8 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
     if (!f->used || !f->slot_used)
         return srrs_err(-ENOMEM, "out of memory");
     f->state = f->state ? f->state : FS_ACTIVE;
+    if (f->shm && layout)
+        shm_seal(p, f);
     return 0;
 }
 
@@ -941,10 +1070,18 @@ static int load_entries(struct srrs_pool *p, struct lv_vol *v, struct scan_pg *e
             return srrs_err(-EIO, "pool %s: volume %s cluster %llu maps outside the pool (entry %llx); "
                             "refusing to open", p->name, v->name, (unsigned long long)c,
                             (unsigned long long)x);
-        if (f->ram) {
+        if (f->ram && !f->shm) {
             v->lost++;
             continue;
         }
+        if (f->ram_gone && !bm_get(f->lost, e_cl(x))) {
+            bm_set(f->lost, e_cl(x));
+            for (uint64_t b = lv_blk0(f, e_cl(x)); b < lv_blk0(f, e_cl(x)) + lv_blks(f); b++)
+                bm_set(f->lost_blk, b);
+            f->nlost++;
+        }
+        if (f->lost && bm_get(f->lost, e_cl(x)))
+            v->lost++; /* mapped still: reads fail until it is rewritten */
         if (bm_get(f->used, e_cl(x)))
             return srrs_err(-EIO, "pool %s: cluster %llu of fragment %s is mapped twice (volume %s); "
                             "refusing to open", p->name, (unsigned long long)e_cl(x), f->path, v->name);
@@ -1008,8 +1145,9 @@ static int build_volumes(struct srrs_pool *p, struct scan *s)
                 t->nvols++;
             }
             if (v->lost)
-                lv_pool_msg(p, "volume %s: %llu cluster(s) lived on a RAM fragment and are gone (read "
-                         "as zeroes)", v->name, (unsigned long long)v->lost);
+                lv_pool_msg(p, "volume %s: %llu cluster(s) lived on a RAM fragment whose memory is "
+                            "gone (host restart): reads of them fail with a media error until "
+                            "rewritten", v->name, (unsigned long long)v->lost);
         }
     }
     return 0;
@@ -1035,8 +1173,87 @@ static void maint_stop_msg(void *arg)
         srrs_poller_unregister(&p->maint_poller);
 }
 
+/* ---- fragment health ---------------------------------------------------------------- */
+
+#define HEALTH_TICK_US 100000u /* the poller's period */
+#define HEALTH_EVERY 3u        /* ticks between checks when no I/O failed */
+
+/* P. A fragment whose file shrank, was deleted or replaced: its bdev already
+ * fails every I/O with -EIO (a media error to the host); no new cluster goes
+ * there, and the pool reports it as degraded. */
+static void frag_failed(struct srrs_pool *p, int fi, const char *why)
+{
+    struct lv_frag *f = &p->frags[fi];
+    snprintf(f->why, sizeof(f->why), "%s", why);
+    __atomic_store_n(&f->failed, 1, __ATOMIC_RELEASE);
+    p->nfailed++;
+    lv_pool_msg(p, "fragment %d (%s) failed: %s; I/O to its clusters fails with a media error",
+                fi, f->path, why);
+    srrs_event_post(p->core, SRRS_EV_FRAG_FAILED, (uint64_t)fi, 0, p->name,
+                    "pool %s degraded: fragment %d (%s) failed: %s", p->name, fi, f->path, why);
+}
+
+/* P. A RAM fragment's shared memory file removed under us: the data still
+ * serves, but a crash or stop now loses it; say so while it can be saved. */
+static void shm_health(struct srrs_pool *p, int fi)
+{
+    struct lv_frag *f = &p->frags[fi];
+    char path[512];
+    struct stat st;
+    shm_path(p, fi, path, sizeof(path));
+    if (!stat(path, &st) && st.st_dev == f->shm_dev && st.st_ino == f->shm_ino)
+        return;
+    snprintf(f->why, sizeof(f->why), "shared memory file %.80s removed: data lost when this "
+             "process stops", path);
+    __atomic_store_n(&f->shm_unlinked, true, __ATOMIC_RELEASE);
+    lv_pool_msg(p, "RAM fragment %d: %s", fi, f->why);
+    srrs_event_post(p->core, SRRS_EV_FRAG_FAILED, (uint64_t)fi, 0, p->name, "pool %s degraded: RAM "
+                    "fragment %d: %s", p->name, fi, f->why);
+}
+
+static int health_poll(void *arg)
+{
+    struct srrs_pool *p = arg;
+    bool due = __atomic_exchange_n(&p->health_due, 0, __ATOMIC_RELAXED);
+    if (!due && ++p->health_ticks % HEALTH_EVERY)
+        return 0;
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        int st = __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
+        if ((st != FS_ACTIVE && st != FS_DRAINING) || f->failed || !f->bdev ||
+            __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
+            continue;
+        if (f->ram) {
+            if (f->shm && !f->shm_unlinked)
+                shm_health(p, i);
+            continue;
+        }
+        char why[160];
+        if (srrs_bdev_file_check(f->bdev, why, sizeof(why)))
+            frag_failed(p, i, why);
+    }
+    return 0;
+}
+
+static void health_start_msg(void *arg)
+{
+    struct srrs_pool *p = arg;
+    if (!p->health_poller)
+        p->health_poller = srrs_poller_register(p->pr, health_poll, p, HEALTH_TICK_US);
+}
+
+static void health_stop_msg(void *arg)
+{
+    struct srrs_pool *p = arg;
+    srrs_poller_unregister(&p->health_poller);
+}
+
+static void health_start(struct srrs_pool *p) { srrs_reactor_call(p->pr, health_start_msg, p); }
+
 static void pool_free(struct srrs_pool *p)
 {
+    if (p->health_poller)
+        srrs_reactor_call(p->pr, health_stop_msg, p);
     for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
         struct maint_stop ms = {.p = p};
         srrs_reactor_call(p->pr, maint_stop_msg, &ms);
@@ -1062,6 +1279,7 @@ static void pool_free(struct srrs_pool *p)
             srrs_bdev_close(&f->bdev);
             srrs_bdev_delete(p->core, f->bdev_name);
         }
+        lv_shm_drop(p, i, false);
         free(f->used);
         free(f->slot_used);
     }
@@ -1100,6 +1318,7 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
 {
     if (getrandom(p->uuid, 16, 0) != 16)
         return srrs_err(-EIO, "getrandom failed");
+    p->created = 1; /* from here a failure removes the files this open made */
     for (int i = 0; i < nfrags; i++) {
         bool md_here = frags[i].path ? true : !any_persistent;
         int rc = frag_attach(p, i, &frags[i], true, md_here, o->md_slots);
@@ -1109,7 +1328,6 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
         if (rc)
             return rc;
     }
-    p->created = 1;
     return lv_sb_write_all(p);
 }
 
@@ -1228,6 +1446,17 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
             rc = scan_frag(p, &s, (uint32_t)fi);
     if (!rc)
         rc = build_volumes(p, &s);
+    for (int fi = 0; fi < LV_MAX_FRAGS && !rc; fi++) {
+        struct lv_frag *f = &p->frags[fi];
+        if (!f->shm)
+            continue;
+        shm_seal(p, f);
+        if (f->nlost)
+            srrs_event_post(p->core, SRRS_EV_RAM_LOST, (uint64_t)fi, f->nlost, p->name,
+                            "pool %s: RAM fragment %d was gone at start (host restart): %llu cluster(s) "
+                            "lost; reads of them fail until rewritten", p->name, fi,
+                            (unsigned long long)f->nlost);
+    }
     if (!rc)
         rc = scan_apply_fixups(p, &s);
     scan_free(&s);
@@ -1324,9 +1553,24 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
     if (rc) {
         char msg[512];
         snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        for (int i = 0; i < LV_MAX_FRAGS; i++) {
+            struct lv_frag *f = &p->frags[i];
+            if (!f->fresh || (f->ram && !f->shm))
+                continue;
+            /* made by this failed open (shared memory, a new file): nothing left behind */
+            if (f->bdev) {
+                srrs_bdev_close(&f->bdev);
+                srrs_bdev_delete(p->core, f->bdev_name);
+            }
+            if (f->ram)
+                lv_shm_drop(p, i, true);
+            else if (p->created && f->path[0]) /* no superblock elsewhere names it */
+                unlink(f->path);
+        }
         pool_free(p);
         return srrs_err(rc, "%s", msg);
     }
+    health_start(p);
     *out = p;
     return 0;
 }
@@ -1385,6 +1629,13 @@ int srrs_pool_get_info(struct srrs_pool *p, struct srrs_pool_info *o)
     o->md_writes = p->md_writes;
     o->created = p->created;
     o->repaired = p->repaired;
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        if (f->state != FS_ACTIVE && f->state != FS_DRAINING)
+            continue;
+        o->failed_frags += (uint32_t)__atomic_load_n(&f->failed, __ATOMIC_ACQUIRE);
+        o->lost_clusters += __atomic_load_n(&f->nlost, __ATOMIC_RELAXED);
+    }
     return 0;
 }
 
@@ -1409,6 +1660,10 @@ int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_
     o->drain_moved = f->drain_moved;
     o->drain_total = f->drain_total;
     o->drain_error = f->drain_error;
+    o->failed = __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE);
+    o->lost_clusters = __atomic_load_n(&f->nlost, __ATOMIC_RELAXED);
+    if (o->failed || __atomic_load_n(&f->shm_unlinked, __ATOMIC_ACQUIRE))
+        snprintf(o->error, sizeof(o->error), "%s", f->why);
     return 0;
 }
 
@@ -1472,6 +1727,7 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
             srrs_bdev_close(&f->bdev);
             srrs_bdev_delete(p->core, f->bdev_name);
         }
+        lv_shm_drop(p, fi, true);
         free(f->used);
         free(f->slot_used);
         memset(f, 0, sizeof(*f));

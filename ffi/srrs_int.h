@@ -134,6 +134,8 @@ enum srrs_event_type {
     SRRS_EV_VHOST_BROKEN = 21,
     SRRS_EV_QUOTA = 30,
     SRRS_EV_POOL_FULL = 31,
+    SRRS_EV_FRAG_FAILED = 32, /* a = fragment index: its file shrank, vanished or failed */
+    SRRS_EV_RAM_LOST = 33,    /* a = fragment index, b = clusters whose RAM was gone at open */
     SRRS_EV_MIRROR_DOWN = 40,
     SRRS_EV_MIRROR_UP = 41,
 };
@@ -277,6 +279,14 @@ struct srrs_bdev {
 /* Control thread. Registers a bdev built by a module (takes ctx). */
 int srrs_bdev_register(struct srrs_core *core, const char *name, const struct srrs_bdev_module *mod,
                        void *ctx, uint64_t num_blocks, uint32_t block_size, struct srrs_bdev **out);
+/* Any thread. A file bdev whose file was truncated, deleted or replaced fails
+ * every I/O with -EIO from then on: returns that -EIO (why says what), else 0.
+ * A few syscalls: for a timer or an I/O error, never per I/O. 0 for other modules. */
+int srrs_bdev_file_check(struct srrs_bdev *b, char *why, size_t len);
+/* Control thread. A RAM bdev over memory the caller owns (a shared mapping
+ * that outlives the process): the caller unmaps it after deleting the bdev. */
+int srrs_bdev_create_mem(struct srrs_core *core, const char *name, void *mem, uint64_t size,
+                         uint32_t block_size);
 /* Control thread. Open for use by an export/stacked bdev; NULL + srrs_err if absent. */
 struct srrs_bdev *srrs_bdev_open(struct srrs_core *core, const char *name);
 void srrs_bdev_close(struct srrs_bdev **bdev);

@@ -1,10 +1,27 @@
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
 IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shm_dir():
+    """RAM fragments live in shared memory that outlives the controller; the
+    tests' pools keep theirs in one tmpfs directory, removed at the end."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    d = tempfile.mkdtemp(prefix="srrs-test-", dir=base)
+    old = os.environ.get("SRRS_SHM_DIR")
+    os.environ["SRRS_SHM_DIR"] = d
+    yield d
+    if old is None:
+        os.environ.pop("SRRS_SHM_DIR", None)
+    else:
+        os.environ["SRRS_SHM_DIR"] = old
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def need(tool: str) -> str:
