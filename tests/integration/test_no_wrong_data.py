@@ -319,7 +319,9 @@ def test_file_fragment_events_never_wrong_data(tmp_path, ext4):
 
 
 def _shm_files(since: float) -> list:
-    return [p for p in glob.glob("/dev/shm/*") if "srrs" in os.path.basename(p).lower()
+    """The shared memory behind RAM fragments (tests/conftest.py sets SRRS_SHM_DIR)."""
+    d = os.environ.get("SRRS_SHM_DIR", "/dev/shm")
+    return [p for p in glob.glob(os.path.join(d, "*")) if "srrs" in os.path.basename(p).lower()
             and os.stat(p).st_mtime >= since - 1]
 
 
