@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..ffi.binding import BenchOpts, Core, VerifyMap, bench_result_dict, check, ffi, lib
 from . import config as C
+from . import dhchap as DH
 
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 DEFAULT_HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:5352532d-0000-4000-8000-000000000001"
@@ -45,10 +46,13 @@ class NvmfTarget:
     def __init__(self, core: Core, cntlid_min: int = 1, cntlid_max: int = 32767,
                  max_io_queues: int = 16, max_queue_depth: int = 128,
                  header_digest: bool = True, data_digest: bool = True,
-                 reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0):
-        """reactors: the reactors that may own queue pairs (default: all, round-robin)."""
+                 reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0,
+                 auth_timeout_ms: int = 0):
+        """reactors: the reactors that may own queue pairs (default: all, round-robin).
+        auth_timeout_ms: DH-HMAC-CHAP deadline per transaction (0: 20 s)."""
         self.core = core
         o = ffi.new("struct srrs_nvmf_tgt_opts *")
+        o.auth_timeout_ms = auth_timeout_ms
         mask = 0
         for r in reactors or ():
             if not 0 <= r < core.num_reactors:
@@ -185,6 +189,41 @@ class NvmfTarget:
             if hostnqn in hosts:
                 hosts.remove(hostnqn)
 
+    def set_host_dhchap(self, nqn: str, hostnqn: str, secret_file: Optional[str],
+                        ctrl_secret_file: Optional[str] = None, hash: str = DH.DEFAULT_HASH,
+                        dhgroup: str = DH.DEFAULT_DHGROUP) -> None:
+        """hostnqn must authenticate (DH-HMAC-CHAP) with the secret in secret_file
+        (mode 0600); ctrl_secret_file also lets the host authenticate us.
+        secret_file None: no authentication for this host any more."""
+        C.check_nqn(hostnqn, "hostnqn")
+        hid, gid = DH.hash_id(hash), DH.dhgroup_id(dhgroup)
+        sec = DH.read_secret(secret_file) if secret_file else None
+        csec = DH.read_secret(ctrl_secret_file, "dhchap_ctrl_secret_file") \
+            if ctrl_secret_file and sec else None
+        check(lib.srrs_nvmf_host_set_dhchap(
+            self.ptr, nqn.encode(), hostnqn.encode(), sec.encode() if sec else ffi.NULL,
+            csec.encode() if csec else ffi.NULL, hid, gid), f"nvmf host {hostnqn} in {nqn}")
+        with self._lock:
+            auth = self._sub(nqn).setdefault("auth", {})
+            if sec:
+                auth[hostnqn] = {"dhchap_secret_file": secret_file,
+                                 "dhchap_ctrl_secret_file": ctrl_secret_file if csec else None,
+                                 "dhchap_hash": hash, "dhchap_dhgroup": dhgroup}
+            else:
+                auth.pop(hostnqn, None)
+
+    def set_require_auth(self, nqn: str, require: bool) -> None:
+        """Hosts without a DH-HMAC-CHAP secret are refused at Connect."""
+        check(lib.srrs_nvmf_subsystem_require_auth(self.ptr, nqn.encode(), int(require)),
+              f"nvmf subsystem {nqn}")
+        with self._lock:
+            self._sub(nqn)["require_auth"] = bool(require)
+
+    def auth_stats(self) -> dict:
+        ok, failed = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        lib.srrs_nvmf_auth_stats(self.ptr, ok, failed)
+        return {"auth_ok": ok[0], "auth_failed": failed[0]}
+
     def set_allow_any_host(self, nqn: str, allow: bool) -> None:
         check(lib.srrs_nvmf_subsystem_allow_any_host(self.ptr, nqn.encode(), int(allow)),
               f"nvmf subsystem {nqn}")
@@ -209,6 +248,9 @@ class NvmfTarget:
                     "allow_any_host": s["allow_any_host"], "hosts": list(s["hosts"]),
                     "namespaces": [{"nsid": k, **v} for k, v in sorted(s["namespaces"].items())],
                     "ana_groups": [{"id": g, "state": st} for g, st in sorted(s["ana"].items())],
+                    "require_auth": s.get("require_auth", False),
+                    # file paths and choices only: a secret never leaves the core
+                    "dhchap_hosts": [{"nqn": h, **a} for h, a in sorted(s.get("auth", {}).items())],
                 })
             return out
 
