@@ -42,7 +42,7 @@ def targets(raw) -> list:
     return out
 
 
-def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int):
+def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int, **auth):
     """The host over every target: the first that answers is the primary (it
     defines the namespace), the others are added as paths (down ones are kept
     and reconnected while the job runs). Returns (host, warnings)."""
@@ -50,7 +50,7 @@ def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int
     for i, lst in enumerate(tlist):
         try:
             h = NvmfHost(lst.addr, lst.port, nqn, queues=queues, qsize=qsize,
-                         path_timeout_ms=path_timeout_ms)
+                         path_timeout_ms=path_timeout_ms, **auth)
         except SrrsError as e:
             errors.append(str(e))
             continue
@@ -101,7 +101,10 @@ def run(args, report, aggregate) -> int:
     core = Core(reactors=1, poll_mode="busy",
                 cpus=[args.cpu] if getattr(args, "cpu", None) is not None else None)
     try:
-        h, warnings = connect(tlist, args.nqn, queues, qsize, int(path_timeout * 1000))
+        auth = {"hostnqn": getattr(args, "hostnqn", None),
+                "dhchap_secret_file": getattr(args, "dhchap_secret", None),
+                "dhchap_ctrl_secret_file": getattr(args, "dhchap_ctrl_secret", None)}
+        h, warnings = connect(tlist, args.nqn, queues, qsize, int(path_timeout * 1000), **auth)
         for w in warnings:
             print(f"srrs bench nvmf: {w}", file=sys.stderr)
         with h:
@@ -127,7 +130,7 @@ def run(args, report, aggregate) -> int:
             finally:
                 if vmap is not None:
                     vmap.close()
-    except SrrsError as e:
+    except (SrrsError, ValueError) as e:
         print(f"srrs bench nvmf: {e}", file=sys.stderr)
         return 1
     finally:

@@ -338,8 +338,19 @@ class NvmfHost:
     def __init__(self, addr: str, port: int, nqn: str, hostnqn: Optional[str] = None,
                  queues: int = 1, qsize: int = 128, header_digest: bool = False,
                  data_digest: bool = False, kato_ms: int = 0, timeout_ms: int = 5000,
-                 path_timeout_ms: int = 0):
+                 path_timeout_ms: int = 0, dhchap_secret_file: Optional[str] = None,
+                 dhchap_ctrl_secret_file: Optional[str] = None):
+        """dhchap_secret_file (mode 0600): authenticate (DH-HMAC-CHAP) when the
+        target asks; dhchap_ctrl_secret_file: also make the controller prove itself."""
         o = ffi.new("struct srrs_nvmf_host_opts *")
+        secrets = []
+        if dhchap_secret_file:
+            secrets.append(ffi.new("char[]", DH.read_secret(dhchap_secret_file).encode()))
+            o.dhchap_secret = secrets[-1]
+        if dhchap_ctrl_secret_file:
+            secrets.append(ffi.new("char[]", DH.read_secret(
+                dhchap_ctrl_secret_file, "dhchap_ctrl_secret_file").encode()))
+            o.dhchap_ctrl_secret = secrets[-1]
         self._keep = [ffi.new("char[]", addr.encode()), ffi.new("char[]", nqn.encode()),
                       ffi.new("char[]", (hostnqn or DEFAULT_HOSTNQN).encode())]
         o.addr, o.subnqn, o.hostnqn = self._keep
@@ -352,7 +363,11 @@ class NvmfHost:
         o.timeout_ms = timeout_ms
         o.path_timeout_ms = path_timeout_ms
         pp = ffi.new("struct srrs_nvmf_host **")
-        check(lib.srrs_nvmf_host_connect(o, pp), f"nvmf connect {addr}:{port} {nqn}")
+        try:
+            check(lib.srrs_nvmf_host_connect(o, pp), f"nvmf connect {addr}:{port} {nqn}")
+        finally:
+            for b in secrets:  # the core keeps its own parsed copy
+                ffi.memmove(b, bytes(len(ffi.string(b))), len(ffi.string(b)))
         self._pp = pp
         self.ptr = pp[0]
         info = ffi.new("struct srrs_nvmf_host_info *")

@@ -288,3 +288,32 @@ def test_secret_file_mode_refused(auth_target, tmp_path):
         t.set_host_dhchap(NQN, HOST, D.write_secret_file(tmp_path / "x", "DHHC-1:01:AAAAAA==:"))
     assert "AAAAAA" not in str(e.value)
     assert not t.subsystems()[0]["dhchap_hosts"]  # nothing left behind
+
+
+def test_c_initiator_authenticates(auth_target, tmp_path):
+    """Our initiator: uni- and bidirectional, verify I/O; a wrong secret, a
+    missing one and a wrong controller secret are refused."""
+    from srrs.ffi.binding import BenchOpts
+    from srrs.nvmf.target import NvmfHost
+    t = auth_target
+    _use(t, bidir=True)
+    hf, cf = t.secrets["host_file"], t.secrets["ctrl_file"]
+    for ctrl in (None, cf):
+        with NvmfHost("127.0.0.1", t.port, NQN, hostnqn=HOST, queues=2,
+                      dhchap_secret_file=hf, dhchap_ctrl_secret_file=ctrl) as h:
+            vmap = h.verify_map()
+            try:
+                r = h.bench(t.core, BenchOpts(rw="randrw", bs=4096, qd=8, time_s=0,
+                                              max_ios=2000, seed=3), 0, vmap)
+            finally:
+                vmap.close()
+            assert r["errors"] == 0 and r["verify_errors"] == 0 and r["ios"] == 2000
+    wrong = D.write_secret_file(tmp_path / "wrong", D.gen_secret(1, 32))
+    with pytest.raises(SrrsError, match="refused authentication"):
+        NvmfHost("127.0.0.1", t.port, NQN, hostnqn=HOST, dhchap_secret_file=wrong)
+    with pytest.raises(SrrsError, match="no secret was given"):
+        NvmfHost("127.0.0.1", t.port, NQN, hostnqn=HOST)
+    with pytest.raises(SrrsError, match="controller failed to authenticate"):
+        NvmfHost("127.0.0.1", t.port, NQN, hostnqn=HOST, dhchap_secret_file=hf,
+                 dhchap_ctrl_secret_file=wrong)
+    assert wait_for(lambda: not t.list_controllers())
