@@ -15,6 +15,7 @@ off it, errors) and `failovers`, `path_timeouts`, `max_wait_us`."""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from ..ffi.binding import BenchOpts, Core, SrrsError
@@ -63,7 +64,7 @@ def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int
             h.close()
             raise
         return h, warn
-    raise SrrsError(errors[-1] if len(errors) == 1 else "; ".join(errors))
+    raise SrrsError(errno.EIO, errors[-1] if len(errors) == 1 else "; ".join(errors))
 
 
 def _path_report(before: list, after: list, elapsed: float) -> list:

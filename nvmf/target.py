@@ -87,6 +87,13 @@ class NvmfTarget:
                 for h in s.allow_hosts:
                     if h != "*":
                         t.add_host(s.nqn, h)
+                for a in s.hosts:
+                    if a.nqn not in s.allow_hosts:
+                        t.add_host(s.nqn, a.nqn)
+                    t.set_host_dhchap(s.nqn, a.nqn, a.dhchap_secret_file,
+                                      a.dhchap_ctrl_secret_file, a.dhchap_hash, a.dhchap_dhgroup)
+                if s.require_auth:
+                    t.set_require_auth(s.nqn, True)
                 for g in s.ana_groups:
                     t.set_ana_state(s.nqn, g.id, g.state)
                 for ns in s.namespaces:
@@ -295,7 +302,8 @@ class NvmfTarget:
     def status(self) -> dict:
         """For `srrs status` and the console."""
         return {"listeners": self.listeners(), "subsystems": self.subsystems(),
-                "controllers": self.list_controllers(), "stats": self.stats()}
+                "controllers": self.list_controllers(), "stats": self.stats(),
+                "auth": self.auth_stats()}
 
     def to_toml_dict(self) -> dict:
         """The `[nvmf]` table for save_config ({} when there is nothing to save)."""
@@ -308,13 +316,17 @@ class NvmfTarget:
         """The running state as config (for save_config)."""
         subs = []
         for s in self.subsystems():
-            hosts = (["*"] if s["allow_any_host"] else []) + s["hosts"]
+            auth = tuple(C.NvmfHostAuth(**a) for a in s["dhchap_hosts"])
+            named = {a.nqn for a in auth}
+            hosts = (["*"] if s["allow_any_host"] else []) + [
+                h for h in s["hosts"] if h not in named]
             subs.append(C.NvmfSubsystem(
                 nqn=s["nqn"], serial=s["serial"], model=s["model"],
                 namespaces=tuple(C.NvmfNamespace(n["bdev"], n["nsid"], n["uuid"], n["ana_group"])
                                  for n in s["namespaces"]),
                 allow_hosts=tuple(hosts),
                 ana_groups=tuple(C.NvmfAnaGroup(g["id"], g["state"]) for g in s["ana_groups"]),
+                hosts=auth, require_auth=s["require_auth"],
             ))
         with self._lock:
             return replace(self._cfg, listen=tuple(self._listeners), subsystems=tuple(subs))
