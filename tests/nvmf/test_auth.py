@@ -328,7 +328,7 @@ def test_auth_message_fuzz(auth_target):
     rnd = random.Random(int(os.environ.get("SRRS_FUZZ_SEED", "11")))
     n = int(os.environ.get("SRRS_AUTH_FUZZ_CASES", "150"))
     h = D.Host(HOST, NQN, t.secrets["host"], t.secrets["ctrl"])
-    for i in range(n):
+    for _ in range(n):
         c, _, _ = D.connect_admin(t.port, h)
         try:
             for _ in range(rnd.randint(1, 4)):
@@ -345,9 +345,8 @@ def test_auth_message_fuzz(auth_target):
                     D.auth_recv(c, rnd.choice([1, 7, 8, 15, 16, 48, 300, 4096, 5000]))
             st = c.identify(1)[0]
             assert st == SC_AUTH_REQUIRED, hex(st)
-        except (wire.Closed, OSError, AssertionError) as e:
-            if isinstance(e, AssertionError) and "0x" in str(e):
-                raise
+        except (wire.Closed, OSError):
+            pass  # the target closed the queue after a Failure1: fine
         finally:
             c.close()
     # Still serving: a proper host authenticates.
