@@ -365,7 +365,8 @@ int nvmf_auth_host_set(struct nvmf_subsys *ss, const char *hostnqn, const char *
     const char *which = "";
     if (!rc && ctrl_secret) {
         which = "controller ";
-        rc = nvmf_dhchap_parse(ctrl_secret, &k);
+        rc = strcmp(secret, ctrl_secret) ? nvmf_dhchap_parse(ctrl_secret, &k)
+                                         : srrs_err(-EINVAL, "secret equals the host secret");
         if (!rc && (rc = nvmf_dhchap_transform(&k, ss->nqn, a->ckey)) > 0) {
             a->cklen = (uint8_t)rc;
             rc = 0;

@@ -104,6 +104,7 @@ class NvmfConfig:
     header_digest: bool = True
     data_digest: bool = True
     subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
+    auth_timeout_ms: int = 0    # DH-HMAC-CHAP transaction deadline (0: the core's 20 s)
 
 
 def _fail(key: str, msg: str) -> ValueError:
@@ -273,7 +274,7 @@ def parse(section: dict) -> NvmfConfig:
     if not isinstance(section, dict):
         raise _fail("nvmf", "expected a table")
     _unknown(section, {"listen", "cntlid_min", "cntlid_max", "max_io_queues", "max_queue_depth",
-                       "header_digest", "data_digest", "subsystem"}, "nvmf")
+                       "header_digest", "data_digest", "subsystem", "auth_timeout_ms"}, "nvmf")
     listen = section.get("listen", [])
     if isinstance(listen, str):
         listen = [listen]
@@ -302,6 +303,8 @@ def parse(section: dict) -> NvmfConfig:
         header_digest=_bool(section.get("header_digest", True), "nvmf.header_digest"),
         data_digest=_bool(section.get("data_digest", True), "nvmf.data_digest"),
         subsystems=subsystems,
+        auth_timeout_ms=_int(section.get("auth_timeout_ms", 0), "nvmf.auth_timeout_ms", 0,
+                             600000),
     )
 
 
@@ -334,5 +337,6 @@ def to_dict(cfg: NvmfConfig) -> dict:
         "max_queue_depth": cfg.max_queue_depth,
         "header_digest": cfg.header_digest,
         "data_digest": cfg.data_digest,
+        **({"auth_timeout_ms": cfg.auth_timeout_ms} if cfg.auth_timeout_ms else {}),
         "subsystem": subs,
     }

@@ -73,14 +73,15 @@ class NvmfTarget:
         self._lock = threading.Lock()
         self._cfg = C.NvmfConfig(cntlid_min=cntlid_min, cntlid_max=cntlid_max,
                                  max_io_queues=max_io_queues, max_queue_depth=max_queue_depth,
-                                 header_digest=header_digest, data_digest=data_digest)
+                                 header_digest=header_digest, data_digest=data_digest,
+                                 auth_timeout_ms=auth_timeout_ms)
         self._listeners: List[C.NvmfListen] = []
         self._subsys: Dict[str, dict] = {}
 
     @classmethod
     def from_config(cls, core: Core, cfg: C.NvmfConfig) -> "NvmfTarget":
         t = cls(core, cfg.cntlid_min, cfg.cntlid_max, cfg.max_io_queues, cfg.max_queue_depth,
-                cfg.header_digest, cfg.data_digest)
+                cfg.header_digest, cfg.data_digest, auth_timeout_ms=cfg.auth_timeout_ms)
         try:
             for s in cfg.subsystems:
                 t.add_subsystem(s.nqn, s.serial, s.model, allow_any_host=s.allow_any_host)

@@ -354,3 +354,9 @@ def test_auth_message_fuzz(auth_target):
     h.authenticate(c)
     c.enable()
     c.close()
+
+
+def test_same_host_and_controller_secret_refused(auth_target):
+    t = auth_target
+    with pytest.raises(SrrsError, match="controller secret equals the host secret"):
+        t.set_host_dhchap(NQN, HOST, t.secrets["host_file"], t.secrets["host_file"])

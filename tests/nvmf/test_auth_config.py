@@ -129,3 +129,32 @@ dhchap_ctrl_secret_file = "{cf}"
     for sec in (hs, cs):
         assert sec.split(":")[2][:20] not in out
     assert os.stat(hf).st_mode & 0o777 == 0o600
+
+
+def test_auth_timeout_config(core, tmp_path):
+    """[nvmf] auth_timeout_ms reaches the core: a host that never authenticates
+    is dropped after it."""
+    import time
+
+    from srrs.nvmf.target import NvmfTarget
+
+    from . import wire
+    hf = D.write_secret_file(tmp_path / "h.key", D.gen_secret(0, 32))
+    sec = dict(_section(hf), auth_timeout_ms=600)
+    cfg = C.parse(sec)
+    assert cfg.auth_timeout_ms == 600 and C.parse(C.to_dict(cfg)) == cfg
+    core.bdev_create_malloc("m0", 8 << 20, 4096)
+    t = NvmfTarget.from_config(core, cfg)
+    try:
+        port = t.listeners()[0]["port"]
+        c = wire.Conn("127.0.0.1", port)
+        c.icreq()
+        st, dw0, _, _ = c.connect(NQN, hostnqn=HOST)
+        assert st == 0 and dw0 & (1 << 17)
+        t0 = time.monotonic()
+        c.s.settimeout(5)
+        assert c.s.recv(1) == b""
+        assert time.monotonic() - t0 < 2.5
+        assert t.to_config().auth_timeout_ms == 600
+    finally:
+        t.close()
