@@ -377,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--path-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="an I/O that lost its path waits this long for one to come back "
                         "before it fails (0: fail at once, no retry; default %(default)s)")
+    n.add_argument("--hostnqn", default=None, help="host NQN (default: a fixed test NQN)")
+    n.add_argument("--dhchap-secret", metavar="FILE", default=None,
+                   help="DH-HMAC-CHAP secret (DHHC-1 format, file mode 0600): authenticate "
+                        "when the target requires it")
+    n.add_argument("--dhchap-ctrl-secret", metavar="FILE", default=None,
+                   help="controller secret: the controller must authenticate too")
     _bench_common(n)
     n.set_defaults(fn=cmd_bench_module, bench_module="nvmf", target=None)
     v = bsub.add_parser("vhost", help="vhost-user-blk client")

@@ -15,6 +15,7 @@ off it, errors) and `failovers`, `path_timeouts`, `max_wait_us`."""
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from ..ffi.binding import BenchOpts, Core, SrrsError
@@ -42,18 +43,18 @@ def targets(raw) -> list:
     return out
 
 
-def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int):
+def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int, **auth):
     """The host over every target: the first that answers is the primary (it
     defines the namespace), the others are added as paths (down ones are kept
     and reconnected while the job runs). Returns (host, warnings)."""
-    errors, errno = [], 0
+    errors, err = [], 0
     for i, lst in enumerate(tlist):
         try:
             h = NvmfHost(lst.addr, lst.port, nqn, queues=queues, qsize=qsize,
-                         path_timeout_ms=path_timeout_ms)
+                         path_timeout_ms=path_timeout_ms, **auth)
         except SrrsError as e:
             errors.append(str(e))
-            errno = e.errno or errno
+            err = e.errno or err
             continue
         warn = list(errors)
         try:
@@ -64,7 +65,7 @@ def connect(tlist: list, nqn: str, queues: int, qsize: int, path_timeout_ms: int
             h.close()
             raise
         return h, warn
-    raise SrrsError(errno, "; ".join(errors))
+    raise SrrsError(err or errno.EIO, errors[-1] if len(errors) == 1 else "; ".join(errors))
 
 
 def _path_report(before: list, after: list, elapsed: float) -> list:
@@ -102,7 +103,10 @@ def run(args, report, aggregate) -> int:
     core = Core(reactors=1, poll_mode="busy",
                 cpus=[args.cpu] if getattr(args, "cpu", None) is not None else None)
     try:
-        h, warnings = connect(tlist, args.nqn, queues, qsize, int(path_timeout * 1000))
+        auth = {"hostnqn": getattr(args, "hostnqn", None),
+                "dhchap_secret_file": getattr(args, "dhchap_secret", None),
+                "dhchap_ctrl_secret_file": getattr(args, "dhchap_ctrl_secret", None)}
+        h, warnings = connect(tlist, args.nqn, queues, qsize, int(path_timeout * 1000), **auth)
         for w in warnings:
             print(f"srrs bench nvmf: {w}", file=sys.stderr)
         with h:
@@ -128,7 +132,7 @@ def run(args, report, aggregate) -> int:
             finally:
                 if vmap is not None:
                     vmap.close()
-    except OSError as e:  # SrrsError, or a socket error: one line, no traceback
+    except (OSError, ValueError) as e:  # SrrsError, a socket or secret-file error: one line
         print(f"srrs bench nvmf: {e}", file=sys.stderr)
         return 1
     finally:

@@ -17,16 +17,27 @@ frozen dataclasses where every default lives.
     namespaces = ["v0", { bdev = "v1", nsid = 4, uuid = "…", ana_group = 2 }]
     allow_hosts = ["*"]         # or a list of host NQNs; default [] = no host (deny)
     ana_groups = [{ id = 1, state = "optimized" }, { id = 2, state = "inaccessible" }]
+    require_auth = false        # true: hosts without a DH-HMAC-CHAP secret are refused
+
+    [[nvmf.subsystem.host]]     # an allowed host that must authenticate (DH-HMAC-CHAP)
+    nqn = "nqn.2014-08.org.nvmexpress:uuid:…"
+    dhchap_secret_file = "/etc/srrs/host1.key"        # DHHC-1 secret, mode 0600
+    dhchap_ctrl_secret_file = "/etc/srrs/host1.ctrl"  # optional: bidirectional
+    dhchap_hash = "sha256"      # sha256 | sha384 | sha512
+    dhchap_dhgroup = "ffdhe2048"  # null | ffdhe2048 | 3072 | 4096 | 6144 | 8192
 
 A plain string namespace gets nsid = position + 1.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid as _uuid
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
+
+from . import dhchap as DH
 
 ANA_STATES = {"optimized": 1, "non_optimized": 2, "inaccessible": 3, "persistent_loss": 4}
 ANA_NAMES = {v: k for k, v in ANA_STATES.items()}
@@ -50,6 +61,15 @@ class NvmfAnaGroup:
 
 
 @dataclass(frozen=True)
+class NvmfHostAuth:
+    nqn: str
+    dhchap_secret_file: str
+    dhchap_ctrl_secret_file: Optional[str] = None
+    dhchap_hash: str = DH.DEFAULT_HASH
+    dhchap_dhgroup: str = DH.DEFAULT_DHGROUP
+
+
+@dataclass(frozen=True)
 class NvmfSubsystem:
     nqn: str
     serial: str = "SRRS0000"
@@ -57,6 +77,8 @@ class NvmfSubsystem:
     namespaces: Tuple[NvmfNamespace, ...] = ()
     allow_hosts: Tuple[str, ...] = ()   # deny by default, as nvmf_subsystem_create does
     ana_groups: Tuple[NvmfAnaGroup, ...] = ()
+    hosts: Tuple[NvmfHostAuth, ...] = ()    # allowed hosts that authenticate
+    require_auth: bool = False
 
     @property
     def allow_any_host(self) -> bool:
@@ -82,6 +104,7 @@ class NvmfConfig:
     header_digest: bool = True
     data_digest: bool = True
     subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
+    auth_timeout_ms: int = 0    # DH-HMAC-CHAP transaction deadline (0: the core's 20 s)
 
 
 def _fail(key: str, msg: str) -> ValueError:
@@ -168,10 +191,38 @@ def _namespace(v, i: int, key: str) -> NvmfNamespace:
     )
 
 
+def _host_auth(h, key: str) -> NvmfHostAuth:
+    """One [[nvmf.subsystem.host]]; the secret files are checked (mode 0600,
+    DHHC-1 format) now, so a bad file fails the config load, not a Connect."""
+    if not isinstance(h, dict):
+        raise _fail(key, "expected a table")
+    _unknown(h, {"nqn", "dhchap_secret_file", "dhchap_ctrl_secret_file", "dhchap_hash",
+                 "dhchap_dhgroup", "require_auth"}, key)
+    nqn = check_nqn(h.get("nqn"), f"{key}.nqn")
+    files = {}
+    for f in ("dhchap_secret_file", "dhchap_ctrl_secret_file"):
+        v = h.get(f)
+        if v is not None:
+            if not isinstance(v, str) or not os.path.isabs(v):
+                raise _fail(f"{key}.{f}", "expected an absolute file path")
+            DH.read_secret(v, f"{key}.{f}")
+        files[f] = v
+    if not files["dhchap_secret_file"]:
+        raise _fail(f"{key}.dhchap_secret_file", "required (a host entry is for authentication; "
+                    "list hosts without a secret in allow_hosts)")
+    if not _bool(h.get("require_auth", True), f"{key}.require_auth"):
+        raise _fail(f"{key}.require_auth", "a host with a secret always authenticates")
+    hs, dg = h.get("dhchap_hash", DH.DEFAULT_HASH), h.get("dhchap_dhgroup", DH.DEFAULT_DHGROUP)
+    DH.hash_id(hs, f"{key}.dhchap_hash")
+    DH.dhgroup_id(dg, f"{key}.dhchap_dhgroup")
+    return NvmfHostAuth(nqn, files["dhchap_secret_file"], files["dhchap_ctrl_secret_file"], hs, dg)
+
+
 def _subsystem(d, key: str) -> NvmfSubsystem:
     if not isinstance(d, dict):
         raise _fail(key, "expected a table")
-    _unknown(d, {"nqn", "serial", "model", "namespaces", "allow_hosts", "ana_groups"}, key)
+    _unknown(d, {"nqn", "serial", "model", "namespaces", "allow_hosts", "ana_groups", "host",
+                 "require_auth"}, key)
     nqn = check_nqn(d.get("nqn"), f"{key}.nqn")
     nss = d.get("namespaces", [])
     if not isinstance(nss, list):
@@ -198,6 +249,12 @@ def _subsystem(d, key: str) -> NvmfSubsystem:
         if state not in ANA_STATES:
             raise _fail(f"{gk}.state", f"must be one of {', '.join(ANA_STATES)}")
         groups.append(NvmfAnaGroup(_int(g.get("id"), f"{gk}.id", 1, MAX_ANA), state))
+    ha = d.get("host", [])
+    if not isinstance(ha, list):
+        raise _fail(f"{key}.host", "expected [[nvmf.subsystem.host]] tables")
+    auth = tuple(_host_auth(h, f"{key}.host[{i}]") for i, h in enumerate(ha))
+    if len({h.nqn for h in auth}) != len(auth):
+        raise _fail(f"{key}.host", "a host NQN appears twice")
     return NvmfSubsystem(
         nqn=nqn,
         serial=_ascii(d.get("serial", "SRRS0000"), f"{key}.serial", 20),
@@ -205,6 +262,8 @@ def _subsystem(d, key: str) -> NvmfSubsystem:
         namespaces=namespaces,
         allow_hosts=tuple(hosts),
         ana_groups=tuple(groups),
+        hosts=auth,
+        require_auth=_bool(d.get("require_auth", False), f"{key}.require_auth"),
     )
 
 
@@ -215,7 +274,7 @@ def parse(section: dict) -> NvmfConfig:
     if not isinstance(section, dict):
         raise _fail("nvmf", "expected a table")
     _unknown(section, {"listen", "cntlid_min", "cntlid_max", "max_io_queues", "max_queue_depth",
-                       "header_digest", "data_digest", "subsystem"}, "nvmf")
+                       "header_digest", "data_digest", "subsystem", "auth_timeout_ms"}, "nvmf")
     listen = section.get("listen", [])
     if isinstance(listen, str):
         listen = [listen]
@@ -244,6 +303,8 @@ def parse(section: dict) -> NvmfConfig:
         header_digest=_bool(section.get("header_digest", True), "nvmf.header_digest"),
         data_digest=_bool(section.get("data_digest", True), "nvmf.data_digest"),
         subsystems=subsystems,
+        auth_timeout_ms=_int(section.get("auth_timeout_ms", 0), "nvmf.auth_timeout_ms", 0,
+                             600000),
     )
 
 
@@ -263,6 +324,10 @@ def to_dict(cfg: NvmfConfig) -> dict:
              "allow_hosts": list(s.allow_hosts)}
         if s.ana_groups:
             d["ana_groups"] = [{"id": g.id, "state": g.state} for g in s.ana_groups]
+        if s.require_auth:
+            d["require_auth"] = True
+        if s.hosts:
+            d["host"] = [{k: v for k, v in vars(h).items() if v is not None} for h in s.hosts]
         subs.append(d)
     return {
         "listen": [str(x) for x in cfg.listen],
@@ -272,5 +337,6 @@ def to_dict(cfg: NvmfConfig) -> dict:
         "max_queue_depth": cfg.max_queue_depth,
         "header_digest": cfg.header_digest,
         "data_digest": cfg.data_digest,
+        **({"auth_timeout_ms": cfg.auth_timeout_ms} if cfg.auth_timeout_ms else {}),
         "subsystem": subs,
     }

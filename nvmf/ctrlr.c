@@ -154,6 +154,7 @@ static void subsys_free(struct nvmf_subsys *ss)
         if (ns)
             ns_free(ns);
     }
+    nvmf_auth_subsys_free(ss);
     free(ss->hosts);
     free(ss);
 }
@@ -601,13 +602,14 @@ static void fabrics_connect(struct nvmf_req *req)
     }
     uint16_t st = 0;
     uint32_t res = 0;
+    int auth = 0;
     struct nvmf_ctrlr *ct = NULL;
     pthread_mutex_lock(&t->lock);
     struct nvmf_subsys *ss = subsys_find(t, d.subnqn);
     if (!ss) {
         st = SC_CONNECT_INVALID_PARAM;
         res = IPO_DATA(subnqn);
-    } else if (!host_allowed(ss, d.hostnqn)) {
+    } else if (!host_allowed(ss, d.hostnqn) || (auth = nvmf_auth_connect_check(ss, d.hostnqn)) < 0) {
         st = SC_CONNECT_INVALID_HOST;
         res = IPO_DATA(hostnqn);
     } else if (qid == 0) {
@@ -639,6 +641,7 @@ static void fabrics_connect(struct nvmf_req *req)
                 ct->last_ka = srrs_ticks();
                 ct->num_io_queues = t->opts.max_io_queues;
                 ct->vwc = true;
+                ct->auth = auth > 0;
                 t->ctrlrs[slot] = ct;
                 t->nctrlrs++;
                 res = ct->cntlid;
@@ -659,6 +662,7 @@ static void fabrics_connect(struct nvmf_req *req)
             ct->ioq[qid] = req->c;
             atomic_fetch_add(&ct->refs, 1);
             res = ct->cntlid;
+            auth |= ct->auth; /* every I/O queue authenticates, as the admin queue did */
         }
     }
     pthread_mutex_unlock(&t->lock);
@@ -667,6 +671,12 @@ static void fabrics_connect(struct nvmf_req *req)
         cp->qid = qid;
         cp->sqsize = (uint16_t)(sqsize + 1);
         cp->sqhd_disabled = cattr & 0x04;
+        if (auth > 0 && nvmf_auth_qp_init(cp)) {
+            st = SC_CONNECT_BUSY;
+            cp->close_after_tx = true;
+        } else if (auth > 0) {
+            res |= NVMF_CONNECT_ATR;
+        }
         srrs_event_post(t->core, SRRS_EV_CONN_UP, ct->cntlid, qid, cp->peer,
                         "%s queue %u of controller %u connected to %s by %s",
                         qid ? "I/O" : "admin", qid, ct->cntlid, ss->nqn, ct->hostnqn);
@@ -743,6 +753,14 @@ void nvmf_fabrics_exec(struct nvmf_req *req)
         nvmf_req_complete(req, SC_CMD_SEQ_ERROR, 0);
         return;
     }
+    if (fctype == FCTYPE_AUTH_SEND || fctype == FCTYPE_AUTH_RECV) {
+        nvmf_auth_exec(req, fctype == FCTYPE_AUTH_SEND);
+        return;
+    }
+    if (cp->unauth) {
+        nvmf_req_complete(req, SC_AUTH_REQUIRED, 0);
+        return;
+    }
     switch (fctype) {
     case FCTYPE_PROP_GET:
         fabrics_prop(req, false);
@@ -776,6 +794,7 @@ void nvmf_ctrlr_detach(struct nvmf_conn *c)
         free(ct);
     }
     pthread_mutex_unlock(&t->lock);
+    nvmf_auth_qp_free(cp);
     cp->ctrlr = NULL;
     if (kick)
         nvmf_kick_reactors(t);

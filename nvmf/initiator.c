@@ -158,6 +158,8 @@ struct srrs_nvmf_host {
     struct srrs_reactor *reactor;  /* of the running job */
     _Atomic int mon_stop;
     uint64_t failovers, path_timeouts, max_wait_ticks;
+    struct nvmf_host_keys keys; /* DH-HMAC-CHAP */
+    bool has_keys;
 };
 
 /* ---- blocking setup --------------------------------------------------------- */
@@ -360,6 +362,20 @@ static int sync_cmd(struct hq *q, struct nvme_sqe *sqe, const void *out, uint32_
 
 static int cmd_status(const struct nvme_cqe *cqe) { return cqe->status >> 1; }
 
+/* Authentication Send/Receive for nvmf_auth_host(): 0, -errno or the NVMe status. */
+static int auth_xfer(void *arg, bool send, void *buf, uint32_t len)
+{
+    struct nvme_sqe sqe = {0};
+    sqe.opc = OPC_FABRICS;
+    sqe.nsid = send ? FCTYPE_AUTH_SEND : FCTYPE_AUTH_RECV;
+    sqe.cdw10 = 0xE9u << 24 | 1u << 16 | 1u << 8; /* SECP DH-HMAC-CHAP, SPSP 1/1 */
+    sqe.cdw11 = len;
+    struct nvme_cqe cqe;
+    int rc = send ? sync_cmd(arg, &sqe, buf, len, NULL, 0, &cqe)
+                  : sync_cmd(arg, &sqe, NULL, 0, buf, len, &cqe);
+    return rc ? rc : cmd_status(&cqe);
+}
+
 static int q_connect(struct srrs_nvmf_host *h, struct hq *q, uint16_t qid, uint32_t qsize,
                      uint16_t cntlid, uint32_t kato)
 {
@@ -384,6 +400,14 @@ static int q_connect(struct srrs_nvmf_host *h, struct hq *q, uint16_t qid, uint3
                         "nvmf host: Connect of queue %u refused (status 0x%x, info 0x%x)", qid,
                         cmd_status(&cqe), cqe.dw0);
     q->qid = qid;
+    if ((cqe.dw0 & NVMF_CONNECT_ATR) && !h->has_keys)
+        return srrs_err(-EACCES, "nvmf host: queue %u: the target requires DH-HMAC-CHAP "
+                        "authentication and no secret was given", qid);
+    if (cqe.dw0 & NVMF_CONNECT_ATR) {
+        rc = nvmf_auth_host(auth_xfer, q, &h->keys, qid, h->hostnqn, h->subnqn);
+        if (rc)
+            return rc;
+    }
     return (int)(cqe.dw0 & 0xffff);
 }
 
@@ -481,6 +505,7 @@ static void host_free(struct srrs_nvmf_host *h)
         ioq_free(p->next_ioq, h->nioq);
         free(p->ana_log);
     }
+    explicit_bzero(&h->keys, sizeof(h->keys));
     free(h);
 }
 
@@ -733,12 +758,23 @@ int srrs_nvmf_host_connect(const struct srrs_nvmf_host_opts *o, struct srrs_nvmf
     h->o = *o;
     h->o.timeout_ms = to;
     h->o.addr = h->o.subnqn = h->o.hostnqn = NULL; /* copies live in h and its paths */
+    h->o.dhchap_secret = h->o.dhchap_ctrl_secret = NULL; /* parsed into h->keys */
     h->nioq = o->nqueues;
     h->qsize = o->qsize;
     h->mp = o->path_timeout_ms > 0;
     h->path_timeout_ticks = srrs_us_to_ticks((uint64_t)o->path_timeout_ms * 1000);
     h->epfd = epoll_create1(EPOLL_CLOEXEC);
     int rc = h->epfd < 0 ? srrs_err(-errno, "nvmf host: epoll_create1: %s", strerror(errno)) : 0;
+    if (!rc && o->dhchap_secret) {
+        rc = nvmf_dhchap_parse(o->dhchap_secret, &h->keys.host);
+        h->has_keys = !rc;
+    }
+    if (!rc && o->dhchap_ctrl_secret) {
+        if (!o->dhchap_secret)
+            rc = srrs_err(-EINVAL, "nvmf host: a controller secret needs a host secret");
+        else if (!(rc = nvmf_dhchap_parse(o->dhchap_ctrl_secret, &h->keys.ctrl)))
+            h->keys.has_ctrl = true;
+    }
     if (!rc)
         rc = path_connect(&h->paths[0], true);
     if (rc) {

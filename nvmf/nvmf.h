@@ -20,6 +20,8 @@ struct srrs_nvmf_tgt_opts {
     int allow_ddgst;            /* accept data digests when the host asks */
     uint64_t reactor_mask;      /* reactors that may own queue pairs (0: all) */
     int listener_reactor;       /* reactor that polls the listening sockets */
+    uint32_t auth_timeout_ms;   /* DH-HMAC-CHAP: Connect (or a re-authentication's Negotiate)
+                                 * to Success, else the queue closes (0: 20 s) */
 };
 
 /* control. Creates an empty target (no listener, only the discovery subsystem). */
@@ -47,6 +49,31 @@ int srrs_nvmf_subsystem_remove(struct srrs_nvmf_tgt *tgt, const char *nqn);
 int srrs_nvmf_subsystem_allow_any_host(struct srrs_nvmf_tgt *tgt, const char *nqn, int allow);
 int srrs_nvmf_host_add(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *hostnqn);
 int srrs_nvmf_host_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *hostnqn);
+
+/* ---- DH-HMAC-CHAP in-band authentication ---------------------------------- */
+
+/* control. Host hostnqn of subsystem nqn must authenticate with secret (a
+ * "DHHC-1:<hh>:<base64>:" string as nvme gen-dhchap-key writes it; CRC
+ * checked, transformed with the host NQN when hh != 0). ctrl_secret (or
+ * NULL) lets the host authenticate the controller too (bidirectional).
+ * hash 1..3 (SHA-256/384/512) and dhgroup 0..5 (NULL, ffdhe2048..8192) are
+ * what the target picks; a host that does not offer them is refused.
+ * secret NULL: no authentication for this host any more. Queues already
+ * authenticated stay; a re-authentication uses the new secret. Errors name
+ * the field, never the secret. -ENOENT, -EINVAL. */
+int srrs_nvmf_host_set_dhchap(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *hostnqn,
+                              const char *secret, const char *ctrl_secret, int hash, int dhgroup);
+/* control. require: hosts without a secret are refused at Connect. */
+int srrs_nvmf_subsystem_require_auth(struct srrs_nvmf_tgt *tgt, const char *nqn, int require);
+/* control. Queue authentications that succeeded / failed since the start. */
+int srrs_nvmf_auth_stats(struct srrs_nvmf_tgt *tgt, uint64_t *ok, uint64_t *failed);
+/* Test vectors: the transformed key of a secret for nqn (out: 64 bytes),
+ * returns its length; and one side's response (ctrl 0: host, "HostHost"; 1:
+ * controller), sess NULL for the NULL DH group else H(g^xy), out: 64 bytes. */
+int srrs_nvmf_dhchap_transform(const char *secret, const char *nqn, uint8_t *out, int max);
+int srrs_nvmf_dhchap_response(int hash, const uint8_t *key, int klen, const uint8_t *chal,
+                              const uint8_t *sess, uint32_t seq, uint16_t tid, int ctrl,
+                              const char *nqn1, const char *nqn2, uint8_t *out);
 
 /* control. Adds bdev as namespace nsid (0: lowest free) in ANA group
  * anagrpid (1..32). uuid: 16 bytes or NULL (derived from nqn + bdev name,
@@ -116,6 +143,8 @@ struct srrs_nvmf_host_opts {
                                  * path; a lost path is reconnected in the background; the I/O
                                  * fails only after this long without a usable path.
                                  * 0: no retry, no reconnection (an I/O fails at once). */
+    const char *dhchap_secret;  /* "DHHC-1:..." or NULL: authenticate when the target asks */
+    const char *dhchap_ctrl_secret; /* or NULL: also authenticate the controller */
 };
 
 struct srrs_nvmf_host_info {

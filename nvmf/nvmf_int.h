@@ -172,7 +172,7 @@ enum {
 };
 
 enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
-       FCTYPE_DISCONNECT = 0x08 };
+       FCTYPE_AUTH_SEND = 0x05, FCTYPE_AUTH_RECV = 0x06, FCTYPE_DISCONNECT = 0x08 };
 
 /* Status = SCT << 8 | SC, with DNR at bit 14 of this 15-bit value. */
 #define NVME_DNR 0x4000
@@ -199,6 +199,9 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 #define SC_CONNECT_BUSY (SC(1, 0x81) | NVME_DNR)
 #define SC_CONNECT_INVALID_PARAM (SC(1, 0x82) | NVME_DNR)
 #define SC_CONNECT_INVALID_HOST (SC(1, 0x84) | NVME_DNR)
+#define SC_AUTH_REQUIRED (SC(1, 0x91) | NVME_DNR)
+/* Connect response DW0: the host must authenticate (AUTHREQ.ATR, as Linux reads it). */
+#define NVMF_CONNECT_ATR (1u << 17)
 #define SC_ANA_PERSISTENT_LOSS SC(3, 0x01)
 #define SC_ANA_INACCESSIBLE SC(3, 0x02)
 #define SC_ANA_TRANSITION SC(3, 0x03)
@@ -225,6 +228,7 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 #define NVMF_MAX_CHANGED_NS 1024
 #define NVMF_MAX_CONNS 4096
 #define NVMF_CONNECT_TIMEOUT_MS 10000 /* accept to Connect */
+#define NVMF_AUTH_TIMEOUT_MS 20000 /* default: Connect or Negotiate to a finished authentication */
 #define NVMF_H2C_TIMEOUT_MS 30000 /* R2T to its last H2CData: buffers are not held forever */
 
 /* ---- target object model (ctrlr.c) -------------------------------------- */
@@ -257,6 +261,8 @@ struct nvmf_subsys {
     struct nvmf_ns *_Atomic ns[NVMF_MAX_NS + 1];        /* index = nsid */
     _Atomic uint8_t ana_state[NVMF_MAX_ANA + 1];       /* index = anagrpid */
     uint64_t ana_chgcnt;                                /* under tgt->lock */
+    struct nvmf_host_auth *auth;    /* DH-HMAC-CHAP secrets per host (auth.c), under tgt->lock */
+    bool require_auth;              /* hosts without a secret are refused */
     struct nvmf_subsys *next_dead;
 };
 
@@ -281,6 +287,7 @@ struct nvmf_ctrlr {
     uint32_t num_io_queues;     /* granted */
     uint32_t aen_cfg;
     bool vwc;
+    bool auth;                  /* DH-HMAC-CHAP: every queue must authenticate */
     _Atomic uint32_t aen_pending;
     uint32_t aen_masked;        /* sent, waiting for the host to read the log */
     struct nvmf_conn *ioq[NVMF_MAX_IOQ + 1]; /* under tgt->lock (dup check only) */
@@ -309,6 +316,7 @@ struct srrs_nvmf_tgt {
     _Atomic uint32_t rr;
     bool destroying;
     _Atomic uint64_t st_accepted, st_closed, st_proto_errors, st_kato_expired;
+    _Atomic uint64_t st_auth_ok, st_auth_failed;
     uint64_t nctrlrs, nconns;
 };
 
@@ -443,6 +451,8 @@ struct nvmf_conn_pub {
     bool close_after_tx;
     char peer[64];
     char local_addr[48];        /* our address on this connection (numeric) */
+    bool unauth;                /* connected, must authenticate before any other command */
+    struct nvmf_auth_qp *auth;  /* DH-HMAC-CHAP state (auth.c); NULL: no authentication */
 };
 struct nvmf_conn_pub *nvmf_conn_pub(struct nvmf_conn *c);
 
@@ -457,6 +467,50 @@ struct nvmf_conn *nvmf_conn_next(struct nvmf_conn *c);
 /* Control thread: make every reactor with connections look at controller
  * flags (dead, pending AENs) now rather than at its next tick. */
 void nvmf_kick_reactors(struct srrs_nvmf_tgt *tgt);
+
+/* ---- DH-HMAC-CHAP (auth.c) ------------------------------------------------------ */
+
+enum { AUTH_HASH_SHA256 = 1, AUTH_HASH_SHA384 = 2, AUTH_HASH_SHA512 = 3 };
+enum { AUTH_DH_NULL = 0, AUTH_DH_2048, AUTH_DH_3072, AUTH_DH_4096, AUTH_DH_6144, AUTH_DH_8192 };
+/* Failure reason code explanations */
+enum { AUTH_FAIL_FAILED = 1, AUTH_FAIL_PROTOCOL = 2, AUTH_FAIL_CONCAT = 3, AUTH_FAIL_HASH = 4,
+       AUTH_FAIL_DHGROUP = 5, AUTH_FAIL_PAYLOAD = 6, AUTH_FAIL_MESSAGE = 7 };
+
+struct nvmf_dhchap_key {
+    uint8_t key[64];
+    uint8_t len;
+    uint8_t hash;               /* transformation hash id, 0: none */
+};
+struct nvmf_host_keys {
+    struct nvmf_dhchap_key host, ctrl;
+    bool has_ctrl;
+};
+
+uint32_t nvmf_auth_hash_len(uint8_t id);
+uint32_t nvmf_auth_dh_len(uint8_t gid);
+int nvmf_dhchap_parse(const char *s, struct nvmf_dhchap_key *k);
+int nvmf_dhchap_transform(const struct nvmf_dhchap_key *k, const char *nqn, uint8_t *out);
+int nvmf_dhchap_response(uint8_t hid, const uint8_t *key, uint32_t klen, const uint8_t *chal,
+                         const uint8_t *sess, uint32_t seq, uint16_t tid, bool ctrl,
+                         const char *nqn1, const char *nqn2, uint8_t *out);
+void *nvmf_dh_new(uint8_t gid, uint8_t *pub);
+int nvmf_dh_session(void *mine, uint8_t gid, uint8_t hid, const uint8_t *peer, uint32_t plen,
+                    uint8_t *skey);
+void nvmf_dh_free(void *pk);
+/* Target, under tgt->lock. */
+int nvmf_auth_host_set(struct nvmf_subsys *ss, const char *hostnqn, const char *secret,
+                       const char *ctrl_secret, int hash, int dhgroup);
+int nvmf_auth_connect_check(struct nvmf_subsys *ss, const char *hostnqn);
+void nvmf_auth_subsys_free(struct nvmf_subsys *ss);
+/* Target, on the queue's reactor. */
+int nvmf_auth_qp_init(struct nvmf_conn_pub *cp);
+void nvmf_auth_qp_free(struct nvmf_conn_pub *cp);
+bool nvmf_auth_expired(struct nvmf_conn_pub *cp, uint64_t now);
+void nvmf_auth_exec(struct nvmf_req *req, bool send);
+/* Host: one authentication transaction on queue q over xfer (see auth.c). */
+typedef int (*nvmf_auth_xfer_fn)(void *q, bool send, void *buf, uint32_t len);
+int nvmf_auth_host(nvmf_auth_xfer_fn xfer, void *q, const struct nvmf_host_keys *k, uint16_t qid,
+                   const char *hostnqn, const char *subnqn);
 
 static inline uint32_t nvmf_ctz_shift(uint32_t bs) { return (uint32_t)__builtin_ctz(bs); }
 

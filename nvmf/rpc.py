@@ -10,9 +10,11 @@ params, call the object model and shape the answer; errors are ValueError
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict
 
 from . import config as C
+from . import dhchap as DH
 from .target import discover
 
 
@@ -92,6 +94,27 @@ def subsystem_allow_any_host(ctl, params: dict):
     return True
 
 
+def subsystem_set_host_auth(ctl, params: dict):
+    """A host must authenticate with DH-HMAC-CHAP: {nqn, host, dhchap_secret_file
+    (mode 0600; omit to drop authentication), dhchap_ctrl_secret_file?, dhchap_hash?,
+    dhchap_dhgroup?}. Secrets are passed as file paths only and never returned."""
+    nqn, host = _p(params, "nqn"), C.check_nqn(_p(params, "host"), "host")
+    t = _tgt(ctl)
+    f = _p(params, "dhchap_secret_file", str, None)
+    if f is not None and not os.path.isabs(f):
+        raise ValueError("dhchap_secret_file: expected an absolute file path")
+    t.set_host_dhchap(nqn, host, f, _p(params, "dhchap_ctrl_secret_file", str, None),
+                      _p(params, "dhchap_hash", str, DH.DEFAULT_HASH),
+                      _p(params, "dhchap_dhgroup", str, DH.DEFAULT_DHGROUP))
+    return True
+
+
+def subsystem_require_auth(ctl, params: dict):
+    """Refuse hosts without a DH-HMAC-CHAP secret (or stop refusing): {nqn, require}."""
+    _tgt(ctl).set_require_auth(_p(params, "nqn"), _p(params, "require", bool, True))
+    return True
+
+
 def listener_add(ctl, params: dict):
     """Listen for NVMe/TCP: {address: "HOST:PORT"} or {addr, port} -> {addr, port}."""
     if "address" in params:
@@ -156,6 +179,8 @@ METHODS: Dict[str, Callable] = {
     "nvmf_subsystem_add_host": subsystem_add_host,
     "nvmf_subsystem_remove_host": subsystem_remove_host,
     "nvmf_subsystem_allow_any_host": subsystem_allow_any_host,
+    "nvmf_subsystem_set_host_auth": subsystem_set_host_auth,
+    "nvmf_subsystem_require_auth": subsystem_require_auth,
     "nvmf_listener_add": listener_add,
     "nvmf_listener_remove": listener_remove,
     "nvmf_get_listeners": get_listeners,

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..ffi.binding import BenchOpts, Core, VerifyMap, bench_result_dict, check, ffi, lib
 from . import config as C
+from . import dhchap as DH
 
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 DEFAULT_HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:5352532d-0000-4000-8000-000000000001"
@@ -45,10 +46,13 @@ class NvmfTarget:
     def __init__(self, core: Core, cntlid_min: int = 1, cntlid_max: int = 32767,
                  max_io_queues: int = 16, max_queue_depth: int = 128,
                  header_digest: bool = True, data_digest: bool = True,
-                 reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0):
-        """reactors: the reactors that may own queue pairs (default: all, round-robin)."""
+                 reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0,
+                 auth_timeout_ms: int = 0):
+        """reactors: the reactors that may own queue pairs (default: all, round-robin).
+        auth_timeout_ms: DH-HMAC-CHAP deadline per transaction (0: 20 s)."""
         self.core = core
         o = ffi.new("struct srrs_nvmf_tgt_opts *")
+        o.auth_timeout_ms = auth_timeout_ms
         mask = 0
         for r in reactors or ():
             if not 0 <= r < core.num_reactors:
@@ -69,20 +73,28 @@ class NvmfTarget:
         self._lock = threading.Lock()
         self._cfg = C.NvmfConfig(cntlid_min=cntlid_min, cntlid_max=cntlid_max,
                                  max_io_queues=max_io_queues, max_queue_depth=max_queue_depth,
-                                 header_digest=header_digest, data_digest=data_digest)
+                                 header_digest=header_digest, data_digest=data_digest,
+                                 auth_timeout_ms=auth_timeout_ms)
         self._listeners: List[C.NvmfListen] = []
         self._subsys: Dict[str, dict] = {}
 
     @classmethod
     def from_config(cls, core: Core, cfg: C.NvmfConfig) -> "NvmfTarget":
         t = cls(core, cfg.cntlid_min, cfg.cntlid_max, cfg.max_io_queues, cfg.max_queue_depth,
-                cfg.header_digest, cfg.data_digest)
+                cfg.header_digest, cfg.data_digest, auth_timeout_ms=cfg.auth_timeout_ms)
         try:
             for s in cfg.subsystems:
                 t.add_subsystem(s.nqn, s.serial, s.model, allow_any_host=s.allow_any_host)
                 for h in s.allow_hosts:
                     if h != "*":
                         t.add_host(s.nqn, h)
+                for a in s.hosts:
+                    if a.nqn not in s.allow_hosts:
+                        t.add_host(s.nqn, a.nqn)
+                    t.set_host_dhchap(s.nqn, a.nqn, a.dhchap_secret_file,
+                                      a.dhchap_ctrl_secret_file, a.dhchap_hash, a.dhchap_dhgroup)
+                if s.require_auth:
+                    t.set_require_auth(s.nqn, True)
                 for g in s.ana_groups:
                     t.set_ana_state(s.nqn, g.id, g.state)
                 for ns in s.namespaces:
@@ -185,6 +197,41 @@ class NvmfTarget:
             if hostnqn in hosts:
                 hosts.remove(hostnqn)
 
+    def set_host_dhchap(self, nqn: str, hostnqn: str, secret_file: Optional[str],
+                        ctrl_secret_file: Optional[str] = None, hash: str = DH.DEFAULT_HASH,
+                        dhgroup: str = DH.DEFAULT_DHGROUP) -> None:
+        """hostnqn must authenticate (DH-HMAC-CHAP) with the secret in secret_file
+        (mode 0600); ctrl_secret_file also lets the host authenticate us.
+        secret_file None: no authentication for this host any more."""
+        C.check_nqn(hostnqn, "hostnqn")
+        hid, gid = DH.hash_id(hash), DH.dhgroup_id(dhgroup)
+        sec = DH.read_secret(secret_file) if secret_file else None
+        csec = DH.read_secret(ctrl_secret_file, "dhchap_ctrl_secret_file") \
+            if ctrl_secret_file and sec else None
+        check(lib.srrs_nvmf_host_set_dhchap(
+            self.ptr, nqn.encode(), hostnqn.encode(), sec.encode() if sec else ffi.NULL,
+            csec.encode() if csec else ffi.NULL, hid, gid), f"nvmf host {hostnqn} in {nqn}")
+        with self._lock:
+            auth = self._sub(nqn).setdefault("auth", {})
+            if sec:
+                auth[hostnqn] = {"dhchap_secret_file": secret_file,
+                                 "dhchap_ctrl_secret_file": ctrl_secret_file if csec else None,
+                                 "dhchap_hash": hash, "dhchap_dhgroup": dhgroup}
+            else:
+                auth.pop(hostnqn, None)
+
+    def set_require_auth(self, nqn: str, require: bool) -> None:
+        """Hosts without a DH-HMAC-CHAP secret are refused at Connect."""
+        check(lib.srrs_nvmf_subsystem_require_auth(self.ptr, nqn.encode(), int(require)),
+              f"nvmf subsystem {nqn}")
+        with self._lock:
+            self._sub(nqn)["require_auth"] = bool(require)
+
+    def auth_stats(self) -> dict:
+        ok, failed = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        lib.srrs_nvmf_auth_stats(self.ptr, ok, failed)
+        return {"auth_ok": ok[0], "auth_failed": failed[0]}
+
     def set_allow_any_host(self, nqn: str, allow: bool) -> None:
         check(lib.srrs_nvmf_subsystem_allow_any_host(self.ptr, nqn.encode(), int(allow)),
               f"nvmf subsystem {nqn}")
@@ -209,6 +256,9 @@ class NvmfTarget:
                     "allow_any_host": s["allow_any_host"], "hosts": list(s["hosts"]),
                     "namespaces": [{"nsid": k, **v} for k, v in sorted(s["namespaces"].items())],
                     "ana_groups": [{"id": g, "state": st} for g, st in sorted(s["ana"].items())],
+                    "require_auth": s.get("require_auth", False),
+                    # file paths and choices only: a secret never leaves the core
+                    "dhchap_hosts": [{"nqn": h, **a} for h, a in sorted(s.get("auth", {}).items())],
                 })
             return out
 
@@ -253,7 +303,8 @@ class NvmfTarget:
     def status(self) -> dict:
         """For `srrs status` and the console."""
         return {"listeners": self.listeners(), "subsystems": self.subsystems(),
-                "controllers": self.list_controllers(), "stats": self.stats()}
+                "controllers": self.list_controllers(), "stats": self.stats(),
+                "auth": self.auth_stats()}
 
     def to_toml_dict(self) -> dict:
         """The `[nvmf]` table for save_config ({} when there is nothing to save)."""
@@ -266,13 +317,17 @@ class NvmfTarget:
         """The running state as config (for save_config)."""
         subs = []
         for s in self.subsystems():
-            hosts = (["*"] if s["allow_any_host"] else []) + s["hosts"]
+            auth = tuple(C.NvmfHostAuth(**a) for a in s["dhchap_hosts"])
+            named = {a.nqn for a in auth}
+            hosts = (["*"] if s["allow_any_host"] else []) + [
+                h for h in s["hosts"] if h not in named]
             subs.append(C.NvmfSubsystem(
                 nqn=s["nqn"], serial=s["serial"], model=s["model"],
                 namespaces=tuple(C.NvmfNamespace(n["bdev"], n["nsid"], n["uuid"], n["ana_group"])
                                  for n in s["namespaces"]),
                 allow_hosts=tuple(hosts),
                 ana_groups=tuple(C.NvmfAnaGroup(g["id"], g["state"]) for g in s["ana_groups"]),
+                hosts=auth, require_auth=s["require_auth"],
             ))
         with self._lock:
             return replace(self._cfg, listen=tuple(self._listeners), subsystems=tuple(subs))
@@ -296,8 +351,19 @@ class NvmfHost:
     def __init__(self, addr: str, port: int, nqn: str, hostnqn: Optional[str] = None,
                  queues: int = 1, qsize: int = 128, header_digest: bool = False,
                  data_digest: bool = False, kato_ms: int = 0, timeout_ms: int = 5000,
-                 path_timeout_ms: int = 0):
+                 path_timeout_ms: int = 0, dhchap_secret_file: Optional[str] = None,
+                 dhchap_ctrl_secret_file: Optional[str] = None):
+        """dhchap_secret_file (mode 0600): authenticate (DH-HMAC-CHAP) when the
+        target asks; dhchap_ctrl_secret_file: also make the controller prove itself."""
         o = ffi.new("struct srrs_nvmf_host_opts *")
+        secrets = []
+        if dhchap_secret_file:
+            secrets.append(ffi.new("char[]", DH.read_secret(dhchap_secret_file).encode()))
+            o.dhchap_secret = secrets[-1]
+        if dhchap_ctrl_secret_file:
+            secrets.append(ffi.new("char[]", DH.read_secret(
+                dhchap_ctrl_secret_file, "dhchap_ctrl_secret_file").encode()))
+            o.dhchap_ctrl_secret = secrets[-1]
         self._keep = [ffi.new("char[]", addr.encode()), ffi.new("char[]", nqn.encode()),
                       ffi.new("char[]", (hostnqn or DEFAULT_HOSTNQN).encode())]
         o.addr, o.subnqn, o.hostnqn = self._keep
@@ -310,7 +376,11 @@ class NvmfHost:
         o.timeout_ms = timeout_ms
         o.path_timeout_ms = path_timeout_ms
         pp = ffi.new("struct srrs_nvmf_host **")
-        check(lib.srrs_nvmf_host_connect(o, pp), f"nvmf connect {addr}:{port} {nqn}")
+        try:
+            check(lib.srrs_nvmf_host_connect(o, pp), f"nvmf connect {addr}:{port} {nqn}")
+        finally:
+            for b in secrets:  # the core keeps its own parsed copy
+                ffi.memmove(b, bytes(len(ffi.string(b))), len(ffi.string(b)))
         self._pp = pp
         self.ptr = pp[0]
         info = ffi.new("struct srrs_nvmf_host_info *")

@@ -601,6 +601,10 @@ static void req_exec(struct nvmf_req *req)
         nvmf_req_complete(req, SC_CMD_SEQ_ERROR, 0);
         return;
     }
+    if (__builtin_expect(c->pub.unauth, 0)) { /* DH-HMAC-CHAP not done on this queue */
+        nvmf_req_complete(req, SC_AUTH_REQUIRED, 0);
+        return;
+    }
     if (c->pub.qid == 0)
         nvmf_admin_exec(req);
     else
@@ -1200,6 +1204,10 @@ static void group_tick_conns(struct nvmf_group *g)
         }
         if (atomic_load(&ct->dead)) {
             nvmf_conn_close(c, "controller torn down");
+            continue;
+        }
+        if (nvmf_auth_expired(&c->pub, now)) {
+            nvmf_conn_close(c, "DH-HMAC-CHAP authentication not finished in time");
             continue;
         }
         if (conn_h2c_stuck(c, now)) {

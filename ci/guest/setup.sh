@@ -12,7 +12,14 @@
 #     KVER=, KERNEL=, INITRAMFS=, MODULES_DIR= lines on stdout.
 #
 # CACHE is $SRRS_GUEST_CACHE, default ~/.cache/srrs-guest.
-# Options: --no-install (never call apt-get install), --force-initramfs.
+# Options: --no-install (never call apt-get install), --force-initramfs,
+# --backports: the kernel comes from <codename>-backports instead (Debian 12's
+# own kernel lacks CONFIG_NVME_AUTH; the backports one has nvme-auth). The
+# suite is added through a private apt sources file under $CACHE/apt-backports
+# derived from the machine's own Debian entry (ci/guest/backports_source.py:
+# same mirror, same keyring) with private lists, so the system's apt
+# configuration is not touched. That kernel lives in $CACHE/kernel-backports,
+# its manifest is $CACHE/guest-backports.json.
 # Works offline once the cache is populated.
 set -euo pipefail
 
@@ -20,11 +27,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${SRRS_GUEST_CACHE:-${HOME:-/root}/.cache/srrs-guest}"
 NO_INSTALL=0
 FORCE_INITRAMFS=()
+BACKPORTS=0
 for a in "$@"; do
     case "$a" in
         --no-install) NO_INSTALL=1 ;;
+        --backports) BACKPORTS=1 ;;
         --force-initramfs) FORCE_INITRAMFS=(--force) ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
     esac
 done
@@ -34,10 +43,11 @@ die() { echo "guest-setup: ERROR: $*" >&2; exit 1; }
 
 export DEBIAN_FRONTEND=noninteractive
 APT_UPDATED=0
+APT_OPTS=()
 apt_update() {
     if [ "$APT_UPDATED" = 0 ]; then
         log "apt-get update"
-        apt-get update -qq >&2 || log "apt-get update failed"
+        apt-get "${APT_OPTS[@]}" update -qq >&2 || log "apt-get update failed"
         APT_UPDATED=1
     fi
 }
@@ -78,8 +88,33 @@ exec 9>"$CACHE/.lock"
 flock -w 900 9 || die "could not lock $CACHE/.lock"
 
 # ------------------------------------------------------------------ 2. kernel
+KBASE="$CACHE/kernel"
+MANIFEST="$CACHE/guest.json"
+EXTRA_MODULES=()
+if [ "$BACKPORTS" = 1 ]; then
+    ADIR="$CACHE/apt-backports"
+    mkdir -p "$ADIR/lists/partial" "$ADIR/parts"
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+    [ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release"
+    python3 "$HERE/backports_source.py" "$codename" > "$ADIR/sources.list.tmp" \
+        || die "no Debian apt source entry for $codename to derive $codename-backports from"
+    mv "$ADIR/sources.list.tmp" "$ADIR/sources.list"
+    APT_OPTS=(-o "Dir::Etc::SourceList=$ADIR/sources.list" -o "Dir::Etc::SourceParts=$ADIR/parts"
+              -o "Dir::State::Lists=$ADIR/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
+    KBASE="$CACHE/kernel-backports"
+    APT_UPDATED=0
+    MANIFEST="$CACHE/guest-backports.json"
+    # nvme-auth needs the kernel's DH (RFC 7919 groups), HMAC and SHA-2.
+    EXTRA_MODULES=(--modules "virtio_pci,virtio_blk,virtio_net,virtio_console,virtio_rng,virtio_scsi,nvme_tcp,nvme_fabrics,nvme_core,nvme,crc32c_generic,ext4,loop,configfs,nvmet,nvmet_tcp,nvme_auth,nvme_keyring,dh_generic,hmac,sha256_generic,sha512_generic")
+    if [ ! -e "$ADIR/.updated" ] || [ -n "$(find "$ADIR/.updated" -mmin +1440)" ]; then
+        log "apt-get update ($codename-backports, private lists)"
+        if apt-get "${APT_OPTS[@]}" update -qq >&2; then touch "$ADIR/.updated"
+        else log "backports apt-get update failed"; fi
+    fi
+fi
+mkdir -p "$KBASE"
 resolve_kernel_pkg() {
-    apt-cache depends linux-image-amd64 2>/dev/null \
+    apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 2>/dev/null \
         | awk '/^ *Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 KPKG="$(resolve_kernel_pkg || true)"
@@ -89,22 +124,22 @@ if [ -z "$KPKG" ]; then
 fi
 KVERSION=""
 if [ -n "$KPKG" ]; then
-    KVERSION="$(apt-cache show "$KPKG" 2>/dev/null | awk '/^Version:/ {print $2; exit}')"
+    KVERSION="$(apt-cache "${APT_OPTS[@]}" show "$KPKG" 2>/dev/null | awk '/^Version:/ {print $2; exit}')"
 fi
 
 KDIR=""
 if [ -n "$KPKG" ] && [ -n "$KVERSION" ]; then
-    KDIR="$CACHE/kernel/${KPKG}_${KVERSION}"
+    KDIR="$KBASE/${KPKG}_${KVERSION}"
     if [ ! -e "$KDIR/.done" ]; then
         log "fetching $KPKG $KVERSION"
-        tmp="$(mktemp -d "$CACHE/kernel/.tmp.XXXXXX")"
+        tmp="$(mktemp -d "$KBASE/.tmp.XXXXXX")"
         trap 'rm -rf "$tmp"' EXIT
         chmod 755 "$tmp"
-        if ! (cd "$tmp" && apt-get download -qq "$KPKG=$KVERSION" >&2 2>/dev/null); then
+        if ! (cd "$tmp" && apt-get "${APT_OPTS[@]}" download -qq "$KPKG=$KVERSION" >&2 2>/dev/null); then
             apt_update
-            KVERSION="$(apt-cache show "$KPKG" 2>/dev/null | awk '/^Version:/ {print $2; exit}')"
-            KDIR="$CACHE/kernel/${KPKG}_${KVERSION}"
-            (cd "$tmp" && apt-get download -qq "$KPKG=$KVERSION" >&2) || die "apt-get download $KPKG failed"
+            KVERSION="$(apt-cache "${APT_OPTS[@]}" show "$KPKG" 2>/dev/null | awk '/^Version:/ {print $2; exit}')"
+            KDIR="$KBASE/${KPKG}_${KVERSION}"
+            (cd "$tmp" && apt-get "${APT_OPTS[@]}" download -qq "$KPKG=$KVERSION" >&2) || die "apt-get "${APT_OPTS[@]}" download $KPKG failed"
         fi
         if [ ! -e "$KDIR/.done" ]; then
             deb="$(ls "$tmp"/*.deb | head -n1)"
@@ -126,7 +161,7 @@ if [ -n "$KPKG" ] && [ -n "$KVERSION" ]; then
 fi
 if [ -z "$KDIR" ] || [ ! -e "$KDIR/.done" ]; then
     # Offline, or apt lists unusable: fall back to the newest cached kernel.
-    KDIR="$(ls -1dt "$CACHE"/kernel/linux-image-*/.done 2>/dev/null | head -n1 | xargs -r dirname)"
+    KDIR="$(ls -1dt "$KBASE"/linux-image-*/.done 2>/dev/null | head -n1 | xargs -r dirname)"
     [ -n "$KDIR" ] || die "cannot resolve the linux-image-amd64 dependency and no kernel is cached"
     log "using cached kernel $KDIR (could not resolve a newer one)"
 fi
@@ -147,17 +182,17 @@ fi
 [ -s "$KDIR/boot/vmlinux-$KVER" ] && KERNEL="$KDIR/boot/vmlinux-$KVER"
 
 # Remove superseded kernels (keep the current one).
-for d in "$CACHE"/kernel/linux-image-*; do
+for d in "$KBASE"/linux-image-*; do
     [ -d "$d" ] && [ "$d" != "$KDIR" ] && { log "removing old $d"; rm -rf "$d"; }
 done
 
 # --------------------------------------------------------------- 3. initramfs
 INITRAMFS="$(python3 "$HERE/build_initramfs.py" --kernel-root "$KDIR" --kver "$KVER" \
-    --out-dir "$CACHE/initramfs" "${FORCE_INITRAMFS[@]}")"
+    --out-dir "$CACHE/initramfs" "${EXTRA_MODULES[@]}" "${FORCE_INITRAMFS[@]}")"
 [ -s "$INITRAMFS" ] || die "initramfs build failed"
 
 # ---------------------------------------------------------------- 4. manifest
-python3 - "$CACHE/guest.json" "$KVER" "$KERNEL" "$INITRAMFS" "$KDIR/lib/modules/$KVER" <<'EOF'
+python3 - "$MANIFEST" "$KVER" "$KERNEL" "$INITRAMFS" "$KDIR/lib/modules/$KVER" <<'EOF'
 import json, os, sys
 path, kver, kernel, initramfs, moddir = sys.argv[1:]
 tmp = path + ".tmp"
@@ -171,4 +206,4 @@ echo "KVER=$KVER"
 echo "KERNEL=$KERNEL"
 echo "INITRAMFS=$INITRAMFS"
 echo "MODULES_DIR=$KDIR/lib/modules/$KVER"
-echo "MANIFEST=$CACHE/guest.json"
+echo "MANIFEST=$MANIFEST"

@@ -140,10 +140,10 @@ class GuestArtifacts(NamedTuple):
 
 
 _artifacts_lock = threading.Lock()
-_artifacts: GuestArtifacts | None = None
+_artifacts: dict[bool, GuestArtifacts] = {}
 
 
-def find_artifacts(setup: bool | None = None) -> GuestArtifacts:
+def find_artifacts(setup: bool | None = None, backports: bool = False) -> GuestArtifacts:
     """Locate (and by default prepare) the guest kernel and initramfs.
 
     Order: $SRRS_GUEST_KERNEL + $SRRS_GUEST_INITRAMFS if both are set; else run
@@ -151,31 +151,34 @@ def find_artifacts(setup: bool | None = None) -> GuestArtifacts:
     cached; installs packages and downloads the kernel when not) and use the
     paths it prints. ``setup=False`` (or SRRS_GUEST_NO_SETUP=1) reads the last
     manifest setup.sh wrote ($CACHE/guest.json) instead. Raises GuestUnavailable.
+
+    backports=True: the kernel of <codename>-backports instead (setup.sh
+    --backports, manifest $CACHE/guest-backports.json): Debian 12's own kernel
+    lacks CONFIG_NVME_AUTH (DH-HMAC-CHAP), the backports one has it.
     """
-    global _artifacts
     with _artifacts_lock:
-        if _artifacts is not None:
-            return _artifacts
+        if backports in _artifacts:
+            return _artifacts[backports]
         k, i = os.environ.get("SRRS_GUEST_KERNEL"), os.environ.get("SRRS_GUEST_INITRAMFS")
-        if k and i:
+        if k and i and not backports:
             for p in (k, i):
                 if not os.path.isfile(p):
                     raise GuestUnavailable(f"{p} (from SRRS_GUEST_KERNEL/INITRAMFS) does not exist")
-            _artifacts = GuestArtifacts(Path(k), Path(i), "unknown")
-            return _artifacts
+            _artifacts[backports] = GuestArtifacts(Path(k), Path(i), "unknown")
+            return _artifacts[backports]
         if setup is None:
             setup = os.environ.get("SRRS_GUEST_NO_SETUP", "") not in ("1", "true", "yes")
         if setup:
             # Use what setup.sh printed, not the shared manifest: other checkouts
             # sharing the cache may have rewritten that with their own initramfs.
-            info = _run_setup()
+            info = _run_setup(["--backports"] if backports else [])
             if not {"KERNEL", "INITRAMFS"} <= info.keys():
                 raise GuestUnavailable(f"{SETUP_SCRIPT} printed no KERNEL/INITRAMFS")
             art = GuestArtifacts(Path(info["KERNEL"]), Path(info["INITRAMFS"]),
                                  info.get("KVER", "?"))
             where = str(SETUP_SCRIPT)
         else:
-            manifest = cache_dir() / "guest.json"
+            manifest = cache_dir() / ("guest-backports.json" if backports else "guest.json")
             try:
                 m = json.loads(manifest.read_text())
             except (OSError, ValueError) as e:
@@ -186,17 +189,17 @@ def find_artifacts(setup: bool | None = None) -> GuestArtifacts:
         for p in (art.kernel, art.initramfs):
             if not p.is_file():
                 raise GuestUnavailable(f"{p} (from {where}) is missing; run {SETUP_SCRIPT}")
-        _artifacts = art
+        _artifacts[backports] = art
         return art
 
 
-def _run_setup() -> dict[str, str]:
+def _run_setup(args: Sequence[str] = ()) -> dict[str, str]:
     if not SETUP_SCRIPT.exists():
         raise GuestUnavailable(f"{SETUP_SCRIPT} not found")
     if shutil.which("bash") is None:
         raise GuestUnavailable("bash not found")
     try:
-        r = subprocess.run(["bash", str(SETUP_SCRIPT)], stdin=subprocess.DEVNULL,
+        r = subprocess.run(["bash", str(SETUP_SCRIPT), *args], stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=1800)
     except subprocess.TimeoutExpired:
         raise GuestUnavailable(f"{SETUP_SCRIPT} timed out after 1800 s") from None
@@ -219,7 +222,7 @@ def _check_qemu() -> str:
     return q
 
 
-def require_guest() -> GuestArtifacts:
+def require_guest(backports: bool = False) -> GuestArtifacts:
     """For pytest: make sure a guest can be booted.
 
     Outside CI a missing QEMU / guest image skips the calling test (or module,
@@ -227,7 +230,7 @@ def require_guest() -> GuestArtifacts:
     GuestUnavailable so the run fails instead of silently skipping."""
     try:
         _check_qemu()
-        return find_artifacts()
+        return find_artifacts(backports=backports)
     except GuestUnavailable as e:
         if in_ci():
             raise
@@ -312,6 +315,7 @@ class Guest:
                        a fresh uuid and nqn.2014-08.org.nvmexpress:uuid:<uuid>
       timeout          seconds to wait for the guest to boot (TCG: ~4-8 s)
       modules          modules to modprobe at boot besides the virtio set
+      backports        boot the <codename>-backports kernel (has nvme-auth, DH-HMAC-CHAP)
       kernel_args      extra kernel command line words
       net              add virtio-net on QEMU user networking (guest 10.0.2.15)
       workdir          where sockets and logs go (default: a fresh temp dir,
@@ -328,7 +332,8 @@ class Guest:
                  kernel_args: Sequence[str] = (), net: bool = True,
                  machine: str = "pc", workdir: str | os.PathLike | None = None,
                  keep_workdir: bool | None = None, command_grace: float = 30.0,
-                 verbose_console: bool | None = None, name: str = "guest"):
+                 verbose_console: bool | None = None, name: str = "guest",
+                 backports: bool = False):
         self.extra_qemu_args = [str(a) for a in extra_qemu_args]
         self.smp = int(smp)
         self.mem = str(mem)
@@ -346,6 +351,7 @@ class Guest:
             if not re.match(r"^[A-Za-z0-9_-]+$", m):
                 raise ValueError(f"invalid module name {m!r}")
         self.kernel_args = list(kernel_args)
+        self.backports = backports
         self.net = net
         self.machine = machine
         self.command_grace = float(command_grace)
@@ -396,7 +402,7 @@ class Guest:
 
     def qemu_command(self) -> list[str]:
         """The QEMU command line start() uses (needs the artifacts)."""
-        art = find_artifacts()
+        art = find_artifacts(backports=self.backports)
         assert self.workdir is not None
         w = self.workdir
         # Printing the early boot log over the emulated 8250 costs ~1 s under
@@ -433,7 +439,7 @@ class Guest:
         if self.proc is not None:
             raise GuestError("guest already started")
         _check_qemu()
-        find_artifacts()
+        find_artifacts(backports=self.backports)
         if self._own_workdir:
             self.workdir = Path(tempfile.mkdtemp(prefix="srrs-guest-",
                                                  dir=os.environ.get("SRRS_GUEST_TMPDIR")))
