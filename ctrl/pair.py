@@ -66,6 +66,7 @@ class PairService:
                     pass
         timing = ha.Timing(heartbeat_s=conf.heartbeat_ms / 1000, miss_count=conf.miss_count,
                            lease_s=conf.lease_ms / 1000,
+                           read_lease_s=conf.read_lease_ms / 1000,
                            witness_timeout_s=max(0.2, min(1.0, conf.lease_ms / 4000)))
         self.timing = timing
         now = time.monotonic()
@@ -78,7 +79,7 @@ class PairService:
         self._mirror_setup()
         sizes = {b["name"]: b["size"] for b in ctl.core.bdev_list()}
         # What both controllers must agree on (DESIGN §5 "configuration agreement").
-        self.agreement = [[v.name, sizes.get(v.replica, 0), conf.stripe_size]
+        self.agreement = [[v.name, sizes.get(v.name, 0), conf.stripe_size]
                           for v in conf.volumes]
         self._disagree = ""
         self.zctx = zmq.Context()
@@ -153,6 +154,7 @@ class PairService:
         o.peer_port = port
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
+        o.read_lease_ms = self.conf.read_lease_ms
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
         self._link_pp = pp
@@ -215,7 +217,9 @@ class PairService:
         self._check(self._lib.srrs_mirror_link_get_info(self.link, i))
         d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
                                         "rx_bytes", "crc_errors", "proto_errors",
-                                        "held_writes")}
+                                        "held_writes", "lease_reads_failed")}
+        d["read_lease_left_s"] = round(max(0, i.read_lease_left_us) / 1e6, 3)
+        d["grant_left_s"] = round(max(0, i.grant_left_us) / 1e6, 3)
         d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))
         return d
 
