@@ -34,8 +34,6 @@ MODE_NAMES = {v: k for k, v in MIRROR_MODES.items()}
 
 class PairService:
     def __init__(self, ctl: Any, conf: PairConfig):
-        import zmq
-
         self.ctl = ctl
         self.conf = conf
         self.lock = threading.RLock()
@@ -46,7 +44,45 @@ class PairService:
         self._link_pp = None
         self._mirrors: list = []
         self._resync_started = 0.0
+        legacy = f"/var/tmp/srrs-pair-{conf.self_name}"
+        if (conf.state_dir.startswith(legacy + "-") and not os.path.exists(conf.state_dir)
+                and os.path.exists(os.path.join(legacy, "pair.json"))):
+            # The old default was shared by every pair with a controller of this
+            # name; starting empty here would forget its generations and bitmaps.
+            raise ValueError(f"pair state of an older version in {legacy}: set [pair] "
+                             f"state_dir = \"{legacy}\" if it is this pair's, else remove it")
         os.makedirs(conf.state_dir, exist_ok=True)
+        self._lock_fd = self._lock_state_dir()
+        try:
+            self._init(ctl, conf)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _lock_state_dir(self) -> int:
+        """Hold state_dir for this controller's lifetime: a second controller given
+        the same directory would overwrite our generations and bitmaps."""
+        import fcntl
+
+        path = os.path.join(self.conf.state_dir, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                who = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise ValueError(f"pair state_dir {self.conf.state_dir} is in use by another "
+                             f"controller (pid {who}): give each controller its own "
+                             "[pair] state_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _init(self, ctl: Any, conf: PairConfig) -> None:
+        import zmq
+
         persisted = self._load_state()
         fresh = self._fresh_replicas()
         if fresh:
@@ -515,6 +551,7 @@ class PairService:
             self._auth.stop()
         self.zctx.term()
         self._mirror_teardown()
+        os.close(self._lock_fd)
 
 
 def start(ctl: Any, section: Optional[PairConfig]) -> Optional[PairService]:

@@ -15,7 +15,10 @@
                                         #   "v0" (exports use it); the replica becomes
                                         #   internal ("v0.replica", never exportable);
                                         #   or { replica = "v0", name = "pv0" }
-    state_dir = "/var/tmp/srrs-pair-a"  # generations and dirty bitmaps (persisted)
+    state_dir = "/var/tmp/srrs-pair-a"  # generations and dirty bitmaps (persisted; locked
+                                        #   by the controller using it). Default:
+                                        #   /var/tmp/srrs-pair-<self>-<pair key>, the key a
+                                        #   digest of both names and addresses
     stripe_size = "1MiB"
     heartbeat_ms = 200                  # peer dead after heartbeat_ms * miss_count
     miss_count = 5
@@ -34,6 +37,7 @@ the peer dead, one witness round trip for the lease, then the ANA change.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -217,7 +221,10 @@ def parse(d: dict) -> PairConfig:
     for k, v in keys.items():
         if v and not os.path.exists(v):
             raise ValueError(f"{k}: {v} does not exist (make keys with `srrs keygen`)")
-    state_dir = _str(d, "state_dir", required=False, default=f"/var/tmp/srrs-pair-{me}")
+    key = hashlib.sha256("\0".join((me, peer, coord_bind, peer_coord, ml, pm)).encode())
+    # Two pairs on one host whose controllers share a name must not share state.
+    state_dir = _str(d, "state_dir", required=False,
+                     default=f"/var/tmp/srrs-pair-{me}-{key.hexdigest()[:12]}")
     return PairConfig(self_name=me, peer=peer, coord_bind=coord_bind, peer_coord=peer_coord,
                       mirror_listen=ml, peer_mirror=pm, witness=_zmq(d, "witness"),
                       volumes=_volumes(d), state_dir=state_dir, stripe_size=stripe,
