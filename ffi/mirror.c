@@ -1573,6 +1573,7 @@ static int timer_poll(void *arg)
         l->solo_wait = false;
         l->mode = MODE_SOLO;
         l->st.mode = MODE_SOLO;
+        l->need_rejoin = false; /* as set_mode_fn: what waited for the old link settles now */
         if (lease_ok(l))
             resolve_held(l);
     }
@@ -1652,7 +1653,6 @@ static void set_mode_fn(void *a)
         /* The peer may still read alone on our grant: hold (pending) until it
          * ran out; timer_poll goes solo then. */
         l->solo_wait = true;
-        l->need_rejoin = false;
         l->mode = l->st.mode = MODE_PENDING;
         rl_retry(l, false);
         return;
