@@ -644,13 +644,10 @@ static void host_read_start(struct mlink *l, struct piece *p)
          * replica is only current while we hold one. One counter read. */
         uint64_t now = srrs_ticks();
         if (now >= l->rl_until) {
-            if (!link_ready(l)) {
-                l->st.lease_reads_failed++;
-                piece_host_done(l, p, -ENOTCONN);
-                piece_put(l, p);
-                return;
-            }
-            if (now - l->rl_asked > l->rl_len / 16)
+            /* Wait for a grant; with the link down, like the writes, until
+             * the mode says what the peer's loss means (solo: serve, fenced:
+             * fail), so a single-path host rides through a failover. */
+            if (link_ready(l) && now - l->rl_asked > l->rl_len / 16)
                 rl_ask(l, now);
             if (!p->wait_at)
                 p->wait_at = now;
@@ -667,8 +664,9 @@ static void host_read_start(struct mlink *l, struct piece *p)
 }
 
 /* Reads waiting for a read lease: try again (a grant came, the mode changed),
- * or (expire) fail those that waited a whole lease length, or all when the
- * link is gone: the host retries on its other path. */
+ * or (expire) fail those that waited a whole lease length while the link was
+ * up -- the peer hears us but grants nothing: it left the pair and serves on
+ * its own; the host retries there. With the link down they wait for the mode. */
 static void rl_retry(struct mlink *l, bool expire)
 {
     struct piece *w = l->rwait;
@@ -677,7 +675,7 @@ static void rl_retry(struct mlink *l, bool expire)
     while (w) {
         struct piece *next = w->next;
         w->next = NULL;
-        if (expire && (now - w->wait_at >= l->rl_len || !link_ready(l))) {
+        if (expire && now - w->wait_at >= l->rl_len && link_ready(l)) {
             w->waiting = false;
             l->st.lease_reads_failed++;
             piece_host_done(l, w, -ENOTCONN);

@@ -31,7 +31,9 @@
  * echoes that time: the lease runs L from it) and then acknowledges nothing
  * alone (solo) until L plus a clock-rate margin after its last grant -- solo
  * asked earlier stays pending until then. A read without a lease waits for
- * the next grant, at most L, then fails with -ENOTCONN (an ANA path error).
+ * the next grant, at most L while the link is up, then fails with -ENOTCONN
+ * (an ANA path error); with the link down it is held like the writes, until
+ * the next mode (solo serves it, fenced fails it).
  */
 
 struct srrs_mirror_link;

@@ -158,3 +158,27 @@ def test_solo_acknowledges_only_after_the_granted_read_lease(pair):
     assert _lease_left_us(b)[2] == 2                   # solo now
     # a never granted back after b stopped: it cannot serve the old data
     assert a.core.test_io("v", "read", 1 << 20, 4096)[0] == -errno.ENOTCONN
+
+
+@pytest.mark.parametrize("then", ["solo", "fenced"])
+def test_read_without_lease_and_link_waits_for_the_mode(pair, then):
+    """Peer gone (link down): like the writes, a read is held until the mode
+    says what the loss means -- so a single-path host (vhost) rides through a
+    failover: served in solo, a path error when fenced."""
+    import threading
+
+    a, b = pair
+    data = b"d" * 4096
+    assert a.core.test_io("v", "write", 0, 4096, data)[0] == 0
+    a.drop()
+    wait(lambda: not a.up(), what="link down")
+    wait(lambda: _lease_left_us(a)[0] <= 0 and _lease_left_us(a)[1] <= 0, what="leases over")
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("r", a.core.test_io("v", "read", 0, 4096)))
+    t.start()
+    t.join(0.8)
+    assert t.is_alive(), f"answered without a lease: {res}"
+    a.mode(then)
+    t.join(5)
+    assert not t.is_alive()
+    assert res["r"] == ((0, data) if then == "solo" else (-errno.ENOTCONN, bytes(4096)))
