@@ -1053,7 +1053,9 @@ static void pool_free(struct srrs_pool *p)
             struct lv_vol *n = v->hnext;
             if (v->bdev) {
                 v->bdev->ctx = v; /* srrs_bdev_delete -> lv_destroy */
-                srrs_bdev_delete(p->core, v->name);
+                char bn[SRRS_NAME_MAX]; /* its current name (a pair may hold the volume's) */
+                snprintf(bn, sizeof(bn), "%s", v->bdev->name);
+                srrs_bdev_delete(p->core, bn);
             }
             lv_vol_free(v);
             v = n;

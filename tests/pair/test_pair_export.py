@@ -11,7 +11,7 @@ import pytest
 from srrs.ctrl.rpc import RpcError
 from tests.nvmf import wire
 
-from .procs import Ctl, Witness, free_ports, pair_conf, same_files
+from .procs import Ctl, Witness, free_ports, pair_conf, replica_chunks
 
 NQN = "nqn.2026-11.io.srrs:export"
 
@@ -31,8 +31,8 @@ allow_hosts = ["*"]
 """
 
 
-@pytest.fixture
-def pair(tmp_path):
+@pytest.fixture(params=["file", "pool"])
+def pair(tmp_path, request):
     p = free_ports(7)
     ports = {"coord_a": p[0], "coord_b": p[1], "mirror_a": p[2], "mirror_b": p[3],
              "witness": p[4], "nvmf_a": p[5], "nvmf_b": p[6]}
@@ -41,10 +41,11 @@ def pair(tmp_path):
     try:
         for n, peer, lo in (("a", "b", 1), ("b", "a", 1001)):
             ctls[n] = Ctl(tmp_path, n, pair_conf(n, peer, ports, tmp_path, size="32MiB",
-                                                 extra=_nvmf(ports["nvmf_" + n], lo)))
+                                                 extra=_nvmf(ports["nvmf_" + n], lo),
+                                                 replica=request.param))
         ctls["a"].wait_state("PAIRED", 20)
         ctls["b"].wait_state("PAIRED", 20)
-        yield ctls["a"], ctls["b"], ports, tmp_path
+        yield ctls["a"], ctls["b"], ports, tmp_path, request.param
     finally:
         for c in ctls.values():
             c.kill9()
@@ -69,7 +70,7 @@ def _read(io, lba, n):
 
 
 def test_export_by_volume_name_writes_both_replicas(pair):
-    a, b, ports, tmp = pair
+    a, b, ports, tmp, kind = pair
     adm_a, io_a = _io(ports["nvmf_a"])
     adm_b, io_b = _io(ports["nvmf_b"])
     try:
@@ -90,11 +91,12 @@ def test_export_by_volume_name_writes_both_replicas(pair):
     assert st["state"] == "PAIRED" and all(v["dirty_stripes"] == 0 for v in st["volumes"])
     assert a.stop() == 0 and b.stop() == 0
     # what is on the disks: the replicas are identical
-    assert same_files(tmp / "a-v0.img", tmp / "b-v0.img") == []
+    ra, rb = (replica_chunks(tmp, n, 32 << 20, kind) for n in "ab")
+    assert [off for (off, x), (_, y) in zip(ra, rb) if x != y] == []
 
 
 def test_raw_replica_cannot_be_exported(pair):
-    a, b, ports, tmp = pair
+    a, b, ports, tmp, kind = pair
     with pytest.raises(RpcError, match="internal to v0"):
         a.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "bdev": "v0.replica"})
     with pytest.raises(RpcError, match="internal to v0"):
@@ -103,6 +105,10 @@ def test_raw_replica_cannot_be_exported(pair):
     assert not os.path.exists(tmp / "vh-raw.sock")
     with pytest.raises(RpcError, match="paired volume"):
         a.rpc("bdev_delete", {"name": "v0"})
+    if kind == "pool":   # the volume is in use by the pair, its mirror untouched
+        with pytest.raises(RpcError, match="v0.replica is in use"):
+            a.rpc("volume_delete", {"name": "v0"})
+        assert {x["name"] for x in a.rpc("bdev_list")} >= {"v0", "v0.replica"}
     assert [n["nsid"] for s in a.rpc("nvmf_get_subsystems") if s["nqn"] == NQN
             for n in s["namespaces"]] == [1]
 
