@@ -63,8 +63,9 @@ class Controller:
 
     # -- services (modules that exist in this build), in start order --------------------
     # (attribute, module with start(ctl, section) -> service, config section)
-    # The pair comes before the exports: its mirror bdevs ("v0.mirror") are
-    # what they export, and the exports close before the pair does.
+    # The pair comes before the exports: its mirror bdevs (named after the
+    # paired volumes; the replicas become internal) are what they export, and
+    # the exports close before the pair does.
     SERVICES = [
         ("pool", "srrs.ctrl.pool", "pool"),
         ("pair", "srrs.ctrl.pair", "pair"),
@@ -124,6 +125,12 @@ class Controller:
         self.bdevs[b.name] = b
 
     def bdev_delete(self, name: str) -> None:
+        pair = getattr(self, "pair", None)
+        if pair is not None and name in {v.name for v in pair.conf.volumes}:
+            # Only the pair removes its mirrors (at stop): a deleted mirror would
+            # leave the pair service driving a volume that no longer exists.
+            raise ValueError(f"bdev {name} is a paired volume: remove it from [pair] volumes "
+                             "and restart")
         self.core.bdev_delete(name)
         self.bdevs.pop(name, None)
         self.fresh_bdevs.pop(name, None)

@@ -2,11 +2,11 @@
 
 In a temporary directory: `srrs witness` and the controllers a and b of an
 active/active pair on loopback (free ports), each with a pool on a sparse file
-fragment and two thin volumes v0 and v1, paired as the mirror bdevs v0.mirror
-and v1.mirror. Once both are PAIRED, the load runs in separate processes like
+fragment and two thin volumes v0 and v1, paired (the mirror bdevs take the
+volumes' names; the raw replicas become internal). Once both are PAIRED, the load runs in separate processes like
 real hosts: `srrs bench nvmf` with multipath over both controllers' NVMe/TCP
-listeners (one subsystem on v0.mirror through a and b, round-robin, verified
-writes), and `srrs bench vhost` on a's vhost-user socket (v1.mirror) when the
+listeners (one subsystem on v0 through a and b, round-robin, verified
+writes), and `srrs bench vhost` on a's vhost-user socket (v1) when the
 build has vhost-user (with no export built, in-controller load jobs on a). The
 live console watches both controllers and pings the witness. After
 `--duration` (or q, Ctrl-C, SIGTERM, SIGHUP) everything is stopped and
@@ -151,11 +151,11 @@ def plan(d: Demo) -> None:
     if _have("srrs.nvmf.service"):
         for n in ("a", "b"):
             d.nodes[n].nvmf = f"127.0.0.1:{d.ports['nvmf_' + n]}"
-        d.loads.append(Load("nvmf", "v0.mirror"))
+        d.loads.append(Load("nvmf", "v0"))
     if _have("srrs.vhost.service"):
-        d.loads.append(Load("vhost", "v1.mirror"))
+        d.loads.append(Load("vhost", "v1"))
     if not d.loads:
-        d.loads.append(Load("local", "v0.mirror"))
+        d.loads.append(Load("local", "v0"))
 
 
 def config_text(d: Demo, n: str) -> str:
@@ -208,7 +208,7 @@ cntlid_max = {lo + 999}
 [[nvmf.subsystem]]
 nqn = "{d.nqn}"
 serial = "SRRSDEMO"
-namespaces = ["v0.mirror"]
+namespaces = ["v0"]
 allow_hosts = ["*"]
 """
     if n == "a" and any(x.kind == "vhost" for x in d.loads):
@@ -216,7 +216,7 @@ allow_hosts = ["*"]
 [[vhost]]
 name = "vh-a"
 socket = "{d.tmp}/vh-a.sock"
-bdev = "v1.mirror"
+bdev = "v1"
 num_queues = 1
 """
     return text

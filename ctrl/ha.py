@@ -20,6 +20,11 @@ Safety rules this module enforces:
     always ends before the witness's view of it;
   * the lease's end fences on its own (Tick), and the mirror in C is given the
     same deadline so a stuck control plane cannot extend it;
+  * read leases: while PAIRED (or RESYNC) we grant the peer a read lease of
+    read_lease_s (the mirror in C renews it); after leaving those roles we
+    acknowledge nothing alone until it has run out (read_lease_s and a
+    clock-rate margin), so the peer never serves a read older than our solo
+    writes: a witness lease that comes earlier is held, FENCED, until then;
   * a higher epoch wins when both sides claim to serve alone;
   * data generations decide the resync direction; a true split brain (both
     wrote alone since their last common generation) is reported, never
@@ -86,6 +91,13 @@ class Timing:
     drift: float = 0.02          # our lease ends this fraction early (clock rate drift)
     retry_s: float = 0.5         # lease request retry when denied / unanswered
     witness_timeout_s: float = 0.5  # no answer to a lease request in this long: unreachable
+    read_lease_s: float = 0.5    # the read lease we grant the peer while paired
+
+    @property
+    def read_lease_end_s(self) -> float:
+        """After our last possible grant: when the peer's read lease has surely ended
+        (the margin covers a clock-rate difference, as the C mirror's does)."""
+        return self.read_lease_s * (1 + 1 / 16) + 0.001
 
     @property
     def peer_timeout_s(self) -> float:
@@ -239,6 +251,8 @@ class State:
     resync_role: str = ""
     split_brain: str = ""
     behind: bool = False             # resync target not yet complete: never serve alone
+    # the peer may hold a read lease from us until then: nothing acknowledged alone before
+    peer_read_until: float = 0.0
 
     def to_json(self, now: float) -> dict:
         return {
@@ -252,6 +266,7 @@ class State:
             "lease_pending": self.lease_sent_at is not None, "lease_denied": self.lease_denied,
             "resync_role": self.resync_role, "split_brain": self.split_brain,
             "behind": self.behind,
+            "peer_read_lease_left_s": round(max(0.0, self.peer_read_until - now), 3),
         }
 
 
@@ -260,8 +275,11 @@ def initial(me: str, peer: str, now: float, timing: Optional[Timing] = None,
             epoch: int = 0, behind: bool = False) -> Tuple[State, tuple]:
     """The state at start-up (generations and `behind` as persisted) and the
     actions that put the data plane in it."""
-    s = State(me=me, peer=peer, timing=timing or Timing(), need_mirror=need_mirror, since=now,
-              started=now, data_gen=data_gen, base_gen=base_gen, epoch=epoch, behind=behind)
+    t = timing or Timing()
+    # A previous run of ours may have granted the peer a read lease just now.
+    s = State(me=me, peer=peer, timing=t, need_mirror=need_mirror, since=now,
+              started=now, data_gen=data_gen, base_gen=base_gen, epoch=epoch, behind=behind,
+              peer_read_until=now + t.read_lease_end_s)
     return s, (SetAna(ANA_INACCESSIBLE), SetMirror("fenced"))
 
 
@@ -281,6 +299,16 @@ def peer_usable(s: State, now: float) -> bool:
 
 def lease_valid(s: State, now: float) -> bool:
     return now < s.lease_until
+
+
+def granting(role: str) -> bool:
+    """Roles in which the mirror grants the peer read leases."""
+    return role in (PAIRED, RESYNC)
+
+
+def may_ack_alone(s: State, now: float) -> bool:
+    """Witness lease held and the peer's read lease from us over."""
+    return lease_valid(s, now) and now >= s.peer_read_until and not granting(s.role)
 
 
 def decide(me: str, data: Gen, base: Gen, peer: str, pdata: Gen, pbase: Gen) -> str:
@@ -326,10 +354,11 @@ def _fence(s: State, now: float, reason: str, request: bool = True) -> Tuple[Sta
         s = _enter(s, FENCED, now, reason, lease_until=0.0, resync_role="")
     else:
         s = replace(s, reason=reason)
-    if request and not s.behind and s.lease_sent_at is None and now >= s.lease_retry_at:
+    if (request and not s.behind and s.lease_sent_at is None and now >= s.lease_retry_at
+            and not lease_valid(s, now)):
         s, a = _request(s, now)
         acts += a
-    pending = s.lease_sent_at is not None
+    pending = s.lease_sent_at is not None or lease_valid(s, now)
     if entering:
         acts.insert(0, SetMirror("pending" if pending else "fenced"))
     acts.append(SetAna(ANA_CHANGE if pending else ANA_INACCESSIBLE))
@@ -422,6 +451,13 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
             if s2 is not s:
                 return s2, acts + a
             acts += a
+        if s.lease_until and not usable:
+            if may_ack_alone(s, now):
+                s, a = _go_solo(s, now, s.lease_until)
+                return s, acts + a
+            if lease_valid(s, now):
+                return s, acts        # held until the peer's read lease is over
+            s = replace(s, lease_until=0.0)
         if (s.lease_sent_at is None and now >= s.lease_retry_at and not s.behind
                 and not peer_usable(s, now)):
             s, a = _request(s, now)   # a retry: I/O keeps failing meanwhile
@@ -483,12 +519,20 @@ def _lease_granted(s: State, e: LeaseGranted, now: float) -> Tuple[State, list]:
         s = replace(s, lease_until=until)
         return s, [SetMirror("solo", until)]
     if s.role == FENCED and not peer_usable(s, now):
-        ng = s.lease_next_gen
-        s = _enter(s, SOLO, now, "peer lost, lease held", lease_until=until, data_gen=ng,
-                   split_brain="")
-        return s, [SaveGens(s.data_gen, s.base_gen), SetMirror("solo", until),
-                   SetAna(ANA_OPTIMIZED)]
+        if now < s.peer_read_until:
+            # The peer may still answer reads on our grant: hold the lease
+            # (I/O waits, mirror pending) and go SOLO on the Tick after it.
+            return replace(s, lease_until=until,
+                           reason="lease held; waiting for the peer's read lease to end"), []
+        return _go_solo(s, now, until)
     return s, [ReleaseLease()]  # no longer needed
+
+
+def _go_solo(s: State, now: float, until: float) -> Tuple[State, list]:
+    ng = s.lease_next_gen
+    s = _enter(s, SOLO, now, "peer lost, lease held", lease_until=until, data_gen=ng,
+               split_brain="")
+    return s, [SaveGens(s.data_gen, s.base_gen), SetMirror("solo", until), SetAna(ANA_OPTIMIZED)]
 
 
 def _lease_denied(s: State, e: LeaseDenied, now: float) -> Tuple[State, list]:
@@ -546,6 +590,7 @@ def _admin_resync(s: State, e: AdminResync, now: float) -> Tuple[State, list]:
 def step(s: State, e, now: float) -> Tuple[State, tuple]:
     """One event in, the new state and the actions for the caller out."""
     pre: list = []
+    s0 = s
     if s.role == SOLO and not lease_valid(s, now):
         # Whatever the event, an ended lease fences first.
         s, pre = _fence(s, now, "lease expired")
@@ -582,5 +627,10 @@ def step(s: State, e, now: float) -> Tuple[State, tuple]:
         s, a = _admin_resync(s, e, now)
     else:
         raise TypeError(f"unknown event {e!r}")
+    if granting(s0.role) and not granting(s.role):
+        # Our last grant may be as late as now.
+        s = replace(s, peer_read_until=max(s.peer_read_until, now + s.timing.read_lease_end_s))
     assert s.role != SOLO or lease_valid(s, now), "SOLO without a valid lease"
+    assert s.role != SOLO or s0.role == SOLO or now >= s.peer_read_until, \
+        "SOLO while the peer may hold a read lease"
     return s, tuple(pre) + tuple(a)

@@ -34,8 +34,6 @@ MODE_NAMES = {v: k for k, v in MIRROR_MODES.items()}
 
 class PairService:
     def __init__(self, ctl: Any, conf: PairConfig):
-        import zmq
-
         self.ctl = ctl
         self.conf = conf
         self.lock = threading.RLock()
@@ -46,7 +44,45 @@ class PairService:
         self._link_pp = None
         self._mirrors: list = []
         self._resync_started = 0.0
+        legacy = f"/var/tmp/srrs-pair-{conf.self_name}"
+        if (conf.state_dir.startswith(legacy + "-") and not os.path.exists(conf.state_dir)
+                and os.path.exists(os.path.join(legacy, "pair.json"))):
+            # The old default was shared by every pair with a controller of this
+            # name; starting empty here would forget its generations and bitmaps.
+            raise ValueError(f"pair state of an older version in {legacy}: set [pair] "
+                             f"state_dir = \"{legacy}\" if it is this pair's, else remove it")
         os.makedirs(conf.state_dir, exist_ok=True)
+        self._lock_fd = self._lock_state_dir()
+        try:
+            self._init(ctl, conf)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _lock_state_dir(self) -> int:
+        """Hold state_dir for this controller's lifetime: a second controller given
+        the same directory would overwrite our generations and bitmaps."""
+        import fcntl
+
+        path = os.path.join(self.conf.state_dir, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                who = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise ValueError(f"pair state_dir {self.conf.state_dir} is in use by another "
+                             f"controller (pid {who}): give each controller its own "
+                             "[pair] state_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def _init(self, ctl: Any, conf: PairConfig) -> None:
+        import zmq
+
         persisted = self._load_state()
         fresh = self._fresh_replicas()
         if fresh:
@@ -66,6 +102,7 @@ class PairService:
                     pass
         timing = ha.Timing(heartbeat_s=conf.heartbeat_ms / 1000, miss_count=conf.miss_count,
                            lease_s=conf.lease_ms / 1000,
+                           read_lease_s=conf.read_lease_ms / 1000,
                            witness_timeout_s=max(0.2, min(1.0, conf.lease_ms / 4000)))
         self.timing = timing
         now = time.monotonic()
@@ -78,7 +115,7 @@ class PairService:
         self._mirror_setup()
         sizes = {b["name"]: b["size"] for b in ctl.core.bdev_list()}
         # What both controllers must agree on before they pair (docs/architecture.md, Pair).
-        self.agreement = [[v.name, sizes.get(v.replica, 0), conf.stripe_size]
+        self.agreement = [[v.name, sizes.get(v.name, 0), conf.stripe_size]
                           for v in conf.volumes]
         self._disagree = ""
         self.zctx = zmq.Context()
@@ -153,6 +190,7 @@ class PairService:
         o.peer_port = port
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
+        o.read_lease_ms = self.conf.read_lease_ms
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
         self._link_pp = pp
@@ -215,7 +253,9 @@ class PairService:
         self._check(self._lib.srrs_mirror_link_get_info(self.link, i))
         d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
                                         "rx_bytes", "crc_errors", "proto_errors",
-                                        "held_writes")}
+                                        "held_writes", "lease_reads_failed")}
+        d["read_lease_left_s"] = round(max(0, i.read_lease_left_us) / 1e6, 3)
+        d["grant_left_s"] = round(max(0, i.grant_left_us) / 1e6, 3)
         d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))
         return d
 
@@ -511,6 +551,7 @@ class PairService:
             self._auth.stop()
         self.zctx.term()
         self._mirror_teardown()
+        os.close(self._lock_fd)
 
 
 def start(ctl: Any, section: Optional[PairConfig]) -> Optional[PairService]:

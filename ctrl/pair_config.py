@@ -11,13 +11,22 @@
     witness = "tcp://127.0.0.1:5600"
     peer_rpc_socket = "/tmp/srrs-b.sock" # optional: the peer's JSON-RPC socket, so that
                                         #   `srrs console --pair FILE` finds both controllers
-    volumes = ["v0"]                    # replicas; each gets a mirror bdev "v0.mirror"
+    volumes = ["v0"]                    # paired volumes: the mirror bdev takes the name
+                                        #   "v0" (exports use it); the replica becomes
+                                        #   internal ("v0.replica", never exportable);
                                         #   or { replica = "v0", name = "pv0" }
-    state_dir = "/var/tmp/srrs-pair-a"  # generations and dirty bitmaps (persisted)
+    state_dir = "/var/tmp/srrs-pair-a"  # generations and dirty bitmaps (persisted; locked
+                                        #   by the controller using it). Default:
+                                        #   /var/tmp/srrs-pair-<self>-<pair key>, the key a
+                                        #   digest of both names and addresses
     stripe_size = "1MiB"
     heartbeat_ms = 200                  # peer dead after heartbeat_ms * miss_count
     miss_count = 5
     lease_ms = 3000                     # witness lease
+    read_lease_ms = 500                 # read lease the peer grants while paired (a
+                                        #   PAIRED replica serves reads only under it; a
+                                        #   controller that lost its peer acks nothing
+                                        #   alone until the one it granted ran out)
     secret_key = "keys/a.key_secret"    # CURVE (srrs keygen); all three or none
     peer_public_key = "keys/b.key"
     witness_public_key = "keys/w.key"
@@ -28,6 +37,7 @@ the peer dead, one witness round trip for the lease, then the ANA change.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -42,7 +52,8 @@ _HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 @dataclass(frozen=True)
 class PairVolume:
     replica: str          # the local bdev holding this controller's replica
-    name: str             # the mirror bdev that exports use
+    name: str             # the mirror bdev that exports use (may be the replica's name:
+                          #   the replica then becomes internal, NAME.replica)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class PairConfig:
     heartbeat_ms: int = 200
     miss_count: int = 5
     lease_ms: int = 3000
+    read_lease_ms: int = 500
     secret_key: str = ""
     peer_public_key: str = ""
     witness_public_key: str = ""
@@ -80,6 +92,7 @@ class PairConfig:
 
 KEYS = {"self", "peer", "coord_bind", "peer_coord", "mirror_listen", "peer_mirror", "witness",
         "volumes", "state_dir", "stripe_size", "heartbeat_ms", "miss_count", "lease_ms",
+        "read_lease_ms",
         "secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket"}
 
 
@@ -139,7 +152,7 @@ def _volumes(d: dict) -> tuple:
     out, seen = [], set()
     for i, v in enumerate(raw):
         if isinstance(v, str):
-            vol = PairVolume(v, f"{v}.mirror")
+            vol = PairVolume(v, v)
         elif isinstance(v, dict):
             unknown = set(v) - {"replica", "name"}
             if unknown:
@@ -147,7 +160,7 @@ def _volumes(d: dict) -> tuple:
                                  "(allowed: name, replica)")
             if not isinstance(v.get("replica"), str):
                 raise ValueError(f"volumes[{i}].replica: is required (a bdev name)")
-            vol = PairVolume(v["replica"], v.get("name", f"{v['replica']}.mirror"))
+            vol = PairVolume(v["replica"], v.get("name", v["replica"]))
         else:
             raise ValueError(f"volumes[{i}]: expected a bdev name or a table, got {v!r}")
         for n in (vol.replica, vol.name):
@@ -155,7 +168,7 @@ def _volumes(d: dict) -> tuple:
                 check_name(n)
             except ValueError as e:
                 raise ValueError(f"volumes[{i}]: {e}") from None
-            if len(n) > 63:
+            if len(n) > 63 - len(".replica"):
                 raise ValueError(f"volumes[{i}]: name {n!r} too long")
         if vol.replica in seen or vol.name in seen:
             raise ValueError(f"volumes[{i}]: {vol.replica!r} is listed twice")
@@ -194,6 +207,11 @@ def parse(d: dict) -> PairConfig:
     lease = _int(d, "lease_ms", 3000, 100, 10000)  # the witness grants at most 10 s
     if lease < 2 * hb:
         raise ValueError(f"lease_ms: must be at least two heartbeats ({2 * hb}), got {lease}")
+    read_lease = _int(d, "read_lease_ms", min(500, lease // 2), 20, 10000)
+    if read_lease * 2 > lease:
+        # The wait for it comes out of the witness lease of the side going SOLO.
+        raise ValueError(f"read_lease_ms: must be at most half of lease_ms ({lease // 2}), "
+                         f"got {read_lease}")
     keys = {k: _str(d, k, required=False) for k in
             ("secret_key", "peer_public_key", "witness_public_key")}
     if any(keys.values()) and not all(keys.values()):
@@ -203,12 +221,15 @@ def parse(d: dict) -> PairConfig:
     for k, v in keys.items():
         if v and not os.path.exists(v):
             raise ValueError(f"{k}: {v} does not exist (make keys with `srrs keygen`)")
-    state_dir = _str(d, "state_dir", required=False, default=f"/var/tmp/srrs-pair-{me}")
+    key = hashlib.sha256("\0".join((me, peer, coord_bind, peer_coord, ml, pm)).encode())
+    # Two pairs on one host whose controllers share a name must not share state.
+    state_dir = _str(d, "state_dir", required=False,
+                     default=f"/var/tmp/srrs-pair-{me}-{key.hexdigest()[:12]}")
     return PairConfig(self_name=me, peer=peer, coord_bind=coord_bind, peer_coord=peer_coord,
                       mirror_listen=ml, peer_mirror=pm, witness=_zmq(d, "witness"),
                       volumes=_volumes(d), state_dir=state_dir, stripe_size=stripe,
                       heartbeat_ms=hb, miss_count=miss, lease_ms=lease,
-                      peer_rpc_socket=_unix_socket(d, "peer_rpc_socket"), **keys)
+                      read_lease_ms=read_lease, peer_rpc_socket=_unix_socket(d, "peer_rpc_socket"), **keys)
 
 
 def to_toml_dict(c: PairConfig) -> dict:
@@ -216,10 +237,10 @@ def to_toml_dict(c: PairConfig) -> dict:
                "mirror_listen": c.mirror_listen, "peer_mirror": c.peer_mirror,
                "witness": c.witness, "state_dir": c.state_dir, "stripe_size": c.stripe_size,
                "heartbeat_ms": c.heartbeat_ms, "miss_count": c.miss_count,
-               "lease_ms": c.lease_ms}
+               "lease_ms": c.lease_ms, "read_lease_ms": c.read_lease_ms}
     if c.peer:
         d["peer"] = c.peer
-    d["volumes"] = [v.replica if v.name == f"{v.replica}.mirror" else
+    d["volumes"] = [v.replica if v.name == v.replica else
                     {"replica": v.replica, "name": v.name} for v in c.volumes]
     for k in ("secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket"):
         if getattr(c, k):

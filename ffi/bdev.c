@@ -141,6 +141,50 @@ struct srrs_bdev *srrs_bdev_open(struct srrs_core *core, const char *name)
     return b;
 }
 
+int srrs_bdev_open_export(struct srrs_core *core, const char *name, struct srrs_bdev **out)
+{
+    struct srrs_bdev *b = srrs_bdev_open(core, name);
+    *out = NULL;
+    if (!b)
+        return -ENOENT;
+    if (b->owner[0]) {
+        /* Writes to it would bypass the bdev stacked on it (a pair's mirror:
+         * the replicas would silently differ). */
+        int rc = srrs_err(-EBUSY, "bdev %s is internal to %s (a pair replica): export %s instead",
+                          name, b->owner, b->owner);
+        srrs_bdev_close(&b);
+        return rc;
+    }
+    *out = b;
+    return 0;
+}
+
+int srrs_bdev_rename(struct srrs_core *core, struct srrs_bdev *b, const char *new_name)
+{
+    struct bdev_registry *reg = registry(core);
+    int rc = check_name(new_name);
+    if (rc)
+        return rc;
+    if (!reg)
+        return srrs_err(-ENOENT, "no bdev registry");
+    pthread_mutex_lock(&reg->lock);
+    if (lookup_locked(reg, new_name)) {
+        pthread_mutex_unlock(&reg->lock);
+        return srrs_err(-EEXIST, "bdev %s already exists", new_name);
+    }
+    struct srrs_bdev **pp = &reg->buckets[name_hash(b->name)];
+    while (*pp && *pp != b)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = b->hnext;
+    snprintf(b->name, sizeof(b->name), "%s", new_name);
+    uint32_t h = name_hash(new_name);
+    b->hnext = reg->buckets[h];
+    reg->buckets[h] = b;
+    pthread_mutex_unlock(&reg->lock);
+    return 0;
+}
+
 void srrs_bdev_close(struct srrs_bdev **pb)
 {
     if (pb && *pb) {

@@ -354,7 +354,11 @@ int srrs_lvol_delete(struct srrs_pool *p, const char *name)
         return srrs_err(-EBUSY, "volume %s: pool %s is draining a fragment; delete it afterwards",
                         name, p->name);
     if (v->bdev) {
-        int rc = srrs_bdev_delete(p->core, name);
+        /* By the bdev's current name: a pair may have taken the volume's name
+         * for its mirror (then this one is in use and refused). */
+        char bn[SRRS_NAME_MAX];
+        snprintf(bn, sizeof(bn), "%s", v->bdev->name);
+        int rc = srrs_bdev_delete(p->core, bn);
         if (rc)
             return rc;
     }
@@ -1266,7 +1270,9 @@ static void pool_free(struct srrs_pool *p)
             struct lv_vol *n = v->hnext;
             if (v->bdev) {
                 v->bdev->ctx = v; /* srrs_bdev_delete -> lv_destroy */
-                srrs_bdev_delete(p->core, v->name);
+                char bn[SRRS_NAME_MAX]; /* its current name (a pair may hold the volume's) */
+                snprintf(bn, sizeof(bn), "%s", v->bdev->name);
+                srrs_bdev_delete(p->core, bn);
             }
             lv_vol_free(v);
             v = n;

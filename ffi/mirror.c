@@ -98,6 +98,7 @@ struct piece {
     bool locked;
     bool applied;        /* forwarder: WRITE_REF applied locally */
     bool alone;          /* ordered in SOLO: applied here only, its stripe stays dirty */
+    uint64_t wait_at;    /* ticks: read waiting for a read lease since */
     bool answered;       /* forwarder: ACK sent; owner of a forward: FWD_DONE sent */
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
@@ -120,6 +121,8 @@ struct mirror {
     struct mlink *l;
     struct srrs_bdev *bdev;     /* ours */
     struct srrs_bdev *replica;
+    char replica_name[SRRS_NAME_MAX]; /* its name before we took it over */
+    bool renamed;               /* the mirror took the replica's name (replica is NAME.replica) */
     uint32_t vol;
     uint64_t size, stripe, nstripes;
     uint32_t stripe_shift;
@@ -162,6 +165,13 @@ struct mlink {
     size_t dgot;
     int mode;
     uint64_t lease_deadline;    /* ns, CLOCK_MONOTONIC */
+    /* read lease (ticks of this host's counter) */
+    uint64_t rl_len;            /* L: what we grant */
+    uint64_t rl_until;          /* our local reads are safe before this (granted by the peer) */
+    uint64_t rl_granted;        /* the peer may read alone before this: no solo until then */
+    uint64_t rl_asked;          /* our last lease request */
+    struct piece *rwait;        /* reads waiting for a lease */
+    bool solo_wait;             /* solo asked for while a grant runs: pending until rl_granted */
     struct mirror *vols[M_MAX_VOLS];
     struct srrs_mirror_link_info st;
     int stop_hook;
@@ -212,6 +222,19 @@ static void clear_dirty(struct mirror *m, uint64_t s)
 static uint64_t now_ns(void) { return srrs_now_ns(); }
 
 static bool lease_ok(struct mlink *l) { return now_ns() < l->lease_deadline; }
+
+enum { RL_ASK = 1, RL_GRANT = 2 }; /* T_PING tags */
+
+static void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint64_t off,
+                       int32_t status, uint64_t aux, const struct iovec *iov, int iovcnt,
+                       uint32_t len, struct piece *done_piece);
+
+/* Ask the peer for a read lease: our send time rides along and comes back. */
+static void rl_ask(struct mlink *l, uint64_t now)
+{
+    l->rl_asked = now;
+    frame_send(l, T_PING, NULL, RL_ASK, 0, 0, now, NULL, 0, 0, NULL);
+}
 
 /* ---- pieces and frames ----------------------------------------------------- */
 
@@ -616,9 +639,55 @@ static void host_read_start(struct mlink *l, struct piece *p)
         frame_send(l, T_READ, m, piece_tag(p), p->off, 0, p->len, NULL, 0, 0, NULL);
         return;
     }
+    if (p->kind == P_HOST_READ && mode_needs_peer(l->mode)) {
+        /* The peer may be acknowledging alone once our lease is over: our
+         * replica is only current while we hold one. One counter read. */
+        uint64_t now = srrs_ticks();
+        if (now >= l->rl_until) {
+            /* Wait for a grant; with the link down, like the writes, until
+             * the mode says what the peer's loss means (solo: serve, fenced:
+             * fail), so a single-path host rides through a failover. */
+            if (link_ready(l) && now - l->rl_asked > l->rl_len / 16)
+                rl_ask(l, now);
+            if (!p->wait_at)
+                p->wait_at = now;
+            p->waiting = true;
+            p->next = l->rwait;
+            l->rwait = p;
+            return;
+        }
+    }
     if (local_submit(l, p, p->kind == P_FLUSH ? SRRS_IO_FLUSH : SRRS_IO_READ)) {
         piece_host_done(l, p, -ENOMEM);
         piece_put(l, p);
+    }
+}
+
+/* Reads waiting for a read lease: try again (a grant came, the mode changed),
+ * or (expire) fail those that waited a whole lease length while the link was
+ * up -- the peer hears us but grants nothing: it left the pair and serves on
+ * its own; the host retries there. With the link down they wait for the mode. */
+static void rl_retry(struct mlink *l, bool expire)
+{
+    struct piece *w = l->rwait;
+    l->rwait = NULL;
+    uint64_t now = srrs_ticks();
+    while (w) {
+        struct piece *next = w->next;
+        w->next = NULL;
+        if (expire && now - w->wait_at >= l->rl_len && link_ready(l)) {
+            w->waiting = false;
+            l->st.lease_reads_failed++;
+            piece_host_done(l, w, -ENOTCONN);
+            piece_put(l, w);
+        } else if (expire) {
+            w->next = l->rwait;
+            l->rwait = w;
+        } else {
+            w->waiting = false;
+            host_read_start(l, w);
+        }
+        w = next;
     }
 }
 
@@ -954,8 +1023,24 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, vo
             if (l->vols[i] && mode_resync(l->mode) && !l->vols[i]->resync_ready)
                 send_bitmap(l->vols[i], 0);
         return true;
-    case T_PING:
+    case T_PING: {
+        uint64_t now = srrs_ticks();
+        if (h->tag == RL_ASK && mode_needs_peer(l->mode)) {
+            /* Grant: the peer reads alone until L after it asked; we ack
+             * nothing alone until L and a clock-rate margin after now. */
+            uint64_t end = now + l->rl_len + l->rl_len / 16 + srrs_us_to_ticks(1000);
+            if (end > l->rl_granted)
+                l->rl_granted = end;
+            frame_send(l, T_PING, NULL, RL_GRANT, l->o.read_lease_ms, 0, h->aux, NULL, 0, 0,
+                       NULL);
+        } else if (h->tag == RL_GRANT && h->aux <= now && h->off && h->off <= 60000) {
+            uint64_t until = h->aux + srrs_us_to_ticks(h->off * 1000);
+            if (until > l->rl_until)
+                l->rl_until = until;
+            rl_retry(l, false);
+        }
         return true;
+    }
     case T_WRITE:
     case T_FORWARD:
     case T_RESYNC: {
@@ -1460,7 +1545,10 @@ static int timer_poll(void *arg)
             link_drop(l, "peer silent");
             return 1;
         }
-        if (now - l->last_tx >= srrs_us_to_ticks((uint64_t)l->o.ping_ms * 1000)) {
+        if (link_ready(l) && now - l->rl_asked >= l->rl_len / 4) {
+            rl_ask(l, now); /* renewal, whatever else is sent (it is a PING too) */
+            tx_flush(l);
+        } else if (now - l->last_tx >= srrs_us_to_ticks((uint64_t)l->o.ping_ms * 1000)) {
             frame_send(l, T_PING, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL);
             tx_flush(l);
         }
@@ -1474,6 +1562,18 @@ static int timer_poll(void *arg)
                now - l->last_try > srrs_us_to_ticks(100000)) {
         l->last_try = now;
         try_connect(l);
+    }
+    if (l->rwait)
+        rl_retry(l, true);
+    if (l->solo_wait && (now >= l->rl_granted || !lease_ok(l))) {
+        /* The peer's read lease from us is over: solo may begin (or the
+         * witness lease ended first: fenced, below). */
+        l->solo_wait = false;
+        l->mode = MODE_SOLO;
+        l->st.mode = MODE_SOLO;
+        l->need_rejoin = false; /* as set_mode_fn: what waited for the old link settles now */
+        if (lease_ok(l))
+            resolve_held(l);
     }
     /* SOLO past the lease: fence by ourselves, whatever the control plane does. */
     if (l->mode == MODE_SOLO && !lease_ok(l)) {
@@ -1490,6 +1590,7 @@ static int timer_poll(void *arg)
 /* After a mode change: what the held pieces mean now. */
 static void resolve_held(struct mlink *l)
 {
+    rl_retry(l, false);
     /* pieces held before they were sent (forwarder without link, resync not ready) */
     struct piece *h = l->held;
     l->held = NULL;
@@ -1545,6 +1646,15 @@ static void set_mode_fn(void *a)
     l->mode = x->mode;
     l->lease_deadline = x->deadline;
     l->st.mode = x->mode;
+    l->solo_wait = false;
+    if (x->mode == MODE_SOLO && srrs_ticks() < l->rl_granted) {
+        /* The peer may still read alone on our grant: hold (pending) until it
+         * ran out; timer_poll goes solo then. */
+        l->solo_wait = true;
+        l->mode = l->st.mode = MODE_PENDING;
+        rl_retry(l, false);
+        return;
+    }
     if (x->mode == MODE_SOLO || x->mode == MODE_FENCED)
         l->need_rejoin = false; /* what waited for the old connection is settled now */
     if (old != x->mode && mode_resync(x->mode)) {
@@ -1693,8 +1803,15 @@ static void mirror_free(struct mirror *m)
     free(m->locked);
     free(m->need);
     free(m->peer_bm);
-    if (m->replica)
+    if (m->replica) {
+        /* The replica is an ordinary bdev again, under its own name. */
+        m->replica->owner[0] = 0;
+        if (m->renamed && srrs_bdev_rename(m->l->core, m->replica, m->replica_name))
+            srrs_event_post(m->l->core, SRRS_EV_LOG, 0, 0, m->replica_name,
+                            "replica %s keeps its internal name: %s", m->replica_name,
+                            srrs_last_error());
         srrs_bdev_close(&m->replica);
+    }
     free(m);
 }
 
@@ -1729,6 +1846,7 @@ static void vol_detach_fn(void *a)
             /* Deleting under a peer that never answers: fail what waits for it. */
             if (p->waiting) {
                 unlist(&l->held, p);
+                unlist(&l->rwait, p);
                 unlist(&m->lock_wait, p);
                 p->waiting = false;
             }
@@ -1853,6 +1971,11 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
         l->o.ping_ms = 50;
     if (!l->o.timeout_ms)
         l->o.timeout_ms = 1000;
+    if (!l->o.read_lease_ms)
+        l->o.read_lease_ms = 500;
+    l->rl_len = srrs_us_to_ticks((uint64_t)l->o.read_lease_ms * 1000);
+    /* A previous incarnation of this controller may have granted just now. */
+    l->rl_granted = srrs_ticks() + l->rl_len + l->rl_len / 16 + srrs_us_to_ticks(1000);
     l->fd = -1;
     l->lfd = -1;
     l->stop_hook = -1;
@@ -1946,6 +2069,30 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         free(m);
         return srrs_err(-ENOENT, "mirror %s: replica bdev %s does not exist", name, replica);
     }
+    if (m->replica->owner[0] || atomic_load(&m->replica->open_count) > 1) {
+        /* A replica written by anything but this mirror would differ from its peer. */
+        int rc = srrs_err(-EBUSY, "mirror %s: replica bdev %s is in use (%s)", name, replica,
+                          m->replica->owner[0] ? m->replica->owner : "an export or a job");
+        srrs_bdev_close(&m->replica);
+        free(m);
+        return rc;
+    }
+    snprintf(m->replica_name, sizeof(m->replica_name), "%s", replica);
+    if (!strcmp(name, replica)) {
+        /* The paired volume is exported under its own name: the raw replica
+         * steps aside to an internal name. */
+        char internal[SRRS_NAME_MAX];
+        int rc = snprintf(internal, sizeof(internal), "%s.replica", replica) >= (int)sizeof(internal)
+                     ? srrs_err(-ENAMETOOLONG, "mirror %s: name too long", name)
+                     : srrs_bdev_rename(l->core, m->replica, internal);
+        if (rc) {
+            srrs_bdev_close(&m->replica);
+            free(m);
+            return rc;
+        }
+        m->renamed = true;
+    }
+    snprintf(m->replica->owner, sizeof(m->replica->owner), "%s", name);
     m->size = m->replica->size;
     m->stripe = stripe_size;
     m->stripe_shift = (uint32_t)__builtin_ctzll(stripe_size);
@@ -1992,7 +2139,7 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         mirror_free(m);
         return rc;
     }
-    snprintf(m->bdev->path, sizeof(m->bdev->path), "%s", replica);
+    snprintf(m->bdev->path, sizeof(m->bdev->path), "%s", m->replica->name);
     return 0;
 }
 
@@ -2040,6 +2187,11 @@ static void info_fn(void *a)
         for (struct piece *p = l->held; p; p = p->next)
             held++;
         x->li->held_writes = held;
+        uint64_t now = srrs_ticks();
+        x->li->read_lease_left_us = l->rl_until > now
+                                        ? (int64_t)(srrs_ticks_to_ns(l->rl_until - now) / 1000) : 0;
+        x->li->grant_left_us = l->rl_granted > now
+                                   ? (int64_t)(srrs_ticks_to_ns(l->rl_granted - now) / 1000) : 0;
         return;
     }
     x->rc = -ENOENT;

@@ -24,6 +24,16 @@
  *   4 resync_target  like paired; reads of stripes not yet copied go to the peer
  *   5 pending        peer lost, lease asked for: new and held I/O waits (nothing is
  *                    acknowledged); the next mode (solo or fenced) settles it
+ *
+ * Read lease: in paired and resync modes a replica answers a read only while
+ * it holds a read lease from its peer. Each side asks every L/4 (a PING with
+ * its send time); the peer grants while it is paired or resyncing (the answer
+ * echoes that time: the lease runs L from it) and then acknowledges nothing
+ * alone (solo) until L plus a clock-rate margin after its last grant -- solo
+ * asked earlier stays pending until then. A read without a lease waits for
+ * the next grant, at most L while the link is up, then fails with -ENOTCONN
+ * (an ANA path error); with the link down it is held like the writes, until
+ * the next mode (solo serves it, fenced fails it).
  */
 
 struct srrs_mirror_link;
@@ -37,6 +47,7 @@ struct srrs_mirror_link_opts {
     uint16_t peer_port;
     uint32_t ping_ms;          /* PING period (default 50) */
     uint32_t timeout_ms;       /* link down when nothing arrives this long (default 1000) */
+    uint32_t read_lease_ms;    /* read lease length L we grant the peer (default 500) */
 };
 
 struct srrs_mirror_link_info {
@@ -50,6 +61,9 @@ struct srrs_mirror_link_info {
     uint64_t crc_errors;       /* frames that failed CRC32C: connection dropped */
     uint64_t proto_errors;     /* bad header, length, volume or sequence number */
     uint64_t held_writes;      /* writes waiting for the peer right now */
+    int64_t read_lease_left_us; /* our read lease from the peer (<= 0: none) */
+    int64_t grant_left_us;     /* the peer's read lease from us may run this long yet */
+    uint64_t lease_reads_failed; /* reads failed for want of a read lease (path error) */
 };
 
 struct srrs_mirror_info {

@@ -271,6 +271,7 @@ struct srrs_bdev {
     uint32_t block_shift;
     uint64_t size;               /* bytes */
     atomic_uint open_count;
+    char owner[SRRS_NAME_MAX];   /* non-empty: internal to that stacked bdev, never exported */
     struct srrs_bdev_stats *stats; /* one per reactor */
     void **ch;                     /* one per reactor */
     struct srrs_bdev *hnext;       /* registry hash chain */
@@ -290,6 +291,11 @@ int srrs_bdev_create_mem(struct srrs_core *core, const char *name, void *mem, ui
 /* Control thread. Open for use by an export/stacked bdev; NULL + srrs_err if absent. */
 struct srrs_bdev *srrs_bdev_open(struct srrs_core *core, const char *name);
 void srrs_bdev_close(struct srrs_bdev **bdev);
+/* Control thread. srrs_bdev_open for an export (nvmf namespace, vhost device):
+ * refuses a bdev internal to another (owner set), e.g. a pair's replica. */
+int srrs_bdev_open_export(struct srrs_core *core, const char *name, struct srrs_bdev **out);
+/* Control thread. Re-key b under new_name (-EEXIST if taken). */
+int srrs_bdev_rename(struct srrs_core *core, struct srrs_bdev *b, const char *new_name);
 /* Reactor thread. Fills io->bdev/op/offset/len before; checks range and
  * alignment (bad: completes with -ERANGE / -EINVAL), counts, dispatches. */
 void srrs_bdev_submit(struct srrs_io *io);

@@ -418,9 +418,10 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, co
         anagrpid = 1;
     if (anagrpid > NVMF_MAX_ANA)
         return srrs_err(-EINVAL, "nvmf: ANA group must be 1..%d", NVMF_MAX_ANA);
-    struct srrs_bdev *b = srrs_bdev_open(t->core, bdev);
-    if (!b)
-        return -ENOENT;
+    struct srrs_bdev *b;
+    int orc = srrs_bdev_open_export(t->core, bdev, &b);
+    if (orc)
+        return orc;
     struct nvmf_ns *ns = calloc(1, sizeof(*ns));
     if (!ns) {
         srrs_bdev_close(&b);

@@ -1260,9 +1260,10 @@ int srrs_vhost_dev_create(struct srrs_core *core, const char *name, const char *
         return srrs_err(-EINVAL, "vhost: name must be 1..%d bytes", SRRS_NAME_MAX - 1);
     if (nq < 1 || nq > VHOST_MAX_QUEUES)
         return srrs_err(-EINVAL, "vhost %s: num_queues must be 1..%d", name, VHOST_MAX_QUEUES);
-    struct srrs_bdev *b = srrs_bdev_open(core, bdev);
-    if (!b)
-        return -ENOENT;
+    struct srrs_bdev *b;
+    int orc = srrs_bdev_open_export(core, bdev, &b);
+    if (orc)
+        return orc;
     struct srrs_vhost_dev *d = calloc(1, sizeof(*d) + (size_t)nq * sizeof(struct vq));
     if (!d) {
         srrs_bdev_close(&b);

@@ -108,9 +108,9 @@ def test_demo_console_quit_early(tmp_path):
     since = time.time()
     t = Tmux(tmp_path, ["env", f"TMPDIR={tmpdir}"] + SRRS + ["demo", "--duration", "60"])
     try:
-        s = t.wait_for(lambda s: "s left" in s and (bdev_row(s, "v0.mirror") or (0,))[0] > 0,
+        s = t.wait_for(lambda s: "s left" in s and (bdev_row(s, "v0") or (0,))[0] > 0,
                        timeout=30, what="demo console with IOPS")
-        assert "v0.mirror" in s and "witness" in s
+        assert "v0" in s and "witness" in s
         t.send("q")
         assert t.rc(timeout=20) == 0
     finally:
@@ -140,7 +140,7 @@ def test_demo_sigterm_cleans_up(tmp_path, sig):
             if socks:
                 with RpcClient(socks[0]) as c:  # the exported volume: load, not resync
                     if any(b["reads"] for b in c.call("bdev_list")
-                           if b["name"].endswith(".mirror")):
+                           if b["module"] == "mirror"):
                         break
         except (ConnectionError, OSError, RpcError):
             pass

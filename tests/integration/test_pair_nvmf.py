@@ -34,13 +34,13 @@ cntlid_max = {lo + 999}
 [[nvmf.subsystem]]
 nqn = "{NQN}"
 serial = "SRRSPAIR0001"
-namespaces = ["v0.mirror"]
+namespaces = ["v0"]
 allow_hosts = ["*"]
 
 [[vhost]]
 name = "vh-{n}"
 socket = "{tmp_path}/vh-{n}.sock"
-bdev = "v0.mirror"
+bdev = "v0"
 num_queues = 2
 """
             ctls[n] = Ctl(tmp_path, n, pair_conf(n, peer, ports, tmp_path, size="256MiB",

@@ -31,7 +31,7 @@ cntlid_max = {lo + 999}
 [[nvmf.subsystem]]
 nqn = "{NQN}"
 serial = "SRRSMPATH001"
-namespaces = ["v0.mirror"]
+namespaces = ["v0"]
 allow_hosts = ["*"]
 """
 

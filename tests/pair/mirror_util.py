@@ -62,7 +62,8 @@ class Side:
         li = ffi.new("struct srrs_mirror_link_info *")
         lib.srrs_mirror_link_get_info(self.link, li)
         return {k: getattr(li, k) for k in ("up", "mode", "connects", "crc_errors",
-                                            "proto_errors", "held_writes")}
+                                            "proto_errors", "held_writes",
+                                            "read_lease_left_us", "grant_left_us")}
 
     def info(self):
         mi = ffi.new("struct srrs_mirror_info *")

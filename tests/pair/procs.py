@@ -117,7 +117,7 @@ class Ctl(Proc):
                              f"{json.dumps(st, indent=1) if st else None}\n{self.output()[-3000:]}")
 
     def bench(self, **kw):
-        p = {"bdev": "v0.mirror", "rw": "randwrite", "qd": 32, "time_s": 2}
+        p = {"bdev": "v0", "rw": "randwrite", "qd": 32, "time_s": 2}
         p.update(kw)
         jid = self.rpc("bench_bdev_start", p)
         while True:

@@ -46,7 +46,7 @@ def test_defaults():
     c = parse(dict(BASE, volumes=["v0", {"replica": "v1", "name": "pv1"}]))
     assert c.heartbeat_ms == 200 and c.miss_count == 5 and c.lease_ms == 3000
     assert c.stripe_size == 1 << 20
-    assert [(v.replica, v.name) for v in c.volumes] == [("v0", "v0.mirror"), ("v1", "pv1")]
+    assert [(v.replica, v.name) for v in c.volumes] == [("v0", "v0"), ("v1", "pv1")]
     assert c.me_id == "tcp://127.0.0.1:1" and c.pair_id == "tcp://127.0.0.1:1+tcp://127.0.0.1:2"
 
 

@@ -122,6 +122,8 @@ def test_solo_past_lease_fences_itself(pair):
     a, b = pair
     a.drop()
     wait(lambda: not a.up(), what="link down")
+    # (solo begins only once the read lease a granted b has run out)
+    wait(lambda: a.link_info()["grant_left_us"] == 0, what="b's read lease over")
     a.mode("solo", lease_s=0.3)
     r = bench(a, time_s=0.1)
     assert r["errors"] == 0 and r["ios"] > 0
@@ -267,6 +269,8 @@ def test_forward_to_an_owner_gone_solo_is_a_path_error(tmp_path):
         b.mode("paired")
         wait(lambda: a.up() and b.up(), what="link up")
         a.mode("solo")
+        # pending until the read lease a granted b has run out, then solo
+        wait(lambda: a.link_info()["mode"] == 2, what="a solo")
         data = os.urandom(4096)
         st, _ = b.core.test_io("v", "write", 0, 4096, data)
         assert st == -errno.ENOTCONN, st

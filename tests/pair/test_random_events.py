@@ -80,7 +80,7 @@ cntlid_max = {lo + 999}
 [[nvmf.subsystem]]
 nqn = "{NQN}"
 serial = "SRRSACKLOG01"
-namespaces = ["v0.mirror"]
+namespaces = ["v0"]
 allow_hosts = ["*"]
 """
     # Short timings: peer dead after 0.5 s, 1.5 s leases (the design's defaults
