@@ -726,6 +726,15 @@ static void fabrics_prop(struct nvmf_req *req, bool set)
     atomic_store(&ct->cc, cc);
     atomic_store(&ct->csts, csts);
     nvmf_req_complete(req, 0, 0);
+    /* A reset (EN 1 -> 0) or a shutdown ends the parked AERs: each gets its one
+     * completion now, else they would hold the AER limit across the reset and
+     * later complete under command IDs the host has reused. */
+    if (((old & 1) && !(cc & 1)) || ((cc >> 14 & 3) && !(old >> 14 & 3))) {
+        struct nvmf_req *aer;
+        while ((aer = nvmf_aer_take(req->c)))
+            nvmf_req_complete(aer, SC_SQ_DELETED, 0);
+        ct->aen_masked = 0;
+    }
 }
 
 void nvmf_fabrics_exec(struct nvmf_req *req)

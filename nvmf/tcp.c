@@ -642,9 +642,11 @@ static uint16_t capsule_check(struct nvmf_req *req, uint32_t icd)
 {
     const struct nvme_sgl *sgl = &req->cmd.sgl;
     uint32_t dir = sqe_dir(&req->cmd);
-    if (req->cmd.flags & 0xC3) /* PSDT must say SGL (bits 7:6 = 01b or 10b), no fused ops */
-        if ((req->cmd.flags >> 6) == 0 || (req->cmd.flags & 3))
-            return SC_INVALID_FIELD;
+    /* Fabrics data pointers are SGLs: PSDT 01b or 10b (00b is PRP, 11b reserved);
+     * fused operations are not supported. */
+    uint8_t psdt = req->cmd.flags >> 6;
+    if ((psdt != 1 && psdt != 2) || (req->cmd.flags & 3))
+        return SC_INVALID_FIELD;
     req->dlen = sgl->len;
     if (!sgl->len)
         return icd ? SC_SGL_LEN_INVALID : 0;
