@@ -11,7 +11,7 @@ frozen dataclasses where every default lives.
     data_digest = true
     max_handshaking = 512       # connections without a Connect yet, in all ...
     max_handshaking_per_source = 128  # ... and from one address (the oldest is evicted)
-    handshake_timeout_ms = 3000 # accept to Connect
+    handshake_timeout_ms = 5000 # accept to Connect
 
     [[nvmf.subsystem]]
     nqn = "nqn.2026-11.io.srrs:v0"
@@ -87,7 +87,7 @@ class NvmfConfig:
     subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
     max_handshaking: int = 512
     max_handshaking_per_source: int = 128
-    handshake_timeout_ms: int = 3000
+    handshake_timeout_ms: int = 5000
 
 
 def _fail(key: str, msg: str) -> ValueError:
@@ -255,7 +255,7 @@ def parse(section: dict) -> NvmfConfig:
                              1, 4096),
         max_handshaking_per_source=_int(section.get("max_handshaking_per_source", 128),
                                         "nvmf.max_handshaking_per_source", 1, 4096),
-        handshake_timeout_ms=_int(section.get("handshake_timeout_ms", 3000),
+        handshake_timeout_ms=_int(section.get("handshake_timeout_ms", 5000),
                                   "nvmf.handshake_timeout_ms", 100, 60000),
     )
 

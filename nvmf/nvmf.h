@@ -27,7 +27,7 @@ struct srrs_nvmf_tgt_opts {
      * one (of that source, or of all), so idle sockets cannot lock hosts out. */
     uint32_t max_handshaking;
     uint32_t max_handshaking_per_source;
-    uint32_t handshake_timeout_ms; /* accept to Connect (0: 3000) */
+    uint32_t handshake_timeout_ms; /* accept to Connect (0: 5000) */
 };
 
 /* control. Creates an empty target (no listener, only the discovery subsystem). */

@@ -224,7 +224,7 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 #define NVMF_MAXH2CDATA (1u << 20)
 #define NVMF_MAX_CHANGED_NS 1024
 #define NVMF_MAX_CONNS 4096
-#define NVMF_HANDSHAKE_TIMEOUT_MS 3000 /* accept to Connect (default) */
+#define NVMF_HANDSHAKE_TIMEOUT_MS 5000 /* accept to Connect (default) */
 #define NVMF_MAX_HANDSHAKING 512
 #define NVMF_MAX_HANDSHAKING_PER_SOURCE 128
 #define NVMF_H2C_TIMEOUT_MS 30000 /* R2T to its last H2CData: buffers are not held forever */

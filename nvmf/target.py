@@ -55,7 +55,7 @@ class NvmfTarget:
                  header_digest: bool = True, data_digest: bool = True,
                  reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0,
                  max_handshaking: int = 512, max_handshaking_per_source: int = 128,
-                 handshake_timeout_ms: int = 3000):
+                 handshake_timeout_ms: int = 5000):
         """reactors: the reactors that may own queue pairs (default: all, round-robin).
         max_handshaking(_per_source): connections without a Connect yet, in all and
         from one address; a new one over a limit evicts the oldest such one."""
