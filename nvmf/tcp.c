@@ -94,6 +94,7 @@ struct nvmf_conn {
     struct nvmf_conn *hs_prev, *hs_next;
     _Atomic bool hs_linked;
     _Atomic bool evict;         /* the listener wants it closed for a newer one */
+    _Atomic bool spoke;         /* an ICReq came: not an idle socket */
     int ri;                     /* reactor it was handed to */
     char src[48];               /* peer address without the port */
 };
@@ -751,26 +752,31 @@ static void hs_evict_locked(struct srrs_nvmf_tgt *t, struct nvmf_conn *victim)
     srrs_reactor_send(srrs_core_reactor(t->core, victim->ri), group_evict_fn, t);
 }
 
-/* Listener, for a new connection c: a source at its limit loses its oldest
- * handshaking connection, a full list its oldest one; then c joins the list.
- * Oldest first: a real host's handshake takes milliseconds, an idle socket
- * waits for the deadline, so the idle ones go first. */
+/* Listener, for a new connection c: a source at its limit loses one of its
+ * handshaking connections, a full list one of all; then c joins the list.
+ * The victim is the oldest idle one (no ICReq yet), else the oldest: a real
+ * host's handshake takes milliseconds, an idle socket waits for the deadline. */
 static void hs_admit(struct srrs_nvmf_tgt *t, struct nvmf_conn *c)
 {
     pthread_mutex_lock(&t->hs_lock);
     uint32_t same = 0;
-    struct nvmf_conn *oldest_same = NULL;
+    struct nvmf_conn *same_idle = NULL, *same_any = NULL, *all_idle = NULL;
     for (struct nvmf_conn *x = t->hs_head; x; x = x->hs_next) {
+        bool idle = !atomic_load(&x->spoke);
+        if (idle && !all_idle)
+            all_idle = x;
         if (!strcmp(x->src, c->src)) {
             same++;
-            if (!oldest_same)
-                oldest_same = x;
+            if (!same_any)
+                same_any = x;
+            if (idle && !same_idle)
+                same_idle = x;
         }
     }
     if (same >= t->opts.max_handshaking_per_source)
-        hs_evict_locked(t, oldest_same);
-    else if (t->hs_count >= t->opts.max_handshaking && t->hs_head)
-        hs_evict_locked(t, t->hs_head);
+        hs_evict_locked(t, same_idle ? same_idle : same_any);
+    else if (t->hs_count >= t->opts.max_handshaking)
+        hs_evict_locked(t, all_idle ? all_idle : t->hs_head);
     c->hs_prev = t->hs_tail;
     c->hs_next = NULL;
     if (t->hs_tail)
@@ -887,6 +893,7 @@ static void icreq_handle(struct nvmf_conn *c)
         nvmf_conn_close(c, "out of memory for the queue's request slots");
         return;
     }
+    atomic_store(&c->spoke, true);
     const struct srrs_nvmf_tgt_opts *o = &c->pub.tgt->opts;
     c->hdgst = (ic->dgst & 1) && o->allow_hdgst;
     c->ddgst = (ic->dgst & 2) && o->allow_ddgst;

@@ -152,7 +152,13 @@ def test_idle_connections_do_not_lock_out_a_host(tmp_path, nofile):
     c = Ctl(tmp_path, "hs", _free_port(), nofile=1024)
     socks = []
     try:
+        slow = wire.Conn("127.0.0.1", c.port)  # mid-handshake: ICReq sent, Connect later
+        slow.icreq()
         socks += _idle(c.port, 1100, ["127.0.0.1"])
+        # idle sockets are evicted before a connection that has spoken
+        st, dw0, _, _ = slow.connect(NQN)
+        assert st == 0, hex(st)
+        slow.close()
         took = _real_host(c.port)
         assert took < 2.0, f"a real host needed {took:.1f} s behind 1,100 idle sockets"
         st = c.rpc("nvmf_get_stats")
