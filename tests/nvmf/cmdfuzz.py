@@ -8,7 +8,8 @@ second completion, or a connection the target drops) raises `Stuck` with the
 sequence that led to it, replayable with `run`.
 
 A sequence is `{"opts": {...}, "batches": [[cmd, ...], ...]}`: opts are the
-queues' ICReq choices (hdgst, ddgst, hpda); a cmd is `wire.sqe` keyword
+queues' ICReq choices (hdgst, ddgst, hpda) and `pre`, commands sent on the
+admin queue before its Connect; a cmd is `wire.sqe` keyword
 arguments plus `q` ("admin" or "io"), `icd` (in-capsule data bytes), `pad`
 (bytes between the capsule header and its data) and `h2c` (how many H2CData
 PDUs answer an R2T).
@@ -103,6 +104,8 @@ def gen_sequence(rng: random.Random, batches: int) -> dict:
     if rng.random() < 0.3:
         opts = {"hdgst": rng.random() < 0.5, "ddgst": rng.random() < 0.5,
                 "hpda": rng.choice([0, 0, 1, 7, 31])}
+    if rng.random() < 0.2:  # commands before the Connect: each answered too
+        opts["pre"] = [gen_cmd(rng, "admin") for _ in range(rng.randint(1, 8))]
     seq = []
     for _ in range(batches):
         qs = rng.choice([["admin"], ["io"], ["io"], ["admin", "io"]])
@@ -165,9 +168,12 @@ class _Queue:
             yield t, fl, raw[8:hlen], data
 
 
-def _session(port: int, nqn: str, opts: dict, qid: int = 0, cntlid: int = 0xFFFF) -> wire.Conn:
+def _session(port: int, nqn: str, opts: dict, qid: int = 0, cntlid: int = 0xFFFF,
+             pre=None) -> wire.Conn:
     c = wire.Conn("127.0.0.1", port)
     c.icreq(opts.get("hdgst", False), opts.get("ddgst", False), opts.get("hpda", 0))
+    if pre:
+        pre(c)
     st, dw0, _, _ = c.connect(nqn, qid=qid, cntlid=cntlid, sqsize=31 if qid == 0 else 127)
     assert st == 0, hex(st)
     if qid == 0:
@@ -180,14 +186,28 @@ class Runner:
     def __init__(self, port: int, nqn: str, opts: Optional[dict] = None, deadline: float = 5.0):
         self.deadline = deadline
         opts = opts or {}
-        a = _session(port, nqn, opts)
-        io = _session(port, nqn, opts, qid=1, cntlid=a.cntlid)
-        self.q = {"admin": _Queue("admin", a), "io": _Queue("io", io)}
         self.log: List[List[dict]] = []
         self.opts = opts
+        self.q: Dict[str, _Queue] = {}
+        a = _session(port, nqn, opts, pre=self._pre if opts.get("pre") else None)
+        io = _session(port, nqn, opts, qid=1, cntlid=a.cntlid)
+        self.q = {"admin": _Queue("admin", a), "io": _Queue("io", io)}
         self.sel = selectors.DefaultSelector()
         for q in self.q.values():
             self.sel.register(q.c.s, selectors.EVENT_READ, q)
+
+    def _pre(self, c: wire.Conn):
+        """The opts' commands on the admin queue before its Connect."""
+        self.q = {"admin": _Queue("admin", c)}
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(c.s, selectors.EVENT_READ, self.q["admin"])
+        try:
+            self.batch([dict(f, q="admin") for f in self.opts["pre"]], log=False)
+        finally:
+            self.sel.close()
+        assert not self.q["admin"].rx, "bytes after the pre-Connect completions"
+        self.q["admin"].c.s.settimeout(self.deadline)
+        c.cid = self.q["admin"].cid
 
     def close(self):
         self.sel.close()
@@ -280,7 +300,8 @@ class Runner:
             p = bytes(ch) + dg + bytes(f["pad"]) + p[hl:]
         return p
 
-    def batch(self, cmds: List[dict], reuse: Optional[random.Random] = None) -> None:
+    def batch(self, cmds: List[dict], reuse: Optional[random.Random] = None,
+              log: bool = True) -> None:
         out: Dict[str, list] = {"admin": [], "io": []}
         sent = []
         for f in cmds:
@@ -292,7 +313,8 @@ class Runner:
             q.pending.setdefault(f["cid"], []).append(f)
             sent.append(dict(f))
             out[f["q"]].append(self._capsule(q, f))
-        self.log.append(sent)
+        if log:
+            self.log.append(sent)
         for name, caps in out.items():
             if caps:
                 self.q[name].send(b"".join(caps))
