@@ -82,12 +82,12 @@ class NvmfConfig:
     cntlid_max: int = 32767
     max_io_queues: int = 16
     max_queue_depth: int = 128
-    header_digest: bool = True
-    data_digest: bool = True
-    subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
     max_handshaking: int = 512
     max_handshaking_per_source: int = 128
     handshake_timeout_ms: int = 5000
+    header_digest: bool = True
+    data_digest: bool = True
+    subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
 
 
 def _fail(key: str, msg: str) -> ValueError:
@@ -248,15 +248,15 @@ def parse(section: dict) -> NvmfConfig:
         cntlid_max=cmax,
         max_io_queues=_int(section.get("max_io_queues", 16), "nvmf.max_io_queues", 1, 64),
         max_queue_depth=_int(section.get("max_queue_depth", 128), "nvmf.max_queue_depth", 2, 1024),
-        header_digest=_bool(section.get("header_digest", True), "nvmf.header_digest"),
-        data_digest=_bool(section.get("data_digest", True), "nvmf.data_digest"),
-        subsystems=subsystems,
         max_handshaking=_int(section.get("max_handshaking", 512), "nvmf.max_handshaking",
                              1, 4096),
         max_handshaking_per_source=_int(section.get("max_handshaking_per_source", 128),
                                         "nvmf.max_handshaking_per_source", 1, 4096),
         handshake_timeout_ms=_int(section.get("handshake_timeout_ms", 5000),
                                   "nvmf.handshake_timeout_ms", 100, 60000),
+        header_digest=_bool(section.get("header_digest", True), "nvmf.header_digest"),
+        data_digest=_bool(section.get("data_digest", True), "nvmf.data_digest"),
+        subsystems=subsystems,
     )
 
 
@@ -284,10 +284,10 @@ def to_dict(cfg: NvmfConfig) -> dict:
         "cntlid_max": cfg.cntlid_max,
         "max_io_queues": cfg.max_io_queues,
         "max_queue_depth": cfg.max_queue_depth,
-        "header_digest": cfg.header_digest,
-        "data_digest": cfg.data_digest,
         "max_handshaking": cfg.max_handshaking,
         "max_handshaking_per_source": cfg.max_handshaking_per_source,
         "handshake_timeout_ms": cfg.handshake_timeout_ms,
+        "header_digest": cfg.header_digest,
+        "data_digest": cfg.data_digest,
         "subsystem": subs,
     }

@@ -16,10 +16,6 @@ struct srrs_nvmf_tgt_opts {
     uint16_t cntlid_max;        /* (disjoint ranges on the two controllers of a pair) */
     uint32_t max_io_queues;     /* per controller, 1..64 */
     uint32_t max_queue_depth;   /* entries per queue (CAP.MQES + 1), 2..1024 */
-    int allow_hdgst;            /* accept header digests when the host asks */
-    int allow_ddgst;            /* accept data digests when the host asks */
-    uint64_t reactor_mask;      /* reactors that may own queue pairs (0: all) */
-    int listener_reactor;       /* reactor that polls the listening sockets */
     /* Connections without a Connect yet ("handshaking": before ICReq or
      * before the Connect command) cost the target memory and a socket and
      * prove nothing: at most this many in all and from one source address
@@ -28,6 +24,10 @@ struct srrs_nvmf_tgt_opts {
     uint32_t max_handshaking;
     uint32_t max_handshaking_per_source;
     uint32_t handshake_timeout_ms; /* accept to Connect (0: 5000) */
+    int allow_hdgst;            /* accept header digests when the host asks */
+    int allow_ddgst;            /* accept data digests when the host asks */
+    uint64_t reactor_mask;      /* reactors that may own queue pairs (0: all) */
+    int listener_reactor;       /* reactor that polls the listening sockets */
 };
 
 /* control. Creates an empty target (no listener, only the discovery subsystem). */

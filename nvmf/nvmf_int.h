@@ -311,12 +311,12 @@ struct srrs_nvmf_tgt {
     _Atomic uint32_t rr;
     bool destroying;
     _Atomic uint64_t st_accepted, st_closed, st_proto_errors, st_kato_expired;
+    uint64_t nctrlrs, nconns;
     _Atomic uint64_t st_refused, st_evicted, st_hs_timeouts;
     /* handshaking connections (no Connect yet), oldest first (tcp.c) */
     pthread_mutex_t hs_lock;
     struct nvmf_conn *hs_head, *hs_tail;
     uint32_t hs_count;
-    uint64_t nctrlrs, nconns;
 };
 
 /* ---- transport request (tcp.c) -------------------------------------------- */
