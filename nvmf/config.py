@@ -9,10 +9,13 @@ frozen dataclasses where every default lives.
     max_queue_depth = 128       # entries per queue
     header_digest = true        # accept header digests when a host asks
     data_digest = true
+    max_handshaking = 512       # connections without a Connect yet, in all ...
+    max_handshaking_per_source = 128  # ... and from one address (the oldest is evicted)
+    handshake_timeout_ms = 5000 # accept to Connect
 
     [[nvmf.subsystem]]
     nqn = "nqn.2026-11.io.srrs:v0"
-    serial = "SRRS0001"
+    serial = "SRRS0001"         # default: "SRRS" + 16 hex digits derived from the nqn
     model = "SRRS volume"
     namespaces = ["v0", { bdev = "v1", nsid = 4, uuid = "…", ana_group = 2 }]
     allow_hosts = ["*"]         # or a list of host NQNs; default [] = no host (deny)
@@ -72,7 +75,7 @@ class NvmfHostAuth:
 @dataclass(frozen=True)
 class NvmfSubsystem:
     nqn: str
-    serial: str = "SRRS0000"
+    serial: Optional[str] = None    # None: derived from the nqn (unique, stable, same on a pair)
     model: str = "SRRS NVMe-oF"
     namespaces: Tuple[NvmfNamespace, ...] = ()
     allow_hosts: Tuple[str, ...] = ()   # deny by default, as nvmf_subsystem_create does
@@ -101,6 +104,9 @@ class NvmfConfig:
     cntlid_max: int = 32767
     max_io_queues: int = 16
     max_queue_depth: int = 128
+    max_handshaking: int = 512
+    max_handshaking_per_source: int = 128
+    handshake_timeout_ms: int = 5000
     header_digest: bool = True
     data_digest: bool = True
     subsystems: Tuple[NvmfSubsystem, ...] = field(default_factory=tuple)
@@ -257,7 +263,7 @@ def _subsystem(d, key: str) -> NvmfSubsystem:
         raise _fail(f"{key}.host", "a host NQN appears twice")
     return NvmfSubsystem(
         nqn=nqn,
-        serial=_ascii(d.get("serial", "SRRS0000"), f"{key}.serial", 20),
+        serial=_ascii(d["serial"], f"{key}.serial", 20) if "serial" in d else None,
         model=_ascii(d.get("model", "SRRS NVMe-oF"), f"{key}.model", 40),
         namespaces=namespaces,
         allow_hosts=tuple(hosts),
@@ -274,7 +280,9 @@ def parse(section: dict) -> NvmfConfig:
     if not isinstance(section, dict):
         raise _fail("nvmf", "expected a table")
     _unknown(section, {"listen", "cntlid_min", "cntlid_max", "max_io_queues", "max_queue_depth",
-                       "header_digest", "data_digest", "subsystem", "auth_timeout_ms"}, "nvmf")
+                       "header_digest", "data_digest", "subsystem", "auth_timeout_ms",
+                       "max_handshaking", "max_handshaking_per_source", "handshake_timeout_ms"},
+             "nvmf")
     listen = section.get("listen", [])
     if isinstance(listen, str):
         listen = [listen]
@@ -300,6 +308,12 @@ def parse(section: dict) -> NvmfConfig:
         cntlid_max=cmax,
         max_io_queues=_int(section.get("max_io_queues", 16), "nvmf.max_io_queues", 1, 64),
         max_queue_depth=_int(section.get("max_queue_depth", 128), "nvmf.max_queue_depth", 2, 1024),
+        max_handshaking=_int(section.get("max_handshaking", 512), "nvmf.max_handshaking",
+                             1, 4096),
+        max_handshaking_per_source=_int(section.get("max_handshaking_per_source", 128),
+                                        "nvmf.max_handshaking_per_source", 1, 4096),
+        handshake_timeout_ms=_int(section.get("handshake_timeout_ms", 5000),
+                                  "nvmf.handshake_timeout_ms", 100, 60000),
         header_digest=_bool(section.get("header_digest", True), "nvmf.header_digest"),
         data_digest=_bool(section.get("data_digest", True), "nvmf.data_digest"),
         subsystems=subsystems,
@@ -320,8 +334,9 @@ def to_dict(cfg: NvmfConfig) -> dict:
             if ns.ana_group != 1:
                 e["ana_group"] = ns.ana_group
             nss.append(e)
-        d = {"nqn": s.nqn, "serial": s.serial, "model": s.model, "namespaces": nss,
-             "allow_hosts": list(s.allow_hosts)}
+        d = {"nqn": s.nqn, "model": s.model, "namespaces": nss, "allow_hosts": list(s.allow_hosts)}
+        if s.serial:
+            d["serial"] = s.serial
         if s.ana_groups:
             d["ana_groups"] = [{"id": g.id, "state": g.state} for g in s.ana_groups]
         if s.require_auth:
@@ -335,6 +350,9 @@ def to_dict(cfg: NvmfConfig) -> dict:
         "cntlid_max": cfg.cntlid_max,
         "max_io_queues": cfg.max_io_queues,
         "max_queue_depth": cfg.max_queue_depth,
+        "max_handshaking": cfg.max_handshaking,
+        "max_handshaking_per_source": cfg.max_handshaking_per_source,
+        "handshake_timeout_ms": cfg.handshake_timeout_ms,
         "header_digest": cfg.header_digest,
         "data_digest": cfg.data_digest,
         **({"auth_timeout_ms": cfg.auth_timeout_ms} if cfg.auth_timeout_ms else {}),

@@ -84,13 +84,28 @@ static void subsys_notify(struct srrs_nvmf_tgt *t, struct nvmf_subsys *ss, uint3
 
 /* ---- target --------------------------------------------------------------- */
 
+/* The default serial: "SRRS" + 16 hex digits from the NQN. Hosts key device
+ * identity on it (and multipath on NQN + serial), so subsystems must not share
+ * one; both controllers of a pair export one subsystem under one NQN and so
+ * present the same serial, stable across restarts. nvmf/target.py
+ * (default_serial) computes the same string. */
+static void derive_serial(const char *nqn, char out[21])
+{
+    uint32_t a = srrs_crc32c(0x53525253u, nqn, strlen(nqn));
+    uint32_t b = srrs_crc32c(0x9E3779B9u, nqn, strlen(nqn));
+    snprintf(out, 21, "SRRS%08X%08X", a, b);
+}
+
 static struct nvmf_subsys *subsys_new(const char *nqn, const char *serial, const char *model)
 {
     struct nvmf_subsys *ss = calloc(1, sizeof(*ss));
     if (!ss)
         return NULL;
     snprintf(ss->nqn, sizeof(ss->nqn), "%s", nqn);
-    snprintf(ss->serial, sizeof(ss->serial), "%s", serial && *serial ? serial : "SRRS0000");
+    if (serial && *serial)
+        snprintf(ss->serial, sizeof(ss->serial), "%s", serial);
+    else
+        derive_serial(nqn, ss->serial);
     snprintf(ss->model, sizeof(ss->model), "%s", model && *model ? model : "SRRS NVMe-oF");
     return ss;
 }
@@ -109,6 +124,12 @@ int srrs_nvmf_tgt_create(struct srrs_core *core, const struct srrs_nvmf_tgt_opts
         opts.max_io_queues = 16;
     if (!opts.max_queue_depth)
         opts.max_queue_depth = 128;
+    if (!opts.max_handshaking)
+        opts.max_handshaking = NVMF_MAX_HANDSHAKING;
+    if (!opts.max_handshaking_per_source)
+        opts.max_handshaking_per_source = NVMF_MAX_HANDSHAKING_PER_SOURCE;
+    if (!opts.handshake_timeout_ms)
+        opts.handshake_timeout_ms = NVMF_HANDSHAKE_TIMEOUT_MS;
     if (opts.cntlid_min > opts.cntlid_max || opts.cntlid_max > 0xFFEF)
         return srrs_err(-EINVAL, "nvmf: cntlid range must lie in 1..65519 with min <= max");
     if (opts.max_io_queues > NVMF_MAX_IOQ)
@@ -126,6 +147,7 @@ int srrs_nvmf_tgt_create(struct srrs_core *core, const struct srrs_nvmf_tgt_opts
     t->core = core;
     t->opts = opts;
     pthread_mutex_init(&t->lock, NULL);
+    pthread_mutex_init(&t->hs_lock, NULL);
     t->ctrlrs = calloc(cntlid_range(t), sizeof(*t->ctrlrs));
     t->subsys[0] = subsys_new(NVMF_DISCOVERY_NQN, "", "SRRS discovery");
     if (!t->ctrlrs || !t->subsys[0]) {
@@ -186,6 +208,7 @@ void srrs_nvmf_tgt_destroy(struct srrs_nvmf_tgt **pt)
         free(t->ctrlrs[i]);
     free(t->ctrlrs);
     pthread_mutex_destroy(&t->lock);
+    pthread_mutex_destroy(&t->hs_lock);
     free(t);
     *pt = NULL;
 }
@@ -549,6 +572,12 @@ int srrs_nvmf_tgt_get_stats(struct srrs_nvmf_tgt *t, struct srrs_nvmf_tgt_stats 
     o->closed = atomic_load(&t->st_closed);
     o->proto_errors = atomic_load(&t->st_proto_errors);
     o->kato_expired = atomic_load(&t->st_kato_expired);
+    o->refused = atomic_load(&t->st_refused);
+    o->evicted = atomic_load(&t->st_evicted);
+    o->handshake_timeouts = atomic_load(&t->st_hs_timeouts);
+    pthread_mutex_lock(&t->hs_lock);
+    o->handshaking = t->hs_count;
+    pthread_mutex_unlock(&t->hs_lock);
     pthread_mutex_lock(&t->lock);
     o->ctrlrs = t->nctrlrs;
     o->conns = t->nconns;
@@ -740,6 +769,15 @@ static void fabrics_prop(struct nvmf_req *req, bool set)
     atomic_store(&ct->cc, cc);
     atomic_store(&ct->csts, csts);
     nvmf_req_complete(req, 0, 0);
+    /* A reset (EN 1 -> 0) or a shutdown ends the parked AERs: each gets its one
+     * completion now, else they would hold the AER limit across the reset and
+     * later complete under command IDs the host has reused. */
+    if (((old & 1) && !(cc & 1)) || ((cc >> 14 & 3) && !(old >> 14 & 3))) {
+        struct nvmf_req *aer;
+        while ((aer = nvmf_aer_take(req->c)))
+            nvmf_req_complete(aer, SC_SQ_DELETED, 0);
+        ct->aen_masked = 0;
+    }
 }
 
 void nvmf_fabrics_exec(struct nvmf_req *req)

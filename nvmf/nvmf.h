@@ -16,6 +16,14 @@ struct srrs_nvmf_tgt_opts {
     uint16_t cntlid_max;        /* (disjoint ranges on the two controllers of a pair) */
     uint32_t max_io_queues;     /* per controller, 1..64 */
     uint32_t max_queue_depth;   /* entries per queue (CAP.MQES + 1), 2..1024 */
+    /* Connections without a Connect yet ("handshaking": before ICReq or
+     * before the Connect command) cost the target memory and a socket and
+     * prove nothing: at most this many in all and from one source address
+     * (0: 512 and 128); a new one over a limit evicts the oldest handshaking
+     * one (of that source, or of all), so idle sockets cannot lock hosts out. */
+    uint32_t max_handshaking;
+    uint32_t max_handshaking_per_source;
+    uint32_t handshake_timeout_ms; /* accept to Connect (0: 5000) */
     int allow_hdgst;            /* accept header digests when the host asks */
     int allow_ddgst;            /* accept data digests when the host asks */
     uint64_t reactor_mask;      /* reactors that may own queue pairs (0: all) */
@@ -40,7 +48,9 @@ int srrs_nvmf_listener_remove(struct srrs_nvmf_tgt *tgt, const char *addr, int p
 
 /* ---- subsystems --------------------------------------------------------- */
 
-/* control. nqn 1..223 bytes; serial <= 20, model <= 40 ASCII (NULL: defaults).
+/* control. nqn 1..223 bytes; serial <= 20, model <= 40 ASCII (NULL: defaults;
+ * the default serial is derived from the NQN: unique, stable, the same on both
+ * controllers of a pair).
  * -EEXIST, -EINVAL, -ENOSPC (too many subsystems). */
 int srrs_nvmf_subsystem_add(struct srrs_nvmf_tgt *tgt, const char *nqn, const char *serial,
                             const char *model, int allow_any_host);
@@ -120,6 +130,10 @@ struct srrs_nvmf_tgt_stats {
     uint64_t kato_expired;      /* controllers torn down by keep-alive */
     uint64_t ctrlrs;            /* controllers now */
     uint64_t conns;             /* connections now */
+    uint64_t refused;           /* connections closed at accept (over the connection limit) */
+    uint64_t evicted;           /* handshaking connections closed for a newer one */
+    uint64_t handshake_timeouts; /* connections closed: no Connect within handshake_timeout_ms */
+    uint64_t handshaking;       /* connections without a Connect now */
 };
 int srrs_nvmf_tgt_get_stats(struct srrs_nvmf_tgt *tgt, struct srrs_nvmf_tgt_stats *out);
 

@@ -227,8 +227,10 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 #define NVMF_MAXH2CDATA (1u << 20)
 #define NVMF_MAX_CHANGED_NS 1024
 #define NVMF_MAX_CONNS 4096
-#define NVMF_CONNECT_TIMEOUT_MS 10000 /* accept to Connect */
 #define NVMF_AUTH_TIMEOUT_MS 20000 /* default: Connect or Negotiate to a finished authentication */
+#define NVMF_HANDSHAKE_TIMEOUT_MS 5000 /* accept to Connect (default) */
+#define NVMF_MAX_HANDSHAKING 512
+#define NVMF_MAX_HANDSHAKING_PER_SOURCE 128
 #define NVMF_H2C_TIMEOUT_MS 30000 /* R2T to its last H2CData: buffers are not held forever */
 
 /* ---- target object model (ctrlr.c) -------------------------------------- */
@@ -318,6 +320,11 @@ struct srrs_nvmf_tgt {
     _Atomic uint64_t st_accepted, st_closed, st_proto_errors, st_kato_expired;
     _Atomic uint64_t st_auth_ok, st_auth_failed;
     uint64_t nctrlrs, nconns;
+    _Atomic uint64_t st_refused, st_evicted, st_hs_timeouts;
+    /* handshaking connections (no Connect yet), oldest first (tcp.c) */
+    pthread_mutex_t hs_lock;
+    struct nvmf_conn *hs_head, *hs_tail;
+    uint32_t hs_count;
 };
 
 /* ---- transport request (tcp.c) -------------------------------------------- */

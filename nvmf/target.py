@@ -16,12 +16,20 @@ import uuid as _uuid
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence
 
-from ..ffi.binding import BenchOpts, Core, VerifyMap, bench_result_dict, check, ffi, lib
+from ..ffi.binding import BenchOpts, Core, VerifyMap, bench_result_dict, check, crc32c, ffi, lib
 from . import config as C
 from . import dhchap as DH
 
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 DEFAULT_HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:5352532d-0000-4000-8000-000000000001"
+
+
+def default_serial(nqn: str) -> str:
+    """A subsystem's serial when none is configured: derived from the NQN
+    (unique per subsystem, stable across restarts, equal on both controllers
+    of a pair); the C target derives the same (nvmf/ctrlr.c derive_serial)."""
+    b = nqn.encode()
+    return f"SRRS{crc32c(b, 0x53525253):08X}{crc32c(b, 0x9E3779B9):08X}"
 
 
 def _s(cdata) -> str:
@@ -47,9 +55,12 @@ class NvmfTarget:
                  max_io_queues: int = 16, max_queue_depth: int = 128,
                  header_digest: bool = True, data_digest: bool = True,
                  reactors: Optional[Sequence[int]] = None, listener_reactor: int = 0,
-                 auth_timeout_ms: int = 0):
+                 auth_timeout_ms: int = 0, max_handshaking: int = 512,
+                 max_handshaking_per_source: int = 128, handshake_timeout_ms: int = 5000):
         """reactors: the reactors that may own queue pairs (default: all, round-robin).
-        auth_timeout_ms: DH-HMAC-CHAP deadline per transaction (0: 20 s)."""
+        auth_timeout_ms: DH-HMAC-CHAP deadline per transaction (0: 20 s).
+        max_handshaking(_per_source): connections without a Connect yet, in all and
+        from one address; a new one over a limit evicts the oldest such one."""
         self.core = core
         o = ffi.new("struct srrs_nvmf_tgt_opts *")
         o.auth_timeout_ms = auth_timeout_ms
@@ -66,6 +77,9 @@ class NvmfTarget:
         o.max_queue_depth = max_queue_depth
         o.allow_hdgst = int(header_digest)
         o.allow_ddgst = int(data_digest)
+        o.max_handshaking = max_handshaking
+        o.max_handshaking_per_source = max_handshaking_per_source
+        o.handshake_timeout_ms = handshake_timeout_ms
         pp = ffi.new("struct srrs_nvmf_tgt **")
         check(lib.srrs_nvmf_tgt_create(core.ptr, o, pp), "nvmf target")
         self._pp = pp
@@ -74,14 +88,20 @@ class NvmfTarget:
         self._cfg = C.NvmfConfig(cntlid_min=cntlid_min, cntlid_max=cntlid_max,
                                  max_io_queues=max_io_queues, max_queue_depth=max_queue_depth,
                                  header_digest=header_digest, data_digest=data_digest,
-                                 auth_timeout_ms=auth_timeout_ms)
+                                 auth_timeout_ms=auth_timeout_ms,
+                                 max_handshaking=max_handshaking,
+                                 max_handshaking_per_source=max_handshaking_per_source,
+                                 handshake_timeout_ms=handshake_timeout_ms)
         self._listeners: List[C.NvmfListen] = []
         self._subsys: Dict[str, dict] = {}
 
     @classmethod
     def from_config(cls, core: Core, cfg: C.NvmfConfig) -> "NvmfTarget":
         t = cls(core, cfg.cntlid_min, cfg.cntlid_max, cfg.max_io_queues, cfg.max_queue_depth,
-                cfg.header_digest, cfg.data_digest, auth_timeout_ms=cfg.auth_timeout_ms)
+                cfg.header_digest, cfg.data_digest, auth_timeout_ms=cfg.auth_timeout_ms,
+                max_handshaking=cfg.max_handshaking,
+                max_handshaking_per_source=cfg.max_handshaking_per_source,
+                handshake_timeout_ms=cfg.handshake_timeout_ms)
         try:
             for s in cfg.subsystems:
                 t.add_subsystem(s.nqn, s.serial, s.model, allow_any_host=s.allow_any_host)
@@ -143,7 +163,7 @@ class NvmfTarget:
     def add_subsystem(self, nqn: str, serial: Optional[str] = None, model: Optional[str] = None,
                       allow_any_host: bool = False) -> None:
         C.check_nqn(nqn, "nqn")
-        serial = serial or "SRRS0000"
+        serial = serial or default_serial(nqn)
         model = model or "SRRS NVMe-oF"
         check(lib.srrs_nvmf_subsystem_add(self.ptr, nqn.encode(), serial.encode(), model.encode(),
                                           int(allow_any_host)), f"nvmf subsystem {nqn}")
@@ -298,7 +318,8 @@ class NvmfTarget:
         st = ffi.new("struct srrs_nvmf_tgt_stats *")
         check(lib.srrs_nvmf_tgt_get_stats(self.ptr, st))
         return {f: getattr(st, f) for f in ("accepted", "closed", "proto_errors", "kato_expired",
-                                            "ctrlrs", "conns")}
+                                            "ctrlrs", "conns", "refused", "evicted",
+                                            "handshake_timeouts", "handshaking")}
 
     def status(self) -> dict:
         """For `srrs status` and the console."""
@@ -322,7 +343,8 @@ class NvmfTarget:
             hosts = (["*"] if s["allow_any_host"] else []) + [
                 h for h in s["hosts"] if h not in named]
             subs.append(C.NvmfSubsystem(
-                nqn=s["nqn"], serial=s["serial"], model=s["model"],
+                nqn=s["nqn"], model=s["model"],
+                serial=None if s["serial"] == default_serial(s["nqn"]) else s["serial"],
                 namespaces=tuple(C.NvmfNamespace(n["bdev"], n["nsid"], n["uuid"], n["ana_group"])
                                  for n in s["namespaces"]),
                 allow_hosts=tuple(hosts),

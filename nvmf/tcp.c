@@ -90,6 +90,13 @@ struct nvmf_conn {
     uint64_t st_cmds, st_reads, st_writes, st_bread, st_bwritten, st_errors;
     uint64_t born;              /* ticks at accept */
     struct nvmf_conn *gnext, *tnext;
+    /* handshaking (no Connect yet): on tgt->hs list, under tgt->hs_lock */
+    struct nvmf_conn *hs_prev, *hs_next;
+    _Atomic bool hs_linked;
+    _Atomic bool evict;         /* the listener wants it closed for a newer one */
+    _Atomic bool spoke;         /* an ICReq came: not an idle socket */
+    int ri;                     /* reactor it was handed to */
+    char src[48];               /* peer address without the port */
 };
 
 struct nvmf_group {
@@ -107,6 +114,7 @@ struct nvmf_listener {
     struct srrs_reactor *r;
     struct srrs_poller *poller;
     int fd;
+    int spare_fd;               /* given up to accept-and-close when out of descriptors */
     char addr[64];
     int port;
     struct nvmf_listener *next;
@@ -182,6 +190,7 @@ static void tx_set(struct nvmf_conn *c, struct tx_pdu *p, struct nvmf_req *req, 
 
 static void req_free(struct nvmf_req *req);
 static void req_put_ns(struct nvmf_req *req);
+static void hs_unlink(struct nvmf_conn *c);
 
 static void pdu_sent(struct nvmf_conn *c, struct tx_pdu *p)
 {
@@ -595,6 +604,10 @@ static void req_exec(struct nvmf_req *req)
     }
     if (req->cmd.opc == OPC_FABRICS) {
         nvmf_fabrics_exec(req);
+        /* Connected, and authenticated where the host must be: a queue, no
+         * longer a handshake that the caps may evict. */
+        if (c->pub.ctrlr && !c->pub.unauth)
+            hs_unlink(c);
         return;
     }
     if (!c->pub.ctrlr) {
@@ -646,9 +659,11 @@ static uint16_t capsule_check(struct nvmf_req *req, uint32_t icd)
 {
     const struct nvme_sgl *sgl = &req->cmd.sgl;
     uint32_t dir = sqe_dir(&req->cmd);
-    if (req->cmd.flags & 0xC3) /* PSDT must say SGL (bits 7:6 = 01b or 10b), no fused ops */
-        if ((req->cmd.flags >> 6) == 0 || (req->cmd.flags & 3))
-            return SC_INVALID_FIELD;
+    /* Fabrics data pointers are SGLs: PSDT 01b or 10b (00b is PRP, 11b reserved);
+     * fused operations are not supported. */
+    uint8_t psdt = req->cmd.flags >> 6;
+    if ((psdt != 1 && psdt != 2) || (req->cmd.flags & 3))
+        return SC_INVALID_FIELD;
     req->dlen = sgl->len;
     if (!sgl->len)
         return icd ? SC_SGL_LEN_INVALID : 0;
@@ -698,11 +713,93 @@ static void conn_post(struct nvmf_conn *c, uint32_t type, const char *what)
                     "%s%s%s", what, ct ? " " : "", ct ? ct->ss->nqn : "");
 }
 
+/* ---- handshaking connections ---------------------------------------------------- */
+
+/* Under t->hs_lock. */
+static void hs_unlink_locked(struct srrs_nvmf_tgt *t, struct nvmf_conn *c)
+{
+    if (!atomic_load(&c->hs_linked))
+        return;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        t->hs_head = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        t->hs_tail = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    atomic_store(&c->hs_linked, false);
+    t->hs_count--;
+}
+
+/* The connection got its Connect, or goes away: it no longer counts. A false
+ * read needs no lock: only accept links, before the connection is handed on. */
+static void hs_unlink(struct nvmf_conn *c)
+{
+    struct srrs_nvmf_tgt *t = c->pub.tgt;
+    if (!atomic_load(&c->hs_linked))
+        return;
+    pthread_mutex_lock(&t->hs_lock);
+    hs_unlink_locked(t, c);
+    pthread_mutex_unlock(&t->hs_lock);
+}
+
+static void group_evict_fn(void *arg);
+
+/* Under t->hs_lock: takes victim off the list and asks its reactor to close it. */
+static void hs_evict_locked(struct srrs_nvmf_tgt *t, struct nvmf_conn *victim)
+{
+    if (!victim)
+        return;
+    hs_unlink_locked(t, victim);
+    atomic_store(&victim->evict, true);
+    srrs_reactor_send(srrs_core_reactor(t->core, victim->ri), group_evict_fn, t);
+}
+
+/* Listener, for a new connection c: a source at its limit loses one of its
+ * handshaking connections, a full list one of all; then c joins the list.
+ * The victim is the oldest idle one (no ICReq yet), else the oldest: a real
+ * host's handshake takes milliseconds, an idle socket waits for the deadline. */
+static void hs_admit(struct srrs_nvmf_tgt *t, struct nvmf_conn *c)
+{
+    pthread_mutex_lock(&t->hs_lock);
+    uint32_t same = 0;
+    struct nvmf_conn *same_idle = NULL, *same_any = NULL, *all_idle = NULL;
+    for (struct nvmf_conn *x = t->hs_head; x; x = x->hs_next) {
+        bool idle = !atomic_load(&x->spoke);
+        if (idle && !all_idle)
+            all_idle = x;
+        if (!strcmp(x->src, c->src)) {
+            same++;
+            if (!same_any)
+                same_any = x;
+            if (idle && !same_idle)
+                same_idle = x;
+        }
+    }
+    if (same >= t->opts.max_handshaking_per_source)
+        hs_evict_locked(t, same_idle ? same_idle : same_any);
+    else if (t->hs_count >= t->opts.max_handshaking)
+        hs_evict_locked(t, all_idle ? all_idle : t->hs_head);
+    c->hs_prev = t->hs_tail;
+    c->hs_next = NULL;
+    if (t->hs_tail)
+        t->hs_tail->hs_next = c;
+    else
+        t->hs_head = c;
+    t->hs_tail = c;
+    t->hs_count++;
+    atomic_store(&c->hs_linked, true);
+    pthread_mutex_unlock(&t->hs_lock);
+}
+
 void nvmf_conn_close(struct nvmf_conn *c, const char *why)
 {
     if (c->state == CONN_CLOSED)
         return;
     c->state = CONN_CLOSED;
+    hs_unlink(c);
     if (c->fd >= 0) {
         epoll_ctl(c->grp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
         shutdown(c->fd, SHUT_RDWR);
@@ -760,6 +857,32 @@ static void conn_fatal(struct nvmf_conn *c, uint16_t fes, uint32_t fei)
     nvmf_conn_close(c, "protocol error");
 }
 
+/* Request slots and in-capsule buffers (~1 MiB at queue depth 128) come with
+ * the ICReq, not the accept: an idle socket costs the target little. */
+static bool conn_alloc_reqs(struct nvmf_conn *c)
+{
+    uint32_t n = c->pub.tgt->opts.max_queue_depth;
+    c->reqs = calloc(n, sizeof(*c->reqs));
+    c->icmem = aligned_alloc(4096, (size_t)n * NVMF_ICDSZ);
+    if (!c->reqs || !c->icmem) {
+        free(c->reqs);
+        free(c->icmem);
+        c->reqs = NULL;
+        c->icmem = NULL;
+        return false;
+    }
+    for (uint32_t i = n; i-- > 0;) {
+        struct nvmf_req *req = &c->reqs[i];
+        req->c = c;
+        req->idx = (uint16_t)i;
+        req->icbuf = c->icmem + (size_t)i * NVMF_ICDSZ;
+        req->next = c->free_reqs;
+        c->free_reqs = req;
+    }
+    c->nreqs = n;
+    return true;
+}
+
 static void icreq_handle(struct nvmf_conn *c)
 {
     const struct pdu_icreq *ic = (const struct pdu_icreq *)c->hdr;
@@ -771,6 +894,11 @@ static void icreq_handle(struct nvmf_conn *c)
         conn_fatal(c, FES_INVALID_HEADER, offsetof(struct pdu_icreq, hpda));
         return;
     }
+    if (!conn_alloc_reqs(c)) {
+        nvmf_conn_close(c, "out of memory for the queue's request slots");
+        return;
+    }
+    atomic_store(&c->spoke, true);
     const struct srrs_nvmf_tgt_opts *o = &c->pub.tgt->opts;
     c->hdgst = (ic->dgst & 1) && o->allow_hdgst;
     c->ddgst = (ic->dgst & 2) && o->allow_ddgst;
@@ -1192,14 +1320,21 @@ static bool conn_h2c_stuck(const struct nvmf_conn *c, uint64_t now)
 static void group_tick_conns(struct nvmf_group *g)
 {
     uint64_t now = srrs_ticks();
-    uint64_t connect_limit = srrs_us_to_ticks(NVMF_CONNECT_TIMEOUT_MS * 1000ull);
+    uint64_t connect_limit = srrs_us_to_ticks(g->tgt->opts.handshake_timeout_ms * 1000ull);
     for (struct nvmf_conn *c = g->conns; c; c = c->gnext) {
         struct nvmf_ctrlr *ct = c->pub.ctrlr;
         if (c->state == CONN_CLOSED)
             continue;
+        if (atomic_load(&c->evict)) { /* missed by group_evict_fn; a queue still authenticating */
+            atomic_fetch_add(&g->tgt->st_evicted, 1);
+            nvmf_conn_close(c, "evicted: too many connections not yet connected and authenticated");
+            continue;
+        }
         if (!ct) { /* a socket that never becomes a queue must not hold memory forever */
-            if (now - c->born > connect_limit)
+            if (now - c->born > connect_limit) {
+                atomic_fetch_add(&g->tgt->st_hs_timeouts, 1);
                 nvmf_conn_close(c, "no ICReq/Connect in time");
+            }
             continue;
         }
         if (atomic_load(&ct->dead)) {
@@ -1219,6 +1354,20 @@ static void group_tick_conns(struct nvmf_group *g)
         }
         if (c->pub.qid == 0)
             nvmf_ctrlr_admin_tick(c, now);
+    }
+}
+
+/* Message from the listener: close this reactor's evicted handshaking
+ * connections (a connection that got its Connect meanwhile stays). */
+static void group_evict_fn(void *arg)
+{
+    struct srrs_nvmf_tgt *t = arg;
+    struct nvmf_group *g = t->groups[srrs_reactor_idx(srrs_reactor_self())];
+    for (struct nvmf_conn *c = g ? g->conns : NULL; c; c = c->gnext) {
+        if (c->state != CONN_CLOSED && atomic_load(&c->evict)) {
+            atomic_fetch_add(&t->st_evicted, 1);
+            nvmf_conn_close(c, "evicted: too many connections not yet connected and authenticated");
+        }
     }
 }
 
@@ -1274,6 +1423,7 @@ static void conn_adopt(void *arg)
     struct nvmf_group *g = t->destroying ? NULL : group_get(t, c->r);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (!g || epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev)) {
+        hs_unlink(c);
         atomic_fetch_add(&t->st_closed, 1);
         close(c->fd);
         free(c->reqs);
@@ -1295,37 +1445,24 @@ static void conn_adopt(void *arg)
     conn_post(c, SRRS_EV_CONN_UP, "connection accepted");
 }
 
-static struct nvmf_conn *conn_alloc(struct srrs_nvmf_tgt *t, int fd, const char *peer)
+static struct nvmf_conn *conn_alloc(struct srrs_nvmf_tgt *t, int fd, const char *peer,
+                                    const char *src)
 {
     struct nvmf_conn *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
-    c->nreqs = t->opts.max_queue_depth;
-    c->reqs = calloc(c->nreqs, sizeof(*c->reqs));
-    c->icmem = aligned_alloc(4096, (size_t)c->nreqs * NVMF_ICDSZ);
     c->rbuf = malloc(RBUF_SIZE);
-    if (!c->reqs || !c->icmem || !c->rbuf) {
-        free(c->reqs);
-        free(c->icmem);
-        free(c->rbuf);
+    if (!c->rbuf) {
         free(c);
         return NULL;
     }
-    for (uint32_t i = c->nreqs; i-- > 0;) {
-        struct nvmf_req *req = &c->reqs[i];
-        req->c = c;
-        req->idx = (uint16_t)i;
-        req->icbuf = c->icmem + (size_t)i * NVMF_ICDSZ;
-        req->next = c->free_reqs;
-        c->free_reqs = req;
-    }
-    /* outstanding counts taken slots: start at 0 with all slots free */
-    c->outstanding = 0;
+    c->outstanding = 0; /* slots come with the ICReq (conn_alloc_reqs) */
     c->fd = fd;
     c->pub.tgt = t;
     c->hpda_align = 4;
     c->born = srrs_ticks();
     snprintf(c->pub.peer, sizeof(c->pub.peer), "%s", peer);
+    snprintf(c->src, sizeof(c->src), "%s", src);
     rx_next_pdu(c);
     return c;
 }
@@ -1345,6 +1482,36 @@ static uint32_t nvmf_pick_reactor(struct srrs_nvmf_tgt *t)
     return 0;
 }
 
+/* Out of descriptors: accept the waiting connection with the spare one and
+ * close it (else it stays queued and the listener spins on it), and make
+ * room by evicting the oldest handshaking connection. */
+static void listener_out_of_fds(struct nvmf_listener *l)
+{
+    struct srrs_nvmf_tgt *t = l->tgt;
+    if (l->spare_fd >= 0) {
+        close(l->spare_fd);
+        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            close(fd);
+            atomic_fetch_add(&t->st_refused, 1);
+        }
+        l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    pthread_mutex_lock(&t->hs_lock);
+    if (t->hs_head)
+        hs_evict_locked(t, t->hs_head);
+    pthread_mutex_unlock(&t->hs_lock);
+}
+
+static void conn_free_unadopted(struct srrs_nvmf_tgt *t, struct nvmf_conn *c)
+{
+    hs_unlink(c);
+    atomic_fetch_add(&t->st_closed, 1);
+    close(c->fd);
+    free(c->rbuf);
+    free(c);
+}
+
 static int listener_poll(void *arg)
 {
     struct nvmf_listener *l = arg;
@@ -1354,11 +1521,17 @@ static int listener_poll(void *arg)
         struct sockaddr_storage sa;
         socklen_t sl = sizeof(sa);
         int fd = accept4(l->fd, (struct sockaddr *)&sa, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                listener_out_of_fds(l);
+                work++;
+            }
             break;
+        }
         work++;
         if (atomic_load(&t->st_accepted) - atomic_load(&t->st_closed) >= NVMF_MAX_CONNS) {
             close(fd); /* over the limit: refuse rather than run out of memory */
+            atomic_fetch_add(&t->st_refused, 1);
             continue;
         }
         int one = 1;
@@ -1367,9 +1540,10 @@ static int listener_poll(void *arg)
         getnameinfo((struct sockaddr *)&sa, sl, host, sizeof(host), serv, sizeof(serv),
                     NI_NUMERICHOST | NI_NUMERICSERV);
         snprintf(peer, sizeof(peer), "%s:%s", host, serv);
-        struct nvmf_conn *c = conn_alloc(t, fd, peer);
+        struct nvmf_conn *c = conn_alloc(t, fd, peer, host);
         if (!c) {
             close(fd);
+            atomic_fetch_add(&t->st_refused, 1);
             continue;
         }
         sl = sizeof(sa);
@@ -1378,14 +1552,10 @@ static int listener_poll(void *arg)
                         NULL, 0, NI_NUMERICHOST);
         atomic_fetch_add(&t->st_accepted, 1);
         uint32_t ri = nvmf_pick_reactor(t);
-        if (srrs_reactor_send(srrs_core_reactor(t->core, (int)ri), conn_adopt, c)) {
-            atomic_fetch_add(&t->st_closed, 1);
-            close(fd);
-            free(c->reqs);
-            free(c->icmem);
-            free(c->rbuf);
-            free(c);
-        }
+        c->ri = (int)ri;
+        hs_admit(t, c);
+        if (srrs_reactor_send(srrs_core_reactor(t->core, (int)ri), conn_adopt, c))
+            conn_free_unadopted(t, c);
     }
     return work;
 }
@@ -1437,7 +1607,7 @@ int nvmf_listener_add(struct srrs_nvmf_tgt *t, const char *addr, int port)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 128))
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 1024))
             rc = -errno;
     }
     freeaddrinfo(ai);
@@ -1458,6 +1628,7 @@ int nvmf_listener_add(struct srrs_nvmf_tgt *t, const char *addr, int port)
     }
     l->tgt = t;
     l->fd = fd;
+    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     l->port = bound;
     snprintf(l->addr, sizeof(l->addr), "%s", addr);
     l->r = srrs_core_reactor(t->core, t->opts.listener_reactor);
@@ -1465,6 +1636,8 @@ int nvmf_listener_add(struct srrs_nvmf_tgt *t, const char *addr, int port)
     srrs_reactor_call(l->r, listener_start_fn, &op);
     if (op.rc) {
         close(fd);
+        if (l->spare_fd >= 0)
+            close(l->spare_fd);
         free(l);
         return srrs_err(op.rc, "nvmf listener: cannot poll the socket");
     }
@@ -1494,6 +1667,8 @@ int nvmf_listener_remove(struct srrs_nvmf_tgt *t, const char *addr, int port)
     struct listener_op op = {.l = l};
     srrs_reactor_call(l->r, listener_stop_fn, &op);
     close(l->fd);
+    if (l->spare_fd >= 0)
+        close(l->spare_fd);
     free(l);
     return 0;
 }
