@@ -63,6 +63,7 @@ ffibuilder.set_source(
     include_dirs=[str(ROOT)],
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
+    libraries=["crypto"],  # OpenSSL libcrypto: the mirror link's HMAC-SHA256 (ffi/mirror_auth.c)
 )
 
 if __name__ == "__main__":
