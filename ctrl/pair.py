@@ -153,6 +153,7 @@ class PairService:
         o.peer_port = port
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
+        self._mirror_auth_opts(o)
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
         self._link_pp = pp
@@ -167,6 +168,20 @@ class PairService:
         except BaseException:
             self._mirror_teardown()
             raise
+
+    def _mirror_auth_opts(self, o) -> None:
+        """The link's secret (no connection gets a frame before it proved it
+        holds it) and the source addresses it accepts."""
+        from .pair_config import read_mirror_secret
+
+        if self.conf.insecure:
+            log.warning("pair %s runs insecure (insecure = true): the mirror link, the peer "
+                        "and the witness believe anyone who reaches them", self.conf.self_name)
+        if self.conf.mirror_secret:
+            o.secret = read_mirror_secret(self.conf.mirror_secret)
+            o.secret_len = 32
+        for i, a in enumerate(self.conf.mirror_allow):
+            o.allow[i] = a.encode()
 
     def _mirror_teardown(self) -> None:
         if self.link is not None:
@@ -215,7 +230,7 @@ class PairService:
         self._check(self._lib.srrs_mirror_link_get_info(self.link, i))
         d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
                                         "rx_bytes", "crc_errors", "proto_errors",
-                                        "held_writes")}
+                                        "held_writes", "mac_errors", "auth_failures")}
         d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))
         return d
 

@@ -14,9 +14,10 @@ MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target
 
 class Side:
     def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1,
-                 secret=b""):
+                 secret=b"", allow=()):
         self.name = name
         self.secret = secret   # b"": no authentication
+        self.allow = allow     # source addresses accepted (): any
         self.core = Core(reactors=reactors)
         if kind == "malloc":
             self.core.bdev_create_malloc("r0", size)
@@ -41,6 +42,8 @@ class Side:
         if self.secret:
             o.secret = self.secret
             o.secret_len = len(self.secret)
+        for i, a in enumerate(self.allow):
+            o.allow[i] = a.encode()
         self._pl = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(self.core.ptr, o, self._pl), "link")
         self.link = self._pl[0]

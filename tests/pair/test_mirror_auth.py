@@ -169,3 +169,27 @@ def test_wrong_secret_never_links(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_allow_list_of_source_addresses(tmp_path):
+    """mirror_allow: b accepts the peer's address only; from any other, even
+    with the secret, the connection is refused and counted."""
+    secret = os.urandom(32)
+    pa, pb = free_ports(2)
+    b = Side(tmp_path, "b", 1, pb, pa, secret=secret, allow=("127.0.0.2",))
+    a = Side(tmp_path, "a", 0, pa, pb, secret=secret)
+    try:
+        wait(lambda: b.link_info()["auth_failures"] >= 2, 5, "refusals")
+        assert not a.up() and a.link_info()["connects"] == 0
+    finally:
+        a.close()
+        b.close()
+    pa, pb = free_ports(2)
+    b = Side(tmp_path, "b", 1, pb, pa, secret=secret, allow=("::1", "127.0.0.1"))
+    a = Side(tmp_path, "a", 0, pa, pb, secret=secret)
+    try:
+        wait(lambda: a.up() and b.up(), 5, "link up from an allowed address")
+        assert b.link_info()["auth_failures"] == 0
+    finally:
+        a.close()
+        b.close()
