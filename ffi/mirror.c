@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,7 +72,7 @@ struct mhdr {
     int32_t status;
     uint32_t crc;      /* CRC32C of the header (crc = 0) and the payload */
     uint64_t aux;
-    uint8_t mac[MA_MAC]; /* HMAC-SHA256 of the header (mac = 0) and the payload, truncated */
+    uint8_t mac[MA_MAC]; /* GMAC of the header (mac = 0) and the payload (ffi/mirror_auth.h) */
 } __attribute__((packed));
 
 _Static_assert(sizeof(struct mhdr) == M_HDR, "mirror header is 64 bytes");
@@ -170,10 +171,12 @@ struct mlink {
     /* authentication (ffi/mirror_auth.h): off when no secret is configured */
     bool auth_on;
     struct mauth auth;              /* connections not yet authenticated */
-    struct mac_key ktx, krx;        /* this connection's session keys */
+    struct fmac ftx, frx;           /* this connection's frame MACs (session keys) */
     struct sockaddr_storage allow[4];
     int nallow;
     uint64_t auth_ev_at;            /* ticks: last refusal reported (one a second) */
+    uint64_t last_mac_rx;           /* ticks: last frame whose MAC held (liveness) */
+    uint64_t last_rx_conn;          /* ticks: this connection authenticated */
 };
 
 
@@ -277,19 +280,16 @@ static void *piece_buf(struct mlink *l, struct piece *p, size_t len)
 static void link_drop(struct mlink *l, const char *why);
 
 /* The header (its mac zeroed) and the payload: the MAC the header carries. */
-static void frame_mac(const struct mac_key *k, const struct mhdr *h, const struct iovec *iov,
+static void frame_mac(struct fmac *k, const struct mhdr *h, const struct iovec *iov,
                       int iovcnt, uint8_t mac[MA_MAC])
 {
     struct mhdr z = *h;
-    uint8_t d[32];
-    SHA256_CTX x;
     memset(z.mac, 0, sizeof(z.mac));
-    mac_begin(k, &x);
-    mac_update(&x, &z, sizeof(z));
+    fmac_begin(k, h->seq);
+    fmac_update(k, &z, sizeof(z));
     for (int i = 0; i < iovcnt; i++)
-        mac_update(&x, iov[i].iov_base, iov[i].iov_len);
-    mac_end(k, &x, d);
-    memcpy(mac, d, MA_MAC);
+        fmac_update(k, iov[i].iov_base, iov[i].iov_len);
+    fmac_end(k, mac);
 }
 
 static void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint64_t off,
@@ -323,7 +323,7 @@ static void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag
     }
     f->h.crc = crc;
     if (l->auth_on)
-        frame_mac(&l->ktx, &f->h, iov, iovcnt, f->h.mac);
+        frame_mac(&l->ftx, &f->h, iov, iovcnt, f->h.mac);
     f->total = sizeof(f->h) + len;
     f->sent = 0;
     f->done_piece = done_piece;
@@ -1163,9 +1163,12 @@ static bool rx_mac_ok(struct mlink *l, const struct mhdr *h, const uint8_t *payl
 {
     uint8_t mac[MA_MAC];
     struct iovec v = {(void *)payload, h->len};
-    frame_mac(&l->krx, h, &v, 1, mac);
-    if (!mac_diff(mac, h->mac, MA_MAC))
+    frame_mac(&l->frx, h, &v, 1, mac);
+    /* A replayed frame of this connection has a good MAC and a spent number. */
+    if (!mac_diff(mac, h->mac, MA_MAC) && h->seq >= l->rx_seq) {
+        l->last_mac_rx = srrs_ticks();
         return true;
+    }
     l->st.mac_errors++;
     uint64_t now = srrs_ticks();
     if (now - l->auth_ev_at > srrs_us_to_ticks(1000000) || !l->auth_ev_at) {
@@ -1521,8 +1524,9 @@ static void auth_done(void *arg, int fd, const uint8_t ktx[MA_KEY], const uint8_
         close(fd);
         return;
     }
-    mac_key_set(&l->ktx, ktx, MA_KEY);
-    mac_key_set(&l->krx, krx, MA_KEY);
+    fmac_key(&l->ftx, ktx);
+    fmac_key(&l->frx, krx);
+    l->last_rx_conn = srrs_ticks();
     conn_attach(l, fd, false);
 }
 
@@ -1579,7 +1583,10 @@ static int timer_poll(void *arg)
     struct mlink *l = arg;
     uint64_t now = srrs_ticks();
     if (l->fd >= 0 && !l->connecting) {
-        if (now - l->last_rx > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
+        /* Authenticated: only the peer's own frames prove it alive, not
+         * whatever bytes a third party keeps putting into the stream. */
+        uint64_t heard = l->auth_on ? SRRS_MAX(l->last_mac_rx, l->last_rx_conn) : l->last_rx;
+        if (now - heard > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
             link_drop(l, "peer silent");
             return 1;
         }
@@ -1950,6 +1957,8 @@ static void hook_fn(void *a)
 static void link_free(struct mlink *l)
 {
     OPENSSL_cleanse(l->auth.secret, sizeof(l->auth.secret));
+    fmac_free(&l->ftx);
+    fmac_free(&l->frx);
     if (l->lfd >= 0)
         close(l->lfd);
     free(l->pieces);
@@ -1972,6 +1981,8 @@ static int auth_setup(struct mlink *l)
     l->auth.done = auth_done;
     l->auth.fail = auth_refused;
     l->auth.arg = l;
+    if (l->auth_on && (fmac_init(&l->ftx) || fmac_init(&l->frx)))
+        return srrs_err(-ENOMEM, "mirror link: no cipher context for the frame MACs");
     for (int i = 0; i < 4; i++) {
         o->allow[i][sizeof(o->allow[i]) - 1] = 0;
         if (!o->allow[i][0])
@@ -2318,8 +2329,8 @@ static void inject_fn(void *a)
     /* What a third party can make: a well-formed frame with the next sequence
      * number and a valid CRC32C, but without the session key, a MAC it guessed. */
     l->tx_seq--;
-    for (int i = 0; i < MA_MAC; i++)
-        l->txq_tail->h.mac[i] ^= 0xa5;
+    if (getrandom(l->txq_tail->h.mac, MA_MAC, 0) != MA_MAC)
+        memset(l->txq_tail->h.mac, 0xa5, MA_MAC);
     tx_flush(l);
 }
 

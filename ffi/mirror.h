@@ -7,7 +7,7 @@
  * frame). Frames: a 64-byte header (magic, type, volume, sequence number,
  * stripe/offset, length, CRC32C of header and payload, MAC) and a payload.
  * With a secret, a connection carries no frame before the mutual HMAC-SHA256
- * handshake of ffi/mirror_auth.h, and every frame then carries a MAC.
+ * handshake of ffi/mirror_auth.h, and every frame then carries a MAC (GMAC).
  * Node index 0 connects, node 1 accepts; stripe i is ordered by node i % 2.
  *
  * Mirror I/O of every reactor is processed on the link's reactor (messages
@@ -55,7 +55,8 @@ struct srrs_mirror_link_info {
     uint64_t crc_errors;       /* frames that failed CRC32C: connection dropped */
     uint64_t proto_errors;     /* bad header, length, volume or sequence number */
     uint64_t held_writes;      /* writes waiting for the peer right now */
-    uint64_t mac_errors;       /* frames whose MAC failed: discarded, never acted on */
+    uint64_t mac_errors;       /* frames whose MAC failed or that replayed a spent sequence
+                                  number: discarded, never acted on */
     uint64_t auth_failures;    /* connections refused: failed handshake, deadline, address */
 };
 
