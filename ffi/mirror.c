@@ -70,7 +70,7 @@ struct mhdr {
     uint64_t seq;
     uint64_t off;
     int32_t status;
-    uint32_t crc;      /* CRC32C of the header (crc = 0) and the payload */
+    uint32_t crc;      /* CRC32C of the header (crc = 0) and the payload; 0 with a MAC */
     uint64_t aux;
     uint8_t mac[MA_MAC]; /* GMAC of the header (mac = 0) and the payload (ffi/mirror_auth.h) */
 } __attribute__((packed));
@@ -313,12 +313,14 @@ static void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag
     f->h.off = off;
     f->h.status = status;
     f->h.aux = aux;
-    uint32_t crc = srrs_crc32c(0, &f->h, sizeof(f->h));
+    /* Authenticated, the MAC covers what the CRC would: the CRC is left out. */
+    uint32_t crc = l->auth_on ? 0 : srrs_crc32c(0, &f->h, sizeof(f->h));
     f->iov[0].iov_base = &f->h;
     f->iov[0].iov_len = sizeof(f->h);
     f->iovcnt = 1;
     for (int i = 0; i < iovcnt; i++) {
-        crc = srrs_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+        if (!l->auth_on)
+            crc = srrs_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
         f->iov[f->iovcnt++] = iov[i];
     }
     f->h.crc = crc;
@@ -1187,13 +1189,9 @@ static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **ow
     if (l->auth_on && !rx_mac_ok(l, h, payload))
         return 1; /* discarded: see rx_mac_ok */
     uint32_t want = h->crc;
-    uint8_t mac[MA_MAC];
-    memcpy(mac, h->mac, MA_MAC); /* the CRC is taken before the MAC is set */
-    memset(h->mac, 0, MA_MAC);
     h->crc = 0;
-    uint32_t crc = srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
+    uint32_t crc = l->auth_on ? 0 : srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
     h->crc = want;
-    memcpy(h->mac, mac, MA_MAC);
     if (crc != want) {
         l->st.crc_errors++;
         link_drop(l, "frame CRC32C mismatch");
