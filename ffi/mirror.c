@@ -2339,6 +2339,29 @@ int srrs_mirror_test_inject(struct srrs_mirror_link *link, uint64_t off, uint32_
     return x.rc;
 }
 
+static void replay_fn(void *a)
+{
+    struct inject_arg *x = a;
+    struct mlink *l = x->l;
+    if (!link_ready(l)) {
+        x->rc = -EINVAL;
+        return;
+    }
+    /* The same PING twice under one sequence number: the copy is what a
+     * third party that recorded the stream would play back. */
+    frame_send(l, T_PING, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL);
+    l->tx_seq--;
+    frame_send(l, T_PING, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL);
+    tx_flush(l);
+}
+
+int srrs_mirror_test_replay(struct srrs_mirror_link *link)
+{
+    struct inject_arg x = {(struct mlink *)link, 0, 0, 0, 0};
+    srrs_reactor_call(x.l->r, replay_fn, &x);
+    return x.rc;
+}
+
 int srrs_mirror_test_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t len,
                           uint8_t *out32)
 {

@@ -105,6 +105,8 @@ int srrs_mirror_test_dump(struct srrs_mirror_link *link);
  * third party's injection): a WRITE of `len` bytes of `byte` at `off` of
  * volume 0 carrying the next sequence number. */
 int srrs_mirror_test_inject(struct srrs_mirror_link *link, uint64_t off, uint32_t len, int byte);
+/* control. Test hook: send a frame, then the same frame again (a replay). */
+int srrs_mirror_test_replay(struct srrs_mirror_link *link);
 /* any thread. HMAC-SHA256 as the link computes it (for its test vectors). */
 int srrs_mirror_test_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t len,
                           uint8_t *out32);

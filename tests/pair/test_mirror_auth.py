@@ -108,6 +108,19 @@ def test_injected_frame_rejected_counted_link_survives(pair):
     assert replica_diff(a, b) == []
 
 
+def test_replayed_frame_rejected_counted_link_survives(pair):
+    """A frame played back (its MAC genuine, its sequence number spent) is
+    discarded and counted; the connection carries on."""
+    a, b = pair
+    connects = b.link_info()["connects"]
+    assert lib.srrs_mirror_test_replay(a.link) == 0
+    wait(lambda: b.link_info()["mac_errors"] == 1, what="the replay counted")
+    assert a.core.test_io("v", "write", 0, 4096, b"\x07" * 4096)[0] == 0
+    assert b.core.test_io("r0", "read", 0, 4096)[1] == b"\x07" * 4096
+    li = b.link_info()
+    assert li["up"] and li["connects"] == connects and li["proto_errors"] == 0
+
+
 def test_stranger_gets_no_slot_no_state(pair):
     """The issue's attack on the live link: a raw TCP connection to b's
     mirror port sending a HELLO. It receives nothing (not even a nonce: b
