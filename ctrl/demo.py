@@ -196,6 +196,10 @@ state_dir = "{d.tmp}/state-{n}"
 heartbeat_ms = 100
 miss_count = 10
 lease_ms = 2000
+secret_key = "{d.tmp}/keys/pair/{n}.key_secret"
+peer_public_key = "{d.tmp}/keys/pair/{peer}.key"
+witness_public_key = "{d.tmp}/keys/witness/witness.key"
+mirror_secret = "{d.tmp}/keys/pair/mirror.secret"
 """
     if node.nvmf:
         lo = 1 if n == "a" else 1001
@@ -222,12 +226,36 @@ num_queues = 1
     return text
 
 
+def make_keys(d: Demo) -> None:
+    """`srrs keygen`, as for a real pair: the controllers' CURVE keys and their
+    shared mirror secret, the witness's keys, and its allow-list of the two
+    controllers' public keys."""
+    import argparse
+    import contextlib
+    import io
+    import shutil
+
+    from .witness import keygen
+
+    k = os.path.join(d.tmp, "keys")
+    with contextlib.redirect_stdout(io.StringIO()):
+        for n in d.nodes:
+            keygen(argparse.Namespace(dir=f"{k}/pair", name=n, no_mirror_secret=False))
+        keygen(argparse.Namespace(dir=f"{k}/witness", name="witness", no_mirror_secret=True))
+    os.makedirs(f"{k}/allowed", mode=0o700)
+    for n in d.nodes:
+        shutil.copy(f"{k}/pair/{n}.key", f"{k}/allowed/{n}.key")
+
+
 def start_witness(d: Demo) -> None:
     log = open(os.path.join(d.tmp, "witness.log"), "w")
+    k = os.path.join(d.tmp, "keys")
     with log:
         d.witness = subprocess.Popen(
             SRRS + ["witness", "--bind", f"tcp://127.0.0.1:{d.ports['witness']}",
-                    "--max-lease", "2", "--state", os.path.join(d.tmp, "witness.json")],
+                    "--max-lease", "2", "--state", os.path.join(d.tmp, "witness.json"),
+                    "--secret-key", f"{k}/witness/witness.key_secret",
+                    "--authorized", f"{k}/allowed"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
@@ -298,6 +326,7 @@ def _wipe_fragments(d: Demo) -> None:
 
 
 def start_pair(d: Demo) -> None:
+    make_keys(d)
     for n, node in d.nodes.items():
         with open(node.conf, "w", encoding="utf-8") as f:
             f.write(config_text(d, n))
@@ -475,7 +504,10 @@ def show(d: Demo) -> None:
 
     app = ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
                      footer=footer,
-                     witness=WitnessProbe(f"tcp://127.0.0.1:{d.ports['witness']}"))
+                     witness=WitnessProbe(f"tcp://127.0.0.1:{d.ports['witness']}",
+                                          secret_key=f"{d.tmp}/keys/pair/a.key_secret",
+                                          server_public_key=f"{d.tmp}/keys/witness/"
+                                                            "witness.key"))
     try:
         if d.console and sys.stdout.isatty():
             app.run_live(max(0.0, end - time.monotonic()))

@@ -191,6 +191,7 @@ class PairService:
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
         o.read_lease_ms = self.conf.read_lease_ms
+        self._mirror_auth_opts(o)
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
         self._link_pp = pp
@@ -205,6 +206,20 @@ class PairService:
         except BaseException:
             self._mirror_teardown()
             raise
+
+    def _mirror_auth_opts(self, o) -> None:
+        """The link's secret (no connection gets a frame before it proved it
+        holds it) and the source addresses it accepts."""
+        from .pair_config import read_mirror_secret
+
+        if self.conf.insecure:
+            log.warning("pair %s runs insecure (insecure = true): the mirror link, the peer "
+                        "and the witness believe anyone who reaches them", self.conf.self_name)
+        if self.conf.mirror_secret:
+            o.secret = read_mirror_secret(self.conf.mirror_secret)
+            o.secret_len = 32
+        for i, a in enumerate(self.conf.mirror_allow):
+            o.allow[i] = a.encode()
 
     def _mirror_teardown(self) -> None:
         if self.link is not None:
@@ -253,7 +268,8 @@ class PairService:
         self._check(self._lib.srrs_mirror_link_get_info(self.link, i))
         d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
                                         "rx_bytes", "crc_errors", "proto_errors",
-                                        "held_writes", "lease_reads_failed")}
+                                        "held_writes", "lease_reads_failed", "mac_errors",
+                                        "auth_failures")}
         d["read_lease_left_s"] = round(max(0, i.read_lease_left_us) / 1e6, 3)
         d["grant_left_s"] = round(max(0, i.grant_left_us) / 1e6, 3)
         d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))

@@ -46,11 +46,16 @@ def add_parsers(sub) -> None:
     w.add_argument("--state", default=None, help="file keeping generations across restarts")
     w.add_argument("--secret-key", default=None, help="CURVE secret key file (srrs keygen)")
     w.add_argument("--authorized", default=None, help="directory of allowed public keys")
+    w.add_argument("--insecure", action="store_true",
+                   help="run without keys (an isolated network only): anyone can lease")
     w.add_argument("--max-lease", type=float, default=witness.MAX_LEASE_S,
                    help="longest lease granted, seconds (also the start-up quarantine)")
     logs.add_arguments(w)
     w.set_defaults(fn=witness.main)
-    k = sub.add_parser("keygen", help="CURVE key pair for the pair and witness")
+    k = sub.add_parser("keygen", help="CURVE key pair for the pair and witness, and the "
+                                      "pair's mirror link secret (DIR/mirror.secret)")
     k.add_argument("dir")
     k.add_argument("name")
+    k.add_argument("--no-mirror-secret", action="store_true",
+                   help="no DIR/mirror.secret (keys of a witness)")
     k.set_defaults(fn=witness.keygen)

@@ -27,9 +27,18 @@
                                         #   PAIRED replica serves reads only under it; a
                                         #   controller that lost its peer acks nothing
                                         #   alone until the one it granted ran out)
-    secret_key = "keys/a.key_secret"    # CURVE (srrs keygen); all three or none
+    secret_key = "keys/a.key_secret"    # CURVE (srrs keygen): coordination and witness
     peer_public_key = "keys/b.key"
     witness_public_key = "keys/w.key"
+    mirror_secret = "keys/mirror.secret" # the mirror link's secret (srrs keygen), the same
+                                        #   file on both controllers, mode 0600
+    mirror_allow = ["10.0.0.2"]         # optional: the only source addresses the mirror
+                                        #   link accepts (numeric)
+    insecure = false                    # true: no keys at all (an isolated network only)
+
+The four key files go together; without them a pair refuses to start unless
+`insecure = true`. With keys, `peer` names the controllers and the witness
+knows each by its public key file's name (a.key is "a").
 
 Defaults give < 5 s of host I/O pause on a controller death: 1 s to declare
 the peer dead, one witness round trip for the lease, then the ANA change.
@@ -76,6 +85,9 @@ class PairConfig:
     peer_public_key: str = ""
     witness_public_key: str = ""
     peer_rpc_socket: str = ""   # the peer's JSON-RPC socket (for the console), "" unknown
+    mirror_secret: str = ""     # file of the mirror link's 32-byte secret (hex)
+    mirror_allow: tuple = ()    # numeric source addresses the mirror link accepts (): any
+    insecure: bool = False      # no keys: nothing authenticated
 
     @property
     def me_id(self) -> str:
@@ -93,7 +105,76 @@ class PairConfig:
 KEYS = {"self", "peer", "coord_bind", "peer_coord", "mirror_listen", "peer_mirror", "witness",
         "volumes", "state_dir", "stripe_size", "heartbeat_ms", "miss_count", "lease_ms",
         "read_lease_ms",
-        "secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket"}
+        "secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket",
+        "mirror_secret", "mirror_allow", "insecure"}
+KEY_FILES = ("secret_key", "peer_public_key", "witness_public_key", "mirror_secret")
+
+
+def read_mirror_secret(path: str) -> bytes:
+    """The 32 bytes of a mirror secret file (64 hex digits, as `srrs keygen`
+    writes it); refused when others may read it, like an ssh key."""
+    try:
+        st = os.stat(path)
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if st.st_mode & 0o077:
+        raise ValueError(f"{path}: readable by others (mode {st.st_mode & 0o777:o}); "
+                         "chmod 600 it")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError(f"{path}: not a mirror secret (64 hex digits; make one with "
+                         "`srrs keygen`)")
+    return key
+
+
+def _allow(d: dict) -> tuple:
+    import ipaddress
+
+    raw = d.get("mirror_allow", [])
+    if not isinstance(raw, list) or len(raw) > 4:
+        raise ValueError(f"mirror_allow: expected a list of at most 4 addresses, got {raw!r}")
+    for a in raw:
+        try:
+            ipaddress.ip_address(a)
+        except (ValueError, TypeError):
+            raise ValueError(f"mirror_allow: {a!r} is not a numeric IP address") from None
+    return tuple(raw)
+
+
+def _keys(d: dict, peer: str) -> dict:
+    """All four key files, or none and insecure = true."""
+    keys = {k: _str(d, k, required=False) for k in KEY_FILES}
+    insecure = d.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise ValueError(f"insecure: expected true or false, got {insecure!r}")
+    if not any(keys.values()):
+        if not insecure:
+            raise ValueError("secret_key: a pair needs keys (secret_key, peer_public_key, "
+                             "witness_public_key, mirror_secret: make them with `srrs keygen`),"
+                             " or insecure = true on an isolated network")
+        return keys
+    if insecure:
+        raise ValueError("insecure: true, but keys are configured: remove one or the other")
+    if not all(keys.values()):
+        missing = [k for k, v in keys.items() if not v][0]
+        raise ValueError(f"{missing}: the keys go together: secret_key, peer_public_key, "
+                         "witness_public_key and mirror_secret")
+    for k, v in keys.items():
+        if not os.path.exists(v):
+            raise ValueError(f"{k}: {v} does not exist (make keys with `srrs keygen`)")
+    try:
+        read_mirror_secret(keys["mirror_secret"])
+    except ValueError as e:
+        raise ValueError(f"mirror_secret: {e}") from None
+    if not peer:
+        raise ValueError("peer: is required with keys (the witness knows each controller "
+                         "by the name of its public key file)")
+    return keys
 
 
 def _str(d: dict, key: str, required: bool = True, default: str = "") -> str:
@@ -212,15 +293,7 @@ def parse(d: dict) -> PairConfig:
         # The wait for it comes out of the witness lease of the side going SOLO.
         raise ValueError(f"read_lease_ms: must be at most half of lease_ms ({lease // 2}), "
                          f"got {read_lease}")
-    keys = {k: _str(d, k, required=False) for k in
-            ("secret_key", "peer_public_key", "witness_public_key")}
-    if any(keys.values()) and not all(keys.values()):
-        missing = [k for k, v in keys.items() if not v][0]
-        raise ValueError(f"{missing}: CURVE needs secret_key, peer_public_key and "
-                         "witness_public_key together")
-    for k, v in keys.items():
-        if v and not os.path.exists(v):
-            raise ValueError(f"{k}: {v} does not exist (make keys with `srrs keygen`)")
+    keys = _keys(d, peer)
     key = hashlib.sha256("\0".join((me, peer, coord_bind, peer_coord, ml, pm)).encode())
     # Two pairs on one host whose controllers share a name must not share state.
     state_dir = _str(d, "state_dir", required=False,
@@ -229,7 +302,8 @@ def parse(d: dict) -> PairConfig:
                       mirror_listen=ml, peer_mirror=pm, witness=_zmq(d, "witness"),
                       volumes=_volumes(d), state_dir=state_dir, stripe_size=stripe,
                       heartbeat_ms=hb, miss_count=miss, lease_ms=lease,
-                      read_lease_ms=read_lease, peer_rpc_socket=_unix_socket(d, "peer_rpc_socket"), **keys)
+                      read_lease_ms=read_lease, peer_rpc_socket=_unix_socket(d, "peer_rpc_socket"),
+                      mirror_allow=_allow(d), insecure=d.get("insecure", False), **keys)
 
 
 def to_toml_dict(c: PairConfig) -> dict:
@@ -242,9 +316,13 @@ def to_toml_dict(c: PairConfig) -> dict:
         d["peer"] = c.peer
     d["volumes"] = [v.replica if v.name == v.replica else
                     {"replica": v.replica, "name": v.name} for v in c.volumes]
-    for k in ("secret_key", "peer_public_key", "witness_public_key", "peer_rpc_socket"):
+    for k in KEY_FILES + ("peer_rpc_socket",):
         if getattr(c, k):
             d[k] = getattr(c, k)
+    if c.mirror_allow:
+        d["mirror_allow"] = list(c.mirror_allow)
+    if c.insecure:
+        d["insecure"] = True
     return d
 
 
@@ -257,17 +335,26 @@ class WitnessConfig:
     secret_key: str = ""
     authorized_keys: str = ""   # directory of the controllers' public keys
     max_lease_ms: int = 0       # longest lease granted (0: 10 s); also the start-up wait
+    insecure: bool = False      # run without keys: anyone who reaches it is believed
 
 
 def parse_witness(d: dict) -> WitnessConfig:
-    allowed = {"bind", "state", "secret_key", "authorized_keys", "max_lease_ms"}
+    allowed = {"bind", "state", "secret_key", "authorized_keys", "max_lease_ms", "insecure"}
     for k in d:
         if k not in allowed:
             raise ValueError(f"{k}: unknown key (allowed: {', '.join(sorted(allowed))})")
     return WitnessConfig(bind=_zmq(d, "bind"), state=_str(d, "state", False),
                          secret_key=_str(d, "secret_key", False),
                          authorized_keys=_str(d, "authorized_keys", False),
-                         max_lease_ms=_int(d, "max_lease_ms", 0, 0, 10000))
+                         max_lease_ms=_int(d, "max_lease_ms", 0, 0, 10000),
+                         insecure=_bool(d, "insecure"))
+
+
+def _bool(d: dict, key: str) -> bool:
+    v = d.get(key, False)
+    if not isinstance(v, bool):
+        raise ValueError(f"{key}: expected true or false, got {v!r}")
+    return v
 
 
 def parse_witness_file(path: str) -> WitnessConfig:

@@ -9,6 +9,13 @@ It also remembers the data generation the last holder writes under, and
 refuses a lease to a controller whose data is older ("outdated"): a
 controller that missed the other's solo writes must never serve alone.
 
+Keys: by default the witness needs CURVE keys (--secret-key, --authorized DIR
+of the controllers' public keys, NAME.key for controller NAME) and refuses to
+start without them unless --insecure. With keys, a request is honoured only
+for the node whose key authenticated the connection, in a pair it belongs to;
+so only the holder can release a lease. Refusals carry no generation, lease
+time or other state (the witness's log has them).
+
 After a restart the witness knows no leases, so it grants nothing for one
 maximum lease length (a lease it granted before may still run); with
 --state FILE the generations survive restarts.
@@ -19,6 +26,7 @@ Protocol (JSON, one frame; ROUTER/DEALER):
      -> {"op": "lease", "ok": true, "sent_at": T, "lease_s": S}
       | {"op": "lease", "ok": false, "sent_at": T, "reason": "...", "holder": H}
   {"op": "release", "pair": P, "node": N}  -> {"op": "release", "ok": true}
+      | {"op": "release", "ok": false, "reason": "not authorized"}
   {"op": "ping", "sent_at": T}             -> {"op": "pong", "sent_at": T}
 """
 
@@ -87,6 +95,20 @@ class LeaseTable:
             self.pairs[p] = PairRecord(gen=r.get("gen"))
 
 
+def authorized_names(authorized_dir: str) -> dict:
+    """{z85 public key: controller name} of the NAME.key files in the directory."""
+    import zmq.auth
+
+    names = {}
+    for f in sorted(os.listdir(authorized_dir)):
+        if f.endswith(".key"):
+            pub, _ = zmq.auth.load_certificate(os.path.join(authorized_dir, f))
+            names[pub.decode("ascii")] = f[:-len(".key")]
+    if not names:
+        raise ValueError(f"{authorized_dir}: no public key (NAME.key) of a controller")
+    return names
+
+
 def curve_server_setup(sock, secret_key_file: Optional[str], authorized_dir: Optional[str]):
     """CURVE server: our secret key; clients limited to the public keys in
     authorized_dir (ZAP through zmq.auth.thread). Returns the authenticator."""
@@ -95,15 +117,15 @@ def curve_server_setup(sock, secret_key_file: Optional[str], authorized_dir: Opt
     import zmq.auth
     from zmq.auth.thread import ThreadAuthenticator
 
+    if not authorized_dir:
+        raise ValueError("--secret-key needs --authorized DIR (the controllers' public keys): "
+                         "a witness that lets any key in authenticates nobody")
     pub, sec = zmq.auth.load_certificate(secret_key_file)
     if sec is None:
         raise ValueError(f"{secret_key_file} holds no secret key")
     auth = ThreadAuthenticator(sock.context)
     auth.start()
-    if authorized_dir:
-        auth.configure_curve(domain="*", location=authorized_dir)
-    else:
-        auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+    auth.configure_curve(domain="*", location=authorized_dir)
     sock.curve_secretkey = sec
     sock.curve_publickey = pub
     sock.curve_server = True
@@ -130,6 +152,10 @@ def serve(bind: str, state_file: Optional[str] = None, secret_key: Optional[str]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
+    if secret_key and not authorized:
+        raise ValueError("--secret-key needs --authorized DIR (the controllers' public keys): "
+                         "a witness that lets any key in authenticates nobody")
+    names = authorized_names(authorized) if secret_key else None
     auth = curve_server_setup(sock, secret_key, authorized)
     sock.bind(bind)
     table = LeaseTable(started=time.monotonic(), max_lease_s=max_lease_s)
@@ -148,11 +174,13 @@ def serve(bind: str, state_file: Optional[str] = None, secret_key: Optional[str]
                 return 0
             if sock not in ready:
                 continue
-            frames = sock.recv_multipart()
+            frames = sock.recv_multipart(copy=False)
             if len(frames) < 2:
                 continue
-            ident, body = frames[0], frames[-1]
-            reply = _handle(table, body, time.monotonic())
+            ident, body = frames[0].bytes, frames[-1].bytes
+            # with keys: the controller whose key authenticated this connection
+            who = names.get(frames[-1].get("User-Id"), "") if names is not None else None
+            reply = _handle(table, body, time.monotonic(), who)
             if reply is None:
                 continue
             if reply.get("op") == "lease" and reply.get("ok") and state_file:
@@ -174,7 +202,21 @@ def _save(path: str, table: LeaseTable) -> None:
     os.replace(tmp, path)
 
 
-def _handle(table: LeaseTable, body: bytes, now: float) -> Optional[dict]:
+# What a refused controller is told: the kind of refusal, no generation, holder
+# time or other state (a stranger on an insecure witness must learn nothing it
+# could forge a request with); the witness's log has the details.
+_REFUSALS = (("lease_s", "lease_s out of range"), ("held by", "lease held by the other node"),
+             ("restarted", "witness restarted: waiting out earlier leases"),
+             ("outdated", "outdated: the pair has newer data than this node"))
+
+
+def _public_reason(reason: str) -> str:
+    return next((r for k, r in _REFUSALS if k in reason), "refused")
+
+
+def _handle(table: LeaseTable, body: bytes, now: float,
+            who: Optional[str] = None) -> Optional[dict]:
+    """who: the name the request's key authenticated (None: a witness without keys)."""
     try:
         m = json.loads(body)
         op = m["op"]
@@ -184,6 +226,12 @@ def _handle(table: LeaseTable, body: bytes, now: float) -> Optional[dict]:
         return {"op": "pong", "sent_at": m.get("sent_at")}
     try:
         pair, node = str(m["pair"]), str(m["node"])
+        if op in ("release", "lease") and (node not in pair.split("+") or
+                                           (who is not None and who != node)):
+            log.warning("%s for %s in %s refused: the request came with %s's key", op, node,
+                        pair, who or "no known")
+            return {"op": op, "ok": False, "sent_at": m.get("sent_at"),
+                    "reason": "not authorized", "holder": ""}
         if op == "release":
             table.release(pair, node)
             log.info("%s released the lease of %s", node, pair)
@@ -196,6 +244,7 @@ def _handle(table: LeaseTable, body: bytes, now: float) -> Optional[dict]:
                 log.debug("lease %s -> %s for %.1fs", pair, node, lease_s)
             else:
                 log.info("lease %s refused to %s: %s", pair, node, reason)
+                reason = _public_reason(reason)
             return {"op": "lease", "ok": ok, "sent_at": m.get("sent_at"), "lease_s": lease_s,
                     "reason": reason, "holder": holder}
     except (KeyError, TypeError, ValueError) as e:
@@ -290,6 +339,7 @@ def main(args) -> int:
     logs.setup(getattr(args, "log_level", None), getattr(args, "log_format", "text"),
                "srrs-witness")
     bind, state, sec, authd = args.bind, args.state, args.secret_key, args.authorized
+    insecure = getattr(args, "insecure", False)
     if args.config:
         from .pair_config import parse_witness_file
         try:
@@ -301,11 +351,21 @@ def main(args) -> int:
         state = state or w.state
         sec = sec or w.secret_key
         authd = authd or w.authorized_keys
+        insecure = insecure or w.insecure
         if w.max_lease_ms and args.max_lease == MAX_LEASE_S:
             args.max_lease = w.max_lease_ms / 1000
     if not bind:
         print("srrs witness: --bind or a config with [witness] bind is required", file=sys.stderr)
         return 2
+    if not sec and not insecure:
+        print("srrs witness: no keys: give --secret-key and --authorized DIR (make keys with "
+              "`srrs keygen`), or --insecure on an isolated network", file=sys.stderr)
+        return 2
+    if sec and insecure:
+        print("srrs witness: --insecure with keys: drop one or the other", file=sys.stderr)
+        return 2
+    if insecure:
+        log.warning("witness runs insecure: anyone who reaches %s can lease and release", bind)
     r, w_ = os.pipe()
     os.set_blocking(w_, False)
 
@@ -324,12 +384,29 @@ def main(args) -> int:
         return 1
 
 
+def write_mirror_secret(path: str) -> bool:
+    """32 random bytes (hex) in a new file of mode 0600; False when it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    return True
+
+
 def keygen(args) -> int:
-    """`srrs keygen DIR NAME`: NAME.key (public) and NAME.key_secret (secret, 0600)."""
+    """`srrs keygen DIR NAME`: NAME.key (public) and NAME.key_secret (secret,
+    0600); and DIR/mirror.secret, the mirror link's secret that both
+    controllers of a pair share (0600), unless it exists or --no-mirror-secret."""
     import zmq.auth
 
-    os.makedirs(args.dir, exist_ok=True)
+    os.makedirs(args.dir, mode=0o700, exist_ok=True)
     pub, sec = zmq.auth.create_certificates(args.dir, args.name)
     os.chmod(sec, 0o600)
-    print(json.dumps({"public": pub, "secret": sec}))
+    out = {"public": pub, "secret": sec}
+    if not getattr(args, "no_mirror_secret", False):
+        out["mirror_secret"] = os.path.join(args.dir, "mirror.secret")
+        write_mirror_secret(out["mirror_secret"])
+    print(json.dumps(out))
     return 0

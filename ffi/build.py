@@ -63,7 +63,7 @@ ffibuilder.set_source(
     include_dirs=[str(ROOT)],
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
-    libraries=["crypto"],  # OpenSSL libcrypto: DH-HMAC-CHAP (nvmf/auth.c)
+    libraries=["crypto"],  # OpenSSL libcrypto: DH-HMAC-CHAP (nvmf/auth.c), the mirror link's MACs (ffi/mirror_auth.c)
 )
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@
 #include "srrs_int.h"
 
 #include "mirror.h"
+#include "mirror_auth.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -35,6 +36,7 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -48,7 +50,7 @@
 #define M_RXBUF (4u << 20)
 #define M_RX_RECV (256u << 10)     /* one recv() into the ring reads at most this */
 #define M_RX_DIRECT (64u << 10)    /* larger payloads are received straight into a pool buffer */
-#define M_HDR 48
+#define M_HDR 64
 #define M_COPIES 16                /* stripes copied in parallel by a resync source */
 
 enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT, MODE_PENDING };
@@ -68,11 +70,12 @@ struct mhdr {
     uint64_t seq;
     uint64_t off;
     int32_t status;
-    uint32_t crc;      /* CRC32C of the header (crc = 0) and the payload */
+    uint32_t crc;      /* CRC32C of the header (crc = 0) and the payload; 0 with a MAC */
     uint64_t aux;
+    uint8_t mac[MA_MAC]; /* GMAC of the header (mac = 0) and the payload (ffi/mirror_auth.h) */
 } __attribute__((packed));
 
-_Static_assert(sizeof(struct mhdr) == M_HDR, "mirror header is 48 bytes");
+_Static_assert(sizeof(struct mhdr) == M_HDR, "mirror header is 64 bytes");
 
 enum pkind {
     P_FREE, P_HOST_WRITE, P_HOST_READ, P_PEER_WRITE, P_PEER_FWD, P_PEER_READ, P_COPY,
@@ -175,6 +178,15 @@ struct mlink {
     struct mirror *vols[M_MAX_VOLS];
     struct srrs_mirror_link_info st;
     int stop_hook;
+    /* authentication (ffi/mirror_auth.h): off when no secret is configured */
+    bool auth_on;
+    struct mauth auth;              /* connections not yet authenticated */
+    struct fmac ftx, frx;           /* this connection's frame MACs (session keys) */
+    struct sockaddr_storage allow[4];
+    int nallow;
+    uint64_t auth_ev_at;            /* ticks: last refusal reported (one a second) */
+    uint64_t last_mac_rx;           /* ticks: last frame whose MAC held (liveness) */
+    uint64_t last_rx_conn;          /* ticks: this connection authenticated */
 };
 
 
@@ -290,6 +302,19 @@ static void *piece_buf(struct mlink *l, struct piece *p, size_t len)
 
 static void link_drop(struct mlink *l, const char *why);
 
+/* The header (its mac zeroed) and the payload: the MAC the header carries. */
+static void frame_mac(struct fmac *k, const struct mhdr *h, const struct iovec *iov,
+                      int iovcnt, uint8_t mac[MA_MAC])
+{
+    struct mhdr z = *h;
+    memset(z.mac, 0, sizeof(z.mac));
+    fmac_begin(k, h->seq);
+    fmac_update(k, &z, sizeof(z));
+    for (int i = 0; i < iovcnt; i++)
+        fmac_update(k, iov[i].iov_base, iov[i].iov_len);
+    fmac_end(k, mac);
+}
+
 static void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint64_t off,
                        int32_t status, uint64_t aux, const struct iovec *iov, int iovcnt,
                        uint32_t len, struct piece *done_piece)
@@ -311,15 +336,19 @@ static void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag
     f->h.off = off;
     f->h.status = status;
     f->h.aux = aux;
-    uint32_t crc = srrs_crc32c(0, &f->h, sizeof(f->h));
+    /* Authenticated, the MAC covers what the CRC would: the CRC is left out. */
+    uint32_t crc = l->auth_on ? 0 : srrs_crc32c(0, &f->h, sizeof(f->h));
     f->iov[0].iov_base = &f->h;
     f->iov[0].iov_len = sizeof(f->h);
     f->iovcnt = 1;
     for (int i = 0; i < iovcnt; i++) {
-        crc = srrs_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+        if (!l->auth_on)
+            crc = srrs_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
         f->iov[f->iovcnt++] = iov[i];
     }
     f->h.crc = crc;
+    if (l->auth_on)
+        frame_mac(&l->ftx, &f->h, iov, iovcnt, f->h.mac);
     f->total = sizeof(f->h) + len;
     f->sent = 0;
     f->done_piece = done_piece;
@@ -1212,13 +1241,41 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, vo
     return false;
 }
 
-/* A whole frame (header copied out, payload at `payload`): CRC32C, sequence,
+/* A frame whose MAC fails was not sent by our peer: it is counted and
+ * discarded, and the connection goes on. A third party that can put bytes
+ * into our TCP stream can also reset it, so closing would hand it a failover
+ * for free; if its bytes displaced the peer's, the next frame's sequence
+ * number (covered by the MAC) no longer matches and the link drops then. */
+static bool rx_mac_ok(struct mlink *l, const struct mhdr *h, const uint8_t *payload)
+{
+    uint8_t mac[MA_MAC];
+    struct iovec v = {(void *)payload, h->len};
+    frame_mac(&l->frx, h, &v, 1, mac);
+    /* A replayed frame of this connection has a good MAC and a spent number. */
+    if (!mac_diff(mac, h->mac, MA_MAC) && h->seq >= l->rx_seq) {
+        l->last_mac_rx = srrs_ticks();
+        return true;
+    }
+    l->st.mac_errors++;
+    uint64_t now = srrs_ticks();
+    if (now - l->auth_ev_at > srrs_us_to_ticks(1000000) || !l->auth_ev_at) {
+        l->auth_ev_at = now;
+        srrs_event_post(l->core, SRRS_EV_PROTO_ERROR, l->st.mac_errors, 0, "mirror-link",
+                        "mirror frame with a bad MAC discarded (%llu so far)",
+                        (unsigned long long)l->st.mac_errors);
+    }
+    return false;
+}
+
+/* A whole frame (header copied out, payload at `payload`): MAC, CRC32C, sequence,
  * then its meaning. 1 consumed, 0 retry later (out of buffers), -1 link dropped. */
 static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **own)
 {
+    if (l->auth_on && !rx_mac_ok(l, h, payload))
+        return 1; /* discarded: see rx_mac_ok */
     uint32_t want = h->crc;
     h->crc = 0;
-    uint32_t crc = srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
+    uint32_t crc = l->auth_on ? 0 : srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
     h->crc = want;
     if (crc != want) {
         l->st.crc_errors++;
@@ -1519,20 +1576,88 @@ static void try_connect(struct mlink *l)
         close(fd);
         return;
     }
-    conn_attach(l, fd, rc != 0);
+    if (l->auth_on)
+        mauth_add(&l->auth, fd, true, rc != 0, &ss); /* the link's once it authenticated */
+    else
+        conn_attach(l, fd, rc != 0);
+}
+
+static void auth_refused(void *arg, const struct sockaddr_storage *from, const char *why)
+{
+    struct mlink *l = arg;
+    l->st.auth_failures++;
+    uint64_t now = srrs_ticks();
+    if (l->auth_ev_at && now - l->auth_ev_at < srrs_us_to_ticks(1000000))
+        return; /* one report a second: a flood must not flood the events */
+    l->auth_ev_at = now;
+    char host[64] = "?";
+    getnameinfo((const struct sockaddr *)from, sizeof(*from), host, sizeof(host), NULL, 0,
+                NI_NUMERICHOST);
+    srrs_event_post(l->core, SRRS_EV_PROTO_ERROR, l->st.auth_failures, 0, "mirror-link",
+                    "mirror connection from %s refused: %s (%llu refused so far)", host, why,
+                    (unsigned long long)l->st.auth_failures);
+}
+
+/* The connection proved it holds the pair's secret: now, and only now, it may
+ * become the link (if the link has no connection). */
+static void auth_done(void *arg, int fd, const uint8_t ktx[MA_KEY], const uint8_t krx[MA_KEY])
+{
+    struct mlink *l = arg;
+    if (l->fd >= 0 || l->need_rejoin) {
+        close(fd);
+        return;
+    }
+    fmac_key(&l->ftx, ktx);
+    fmac_key(&l->frx, krx);
+    l->last_rx_conn = srrs_ticks();
+    conn_attach(l, fd, false);
+}
+
+static bool addr_allowed(struct mlink *l, const struct sockaddr_storage *ss)
+{
+    if (!l->nallow)
+        return true;
+    for (int i = 0; i < l->nallow; i++) {
+        const struct sockaddr_storage *a = &l->allow[i];
+        if (a->ss_family != ss->ss_family)
+            continue;
+        if (a->ss_family == AF_INET &&
+            ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+                ((const struct sockaddr_in *)ss)->sin_addr.s_addr)
+            return true;
+        if (a->ss_family == AF_INET6 &&
+            !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                    &((const struct sockaddr_in6 *)ss)->sin6_addr, 16))
+            return true;
+    }
+    return false;
 }
 
 static int listen_poll(void *arg)
 {
     struct mlink *l = arg;
-    int fd = accept4(l->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_storage ss = {0};
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
         return 0;
-    if (l->fd >= 0 || l->need_rejoin || l->o.node == 0) {
-        close(fd); /* one connection at a time; node 0 dials */
+    if (l->o.node == 0) {
+        close(fd); /* node 0 dials */
         return 1;
     }
-    conn_attach(l, fd, false);
+    if (!addr_allowed(l, &ss)) {
+        close(fd);
+        auth_refused(l, &ss, "source address not allowed");
+        return 1;
+    }
+    /* Even while the link is up, a connection runs the handshake (a stranger
+     * is counted); only auth_done decides whether it may take the link. */
+    if (l->auth_on)
+        mauth_add(&l->auth, fd, false, false, &ss);
+    else if (l->fd >= 0 || l->need_rejoin)
+        close(fd); /* one connection at a time */
+    else
+        conn_attach(l, fd, false);
     return 1;
 }
 
@@ -1541,7 +1666,10 @@ static int timer_poll(void *arg)
     struct mlink *l = arg;
     uint64_t now = srrs_ticks();
     if (l->fd >= 0 && !l->connecting) {
-        if (now - l->last_rx > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
+        /* Authenticated: only the peer's own frames prove it alive, not
+         * whatever bytes a third party keeps putting into the stream. */
+        uint64_t heard = l->auth_on ? SRRS_MAX(l->last_mac_rx, l->last_rx_conn) : l->last_rx;
+        if (now - heard > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
             link_drop(l, "peer silent");
             return 1;
         }
@@ -1558,7 +1686,7 @@ static int timer_poll(void *arg)
         close(l->fd);
         l->fd = -1;
         l->connecting = false;
-    } else if (l->fd < 0 && l->o.node == 0 && !l->need_rejoin &&
+    } else if (l->fd < 0 && l->o.node == 0 && !l->need_rejoin && !mauth_dialing(&l->auth) &&
                now - l->last_try > srrs_us_to_ticks(100000)) {
         l->last_try = now;
         try_connect(l);
@@ -1916,6 +2044,7 @@ static void link_stop_fn(void *a)
     struct mlink *l = x->l;
     if (l->fd >= 0)
         link_drop(l, "link destroyed");
+    mauth_close_all(&l->auth);
     l->mode = MODE_FENCED;
     resolve_held(l);
     srrs_poller_unregister(&l->p_timer);
@@ -1931,6 +2060,7 @@ static void link_on_stop(void *arg)
     l->stop_hook = -1;
     l->mode = MODE_FENCED;
     link_drop(l, "reactor stopping");
+    mauth_close_all(&l->auth);
     resolve_held(l);
 }
 
@@ -1942,6 +2072,9 @@ static void hook_fn(void *a)
 
 static void link_free(struct mlink *l)
 {
+    OPENSSL_cleanse(l->auth.secret, sizeof(l->auth.secret));
+    fmac_free(&l->ftx);
+    fmac_free(&l->frx);
     if (l->lfd >= 0)
         close(l->lfd);
     free(l->pieces);
@@ -1949,6 +2082,35 @@ static void link_free(struct mlink *l)
     if (l->rx)
         srrs_mem_free(l->rx, M_RXBUF);
     free(l);
+}
+
+static int auth_setup(struct mlink *l)
+{
+    struct srrs_mirror_link_opts *o = &l->o;
+    if (o->secret_len != 0 && o->secret_len != MA_KEY)
+        return srrs_err(-EINVAL, "mirror link: the secret must be %d bytes, not %u", MA_KEY,
+                        o->secret_len);
+    l->auth_on = o->secret_len == MA_KEY;
+    l->auth.r = l->r;
+    memcpy(l->auth.secret, o->secret, MA_KEY);
+    OPENSSL_cleanse(o->secret, sizeof(o->secret)); /* the copy in l->auth is the one */
+    l->auth.done = auth_done;
+    l->auth.fail = auth_refused;
+    l->auth.arg = l;
+    if (l->auth_on && (fmac_init(&l->ftx) || fmac_init(&l->frx)))
+        return srrs_err(-ENOMEM, "mirror link: no cipher context for the frame MACs");
+    for (int i = 0; i < 4; i++) {
+        o->allow[i][sizeof(o->allow[i]) - 1] = 0;
+        if (!o->allow[i][0])
+            continue;
+        struct addrinfo hints = {.ai_flags = AI_NUMERICHOST}, *res;
+        if (getaddrinfo(o->allow[i], NULL, &hints, &res))
+            return srrs_err(-EINVAL, "mirror link: allow: %s is not a numeric address",
+                            o->allow[i]);
+        memcpy(&l->allow[l->nallow++], res->ai_addr, res->ai_addrlen);
+        freeaddrinfo(res);
+    }
+    return 0;
 }
 
 int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_link_opts *o,
@@ -1996,6 +2158,11 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
     for (uint32_t i = 0; i < M_NFRAMES; i++)
         l->frames[i].next = i + 1 < M_NFRAMES ? &l->frames[i + 1] : NULL;
     l->ffree = &l->frames[0];
+    int rc = auth_setup(l);
+    if (rc) {
+        link_free(l);
+        return rc;
+    }
     /* Both nodes listen (node 1 accepts, node 0 refuses): the address is reserved. */
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -2287,6 +2454,75 @@ int srrs_mirror_test_dump(struct srrs_mirror_link *link)
 {
     struct mlink *l = (struct mlink *)link;
     srrs_reactor_call(l->r, dump_fn, l);
+    return 0;
+}
+
+struct inject_arg {
+    struct mlink *l;
+    uint64_t off;
+    uint32_t len;
+    int byte, rc;
+};
+
+static void inject_fn(void *a)
+{
+    static uint8_t buf[65536];
+    struct inject_arg *x = a;
+    struct mlink *l = x->l;
+    if (!link_ready(l) || !l->vols[0] || x->len > sizeof(buf)) {
+        x->rc = -EINVAL;
+        return;
+    }
+    memset(buf, x->byte, x->len);
+    struct iovec v = {buf, x->len};
+    frame_send(l, T_WRITE, l->vols[0], 0xdead, x->off, 0, 0, &v, 1, x->len, NULL);
+    /* What a third party can make: a well-formed frame with the next sequence
+     * number and a valid CRC32C, but without the session key, a MAC it guessed. */
+    l->tx_seq--;
+    if (getrandom(l->txq_tail->h.mac, MA_MAC, 0) != MA_MAC)
+        memset(l->txq_tail->h.mac, 0xa5, MA_MAC);
+    tx_flush(l);
+}
+
+int srrs_mirror_test_inject(struct srrs_mirror_link *link, uint64_t off, uint32_t len, int byte)
+{
+    struct inject_arg x = {(struct mlink *)link, off, len, byte, 0};
+    srrs_reactor_call(x.l->r, inject_fn, &x);
+    return x.rc;
+}
+
+static void replay_fn(void *a)
+{
+    struct inject_arg *x = a;
+    struct mlink *l = x->l;
+    if (!link_ready(l)) {
+        x->rc = -EINVAL;
+        return;
+    }
+    /* The same PING twice under one sequence number: the copy is what a
+     * third party that recorded the stream would play back. */
+    frame_send(l, T_PING, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL);
+    l->tx_seq--;
+    frame_send(l, T_PING, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL);
+    tx_flush(l);
+}
+
+int srrs_mirror_test_replay(struct srrs_mirror_link *link)
+{
+    struct inject_arg x = {(struct mlink *)link, 0, 0, 0, 0};
+    srrs_reactor_call(x.l->r, replay_fn, &x);
+    return x.rc;
+}
+
+int srrs_mirror_test_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t len,
+                          uint8_t *out32)
+{
+    struct mac_key k;
+    SHA256_CTX x;
+    mac_key_set(&k, key, key_len);
+    mac_begin(&k, &x);
+    mac_update(&x, msg, len);
+    mac_end(&k, &x, out32);
     return 0;
 }
 

@@ -4,8 +4,10 @@
  *
  * One link = one TCP connection between the two controllers of a pair, owned
  * by one reactor; every mirror bdev of the pair rides on it (volume id in each
- * frame). Frames: a 40-byte header (magic, type, volume, sequence number,
- * stripe/offset, length, CRC32C of header and payload) and a payload.
+ * frame). Frames: a 64-byte header (magic, type, volume, sequence number,
+ * stripe/offset, length, CRC32C of header and payload, MAC) and a payload.
+ * With a secret, a connection carries no frame before the mutual HMAC-SHA256
+ * handshake of ffi/mirror_auth.h, and every frame then carries a MAC (GMAC).
  * Node index 0 connects, node 1 accepts; stripe i is ordered by node i % 2.
  *
  * Mirror I/O of every reactor is processed on the link's reactor (messages
@@ -48,6 +50,9 @@ struct srrs_mirror_link_opts {
     uint32_t ping_ms;          /* PING period (default 50) */
     uint32_t timeout_ms;       /* link down when nothing arrives this long (default 1000) */
     uint32_t read_lease_ms;    /* read lease length L we grant the peer (default 500) */
+    uint8_t secret[32];        /* the pair's mirror secret (srrs keygen), both sides alike */
+    uint32_t secret_len;       /* 32: authenticated link; 0: none (insecure, isolated network) */
+    char allow[4][64];         /* numeric source addresses accepted ("": any that authenticates) */
 };
 
 struct srrs_mirror_link_info {
@@ -64,6 +69,9 @@ struct srrs_mirror_link_info {
     int64_t read_lease_left_us; /* our read lease from the peer (<= 0: none) */
     int64_t grant_left_us;     /* the peer's read lease from us may run this long yet */
     uint64_t lease_reads_failed; /* reads failed for want of a read lease (path error) */
+    uint64_t mac_errors;       /* frames whose MAC failed or that replayed a spent sequence
+                                  number: discarded, never acted on */
+    uint64_t auth_failures;    /* connections refused: failed handshake, deadline, address */
 };
 
 struct srrs_mirror_info {
@@ -107,5 +115,14 @@ int srrs_mirror_get_info(struct srrs_mirror_link *link, const char *name,
 uint64_t srrs_core_loops_poke(struct srrs_core *core);
 /* control. Test hook: every live piece, lock and resync flag to stderr. */
 int srrs_mirror_test_dump(struct srrs_mirror_link *link);
+/* control. Test hook: put a frame with a forged MAC into the stream now (a
+ * third party's injection): a WRITE of `len` bytes of `byte` at `off` of
+ * volume 0 carrying the next sequence number. */
+int srrs_mirror_test_inject(struct srrs_mirror_link *link, uint64_t off, uint32_t len, int byte);
+/* control. Test hook: send a frame, then the same frame again (a replay). */
+int srrs_mirror_test_replay(struct srrs_mirror_link *link);
+/* any thread. HMAC-SHA256 as the link computes it (for its test vectors). */
+int srrs_mirror_test_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t len,
+                          uint8_t *out32);
 /* control. Test hook: drop the connection now (as if the peer vanished). */
 int srrs_mirror_test_drop(struct srrs_mirror_link *link);

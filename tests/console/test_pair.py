@@ -55,6 +55,7 @@ peer_mirror = "127.0.0.1:{mirror[other]}"
 witness = "{witness}"
 volumes = ["v0"]
 state_dir = "{tmp_path}/state-{me}"
+insecure = true
 {pair_extra}
 {metrics}
 """)
@@ -65,7 +66,7 @@ def test_pair_failover_on_the_console(tmp_path):
     need("tmux")
     ports = _ports(5)
     witness = f"tcp://127.0.0.1:{ports[4]}"
-    w = subprocess.Popen(SRRS + ["witness", "--bind", witness], stdout=subprocess.DEVNULL,
+    w = subprocess.Popen(SRRS + ["witness", "--bind", witness, "--insecure"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     a = b = t = None
     try:
@@ -101,7 +102,7 @@ def test_console_pair_config_finds_both_controllers_and_the_witness(tmp_path):
     names its own RPC socket, the peer's (peer_rpc_socket) and the witness."""
     ports = _ports(5)
     witness = f"tcp://127.0.0.1:{ports[4]}"
-    w = subprocess.Popen(SRRS + ["witness", "--bind", witness], stdout=subprocess.DEVNULL,
+    w = subprocess.Popen(SRRS + ["witness", "--bind", witness, "--insecure"], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     ctls = []
     try:

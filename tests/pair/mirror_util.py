@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from srrs.ffi.binding import Core, check, ffi, lib
@@ -12,8 +13,11 @@ MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target
 
 
 class Side:
-    def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1):
+    def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1,
+                 secret=b"", allow=()):
         self.name = name
+        self.secret = secret   # b"": no authentication
+        self.allow = allow     # source addresses accepted (): any
         self.core = Core(reactors=reactors)
         if kind == "malloc":
             self.core.bdev_create_malloc("r0", size)
@@ -35,6 +39,11 @@ class Side:
         o.peer_port = self.pport
         o.ping_ms = 20
         o.timeout_ms = 2000
+        if self.secret:
+            o.secret = self.secret
+            o.secret_len = len(self.secret)
+        for i, a in enumerate(self.allow):
+            o.allow[i] = a.encode()
         self._pl = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(self.core.ptr, o, self._pl), "link")
         self.link = self._pl[0]
@@ -63,7 +72,8 @@ class Side:
         lib.srrs_mirror_link_get_info(self.link, li)
         return {k: getattr(li, k) for k in ("up", "mode", "connects", "crc_errors",
                                             "proto_errors", "held_writes",
-                                            "read_lease_left_us", "grant_left_us")}
+                                            "read_lease_left_us", "grant_left_us", "mac_errors",
+                                            "auth_failures", "rx_frames")}
 
     def info(self):
         mi = ffi.new("struct srrs_mirror_info *")
@@ -84,10 +94,13 @@ class Side:
         self.core.close()
 
 
-def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1):
+# The links of these tests authenticate (one secret per pair), as a pair's do.
+def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1, secret=None):
+    if secret is None:
+        secret = os.urandom(32)
     pa, pb = free_ports(2)
-    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors)
-    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors)
+    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors, secret)
+    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors, secret)
     return a, b
 
 

@@ -56,8 +56,52 @@ class Proc:
             return f.read().decode(errors="replace")
 
 
+def make_keys(tmp, names=("a", "b")):
+    """`srrs keygen` (the real code, in this process) for a pair and its
+    witness under tmp/keys: the controllers' CURVE keys and their shared
+    mirror.secret in keys/pair, the witness's in keys/witness, and the
+    witness's allow-list (the controllers' public keys only) in keys/allowed."""
+    import argparse
+    import contextlib
+    import io
+    import shutil
+
+    from srrs.ctrl.witness import keygen
+
+    root = tmp / "keys"
+    with contextlib.redirect_stdout(io.StringIO()):
+        for n in names:
+            keygen(argparse.Namespace(dir=str(root / "pair"), name=n, no_mirror_secret=False))
+        keygen(argparse.Namespace(dir=str(root / "witness"), name="witness",
+                                  no_mirror_secret=True))
+    (root / "allowed").mkdir()
+    for n in names:
+        shutil.copy(root / "pair" / f"{n}.key", root / "allowed" / f"{n}.key")
+    return {"dir": root, "mirror_secret": root / "pair" / "mirror.secret",
+            "witness_secret": root / "witness" / "witness.key_secret",
+            "witness_public": root / "witness" / "witness.key", "allowed": root / "allowed",
+            **{n: root / "pair" / f"{n}.key" for n in names}}
+
+
+def key_lines(keys, name, peer):
+    """The [pair] key lines of controller `name` (keys from make_keys; None:
+    `insecure = true`, for the tests about something else)."""
+    if keys is None:
+        return "insecure = true\n"
+    return (f'secret_key = "{keys[name]}_secret"\n'
+            f'peer_public_key = "{keys[peer]}"\n'
+            f'witness_public_key = "{keys["witness_public"]}"\n'
+            f'mirror_secret = "{keys["mirror_secret"]}"\n')
+
+
 class Witness(Proc):
-    def __init__(self, tmp, bind, max_lease=3.0, extra=(), prefix=()):
+    def __init__(self, tmp, bind, max_lease=3.0, extra=(), prefix=(), keys=None):
+        """keys: from make_keys; None runs it --insecure (unless extra gives keys)."""
+        if keys is not None:
+            extra = ["--secret-key", str(keys["witness_secret"]), "--authorized",
+                     str(keys["allowed"])] + list(extra)
+        elif "--secret-key" not in extra:
+            extra = ["--insecure"] + list(extra)
         super().__init__(["witness", "--bind", bind, "--max-lease", str(max_lease)] + list(extra),
                          str(tmp / f"witness-{time.monotonic_ns()}.log"), prefix)
 
@@ -157,8 +201,12 @@ size = "{size}"
 
 
 def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
-              peer_host="127.0.0.1", witness_host="127.0.0.1", extra="", replica="file"):
-    """ports: dict with coord_<n>, mirror_<n>, witness. replica: "file" | "pool"."""
+              peer_host="127.0.0.1", witness_host="127.0.0.1", extra="", replica="file",
+              keys=None):
+    """ports: dict with coord_<n>, mirror_<n>, witness. replica: "file" | "pool".
+    keys: from make_keys; None: `insecure = true` (unless extra has keys)."""
+    if keys is not None or "secret_key" not in extra:
+        extra = key_lines(keys, name, peer) + extra
     return f"""
 [controller]
 name = "{name}"

@@ -5,27 +5,17 @@ import pytest
 from srrs.ctrl import config
 from srrs.ctrl.pair_config import parse
 
-from .procs import Ctl, Proc, Witness, alloc_ports, pair_conf
+from .procs import Ctl, Witness, alloc_ports, make_keys, pair_conf
 
 
 def test_pair_with_curve_keys(tmp_path):
-    keys = tmp_path / "keys"
-    for n in ("a", "b", "witness"):
-        assert Proc(["keygen", str(keys), n], str(tmp_path / "k.log")).proc.wait(20) == 0
-    allowed = tmp_path / "allowed"
-    allowed.mkdir()
-    for n in ("a", "b"):
-        (allowed / f"{n}.key").write_text((keys / f"{n}.key").read_text())
+    keys = make_keys(tmp_path)
     p = alloc_ports()
-    w = Witness(tmp_path, f"tcp://127.0.0.1:{p['witness']}", max_lease=2.0, extra=[
-        "--secret-key", str(keys / "witness.key_secret"), "--authorized", str(allowed)])
+    w = Witness(tmp_path, f"tcp://127.0.0.1:{p['witness']}", max_lease=2.0, keys=keys)
     ctls = []
     try:
         for n, o in (("a", "b"), ("b", "a")):
-            extra = (f'secret_key = "{keys}/{n}.key_secret"\n'
-                     f'peer_public_key = "{keys}/{o}.key"\n'
-                     f'witness_public_key = "{keys}/witness.key"\n')
-            ctls.append(Ctl(tmp_path, n, pair_conf(n, o, p, tmp_path, extra=extra)))
+            ctls.append(Ctl(tmp_path, n, pair_conf(n, o, p, tmp_path, keys=keys)))
         a, b = ctls
         a.wait_state("PAIRED", 20)
         b.wait_state("PAIRED", 20)
@@ -39,7 +29,7 @@ def test_pair_with_curve_keys(tmp_path):
 
 BASE = {"self": "a", "coord_bind": "tcp://127.0.0.1:1", "peer_coord": "tcp://127.0.0.1:2",
         "mirror_listen": "127.0.0.1:3", "peer_mirror": "127.0.0.1:4",
-        "witness": "tcp://127.0.0.1:5"}
+        "witness": "tcp://127.0.0.1:5", "insecure": True}
 
 
 def test_defaults():
@@ -59,7 +49,7 @@ def test_defaults():
     ({"lease_ms": 100}, "lease_ms:"),
     ({"heartbeat_ms": 0}, "heartbeat_ms: must be in"),
     ({"volumes": ["v0", "v0"]}, "listed twice"),
-    ({"secret_key": "/nonexistent"}, "CURVE needs"),
+    ({"secret_key": "/nonexistent", "insecure": None}, "the keys go together"),
     ({"peer": "a"}, "peer: must differ"),
     ({"peer_rpc_socket": ""}, "peer_rpc_socket: expected a non-empty string"),
     ({"peer_rpc_socket": 7}, "peer_rpc_socket: expected a non-empty string"),
@@ -83,10 +73,16 @@ def test_error_names_file_line_key(tmp_path):
         config.load(str(f))
 
 
-def test_shipped_configs_parse():
+def test_shipped_configs_parse(tmp_path):
+    # the shipped configs name keys under /var/tmp/srrs-keys (make_keys's layout)
+    keys = make_keys(tmp_path)
     for n in ("a", "b"):
-        c = config.load(f"configs/pair-{n}.toml").sections["pair"]
+        f = tmp_path / f"pair-{n}.toml"
+        f.write_text(open(f"configs/pair-{n}.toml").read().replace("/var/tmp/srrs-keys",
+                                                                    str(keys["dir"])))
+        c = config.load(str(f)).sections["pair"]
+        assert c.mirror_secret and c.secret_key and not c.insecure
         assert c.self_name == n and c.volumes
         other = "b" if n == "a" else "a"
         assert c.peer_rpc_socket == f"/tmp/srrs-pair-{other}.sock"
-        assert config.load(f"configs/pair-{other}.toml").controller.rpc_socket == c.peer_rpc_socket
+        assert f'rpc_socket = "{c.peer_rpc_socket}"' in open(f"configs/pair-{other}.toml").read()
