@@ -15,7 +15,7 @@ def _conf(coord, mirror):
     return parse({"self": "a", "peer": "b", "coord_bind": f"tcp://127.0.0.1:{coord}",
                   "peer_coord": f"tcp://127.0.0.1:{coord + 1}",
                   "mirror_listen": f"127.0.0.1:{mirror}",
-                  "peer_mirror": f"127.0.0.1:{mirror + 1}", "witness": "tcp://127.0.0.1:9"})
+                  "peer_mirror": f"127.0.0.1:{mirror + 1}", "witness": "tcp://127.0.0.1:9", "insecure": True})
 
 
 def test_default_state_dir_is_keyed_by_pair_identity():
