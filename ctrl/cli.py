@@ -213,7 +213,7 @@ def cmd_bench_bdev(args) -> int:
         elif b.type == "null":
             core.bdev_create_null(b.name, b.size, b.block_size)
         else:
-            core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+            core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow)
         size = core.bdev_info(b.name)["size"]
         span = size // args.queues
         span -= span % (1 << 20) if span >= (1 << 21) else span % b.block_size

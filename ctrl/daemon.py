@@ -116,7 +116,7 @@ class Controller:
             self.fresh_bdevs[b.name] = "RAM"
         else:
             existed = os.path.exists(b.path)
-            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow)
             if not existed:
                 self.fresh_bdevs[b.name] = f"{b.path} created"
         self.bdevs[b.name] = b

@@ -225,6 +225,8 @@ struct srrs_pool {
     int bar_acks;
     uint8_t bar_oldpar[SRRS_MAX_REACTORS];
     uint64_t unmapped;
+    struct srrs_pool *onext;      /* open pools of this process (by uuid) */
+    bool registered;
 };
 
 struct lv_rstate {

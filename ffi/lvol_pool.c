@@ -626,6 +626,17 @@ static int probe(const char *path, struct frag_probe *pr)
     return 0;
 }
 
+/* Before anything is read or written: no bdev of any process owns the file. */
+static int frag_check_free(const char *pool, const char *path)
+{
+    int rc = srrs_file_check_free(path);
+    if (!rc)
+        return 0;
+    char msg[300];
+    snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+    return srrs_err(rc, "pool %s: fragment %s", pool, msg);
+}
+
 static void uuid_str(const uint8_t *u, char *out)
 {
     for (int i = 0; i < 16; i++)
@@ -648,7 +659,8 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
     } else {
         struct stat st;
         f->fresh = stat(spec->path, &st) != 0;
-        rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS);
+        rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS,
+                                   SRRS_FILE_GROW);
         snprintf(f->path, sizeof(f->path), "%s", spec->path);
     }
     if (rc)
@@ -1017,6 +1029,47 @@ static int build_volumes(struct srrs_pool *p, struct scan *s)
 
 /* ---- open / close ------------------------------------------------------------------ */
 
+/* The pools open in this process: a pool is opened once, whatever path
+ * (symlink, hard link, another device node) reaches its fragments. */
+static pthread_mutex_t open_pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct srrs_pool *open_pools;
+
+static void pool_register(struct srrs_pool *p)
+{
+    pthread_mutex_lock(&open_pools_lock);
+    p->onext = open_pools;
+    open_pools = p;
+    p->registered = true;
+    pthread_mutex_unlock(&open_pools_lock);
+}
+
+static void pool_unregister(struct srrs_pool *p)
+{
+    pthread_mutex_lock(&open_pools_lock);
+    struct srrs_pool **pp = &open_pools;
+    while (*pp && *pp != p)
+        pp = &(*pp)->onext;
+    if (*pp)
+        *pp = p->onext;
+    p->registered = false;
+    pthread_mutex_unlock(&open_pools_lock);
+}
+
+/* -EBUSY naming the open pool whose uuid this is. */
+static int pool_uuid_check(const char *name, const char *path, const uint8_t *uuid)
+{
+    char owner[SRRS_NAME_MAX] = "";
+    pthread_mutex_lock(&open_pools_lock);
+    for (struct srrs_pool *q = open_pools; q && !owner[0]; q = q->onext)
+        if (!memcmp(q->uuid, uuid, 16))
+            snprintf(owner, sizeof(owner), "%s", q->name);
+    pthread_mutex_unlock(&open_pools_lock);
+    if (!owner[0])
+        return 0;
+    return srrs_err(-EBUSY, "pool %s: fragment %s belongs to pool %s, which is already open in this "
+                    "controller", name, path, owner);
+}
+
 void lv_drain_stop_msg(void *arg);
 
 struct maint_stop {
@@ -1037,6 +1090,8 @@ static void maint_stop_msg(void *arg)
 
 static void pool_free(struct srrs_pool *p)
 {
+    if (p->registered)
+        pool_unregister(p);
     for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
         struct maint_stop ms = {.p = p};
         srrs_reactor_call(p->pr, maint_stop_msg, &ms);
@@ -1123,6 +1178,9 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         if (!pr[i].best)
             return srrs_err(-EIO, "fragment %s: both superblock copies are corrupt; refusing to open "
                             "the pool", frags[i].path);
+        int rc = pool_uuid_check(p->name, frags[i].path, pr[i].best->pool_uuid);
+        if (rc)
+            return rc;
         if (!best || pr[i].best->seq > best->seq)
             best = pr[i].best;
     }
@@ -1279,7 +1337,9 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
             continue;
         }
         any_persistent = true;
-        rc = probe(frags[i].path, &pr_[i]);
+        rc = frag_check_free(name, frags[i].path);
+        if (!rc)
+            rc = probe(frags[i].path, &pr_[i]);
         if (rc)
             break;
         if (pr_[i].kind == FR_OURS)
@@ -1327,6 +1387,7 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
         pool_free(p);
         return srrs_err(rc, "%s", msg);
     }
+    pool_register(p);
     *out = p;
     return 0;
 }
@@ -1442,7 +1503,9 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
         return srrs_err(-ENOSPC, "pool %s already has %d fragments", p->name, LV_MAX_FRAGS);
     if (spec->path) {
         struct frag_probe pr;
-        int rc = probe(spec->path, &pr);
+        int rc = frag_check_free(p->name, spec->path);
+        if (!rc)
+            rc = probe(spec->path, &pr);
         if (rc)
             return rc;
         if (pr.kind == FR_OURS || pr.kind == FR_FOREIGN)
