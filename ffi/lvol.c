@@ -306,6 +306,8 @@ static void page_io_done(struct srrs_io *io, void *arg)
     struct srrs_pool *p = pg->pool;
     if (io->status && !pg->status)
         pg->status = io->status;
+    if (!io->status)
+        pg->ondisk = true;
     struct lv_frag *f = &p->frags[pg->frag];
     if (pg->status || pg->step == 2) {
         page_finish(pg);
@@ -430,6 +432,24 @@ struct lv_page *lv_page_get(struct lv_vol *v, uint32_t idx)
     return pg;
 }
 
+/* P. A map page whose first commit failed: if nothing was ever written to its
+ * slot and no entry or write needs it, the slot goes back to the pool, so a
+ * failed first write leaves nothing allocated. Page 0 (the volume record)
+ * goes with the volume; a drain may be holding a page, so none is dropped then. */
+void lv_page_drop_unused(struct lv_vol *v, uint32_t idx)
+{
+    struct lv_page *pg = idx && idx < v->nchunks ? v->pages[idx] : NULL;
+    if (!pg || pg->ondisk || pg->busy || pg->want || pg->next || pg->cur || v->pool->drain)
+        return;
+    uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
+    for (uint32_t i = 0; top[idx] && i < MD_ENTRIES; i++)
+        if (top[idx][i])
+            return;
+    lv_slot_free(v->pool, pg->frag, pg->slot);
+    v->pages[idx] = NULL;
+    free(pg);
+}
+
 /* ---- allocation (P) ----------------------------------------------------------- */
 
 
@@ -543,7 +563,10 @@ static void alloc_committed(struct lv_wait *w, int status)
     } else {
         map_set(chunk, a->c, a->entry);
     }
+    uint32_t idx = (uint32_t)(a->c / MD_ENTRIES);
     alloc_finish(a, status);
+    if (status)
+        lv_page_drop_unused(v, idx);
 }
 
 /* At most one event per second per tenant / pool: a full volume under load
@@ -575,7 +598,9 @@ static void alloc_zeroed(struct srrs_io *io, void *arg)
         v->allocated--;
         if (v->tenant)
             v->tenant->used--;
+        uint32_t idx = (uint32_t)(a->c / MD_ENTRIES);
         alloc_finish(a, st ? st : -ENOSPC);
+        lv_page_drop_unused(v, idx);
         return;
     }
     map_set(chunk, a->c, a->entry | E_PENDING);

@@ -118,6 +118,7 @@ struct lv_page {
     uint32_t frag;
     uint64_t slot;
     bool busy, want, tomb;
+    bool ondisk;            /* a copy was written: the slot may hold this page */
     uint8_t step;
     int status;
     struct lv_wait *cur, *next;
@@ -376,6 +377,7 @@ void lv_cluster_put(struct srrs_pool *p, uint64_t e);
 uint64_t lv_cluster_take(struct srrs_pool *p, int fi, bool *zero);
 uint64_t *lv_map_chunk(struct lv_vol *v, uint64_t c);
 void lv_page_commit(struct lv_page *pg, struct lv_wait *w);
+void lv_page_drop_unused(struct lv_vol *v, uint32_t idx);
 struct lv_page *lv_page_get(struct lv_vol *v, uint32_t idx);
 int lv_pick_frag(struct srrs_pool *p);
 int lv_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);

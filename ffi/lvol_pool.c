@@ -192,6 +192,24 @@ static void delete_done(struct lv_wait *w, int status)
     op_put(op);
 }
 
+/* P: undoes a create that failed. A volume record that never reached its
+ * slot needs no tombstone: everything it holds goes back at once. */
+static void p_create_undo(void *arg)
+{
+    struct lv_op *op = arg;
+    struct lv_vol *v = op->vol;
+    if (v->pages[0] && v->pages[0]->ondisk) {
+        v->deleted = true;
+        v->pages[0]->tomb = true;
+        op->w.fn = delete_done;
+        op->pending++;
+        lv_page_commit(v->pages[0], &op->w);
+    } else {
+        vol_release(op->p, v);
+    }
+    op_put(op);
+}
+
 static void p_delete(void *arg)
 {
     struct lv_op *op = arg;
@@ -311,11 +329,13 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
     struct lv_op op = {.name = name, .tenant = tenant, .size = size, .thin = thin};
     rc = op_run(p, &op, p_create);
     if (rc && op.vol) {
-        /* Created but not fully allocated (thick): take it back. */
+        /* Its record or clusters could not be committed: take it all back. */
         struct lv_op d = {.vol = op.vol};
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", srrs_last_error());
-        op_run(p, &d, p_delete);
+        if (op_run(p, &d, p_create_undo))
+            return srrs_err(rc, "%s; its record is on disk and could not be erased (%s): delete "
+                            "volume %s once the fragment has space", msg, d.err, name);
         return srrs_err(rc, "%s", msg);
     }
     if (rc)
