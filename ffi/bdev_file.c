@@ -168,6 +168,7 @@ static int uring_flush(struct uring *u)
 struct file_disk {
     int fd_direct;   /* -1 when the filesystem refuses O_DIRECT */
     int fd_buf;
+    int fd_own;      /* holds the lock / exclusive claim; never used for I/O */
     bool is_blockdev;
     bool no_fallocate;
     /* Ownership: every file bdev of the process, by inode (files) or device
@@ -601,6 +602,7 @@ static void file_destroy(struct srrs_bdev *b)
     if (d->fd_direct >= 0)
         close(d->fd_direct);
     close(d->fd_buf);
+    close(d->fd_own);
     free(d);
 }
 
@@ -664,6 +666,17 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         rc = srrs_err(rc == -EAGAIN || rc == -EACCES ? -EBUSY : rc, "bdev %s: %s is %s", name, path,
                       who);
         close(d->fd_buf);
+        free(d);
+        return rc;
+    }
+    /* The claim stays on its own descriptor: io_uring keeps references to the
+     * files of requests in flight and drops them asynchronously after a
+     * crash, which would keep the lock for a while after the process is gone. */
+    d->fd_own = d->fd_buf;
+    d->fd_buf = open(path, O_RDWR | O_CLOEXEC);
+    if (d->fd_buf < 0) {
+        rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+        close(d->fd_own);
         free(d);
         return rc;
     }
@@ -731,6 +744,7 @@ fail:
     if (d->fd_direct >= 0)
         close(d->fd_direct);
     close(d->fd_buf);
+    close(d->fd_own);
     free(d);
     return rc;
 }

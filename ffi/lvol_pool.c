@@ -310,6 +310,25 @@ static int vol_register(struct srrs_pool *p, struct lv_vol *v)
     return srrs_bdev_register(p->core, v->name, &lv_lvol_module, v, v->size / LV_BS, LV_BS, &v->bdev);
 }
 
+/* The largest volume the pool can map: one metadata page per MD_ENTRIES
+ * clusters, and the pool has md_slots pages in all. Beyond it a volume could
+ * never be written whole, and its in-memory map (sized by the volume) would
+ * make every walk of it (delete, reopen) take seconds. */
+static int check_vol_size(struct srrs_pool *p, const char *name, uint64_t size)
+{
+    uint64_t slots = 0;
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        if (p->frags[i].state == FS_ACTIVE || p->frags[i].state == FS_DRAINING)
+            slots += p->frags[i].md_slots;
+    uint64_t max_cl = SRRS_MIN(slots * MD_ENTRIES, (uint64_t)UINT32_MAX);
+    if (size / p->cs <= max_cl)
+        return 0;
+    return srrs_err(-EFBIG, "volume %s: size %llu bytes is more than pool %s can map: at most %llu "
+                    "bytes (%llu metadata slots of %u clusters of %u bytes; raise metadata_slots or "
+                    "add a fragment for larger volumes)", name, (unsigned long long)size, p->name,
+                    (unsigned long long)(max_cl * p->cs), (unsigned long long)slots, MD_ENTRIES, p->cs);
+}
+
 int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int thin,
                      const char *tenant, struct srrs_lvol_info *out)
 {
@@ -319,8 +338,8 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
     if (!size || size % p->cs)
         return srrs_err(-EINVAL, "volume %s: size %llu is not a positive multiple of the cluster size %u",
                         name, (unsigned long long)size, p->cs);
-    if (size / p->cs > (uint64_t)UINT32_MAX * MD_ENTRIES)
-        return srrs_err(-EINVAL, "volume %s: too large", name);
+    if ((rc = check_vol_size(p, name, size)))
+        return rc;
     struct srrs_bdev *b = srrs_bdev_open(p->core, name);
     if (b) {
         srrs_bdev_close(&b);
@@ -393,6 +412,9 @@ int srrs_lvol_resize(struct srrs_pool *p, const char *name, uint64_t size)
                         (unsigned long long)size, p->cs);
     if (size == v->size)
         return 0;
+    int rc0 = check_vol_size(p, name, size);
+    if (rc0)
+        return rc0;
     struct lv_op op = {.vol = v, .size = size};
     int rc = op_run(p, &op, p_resize);
     if (rc)

@@ -4,7 +4,6 @@ file bdevs and volumes, all against real controller processes."""
 
 import os
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -94,6 +93,34 @@ def test_file_bdev_never_grows_an_existing_file(tmp_path):
         c.rpc("bdev_create", {"name": "n", "type": "file", "path": str(tmp_path / "new.img"),
                               "size": "2MiB"})
         assert (tmp_path / "new.img").stat().st_size == 2 * MiB
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
+def test_volume_size_is_capped_by_the_map_and_delete_is_quick(tmp_path):
+    """A 1,000,000 TiB thin volume used to be accepted, and deleting it then
+    held the RPC thread for 28 s walking its map."""
+    sock = str(tmp_path / "s.sock")
+    c = Controller(write_config(tmp_path / "c.toml", sock), sock)
+    try:
+        c.rpc("pool_create", {"name": "p0", "fragments": [{"path": str(tmp_path / "f.img"),
+                                                            "size": "64MiB"}]})
+        slots = c.rpc("pool_list")[0]["md_slots"]
+        most = slots * 480 * MiB  # one 480-entry map page per slot, 1 MiB clusters
+        msg = _err(c, "volume_create", {"name": "huge", "pool": "p0", "size": str(1_000_000 << 40),
+                                        "thin": True})
+        assert "more than pool p0 can map" in msg and str(most) in msg, msg
+        msg = _err(c, "volume_create", {"name": "huge", "pool": "p0", "size": most + MiB})
+        assert "more than pool p0 can map" in msg, msg
+        assert c.rpc("volume_list") == [] and c.rpc("bdev_list")[0]["name"] == "p0.f0"
+        c.rpc("volume_create", {"name": "big", "pool": "p0", "size": most, "thin": True})
+        msg = _err(c, "volume_resize", {"name": "big", "size": most + MiB})
+        assert "more than pool p0 can map" in msg, msg
+        t0 = time.monotonic()
+        c.rpc("volume_delete", {"name": "big"})
+        assert time.monotonic() - t0 < 2.0
+        assert c.rpc("pool_list")[0]["md_slots_used"] == 0
         assert c.stop() == 0
     finally:
         c.kill()
