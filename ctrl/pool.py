@@ -19,7 +19,7 @@ from .pool_config import FragmentConfig, PoolConfig, TenantConfig, VolumeConfig
 
 log = logging.getLogger("srrs.pool")
 
-FRAG_STATES = {0: "empty", 1: "active", 2: "draining", 3: "removed"}
+FRAG_STATES = {0: "empty", 1: "active", 2: "draining", 3: "removed", 4: "missing"}
 
 
 def _s(c) -> str:
@@ -73,8 +73,20 @@ class Pool:
         self._pp = pp
         self.ptr = pp[0]
         self.name = conf.name
+        self._sync_fragments()
         for m in self.messages():
             log.warning("pool %s: %s", self.name, m)
+
+    def _sync_fragments(self) -> None:
+        """The config model lists the fragments the pool has (its table may
+        name more than the config did: added online), so save_config keeps them."""
+        frags = []
+        for f in self.fragments():
+            if f["state"] in ("empty", "removed"):
+                continue
+            frags.append(FragmentConfig(size=f["size"], ram=True, weight=f["weight"]) if f["ram"]
+                         else FragmentConfig(path=f["path"], size=f["size"], weight=f["weight"]))
+        self.conf = replace(self.conf, fragments=tuple(frags))
 
     # -- pool ------------------------------------------------------------------
     def close(self) -> None:
@@ -91,6 +103,7 @@ class Pool:
         i = ffi.new("struct srrs_pool_info *")
         check(lib.srrs_pool_get_info(self.ptr, i))
         cs = i.cluster_size
+        frags = self.fragments()
         return {"name": self.name, "uuid": _uuid(i.uuid), "cluster_size": cs,
                 "placement": "fill-first" if i.placement else "spread",
                 "capacity": i.total_clusters * cs, "used": i.used_clusters * cs,
@@ -99,7 +112,11 @@ class Pool:
                 "volumes": i.nvolumes, "md_slots": i.md_slots_total, "md_slots_used": i.md_slots_used,
                 "md_writes": i.md_writes, "alloc_failures": i.alloc_failures,
                 "created": bool(i.created), "repaired": i.repaired,
-                "fragments": self.fragments(), "messages": self.messages()}
+                "fragments": frags, "messages": self.messages(),
+                "degraded": any(f["state"] == "missing" for f in frags)}
+
+    def degraded(self) -> bool:
+        return any(f["state"] == "missing" for f in self.fragments())
 
     def fragments(self) -> list:
         out = []
@@ -122,7 +139,7 @@ class Pool:
     def frag_add(self, frag: FragmentConfig) -> int:
         specs, keep = _frag_specs([frag])
         idx = check(lib.srrs_pool_frag_add(self.ptr, specs), f"pool {self.name}")
-        self.conf = replace(self.conf, fragments=self.conf.fragments + (frag,))
+        self._sync_fragments()
         return idx
 
     def frag_drain(self, idx: int, max_inflight: int = 4) -> None:
@@ -378,7 +395,12 @@ def start(ctl, pools_section) -> PoolService:
             if v.pool not in svc.pools:
                 raise ValueError(f"volume {v.name}: pool {v.pool} is not configured")
             have = svc.pools[v.pool].volume_info(v.name)
-            if have is None:
+            if have is None and svc.pools[v.pool].degraded():
+                # Its record may be on the missing fragment: creating it anew would
+                # shadow the real one when the fragment is back.
+                log.error("volume %s: not found in pool %s, which is degraded (a fragment is "
+                          "missing); not created", v.name, v.pool)
+            elif have is None:
                 new.append(v)
             else:
                 svc.apply_config_volume(v)

@@ -381,7 +381,8 @@ int lv_slot_alloc(struct srrs_pool *p, uint32_t *frag, uint64_t *slot)
     uint64_t best_free = 0;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || !f->md_slots || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
+        if (f->state != FS_ACTIVE || !f->md_slots || f->missing ||
+            __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
         uint64_t fr = f->md_slots - f->slots_used;
         if (fr > best_free) {
@@ -478,7 +479,7 @@ int lv_pick_frag(struct srrs_pool *p)
     double best_score = -1;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || f->nused >= f->nclusters ||
+        if (f->state != FS_ACTIVE || f->nused >= f->nclusters || f->missing ||
             __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
         double score;
@@ -657,6 +658,8 @@ int lv_alloc_request(struct lv_vol *v, uint64_t c, struct srrs_io *child, struct
     }
     if (e_alloc(map_get(v, c)))
         return 1;
+    if (p->degraded)
+        return -EIO; /* a missing fragment may own this cluster's map page: no new mapping */
     int err = alloc_check_space(p, v);
     if (err)
         return err;
@@ -920,6 +923,8 @@ static void child_go(struct srrs_io *child)
     switch (child->op) {
     case SRRS_IO_READ:
         if (!mapped) {
+            if (__builtin_expect(e & E_GONE, 0))
+                goto media_error;
             iov_zero(child);
             child_cb(child, NULL);
             return;
@@ -934,6 +939,8 @@ static void child_go(struct srrs_io *child)
         break;
     default: /* write zeroes, unmap */
         if (!e_alloc(e)) {
+            if (__builtin_expect(e & E_GONE, 0))
+                goto media_error;
             child_cb(child, NULL);
             return;
         }
@@ -950,6 +957,8 @@ static void child_go(struct srrs_io *child)
         break;
     }
     struct lv_frag *f = &p->frags[e_frag(e)];
+    if (__builtin_expect(!f->bdev, 0))
+        goto media_error; /* its fragment is missing */
     child->bdev = f->bdev;
     child->offset = f->data_off + (e_cl(e) << p->cs_shift) + lc->coff;
     child->cb = child_cb;
@@ -960,6 +969,10 @@ static void child_go(struct srrs_io *child)
     child->tag = __atomic_load_n(&rs->epoch, __ATOMIC_RELAXED) & 1;
     __atomic_add_fetch(&rs->cnt[child->tag], 1, __ATOMIC_RELAXED);
     srrs_bdev_submit(child);
+    return;
+media_error:
+    child->status = -EIO;
+    child_cb(child, NULL);
 }
 
 static void child_resume(void *arg)
@@ -981,7 +994,7 @@ static void lv_flush(struct srrs_pool *p, struct srrs_io *io)
     struct lv_parent *pp = parent_of(io);
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram)
+        if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram || !f->bdev)
             continue;
         struct srrs_io *c = srrs_io_get(io->r);
         if (!c) {

@@ -41,6 +41,9 @@ enum { FS_EMPTY = 0, FS_ACTIVE = 1, FS_DRAINING = 2, FS_REMOVED = 3 };
 #define E_LOC_MASK ((1ull << 56) - 1)
 #define E_PENDING (1ull << 63)
 #define E_LOCKED (1ull << 62)
+/* A cluster whose map page may have lived on a missing fragment: unknown, so
+ * its I/O fails (never zeroes) until the fragment is back. */
+#define E_GONE (1ull << 61)
 static inline bool e_alloc(uint64_t e) { return (e >> 48 & 0xff) != 0; }
 static inline uint32_t e_frag(uint64_t e) { return (uint32_t)((e >> 48) & 0xff) - 1; }
 static inline uint64_t e_cl(uint64_t e) { return e & E_CL_MASK; }
@@ -135,6 +138,7 @@ struct lv_frag {
     bool ram;
     bool fresh;            /* created by this process: clusters >= zero_hwm are zero */
     bool hidden;           /* being added: not yet in the durable table */
+    bool missing;          /* in the table but not found at open: no bdev, I/O to it fails */
     struct srrs_bdev *bdev;
     char bdev_name[SRRS_NAME_MAX];
     char path[256];
@@ -226,6 +230,7 @@ struct srrs_pool {
     int bar_acks;
     uint8_t bar_oldpar[SRRS_MAX_REACTORS];
     uint64_t unmapped;
+    bool degraded;                /* a fragment of the table is missing: no allocation */
     struct srrs_pool *onext;      /* open pools of this process (by uuid) */
     bool registered;
 };
@@ -347,6 +352,7 @@ struct lv_op {
 };
 
 void lv_pool_msg(struct srrs_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int lv_degraded_err(struct srrs_pool *p, const char *what);
 
 /* Cluster map: read on any reactor, written on P only. */
 static inline uint64_t map_get(struct lv_vol *v, uint64_t c)

@@ -340,6 +340,8 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
                         name, (unsigned long long)size, p->cs);
     if ((rc = check_vol_size(p, name, size)))
         return rc;
+    if (p->degraded && (rc = lv_degraded_err(p, "creating a volume")))
+        return rc;
     struct srrs_bdev *b = srrs_bdev_open(p->core, name);
     if (b) {
         srrs_bdev_close(&b);
@@ -585,7 +587,7 @@ int lv_sb_write_all(struct srrs_pool *p)
         int copy = pass == 2 ? 1 : 0;
         for (int i = 0; i < LV_MAX_FRAGS && !rc; i++) {
             struct lv_frag *f = &p->frags[i];
-            if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram)
+            if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram || f->missing)
                 continue;
             if (pass == 0 && !f->hidden)
                 continue;
@@ -999,16 +1001,38 @@ static int load_entries(struct srrs_pool *p, struct lv_vol *v, struct scan_pg *e
             v->lost++;
             continue;
         }
+        if (!chunk && !(chunk = lv_map_chunk(v, c)))
+            return -ENOMEM;
+        if (f->missing) { /* mapped, unreachable: its I/O fails until the fragment is back */
+            chunk[i] = x;
+            v->allocated++;
+            continue;
+        }
         if (bm_get(f->used, e_cl(x)))
             return srrs_err(-EIO, "pool %s: cluster %llu of fragment %s is mapped twice (volume %s); "
                             "refusing to open", p->name, (unsigned long long)e_cl(x), f->path, v->name);
         bm_set(f->used, e_cl(x));
         f->nused++;
-        if (!chunk && !(chunk = lv_map_chunk(v, c)))
-            return -ENOMEM;
         chunk[i] = x;
         v->allocated++;
     }
+    return 0;
+}
+
+/* A map page not found while a fragment holding metadata is missing may
+ * have been there: its clusters are unknown, not unallocated. */
+static int mark_gone(struct srrs_pool *p, struct lv_vol *v, uint32_t k)
+{
+    bool md_missing = false;
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        md_missing |= p->frags[i].missing && p->frags[i].md_slots;
+    if (!md_missing)
+        return 0;
+    uint64_t *chunk = lv_map_chunk(v, (uint64_t)k * MD_ENTRIES);
+    if (!chunk)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < MD_ENTRIES; i++)
+        chunk[i] = E_GONE;
     return 0;
 }
 
@@ -1043,7 +1067,7 @@ static int build_volumes(struct srrs_pool *p, struct scan *s)
             uint32_t nch = v->nchunks;
             for (uint32_t k = 0; k < nch; k++) {
                 struct scan_pg *pe = k ? scan_find(s, v->uuid, k) : e;
-                int rc = pe ? load_entries(p, v, pe) : 0;
+                int rc = pe ? load_entries(p, v, pe) : mark_gone(p, v, k);
                 if (rc)
                     return rc;
             }
@@ -1210,6 +1234,81 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
     return lv_sb_write_all(p);
 }
 
+/* Not in the config but in the pool's table: a fragment added online. It is
+ * opened from the path the table records; if that is gone or is not this
+ * fragment, the pool opens degraded without it (I/O to its clusters fails,
+ * no allocation) rather than refusing to start. */
+static int frag_from_table(struct srrs_pool *p, const struct sb *best, int fi, bool *rewrite)
+{
+    const struct sb_frag *t = &best->frags[fi];
+    struct lv_frag *f = &p->frags[fi];
+    char path[sizeof(t->path) + 1];
+    snprintf(path, sizeof(path), "%.*s", (int)sizeof(t->path), t->path);
+    int rc = frag_check_free(p->name, path);
+    if (rc)
+        return rc; /* another owner: a conflict to resolve, not a missing fragment */
+    struct frag_probe pr;
+    char why[300] = "";
+    if ((rc = probe(path, &pr)))
+        snprintf(why, sizeof(why), "%s", srrs_last_error());
+    else if (pr.kind == FR_MISSING)
+        snprintf(why, sizeof(why), "it does not exist");
+    else if (pr.kind != FR_OURS || !pr.best || memcmp(pr.best->pool_uuid, p->uuid, 16) ||
+             pr.best->frag_idx != (uint32_t)fi || memcmp(pr.best->frags[fi].uuid, t->uuid, 16))
+        snprintf(why, sizeof(why), "it is not that fragment any more");
+    f->state = (int)t->state;
+    f->size = t->size;
+    f->nclusters = t->nclusters;
+    f->data_off = t->data_off;
+    f->md_slots = t->md_slots;
+    f->weight = t->weight;
+    memcpy(f->uuid, t->uuid, 16);
+    if (!why[0]) {
+        struct srrs_pool_frag_spec spec = {.path = path};
+        rc = frag_attach(p, fi, &spec, false, false, 0);
+        if (!rc) {
+            f->fresh = false;
+            if (pr.best->seq != best->seq || pr.a.seq != pr.b.seq)
+                *rewrite = true;
+            lv_pool_msg(p, "fragment %d (%s) is not in the configuration: opened from the pool's table",
+                        fi, path);
+            return 0;
+        }
+        snprintf(why, sizeof(why), "%s", srrs_last_error());
+        if (f->bdev) {
+            srrs_bdev_close(&f->bdev);
+            srrs_bdev_delete(p->core, f->bdev_name);
+        }
+        free(f->used);
+        free(f->slot_used);
+    }
+    f->pool = p;
+    f->missing = true;
+    f->bdev = NULL;
+    f->fresh = false;
+    snprintf(f->path, sizeof(f->path), "%s", path);
+    f->used = calloc((f->nclusters + 63) / 64 + 1, 8);
+    f->slot_used = calloc((f->md_slots + 63) / 64 + 1, 8);
+    if (!f->used || !f->slot_used)
+        return srrs_err(-ENOMEM, "out of memory");
+    p->degraded = true;
+    lv_pool_msg(p, "fragment %d (%s) of pool %s is missing: %s; the pool is degraded: I/O to the "
+                "clusters it held fails and nothing is allocated until it is back", fi, path, p->name,
+                why);
+    srrs_event_post(p->core, SRRS_EV_BDEV_ERROR, (uint64_t)fi, 0, p->name,
+                    "pool %s is degraded: fragment %d (%s) is missing: %s", p->name, fi, path, why);
+    return 0;
+}
+
+int lv_degraded_err(struct srrs_pool *p, const char *what)
+{
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        if (p->frags[i].missing)
+            return srrs_err(-EIO, "pool %s is degraded (fragment %d, %s, is missing): %s refused until "
+                            "it is back", p->name, i, p->frags[i].path, what);
+    return 0;
+}
+
 static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
                               struct frag_probe *pr, bool *used_spec)
 {
@@ -1293,9 +1392,9 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         if (t->state != FS_ACTIVE && t->state != FS_DRAINING)
             continue;
         if (!t->ram) {
-            if (!p->frags[fi].state)
-                return srrs_err(-ENOENT, "pool %s: fragment %d (%s) is missing from the configuration "
-                                "or unreadable", best->name, fi, t->path);
+            int rc = p->frags[fi].state ? 0 : frag_from_table(p, best, fi, &rewrite);
+            if (rc)
+                return rc;
             continue;
         }
         while (next_ram < nfrags && frags[next_ram].path)
@@ -1324,7 +1423,7 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         return -ENOMEM;
     int rc = 0;
     for (int fi = 0; fi < LV_MAX_FRAGS && !rc; fi++)
-        if (p->frags[fi].state && !p->frags[fi].ram)
+        if (p->frags[fi].state && !p->frags[fi].ram && !p->frags[fi].missing)
             rc = scan_frag(p, &s, (uint32_t)fi);
     if (!rc)
         rc = build_volumes(p, &s);
@@ -1471,6 +1570,8 @@ int srrs_pool_get_info(struct srrs_pool *p, struct srrs_pool_info *o)
         if (f->state == FS_EMPTY || f->state == FS_REMOVED)
             continue;
         o->nfrags++;
+        if (f->missing)
+            continue; /* no capacity while it is gone */
         uint64_t used = __atomic_load_n(&f->nused, __ATOMIC_RELAXED);
         o->used_clusters += used;
         if (f->state == FS_ACTIVE) {
@@ -1498,7 +1599,7 @@ int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_
     struct lv_frag *f = &p->frags[idx];
     memset(o, 0, sizeof(*o));
     o->index = idx;
-    o->state = f->state;
+    o->state = f->missing ? SRRS_FRAG_MISSING : f->state;
     o->ram = f->ram;
     o->weight = f->weight;
     snprintf(o->path, sizeof(o->path), "%s", f->path);
@@ -1530,6 +1631,8 @@ int srrs_pool_messages(struct srrs_pool *p, char *buf, int len)
 
 int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *spec)
 {
+    if (p->degraded)
+        return lv_degraded_err(p, "adding a fragment");
     int fi = -1;
     bool any_persistent = false;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {

@@ -2,6 +2,7 @@
 restart, nothing left allocated by a failed operation, and the size traps of
 file bdevs and volumes, all against real controller processes."""
 
+import errno
 import os
 import shutil
 import time
@@ -121,6 +122,107 @@ def test_volume_size_is_capped_by_the_map_and_delete_is_quick(tmp_path):
         c.rpc("volume_delete", {"name": "big"})
         assert time.monotonic() - t0 < 2.0
         assert c.rpc("pool_list")[0]["md_slots_used"] == 0
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
+def _bench(c, vol, rw, **kw):
+    n = len(c.rpc("bench_bdev_results"))
+    c.rpc("bench_bdev_start", dict({"bdev": vol, "rw": rw, "time_s": 0, "qd": 8}, **kw))
+    for _ in range(400):
+        jobs = c.rpc("bench_bdev_results")
+        if len(jobs) > n and jobs[n]["state"] != "running":
+            return jobs[n]["result"]
+        time.sleep(0.05)
+    raise AssertionError(f"bench on {vol} did not finish")
+
+
+def test_fragment_added_online_survives_a_restart(tmp_path):
+    """pool_add_fragment, SIGTERM, start with the same config: the pool comes
+    back with both fragments. Without the added one it comes back degraded
+    (status and event say so, I/O to its clusters fails), not down."""
+    sock = str(tmp_path / "s.sock")
+    f0, f1 = tmp_path / "f0.img", tmp_path / "f1.img"
+    cfg = write_config(tmp_path / "c.toml", sock, extra=f"""
+[[pool]]
+name = "p0"
+fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
+""")
+    c = Controller(cfg, sock)
+    try:
+        c.rpc("volume_create", {"name": "v", "pool": "p0", "size": "96MiB", "thin": True})
+        c.rpc("volume_create", {"name": "big", "pool": "p0", "size": "600MiB", "thin": True})
+        r = c.rpc("pool_add_fragment", {"pool": "p0", "path": str(f1), "size": "64MiB"})
+        assert r["index"] == 1
+        # Metadata goes to the fragment with most free slots, the new one: the
+        # record of "late" and the second map page of "big" live on f1.
+        c.rpc("volume_create", {"name": "late", "pool": "p0", "size": "8MiB", "thin": True})
+        for vol, off in (("late", 0), ("big", 500 * MiB)):
+            res = _bench(c, vol, "write", bs=MiB, max_ios=2, offset=off, span=2 * MiB)
+            assert res["errors"] == 0, res
+        res = _bench(c, "v", "write", bs=MiB, max_ios=96)  # every cluster, spread over both
+        assert res["errors"] == 0, res
+        frags = c.rpc("pool_fragments", {"pool": "p0"})
+        used = [f["used_clusters"] for f in frags]
+        assert len(used) == 2 and all(used), used
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+    c = Controller(cfg, sock)  # the same config: it names only f0
+    try:
+        pool = c.rpc("pool_list")[0]
+        assert [f["path"] for f in pool["fragments"]] == [str(f0), str(f1)], pool
+        assert [f["used_clusters"] for f in pool["fragments"]] == used
+        assert not pool["degraded"] and all(f["state"] == "active" for f in pool["fragments"])
+        res = _bench(c, "v", "randrw", max_ios=2000, verify=True)
+        assert res["errors"] == 0 and res["verify_errors"] == 0, res
+        saved = str(tmp_path / "saved.toml")
+        c.rpc("save_config", {"path": saved})
+        text = open(saved).read()
+        assert str(f0) in text and str(f1) in text, text
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+    os.rename(f1, tmp_path / "away.img")
+    c = Controller(cfg, sock)
+    try:
+        pool = c.rpc("pool_list")[0]
+        assert pool["degraded"], pool
+        assert [f["state"] for f in pool["fragments"]] == ["active", "missing"], pool
+        assert any("fragment 1" in m and "missing" in m for m in pool["messages"]), pool
+        assert any("degraded" in e["msg"] for e in c.rpc("events")), c.rpc("events")
+        vols = {v["name"]: v for v in c.rpc("volume_list")}
+        assert sorted(vols) == ["big", "v"] and vols["v"]["allocated_clusters"] == 96, vols
+        # A map page that may have been on f1: unknown clusters fail, never read as zeroes.
+        res = _bench(c, "big", "read", bs=MiB, max_ios=2, offset=500 * MiB, span=2 * MiB)
+        assert res["errors"] == 2 and res["first_error"] == -errno.EIO, res
+        res = _bench(c, "big", "write", bs=MiB, max_ios=2, offset=500 * MiB, span=2 * MiB)
+        assert res["errors"] == 2, res
+        res = _bench(c, "big", "read", bs=MiB, max_ios=4, span=4 * MiB)  # page 0 is on f0
+        assert res["errors"] == 0, res
+        # Clusters on the missing fragment fail; never zeroes with success.
+        res = _bench(c, "v", "read", bs=MiB, max_ios=96, qd=1)
+        assert res["errors"] > 0 and res["ios"] > 0 and res["errors"] + res["ios"] == 96, res
+        assert res["first_error"] == -errno.EIO  # a media error for the host
+        msg = _err(c, "volume_create", {"name": "w", "pool": "p0", "size": "8MiB"})
+        assert "degraded" in msg, msg
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+    os.rename(tmp_path / "away.img", f1)
+    c = Controller(cfg, sock)
+    try:
+        pool = c.rpc("pool_list")[0]
+        assert not pool["degraded"] and [f["used_clusters"] for f in pool["fragments"]] == used
+        assert sorted(v["name"] for v in c.rpc("volume_list")) == ["big", "late", "v"]
+        res = _bench(c, "v", "read", bs=MiB, max_ios=96)
+        assert res["errors"] == 0, res
+        res = _bench(c, "big", "read", bs=MiB, max_ios=2, offset=500 * MiB, span=2 * MiB)
+        assert res["errors"] == 0, res
         assert c.stop() == 0
     finally:
         c.kill()
