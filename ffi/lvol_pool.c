@@ -243,6 +243,14 @@ static void p_resize(void *arg)
     op_put(op);
 }
 
+static void p_resize_undo(void *arg)
+{
+    struct lv_op *op = arg;
+    op->vol->size = op->size;
+    op->vol->nclusters = op->size / op->p->cs;
+    op_put(op);
+}
+
 static void p_tenant_set(void *arg)
 {
     struct lv_op *op = arg;
@@ -418,7 +426,17 @@ int srrs_lvol_resize(struct srrs_pool *p, const char *name, uint64_t size)
     if (rc0)
         return rc0;
     struct lv_op op = {.vol = v, .size = size};
+    uint64_t old = v->size;
     int rc = op_run(p, &op, p_resize);
+    if (rc && v->thin) {
+        /* The record could not be committed: the volume keeps its size (a thin
+         * one has no cluster past it; the bdev never grew). */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        struct lv_op u = {.vol = v, .size = old};
+        op_run(p, &u, p_resize_undo);
+        return srrs_err(rc, "%s", msg);
+    }
     if (rc)
         return rc;
     if (v->bdev) {
