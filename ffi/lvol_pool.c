@@ -1664,6 +1664,12 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
             fi = i; /* no map entry or page refers to a removed fragment: reuse its index */
     if (fi < 0)
         return srrs_err(-ENOSPC, "pool %s already has %d fragments", p->name, LV_MAX_FRAGS);
+    /* Online, the table is the only record of the fragment: a path it cannot
+     * hold whole would not be found at the next start. */
+    if (spec->path && p->registered && strlen(spec->path) >= sizeof(((struct sb_frag *)0)->path))
+        return srrs_err(-ENAMETOOLONG, "fragment %s: the path is longer than %zu bytes, more than "
+                        "the pool's table records; use a shorter path (a symlink)", spec->path,
+                        sizeof(((struct sb_frag *)0)->path) - 1);
     if (spec->path) {
         struct frag_probe pr;
         int rc = frag_check_free(p->name, spec->path);

@@ -73,6 +73,22 @@ fragments = [ {{ path = "{frag}" }} ]
             other.kill()
 
 
+def test_a_block_device_has_one_owner(tmp_path, loopdev):
+    sock = str(tmp_path / "s.sock")
+    c = Controller(write_config(tmp_path / "c.toml", sock), sock)
+    try:
+        c.rpc("pool_create", {"name": "px", "fragments": [{"path": loopdev}]})
+        msg = _err(c, "bdev_create", {"name": "fb", "type": "file", "path": loopdev})
+        assert "px.f0" in msg, msg
+        msg = _err(c, "pool_create", {"name": "py", "fragments": [{"path": loopdev}]})
+        assert "px" in msg, msg
+        c.rpc("pool_close", {"name": "px"})
+        c.rpc("bdev_create", {"name": "fb", "type": "file", "path": loopdev})
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
 def test_file_bdev_never_grows_an_existing_file(tmp_path):
     sock = str(tmp_path / "s.sock")
     victim = tmp_path / "system.conf"
@@ -153,6 +169,9 @@ fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
     try:
         c.rpc("volume_create", {"name": "v", "pool": "p0", "size": "96MiB", "thin": True})
         c.rpc("volume_create", {"name": "big", "pool": "p0", "size": "600MiB", "thin": True})
+        msg = _err(c, "pool_add_fragment", {"pool": "p0", "path": "/tmp/" + "d" * 100 + "/f.img",
+                                            "size": "64MiB"})
+        assert "longer than 95 bytes" in msg, msg
         r = c.rpc("pool_add_fragment", {"pool": "p0", "path": str(f1), "size": "64MiB"})
         assert r["index"] == 1
         # Metadata goes to the fragment with most free slots, the new one: the
