@@ -245,3 +245,34 @@ fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
         assert c.stop() == 0
     finally:
         c.kill()
+
+
+def test_kill9_with_io_in_flight_frees_the_fragment(tmp_path):
+    """The claim dies with the process, even while io_uring still holds the
+    files of requests in flight: a restart right after kill -9 opens the pool."""
+    sock = str(tmp_path / "s.sock")
+    cfg = write_config(tmp_path / "c.toml", sock, extra=f"""
+[[pool]]
+name = "p0"
+fragments = [ {{ path = "{tmp_path / 'f0.img'}", size = "64MiB" }} ]
+
+[[volume]]
+name = "v"
+pool = "p0"
+size = "32MiB"
+""")
+    for _ in range(2):
+        c = Controller(cfg, sock)
+        try:
+            c.rpc("bench_bdev_start", {"bdev": "v", "rw": "randwrite", "time_s": 10, "qd": 32})
+            time.sleep(0.3)
+        finally:
+            c.kill()
+        if os.path.exists(sock):
+            os.unlink(sock)
+    c = Controller(cfg, sock)
+    try:
+        assert c.rpc("pool_list")[0]["name"] == "p0"
+        assert c.stop() == 0
+    finally:
+        c.kill()
