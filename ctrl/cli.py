@@ -98,6 +98,8 @@ def cmd_bdev(args) -> int:
             p["size"] = args.size
         if args.path:
             p["path"] = args.path
+        if args.grow:
+            p["grow"] = True
         _print(_call(args, "bdev_create", p), args.json)
     elif args.verb == "delete":
         _call(args, "bdev_delete", {"name": args.name})
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", default=None, help="e.g. 256MiB")
     c.add_argument("--block-size", type=int, default=4096)
     c.add_argument("--path", default=None)
+    c.add_argument("--grow", action="store_true",
+                   help="file: grow an existing smaller file to --size (refused otherwise)")
     c.add_argument("--json", action="store_true")
     d = bs.add_parser("delete")
     d.add_argument("name")

@@ -8,7 +8,7 @@ import shutil
 import time
 
 import pytest
-from ctrl.helpers import Controller, write_config  # tests/ is on sys.path (rootdir)
+from ctrl.helpers import Controller, srrs, write_config  # tests/ is on sys.path (rootdir)
 
 from srrs.ctrl.rpc import RpcError
 
@@ -100,10 +100,21 @@ def test_file_bdev_never_grows_an_existing_file(tmp_path):
         assert "refusing to grow an existing file" in msg and "grow" in msg, msg
         assert victim.stat().st_size == 4096 and victim.read_bytes() == b"x" * 4096
         assert c.rpc("bdev_list") == []
+        msg = _err(c, "bdev_create", {"name": "m", "type": "malloc", "size": "1MiB", "grow": True})
+        assert "only a file bdev can grow" in msg, msg
+        cli = ("-s", sock, "bdev", "create", "--name", "b", "--type", "file", "--path", str(victim),
+               "--size", "1MiB")
+        r = srrs(*cli)
+        assert r.returncode != 0 and "refusing to grow" in r.stderr, r.stderr
+        assert victim.stat().st_size == 4096
         # Asked for: it grows.
-        c.rpc("bdev_create", {"name": "b", "type": "file", "path": str(victim), "size": "1MiB",
-                              "grow": True})
+        r = srrs(*cli, "--grow")
+        assert r.returncode == 0, r.stderr
         assert victim.stat().st_size == MiB
+        c.rpc("bdev_delete", {"name": "b"})
+        c.rpc("bdev_create", {"name": "b", "type": "file", "path": str(victim), "size": "2MiB",
+                              "grow": True})
+        assert victim.stat().st_size == 2 * MiB
         c.rpc("bdev_delete", {"name": "b"})
         # Without size an existing file is used as it is; a new file is still created.
         c.rpc("bdev_create", {"name": "b", "type": "file", "path": str(victim)})
