@@ -177,6 +177,7 @@ struct file_disk {
     dev_t dev;
     ino_t ino;
     char name[SRRS_NAME_MAX];
+    char label[96];  /* what the bdev is to its user, e.g. a pool's fragment */
 };
 
 /* Per-I/O state in io->driver_ctx. */
@@ -490,7 +491,8 @@ static bool owner_find(dev_t dev, ino_t ino, char *out, size_t n)
     pthread_mutex_lock(&owners_lock);
     for (struct file_disk *d = owners; d && !found; d = d->onext)
         if (d->dev == dev && d->ino == ino) {
-            snprintf(out, n, "%s", d->name);
+            snprintf(out, n, "%s%s%s%s", d->name, d->label[0] ? " (" : "", d->label,
+                     d->label[0] ? ")" : "");
             found = true;
         }
     pthread_mutex_unlock(&owners_lock);
@@ -550,7 +552,7 @@ static long lock_pid(dev_t dev, ino_t ino)
 /* Describes who holds (dev, ino) for an error message. */
 static void owner_describe(dev_t dev, ino_t ino, bool blockdev, char *out, size_t n)
 {
-    char name[SRRS_NAME_MAX];
+    char name[SRRS_NAME_MAX + 100];
     if (owner_find(dev, ino, name, sizeof(name))) {
         snprintf(out, n, "already in use by bdev %s in this controller", name);
         return;
@@ -573,12 +575,21 @@ static int file_lock(int fd)
     return fcntl(fd, F_OFD_SETLK, &fl) ? -errno : 0;
 }
 
+void srrs_file_set_label(const char *bdev, const char *label)
+{
+    pthread_mutex_lock(&owners_lock);
+    for (struct file_disk *d = owners; d; d = d->onext)
+        if (!strcmp(d->name, bdev))
+            snprintf(d->label, sizeof(d->label), "%s", label);
+    pthread_mutex_unlock(&owners_lock);
+}
+
 int srrs_file_check_free(const char *path)
 {
     struct stat st;
     if (stat(path, &st) || !S_ISREG(st.st_mode))
         return 0; /* missing: nobody owns it; block devices: O_EXCL at open */
-    char who[160];
+    char who[256];
     if (owner_find(st.st_dev, st.st_ino, who, sizeof(who))) {
         owner_describe(st.st_dev, st.st_ino, false, who, sizeof(who));
         return srrs_err(-EBUSY, "%s is %s", path, who);
@@ -642,7 +653,7 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
     int flags_open = O_RDWR | O_CLOEXEC | (d->is_blockdev ? O_EXCL : O_CREAT);
     d->fd_buf = open(path, flags_open, 0600);
     int rc;
-    char who[160];
+    char who[256];
     if (d->fd_buf < 0) {
         if (errno == EBUSY && d->is_blockdev) {
             owner_describe(st.st_rdev, 0, true, who, sizeof(who));

@@ -730,6 +730,11 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
     f->bdev = srrs_bdev_open(p->core, f->bdev_name);
     if (!f->bdev)
         return -ENOENT;
+    if (!ram) {
+        char label[96];
+        snprintf(label, sizeof(label), "fragment %d of pool %s", fi, p->name);
+        srrs_file_set_label(f->bdev_name, label);
+    }
     f->ram = ram;
     if (layout) {
         f->size = f->bdev->size;

@@ -275,6 +275,8 @@ struct srrs_bdev {
 };
 
 /* Control thread. Registers a bdev built by a module (takes ctx). */
+/* Control thread. What file bdev `bdev` is to its user (named to a second owner). */
+void srrs_file_set_label(const char *bdev, const char *label);
 int srrs_bdev_register(struct srrs_core *core, const char *name, const struct srrs_bdev_module *mod,
                        void *ctx, uint64_t num_blocks, uint32_t block_size, struct srrs_bdev **out);
 /* Control thread. Open for use by an export/stacked bdev; NULL + srrs_err if absent. */

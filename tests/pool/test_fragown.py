@@ -32,9 +32,9 @@ def test_a_fragment_has_one_owner(tmp_path):
     try:
         c.rpc("pool_create", {"name": "px", "fragments": [{"path": str(frag), "size": "64MiB"}]})
         msg = _err(c, "pool_create", {"name": "py", "fragments": [{"path": str(frag)}]})
-        assert "px" in msg and "in use" in msg, msg
+        assert "in use by bdev px.f0 (fragment 0 of pool px)" in msg, msg
         msg = _err(c, "bdev_create", {"name": "fb", "type": "file", "path": str(frag)})
-        assert "px.f0" in msg, msg
+        assert "in use by bdev px.f0 (fragment 0 of pool px)" in msg, msg
         os.link(frag, tmp_path / "hard.img")
         os.symlink(frag, tmp_path / "sym.img")
         for alias in ("hard.img", "sym.img"):
