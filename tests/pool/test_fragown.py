@@ -223,6 +223,10 @@ fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
         assert pool["degraded"], pool
         assert [f["state"] for f in pool["fragments"]] == ["active", "missing"], pool
         assert any("fragment 1" in m and "missing" in m for m in pool["messages"]), pool
+        for _ in range(100):  # the controller collects events periodically
+            if any("degraded" in e["msg"] for e in c.rpc("events")):
+                break
+            time.sleep(0.1)
         assert any("degraded" in e["msg"] for e in c.rpc("events")), c.rpc("events")
         vols = {v["name"]: v for v in c.rpc("volume_list")}
         assert sorted(vols) == ["big", "v"] and vols["v"]["allocated_clusters"] == 96, vols
