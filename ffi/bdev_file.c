@@ -174,8 +174,8 @@ struct file_disk {
     /* Ownership: every file bdev of the process, by inode (files) or device
      * number (block devices), so a second owner is told who the first is. */
     struct file_disk *onext;
-    dev_t dev;
-    ino_t ino;
+    dev_t own_dev;   /* st_dev of a file, st_rdev of a block device */
+    ino_t own_ino;   /* 0 for a block device */
     char name[SRRS_NAME_MAX];
     char label[96];  /* what the bdev is to its user, e.g. a pool's fragment */
 };
@@ -490,7 +490,7 @@ static bool owner_find(dev_t dev, ino_t ino, char *out, size_t n)
     bool found = false;
     pthread_mutex_lock(&owners_lock);
     for (struct file_disk *d = owners; d && !found; d = d->onext)
-        if (d->dev == dev && d->ino == ino) {
+        if (d->own_dev == dev && d->own_ino == ino) {
             snprintf(out, n, "%s%s%s%s", d->name, d->label[0] ? " (" : "", d->label,
                      d->label[0] ? ")" : "");
             found = true;
@@ -670,10 +670,10 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         free(d);
         return rc;
     }
-    d->dev = d->is_blockdev ? st.st_rdev : st.st_dev;
-    d->ino = d->is_blockdev ? 0 : st.st_ino;
+    d->own_dev = d->is_blockdev ? st.st_rdev : st.st_dev;
+    d->own_ino = d->is_blockdev ? 0 : st.st_ino;
     if (!d->is_blockdev && (rc = file_lock(d->fd_buf))) {
-        owner_describe(d->dev, d->ino, false, who, sizeof(who));
+        owner_describe(d->own_dev, d->own_ino, false, who, sizeof(who));
         rc = srrs_err(rc == -EAGAIN || rc == -EACCES ? -EBUSY : rc, "bdev %s: %s is %s", name, path,
                       who);
         close(d->fd_buf);
