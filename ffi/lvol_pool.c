@@ -1637,6 +1637,11 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
             int rc = p->frags[fi].state ? 0 : frag_from_table(p, best, fi, &rewrite);
             if (rc)
                 return rc;
+            /* The config may name the missing fragment too (a saved config
+             * lists them all): that entry is this fragment, not one to add. */
+            for (int i = 0; i < nfrags && p->frags[fi].missing; i++)
+                if (frags[i].path && !used_spec[i] && !strcmp(frags[i].path, p->frags[fi].path))
+                    used_spec[i] = true;
             continue;
         }
         while (next_ram < nfrags && frags[next_ram].path)
@@ -1724,6 +1729,7 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
     bool used[LV_MAX_FRAGS] = {0};
     int rc = pr_ ? 0 : srrs_err(-ENOMEM, "out of memory");
     bool any_ours = false, any_persistent = false;
+    int nosize = -1; /* a fragment to create without a size: an error unless the pool exists */
     for (int i = 0; i < nfrags && !rc; i++) {
         if (!frags[i].path) {
             if (!frags[i].size || frags[i].size % LV_BS)
@@ -1741,10 +1747,14 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
         if (pr_[i].kind == FR_FOREIGN && !(o && o->force_create))
             rc = srrs_err(-EEXIST, "fragment %s holds data that is not an SRRS pool; refusing to "
                           "format it (set force_create to overwrite)", frags[i].path);
-        if (pr_[i].kind == FR_MISSING && !frags[i].size)
-            rc = srrs_err(-ENOENT, "fragment %s does not exist and has no size to create it with",
-                          frags[i].path);
+        if (pr_[i].kind == FR_MISSING && !frags[i].size && nosize < 0)
+            nosize = i;
     }
+    /* In an existing pool the path may be a fragment its table records as
+     * missing (the pool opens degraded); else adding it reports the error. */
+    if (!rc && !any_ours && nosize >= 0)
+        rc = srrs_err(-ENOENT, "fragment %s does not exist and has no size to create it with",
+                      frags[nosize].path);
     if (!rc) {
         if (!any_ours) {
             rc = pool_create_new(p, o, frags, nfrags, any_persistent);
