@@ -38,7 +38,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 POLL_MODES = {"adaptive": 0, "busy": 1}
 RW_MODES = {"randread": 0, "randwrite": 1, "randrw": 2, "read": 3, "write": 4}
