@@ -99,6 +99,8 @@ def cmd_bdev(args) -> int:
             p["size"] = args.size
         if args.path:
             p["path"] = args.path
+        if args.grow:
+            p["grow"] = True
         _print(_call(args, "bdev_create", p), args.json)
     elif args.verb == "delete":
         _call(args, "bdev_delete", {"name": args.name})
@@ -214,7 +216,7 @@ def cmd_bench_bdev(args) -> int:
         elif b.type == "null":
             core.bdev_create_null(b.name, b.size, b.block_size)
         else:
-            core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+            core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow)
         size = core.bdev_info(b.name)["size"]
         span = size // args.queues
         span -= span % (1 << 20) if span >= (1 << 21) else span % b.block_size
@@ -317,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", default=None, help="e.g. 256MiB")
     c.add_argument("--block-size", type=int, default=4096)
     c.add_argument("--path", default=None)
+    c.add_argument("--grow", action="store_true",
+                   help="file: grow an existing smaller file to --size (refused otherwise)")
     c.add_argument("--json", action="store_true")
     d = bs.add_parser("delete")
     d.add_argument("name")

@@ -76,6 +76,7 @@ class BdevConfig:
     size: int = 0
     block_size: int = 4096
     path: str = ""
+    grow: bool = False  # file: an existing smaller file may be grown to size
 
 
 @dataclass(frozen=True)
@@ -249,12 +250,15 @@ def parse_bdev(d: dict, fail: Callable[[tuple, str], Exception], where: tuple = 
     ctx = _DictCtx(fail)
     if not isinstance(d, dict):
         raise fail(where, "must be a table")
-    _no_unknown(ctx, d, where, {"name", "type", "size", "block_size", "path"})
+    _no_unknown(ctx, d, where, {"name", "type", "size", "block_size", "path", "grow"})
     name = _get(ctx, d, where, "name", str, required=True, check=check_name)
     typ = _get(ctx, d, where, "type", str, required=True, check=_one_of(*BDEV_TYPES))
     size = _get(ctx, d, where, "size", "size", 0)
     bs = _get(ctx, d, where, "block_size", int, 4096, check=_one_of(512, 4096))
     path = _get(ctx, d, where, "path", str, "")
+    grow = _get(ctx, d, where, "grow", bool, False)
+    if grow and typ != "file":
+        raise fail(where + ("grow",), f"only a file bdev can grow, this one is {typ}")
     if typ == "file":
         if not path:
             raise fail(where + ("path",), "is required for a file bdev")
@@ -264,7 +268,7 @@ def parse_bdev(d: dict, fail: Callable[[tuple, str], Exception], where: tuple = 
         raise fail(where + ("size",), f"is required for a {typ} bdev")
     if size % bs:
         raise fail(where + ("size",), f"{size} is not a multiple of block_size {bs}")
-    return BdevConfig(name=name, type=typ, size=size, block_size=bs, path=path)
+    return BdevConfig(name=name, type=typ, size=size, block_size=bs, path=path, grow=grow)
 
 
 class _DictCtx(_Ctx):

@@ -362,7 +362,7 @@ def _state_style(v: str) -> str:
     v = v.lower()
     if v in ("up", "running", "paired", "optimized", "connected", "live", "ok", "synced", "done"):
         return "green"
-    if v in ("down", "fenced", "inaccessible", "failed", "broken", "error", "stopped"):
+    if v in ("down", "fenced", "inaccessible", "failed", "broken", "error", "stopped", "missing"):
         return "bold red"
     if v in ("solo", "resync", "degraded", "non-optimized", "connecting", "stopping"):
         return "yellow"

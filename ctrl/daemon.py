@@ -119,7 +119,7 @@ class Controller:
             self.fresh_bdevs[b.name] = "RAM"
         else:
             existed = os.path.exists(b.path)
-            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size)
+            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow)
             if not existed:
                 self.fresh_bdevs[b.name] = f"{b.path} created"
         self.bdevs[b.name] = b
@@ -301,7 +301,8 @@ def rpc_save_config(ctl: Controller, p: dict):
 @METHODS.method("bench_bdev_start", when="runtime")
 def rpc_bench_bdev_start(ctl: Controller, p: dict):
     """Start a C load job on a reactor in the background (like bdevperf inside the
-    controller): {bdev, reactor, rw, bs, bs_max, qd, time_s, max_ios, verify}. Returns its id."""
+    controller): {bdev, reactor, rw, bs, bs_max, qd, time_s, max_ios, verify, offset, span}.
+    Returns its id."""
     from ..ffi.binding import BenchOpts, VerifyMap
 
     name = param(p, "bdev", str)
@@ -312,7 +313,8 @@ def rpc_bench_bdev_start(ctl: Controller, p: dict):
     opts = BenchOpts(rw=param(p, "rw", str, "randrw"), bs=param(p, "bs", int, 4096),
                      bs_max=param(p, "bs_max", int, 0), qd=param(p, "qd", int, 32),
                      time_s=float(param(p, "time_s", (int, float), 10)),
-                     max_ios=param(p, "max_ios", int, 0), seed=param(p, "seed", int, 0))
+                     max_ios=param(p, "max_ios", int, 0), seed=param(p, "seed", int, 0),
+                     offset=param(p, "offset", int, 0), span=param(p, "span", int, 0))
     vmap = VerifyMap(info["num_blocks"], info["block_size"]) if param(p, "verify", bool, False) else None
     jid = len(ctl.jobs)
     job = {"id": jid, "bdev": name, "reactor": reactor, "state": "running", "result": None}

@@ -19,7 +19,7 @@ from .pool_config import FragmentConfig, PoolConfig, TenantConfig, VolumeConfig
 
 log = logging.getLogger("srrs.pool")
 
-FRAG_STATES = {0: "empty", 1: "active", 2: "draining", 3: "removed"}
+FRAG_STATES = {0: "empty", 1: "active", 2: "draining", 3: "removed", 4: "missing"}
 
 
 def _s(c) -> str:
@@ -73,8 +73,20 @@ class Pool:
         self._pp = pp
         self.ptr = pp[0]
         self.name = conf.name
+        self._sync_fragments()
         for m in self.messages():
             log.warning("pool %s: %s", self.name, m)
+
+    def _sync_fragments(self) -> None:
+        """The config model lists the fragments the pool has (its table may
+        name more than the config did: added online), so save_config keeps them."""
+        frags = []
+        for f in self.fragments():
+            if f["state"] in ("empty", "removed"):
+                continue
+            frags.append(FragmentConfig(size=f["size"], ram=True, weight=f["weight"]) if f["ram"]
+                         else FragmentConfig(path=f["path"], size=f["size"], weight=f["weight"]))
+        self.conf = replace(self.conf, fragments=tuple(frags))
 
     # -- pool ------------------------------------------------------------------
     def close(self) -> None:
@@ -93,11 +105,13 @@ class Pool:
         cs = i.cluster_size
         frags = self.fragments()
         alerts = [f"fragment {f['index']} ({f['path']}): "
-                  f"{'failed: ' if f['failed'] else ''}{f['error']}" for f in frags if f["error"]]
+                  f"{'missing: ' if f['state'] == 'missing' else 'failed: ' if f['failed'] else ''}"
+                  f"{f['error']}" for f in frags if f["error"] or f["state"] == "missing"]
         if i.lost_clusters:
             alerts.append(f"{i.lost_clusters} cluster(s) lost with a RAM fragment's memory: "
                           "reads of them fail until rewritten")
-        return {"name": self.name, "state": "degraded" if alerts else "ok", "alerts": alerts,
+        state = "degraded" if alerts else "ok"
+        return {"name": self.name, "state": state, "alerts": alerts, "degraded": state != "ok",
                 "failed_fragments": i.failed_frags, "lost_clusters": i.lost_clusters,
                 "uuid": _uuid(i.uuid), "cluster_size": cs,
                 "placement": "fill-first" if i.placement else "spread",
@@ -108,6 +122,10 @@ class Pool:
                 "md_writes": i.md_writes, "alloc_failures": i.alloc_failures,
                 "created": bool(i.created), "repaired": i.repaired,
                 "fragments": frags, "messages": self.messages()}
+
+    def fragment_missing(self) -> bool:
+        """A fragment the pool's table records was not found at open."""
+        return any(f["state"] == "missing" for f in self.fragments())
 
     def fragments(self) -> list:
         out = []
@@ -132,7 +150,7 @@ class Pool:
     def frag_add(self, frag: FragmentConfig) -> int:
         specs, keep = _frag_specs([frag])
         idx = check(lib.srrs_pool_frag_add(self.ptr, specs), f"pool {self.name}")
-        self.conf = replace(self.conf, fragments=self.conf.fragments + (frag,))
+        self._sync_fragments()
         return idx
 
     def frag_drain(self, idx: int, max_inflight: int = 4) -> None:
@@ -388,7 +406,12 @@ def start(ctl, pools_section) -> PoolService:
             if v.pool not in svc.pools:
                 raise ValueError(f"volume {v.name}: pool {v.pool} is not configured")
             have = svc.pools[v.pool].volume_info(v.name)
-            if have is None:
+            if have is None and svc.pools[v.pool].fragment_missing():
+                # Its record may be on the missing fragment: creating it anew would
+                # shadow the real one when the fragment is back.
+                log.error("volume %s: not found in pool %s, which is degraded (a fragment is "
+                          "missing); not created", v.name, v.pool)
+            elif have is None:
                 new.append(v)
             else:
                 svc.apply_config_volume(v)

@@ -24,6 +24,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #define URING_ENTRIES 1024u
@@ -166,12 +170,20 @@ static int uring_flush(struct uring *u)
 struct file_disk {
     int fd_direct;   /* -1 when the filesystem refuses O_DIRECT */
     int fd_buf;
+    int fd_own;      /* holds the lock / exclusive claim; never used for I/O */
     bool is_blockdev;
     bool no_fallocate;
     int failed;      /* set by the health check: every I/O fails with -EIO from then on */
     dev_t dev;       /* the inode opened, to notice the path now naming another file */
     ino_t ino;
     char why[160];   /* what the health check found */
+    /* Ownership: every file bdev of the process, by inode (files) or device
+     * number (block devices), so a second owner is told who the first is. */
+    struct file_disk *onext;
+    dev_t own_dev;   /* st_dev of a file, st_rdev of a block device */
+    ino_t own_ino;   /* 0 for a block device */
+    char name[SRRS_NAME_MAX];
+    char label[96];  /* what the bdev is to its user, e.g. a pool's fragment */
 };
 
 /* Per-I/O state in io->driver_ctx. */
@@ -462,12 +474,152 @@ static void file_ch_destroy(struct srrs_bdev *b, void *chp)
     uring_close(u);
 }
 
+/* ---- exclusive ownership ------------------------------------------------ */
+
+static pthread_mutex_t owners_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct file_disk *owners;
+
+static void owner_unlink(struct file_disk *d)
+{
+    pthread_mutex_lock(&owners_lock);
+    struct file_disk **pp = &owners;
+    while (*pp && *pp != d)
+        pp = &(*pp)->onext;
+    if (*pp)
+        *pp = d->onext;
+    pthread_mutex_unlock(&owners_lock);
+}
+
+/* Name of the bdev of this process that owns (dev, ino); false if none. */
+static bool owner_find(dev_t dev, ino_t ino, char *out, size_t n)
+{
+    bool found = false;
+    pthread_mutex_lock(&owners_lock);
+    for (struct file_disk *d = owners; d && !found; d = d->onext)
+        if (d->own_dev == dev && d->own_ino == ino) {
+            snprintf(out, n, "%s%s%s%s", d->name, d->label[0] ? " (" : "", d->label,
+                     d->label[0] ? ")" : "");
+            found = true;
+        }
+    pthread_mutex_unlock(&owners_lock);
+    return found;
+}
+
+/* True if a "lock:" / /proc/locks line is a lock on (dev, ino); *pid gets its pid field. */
+static bool lock_line_is(const char *line, dev_t dev, ino_t ino, long *pid)
+{
+    unsigned maj, min;
+    unsigned long long in;
+    char kind[16], mode[16], rw[16];
+    return sscanf(line, "%*[^:]: %15s %15s %15s %ld %x:%x:%llu", kind, mode, rw, pid, &maj, &min,
+                  &in) == 7 && maj == major(dev) && min == minor(dev) && in == (unsigned long long)ino;
+}
+
+/* The pid of the process holding a lock on (dev, ino), 0 when unknown. Error
+ * path only: /proc/locks names it for a classic lock; an OFD lock shows -1
+ * there, so every process's fdinfo is searched for a descriptor holding it. */
+static long lock_pid(dev_t dev, ino_t ino)
+{
+    char line[256], path[64];
+    long pid = 0, lp;
+    FILE *f = fopen("/proc/locks", "re");
+    while (f && !pid && fgets(line, sizeof(line), f))
+        if (lock_line_is(line, dev, ino, &lp) && lp > 0)
+            pid = lp;
+    if (f)
+        fclose(f);
+    DIR *proc = pid ? NULL : opendir("/proc");
+    for (struct dirent *pe; proc && !pid && (pe = readdir(proc));) {
+        long cand = strtol(pe->d_name, NULL, 10);
+        if (cand <= 0 || cand == (long)getpid())
+            continue;
+        snprintf(path, sizeof(path), "/proc/%ld/fdinfo", cand);
+        DIR *fds = opendir(path);
+        for (struct dirent *fe; fds && !pid && (fe = readdir(fds));) {
+            if (fe->d_name[0] == '.')
+                continue;
+            char fpath[384];
+            snprintf(fpath, sizeof(fpath), "%s/%s", path, fe->d_name);
+            FILE *fi = fopen(fpath, "re");
+            while (fi && !pid && fgets(line, sizeof(line), fi))
+                if (!strncmp(line, "lock:", 5) && lock_line_is(line + 5, dev, ino, &lp))
+                    pid = cand;
+            if (fi)
+                fclose(fi);
+        }
+        if (fds)
+            closedir(fds);
+    }
+    if (proc)
+        closedir(proc);
+    return pid;
+}
+
+/* Describes who holds (dev, ino) for an error message. */
+static void owner_describe(dev_t dev, ino_t ino, bool blockdev, char *out, size_t n)
+{
+    char name[SRRS_NAME_MAX + 100];
+    if (owner_find(dev, ino, name, sizeof(name))) {
+        snprintf(out, n, "already in use by bdev %s in this controller", name);
+        return;
+    }
+    long pid = blockdev ? 0 : lock_pid(dev, ino);
+    if (pid > 0)
+        snprintf(out, n, "locked by another process (pid %ld)", pid);
+    else if (blockdev)
+        snprintf(out, n, "in use by another process (opened exclusively or mounted)");
+    else
+        snprintf(out, n, "locked by another process");
+}
+
+/* A write lock on the whole file, held by this open file description until
+ * it is closed: an OFD lock, so a second open in this process conflicts too
+ * and closing some other descriptor of the file does not drop it. */
+static int file_lock(int fd)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    return fcntl(fd, F_OFD_SETLK, &fl) ? -errno : 0;
+}
+
+void srrs_file_set_label(const char *bdev, const char *label)
+{
+    pthread_mutex_lock(&owners_lock);
+    for (struct file_disk *d = owners; d; d = d->onext)
+        if (!strcmp(d->name, bdev))
+            snprintf(d->label, sizeof(d->label), "%s", label);
+    pthread_mutex_unlock(&owners_lock);
+}
+
+int srrs_file_check_free(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) || !S_ISREG(st.st_mode))
+        return 0; /* missing: nobody owns it; block devices: O_EXCL at open */
+    char who[256];
+    if (owner_find(st.st_dev, st.st_ino, who, sizeof(who))) {
+        owner_describe(st.st_dev, st.st_ino, false, who, sizeof(who));
+        return srrs_err(-EBUSY, "%s is %s", path, who);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0; /* the open that follows reports it */
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    int rc = fcntl(fd, F_OFD_GETLK, &fl) ? 0 : fl.l_type != F_UNLCK;
+    close(fd);
+    if (!rc)
+        return 0;
+    owner_describe(st.st_dev, st.st_ino, false, who, sizeof(who));
+    return srrs_err(-EBUSY, "%s is %s", path, who);
+}
+
 static void file_destroy(struct srrs_bdev *b)
 {
     struct file_disk *d = b->ctx;
+    owner_unlink(d);
     if (d->fd_direct >= 0)
         close(d->fd_direct);
     close(d->fd_buf);
+    close(d->fd_own);
     free(d);
 }
 
@@ -527,7 +679,7 @@ static const struct srrs_bdev_module file_module = {
 };
 
 int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size,
-                          uint32_t bs)
+                          uint32_t bs, uint32_t flags)
 {
     if (!name || !path || !*path)
         return srrs_err(-EINVAL, "bdev %s: a path is required", name ? name : "?");
@@ -548,11 +700,47 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
     d->fd_direct = -1;
     d->is_blockdev = exists && S_ISBLK(st.st_mode);
-    int flags = O_RDWR | O_CLOEXEC | (d->is_blockdev ? 0 : O_CREAT);
-    d->fd_buf = open(path, flags, 0600);
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    /* A block device is claimed with O_EXCL (the kernel refuses a second
+     * exclusive open, or a mounted device); a file gets an OFD lock below. */
+    int flags_open = O_RDWR | O_CLOEXEC | (d->is_blockdev ? O_EXCL : O_CREAT);
+    d->fd_buf = open(path, flags_open, 0600);
     int rc;
+    char who[256];
+    if (d->fd_buf < 0) {
+        if (errno == EBUSY && d->is_blockdev) {
+            owner_describe(st.st_rdev, 0, true, who, sizeof(who));
+            rc = srrs_err(-EBUSY, "bdev %s: %s is %s", name, path, who);
+        } else {
+            rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+        }
+        free(d);
+        return rc;
+    }
+    if (fstat(d->fd_buf, &st)) {
+        rc = srrs_err(-errno, "bdev %s: fstat %s: %s", name, path, strerror(errno));
+        close(d->fd_buf);
+        free(d);
+        return rc;
+    }
+    d->own_dev = d->is_blockdev ? st.st_rdev : st.st_dev;
+    d->own_ino = d->is_blockdev ? 0 : st.st_ino;
+    if (!d->is_blockdev && (rc = file_lock(d->fd_buf))) {
+        owner_describe(d->own_dev, d->own_ino, false, who, sizeof(who));
+        rc = srrs_err(rc == -EAGAIN || rc == -EACCES ? -EBUSY : rc, "bdev %s: %s is %s", name, path,
+                      who);
+        close(d->fd_buf);
+        free(d);
+        return rc;
+    }
+    /* The claim stays on its own descriptor: io_uring keeps references to the
+     * files of requests in flight and drops them asynchronously after a
+     * crash, which would keep the lock for a while after the process is gone. */
+    d->fd_own = d->fd_buf;
+    d->fd_buf = open(path, O_RDWR | O_CLOEXEC);
     if (d->fd_buf < 0) {
         rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+        close(d->fd_own);
         free(d);
         return rc;
     }
@@ -579,11 +767,16 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
             goto fail;
         }
     } else {
-        if (fstat(d->fd_buf, &st)) {
-            rc = srrs_err(-errno, "bdev %s: fstat %s: %s", name, path, strerror(errno));
+        have = (uint64_t)st.st_size;
+        /* An existing file is never resized unless asked: a typo in a path
+         * must not grow some other file with zeroes. */
+        if (exists && size > have && !(flags & SRRS_FILE_GROW)) {
+            rc = srrs_err(-EFBIG, "bdev %s: %s exists with %llu bytes, less than size %llu; refusing "
+                          "to grow an existing file (set grow = true to resize it, or omit size to "
+                          "use it as it is)", name, path, (unsigned long long)have,
+                          (unsigned long long)size);
             goto fail;
         }
-        have = (uint64_t)st.st_size;
         if (size > have && ftruncate(d->fd_buf, (off_t)size)) {
             rc = srrs_err(-errno, "bdev %s: cannot size %s to %llu bytes: %s", name, path,
                           (unsigned long long)size, strerror(errno));
@@ -599,9 +792,15 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         goto fail;
     }
     d->fd_direct = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+    pthread_mutex_lock(&owners_lock);
+    d->onext = owners;
+    owners = d;
+    pthread_mutex_unlock(&owners_lock);
     rc = srrs_bdev_register(core, name, &file_module, d, use / bs, bs, NULL);
-    if (rc)
+    if (rc) {
+        owner_unlink(d);
         goto fail;
+    }
     struct srrs_bdev *b = srrs_bdev_open(core, name);
     if (b) {
         snprintf(b->path, sizeof(b->path), "%s", path);
@@ -609,9 +808,12 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
     }
     return 0;
 fail:
+    if (!exists && !d->is_blockdev)
+        unlink(path); /* created by this call: nothing left behind */
     if (d->fd_direct >= 0)
         close(d->fd_direct);
     close(d->fd_buf);
+    close(d->fd_own);
     free(d);
     return rc;
 }

@@ -38,7 +38,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 POLL_MODES = {"adaptive": 0, "busy": 1}
 RW_MODES = {"randread": 0, "randwrite": 1, "randrw": 2, "read": 3, "write": 4}
@@ -324,9 +324,11 @@ class Core:
         check(lib.srrs_bdev_create_null(self.ptr, name.encode(), size, block_size),
               f"bdev {name}")
 
-    def bdev_create_file(self, name: str, path: str, size: int = 0, block_size: int = 4096) -> None:
+    def bdev_create_file(self, name: str, path: str, size: int = 0, block_size: int = 4096,
+                         grow: bool = False) -> None:
         check(lib.srrs_bdev_create_file(self.ptr, name.encode(), os.fsencode(path), size,
-                                        block_size), f"bdev {name}")
+                                        block_size, lib.SRRS_FILE_GROW if grow else 0),
+              f"bdev {name}")
 
     def bdev_delete(self, name: str) -> None:
         check(lib.srrs_bdev_delete(self.ptr, name.encode()), f"bdev {name}")

@@ -317,6 +317,8 @@ static void page_io_done(struct srrs_io *io, void *arg)
     struct srrs_pool *p = pg->pool;
     if (io->status && !pg->status)
         pg->status = io->status;
+    if (!io->status)
+        pg->ondisk = true;
     struct lv_frag *f = &p->frags[pg->frag];
     if (pg->status || pg->step == 2) {
         page_finish(pg);
@@ -390,8 +392,8 @@ int lv_slot_alloc(struct srrs_pool *p, uint32_t *frag, uint64_t *slot)
     uint64_t best_free = 0;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || !f->md_slots || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE) ||
-            __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE))
+        if (f->state != FS_ACTIVE || !f->md_slots || f->missing ||
+            __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE) || __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE))
             continue;
         uint64_t fr = f->md_slots - f->slots_used;
         if (fr > best_free) {
@@ -442,6 +444,24 @@ struct lv_page *lv_page_get(struct lv_vol *v, uint32_t idx)
     return pg;
 }
 
+/* P. A map page whose first commit failed: if nothing was ever written to its
+ * slot and no entry or write needs it, the slot goes back to the pool, so a
+ * failed first write leaves nothing allocated. Page 0 (the volume record)
+ * goes with the volume; a drain may be holding a page, so none is dropped then. */
+void lv_page_drop_unused(struct lv_vol *v, uint32_t idx)
+{
+    struct lv_page *pg = idx && idx < v->nchunks ? v->pages[idx] : NULL;
+    if (!pg || pg->ondisk || pg->busy || pg->want || pg->next || pg->cur || v->pool->drain)
+        return;
+    uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
+    for (uint32_t i = 0; top[idx] && i < MD_ENTRIES; i++)
+        if (top[idx][i])
+            return;
+    lv_slot_free(v->pool, pg->frag, pg->slot);
+    v->pages[idx] = NULL;
+    free(pg);
+}
+
 /* ---- allocation (P) ----------------------------------------------------------- */
 
 
@@ -470,7 +490,7 @@ int lv_pick_frag(struct srrs_pool *p)
     double best_score = -1;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if (f->state != FS_ACTIVE || f->nused >= f->nclusters ||
+        if (f->state != FS_ACTIVE || f->nused >= f->nclusters || f->missing ||
             __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE) || __atomic_load_n(&f->hidden, __ATOMIC_ACQUIRE))
             continue;
         double score;
@@ -556,7 +576,10 @@ static void alloc_committed(struct lv_wait *w, int status)
     } else {
         map_set(chunk, a->c, a->entry);
     }
+    uint32_t idx = (uint32_t)(a->c / MD_ENTRIES);
     alloc_finish(a, status);
+    if (status)
+        lv_page_drop_unused(v, idx);
 }
 
 /* At most one event per second per tenant / pool: a full volume under load
@@ -588,7 +611,9 @@ static void alloc_zeroed(struct srrs_io *io, void *arg)
         v->allocated--;
         if (v->tenant)
             v->tenant->used--;
+        uint32_t idx = (uint32_t)(a->c / MD_ENTRIES);
         alloc_finish(a, st ? st : -ENOSPC);
+        lv_page_drop_unused(v, idx);
         return;
     }
     map_set(chunk, a->c, a->entry | E_PENDING);
@@ -645,6 +670,8 @@ int lv_alloc_request(struct lv_vol *v, uint64_t c, struct srrs_io *child, struct
     }
     if (e_alloc(map_get(v, c)))
         return 1;
+    if (p->degraded)
+        return -EIO; /* a missing fragment may own this cluster's map page: no new mapping */
     int err = alloc_check_space(p, v);
     if (err)
         return err;
@@ -913,15 +940,14 @@ static void child_go(struct srrs_io *child)
     switch (child->op) {
     case SRRS_IO_READ:
         if (!mapped) {
+            if (srrs_unlikely(e & E_GONE))
+                goto media_error;
             iov_zero(child);
             child_cb(child, NULL);
             return;
         }
         if (srrs_unlikely(lv_lost_get(f, e_cl(e)) && lv_lost_range(f, e_cl(e), lc->coff, child->len))) {
-            /* its RAM was gone at open: unknown data, never zeroes */
-            child->status = -EIO;
-            child_cb(child, NULL);
-            return;
+            goto media_error; /* its RAM was gone at open: unknown data, never zeroes */
         }
         break;
     case SRRS_IO_WRITE:
@@ -935,6 +961,8 @@ static void child_go(struct srrs_io *child)
         break;
     default: /* write zeroes, unmap */
         if (!e_alloc(e)) {
+            if (srrs_unlikely(e & E_GONE))
+                goto media_error;
             child_cb(child, NULL);
             return;
         }
@@ -952,6 +980,8 @@ static void child_go(struct srrs_io *child)
             __atomic_sub_fetch(&v->lost, 1, __ATOMIC_RELAXED);
         break;
     }
+    if (srrs_unlikely(!f->bdev))
+        goto media_error; /* its fragment is missing */
     child->bdev = f->bdev;
     child->offset = f->data_off + (e_cl(e) << p->cs_shift) + lc->coff;
     child->cb = child_cb;
@@ -962,6 +992,10 @@ static void child_go(struct srrs_io *child)
     child->tag = __atomic_load_n(&rs->epoch, __ATOMIC_RELAXED) & 1;
     __atomic_add_fetch(&rs->cnt[child->tag], 1, __ATOMIC_RELAXED);
     srrs_bdev_submit(child);
+    return;
+media_error:
+    child->status = -EIO;
+    child_cb(child, NULL);
 }
 
 static void child_resume(void *arg)
@@ -983,7 +1017,7 @@ static void lv_flush(struct srrs_pool *p, struct srrs_io *io)
     struct lv_parent *pp = parent_of(io);
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
-        if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram)
+        if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram || !f->bdev)
             continue;
         struct srrs_io *c = srrs_io_get(io->r);
         if (!c) {

@@ -47,9 +47,12 @@ struct srrs_pool_info {
     uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
 };
 
+/* A fragment the pool's table records but that was not found at open: the
+ * pool is degraded (I/O to its clusters fails, nothing is allocated). */
+#define SRRS_FRAG_MISSING 4
 struct srrs_pool_frag_info {
     int32_t index;
-    int32_t state;          /* 1 active, 2 draining, 3 removed (0: empty table slot) */
+    int32_t state;          /* 1 active, 2 draining, 3 removed (0: empty table slot), 4 missing */
     int32_t ram;
     uint32_t weight;
     char path[256];

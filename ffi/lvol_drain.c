@@ -425,6 +425,8 @@ int srrs_pool_frag_drain(struct srrs_pool *p, int idx, int max_inflight)
         return srrs_err(-ENOENT, "pool %s has no fragment %d", p->name, idx);
     if (__atomic_load_n(&p->drain, __ATOMIC_ACQUIRE))
         return srrs_err(-EBUSY, "pool %s is already draining a fragment", p->name);
+    if (p->degraded)
+        return lv_degraded_err(p, "draining a fragment");
     struct lv_frag *f = &p->frags[idx];
     uint64_t free_elsewhere = 0, slots_elsewhere = 0;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {

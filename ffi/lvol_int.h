@@ -41,6 +41,9 @@ enum { FS_EMPTY = 0, FS_ACTIVE = 1, FS_DRAINING = 2, FS_REMOVED = 3 };
 #define E_LOC_MASK ((1ull << 56) - 1)
 #define E_PENDING (1ull << 63)
 #define E_LOCKED (1ull << 62)
+/* A cluster whose map page may have lived on a missing fragment: unknown, so
+ * its I/O fails (never zeroes) until the fragment is back. */
+#define E_GONE (1ull << 61)
 static inline bool e_alloc(uint64_t e) { return (e >> 48 & 0xff) != 0; }
 static inline uint32_t e_frag(uint64_t e) { return (uint32_t)((e >> 48) & 0xff) - 1; }
 static inline uint64_t e_cl(uint64_t e) { return e & E_CL_MASK; }
@@ -118,6 +121,7 @@ struct lv_page {
     uint32_t frag;
     uint64_t slot;
     bool busy, want, tomb;
+    bool ondisk;            /* a copy was written: the slot may hold this page */
     uint8_t step;
     int status;
     struct lv_wait *cur, *next;
@@ -134,6 +138,7 @@ struct lv_frag {
     bool ram;
     bool fresh;            /* created by this process: clusters >= zero_hwm are zero */
     bool hidden;           /* being added: not yet in the durable table */
+    bool missing;          /* in the table but not found at open: no bdev, I/O to it fails */
     struct srrs_bdev *bdev;
     char bdev_name[SRRS_NAME_MAX];
     char path[256];
@@ -249,6 +254,9 @@ struct srrs_pool {
     uint64_t health_ticks;
     int health_due;        /* atomic: an I/O on a fragment failed */
     uint32_t nfailed;
+    bool degraded;                /* a fragment of the table is missing: no allocation */
+    struct srrs_pool *onext;      /* open pools of this process (by uuid) */
+    bool registered;
 };
 
 struct lv_rstate {
@@ -368,6 +376,7 @@ struct lv_op {
 };
 
 void lv_pool_msg(struct srrs_pool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int lv_degraded_err(struct srrs_pool *p, const char *what);
 
 /* Bits [from, to) of an atomic bitmap: clear them / are any set. */
 static inline void bm_clr_range_atomic(uint64_t *bm, uint64_t from, uint64_t to)
@@ -464,6 +473,7 @@ void lv_cluster_put(struct srrs_pool *p, uint64_t e);
 uint64_t lv_cluster_take(struct srrs_pool *p, int fi, bool *zero);
 uint64_t *lv_map_chunk(struct lv_vol *v, uint64_t c);
 void lv_page_commit(struct lv_page *pg, struct lv_wait *w);
+void lv_page_drop_unused(struct lv_vol *v, uint32_t idx);
 struct lv_page *lv_page_get(struct lv_vol *v, uint32_t idx);
 int lv_pick_frag(struct srrs_pool *p);
 int lv_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);

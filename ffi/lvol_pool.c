@@ -194,6 +194,24 @@ static void delete_done(struct lv_wait *w, int status)
     op_put(op);
 }
 
+/* P: undoes a create that failed. A volume record that never reached its
+ * slot needs no tombstone: everything it holds goes back at once. */
+static void p_create_undo(void *arg)
+{
+    struct lv_op *op = arg;
+    struct lv_vol *v = op->vol;
+    if (v->pages[0] && v->pages[0]->ondisk) {
+        v->deleted = true;
+        v->pages[0]->tomb = true;
+        op->w.fn = delete_done;
+        op->pending++;
+        lv_page_commit(v->pages[0], &op->w);
+    } else {
+        vol_release(op->p, v);
+    }
+    op_put(op);
+}
+
 static void p_delete(void *arg)
 {
     struct lv_op *op = arg;
@@ -224,6 +242,14 @@ static void p_resize(void *arg)
     lv_page_commit(v->pages[0], &op->w);
     if (!v->thin)
         thick_start(op, old_n);
+    op_put(op);
+}
+
+static void p_resize_undo(void *arg)
+{
+    struct lv_op *op = arg;
+    op->vol->size = op->size;
+    op->vol->nclusters = op->size / op->p->cs;
     op_put(op);
 }
 
@@ -294,6 +320,25 @@ static int vol_register(struct srrs_pool *p, struct lv_vol *v)
     return srrs_bdev_register(p->core, v->name, &lv_lvol_module, v, v->size / LV_BS, LV_BS, &v->bdev);
 }
 
+/* The largest volume the pool can map: one metadata page per MD_ENTRIES
+ * clusters, and the pool has md_slots pages in all. Beyond it a volume could
+ * never be written whole, and its in-memory map (sized by the volume) would
+ * make every walk of it (delete, reopen) take seconds. */
+static int check_vol_size(struct srrs_pool *p, const char *name, uint64_t size)
+{
+    uint64_t slots = 0;
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        if (p->frags[i].state == FS_ACTIVE || p->frags[i].state == FS_DRAINING)
+            slots += p->frags[i].md_slots;
+    uint64_t max_cl = SRRS_MIN(slots * MD_ENTRIES, (uint64_t)UINT32_MAX);
+    if (size / p->cs <= max_cl)
+        return 0;
+    return srrs_err(-EFBIG, "volume %s: size %llu bytes is more than pool %s can map: at most %llu "
+                    "bytes (%llu metadata slots of %u clusters of %u bytes; raise metadata_slots or "
+                    "add a fragment for larger volumes)", name, (unsigned long long)size, p->name,
+                    (unsigned long long)(max_cl * p->cs), (unsigned long long)slots, MD_ENTRIES, p->cs);
+}
+
 int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int thin,
                      const char *tenant, struct srrs_lvol_info *out)
 {
@@ -303,8 +348,10 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
     if (!size || size % p->cs)
         return srrs_err(-EINVAL, "volume %s: size %llu is not a positive multiple of the cluster size %u",
                         name, (unsigned long long)size, p->cs);
-    if (size / p->cs > (uint64_t)UINT32_MAX * MD_ENTRIES)
-        return srrs_err(-EINVAL, "volume %s: too large", name);
+    if ((rc = check_vol_size(p, name, size)))
+        return rc;
+    if (p->degraded && (rc = lv_degraded_err(p, "creating a volume")))
+        return rc;
     struct srrs_bdev *b = srrs_bdev_open(p->core, name);
     if (b) {
         srrs_bdev_close(&b);
@@ -313,11 +360,13 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
     struct lv_op op = {.name = name, .tenant = tenant, .size = size, .thin = thin};
     rc = op_run(p, &op, p_create);
     if (rc && op.vol) {
-        /* Created but not fully allocated (thick): take it back. */
+        /* Its record or clusters could not be committed: take it all back. */
         struct lv_op d = {.vol = op.vol};
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", srrs_last_error());
-        op_run(p, &d, p_delete);
+        if (op_run(p, &d, p_create_undo))
+            return srrs_err(rc, "%s; its record is on disk and could not be erased (%s): delete "
+                            "volume %s once the fragment has space", msg, d.err, name);
         return srrs_err(rc, "%s", msg);
     }
     if (rc)
@@ -379,8 +428,21 @@ int srrs_lvol_resize(struct srrs_pool *p, const char *name, uint64_t size)
                         (unsigned long long)size, p->cs);
     if (size == v->size)
         return 0;
+    int rc0 = check_vol_size(p, name, size);
+    if (rc0)
+        return rc0;
     struct lv_op op = {.vol = v, .size = size};
+    uint64_t old = v->size;
     int rc = op_run(p, &op, p_resize);
+    if (rc && v->thin) {
+        /* The record could not be committed: the volume keeps its size (a thin
+         * one has no cluster past it; the bdev never grew). */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        struct lv_op u = {.vol = v, .size = old};
+        op_run(p, &u, p_resize_undo);
+        return srrs_err(rc, "%s", msg);
+    }
     if (rc)
         return rc;
     if (v->bdev) {
@@ -549,7 +611,7 @@ int lv_sb_write_all(struct srrs_pool *p)
         int copy = pass == 2 ? 1 : 0;
         for (int i = 0; i < LV_MAX_FRAGS && !rc; i++) {
             struct lv_frag *f = &p->frags[i];
-            if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram)
+            if ((f->state != FS_ACTIVE && f->state != FS_DRAINING) || f->ram || f->missing)
                 continue;
             if (pass == 0 && !f->hidden)
                 continue;
@@ -630,6 +692,17 @@ static int probe(const char *path, struct frag_probe *pr)
         pr->kind = FR_FOREIGN;
     }
     return 0;
+}
+
+/* Before anything is read or written: no bdev of any process owns the file. */
+static int frag_check_free(const char *pool, const char *path)
+{
+    int rc = srrs_file_check_free(path);
+    if (!rc)
+        return 0;
+    char msg[300];
+    snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+    return srrs_err(rc, "pool %s: fragment %s", pool, msg);
 }
 
 static void uuid_str(const uint8_t *u, char *out)
@@ -779,7 +852,8 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
     } else {
         struct stat st;
         f->fresh = stat(spec->path, &st) != 0;
-        rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS);
+        rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS,
+                                   SRRS_FILE_GROW);
         snprintf(f->path, sizeof(f->path), "%s", spec->path);
     }
     if (rc)
@@ -787,6 +861,11 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
     f->bdev = srrs_bdev_open(p->core, f->bdev_name);
     if (!f->bdev)
         return -ENOENT;
+    if (!ram) {
+        char label[96];
+        snprintf(label, sizeof(label), "fragment %d of pool %s", fi, p->name);
+        srrs_file_set_label(f->bdev_name, label);
+    }
     f->ram = ram;
     if (layout) {
         f->size = f->bdev->size;
@@ -1086,16 +1165,38 @@ static int load_entries(struct srrs_pool *p, struct lv_vol *v, struct scan_pg *e
         }
         if (f->lost && bm_get(f->lost, e_cl(x)))
             v->lost++; /* mapped still: reads fail until it is rewritten */
+        if (!chunk && !(chunk = lv_map_chunk(v, c)))
+            return -ENOMEM;
+        if (f->missing) { /* mapped, unreachable: its I/O fails until the fragment is back */
+            chunk[i] = x;
+            v->allocated++;
+            continue;
+        }
         if (bm_get(f->used, e_cl(x)))
             return srrs_err(-EIO, "pool %s: cluster %llu of fragment %s is mapped twice (volume %s); "
                             "refusing to open", p->name, (unsigned long long)e_cl(x), f->path, v->name);
         bm_set(f->used, e_cl(x));
         f->nused++;
-        if (!chunk && !(chunk = lv_map_chunk(v, c)))
-            return -ENOMEM;
         chunk[i] = x;
         v->allocated++;
     }
+    return 0;
+}
+
+/* A map page not found while a fragment holding metadata is missing may
+ * have been there: its clusters are unknown, not unallocated. */
+static int mark_gone(struct srrs_pool *p, struct lv_vol *v, uint32_t k)
+{
+    bool md_missing = false;
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        md_missing |= p->frags[i].missing && p->frags[i].md_slots;
+    if (!md_missing)
+        return 0;
+    uint64_t *chunk = lv_map_chunk(v, (uint64_t)k * MD_ENTRIES);
+    if (!chunk)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < MD_ENTRIES; i++)
+        chunk[i] = E_GONE;
     return 0;
 }
 
@@ -1130,7 +1231,7 @@ static int build_volumes(struct srrs_pool *p, struct scan *s)
             uint32_t nch = v->nchunks;
             for (uint32_t k = 0; k < nch; k++) {
                 struct scan_pg *pe = k ? scan_find(s, v->uuid, k) : e;
-                int rc = pe ? load_entries(p, v, pe) : 0;
+                int rc = pe ? load_entries(p, v, pe) : mark_gone(p, v, k);
                 if (rc)
                     return rc;
             }
@@ -1158,6 +1259,47 @@ static int build_volumes(struct srrs_pool *p, struct scan *s)
 }
 
 /* ---- open / close ------------------------------------------------------------------ */
+
+/* The pools open in this process: a pool is opened once, whatever path
+ * (symlink, hard link, another device node) reaches its fragments. */
+static pthread_mutex_t open_pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct srrs_pool *open_pools;
+
+static void pool_register(struct srrs_pool *p)
+{
+    pthread_mutex_lock(&open_pools_lock);
+    p->onext = open_pools;
+    open_pools = p;
+    p->registered = true;
+    pthread_mutex_unlock(&open_pools_lock);
+}
+
+static void pool_unregister(struct srrs_pool *p)
+{
+    pthread_mutex_lock(&open_pools_lock);
+    struct srrs_pool **pp = &open_pools;
+    while (*pp && *pp != p)
+        pp = &(*pp)->onext;
+    if (*pp)
+        *pp = p->onext;
+    p->registered = false;
+    pthread_mutex_unlock(&open_pools_lock);
+}
+
+/* -EBUSY naming the open pool whose uuid this is. */
+static int pool_uuid_check(const char *name, const char *path, const uint8_t *uuid)
+{
+    char owner[SRRS_NAME_MAX] = "";
+    pthread_mutex_lock(&open_pools_lock);
+    for (struct srrs_pool *q = open_pools; q && !owner[0]; q = q->onext)
+        if (!memcmp(q->uuid, uuid, 16))
+            snprintf(owner, sizeof(owner), "%s", q->name);
+    pthread_mutex_unlock(&open_pools_lock);
+    if (!owner[0])
+        return 0;
+    return srrs_err(-EBUSY, "pool %s: fragment %s belongs to pool %s, which is already open in this "
+                    "controller", name, path, owner);
+}
 
 void lv_drain_stop_msg(void *arg);
 
@@ -1258,6 +1400,8 @@ static void pool_free(struct srrs_pool *p)
 {
     if (p->health_poller)
         srrs_reactor_call(p->pr, health_stop_msg, p);
+    if (p->registered)
+        pool_unregister(p);
     for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
         struct maint_stop ms = {.p = p};
         srrs_reactor_call(p->pr, maint_stop_msg, &ms);
@@ -1337,6 +1481,82 @@ static int pool_create_new(struct srrs_pool *p, const struct srrs_pool_opts *o,
     return lv_sb_write_all(p);
 }
 
+/* Not in the config but in the pool's table: a fragment added online. It is
+ * opened from the path the table records; if that is gone or is not this
+ * fragment, the pool opens degraded without it (I/O to its clusters fails,
+ * no allocation) rather than refusing to start. */
+static int frag_from_table(struct srrs_pool *p, const struct sb *best, int fi, bool *rewrite)
+{
+    const struct sb_frag *t = &best->frags[fi];
+    struct lv_frag *f = &p->frags[fi];
+    char path[sizeof(t->path) + 1];
+    snprintf(path, sizeof(path), "%.*s", (int)sizeof(t->path), t->path);
+    int rc = frag_check_free(p->name, path);
+    if (rc)
+        return rc; /* another owner: a conflict to resolve, not a missing fragment */
+    struct frag_probe pr;
+    char why[300] = "";
+    if ((rc = probe(path, &pr)))
+        snprintf(why, sizeof(why), "%s", srrs_last_error());
+    else if (pr.kind == FR_MISSING)
+        snprintf(why, sizeof(why), "it does not exist");
+    else if (pr.kind != FR_OURS || !pr.best || memcmp(pr.best->pool_uuid, p->uuid, 16) ||
+             pr.best->frag_idx != (uint32_t)fi || memcmp(pr.best->frags[fi].uuid, t->uuid, 16))
+        snprintf(why, sizeof(why), "it is not that fragment any more");
+    f->state = (int)t->state;
+    f->size = t->size;
+    f->nclusters = t->nclusters;
+    f->data_off = t->data_off;
+    f->md_slots = t->md_slots;
+    f->weight = t->weight;
+    memcpy(f->uuid, t->uuid, 16);
+    if (!why[0]) {
+        struct srrs_pool_frag_spec spec = {.path = path};
+        rc = frag_attach(p, fi, &spec, false, false, 0);
+        if (!rc) {
+            f->fresh = false;
+            if (pr.best->seq != best->seq || pr.a.seq != pr.b.seq)
+                *rewrite = true;
+            lv_pool_msg(p, "fragment %d (%s) is not in the configuration: opened from the pool's table",
+                        fi, path);
+            return 0;
+        }
+        snprintf(why, sizeof(why), "%s", srrs_last_error());
+        if (f->bdev) {
+            srrs_bdev_close(&f->bdev);
+            srrs_bdev_delete(p->core, f->bdev_name);
+        }
+        free(f->used);
+        free(f->slot_used);
+    }
+    f->pool = p;
+    f->missing = true;
+    f->bdev = NULL;
+    f->fresh = false;
+    snprintf(f->path, sizeof(f->path), "%s", path);
+    f->used = calloc((f->nclusters + 63) / 64 + 1, 8);
+    f->slot_used = calloc((f->md_slots + 63) / 64 + 1, 8);
+    if (!f->used || !f->slot_used)
+        return srrs_err(-ENOMEM, "out of memory");
+    p->degraded = true;
+    snprintf(f->why, sizeof(f->why), "%.150s", why); /* the pool's alert says why */
+    lv_pool_msg(p, "fragment %d (%s) of pool %s is missing: %s; the pool is degraded: I/O to the "
+                "clusters it held fails and nothing is allocated until it is back", fi, path, p->name,
+                why);
+    srrs_event_post(p->core, SRRS_EV_FRAG_FAILED, (uint64_t)fi, 0, p->name,
+                    "pool %s is degraded: fragment %d (%s) is missing: %s", p->name, fi, path, why);
+    return 0;
+}
+
+int lv_degraded_err(struct srrs_pool *p, const char *what)
+{
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        if (p->frags[i].missing)
+            return srrs_err(-EIO, "pool %s is degraded (fragment %d, %s, is missing): %s refused until "
+                            "it is back", p->name, i, p->frags[i].path, what);
+    return 0;
+}
+
 static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
                               struct frag_probe *pr, bool *used_spec)
 {
@@ -1347,6 +1567,9 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         if (!pr[i].best)
             return srrs_err(-EIO, "fragment %s: both superblock copies are corrupt; refusing to open "
                             "the pool", frags[i].path);
+        int rc = pool_uuid_check(p->name, frags[i].path, pr[i].best->pool_uuid);
+        if (rc)
+            return rc;
         if (!best || pr[i].best->seq > best->seq)
             best = pr[i].best;
     }
@@ -1417,9 +1640,14 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         if (t->state != FS_ACTIVE && t->state != FS_DRAINING)
             continue;
         if (!t->ram) {
-            if (!p->frags[fi].state)
-                return srrs_err(-ENOENT, "pool %s: fragment %d (%s) is missing from the configuration "
-                                "or unreadable", best->name, fi, t->path);
+            int rc = p->frags[fi].state ? 0 : frag_from_table(p, best, fi, &rewrite);
+            if (rc)
+                return rc;
+            /* The config may name the missing fragment too (a saved config
+             * lists them all): that entry is this fragment, not one to add. */
+            for (int i = 0; i < nfrags && p->frags[fi].missing; i++)
+                if (frags[i].path && !used_spec[i] && !strcmp(frags[i].path, p->frags[fi].path))
+                    used_spec[i] = true;
             continue;
         }
         while (next_ram < nfrags && frags[next_ram].path)
@@ -1448,7 +1676,7 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         return -ENOMEM;
     int rc = 0;
     for (int fi = 0; fi < LV_MAX_FRAGS && !rc; fi++)
-        if (p->frags[fi].state && !p->frags[fi].ram)
+        if (p->frags[fi].state && !p->frags[fi].ram && !p->frags[fi].missing)
             rc = scan_frag(p, &s, (uint32_t)fi);
     if (!rc)
         rc = build_volumes(p, &s);
@@ -1507,6 +1735,7 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
     bool used[LV_MAX_FRAGS] = {0};
     int rc = pr_ ? 0 : srrs_err(-ENOMEM, "out of memory");
     bool any_ours = false, any_persistent = false;
+    int nosize = -1; /* a fragment to create without a size: an error unless the pool exists */
     for (int i = 0; i < nfrags && !rc; i++) {
         if (!frags[i].path) {
             if (!frags[i].size || frags[i].size % LV_BS)
@@ -1514,7 +1743,9 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
             continue;
         }
         any_persistent = true;
-        rc = probe(frags[i].path, &pr_[i]);
+        rc = frag_check_free(name, frags[i].path);
+        if (!rc)
+            rc = probe(frags[i].path, &pr_[i]);
         if (rc)
             break;
         if (pr_[i].kind == FR_OURS)
@@ -1522,10 +1753,14 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
         if (pr_[i].kind == FR_FOREIGN && !(o && o->force_create))
             rc = srrs_err(-EEXIST, "fragment %s holds data that is not an SRRS pool; refusing to "
                           "format it (set force_create to overwrite)", frags[i].path);
-        if (pr_[i].kind == FR_MISSING && !frags[i].size)
-            rc = srrs_err(-ENOENT, "fragment %s does not exist and has no size to create it with",
-                          frags[i].path);
+        if (pr_[i].kind == FR_MISSING && !frags[i].size && nosize < 0)
+            nosize = i;
     }
+    /* In an existing pool the path may be a fragment its table records as
+     * missing (the pool opens degraded); else adding it reports the error. */
+    if (!rc && !any_ours && nosize >= 0)
+        rc = srrs_err(-ENOENT, "fragment %s does not exist and has no size to create it with",
+                      frags[nosize].path);
     if (!rc) {
         if (!any_ours) {
             rc = pool_create_new(p, o, frags, nfrags, any_persistent);
@@ -1577,6 +1812,7 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
         return srrs_err(rc, "%s", msg);
     }
     health_start(p);
+    pool_register(p);
     *out = p;
     return 0;
 }
@@ -1618,6 +1854,8 @@ int srrs_pool_get_info(struct srrs_pool *p, struct srrs_pool_info *o)
         if (f->state == FS_EMPTY || f->state == FS_REMOVED)
             continue;
         o->nfrags++;
+        if (f->missing)
+            continue; /* no capacity while it is gone */
         uint64_t used = __atomic_load_n(&f->nused, __ATOMIC_RELAXED);
         o->used_clusters += used;
         if (f->state == FS_ACTIVE) {
@@ -1652,7 +1890,7 @@ int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_
     struct lv_frag *f = &p->frags[idx];
     memset(o, 0, sizeof(*o));
     o->index = idx;
-    o->state = f->state;
+    o->state = f->missing ? SRRS_FRAG_MISSING : f->state;
     o->ram = f->ram;
     o->weight = f->weight;
     snprintf(o->path, sizeof(o->path), "%s", f->path);
@@ -1668,7 +1906,7 @@ int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_
     o->drain_error = f->drain_error;
     o->failed = __atomic_load_n(&f->failed, __ATOMIC_ACQUIRE);
     o->lost_clusters = __atomic_load_n(&f->nlost, __ATOMIC_RELAXED);
-    if (o->failed || __atomic_load_n(&f->shm_unlinked, __ATOMIC_ACQUIRE))
+    if (o->failed || f->missing || __atomic_load_n(&f->shm_unlinked, __ATOMIC_ACQUIRE))
         snprintf(o->error, sizeof(o->error), "%s", f->why);
     return 0;
 }
@@ -1688,6 +1926,8 @@ int srrs_pool_messages(struct srrs_pool *p, char *buf, int len)
 
 int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *spec)
 {
+    if (p->degraded)
+        return lv_degraded_err(p, "adding a fragment");
     int fi = -1;
     bool any_persistent = false;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
@@ -1701,9 +1941,17 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
             fi = i; /* no map entry or page refers to a removed fragment: reuse its index */
     if (fi < 0)
         return srrs_err(-ENOSPC, "pool %s already has %d fragments", p->name, LV_MAX_FRAGS);
+    /* Online, the table is the only record of the fragment: a path it cannot
+     * hold whole would not be found at the next start. */
+    if (spec->path && p->registered && strlen(spec->path) >= sizeof(((struct sb_frag *)0)->path))
+        return srrs_err(-ENAMETOOLONG, "fragment %s: the path is longer than %zu bytes, more than "
+                        "the pool's table records; use a shorter path (a symlink)", spec->path,
+                        sizeof(((struct sb_frag *)0)->path) - 1);
     if (spec->path) {
         struct frag_probe pr;
-        int rc = probe(spec->path, &pr);
+        int rc = frag_check_free(p->name, spec->path);
+        if (!rc)
+            rc = probe(spec->path, &pr);
         if (rc)
             return rc;
         if (pr.kind == FR_OURS || pr.kind == FR_FOREIGN)

@@ -113,9 +113,16 @@ struct srrs_bdev_latency {
 /* control. Names are unique, 1..63 bytes. size in bytes, multiple of block_size. */
 int srrs_bdev_create_malloc(struct srrs_core *core, const char *name, uint64_t size, uint32_t block_size);
 int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t size, uint32_t block_size);
-/* control. path: regular file (created sparse with `size` if missing; grown
- * to `size` if smaller), partition or block device (size 0: use the device's). */
-int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size, uint32_t block_size);
+/* control. path: regular file (created sparse with `size` if missing; an
+ * existing smaller one is grown to `size` only with SRRS_FILE_GROW, else
+ * refused), partition or block device (size 0: use the device's). The bdev
+ * owns its file exclusively: an OFD write lock on a file, O_EXCL on a block
+ * device; a second owner (this process or another) gets -EBUSY naming the first. */
+#define SRRS_FILE_GROW 1
+int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size, uint32_t block_size, uint32_t flags);
+/* control. 0 if no file bdev (of any process) owns the regular file at path,
+ * else -EBUSY with a message naming the owner. */
+int srrs_file_check_free(const char *path);
 /* control. -ENOENT unknown, -EBUSY still open by an export or a job. */
 int srrs_bdev_delete(struct srrs_core *core, const char *name);
 /* control. Fills up to max infos, returns how many bdevs exist. */

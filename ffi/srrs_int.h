@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 2
+#define SRRS_ABI_VERSION 3
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -134,7 +134,7 @@ enum srrs_event_type {
     SRRS_EV_VHOST_BROKEN = 21,
     SRRS_EV_QUOTA = 30,
     SRRS_EV_POOL_FULL = 31,
-    SRRS_EV_FRAG_FAILED = 32, /* a = fragment index: its file shrank, vanished or failed */
+    SRRS_EV_FRAG_FAILED = 32, /* a = fragment index: its file shrank, vanished, failed or is missing */
     SRRS_EV_RAM_LOST = 33,    /* a = fragment index, b = clusters whose RAM was gone at open */
     SRRS_EV_MIRROR_DOWN = 40,
     SRRS_EV_MIRROR_UP = 41,
@@ -278,6 +278,8 @@ struct srrs_bdev {
 };
 
 /* Control thread. Registers a bdev built by a module (takes ctx). */
+/* Control thread. What file bdev `bdev` is to its user (named to a second owner). */
+void srrs_file_set_label(const char *bdev, const char *label);
 int srrs_bdev_register(struct srrs_core *core, const char *name, const struct srrs_bdev_module *mod,
                        void *ctx, uint64_t num_blocks, uint32_t block_size, struct srrs_bdev **out);
 /* Any thread. A file bdev whose file was truncated, deleted or replaced fails

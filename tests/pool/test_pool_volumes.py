@@ -3,6 +3,7 @@ verified random I/O on all at once; allocated space is what was written,
 rounded to clusters; thick volumes, resize, delete, reopen."""
 
 import os
+import re
 import time
 
 import pytest
@@ -121,8 +122,18 @@ def test_open_errors_name_the_fragment(tmp_path):
     with Core(reactors=1) as core:
         pool = open_pool(core, [frag_file(a, 64 * MiB), frag_file(b, 64 * MiB)])
         pool.close()
-        with pytest.raises(SrrsError, match=r"fragment 1 \(.*b.img\) is missing"):
-            open_pool(core, [frag_file(a)])
+        # A fragment the config omits is opened from the pool's table; a missing
+        # one leaves the pool degraded, saying which (tests/pool/test_fragown.py).
+        again = open_pool(core, [frag_file(a)])
+        assert [f["state"] for f in again.fragments()] == ["active", "active"]
+        again.close()
+        os.rename(b, tmp_path / "b.away")
+        again = open_pool(core, [frag_file(a)])
+        assert [f["state"] for f in again.fragments()] == ["active", "missing"]
+        assert any(re.search(r"fragment 1 \(.*b.img\) of pool p0 is missing", m)
+                   for m in again.messages())
+        again.close()
+        os.rename(tmp_path / "b.away", b)
         other = open_pool(core, [frag_file(tmp_path / "c.img", 64 * MiB)], name="q")
         other.close()
         with pytest.raises(SrrsError, match="c.img belongs to another pool"):
