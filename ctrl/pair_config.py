@@ -167,6 +167,10 @@ def _keys(d: dict, peer: str) -> dict:
     for k, v in keys.items():
         if not os.path.exists(v):
             raise ValueError(f"{k}: {v} does not exist (make keys with `srrs keygen`)")
+    st = os.stat(keys["secret_key"]).st_mode
+    if st & 0o077:
+        raise ValueError(f"secret_key: {keys['secret_key']}: readable by others "
+                         f"(mode {st & 0o777:o}); chmod 600 it")
     try:
         read_mirror_secret(keys["mirror_secret"])
     except ValueError as e:

@@ -109,6 +109,16 @@ def authorized_names(authorized_dir: str) -> dict:
     return names
 
 
+def check_private(path: str) -> None:
+    """A secret key file that others may read is refused, like an ssh key."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise ValueError(f"{path}: readable by others (mode {mode & 0o777:o}); chmod 600 it")
+
+
 def curve_server_setup(sock, secret_key_file: Optional[str], authorized_dir: Optional[str]):
     """CURVE server: our secret key; clients limited to the public keys in
     authorized_dir (ZAP through zmq.auth.thread). Returns the authenticator."""
@@ -120,6 +130,7 @@ def curve_server_setup(sock, secret_key_file: Optional[str], authorized_dir: Opt
     if not authorized_dir:
         raise ValueError("--secret-key needs --authorized DIR (the controllers' public keys): "
                          "a witness that lets any key in authenticates nobody")
+    check_private(secret_key_file)
     pub, sec = zmq.auth.load_certificate(secret_key_file)
     if sec is None:
         raise ValueError(f"{secret_key_file} holds no secret key")
@@ -137,6 +148,7 @@ def curve_client_setup(sock, secret_key_file: Optional[str], server_public_file:
         return
     import zmq.auth
 
+    check_private(secret_key_file)
     pub, sec = zmq.auth.load_certificate(secret_key_file)
     spub, _ = zmq.auth.load_certificate(server_public_file)
     sock.curve_secretkey = sec

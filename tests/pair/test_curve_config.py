@@ -86,3 +86,25 @@ def test_shipped_configs_parse(tmp_path):
         other = "b" if n == "a" else "a"
         assert c.peer_rpc_socket == f"/tmp/srrs-pair-{other}.sock"
         assert f'rpc_socket = "{c.peer_rpc_socket}"' in open(f"configs/pair-{other}.toml").read()
+
+
+def test_secret_key_readable_by_others_is_refused(tmp_path):
+    """A CURVE secret key file others may read is refused by the pair config
+    and by the witness, as the mirror secret is."""
+    import os
+
+    from srrs.ctrl.witness import check_private
+
+    keys = make_keys(tmp_path)
+    sec = f"{keys['a']}_secret"
+    d = dict(BASE, peer="b", secret_key=sec, peer_public_key=str(keys["b"]),
+             witness_public_key=str(keys["witness_public"]),
+             mirror_secret=str(keys["mirror_secret"]))
+    del d["insecure"]
+    parse(d)                                  # 0600 as keygen wrote it: fine
+    os.chmod(sec, 0o644)
+    with pytest.raises(ValueError, match="secret_key: .*readable by others"):
+        parse(d)
+    os.chmod(keys["witness_secret"], 0o640)
+    with pytest.raises(ValueError, match="readable by others"):
+        check_private(str(keys["witness_secret"]))
