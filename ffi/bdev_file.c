@@ -336,8 +336,8 @@ static int file_fallback_sync(struct file_disk *d, struct srrs_io *io, uint64_t 
              * and so would the holes a later write past the new end leaves:
              * the bdev fails every I/O from now on, pool or not. */
             if (n == 0)
-                return file_fail(d, "%s ends at %llu: truncated under us", io->bdev->path,
-                                 (unsigned long long)off);
+                return file_fail(d, "%s shrank: it ends at %llu, inside the bdev",
+                                 io->bdev->path, (unsigned long long)off);
             base += n;
             len -= (size_t)n;
             off += (uint64_t)n;
