@@ -1231,6 +1231,17 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, vo
         p->len = len;
         p->peer_tag = h->tag;
         p->conn_gen = l->conn_gen;
+        uint64_t s = h->off >> m->stripe_shift;
+        if (l->mode == MODE_RTGT && (!m->resync_ready || m->need[s] ||
+                                     (h->off + len - 1) >> m->stripe_shift != s)) {
+            /* Behind on this stripe (or not yet knowing): our replica may
+             * miss writes, so it answers nobody's read. Modes change on
+             * both sides one after the other; this covers the moment the
+             * peer still thinks us current. */
+            p->status = -EIO;
+            piece_step(l, p);
+            return true;
+        }
         if (local_submit(l, p, SRRS_IO_READ)) {
             p->status = -ENOMEM;
             piece_step(l, p);

@@ -183,3 +183,30 @@ def test_resync_target_reads_served_by_source(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_behind_peer_refuses_to_serve_a_fallback_read(tmp_path):
+    """Core level: the moment modes differ (b still PAIRED, a already the
+    resync target that has not met b's bitmap): b's failed read is asked of a,
+    whose replica may be behind, and a answers with an error, not its data."""
+    import errno
+
+    from .mirror_util import make_pair, wait
+
+    MiB = 1 << 20
+    a, b = make_pair(tmp_path, "file", size=16 * MiB)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        data = os.urandom(MiB)
+        assert a.core.test_io("v", "write", 3 * MiB, MiB, data)[0] == 0
+        os.truncate(tmp_path / "b.img", MiB // 2)
+        assert b.core.test_io("v", "read", 3 * MiB, MiB) == (0, data)
+        a.mode("resync_target")                       # no resync started: not ready
+        st, got = b.core.test_io("v", "read", 3 * MiB, MiB)
+        assert st == -errno.EIO, (st, got[:16])
+        assert b.info()["local_read_errors"] == 2
+    finally:
+        a.close()
+        b.close()
