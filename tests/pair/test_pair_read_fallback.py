@@ -9,6 +9,7 @@ back afterwards is, block for block, either what was there or what the failed
 write carried -- never zeroes, never another block's data."""
 
 import os
+import subprocess
 import threading
 import time
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.nvmf import wire
 
-from .procs import Ctl, Witness, free_ports, pair_conf
+from .procs import SRRS, Ctl, Witness, free_ports, pair_conf
 
 NQN = "nqn.2026-11.io.srrs:fallback"
 BS = 4096
@@ -122,6 +123,9 @@ def test_truncated_replica_reads_served_by_peer(pair):
         assert b.pair()["state"] == "PAIRED"
         evs = [e for e in b.rpc("events") if e["type"] == "mirror_read_error"]
         assert evs and "served by the peer" in evs[0]["msg"]
+        out = subprocess.run(SRRS + ["-s", b.sock, "pair", "status"], capture_output=True,
+                             text=True, timeout=20).stdout
+        assert "REPLICA READ ERRORS" in out, out
         # Reads through either side: the right data, with success.
         for lba in LBAS:
             assert hb.read(lba) == (0, data[lba]), lba
