@@ -249,7 +249,7 @@ class PairService:
             d = {k: getattr(i, k) for k in ("vol_id", "stripe_size", "stripes", "dirty_stripes",
                                             "resync_left", "resync_bytes", "resync_active",
                                             "resync_done", "writes", "replicated", "forwarded",
-                                            "remote_reads", "fenced_ios")}
+                                            "remote_reads", "fenced_ios", "local_read_errors")}
             d.update(name=name, replica=self._ffi.string(i.replica).decode(),
                      mode=MODE_NAMES.get(i.mode, str(i.mode)))
             el = time.monotonic() - self._resync_started if self._resync_started else 0

@@ -25,6 +25,9 @@ def cmd_pair(args) -> int:
     for v in st["volumes"]:
         print(f"  {v['name']:16} {v['mode']:13} dirty {v['dirty_stripes']}/{v['stripes']}  "
               f"resync {100 * v['resync_progress']:.1f}% {v['resync_mibps']} MiB/s")
+        if v.get("local_read_errors"):
+            print(f"  {'':16} REPLICA READ ERRORS {v['local_read_errors']} "
+                  f"(reads served by the peer): check the pool of {v['replica']}")
     return 0
 
 

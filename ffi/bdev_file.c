@@ -206,6 +206,7 @@ static __thread struct uring *t_uring;
 static void file_req_finish(struct srrs_io *io);
 
 static int file_fallback_sync(struct file_disk *d, struct srrs_io *io, uint64_t done_bytes);
+static int file_fail(struct file_disk *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static inline struct file_req *req_of(struct srrs_io *io) { return (struct file_req *)io->driver_ctx; }
 
@@ -343,9 +344,12 @@ static int file_fallback_sync(struct file_disk *d, struct srrs_io *io, uint64_t 
                 return -errno;
             }
             /* End of file inside the bdev: the file was truncated under us
-             * (it is sized to the bdev at open). Zeroes would be wrong data. */
+             * (it is sized to the bdev at open). Zeroes would be wrong data,
+             * and so would the holes a later write past the new end leaves:
+             * the bdev fails every I/O from now on, pool or not. */
             if (n == 0)
-                return -EIO;
+                return file_fail(d, "%s shrank: it ends at %llu, inside the bdev",
+                                 io->bdev->path, (unsigned long long)off);
             base += n;
             len -= (size_t)n;
             off += (uint64_t)n;

@@ -48,6 +48,7 @@ EVENT_TYPES = {
     1: "log", 2: "bdev_error", 10: "conn_up", 11: "conn_down", 12: "kato_expired",
     13: "proto_error", 20: "vhost_stopped", 21: "vhost_broken", 30: "quota",
     31: "pool_full", 32: "frag_failed", 33: "ram_lost", 40: "mirror_down", 41: "mirror_up",
+    42: "mirror_read_error",
 }
 
 

@@ -105,6 +105,7 @@ struct piece {
     bool answered;       /* forwarder: ACK sent; owner of a forward: FWD_DONE sent */
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
+    bool retried;        /* host read: its local read failed, the peer was asked */
     uint32_t peer_tag;   /* the peer's tag this piece answers */
     uint64_t conn_gen;   /* connection the remote part was sent on */
     struct piece *next;
@@ -139,8 +140,9 @@ struct mirror {
     uint32_t ncopy;             /* stripe copies in progress (M_COPIES at most) */
     struct piece *lock_wait;    /* pieces waiting for a stripe lock */
     struct mirror_stats {
-        uint64_t writes, replicated, forwarded, remote_reads, fenced;
+        uint64_t writes, replicated, forwarded, remote_reads, fenced, local_read_errors;
     } st;
+    uint64_t read_err_ev_at;    /* ticks: last local read error reported (one a second) */
 };
 
 struct mlink {
@@ -638,6 +640,43 @@ static void host_write_start(struct mlink *l, struct piece *p)
                (uint32_t)p->len, NULL);
 }
 
+/* A host read served by the peer's replica (the link is ready). */
+static void remote_read(struct mlink *l, struct piece *p)
+{
+    p->m->st.remote_reads++;
+    p->remote_wait = true;
+    p->conn_gen = l->conn_gen;
+    frame_send(l, T_READ, p->m, piece_tag(p), p->off, 0, p->len, NULL, 0, 0, NULL);
+}
+
+/* Our replica failed a host read with a media error (its fragment shrank,
+ * vanished, lost its RAM): the peer's replica holds every acknowledged write
+ * while we are PAIRED, and is the current side while it is our resync source,
+ * so the read is asked of it once. Its answer, data or error, is final. */
+static bool read_fallback(struct mlink *l, struct piece *p)
+{
+    struct mirror *m = p->m;
+    if (p->kind != P_HOST_READ || p->retried || (p->status != -EIO && p->status != -ENODATA))
+        return false;
+    if (!(l->mode == MODE_PAIRED || (l->mode == MODE_RTGT && m->resync_ready)) ||
+        !link_ready(l))
+        return false;
+    p->retried = true;
+    m->st.local_read_errors++;
+    uint64_t now = srrs_ticks();
+    if (!m->read_err_ev_at || now - m->read_err_ev_at >= srrs_us_to_ticks(1000000)) {
+        m->read_err_ev_at = now; /* one report a second: every read may fail */
+        srrs_event_post(l->core, SRRS_EV_MIRROR_READ_ERR, m->st.local_read_errors, p->off,
+                        m->bdev->name, "replica %s failed a read at %llu (%d): served by the "
+                        "peer (%llu local read errors so far)", m->replica->name,
+                        (unsigned long long)p->off, p->status,
+                        (unsigned long long)m->st.local_read_errors);
+    }
+    p->status = 0;
+    remote_read(l, p);
+    return true;
+}
+
 static void host_read_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
@@ -662,10 +701,7 @@ static void host_read_start(struct mlink *l, struct piece *p)
             piece_put(l, p);
             return;
         }
-        m->st.remote_reads++;
-        p->remote_wait = true;
-        p->conn_gen = l->conn_gen;
-        frame_send(l, T_READ, m, piece_tag(p), p->off, 0, p->len, NULL, 0, 0, NULL);
+        remote_read(l, p);
         return;
     }
     if (p->kind == P_HOST_READ && mode_needs_peer(l->mode)) {
@@ -795,6 +831,8 @@ static void piece_step(struct mlink *l, struct piece *p)
         break;
     case P_HOST_READ:
     case P_FLUSH:
+        if (read_fallback(l, p))
+            return;
         piece_host_done(l, p, p->status);
         piece_put(l, p);
         break;
@@ -1193,6 +1231,17 @@ static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, vo
         p->len = len;
         p->peer_tag = h->tag;
         p->conn_gen = l->conn_gen;
+        uint64_t s = h->off >> m->stripe_shift;
+        if (l->mode == MODE_RTGT && (!m->resync_ready || m->need[s] ||
+                                     (h->off + len - 1) >> m->stripe_shift != s)) {
+            /* Behind on this stripe (or not yet knowing): our replica may
+             * miss writes, so it answers nobody's read. Modes change on
+             * both sides one after the other; this covers the moment the
+             * peer still thinks us current. */
+            p->status = -EIO;
+            piece_step(l, p);
+            return true;
+        }
         if (local_submit(l, p, SRRS_IO_READ)) {
             p->status = -ENOMEM;
             piece_step(l, p);
@@ -2386,6 +2435,7 @@ static void info_fn(void *a)
         o->replicated = m->st.replicated;
         o->forwarded = m->st.forwarded;
         o->remote_reads = m->st.remote_reads;
+        o->local_read_errors = m->st.local_read_errors;
         o->fenced_ios = m->st.fenced;
         x->rc = 0;
     }

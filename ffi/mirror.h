@@ -91,6 +91,8 @@ struct srrs_mirror_info {
     uint64_t forwarded;        /* writes we forwarded to the owner */
     uint64_t remote_reads;     /* reads served by the peer (stripe not yet in sync) */
     uint64_t fenced_ios;
+    uint64_t local_read_errors; /* host reads our replica failed (media error), asked of
+                                   the peer instead */
 };
 
 /* control. Creates the link on opts->reactor (socket listening/connecting). */

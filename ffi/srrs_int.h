@@ -138,6 +138,7 @@ enum srrs_event_type {
     SRRS_EV_RAM_LOST = 33,    /* a = fragment index, b = clusters whose RAM was gone at open */
     SRRS_EV_MIRROR_DOWN = 40,
     SRRS_EV_MIRROR_UP = 41,
+    SRRS_EV_MIRROR_READ_ERR = 42, /* a = local read errors so far, b = offset: served by the peer */
 };
 
 /* ---- I/O objects and buffers ------------------------------------------- */

@@ -80,7 +80,8 @@ class Side:
         check(lib.srrs_mirror_get_info(self.link, b"v", mi))
         return {k: getattr(mi, k) for k in ("dirty_stripes", "resync_left", "resync_done",
                                             "resync_active", "resync_bytes", "remote_reads",
-                                            "forwarded", "replicated", "fenced_ios")}
+                                            "forwarded", "replicated", "fenced_ios",
+                                            "local_read_errors")}
 
     def drop(self):
         lib.srrs_mirror_test_drop(self.link)
