@@ -388,6 +388,10 @@ def run(config_path: str, log_level: Optional[str] = None, log_format: str = "te
             pass
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # A signal taken by a reactor, RPC or ZeroMQ thread runs the Python handler
+    # only when the main thread leaves poll(); the C-level handler writes the
+    # wakeup fd on whatever thread took it, so the main loop wakes at once.
+    old_wakeup = signal.set_wakeup_fd(stop_w)
     ctl = None
     try:
         try:
@@ -419,6 +423,7 @@ def run(config_path: str, log_level: Optional[str] = None, log_format: str = "te
         if ctl is not None:
             ctl.close()
             log.info("stopped")
+        signal.set_wakeup_fd(old_wakeup)
         for s, h in old.items():
             signal.signal(s, h)
         os.close(stop_r)

@@ -32,6 +32,7 @@ Protocol (JSON, one frame; ROUTER/DEALER):
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -199,10 +200,9 @@ def serve(bind: str, state_file: Optional[str] = None, secret_key: Optional[str]
                 _save(state_file, table)
             sock.send_multipart([ident, json.dumps(reply).encode()])
     finally:
-        sock.close(0)
         if auth is not None:
             auth.stop()
-        ctx.term()
+        ctx.destroy(linger=0)   # every socket closed, nothing left for term() to wait on
 
 
 def _save(path: str, table: LeaseTable) -> None:
@@ -382,6 +382,9 @@ def main(args) -> int:
     os.set_blocking(w_, False)
 
     def on_signal(signo, frame):
+        # Stop within 10 s or leave every thread's stack in the log and exit:
+        # a witness that hangs on SIGTERM would hold its port and its lease table.
+        faulthandler.dump_traceback_later(10, exit=True)
         try:
             os.write(w_, b"x")
         except OSError:
@@ -389,6 +392,9 @@ def main(args) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
+    # The wakeup fd is written by the C-level handler, so zmq_poll wakes up even
+    # where the Python handler would run late (libzmq's own threads block signals).
+    signal.set_wakeup_fd(w_)
     try:
         return serve(bind, state, sec, authd, max_lease_s=args.max_lease, stop_fd=r)
     except Exception as e:  # zmq.ZMQError, OSError, ValueError: one line, not a traceback
