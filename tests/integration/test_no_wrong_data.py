@@ -36,20 +36,12 @@ import pytest
 from srrs.ctrl.rpc import RpcError
 from tests.ctrl.helpers import SRRS, Controller
 from tests.nvmf import wire
+from tests.pool.fragwire import NQN, free_port, write_conf
 
 KiB, MiB = 1 << 10, 1 << 20
 BS = 4096
-NQN = "nqn.2026-11.io.srrs:e2e"
 CLUSTER = MiB
 BLOCKS_PER_CLUSTER = CLUSTER // BS
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def content(block: int, seq: int) -> bytes:
@@ -135,36 +127,6 @@ class Host:
                 st = self.write(c * BLOCKS_PER_CLUSTER + k * 37 % BLOCKS_PER_CLUSTER)
                 ok, bad = (ok + 1, bad) if st == 0 else (ok, bad + 1)
         return ok, bad
-
-
-def _config(tmp_path, sock: str, port: int, fragments: str, vol_size: str = "192MiB") -> str:
-    conf = tmp_path / "c.toml"
-    conf.write_text(f"""
-[controller]
-name = "e2e"
-rpc_socket = "{sock}"
-reactors = 1
-
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {fragments} ]
-
-[[volume]]
-name = "v0"
-pool = "p0"
-size = "{vol_size}"
-
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSE2E001"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-""")
-    return str(conf)
 
 
 @pytest.fixture
@@ -264,9 +226,9 @@ fragments = [ {{ path = "{frag_path}" }} ]
 
 
 def test_file_fragment_events_never_wrong_data(tmp_path, ext4):
-    sock, port = str(tmp_path / "c.sock"), _free_port()
+    sock, port = str(tmp_path / "c.sock"), free_port()
     frag = os.path.join(ext4, "frag0.img")
-    conf = _config(tmp_path, sock, port, f'{{ path = "{frag}", size = "80MiB" }}', "64MiB")
+    conf = write_conf(tmp_path, port, f'{{ path = "{frag}", size = "80MiB" }}', "64MiB")
     ctl = Controller(conf, sock)
     host = Host(port)
     try:
@@ -326,11 +288,11 @@ def _shm_files(since: float) -> list:
 
 
 def test_ram_fragment_kill9_never_wrong_data(tmp_path):
-    sock, port = str(tmp_path / "c.sock"), _free_port()
+    sock, port = str(tmp_path / "c.sock"), free_port()
     frag = tmp_path / "frag0.img"
     t_start = time.time()
-    conf = _config(tmp_path, sock, port,
-                   f'{{ path = "{frag}", size = "32MiB" }}, {{ ram = "96MiB" }}', "96MiB")
+    conf = write_conf(tmp_path, port,
+                      f'{{ path = "{frag}", size = "32MiB" }}, {{ ram = "96MiB" }}', "96MiB")
     ctl = Controller(conf, sock)
     host = Host(port)
     try:
