@@ -131,6 +131,7 @@ def _export_config(tmp_path) -> str:
     return extra
 
 
+@pytest.mark.quiet
 def test_console_cpu_under_5pct_at_4hz(tmp_path, tmux_ok):
     conf, sock = write_config(tmp_path, name="cpu", extra=_export_config(tmp_path))
     c = Controller(conf, sock)
