@@ -14,7 +14,7 @@ import time
 import pytest
 
 from srrs.nvmf.bench import targets
-from tests.pair.procs import SRRS, Ctl, Witness, free_ports, pair_conf
+from tests.pair.procs import SRRS, Ctl, Witness, free_ports, nvmf_conf, pair_conf
 
 from .conftest import NQN as TEST_NQN  # the in-process `target` fixture's subsystem
 
@@ -22,18 +22,7 @@ NQN = "nqn.2026-11.io.srrs:mpath"
 
 
 def _nvmf(name, port, lo):
-    return f"""
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSMPATH001"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-"""
+    return nvmf_conf(port, lo, NQN, "SRRSMPATH001")
 
 
 @pytest.fixture

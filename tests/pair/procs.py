@@ -271,3 +271,20 @@ def replica_chunks(tmp, name, size, replica="file", chunk=1 << 20):
                 yield off, d
         finally:
             pool.close()
+
+
+def nvmf_conf(port, cntlid_lo, nqn, serial, namespaces='"v0"'):
+    """The [nvmf] section of one controller of a pair: its listener, a cntlid
+    range of its own (1000 wide), and one open subsystem."""
+    return f"""
+[nvmf]
+listen = ["127.0.0.1:{port}"]
+cntlid_min = {cntlid_lo}
+cntlid_max = {cntlid_lo + 999}
+
+[[nvmf.subsystem]]
+nqn = "{nqn}"
+serial = "{serial}"
+namespaces = [{namespaces}]
+allow_hosts = ["*"]
+"""

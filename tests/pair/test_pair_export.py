@@ -11,24 +11,13 @@ import pytest
 from srrs.ctrl.rpc import RpcError
 from tests.nvmf import wire
 
-from .procs import Ctl, Witness, free_ports, pair_conf, replica_chunks
+from .procs import Ctl, Witness, free_ports, nvmf_conf, pair_conf, replica_chunks
 
 NQN = "nqn.2026-11.io.srrs:export"
 
 
 def _nvmf(port, lo, ns='"v0"'):
-    return f"""
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSEXPORT01"
-namespaces = [{ns}]
-allow_hosts = ["*"]
-"""
+    return nvmf_conf(port, lo, NQN, "SRRSEXPORT01", ns)
 
 
 @pytest.fixture(params=["file", "pool"])

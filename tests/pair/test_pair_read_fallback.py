@@ -17,7 +17,7 @@ import pytest
 
 from tests.nvmf import wire
 
-from .procs import SRRS, Ctl, Witness, free_ports, pair_conf
+from .procs import SRRS, Ctl, Witness, free_ports, nvmf_conf, pair_conf
 
 NQN = "nqn.2026-11.io.srrs:fallback"
 BS = 4096
@@ -25,18 +25,7 @@ LBAS = range(0, 8192, 61)  # both stripe owners, the whole 32 MiB volume
 
 
 def _nvmf(port, lo):
-    return f"""
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSFALLBK01"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-"""
+    return nvmf_conf(port, lo, NQN, "SRRSFALLBK01")
 
 
 @pytest.fixture
