@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -123,3 +124,17 @@ def replica_diff(a, b, chunk=1 << 20):
         if d1 != d2:
             out.append(off)
     return out
+
+
+@contextlib.contextmanager
+def paired(tmp, kind="malloc"):
+    """Two sides of make_pair, both PAIRED with the link up; closed after."""
+    a, b = make_pair(tmp, kind)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        yield a, b
+    finally:
+        a.close()
+        b.close()

@@ -7,20 +7,13 @@ import pytest
 
 from srrs.ffi.binding import BenchOpts, VerifyMap
 
-from .mirror_util import make_pair, replica_diff, wait
+from .mirror_util import make_pair, paired, replica_diff, wait
 
 
 @pytest.fixture(params=["malloc", "file"])
 def pair(tmp_path, request):
-    a, b = make_pair(tmp_path, request.param)
-    try:
-        a.mode("paired")
-        b.mode("paired")
-        wait(lambda: a.up() and b.up(), what="link up")
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with paired(tmp_path, request.param) as ab:
+        yield ab
 
 
 def bench(side, **kw):

@@ -10,7 +10,7 @@ import pytest
 
 from srrs.ffi.binding import ffi, lib
 
-from .mirror_util import Side, make_pair, replica_diff, wait
+from .mirror_util import Side, paired, replica_diff, wait
 from .procs import free_ports
 
 
@@ -45,15 +45,8 @@ def test_hmac_sha256_rfc4231(key, msg, want):
 
 @pytest.fixture
 def pair(tmp_path):
-    a, b = make_pair(tmp_path)
-    try:
-        a.mode("paired")
-        b.mode("paired")
-        wait(lambda: a.up() and b.up(), what="link up")
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with paired(tmp_path) as ab:
+        yield ab
 
 
 def hello_frame() -> bytes:

@@ -11,7 +11,7 @@ import pytest
 from srrs.ctrl import ha
 from srrs.ctrl.ha import FENCED, PAIRED, SOLO
 
-from .mirror_util import make_pair, wait
+from .mirror_util import paired, wait
 from .sim import Sim
 
 T = ha.Timing()
@@ -108,15 +108,8 @@ def test_random_partitions_never_solo_inside_a_granted_read_lease():
 
 @pytest.fixture
 def pair(tmp_path):
-    a, b = make_pair(tmp_path)
-    try:
-        a.mode("paired")
-        b.mode("paired")
-        wait(lambda: a.up() and b.up(), what="link up")
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with paired(tmp_path) as ab:
+        yield ab
 
 
 def _lease_left_us(side):
