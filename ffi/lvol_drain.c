@@ -429,10 +429,12 @@ int srrs_pool_frag_drain(struct srrs_pool *p, int idx, int max_inflight)
         return lv_degraded_err(p, "draining a fragment");
     struct lv_frag *f = &p->frags[idx];
     uint64_t free_elsewhere = 0, slots_elsewhere = 0;
+    int active_elsewhere = 0;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *g = &p->frags[i];
         if (i == idx || g->state != FS_ACTIVE)
             continue;
+        active_elsewhere++;
         free_elsewhere += g->nclusters - __atomic_load_n(&g->nused, __ATOMIC_RELAXED);
         slots_elsewhere += g->md_slots - __atomic_load_n(&g->slots_used, __ATOMIC_RELAXED);
     }
@@ -442,6 +444,12 @@ int srrs_pool_frag_drain(struct srrs_pool *p, int idx, int max_inflight)
                         "metadata slots, fragment %d holds %llu clusters and %llu slots", p->name,
                         (unsigned long long)free_elsewhere, (unsigned long long)slots_elsewhere, idx,
                         (unsigned long long)used, (unsigned long long)f->slots_used);
+    /* Even an empty fragment may not be the last one taking new clusters:
+     * every first write to the pool would fail with ENOSPC. */
+    if (!active_elsewhere && f->state == FS_ACTIVE)
+        return srrs_err(-ENOSPC, "pool %s: fragment %d is the only active fragment (the others are "
+                        "draining or missing): add a fragment, or finish the drain in progress, first",
+                        p->name, idx);
     struct lv_drain *d = calloc(1, sizeof(*d));
     int max = max_inflight > 0 ? SRRS_MIN(max_inflight, 64) : 4;
     if (!d || !(d->mv = calloc((size_t)max, sizeof(*d->mv)))) {

@@ -67,7 +67,10 @@ def drain_forever(pool, rnd, size):
     turn = rnd
     while True:
         frags = [f for f in pool.fragments() if f["state"] in ("active", "draining")]
-        f = frags[turn % len(frags)]
+        # a drain the last kill interrupted is resumed first: the pool refuses
+        # to drain its only active fragment
+        draining = [f for f in frags if f["state"] == "draining"]
+        f = draining[0] if draining else frags[turn % len(frags)]
         turn += 1
         pool.frag_drain(f["index"], 32)
         while True:

@@ -118,3 +118,24 @@ def test_drain_ram_fragment_and_errors(tmp_path):
         with pytest.raises(SrrsError, match="free clusters"):
             pool.frag_drain(0)  # nowhere to go
         pool.close()
+
+
+def test_drain_refuses_the_last_active_fragment(tmp_path):
+    """A drain a crash interrupted leaves its fragment `draining` after the
+    restart; draining the other (even empty) one would leave no fragment that
+    takes new clusters, and every first write would fail with ENOSPC."""
+    with Core(reactors=1) as core:
+        pool = open_pool(core, [frag_file(tmp_path / "a.img", 64 * MiB),
+                                frag_file(tmp_path / "b.img", 64 * MiB)])
+        pool.frag_drain(1)
+        for _ in range(400):
+            if "done" in " ".join(pool.messages()):
+                break
+            time.sleep(0.02)
+        assert pool.fragments()[1]["state"] == "draining"
+        with pytest.raises(SrrsError, match="only active fragment"):
+            pool.frag_drain(0)
+        pool.volume_create("v", 32 * MiB)
+        st, _ = core.test_io("v", "write", 0, 4096, b"x" * 4096)
+        assert st == 0
+        pool.close()
