@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from .helpers import Controller, sample, scrape, srrs, write_config
+from srrs.nvmf import target as nvmf_target
 
-nvmf_target = pytest.importorskip("srrs.nvmf.target", reason="NVMe/TCP not in this build")
-pytest.importorskip("srrs.vhost.service", reason="vhost-user not in this build")
+from .helpers import Controller, sample, scrape, srrs, write_config
 
 NQN = "nqn.2026-11.io.srrs:m0"
 

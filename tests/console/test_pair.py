@@ -11,12 +11,9 @@ import socket
 import subprocess
 import time
 
-import pytest
 from conftest import need
 
 from .helpers import SRRS, Controller, Tmux, sample, scrape, srrs
-
-pytest.importorskip("srrs.ctrl.pair", reason="the pair is not in this build")
 
 
 def _ports(n: int) -> list:
