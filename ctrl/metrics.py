@@ -454,7 +454,7 @@ _MIRROR = (("srrs_mirror_writes_total", "writes"), ("srrs_mirror_peer_writes_tot
            ("srrs_mirror_resync_progress_ratio", "resync_progress"))
 
 
-def _pair(out: _Families, c: str, p: dict) -> None:
+def _pair(out: _Families, c: str, p: dict, svc: Any) -> None:
     lv = [c, p["peer"]]
     out.states("srrs_pair_state", lv, ha.ROLES, p["state"])
     out.add("srrs_pair_state_seconds", lv, p["in_state_s"])
@@ -464,7 +464,7 @@ def _pair(out: _Families, c: str, p: dict) -> None:
     out.add("srrs_pair_split_brain", lv, bool(p["split_brain"]))  # its message, or ""
     out.add("srrs_pair_behind", lv, p["behind"])
     out.add("srrs_pair_lease_remaining_seconds", lv, p["lease_left_s"])
-    out.add("srrs_pair_alerts_total", lv, p["alerts_raised"])
+    out.add("srrs_pair_alerts_total", lv, getattr(svc, "alerts_raised", 0))
     link = p["link"]
     out.add("srrs_pair_link_up", lv, link["up"])
     for name, field in _LINK:
@@ -527,7 +527,7 @@ def families(st: dict, services: Optional[dict] = None) -> Iterable[Metric]:
     if st.get("pool"):
         _pools(out, c, st["pool"], (services or {}).get("pool"))
     if st.get("pair"):
-        _pair(out, c, st["pair"])
+        _pair(out, c, st["pair"], (services or {}).get("pair"))
     if st.get("nvmf"):
         _nvmf(out, c, st["nvmf"])
     if st.get("vhost"):

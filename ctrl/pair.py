@@ -549,8 +549,7 @@ class PairService:
             st = self.state.to_json(now)
             st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
                       config_mismatch=self._disagree,
-                      alerts=self.alerts[-10:], alerts_raised=self.alerts_raised, link=link,
-                      volumes=vols)
+                      alerts=self.alerts[-10:], link=link, volumes=vols)
             return st
 
     def to_toml_dict(self) -> dict:
