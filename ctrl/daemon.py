@@ -66,22 +66,22 @@ class Controller:
             self.close()
             raise
 
-    # -- services, in start order: (attribute, start(ctl, section) -> service or
-    # None, config section key, its value when the config has none).
+    # -- services, in start order: (attribute, start(ctl, section or None) ->
+    # service or None, config section key).
     # The pair comes before the exports: its mirror bdevs (named after the
     # paired volumes; the replicas become internal) are what they export, and
     # the exports close before the pair does (docs/architecture.md, Config).
     SERVICES = (
-        ("pool", pool_service.start, "pool", None),
-        ("pair", pair_service.start, "pair", None),
-        ("nvmf", nvmf_service.start, "nvmf", None),
-        ("vhost", vhost_service.start, "vhost", ()),
-        ("metrics", metrics_service.start, "metrics", None),
+        ("pool", pool_service.start, "pool"),
+        ("pair", pair_service.start, "pair"),
+        ("nvmf", nvmf_service.start, "nvmf"),
+        ("vhost", vhost_service.start, "vhost"),
+        ("metrics", metrics_service.start, "metrics"),
     )
 
     def _start_exports(self) -> None:
-        for attr, start, key, default in self.SERVICES:
-            svc = start(self, self.conf.sections.get(key, default))
+        for attr, start, key in self.SERVICES:
+            svc = start(self, self.conf.sections.get(key))
             setattr(self, attr, svc)
             self.services[attr] = svc
         self._wire_ana()
