@@ -277,16 +277,16 @@ def _report(out: dict, as_json: bool) -> None:
           + (f"  reactor busy {busy_s}" if busy_s else ""))
 
 
-def cmd_bench_module(args) -> int:
-    """bench nvmf / vhost: provided by the export modules when built in."""
-    import importlib
+def cmd_bench_nvmf(args) -> int:
+    from ..nvmf import bench  # loads the C core: only when a bench runs
 
-    try:
-        mod = importlib.import_module(f"srrs.{args.bench_module}.bench")
-    except ImportError:
-        print(f"srrs bench {args.bench_module}: not available in this build", file=sys.stderr)
-        return 2
-    return mod.run(args, _report, aggregate)
+    return bench.run(args, _report, aggregate)
+
+
+def cmd_bench_vhost(args) -> int:
+    from ..vhost import bench
+
+    return bench.run(args, _report, aggregate)
 
 
 # ---- parser ------------------------------------------------------------------------
@@ -388,11 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dhchap-ctrl-secret", metavar="FILE", default=None,
                    help="controller secret: the controller must authenticate too")
     _bench_common(n)
-    n.set_defaults(fn=cmd_bench_module, bench_module="nvmf", target=None)
+    n.set_defaults(fn=cmd_bench_nvmf, target=None)
     v = bsub.add_parser("vhost", help="vhost-user-blk client")
     v.add_argument("--socket", dest="vhost_socket", required=True)
     _bench_common(v)
-    v.set_defaults(fn=cmd_bench_module, bench_module="vhost")
+    v.set_defaults(fn=cmd_bench_vhost)
     return ap
 
 

@@ -19,8 +19,13 @@ from typing import Any, Optional
 
 from ..ffi import sockpath
 from ..ffi.binding import Core, SrrsError
+from ..nvmf import service as nvmf_service
+from ..vhost import service as vhost_service
 from . import config as cfg
 from . import logs
+from . import metrics as metrics_service
+from . import pair as pair_service
+from . import pool as pool_service
 from .rpc import InvalidParams, MethodTable, RpcServer, param
 
 log = logging.getLogger("srrs")
@@ -61,31 +66,22 @@ class Controller:
             self.close()
             raise
 
-    # -- services (modules that exist in this build), in start order --------------------
-    # (attribute, module with start(ctl, section) -> service, config section)
+    # -- services, in start order: (attribute, start(ctl, section or None) ->
+    # service or None, config section key).
     # The pair comes before the exports: its mirror bdevs (named after the
     # paired volumes; the replicas become internal) are what they export, and
-    # the exports close before the pair does.
-    SERVICES = [
-        ("pool", "srrs.ctrl.pool", "pool"),
-        ("pair", "srrs.ctrl.pair", "pair"),
-        ("nvmf", "srrs.nvmf.service", "nvmf"),
-        ("vhost", "srrs.vhost.service", "vhost"),
-        ("metrics", "srrs.ctrl.metrics", "metrics"),
-    ]
+    # the exports close before the pair does (docs/architecture.md, Config).
+    SERVICES = (
+        ("pool", pool_service.start, "pool"),
+        ("pair", pair_service.start, "pair"),
+        ("nvmf", nvmf_service.start, "nvmf"),
+        ("vhost", vhost_service.start, "vhost"),
+        ("metrics", metrics_service.start, "metrics"),
+    )
 
     def _start_exports(self) -> None:
-        import importlib
-
-        for attr, modname, key in self.SERVICES:
-            try:
-                mod = importlib.import_module(modname)
-            except ModuleNotFoundError as e:
-                if e.name and modname.startswith(e.name):
-                    continue  # not in this build
-                raise
-            default = () if key == "vhost" else None
-            svc = mod.start(self, self.conf.sections.get(key, default))
+        for attr, start, key in self.SERVICES:
+            svc = start(self, self.conf.sections.get(key))
             setattr(self, attr, svc)
             self.services[attr] = svc
         self._wire_ana()

@@ -6,8 +6,7 @@ fragment and two thin volumes v0 and v1, paired (the mirror bdevs take the
 volumes' names; the raw replicas become internal). Once both are PAIRED, the load runs in separate processes like
 real hosts: `srrs bench nvmf` with multipath over both controllers' NVMe/TCP
 listeners (one subsystem on v0 through a and b, round-robin, verified
-writes), and `srrs bench vhost` on a's vhost-user socket (v1) when the
-build has vhost-user (with no export built, in-controller load jobs on a). The
+writes), and `srrs bench vhost` on a's vhost-user socket (v1). The
 live console watches both controllers and pings the witness. After
 `--duration` (or q, Ctrl-C, SIGTERM, SIGHUP) everything is stopped and
 deleted, then a summary: per load and per path IOPS, MiB/s, latency
@@ -25,7 +24,6 @@ killed controller back to PAIRED; nothing is left behind on any way out.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -66,7 +64,7 @@ class Node:
 @dataclass
 class Load:
     """One way the load reaches a volume: "nvmf" (multipath over both
-    controllers), "vhost" or "local" (in-controller jobs)."""
+    controllers) or "vhost"."""
     kind: str
     bdev: str
     where: str = ""                  # what the summary calls it
@@ -111,7 +109,6 @@ class Demo:
     failovers: list = field(default_factory=list)
     note: str = ""                                   # chaos step, for the console footer
     before: dict = field(default_factory=dict)       # bdev counters at load start
-    jobs: list = field(default_factory=list)         # local load results
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -120,10 +117,6 @@ class Demo:
 def _rpc(sock: str, method: str, params: Optional[dict] = None, timeout: float = 10):
     with RpcClient(sock, timeout=timeout) as c:
         return c.call(method, params)
-
-
-def _have(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def _free_ports(n: int) -> list:
@@ -148,14 +141,9 @@ def plan(d: Demo) -> None:
         d.nodes[n] = Node(n, conf=os.path.join(d.tmp, f"{n}.toml"),
                           sock=os.path.join(d.tmp, f"{n}.sock"),
                           log=os.path.join(d.tmp, f"{n}.log"))
-    if _have("srrs.nvmf.service"):
-        for n in ("a", "b"):
-            d.nodes[n].nvmf = f"127.0.0.1:{d.ports['nvmf_' + n]}"
-        d.loads.append(Load("nvmf", "v0"))
-    if _have("srrs.vhost.service"):
-        d.loads.append(Load("vhost", "v1"))
-    if not d.loads:
-        d.loads.append(Load("local", "v0"))
+    for n in ("a", "b"):
+        d.nodes[n].nvmf = f"127.0.0.1:{d.ports['nvmf_' + n]}"
+    d.loads += [Load("nvmf", "v0"), Load("vhost", "v1")]
 
 
 def config_text(d: Demo, n: str) -> str:
@@ -359,13 +347,6 @@ def start_load(d: Demo) -> None:
     common = ["--rw", "randrw", "--bs", str(BS), "--qd", str(QD), "--time", str(d.duration),
               "--json"]
     for ld in d.loads:
-        if ld.kind == "local":
-            for r in range(len(_rpc(a.sock, "reactor_stats"))):
-                _rpc(a.sock, "bench_bdev_start", {
-                    "bdev": ld.bdev, "reactor": r, "rw": "randrw", "bs": BS, "qd": QD,
-                    "time_s": d.duration, "seed": r + 1})
-            ld.where = "in-controller load jobs on a"
-            continue
         if ld.kind == "nvmf":
             ld.where = " + ".join(f"{n.name} {n.nvmf}" for n in d.nodes.values())
             ld.bench = ["nvmf", "--nqn", d.nqn, "--verify", "--path-timeout",
@@ -541,14 +522,6 @@ def collect(d: Demo) -> bool:
                 ld.result = json.loads(f.read().strip().splitlines()[-1])
         except (OSError, ValueError, IndexError):
             ld.result = None
-    if any(ld.kind == "local" for ld in d.loads):
-        deadline = time.monotonic() + 3
-        while True:
-            d.jobs = _rpc(d.nodes["a"].sock, "bench_bdev_results")
-            if early or all(j["state"] != "running" for j in d.jobs) or \
-                    time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
     return early
 
 
@@ -585,18 +558,10 @@ def summary(d: Demo, early: bool) -> tuple:
     ok = True
     elapsed = max(1e-9, d.t1 - d.t0)
     for ld in d.loads:
-        label = {"nvmf": "NVMe/TCP multipath", "vhost": "vhost-user", "local": "local"}[ld.kind]
+        label = {"nvmf": "NVMe/TCP multipath", "vhost": "vhost-user"}[ld.kind]
         head = f"srrs demo: {ld.kind:5} {label} {ld.where} -> {ld.bdev} (randrw {BS} B qd {QD}"
         head += ", verified)" if ld.kind == "nvmf" else ")"
         res = ld.result
-        if ld.kind == "local":
-            done = [j["result"] for j in d.jobs if j.get("result")]
-            if done and len(done) == len(d.jobs):
-                res = {"iops": sum(r["iops"] for r in done),
-                       "mibps": sum(r["mibps"] for r in done),
-                       "lat_us": {k: max(r["lat_us"][k] for r in done)
-                                  for k in ("p50", "p99", "p999")},
-                       "errors": sum(r["errors"] for r in done), "ios": sum(r["ios"] for r in done)}
         if res is not None:
             errors = res.get("errors", 0) + res.get("verify_errors", 0)
             lines.append(f"{head}: {res['iops']:,.0f} IOPS  {res['mibps']:,.1f} MiB/s  "

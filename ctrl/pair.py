@@ -39,7 +39,8 @@ class PairService:
         self.lock = threading.RLock()
         self.ana = ha.ANA_INACCESSIBLE
         self.ana_listeners: list[Callable[[str], None]] = []
-        self.alerts: list = []
+        self.alerts: list = []      # the last 100
+        self.alerts_raised = 0      # all of them (a counter for ctrl/metrics.py)
         self.link = None
         self._link_pp = None
         self._mirrors: list = []
@@ -520,6 +521,7 @@ class PairService:
             elif isinstance(a, ha.Alert):
                 self.alerts.append({"time": time.time(), "level": a.level, "msg": a.message})
                 del self.alerts[:-100]
+                self.alerts_raised += 1
                 (log.error if a.level == "error" else log.warning)("pair: %s", a.message)
 
     # -- operator ---------------------------------------------------------------------

@@ -113,22 +113,17 @@ def test_small_terminal_and_resize(tmp_path, tmux_ok, loaded):
 
 
 def _export_config(tmp_path) -> str:
-    """[nvmf] and [[vhost]] when built: the console's biggest panel today."""
-    import importlib.util
+    """[nvmf] and [[vhost]]: the console's biggest panel today."""
     import socket
 
-    extra = ""
-    if importlib.util.find_spec("srrs.nvmf.service"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        extra += (f'[nvmf]\nlisten = ["127.0.0.1:{port}"]\n[[nvmf.subsystem]]\n'
-                  f'nqn = "nqn.2026-11.io.srrs:cpu"\nserial = "S1"\nnamespaces = ["m0"]\n'
-                  f'allow_hosts = ["*"]\n')
-    if importlib.util.find_spec("srrs.vhost.service"):
-        extra += (f'[[vhost]]\nname = "vh0"\nsocket = "{tmp_path}/vh0.sock"\nbdev = "m0"\n'
-                  f'num_queues = 2\n')
-    return extra
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return (f'[nvmf]\nlisten = ["127.0.0.1:{port}"]\n[[nvmf.subsystem]]\n'
+            f'nqn = "nqn.2026-11.io.srrs:cpu"\nserial = "S1"\nnamespaces = ["m0"]\n'
+            f'allow_hosts = ["*"]\n'
+            f'[[vhost]]\nname = "vh0"\nsocket = "{tmp_path}/vh0.sock"\nbdev = "m0"\n'
+            f'num_queues = 2\n')
 
 
 @pytest.mark.quiet

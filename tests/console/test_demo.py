@@ -5,7 +5,6 @@ I/O errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import time
@@ -17,8 +16,6 @@ from conftest import need
 from srrs.ctrl.rpc import RpcClient, RpcError
 
 from .helpers import SRRS, Tmux, bdev_row, srrs
-
-HAVE_NVMF = importlib.util.find_spec("srrs.nvmf.service") is not None
 
 
 def _leftovers(tmpdir: str, since: float) -> list:
@@ -55,17 +52,15 @@ def _run_demo(tmp_path, *args, timeout=120):
         assert 0 < int(p50) <= int(p99), kind
         assert errors == "0", r.stdout
     kinds = {x[0] for x in loads}
-    for mod, kind in (("srrs.nvmf.service", "nvmf"), ("srrs.vhost.service", "vhost")):
-        if importlib.util.find_spec(mod) is not None:
-            assert kind in kinds, f"{kind} is built but the demo did not drive it"
+    assert kinds == {"nvmf", "vhost"}, f"the demo drove {kinds}"
     paths = {}
-    if HAVE_NVMF:  # multipath: both controllers carried I/O
-        for name, iops, rest in re.findall(r"path ([ab]) \S+ cntlid \d+: ([\d,]+) IOPS(.*)",
-                                           r.stdout):
-            paths[name] = (int(iops.replace(",", "")), rest)
-        assert set(paths) == {"a", "b"} and all(v[0] > 0 for v in paths.values()), r.stdout
-        assert all(v[1].endswith("errors 0") for v in paths.values()), r.stdout
-        assert "0 timed out; verified True" in r.stdout
+    # multipath: both controllers carried I/O
+    for name, iops, rest in re.findall(r"path ([ab]) \S+ cntlid \d+: ([\d,]+) IOPS(.*)",
+                                       r.stdout):
+        paths[name] = (int(iops.replace(",", "")), rest)
+    assert set(paths) == {"a", "b"} and all(v[0] > 0 for v in paths.values()), r.stdout
+    assert all(v[1].endswith("errors 0") for v in paths.values()), r.stdout
+    assert "0 timed out; verified True" in r.stdout
     assert "no I/O errors" in r.stdout and "pair a+b with witness" in r.stdout
     # progress lines while it ran (stdout is not a terminal here): both
     # controllers and the witness
@@ -95,9 +90,9 @@ def test_demo_chaos(tmp_path):
     killed, solo, restarted, paired = map(float, m.groups())
     assert killed < restarted < paired < 25 and solo < 5
     assert re.search(r"[1-9]\d* failovers? survived, no I/O errors", r.stdout)
-    if HAVE_NVMF:  # b's path dropped and came back; its I/O moved to a
-        assert re.search(r"path b .*connection drops [1-9]\d*\s+reconnects [1-9]", r.stdout)
-        assert re.search(r"path a .*connection drops 0", r.stdout)
+    # b's path dropped and came back; its I/O moved to a
+    assert re.search(r"path b .*connection drops [1-9]\d*\s+reconnects [1-9]", r.stdout)
+    assert re.search(r"path a .*connection drops 0", r.stdout)
     print(f"\n{r.stdout[r.stdout.index('srrs demo:'):]}")
 
 

@@ -142,7 +142,8 @@ def test_metrics_counters_match_rpc_under_load(ctl):
             le = "+Inf" if ub == float("inf") else str(ub * 1e-6)
             v = sample(m, "srrs_bdev_io_latency_seconds_bucket", le=le, **lab)
             assert cb <= v <= ca, (op, le)
-    assert sample(m, "srrs_bdev_size_bytes", controller="m", bdev="m0", module="malloc") == 64 << 20
+    assert sample(m, "srrs_bdev_size_bytes", controller="m", bdev="m0") == 64 << 20
+    assert sample(m, "srrs_bdev_info", controller="m", bdev="m0", module="malloc") == 1
     for rb, ra in zip(before["reactors"], after["reactors"]):
         lab = {"controller": "m", "reactor": str(rb["reactor"])}
         for metric, field in (("srrs_reactor_busy_seconds_total", "busy_ns"),
@@ -153,8 +154,9 @@ def test_metrics_counters_match_rpc_under_load(ctl):
         v = sample(m, "srrs_reactor_loops_total", **lab)
         assert rb["loops"] <= v <= ra["loops"]
         assert sample(m, "srrs_reactor_poll_mode", mode="adaptive", **lab) == 1
-    assert sample(m, "srrs_process_resident_memory_bytes", controller="m") > 0
-    assert sample(m, "srrs_process_cpu_seconds_total", controller="m") > 0
+    # the client library's process collector (of the controller's process)
+    assert sample(m, "process_resident_memory_bytes") > 0
+    assert sample(m, "process_cpu_seconds_total") > 0
     # a second scrape moves on: counters read live at scrape time
     time.sleep(0.3)
     m2 = scrape(listen)
@@ -162,11 +164,12 @@ def test_metrics_counters_match_rpc_under_load(ctl):
             > sample(m, "srrs_bdev_read_ops_total", controller="m", bdev="m0"))
     assert ctl.rpc("status")["metrics"]["scrapes"] == 2
     # finished load jobs carry their latency percentiles
-    ctl.rpc("bench_bdev_start", {"bdev": "m0", "reactor": 1, "time_s": 0.3})
+    jid = ctl.rpc("bench_bdev_start", {"bdev": "m0", "reactor": 1, "time_s": 0.3})
     time.sleep(1.0)
     m3 = scrape(listen)
-    lat = [v for (name, lab), v in m3.items() if name == "srrs_load_job_latency_microseconds"]
-    assert lat and all(x > 0 for x in lat)
+    lat = [v for (name, lab), v in m3.items() if name == "srrs_load_job_latency_seconds"
+           and dict(lab)["job"] == str(jid)]
+    assert len(lat) == 3 and all(x > 0 for x in lat)
 
 
 def test_metrics_endpoint_closes_with_the_controller(ctl):

@@ -11,12 +11,9 @@ import socket
 import subprocess
 import time
 
-import pytest
 from conftest import need
 
 from .helpers import SRRS, Controller, Tmux, sample, scrape, srrs
-
-pytest.importorskip("srrs.ctrl.pair", reason="the pair is not in this build")
 
 
 def _ports(n: int) -> list:
@@ -84,7 +81,8 @@ def test_pair_failover_on_the_console(tmp_path):
         assert re.search(r"b\s+down", s) and "mirror_down" in s, s
         assert t.alive()
         m = scrape(a.rpc("status")["metrics"]["listen"])
-        assert sample(m, "srrs_pair_state", controller="a", state="SOLO") == 1
+        assert sample(m, "srrs_pair_state", controller="a", peer="b", state="SOLO") == 1
+        assert sample(m, "srrs_pair_state", controller="a", peer="b", state="PAIRED") == 0
         t.send("q")
         assert t.rc() == 0
     finally:

@@ -1,4 +1,4 @@
-"""The console's model and views, and the generic metrics, on made-up status results:
+"""The console's model and views on made-up status results:
 rates from counter deltas, a restarted controller, and sections of modules that are
 not in this build yet (nvmf, vhost, pool, pair) shown without knowing their shape."""
 
@@ -8,13 +8,10 @@ import io
 import time
 
 import pytest
-from prometheus_client.core import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from srrs.ctrl import console as con
-from srrs.ctrl import metrics, metrics_config
+from srrs.ctrl import metrics_config
 
 
 def _status(t: float, pid: int = 100, ios: int = 0, extra: dict = None) -> dict:
@@ -176,34 +173,6 @@ def test_render_cost_is_small():
         c.print(app.render(160, 48))
     per_frame = (time.process_time() - t0) / 20
     assert per_frame < 0.030, f"{per_frame * 1000:.1f} ms per frame"
-
-
-def test_generic_section_metrics_are_valid_exposition():
-    class Ctl:
-        name = "a"
-        lock = __import__("threading").RLock()
-        jobs = []
-        services = {}
-        core = object()
-
-        def status(self):
-            return _status(10.0, ios=10, extra=SECTIONS)
-
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(metrics.SrrsCollector(Ctl()))
-    text = generate_latest(reg).decode()
-    fams = {f.name: f for f in text_string_to_metric_families(text)}
-    assert fams["srrs_pair_state"].samples[0].labels == {"controller": "a", "state": "PAIRED"}
-    sub = fams["srrs_nvmf_subsystems_queues"].samples[0]
-    assert sub.labels["subsystems_nqn"] == "nqn.2026-11.io.srrs:v0" and sub.value == 8
-    assert fams["srrs_nvmf_subsystems_ana_state"].samples[0].labels["ana_state"] == "optimized"
-    frag = [s for s in fams["srrs_pool_fragments_size"].samples]
-    assert {s.labels["fragments_path"] for s in frag} == {"/var/tmp/f.img"}
-    ram = fams["srrs_pool_fragments_ram"].samples[0]
-    assert ram.labels["fragments_index"] == "1" and ram.value == 512 << 20
-    assert fams["srrs_pair_volumes_resync_pct"].samples[0].labels["volumes_name"] == "v0"
-    assert fams["srrs_odd"].samples[0].value == 42
-    assert fams["srrs_bdev_read_ops"].samples[0].value == 10
 
 
 @pytest.mark.parametrize("listen, ok", [("127.0.0.1:9464", True), ("[::1]:0", True),

@@ -12,10 +12,9 @@ import pytest
 
 from srrs.ffi.binding import Core
 from srrs.nvmf.target import NvmfTarget
+from tests.guest import harness as guest_harness
 
 from .conftest import wait_for
-
-guest_harness = pytest.importorskip("tests.guest.harness")
 
 NQN = "nqn.2026-11.io.srrs:guest0"
 LOCKED = "nqn.2026-11.io.srrs:locked"

@@ -10,11 +10,10 @@ import pytest
 
 from srrs.ffi.binding import Core
 from srrs.nvmf.target import NvmfTarget
+from tests.guest import harness as guest_harness
 
 from . import dhchap_host as D
 from .conftest import wait_for
-
-guest_harness = pytest.importorskip("tests.guest.harness")
 
 NQN = "nqn.2026-11.io.srrs:authguest"
 HOSTNQN = "nqn.2026-11.io.srrs:auth-guest-host"

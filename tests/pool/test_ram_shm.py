@@ -102,7 +102,7 @@ def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
         text = repr(snap)
         assert "degraded" in text and "lost" in text, text[:2000]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-        m = re.search(r'^srrs_pool_pools_lost_clusters\{[^}]*name="p0"[^}]*\} (\S+)$', metrics, re.M)
+        m = re.search(r'^srrs_pool_lost_clusters\{[^}]*pool="p0"[^}]*\} (\S+)$', metrics, re.M)
         assert m and float(m.group(1)) == len(lost), metrics[-3000:]
         # a partial write makes only the blocks it wrote good: the rest is unknown
         assert h.write(lost[0] * MiB, b"x" * 4096) == SC_OK

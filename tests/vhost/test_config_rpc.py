@@ -150,7 +150,6 @@ serial = "CFG-SERIAL"
 def test_vhost_on_a_thin_volume(tmp_path):
     """A pool volume (thin, clusters allocated on first write) exported over
     vhost-user: verified random writes/reads through the controller process."""
-    pytest.importorskip("srrs.ctrl.pool")
     rpc_sock = str(tmp_path / "rpc.sock")
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""
