@@ -54,27 +54,29 @@ class RpcError(Exception):
         return e
 
 
+# The kinds a service refuses a request with are ValueErrors too: code that
+# refuses with ValueError (and catches it, e.g. at start-up) keeps working.
 class InvalidParams(RpcError, ValueError):
     code, kind = INVALID_PARAMS, "invalid params"
 
 
-class NotFound(RpcError, LookupError):
+class NotFound(RpcError, LookupError, ValueError):
     code, kind = -32001, "not found"
 
 
-class AlreadyExists(RpcError):
+class AlreadyExists(RpcError, ValueError):
     code, kind = -32002, "already exists"
 
 
-class Busy(RpcError):
+class Busy(RpcError, ValueError):
     code, kind = -32003, "busy (in use)"
 
 
-class InvalidState(RpcError):
+class InvalidState(RpcError, ValueError):
     code, kind = -32004, "invalid state"
 
 
-class NoSpace(RpcError):
+class NoSpace(RpcError, ValueError):
     code, kind = -32005, "no space or over quota"
 
 
