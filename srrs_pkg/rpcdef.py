@@ -300,6 +300,8 @@ class MethodTable:
             self.put(m)
 
     def put(self, m: Method) -> Method:
+        if not isinstance(m, Method):  # a bare handler would skip the param checks
+            raise TypeError(f"{m!r}: not a declared Method")
         if m.name in self.methods:
             raise ValueError(f"RPC method {m.name} declared twice")
         self.methods[m.name] = m

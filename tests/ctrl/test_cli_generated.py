@@ -5,6 +5,7 @@ naming the param), error kinds with their documented codes, and every
 served method declared."""
 
 import argparse
+import inspect
 import json
 import os
 
@@ -12,10 +13,12 @@ import pytest
 
 import srrs
 from srrs import rpcdef
-from srrs.ctrl import cli, methods
+from srrs.ctrl import cli, core_rpc, methods, pair_rpc, pool_rpc
 from srrs.ctrl.daemon import METHODS as SERVED
 from srrs.ctrl.methods import TABLE
 from srrs.ctrl.rpc import RpcClient, RpcError
+from srrs.nvmf import rpc as nvmf_rpc
+from srrs.vhost import rpc as vhost_rpc
 
 from .helpers import Controller, write_config
 from .helpers import srrs as run_srrs
@@ -75,6 +78,14 @@ def test_every_served_method_is_declared_and_listed():
         assert m.when in rpcdef.WHEN
         for p in m.params:
             assert isinstance(p, rpcdef.Param) and set(p.types) <= set(rpcdef.TYPES), (m.name, p)
+    # every handler function of an RPC module is some declared method's handler
+    handlers = {m.handler for m in TABLE}
+    for mod in (core_rpc, nvmf_rpc, vhost_rpc, pool_rpc, pair_rpc):
+        for name, fn in vars(mod).items():
+            if inspect.isfunction(fn) and fn.__module__ == mod.__name__ and not name.startswith("_"):
+                assert fn in handlers, f"{mod.__name__}.{name} is not declared in the table"
+    with pytest.raises(TypeError):
+        rpcdef.MethodTable().put(lambda ctx, p: None)
     names = {m.name for m in TABLE}
     assert {"bdev_create", "volume_create", "nvmf_subsystem_create", "vhost_create",
             "pair_status", "pool_create", "rpc_methods"} <= names
