@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from .. import __version__
 from ..rpcdef import Method, MethodTable
+from ..units import parse_size
 from . import config as cfg
 from . import logs
 from .methods import TABLE
@@ -159,7 +160,7 @@ def cmd_demo(args) -> int:
 
 def _size_arg(v: str) -> int:
     try:
-        return cfg.parse_size(v)
+        return parse_size(v)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -176,6 +176,15 @@ def test_volume_through_the_generated_cli(ctl):
     assert r.returncode == 2 and "--size" in r.stderr and "bad size" in r.stderr
     r = run_srrs(*s, "volume", "create", "--name", "v1", "--size", "1GiB")
     assert r.returncode == 2 and "--pool" in r.stderr
+    # list params are JSON, bools --flag/--no-flag, sizes with units
+    r = run_srrs(*s, "pool", "create", "--name", "p1", "--fragments", '[{"ram": "32MiB"}]',
+                 "--cluster-size", "64KiB", "--no-sync-metadata", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cluster_size"] == 64 << 10
+    r = run_srrs(*s, "tenant", "create", "--name", "t1", "--quota", "1GiB", "--pool", "p1")
+    assert r.returncode == 0 and "quota: 1073741824" in r.stdout, (r.stdout, r.stderr)
+    r = run_srrs(*s, "pool", "close", "p1")
+    assert r.returncode == 0, r.stderr
 
 
 def test_server_refuses_undeclared_and_mistyped_params(ctl):
