@@ -1,8 +1,13 @@
-"""`srrs` command line: start, rpc, status, bdev, bench, and the export nouns.
+"""`srrs` command line.
 
-Every subcommand other than `start` and `bench` is a thin client of the
-controller's JSON-RPC socket (-s/--socket, default $SRRS_SOCKET or the
-runtime dir's srrs.sock); `--json` prints the raw result for scripts.
+`srrs NOUN VERB --PARAM ...` is generated from the RPC method table
+(ctrl/methods.py): one command per method, one flag per declared param with
+its type, help and default (`srrs volume create --name v0 --size 10GiB
+--pool p0`). They are thin clients of the controller's JSON-RPC socket
+(-s/--socket, default $SRRS_SOCKET or the runtime dir's srrs.sock); `--json`
+prints the raw result, otherwise FORMATTERS or a plain rendering. Written by
+hand: start, rpc (any method with JSON params), console, demo, bench, and
+ctrl/pair_cli.py's witness and keygen.
 """
 
 from __future__ import annotations
@@ -14,8 +19,14 @@ import sys
 import threading
 from typing import Any, Optional
 
+from .. import __version__
+from ..rpcdef import Method, MethodTable
+from ..units import parse_size
 from . import config as cfg
 from . import logs
+from .methods import TABLE
+from .pair_cli import add_parsers as add_pair_parsers
+from .pair_cli import format_pair_status
 from .rpc import RpcClient, RpcError
 
 
@@ -28,15 +39,18 @@ def _client(args) -> RpcClient:
 
 
 def _print(obj: Any, as_json: bool) -> None:
-    if as_json or not isinstance(obj, (list, dict)):
+    if as_json:
         print(json.dumps(obj, indent=2, sort_keys=True))
-        return
-    if isinstance(obj, list):
+    elif obj is True or obj is None:
+        pass  # done: nothing to say
+    elif isinstance(obj, list):
         for item in obj:
             print(json.dumps(item, sort_keys=True))
-    else:
+    elif isinstance(obj, dict):
         for k, v in obj.items():
             print(f"{k}: {json.dumps(v, sort_keys=True)}")
+    else:
+        print(obj)
 
 
 def _call(args, method: str, params: Optional[dict] = None) -> Any:
@@ -73,11 +87,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def cmd_status(args) -> int:
-    st = _call(args, "status")
-    if args.json:
-        _print(st, True)
-        return 0
+def _fmt_status(st: dict) -> None:
     print(f"controller {st['name']}  pid {st['pid']}  up {st['uptime_s']:.0f}s  "
           f"poll {st['poll_mode']}  rpc {st['rpc_socket']}")
     for r in st["reactors"]:
@@ -89,32 +99,17 @@ def cmd_status(args) -> int:
     for key in ("nvmf", "vhost"):
         if key in st:
             print(f"  {key}: {json.dumps(st[key], sort_keys=True)}")
-    return 0
 
 
-def cmd_bdev(args) -> int:
-    if args.verb == "create":
-        p: dict = {"name": args.name, "type": args.type, "block_size": args.block_size}
-        if args.size:
-            p["size"] = args.size
-        if args.path:
-            p["path"] = args.path
-        if args.grow:
-            p["grow"] = True
-        _print(_call(args, "bdev_create", p), args.json)
-    elif args.verb == "delete":
-        _call(args, "bdev_delete", {"name": args.name})
-        if args.json:
-            _print(True, True)
-    else:
-        res = _call(args, "bdev_list", {"name": args.name} if args.name else {})
-        if args.json:
-            _print(res, True)
-        else:
-            for b in res:
-                print(f"{b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  "
-                      f"bs {b['block_size']:5}  open {b['open_count']}  {b['path']}")
-    return 0
+def _fmt_bdev_list(res: list) -> None:
+    for b in res:
+        print(f"{b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  "
+              f"bs {b['block_size']:5}  open {b['open_count']}  {b['path']}")
+
+
+# method name -> prints its result for people (without --json); others: _print
+FORMATTERS: dict = {"status": _fmt_status, "bdev_list": _fmt_bdev_list,
+                    "pair_status": format_pair_status}
 
 
 def pair_sources(path: str) -> tuple:
@@ -161,12 +156,115 @@ def cmd_demo(args) -> int:
                     chaos=args.chaos)
 
 
-def cmd_noun(args) -> int:
-    """nvmf / vhost / …: `srrs NOUN VERB [JSON]` calls the RPC method NOUN_VERB."""
-    params = json.loads(args.params) if args.params else None
-    res = _call(args, f"{args.noun}_{args.verb}", params)
-    _print(res, args.json)
+# ---- generated from the method table ------------------------------------------------
+
+def _size_arg(v: str) -> int:
+    try:
+        return parse_size(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _json_arg(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+
+
+def _list_arg(v: str) -> list:
+    """A JSON list, or a comma-separated list of strings."""
+    if v.lstrip().startswith("["):
+        return _json_arg(v)
+    return [x for x in v.split(",") if x]
+
+
+_ARG_TYPES = {"str": str, "int": int, "float": float, "size": _size_arg, "list": _list_arg,
+              "dict": _json_arg}
+
+
+def _flag_help(p) -> str:
+    tail = "required" if p.required else (f"default {json.dumps(p.default)}"
+                                          if p.default is not None else "optional")
+    kind = "|".join(p.types)
+    return f"{p.help} [{kind}; {tail}]" if p.help else f"[{kind}; {tail}]"
+
+
+def _add_params(ap: argparse.ArgumentParser, m: Method) -> None:
+    for p in m.params:
+        flag = "--" + p.name.replace("_", "-")
+        kw: dict = {"dest": f"param_{p.name}", "default": None, "help": _flag_help(p)}
+        if p.types == ("bool",):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            # A union with str ("0660" or 416) is sent as the string: the server accepts both.
+            kw["type"] = str if "str" in p.types else _ARG_TYPES[p.types[0]]
+            if p.choices is not None:
+                kw["choices"] = p.choices
+            else:
+                kw["metavar"] = p.name.upper()
+        if p.positional:
+            ap.add_argument(f"pos_{p.name}", nargs="?", default=None, metavar=p.name.upper(),
+                            type=kw.get("type"), help=f"same as {flag}")
+        else:
+            kw["required"] = p.required
+        ap.add_argument(flag, **kw)
+    ap.add_argument("--json", action="store_true", help="print the raw JSON result")
+
+
+def cmd_method(args) -> int:
+    """One generated command: the flags given become the params of its method."""
+    m: Method = args.method
+    params = {}
+    for p in m.params:
+        v = getattr(args, f"param_{p.name}")
+        if p.positional and getattr(args, f"pos_{p.name}") is not None:
+            if v is not None:
+                args.parser.error(f"{p.name} given twice (positional and --{p.name})")
+            v = getattr(args, f"pos_{p.name}")
+        if v is not None:
+            params[p.name] = v
+        elif p.required:
+            args.parser.error(f"the following arguments are required: --{p.name.replace('_', '-')}")
+    res = _call(args, m.name, params)
+    if args.json or m.name not in FORMATTERS:
+        _print(res, args.json)
+    else:
+        FORMATTERS[m.name](res)
     return 0
+
+
+def _summary(text: str) -> str:
+    return text.split("\n\n")[0].split(". ")[0].strip().rstrip(".")
+
+
+NOUNS = {"bdev": "block devices", "config": "the running config", "job": "load jobs in the "
+         "controller", "nvmf": "NVMe-oF/TCP target", "pair": "active/active pair",
+         "pool": "storage pools", "reactor": "reactors", "tenant": "tenants and quotas",
+         "vhost": "vhost-user-blk devices", "volume": "volumes of a pool"}
+
+
+def add_generated(sub, table: MethodTable) -> None:
+    """`srrs NOUN VERB` for every method of the table (`srrs NOUN` when it has no verb)."""
+    nouns: dict = {}
+    for m in table:
+        nouns.setdefault(m.noun, []).append(m)
+    for noun, ms in sorted(nouns.items()):
+        if len(ms) == 1 and not ms[0].verb:
+            m = ms[0]
+            p = sub.add_parser(noun, help=_summary(m.help), description=f"{m.help}\n(RPC {m.name})")
+            _add_params(p, m)
+            p.set_defaults(fn=cmd_method, method=m, parser=p)
+            continue
+        verbs = ", ".join(m.verb for m in ms)
+        what = f"{NOUNS[noun]}: " if noun in NOUNS else ""
+        p = sub.add_parser(noun, help=f"{what}{verbs}", description=f"{what}srrs {noun} VERB")
+        vs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+        for m in ms:
+            v = vs.add_parser(m.verb, help=_summary(m.help), description=f"{m.help}\n(RPC {m.name})",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+            _add_params(v, m)
+            v.set_defaults(fn=cmd_method, method=m, parser=v)
 
 
 # ---- bench ------------------------------------------------------------------------
@@ -293,6 +391,7 @@ def cmd_bench_vhost(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="srrs", description="SRRS block storage controller")
+    ap.add_argument("--version", action="version", version=f"srrs {__version__}")
     ap.add_argument("-s", "--socket", default=_default_socket(),
                     help="controller RPC socket (default: $SRRS_SOCKET or %(default)s)")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -307,35 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", nargs="?", help="JSON object")
     p.set_defaults(fn=cmd_rpc)
 
-    p = sub.add_parser("status", help="controller, reactors, bdevs, exports")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_status)
-
-    p = sub.add_parser("bdev", help="block devices")
-    bs = p.add_subparsers(dest="verb", required=True)
-    c = bs.add_parser("create")
-    c.add_argument("--name", required=True)
-    c.add_argument("--type", required=True, choices=["malloc", "null", "file"])
-    c.add_argument("--size", default=None, help="e.g. 256MiB")
-    c.add_argument("--block-size", type=int, default=4096)
-    c.add_argument("--path", default=None)
-    c.add_argument("--grow", action="store_true",
-                   help="file: grow an existing smaller file to --size (refused otherwise)")
-    c.add_argument("--json", action="store_true")
-    d = bs.add_parser("delete")
-    d.add_argument("name")
-    d.add_argument("--json", action="store_true")
-    ls = bs.add_parser("list")
-    ls.add_argument("name", nargs="?")
-    ls.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_bdev)
-
-    for noun in ("nvmf", "vhost", "pool", "volume", "tenant"):
-        p = sub.add_parser(noun, help=f"{noun} export (calls the RPC method {noun}_VERB)")
-        p.add_argument("verb")
-        p.add_argument("params", nargs="?", help="JSON object")
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(fn=cmd_noun, noun=noun)
+    add_generated(sub, TABLE)
 
     p = sub.add_parser("console", help="live status console of one or more controllers")
     p.add_argument("-s", "--socket", dest="sockets", action="extend", nargs="+", metavar="SOCK",
@@ -361,9 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-console", action="store_true", help="progress lines instead")
     p.set_defaults(fn=cmd_demo)
 
-    from .pair_cli import add_parsers as _pair_parsers  # pair, witness, keygen
-
-    _pair_parsers(sub)
+    add_pair_parsers(sub)  # witness, keygen
 
     p = sub.add_parser("bench", help="C load generator")
     bsub = p.add_subparsers(dest="bench_target", required=True)
@@ -398,12 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "size", None) and args.cmd == "bdev":
-        try:
-            args.size = cfg.parse_size(args.size)
-        except ValueError as e:
-            print(f"srrs: --size: {e}", file=sys.stderr)
-            return 2
     try:
         return args.fn(args)
     except ConnectionError as e:
@@ -414,7 +477,7 @@ def main(argv: Optional[list] = None) -> int:
               file=sys.stderr)
         return 3
     except RpcError as e:
-        print(f"srrs: {e.message}", file=sys.stderr)
+        print(f"srrs: {e.message} (code {e.code})", file=sys.stderr)
         return 1
     except json.JSONDecodeError as e:
         print(f"srrs: params are not JSON: {e}", file=sys.stderr)

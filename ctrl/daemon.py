@@ -26,11 +26,10 @@ from . import logs
 from . import metrics as metrics_service
 from . import pair as pair_service
 from . import pool as pool_service
-from .rpc import InvalidParams, MethodTable, RpcServer, param
+from .methods import TABLE as METHODS
+from .rpc import RpcServer
 
 log = logging.getLogger("srrs")
-
-METHODS = MethodTable()
 
 
 class Controller:
@@ -223,145 +222,6 @@ class Controller:
                 j["_thread"].join(5)
             self.core.close()
             self.core = None
-
-
-# ---- RPC methods of the core ------------------------------------------------------
-
-def _bdev_fail(keypath, msg):
-    key = ".".join(str(p) for p in keypath)
-    return InvalidParams(f"{key}: {msg}" if key else msg)
-
-
-@METHODS.method("bdev_create")
-def rpc_bdev_create(ctl: Controller, p: dict):
-    """Create a bdev: {name, type: malloc|null|file, size, block_size, path}."""
-    b = cfg.parse_bdev(p, _bdev_fail)
-    ctl.bdev_create(b)
-    return ctl.core.bdev_info(b.name)
-
-
-@METHODS.method("bdev_delete")
-def rpc_bdev_delete(ctl: Controller, p: dict):
-    """Delete a bdev that no export uses: {name}."""
-    ctl.bdev_delete(param(p, "name", str))
-    return True
-
-
-@METHODS.method("bdev_list")
-def rpc_bdev_list(ctl: Controller, p: dict):
-    """List bdevs with their I/O counters and latency histograms; {name} for one."""
-    name = param(p, "name", str, None)
-    if name is not None:
-        return [ctl.core.bdev_info(name)]
-    return ctl.core.bdev_list()
-
-
-@METHODS.method("reactor_stats")
-def rpc_reactor_stats(ctl: Controller, p: dict):
-    """Per-reactor loop counters, busy/idle/sleep time and poll mode."""
-    return ctl.core.all_reactor_stats()
-
-
-@METHODS.method("reactor_set_poll_mode", when="runtime")
-def rpc_reactor_set_poll_mode(ctl: Controller, p: dict):
-    """Switch every reactor: {poll_mode: adaptive|busy, idle_spin_us}."""
-    mode = param(p, "poll_mode", str)
-    if mode not in ("adaptive", "busy"):
-        raise InvalidParams("poll_mode must be 'adaptive' or 'busy'")
-    ctl.core.set_poll_mode(mode, param(p, "idle_spin_us", int, 200))
-    return True
-
-
-@METHODS.method("status")
-def rpc_status(ctl: Controller, p: dict):
-    """Controller name, pid, uptime, reactors, bdevs and exports."""
-    return ctl.status()
-
-
-@METHODS.method("events")
-def rpc_events(ctl: Controller, p: dict):
-    """Recent data-plane events: {since: unix time}."""
-    since = param(p, "since", (int, float), 0)
-    return [e for e in ctl.events if e["time"] > since]
-
-
-@METHODS.method("save_config")
-def rpc_save_config(ctl: Controller, p: dict):
-    """Write the running state to a TOML file that `srrs start` accepts: {path}."""
-    path = param(p, "path", str)
-    if not os.path.isabs(path):
-        raise InvalidParams("path must be absolute (the controller's cwd is not yours)")
-    return {"path": ctl.save_config(path)}
-
-
-@METHODS.method("bench_bdev_start", when="runtime")
-def rpc_bench_bdev_start(ctl: Controller, p: dict):
-    """Start a C load job on a reactor in the background (like bdevperf inside the
-    controller): {bdev, reactor, rw, bs, bs_max, qd, time_s, max_ios, verify, offset, span}.
-    Returns its id."""
-    from ..ffi.binding import BenchOpts, VerifyMap
-
-    name = param(p, "bdev", str)
-    reactor = param(p, "reactor", int, 0)
-    if not 0 <= reactor < ctl.core.num_reactors:
-        raise InvalidParams(f"reactor must be 0..{ctl.core.num_reactors - 1}")
-    info = ctl.core.bdev_info(name)
-    opts = BenchOpts(rw=param(p, "rw", str, "randrw"), bs=param(p, "bs", int, 4096),
-                     bs_max=param(p, "bs_max", int, 0), qd=param(p, "qd", int, 32),
-                     time_s=float(param(p, "time_s", (int, float), 10)),
-                     max_ios=param(p, "max_ios", int, 0), seed=param(p, "seed", int, 0),
-                     offset=param(p, "offset", int, 0), span=param(p, "span", int, 0))
-    vmap = VerifyMap(info["num_blocks"], info["block_size"]) if param(p, "verify", bool, False) else None
-    jid = len(ctl.jobs)
-    job = {"id": jid, "bdev": name, "reactor": reactor, "state": "running", "result": None}
-    ctl.jobs.append(job)
-
-    def run():
-        try:
-            job["result"] = ctl.core.bench_bdev(name, opts, reactor=reactor, vmap=vmap)
-            job["state"] = "done"
-        except OSError as e:
-            job["state"] = f"failed: {e}"
-        finally:
-            if vmap is not None:
-                vmap.close()
-
-    t = threading.Thread(target=run, name=f"srrs-bench-{jid}", daemon=True)
-    job["_thread"] = t
-    t.start()
-    return jid
-
-
-@METHODS.method("bench_bdev_results")
-def rpc_bench_bdev_results(ctl: Controller, p: dict):
-    """State and results of the load jobs started with bench_bdev_start."""
-    return [{k: v for k, v in j.items() if not k.startswith("_")} for j in ctl.jobs]
-
-
-@METHODS.method("rpc_methods")
-def rpc_methods(ctl: Controller, p: dict):
-    """Every RPC method with when it is allowed and what it does."""
-    return [{"name": m.name, "when": m.when, "help": m.help}
-            for m in sorted(METHODS.methods.values(), key=lambda m: m.name)]
-
-
-def _register_module_methods() -> None:
-    import importlib
-
-    for modname in ("srrs.nvmf.rpc", "srrs.vhost.rpc", "srrs.ctrl.pool_rpc", "srrs.ctrl.pair_rpc",
-                    "srrs.ctrl.metrics_rpc"):
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name and modname.startswith(e.name):
-                continue  # not in this build
-            raise
-        for name, h in getattr(mod, "METHODS", {}).items():
-            if name not in METHODS.methods:
-                METHODS.add(name, h)
-
-
-_register_module_methods()
 
 
 # ---- the process ---------------------------------------------------------------------

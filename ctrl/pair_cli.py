@@ -1,20 +1,13 @@
-"""CLI of the pair: `srrs pair status|resync`, `srrs witness`, `srrs keygen`
-(added to the parser of ctrl/cli.py)."""
+"""CLI of the pair: `srrs witness`, `srrs keygen` (added to the parser of
+ctrl/cli.py), and how `srrs pair status` (generated from the RPC table)
+prints for people."""
 
 from __future__ import annotations
 
 from . import logs
-from .cli import _call, _print
 
 
-def cmd_pair(args) -> int:
-    if args.verb == "resync":
-        _print(_call(args, "pair_resync", {"source": args.source}), args.json)
-        return 0
-    st = _call(args, "pair_status")
-    if args.json:
-        _print(st, True)
-        return 0
+def format_pair_status(st: dict) -> None:
     print(f"pair {st['pair']}: {st['name']} {st['state']} (epoch {st['epoch']}, {st['reason']}) "
           f"ana {st['ana']}  peer {st['peer_state'] or '?'} alive {st['peer_alive']}  "
           f"mirror {'up' if st['mirror_up'] else 'down'}  witness "
@@ -28,19 +21,9 @@ def cmd_pair(args) -> int:
         if v.get("local_read_errors"):
             print(f"  {'':16} REPLICA READ ERRORS {v['local_read_errors']} "
                   f"(reads served by the peer): check the pool of {v['replica']}")
-    return 0
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("pair", help="active/active pair: status, resync")
-    ps = p.add_subparsers(dest="verb", required=True)
-    s = ps.add_parser("status")
-    s.add_argument("--json", action="store_true")
-    r = ps.add_parser("resync", help="after a split brain: keep SOURCE's data")
-    r.add_argument("--source", required=True)
-    r.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_pair)
-
     from . import witness
 
     w = sub.add_parser("witness", help="run the pair witness (lease service) in the foreground")

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Optional
 
 from ..ffi.binding import SrrsError, check, ffi, lib
+from ..rpcdef import AlreadyExists, Busy, NotFound
 from .pool_config import FragmentConfig, PoolConfig, TenantConfig, VolumeConfig
 
 log = logging.getLogger("srrs.pool")
@@ -237,7 +238,7 @@ class PoolService:
     # -- building ------------------------------------------------------------------
     def pool_create(self, conf: PoolConfig) -> Pool:
         if conf.name in self.pools:
-            raise ValueError(f"pool {conf.name} already exists")
+            raise AlreadyExists(f"pool {conf.name} already exists")
         if conf.reactor >= self.ctl.core.num_reactors:
             raise ValueError(f"pool {conf.name}: reactor {conf.reactor} does not exist")
         p = Pool(self.ctl.core, conf)
@@ -260,12 +261,12 @@ class PoolService:
     def pool(self, name: str) -> Pool:
         p = self.pools.get(name)
         if p is None:
-            raise ValueError(f"pool {name} does not exist")
+            raise NotFound(f"pool {name} does not exist")
         return p
 
     def tenant_set(self, t: TenantConfig) -> None:
         if t.pool and t.pool not in self.pools:
-            raise ValueError(f"tenant {t.name}: pool {t.pool} does not exist")
+            raise NotFound(f"tenant {t.name}: pool {t.pool} does not exist")
         for p in self.pools.values():
             if not t.pool or t.pool == p.name:
                 p.tenant_set(t.name, t.quota)
@@ -273,10 +274,10 @@ class PoolService:
 
     def tenant_delete(self, name: str) -> None:
         if name not in self.tenants:
-            raise ValueError(f"tenant {name} does not exist")
+            raise NotFound(f"tenant {name} does not exist")
         users = [v.name for v in self.volumes.values() if v.tenant == name]
         if users:
-            raise ValueError(f"tenant {name} still has volumes: {', '.join(sorted(users)[:10])}")
+            raise Busy(f"tenant {name} still has volumes: {', '.join(sorted(users)[:10])}")
         for p in self.pools.values():
             try:
                 p.tenant_delete(name)
@@ -299,7 +300,7 @@ class PoolService:
     def volume_create(self, v: VolumeConfig) -> dict:
         p = self.pool(v.pool)
         if v.tenant and v.tenant not in self.tenants:
-            raise ValueError(f"volume {v.name}: tenant {v.tenant} does not exist")
+            raise NotFound(f"volume {v.name}: tenant {v.tenant} does not exist")
         cs = p.conf.cluster_size
         size = -(-v.size // cs) * cs  # whole clusters
         info = p.volume_create(v.name, size, v.thin, v.tenant)
@@ -310,7 +311,7 @@ class PoolService:
     def _owner(self, name: str) -> Pool:
         v = self.volumes.get(name)
         if v is None:
-            raise ValueError(f"volume {name} does not exist")
+            raise NotFound(f"volume {name} does not exist")
         return self.pool(v.pool)
 
     def volume_delete(self, name: str) -> None:

@@ -1,16 +1,20 @@
 """RPC methods of pools, volumes and tenants (the only RPC-aware file of the
-pool module). Handlers decode params, call the PoolService, return JSON."""
+pool module). Declared in `METHODS` (srrs.rpcdef); handlers call the
+PoolService and return JSON. Optional params without a default here are
+defaulted by ctrl/pool_config.py, which parses them like a config table."""
 
 from __future__ import annotations
 
-from .config import parse_size
-from .pool_config import parse_fragment, parse_pool, parse_tenant, parse_volume
-from .rpc import InvalidParams, param
+from ..rpcdef import InvalidParams, MethodTable, NotConfigured
+from ..rpcdef import P as _P
+from .pool_config import PLACEMENTS, parse_fragment, parse_pool, parse_tenant, parse_volume
+
+METHODS = MethodTable()
 
 
 def _svc(ctl):
     if getattr(ctl, "pool", None) is None:
-        raise InvalidParams("this controller has no pool service")
+        raise NotConfigured("this controller has no pool service")
     return ctl.pool
 
 
@@ -21,118 +25,136 @@ def _parse(fn, p):
         raise InvalidParams(str(e)) from None
 
 
-def _size(p, key):
-    try:
-        return parse_size(param(p, key, (int, str)))
-    except ValueError as e:
-        raise InvalidParams(f"{key}: {e}") from None
+_NAME = _P("name", help="pool name")
+_POOL = _P("pool", help="pool name")
+_FRAGS = "fragments: list of {path, size, weight} or {ram: SIZE, weight} (JSON on the command line)"
 
 
+@METHODS.method("pool_create", _NAME, _P("fragments", "list", None, _FRAGS),
+                _P("fragment", "list", None, "more fragments (the config's [[pool.fragment]])"),
+                _P("cluster_size", "size", None, "allocation unit, 64KiB..64MiB (default 1MiB)"),
+                _P("placement", default=None, choices=tuple(PLACEMENTS),
+                   help="how clusters spread over fragments (default spread)"),
+                _P("reactor", "int", None, "the reactor that allocates (default 0)"),
+                _P("sync_metadata", "bool", None, "flush metadata writes (default true)"),
+                _P("metadata_slots", "int", None, "metadata slots (default: sized to the pool)"),
+                _P("force_create", "bool", None, "format fragments that hold other data"))
 def pool_create(ctl, p):
-    """Open or create a pool: {name, fragments: [{path, size} | {ram}], cluster_size, placement, ...}."""
-    conf = _parse(parse_pool, p)
-    return _svc(ctl).pool_create(conf).info()
+    """Open or create a pool on its fragments."""
+    return _svc(ctl).pool_create(_parse(parse_pool, p)).info()
 
 
+@METHODS.method("pool_close", _P("name", help="pool name", positional=True))
 def pool_close(ctl, p):
-    """Close a pool (its volumes must not be exported): {name}. The data stays on the fragments."""
-    _svc(ctl).pool_close(param(p, "name", str))
+    """Close a pool (its volumes must not be exported). The data stays on the fragments."""
+    _svc(ctl).pool_close(p["name"])
     return True
 
 
+@METHODS.method("pool_list", _P("name", default=None, help="only this pool", positional=True))
 def pool_list(ctl, p):
-    """Pools with capacity, used and free per fragment; {name} for one."""
+    """Pools with capacity, used and free per fragment."""
     svc = _svc(ctl)
-    name = param(p, "name", str, None)
-    if name is not None:
-        return [svc.pool(name).info()]
+    if p.get("name") is not None:
+        return [svc.pool(p["name"]).info()]
     return [x.info() for x in svc.pools.values()]
 
 
+@METHODS.method("pool_add_fragment", _POOL, _P("path", default=None, help="absolute file or device path"),
+                _P("size", "size", None, "size of a file fragment (default: the file's)"),
+                _P("ram", "size", None, "a RAM fragment of this size instead of a path"),
+                _P("weight", "int", None, "placement weight 1..1000 (default 100)"))
 def pool_add_fragment(ctl, p):
-    """Add a fragment to a live pool: {pool, path, size, weight} or {pool, ram, weight}."""
-    pool = _svc(ctl).pool(param(p, "pool", str))
+    """Add a fragment to a live pool."""
+    pool = _svc(ctl).pool(p["pool"])
     frag = _parse(lambda d: parse_fragment({k: v for k, v in d.items() if k != "pool"}, ""), p)
     return {"index": pool.frag_add(frag), "fragments": pool.fragments()}
 
 
+_INDEX = _P("index", "int", help="fragment index (pool fragments)")
+
+
+@METHODS.method("pool_drain_fragment", _POOL, _INDEX,
+                _P("max_inflight", "int", 4, "cluster moves in flight at once"))
 def pool_drain_fragment(ctl, p):
-    """Move every cluster off a fragment while I/O continues: {pool, index, max_inflight}."""
-    pool = _svc(ctl).pool(param(p, "pool", str))
-    pool.frag_drain(param(p, "index", int), param(p, "max_inflight", int, 4))
+    """Move every cluster off a fragment while I/O continues."""
+    pool = _svc(ctl).pool(p["pool"])
+    pool.frag_drain(p["index"], p["max_inflight"])
     return pool.fragments()
 
 
+@METHODS.method("pool_remove_fragment", _POOL, _INDEX)
 def pool_remove_fragment(ctl, p):
-    """Remove a drained (empty) fragment: {pool, index}."""
-    pool = _svc(ctl).pool(param(p, "pool", str))
-    pool.frag_remove(param(p, "index", int))
+    """Remove a drained (empty) fragment."""
+    pool = _svc(ctl).pool(p["pool"])
+    pool.frag_remove(p["index"])
     return pool.fragments()
 
 
+@METHODS.method("pool_fragments", _POOL)
 def pool_fragments(ctl, p):
-    """Fragments of a pool with state, usage and drain progress: {pool}."""
-    return _svc(ctl).pool(param(p, "pool", str)).fragments()
+    """Fragments of a pool with state, usage and drain progress."""
+    return _svc(ctl).pool(p["pool"]).fragments()
 
 
+@METHODS.method("volume_create", _P("name", help="volume name"), _POOL,
+                _P("size", "size", help="e.g. 10GiB (a multiple of 4096)"),
+                _P("thin", "bool", None, "allocate on first write (default true)"),
+                _P("tenant", default=None, help="tenant whose quota it counts against"))
 def volume_create(ctl, p):
-    """Create a volume (also a bdev): {name, pool, size, thin, tenant}."""
+    """Create a volume (also a bdev)."""
     return _svc(ctl).volume_create(_parse(parse_volume, p))
 
 
+@METHODS.method("volume_delete", _P("name", help="volume name", positional=True))
 def volume_delete(ctl, p):
-    """Delete a volume that no export uses; its clusters return to the pool: {name}."""
-    _svc(ctl).volume_delete(param(p, "name", str))
+    """Delete a volume that no export uses; its clusters return to the pool."""
+    _svc(ctl).volume_delete(p["name"])
     return True
 
 
+@METHODS.method("volume_resize", _P("name", help="volume name"),
+                _P("size", "size", help="the new, larger size"))
 def volume_resize(ctl, p):
-    """Grow a volume online: {name, size}."""
-    return _svc(ctl).volume_resize(param(p, "name", str), _size(p, "size"))
+    """Grow a volume online."""
+    return _svc(ctl).volume_resize(p["name"], p["size"])
 
 
+@METHODS.method("volume_list", _P("name", default=None, help="only this volume", positional=True),
+                _P("pool", "str", "", "only this pool's volumes"))
 def volume_list(ctl, p):
-    """Volumes with size and allocated space: {pool} or {name} to filter."""
+    """Volumes with size and allocated space."""
     svc = _svc(ctl)
-    name = param(p, "name", str, None)
-    if name is not None:
-        return [svc.volume_info(name)]
-    return svc.volume_list(param(p, "pool", str, ""))
+    if p.get("name") is not None:
+        return [svc.volume_info(p["name"])]
+    return svc.volume_list(p["pool"])
+
+
+_TENANT = (_P("name", help="tenant name"),
+           _P("quota", "size", None, "space it may allocate, 0: unlimited (default 0)"),
+           _P("pool", default=None, help="the pool the quota applies to (default: every pool)"))
 
 
 def tenant_create(ctl, p):
-    """Create or update a tenant: {name, quota, pool}."""
+    """Create or update a tenant."""
     svc = _svc(ctl)
     t = _parse(parse_tenant, p)
     svc.tenant_set(t)
     return next(x for x in svc.tenant_list() if x["name"] == t.name)
 
 
+METHODS.add("tenant_create", tenant_create, _TENANT)
+METHODS.add("tenant_set_quota", tenant_create, _TENANT, help="Set a tenant's quota (as tenant_create).")
+
+
+@METHODS.method("tenant_delete", _P("name", help="tenant name", positional=True))
 def tenant_delete(ctl, p):
-    """Delete a tenant that has no volumes: {name}."""
-    _svc(ctl).tenant_delete(param(p, "name", str))
+    """Delete a tenant that has no volumes."""
+    _svc(ctl).tenant_delete(p["name"])
     return True
 
 
+@METHODS.method("tenant_list")
 def tenant_list(ctl, p):
     """Tenants with quota and used space per pool."""
     return _svc(ctl).tenant_list()
-
-
-METHODS = {
-    "pool_create": pool_create,
-    "pool_close": pool_close,
-    "pool_list": pool_list,
-    "pool_add_fragment": pool_add_fragment,
-    "pool_drain_fragment": pool_drain_fragment,
-    "pool_remove_fragment": pool_remove_fragment,
-    "pool_fragments": pool_fragments,
-    "volume_create": volume_create,
-    "volume_delete": volume_delete,
-    "volume_resize": volume_resize,
-    "volume_list": volume_list,
-    "tenant_create": tenant_create,
-    "tenant_set_quota": tenant_create,
-    "tenant_delete": tenant_delete,
-    "tenant_list": tenant_list,
-}

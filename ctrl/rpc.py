@@ -1,9 +1,14 @@
 """JSON-RPC 2.0 over a Unix stream socket (mode 0600).
 
-One method table drives the server, the client and the CLI (one place per method):
-handlers only decode params, call the controller and return a JSON-able
-result. Framing: JSON values back to back (newline-separated when we send);
-a request may be a batch. A request larger than MAX_REQUEST, nested deeper
+One method table (srrs.rpcdef declarations, merged in ctrl/methods.py) drives
+the server and the CLI: the server checks each request's params against its
+method's declaration (unknown, missing or mistyped -> -32602 naming the
+param) before the handler runs; handlers call the controller and return a
+JSON-able result, and raise the error kinds of srrs.rpcdef (each its own
+code, listed in docs/rpc.md).
+
+Framing: JSON values back to back (newline-separated when we send); a
+request may be a batch. A request larger than MAX_REQUEST, nested deeper
 than MAX_DEPTH, a batch longer than MAX_BATCH, bad JSON, a request cut short
 by the client's EOF, an unknown method or bad params gets a JSON-RPC error
 object; the server keeps serving every other connection (and that one, unless
@@ -20,91 +25,31 @@ import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..ffi import sockpath
 
+# The declarations (typed params, error kinds and their codes) live in the leaf
+# module srrs.rpcdef, which nvmf/ and vhost/ import too; re-exported here.
+from ..rpcdef import (  # noqa: F401 (re-exported)
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_ERROR,
+    InvalidParams,
+    Method,
+    MethodTable,
+    NotAllowedNow,
+    RpcError,
+    error_from_json,
+    from_exception,
+)
+
 MAX_REQUEST = 1 << 20
 
 log = logging.getLogger("srrs.rpc")
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-SERVER_ERROR = -32000
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_json(self) -> dict:
-        e = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            e["data"] = self.data
-        return e
-
-
-class InvalidParams(RpcError):
-    def __init__(self, message: str):
-        super().__init__(INVALID_PARAMS, message)
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    handler: Callable[[Any, dict], Any]
-    when: str = "both"          # "startup" | "runtime" | "both"
-    help: str = ""
-
-
-class MethodTable:
-    def __init__(self):
-        self.methods: dict[str, Method] = {}
-
-    def add(self, name: str, handler, when: str = "both", help: str = "") -> None:
-        if name in self.methods:
-            raise ValueError(f"RPC method {name} registered twice")
-        self.methods[name] = Method(name, handler, when, help or (handler.__doc__ or "").strip())
-
-    def method(self, name: str, when: str = "both"):
-        def deco(fn):
-            self.add(name, fn, when)
-            return fn
-        return deco
-
-    def update(self, methods: dict) -> None:
-        """Merge a module's METHODS = {name: handler} dict."""
-        for name, h in methods.items():
-            self.add(name, h)
-
-
-def param(params: dict, key: str, kind, default=..., check: Optional[Callable] = None):
-    """Typed access to a params dict; raises InvalidParams with the key's name."""
-    if key not in params:
-        if default is ...:
-            raise InvalidParams(f"missing param {key!r}")
-        return default
-    v = params[key]
-    ok = isinstance(v, kind) and not (kind in (int, float) and isinstance(v, bool))
-    if kind is float and isinstance(v, int) and not isinstance(v, bool):
-        ok = True
-    if not ok:
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise InvalidParams(f"param {key!r} must be {names}, got {type(v).__name__}")
-    if check:
-        try:
-            check(v)
-        except ValueError as e:
-            raise InvalidParams(f"param {key!r}: {e}") from None
-    return v
-
 
 # ---- server ---------------------------------------------------------------------
 
@@ -518,23 +463,17 @@ class RpcServer:
             return None if notify else _error(
                 rid, RpcError(METHOD_NOT_FOUND, f"method not found: {req['method']}"))
         phase = self.phase()
-        if m.when != "both" and m.when != phase:
-            return None if notify else _error(
-                rid, RpcError(SERVER_ERROR, f"{m.name} is allowed only at {m.when}"))
         try:
+            if m.when != "both" and m.when != phase:
+                raise NotAllowedNow(f"{m.name} is allowed only at {m.when}")
+            p = m.validate(params)  # the declaration, before the handler sees anything
             with self.lock:
-                result = m.handler(self.ctx, params)
-        except RpcError as e:
-            return None if notify else _error(rid, e)
-        except OSError as e:  # SrrsError and friends: errno + the core's message
-            return None if notify else _error(rid, RpcError(
-                SERVER_ERROR, str(e) or os.strerror(e.errno or 0),
-                {"errno": e.errno}))
-        except (ValueError, KeyError, TypeError) as e:
-            return None if notify else _error(rid, RpcError(INVALID_PARAMS, str(e)))
-        except Exception as e:  # a bug: report it, keep serving
-            return None if notify else _error(rid, RpcError(INTERNAL_ERROR,
-                                                            f"{type(e).__name__}: {e}"))
+                result = m.handler(self.ctx, p)
+        except Exception as e:
+            err = from_exception(e)
+            if err is None:  # a bug: report it, keep serving
+                err = RpcError(INTERNAL_ERROR, f"{type(e).__name__}: {e}")
+            return None if notify else _error(rid, err)
         return None if notify else {"jsonrpc": "2.0", "id": rid, "result": result}
 
 
@@ -589,8 +528,7 @@ class RpcClient:
     def call(self, method: str, params: Optional[dict] = None) -> Any:
         resp = self.call_raw(method, params)
         if "error" in resp:
-            e = resp["error"]
-            raise RpcError(e.get("code", SERVER_ERROR), e.get("message", "?"), e.get("data"))
+            raise error_from_json(resp["error"])
         return resp.get("result")
 
 

@@ -1,196 +1,205 @@
 """JSON-RPC methods of the NVMe-oF target (the only RPC-aware file of nvmf/).
 
-Each handler is `handler(ctl, params) -> JSON-able result`, where `ctl.nvmf`
-is the running `NvmfTarget` and `ctl.core` the `Core`. Handlers only decode
-params, call the object model and shape the answer; errors are ValueError
-(bad params), KeyError (unknown object) or SrrsError (from the core).
-`WHEN` says whether a method may run at start-up ("startup"), at run time
-("runtime") or both.
+Each method is declared in `METHODS` (srrs.rpcdef: typed params, help, the
+phases it runs in); the server validates params against it before the
+handler runs, so a handler reads `p[key]` (defaults filled in) or
+`p.get(key)` (optional without a default). Handlers call the object model
+and shape the answer; errors are the kinds of srrs.rpcdef, ValueError (a bad
+value: -32602) or SrrsError (from the core: its errno picks the kind).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict
 
+from ..rpcdef import MethodTable, NotConfigured
+from ..rpcdef import P as _P
 from . import config as C
 from . import dhchap as DH
 from .target import discover
 
-
-def _p(params: dict, key: str, typ=str, default: Any = ...):
-    if params is None:
-        params = {}
-    if key not in params:
-        if default is ...:
-            raise ValueError(f"{key}: required")
-        return default
-    v = params[key]
-    if typ is int and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ValueError(f"{key}: expected an integer")
-    if typ is not int and not isinstance(v, typ):
-        raise ValueError(f"{key}: expected {typ.__name__}")
-    return v
+METHODS = MethodTable()
+_NQN = _P("nqn", help="subsystem NQN")
 
 
 def _tgt(ctl):
     t = getattr(ctl, "nvmf", None)
     if t is None:
-        raise ValueError("nvmf: the NVMe-oF target is not configured")
+        raise NotConfigured("nvmf: the NVMe-oF target is not configured")
     return t
 
 
-def subsystem_create(ctl, params: dict):
-    """Create an NVMe-oF subsystem: {nqn, serial?, model?, allow_any_host?}."""
-    nqn = C.check_nqn(_p(params, "nqn"), "nqn")
-    _tgt(ctl).add_subsystem(nqn, _p(params, "serial", str, None), _p(params, "model", str, None),
-                            allow_any_host=_p(params, "allow_any_host", bool, False))
+@METHODS.method("nvmf_subsystem_create", _NQN,
+                _P("serial", default=None, help="serial number (default: derived from the NQN)"),
+                _P("model", default=None, help="model number"),
+                _P("allow_any_host", "bool", False, "serve any host NQN (no allow-list)"))
+def subsystem_create(ctl, p: dict):
+    """Create an NVMe-oF subsystem."""
+    nqn = C.check_nqn(p["nqn"], "nqn")
+    _tgt(ctl).add_subsystem(nqn, p.get("serial"), p.get("model"),
+                            allow_any_host=p["allow_any_host"])
     return {"nqn": nqn}
 
 
-def subsystem_delete(ctl, params: dict):
-    """Delete a subsystem (its controllers are torn down first): {nqn}."""
-    _tgt(ctl).remove_subsystem(_p(params, "nqn"))
+@METHODS.method("nvmf_subsystem_delete", _NQN)
+def subsystem_delete(ctl, p: dict):
+    """Delete a subsystem (its controllers are torn down first)."""
+    _tgt(ctl).remove_subsystem(p["nqn"])
     return True
 
 
-def get_subsystems(ctl, params: dict):
+@METHODS.method("nvmf_get_subsystems")
+def get_subsystems(ctl, p: dict):
     """List subsystems with namespaces, hosts and ANA groups."""
     return _tgt(ctl).subsystems()
 
 
-def subsystem_add_ns(ctl, params: dict):
-    """Add a bdev as a namespace: {nqn, bdev, nsid?, uuid?, ana_group?} -> {nsid}."""
-    uuid = _p(params, "uuid", str, None)
+@METHODS.method("nvmf_subsystem_add_ns", _NQN, _P("bdev", help="the bdev (or volume) to export"),
+                _P("nsid", "int", 0, "namespace ID (0: the lowest free one)"),
+                _P("uuid", default=None, help="namespace UUID (default: derived from NQN and bdev)"),
+                _P("ana_group", "int", 1, "ANA group of the namespace"))
+def subsystem_add_ns(ctl, p: dict):
+    """Add a bdev as a namespace; returns its nsid."""
+    uuid = p.get("uuid")
     if uuid is not None:
         uuid = C.parse_uuid(uuid, "uuid")
-    nsid = _tgt(ctl).add_namespace(_p(params, "nqn"), _p(params, "bdev"),
-                                   nsid=_p(params, "nsid", int, 0), uuid=uuid,
-                                   ana_group=_p(params, "ana_group", int, 1))
+    nsid = _tgt(ctl).add_namespace(p["nqn"], p["bdev"], nsid=p["nsid"], uuid=uuid,
+                                   ana_group=p["ana_group"])
     return {"nsid": nsid}
 
 
-def subsystem_remove_ns(ctl, params: dict):
-    """Remove a namespace (waits for its in-flight I/O): {nqn, nsid}."""
-    _tgt(ctl).remove_namespace(_p(params, "nqn"), _p(params, "nsid", int))
+@METHODS.method("nvmf_subsystem_remove_ns", _NQN, _P("nsid", "int", help="namespace ID"))
+def subsystem_remove_ns(ctl, p: dict):
+    """Remove a namespace (waits for its in-flight I/O)."""
+    _tgt(ctl).remove_namespace(p["nqn"], p["nsid"])
     return True
 
 
-def subsystem_add_host(ctl, params: dict):
-    """Allow a host NQN on a subsystem: {nqn, host}."""
-    _tgt(ctl).add_host(_p(params, "nqn"), _p(params, "host"))
+_HOST = _P("host", help="host NQN")
+
+
+@METHODS.method("nvmf_subsystem_add_host", _NQN, _HOST)
+def subsystem_add_host(ctl, p: dict):
+    """Allow a host NQN on a subsystem."""
+    _tgt(ctl).add_host(p["nqn"], p["host"])
     return True
 
 
-def subsystem_remove_host(ctl, params: dict):
-    """Remove a host NQN from a subsystem's allow-list: {nqn, host}."""
-    _tgt(ctl).remove_host(_p(params, "nqn"), _p(params, "host"))
+@METHODS.method("nvmf_subsystem_remove_host", _NQN, _HOST)
+def subsystem_remove_host(ctl, p: dict):
+    """Remove a host NQN from a subsystem's allow-list."""
+    _tgt(ctl).remove_host(p["nqn"], p["host"])
     return True
 
 
-def subsystem_allow_any_host(ctl, params: dict):
-    """Allow any host (or only the list): {nqn, allow}."""
-    _tgt(ctl).set_allow_any_host(_p(params, "nqn"), _p(params, "allow", bool, True))
+@METHODS.method("nvmf_subsystem_allow_any_host", _NQN,
+                _P("allow", "bool", True, "true: any host; false: only the allow-list"))
+def subsystem_allow_any_host(ctl, p: dict):
+    """Allow any host, or only the hosts on the list."""
+    _tgt(ctl).set_allow_any_host(p["nqn"], p["allow"])
     return True
 
 
-def subsystem_set_host_auth(ctl, params: dict):
-    """A host must authenticate with DH-HMAC-CHAP: {nqn, host, dhchap_secret_file
-    (mode 0600; omit to drop authentication), dhchap_ctrl_secret_file?, dhchap_hash?,
-    dhchap_dhgroup?}. Secrets are passed as file paths only and never returned."""
-    nqn, host = _p(params, "nqn"), C.check_nqn(_p(params, "host"), "host")
+@METHODS.method("nvmf_subsystem_set_host_auth", _NQN, _HOST,
+                _P("dhchap_secret_file", default=None,
+                   help="absolute path of the host's DHHC-1 secret (mode 0600); omit to drop "
+                        "authentication"),
+                _P("dhchap_ctrl_secret_file", default=None,
+                   help="the controller's secret: the controller authenticates too"),
+                _P("dhchap_hash", default=DH.DEFAULT_HASH, choices=tuple(DH.HASHES),
+                   help="hash function"),
+                _P("dhchap_dhgroup", default=DH.DEFAULT_DHGROUP, choices=tuple(DH.DHGROUPS),
+                   help="Diffie-Hellman group"))
+def subsystem_set_host_auth(ctl, p: dict):
+    """A host must authenticate with DH-HMAC-CHAP. Secrets are passed as file
+    paths only and never returned."""
+    nqn, host = p["nqn"], C.check_nqn(p["host"], "host")
     t = _tgt(ctl)
-    f = _p(params, "dhchap_secret_file", str, None)
+    f = p.get("dhchap_secret_file")
     if f is not None and not os.path.isabs(f):
         raise ValueError("dhchap_secret_file: expected an absolute file path")
-    t.set_host_dhchap(nqn, host, f, _p(params, "dhchap_ctrl_secret_file", str, None),
-                      _p(params, "dhchap_hash", str, DH.DEFAULT_HASH),
-                      _p(params, "dhchap_dhgroup", str, DH.DEFAULT_DHGROUP))
+    t.set_host_dhchap(nqn, host, f, p.get("dhchap_ctrl_secret_file"), p["dhchap_hash"],
+                      p["dhchap_dhgroup"])
     return True
 
 
-def subsystem_require_auth(ctl, params: dict):
-    """Refuse hosts without a DH-HMAC-CHAP secret (or stop refusing): {nqn, require}."""
-    _tgt(ctl).set_require_auth(_p(params, "nqn"), _p(params, "require", bool, True))
+@METHODS.method("nvmf_subsystem_require_auth", _NQN,
+                _P("require", "bool", True, "true: refuse hosts without a secret"))
+def subsystem_require_auth(ctl, p: dict):
+    """Refuse hosts without a DH-HMAC-CHAP secret (or stop refusing)."""
+    _tgt(ctl).set_require_auth(p["nqn"], p["require"])
     return True
 
 
-def listener_add(ctl, params: dict):
-    """Listen for NVMe/TCP: {address: "HOST:PORT"} or {addr, port} -> {addr, port}."""
-    if "address" in params:
-        lst = C.parse_listen(_p(params, "address"), "address")
-        addr, port = lst.addr, lst.port
-    else:
-        addr, port = _p(params, "addr"), _p(params, "port", int, 4420)
+def _addr_port(p: dict, default_port) -> tuple:
+    if p.get("address") is not None:
+        lst = C.parse_listen(p["address"], "address")
+        return lst.addr, lst.port
+    if p.get("addr") is None:
+        raise ValueError("address: required (or addr and port)")
+    port = p["port"] if p.get("port") is not None else default_port
+    if port is None:
+        raise ValueError("port: required with addr")
+    return p["addr"], port
+
+
+_ADDRESS = (_P("address", default=None, help="HOST:PORT (or give addr and port)"),
+            _P("addr", default=None, help="IP address"))
+
+
+@METHODS.method("nvmf_listener_add", *_ADDRESS,
+                _P("port", "int", None, "TCP port (default 4420; 0: any free port)"))
+def listener_add(ctl, p: dict):
+    """Listen for NVMe/TCP; returns the address and the port bound."""
+    addr, port = _addr_port(p, 4420)
     return {"addr": addr, "port": _tgt(ctl).add_listener(addr, port)}
 
 
-def listener_remove(ctl, params: dict):
-    """Stop listening: {address} or {addr, port}."""
-    if "address" in params:
-        lst = C.parse_listen(_p(params, "address"), "address")
-        addr, port = lst.addr, lst.port
-    else:
-        addr, port = _p(params, "addr"), _p(params, "port", int)
+@METHODS.method("nvmf_listener_remove", *_ADDRESS, _P("port", "int", None, "TCP port"))
+def listener_remove(ctl, p: dict):
+    """Stop listening on an address."""
+    addr, port = _addr_port(p, None)
     _tgt(ctl).remove_listener(addr, port)
     return True
 
 
-def get_listeners(ctl, params: dict):
+@METHODS.method("nvmf_get_listeners")
+def get_listeners(ctl, p: dict):
     """List NVMe/TCP listeners."""
     return _tgt(ctl).listeners()
 
 
-def set_ana_state(ctl, params: dict):
-    """Set an ANA group's state (optimized|non_optimized|inaccessible|persistent_loss): {nqn, ana_group, state}."""
-    _tgt(ctl).set_ana_state(_p(params, "nqn"), _p(params, "ana_group", int, 1),
-                            _p(params, "state"))
+@METHODS.method("nvmf_set_ana_state", _NQN, _P("ana_group", "int", 1, "ANA group"),
+                _P("state", help="optimized, non_optimized, inaccessible or persistent_loss"))
+def set_ana_state(ctl, p: dict):
+    """Set an ANA group's state (hosts get an ANA-change notice)."""
+    _tgt(ctl).set_ana_state(p["nqn"], p["ana_group"], p["state"])
     return True
 
 
-def get_controllers(ctl, params: dict):
-    """Connected controllers with per-queue stats: {nqn?}."""
-    nqn = _p(params or {}, "nqn", str, None)
+@METHODS.method("nvmf_get_controllers", _P("nqn", default=None, help="only this subsystem's"),
+                when="runtime")
+def get_controllers(ctl, p: dict):
+    """Connected controllers with per-queue stats."""
+    nqn = p.get("nqn")
     return [c for c in _tgt(ctl).list_controllers() if nqn is None or c["subnqn"] == nqn]
 
 
-def get_qpairs(ctl, params: dict):
+@METHODS.method("nvmf_get_qpairs", when="runtime")
+def get_qpairs(ctl, p: dict):
     """Connected queue pairs with their counters."""
     return _tgt(ctl).list_qpairs()
 
 
-def get_stats(ctl, params: dict):
+@METHODS.method("nvmf_get_stats", when="runtime")
+def get_stats(ctl, p: dict):
     """Target counters: accepted, closed, proto_errors, kato_expired, ctrlrs, conns."""
     return _tgt(ctl).stats()
 
 
-def discover_rpc(ctl, params: dict):
-    """Read a discovery log (this or another target): {addr, port?, hostnqn?}."""
-    return discover(_p(params, "addr"), _p(params, "port", int, 4420),
-                    _p(params, "hostnqn", str, None))
-
-
-METHODS: Dict[str, Callable] = {
-    "nvmf_subsystem_create": subsystem_create,
-    "nvmf_subsystem_delete": subsystem_delete,
-    "nvmf_get_subsystems": get_subsystems,
-    "nvmf_subsystem_add_ns": subsystem_add_ns,
-    "nvmf_subsystem_remove_ns": subsystem_remove_ns,
-    "nvmf_subsystem_add_host": subsystem_add_host,
-    "nvmf_subsystem_remove_host": subsystem_remove_host,
-    "nvmf_subsystem_allow_any_host": subsystem_allow_any_host,
-    "nvmf_subsystem_set_host_auth": subsystem_set_host_auth,
-    "nvmf_subsystem_require_auth": subsystem_require_auth,
-    "nvmf_listener_add": listener_add,
-    "nvmf_listener_remove": listener_remove,
-    "nvmf_get_listeners": get_listeners,
-    "nvmf_set_ana_state": set_ana_state,
-    "nvmf_get_controllers": get_controllers,
-    "nvmf_get_qpairs": get_qpairs,
-    "nvmf_get_stats": get_stats,
-    "nvmf_discover": discover_rpc,
-}
-
-WHEN: Dict[str, str] = {name: "both" for name in METHODS}
-for _m in ("nvmf_get_controllers", "nvmf_get_qpairs", "nvmf_get_stats", "nvmf_discover"):
-    WHEN[_m] = "runtime"
+@METHODS.method("nvmf_discover", _P("addr", help="IP address of the target"),
+                _P("port", "int", 4420, "TCP port"),
+                _P("hostnqn", default=None, help="host NQN to ask as"), when="runtime")
+def discover_rpc(ctl, p: dict):
+    """Read a discovery log (this or another target)."""
+    return discover(p["addr"], p["port"], p.get("hostnqn"))

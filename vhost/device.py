@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 from srrs.ffi import sockpath
 from srrs.ffi.binding import check, ffi, lib
+from srrs.rpcdef import AlreadyExists, Busy
 
 from .proto import (
     CONFIG_HDR,
@@ -600,10 +601,10 @@ class VhostService:
                mode: int = 0o600) -> VhostBlkDevice:
         with self._lock:
             if name in self.devices:
-                raise ValueError(f"vhost device {name!r} already exists")
+                raise AlreadyExists(f"vhost device {name!r} already exists")
             for d in self.devices.values():
                 if os.path.abspath(d.socket_path) == os.path.abspath(str(socket_path)):
-                    raise ValueError(f"socket {socket_path} is already used by vhost device {d.name!r}")
+                    raise Busy(f"socket {socket_path} is already used by vhost device {d.name!r}")
             dev = VhostBlkDevice(self.core, name, socket_path, bdev, num_queues, serial, read_only,
                                  owner, mode, pick_reactor=self._next_reactor)
             try:

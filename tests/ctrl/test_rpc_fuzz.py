@@ -9,7 +9,8 @@ import socket
 import threading
 import time
 
-from srrs.ctrl.rpc import MethodTable, RpcClient, RpcServer, _Framer, param
+from srrs.ctrl.rpc import MethodTable, RpcClient, RpcServer, _Framer
+from srrs.rpcdef import P
 
 SEEDS = [
     {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"x": 1}},
@@ -21,7 +22,7 @@ SEEDS = [
 def _table():
     t = MethodTable()
     t.add("echo", lambda ctx, p: p)
-    t.add("add", lambda ctx, p: param(p, "a", int) + param(p, "b", int))
+    t.add("add", lambda ctx, p: p["a"] + p["b"], [P("a", "int"), P("b", "int")])
     t.add("boom", lambda ctx, p: 1 / 0)
     return t
 

@@ -52,7 +52,7 @@ tenant = "t1"
         assert out.returncode == 0, out.stderr
         assert {v["name"] for v in json.loads(out.stdout)} == {"v0", "v1"}
         assert srrs("-s", sock, "tenant", "list", "--json").returncode == 0
-        bad = srrs("-s", sock, "volume", "create", '{"name": "v2", "pool": "nope", "size": "1MiB"}')
+        bad = srrs("-s", sock, "volume", "create", "--name", "v2", "--pool", "nope", "--size", "1MiB")
         assert bad.returncode != 0 and "pool nope does not exist" in bad.stderr
         c.rpc("bench_bdev_start", {"bdev": "v0", "rw": "randrw", "time_s": 1, "verify": True,
                                    "qd": 16})

@@ -121,8 +121,8 @@ serial = "CFG-SERIAL"
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: os.path.exists(rpc_sock) and os.path.exists(tmp_path / "vh0.sock"), 20)
-        r = _srrs("vhost", "create", json.dumps({"name": "vh1", "socket": f"{tmp_path}/vh1.sock",
-                                                  "bdev": "m1"}), "--json", sock=rpc_sock)
+        r = _srrs("vhost", "create", "--name", "vh1", "--socket", f"{tmp_path}/vh1.sock",
+                  "--bdev", "m1", "--json", sock=rpc_sock)
         assert r.returncode == 0, r.stderr
         with VhostClient(str(tmp_path / "vh0.sock"), num_queues=2) as a, \
                 VhostClient(str(tmp_path / "vh1.sock")) as b:

@@ -1,0 +1,138 @@
+"""RPC methods of the core: bdevs, reactors, status, events, save_config and
+the in-controller load jobs; declared in `METHODS` (srrs.rpcdef). `ctl` is
+the running ctrl/daemon.py Controller."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ..rpcdef import InvalidParams, MethodTable
+from ..rpcdef import P as _P
+from . import config as cfg
+
+METHODS = MethodTable()
+
+
+def _bdev_fail(keypath, msg):
+    key = ".".join(str(p) for p in keypath)
+    return InvalidParams(f"{key}: {msg}" if key else msg)
+
+
+# Optional params without a default here are defaulted by config.parse_bdev,
+# which parses them exactly like a [[bdev]] table.
+@METHODS.method("bdev_create", _P("name", help="bdev name"),
+                _P("type", choices=cfg.BDEV_TYPES, help="malloc (RAM), null (no data) or file"),
+                _P("size", "size", None, "e.g. 256MiB (a file bdev: default the file's size)"),
+                _P("block_size", "int", None, "512 or 4096 (default 4096)", choices=(512, 4096)),
+                _P("path", default=None, help="file bdev: the file or block device"),
+                _P("grow", "bool", None, "file: grow an existing smaller file to size"))
+def bdev_create(ctl, p: dict):
+    """Create a bdev; returns its info."""
+    b = cfg.parse_bdev(p, _bdev_fail)
+    ctl.bdev_create(b)
+    return ctl.core.bdev_info(b.name)
+
+
+@METHODS.method("bdev_delete", _P("name", help="bdev name", positional=True))
+def bdev_delete(ctl, p: dict):
+    """Delete a bdev that no export uses."""
+    ctl.bdev_delete(p["name"])
+    return True
+
+
+@METHODS.method("bdev_list", _P("name", default=None, help="only this bdev", positional=True))
+def bdev_list(ctl, p: dict):
+    """List bdevs with their I/O counters and latency histograms."""
+    if p.get("name") is not None:
+        return [ctl.core.bdev_info(p["name"])]
+    return ctl.core.bdev_list()
+
+
+@METHODS.method("reactor_stats")
+def reactor_stats(ctl, p: dict):
+    """Per-reactor loop counters, busy/idle/sleep time and poll mode."""
+    return ctl.core.all_reactor_stats()
+
+
+@METHODS.method("reactor_set_poll_mode", _P("poll_mode", choices=("adaptive", "busy"),
+                                            help="busy: spin always; adaptive: sleep when idle"),
+                _P("idle_spin_us", "int", 200, "adaptive: spin this long before sleeping"),
+                when="runtime")
+def reactor_set_poll_mode(ctl, p: dict):
+    """Switch the poll mode of every reactor."""
+    ctl.core.set_poll_mode(p["poll_mode"], p["idle_spin_us"])
+    return True
+
+
+@METHODS.method("status", noun="status")
+def status(ctl, p: dict):
+    """Controller name, pid, uptime, reactors, bdevs and exports."""
+    return ctl.status()
+
+
+@METHODS.method("events", _P("since", "float", 0, "only events after this unix time"),
+                noun="events")
+def events(ctl, p: dict):
+    """Recent data-plane events."""
+    return [e for e in ctl.events if e["time"] > p["since"]]
+
+
+@METHODS.method("save_config", _P("path", help="absolute path of the TOML file to write"),
+                noun="config", verb="save")
+def save_config(ctl, p: dict):
+    """Write the running state to a TOML file that `srrs start` accepts."""
+    if not os.path.isabs(p["path"]):
+        raise InvalidParams("path must be absolute (the controller's cwd is not yours)")
+    return {"path": ctl.save_config(p["path"])}
+
+
+@METHODS.method("bench_bdev_start", _P("bdev", help="the bdev to load"),
+                _P("reactor", "int", 0, "the reactor that runs the job"),
+                _P("rw", default="randrw", help="randread, randwrite, randrw, read or write"),
+                _P("bs", "size", 4096, "I/O size"),
+                _P("bs_max", "size", 0, "if set: I/O sizes random in bs..bs_max"),
+                _P("qd", "int", 32, "queue depth"), _P("time_s", "float", 10, "seconds"),
+                _P("max_ios", "int", 0, "stop after this many I/Os (0: no limit)"),
+                _P("seed", "int", 0, "random seed"),
+                _P("offset", "size", 0, "start of the span"),
+                _P("span", "size", 0, "bytes covered (0: to the end)"),
+                _P("verify", "bool", False, "check every read against what was written"),
+                when="runtime", noun="job", verb="start")
+def bench_bdev_start(ctl, p: dict):
+    """Start a C load job on a reactor in the background (like bdevperf inside
+    the controller); returns its id."""
+    from ..ffi.binding import BenchOpts, VerifyMap
+
+    name, reactor = p["bdev"], p["reactor"]
+    if not 0 <= reactor < ctl.core.num_reactors:
+        raise InvalidParams(f"reactor must be 0..{ctl.core.num_reactors - 1}")
+    info = ctl.core.bdev_info(name)
+    opts = BenchOpts(rw=p["rw"], bs=p["bs"], bs_max=p["bs_max"], qd=p["qd"],
+                     time_s=float(p["time_s"]), max_ios=p["max_ios"], seed=p["seed"],
+                     offset=p["offset"], span=p["span"])
+    vmap = VerifyMap(info["num_blocks"], info["block_size"]) if p["verify"] else None
+    jid = len(ctl.jobs)
+    job = {"id": jid, "bdev": name, "reactor": reactor, "state": "running", "result": None}
+    ctl.jobs.append(job)
+
+    def run():
+        try:
+            job["result"] = ctl.core.bench_bdev(name, opts, reactor=reactor, vmap=vmap)
+            job["state"] = "done"
+        except OSError as e:
+            job["state"] = f"failed: {e}"
+        finally:
+            if vmap is not None:
+                vmap.close()
+
+    t = threading.Thread(target=run, name=f"srrs-bench-{jid}", daemon=True)
+    job["_thread"] = t
+    t.start()
+    return jid
+
+
+@METHODS.method("bench_bdev_results", noun="job", verb="results")
+def bench_bdev_results(ctl, p: dict):
+    """State and results of the load jobs started with bench_bdev_start."""
+    return [{k: v for k, v in j.items() if not k.startswith("_")} for j in ctl.jobs]
