@@ -52,7 +52,7 @@ def pool_list(ctl, p):
 def pool_add_fragment(ctl, p):
     """Add a fragment to a live pool: {pool, path, size, weight} or {pool, ram, weight}."""
     pool = _svc(ctl).pool(param(p, "pool", str))
-    frag = _parse(lambda d: parse_fragment({k: v for k, v in d.items() if k != "pool"}, ""), p)
+    frag = _parse(lambda d: parse_fragment({k: v for k, v in d.items() if k != "pool"}), p)
     return {"index": pool.frag_add(frag), "fragments": pool.fragments()}
 
 
