@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -19,6 +20,7 @@ import toml
 from srrs.nvmf import config as nvmf_config
 from srrs.schema import SchemaError, Size, check_name, keypath, setting, unique
 from srrs.schema import parse as parse_schema
+from srrs.schema import reference as reference_lines
 from srrs.units import SIZE_UNITS, format_size, parse_size  # noqa: F401 (re-exported)
 from srrs.vhost import config as vhost_config
 
@@ -57,8 +59,8 @@ class ControllerConfig:
                         "metrics and the console")
     rpc_socket: str = setting(factory=default_rpc_socket,
                               help="JSON-RPC Unix socket (default: $XDG_RUNTIME_DIR/srrs.sock)")
-    reactors: int = setting(1, range=(1, 64), help="reactor threads (default: one per cpus "
-                            "entry)")
+    reactors: int = setting(1, range=(1, 64), doc_default="`1`, or one per cpus entry",
+                            help="reactor threads")
     cpus: Tuple[int, ...] = setting((), check=_check_cpus, help="CPUs the reactors are "
                                     "pinned to, one each")
     poll_mode: str = setting("adaptive", choices=("adaptive", "busy"),
@@ -278,3 +280,23 @@ def controller_to_dict(c: ControllerConfig) -> dict:
 
 def dumps(doc: dict) -> str:
     return toml.dumps(doc)
+
+
+# ---- the reference (docs/config.md) ---------------------------------------------
+
+def reference() -> str:
+    """docs/config.md, written from the declarations: `python3 -m srrs.ctrl.config`."""
+    out = ["# Config reference", "",
+           "Generated from the declared schemas by `python3 -m srrs.ctrl.config > docs/config.md`;",
+           "tests/ctrl/test_schema.py fails when it is out of date. Sizes are bytes or a",
+           "string with a binary unit (`\"4GiB\"`); addresses are `HOST:PORT` or `[IPv6]:PORT`.",
+           ""]
+    for name, sec in SECTIONS.items():
+        cls = typing.get_type_hints(Config)[sec.attr]
+        cls = typing.get_args(cls)[0] if typing.get_origin(cls) in (tuple, typing.Union) else cls
+        out += reference_lines(cls, name, sec.array)
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -24,7 +24,7 @@ split_host_port = parse_address
 @dataclass(frozen=True)
 class MetricsConfig:
     """[metrics]: serve Prometheus metrics over HTTP."""
-    listen: str = setting(DEFAULT_LISTEN, check=address(),
+    listen: str = setting(DEFAULT_LISTEN, check=address(), doc_type="address",
                           help="HOST:PORT or [IPv6]:PORT; port 0 picks a free port")
 
     @property

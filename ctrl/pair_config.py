@@ -132,7 +132,7 @@ def _check_allow(v: tuple) -> None:
 
 def _zmq(help: str, default: Any = ...):
     kw = {} if default is ... else {"default": default}
-    return setting(nonempty=True, check=check_zmq, help=help, **kw)
+    return setting(nonempty=True, check=check_zmq, help=help, doc_type="ZeroMQ endpoint", **kw)
 
 
 @dataclass(frozen=True)
@@ -142,16 +142,16 @@ class PairConfig:
                              help="this controller's name")
     coord_bind: str = _zmq("our ZeroMQ endpoint for the peer")
     peer_coord: str = _zmq("the peer's coordination endpoint")
-    mirror_listen: str = setting(nonempty=True, check=address(min_port=1),
+    mirror_listen: str = setting(nonempty=True, check=address(min_port=1), doc_type="address",
                                  help="the C mirror link's TCP HOST:PORT")
-    peer_mirror: str = setting(nonempty=True, check=address(min_port=1),
+    peer_mirror: str = setting(nonempty=True, check=address(min_port=1), doc_type="address",
                                help="the peer's mirror link HOST:PORT")
     witness: str = _zmq("the witness's endpoint")
     peer: str = setting("", nonempty=True, check=check_name, help="the other's name (default: "
                         "identities are the coordination addresses); required with keys")
     volumes: Tuple[PairVolume, ...] = setting((), coerce=_volume_tables, check=_check_volumes,
                                               help="paired volumes")
-    state_dir: str = setting("", nonempty=True, help="generations and dirty bitmaps (default: "
+    state_dir: str = setting("", nonempty=True, doc_default="(derived)", help="generations and dirty bitmaps (default: "
                              "/var/tmp/srrs-pair-SELF-KEY, KEY a digest of both names and "
                              "addresses)")
     stripe_size: Size = setting(1 << 20, check=power_of_two(64 << 10, 64 << 20))
@@ -160,8 +160,9 @@ class PairConfig:
     miss_count: int = setting(5, range=(2, 1000))
     lease_ms: int = setting(3000, range=(100, 10000), help="witness lease (at least two "
                             "heartbeats; the witness grants at most 10 s)")
-    read_lease_ms: int = setting(500, range=(20, 10000), help="read lease the peer grants "
-                                 "while paired, at most half of lease_ms (default: 500 or that)")
+    read_lease_ms: int = setting(500, range=(20, 10000), doc_default="`500` or lease_ms / 2",
+                                 help="read lease the peer grants while paired, at most half "
+                                 "of lease_ms")
     secret_key: str = setting("", nonempty=True, help="CURVE secret key (srrs keygen), mode 0600")
     peer_public_key: str = setting("", nonempty=True, help="the peer's CURVE public key")
     witness_public_key: str = setting("", nonempty=True, help="the witness's CURVE public key")

@@ -38,9 +38,9 @@ MAX_FRAGMENTS = 16
 class FragmentConfig:
     """A fragment: a file, a partition, a block device, or RAM."""
     path: str = setting("", help="absolute path of a file, partition or block device")
-    size: Size = setting(0, help="file: size to create it with; RAM: bytes "
-                         "(written `ram = SIZE`)")
-    ram: bool = setting(False, help="RAM instead of a path (`ram = \"512MiB\"`)")
+    size: Size = setting(0, help="a file: the size to create it with")
+    ram: bool = setting(False, doc_type="size", doc_default="-", help="RAM of this size instead of a path "
+                        "(at least 4MiB)")
     weight: int = setting(100, range=(1, 1000), help="share of new clusters")
 
     def _finish(self, raw: dict) -> "FragmentConfig":

@@ -111,7 +111,7 @@ def _secret_file(v: str) -> None:
 class NvmfNamespace:
     """A namespace: `"v0"` (nsid = position + 1) or `{ bdev, nsid, uuid, ana_group }`."""
     bdev: str = setting(nonempty=True, help="the bdev (volume, paired volume) it exports")
-    nsid: int = setting(range=(1, MAX_NS), help="default: position + 1")
+    nsid: int = setting(range=(1, MAX_NS), doc_default="position + 1")
     uuid: Optional[str] = setting(None, check=_uuid_str, help="default: derived from the nqn "
                                   "and the bdev (stable)")
     ana_group: int = setting(1, range=(1, MAX_ANA))
@@ -192,7 +192,8 @@ class NvmfSubsystem:
     serial: Optional[str] = setting(None, check=_ascii(20), help="default: derived from the "
                                     "nqn (unique, stable, the same on a pair)")
     model: str = setting("SRRS NVMe-oF", check=_ascii(40))
-    namespaces: Tuple[NvmfNamespace, ...] = setting((), coerce=_ns_tables, check=_check_nsids)
+    namespaces: Tuple[NvmfNamespace, ...] = setting((), coerce=_ns_tables, check=_check_nsids,
+                                                    help="bdev names or tables")
     allow_hosts: Tuple[str, ...] = setting((), each=_allowed_host, help="host NQNs, or "
                                            "[\"*\"]; none: deny every host")
     ana_groups: Tuple[NvmfAnaGroup, ...] = setting(())
@@ -225,8 +226,9 @@ def _listen_list(raw: Any) -> Any:
 @dataclass(frozen=True)
 class NvmfConfig:
     """[nvmf]: the NVMe-oF/TCP target."""
-    listen: Tuple[NvmfListen, ...] = setting((), coerce=_listen_list, help="\"IPv4:PORT\" "
-                                             "or \"[IPv6]:PORT\", a string or a list")
+    listen: Tuple[NvmfListen, ...] = setting((), coerce=_listen_list, doc_type="address or "
+                                             "list of addresses", help="numeric; port 0: "
+                                             "any free port")
     cntlid_min: int = setting(1, range=(1, 0xFFEF))
     cntlid_max: int = setting(32767, range=(1, 0xFFEF))
     max_io_queues: int = setting(16, range=(1, 64), help="per controller")

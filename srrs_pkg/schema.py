@@ -52,12 +52,15 @@ def keypath(path: tuple) -> str:
 def setting(default: Any = MISSING, *, help: str = "", key: str = "",
             factory: Any = MISSING, choices: tuple = (), range: Optional[tuple] = None,
             nonempty: bool = False, coerce: Optional[Callable] = None,
-            check: Optional[Callable] = None, each: Optional[Callable] = None):
+            check: Optional[Callable] = None, each: Optional[Callable] = None,
+            doc_type: str = "", doc_default: str = ""):
     """A field of a section. key: its TOML name when it differs from the field's;
     coerce(raw) -> raw runs before the type check (e.g. "0660" -> 0o660); check(v)
-    and each(item) raise ValueError and may return a replacement value."""
+    and each(item) raise ValueError and may return a replacement value; doc_type:
+    and doc_default: what the reference shows when the TOML spelling differs."""
     md = {"help": help, "key": key, "choices": choices, "range": range, "nonempty": nonempty,
-          "coerce": coerce, "check": check, "each": each}
+          "coerce": coerce, "check": check, "each": each, "doc_type": doc_type,
+          "doc_default": doc_default}
     return dataclasses.field(default=default, default_factory=factory, metadata=md)
 
 
@@ -218,6 +221,8 @@ def _describe(tp: Any) -> str:
 
 
 def _default(f: dataclasses.Field, tp: Any) -> str:
+    if f.metadata.get("doc_default"):
+        return f.metadata["doc_default"]
     if f.default is MISSING:
         return "(derived)" if f.default_factory is not MISSING else "required"
     if f.default is None or f.default == () or f.default == "":
@@ -227,28 +232,31 @@ def _default(f: dataclasses.Field, tp: Any) -> str:
     return f"`{str(f.default).lower() if isinstance(f.default, bool) else f.default}`"
 
 
-def reference(cls: type, title: str) -> list:
+def reference(cls: type, name: str, array: bool = False) -> list:
     """Markdown lines describing a section and its nested tables, from the declaration."""
-    out = [f"### `{title}`", ""]
-    doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-    if doc and not doc.startswith(cls.__name__ + "("):
-        out += [doc, ""]
-    out += ["| key | type | default | |", "| --- | --- | --- | --- |"]
+    out = [f"### `[[{name}]]`" if array else f"### `[{name}]`", ""]
+    doc = (cls.__doc__ or "").strip().splitlines()
+    if doc and not doc[0].startswith(cls.__name__ + "("):
+        text = " ".join(x.strip() for x in doc)
+        text = text.split(": ", 1)[1] if text.startswith("[") else text
+        out += [text[:1].upper() + text[1:], ""]
+    out += ["| key | type | default | notes |", "| --- | --- | --- | --- |"]
     nested = []
     for k, f, tp in fields(cls):
         md = f.metadata
-        notes = md.get("help", "")
+        notes = [md["help"]] if md.get("help") else []
         if md.get("choices"):
-            notes += f" One of {', '.join(map(str, md['choices']))}."
+            notes.append(f"one of {', '.join(map(str, md['choices']))}")
         if md.get("range"):
-            notes += f" {md['range'][0]}..{md['range'][1]}."
-        out.append(f"| `{k}` | {_describe(tp)} | {_default(f, tp)} | {notes.strip()} |")
+            notes.append(f"{md['range'][0]}..{md['range'][1]}")
+        shown = md.get("doc_type") or _describe(tp)
+        out.append(f"| `{k}` | {shown} | {_default(f, tp)} | {'; '.join(notes)} |")
         inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
-        if dataclasses.is_dataclass(inner):
-            nested.append((inner, f"{title}.{k}"))
+        if dataclasses.is_dataclass(inner) and not md.get("doc_type"):
+            nested.append((inner, f"{name}.{k}", inner is not tp))
     out.append("")
-    for inner, t in nested:
-        out += reference(inner, t)
+    for inner, n, arr in nested:
+        out += reference(inner, n, arr)
     return out
 
 

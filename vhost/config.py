@@ -64,7 +64,7 @@ class VhostConfig:
     read_only: bool = setting(False)
     owner: Optional[str] = setting(None, coerce=_owner, check=_check_owner,
                                    help="user[:group] or uid[:gid] of the socket")
-    mode: int = setting(0o600, coerce=_mode, check=_check_mode,
+    mode: int = setting(0o600, coerce=_mode, check=_check_mode, doc_default='`"0600"`',
                         help="socket permissions, an octal string (\"0660\") or an integer")
 
     @property
