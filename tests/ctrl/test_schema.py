@@ -196,3 +196,10 @@ def test_reference_is_up_to_date():
         assert f.read() == cfg.reference(), \
             "docs/config.md is stale: python3 -m srrs.ctrl.config > docs/config.md"
     assert "| `listen` | address | `127.0.0.1:9464` |" in cfg.reference()
+
+
+def test_witness_bind_goes_through_the_endpoint_check():
+    from .helpers import srrs
+
+    r = srrs("witness", "--bind", "tcp://[::1:5600", "--insecure", timeout=20)
+    assert r.returncode == 2 and "--bind: 'tcp://[::1:5600' is not a ZeroMQ endpoint" in r.stderr
