@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import toml
 
 from srrs.nvmf import config as nvmf_config
-from srrs.schema import SchemaError, Size, check_name, keypath, setting, unique
+from srrs.schema import SchemaError, Size, check_name, keypath, setting, to_table, unique
 from srrs.schema import parse as parse_schema
 from srrs.schema import reference as reference_lines
 from srrs.units import SIZE_UNITS, format_size, parse_size  # noqa: F401 (re-exported)
@@ -89,7 +89,8 @@ class BdevConfig:
     size: Size = setting(0, help="required for malloc and null; a file is created at it")
     block_size: int = setting(4096, choices=(512, 4096))
     path: str = setting("", help="file: its path (required)")
-    grow: bool = setting(False, help="file: an existing smaller file may be grown to size")
+    grow: bool = setting(False, save=False, help="file: an existing smaller file may be "
+                         "grown to size")
 
     def _finish(self, raw: dict) -> "BdevConfig":
         if self.grow and self.type != "file":
@@ -259,23 +260,11 @@ def load(path: str) -> Config:
 # ---- writing the running state back -----------------------------------------
 
 def bdev_to_dict(b: BdevConfig) -> dict:
-    d: dict = {"name": b.name, "type": b.type}
-    if b.size:
-        d["size"] = format_size(b.size)
-    d["block_size"] = b.block_size
-    if b.path:
-        d["path"] = b.path
-    return d
+    return to_table(b)
 
 
 def controller_to_dict(c: ControllerConfig) -> dict:
-    d: dict = {"name": c.name, "rpc_socket": c.rpc_socket, "poll_mode": c.poll_mode,
-               "idle_spin_us": c.idle_spin_us}
-    if c.cpus:
-        d["cpus"] = list(c.cpus)
-    else:
-        d["reactors"] = c.reactors
-    return d
+    return to_table(c, defaults=True)
 
 
 def dumps(doc: dict) -> str:

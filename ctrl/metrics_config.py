@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from srrs.schema import address, setting
+from srrs.schema import address, setting, to_table
 from srrs.schema import parse as parse_schema
 from srrs.units import parse_address
 
@@ -37,4 +37,4 @@ def parse(section: Any, where: tuple = ()) -> MetricsConfig:
 
 
 def to_toml_dict(c: MetricsConfig) -> dict:
-    return {"listen": c.listen}
+    return to_table(c, defaults=True)

@@ -60,6 +60,7 @@ from srrs.schema import (
     check_name,
     power_of_two,
     setting,
+    to_table,
     unix_socket,
 )
 from srrs.schema import parse as parse_schema
@@ -99,6 +100,9 @@ class PairVolume:
 
     def _finish(self, raw: dict) -> "PairVolume":
         return self if self.name else replace(self, name=self.replica)
+
+    def _table(self, t: dict) -> dict:
+        return {"replica": self.replica} if self.name == self.replica else t
 
 
 def _volume_tables(raw: Any) -> Any:
@@ -267,23 +271,7 @@ def parse(d: Any, where: tuple = ()) -> PairConfig:
 
 
 def to_toml_dict(c: PairConfig) -> dict:
-    d: dict = {"self": c.self_name, "coord_bind": c.coord_bind, "peer_coord": c.peer_coord,
-               "mirror_listen": c.mirror_listen, "peer_mirror": c.peer_mirror,
-               "witness": c.witness, "state_dir": c.state_dir, "stripe_size": c.stripe_size,
-               "heartbeat_ms": c.heartbeat_ms, "miss_count": c.miss_count,
-               "lease_ms": c.lease_ms, "read_lease_ms": c.read_lease_ms}
-    if c.peer:
-        d["peer"] = c.peer
-    d["volumes"] = [v.replica if v.name == v.replica else
-                    {"replica": v.replica, "name": v.name} for v in c.volumes]
-    for k in KEY_FILES + ("peer_rpc_socket",):
-        if getattr(c, k):
-            d[k] = getattr(c, k)
-    if c.mirror_allow:
-        d["mirror_allow"] = list(c.mirror_allow)
-    if c.insecure:
-        d["insecure"] = True
-    return d
+    return to_table(c, defaults=True)
 
 
 # ---- the witness's file: configs/witness.toml ------------------------------------

@@ -26,9 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Tuple
 
-from srrs.schema import SchemaError, Size, at, check_name, power_of_two, setting
+from srrs.schema import SchemaError, Size, at, check_name, power_of_two, setting, to_table
 from srrs.schema import parse as parse_schema
-from srrs.units import format_size, parse_size
+from srrs.units import parse_size
 
 PLACEMENTS = ("spread", "fill-first")
 MAX_FRAGMENTS = 16
@@ -52,6 +52,12 @@ class FragmentConfig:
         elif not self.path.startswith("/"):
             raise SchemaError(("path",), f"must be absolute, got {self.path!r}")
         return self
+
+    def _table(self, t: dict) -> dict:
+        ram, size = t.pop("ram", False), t.pop("size", 0)
+        if ram:
+            return {"ram": size, **t}
+        return {**t, "size": size} if size else t
 
 
 def _fragment_table(d: Any) -> Any:
@@ -106,7 +112,8 @@ class PoolConfig:
     sync_metadata: bool = setting(True, help="write metadata synchronously")
     metadata_slots: int = setting(0, range=(0, 1 << 22), help="per persistent fragment; "
                                   "0: 1/256 of it (256..131072)")
-    force_create: bool = setting(False, help="format fragments that hold another pool")
+    force_create: bool = setting(False, save=False,
+                                 help="format fragments that hold another pool")
 
     def _finish(self, raw: dict) -> "PoolConfig":
         if not self.fragments:
@@ -160,37 +167,15 @@ def parse_volume(entry: Any, where: tuple = ()) -> VolumeConfig:
 # ---- back to TOML (save_config) ----------------------------------------------
 
 def pool_to_dict(p: PoolConfig) -> dict:
-    frags = []
-    for f in p.fragments:
-        fd: dict = {"ram": format_size(f.size)} if f.ram else {"path": f.path}
-        if not f.ram and f.size:
-            fd["size"] = format_size(f.size)
-        if f.weight != 100:
-            fd["weight"] = f.weight
-        frags.append(fd)
-    d: dict = {"name": p.name, "cluster_size": format_size(p.cluster_size), "placement": p.placement,
-               "fragments": frags}
-    if p.reactor:
-        d["reactor"] = p.reactor
-    if not p.sync_metadata:
-        d["sync_metadata"] = False
-    if p.metadata_slots:
-        d["metadata_slots"] = p.metadata_slots
-    return d
+    return to_table(p, defaults=True)
 
 
 def tenant_to_dict(t: TenantConfig) -> dict:
-    d: dict = {"name": t.name, "quota": format_size(t.quota) if t.quota else 0}
-    if t.pool:
-        d["pool"] = t.pool
-    return d
+    return to_table(t, defaults=True)
 
 
 def volume_to_dict(v: VolumeConfig) -> dict:
-    d: dict = {"name": v.name, "pool": v.pool, "size": format_size(v.size), "thin": v.thin}
-    if v.tenant:
-        d["tenant"] = v.tenant
-    return d
+    return to_table(v, defaults=True)
 
 
 __all__ = ["FragmentConfig", "PoolConfig", "TenantConfig", "VolumeConfig", "parse_fragment",

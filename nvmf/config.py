@@ -40,7 +40,7 @@ import uuid as _uuid
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from srrs.schema import SchemaError, at, setting, unique
+from srrs.schema import SchemaError, at, setting, to_table, unique
 from srrs.schema import parse as parse_schema
 from srrs.units import format_address, parse_address
 
@@ -226,9 +226,9 @@ def _listen_list(raw: Any) -> Any:
 @dataclass(frozen=True)
 class NvmfConfig:
     """[nvmf]: the NVMe-oF/TCP target."""
-    listen: Tuple[NvmfListen, ...] = setting((), coerce=_listen_list, doc_type="address or "
-                                             "list of addresses", help="numeric; port 0: "
-                                             "any free port")
+    listen: Tuple[NvmfListen, ...] = setting(
+        (), coerce=_listen_list, dump=lambda v: list(map(str, v)),
+        doc_type="address or list of addresses", help="numeric; port 0: any free port")
     cntlid_min: int = setting(1, range=(1, 0xFFEF))
     cntlid_max: int = setting(32767, range=(1, 0xFFEF))
     max_io_queues: int = setting(16, range=(1, 64), help="per controller")
@@ -261,37 +261,4 @@ def parse(section: Any, where: tuple = ("nvmf",)) -> NvmfConfig:
 
 def to_dict(cfg: NvmfConfig) -> dict:
     """The inverse of parse(), for save_config."""
-    subs = []
-    for s in cfg.subsystems:
-        nss = []
-        for ns in s.namespaces:
-            e = {"bdev": ns.bdev, "nsid": ns.nsid}
-            if ns.uuid:
-                e["uuid"] = ns.uuid
-            if ns.ana_group != 1:
-                e["ana_group"] = ns.ana_group
-            nss.append(e)
-        d = {"nqn": s.nqn, "model": s.model, "namespaces": nss, "allow_hosts": list(s.allow_hosts)}
-        if s.serial:
-            d["serial"] = s.serial
-        if s.ana_groups:
-            d["ana_groups"] = [{"id": g.id, "state": g.state} for g in s.ana_groups]
-        if s.require_auth:
-            d["require_auth"] = True
-        if s.hosts:
-            d["host"] = [{k: v for k, v in vars(h).items() if v is not None} for h in s.hosts]
-        subs.append(d)
-    return {
-        "listen": [str(x) for x in cfg.listen],
-        "cntlid_min": cfg.cntlid_min,
-        "cntlid_max": cfg.cntlid_max,
-        "max_io_queues": cfg.max_io_queues,
-        "max_queue_depth": cfg.max_queue_depth,
-        "max_handshaking": cfg.max_handshaking,
-        "max_handshaking_per_source": cfg.max_handshaking_per_source,
-        "handshake_timeout_ms": cfg.handshake_timeout_ms,
-        "header_digest": cfg.header_digest,
-        "data_digest": cfg.data_digest,
-        **({"auth_timeout_ms": cfg.auth_timeout_ms} if cfg.auth_timeout_ms else {}),
-        "subsystem": subs,
-    }
+    return to_table(cfg, defaults=True)

@@ -53,14 +53,17 @@ def setting(default: Any = MISSING, *, help: str = "", key: str = "",
             factory: Any = MISSING, choices: tuple = (), range: Optional[tuple] = None,
             nonempty: bool = False, coerce: Optional[Callable] = None,
             check: Optional[Callable] = None, each: Optional[Callable] = None,
-            doc_type: str = "", doc_default: str = ""):
+            doc_type: str = "", doc_default: str = "", dump: Optional[Callable] = None,
+            save: bool = True):
     """A field of a section. key: its TOML name when it differs from the field's;
     coerce(raw) -> raw runs before the type check (e.g. "0660" -> 0o660); check(v)
     and each(item) raise ValueError and may return a replacement value; doc_type:
-    and doc_default: what the reference shows when the TOML spelling differs."""
+    and doc_default: what the reference shows when the TOML spelling differs;
+    dump(v): the TOML value to_table() writes (when it is not the plain one); save:
+    False for one-time flags (force a format) that a saved config must not repeat."""
     md = {"help": help, "key": key, "choices": choices, "range": range, "nonempty": nonempty,
           "coerce": coerce, "check": check, "each": each, "doc_type": doc_type,
-          "doc_default": doc_default}
+          "doc_default": doc_default, "dump": dump, "save": save}
     return dataclasses.field(default=default, default_factory=factory, metadata=md)
 
 
@@ -207,6 +210,34 @@ def unique(attr: str, what: str) -> Callable:
     return check
 
 
+# ---- back to TOML (save_config) -------------------------------------------------------------
+
+def _plain(tp: Any, v: Any, defaults: bool) -> Any:
+    if isinstance(v, tuple):
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+        return [_plain(inner, x, defaults) for x in v]
+    if dataclasses.is_dataclass(v):
+        return to_table(v, defaults)
+    return format_size(v) if tp is Size else v
+
+
+def to_table(obj: Any, defaults: bool = False) -> dict:
+    """The TOML table that parse() turns back into obj. Values equal to their
+    declared default are left out (with defaults: only empty ones), factory
+    defaults always written (a derived default is derived again from the same
+    table); a dataclass may reshape its table with `_table(self, table)`."""
+    out: dict = {}
+    for k, f, tp in fields(type(obj)):
+        md, v = f.metadata, getattr(obj, f.name)
+        if not md.get("save", True) or v is None:
+            continue
+        if v == f.default and (not defaults or v in ((), "")):
+            continue
+        out[k] = md["dump"](v) if md.get("dump") else _plain(tp, v, defaults)
+    shape = getattr(obj, "_table", None)
+    return shape(out) if shape else out
+
+
 # ---- the reference ---------------------------------------------------------------------------
 
 def _describe(tp: Any) -> str:
@@ -261,5 +292,5 @@ def reference(cls: type, name: str, array: bool = False) -> list:
 
 
 __all__ = ["MISSING", "SchemaError", "Size", "address", "at", "check_name", "fields", "keypath",
-           "parse", "power_of_two", "reference", "setting", "unique", "unix_socket"]
+           "parse", "power_of_two", "reference", "setting", "to_table", "unique", "unix_socket"]
 

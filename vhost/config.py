@@ -14,10 +14,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from srrs.schema import check_name, setting, unix_socket
+from srrs.schema import check_name, setting, to_table, unix_socket
 from srrs.schema import parse as parse_schema
 
 MAX_QUEUES = 64
@@ -65,6 +65,7 @@ class VhostConfig:
     owner: Optional[str] = setting(None, coerce=_owner, check=_check_owner,
                                    help="user[:group] or uid[:gid] of the socket")
     mode: int = setting(0o600, coerce=_mode, check=_check_mode, doc_default='`"0600"`',
+                        dump=lambda v: f"{v:04o}",
                         help="socket permissions, an octal string (\"0660\") or an integer")
 
     @property
@@ -80,16 +81,4 @@ def parse(entry: Any, where: tuple = ()) -> VhostConfig:
 
 def to_dict(c: VhostConfig) -> dict:
     """The TOML table that parse() turns back into c (defaults left out)."""
-    d = asdict(c)
-    out = {"name": d["name"], "socket": d["socket"], "bdev": d["bdev"]}
-    if c.num_queues != 1:
-        out["num_queues"] = c.num_queues
-    if c.serial:
-        out["serial"] = c.serial
-    if c.read_only:
-        out["read_only"] = True
-    if c.owner:
-        out["owner"] = c.owner
-    if c.mode != 0o600:
-        out["mode"] = f"{c.mode:04o}"
-    return out
+    return to_table(c)

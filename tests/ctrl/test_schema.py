@@ -203,3 +203,35 @@ def test_witness_bind_goes_through_the_endpoint_check():
 
     r = srrs("witness", "--bind", "tcp://[::1:5600", "--insecure", timeout=20)
     assert r.returncode == 2 and "--bind: 'tcp://[::1:5600' is not a ZeroMQ endpoint" in r.stderr
+
+
+def test_to_table_round_trips_every_section_and_leaves_defaults_out():
+    import toml
+
+    from srrs.ctrl import metrics_config, pair_config, pool_config
+    from srrs.nvmf import config as nvmf_config
+    from srrs.vhost import config as vhost_config
+
+    writers = {"controller": cfg.controller_to_dict, "bdev": cfg.bdev_to_dict,
+               "nvmf": nvmf_config.to_dict, "vhost": vhost_config.to_dict,
+               "pool": pool_config.pool_to_dict, "tenant": pool_config.tenant_to_dict,
+               "volume": pool_config.volume_to_dict, "pair": pair_config.to_toml_dict,
+               "metrics": metrics_config.to_toml_dict}
+    full = _minimal()
+    full["nvmf"] = {"listen": "[::1]:4420", "subsystem": [{"nqn": "nqn.2026-11.io.srrs:a",
+                                                           "namespaces": ["m", {"bdev": "n"}]}]}
+    full["vhost"] = dict(full["vhost"], mode="0640", num_queues=2)
+    full["pool"]["fragments"] += [{"path": "/f", "size": "1GiB", "weight": 7}]
+    full["pair"]["volumes"] = ["v0", {"replica": "v1", "name": "pv1"}]
+    for name, sec in cfg.SECTIONS.items():
+        obj = sec.parse(full[name], (name,))
+        table = writers[name](obj)
+        # through TOML text: arrays stay homogeneous (a pair's volumes are all tables)
+        again = toml.loads(toml.dumps({"t": table}))["t"]
+        assert sec.parse(again, (name,)) == obj, name
+    assert vhost_config.to_dict(vhost_config.parse(full["vhost"])) == {
+        "name": "v", "socket": "/s", "bdev": "m", "num_queues": 2, "mode": "0640"}
+    frags = pool_config.pool_to_dict(pool_config.parse_pool(full["pool"]))["fragments"]
+    assert frags == [{"ram": "4MiB", "weight": 100}, {"path": "/f", "weight": 7, "size": "1GiB"}]
+    assert "force_create" not in pool_config.pool_to_dict(
+        pool_config.parse_pool(dict(full["pool"], force_create=True)))
