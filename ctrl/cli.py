@@ -118,7 +118,7 @@ def pair_sources(path: str) -> tuple:
     from .witness import WitnessProbe
 
     conf = cfg.load(path)
-    pair = conf.sections.get("pair")
+    pair = conf.pair
     if pair is None:
         raise cfg.ConfigError(f"{path}: no [pair] section: not a pair member's config")
     if not pair.peer_rpc_socket:

@@ -1,20 +1,30 @@
 """TOML config, parsed and validated once into frozen dataclasses (docs/architecture.md, Config).
 
-Every default lives here. Any problem (unknown key, wrong type, bad size
-string, missing file) raises ConfigError whose message is one line naming the
-file, the line and the key: ``single.toml:12: bdev[0].size: bad size "12XB" ...``.
+Every section is declared once as a dataclass (srrs.schema: type, default, help,
+checks) by the module that owns it, and listed in SECTIONS below. Any problem
+(unknown key, wrong type, bad size string, missing file) raises ConfigError
+whose message is one line naming the file, the line and the key:
+``single.toml:12: bdev[0].size: bad size "12XB" ...``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import toml
 
+from srrs.nvmf import config as nvmf_config
+from srrs.schema import SchemaError, Size, check_name, keypath, setting, to_table, unique
+from srrs.schema import parse as parse_schema
+from srrs.schema import reference as reference_lines
 from srrs.units import SIZE_UNITS, format_size, parse_size  # noqa: F401 (re-exported)
+from srrs.vhost import config as vhost_config
+
+from . import metrics_config, pair_config, pool_config
 
 
 class ConfigError(ValueError):
@@ -32,47 +42,123 @@ def default_rpc_socket() -> str:
 
 # ---- the model ---------------------------------------------------------------
 
+def _check_cpus(cpus: tuple) -> None:
+    for i, c in enumerate(cpus):
+        if not 0 <= c < 4096:
+            raise ValueError(f"cpus[{i}] must be a CPU number, got {c!r}")
+    ncpu = os.cpu_count() or 1
+    for c in cpus:
+        if c >= ncpu:
+            raise ValueError(f"CPU {c} does not exist (this host has {ncpu})")
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
-    name: str = "srrs"
-    rpc_socket: str = field(default_factory=default_rpc_socket)
-    reactors: int = 1
-    cpus: tuple = ()
-    poll_mode: str = "adaptive"
-    idle_spin_us: int = 200
+    """[controller]: this controller's name, its RPC socket and its reactor threads."""
+    name: str = setting("srrs", check=check_name, help="names this controller in logs, "
+                        "metrics and the console")
+    rpc_socket: str = setting(factory=default_rpc_socket,
+                              help="JSON-RPC Unix socket (default: $XDG_RUNTIME_DIR/srrs.sock)")
+    reactors: int = setting(1, range=(1, 64), doc_default="`1`, or one per cpus entry",
+                            help="reactor threads")
+    cpus: Tuple[int, ...] = setting((), check=_check_cpus, help="CPUs the reactors are "
+                                    "pinned to, one each")
+    poll_mode: str = setting("adaptive", choices=("adaptive", "busy"),
+                             help="adaptive sleeps in epoll when idle; busy spins")
+    idle_spin_us: int = setting(200, range=(0, 1_000_000),
+                                help="adaptive: spin this long before sleeping")
+
+    def _finish(self, raw: dict) -> "ControllerConfig":
+        if self.cpus and "reactors" not in raw:
+            return replace(self, reactors=len(self.cpus))
+        if self.cpus and self.reactors != len(self.cpus):
+            raise SchemaError(("reactors",), f"is {self.reactors} but cpus lists "
+                              f"{len(self.cpus)} CPUs")
+        return self
+
+
+BDEV_TYPES = ("malloc", "null", "file")
 
 
 @dataclass(frozen=True)
 class BdevConfig:
-    name: str
-    type: str
-    size: int = 0
-    block_size: int = 4096
-    path: str = ""
-    grow: bool = False  # file: an existing smaller file may be grown to size
+    """[[bdev]]: a block device (also the params of the bdev_create RPC)."""
+    name: str = setting(check=check_name)
+    type: str = setting(choices=BDEV_TYPES, help="malloc: RAM; null: discards writes, reads "
+                        "zeros; file: a file or block device through io_uring")
+    size: Size = setting(0, help="required for malloc and null; a file is created at it")
+    block_size: int = setting(4096, choices=(512, 4096))
+    path: str = setting("", help="file: its path (required)")
+    grow: bool = setting(False, save=False, help="file: an existing smaller file may be "
+                         "grown to size")
+
+    def _finish(self, raw: dict) -> "BdevConfig":
+        if self.grow and self.type != "file":
+            raise SchemaError(("grow",), f"only a file bdev can grow, this one is {self.type}")
+        if self.type == "file":
+            if not self.path:
+                raise SchemaError(("path",), "is required for a file bdev")
+        elif self.path:
+            raise SchemaError(("path",), f"only a file bdev has a path, this one is {self.type}")
+        elif self.size == 0:
+            raise SchemaError(("size",), f"is required for a {self.type} bdev")
+        if self.size % self.block_size:
+            raise SchemaError(("size",), f"{self.size} is not a multiple of block_size "
+                              f"{self.block_size}")
+        return self
 
 
 @dataclass(frozen=True)
 class Config:
+    """A whole config file: one typed field per section of SECTIONS."""
     controller: ControllerConfig = field(default_factory=ControllerConfig)
-    bdevs: tuple = ()
-    nvmf: Any = None          # srrs.nvmf.config.NvmfConfig when [nvmf] is present
-    vhost: tuple = ()         # srrs.vhost.config.VhostConfig per [[vhost]]
+    bdevs: Tuple[BdevConfig, ...] = ()
+    nvmf: Optional[nvmf_config.NvmfConfig] = None
+    vhost: Tuple[vhost_config.VhostConfig, ...] = ()
+    pool: Tuple[pool_config.PoolConfig, ...] = ()
+    tenant: Tuple[pool_config.TenantConfig, ...] = ()
+    volume: Tuple[pool_config.VolumeConfig, ...] = ()
+    pair: Optional[pair_config.PairConfig] = None
+    metrics: Optional[metrics_config.MetricsConfig] = None
     source: str = ""
-    sections: dict = field(default_factory=dict)  # every module-owned section, parsed
+
+    @property
+    def sections(self) -> Dict[str, Any]:
+        """The module-owned sections the file has, by section name."""
+        return {n: getattr(self, s.attr) for n, s in SECTIONS.items()
+                if n not in ("controller", "bdev") and getattr(self, s.attr) not in (None, ())}
 
 
-# Sections owned by a module of this build: name -> (module with parse(), "table" | "array").
-# The module's parse(section_or_entry) raises ValueError("key: message"); a
-# module may also define check_all(entries) for rules across entries.
-MODULE_SECTIONS = {
-    "nvmf": ("srrs.nvmf.config", "table"),
-    "vhost": ("srrs.vhost.config", "array"),
-    "pool": ("srrs.ctrl.pool_config", "array"),
-    "tenant": ("srrs.ctrl.pool_config", "array"),
-    "volume": ("srrs.ctrl.pool_config", "array"),
-    "pair": ("srrs.ctrl.pair_config", "table"),
-    "metrics": ("srrs.ctrl.metrics_config", "table"),
+def parse_bdev(d: dict, fail: Callable[[tuple, str], Exception], where: tuple = ()) -> BdevConfig:
+    """One [[bdev]] table (also the params of the bdev_create RPC)."""
+    try:
+        return parse_schema(BdevConfig, d, tuple(where))
+    except SchemaError as e:
+        raise fail(e.path, e.msg) from None
+
+
+def _table_parser(cls: type) -> Callable:
+    return lambda raw, where: parse_schema(cls, raw, where)
+
+
+class Section(NamedTuple):
+    attr: str                       # the Config field it fills
+    parse: Callable                 # parse(table, where) -> dataclass; SchemaError on a problem
+    array: bool                     # [[name]] entries (a tuple), else one [name] table
+    check: Optional[Callable] = None  # check(entries, where): rules across the entries
+
+
+# Every section a config file may have, its owner's parse function imported above.
+SECTIONS: Dict[str, Section] = {
+    "controller": Section("controller", _table_parser(ControllerConfig), False),
+    "bdev": Section("bdevs", _table_parser(BdevConfig), True, unique("name", "bdev")),
+    "nvmf": Section("nvmf", nvmf_config.parse, False),
+    "vhost": Section("vhost", vhost_config.parse, True, unique("name", "vhost")),
+    "pool": Section("pool", pool_config.parse_pool, True, unique("name", "pool")),
+    "tenant": Section("tenant", pool_config.parse_tenant, True, unique("name", "tenant")),
+    "volume": Section("volume", pool_config.parse_volume, True, unique("name", "volume")),
+    "pair": Section("pair", pair_config.parse, False),
+    "metrics": Section("metrics", metrics_config.parse, False),
 }
 
 
@@ -124,135 +210,21 @@ class _Ctx:
             kp = kp[:-1]
         return 1
 
-    def fail(self, keypath: tuple, msg: str) -> ConfigError:
-        key = ""
-        for p in keypath:
-            key += f"[{p}]" if isinstance(p, int) else (f".{p}" if key else str(p))
-        return ConfigError(f"{self.path}:{self.line(keypath)}: {key}: {msg}")
+    def fail(self, path: tuple, msg: str) -> ConfigError:
+        return ConfigError(f"{self.path}:{self.line(path)}: {keypath(path)}: {msg}")
 
 
-def _get(ctx: _Ctx, d: dict, where: tuple, key: str, kind, default=None, required=False,
-         check: Optional[Callable[[Any], Any]] = None):
-    if key not in d:
-        if required:
-            raise ctx.fail(where + (key,), "is required")
-        return default
-    v = d[key]
-    if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-        raise ctx.fail(where + (key,), f"expected an integer, got {type(v).__name__} {v!r}")
-    if kind is str and not isinstance(v, str):
-        raise ctx.fail(where + (key,), f"expected a string, got {type(v).__name__} {v!r}")
-    if kind is bool and not isinstance(v, bool):
-        raise ctx.fail(where + (key,), f"expected true or false, got {v!r}")
-    if kind is list and not isinstance(v, list):
-        raise ctx.fail(where + (key,), f"expected a list, got {type(v).__name__} {v!r}")
-    if kind == "size":
-        try:
-            v = parse_size(v)
-        except ValueError as e:
-            raise ctx.fail(where + (key,), str(e)) from None
-    if check:
-        try:
-            r = check(v)
-        except ValueError as e:
-            raise ctx.fail(where + (key,), str(e)) from None
-        if r is not None:
-            v = r
-    return v
-
-
-def _no_unknown(ctx: _Ctx, d: dict, where: tuple, allowed) -> None:
-    for k in d:
-        if k not in allowed:
-            raise ctx.fail(where + (k,), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _one_of(*choices):
-    def check(v):
-        if v not in choices:
-            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, got {v!r}")
-    return check
-
-
-def _range(lo, hi):
-    def check(v):
-        if not lo <= v <= hi:
-            raise ValueError(f"must be in {lo}..{hi}, got {v}")
-    return check
-
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,63}$")
-
-
-def check_name(v: str) -> None:
-    if not _NAME_RE.match(v):
-        raise ValueError(f"bad name {v!r}: 1..63 of letters, digits, _ . : -")
-
-
-def _controller(ctx: _Ctx, d: Any) -> ControllerConfig:
-    w = ("controller",)
-    if not isinstance(d, dict):
-        raise ctx.fail(w, "must be a table")
-    _no_unknown(ctx, d, w, {"name", "rpc_socket", "reactors", "cpus", "poll_mode", "idle_spin_us"})
-    cpus = _get(ctx, d, w, "cpus", list, [])
-    for i, c in enumerate(cpus):
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 4096:
-            raise ctx.fail(w + ("cpus",), f"cpus[{i}] must be a CPU number, got {c!r}")
-    ncpu = os.cpu_count() or 1
-    for c in cpus:
-        if c >= ncpu:
-            raise ctx.fail(w + ("cpus",), f"CPU {c} does not exist (this host has {ncpu})")
-    reactors = _get(ctx, d, w, "reactors", int, len(cpus) or 1, check=_range(1, 64))
-    if cpus and "reactors" in d and reactors != len(cpus):
-        raise ctx.fail(w + ("reactors",), f"is {reactors} but cpus lists {len(cpus)} CPUs")
-    return ControllerConfig(
-        name=_get(ctx, d, w, "name", str, "srrs", check=check_name),
-        rpc_socket=_get(ctx, d, w, "rpc_socket", str, default_rpc_socket()),
-        reactors=reactors,
-        cpus=tuple(cpus),
-        poll_mode=_get(ctx, d, w, "poll_mode", str, "adaptive", check=_one_of("adaptive", "busy")),
-        idle_spin_us=_get(ctx, d, w, "idle_spin_us", int, 200, check=_range(0, 1_000_000)),
-    )
-
-
-BDEV_TYPES = ("malloc", "null", "file")
-
-
-def parse_bdev(d: dict, fail: Callable[[tuple, str], Exception], where: tuple = ()) -> BdevConfig:
-    """One [[bdev]] table (also the params of the bdev_create RPC)."""
-    ctx = _DictCtx(fail)
-    if not isinstance(d, dict):
-        raise fail(where, "must be a table")
-    _no_unknown(ctx, d, where, {"name", "type", "size", "block_size", "path", "grow"})
-    name = _get(ctx, d, where, "name", str, required=True, check=check_name)
-    typ = _get(ctx, d, where, "type", str, required=True, check=_one_of(*BDEV_TYPES))
-    size = _get(ctx, d, where, "size", "size", 0)
-    bs = _get(ctx, d, where, "block_size", int, 4096, check=_one_of(512, 4096))
-    path = _get(ctx, d, where, "path", str, "")
-    grow = _get(ctx, d, where, "grow", bool, False)
-    if grow and typ != "file":
-        raise fail(where + ("grow",), f"only a file bdev can grow, this one is {typ}")
-    if typ == "file":
-        if not path:
-            raise fail(where + ("path",), "is required for a file bdev")
-    elif path:
-        raise fail(where + ("path",), f"only a file bdev has a path, this one is {typ}")
-    elif size == 0:
-        raise fail(where + ("size",), f"is required for a {typ} bdev")
-    if size % bs:
-        raise fail(where + ("size",), f"{size} is not a multiple of block_size {bs}")
-    return BdevConfig(name=name, type=typ, size=size, block_size=bs, path=path, grow=grow)
-
-
-class _DictCtx(_Ctx):
-    def __init__(self, fail):
-        self._f = fail
-
-    def fail(self, keypath, msg):
-        return self._f(keypath, msg)
-
-
-TOP_KEYS = {"controller", "bdev"} | set(MODULE_SECTIONS)
+def _section(name: str, sec: Section, raw: Any) -> Any:
+    if not sec.array:
+        if not isinstance(raw, dict):
+            raise SchemaError((name,), f"must be a table: [{name}]")
+        return sec.parse(raw, (name,))
+    if not isinstance(raw, list):
+        raise SchemaError((name,), f"must be an array of tables: [[{name}]]")
+    entries = tuple(sec.parse(e, (name, i)) for i, e in enumerate(raw))
+    if sec.check:
+        sec.check(entries, (name,))
+    return entries
 
 
 def loads(text: str, path: str = "<config>") -> Config:
@@ -264,73 +236,14 @@ def loads(text: str, path: str = "<config>") -> Config:
     except (TypeError, ValueError, IndexError) as e:
         raise ConfigError(f"{path}:1: TOML syntax: {e}") from None
     for k in raw:
-        if k not in TOP_KEYS:
-            raise ctx.fail((k,), f"unknown section (known: {', '.join(sorted(TOP_KEYS))})")
-    ctrl = _controller(ctx, raw.get("controller", {}))
-    bdevs = raw.get("bdev", [])
-    if not isinstance(bdevs, list):
-        raise ctx.fail(("bdev",), "must be an array of tables: [[bdev]]")
-    parsed = []
-    seen = set()
-    for i, b in enumerate(bdevs):
-        bc = parse_bdev(b, ctx.fail, ("bdev", i))
-        if bc.name in seen:
-            raise ctx.fail(("bdev", i, "name"), f"bdev {bc.name!r} is defined twice")
-        seen.add(bc.name)
-        parsed.append(bc)
-    sections: dict = {}
-    for name, (modname, kind) in MODULE_SECTIONS.items():
-        if name not in raw:
-            continue
-        sec = raw[name]
-        if kind == "array":
-            if not isinstance(sec, list):
-                raise ctx.fail((name,), f"must be an array of tables: [[{name}]]")
-            sections[name] = tuple(_section_from_module(ctx, modname, e, (name, i), name)
-                                   for i, e in enumerate(sec))
-            _check_all(ctx, modname, name, sections[name])
-        else:
-            if not isinstance(sec, dict):
-                raise ctx.fail((name,), f"must be a table: [{name}]")
-            sections[name] = _section_from_module(ctx, modname, sec, (name,), name)
-    return Config(controller=ctrl, bdevs=tuple(parsed), nvmf=sections.get("nvmf"),
-                  vhost=sections.get("vhost", ()), source=path, sections=sections)
-
-
-def _check_all(ctx: _Ctx, modname: str, name: str, entries: tuple) -> None:
-    import importlib
-
-    fn = getattr(importlib.import_module(modname), "check_all", None)
-    if fn is None:
-        return
+        if k not in SECTIONS:
+            raise ctx.fail((k,), f"unknown section (known: {', '.join(sorted(SECTIONS))})")
+    raw.setdefault("controller", {})
     try:
-        fn(name, entries) if fn.__code__.co_argcount == 2 else fn(entries)
-    except ValueError as e:
-        raise _module_error(ctx, (name,), str(e)) from None
-
-
-def _section_from_module(ctx: _Ctx, modname: str, section: Any, where: tuple, name: str = ""):
-    """Sections owned by a module: its parse() raises ValueError("key: msg").
-    A module owning several sections gets parse_<section>() or parse(section, name)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(modname)
-    except ImportError:
-        raise ctx.fail(where, "is not supported by this build") from None
-    fn = getattr(mod, f"parse_{name}", None)
-    try:
-        return fn(section) if fn is not None else mod.parse(section)
-    except ValueError as e:
-        raise _module_error(ctx, where, str(e)) from None
-
-
-def _module_error(ctx: _Ctx, where: tuple, msg: str) -> ConfigError:
-    key, sep, rest = msg.partition(": ")
-    if sep and re.match(r"^[A-Za-z0-9_.\[\]]+$", key):
-        sub = tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", key) if p)
-        return ctx.fail(where + sub, rest)
-    return ctx.fail(where, msg)
+        kw = {s.attr: _section(n, s, raw[n]) for n, s in SECTIONS.items() if n in raw}
+    except SchemaError as e:
+        raise ctx.fail(e.path, e.msg) from None
+    return Config(source=path, **kw)
 
 
 def load(path: str) -> Config:
@@ -347,24 +260,32 @@ def load(path: str) -> Config:
 # ---- writing the running state back -----------------------------------------
 
 def bdev_to_dict(b: BdevConfig) -> dict:
-    d: dict = {"name": b.name, "type": b.type}
-    if b.size:
-        d["size"] = format_size(b.size)
-    d["block_size"] = b.block_size
-    if b.path:
-        d["path"] = b.path
-    return d
+    return to_table(b)
 
 
 def controller_to_dict(c: ControllerConfig) -> dict:
-    d: dict = {"name": c.name, "rpc_socket": c.rpc_socket, "poll_mode": c.poll_mode,
-               "idle_spin_us": c.idle_spin_us}
-    if c.cpus:
-        d["cpus"] = list(c.cpus)
-    else:
-        d["reactors"] = c.reactors
-    return d
+    return to_table(c, defaults=True)
 
 
 def dumps(doc: dict) -> str:
     return toml.dumps(doc)
+
+
+# ---- the reference (docs/config.md) ---------------------------------------------
+
+def reference() -> str:
+    """docs/config.md, written from the declarations: `python3 -m srrs.ctrl.config`."""
+    out = ["# Config reference", "",
+           "Generated from the declared schemas by `python3 -m srrs.ctrl.config > docs/config.md`;",
+           "tests/ctrl/test_schema.py fails when it is out of date. Sizes are bytes or a",
+           "string with a binary unit (`\"4GiB\"`); addresses are `HOST:PORT` or `[IPv6]:PORT`.",
+           ""]
+    for name, sec in SECTIONS.items():
+        cls = typing.get_type_hints(Config)[sec.attr]
+        cls = typing.get_args(cls)[0] if typing.get_origin(cls) in (tuple, typing.Union) else cls
+        out += reference_lines(cls, name, sec.array)
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -22,8 +22,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from srrs.units import parse_address
+
 from . import ha
-from .pair_config import PairConfig, split_hostport
+from .pair_config import PairConfig
 
 log = logging.getLogger("srrs.pair")
 
@@ -183,10 +185,10 @@ class PairService:
         o = ffi.new("struct srrs_mirror_link_opts *")
         o.reactor = 0
         o.node = 0 if self.conf.me_id < self.conf.peer_id else 1
-        host, port = split_hostport(self.conf.mirror_listen)
+        host, port = parse_address(self.conf.mirror_listen)
         o.listen_host = host.encode()
         o.listen_port = port
-        host, port = split_hostport(self.conf.peer_mirror)
+        host, port = parse_address(self.conf.peer_mirror)
         o.peer_host = host.encode()
         o.peer_port = port
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)

@@ -392,18 +392,18 @@ def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> None:
 
 def start(ctl, pools_section) -> PoolService:
     svc = PoolService(ctl)
-    secs = ctl.conf.sections
+    conf = ctl.conf
     # volumes that begin empty (or partly) now: a pair replica among them is new
     fresh = ctl.fresh_bdevs if isinstance(getattr(ctl, "fresh_bdevs", None), dict) else {}
     try:
-        for t in secs.get("tenant", ()):
+        for t in conf.tenant:
             svc.tenants[t.name] = t
         for pc in pools_section or ():
             svc.pool_create(pc)
-        for t in secs.get("tenant", ()):
+        for t in conf.tenant:
             svc.tenant_set(t)
         new = []
-        for v in secs.get("volume", ()):
+        for v in conf.volume:
             if v.pool not in svc.pools:
                 raise ValueError(f"volume {v.name}: pool {v.pool} is not configured")
             have = svc.pools[v.pool].volume_info(v.name)

@@ -24,210 +24,159 @@ into frozen dataclasses where every default lives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Tuple
 
-from .config import check_name, format_size, parse_size
+from srrs.schema import SchemaError, Size, at, check_name, power_of_two, setting, to_table
+from srrs.schema import parse as parse_schema
+from srrs.units import parse_size
 
 PLACEMENTS = ("spread", "fill-first")
+MAX_FRAGMENTS = 16
 
 
 @dataclass(frozen=True)
 class FragmentConfig:
-    path: str = ""          # file, partition or block device; "" for RAM
-    size: int = 0           # file: size to create it with; RAM: bytes
-    ram: bool = False
-    weight: int = 100
+    """A fragment: a file, a partition, a block device, or RAM."""
+    path: str = setting("", help="absolute path of a file, partition or block device")
+    size: Size = setting(0, help="a file: the size to create it with")
+    ram: bool = setting(False, doc_type="size", doc_default="-", help="RAM of this size instead of a path "
+                        "(at least 4MiB)")
+    weight: int = setting(100, range=(1, 1000), help="share of new clusters")
+
+    def _finish(self, raw: dict) -> "FragmentConfig":
+        if self.ram:
+            if self.size < (4 << 20) or self.size % 4096:
+                raise SchemaError(("ram",), "must be at least 4MiB and a multiple of 4096")
+        elif not self.path:
+            raise SchemaError(("path",), "is required")
+        elif not self.path.startswith("/"):
+            raise SchemaError(("path",), f"must be absolute, got {self.path!r}")
+        return self
+
+    def _table(self, t: dict) -> dict:
+        ram, size = t.pop("ram", False), t.pop("size", 0)
+        if ram:
+            return {"ram": size, **t}
+        return {**t, "size": size} if size else t
+
+
+def _fragment_table(d: Any) -> Any:
+    """The TOML shape `{ ram = "512MiB" }` as the dataclass's ram + size."""
+    if not isinstance(d, dict) or "ram" not in d:
+        return d
+    if "path" in d:
+        raise SchemaError(("ram",), "a fragment is either a path or RAM, not both")
+    if "size" in d or isinstance(d["ram"], bool):
+        raise SchemaError(("ram",), "expected the RAM size (ram = \"512MiB\")")
+    return dict(d, ram=True, size=at(("ram",), parse_size, d["ram"]))
+
+
+def _fragment_tables(raw: Any) -> Any:
+    if not isinstance(raw, list):
+        return raw
+    return [at((i,), _fragment_table, d) for i, d in enumerate(raw)]
+
+
+def _check_fragments(frags: tuple) -> None:
+    if len(frags) > MAX_FRAGMENTS:
+        raise ValueError(f"at most {MAX_FRAGMENTS} fragments")
+    paths = [f.path for f in frags if f.path]
+    if len(set(paths)) != len(paths):
+        raise ValueError("a path is listed twice")
+
+
+def _pool_name(v: str) -> None:
+    check_name(v)
+    if len(v) > 40:
+        raise ValueError("a pool name is at most 40 bytes")
+
+
+def _volume_size(v: int) -> None:
+    if v <= 0 or v % 4096:
+        raise ValueError(f"must be a positive multiple of 4096, got {v}")
 
 
 @dataclass(frozen=True)
 class PoolConfig:
-    name: str
-    fragments: tuple = ()
-    cluster_size: int = 1 << 20
-    placement: str = "spread"
-    reactor: int = 0
-    sync_metadata: bool = True
-    metadata_slots: int = 0     # per persistent fragment; 0: 1/256 of it (256..131072)
-    force_create: bool = False
+    """[[pool]]: fragments pooled into one allocator of clusters."""
+    name: str = setting(check=_pool_name, help="at most 40 bytes")
+    fragments: Tuple[FragmentConfig, ...] = setting(
+        (), coerce=_fragment_tables, check=_check_fragments,
+        help="1..16 tables `{ path, size, weight }` or `{ ram, weight }`; or "
+             "[[pool.fragment]] tables")
+    cluster_size: Size = setting(1 << 20, check=power_of_two(64 << 10, 64 << 20),
+                                 help="allocation unit")
+    placement: str = setting("spread", choices=PLACEMENTS,
+                             help="spread: by weight over the fragments; fill-first: in order")
+    reactor: int = setting(0, range=(0, 63), help="the reactor that owns the pool")
+    sync_metadata: bool = setting(True, help="write metadata synchronously")
+    metadata_slots: int = setting(0, range=(0, 1 << 22), help="per persistent fragment; "
+                                  "0: 1/256 of it (256..131072)")
+    force_create: bool = setting(False, save=False,
+                                 help="format fragments that hold another pool")
+
+    def _finish(self, raw: dict) -> "PoolConfig":
+        if not self.fragments:
+            raise SchemaError(("fragments",), "a pool needs at least one fragment")
+        return self
 
 
 @dataclass(frozen=True)
 class TenantConfig:
-    name: str
-    quota: int = 0              # bytes, 0: unlimited
-    pool: str = ""              # "": every pool
+    """[[tenant]]: a quota on the volumes that name it."""
+    name: str = setting(check=check_name)
+    quota: Size = setting(0, help="bytes per pool, 0: unlimited")
+    pool: str = setting("", help="bind the quota to one pool (default: every pool)")
 
 
 @dataclass(frozen=True)
 class VolumeConfig:
-    name: str
-    pool: str
-    size: int
-    thin: bool = True
-    tenant: str = ""
+    """[[volume]]: a volume of a pool, exportable by its name."""
+    name: str = setting(check=check_name)
+    pool: str = setting(help="the pool it lives in")
+    size: Size = setting(check=_volume_size, help="a multiple of 4096")
+    thin: bool = setting(True, help="allocate clusters on first write")
+    tenant: str = setting("", help="the tenant whose quota it counts against")
 
 
-def _table(d: Any, what: str) -> dict:
-    if not isinstance(d, dict):
-        raise ValueError(f"{what} must be a table")
-    return d
+def parse_fragment(d: Any, where: tuple = ()) -> FragmentConfig:
+    """One fragment table (also the params of pool_add_fragment)."""
+    return parse_schema(FragmentConfig, at(where, _fragment_table, d), where)
 
 
-def _unknown(d: dict, allowed: set, prefix: str = "") -> None:
-    for k in d:
-        if k not in allowed:
-            raise ValueError(f"{prefix}{k}: unknown key (allowed: {', '.join(sorted(allowed))})")
+def parse_pool(entry: Any, where: tuple = ()) -> PoolConfig:
+    """One [[pool]] table (also the params of pool_create); [[pool.fragment]]
+    tables count as further entries of fragments."""
+    if isinstance(entry, dict) and "fragment" in entry:
+        entry = dict(entry)
+        more = entry.pop("fragment")
+        if not isinstance(more, list) or not isinstance(entry.get("fragments", []), list):
+            raise SchemaError(where + ("fragments",), "expected a list of fragment tables")
+        entry["fragments"] = list(entry.get("fragments", [])) + more
+    return parse_schema(PoolConfig, entry, where)
 
 
-def _str(d: dict, key: str, default: Any = ..., prefix: str = "") -> str:
-    if key not in d:
-        if default is ...:
-            raise ValueError(f"{prefix}{key}: is required")
-        return default
-    if not isinstance(d[key], str):
-        raise ValueError(f"{prefix}{key}: expected a string, got {d[key]!r}")
-    return d[key]
+def parse_tenant(entry: Any, where: tuple = ()) -> TenantConfig:
+    return parse_schema(TenantConfig, entry, where)
 
 
-def _bool(d: dict, key: str, default: bool) -> bool:
-    v = d.get(key, default)
-    if not isinstance(v, bool):
-        raise ValueError(f"{key}: expected true or false, got {v!r}")
-    return v
-
-
-def _int(d: dict, key: str, default: int, lo: int, hi: int, prefix: str = "") -> int:
-    v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise ValueError(f"{prefix}{key}: expected an integer in {lo}..{hi}, got {v!r}")
-    return v
-
-
-def _size(d: dict, key: str, default: Any = ..., prefix: str = "") -> int:
-    if key not in d:
-        if default is ...:
-            raise ValueError(f"{prefix}{key}: is required")
-        return default
-    try:
-        return parse_size(d[key])
-    except ValueError as e:
-        raise ValueError(f"{prefix}{key}: {e}") from None
-
-
-def _name(d: dict, prefix: str = "") -> str:
-    n = _str(d, "name", prefix=prefix)
-    try:
-        check_name(n)
-    except ValueError as e:
-        raise ValueError(f"{prefix}name: {e}") from None
-    return n
-
-
-def parse_fragment(d: Any, prefix: str) -> FragmentConfig:
-    d = _table(d, prefix.rstrip("."))
-    _unknown(d, {"path", "size", "ram", "weight"}, prefix)
-    weight = _int(d, "weight", 100, 1, 1000, prefix)
-    if "ram" in d:
-        if "path" in d:
-            raise ValueError(f"{prefix}ram: a fragment is either a path or RAM, not both")
-        size = _size(d, "ram", prefix=prefix)
-        if size < (4 << 20) or size % 4096:
-            raise ValueError(f"{prefix}ram: must be at least 4MiB and a multiple of 4096")
-        return FragmentConfig(size=size, ram=True, weight=weight)
-    path = _str(d, "path", prefix=prefix)
-    if not path.startswith("/"):
-        raise ValueError(f"{prefix}path: must be absolute, got {path!r}")
-    return FragmentConfig(path=path, size=_size(d, "size", 0, prefix), weight=weight)
-
-
-def parse_pool(entry: Any) -> PoolConfig:
-    d = _table(entry, "pool")
-    _unknown(d, {"name", "fragments", "fragment", "cluster_size", "placement", "reactor",
-                 "sync_metadata", "metadata_slots", "force_create"})
-    name = _name(d)
-    if len(name) > 40:
-        raise ValueError("name: a pool name is at most 40 bytes")
-    raw = list(d.get("fragments", [])) + list(d.get("fragment", []))
-    if not raw:
-        raise ValueError("fragments: a pool needs at least one fragment")
-    if len(raw) > 16:
-        raise ValueError("fragments: at most 16 fragments")
-    frags = tuple(parse_fragment(f, f"fragments[{i}].") for i, f in enumerate(raw))
-    paths = [f.path for f in frags if f.path]
-    if len(set(paths)) != len(paths):
-        raise ValueError("fragments: a path is listed twice")
-    cs = _size(d, "cluster_size", 1 << 20)
-    if cs & (cs - 1) or not (64 << 10) <= cs <= (64 << 20):
-        raise ValueError(f"cluster_size: must be a power of two in 64KiB..64MiB, got {cs}")
-    placement = _str(d, "placement", "spread")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement: must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
-    return PoolConfig(name=name, fragments=frags, cluster_size=cs, placement=placement,
-                      reactor=_int(d, "reactor", 0, 0, 63),
-                      sync_metadata=_bool(d, "sync_metadata", True),
-                      metadata_slots=_int(d, "metadata_slots", 0, 0, 1 << 22),
-                      force_create=_bool(d, "force_create", False))
-
-
-def parse_tenant(entry: Any) -> TenantConfig:
-    d = _table(entry, "tenant")
-    _unknown(d, {"name", "quota", "pool"})
-    return TenantConfig(name=_name(d), quota=_size(d, "quota", 0), pool=_str(d, "pool", ""))
-
-
-def parse_volume(entry: Any) -> VolumeConfig:
-    d = _table(entry, "volume")
-    _unknown(d, {"name", "pool", "size", "thin", "tenant"})
-    size = _size(d, "size")
-    if size <= 0 or size % 4096:
-        raise ValueError(f"size: must be a positive multiple of 4096, got {size}")
-    return VolumeConfig(name=_name(d), pool=_str(d, "pool"), size=size,
-                        thin=_bool(d, "thin", True), tenant=_str(d, "tenant", ""))
-
-
-def check_all(name: str, entries: tuple) -> None:
-    seen = set()
-    for i, e in enumerate(entries):
-        if e.name in seen:
-            raise ValueError(f"[{i}].name: {name} {e.name!r} is defined twice")
-        seen.add(e.name)
+def parse_volume(entry: Any, where: tuple = ()) -> VolumeConfig:
+    return parse_schema(VolumeConfig, entry, where)
 
 
 # ---- back to TOML (save_config) ----------------------------------------------
 
 def pool_to_dict(p: PoolConfig) -> dict:
-    frags = []
-    for f in p.fragments:
-        fd: dict = {"ram": format_size(f.size)} if f.ram else {"path": f.path}
-        if not f.ram and f.size:
-            fd["size"] = format_size(f.size)
-        if f.weight != 100:
-            fd["weight"] = f.weight
-        frags.append(fd)
-    d: dict = {"name": p.name, "cluster_size": format_size(p.cluster_size), "placement": p.placement,
-               "fragments": frags}
-    if p.reactor:
-        d["reactor"] = p.reactor
-    if not p.sync_metadata:
-        d["sync_metadata"] = False
-    if p.metadata_slots:
-        d["metadata_slots"] = p.metadata_slots
-    return d
+    return to_table(p, defaults=True)
 
 
 def tenant_to_dict(t: TenantConfig) -> dict:
-    d: dict = {"name": t.name, "quota": format_size(t.quota) if t.quota else 0}
-    if t.pool:
-        d["pool"] = t.pool
-    return d
+    return to_table(t, defaults=True)
 
 
 def volume_to_dict(v: VolumeConfig) -> dict:
-    d: dict = {"name": v.name, "pool": v.pool, "size": format_size(v.size), "thin": v.thin}
-    if v.tenant:
-        d["tenant"] = v.tenant
-    return d
+    return to_table(v, defaults=True)
 
 
-__all__ = ["FragmentConfig", "PoolConfig", "TenantConfig", "VolumeConfig", "parse_pool",
-           "parse_tenant", "parse_volume", "check_all"]
+__all__ = ["FragmentConfig", "PoolConfig", "TenantConfig", "VolumeConfig", "parse_fragment",
+           "parse_pool", "parse_tenant", "parse_volume"]

@@ -67,7 +67,7 @@ def pool_list(ctl, p):
 def pool_add_fragment(ctl, p):
     """Add a fragment to a live pool."""
     pool = _svc(ctl).pool(p["pool"])
-    frag = _parse(lambda d: parse_fragment({k: v for k, v in d.items() if k != "pool"}, ""), p)
+    frag = _parse(lambda d: parse_fragment({k: v for k, v in d.items() if k != "pool"}), p)
     return {"index": pool.frag_add(frag), "fragments": pool.fragments()}
 
 

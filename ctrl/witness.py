@@ -369,6 +369,12 @@ def main(args) -> int:
     if not bind:
         print("srrs witness: --bind or a config with [witness] bind is required", file=sys.stderr)
         return 2
+    from .pair_config import check_zmq
+    try:
+        check_zmq(bind)
+    except ValueError as e:
+        print(f"srrs witness: --bind: {e}", file=sys.stderr)
+        return 2
     if not sec and not insecure:
         print("srrs witness: no keys: give --secret-key and --authorized DIR (make keys with "
               "`srrs keygen`), or --insecure on an isolated network", file=sys.stderr)

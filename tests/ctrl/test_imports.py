@@ -103,7 +103,7 @@ def test_services_are_imported_start_functions():
 
 
 # Module-name strings still being replaced by other parts of issue 12.
-PENDING = {"ctrl/config.py": "MODULE_SECTIONS (one config schema)"}
+PENDING = {}
 
 
 def test_no_module_is_loaded_by_name():
