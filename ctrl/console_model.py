@@ -203,6 +203,14 @@ def build(inputs: list, now: Optional[float] = None, witness: Optional[dict] = N
     return v
 
 
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x) -> list:
+    return x if isinstance(x, list) else []
+
+
 def _safe(fn, default, *args):
     """A section whose status has a shape this console does not know (a newer
     or older module) is left out instead of taking the whole screen down."""
@@ -232,8 +240,8 @@ def _controller(i: Input) -> ControllerView:
 def _hidden_bdevs(st: dict) -> set:
     """Bdevs that are parts, not volumes: pool fragments and mirror replicas."""
     out = set()
-    for p in (st.get("pool") or {}).get("pools") or ():
-        out.update(f.get("bdev") for f in p.get("fragments") or ())
+    for p in _list(_dict(st.get("pool")).get("pools")):
+        out.update(_dict(f).get("bdev") for f in _list(_dict(p).get("fragments")))
     for b in st.get("bdevs", []):
         if b.get("module") == "mirror" and b.get("path"):
             out.add(b["path"])
@@ -264,8 +272,9 @@ def _volumes(up: list) -> list:
         hidden = _hidden_bdevs(st)
         lv = {v["name"]: v for v in i.volumes}
         ana = _ana_of(st)
-        vhost = {d.get("bdev") for d in st.get("vhost") or () if isinstance(d, dict)}
-        mirrors = {m.get("name"): m for m in ((st.get("pair") or {}).get("volumes") or ())}
+        vhost = {d.get("bdev") for d in _list(st.get("vhost")) if isinstance(d, dict)}
+        mirrors = {m.get("name"): m for m in _list(_dict(st.get("pair")).get("volumes"))
+                   if isinstance(m, dict)}
         br = i.rates.get("bdevs", {})
         for b in st.get("bdevs", []):
             name = b["name"]

@@ -317,49 +317,49 @@ def _sum_series(series: list) -> list:
 
 
 def export_lines(exports: tuple, width: int) -> list:
-    """One line per export (and one per connected host): listeners, volumes,
-    ANA, connected hosts or guests."""
+    """Per export: its name (NQN or device), ANA and listeners or socket and
+    state; then the volumes it serves and each connected host or guest."""
     out = []
     multi = len({e.controller for e in exports}) > 1
     for e in exports:
         t = Text(no_wrap=True, overflow="ellipsis")
         on = f"{e.controller} " if multi else ""
         t.append(f"{on}{e.kind:<5} ", style="bold cyan")
-        vols = " ".join(e.volumes)
         where = " ".join(e.where)
-        fixed = len(on) + 6 + len(vols) + 4
         if e.kind == "nvmf":
-            tail = (f"  ANA {e.ana}" if e.ana else "") + f"  listeners {where}"
+            tail = [("  ANA ", "dim"), (e.ana, state_style(e.ana))] if e.ana else []
+            tail += [("  listeners ", "dim"), (where, "")] if where else []
         else:
-            tail = f"  {e.state}"
-        room = max(12, width - fixed - len(tail) - (len(where) + 1 if e.kind == "vhost" else 0))
-        t.append(elide(e.name, room), style="bold")
-        t.append(" → ", style="dim")
-        t.append(vols)
-        if e.kind == "nvmf":
-            if e.ana:
-                t.append("  ANA ", style="dim")
-                t.append(e.ana, style=state_style(e.ana))
-            if where:
-                t.append("  listeners ", style="dim")
-                t.append(where)
-        else:
-            t.append(f"  {elide(where, max(12, width - t.cell_len - len(e.state) - 4))}",
-                     style="dim")
-            t.append(f"  {e.state}", style=state_style(e.state))
+            tail = [("  ", ""), (elide(where, max(12, width // 3)), "dim"),
+                    ("  ", ""), (e.state, state_style(e.state))]
+        tail_len = sum(len(x) for x, _ in tail)
+        t.append(elide(e.name, max(12, width - t.cell_len - tail_len)), style="bold")
+        for x, style in tail:
+            t.append(x, style=style)
         out.append(t)
-        if e.kind == "nvmf" and not e.clients:
-            continue
+        out.append(_served(e.volumes, width, len(on) + 6))
         for c in e.clients:
-            s = Text("      ", no_wrap=True, overflow="ellipsis")
+            s = Text(" " * (len(on) + 6), no_wrap=True, overflow="ellipsis")
             if isinstance(c, tuple) and len(c) == 3:
                 s.append(f"{c[0]}  ", style="dim")
-                s.append(elide(c[1], max(12, width - 6 - len(c[0]) - len(c[2]) - 6)))
+                s.append(elide(c[1], max(12, width - s.cell_len - len(c[2]) - 2)))
                 s.append(f"  {c[2]}", style="dim")
             else:
                 s.append(str(c))
             out.append(s)
     return out
+
+
+def _served(vols: tuple, width: int, indent: int) -> Text:
+    """'→ 1:db0 2:web1', as many as fit and '+N more' for the rest."""
+    t = Text(" " * indent + "→ ", style="dim", no_wrap=True, overflow="ellipsis")
+    for k, v in enumerate(vols):
+        more = f" +{len(vols) - k} more"
+        if t.cell_len + len(v) + 1 + (len(more) if k < len(vols) - 1 else 0) > width:
+            t.append(more, style="dim")
+            break
+        t.append(("" if k == 0 else " ") + v)
+    return t
 
 
 def pool_lines(pools: tuple, width: int) -> list:
@@ -375,7 +375,9 @@ def pool_lines(pools: tuple, width: int) -> list:
         t.append_text(bar(pct))
         t.append(f" {pct:.0f} %  ")
         ram = sum(1 for f in p.fragments if f[0] == "ram")
-        t.append(f"{len(p.fragments)} fragments" + (f" ({ram} RAM)" if ram else ""), style="dim")
+        n = len(p.fragments)
+        t.append(f"{n} fragment{'s' if n != 1 else ''}" + (f" ({ram} RAM)" if ram else ""),
+                 style="dim")
         out.append(t)
         room = width - 6
         for label, used, cap, state in p.fragments:
