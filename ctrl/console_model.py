@@ -153,6 +153,7 @@ class ControllerView:
     threads: Optional[int] = None
     rpc_socket: str = ""
     pair_state: str = ""
+    metrics: str = ""                    # the Prometheus endpoint, host:port
     reactors: tuple = ()
     jobs: tuple = ()                     # load jobs (bench_bdev_results records)
 
@@ -234,7 +235,8 @@ def _controller(i: Input) -> ControllerView:
         pid=st.get("pid"), uptime_s=st.get("uptime_s", 0.0), poll_mode=st.get("poll_mode", ""),
         cpu_pct=i.process.get("cpu_pct"), rss_bytes=i.process.get("rss_bytes"),
         threads=i.process.get("threads"), rpc_socket=st.get("rpc_socket", ""),
-        pair_state=str(pair.get("state", "")), reactors=reactors, jobs=tuple(i.jobs[-4:]))
+        pair_state=str(pair.get("state", "")), reactors=reactors,
+        metrics=str(_dict(st.get("metrics")).get("listen") or ""), jobs=tuple(i.jobs[-4:]))
 
 
 def _hidden_bdevs(st: dict) -> set:

@@ -268,6 +268,7 @@ def volume_table(v: ScreenView, width: int, max_rows: Optional[int] = None,
         if any(dict(r.ana).get(c.name) for r in rows):
             paths.append(c.name)
     cols = [(1, "volume", "left", [elide(r.name, 28) for r in shown]),
+            (6, "kind", "left", [r.kind for r in shown]),
             (1, "size", "right", [fmt_bytes(r.size) for r in shown])]
     if any(r.used is not None for r in rows):
         cols.append((2, "used", "right", [fmt_bytes(r.used) if r.used is not None else "-"
@@ -424,6 +425,9 @@ def controller_panel(c: ControllerView, width: int, focused: bool, compact: bool
             head.append_text(Text.assemble(("  RSS ", "dim"), fmt_bytes(c.rss_bytes)))
         if c.threads is not None and inner >= 70:
             head.append_text(Text.assemble(("  threads ", "dim"), str(c.threads)))
+        if c.metrics and inner - head.cell_len >= 30:
+            head.append("  metrics ", style="dim")
+            head.append(c.metrics)
         rpc = c.rpc_socket or c.sock
         if inner - head.cell_len >= 18:
             head.append("  rpc ", style="dim")
