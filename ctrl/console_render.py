@@ -213,7 +213,7 @@ def pair_panel(p: PairView, width: int) -> Panel:
                  border_style=_LEVEL_STYLE.get(p.level, "blue"))
 
 
-def alerts_panel(alerts: list, width: int, limit: int = ALERTS_MAX) -> Optional[Panel]:
+def alerts_panel(alerts, width: int, limit: int = ALERTS_MAX) -> Optional[Panel]:
     if not alerts:
         return None
     t = Text(no_wrap=True, overflow="ellipsis")
@@ -531,6 +531,12 @@ def _lines(con: Console, r, width: int) -> list:
 
 
 @lru_cache(maxsize=32)
+def _cached_lines(fn, value, width: int, *args) -> list:
+    """A panel that changes rarely (the pair, the alerts), drawn once per change."""
+    return _lines(_MEASURE, fn(value, width, *args), width)
+
+
+@lru_cache(maxsize=32)
 def _slow_lines(exports: tuple, pools: tuple, width: int) -> tuple:
     """Exports and pools rendered to lines, reused while they are unchanged:
     they move slowly and are a big part of a frame's drawing cost."""
@@ -555,10 +561,10 @@ def screen(v: ScreenView, width: int, height: Optional[int], ui: Ui,
     if height is not None:
         top.append(_lines(con, header(v, ui, width), width)[:1])
     if v.pair is not None:
-        top.append(_lines(con, pair_panel(v.pair, width), width))
-    ap = alerts_panel(v.alerts, width, ALERTS_MAX if height is not None else 10 ** 6)
-    if ap is not None:
-        top.append(_lines(con, ap, width))
+        top.append(_cached_lines(pair_panel, v.pair, width))
+    if v.alerts:
+        top.append(_cached_lines(alerts_panel, tuple(v.alerts), width,
+                                 ALERTS_MAX if height is not None else 10 ** 6))
     slow = list(_slow_lines(tuple(v.exports), tuple(v.pools), width))
     n = len(v.controllers)
     side = n > 1 and width >= 160
