@@ -204,6 +204,10 @@ def build(inputs: list, now: Optional[float] = None, witness: Optional[dict] = N
     return v
 
 
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def _dict(x) -> dict:
     return x if isinstance(x, dict) else {}
 
@@ -285,7 +289,8 @@ def _volumes(up: list) -> list:
             a = acc.setdefault(name, {"size": b["size"], "kind": b.get("module", ""), "ana": [],
                                       "r": 0.0, "w": 0.0, "m": 0.0, "p50": None, "p99": None,
                                       "errors": 0, "bdevs": [], "used": None, "tenant": ""})
-            rec = lv.get(b["path"] if b.get("module") == "mirror" else name)
+            # a mirror's replica is the pool volume of the same name, opened as NAME.replica
+            rec = lv.get(name) or (lv.get(b.get("path")) if b.get("module") == "mirror" else None)
             if rec is not None:
                 a["used"] = rec.get("allocated", a["used"])
                 a["tenant"] = rec.get("tenant") or a["tenant"]
@@ -437,13 +442,13 @@ def _exports(i: Input) -> list:
                          if isinstance(ns, dict))
             ana = ",".join(sorted({str(g.get("state")) for g in sub.get("ana_groups") or ()}))
             clients = tuple((f"cntlid {c.get('cntlid')}", str(c.get("hostnqn", "")),
-                             f"{c.get('io_queues', 0)} I/O queues")
+                             _plural(int(c.get('io_queues', 0) or 0), "I/O queue"))
                             for c in ctrls if c.get("subnqn") == nqn)
             out.append(ExportView("nvmf", i.name, nqn, vols, where, ana, clients))
     for d in st.get("vhost") or ():
         if isinstance(d, dict):
             n = int(d.get("connections", 0) or 0)
-            guests = (f"{n} guest{'s' if n != 1 else ''} connected",) if n else ()
+            guests = (_plural(n, "guest") + " connected",) if n else ()
             out.append(ExportView("vhost", i.name, str(d.get("name")), (str(d.get("bdev")),),
                                   (str(d.get("socket", "")),), "", guests, str(d.get("state", ""))))
     return out

@@ -284,12 +284,12 @@ def volume_table(v: ScreenView, width: int, max_rows: Optional[int] = None,
     if any(r.mirror for r in rows):
         cols.append((2, "mirror", "left", [_mirror_cell(r) for r in shown]))
     if any(_resync_cell(r) for r in rows):
-        cols.append((3, "resync", "right", [_resync_cell(r) or "-" for r in shown]))
+        cols.append((2, "resync", "right", [_resync_cell(r) or "-" for r in shown]))
     if any(r.resync_eta_s for r in rows):
-        cols.append((3, "ETA", "right", [fmt_duration(r.resync_eta_s) if r.resync_eta_s else "-"
+        cols.append((2, "ETA", "right", [fmt_duration(r.resync_eta_s) if r.resync_eta_s else "-"
                                          for r in shown]))
     cols += [(2, "r IOPS", "right", [fmt_num(r.read_iops) for r in shown]),
-             (2, "w IOPS", "right", [fmt_num(r.write_iops) for r in shown]),
+             (3, "w IOPS", "right", [fmt_num(r.write_iops) for r in shown]),
              (2, "MiB/s", "right", [f"{r.mibps:.1f}" for r in shown]),
              (5, "p50 us", "right", [fmt_lat(r.p50_us) for r in shown]),
              (3, "p99 us", "right", [fmt_lat(r.p99_us) for r in shown]),
@@ -476,7 +476,8 @@ def _jobs(jobs: tuple, width: int) -> Text:
     return grid([(c, "left" if c in ("bdev", "state") else "right") for c in keep], rows)
 
 
-def events_panel(events: list, height: Optional[int], focused: bool, back: int = 0) -> Panel:
+def events_panel(events: list, height: Optional[int], focused: bool, back: int = 0,
+                 width: Optional[int] = None) -> Panel:
     """The last events that fit, or `back` events further up when scrolled."""
     rows = max(1, height - 2) if height is not None else 12
     t = Text(no_wrap=True, overflow="ellipsis")
@@ -488,7 +489,8 @@ def events_panel(events: list, height: Optional[int], focused: bool, back: int =
         t.append(f"{ts} ", style="dim")
         t.append(f"{ev.get('controller', '?'):>8} ", style="bold")
         t.append(f"{typ:<12} ", style=state_style(typ) or "cyan")
-        t.append(f"{ev.get('obj', '')}: {ev.get('msg', '')}")
+        room = (width or 200) - 4 - 31  # the time, controller and type columns
+        t.append(elide(f"{ev.get('obj', '')}: {ev.get('msg', '')}", max(20, room)))
         if i < len(shown) - 1:
             t.append("\n")
     if not shown:
@@ -582,7 +584,7 @@ def screen(v: ScreenView, width: int, height: Optional[int], ui: Ui,
         vt = volume_table(v, width - 4, None, ui.history)
         vol = [_lines(con, _vol_panel(vt, len(v.volumes)), width)] if vt is not None else []
         body = sum(top + vol + slow + panels, [])
-        ev = _lines(con, events_panel(ui.events, None, False), width)
+        ev = _lines(con, events_panel(ui.events, None, False, 0, width), width)
         return Lines(body + ev), {}
     room = height - fixed - sum(len(p) for p in panels) - EVENTS_MIN_H
     vol: list = []
@@ -606,7 +608,7 @@ def screen(v: ScreenView, width: int, height: Optional[int], ui: Ui,
     if ev_h < 3:  # never more than the screen: the events give way first, then the body
         body = body[:height - 3]
         ev_h = 3
-    ev = con.render_lines(events_panel(ui.events, ev_h, ui.focus == n, ui.ev_back),
+    ev = con.render_lines(events_panel(ui.events, ev_h, ui.focus == n, ui.ev_back, width),
                           con.options.update(width=width, height=ev_h), pad=True)[:ev_h]
     return Lines(body + ev), offsets
 

@@ -191,8 +191,10 @@ def test_real_controller_json_has_the_operator_view(live_view):
 
 def _pair(a: str, b: str, witness: str = "up") -> model.ScreenView:
     now = RECORDED[a]["pair"].get("in_state_s", 0) + 1796297100.0
+    # volume_list of the pool under the mirror: the replica is the pool volume "v0"
+    vols = [{"name": "v0", "tenant": "acme", "allocated": 200 << 20, "lost_clusters": 0}]
     ins = [model.Input(sock="/run/a.sock", name="a", state="up", status=RECORDED[a],
-                       rates=model.rates(0, RECORDED[a], 1, RECORDED[a]))]
+                       rates=model.rates(0, RECORDED[a], 1, RECORDED[a]), volumes=vols)]
     if b == "down":
         ins.append(model.Input(sock="/run/b.sock", name="b", state="down",
                                error="connection refused", down_since=now - 5,
@@ -217,7 +219,8 @@ def test_paired_is_healthy_and_not_an_alert(w, h):
     # the recorded pair alert log says "peer b alive" at level warning: an event, not an alert
     assert "warning" not in text
     v0 = _row(text, "v0")
-    assert v0[1:3] == ["256.0", "MiB"] and v0[3:6] == ["optimized", "optimized", "in"], v0
+    assert v0[1:6] == ["256.0", "MiB", "200.0", "MiB", "acme"], v0  # size, used, tenant
+    assert v0[6:9] == ["optimized", "optimized", "in"], v0            # ANA a, b; in sync
     assert re.search(r"path a\s+path b\s+mirror", text)
     assert "vol_id" not in text
 
