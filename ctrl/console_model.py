@@ -196,7 +196,8 @@ def build(inputs: list, now: Optional[float] = None, witness: Optional[dict] = N
     now = time.time() if now is None else now
     up = [i for i in inputs if i.status is not None and i.state == "up"]
     v = ScreenView(time=now, controllers=[_controller(i) for i in inputs], witness=witness)
-    v.volumes = _safe(_volumes, [], up)
+    v.volumes = _safe(_volumes, [], up, [i for i in inputs if i.status is not None
+                                         and i.state != "up"])
     v.pair = _safe(pair_view, None, inputs, now)
     v.exports = [e for i in up for e in _safe(_exports, [], i)]
     v.pools = [p for i in up for p in _safe(_pools, [], i)]
@@ -268,9 +269,10 @@ def _ana_of(st: dict) -> dict:
     return out
 
 
-def _volumes(up: list) -> list:
+def _volumes(up: list, down: tuple = ()) -> list:
     """One row per volume: the same name on both controllers of a pair is one
-    volume with two paths; its I/O figures are the sum of both paths'."""
+    volume with two paths; its I/O figures are the sum of both paths'. A
+    controller that does not answer adds only its paths, as unreachable."""
     rows: dict = {}
     acc: dict = {}
     for i in up:
@@ -312,6 +314,10 @@ def _volumes(up: list) -> list:
             m = mirrors.get(name)
             if m is not None:
                 a.setdefault("mirrors", []).append(m)
+    for i in down:  # its paths are still there for the hosts, and fail: say so
+        for name in _ana_of(i.status):
+            if name in acc:
+                acc[name]["ana"].append((i.name, "unreachable"))
     for name, a in sorted(acc.items()):
         mstate, pct, left, eta = _mirror_state(a.get("mirrors", []))
         rows[name] = VolumeRow(

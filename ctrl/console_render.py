@@ -100,7 +100,7 @@ def state_style(v: str) -> str:
     if v in ("up", "running", "paired", "optimized", "connected", "ok", "in sync", "active",
              "listening", "done"):
         return "green"
-    if v in ("down", "fenced", "inaccessible", "failed", "error", "missing", "degraded",
+    if v in ("down", "unreachable", "fenced", "inaccessible", "failed", "error", "missing", "degraded",
              "stopped"):
         return "bold red"
     if v in ("solo", "resync", "non-optimized", "connecting", "warning", "change", "starting"):

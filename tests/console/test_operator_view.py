@@ -143,7 +143,7 @@ num_queues = 2
             app.poll()
             h.bench(core, BenchOpts(rw="randread", bs=4096, qd=8, time_s=0.6), 0)
             app.poll()
-            yield app.view(), port
+            yield app.view(), port, json.loads(json.dumps(app.snapshot()))
     finally:
         app.close()
         core.close()
@@ -152,7 +152,7 @@ num_queues = 2
 
 @pytest.mark.parametrize("w,h", SIZES)
 def test_real_controller_volumes_exports_pools(live_view, w, h):
-    view, port = live_view
+    view, port, _ = live_view
     text = _text(view, w, h)
     _readable(text, w, h)
     db0 = _row(text, "db0")
@@ -179,9 +179,12 @@ def test_real_controller_volumes_exports_pools(live_view, w, h):
     assert "pair" not in text  # no pair configured: no pair panel, no empty pair label
 
 
-def test_real_controller_json_has_the_operator_view(live_view):
-    view, _ = live_view
+def test_real_controller_view_and_json(live_view):
+    view, _, snap = live_view
     vols = {v.name: v for v in view.volumes}
+    js = {v["name"]: v for v in snap["volumes"]}
+    assert js["db0"]["used"] == 64 << 20 and js["db0"]["ana"] == [["x", "optimized"]]
+    assert snap["pair"] is None and [a["obj"] for a in snap["alerts"]] == ["tenant acme"]
     assert set(vols) == {"db0", "web1", "scratch", "m0"}  # m0: a plain malloc bdev
     assert vols["db0"].used == 64 << 20 and vols["db0"].tenant == "acme"
     assert dict(vols["db0"].ana) == {"x": "optimized"} and vols["db0"].read_iops > 0
@@ -239,6 +242,7 @@ def test_solo_says_who_since_when_and_why(w, h):
     assert "b ✖ DOWN" in text
     v0 = _row(text, "v0")
     assert "solo" in v0 and "256.0 MiB to copy" in " ".join(v0), v0
+    assert v0[v0.index("solo") - 2:v0.index("solo")] == ["optimized", "unreachable"], v0
 
 
 @pytest.mark.parametrize("w,h", SIZES)
