@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -167,19 +166,26 @@ def _q(s: str) -> str:
 
 
 def bdev_row(screen: str, name: str):
-    """(r IOPS, w IOPS, MiB/s, p50 us, p99 us) from the console's bdev table row
-    for `name` (wide rows also carry module and size before them; '-' reads 0)."""
-    for line in screen.splitlines():
-        for cell in re.split(r"[│┃]", line):
-            tok = cell.split()
-            if len(tok) < 7 or tok[0] != name:
-                continue
-            if not re.match(r"^[\d.]+[kMG]?$", tok[1]):
-                tok = [tok[0]] + tok[4:]  # module, size and its unit
+    """(r IOPS, w IOPS, MiB/s, p50 us, p99 us) of volume `name` in the console's
+    volume table, read under the column titles (the figures are right-aligned to
+    them); a column left out at this width, or '-', reads 0."""
+    lines = screen.splitlines()
+    head = next((line for line in lines if "r IOPS" in line and "volume" in line), None)
+    if head is None:
+        return None
+    for line in lines:
+        cells = line.strip(" │┃").split()
+        if not cells or cells[0] != name:
+            continue
+        out = []
+        for title in ("r IOPS", "w IOPS", "MiB/s", "p50 us", "p99 us"):
+            at = head.find(title)
+            tok = line[:at + len(title)].split() if at >= 0 else []
             try:
-                return tuple(_num(x) for x in tok[1:6])
+                out.append(_num(tok[-1]) if tok else 0.0)
             except ValueError:
-                continue
+                return None
+        return tuple(out)
     return None
 
 

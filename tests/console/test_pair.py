@@ -72,13 +72,19 @@ def test_pair_failover_on_the_console(tmp_path):
         cb, sb = _pair_config(tmp_path, "b", "a", ports, witness)
         a, b = Controller(ca, sa), Controller(cb, sb)
         t = Tmux(tmp_path, SRRS + ["console", "-s", sa, "-s", sb], width=200, height=60)
-        t.wait_for(lambda s: len(re.findall(r"pair PAIRED", s)) == 2, timeout=30,
-                   what="both panels PAIRED")
+        s = t.wait_for(lambda s: len(re.findall(r"● up  pair PAIRED", s)) == 2
+                       and "Paired — both replicas current" in s, timeout=30,
+                       what="both panels PAIRED")
+        assert "alerts" not in s, s  # a healthy pair raises none
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait()
         s = t.wait_for(lambda s: "b ✖ DOWN" in s and "a ● up  pair SOLO" in s, timeout=20,
                        what="b DOWN, a SOLO")
         assert re.search(r"b\s+down", s) and "mirror_down" in s, s
+        # the pair panel says what happened in words, the alerts say b is down and since when
+        assert re.search(r"Solo on a — b unreachable since \d\d:\d\d:\d\d, witness granted "
+                         r"lease", s), s
+        assert re.search(r"error\s+controller b: not answering since", s), s
         assert t.alive()
         m = scrape(a.rpc("status")["metrics"]["listen"])
         assert sample(m, "srrs_pair_state", controller="a", peer="b", state="SOLO") == 1
