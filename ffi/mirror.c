@@ -13,7 +13,6 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- the bdev ------------------------------------------------------------------------------ */
@@ -228,6 +227,73 @@ static void vol_attach_fn(void *a)
         x->l->vols[x->m->vol] = x->m;
 }
 
+/* The replica opened and made the mirror's alone (renamed NAME.replica when
+ * the mirror takes its name). On failure nothing is kept open. */
+static int mirror_take_replica(struct mirror *m, const char *name, const char *replica)
+{
+    struct mlink *l = m->l;
+    m->replica = srrs_bdev_open(l->core, replica);
+    if (!m->replica)
+        return srrs_err(-ENOENT, "mirror %s: replica bdev %s does not exist", name, replica);
+    if (m->replica->owner[0] || atomic_load(&m->replica->open_count) > 1) {
+        /* A replica written by anything but this mirror would differ from its peer. */
+        int rc = srrs_err(-EBUSY, "mirror %s: replica bdev %s is in use (%s)", name, replica,
+                          m->replica->owner[0] ? m->replica->owner : "an export or a job");
+        srrs_bdev_close(&m->replica);
+        return rc;
+    }
+    snprintf(m->replica_name, sizeof(m->replica_name), "%s", replica);
+    if (!strcmp(name, replica)) {
+        /* The paired volume is exported under its own name: the raw replica
+         * steps aside to an internal name. */
+        char internal[SRRS_NAME_MAX];
+        int rc = snprintf(internal, sizeof(internal), "%s.replica", replica) >= (int)sizeof(internal)
+                     ? srrs_err(-ENAMETOOLONG, "mirror %s: name too long", name)
+                     : srrs_bdev_rename(l->core, m->replica, internal);
+        if (rc) {
+            srrs_bdev_close(&m->replica);
+            return rc;
+        }
+        m->renamed = true;
+    }
+    snprintf(m->replica->owner, sizeof(m->replica->owner), "%s", name);
+    return 0;
+}
+
+/* Stripe geometry, the per-stripe arrays and the dirty bitmap file mapped
+ * shared (it survives a kill -9). On failure the caller frees the mirror. */
+static int mirror_map_bitmap(struct mirror *m, const char *name, uint64_t stripe_size,
+                             const char *bitmap_path)
+{
+    m->size = m->replica->size;
+    m->stripe = stripe_size;
+    m->stripe_shift = (uint32_t)__builtin_ctzll(stripe_size);
+    m->nstripes = (m->size + stripe_size - 1) >> m->stripe_shift;
+    m->bm_len = (m->nstripes + 7) / 8;
+    m->locked = calloc(m->nstripes, 1);
+    m->need = calloc(m->nstripes, 1);
+    m->peer_bm = calloc(m->bm_len, 1);
+    int fd = open(bitmap_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || !m->locked || !m->need || !m->peer_bm) {
+        int e = fd < 0 ? errno : ENOMEM;
+        if (fd >= 0)
+            close(fd);
+        return srrs_err(-e, "mirror %s: bitmap %s: %s", name, bitmap_path, strerror(e));
+    }
+    if (ftruncate(fd, (off_t)m->bm_len)) {
+        int e = errno;
+        close(fd);
+        return srrs_err(-e, "mirror %s: bitmap %s: %s", name, bitmap_path, strerror(e));
+    }
+    m->bm = mmap(NULL, m->bm_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m->bm == MAP_FAILED) {
+        m->bm = NULL;
+        return srrs_err(-ENOMEM, "mirror %s: cannot map bitmap %s", name, bitmap_path);
+    }
+    return 0;
+}
+
 int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
                        uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path)
 {
@@ -243,75 +309,24 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         return srrs_err(-ENOMEM, "mirror %s: out of memory", name);
     m->l = l;
     m->vol = vol_id;
-    m->replica = srrs_bdev_open(l->core, replica);
-    if (!m->replica) {
-        free(m);
-        return srrs_err(-ENOENT, "mirror %s: replica bdev %s does not exist", name, replica);
-    }
-    if (m->replica->owner[0] || atomic_load(&m->replica->open_count) > 1) {
-        /* A replica written by anything but this mirror would differ from its peer. */
-        int rc = srrs_err(-EBUSY, "mirror %s: replica bdev %s is in use (%s)", name, replica,
-                          m->replica->owner[0] ? m->replica->owner : "an export or a job");
-        srrs_bdev_close(&m->replica);
+    int rc = mirror_take_replica(m, name, replica);
+    if (rc) {
         free(m);
         return rc;
     }
-    snprintf(m->replica_name, sizeof(m->replica_name), "%s", replica);
-    if (!strcmp(name, replica)) {
-        /* The paired volume is exported under its own name: the raw replica
-         * steps aside to an internal name. */
-        char internal[SRRS_NAME_MAX];
-        int rc = snprintf(internal, sizeof(internal), "%s.replica", replica) >= (int)sizeof(internal)
-                     ? srrs_err(-ENAMETOOLONG, "mirror %s: name too long", name)
-                     : srrs_bdev_rename(l->core, m->replica, internal);
-        if (rc) {
-            srrs_bdev_close(&m->replica);
-            free(m);
-            return rc;
-        }
-        m->renamed = true;
-    }
-    snprintf(m->replica->owner, sizeof(m->replica->owner), "%s", name);
-    m->size = m->replica->size;
-    m->stripe = stripe_size;
-    m->stripe_shift = (uint32_t)__builtin_ctzll(stripe_size);
-    m->nstripes = (m->size + stripe_size - 1) >> m->stripe_shift;
-    m->bm_len = (m->nstripes + 7) / 8;
-    m->locked = calloc(m->nstripes, 1);
-    m->need = calloc(m->nstripes, 1);
-    m->peer_bm = calloc(m->bm_len, 1);
-    int fd = open(bitmap_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || !m->locked || !m->need || !m->peer_bm) {
-        int e = fd < 0 ? errno : ENOMEM;
-        if (fd >= 0)
-            close(fd);
+    rc = mirror_map_bitmap(m, name, stripe_size, bitmap_path);
+    if (rc) {
         mirror_free(m);
-        return srrs_err(-e, "mirror %s: bitmap %s: %s", name, bitmap_path, strerror(e));
+        return rc;
     }
-    struct stat st;
-    bool fresh = fstat(fd, &st) == 0 && st.st_size == 0;
-    if (ftruncate(fd, (off_t)m->bm_len)) {
-        int e = errno;
-        close(fd);
-        mirror_free(m);
-        return srrs_err(-e, "mirror %s: bitmap %s: %s", name, bitmap_path, strerror(e));
-    }
-    m->bm = mmap(NULL, m->bm_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (m->bm == MAP_FAILED) {
-        m->bm = NULL;
-        mirror_free(m);
-        return srrs_err(-ENOMEM, "mirror %s: cannot map bitmap %s", name, bitmap_path);
-    }
-    (void)fresh;
     struct vol_arg x = {l, m, false, false};
     srrs_reactor_call(l->r, vol_attach_fn, &x);
     if (x.busy) {
         mirror_free(m);
         return srrs_err(-EEXIST, "mirror %s: volume id %u already used", name, vol_id);
     }
-    int rc = srrs_bdev_register(l->core, name, &mirror_module, m, m->replica->num_blocks,
-                                m->replica->block_size, &m->bdev);
+    rc = srrs_bdev_register(l->core, name, &mirror_module, m, m->replica->num_blocks,
+                            m->replica->block_size, &m->bdev);
     if (rc) {
         x.busy = false;
         srrs_reactor_call(l->r, vol_detach_fn, &x);

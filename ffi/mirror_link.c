@@ -268,105 +268,134 @@ static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **ow
     return l->fd < 0 ? -1 : 1;
 }
 
+/* The rest of a large frame, straight into its pool buffer. -1: the link
+ * dropped; 0: not all here yet (or nothing to read); 1: the frame was handled. */
+static int rx_direct(struct mlink *l, int *work)
+{
+    ssize_t k = recv(l->fd, l->dbuf + l->dgot, l->dh.len - l->dgot, MSG_DONTWAIT);
+    if (k == 0) {
+        link_drop(l, "peer closed the connection");
+        return -1;
+    }
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            link_drop(l, "receive failed");
+            return -1;
+        }
+        return 0;
+    }
+    l->dgot += (size_t)k;
+    l->st.rx_bytes += (uint64_t)k;
+    l->last_rx = srrs_ticks();
+    *work = 1;
+    if (l->dgot < l->dh.len)
+        return 0;
+    void *own = l->dbuf;
+    l->dbuf = NULL;
+    int rc = rx_check(l, &l->dh, own, &own);
+    if (own)
+        srrs_buf_put(l->r, own, l->dh.len);
+    return rc < 0 ? -1 : 1;
+}
+
+/* One recv() into the ring (compacted first when its start passed half). -1:
+ * the link dropped. */
+static int rx_fill(struct mlink *l, int *work)
+{
+    if (l->rx_start && l->rx_end == l->rx_start)
+        l->rx_start = l->rx_end = 0;
+    if (l->rx_start > M_RXBUF / 2) {
+        memmove(l->rx, l->rx + l->rx_start, l->rx_end - l->rx_start);
+        l->rx_end -= l->rx_start;
+        l->rx_start = 0;
+    }
+    if (l->rx_end < M_RXBUF) {
+        ssize_t k = recv(l->fd, l->rx + l->rx_end, SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end),
+                         MSG_DONTWAIT);
+        if (k == 0) {
+            link_drop(l, "peer closed the connection");
+            return -1;
+        }
+        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            link_drop(l, "receive failed");
+            return -1;
+        }
+        if (k > 0) {
+            l->rx_end += (size_t)k;
+            l->st.rx_bytes += (uint64_t)k;
+            l->last_rx = srrs_ticks();
+            *work = 1;
+        }
+    }
+    return 0;
+}
+
+/* The whole frames in the ring, in order; a large one not yet all here goes
+ * on in a pool buffer (rx_direct). -1: the link dropped; 0: no progress; 1:
+ * progress. */
+static int rx_frames(struct mlink *l)
+{
+    bool progress = false;
+    while (l->rx_end - l->rx_start >= M_HDR) {
+        struct mhdr h;
+        memcpy(&h, l->rx + l->rx_start, sizeof(h)); /* copy out before trusting it */
+        if (h.magic != M_MAGIC || h.type == 0 || h.type >= T_MAX || h.len > M_CHUNK) {
+            l->st.proto_errors++;
+            link_drop(l, "bad frame header");
+            return -1;
+        }
+        size_t have = l->rx_end - l->rx_start - M_HDR;
+        if (have < h.len && h.len >= M_RX_DIRECT) {
+            /* A large frame not yet here: the rest goes straight into a pool
+             * buffer that the piece keeps (no copy out of the ring). */
+            uint8_t *b = srrs_buf_get(l->r, h.len);
+            if (b) {
+                memcpy(b, l->rx + l->rx_start + M_HDR, have);
+                l->dh = h;
+                l->dbuf = b;
+                l->dgot = have;
+                l->rx_start = l->rx_end;
+                progress = true;
+                break;
+            }
+        }
+        if (have < h.len)
+            break;
+        void *own = NULL;
+        int rc = rx_check(l, &h, l->rx + l->rx_start + M_HDR, &own);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            break;
+        l->rx_start += M_HDR + h.len;
+        progress = true;
+    }
+    return progress;
+}
+
 static int rx_poll(struct mlink *l)
 {
     int work = 0;
     for (;;) {
         if (l->dbuf) {
-            ssize_t k = recv(l->fd, l->dbuf + l->dgot, l->dh.len - l->dgot, MSG_DONTWAIT);
-            if (k == 0) {
-                link_drop(l, "peer closed the connection");
-                return 1;
-            }
-            if (k < 0) {
-                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                    link_drop(l, "receive failed");
-                    return 1;
-                }
-                return work;
-            }
-            l->dgot += (size_t)k;
-            l->st.rx_bytes += (uint64_t)k;
-            l->last_rx = srrs_ticks();
-            work = 1;
-            if (l->dgot < l->dh.len)
-                return work;
-            void *own = l->dbuf;
-            l->dbuf = NULL;
-            int rc = rx_check(l, &l->dh, own, &own);
-            if (own)
-                srrs_buf_put(l->r, own, l->dh.len);
-            if (rc < 0)
-                return 1;
-            continue;
-        }
-        if (l->rx_start && l->rx_end == l->rx_start)
-            l->rx_start = l->rx_end = 0;
-        if (l->rx_start > M_RXBUF / 2) {
-            memmove(l->rx, l->rx + l->rx_start, l->rx_end - l->rx_start);
-            l->rx_end -= l->rx_start;
-            l->rx_start = 0;
-        }
-        if (l->rx_end < M_RXBUF) {
-            ssize_t k = recv(l->fd, l->rx + l->rx_end, SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end),
-                             MSG_DONTWAIT);
-            if (k == 0) {
-                link_drop(l, "peer closed the connection");
-                return 1;
-            }
-            if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                link_drop(l, "receive failed");
-                return 1;
-            }
-            if (k > 0) {
-                l->rx_end += (size_t)k;
-                l->st.rx_bytes += (uint64_t)k;
-                l->last_rx = srrs_ticks();
-                work = 1;
-            }
-        }
-        bool progress = false;
-        while (l->rx_end - l->rx_start >= M_HDR) {
-            struct mhdr h;
-            memcpy(&h, l->rx + l->rx_start, sizeof(h)); /* copy out before trusting it */
-            if (h.magic != M_MAGIC || h.type == 0 || h.type >= T_MAX || h.len > M_CHUNK) {
-                l->st.proto_errors++;
-                link_drop(l, "bad frame header");
-                return 1;
-            }
-            size_t have = l->rx_end - l->rx_start - M_HDR;
-            if (have < h.len && h.len >= M_RX_DIRECT) {
-                /* A large frame not yet here: the rest goes straight into a pool
-                 * buffer that the piece keeps (no copy out of the ring). */
-                uint8_t *b = srrs_buf_get(l->r, h.len);
-                if (b) {
-                    memcpy(b, l->rx + l->rx_start + M_HDR, have);
-                    l->dh = h;
-                    l->dbuf = b;
-                    l->dgot = have;
-                    l->rx_start = l->rx_end;
-                    progress = true;
-                    break;
-                }
-            }
-            if (have < h.len)
-                break;
-            void *own = NULL;
-            int rc = rx_check(l, &h, l->rx + l->rx_start + M_HDR, &own);
+            int rc = rx_direct(l, &work);
             if (rc < 0)
                 return 1;
             if (rc == 0)
-                break;
-            l->rx_start += M_HDR + h.len;
-            progress = true;
+                return work;
+            continue;
         }
-        if (!progress)
+        if (rx_fill(l, &work) < 0)
+            return 1;
+        int rc = rx_frames(l);
+        if (rc < 0)
+            return 1;
+        if (!rc)
             break;
         work = 1;
     }
     return work;
 }
-
 
 /* ---- connection ----------------------------------------------------------------------- */
 

@@ -19,6 +19,34 @@ static void resync_finish(struct mirror *m)
                     "resync complete: %llu bytes copied", (unsigned long long)m->resync_bytes);
 }
 
+/* A chunk was acknowledged: the stripe's next chunk is read (true), or the
+ * stripe is done: unlocked, its bits cleared (false: the piece picks another). */
+static bool copy_chunk_acked(struct mirror *m, struct piece *p)
+{
+    struct mlink *l = m->l;
+    uint64_t stripe_end = SRRS_MIN((p->stripe + 1) << m->stripe_shift, m->size);
+    uint64_t next = p->off + p->len;
+    if (next >= stripe_end) {
+        m->need[p->stripe] = 0;
+        bit_clr(m->bm, p->stripe);
+        if (m->resync_left)
+            m->resync_left--;
+        stripe_unlock(p);
+        srrs_buf_put(l->r, p->buf, p->buf_len);
+        p->buf = NULL;
+        return false;
+    }
+    p->off = next;
+    p->len = SRRS_MIN((uint64_t)M_CHUNK, stripe_end - next);
+    p->iov[0].iov_len = p->len;
+    p->applied = true;
+    if (local_submit(l, p, SRRS_IO_READ))
+        p->status = -ENOMEM;
+    if (p->status)
+        copy_next(m, p);
+    return true;
+}
+
 /* A copy piece walks: pick a stripe, lock it, read a chunk, send it, next
  * chunk; M_COPIES of them run at once. */
 void copy_next(struct mirror *m, struct piece *p)
@@ -43,30 +71,8 @@ void copy_next(struct mirror *m, struct piece *p)
         m->resync_bytes += p->len;
         return;
     }
-    if (p->locked) {
-        /* a chunk was acknowledged: next chunk of the stripe, or the stripe is done */
-        uint64_t stripe_end = SRRS_MIN((p->stripe + 1) << m->stripe_shift, m->size);
-        uint64_t next = p->off + p->len;
-        if (next >= stripe_end) {
-            m->need[p->stripe] = 0;
-            bit_clr(m->bm, p->stripe);
-            if (m->resync_left)
-                m->resync_left--;
-            stripe_unlock(p);
-            srrs_buf_put(l->r, p->buf, p->buf_len);
-            p->buf = NULL;
-        } else {
-            p->off = next;
-            p->len = SRRS_MIN((uint64_t)M_CHUNK, stripe_end - next);
-            p->iov[0].iov_len = p->len;
-            p->applied = true;
-            if (local_submit(l, p, SRRS_IO_READ))
-                p->status = -ENOMEM;
-            if (p->status)
-                copy_next(m, p);
-            return;
-        }
-    }
+    if (p->locked && copy_chunk_acked(m, p))
+        return;
     if (!p->relock) {
         while (m->copy_cursor < m->nstripes && !m->need[m->copy_cursor])
             m->copy_cursor++;

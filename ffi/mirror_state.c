@@ -374,6 +374,50 @@ static void forward_answer(struct mlink *l, struct piece *p)
         frame_send(l, T_ACK, p->m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
 }
 
+/* A host write whose local and remote parts are done: acknowledged. */
+static void host_write_done(struct mlink *l, struct mirror *m, struct piece *p)
+{
+    if (p->locked) {
+        /* ordered here: local done and (paired) the peer's ACK */
+        if (p->status == 0 && !p->alone && l->mode != MODE_SOLO &&
+            p->conn_gen == l->conn_gen && link_ready(l))
+            clear_dirty(m, p->stripe);
+        int st = p->status;
+        if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
+            st = -ENOTCONN; /* the lease ran out: never ack alone past it */
+        stripe_unlock(p);
+        piece_host_done(l, p, st);
+        piece_put(l, p);
+    } else {
+        /* forwarded: applied here (WRITE_REF, our ACK sent) and FWD_DONE
+         * arrived: both replicas have it */
+        if (p->status == 0 && p->applied && p->conn_gen == l->conn_gen && link_ready(l))
+            clear_dirty(m, p->stripe);
+        int st = p->status;
+        if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
+            st = -ENOTCONN; /* settled alone (link lost): never past the lease */
+        piece_host_done(l, p, st);
+        piece_put(l, p);
+    }
+}
+
+/* A chunk the resync source copied to us is written: ACK; the stripe is
+ * current once its last chunk is. */
+static void peer_resync_done(struct mlink *l, struct mirror *m, struct piece *p)
+{
+    if (p->conn_gen == l->conn_gen && link_ready(l)) {
+        frame_send(l, T_ACK, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
+        if (p->status == 0 && p->applied) { /* last chunk of the stripe */
+            m->need[p->stripe] = 0;
+            bit_clr(m->bm, p->stripe);
+            if (m->resync_left)
+                m->resync_left--;
+        }
+    }
+    m->resync_bytes += p->len;
+    piece_put(l, p);
+}
+
 /* Called whenever a piece's local or remote part finished. */
 void piece_step(struct mlink *l, struct piece *p)
 {
@@ -387,28 +431,7 @@ void piece_step(struct mlink *l, struct piece *p)
     struct mirror *m = p->m;
     switch (p->kind) {
     case P_HOST_WRITE:
-        if (p->locked) {
-            /* ordered here: local done and (paired) the peer's ACK */
-            if (p->status == 0 && !p->alone && l->mode != MODE_SOLO &&
-                p->conn_gen == l->conn_gen && link_ready(l))
-                clear_dirty(m, p->stripe);
-            int st = p->status;
-            if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
-                st = -ENOTCONN; /* the lease ran out: never ack alone past it */
-            stripe_unlock(p);
-            piece_host_done(l, p, st);
-            piece_put(l, p);
-        } else {
-            /* forwarded: applied here (WRITE_REF, our ACK sent) and FWD_DONE
-             * arrived: both replicas have it */
-            if (p->status == 0 && p->applied && p->conn_gen == l->conn_gen && link_ready(l))
-                clear_dirty(m, p->stripe);
-            int st = p->status;
-            if (st == 0 && l->mode == MODE_SOLO && !lease_ok(l))
-                st = -ENOTCONN; /* settled alone (link lost): never past the lease */
-            piece_host_done(l, p, st);
-            piece_put(l, p);
-        }
+        host_write_done(l, m, p);
         break;
     case P_HOST_READ:
     case P_FLUSH:
@@ -427,17 +450,7 @@ void piece_step(struct mlink *l, struct piece *p)
         piece_put(l, p);
         break;
     case P_PEER_RESYNC:
-        if (p->conn_gen == l->conn_gen && link_ready(l)) {
-            frame_send(l, T_ACK, m, p->peer_tag, 0, p->status, 0, NULL, 0, 0, NULL);
-            if (p->status == 0 && p->applied) { /* last chunk of the stripe */
-                m->need[p->stripe] = 0;
-                bit_clr(m->bm, p->stripe);
-                if (m->resync_left)
-                    m->resync_left--;
-            }
-        }
-        m->resync_bytes += p->len;
-        piece_put(l, p);
+        peer_resync_done(l, m, p);
         break;
     case P_PEER_FWD:
         /* our write done (FWD_DONE sent) and the forwarder's ACK */
