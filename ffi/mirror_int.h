@@ -310,7 +310,13 @@ void link_free(struct mlink *l);
 /* ---- mirror_state.c ------------------------------------------------------ */
 
 void host_start(void *arg);
-void piece_host_done(struct mlink *l, struct piece *p, int status);
+void host_io_done(struct mlink *l, struct srrs_io *io, int status);
+/* Takes the io, not the piece: a caller without a piece passes no 2 KiB
+ * struct built for the call (one file, the compiler had dropped it). */
+static inline void piece_host_done(struct mlink *l, struct piece *p, int status)
+{
+    host_io_done(l, p->host, status);
+}
 void piece_dispatch(struct mlink *l, struct piece *p);
 void piece_step(struct mlink *l, struct piece *p);
 void hold(struct mlink *l, struct piece *p);

@@ -36,9 +36,9 @@ static void host_done_msg(void *arg)
     srrs_io_complete(io, io->status);
 }
 
-void piece_host_done(struct mlink *l, struct piece *p, int status)
+/* One part of host I/O io is done (a piece, or host_start's own hold). */
+void host_io_done(struct mlink *l, struct srrs_io *io, int status)
 {
-    struct srrs_io *io = p->host;
     struct hctx *h = (struct hctx *)io->driver_ctx;
     if (status && !h->status)
         h->status = status;
@@ -584,8 +584,7 @@ void host_start(void *arg)
         h->left = 1;
         struct piece *p = piece_get(l, P_FLUSH, m);
         if (!p) {
-            struct piece fake = {.host = io};
-            piece_host_done(l, &fake, -ENOMEM);
+            host_io_done(l, io, -ENOMEM);
             return;
         }
         p->host = io;
@@ -632,8 +631,7 @@ void host_start(void *arg)
         }
         at = end;
     }
-    struct piece fake = {.host = io};
-    piece_host_done(l, &fake, 0);
+    host_io_done(l, io, 0);
 }
 
 /* ---- the data frames' handlers (rx_frame, mirror_link.c) ------------------------ */

@@ -118,6 +118,16 @@ void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg);
 void srrs_reactor_del_stop_hook(struct srrs_reactor *r, int handle);
 
+/* Control thread. Per-core state of a layer above the reactors (the bdev
+ * registry), found by the address of a key of that layer; destroy runs first
+ * in srrs_core_destroy, newest first, while the reactors still exist.
+ * -ENOSPC: every slot taken. */
+#define SRRS_CORE_SLOTS 4
+typedef void (*srrs_slot_destroy_fn)(struct srrs_core *core, void *val);
+void *srrs_core_slot(struct srrs_core *core, const void *key);
+int srrs_core_set_slot(struct srrs_core *core, const void *key, void *val,
+                       srrs_slot_destroy_fn destroy);
+
 /* Any thread. Queue an event for the control plane (dropped and counted if full). */
 void srrs_event_post(struct srrs_core *core, uint32_t type, uint64_t a, uint64_t b, const char *obj,
                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -185,6 +195,13 @@ void srrs_io_put(struct srrs_io *io);
 /* Reactor thread. Completion runs io->cb later in the same reactor's loop
  * (never inline: no recursion between submit and completion). */
 void srrs_io_complete(struct srrs_io *io, int status);
+/* Runs on the reactor for every completed I/O, before its callback, with the
+ * batch's clock reading (ticks). The layer above the reactors that accounts
+ * I/O (bdev.c: statistics and latency per bdev) installs it; the reactor
+ * calls it without knowing what it counts (docs/architecture.md, Threads). */
+typedef void (*srrs_io_done_fn)(struct srrs_io *io, uint64_t now_ticks);
+/* Control thread. One hook per core; before any I/O that needs it is submitted. */
+void srrs_core_set_io_done(struct srrs_core *core, srrs_io_done_fn fn);
 
 /* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB + 64 KiB.
  * NULL if len > SRRS_BUF_LARGE or the class is empty. */
@@ -304,7 +321,6 @@ int srrs_bdev_rename(struct srrs_core *core, struct srrs_bdev *b, const char *ne
 void srrs_bdev_submit(struct srrs_io *io);
 /* Reactor thread, at completion before io->cb: counts the I/O and its latency
  * up to now_ticks (the reactor reads the clock once per completion batch). */
-void srrs_bdev_account_at(struct srrs_io *io, uint64_t now_ticks);
 /* The same at srrs_ticks() (a completion outside the reactor's batch). */
 void srrs_bdev_account(struct srrs_io *io);
 /* Reactor thread: io for bdev with a single buffer. */
