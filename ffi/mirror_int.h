@@ -35,7 +35,15 @@
 #define M_HDR 64
 #define M_COPIES 16                /* stripes copied in parallel by a resync source */
 
-enum { MODE_FENCED, MODE_PAIRED, MODE_SOLO, MODE_RSRC, MODE_RTGT, MODE_PENDING };
+/* enum srrs_mirror_mode (ffi/mirror.h) under short names */
+enum {
+    MODE_FENCED = SRRS_MIRROR_FENCED,
+    MODE_PAIRED = SRRS_MIRROR_PAIRED,
+    MODE_SOLO = SRRS_MIRROR_SOLO,
+    MODE_RSRC = SRRS_MIRROR_RESYNC_SOURCE,
+    MODE_RTGT = SRRS_MIRROR_RESYNC_TARGET,
+    MODE_PENDING = SRRS_MIRROR_PENDING,
+};
 
 enum {
     T_HELLO = 1, T_PING, T_WRITE, T_WRITE_REF, T_FORWARD, T_ACK, T_FWD_DONE, T_READ,

@@ -403,7 +403,7 @@ static int conn_poll(void *arg)
 {
     struct mlink *l = arg;
     if (l->fd < 0)
-        return 0;
+        return SRRS_POLLER_IDLE;
     if (l->connecting) {
         int err = 0;
         socklen_t sl = sizeof(err);
@@ -413,12 +413,12 @@ static int conn_poll(void *arg)
             l->fd = -1;
             l->connecting = false;
             srrs_poller_unregister(&l->p_conn);
-            return 0;
+            return SRRS_POLLER_IDLE;
         }
         struct sockaddr_storage ss;
         sl = sizeof(ss);
         if (getpeername(l->fd, (struct sockaddr *)&ss, &sl))
-            return 0; /* still connecting */
+            return SRRS_POLLER_IDLE; /* still connecting */
         l->connecting = false;
         l->up = true;
         l->st.connects++;
@@ -631,15 +631,15 @@ static int listen_poll(void *arg)
     socklen_t sl = sizeof(ss);
     int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
-        return 0;
+        return SRRS_POLLER_IDLE;
     if (l->o.node == 0) {
         close(fd); /* node 0 dials */
-        return 1;
+        return SRRS_POLLER_BUSY;
     }
     if (!addr_allowed(l, &ss)) {
         close(fd);
         auth_refused(l, &ss, "source address not allowed");
-        return 1;
+        return SRRS_POLLER_BUSY;
     }
     /* Even while the link is up, a connection runs the handshake (a stranger
      * is counted); only auth_done decides whether it may take the link. */
@@ -649,7 +649,7 @@ static int listen_poll(void *arg)
         close(fd); /* one connection at a time */
     else
         conn_attach(l, fd, false);
-    return 1;
+    return SRRS_POLLER_BUSY;
 }
 
 static int timer_poll(void *arg)
@@ -662,7 +662,7 @@ static int timer_poll(void *arg)
         uint64_t heard = l->auth_on ? SRRS_MAX(l->last_mac_rx, l->last_rx_conn) : l->last_rx;
         if (now - heard > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
             link_drop(l, "peer silent");
-            return 1;
+            return SRRS_POLLER_BUSY;
         }
         if (link_ready(l) && now - l->rl_asked >= l->rl_len / 4) {
             rl_ask(l, now); /* renewal, whatever else is sent (it is a PING too) */
@@ -701,7 +701,7 @@ static int timer_poll(void *arg)
         srrs_event_post(l->core, SRRS_EV_MIRROR_DOWN, 0, 0, "mirror-link",
                         "lease expired: mirror fenced itself");
     }
-    return 0;
+    return SRRS_POLLER_IDLE;
 }
 
 /* ---- the link's life ------------------------------------------------------------------- */

@@ -203,7 +203,13 @@ struct stop_hook {
 #define MSG_BUDGET 256
 #define IO_POOL_SIZE 16384u
 
-enum { R_CREATED = 0, R_RUNNING = 1, R_STOPPING = 2, R_STOPPED = 3 };
+/* enum srrs_reactor_state (ffi/srrs.h) under short names */
+enum {
+    R_CREATED = SRRS_REACTOR_CREATED,
+    R_RUNNING = SRRS_REACTOR_RUNNING,
+    R_STOPPING = SRRS_REACTOR_STOPPING,
+    R_STOPPED = SRRS_REACTOR_STOPPED,
+};
 
 struct buf_class {
     size_t size;
@@ -523,7 +529,7 @@ int srrs_core_create(const struct srrs_core_opts *o, struct srrs_core **out)
     if (o->nreactors < 1 || o->nreactors > SRRS_MAX_REACTORS)
         return srrs_err(-EINVAL, "core: reactors must be 1..%d, got %d", SRRS_MAX_REACTORS,
                         o->nreactors);
-    if (o->poll_mode != 0 && o->poll_mode != 1)
+    if (o->poll_mode != SRRS_POLL_ADAPTIVE && o->poll_mode != SRRS_POLL_BUSY)
         return srrs_err(-EINVAL, "core: poll_mode must be 0 (adaptive) or 1 (busy)");
     if (o->ncpus < 0 || o->ncpus > 64)
         return srrs_err(-EINVAL, "core: ncpus must be 0..64");
@@ -885,7 +891,7 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
                 end > r->drain_deadline)
                 break;
         }
-        if (!work && (r->poll_mode == 0 || srrs_reactor_is_stopping(r)) &&
+        if (!work && (r->poll_mode == SRRS_POLL_ADAPTIVE || srrs_reactor_is_stopping(r)) &&
             end - last_work >= r->idle_spin) {
             reactor_sleep(r, end, next_due);
             end = srrs_ticks();

@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 3
+#define SRRS_ABI_VERSION 4
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -81,7 +81,8 @@ uint64_t srrs_now_ns(void); /* CLOCK_MONOTONIC */
 /* ---- reactors, messages, pollers --------------------------------------- */
 
 typedef void (*srrs_msg_fn)(void *arg);
-/* Returns > 0 when it did work (busy), 0 when it found none (idle). */
+/* Returns SRRS_POLLER_BUSY (> 0) when it did work, SRRS_POLLER_IDLE (0) when
+ * it found none (enum srrs_poller_result, ffi/srrs.h). */
 typedef int (*srrs_poller_fn)(void *arg);
 
 struct srrs_poller;
@@ -132,35 +133,7 @@ int srrs_core_set_slot(struct srrs_core *core, const void *key, void *val,
 void srrs_event_post(struct srrs_core *core, uint32_t type, uint64_t a, uint64_t b, const char *obj,
                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-enum srrs_event_type {
-    SRRS_EV_NONE = 0,
-    SRRS_EV_LOG = 1,
-    SRRS_EV_BDEV_ERROR = 2,
-    SRRS_EV_CONN_UP = 10,
-    SRRS_EV_CONN_DOWN = 11,
-    SRRS_EV_KATO_EXPIRED = 12,
-    SRRS_EV_PROTO_ERROR = 13,
-    SRRS_EV_VHOST_STOPPED = 20,
-    SRRS_EV_VHOST_BROKEN = 21,
-    SRRS_EV_QUOTA = 30,
-    SRRS_EV_POOL_FULL = 31,
-    SRRS_EV_FRAG_FAILED = 32, /* a = fragment index: its file shrank, vanished, failed or is missing */
-    SRRS_EV_RAM_LOST = 33,    /* a = fragment index, b = clusters whose RAM was gone at open */
-    SRRS_EV_MIRROR_DOWN = 40,
-    SRRS_EV_MIRROR_UP = 41,
-    SRRS_EV_MIRROR_READ_ERR = 42, /* a = local read errors so far, b = offset: served by the peer */
-};
-
 /* ---- I/O objects and buffers ------------------------------------------- */
-
-enum srrs_io_op {
-    SRRS_IO_READ = 0,
-    SRRS_IO_WRITE = 1,
-    SRRS_IO_FLUSH = 2,
-    SRRS_IO_WRITE_ZEROES = 3,
-    SRRS_IO_UNMAP = 4,
-    SRRS_IO_NOPS
-};
 
 struct srrs_io;
 struct srrs_bdev;
@@ -239,7 +212,7 @@ struct srrs_bdev_module {
 #define SRRS_LAT_BUCKETS ((SRRS_LAT_MAX_MSB - SRRS_LAT_SUB_BITS + 2) * SRRS_LAT_SUB + 1) /* 177 */
 
 /* Latency classes, each its own histogram. */
-enum { SRRS_LAT_READ, SRRS_LAT_WRITE, SRRS_LAT_OTHER /* flush, unmap, write-zeroes */, SRRS_LAT_NOPS };
+/* latency classes: enum srrs_lat_class (ffi/srrs.h) */
 
 static inline uint32_t srrs_lat_bucket(uint64_t us)
 {
