@@ -24,14 +24,15 @@ from typing import Any, Callable, Optional
 
 from srrs.units import parse_address
 
+from ..ffi import binding
 from . import ha
 from .pair_config import PairConfig
 
 log = logging.getLogger("srrs.pair")
 
-MIRROR_MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4,
-                "pending": 5}
-MODE_NAMES = {v: k for k, v in MIRROR_MODES.items()}
+# The C mirror's modes by name, and back (enum srrs_mirror_mode, ffi/mirror.h).
+MIRROR_MODES = binding.MIRROR_MODES
+MODE_NAMES = binding.MIRROR_MODE_NAMES
 
 
 class PairService:

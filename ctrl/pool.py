@@ -14,13 +14,14 @@ import os
 from dataclasses import replace
 from typing import Optional
 
-from ..ffi.binding import SrrsError, check, ffi, lib
+from ..ffi import binding
+from ..ffi.binding import PoolPlacement, SrrsError, check, ffi, lib
 from ..rpcdef import AlreadyExists, Busy, NotFound
 from .pool_config import FragmentConfig, PoolConfig, TenantConfig, VolumeConfig
 
 log = logging.getLogger("srrs.pool")
 
-FRAG_STATES = {0: "empty", 1: "active", 2: "draining", 3: "removed", 4: "missing"}
+FRAG_STATES = binding.FRAG_STATES  # enum srrs_frag_state (ffi/lvol.h)
 
 
 def _s(c) -> str:
@@ -61,7 +62,8 @@ class Pool:
         self.conf = conf
         o = ffi.new("struct srrs_pool_opts *")
         o.cluster_size = conf.cluster_size
-        o.placement = 1 if conf.placement == "fill-first" else 0
+        o.placement = (PoolPlacement.FILL_FIRST if conf.placement == "fill-first"
+                       else PoolPlacement.SPREAD)
         o.reactor = conf.reactor
         o.sync_metadata = int(conf.sync_metadata)
         o.md_slots = conf.metadata_slots
@@ -115,7 +117,7 @@ class Pool:
         return {"name": self.name, "state": state, "alerts": alerts, "degraded": state != "ok",
                 "failed_fragments": i.failed_frags, "lost_clusters": i.lost_clusters,
                 "uuid": _uuid(i.uuid), "cluster_size": cs,
-                "placement": "fill-first" if i.placement else "spread",
+                "placement": "fill-first" if i.placement == PoolPlacement.FILL_FIRST else "spread",
                 "capacity": i.total_clusters * cs, "used": i.used_clusters * cs,
                 "free": i.free_clusters * cs, "total_clusters": i.total_clusters,
                 "used_clusters": i.used_clusters, "free_clusters": i.free_clusters,

@@ -20,22 +20,32 @@ struct bdev_registry {
     struct srrs_bdev *buckets[REG_BUCKETS];
 };
 
-void *srrs_core_bdev_registry(struct srrs_core *core);
-void srrs_core_set_bdev_registry(struct srrs_core *core, void *reg);
 
 static uint8_t zero_mem[1u << 20] __attribute__((aligned(4096)));
 const uint8_t *srrs_zero_buf = zero_mem;
 
+static const char registry_key; /* its address names our slot in the core */
+
+static void registry_destroy(struct srrs_core *core, void *val);
+static void bdev_io_done(struct srrs_io *io, uint64_t now);
+
 static struct bdev_registry *registry(struct srrs_core *core)
 {
-    /* Created with the core's first bdev call; the core is built on one thread. */
-    struct bdev_registry *reg = srrs_core_bdev_registry(core);
+    /* Created with the core's first bdev call; the core is built on one thread.
+     * The reactors know nothing of bdevs: the registry is a core slot, and
+     * the accounting of completed I/O the core's I/O hook. */
+    struct bdev_registry *reg = srrs_core_slot(core, &registry_key);
     if (!reg) {
         reg = calloc(1, sizeof(*reg));
         if (!reg)
             return NULL;
         pthread_mutex_init(&reg->lock, NULL);
-        srrs_core_set_bdev_registry(core, reg);
+        if (srrs_core_set_slot(core, &registry_key, reg, registry_destroy)) {
+            pthread_mutex_destroy(&reg->lock);
+            free(reg);
+            return NULL;
+        }
+        srrs_core_set_io_done(core, bdev_io_done);
     }
     return reg;
 }
@@ -251,11 +261,10 @@ int srrs_bdev_delete(struct srrs_core *core, const char *name)
     return 0;
 }
 
-void srrs_bdev_registry_destroy(struct srrs_core *core)
+static void registry_destroy(struct srrs_core *core, void *val)
 {
-    struct bdev_registry *reg = srrs_core_bdev_registry(core);
-    if (!reg)
-        return;
+    struct bdev_registry *reg = val;
+    (void)core;
     /* Stacked bdevs first: repeat while something is still open by another. */
     for (int pass = 0; pass < 64 && reg->count; pass++) {
         for (uint32_t h = 0; h < REG_BUCKETS; h++) {
@@ -274,7 +283,6 @@ void srrs_bdev_registry_destroy(struct srrs_core *core)
     }
     pthread_mutex_destroy(&reg->lock);
     free(reg);
-    srrs_core_set_bdev_registry(core, NULL);
 }
 
 static inline uint64_t stat_get(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
@@ -423,7 +431,8 @@ static inline void lat_record(struct srrs_bdev_stats *s, int cls, uint64_t ns, u
 }
 
 /* Runs at completion, on the reactor, before the callback. */
-void srrs_bdev_account_at(struct srrs_io *io, uint64_t now)
+static inline __attribute__((always_inline)) void srrs_bdev_account_at(struct srrs_io *io,
+                                                                      uint64_t now)
 {
     struct srrs_bdev_stats *s = &io->bdev->stats[srrs_reactor_idx(io->r)];
     if (srrs_unlikely(io->status)) {
@@ -460,6 +469,15 @@ void srrs_bdev_account_at(struct srrs_io *io, uint64_t now)
 void srrs_bdev_account(struct srrs_io *io)
 {
     srrs_bdev_account_at(io, srrs_ticks());
+}
+
+/* The core's I/O hook (srrs_core_set_io_done): every completed I/O, on its
+ * reactor, before the callback; the accounting inline, as when the reactor
+ * called it directly. */
+static void bdev_io_done(struct srrs_io *io, uint64_t now)
+{
+    if (io->bdev)
+        srrs_bdev_account_at(io, now);
 }
 
 void srrs_bdev_count_path(struct srrs_io *io, bool direct);

@@ -6,6 +6,7 @@ GIL for the call, so that thread is pure C until the reactor stops).
 
 from __future__ import annotations
 
+import enum
 import errno as _errno
 import os
 import threading
@@ -38,18 +39,103 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
-POLL_MODES = {"adaptive": 0, "busy": 1}
-RW_MODES = {"randread": 0, "randwrite": 1, "randrw": 2, "read": 3, "write": 4}
-IO_OPS = {"read": 0, "write": 1, "flush": 2, "write_zeroes": 3, "unmap": 4}
-REACTOR_STATES = {0: "created", 1: "running", 2: "stopping", 3: "stopped"}
-EVENT_TYPES = {
-    1: "log", 2: "bdev_error", 10: "conn_up", 11: "conn_down", 12: "kato_expired",
-    13: "proto_error", 20: "vhost_stopped", 21: "vhost_broken", 30: "quota",
-    31: "pool_full", 32: "frag_failed", 33: "ram_lost", 40: "mirror_down", 41: "mirror_up",
-    42: "mirror_read_error",
-}
+
+# The named ints of the contract headers (their enums, which cffi exposes as
+# lib.SRRS_*): Python never writes one of these numbers itself.
+class PollMode(enum.IntEnum):
+    ADAPTIVE = lib.SRRS_POLL_ADAPTIVE
+    BUSY = lib.SRRS_POLL_BUSY
+
+
+class ReactorState(enum.IntEnum):
+    CREATED = lib.SRRS_REACTOR_CREATED
+    RUNNING = lib.SRRS_REACTOR_RUNNING
+    STOPPING = lib.SRRS_REACTOR_STOPPING
+    STOPPED = lib.SRRS_REACTOR_STOPPED
+
+
+class EventType(enum.IntEnum):
+    LOG = lib.SRRS_EV_LOG
+    BDEV_ERROR = lib.SRRS_EV_BDEV_ERROR
+    CONN_UP = lib.SRRS_EV_CONN_UP
+    CONN_DOWN = lib.SRRS_EV_CONN_DOWN
+    KATO_EXPIRED = lib.SRRS_EV_KATO_EXPIRED
+    PROTO_ERROR = lib.SRRS_EV_PROTO_ERROR
+    VHOST_STOPPED = lib.SRRS_EV_VHOST_STOPPED
+    VHOST_BROKEN = lib.SRRS_EV_VHOST_BROKEN
+    QUOTA = lib.SRRS_EV_QUOTA
+    POOL_FULL = lib.SRRS_EV_POOL_FULL
+    FRAG_FAILED = lib.SRRS_EV_FRAG_FAILED
+    RAM_LOST = lib.SRRS_EV_RAM_LOST
+    MIRROR_DOWN = lib.SRRS_EV_MIRROR_DOWN
+    MIRROR_UP = lib.SRRS_EV_MIRROR_UP
+    MIRROR_READ_ERROR = lib.SRRS_EV_MIRROR_READ_ERR
+
+
+class IoOp(enum.IntEnum):
+    READ = lib.SRRS_IO_READ
+    WRITE = lib.SRRS_IO_WRITE
+    FLUSH = lib.SRRS_IO_FLUSH
+    WRITE_ZEROES = lib.SRRS_IO_WRITE_ZEROES
+    UNMAP = lib.SRRS_IO_UNMAP
+
+
+class LatClass(enum.IntEnum):
+    READ = lib.SRRS_LAT_READ
+    WRITE = lib.SRRS_LAT_WRITE
+    OTHER = lib.SRRS_LAT_OTHER
+
+
+class BenchRw(enum.IntEnum):
+    RANDREAD = lib.SRRS_RW_RANDREAD
+    RANDWRITE = lib.SRRS_RW_RANDWRITE
+    RANDRW = lib.SRRS_RW_RANDRW
+    READ = lib.SRRS_RW_READ
+    WRITE = lib.SRRS_RW_WRITE
+
+
+class MirrorMode(enum.IntEnum):
+    FENCED = lib.SRRS_MIRROR_FENCED
+    PAIRED = lib.SRRS_MIRROR_PAIRED
+    SOLO = lib.SRRS_MIRROR_SOLO
+    RESYNC_SOURCE = lib.SRRS_MIRROR_RESYNC_SOURCE
+    RESYNC_TARGET = lib.SRRS_MIRROR_RESYNC_TARGET
+    PENDING = lib.SRRS_MIRROR_PENDING
+
+
+class PoolPlacement(enum.IntEnum):
+    SPREAD = lib.SRRS_PLACEMENT_SPREAD
+    FILL_FIRST = lib.SRRS_PLACEMENT_FILL_FIRST
+
+
+class FragState(enum.IntEnum):
+    EMPTY = lib.SRRS_FRAG_EMPTY
+    ACTIVE = lib.SRRS_FRAG_ACTIVE
+    DRAINING = lib.SRRS_FRAG_DRAINING
+    REMOVED = lib.SRRS_FRAG_REMOVED
+    MISSING = lib.SRRS_FRAG_MISSING
+
+
+def _by_name(e: type[enum.IntEnum]) -> dict:
+    """name (lower case, as configs and RPC results spell it) -> member."""
+    return {m.name.lower(): m for m in e}
+
+
+def _names(e: type[enum.IntEnum]) -> dict:
+    """value -> name (lower case)."""
+    return {m.value: m.name.lower() for m in e}
+
+
+POLL_MODES = _by_name(PollMode)
+RW_MODES = _by_name(BenchRw)
+IO_OPS = _by_name(IoOp)
+REACTOR_STATES = _names(ReactorState)
+EVENT_TYPES = _names(EventType)
+MIRROR_MODES = _by_name(MirrorMode)
+MIRROR_MODE_NAMES = _names(MirrorMode)
+FRAG_STATES = _names(FragState)
 
 
 class SrrsError(OSError):
@@ -285,7 +371,7 @@ class Core:
         return {
             "reactor": idx,
             "state": REACTOR_STATES.get(st.state, str(st.state)),
-            "poll_mode": "busy" if st.poll_mode == 1 else "adaptive",
+            "poll_mode": "busy" if st.poll_mode == PollMode.BUSY else "adaptive",
             "tid": st.tid,
             "cpu": st.cpu,
             "loops": st.loops,

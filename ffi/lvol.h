@@ -10,6 +10,20 @@
 
 struct srrs_pool;
 
+enum srrs_pool_placement {
+    SRRS_PLACEMENT_SPREAD = 0,      /* new clusters on the emptiest fragment (by weight) */
+    SRRS_PLACEMENT_FILL_FIRST = 1,  /* fragments filled in order */
+};
+/* A fragment's state (struct srrs_pool_frag_info.state). */
+enum srrs_frag_state {
+    SRRS_FRAG_EMPTY = 0,            /* an empty table slot */
+    SRRS_FRAG_ACTIVE = 1,
+    SRRS_FRAG_DRAINING = 2,
+    SRRS_FRAG_REMOVED = 3,
+    SRRS_FRAG_MISSING = 4,          /* in the pool's table but not found at open: the pool is
+                                       degraded (I/O to its clusters fails, nothing is allocated) */
+};
+
 struct srrs_pool_frag_spec {
     const char *path;       /* file (created sparse), partition or block device; NULL: RAM */
     uint64_t size;          /* file: size to create; RAM: bytes; block device: 0 = whole */
@@ -18,7 +32,7 @@ struct srrs_pool_frag_spec {
 
 struct srrs_pool_opts {
     uint32_t cluster_size;  /* bytes, power of two, 64 KiB .. 64 MiB (0: 1 MiB) */
-    int placement;          /* 0 spread, 1 fill-first */
+    int placement;          /* enum srrs_pool_placement */
     int reactor;            /* the reactor that allocates and writes metadata */
     int sync_metadata;      /* 1: flush the fragment between the two metadata copies */
     uint32_t md_slots;      /* metadata pages per persistent fragment (0: auto) */
@@ -47,12 +61,9 @@ struct srrs_pool_info {
     uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
 };
 
-/* A fragment the pool's table records but that was not found at open: the
- * pool is degraded (I/O to its clusters fails, nothing is allocated). */
-#define SRRS_FRAG_MISSING 4
 struct srrs_pool_frag_info {
     int32_t index;
-    int32_t state;          /* 1 active, 2 draining, 3 removed (0: empty table slot), 4 missing */
+    int32_t state;          /* enum srrs_frag_state */
     int32_t ram;
     uint32_t weight;
     char path[256];

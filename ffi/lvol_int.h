@@ -33,7 +33,8 @@
 #define LV_BS 4096u
 
 enum { PK_VOL = 1, PK_MAP = 2, PK_FREE = 3 };
-enum { FS_EMPTY = 0, FS_ACTIVE = 1, FS_DRAINING = 2, FS_REMOVED = 3 };
+enum { FS_EMPTY = SRRS_FRAG_EMPTY, FS_ACTIVE = SRRS_FRAG_ACTIVE, FS_DRAINING = SRRS_FRAG_DRAINING,
+       FS_REMOVED = SRRS_FRAG_REMOVED }; /* enum srrs_frag_state (ffi/lvol.h) */
 
 /* Map entries: bits 0..47 cluster on the fragment, 48..55 fragment index + 1.
  * In memory only: PENDING (allocated, not yet committed), LOCKED (moving). */

@@ -38,6 +38,16 @@
  * the next mode (solo serves it, fenced fails it).
  */
 
+/* srrs_mirror_set_mode's modes (above); the info structs report them too. */
+enum srrs_mirror_mode {
+    SRRS_MIRROR_FENCED = 0,
+    SRRS_MIRROR_PAIRED = 1,
+    SRRS_MIRROR_SOLO = 2,
+    SRRS_MIRROR_RESYNC_SOURCE = 3,
+    SRRS_MIRROR_RESYNC_TARGET = 4,
+    SRRS_MIRROR_PENDING = 5,
+};
+
 struct srrs_mirror_link;
 
 struct srrs_mirror_link_opts {
@@ -57,7 +67,7 @@ struct srrs_mirror_link_opts {
 
 struct srrs_mirror_link_info {
     int32_t up;
-    int32_t mode;
+    int32_t mode;              /* enum srrs_mirror_mode */
     uint64_t connects;
     uint64_t tx_frames;
     uint64_t rx_frames;

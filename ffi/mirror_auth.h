@@ -1,5 +1,6 @@
 /*
- * Mirror link authentication (private to ffi/mirror.c; never read by cffi).
+ * Mirror link authentication (private to the mirror files, ffi/mirror_int.h;
+ * used by ffi/mirror_link.c; never read by cffi).
  *
  * Both controllers of a pair hold the same 32-byte secret K (`srrs keygen`
  * writes it). A new TCP connection gets nothing from the link, no slot, no

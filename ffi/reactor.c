@@ -203,7 +203,13 @@ struct stop_hook {
 #define MSG_BUDGET 256
 #define IO_POOL_SIZE 16384u
 
-enum { R_CREATED = 0, R_RUNNING = 1, R_STOPPING = 2, R_STOPPED = 3 };
+/* enum srrs_reactor_state (ffi/srrs.h) under short names */
+enum {
+    R_CREATED = SRRS_REACTOR_CREATED,
+    R_RUNNING = SRRS_REACTOR_RUNNING,
+    R_STOPPING = SRRS_REACTOR_STOPPING,
+    R_STOPPED = SRRS_REACTOR_STOPPED,
+};
 
 struct buf_class {
     size_t size;
@@ -275,14 +281,47 @@ struct srrs_core {
     uint64_t ev_tail __attribute__((aligned(SRRS_CACHELINE)));
     pthread_mutex_t ev_pop_lock; /* control threads may poll concurrently */
     _Atomic uint64_t ev_dropped;
-    /* bdev registry (bdev.c) */
-    void *bdevs;
+    /* Layers above the reactors hook in here; the reactor knows none of them. */
+    srrs_io_done_fn io_done;
+    struct core_slot {
+        const void *key;
+        void *val;
+        srrs_slot_destroy_fn destroy;
+    } slots[SRRS_CORE_SLOTS];
+    int nslots;
 };
 
-void *srrs_core_bdev_registry(struct srrs_core *core);
-void srrs_core_set_bdev_registry(struct srrs_core *core, void *reg);
-void *srrs_core_bdev_registry(struct srrs_core *core) { return core->bdevs; }
-void srrs_core_set_bdev_registry(struct srrs_core *core, void *reg) { core->bdevs = reg; }
+void *srrs_core_slot(struct srrs_core *core, const void *key)
+{
+    for (int i = 0; i < core->nslots; i++)
+        if (core->slots[i].key == key)
+            return core->slots[i].val;
+    return NULL;
+}
+
+int srrs_core_set_slot(struct srrs_core *core, const void *key, void *val,
+                       srrs_slot_destroy_fn destroy)
+{
+    for (int i = 0; i < core->nslots; i++) {
+        if (core->slots[i].key == key) {
+            core->slots[i].val = val;
+            core->slots[i].destroy = destroy;
+            return 0;
+        }
+    }
+    if (core->nslots == SRRS_CORE_SLOTS)
+        return -ENOSPC;
+    core->slots[core->nslots++] = (struct core_slot){key, val, destroy};
+    return 0;
+}
+
+static void io_done_none(struct srrs_io *io, uint64_t now) { (void)io; (void)now; }
+
+void srrs_core_set_io_done(struct srrs_core *core, srrs_io_done_fn fn)
+{
+    /* Release: a reactor that sees an I/O of the new layer sees its hook. */
+    __atomic_store_n(&core->io_done, fn ? fn : io_done_none, __ATOMIC_RELEASE);
+}
 
 static __thread struct srrs_reactor *t_reactor;
 
@@ -389,15 +428,16 @@ static int run_completions(struct srrs_reactor *r, uint64_t now)
     /* Detach the list: callbacks may complete more I/O (runs next loop). */
     struct srrs_io *io = r->cpl_head;
     r->cpl_head = r->cpl_tail = NULL;
-    /* One clock reading for the batch: each I/O's latency ends where the
+    /* One clock reading for the batch, handed to the I/O hook (the layer
+     * above accounts latency with it): each I/O's latency ends where the
      * callbacks that see its completion begin (the TSC read costs as much as
-     * the rest of a null bdev's accounting: once per batch, not per I/O). */
+     * the rest of a fast device's accounting: once per batch, not per I/O). */
     if (io && !now)
         now = srrs_ticks();
+    srrs_io_done_fn done = __atomic_load_n(&r->core->io_done, __ATOMIC_ACQUIRE);
     while (io) {
         struct srrs_io *next = io->next;
-        if (io->bdev)
-            srrs_bdev_account_at(io, now);
+        done(io, now);
         io->cb(io, io->cb_arg);
         io = next;
         n++;
@@ -489,7 +529,7 @@ int srrs_core_create(const struct srrs_core_opts *o, struct srrs_core **out)
     if (o->nreactors < 1 || o->nreactors > SRRS_MAX_REACTORS)
         return srrs_err(-EINVAL, "core: reactors must be 1..%d, got %d", SRRS_MAX_REACTORS,
                         o->nreactors);
-    if (o->poll_mode != 0 && o->poll_mode != 1)
+    if (o->poll_mode != SRRS_POLL_ADAPTIVE && o->poll_mode != SRRS_POLL_BUSY)
         return srrs_err(-EINVAL, "core: poll_mode must be 0 (adaptive) or 1 (busy)");
     if (o->ncpus < 0 || o->ncpus > 64)
         return srrs_err(-EINVAL, "core: ncpus must be 0..64");
@@ -498,6 +538,7 @@ int srrs_core_create(const struct srrs_core_opts *o, struct srrs_core **out)
     if (posix_memalign((void **)&core, SRRS_CACHELINE, sizeof(*core)))
         return srrs_err(-ENOMEM, "core: out of memory");
     memset(core, 0, sizeof(*core));
+    core->io_done = io_done_none;
     pthread_mutex_init(&core->ev_pop_lock, NULL);
     core->event_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     core->ev_cells = calloc(EVENT_RING_SIZE, sizeof(struct event_cell));
@@ -524,14 +565,16 @@ int srrs_core_create(const struct srrs_core_opts *o, struct srrs_core **out)
     return 0;
 }
 
-void srrs_bdev_registry_destroy(struct srrs_core *core);
-
 void srrs_core_destroy(struct srrs_core **pcore)
 {
     struct srrs_core *core = pcore ? *pcore : NULL;
     if (!core)
         return;
-    srrs_bdev_registry_destroy(core);
+    while (core->nslots) { /* newest first: a layer may use an older one */
+        struct core_slot *sl = &core->slots[--core->nslots];
+        if (sl->destroy)
+            sl->destroy(core, sl->val);
+    }
     for (int i = 0; i < core->nreactors; i++)
         reactor_free(core->reactors[i]);
     close(core->event_efd);
@@ -848,7 +891,7 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
                 end > r->drain_deadline)
                 break;
         }
-        if (!work && (r->poll_mode == 0 || srrs_reactor_is_stopping(r)) &&
+        if (!work && (r->poll_mode == SRRS_POLL_ADAPTIVE || srrs_reactor_is_stopping(r)) &&
             end - last_work >= r->idle_spin) {
             reactor_sleep(r, end, next_due);
             end = srrs_ticks();

@@ -21,12 +21,30 @@ int srrs_crc32c_hw_available(void);
 
 /* ---- core and reactors ------------------------------------------------- */
 
+/* Named values of the ints that cross to Python (cffi exposes each as
+ * lib.SRRS_...; ffi/binding.py builds its IntEnums from them). */
+enum srrs_poll_mode {
+    SRRS_POLL_ADAPTIVE = 0,  /* spin idle_spin_us after work, then sleep in epoll_wait */
+    SRRS_POLL_BUSY = 1,      /* never sleep */
+};
+/* What a poller returns (srrs_poller_fn, ffi/srrs_int.h): whether it found work. */
+enum srrs_poller_result {
+    SRRS_POLLER_IDLE = 0,
+    SRRS_POLLER_BUSY = 1,
+};
+enum srrs_reactor_state {
+    SRRS_REACTOR_CREATED = 0,
+    SRRS_REACTOR_RUNNING = 1,
+    SRRS_REACTOR_STOPPING = 2,
+    SRRS_REACTOR_STOPPED = 3,
+};
+
 struct srrs_core;
 struct srrs_reactor;
 
 struct srrs_core_opts {
     int nreactors;          /* 1..64 */
-    int poll_mode;          /* 0 = adaptive, 1 = busy */
+    int poll_mode;          /* enum srrs_poll_mode */
     uint32_t idle_spin_us;  /* adaptive: keep spinning this long after work */
     int ncpus;              /* 0: no pinning; else reactor i pinned to cpus[i % ncpus] */
     int cpus[64];
@@ -41,8 +59,8 @@ struct srrs_reactor_stats {
     uint64_t wakeups;       /* returns from epoll_wait */
     uint64_t io_outstanding;
     uint64_t pollers;
-    int32_t poll_mode;
-    int32_t state;          /* 0 created, 1 running, 2 stopping, 3 stopped */
+    int32_t poll_mode;      /* enum srrs_poll_mode */
+    int32_t state;          /* enum srrs_reactor_state */
     int32_t tid;
     int32_t cpu;
 };
@@ -59,14 +77,33 @@ int srrs_reactor_wait_running(struct srrs_core *core, int idx, int timeout_ms);
 /* control. Asks every reactor to finish: stop hooks run, in-flight I/O drains
  * (at most drain_ms), then srrs_reactor_run() returns. Does not wait. */
 int srrs_core_stop(struct srrs_core *core, int drain_ms);
-/* control. poll_mode 0 adaptive, 1 busy; applied by each reactor at its next loop. */
+/* control. poll_mode: enum srrs_poll_mode; applied by each reactor at its next loop. */
 int srrs_core_set_poll_mode(struct srrs_core *core, int poll_mode, uint32_t idle_spin_us);
 int srrs_reactor_get_stats(struct srrs_core *core, int idx, struct srrs_reactor_stats *out);
 
 /* ---- events to the control plane -------------------------------------- */
 
+enum srrs_event_type {
+    SRRS_EV_NONE = 0,
+    SRRS_EV_LOG = 1,
+    SRRS_EV_BDEV_ERROR = 2,
+    SRRS_EV_CONN_UP = 10,
+    SRRS_EV_CONN_DOWN = 11,
+    SRRS_EV_KATO_EXPIRED = 12,
+    SRRS_EV_PROTO_ERROR = 13,
+    SRRS_EV_VHOST_STOPPED = 20,
+    SRRS_EV_VHOST_BROKEN = 21,
+    SRRS_EV_QUOTA = 30,
+    SRRS_EV_POOL_FULL = 31,
+    SRRS_EV_FRAG_FAILED = 32, /* a = fragment index: its file shrank, vanished, failed or is missing */
+    SRRS_EV_RAM_LOST = 33,    /* a = fragment index, b = clusters whose RAM was gone at open */
+    SRRS_EV_MIRROR_DOWN = 40,
+    SRRS_EV_MIRROR_UP = 41,
+    SRRS_EV_MIRROR_READ_ERR = 42, /* a = local read errors so far, b = offset: served by the peer */
+};
+
 struct srrs_event {
-    uint32_t type;          /* SRRS_EV_* values, see ffi/binding.py EVENT_TYPES */
+    uint32_t type;          /* enum srrs_event_type */
     int32_t reactor;
     uint64_t a;
     uint64_t b;
@@ -81,6 +118,22 @@ int srrs_core_event_poll(struct srrs_core *core, struct srrs_event *out);
 uint64_t srrs_core_events_dropped(struct srrs_core *core);
 
 /* ---- block devices ----------------------------------------------------- */
+
+enum srrs_io_op {
+    SRRS_IO_READ = 0,
+    SRRS_IO_WRITE = 1,
+    SRRS_IO_FLUSH = 2,
+    SRRS_IO_WRITE_ZEROES = 3,
+    SRRS_IO_UNMAP = 4,
+    SRRS_IO_NOPS = 5,
+};
+/* Latency classes of struct srrs_bdev_latency. */
+enum srrs_lat_class {
+    SRRS_LAT_READ = 0,
+    SRRS_LAT_WRITE = 1,
+    SRRS_LAT_OTHER = 2,      /* flush, unmap, write-zeroes */
+    SRRS_LAT_NOPS = 3,
+};
 
 struct srrs_bdev_info {
     char name[64];
@@ -136,10 +189,18 @@ int srrs_bdev_get_latency(struct srrs_core *core, const char *name, struct srrs_
 
 /* ---- load generator (bdevperf-like) ----------------------------------- */
 
+enum srrs_bench_rw {
+    SRRS_RW_RANDREAD = 0,
+    SRRS_RW_RANDWRITE = 1,
+    SRRS_RW_RANDRW = 2,
+    SRRS_RW_READ = 3,
+    SRRS_RW_WRITE = 4,
+};
+
 struct srrs_verify_map;
 
 struct srrs_bench_opts {
-    int rw;                 /* 0 randread 1 randwrite 2 randrw 3 read 4 write */
+    int rw;                 /* enum srrs_bench_rw */
     int rwmix_read;         /* randrw: percent reads */
     uint32_t bs;            /* bytes; with bs_max > bs: random size in [bs, bs_max] */
     uint32_t bs_max;
@@ -192,7 +253,7 @@ int srrs_test_msg_check(struct srrs_core *core, int reactor, uint32_t sender,
                         uint64_t *count, uint64_t *order_errors);
 /* control. ns from posting a message to an idle reactor to its execution. */
 int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor);
-/* control. One synchronous I/O (op 0 read 1 write 2 flush 3 write-zeroes 4 unmap)
+/* control. One synchronous I/O (op: enum srrs_io_op)
  * through the reactor, buf copied through a pool buffer. Returns the I/O status. */
 int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *bdev, int op,
                       uint64_t offset, uint64_t len, void *buf);

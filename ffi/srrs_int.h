@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 3
+#define SRRS_ABI_VERSION 4
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -81,7 +81,8 @@ uint64_t srrs_now_ns(void); /* CLOCK_MONOTONIC */
 /* ---- reactors, messages, pollers --------------------------------------- */
 
 typedef void (*srrs_msg_fn)(void *arg);
-/* Returns > 0 when it did work (busy), 0 when it found none (idle). */
+/* Returns SRRS_POLLER_BUSY (> 0) when it did work, SRRS_POLLER_IDLE (0) when
+ * it found none (enum srrs_poller_result, ffi/srrs.h). */
 typedef int (*srrs_poller_fn)(void *arg);
 
 struct srrs_poller;
@@ -118,39 +119,21 @@ void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg);
 void srrs_reactor_del_stop_hook(struct srrs_reactor *r, int handle);
 
+/* Control thread. Per-core state of a layer above the reactors (the bdev
+ * registry), found by the address of a key of that layer; destroy runs first
+ * in srrs_core_destroy, newest first, while the reactors still exist.
+ * -ENOSPC: every slot taken. */
+#define SRRS_CORE_SLOTS 4
+typedef void (*srrs_slot_destroy_fn)(struct srrs_core *core, void *val);
+void *srrs_core_slot(struct srrs_core *core, const void *key);
+int srrs_core_set_slot(struct srrs_core *core, const void *key, void *val,
+                       srrs_slot_destroy_fn destroy);
+
 /* Any thread. Queue an event for the control plane (dropped and counted if full). */
 void srrs_event_post(struct srrs_core *core, uint32_t type, uint64_t a, uint64_t b, const char *obj,
                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-enum srrs_event_type {
-    SRRS_EV_NONE = 0,
-    SRRS_EV_LOG = 1,
-    SRRS_EV_BDEV_ERROR = 2,
-    SRRS_EV_CONN_UP = 10,
-    SRRS_EV_CONN_DOWN = 11,
-    SRRS_EV_KATO_EXPIRED = 12,
-    SRRS_EV_PROTO_ERROR = 13,
-    SRRS_EV_VHOST_STOPPED = 20,
-    SRRS_EV_VHOST_BROKEN = 21,
-    SRRS_EV_QUOTA = 30,
-    SRRS_EV_POOL_FULL = 31,
-    SRRS_EV_FRAG_FAILED = 32, /* a = fragment index: its file shrank, vanished, failed or is missing */
-    SRRS_EV_RAM_LOST = 33,    /* a = fragment index, b = clusters whose RAM was gone at open */
-    SRRS_EV_MIRROR_DOWN = 40,
-    SRRS_EV_MIRROR_UP = 41,
-    SRRS_EV_MIRROR_READ_ERR = 42, /* a = local read errors so far, b = offset: served by the peer */
-};
-
 /* ---- I/O objects and buffers ------------------------------------------- */
-
-enum srrs_io_op {
-    SRRS_IO_READ = 0,
-    SRRS_IO_WRITE = 1,
-    SRRS_IO_FLUSH = 2,
-    SRRS_IO_WRITE_ZEROES = 3,
-    SRRS_IO_UNMAP = 4,
-    SRRS_IO_NOPS
-};
 
 struct srrs_io;
 struct srrs_bdev;
@@ -185,6 +168,13 @@ void srrs_io_put(struct srrs_io *io);
 /* Reactor thread. Completion runs io->cb later in the same reactor's loop
  * (never inline: no recursion between submit and completion). */
 void srrs_io_complete(struct srrs_io *io, int status);
+/* Runs on the reactor for every completed I/O, before its callback, with the
+ * batch's clock reading (ticks). The layer above the reactors that accounts
+ * I/O (bdev.c: statistics and latency per bdev) installs it; the reactor
+ * calls it without knowing what it counts (docs/architecture.md, Threads). */
+typedef void (*srrs_io_done_fn)(struct srrs_io *io, uint64_t now_ticks);
+/* Control thread. One hook per core; before any I/O that needs it is submitted. */
+void srrs_core_set_io_done(struct srrs_core *core, srrs_io_done_fn fn);
 
 /* Aligned (4 KiB) buffers from per-reactor pools: classes 4 KiB, 64 KiB, 1 MiB + 64 KiB.
  * NULL if len > SRRS_BUF_LARGE or the class is empty. */
@@ -222,7 +212,7 @@ struct srrs_bdev_module {
 #define SRRS_LAT_BUCKETS ((SRRS_LAT_MAX_MSB - SRRS_LAT_SUB_BITS + 2) * SRRS_LAT_SUB + 1) /* 177 */
 
 /* Latency classes, each its own histogram. */
-enum { SRRS_LAT_READ, SRRS_LAT_WRITE, SRRS_LAT_OTHER /* flush, unmap, write-zeroes */, SRRS_LAT_NOPS };
+/* latency classes: enum srrs_lat_class (ffi/srrs.h) */
 
 static inline uint32_t srrs_lat_bucket(uint64_t us)
 {
@@ -304,7 +294,6 @@ int srrs_bdev_rename(struct srrs_core *core, struct srrs_bdev *b, const char *ne
 void srrs_bdev_submit(struct srrs_io *io);
 /* Reactor thread, at completion before io->cb: counts the I/O and its latency
  * up to now_ticks (the reactor reads the clock once per completion batch). */
-void srrs_bdev_account_at(struct srrs_io *io, uint64_t now_ticks);
 /* The same at srrs_ticks() (a completion outside the reactor's batch). */
 void srrs_bdev_account(struct srrs_io *io);
 /* Reactor thread: io for bdev with a single buffer. */

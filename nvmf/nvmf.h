@@ -7,6 +7,25 @@
  * those calls may block while reactors do their part.
  */
 
+/* ANA states (srrs_nvmf_ana_set, struct srrs_nvmf_path_info.ana). */
+enum srrs_ana_state {
+    SRRS_ANA_OPTIMIZED = 1,
+    SRRS_ANA_NON_OPTIMIZED = 2,
+    SRRS_ANA_INACCESSIBLE = 3,
+    SRRS_ANA_PERSISTENT_LOSS = 4,
+    SRRS_ANA_CHANGE = 15,
+};
+/* The log pages the target serves (Get Log Page LID). */
+enum srrs_nvme_log_page {
+    SRRS_LOG_ERROR = 0x01,
+    SRRS_LOG_SMART = 0x02,
+    SRRS_LOG_FW_SLOT = 0x03,
+    SRRS_LOG_CHANGED_NS = 0x04,
+    SRRS_LOG_CMD_EFFECTS = 0x05,
+    SRRS_LOG_ANA = 0x0C,
+    SRRS_LOG_DISCOVERY = 0x70,
+};
+
 /* ---- target ------------------------------------------------------------ */
 
 struct srrs_nvmf_tgt;
@@ -95,7 +114,7 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid, 
                      const uint8_t *uuid, uint32_t anagrpid);
 /* control. Waits for the namespace's in-flight I/O, then closes the bdev. */
 int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid);
-/* control. state: 1 optimized, 2 non-optimized, 3 inaccessible. Raises an
+/* control. state: enum srrs_ana_state (1..3). Raises an
  * ANA-change AEN on every controller of the subsystem. */
 int srrs_nvmf_ana_set(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t anagrpid, int state);
 
@@ -183,8 +202,7 @@ struct srrs_nvmf_path_info {
     int port;
     uint16_t cntlid;
     int32_t live;               /* 1: connected; 0: down, reconnecting during a job */
-    int32_t ana;                /* last known ANA state: 1 optimized, 2 non-optimized,
-                                 * 3 inaccessible, 4 persistent loss, 15 change */
+    int32_t ana;                /* last known ANA state: enum srrs_ana_state */
     uint64_t ios;               /* I/Os completed successfully on this path */
     uint64_t bytes;
     uint64_t path_errors;       /* completions with a path-related status (SCT 3, no DNR) */

@@ -11,6 +11,7 @@ a discovery log.
 
 from __future__ import annotations
 
+import enum
 import threading
 import uuid as _uuid
 from dataclasses import replace
@@ -355,8 +356,18 @@ class NvmfTarget:
             return replace(self._cfg, listen=tuple(self._listeners), subsystems=tuple(subs))
 
 
-_ANA_NAMES = {1: "optimized", 2: "non-optimized", 3: "inaccessible", 4: "persistent-loss",
-              15: "change"}
+class AnaState(enum.IntEnum):
+    """enum srrs_ana_state (nvmf/nvmf.h)."""
+
+    OPTIMIZED = lib.SRRS_ANA_OPTIMIZED
+    NON_OPTIMIZED = lib.SRRS_ANA_NON_OPTIMIZED
+    INACCESSIBLE = lib.SRRS_ANA_INACCESSIBLE
+    PERSISTENT_LOSS = lib.SRRS_ANA_PERSISTENT_LOSS
+    CHANGE = lib.SRRS_ANA_CHANGE
+
+
+# A path's ANA state as the initiator's status shows it.
+_ANA_NAMES = {m.value: m.name.lower().replace("_", "-") for m in AnaState}
 _PATH_FIELDS = ("port", "cntlid", "ios", "bytes", "path_errors", "drops", "reconnects",
                 "resubmitted", "errors")
 

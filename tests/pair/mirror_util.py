@@ -6,11 +6,12 @@ import contextlib
 import os
 import time
 
+from srrs.ffi import binding
 from srrs.ffi.binding import Core, check, ffi, lib
 
 from .procs import free_ports
 
-MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4}
+MODES = binding.MIRROR_MODES  # enum srrs_mirror_mode (ffi/mirror.h)
 
 
 class Side:

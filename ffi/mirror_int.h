@@ -1,0 +1,359 @@
+/*
+ * The mirror's private header (never read by cffi; the contract is ffi/mirror.h):
+ * the wire format, the piece and frame pools, the mirror and link structs,
+ * and what the four mirror files call of each other (docs/architecture.md, Pair):
+ *
+ *   mirror_link.c    socket, connection, framing, send/receive, liveness,
+ *                    the authentication hooks (ffi/mirror_auth.c); the frame
+ *                    dispatch rx_frame
+ *   mirror_state.c   host I/O cut into pieces, the piece state machine, stripe
+ *                    locks, read leases, mode changes, the data frames' handlers
+ *   mirror_resync.c  resync: bitmaps exchanged, stripes copied, its frames
+ *   mirror.c         the bdev module and the control API (ffi/mirror.h)
+ *
+ * Everything here runs on the link's reactor, except the control API's
+ * callers. The helpers and the piece pool are inline: they sit on the I/O
+ * path of every file, and were inline when the mirror was one file.
+ */
+#ifndef SRRS_MIRROR_INT_H
+#define SRRS_MIRROR_INT_H
+
+#include "srrs_int.h"
+
+#include "mirror.h"
+#include "mirror_auth.h"
+
+#define M_MAGIC 0x524d5253u /* "SRMR" */
+#define M_MAX_VOLS 64
+#define M_NPIECES 8192u
+#define M_NFRAMES 16384u
+#define M_PIECE_IOV 130 /* a virtio request may carry seg_max (126) segments, plus slack */
+#define M_CHUNK SRRS_BUF_MAX
+#define M_RXBUF (4u << 20)
+#define M_RX_RECV (256u << 10)     /* one recv() into the ring reads at most this */
+#define M_RX_DIRECT (64u << 10)    /* larger payloads are received straight into a pool buffer */
+#define M_HDR 64
+#define M_COPIES 16                /* stripes copied in parallel by a resync source */
+
+/* enum srrs_mirror_mode (ffi/mirror.h) under short names */
+enum {
+    MODE_FENCED = SRRS_MIRROR_FENCED,
+    MODE_PAIRED = SRRS_MIRROR_PAIRED,
+    MODE_SOLO = SRRS_MIRROR_SOLO,
+    MODE_RSRC = SRRS_MIRROR_RESYNC_SOURCE,
+    MODE_RTGT = SRRS_MIRROR_RESYNC_TARGET,
+    MODE_PENDING = SRRS_MIRROR_PENDING,
+};
+
+enum {
+    T_HELLO = 1, T_PING, T_WRITE, T_WRITE_REF, T_FORWARD, T_ACK, T_FWD_DONE, T_READ,
+    T_READ_DATA, T_BITMAP, T_RESYNC, T_RESYNC_DONE, T_MAX
+};
+
+struct mhdr {
+    uint32_t magic;
+    uint8_t type;
+    uint8_t flags;
+    uint16_t vol;
+    uint32_t len;      /* payload bytes */
+    uint32_t tag;
+    uint64_t seq;
+    uint64_t off;
+    int32_t status;
+    uint32_t crc;      /* CRC32C of the header (crc = 0) and the payload; 0 with a MAC */
+    uint64_t aux;
+    uint8_t mac[MA_MAC]; /* GMAC of the header (mac = 0) and the payload (ffi/mirror_auth.h) */
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct mhdr) == M_HDR, "mirror header is 64 bytes");
+
+enum pkind {
+    P_FREE, P_HOST_WRITE, P_HOST_READ, P_PEER_WRITE, P_PEER_FWD, P_PEER_READ, P_COPY,
+    P_PEER_RESYNC, P_FLUSH
+};
+
+struct mirror;
+struct mlink;
+
+struct piece {
+    enum pkind kind;
+    uint16_t gen;
+    uint16_t idx;
+    struct mirror *m;
+    struct srrs_io *host;
+    uint64_t off, len, stripe;
+    int iovcnt;
+    void *buf;           /* owned pool buffer (peer data, copies) */
+    size_t buf_len;
+    int status;
+    uint8_t local_wait;  /* local I/Os outstanding */
+    bool remote_wait;    /* waiting for the peer's answer */
+    bool locked;
+    bool applied;        /* forwarder: WRITE_REF applied locally */
+    bool alone;          /* ordered in SOLO: applied here only, its stripe stays dirty */
+    uint64_t wait_at;    /* ticks: read waiting for a read lease since */
+    bool answered;       /* forwarder: ACK sent; owner of a forward: FWD_DONE sent */
+    bool waiting;        /* on the stripe-lock wait list or held */
+    bool relock;         /* copy: retry the lock of `stripe` when woken */
+    bool retried;        /* host read: its local read failed, the peer was asked */
+    uint32_t peer_tag;   /* the peer's tag this piece answers */
+    uint64_t conn_gen;   /* connection the remote part was sent on */
+    struct piece *next;
+    struct iovec iov[M_PIECE_IOV]; /* last: piece_get clears only what precedes it */
+};
+
+struct frame {
+    struct mhdr h;
+    struct iovec iov[M_PIECE_IOV + 1];
+    int iovcnt;
+    size_t total, sent;
+    struct piece *done_piece; /* P_PEER_READ: free when sent */
+    struct frame *next;
+};
+
+struct mirror {
+    struct mlink *l;
+    struct srrs_bdev *bdev;     /* ours */
+    struct srrs_bdev *replica;
+    char replica_name[SRRS_NAME_MAX]; /* its name before we took it over */
+    bool renamed;               /* the mirror took the replica's name (replica is NAME.replica) */
+    uint32_t vol;
+    uint64_t size, stripe, nstripes;
+    uint32_t stripe_shift;
+    uint8_t *bm;                /* mmap'd dirty bitmap */
+    size_t bm_len;
+    uint8_t *locked;            /* per stripe */
+    uint8_t *need;              /* resync: stripe still to copy */
+    uint8_t *peer_bm;           /* resync: the peer's bitmap as received */
+    bool peer_bm_done, resync_ready, resync_active, resync_done, resync_full;
+    uint64_t resync_left, resync_bytes, copy_cursor;
+    uint32_t ncopy;             /* stripe copies in progress (M_COPIES at most) */
+    struct piece *lock_wait;    /* pieces waiting for a stripe lock */
+    struct mirror_stats {
+        uint64_t writes, replicated, forwarded, remote_reads, fenced, local_read_errors;
+    } st;
+    uint64_t read_err_ev_at;    /* ticks: last local read error reported (one a second) */
+};
+
+struct mlink {
+    struct srrs_core *core;
+    struct srrs_reactor *r;
+    struct srrs_mirror_link_opts o;
+    int lfd, fd;
+    bool connecting, up, hello_rx;
+    uint32_t ev_mask;           /* epoll events asked for on fd (EPOLLOUT: the socket was full) */
+    bool need_rejoin;           /* lost in paired/resync: stay down until the mode changes */
+    uint64_t conn_gen;
+    struct srrs_poller *p_listen, *p_conn, *p_timer;
+    uint64_t last_rx, last_tx, last_try;  /* ticks */
+    uint64_t tx_seq, rx_seq;
+    struct frame *frames, *ffree, *txq, *txq_tail;
+    struct piece *pieces, *pfree;
+    struct piece *held;         /* waiting for the peer while the link is down */
+    uint8_t *rx;
+    size_t rx_start, rx_end;
+    uint64_t rx_next;           /* ticks: no recv() before this (backoff while idle) */
+    uint32_t rx_idle;           /* recv()s in a row that found nothing */
+    uint64_t tick_us;           /* ticks per microsecond */
+    struct mhdr dh;             /* a large frame being received straight into dbuf */
+    uint8_t *dbuf;              /* pool buffer of dh.len bytes (NULL: none) */
+    size_t dgot;
+    int mode;
+    uint64_t lease_deadline;    /* ns, CLOCK_MONOTONIC */
+    /* read lease (ticks of this host's counter) */
+    uint64_t rl_len;            /* L: what we grant */
+    uint64_t rl_until;          /* our local reads are safe before this (granted by the peer) */
+    uint64_t rl_granted;        /* the peer may read alone before this: no solo until then */
+    uint64_t rl_asked;          /* our last lease request */
+    struct piece *rwait;        /* reads waiting for a lease */
+    bool solo_wait;             /* solo asked for while a grant runs: pending until rl_granted */
+    struct mirror *vols[M_MAX_VOLS];
+    struct srrs_mirror_link_info st;
+    int stop_hook;
+    /* authentication (ffi/mirror_auth.h): off when no secret is configured */
+    bool auth_on;
+    struct mauth auth;              /* connections not yet authenticated */
+    struct fmac ftx, frx;           /* this connection's frame MACs (session keys) */
+    struct sockaddr_storage allow[4];
+    int nallow;
+    uint64_t auth_ev_at;            /* ticks: last refusal reported (one a second) */
+    uint64_t last_mac_rx;           /* ticks: last frame whose MAC held (liveness) */
+    uint64_t last_rx_conn;          /* ticks: this connection authenticated */
+};
+
+
+enum { RL_ASK = 1, RL_GRANT = 2 }; /* T_PING tags */
+
+/* A host I/O's driver context: pieces left, the first error. */
+struct hctx {
+    uint32_t left;
+    int32_t status;
+};
+
+/* srrs_mirror_set_mode / srrs_mirror_resync_start, run on the link's reactor. */
+struct mode_arg {
+    struct mlink *l;
+    int mode;
+    uint64_t deadline;
+    int full;
+};
+
+/* srrs_mirror_link_create / _destroy: the link's pollers, on its reactor. */
+struct link_arg {
+    struct mlink *l;
+    int rc;
+};
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static inline bool bit_get(const uint8_t *b, uint64_t i) { return b[i >> 3] & (1u << (i & 7)); }
+static inline void bit_set(uint8_t *b, uint64_t i) { b[i >> 3] |= (uint8_t)(1u << (i & 7)); }
+static inline void bit_clr(uint8_t *b, uint64_t i) { b[i >> 3] &= (uint8_t)~(1u << (i & 7)); }
+
+static inline bool mode_resync(int mode) { return mode == MODE_RSRC || mode == MODE_RTGT; }
+static inline bool mode_needs_peer(int mode) { return mode == MODE_PAIRED || mode_resync(mode); }
+static inline int source_node(struct mlink *l)
+{
+    return l->mode == MODE_RSRC ? l->o.node : 1 - l->o.node;
+}
+
+/* Who orders stripe s now: its owner s % 2, or the resync source while the
+ * stripe is not yet copied. In SOLO we order everything. */
+static inline bool we_order(struct mirror *m, uint64_t s)
+{
+    struct mlink *l = m->l;
+    if (l->mode == MODE_SOLO)
+        return true;
+    if (mode_resync(l->mode) && m->need[s])
+        return source_node(l) == l->o.node;
+    return (int)(s & 1) == l->o.node;
+}
+
+static inline bool link_ready(struct mlink *l) { return l->up && l->hello_rx; }
+
+static inline void mark_dirty(struct mirror *m, uint64_t s) { bit_set(m->bm, s); }
+
+/* A write on both replicas: its bit may go, unless the stripe still waits for a
+ * copy -- or may: in a resync whose bitmaps have not met yet, need[] is not
+ * known, and a bit cleared now would be missing from the union that decides
+ * what is copied (a write applied here alone, SOLO, just before would be lost
+ * on the peer). */
+static inline void clear_dirty(struct mirror *m, uint64_t s)
+{
+    int mode = m->l->mode;
+    if (mode == MODE_PAIRED || (mode_resync(mode) && m->resync_ready && !m->need[s]))
+        bit_clr(m->bm, s);
+}
+
+static inline uint64_t now_ns(void) { return srrs_now_ns(); }
+
+static inline bool lease_ok(struct mlink *l) { return now_ns() < l->lease_deadline; }
+
+/* ---- the piece pool ------------------------------------------------------ */
+
+static inline struct piece *piece_get(struct mlink *l, enum pkind kind, struct mirror *m)
+{
+    struct piece *p = l->pfree;
+    if (!p)
+        return NULL;
+    l->pfree = p->next;
+    uint16_t gen = (uint16_t)(p->gen + 1), idx = p->idx;
+    memset(p, 0, offsetof(struct piece, iov)); /* not the 2 KiB iovec array */
+    p->gen = gen;
+    p->idx = idx;
+    p->kind = kind;
+    p->m = m;
+    return p;
+}
+
+static inline void piece_put(struct mlink *l, struct piece *p)
+{
+    if (p->buf)
+        srrs_buf_put(l->r, p->buf, p->buf_len);
+    p->buf = NULL;
+    p->kind = P_FREE;
+    p->next = l->pfree;
+    l->pfree = p;
+}
+
+static inline uint32_t piece_tag(struct piece *p) { return (uint32_t)p->gen << 16 | p->idx; }
+
+static inline struct piece *piece_by_tag(struct mlink *l, uint32_t tag)
+{
+    uint32_t idx = tag & 0xffff;
+    if (idx >= M_NPIECES)
+        return NULL;
+    struct piece *p = &l->pieces[idx];
+    if (p->kind == P_FREE || p->gen != (tag >> 16))
+        return NULL;
+    return p;
+}
+
+static inline void *piece_buf(struct mlink *l, struct piece *p, size_t len)
+{
+    p->buf = srrs_buf_get(l->r, len ? len : 1);
+    p->buf_len = len ? len : 1;
+    if (p->buf) {
+        p->iov[0].iov_base = p->buf;
+        p->iov[0].iov_len = len;
+        p->iovcnt = 1;
+    }
+    return p->buf;
+}
+
+/* ---- mirror_link.c ------------------------------------------------------- */
+
+void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint64_t off,
+                int32_t status, uint64_t aux, const struct iovec *iov, int iovcnt,
+                uint32_t len, struct piece *done_piece);
+int tx_flush(struct mlink *l);
+void link_drop(struct mlink *l, const char *why);
+int sock_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+int auth_setup(struct mlink *l);
+void link_start_fn(void *a);
+void link_stop_fn(void *a);
+void hook_fn(void *a);
+void link_free(struct mlink *l);
+
+/* ---- mirror_state.c ------------------------------------------------------ */
+
+void host_start(void *arg);
+void host_io_done(struct mlink *l, struct srrs_io *io, int status);
+/* Takes the io, not the piece: a caller without a piece passes no 2 KiB
+ * struct built for the call (one file, the compiler had dropped it). */
+static inline void piece_host_done(struct mlink *l, struct piece *p, int status)
+{
+    host_io_done(l, p->host, status);
+}
+void piece_dispatch(struct mlink *l, struct piece *p);
+void piece_step(struct mlink *l, struct piece *p);
+void hold(struct mlink *l, struct piece *p);
+bool stripe_lock(struct piece *p);
+void stripe_unlock(struct piece *p);
+int local_submit(struct mlink *l, struct piece *p, int op);
+void rl_ask(struct mlink *l, uint64_t now);
+void rl_retry(struct mlink *l, bool expire);
+void resolve_held(struct mlink *l);
+void set_mode_fn(void *a);
+/* frame handlers (rx_frame's dispatch): false = a protocol error (errno
+ * ENOBUFS: out of buffers, retry later) */
+bool rx_ping(struct mlink *l, const struct mhdr *h);
+bool rx_data(struct mlink *l, struct mirror *m, const struct mhdr *h, uint8_t *payload,
+             void **own);
+bool rx_write_ref(struct mlink *l, const struct mhdr *h);
+bool rx_ack(struct mlink *l, const struct mhdr *h);
+bool rx_fwd_done(struct mlink *l, const struct mhdr *h);
+bool rx_read(struct mlink *l, struct mirror *m, const struct mhdr *h);
+bool rx_read_data(struct mlink *l, const struct mhdr *h, const uint8_t *payload);
+
+/* ---- mirror_resync.c ----------------------------------------------------- */
+
+void copy_next(struct mirror *m, struct piece *p);
+void resync_maybe_start(struct mirror *m);
+void resync_reset(struct mlink *l);
+void resync_start_fn(void *a);
+void send_bitmap(struct mirror *m, int reply);
+bool rx_bitmap(struct mlink *l, struct mirror *m, const struct mhdr *h, const uint8_t *payload);
+bool rx_resync_done(struct mlink *l, struct mirror *m);
+
+#endif

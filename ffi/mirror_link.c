@@ -1,0 +1,799 @@
+/*
+ * The mirror link (docs/architecture.md, Pair; ffi/mirror_int.h): one TCP
+ * connection per pair, owned by the link's reactor. Frames out (queued,
+ * CRC32C or MAC, writev), frames in (a ring, large payloads straight into a
+ * pool buffer, MAC, CRC32C and sequence checked, then rx_frame hands each to
+ * its type's handler), the connection (dial, accept, the authentication
+ * hooks of ffi/mirror_auth.c), liveness and the link's pollers.
+ */
+#include "mirror_int.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* ---- sending --------------------------------------------------------------- */
+
+/* The header (its mac zeroed) and the payload: the MAC the header carries. */
+static void frame_mac(struct fmac *k, const struct mhdr *h, const struct iovec *iov,
+                      int iovcnt, uint8_t mac[MA_MAC])
+{
+    struct mhdr z = *h;
+    memset(z.mac, 0, sizeof(z.mac));
+    fmac_begin(k, h->seq);
+    fmac_update(k, &z, sizeof(z));
+    for (int i = 0; i < iovcnt; i++)
+        fmac_update(k, iov[i].iov_base, iov[i].iov_len);
+    fmac_end(k, mac);
+}
+
+void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint64_t off,
+                       int32_t status, uint64_t aux, const struct iovec *iov, int iovcnt,
+                       uint32_t len, struct piece *done_piece)
+{
+    struct frame *f = l->ffree;
+    if (!f) {
+        /* More frames than pieces can ask for: a broken invariant; drop the link. */
+        link_drop(l, "out of frames");
+        return;
+    }
+    l->ffree = f->next;
+    memset(&f->h, 0, sizeof(f->h));
+    f->h.magic = M_MAGIC;
+    f->h.type = (uint8_t)type;
+    f->h.vol = m ? (uint16_t)m->vol : 0;
+    f->h.len = len;
+    f->h.tag = tag;
+    f->h.seq = l->tx_seq++;
+    f->h.off = off;
+    f->h.status = status;
+    f->h.aux = aux;
+    /* Authenticated, the MAC covers what the CRC would: the CRC is left out. */
+    uint32_t crc = l->auth_on ? 0 : srrs_crc32c(0, &f->h, sizeof(f->h));
+    f->iov[0].iov_base = &f->h;
+    f->iov[0].iov_len = sizeof(f->h);
+    f->iovcnt = 1;
+    for (int i = 0; i < iovcnt; i++) {
+        if (!l->auth_on)
+            crc = srrs_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+        f->iov[f->iovcnt++] = iov[i];
+    }
+    f->h.crc = crc;
+    if (l->auth_on)
+        frame_mac(&l->ftx, &f->h, iov, iovcnt, f->h.mac);
+    f->total = sizeof(f->h) + len;
+    f->sent = 0;
+    f->done_piece = done_piece;
+    f->next = NULL;
+    if (l->txq_tail)
+        l->txq_tail->next = f;
+    else
+        l->txq = f;
+    l->txq_tail = f;
+    l->st.tx_frames++;
+    l->st.tx_bytes += f->total;
+}
+
+static void frame_free(struct mlink *l, struct frame *f)
+{
+    if (f->done_piece)
+        piece_put(l, f->done_piece);
+    f->next = l->ffree;
+    l->ffree = f;
+}
+
+/* EPOLLOUT only while the socket is full; epoll_ctl only when that changes. */
+static void set_want_out(struct mlink *l, bool out)
+{
+    uint32_t ev = EPOLLIN | (out ? EPOLLOUT : 0);
+    if (l->ev_mask == ev)
+        return;
+    l->ev_mask = ev;
+    srrs_poller_mod_fd(l->p_conn, ev);
+}
+
+int tx_flush(struct mlink *l)
+{
+    int work = 0;
+    while (l->txq && l->fd >= 0 && !l->connecting) {
+        struct iovec v[64];
+        int n = 0;
+        for (struct frame *f = l->txq; f && n < 60; f = f->next) {
+            size_t skip = f->sent;
+            for (int i = 0; i < f->iovcnt && n < 64; i++) {
+                size_t len = f->iov[i].iov_len;
+                if (skip >= len) {
+                    skip -= len;
+                    continue;
+                }
+                v[n].iov_base = (uint8_t *)f->iov[i].iov_base + skip;
+                v[n].iov_len = len - skip;
+                skip = 0;
+                n++;
+            }
+        }
+        ssize_t k = writev(l->fd, v, n);
+        if (k < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                set_want_out(l, true);
+                return work;
+            }
+            if (errno == EINTR)
+                continue;
+            link_drop(l, "send failed");
+            return work;
+        }
+        work = 1;
+        l->last_tx = srrs_ticks();
+        size_t left = (size_t)k;
+        while (left && l->txq) {
+            struct frame *f = l->txq;
+            size_t rem = f->total - f->sent;
+            if (left < rem) {
+                f->sent += left;
+                left = 0;
+                break;
+            }
+            left -= rem;
+            l->txq = f->next;
+            if (!l->txq)
+                l->txq_tail = NULL;
+            frame_free(l, f);
+        }
+    }
+    if (!l->txq && l->fd >= 0 && !l->connecting)
+        set_want_out(l, false);
+    return work;
+}
+
+/* ---- receiving -------------------------------------------------------------------- */
+
+/* HELLO: the peer's node index, first frame of every connection. */
+static bool rx_hello(struct mlink *l, const struct mhdr *h)
+{
+    if (h->off != (uint64_t)(1 - l->o.node))
+        return false; /* both think they are the same node */
+    l->hello_rx = true;
+    srrs_event_post(l->core, SRRS_EV_MIRROR_UP, l->conn_gen, 0, "mirror-link",
+                    "mirror link up (%s:%u)", l->o.peer_host, l->o.peer_port);
+    for (int i = 0; i < M_MAX_VOLS; i++)
+        if (l->vols[i] && mode_resync(l->mode) && !l->vols[i]->resync_ready)
+            send_bitmap(l->vols[i], 0);
+    return true;
+}
+
+/* One checked frame, to its type's handler (mirror_state.c, mirror_resync.c).
+ * *own: the payload is a pool buffer of h->len bytes that a data piece may
+ * keep (then *own is nulled); otherwise it is copied. */
+static bool rx_frame(struct mlink *l, const struct mhdr *h, uint8_t *payload, void **own)
+{
+    struct mirror *m = h->vol < M_MAX_VOLS ? l->vols[h->vol] : NULL;
+    bool needs_vol = h->type != T_HELLO && h->type != T_PING && h->type != T_ACK &&
+                     h->type != T_FWD_DONE && h->type != T_READ_DATA;
+    if (needs_vol && !m)
+        return false;
+    if (h->type != T_HELLO && !l->hello_rx)
+        return false;
+    switch (h->type) {
+    case T_HELLO:
+        return rx_hello(l, h);
+    case T_PING:
+        return rx_ping(l, h);
+    case T_WRITE:
+    case T_FORWARD:
+    case T_RESYNC:
+        return rx_data(l, m, h, payload, own);
+    case T_WRITE_REF:
+        return rx_write_ref(l, h);
+    case T_ACK:
+        return rx_ack(l, h);
+    case T_FWD_DONE:
+        return rx_fwd_done(l, h);
+    case T_READ:
+        return rx_read(l, m, h);
+    case T_READ_DATA:
+        return rx_read_data(l, h, payload);
+    case T_BITMAP:
+        return rx_bitmap(l, m, h, payload);
+    case T_RESYNC_DONE:
+        return rx_resync_done(l, m);
+    }
+    return false;
+}
+
+/* A frame whose MAC fails was not sent by our peer: it is counted and
+ * discarded, and the connection goes on. A third party that can put bytes
+ * into our TCP stream can also reset it, so closing would hand it a failover
+ * for free; if its bytes displaced the peer's, the next frame's sequence
+ * number (covered by the MAC) no longer matches and the link drops then. */
+static bool rx_mac_ok(struct mlink *l, const struct mhdr *h, const uint8_t *payload)
+{
+    uint8_t mac[MA_MAC];
+    struct iovec v = {(void *)payload, h->len};
+    frame_mac(&l->frx, h, &v, 1, mac);
+    /* A replayed frame of this connection has a good MAC and a spent number. */
+    if (!mac_diff(mac, h->mac, MA_MAC) && h->seq >= l->rx_seq) {
+        l->last_mac_rx = srrs_ticks();
+        return true;
+    }
+    l->st.mac_errors++;
+    uint64_t now = srrs_ticks();
+    if (now - l->auth_ev_at > srrs_us_to_ticks(1000000) || !l->auth_ev_at) {
+        l->auth_ev_at = now;
+        srrs_event_post(l->core, SRRS_EV_PROTO_ERROR, l->st.mac_errors, 0, "mirror-link",
+                        "mirror frame with a bad MAC discarded (%llu so far)",
+                        (unsigned long long)l->st.mac_errors);
+    }
+    return false;
+}
+
+/* A whole frame (header copied out, payload at `payload`): MAC, CRC32C, sequence,
+ * then its meaning. 1 consumed, 0 retry later (out of buffers), -1 link dropped. */
+static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **own)
+{
+    if (l->auth_on && !rx_mac_ok(l, h, payload))
+        return 1; /* discarded: see rx_mac_ok */
+    uint32_t want = h->crc;
+    h->crc = 0;
+    uint32_t crc = l->auth_on ? 0 : srrs_crc32c(srrs_crc32c(0, h, sizeof(*h)), payload, h->len);
+    h->crc = want;
+    if (crc != want) {
+        l->st.crc_errors++;
+        link_drop(l, "frame CRC32C mismatch");
+        return -1;
+    }
+    if (h->seq != l->rx_seq) {
+        l->st.proto_errors++;
+        link_drop(l, "frame out of sequence");
+        return -1;
+    }
+    errno = 0;
+    if (!rx_frame(l, h, payload, own)) {
+        if (errno == ENOBUFS && !*own)
+            return 0; /* out of buffers: leave it, retry next poll */
+        static const char *const names[T_MAX] = {
+            "?", "HELLO", "PING", "WRITE", "WRITE_REF", "FORWARD", "ACK", "FWD_DONE", "READ",
+            "READ_DATA", "BITMAP", "RESYNC", "RESYNC_DONE"};
+        char why[64];
+        snprintf(why, sizeof(why), "bad %s frame (tag %#x)", names[h->type], h->tag);
+        l->st.proto_errors++;
+        link_drop(l, why);
+        return -1;
+    }
+    l->rx_seq++;
+    l->st.rx_frames++;
+    return l->fd < 0 ? -1 : 1;
+}
+
+/* The rest of a large frame, straight into its pool buffer. -1: the link
+ * dropped; 0: not all here yet (or nothing to read); 1: the frame was handled. */
+static int rx_direct(struct mlink *l, int *work)
+{
+    ssize_t k = recv(l->fd, l->dbuf + l->dgot, l->dh.len - l->dgot, MSG_DONTWAIT);
+    if (k == 0) {
+        link_drop(l, "peer closed the connection");
+        return -1;
+    }
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            link_drop(l, "receive failed");
+            return -1;
+        }
+        return 0;
+    }
+    l->dgot += (size_t)k;
+    l->st.rx_bytes += (uint64_t)k;
+    l->last_rx = srrs_ticks();
+    *work = 1;
+    if (l->dgot < l->dh.len)
+        return 0;
+    void *own = l->dbuf;
+    l->dbuf = NULL;
+    int rc = rx_check(l, &l->dh, own, &own);
+    if (own)
+        srrs_buf_put(l->r, own, l->dh.len);
+    return rc < 0 ? -1 : 1;
+}
+
+/* One recv() into the ring (compacted first when its start passed half). -1:
+ * the link dropped. */
+static int rx_fill(struct mlink *l, int *work)
+{
+    if (l->rx_start && l->rx_end == l->rx_start)
+        l->rx_start = l->rx_end = 0;
+    if (l->rx_start > M_RXBUF / 2) {
+        memmove(l->rx, l->rx + l->rx_start, l->rx_end - l->rx_start);
+        l->rx_end -= l->rx_start;
+        l->rx_start = 0;
+    }
+    if (l->rx_end < M_RXBUF) {
+        ssize_t k = recv(l->fd, l->rx + l->rx_end, SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end),
+                         MSG_DONTWAIT);
+        if (k == 0) {
+            link_drop(l, "peer closed the connection");
+            return -1;
+        }
+        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            link_drop(l, "receive failed");
+            return -1;
+        }
+        if (k > 0) {
+            l->rx_end += (size_t)k;
+            l->st.rx_bytes += (uint64_t)k;
+            l->last_rx = srrs_ticks();
+            *work = 1;
+        }
+    }
+    return 0;
+}
+
+/* The whole frames in the ring, in order; a large one not yet all here goes
+ * on in a pool buffer (rx_direct). -1: the link dropped; 0: no progress; 1:
+ * progress. */
+static int rx_frames(struct mlink *l)
+{
+    bool progress = false;
+    while (l->rx_end - l->rx_start >= M_HDR) {
+        struct mhdr h;
+        memcpy(&h, l->rx + l->rx_start, sizeof(h)); /* copy out before trusting it */
+        if (h.magic != M_MAGIC || h.type == 0 || h.type >= T_MAX || h.len > M_CHUNK) {
+            l->st.proto_errors++;
+            link_drop(l, "bad frame header");
+            return -1;
+        }
+        size_t have = l->rx_end - l->rx_start - M_HDR;
+        if (have < h.len && h.len >= M_RX_DIRECT) {
+            /* A large frame not yet here: the rest goes straight into a pool
+             * buffer that the piece keeps (no copy out of the ring). */
+            uint8_t *b = srrs_buf_get(l->r, h.len);
+            if (b) {
+                memcpy(b, l->rx + l->rx_start + M_HDR, have);
+                l->dh = h;
+                l->dbuf = b;
+                l->dgot = have;
+                l->rx_start = l->rx_end;
+                progress = true;
+                break;
+            }
+        }
+        if (have < h.len)
+            break;
+        void *own = NULL;
+        int rc = rx_check(l, &h, l->rx + l->rx_start + M_HDR, &own);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            break;
+        l->rx_start += M_HDR + h.len;
+        progress = true;
+    }
+    return progress;
+}
+
+static int rx_poll(struct mlink *l)
+{
+    int work = 0;
+    for (;;) {
+        if (l->dbuf) {
+            int rc = rx_direct(l, &work);
+            if (rc < 0)
+                return 1;
+            if (rc == 0)
+                return work;
+            continue;
+        }
+        if (rx_fill(l, &work) < 0)
+            return 1;
+        int rc = rx_frames(l);
+        if (rc < 0)
+            return 1;
+        if (!rc)
+            break;
+        work = 1;
+    }
+    return work;
+}
+
+/* ---- connection ----------------------------------------------------------------------- */
+
+static int conn_poll(void *arg)
+{
+    struct mlink *l = arg;
+    if (l->fd < 0)
+        return SRRS_POLLER_IDLE;
+    if (l->connecting) {
+        int err = 0;
+        socklen_t sl = sizeof(err);
+        getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &err, &sl);
+        if (err) {
+            close(l->fd);
+            l->fd = -1;
+            l->connecting = false;
+            srrs_poller_unregister(&l->p_conn);
+            return SRRS_POLLER_IDLE;
+        }
+        struct sockaddr_storage ss;
+        sl = sizeof(ss);
+        if (getpeername(l->fd, (struct sockaddr *)&ss, &sl))
+            return SRRS_POLLER_IDLE; /* still connecting */
+        l->connecting = false;
+        l->up = true;
+        l->st.connects++;
+        l->conn_gen++;
+        l->last_rx = srrs_ticks();
+        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, 0, NULL, 0, 0, NULL);
+    }
+    /* A recv() that finds nothing costs a syscall per poll round; while the
+     * peer is quiet, try again after 1, 2, 4, 8 us rather than every round. */
+    int work = 0;
+    uint64_t now = srrs_ticks();
+    if (now >= l->rx_next) {
+        work = rx_poll(l);
+        if (work) {
+            l->rx_idle = 0;
+            l->rx_next = 0;
+        } else {
+            l->rx_next = now + (l->tick_us << SRRS_MIN(l->rx_idle, 3u));
+            l->rx_idle++;
+        }
+    }
+    if (l->fd >= 0)
+        work |= tx_flush(l);
+    return work;
+}
+
+static int conn_presleep(void *arg)
+{
+    struct mlink *l = arg;
+    return l->fd >= 0 && !l->connecting && l->txq && tx_flush(l);
+}
+
+static int conn_attach(struct mlink *l, int fd, bool connecting)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int sz = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+    l->fd = fd;
+    l->connecting = connecting;
+    l->ev_mask = connecting ? EPOLLOUT : EPOLLIN;
+    l->hello_rx = false;
+    l->rx_start = l->rx_end = 0;
+    l->tx_seq = l->rx_seq = 0;
+    l->p_conn = srrs_poller_register(l->r, conn_poll, l, 0);
+    if (!l->p_conn || srrs_poller_set_fd(l->p_conn, fd, connecting ? EPOLLOUT : EPOLLIN, false)) {
+        if (l->p_conn)
+            srrs_poller_unregister(&l->p_conn);
+        close(fd);
+        l->fd = -1;
+        return -ENOMEM;
+    }
+    srrs_poller_set_presleep(l->p_conn, conn_presleep);
+    if (!connecting) {
+        l->up = true;
+        l->st.connects++;
+        l->conn_gen++;
+        l->last_rx = srrs_ticks();
+        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, 0, NULL, 0, 0, NULL);
+    }
+    return 0;
+}
+
+void link_drop(struct mlink *l, const char *why)
+{
+    if (l->fd < 0)
+        return;
+    bool was_up = l->hello_rx;
+    srrs_poller_unregister(&l->p_conn);
+    close(l->fd);
+    l->fd = -1;
+    l->up = l->hello_rx = l->connecting = false;
+    l->conn_gen++; /* answers to anything sent on the old connection are void */
+    while (l->txq) {
+        struct frame *f = l->txq;
+        l->txq = f->next;
+        frame_free(l, f);
+    }
+    l->txq_tail = NULL;
+    l->rx_start = l->rx_end = 0;
+    if (l->dbuf) {
+        srrs_buf_put(l->r, l->dbuf, l->dh.len);
+        l->dbuf = NULL;
+    }
+    l->last_try = srrs_ticks();
+    if (mode_needs_peer(l->mode))
+        l->need_rejoin = true;
+    /* Everything that waited for the peer is held until the mode says what it means. */
+    for (uint32_t i = 0; i < M_NPIECES; i++) {
+        struct piece *p = &l->pieces[i];
+        if (p->kind == P_FREE || !p->remote_wait)
+            continue;
+        if (p->kind == P_COPY) {
+            p->remote_wait = false;
+            p->status = -ENOTCONN;
+            piece_step(l, p);
+        } else if (p->kind == P_PEER_FWD) {
+            p->remote_wait = false; /* finishes locally; no answer goes out */
+            piece_step(l, p);
+        } else if (p->kind == P_HOST_READ) {
+            p->remote_wait = false;
+            p->status = -ENOTCONN;
+            piece_step(l, p);
+        } else {
+            mark_dirty(p->m, p->stripe);
+            p->conn_gen = 0;
+        }
+    }
+    for (int i = 0; i < M_MAX_VOLS; i++) {
+        struct mirror *m = l->vols[i];
+        if (m && mode_resync(l->mode)) {
+            m->resync_ready = false;
+            m->peer_bm_done = false;
+        }
+    }
+    if (was_up)
+        srrs_event_post(l->core, SRRS_EV_MIRROR_DOWN, l->conn_gen, 0, "mirror-link",
+                        "mirror link down: %s", why);
+}
+
+int sock_addr(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
+    char ps[8];
+    snprintf(ps, sizeof(ps), "%u", port);
+    if (getaddrinfo(host, ps, &hints, &res))
+        return -EINVAL;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static void try_connect(struct mlink *l)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (sock_addr(l->o.peer_host, l->o.peer_port, &ss, &sl))
+        return;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    int rc = connect(fd, (struct sockaddr *)&ss, sl);
+    if (rc && errno != EINPROGRESS) {
+        close(fd);
+        return;
+    }
+    if (l->auth_on)
+        mauth_add(&l->auth, fd, true, rc != 0, &ss); /* the link's once it authenticated */
+    else
+        conn_attach(l, fd, rc != 0);
+}
+
+static void auth_refused(void *arg, const struct sockaddr_storage *from, const char *why)
+{
+    struct mlink *l = arg;
+    l->st.auth_failures++;
+    uint64_t now = srrs_ticks();
+    if (l->auth_ev_at && now - l->auth_ev_at < srrs_us_to_ticks(1000000))
+        return; /* one report a second: a flood must not flood the events */
+    l->auth_ev_at = now;
+    char host[64] = "?";
+    getnameinfo((const struct sockaddr *)from, sizeof(*from), host, sizeof(host), NULL, 0,
+                NI_NUMERICHOST);
+    srrs_event_post(l->core, SRRS_EV_PROTO_ERROR, l->st.auth_failures, 0, "mirror-link",
+                    "mirror connection from %s refused: %s (%llu refused so far)", host, why,
+                    (unsigned long long)l->st.auth_failures);
+}
+
+/* The connection proved it holds the pair's secret: now, and only now, it may
+ * become the link (if the link has no connection). */
+static void auth_done(void *arg, int fd, const uint8_t ktx[MA_KEY], const uint8_t krx[MA_KEY])
+{
+    struct mlink *l = arg;
+    if (l->fd >= 0 || l->need_rejoin) {
+        close(fd);
+        return;
+    }
+    fmac_key(&l->ftx, ktx);
+    fmac_key(&l->frx, krx);
+    l->last_rx_conn = srrs_ticks();
+    conn_attach(l, fd, false);
+}
+
+static bool addr_allowed(struct mlink *l, const struct sockaddr_storage *ss)
+{
+    if (!l->nallow)
+        return true;
+    for (int i = 0; i < l->nallow; i++) {
+        const struct sockaddr_storage *a = &l->allow[i];
+        if (a->ss_family != ss->ss_family)
+            continue;
+        if (a->ss_family == AF_INET &&
+            ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+                ((const struct sockaddr_in *)ss)->sin_addr.s_addr)
+            return true;
+        if (a->ss_family == AF_INET6 &&
+            !memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                    &((const struct sockaddr_in6 *)ss)->sin6_addr, 16))
+            return true;
+    }
+    return false;
+}
+
+static int listen_poll(void *arg)
+{
+    struct mlink *l = arg;
+    struct sockaddr_storage ss = {0};
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(l->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+        return SRRS_POLLER_IDLE;
+    if (l->o.node == 0) {
+        close(fd); /* node 0 dials */
+        return SRRS_POLLER_BUSY;
+    }
+    if (!addr_allowed(l, &ss)) {
+        close(fd);
+        auth_refused(l, &ss, "source address not allowed");
+        return SRRS_POLLER_BUSY;
+    }
+    /* Even while the link is up, a connection runs the handshake (a stranger
+     * is counted); only auth_done decides whether it may take the link. */
+    if (l->auth_on)
+        mauth_add(&l->auth, fd, false, false, &ss);
+    else if (l->fd >= 0 || l->need_rejoin)
+        close(fd); /* one connection at a time */
+    else
+        conn_attach(l, fd, false);
+    return SRRS_POLLER_BUSY;
+}
+
+static int timer_poll(void *arg)
+{
+    struct mlink *l = arg;
+    uint64_t now = srrs_ticks();
+    if (l->fd >= 0 && !l->connecting) {
+        /* Authenticated: only the peer's own frames prove it alive, not
+         * whatever bytes a third party keeps putting into the stream. */
+        uint64_t heard = l->auth_on ? SRRS_MAX(l->last_mac_rx, l->last_rx_conn) : l->last_rx;
+        if (now - heard > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
+            link_drop(l, "peer silent");
+            return SRRS_POLLER_BUSY;
+        }
+        if (link_ready(l) && now - l->rl_asked >= l->rl_len / 4) {
+            rl_ask(l, now); /* renewal, whatever else is sent (it is a PING too) */
+            tx_flush(l);
+        } else if (now - l->last_tx >= srrs_us_to_ticks((uint64_t)l->o.ping_ms * 1000)) {
+            frame_send(l, T_PING, NULL, 0, 0, 0, 0, NULL, 0, 0, NULL);
+            tx_flush(l);
+        }
+    } else if (l->fd >= 0 && l->connecting &&
+               now - l->last_try > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
+        srrs_poller_unregister(&l->p_conn);
+        close(l->fd);
+        l->fd = -1;
+        l->connecting = false;
+    } else if (l->fd < 0 && l->o.node == 0 && !l->need_rejoin && !mauth_dialing(&l->auth) &&
+               now - l->last_try > srrs_us_to_ticks(100000)) {
+        l->last_try = now;
+        try_connect(l);
+    }
+    if (l->rwait)
+        rl_retry(l, true);
+    if (l->solo_wait && (now >= l->rl_granted || !lease_ok(l))) {
+        /* The peer's read lease from us is over: solo may begin (or the
+         * witness lease ended first: fenced, below). */
+        l->solo_wait = false;
+        l->mode = MODE_SOLO;
+        l->st.mode = MODE_SOLO;
+        l->need_rejoin = false; /* as set_mode_fn: what waited for the old link settles now */
+        if (lease_ok(l))
+            resolve_held(l);
+    }
+    /* SOLO past the lease: fence by ourselves, whatever the control plane does. */
+    if (l->mode == MODE_SOLO && !lease_ok(l)) {
+        l->mode = MODE_FENCED;
+        resolve_held(l);
+        srrs_event_post(l->core, SRRS_EV_MIRROR_DOWN, 0, 0, "mirror-link",
+                        "lease expired: mirror fenced itself");
+    }
+    return SRRS_POLLER_IDLE;
+}
+
+/* ---- the link's life ------------------------------------------------------------------- */
+
+void link_start_fn(void *a)
+{
+    struct link_arg *x = a;
+    struct mlink *l = x->l;
+    l->p_timer = srrs_poller_register(l->r, timer_poll, l, SRRS_MAX(1u, l->o.ping_ms / 2) * 1000u);
+    if (l->lfd >= 0) {
+        /* Timed, not every loop: an accept4() per poll round costs a syscall per
+         * round for nothing (the fd still wakes a sleeping reactor). */
+        l->p_listen = srrs_poller_register(l->r, listen_poll, l, 5000);
+        if (!l->p_listen || srrs_poller_set_fd(l->p_listen, l->lfd, EPOLLIN, false))
+            x->rc = -ENOMEM;
+    }
+    if (!l->p_timer)
+        x->rc = -ENOMEM;
+    l->last_try = 0;
+}
+
+void link_stop_fn(void *a)
+{
+    struct link_arg *x = a;
+    struct mlink *l = x->l;
+    if (l->fd >= 0)
+        link_drop(l, "link destroyed");
+    mauth_close_all(&l->auth);
+    l->mode = MODE_FENCED;
+    resolve_held(l);
+    srrs_poller_unregister(&l->p_timer);
+    srrs_poller_unregister(&l->p_listen);
+    if (l->stop_hook >= 0)
+        srrs_reactor_del_stop_hook(l->r, l->stop_hook);
+}
+
+static void link_on_stop(void *arg)
+{
+    /* Reactor stopping: nothing may wait for a peer any more. */
+    struct mlink *l = arg;
+    l->stop_hook = -1;
+    l->mode = MODE_FENCED;
+    link_drop(l, "reactor stopping");
+    mauth_close_all(&l->auth);
+    resolve_held(l);
+}
+
+void hook_fn(void *a)
+{
+    struct mlink *l = a;
+    l->stop_hook = srrs_reactor_add_stop_hook(l->r, link_on_stop, l);
+}
+
+void link_free(struct mlink *l)
+{
+    OPENSSL_cleanse(l->auth.secret, sizeof(l->auth.secret));
+    fmac_free(&l->ftx);
+    fmac_free(&l->frx);
+    if (l->lfd >= 0)
+        close(l->lfd);
+    free(l->pieces);
+    free(l->frames);
+    if (l->rx)
+        srrs_mem_free(l->rx, M_RXBUF);
+    free(l);
+}
+
+int auth_setup(struct mlink *l)
+{
+    struct srrs_mirror_link_opts *o = &l->o;
+    if (o->secret_len != 0 && o->secret_len != MA_KEY)
+        return srrs_err(-EINVAL, "mirror link: the secret must be %d bytes, not %u", MA_KEY,
+                        o->secret_len);
+    l->auth_on = o->secret_len == MA_KEY;
+    l->auth.r = l->r;
+    memcpy(l->auth.secret, o->secret, MA_KEY);
+    OPENSSL_cleanse(o->secret, sizeof(o->secret)); /* the copy in l->auth is the one */
+    l->auth.done = auth_done;
+    l->auth.fail = auth_refused;
+    l->auth.arg = l;
+    if (l->auth_on && (fmac_init(&l->ftx) || fmac_init(&l->frx)))
+        return srrs_err(-ENOMEM, "mirror link: no cipher context for the frame MACs");
+    for (int i = 0; i < 4; i++) {
+        o->allow[i][sizeof(o->allow[i]) - 1] = 0;
+        if (!o->allow[i][0])
+            continue;
+        struct addrinfo hints = {.ai_flags = AI_NUMERICHOST}, *res;
+        if (getaddrinfo(o->allow[i], NULL, &hints, &res))
+            return srrs_err(-EINVAL, "mirror link: allow: %s is not a numeric address",
+                            o->allow[i]);
+        memcpy(&l->allow[l->nallow++], res->ai_addr, res->ai_addrlen);
+        freeaddrinfo(res);
+    }
+    return 0;
+}
