@@ -95,9 +95,10 @@ def volume(name: str, pool: str, size, **kw) -> dict:
     return _table(name=name, pool=pool, size=size, **kw)
 
 
-def subsystem(nqn: str, namespaces: Iterable[str], serial: Optional[str] = None,
+def subsystem(nqn: str, namespaces: Iterable[str] = (), serial: Optional[str] = None,
               allow_hosts: Optional[Iterable[str]] = ("*",), **kw) -> dict:
-    return _table(nqn=nqn, serial=serial, namespaces=list(namespaces),
+    """allow_hosts None leaves the key out (no host allowed); no namespaces, none."""
+    return _table(nqn=nqn, serial=serial, namespaces=list(namespaces) or None,
                   allow_hosts=None if allow_hosts is None else list(allow_hosts), **kw)
 
 
@@ -201,13 +202,16 @@ def write_config(path, conf: dict) -> str:
 # ---- processes ------------------------------------------------------------------------
 
 class Proc:
-    """`srrs ARGS` (after prefix) with stdout and stderr appended to log."""
+    """`srrs ARGS` (after prefix) with stdout and stderr appended to log;
+    preexec runs in the child before the exec (limits, nice)."""
 
     def __init__(self, args: Sequence[str], log, prefix: Sequence[str] = (),
-                 session: bool = False, start: bool = True):
+                 session: bool = False, start: bool = True,
+                 preexec: Optional[Callable[[], None]] = None):
         self.args = list(prefix) + SRRS + list(args)
         self.log_path = str(log)
         self.session = session  # own session: a terminal's Ctrl-C reaches only the caller
+        self.preexec = preexec
         self.proc: Optional[subprocess.Popen] = None
         if start:
             self.start()
@@ -216,7 +220,8 @@ class Proc:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT,
-                                         start_new_session=self.session)
+                                         start_new_session=self.session,
+                                         preexec_fn=self.preexec)
 
     @property
     def pid(self) -> int:
@@ -235,6 +240,8 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         return self.proc.wait(10)
+
+    kill = kill9
 
     def stop(self, timeout: float = 15) -> Optional[int]:
         """SIGTERM and wait; past timeout SIGKILL, and TimeoutExpired is raised:
@@ -269,7 +276,8 @@ class Controller(Proc):
 
     def __init__(self, config, conf: Optional[dict] = None, sock: Optional[str] = None,
                  log=None, prefix: Sequence[str] = (), session: bool = False,
-                 ready_timeout: float = 60, start: bool = True, name: Optional[str] = None):
+                 ready_timeout: float = 60, start: bool = True, name: Optional[str] = None,
+                 preexec: Optional[Callable[[], None]] = None):
         self.config = str(config)
         if conf is not None:
             write_config(self.config, conf)
@@ -282,7 +290,8 @@ class Controller(Proc):
         if log is None:
             base = self.config[:-5] if self.config.endswith(".toml") else self.config
             log = base + ".log"
-        super().__init__(["start", "-c", self.config], log, prefix, session, start=False)
+        super().__init__(["start", "-c", self.config], log, prefix, session, start=False,
+                         preexec=preexec)
         if start:
             self.start()
 
