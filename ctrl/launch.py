@@ -369,10 +369,13 @@ class Witness(Proc):
     """`srrs witness --bind BIND`; keys (make_keys()) give it its secret key and
     allow-list, None runs it --insecure (unless extra brings keys)."""
 
-    def __init__(self, log, bind: str, max_lease: float = 3.0, keys: Optional[dict] = None,
+    def __init__(self, log, bind: str, max_lease: Optional[float] = 3.0,
+                 keys: Optional[dict] = None,
                  state: Optional[str] = None, extra: Sequence[str] = (),
                  prefix: Sequence[str] = (), session: bool = False):
-        args = ["witness", "--bind", bind, "--max-lease", f"{max_lease:g}"]
+        args = ["witness", "--bind", bind]
+        if max_lease is not None:  # None: the witness's default
+            args += ["--max-lease", f"{max_lease:g}"]
         if state is not None:
             args += ["--state", str(state)]
         if keys is not None:
