@@ -8,6 +8,8 @@ import time
 import pytest
 from conftest import need
 
+from srrs.ctrl import launch
+
 from .helpers import SRRS, Controller, Tmux, bdev_row, write_config
 
 
@@ -112,22 +114,16 @@ def test_small_terminal_and_resize(tmp_path, tmux_ok, loaded):
         t.close()
 
 
-def _export_config(tmp_path) -> str:
+def _export_config(tmp_path) -> dict:
     """[nvmf] and [[vhost]] when built: the console's biggest panel today."""
     import importlib.util
-    import socket
 
-    extra = ""
+    extra = {}
     if importlib.util.find_spec("srrs.nvmf.service"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        extra += (f'[nvmf]\nlisten = ["127.0.0.1:{port}"]\n[[nvmf.subsystem]]\n'
-                  f'nqn = "nqn.2026-11.io.srrs:cpu"\nserial = "S1"\nnamespaces = ["m0"]\n'
-                  f'allow_hosts = ["*"]\n')
+        extra["nvmf"] = launch.nvmf([f"127.0.0.1:{launch.free_port()}"], [
+            launch.subsystem("nqn.2026-11.io.srrs:cpu", ["m0"], serial="S1")])
     if importlib.util.find_spec("srrs.vhost.service"):
-        extra += (f'[[vhost]]\nname = "vh0"\nsocket = "{tmp_path}/vh0.sock"\nbdev = "m0"\n'
-                  f'num_queues = 2\n')
+        extra["vhost"] = [launch.vhost("vh0", f"{tmp_path}/vh0.sock", "m0", num_queues=2)]
     return extra
 
 
