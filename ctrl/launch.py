@@ -152,9 +152,6 @@ def pair_keys(keys: dict, name: str, peer: str) -> dict:
             "mirror_secret": str(keys["mirror_secret"])}
 
 
-ARRAYS = ("bdev", "pool", "volume", "vhost")  # [[name]] sections; the rest are [name]
-
-
 def config(ctrl: dict, bdevs: Iterable[dict] = (), pools: Iterable[dict] = (),
            volumes: Iterable[dict] = (), nvmf: Optional[dict] = None,
            vhosts: Iterable[dict] = (), pair: Optional[dict] = None,
@@ -162,8 +159,9 @@ def config(ctrl: dict, bdevs: Iterable[dict] = (), pools: Iterable[dict] = (),
     """A whole config; extra: more of it (a dict, or TOML text), merged in."""
     conf = {"controller": dict(ctrl)}
     for key, val in (("bdev", bdevs), ("pool", pools), ("volume", volumes), ("vhost", vhosts)):
-        if list(val):
-            conf[key] = list(val)
+        val = list(val)
+        if val:
+            conf[key] = val
     for key, val in (("nvmf", nvmf), ("pair", pair), ("metrics", metrics)):
         if val is not None:
             conf[key] = val
@@ -171,21 +169,26 @@ def config(ctrl: dict, bdevs: Iterable[dict] = (), pools: Iterable[dict] = (),
 
 
 def merge(conf: dict, extra) -> dict:
-    """conf with extra (a dict or TOML text) added: arrays of tables are
-    appended to, tables updated key by key (recursively)."""
+    """conf with extra (a dict or TOML text) added: arrays of tables ([[bdev]])
+    are appended to, tables updated key by key (recursively), any other value
+    replaced."""
     if not extra:
         return conf
     if isinstance(extra, str):
         extra = toml.loads(extra)
     for k, v in extra.items():
         old = conf.get(k)
-        if isinstance(old, list) and isinstance(v, list):
+        if is_array_of_tables(old) and is_array_of_tables(v):
             conf[k] = old + v
         elif isinstance(old, dict) and isinstance(v, dict):
             conf[k] = merge(dict(old), v)
         else:
             conf[k] = v
     return conf
+
+
+def is_array_of_tables(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
 def dumps(conf: dict) -> str:

@@ -96,7 +96,8 @@ def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000,
     extra: a dict or TOML text; its top-level keys (before any table) are more
     [pair] keys, its tables more sections."""
     extra = toml.loads(extra) if isinstance(extra, str) else dict(extra or {})
-    more = {k: extra.pop(k) for k in list(extra) if not _is_section(extra[k])}
+    more = {k: extra.pop(k) for k in list(extra)
+            if not (isinstance(extra[k], dict) or launch.is_array_of_tables(extra[k]))}
     conf = launch.config(launch.controller(name, f"{tmp}/{name}.sock", reactors=None,
                                            poll_mode=None),
                          extra=replica_conf(name, tmp, size, replica))
@@ -104,11 +105,6 @@ def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000,
                                host=host, peer_host=peer_host, witness_host=witness_host,
                                heartbeat_ms=hb, miss_count=miss, lease_ms=lease, **more)
     return launch.merge(conf, extra)
-
-
-def _is_section(v) -> bool:
-    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and
-                                   all(isinstance(x, dict) for x in v))
 
 
 def nvmf_conf(port, cntlid_lo, nqn, serial, namespaces=("v0",), host="127.0.0.1") -> dict:
