@@ -176,12 +176,13 @@ def merge(conf: dict, extra) -> dict:
         return conf
     if isinstance(extra, str):
         extra = toml.loads(extra)
+    conf = dict(conf)  # the caller's stays as it was
     for k, v in extra.items():
         old = conf.get(k)
         if is_array_of_tables(old) and is_array_of_tables(v):
             conf[k] = old + v
         elif isinstance(old, dict) and isinstance(v, dict):
-            conf[k] = merge(dict(old), v)
+            conf[k] = merge(old, v)
         else:
             conf[k] = v
     return conf

@@ -93,3 +93,17 @@ def test_pair_comes_up_paired(tmp_path):
     finally:
         p.stop()
     assert not p.witness.alive() and not any(c.alive() for c in p.nodes.values())
+
+
+def test_merge_appends_arrays_of_tables_and_updates_tables():
+    base = L.config(L.controller("t", "/run/t.sock"), bdevs=[L.bdev("m0")],
+                    nvmf=L.nvmf(["127.0.0.1:1"], [L.subsystem("nqn.a", ["m0"])]))
+    out = L.merge(base, {"bdev": [L.bdev("m1")], "controller": {"reactors": 2},
+                         "nvmf": {"listen": ["127.0.0.1:2"], "subsystem": [L.subsystem("nqn.b")]}})
+    assert [b["name"] for b in out["bdev"]] == ["m0", "m1"]
+    assert out["controller"] == {**L.controller("t", "/run/t.sock"), "reactors": 2}
+    assert out["nvmf"]["listen"] == ["127.0.0.1:2"]                  # replaced, not appended
+    assert [s["nqn"] for s in out["nvmf"]["subsystem"]] == ["nqn.a", "nqn.b"]
+    assert "namespaces" not in out["nvmf"]["subsystem"][1]
+    assert L.merge(dict(base), '[metrics]\nlisten = "127.0.0.1:0"\n')["metrics"] == \
+        L.metrics("127.0.0.1:0")
