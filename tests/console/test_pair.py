@@ -105,7 +105,8 @@ def test_console_pair_config_finds_both_controllers_and_the_witness(tmp_path):
         r = srrs("console", "--pair", cb, "--once", timeout=30)
         assert r.returncode == 2 and "pair.peer_rpc_socket is not set" in r.stderr, r.stderr
         plain = tmp_path / "plain.toml"
-        plain.write_text(f'[controller]\nname = "p"\nrpc_socket = "{tmp_path}/p.sock"\n')
+        launch.write_config(plain, launch.config(launch.controller(
+            "p", tmp_path / "p.sock", reactors=None, poll_mode=None)))
         r = srrs("console", "--pair", str(plain), "--once", timeout=30)
         assert r.returncode == 2 and "no [pair] section" in r.stderr, r.stderr
     finally:

@@ -112,7 +112,8 @@ def test_rpc_socket_path_on_regular_file_or_live_socket_refuses_start(tmp_path, 
     r = srrs("start", "-c", write_config(tmp_path / "a.toml", str(f)))
     assert r.returncode != 0 and "regular file" in r.stderr and f.read_text() == "x"
     # Another controller's live socket: refused before that config builds anything.
-    r = srrs("start", "-c", write_config(tmp_path / "b.toml", ctl.sock, extra=_with_vhost("vh9", tmp_path / "vh9.sock")))
+    r = srrs("start", "-c", write_config(tmp_path / "b.toml", ctl.sock,
+                                         extra=_with_vhost("vh9", tmp_path / "vh9.sock")))
     assert r.returncode != 0 and "live socket" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "vh9.sock")
     assert ctl.rpc("status")["name"] == "t"
