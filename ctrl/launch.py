@@ -273,15 +273,16 @@ class Proc:
 
 
 class Controller(Proc):
-    """`srrs start -c CONFIG`. conf: a dict (written to config, which must be
-    given then) or None for a config file already there. The RPC socket is
+    """`srrs start -c CONFIG [ARGS]`. conf: a dict (written to config, which must be
+    given then) or None for a config file already there; args: more `srrs start`
+    options (--log-level ...). The RPC socket is
     the config's [controller] rpc_socket unless sock says otherwise; the log
     is CONFIG with .log for .toml unless log says otherwise."""
 
     def __init__(self, config, conf: Optional[dict] = None, sock: Optional[str] = None,
                  log=None, prefix: Sequence[str] = (), session: bool = False,
                  ready_timeout: float = 60, start: bool = True, name: Optional[str] = None,
-                 preexec: Optional[Callable[[], None]] = None):
+                 preexec: Optional[Callable[[], None]] = None, args: Sequence[str] = ()):
         self.config = str(config)
         if conf is not None:
             write_config(self.config, conf)
@@ -294,7 +295,7 @@ class Controller(Proc):
         if log is None:
             base = self.config[:-5] if self.config.endswith(".toml") else self.config
             log = base + ".log"
-        super().__init__(["start", "-c", self.config], log, prefix, session, start=False,
+        super().__init__(["start", "-c", self.config, *args], log, prefix, session, start=False,
                          preexec=preexec)
         if start:
             self.start()
