@@ -9,8 +9,8 @@ import json
 import pytest
 
 from srrs.ctrl import launch
+from srrs.ctrl.launch import free_ports
 from tests.ctrl.helpers import Controller, srrs, write_config
-from tests.pair.procs import free_ports
 
 NQN = "nqn.2026-11.io.srrs:acc-"
 

@@ -6,9 +6,8 @@ import contextlib
 import os
 import time
 
+from srrs.ctrl.launch import free_ports
 from srrs.ffi.binding import Core, check, ffi, lib
-
-from .procs import free_ports
 
 MODES = {"fenced": 0, "paired": 1, "solo": 2, "resync_source": 3, "resync_target": 4}
 
