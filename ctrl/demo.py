@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from . import launch
 from .rpc import RpcClient, RpcError
 
 QD = 32
@@ -44,7 +44,7 @@ BS = 4096
 VOL_SIZE = "64MiB"
 FRAG_SIZE = 192 << 20
 PATH_TIMEOUT_S = 15
-SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+SRRS = launch.SRRS
 VICTIM, SURVIVOR = "b", "a"
 SOLO_S = 3.0            # chaos: how long the survivor serves alone before the restart
 WATCH_S = 0.1           # pair state sampling period
@@ -54,11 +54,12 @@ WATCH_S = 0.1           # pair state sampling period
 class Node:
     """A controller of the pair."""
     name: str
-    conf: str = ""
-    sock: str = ""
-    log: str = ""
     nvmf: str = ""                   # its NVMe/TCP listener, host:port
-    proc: Optional[subprocess.Popen] = None
+    ctl: Optional[launch.Controller] = None
+
+    @property
+    def sock(self) -> str:
+        return self.ctl.sock
 
 
 @dataclass
@@ -94,9 +95,8 @@ class Demo:
     refresh_hz: float = 4.0
     console: bool = True
     tmp: str = ""
-    ports: dict = field(default_factory=dict)
     nqn: str = ""
-    witness: Optional[subprocess.Popen] = None
+    pair: Optional[launch.Pair] = None
     nodes: dict = field(default_factory=dict)
     loads: list = field(default_factory=list)
     t0: float = 0.0
@@ -119,163 +119,32 @@ def _rpc(sock: str, method: str, params: Optional[dict] = None, timeout: float =
         return c.call(method, params)
 
 
-def _free_ports(n: int) -> list:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ---- set-up ---------------------------------------------------------------------------
 
 def plan(d: Demo) -> None:
-    p = _free_ports(7)
-    d.ports = {"witness": p[0], "coord_a": p[1], "coord_b": p[2], "mirror_a": p[3],
-               "mirror_b": p[4], "nvmf_a": p[5], "nvmf_b": p[6]}
     d.nqn = f"nqn.2026-11.io.srrs:{os.path.basename(d.tmp)}"
     for n in ("a", "b"):
-        d.nodes[n] = Node(n, conf=os.path.join(d.tmp, f"{n}.toml"),
-                          sock=os.path.join(d.tmp, f"{n}.sock"),
-                          log=os.path.join(d.tmp, f"{n}.log"))
-    for n in ("a", "b"):
-        d.nodes[n].nvmf = f"127.0.0.1:{d.ports['nvmf_' + n]}"
+        d.nodes[n] = Node(n)
+    for n, port in zip(("a", "b"), launch.free_ports(2)):
+        d.nodes[n].nvmf = f"127.0.0.1:{port}"
     d.loads += [Load("nvmf", "v0"), Load("vhost", "v1")]
 
 
-def config_text(d: Demo, n: str) -> str:
-    peer = "b" if n == "a" else "a"
+def node_config(d: Demo, n: str) -> dict:
+    """Controller n's sections besides [controller] and [pair] (launch.Pair
+    adds those): a pool on one fragment, v0 and v1, and its exports."""
+    conf = {"pool": [launch.pool("p0", [launch.fragment(f"{d.tmp}/{n}-frag0.img", FRAG_SIZE)],
+                                 cluster_size="1MiB")],
+            "volume": [launch.volume(v, "p0", VOL_SIZE) for v in ("v0", "v1")]}
     node = d.nodes[n]
-    text = f"""[controller]
-name = "{n}"
-rpc_socket = "{node.sock}"
-reactors = {2 if (os.cpu_count() or 1) >= 4 else 1}
-poll_mode = "adaptive"
-
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {{ path = "{d.tmp}/{n}-frag0.img", size = {FRAG_SIZE} }} ]
-
-[[volume]]
-name = "v0"
-pool = "p0"
-size = "{VOL_SIZE}"
-
-[[volume]]
-name = "v1"
-pool = "p0"
-size = "{VOL_SIZE}"
-
-[pair]
-self = "{n}"
-peer = "{peer}"
-coord_bind = "tcp://127.0.0.1:{d.ports['coord_' + n]}"
-peer_coord = "tcp://127.0.0.1:{d.ports['coord_' + peer]}"
-mirror_listen = "127.0.0.1:{d.ports['mirror_' + n]}"
-peer_mirror = "127.0.0.1:{d.ports['mirror_' + peer]}"
-witness = "tcp://127.0.0.1:{d.ports['witness']}"
-peer_rpc_socket = "{d.nodes[peer].sock}"
-volumes = ["v0", "v1"]
-state_dir = "{d.tmp}/state-{n}"
-heartbeat_ms = 100
-miss_count = 10
-lease_ms = 2000
-secret_key = "{d.tmp}/keys/pair/{n}.key_secret"
-peer_public_key = "{d.tmp}/keys/pair/{peer}.key"
-witness_public_key = "{d.tmp}/keys/witness/witness.key"
-mirror_secret = "{d.tmp}/keys/pair/mirror.secret"
-"""
     if node.nvmf:
-        lo = 1 if n == "a" else 1001
-        text += f"""
-[nvmf]
-listen = ["{node.nvmf}"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{d.nqn}"
-serial = "SRRSDEMO"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-"""
+        sub = launch.subsystem(d.nqn, ["v0"], serial="SRRSDEMO")
+        conf["nvmf"] = launch.nvmf([node.nvmf], [sub], cntlid_min=1 if n == "a" else 1001)
     if n == "a" and any(x.kind == "vhost" for x in d.loads):
-        text += f"""
-[[vhost]]
-name = "vh-a"
-socket = "{d.tmp}/vh-a.sock"
-bdev = "v1"
-num_queues = 1
-"""
-    return text
-
-
-def make_keys(d: Demo) -> None:
-    """`srrs keygen`, as for a real pair: the controllers' CURVE keys and their
-    shared mirror secret, the witness's keys, and its allow-list of the two
-    controllers' public keys."""
-    import argparse
-    import contextlib
-    import io
-    import shutil
-
-    from .witness import keygen
-
-    k = os.path.join(d.tmp, "keys")
-    with contextlib.redirect_stdout(io.StringIO()):
-        for n in d.nodes:
-            keygen(argparse.Namespace(dir=f"{k}/pair", name=n, no_mirror_secret=False))
-        keygen(argparse.Namespace(dir=f"{k}/witness", name="witness", no_mirror_secret=True))
-    os.makedirs(f"{k}/allowed", mode=0o700)
-    for n in d.nodes:
-        shutil.copy(f"{k}/pair/{n}.key", f"{k}/allowed/{n}.key")
-
-
-def start_witness(d: Demo) -> None:
-    log = open(os.path.join(d.tmp, "witness.log"), "w")
-    k = os.path.join(d.tmp, "keys")
-    with log:
-        d.witness = subprocess.Popen(
-            SRRS + ["witness", "--bind", f"tcp://127.0.0.1:{d.ports['witness']}",
-                    "--max-lease", "2", "--state", os.path.join(d.tmp, "witness.json"),
-                    "--secret-key", f"{k}/witness/witness.key_secret",
-                    "--authorized", f"{k}/allowed"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-
-def spawn(d: Demo, node: Node) -> None:
-    """Start (or restart) a controller; wait_up() waits for its RPC socket."""
-    if os.path.exists(node.sock):
-        os.unlink(node.sock)  # a killed controller's: not an answer
-    with open(node.log, "a") as lf:
-        # own session: a Ctrl-C in the terminal reaches the demo, which stops the
-        # controllers itself (SIGTERM) after reading their figures
-        node.proc = subprocess.Popen(SRRS + ["start", "-c", node.conf],
-                                     stdin=subprocess.DEVNULL, stdout=lf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_up(d: Demo, node: Node, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if node.proc.poll() is not None:
-            raise RuntimeError(f"controller {node.name} exited {node.proc.returncode}:\n"
-                               f"{_tail(node.log)}")
-        if os.path.exists(node.sock):
-            try:
-                RpcClient(node.sock).close()
-                return
-            except ConnectionError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"controller {node.name} did not open {node.sock} within "
-                               f"{timeout:.0f} s:\n{_tail(node.log)}")
-        time.sleep(0.05)
+        conf["vhost"] = [launch.vhost("vh-a", f"{d.tmp}/vh-a.sock", "v1", num_queues=1)]
+    return conf
 
 
 def _fragment(path: str) -> None:
@@ -314,29 +183,20 @@ def _wipe_fragments(d: Demo) -> None:
 
 
 def start_pair(d: Demo) -> None:
-    make_keys(d)
+    """As a real pair is set up: `srrs keygen` for the controllers (CURVE keys,
+    their shared mirror secret) and the witness (its allow-list: the two
+    controllers' public keys), the witness, then both controllers, PAIRED.
+    Each in its own session: a Ctrl-C in the terminal reaches the demo, which
+    stops them itself (SIGTERM) after reading their figures."""
+    d.pair = launch.Pair(
+        d.tmp, lambda n: node_config(d, n), volumes=("v0", "v1"), max_lease=2,
+        witness_args=["--state", os.path.join(d.tmp, "witness.json")],
+        reactors=2 if (os.cpu_count() or 1) >= 4 else 1, session=True, ready_timeout=20,
+        peer_rpc_socket=True, heartbeat_ms=100, miss_count=10, lease_ms=2000)
     for n, node in d.nodes.items():
-        with open(node.conf, "w", encoding="utf-8") as f:
-            f.write(config_text(d, n))
+        node.ctl = d.pair.nodes[n]
         _fragment(f"{d.tmp}/{n}-frag0.img")
-    start_witness(d)
-    for node in d.nodes.values():
-        spawn(d, node)
-    for node in d.nodes.values():
-        wait_up(d, node)
-    deadline = time.monotonic() + 30
-    while not all(_pair_state(n) == "PAIRED" for n in d.nodes.values()):
-        if time.monotonic() > deadline:
-            st = {n.name: _pair_state(n) for n in d.nodes.values()}
-            raise RuntimeError(f"the pair is not PAIRED within 30 s: {st}")
-        time.sleep(0.1)
-
-
-def _pair_state(node: Node) -> str:
-    try:
-        return _rpc(node.sock, "pair_status", timeout=1.0)["state"]
-    except (OSError, RpcError, ValueError, KeyError, TypeError):
-        return "DOWN"
+    d.pair.start(paired_timeout=30)
 
 
 # ---- load -----------------------------------------------------------------------------
@@ -378,7 +238,7 @@ def watch(d: Demo) -> None:
     entry into SOLO a failover (the chaos thread fills in its planned ones)."""
     while not d.stop.wait(WATCH_S):
         for node in d.nodes.values():
-            st = _pair_state(node)
+            st = node.ctl.pair_state()
             with d.lock:
                 old = d.states.get(node.name)
                 if old == st:
@@ -433,8 +293,7 @@ def chaos(d: Demo) -> None:
             f = Failover(VICTIM, SURVIVOR, killed=d.now())
             d.failovers.append(f)
         d.note = f"chaos {k}: kill -9 {VICTIM}"
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait()
+        victim.ctl.kill9()
         if not _wait(d, lambda f=f: f.solo is not None, 10):
             d.note = f"chaos {k}: {SURVIVOR} did not go SOLO"
             return
@@ -442,9 +301,8 @@ def chaos(d: Demo) -> None:
         if d.stop.wait(max(0.0, f.solo + SOLO_S - d.now())):
             return
         d.note = f"chaos {k}: restarting {VICTIM}"
-        spawn(d, victim)
         try:
-            wait_up(d, victim)
+            victim.ctl.restart()
         except RuntimeError as e:
             d.note = f"chaos {k}: {e}".splitlines()[0]
             return
@@ -485,10 +343,9 @@ def show(d: Demo) -> None:
 
     app = ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
                      footer=footer,
-                     witness=WitnessProbe(f"tcp://127.0.0.1:{d.ports['witness']}",
-                                          secret_key=f"{d.tmp}/keys/pair/a.key_secret",
-                                          server_public_key=f"{d.tmp}/keys/witness/"
-                                                            "witness.key"))
+                     witness=WitnessProbe(d.pair.witness_addr,
+                                          secret_key=f"{d.pair.keys['a']}_secret",
+                                          server_public_key=d.pair.keys["witness_public"]))
     try:
         if d.console and sys.stdout.isatty():
             app.run_live(max(0.0, end - time.monotonic()))
@@ -641,33 +498,23 @@ def stop_all(d: Demo) -> None:
         if ld.proc is not None:
             _stop_proc(ld.proc, signal.SIGKILL, 0)
     for node in reversed(list(d.nodes.values())):
-        p = node.proc
-        if p is None:
+        c = node.ctl
+        if c is None or c.proc is None:
             continue
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+        if c.alive():
             try:
-                p.wait(10)
+                c.stop(10)
             except subprocess.TimeoutExpired:
-                print(f"srrs demo: controller {node.name} did not stop in 10 s, killing it",
+                print(f"srrs demo: controller {node.name} did not stop in 10 s, killed it",
                       file=sys.stderr)
-                p.kill()
-                p.wait()
-        elif p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
-            print(f"srrs demo: controller {node.name} exited {p.returncode}:\n"
-                  f"{_tail(node.log)}", file=sys.stderr)
-        node.proc = None
-    if d.witness is not None:
-        _stop_proc(d.witness, signal.SIGTERM, 5)
-        d.witness = None
-
-
-def _tail(path: str, n: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-    except OSError:
-        return ""
+        elif c.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            print(f"srrs demo: controller {node.name} exited {c.proc.returncode}:\n"
+                  f"{c.tail()}", file=sys.stderr)
+    if d.pair is not None and d.pair.witness is not None:
+        try:
+            d.pair.witness.stop(5)
+        except subprocess.TimeoutExpired:
+            pass  # killed
 
 
 def _raise_interrupt(signo, frame):

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from srrs.ctrl.rpc import RpcClient, RpcError
+from srrs.ctrl import launch
+from srrs.ctrl.launch import SRRS
+from srrs.ctrl.rpc import RpcError
 
-SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+__all__ = ["SRRS", "Controller", "Tmux", "bdev_row", "sample", "scrape", "srrs", "write_config"]
 
 
 def srrs(*args, timeout=60, **kw):
@@ -22,54 +22,19 @@ def srrs(*args, timeout=60, **kw):
 
 
 def write_config(tmp_path, name="t", reactors=1, poll_mode="adaptive", extra="") -> tuple:
-    """(config path, socket path) of a controller with a 64 MiB malloc bdev m0."""
+    """(config path, socket path) of a controller with a 64 MiB malloc bdev m0;
+    extra: more sections (a dict or TOML text)."""
     sock = str(tmp_path / f"{name}.sock")
-    path = tmp_path / f"{name}.toml"
-    path.write_text(f"""
-[controller]
-name = "{name}"
-rpc_socket = "{sock}"
-reactors = {reactors}
-poll_mode = "{poll_mode}"
-
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "64MiB"
-{extra}
-""")
-    return str(path), sock
+    conf = launch.config(launch.controller(name, sock, reactors, poll_mode),
+                         bdevs=[launch.bdev("m0", "malloc", "64MiB")], extra=extra)
+    return launch.write_config(tmp_path / f"{name}.toml", conf), sock
 
 
-class Controller:
+class Controller(launch.Controller):
     """`srrs start -c CONFIG` in the background, ready when its RPC socket answers."""
 
     def __init__(self, config: str, sock: str):
-        self.config, self.sock = config, sock
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(SRRS + ["start", "-c", self.config], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"controller exited {self.proc.returncode}: "
-                                   f"{self.proc.stdout.read()}")
-            if os.path.exists(self.sock):
-                try:
-                    RpcClient(self.sock).close()
-                    return
-                except ConnectionError:
-                    pass
-            if time.time() > deadline:
-                self.kill()
-                raise RuntimeError("controller did not open its RPC socket within 20 s")
-            time.sleep(0.05)
-
-    def rpc(self, method, params=None):
-        with RpcClient(self.sock) as c:
-            return c.call(method, params)
+        super().__init__(config, sock=sock, ready_timeout=20)
 
     def load(self, bdev="m0", reactor=0, time_s=60, qd=8, rw="randrw"):
         # the socket answers a moment before the controller is at run time
@@ -85,14 +50,7 @@ class Controller:
                 time.sleep(0.05)
 
     def stop(self, timeout=10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return super().stop(timeout)
 
 
 class Tmux:

@@ -8,6 +8,8 @@ import time
 import pytest
 from conftest import need
 
+from srrs.ctrl import launch
+
 from .helpers import SRRS, Controller, Tmux, bdev_row, write_config
 
 
@@ -112,18 +114,11 @@ def test_small_terminal_and_resize(tmp_path, tmux_ok, loaded):
         t.close()
 
 
-def _export_config(tmp_path) -> str:
+def _export_config(tmp_path) -> dict:
     """[nvmf] and [[vhost]]: the console's biggest panel today."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return (f'[nvmf]\nlisten = ["127.0.0.1:{port}"]\n[[nvmf.subsystem]]\n'
-            f'nqn = "nqn.2026-11.io.srrs:cpu"\nserial = "S1"\nnamespaces = ["m0"]\n'
-            f'allow_hosts = ["*"]\n'
-            f'[[vhost]]\nname = "vh0"\nsocket = "{tmp_path}/vh0.sock"\nbdev = "m0"\n'
-            f'num_queues = 2\n')
+    return {"nvmf": launch.nvmf([f"127.0.0.1:{launch.free_port()}"], [
+                launch.subsystem("nqn.2026-11.io.srrs:cpu", ["m0"], serial="S1")]),
+            "vhost": [launch.vhost("vh0", f"{tmp_path}/vh0.sock", "m0", num_queues=2)]}
 
 
 @pytest.mark.quiet

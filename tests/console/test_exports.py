@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.nvmf import target as nvmf_target
 
 from .helpers import Controller, sample, scrape, srrs, write_config
@@ -28,25 +29,11 @@ def _free_port() -> int:
 @pytest.fixture
 def exports(tmp_path):
     port = _free_port()
-    conf, sock = write_config(tmp_path, name="x", extra=f"""
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRS0001"
-namespaces = ["m0"]
-allow_hosts = ["*"]
-
-[[vhost]]
-name = "vh0"
-socket = "{tmp_path}/vh0.sock"
-bdev = "m0"
-num_queues = 2
-
-[metrics]
-listen = "127.0.0.1:0"
-""")
+    conf, sock = write_config(tmp_path, name="x", extra={
+        "nvmf": launch.nvmf([f"127.0.0.1:{port}"],
+                            [launch.subsystem(NQN, ["m0"], serial="SRRS0001")]),
+        "vhost": [launch.vhost("vh0", f"{tmp_path}/vh0.sock", "m0", num_queues=2)],
+        "metrics": launch.metrics("127.0.0.1:0")})
     c = Controller(conf, sock)
     try:
         yield c, port

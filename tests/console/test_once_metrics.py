@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.ffi import lathist
 
 from .helpers import Controller, sample, scrape, srrs, write_config
@@ -23,7 +24,7 @@ MONO_BDEV = ("reads", "writes", "bytes_read", "bytes_written", "flushes", "unmap
 @pytest.fixture
 def ctl(tmp_path):
     conf, sock = write_config(tmp_path, name="m", reactors=2,
-                              extra='[metrics]\nlisten = "127.0.0.1:0"\n')
+                              extra={"metrics": launch.metrics("127.0.0.1:0")})
     c = Controller(conf, sock)
     try:
         yield c
@@ -190,12 +191,12 @@ def test_no_metrics_section_no_endpoint(tmp_path):
 
 
 @pytest.mark.parametrize("listen, err", [
-    ('"nohost"', "metrics.listen: expected HOST:PORT"),
-    ('"127.0.0.1:99999"', "metrics.listen: bad port"),
-    ("9464", "metrics.listen: expected a string"),
+    ("nohost", "metrics.listen: expected HOST:PORT"),
+    ("127.0.0.1:99999", "metrics.listen: bad port"),
+    (9464, "metrics.listen: expected a string"),
 ])
 def test_metrics_config_errors(tmp_path, listen, err):
-    conf, _ = write_config(tmp_path, extra=f"[metrics]\nlisten = {listen}\n")
+    conf, _ = write_config(tmp_path, extra={"metrics": {"listen": listen}})
     r = srrs("start", "-c", conf, timeout=20)
     assert r.returncode == 2
     assert err in r.stderr and ".toml:" in r.stderr, r.stderr
@@ -204,7 +205,7 @@ def test_metrics_config_errors(tmp_path, listen, err):
 def test_busy_mode_without_io_is_about_0pct_busy(tmp_path):
     """Pollers that find no work count as idle: a spinning reactor is not 'busy'."""
     conf, sock = write_config(tmp_path, name="b", poll_mode="busy",
-                              extra='[metrics]\nlisten = "127.0.0.1:0"\n')
+                              extra={"metrics": launch.metrics("127.0.0.1:0")})
     c = Controller(conf, sock)
     try:
         time.sleep(0.5)
@@ -240,7 +241,7 @@ def test_metrics_port_in_use_fails_clearly(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        conf, _ = write_config(tmp_path, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        conf, _ = write_config(tmp_path, extra={"metrics": launch.metrics(f"127.0.0.1:{port}")})
         r = srrs("start", "-c", conf, timeout=20)
     assert r.returncode == 1
     assert f"[metrics] listen 127.0.0.1:{port}" in r.stderr and "in use" in r.stderr, r.stderr

@@ -6,78 +6,49 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import socket
-import subprocess
 import time
 
 from conftest import need
 
+from srrs.ctrl import launch
+
 from .helpers import SRRS, Controller, Tmux, sample, scrape, srrs
 
 
-def _ports(n: int) -> list:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+def _pair_config(tmp_path, me, other, ports, metrics=None, pair_extra=None):
+    """(config, socket) of pair member `me` with the product's pair timings;
+    ports: launch.pair_ports()."""
+    sock = f"{tmp_path}/{me}.sock"
+    conf = launch.config(
+        launch.controller(me, sock, reactors=None, poll_mode=None),
+        bdevs=[launch.bdev("v0", "file", "32MiB", path=f"{tmp_path}/{me}-v0.img")],
+        pair=launch.pair(me, other, ports, f"{tmp_path}/state-{me}", heartbeat_ms=None,
+                         miss_count=None, lease_ms=None, **(pair_extra or {})),
+        metrics=metrics)
+    return launch.write_config(tmp_path / f"{me}.toml", conf), sock
 
 
-def _pair_config(tmp_path, me, other, ports, witness, metrics="", pair_extra=""):
-    coord = {"a": ports[0], "b": ports[1]}
-    mirror = {"a": ports[2], "b": ports[3]}
-    path = tmp_path / f"{me}.toml"
-    path.write_text(f"""
-[controller]
-name = "{me}"
-rpc_socket = "{tmp_path}/{me}.sock"
-
-[[bdev]]
-name = "v0"
-type = "file"
-path = "{tmp_path}/{me}-v0.img"
-size = "32MiB"
-
-[pair]
-self = "{me}"
-peer = "{other}"
-coord_bind = "tcp://127.0.0.1:{coord[me]}"
-peer_coord = "tcp://127.0.0.1:{coord[other]}"
-mirror_listen = "127.0.0.1:{mirror[me]}"
-peer_mirror = "127.0.0.1:{mirror[other]}"
-witness = "{witness}"
-volumes = ["v0"]
-state_dir = "{tmp_path}/state-{me}"
-insecure = true
-{pair_extra}
-{metrics}
-""")
-    return str(path), f"{tmp_path}/{me}.sock"
+def _witness(tmp_path, ports) -> launch.Witness:
+    return launch.Witness(tmp_path / "witness.log", f"tcp://127.0.0.1:{ports['witness']}",
+                          max_lease=None)
 
 
 def test_pair_failover_on_the_console(tmp_path):
     need("tmux")
-    ports = _ports(5)
-    witness = f"tcp://127.0.0.1:{ports[4]}"
-    w = subprocess.Popen(SRRS + ["witness", "--bind", witness, "--insecure"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    ports = launch.pair_ports()
+    w = _witness(tmp_path, ports)
     a = b = t = None
     try:
-        ca, sa = _pair_config(tmp_path, "a", "b", ports, witness,
-                              '[metrics]\nlisten = "127.0.0.1:0"\n')
-        cb, sb = _pair_config(tmp_path, "b", "a", ports, witness)
+        ca, sa = _pair_config(tmp_path, "a", "b", ports,
+                              launch.metrics("127.0.0.1:0"))
+        cb, sb = _pair_config(tmp_path, "b", "a", ports)
         a, b = Controller(ca, sa), Controller(cb, sb)
         t = Tmux(tmp_path, SRRS + ["console", "-s", sa, "-s", sb], width=200, height=60)
         s = t.wait_for(lambda s: len(re.findall(r"● up  pair PAIRED", s)) == 2
                        and "Paired — both replicas current" in s, timeout=30,
                        what="both panels PAIRED")
         assert "alerts" not in s, s  # a healthy pair raises none
-        b.proc.send_signal(signal.SIGKILL)
-        b.proc.wait()
+        b.kill9()
         s = t.wait_for(lambda s: "b ✖ DOWN" in s and "a ● up  pair SOLO" in s, timeout=20,
                        what="b DOWN, a SOLO")
         assert re.search(r"b\s+down", s) and "mirror_down" in s, s
@@ -97,22 +68,20 @@ def test_pair_failover_on_the_console(tmp_path):
         for c in (a, b):
             if c is not None:
                 c.kill()
-        w.kill()
-        w.wait()
+        w.kill9()
 
 
 def test_console_pair_config_finds_both_controllers_and_the_witness(tmp_path):
     """`srrs console --pair CONFIG --once --json`: one pair member's config
     names its own RPC socket, the peer's (peer_rpc_socket) and the witness."""
-    ports = _ports(5)
-    witness = f"tcp://127.0.0.1:{ports[4]}"
-    w = subprocess.Popen(SRRS + ["witness", "--bind", witness, "--insecure"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    ports = launch.pair_ports()
+    w = _witness(tmp_path, ports)
+    witness = w.bind
     ctls = []
     try:
-        ca, sa = _pair_config(tmp_path, "a", "b", ports, witness,
-                              pair_extra=f'peer_rpc_socket = "{tmp_path}/b.sock"')
-        cb, sb = _pair_config(tmp_path, "b", "a", ports, witness)
+        ca, sa = _pair_config(tmp_path, "a", "b", ports,
+                              pair_extra={"peer_rpc_socket": f"{tmp_path}/b.sock"})
+        cb, sb = _pair_config(tmp_path, "b", "a", ports)
         ctls = [Controller(ca, sa), Controller(cb, sb)]
         deadline = time.monotonic() + 20
         while any(c.rpc("pair_status")["state"] != "PAIRED" for c in ctls):
@@ -131,8 +100,7 @@ def test_console_pair_config_finds_both_controllers_and_the_witness(tmp_path):
         r = srrs("console", "--pair", ca, "--once", timeout=30)  # plain text names the witness
         assert r.returncode == 0 and f"witness {witness}: up" in r.stdout, r.stdout
         # the witness goes away: shown down (and logged), the controllers are still up
-        w.kill()
-        w.wait()
+        w.kill9()
         r = srrs("console", "--pair", ca, "--once", "--json", timeout=30)
         snap = json.loads(r.stdout)
         assert r.returncode == 0 and snap["witness"]["state"] == "down", r.stdout
@@ -141,12 +109,11 @@ def test_console_pair_config_finds_both_controllers_and_the_witness(tmp_path):
         r = srrs("console", "--pair", cb, "--once", timeout=30)
         assert r.returncode == 2 and "pair.peer_rpc_socket is not set" in r.stderr, r.stderr
         plain = tmp_path / "plain.toml"
-        plain.write_text(f'[controller]\nname = "p"\nrpc_socket = "{tmp_path}/p.sock"\n')
+        launch.write_config(plain, launch.config(launch.controller(
+            "p", tmp_path / "p.sock", reactors=None, poll_mode=None)))
         r = srrs("console", "--pair", str(plain), "--once", timeout=30)
         assert r.returncode == 2 and "no [pair] section" in r.stderr, r.stderr
     finally:
         for c in ctls:
             c.kill()
-        if w.poll() is None:
-            w.kill()
-            w.wait()
+        w.kill9()

@@ -1,16 +1,13 @@
-"""Run real `srrs start` processes for the control-plane tests."""
+"""Run real `srrs start` processes for the control-plane tests (srrs.ctrl.launch)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 
-from srrs.ctrl.rpc import RpcClient
+from srrs.ctrl import launch
+from srrs.ctrl.launch import SRRS
 
-SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+__all__ = ["SRRS", "Controller", "srrs", "write_config"]
 
 
 def srrs(*args, check=False, timeout=60, **kw):
@@ -18,51 +15,14 @@ def srrs(*args, check=False, timeout=60, **kw):
                           check=check, **kw)
 
 
-class Controller:
-    def __init__(self, config_path: str, sock: str):
-        self.config = config_path
-        self.sock = sock
-        self.proc = subprocess.Popen(SRRS + ["start", "-c", config_path],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"controller exited {self.proc.returncode}: {self.proc.stdout.read()}")
-            if os.path.exists(sock):
-                try:
-                    RpcClient(sock).close()
-                    break
-                except ConnectionError:
-                    pass
-            if time.time() > deadline:
-                self.kill()
-                raise RuntimeError("controller did not open its RPC socket within 60 s")
-            time.sleep(0.05)
+class Controller(launch.Controller):
+    """launch.Controller of a config file already written, its socket given."""
 
-    def rpc(self, method, params=None):
-        with RpcClient(self.sock) as c:
-            return c.call(method, params)
-
-    def stop(self, timeout=10) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def output(self) -> str:
-        return self.proc.stdout.read() if self.proc.stdout else ""
+    def __init__(self, config_path: str, sock: str, ready_timeout: float = 60):
+        super().__init__(config_path, sock=sock, ready_timeout=ready_timeout)
 
 
 def write_config(path, sock, reactors=1, extra="", poll_mode="adaptive"):
-    path.write_text(f"""
-[controller]
-name = "t"
-rpc_socket = "{sock}"
-reactors = {reactors}
-poll_mode = "{poll_mode}"
-{extra}
-""")
-    return str(path)
+    """A controller "t" at sock; extra: more sections (a dict or TOML text)."""
+    conf = launch.config(launch.controller("t", sock, reactors, poll_mode), extra=extra)
+    return launch.write_config(path, conf)

@@ -4,8 +4,8 @@ import configparser
 import json
 import os
 import subprocess
-import time
 
+from srrs.ctrl import launch
 from tests.ctrl.helpers import SRRS, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -14,19 +14,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_json_log_lines(tmp_path):
     sock = str(tmp_path / "c.sock")
     conf = write_config(tmp_path / "c.toml", sock)
-    p = subprocess.Popen(SRRS + ["start", "-c", conf, "--log-format", "json", "--log-level",
-                                 "debug"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    c = launch.Controller(conf, sock=sock, ready_timeout=30,
+                          args=["--log-format", "json", "--log-level", "debug"])
     try:
-        end = time.time() + 30
-        while not os.path.exists(sock) and time.time() < end and p.poll() is None:
-            time.sleep(0.05)
-        assert os.path.exists(sock)
+        rc = c.stop(30)
     finally:
-        p.terminate()
-        _, err = p.communicate(timeout=30)
-    assert p.returncode == 0, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+        c.kill9()
+    out = c.output()                  # stdout and stderr: every line must be a log record
+    assert rc == 0, out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
     assert lines, "no log lines"
     for ln in lines:
         rec = json.loads(ln)          # every line is one JSON object

@@ -8,25 +8,17 @@ import stat
 
 import pytest
 
+from srrs.ctrl import launch
+
 from .helpers import Controller, srrs, write_config
 
 
 @pytest.fixture
 def ctl(tmp_path):
     sock = str(tmp_path / "c.sock")
-    conf = write_config(tmp_path / "c.toml", sock, reactors=2, extra=f"""
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "16MiB"
-
-[[bdev]]
-name = "f0"
-type = "file"
-path = "{tmp_path}/f0.img"
-size = "32MiB"
-block_size = 512
-""")
+    conf = write_config(tmp_path / "c.toml", sock, reactors=2, extra={"bdev": [
+        launch.bdev("m0", "malloc", "16MiB"),
+        launch.bdev("f0", "file", "32MiB", path=f"{tmp_path}/f0.img", block_size=512)]})
     c = Controller(conf, sock)
     yield c
     c.kill()

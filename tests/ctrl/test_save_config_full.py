@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.ctrl.rpc import RpcError
 
 from .helpers import Controller, write_config
@@ -39,12 +40,7 @@ def _fill(path):
 
 def test_save_config_on_full_disk(tmp_path, small_fs):
     sock = str(tmp_path / "c.sock")
-    c = Controller(write_config(tmp_path / "c.toml", sock, extra="""
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "16MiB"
-"""), sock)
+    c = Controller(write_config(tmp_path / "c.toml", sock, extra={"bdev": [launch.bdev("m0", "malloc", "16MiB")]}), sock)
     try:
         target = small_fs / "running.toml"
         target.write_text("# the previous save\n")

@@ -10,8 +10,9 @@ import signal
 import subprocess
 import time
 
-from tests.ctrl.helpers import SRRS, write_config
-from tests.pair.procs import free_ports
+from srrs.ctrl import launch
+from srrs.ctrl.launch import free_ports
+from tests.ctrl.helpers import write_config
 
 SYS_tgkill = 234 if os.uname().machine == "x86_64" else 131   # aarch64: 131
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -35,19 +36,10 @@ def _wait_exit(p, what: str, timeout: float = 10.0) -> int:
                              "non-main thread") from None
 
 
-def _wait_for(pred, timeout=30.0):
-    end = time.time() + timeout
-    while not pred():
-        assert time.time() < end, "timed out"
-        time.sleep(0.05)
-
-
 def test_controller_stops_on_sigterm_to_another_thread(tmp_path):
     sock = str(tmp_path / "c.sock")
     conf = write_config(tmp_path / "c.toml", sock, reactors=2)
-    p = subprocess.Popen(SRRS + ["start", "-c", conf], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    _wait_for(lambda: os.path.exists(sock))
+    p = launch.Controller(conf, sock=sock)
     time.sleep(0.5)                        # reactors idle: asleep in epoll
     _tgkill_other_threads(p.pid, signal.SIGTERM)
     assert _wait_exit(p, "the controller") == 0
@@ -61,9 +53,7 @@ def test_witness_stops_promptly_on_sigterm(tmp_path):
     for i in range(5):
         port, = free_ports(1)
         addr = f"tcp://127.0.0.1:{port}"
-        with open(tmp_path / f"w{i}.log", "w") as log:
-            p = subprocess.Popen(SRRS + ["witness", "--bind", addr, "--insecure"],
-                                 stdout=log, stderr=subprocess.STDOUT)
+        p = launch.Witness(tmp_path / f"w{i}.log", addr, max_lease=None)
         assert _ask(_client(addr), {"op": "ping", "sent_at": 1}, 10000)["op"] == "pong"
-        p.send_signal(signal.SIGTERM)
+        p.proc.send_signal(signal.SIGTERM)
         assert _wait_exit(p, "the witness") == 0, (tmp_path / f"w{i}.log").read_text()

@@ -5,22 +5,15 @@ import sys
 import textwrap
 import time
 
+from srrs.ctrl import launch
+
 from .helpers import Controller, write_config
 
 
 def _load_config(tmp_path, sock):
-    return write_config(tmp_path / "c.toml", sock, reactors=4, extra=f"""
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "64MiB"
-
-[[bdev]]
-name = "f0"
-type = "file"
-path = "{tmp_path}/f0.img"
-size = "256MiB"
-""")
+    return write_config(tmp_path / "c.toml", sock, reactors=4, extra={"bdev": [
+        launch.bdev("m0", "malloc", "64MiB"),
+        launch.bdev("f0", "file", "256MiB", path=f"{tmp_path}/f0.img")]})
 
 
 def test_sigterm_under_load_exits_0_within_2s(tmp_path):

@@ -33,6 +33,7 @@ import time
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.ctrl.rpc import RpcError
 from tests.ctrl.helpers import SRRS, Controller
 from tests.nvmf import wire
@@ -210,17 +211,9 @@ def _flood_rpc(sock: str) -> None:
 
 def _second_controller(tmp_path, frag_path: str) -> subprocess.CompletedProcess:
     sock2 = str(tmp_path / "c2.sock")
-    conf2 = tmp_path / "c2.toml"
-    conf2.write_text(f"""
-[controller]
-name = "intruder"
-rpc_socket = "{sock2}"
-
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {{ path = "{frag_path}" }} ]
-""")
+    conf2 = launch.write_config(tmp_path / "c2.toml", launch.config(
+        launch.controller("intruder", sock2, reactors=None, poll_mode=None),
+        pools=[launch.pool("p0", [launch.fragment(frag_path)], cluster_size="1MiB")]))
     return subprocess.run(SRRS + ["start", "-c", str(conf2)], capture_output=True, text=True,
                           timeout=60)
 
@@ -228,7 +221,7 @@ fragments = [ {{ path = "{frag_path}" }} ]
 def test_file_fragment_events_never_wrong_data(tmp_path, ext4):
     sock, port = str(tmp_path / "c.sock"), free_port()
     frag = os.path.join(ext4, "frag0.img")
-    conf = write_conf(tmp_path, port, f'{{ path = "{frag}", size = "80MiB" }}', "64MiB")
+    conf = write_conf(tmp_path, port, [launch.fragment(frag, "80MiB")], "64MiB")
     ctl = Controller(conf, sock)
     host = Host(port)
     try:
@@ -292,7 +285,7 @@ def test_ram_fragment_kill9_never_wrong_data(tmp_path):
     frag = tmp_path / "frag0.img"
     t_start = time.time()
     conf = write_conf(tmp_path, port,
-                      f'{{ path = "{frag}", size = "32MiB" }}, {{ ram = "96MiB" }}', "96MiB")
+                      [launch.fragment(frag, "32MiB"), launch.fragment(ram="96MiB")], "96MiB")
     ctl = Controller(conf, sock)
     host = Host(port)
     try:

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from srrs.ctrl import launch
 from tests.guest.harness import Guest, require_guest, vhost_blk_args
 from tests.nvmf import wire
-from tests.pair.procs import Ctl, Witness, free_ports, pair_conf
+from tests.pair.procs import Ctl, Witness, free_ports, nvmf_conf, pair_conf
 
 NQN = "nqn.2026-11.io.srrs:paired"
 
@@ -25,24 +26,9 @@ def pair(tmp_path):
     ctls = {}
     try:
         for n, peer, lo in (("a", "b", 1), ("b", "a", 1001)):
-            extra = f"""
-[nvmf]
-listen = ["127.0.0.1:{ports['nvmf_' + n]}"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSPAIR0001"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-
-[[vhost]]
-name = "vh-{n}"
-socket = "{tmp_path}/vh-{n}.sock"
-bdev = "v0"
-num_queues = 2
-"""
+            extra = nvmf_conf(ports["nvmf_" + n], lo, NQN, "SRRSPAIR0001")
+            extra["vhost"] = [launch.vhost(f"vh-{n}", f"{tmp_path}/vh-{n}.sock", "v0",
+                                           num_queues=2)]
             ctls[n] = Ctl(tmp_path, n, pair_conf(n, peer, ports, tmp_path, size="256MiB",
                                                  extra=extra))
         yield w, ctls["a"], ctls["b"], ports

@@ -5,11 +5,11 @@ real Linux guest runs fio verify on pool volumes over vhost-user and over
 NVMe/TCP at once. Under CI a missing QEMU fails, never skips."""
 
 import os
-import socket
 import time
 
 import pytest
 
+from srrs.ctrl import launch
 from tests.ctrl.helpers import Controller
 from tests.guest.harness import Guest, require_guest, vhost_blk_args
 from tests.nvmf import wire
@@ -18,72 +18,22 @@ MiB = 1 << 20
 NQN = "nqn.2026-11.io.srrs:pool"
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def ctl(tmp_path):
     sock = str(tmp_path / "c.sock")
-    port = _free_port()
-    conf = tmp_path / "c.toml"
-    conf.write_text(f"""
-[controller]
-name = "px"
-rpc_socket = "{sock}"
-reactors = 2
-
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {{ path = "{tmp_path}/frag0.img", size = "256MiB" }}, {{ ram = "64MiB" }} ]
-
-[[tenant]]
-name = "t1"
-quota = "8MiB"
-
-[[volume]]
-name = "vq"
-pool = "p0"
-size = "64MiB"
-tenant = "t1"
-
-[[volume]]
-name = "v1"
-pool = "p0"
-size = "96MiB"
-
-[[volume]]
-name = "v2"
-pool = "p0"
-size = "96MiB"
-
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSPOOL01"
-namespaces = ["vq", "v2"]
-allow_hosts = ["*"]
-
-[[vhost]]
-name = "vh-q"
-socket = "{tmp_path}/vq.sock"
-bdev = "vq"
-num_queues = 1
-
-[[vhost]]
-name = "vh1"
-socket = "{tmp_path}/v1.sock"
-bdev = "v1"
-num_queues = 2
-""")
-    c = Controller(str(conf), sock)
+    port = launch.free_port()
+    conf = launch.write_config(tmp_path / "c.toml", launch.config(
+        launch.controller("px", sock, reactors=2, poll_mode=None),
+        pools=[launch.pool("p0", [launch.fragment(tmp_path / "frag0.img", "256MiB"),
+                                  launch.fragment(ram="64MiB")], cluster_size="1MiB")],
+        volumes=[launch.volume("vq", "p0", "64MiB", tenant="t1"),
+                 launch.volume("v1", "p0", "96MiB"), launch.volume("v2", "p0", "96MiB")],
+        nvmf=launch.nvmf([f"127.0.0.1:{port}"],
+                         [launch.subsystem(NQN, ["vq", "v2"], serial="SRRSPOOL01")]),
+        vhosts=[launch.vhost("vh-q", tmp_path / "vq.sock", "vq", num_queues=1),
+                launch.vhost("vh1", tmp_path / "v1.sock", "v1", num_queues=2)],
+        extra={"tenant": [{"name": "t1", "quota": "8MiB"}]}))
+    c = Controller(conf, sock)
     c.port = port
     c.tmp = tmp_path
     yield c

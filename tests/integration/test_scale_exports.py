@@ -5,11 +5,11 @@ connects to one of those subsystems and does verified I/O on a namespace.
 SRRS_SCALE_VOLUMES changes the count."""
 
 import os
-import socket
 import time
 
 import psutil
 
+from srrs.ctrl import launch
 from tests.ctrl.helpers import Controller
 from tests.guest.harness import Guest, require_guest
 
@@ -17,44 +17,23 @@ N = int(os.environ.get("SRRS_SCALE_VOLUMES", "10000"))
 PER_SUBSYS = 100   # a guest under TCG scans each of its namespaces: keep that part short
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _config(tmp_path, sock, port):
-    out = [f"""
-[controller]
-name = "scale-nvmf"
-rpc_socket = "{sock}"
-reactors = 2
-
-[[pool]]
-name = "p0"
-metadata_slots = {N + 4096}
-fragments = [ {{ path = "{tmp_path}/big.img", size = "64GiB" }} ]
-
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-"""]
-    for s in range((N + PER_SUBSYS - 1) // PER_SUBSYS):
-        names = ", ".join(f'"vol{i:05d}"' for i in range(s * PER_SUBSYS, min(N, (s + 1) * PER_SUBSYS)))
-        out.append(f'[[nvmf.subsystem]]\nnqn = "nqn.2026-11.io.srrs:scale{s:02d}"\n'
-                   f'serial = "SCALE{s:04d}"\nnamespaces = [{names}]\nallow_hosts = ["*"]\n')
-    for i in range(N):
-        out.append(f'[[volume]]\nname = "vol{i:05d}"\npool = "p0"\nsize = "1GiB"\n')
-    p = tmp_path / "scale.toml"
-    p.write_text("\n".join(out))
-    return str(p)
+    vols = [f"vol{i:05d}" for i in range(N)]
+    subs = [launch.subsystem(f"nqn.2026-11.io.srrs:scale{s:02d}",
+                             vols[s * PER_SUBSYS:(s + 1) * PER_SUBSYS], serial=f"SCALE{s:04d}")
+            for s in range((N + PER_SUBSYS - 1) // PER_SUBSYS)]
+    return launch.write_config(tmp_path / "scale.toml", launch.config(
+        launch.controller("scale-nvmf", sock, reactors=2, poll_mode=None),
+        pools=[launch.pool("p0", [launch.fragment(tmp_path / "big.img", "64GiB")],
+                           metadata_slots=N + 4096)],
+        volumes=[launch.volume(v, "p0", "1GiB") for v in vols],
+        nvmf=launch.nvmf([f"127.0.0.1:{port}"], subs)))
 
 
 def test_ten_thousand_volumes_as_namespaces_and_a_guest(tmp_path):
     require_guest()
     sock = str(tmp_path / "s.sock")
-    port = _free_port()
+    port = launch.free_port()
     cfg = _config(tmp_path, sock, port)
     t0 = time.time()
     c = Controller(cfg, sock)

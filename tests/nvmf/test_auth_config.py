@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.nvmf import config as C
 from tests.ctrl.helpers import Controller, srrs, write_config
 
@@ -68,26 +69,12 @@ def test_controller_process_requires_auth(tmp_path):
     cf = D.write_secret_file(tmp_path / "c.key", cs)
     port = _free_port()
     sock = str(tmp_path / "rpc.sock")
-    cfgp = write_config(tmp_path / "c.toml", sock, reactors=2, extra=f"""
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "16MiB"
-
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-namespaces = ["m0"]
-allow_hosts = ["*"]
-require_auth = true
-
-[[nvmf.subsystem.host]]
-nqn = "{HOST}"
-dhchap_secret_file = "{hf}"
-dhchap_ctrl_secret_file = "{cf}"
-""")
+    cfgp = write_config(tmp_path / "c.toml", sock, reactors=2, extra={
+        "bdev": [launch.bdev("m0", "malloc", "16MiB")],
+        "nvmf": launch.nvmf([f"127.0.0.1:{port}"], [launch.subsystem(
+            NQN, ["m0"], require_auth=True,
+            host=[{"nqn": HOST, "dhchap_secret_file": str(hf),
+                   "dhchap_ctrl_secret_file": str(cf)}])])})
     ctl = Controller(cfgp, sock)
     try:
         base = ["bench", "nvmf", "--target", f"127.0.0.1:{port}", "--nqn", NQN, "--rw", "randrw",

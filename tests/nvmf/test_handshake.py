@@ -12,18 +12,16 @@ import re
 import resource
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from srrs.ctrl.rpc import RpcClient
+from srrs.ctrl import launch
 
 from . import wire
 
 NQN = "nqn.2026-11.io.srrs:hs"
 NQN2 = "nqn.2026-11.io.srrs:hs-other"
-SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
 
 
 def _free_port():
@@ -34,75 +32,39 @@ def _free_port():
     return port
 
 
-class Ctl:
-    """`srrs start` with its output discarded (a thousand connection events would
-    fill a pipe nobody reads) and, optionally, a lower descriptor limit."""
+class Ctl(launch.Controller):
+    """`srrs start` with, optionally, a lower descriptor limit; extra: more
+    [nvmf] keys."""
 
-    def __init__(self, tmp, name, port, nofile=None, extra=""):
-        self.sock = str(tmp / f"{name}.sock")
-        self.conf = tmp / f"{name}.toml"
-        self.conf.write_text(f"""
-[controller]
-name = "{name}"
-rpc_socket = "{self.sock}"
-reactors = 2
-
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "64MiB"
-block_size = 4096
-
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-{extra}
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-namespaces = ["m0"]
-allow_hosts = ["*"]
-
-[[nvmf.subsystem]]
-nqn = "{NQN2}"
-allow_hosts = ["*"]
-""")
+    def __init__(self, tmp, name, port, nofile=None, extra=None):
+        sock = str(tmp / f"{name}.sock")
+        conf = launch.config(
+            launch.controller(name, sock, reactors=2, poll_mode=None),
+            bdevs=[launch.bdev("m0", "malloc", "64MiB", block_size=4096)],
+            nvmf=launch.nvmf([f"127.0.0.1:{port}"],
+                             [launch.subsystem(NQN, ["m0"]), launch.subsystem(NQN2)],
+                             **(extra or {})))
         self.port = port
-        self.nofile = nofile
-        self.start()
-
-    def start(self):
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         pre = None
-        if self.nofile:
-            def pre():
-                resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
-        self.proc = subprocess.Popen(SRRS + ["start", "-c", str(self.conf)], preexec_fn=pre,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, f"controller exited {self.proc.returncode}"
-            if os.path.exists(self.sock):
-                try:
-                    RpcClient(self.sock).close()
-                    return
-                except ConnectionError:
-                    pass
-            assert time.monotonic() < end, "no RPC socket within 60 s"
-            time.sleep(0.05)
+        if nofile:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
-    def rpc(self, method, params=None):
-        with RpcClient(self.sock) as c:
-            return c.call(method, params)
+            def pre():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+        super().__init__(tmp / f"{name}.toml", conf, sock=sock, preexec=pre)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            super().stop(20)
+        except subprocess.TimeoutExpired:
+            pass  # killed: what matters here is the port and socket free again
         if os.path.exists(self.sock):
             os.unlink(self.sock)
+
+    def start(self, wait=True):
+        if self.proc is not None and os.path.exists(self.sock):
+            os.unlink(self.sock)
+        super().start(wait)
 
 
 def _idle(port, n, sources):
@@ -180,7 +142,7 @@ def test_idle_connections_do_not_lock_out_a_host(tmp_path, nofile):
 def test_handshake_deadline(tmp_path):
     """A socket without a Connect is closed after [nvmf] handshake_timeout_ms
     (default 5 s, was a fixed 10 s), and counted."""
-    c = Ctl(tmp_path, "dl", _free_port(), extra="handshake_timeout_ms = 1000")
+    c = Ctl(tmp_path, "dl", _free_port(), extra={"handshake_timeout_ms": 1000})
     socks = []
     try:
         socks = _idle(c.port, 5, ["127.0.0.1"])

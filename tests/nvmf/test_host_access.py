@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from srrs.ctrl import launch
+from srrs.ctrl.launch import free_ports
 from tests.ctrl.helpers import Controller, srrs, write_config
-from tests.pair.procs import free_ports
 
 NQN = "nqn.2026-11.io.srrs:acc-"
 
@@ -17,11 +18,11 @@ NQN = "nqn.2026-11.io.srrs:acc-"
 @pytest.fixture
 def ctl(tmp_path):
     (port,) = free_ports(1)
-    extra = f'[nvmf]\nlisten = ["127.0.0.1:{port}"]\n'
-    for i, (name, hosts) in enumerate((("open", 'allow_hosts = ["*"]'), ("default", ""),
-                                       ("other", 'allow_hosts = ["nqn.2026-11.io.srrs:someone-else"]'))):
-        extra += (f'[[bdev]]\nname = "m{i}"\ntype = "malloc"\nsize = "16MiB"\n'
-                  f'[[nvmf.subsystem]]\nnqn = "{NQN}{name}"\nnamespaces = ["m{i}"]\n{hosts}\n')
+    hosts = {"open": ["*"], "default": None, "other": ["nqn.2026-11.io.srrs:someone-else"]}
+    extra = {"bdev": [launch.bdev(f"m{i}", "malloc", "16MiB") for i in range(len(hosts))],
+             "nvmf": launch.nvmf([f"127.0.0.1:{port}"], [
+                 launch.subsystem(f"{NQN}{name}", [f"m{i}"], allow_hosts=h)
+                 for i, (name, h) in enumerate(hosts.items())])}
     sock = str(tmp_path / "c.sock")
     c = Controller(write_config(tmp_path / "c.toml", sock, extra=extra), sock)
     c.port = port

@@ -6,10 +6,9 @@ import contextlib
 import os
 import time
 
+from srrs.ctrl.launch import free_ports
 from srrs.ffi import binding
 from srrs.ffi.binding import Core, check, ffi, lib
-
-from .procs import free_ports
 
 MODES = binding.MIRROR_MODES  # enum srrs_mirror_mode (ffi/mirror.h)
 

@@ -1,147 +1,49 @@
 """Real processes for the pair tests: witness and controllers on loopback (or in
-network namespaces), with free ports so parallel test runs do not collide."""
+network namespaces, through a command prefix), with free ports so parallel test
+runs do not collide. Thin wrappers over srrs.ctrl.launch with the signatures
+these tests call."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
+from pathlib import Path
 
-from srrs.ctrl.rpc import RpcClient
+import toml
 
-SRRS = [sys.executable, "-m", "srrs.ctrl.cli"]
+from srrs.ctrl import launch
+from srrs.ctrl.launch import SRRS, Proc, free_ports
 
+__all__ = ["SRRS", "Proc", "free_ports", "alloc_ports", "make_keys", "Witness", "Ctl",
+           "pair_conf", "replica_conf", "nvmf_conf", "same_files", "replica_chunks"]
 
-def free_ports(n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Proc:
-    def __init__(self, args, log_path, prefix=()):
-        self.log_path = log_path
-        self.log = open(log_path, "ab")
-        self.args = list(prefix) + SRRS + list(args)
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def kill9(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout=15):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-                raise
-        return self.proc.returncode
-
-    def output(self):
-        self.log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
+alloc_ports = launch.pair_ports
 
 
 def make_keys(tmp, names=("a", "b")):
-    """`srrs keygen` (the real code, in this process) for a pair and its
-    witness under tmp/keys: the controllers' CURVE keys and their shared
-    mirror.secret in keys/pair, the witness's in keys/witness, and the
-    witness's allow-list (the controllers' public keys only) in keys/allowed."""
-    import argparse
-    import contextlib
-    import io
-    import shutil
-
-    from srrs.ctrl.witness import keygen
-
-    root = tmp / "keys"
-    with contextlib.redirect_stdout(io.StringIO()):
-        for n in names:
-            keygen(argparse.Namespace(dir=str(root / "pair"), name=n, no_mirror_secret=False))
-        keygen(argparse.Namespace(dir=str(root / "witness"), name="witness",
-                                  no_mirror_secret=True))
-    (root / "allowed").mkdir()
-    for n in names:
-        shutil.copy(root / "pair" / f"{n}.key", root / "allowed" / f"{n}.key")
-    return {"dir": root, "mirror_secret": root / "pair" / "mirror.secret",
-            "witness_secret": root / "witness" / "witness.key_secret",
-            "witness_public": root / "witness" / "witness.key", "allowed": root / "allowed",
-            **{n: root / "pair" / f"{n}.key" for n in names}}
+    """launch.make_keys under tmp/keys, the paths as Paths."""
+    return {k: Path(v) for k, v in launch.make_keys(tmp / "keys", names).items()}
 
 
-def key_lines(keys, name, peer):
-    """The [pair] key lines of controller `name` (keys from make_keys; None:
-    `insecure = true`, for the tests about something else)."""
-    if keys is None:
-        return "insecure = true\n"
-    return (f'secret_key = "{keys[name]}_secret"\n'
-            f'peer_public_key = "{keys[peer]}"\n'
-            f'witness_public_key = "{keys["witness_public"]}"\n'
-            f'mirror_secret = "{keys["mirror_secret"]}"\n')
-
-
-class Witness(Proc):
+class Witness(launch.Witness):
     def __init__(self, tmp, bind, max_lease=3.0, extra=(), prefix=(), keys=None):
         """keys: from make_keys; None runs it --insecure (unless extra gives keys)."""
-        if keys is not None:
-            extra = ["--secret-key", str(keys["witness_secret"]), "--authorized",
-                     str(keys["allowed"])] + list(extra)
-        elif "--secret-key" not in extra:
-            extra = ["--insecure"] + list(extra)
-        super().__init__(["witness", "--bind", bind, "--max-lease", str(max_lease)] + list(extra),
-                         str(tmp / f"witness-{time.monotonic_ns()}.log"), prefix)
+        super().__init__(tmp / f"witness-{time.monotonic_ns()}.log", bind, max_lease, keys=keys,
+                         extra=extra, prefix=prefix)
 
 
-class Ctl(Proc):
-    def __init__(self, tmp, name, conf_text, prefix=()):
-        self.name = name
-        self.conf = tmp / f"{name}.toml"
-        self.conf.write_text(conf_text)
-        self.sock = str(tmp / f"{name}.sock")
-        self.tmp = tmp
-        self.prefix = prefix
-        self._start()
+class Ctl(launch.Controller):
+    """Controller `name` of tmp (NAME.toml, NAME.sock, NAME.log); conf: a config
+    dict (pair_conf) or TOML text."""
 
-    def _start(self):
-        if os.path.exists(self.sock):
-            os.unlink(self.sock)
-        super().__init__(["start", "-c", str(self.conf)], str(self.tmp / f"{self.name}.log"),
-                         self.prefix)
-        deadline = time.time() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.output()}")
-            if os.path.exists(self.sock):
-                try:
-                    RpcClient(self.sock).close()
-                    return
-                except ConnectionError:
-                    pass
-            if time.time() > deadline:
-                self.kill9()
-                raise RuntimeError(f"{self.name} did not start: {self.output()}")
-            time.sleep(0.05)
-
-    def restart(self):
-        self._start()
-
-    def rpc(self, method, params=None, timeout=30.0):
-        with RpcClient(self.sock, timeout=timeout) as c:
-            return c.call(method, params)
+    def __init__(self, tmp, name, conf, prefix=()):
+        path = tmp / f"{name}.toml"
+        if isinstance(conf, str):
+            path.write_text(conf)
+            conf = None
+        super().__init__(path, conf, sock=str(tmp / f"{name}.sock"), log=tmp / f"{name}.log",
+                         prefix=prefix, ready_timeout=20, name=name)
+        self.conf, self.tmp = path, tmp
 
     def pair(self):
         return self.rpc("pair_status")
@@ -172,66 +74,44 @@ class Ctl(Proc):
             time.sleep(0.1)
 
 
-def replica_conf(name, tmp, size, replica="file"):
+def replica_conf(name, tmp, size, replica="file") -> dict:
     """The local replica "v0": a file bdev, or a volume of a pool with one file
     fragment ({tmp}/{name}-pool.img, sized for the volume and the metadata)."""
     if replica == "file":
-        return f"""
-[[bdev]]
-name = "v0"
-type = "file"
-path = "{tmp}/{name}-v0.img"
-size = "{size}"
-"""
+        return {"bdev": [launch.bdev("v0", "file", size, path=f"{tmp}/{name}-v0.img")]}
     if replica != "pool":
         raise ValueError(f"replica must be 'file' or 'pool', not {replica!r}")
     from srrs.ctrl.config import parse_size
 
     frag = parse_size(size) + max(parse_size(size) // 8, 16 << 20)
-    return f"""
-[[pool]]
-name = "p0"
-fragments = [ {{ path = "{tmp}/{name}-pool.img", size = {frag} }} ]
-
-[[volume]]
-name = "v0"
-pool = "p0"
-size = "{size}"
-"""
+    return {"pool": [launch.pool("p0", [launch.fragment(f"{tmp}/{name}-pool.img", frag)])],
+            "volume": [launch.volume("v0", "p0", size)]}
 
 
 def pair_conf(name, peer, ports, tmp, size="64MiB", hb=100, miss=10, lease=2000, host="127.0.0.1",
               peer_host="127.0.0.1", witness_host="127.0.0.1", extra="", replica="file",
-              keys=None):
+              keys=None) -> dict:
     """ports: dict with coord_<n>, mirror_<n>, witness. replica: "file" | "pool".
-    keys: from make_keys; None: `insecure = true` (unless extra has keys)."""
-    if keys is not None or "secret_key" not in extra:
-        extra = key_lines(keys, name, peer) + extra
-    return f"""
-[controller]
-name = "{name}"
-rpc_socket = "{tmp}/{name}.sock"
-{replica_conf(name, tmp, size, replica)}
-[pair]
-self = "{name}"
-peer = "{peer}"
-coord_bind = "tcp://{host}:{ports['coord_' + name]}"
-peer_coord = "tcp://{peer_host}:{ports['coord_' + peer]}"
-mirror_listen = "{host}:{ports['mirror_' + name]}"
-peer_mirror = "{peer_host}:{ports['mirror_' + peer]}"
-witness = "tcp://{witness_host}:{ports['witness']}"
-volumes = ["v0"]
-state_dir = "{tmp}/state-{name}"
-heartbeat_ms = {hb}
-miss_count = {miss}
-lease_ms = {lease}
-{extra}
-"""
+    keys: from make_keys; None: `insecure = true` (unless extra has keys).
+    extra: a dict or TOML text; its top-level keys (before any table) are more
+    [pair] keys, its tables more sections."""
+    extra = toml.loads(extra) if isinstance(extra, str) else dict(extra or {})
+    more = {k: extra.pop(k) for k in list(extra)
+            if not (isinstance(extra[k], dict) or launch.is_array_of_tables(extra[k]))}
+    conf = launch.config(launch.controller(name, f"{tmp}/{name}.sock", reactors=None,
+                                           poll_mode=None),
+                         extra=replica_conf(name, tmp, size, replica))
+    conf["pair"] = launch.pair(name, peer, ports, f"{tmp}/state-{name}", ("v0",), keys,
+                               host=host, peer_host=peer_host, witness_host=witness_host,
+                               heartbeat_ms=hb, miss_count=miss, lease_ms=lease, **more)
+    return launch.merge(conf, extra)
 
 
-def alloc_ports():
-    p = free_ports(5)
-    return {"coord_a": p[0], "coord_b": p[1], "mirror_a": p[2], "mirror_b": p[3], "witness": p[4]}
+def nvmf_conf(port, cntlid_lo, nqn, serial, namespaces=("v0",), host="127.0.0.1") -> dict:
+    """The [nvmf] section of one controller of a pair: its listener, a cntlid
+    range of its own (1000 wide), and one open subsystem."""
+    sub = launch.subsystem(nqn, namespaces, serial=serial)
+    return {"nvmf": launch.nvmf([f"{host}:{port}"], [sub], cntlid_min=cntlid_lo)}
 
 
 def same_files(a, b, chunk=1 << 20):
@@ -273,18 +153,3 @@ def replica_chunks(tmp, name, size, replica="file", chunk=1 << 20):
             pool.close()
 
 
-def nvmf_conf(port, cntlid_lo, nqn, serial, namespaces='"v0"'):
-    """The [nvmf] section of one controller of a pair: its listener, a cntlid
-    range of its own (1000 wide), and one open subsystem."""
-    return f"""
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-cntlid_min = {cntlid_lo}
-cntlid_max = {cntlid_lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{nqn}"
-serial = "{serial}"
-namespaces = [{namespaces}]
-allow_hosts = ["*"]
-"""

@@ -13,6 +13,7 @@ import time
 import pytest
 import zmq
 
+from srrs.ctrl import launch
 from srrs.ctrl.pair_config import parse, read_mirror_secret
 from srrs.ctrl.witness import LeaseTable, _handle, curve_client_setup
 from srrs.ffi.binding import ffi, lib
@@ -239,8 +240,9 @@ def test_pair_config_needs_keys_or_insecure(tmp_path):
         parse(dict(BASE, **full))
     # `srrs start` says so before anything starts
     p = alloc_ports()
-    conf = pair_conf("a", "b", p, tmp_path).replace("insecure = true\n", "")
-    (tmp_path / "a.toml").write_text(conf)
+    conf = pair_conf("a", "b", p, tmp_path)
+    del conf["pair"]["insecure"]
+    launch.write_config(tmp_path / "a.toml", conf)
     r = Proc(["start", "-c", str(tmp_path / "a.toml")], str(tmp_path / "start.log"))
     assert r.proc.wait(30) != 0 and "a pair needs keys" in r.output()
 

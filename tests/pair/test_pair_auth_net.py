@@ -62,7 +62,7 @@ def test_mirror_allow_refuses_other_addresses(net, tmp_path):
                                       ("b", "a", "10.78.1.2", "10.78.1.1", "10.78.3.2")):
             conf = pair_conf(n, o, PORTS, tmp_path, host=host, peer_host=peer,
                              witness_host=wit, keys=keys,
-                             extra=f'mirror_allow = ["{peer}"]\n')
+                             extra={"mirror_allow": [peer]})
             ctls.append(Ctl(tmp_path, n, conf, prefix=["ip", "netns", "exec", NS[n.upper()]]))
         a, b = ctls
         a.wait_state("PAIRED", 20)

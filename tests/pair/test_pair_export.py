@@ -16,7 +16,7 @@ from .procs import Ctl, Witness, free_ports, nvmf_conf, pair_conf, replica_chunk
 NQN = "nqn.2026-11.io.srrs:export"
 
 
-def _nvmf(port, lo, ns='"v0"'):
+def _nvmf(port, lo, ns=("v0",)):
     return nvmf_conf(port, lo, NQN, "SRRSEXPORT01", ns)
 
 
@@ -106,11 +106,12 @@ def test_table_form_and_refused_replica_in_config(tmp_path):
     ports = dict(zip(("coord_a", "coord_b", "mirror_a", "mirror_b", "witness", "nvmf"),
                      free_ports(6)))
     conf = pair_conf("a", "b", ports, tmp_path, size="16MiB",
-                     extra=_nvmf(ports["nvmf"], 1)).replace(
-        'volumes = ["v0"]', 'volumes = [{ replica = "v0", name = "pv0" }]')
+                     extra=_nvmf(ports["nvmf"], 1))
+    conf["pair"]["volumes"] = [{"replica": "v0", "name": "pv0"}]
     with pytest.raises(RuntimeError, match="bdev v0 is internal to pv0"):
         Ctl(tmp_path, "a", conf)                        # namespaces = ["v0"]: the replica
-    c = Ctl(tmp_path, "a", conf.replace('namespaces = ["v0"]', 'namespaces = ["pv0"]'))
+    conf["nvmf"]["subsystem"][0]["namespaces"] = ["pv0"]
+    c = Ctl(tmp_path, "a", conf)
     try:
         names = {x["name"]: x["module"] for x in c.rpc("bdev_list")}
         assert names == {"pv0": "mirror", "v0": "file"}

@@ -28,13 +28,14 @@ def test_default_state_dir_is_keyed_by_pair_identity():
 def test_second_controller_on_the_same_state_dir_is_refused(tmp_path):
     state = tmp_path / "shared-state"
     p1, p2 = alloc_ports(), alloc_ports()
-    first = Ctl(tmp_path, "a", pair_conf("a", "b", p1, tmp_path).replace(
-        f'state_dir = "{tmp_path}/state-a"', f'state_dir = "{state}"'))
+    conf1 = pair_conf("a", "b", p1, tmp_path)
+    conf1["pair"]["state_dir"] = str(state)
+    first = Ctl(tmp_path, "a", conf1)
     try:
         d2 = tmp_path / "other"
         d2.mkdir()
-        conf2 = pair_conf("a", "b", p2, d2).replace(f'state_dir = "{d2}/state-a"',
-                                                    f'state_dir = "{state}"')
+        conf2 = pair_conf("a", "b", p2, d2)
+        conf2["pair"]["state_dir"] = str(state)
         with pytest.raises(RuntimeError, match=rf"state_dir {state} is in use by another "
                                                rf"controller \(pid {first.proc.pid}\)"):
             Ctl(d2, "a", conf2)

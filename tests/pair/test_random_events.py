@@ -35,7 +35,7 @@ import time
 import pytest
 
 from .netns import Topology
-from .procs import Ctl, Witness, pair_conf, replica_chunks
+from .procs import Ctl, Witness, nvmf_conf, pair_conf, replica_chunks
 
 NS = {"A": "srrsRA", "B": "srrsRB", "W": "srrsRW", "C": "srrsRC"}
 LINKS = {  # name: (ns1, ifname1, addr1, ns2, ifname2, addr2)
@@ -71,18 +71,7 @@ def ctl_conf(name, tmp):
     witness_host = LINKS["aw"][5] if a else LINKS["bw"][5]
     nvmf_host = LINKS["ca"][5] if a else LINKS["cb"][5]
     lo = 1 if a else 1001
-    extra = f"""
-[nvmf]
-listen = ["{nvmf_host}:{NVMF_PORT}"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSACKLOG01"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-"""
+    extra = nvmf_conf(NVMF_PORT, lo, NQN, "SRRSACKLOG01", host=nvmf_host)
     # Short timings: peer dead after 0.5 s, 1.5 s leases (the design's defaults
     # are 1 s and 3 s): 20 events take 40-60 s here, 85 s with the machine loaded.
     return pair_conf(name, "b" if a else "a", PORTS, tmp, size=SIZE, hb=100, miss=5, lease=1500,

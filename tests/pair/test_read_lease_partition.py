@@ -18,7 +18,7 @@ import pytest
 from tests.nvmf import wire
 
 from .netns import Topology, sh
-from .procs import Ctl, Witness, pair_conf
+from .procs import Ctl, Witness, nvmf_conf, pair_conf
 
 NS = {"A": "srrs-rlA", "B": "srrs-rlB", "W": "srrs-rlW"}
 LINKS = {
@@ -45,19 +45,7 @@ def _host_links():
 
 
 def _nvmf(name, lo):
-    addr = HOST[name][3]
-    return f"""
-[nvmf]
-listen = ["{addr}:4420"]
-cntlid_min = {lo}
-cntlid_max = {lo + 999}
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSLEASE001"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-"""
+    return nvmf_conf(4420, lo, NQN, "SRRSLEASE001", host=HOST[name][3])
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 
+from srrs.ctrl import launch
 from tests.ctrl.helpers import Controller, srrs
 from tests.nvmf import wire
 
@@ -17,51 +17,24 @@ NQN = "nqn.2026-12.io.srrs:frag"
 SC_OK = 0
 SC_READ_ERROR = 0x281   # media error: Unrecovered Read Error
 SC_WRITE_FAULT = 0x280  # media error: Write Fault
+free_port = launch.free_port
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def write_conf(tmp_path, port: int, fragments: str, vol_size: str, metrics_port: int = 0) -> str:
-    sock = tmp_path / "c.sock"
-    metrics = f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n' if metrics_port else ""
-    conf = tmp_path / "c.toml"
-    conf.write_text(f"""
-[controller]
-name = "fh"
-rpc_socket = "{sock}"
-reactors = 2
-{metrics}
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {fragments} ]
-
-[[volume]]
-name = "v0"
-pool = "p0"
-size = "{vol_size}"
-
-[nvmf]
-listen = ["127.0.0.1:{port}"]
-
-[[nvmf.subsystem]]
-nqn = "{NQN}"
-serial = "SRRSFRAG01"
-namespaces = ["v0"]
-allow_hosts = ["*"]
-""")
-    return str(conf)
+def write_conf(tmp_path, port: int, fragments: list, vol_size: str, metrics_port: int = 0) -> str:
+    """c.toml: controller "fh" (c.sock), pool p0 of fragments (launch.fragment()
+    tables), volume v0 exported as NQN on 127.0.0.1:port, [metrics] if metrics_port."""
+    conf = launch.config(
+        launch.controller("fh", tmp_path / "c.sock", reactors=2, poll_mode=None),
+        pools=[launch.pool("p0", fragments, cluster_size="1MiB")],
+        volumes=[launch.volume("v0", "p0", vol_size)],
+        nvmf=launch.nvmf([f"127.0.0.1:{port}"],
+                         [launch.subsystem(NQN, ["v0"], serial="SRRSFRAG01")]),
+        metrics=launch.metrics(f"127.0.0.1:{metrics_port}") if metrics_port else None)
+    return launch.write_config(tmp_path / "c.toml", conf)
 
 
 def start(conf: str) -> Controller:
-    c = Controller(conf, conf.replace("c.toml", "c.sock"))
-    return c
+    return Controller(conf, conf.replace("c.toml", "c.sock"))
 
 
 class Host:

@@ -7,6 +7,7 @@ import time
 
 from ctrl.helpers import Controller, srrs, write_config  # tests/ is on sys.path (rootdir)
 
+from srrs.ctrl import launch
 from srrs.ctrl.config import loads
 
 MiB = 1 << 20
@@ -24,22 +25,11 @@ def _wait_jobs(c, n):
 def test_controller_pool_config_rpc_restart(tmp_path):
     sock = str(tmp_path / "s.sock")
     frag = tmp_path / "frag0.img"
-    extra = f"""
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {{ path = "{frag}", size = "512MiB" }}, {{ ram = "64MiB", weight = 50 }} ]
-
-[[tenant]]
-name = "t1"
-quota = "1GiB"
-
-[[volume]]
-name = "v0"
-pool = "p0"
-size = "128MiB"
-tenant = "t1"
-"""
+    extra = {"pool": [launch.pool("p0", [launch.fragment(frag, "512MiB"),
+                                         launch.fragment(ram="64MiB", weight=50)],
+                                  cluster_size="1MiB")],
+             "tenant": [{"name": "t1", "quota": "1GiB"}],
+             "volume": [launch.volume("v0", "p0", "128MiB", tenant="t1")]}
     cfg = write_config(tmp_path / "c.toml", sock, reactors=2, extra=extra)
     c = Controller(cfg, sock)
     try:

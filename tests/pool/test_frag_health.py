@@ -9,6 +9,7 @@ import errno
 import os
 import time
 
+from srrs.ctrl import launch
 from srrs.ffi.binding import Core
 from tests.pool.fragwire import (
     SC_OK,
@@ -45,8 +46,8 @@ def test_file_bdev_read_past_a_truncated_end_is_an_error(tmp_path):
 def test_fragment_truncated_under_load_fails_its_clusters(tmp_path):
     port = free_port()
     conf = write_conf(tmp_path, port,
-                      f'{{ path = "{tmp_path}/frag0.img", size = "64MiB" }}, '
-                      f'{{ path = "{tmp_path}/frag1.img", size = "64MiB" }}', "96MiB")
+                      [launch.fragment(tmp_path / "frag0.img", "64MiB"),
+                       launch.fragment(tmp_path / "frag1.img", "64MiB")], "96MiB")
     c = start(conf)
     try:
         h = Host(port)
@@ -92,7 +93,7 @@ def test_fragment_truncated_under_load_fails_its_clusters(tmp_path):
 
 def test_fragment_deleted_stops_acknowledging_writes(tmp_path):
     port = free_port()
-    conf = write_conf(tmp_path, port, f'{{ path = "{tmp_path}/frag0.img", size = "64MiB" }}', "32MiB")
+    conf = write_conf(tmp_path, port, [launch.fragment(tmp_path / "frag0.img", "64MiB")], "32MiB")
     c = start(conf)
     try:
         h = Host(port)

@@ -9,6 +9,8 @@ import time
 
 from ctrl.helpers import Controller, write_config  # tests/ is on sys.path (rootdir)
 
+from srrs.ctrl import launch
+
 MiB = 1 << 20
 
 
@@ -26,11 +28,7 @@ def _bench(c, vol, rw, **kw) -> dict:
 def test_missing_fragment_named_by_the_config_degrades(tmp_path):
     sock = str(tmp_path / "s.sock")
     f0, f1 = tmp_path / "f0.img", tmp_path / "f1.img"
-    cfg = write_config(tmp_path / "c.toml", sock, extra=f"""
-[[pool]]
-name = "p0"
-fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
-""")
+    cfg = write_config(tmp_path / "c.toml", sock, extra={"pool": [launch.pool("p0", [launch.fragment(f0, "64MiB")])]})
     saved = tmp_path / "saved.toml"
     c = Controller(cfg, sock)
     try:
@@ -69,11 +67,7 @@ fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
         c.kill()
 
     # A config written by hand may name it without a size: degraded too.
-    nosize = write_config(tmp_path / "n.toml", sock, extra=f"""
-[[pool]]
-name = "p0"
-fragments = [ {{ path = "{f0}" }}, {{ path = "{f1}" }} ]
-""")
+    nosize = write_config(tmp_path / "n.toml", sock, extra={"pool": [launch.pool("p0", [launch.fragment(f0), launch.fragment(f1)])]})
     c = Controller(nosize, sock)
     try:
         pool = c.rpc("pool_list")[0]

@@ -10,6 +10,7 @@ import time
 import pytest
 from ctrl.helpers import Controller, srrs, write_config  # tests/ is on sys.path (rootdir)
 
+from srrs.ctrl import launch
 from srrs.ctrl.rpc import RpcError
 
 MiB = 1 << 20
@@ -49,11 +50,7 @@ def test_a_fragment_has_one_owner(tmp_path):
 
         # A second controller process configured with the same fragment does not start.
         sock2 = str(tmp_path / "s2.sock")
-        cfg2 = write_config(tmp_path / "c2.toml", sock2, extra=f"""
-[[pool]]
-name = "py"
-fragments = [ {{ path = "{frag}" }} ]
-""")
+        cfg2 = write_config(tmp_path / "c2.toml", sock2, extra={"pool": [launch.pool("py", [launch.fragment(frag)])]})
         with pytest.raises(RuntimeError) as ei:
             other = Controller(cfg2, sock2)
         msg = str(ei.value)
@@ -171,11 +168,7 @@ def test_fragment_added_online_survives_a_restart(tmp_path):
     (status and event say so, I/O to its clusters fails), not down."""
     sock = str(tmp_path / "s.sock")
     f0, f1 = tmp_path / "f0.img", tmp_path / "f1.img"
-    cfg = write_config(tmp_path / "c.toml", sock, extra=f"""
-[[pool]]
-name = "p0"
-fragments = [ {{ path = "{f0}", size = "64MiB" }} ]
-""")
+    cfg = write_config(tmp_path / "c.toml", sock, extra={"pool": [launch.pool("p0", [launch.fragment(f0, "64MiB")])]})
     c = Controller(cfg, sock)
     try:
         c.rpc("volume_create", {"name": "v", "pool": "p0", "size": "96MiB", "thin": True})
@@ -266,16 +259,9 @@ def test_kill9_with_io_in_flight_frees_the_fragment(tmp_path):
     """The claim dies with the process, even while io_uring still holds the
     files of requests in flight: a restart right after kill -9 opens the pool."""
     sock = str(tmp_path / "s.sock")
-    cfg = write_config(tmp_path / "c.toml", sock, extra=f"""
-[[pool]]
-name = "p0"
-fragments = [ {{ path = "{tmp_path / 'f0.img'}", size = "64MiB" }} ]
-
-[[volume]]
-name = "v"
-pool = "p0"
-size = "32MiB"
-""")
+    cfg = write_config(tmp_path / "c.toml", sock, extra={
+        "pool": [launch.pool("p0", [launch.fragment(tmp_path / "f0.img", "64MiB")])],
+        "volume": [launch.volume("v", "p0", "32MiB")]})
     for _ in range(2):
         c = Controller(cfg, sock)
         try:

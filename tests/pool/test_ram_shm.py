@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from srrs.ctrl import launch
 from tests.ctrl.helpers import SRRS
 from tests.pool.fragwire import (
     NQN,
@@ -41,7 +42,7 @@ def _read_all(h: Host) -> list:
 def test_ram_fragment_survives_kill9_and_loss_is_an_error(tmp_path):
     port, mport = free_port(), free_port()
     conf = write_conf(tmp_path, port,
-                      f'{{ path = "{tmp_path}/frag0.img", size = "64MiB" }}, {{ ram = "64MiB" }}',
+                      [launch.fragment(tmp_path / "frag0.img", "64MiB"), launch.fragment(ram="64MiB")],
                       f"{NCL}MiB", metrics_port=mport)
     c = start(conf)
     try:

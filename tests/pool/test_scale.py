@@ -8,27 +8,17 @@ import time
 import psutil
 from ctrl.helpers import Controller
 
+from srrs.ctrl import launch
+
 N = int(os.environ.get("SRRS_SCALE_VOLUMES", "10000"))
 
 
 def _config(tmp_path, sock):
-    frag = tmp_path / "big.img"
-    lines = [f"""
-[controller]
-name = "scale"
-rpc_socket = "{sock}"
-reactors = 2
-
-[[pool]]
-name = "p0"
-metadata_slots = {N + 4096}
-fragments = [ {{ path = "{frag}", size = "64GiB" }} ]
-"""]
-    for i in range(N):
-        lines.append(f'[[volume]]\nname = "vol{i:05d}"\npool = "p0"\nsize = "1GiB"\n')
-    path = tmp_path / "scale.toml"
-    path.write_text("\n".join(lines))
-    return str(path)
+    return launch.write_config(tmp_path / "scale.toml", launch.config(
+        launch.controller("scale", sock, reactors=2, poll_mode=None),
+        pools=[launch.pool("p0", [launch.fragment(tmp_path / "big.img", "64GiB")],
+                           metadata_slots=N + 4096)],
+        volumes=[launch.volume(f"vol{i:05d}", "p0", "1GiB") for i in range(N)]))
 
 
 def _measure(cfg, sock):

@@ -4,13 +4,13 @@ save_config, SIGTERM with a connected front end)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.ffi.binding import BenchOpts
 from srrs.vhost import config, rpc
 from srrs.vhost.client import VhostClient
@@ -92,35 +92,14 @@ def _srrs(*args, sock):
 
 def test_controller_process(tmp_path):
     rpc_sock = str(tmp_path / "rpc.sock")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"""
-[controller]
-name = "t"
-rpc_socket = "{rpc_sock}"
-reactors = 2
-
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "32MiB"
-
-[[bdev]]
-name = "m1"
-type = "malloc"
-size = "32MiB"
-
-[[vhost]]
-name = "vh0"
-socket = "{tmp_path}/vh0.sock"
-bdev = "m0"
-num_queues = 2
-serial = "CFG-SERIAL"
-""")
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from srrs.ctrl.cli import main; "
-                          "sys.exit(main())", "start", "-c", str(cfg)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    conf = launch.config(
+        launch.controller("t", rpc_sock, reactors=2, poll_mode=None),
+        bdevs=[launch.bdev("m0", "malloc", "32MiB"), launch.bdev("m1", "malloc", "32MiB")],
+        vhosts=[launch.vhost("vh0", tmp_path / "vh0.sock", "m0", num_queues=2,
+                             serial="CFG-SERIAL")])
+    p = launch.Controller(tmp_path / "c.toml", conf, ready_timeout=20)
     try:
-        assert wait_for(lambda: os.path.exists(rpc_sock) and os.path.exists(tmp_path / "vh0.sock"), 20)
+        assert wait_for(lambda: os.path.exists(tmp_path / "vh0.sock"), 20)
         r = _srrs("vhost", "create", "--name", "vh1", "--socket", f"{tmp_path}/vh1.sock",
                   "--bdev", "m1", "--json", sock=rpc_sock)
         assert r.returncode == 0, r.stderr
@@ -139,56 +118,30 @@ serial = "CFG-SERIAL"
             text = saved.read_text()
             assert 'name = "vh1"' in text and 'serial = "CFG-SERIAL"' in text
             # SIGTERM with front ends connected: queues drain, exit 0
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(30) == 0, p.stdout.read().decode()
+            assert p.stop(30) == 0, p.output()
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        p.kill9()
 
 
 def test_vhost_on_a_thin_volume(tmp_path):
     """A pool volume (thin, clusters allocated on first write) exported over
     vhost-user: verified random writes/reads through the controller process."""
     rpc_sock = str(tmp_path / "rpc.sock")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f"""
-[controller]
-name = "lv"
-rpc_socket = "{rpc_sock}"
-reactors = 2
-
-[[pool]]
-name = "p0"
-cluster_size = "1MiB"
-fragments = [ {{ path = "{tmp_path}/frag0.img", size = "256MiB" }}, {{ ram = "128MiB" }} ]
-
-[[volume]]
-name = "v0"
-pool = "p0"
-size = "128MiB"
-thin = true
-
-[[vhost]]
-name = "vh0"
-socket = "{tmp_path}/vh0.sock"
-bdev = "v0"
-num_queues = 2
-""")
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from srrs.ctrl.cli import main; "
-                          "sys.exit(main())", "start", "-c", str(cfg)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    conf = launch.config(
+        launch.controller("lv", rpc_sock, reactors=2, poll_mode=None),
+        pools=[launch.pool("p0", [launch.fragment(tmp_path / "frag0.img", "256MiB"),
+                                  launch.fragment(ram="128MiB")], cluster_size="1MiB")],
+        volumes=[launch.volume("v0", "p0", "128MiB", thin=True)],
+        vhosts=[launch.vhost("vh0", tmp_path / "vh0.sock", "v0", num_queues=2)])
+    p = launch.Controller(tmp_path / "c.toml", conf, ready_timeout=30)
     try:
-        assert wait_for(lambda: os.path.exists(tmp_path / "vh0.sock") or p.poll() is not None, 30)
-        assert p.poll() is None, p.stdout.read().decode()
+        assert wait_for(lambda: os.path.exists(tmp_path / "vh0.sock") or not p.alive(), 30)
+        assert p.alive(), p.output()
         from srrs.ffi.binding import Core
         with Core(reactors=1, poll_mode="busy") as bc, \
                 VhostClient(str(tmp_path / "vh0.sock"), num_queues=2) as cl:
             r = cl.bench(bc, BenchOpts(rw="randrw", qd=32, time_s=2), verify=True)
             assert r["errors"] == 0 and r["verify_errors"] == 0 and r["verified_blocks"] > 0, r
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(30) == 0
+        assert p.stop(30) == 0
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        p.kill9()

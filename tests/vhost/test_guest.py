@@ -4,6 +4,7 @@ flush, serial. Under CI a missing QEMU or guest image fails, never skips."""
 
 import pytest
 
+from srrs.ctrl import launch
 from tests.guest.harness import Guest, require_guest, vhost_blk_args
 
 from .conftest import wait_for
@@ -76,66 +77,24 @@ def test_guest_fio_verify_discard_zeroes_flush_serial(guest_core, tmp_path):
         svc.close()
 
 
-CONFIG = """
-[controller]
-name = "rc"
-rpc_socket = "{d}/rpc.sock"
-reactors = 2
-
-[[bdev]]
-name = "f0"
-type = "file"
-path = "{d}/f0.img"
-size = "256MiB"
-
-[[vhost]]
-name = "vh0"
-socket = "{d}/vh0.sock"
-bdev = "f0"
-num_queues = 2
-serial = "SRRS-RECONNECT"
-"""
-
-
-def _start_srrs(cfg, sock, log):
-    import os
-    import subprocess
-    import sys
-    import time
-
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from srrs.ctrl.cli import main; "
-                          "sys.exit(main())", "start", "-c", str(cfg)],
-                         stdout=log, stderr=subprocess.STDOUT)
-    end = time.time() + 20
-    while time.time() < end and p.poll() is None:
-        try:
-            os.stat(sock)
-            import socket as s
-            c = s.socket(s.AF_UNIX)
-            c.settimeout(0.2)
-            # listening? a refused connect means the socket file is stale
-            c.close()
-            return p
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    raise AssertionError("srrs did not start listening")
+def _config(d) -> dict:
+    return launch.config(
+        launch.controller("rc", d / "rpc.sock", reactors=2, poll_mode=None),
+        bdevs=[launch.bdev("f0", "file", "256MiB", path=str(d / "f0.img"))],
+        vhosts=[launch.vhost("vh0", d / "vh0.sock", "f0", num_queues=2,
+                             serial="SRRS-RECONNECT")])
 
 
 def test_guest_survives_kill9_of_the_back_end(tmp_path):
     """kill -9 SRRS while fio verify runs in the guest, start it again with the
     same config: QEMU reconnects, in-flight requests resume from the inflight
     region, fio finishes with zero errors and the data verifies."""
-    import os
-    import signal
     import time
 
     require_guest()
-    cfg = tmp_path / "rc.toml"
-    cfg.write_text(CONFIG.format(d=tmp_path))
     sock = tmp_path / "vh0.sock"
-    log = open(tmp_path / "srrs.log", "ab")
-    p = _start_srrs(cfg, sock, log)
+    p = launch.Controller(tmp_path / "rc.toml", _config(tmp_path), log=tmp_path / "srrs.log",
+                          ready_timeout=20)
     try:
         with Guest(extra_qemu_args=vhost_blk_args(sock, num_queues=2, reconnect=1), smp=2,
                    net=False, modules=()) as g:
@@ -143,10 +102,9 @@ def test_guest_survives_kill9_of_the_back_end(tmp_path):
                           .replace("--offset_increment=64M", "--offset_increment=128M"))
             time.sleep(2.5)
             assert job.poll() is None, job.output()
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(10)
+            p.kill9()
             time.sleep(1.5)          # the guest's requests stall meanwhile
-            p = _start_srrs(cfg, sock, log)
+            p.restart()
             rc, out = job.wait(timeout=900)
             assert rc == 0 and "err= 0" in out, out
             assert "verify" not in out.lower() or "bad" not in out.lower(), out
@@ -158,10 +116,4 @@ def test_guest_survives_kill9_of_the_back_end(tmp_path):
                   "requests", [q["requests"] for q in qs])
             assert all(q["errors"] == 0 for q in qs), qs
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            assert p.wait(20) == 0
-        finally:
-            if p.poll() is None:
-                p.kill()
-            log.close()
+        assert p.stop(20) == 0

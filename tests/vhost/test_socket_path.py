@@ -8,15 +8,15 @@ import socket
 
 import pytest
 
+from srrs.ctrl import launch
 from srrs.ctrl.rpc import RpcClient, RpcError
 from tests.ctrl.helpers import Controller, srrs, write_config
 
-BDEV = """
-[[bdev]]
-name = "m0"
-type = "malloc"
-size = "16MiB"
-"""
+BDEV = {"bdev": [launch.bdev("m0", "malloc", "16MiB")]}
+
+
+def _with_vhost(name, socket, **kw) -> dict:
+    return {**BDEV, "vhost": [launch.vhost(name, socket, "m0", **kw)]}
 
 
 @pytest.fixture
@@ -100,12 +100,7 @@ def test_config_vhost_on_regular_file_refuses_start(tmp_path):
     f = tmp_path / "data.bin"
     f.write_bytes(b"keep me")
     sock = str(tmp_path / "c.sock")
-    conf = write_config(tmp_path / "c.toml", sock, extra=BDEV + f"""
-[[vhost]]
-name = "vh0"
-socket = "{f}"
-bdev = "m0"
-""")
+    conf = write_config(tmp_path / "c.toml", sock, extra=_with_vhost("vh0", f))
     r = srrs("start", "-c", conf)
     assert r.returncode != 0 and str(f) in r.stderr and "regular file" in r.stderr, r.stderr
     assert f.read_bytes() == b"keep me" and not os.path.exists(sock)
@@ -117,12 +112,8 @@ def test_rpc_socket_path_on_regular_file_or_live_socket_refuses_start(tmp_path, 
     r = srrs("start", "-c", write_config(tmp_path / "a.toml", str(f)))
     assert r.returncode != 0 and "regular file" in r.stderr and f.read_text() == "x"
     # Another controller's live socket: refused before that config builds anything.
-    r = srrs("start", "-c", write_config(tmp_path / "b.toml", ctl.sock, extra=BDEV + f"""
-[[vhost]]
-name = "vh9"
-socket = "{tmp_path}/vh9.sock"
-bdev = "m0"
-"""))
+    r = srrs("start", "-c", write_config(tmp_path / "b.toml", ctl.sock,
+                                         extra=_with_vhost("vh9", tmp_path / "vh9.sock")))
     assert r.returncode != 0 and "live socket" in r.stderr, r.stderr
     assert not os.path.exists(tmp_path / "vh9.sock")
     assert ctl.rpc("status")["name"] == "t"
@@ -131,13 +122,8 @@ bdev = "m0"
 def test_config_vhost_unknown_owner_refuses_start_cleanly(tmp_path):
     vsock = tmp_path / "vh0.sock"
     sock = str(tmp_path / "c.sock")
-    conf = write_config(tmp_path / "c.toml", sock, extra=BDEV + f"""
-[[vhost]]
-name = "vh0"
-socket = "{vsock}"
-bdev = "m0"
-owner = "nosuchuser:kvm"
-""")
+    conf = write_config(tmp_path / "c.toml", sock, extra=_with_vhost("vh0", vsock,
+                                                                  owner="nosuchuser:kvm"))
     r = srrs("start", "-c", conf)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "no such user 'nosuchuser'" in r.stderr, r.stderr
