@@ -1,0 +1,100 @@
+"""ctrl/etcd.py against real etcd (Debian's etcd-server): keys, transactions,
+leases, watches that survive the loss of their member."""
+
+import time
+
+import pytest
+
+from srrs.ctrl import etcd
+
+
+def test_keys_and_txn(etcd1):
+    c = etcd.Client(etcd1.endpoints, timeout=1)
+    rev = c.put("/t/a", {"x": 1})
+    c.put("/t/b", b"raw")
+    c.put("/u", "other")
+    kvs, now = c.get("/t/", prefix=True)
+    assert [(k.key, k.value) for k in kvs] == [("/t/a", b'{"x":1}'), ("/t/b", b"raw")]
+    assert kvs[0].mod_revision == rev and now >= rev and kvs[0].json() == {"x": 1}
+    # compare-and-swap: a stale revision fails and returns the failure branch's reads
+    r = c.txn([etcd.mod_is("/t/a", rev - 1)], [etcd.put("/t/a", "no")], [etcd.get("/t/a")])
+    assert not r.succeeded and r.responses[0][0].value == b'{"x":1}'
+    r = c.txn([etcd.mod_is("/t/a", rev), etcd.absent("/t/c")],
+              [etcd.put("/t/a", "yes"), etcd.put("/t/c", "new")])
+    assert r.succeeded and c.get1("/t/a").value == b"yes" and c.get1("/t/c").value == b"new"
+    assert c.txn([etcd.value_is("/t/c", "new")], [etcd.delete("/t/", prefix=True)]).succeeded
+    assert c.get("/t/", prefix=True)[0] == [] and c.get1("/u").value == b"other"
+    assert c.delete("/u") == 1 and c.delete("/u") == 0
+
+
+def test_lease_ends_and_takes_its_keys(etcd1):
+    c = etcd.Client(etcd1.endpoints, timeout=1)
+    lid, ttl = c.grant(1)
+    assert ttl >= 1
+    c.put("/l/k", "v", lease=lid)
+    assert c.get1("/l/k").lease == lid and c.keepalive(lid) >= 1
+    deadline = time.monotonic() + ttl + 2
+    while c.get1("/l/k") is not None:
+        assert time.monotonic() < deadline, "leased key outlived its lease"
+        time.sleep(0.1)
+    assert c.keepalive(lid) == 0 and c.ttl(lid) == -1
+    lid, _ = c.grant(5)
+    c.put("/l/k2", "v", lease=lid)
+    c.revoke(lid)
+    assert c.get1("/l/k2") is None
+    c.revoke(lid)                       # twice: not an error
+
+
+def test_keepalive_thread_holds_the_key(etcd1):
+    c = etcd.Client(etcd1.endpoints, timeout=1)
+    lid, ttl = c.grant(1)
+    c.put("/k/alive", "v", lease=lid)
+    ka = etcd.KeepAlive(c, lid, ttl)
+    time.sleep(2.5)
+    assert c.get1("/k/alive") is not None and not ka.lost
+    ka.stop()
+    assert c.get1("/k/alive") is None
+
+
+def test_watch_from_revision_survives_its_member_dying(etcd3):
+    c = etcd.Client(etcd3.endpoints, timeout=0.5, deadline=5)
+    first = c.put("/w/0", "0")
+    w = c.watch("/w/", prefix=True, start_revision=first)   # from the past: replayed
+    try:
+        assert [e.kv.key for e in w.get(5)] == ["/w/0"]
+        etcd3.members[c._cur].kill()                        # the member it reads from
+        for i in range(1, 6):
+            c.put(f"/w/{i}", str(i))
+        c.delete("/w/3")
+        got = []
+        while len(got) < 6:
+            b = w.get(5)
+            assert b is not None, f"watch stalled after {got}"
+            got += [(e.type, e.kv.key) for e in b]
+        assert got == [("put", f"/w/{i}") for i in range(1, 6)] + [("delete", "/w/3")]
+        assert w.get(0.3) is None                           # nothing twice
+    finally:
+        w.close()
+
+
+def test_watch_of_a_compacted_revision_says_so(etcd1):
+    c = etcd.Client(etcd1.endpoints, timeout=1)
+    first = c.put("/c/a", "1")
+    last = c.put("/c/a", "2")
+    c.compact(last)
+    w = c.watch("/c/", prefix=True, start_revision=first)
+    try:
+        with pytest.raises(etcd.Compacted):
+            w.get(5)
+    finally:
+        w.close()
+
+
+def test_no_member_answers_is_unavailable():
+    c = etcd.Client(["http://127.0.0.1:1"], timeout=0.2, deadline=0.5)
+    t = time.monotonic()
+    with pytest.raises(etcd.Unavailable):
+        c.get1("/x")
+    assert time.monotonic() - t < 2
+    with pytest.raises(ValueError):
+        etcd.Client(["127.0.0.1:2379"])
