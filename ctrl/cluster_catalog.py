@@ -337,6 +337,31 @@ class Catalog:
     def watch(self, from_revision: int) -> "CatalogWatch":
         return CatalogWatch(self, from_revision)
 
+    def follow(self, stop, timeout: float = 1.0):
+        """Yields (snapshot, changes) until stop (a threading.Event) is set:
+        first (snapshot, None), then each batch of changes with the snapshot
+        they lead to; after a compaction or etcd unreachable, a fresh
+        (snapshot, None): the caller converges to the whole snapshot again."""
+        while not stop.is_set():
+            try:
+                snap = self.snapshot()
+            except etcd.Unavailable:
+                stop.wait(timeout)
+                continue
+            yield snap, None
+            w = self.watch(snap.revision + 1)
+            try:
+                while not stop.is_set():
+                    chs = w.get(timeout)
+                    if chs:
+                        for ch in chs:
+                            snap = snap.apply(ch)
+                        yield snap, chs
+            except etcd.Compacted:
+                continue
+            finally:
+                w.close()
+
 
 class CatalogWatch:
     """The catalog's changes from a revision (snapshot().revision + 1), in

@@ -221,3 +221,25 @@ def test_registration_update_and_close(etcd1):
     assert (m.allocated, m.health, m.capacity) == (40, "degraded", 100)
     r.close()
     assert cat.get("members", "c1") is None          # revoked: gone at once
+
+
+def test_follow_starts_over_after_compaction(etcd1):
+    cat = catalog(etcd1)
+    cat.put_tenant("t", G)
+    stop = threading.Event()
+    it = cat.follow(stop, timeout=0.2)
+    snap, chs = next(it)
+    assert chs is None and snap.tenants["t"].quota == G
+    # changes the follower has not read yet are compacted away under it
+    cat.put_tenant("t", 2 * G)
+    rev = cat.etcd.put("/srrs/other", "x")
+    cat.etcd.compact(rev)
+    cat.put_tenant("u", 3 * G)
+    snap, chs = next(it)
+    assert chs is None                              # a fresh snapshot, not a gap
+    assert snap.tenants["t"].quota == 2 * G and snap.tenants["u"].quota == 3 * G
+    cat.put_tenant("t", 5 * G)
+    snap, chs = next(it)
+    assert [c.name for c in chs] == ["t"] and snap.tenants["t"].quota == 5 * G
+    stop.set()
+    assert list(it) == []
