@@ -167,12 +167,14 @@ class Client:
 
     def __init__(self, endpoints: Sequence[str], timeout: float = 1.0,
                  deadline: Optional[float] = None, ca_cert: Optional[str] = None,
-                 cert: Optional[str] = None, key: Optional[str] = None):
+                 cert: Optional[str] = None, key: Optional[str] = None,
+                 user: Optional[str] = None, password: Optional[str] = None):
         if not endpoints:
             raise ValueError("no etcd endpoint")
         self.timeout = timeout
         self.deadline = deadline if deadline is not None else 3 * timeout
         self._tls = (ca_cert, cert, key)
+        self._user = (user, password or "") if user else None
         self._gws = [self._gw(e) for e in endpoints]
         self._cur = 0
         self._lock = threading.Lock()
@@ -187,6 +189,13 @@ class Client:
                                    ca_cert=ca, cert_cert=cert, cert_key=key,
                                    timeout=self.timeout, api_path="/v3/")
 
+    def _authenticate(self, gw) -> None:
+        """A token for this member's session (etcd's simple tokens expire
+        when unused for --auth-token-ttl: call() fetches a new one then)."""
+        name, pw = self._user
+        r = gw.post(gw.get_url("/auth/authenticate"), json={"name": name, "password": pw})
+        gw.session.headers["Authorization"] = r["token"]
+
     @property
     def endpoints(self) -> List[str]:
         return [g.base_url for g in self._gws]
@@ -200,11 +209,17 @@ class Client:
                 i = self._cur
             gw = self._gws[i]
             try:
+                if self._user and "Authorization" not in gw.session.headers:
+                    self._authenticate(gw)
                 return gw.post(gw.get_url(path), json=body)
             except _DOWN as e:
                 err = e
             except gwx.Etcd3Exception as e:
-                raise EtcdError(f"{path}: {_reason(e)}") from None
+                why = _reason(e)
+                if not (self._user and "invalid auth token" in why
+                        and gw.session.headers.pop("Authorization", None)):
+                    raise EtcdError(f"{path}: {why}") from None
+                err = e                 # the token expired: the next try fetches a new one
             with self._lock:
                 if self._cur == i:
                     self._cur = (i + 1) % len(self._gws)
@@ -361,16 +376,19 @@ class Watch:
             if self.revision:
                 req["start_revision"] = str(self.revision + 1)
             try:
+                if c._user and "Authorization" not in gw.session.headers:
+                    c._authenticate(gw)
                 self._resp = gw.session.post(gw.get_url("/watch"), json={"create_request": req},
                                              stream=True, timeout=(c.timeout, None))
                 if self._resp.status_code != 200:
+                    gw.session.headers.pop("Authorization", None)   # maybe expired
                     raise OSError(f"watch: HTTP {self._resp.status_code}")
                 if self._read(self._resp.iter_lines()):
                     return
             except Compacted as e:
                 self._q.put(e)
                 return
-            except (OSError, ValueError, requests.RequestException) as e:
+            except (OSError, ValueError, requests.RequestException, gwx.Etcd3Exception) as e:
                 if self._stop.is_set():
                     return
                 log.debug("watch on %s broke: %s", gw.base_url, e)

@@ -55,7 +55,7 @@ class Member:
     def peer_url(self) -> str:
         return f"http://{self.host}:{self.peer_port}"
 
-    def start(self, initial_cluster: str, state: str = "new") -> None:
+    def start(self, initial_cluster: str, state: str = "new", extra=()) -> None:
         argv = [need("etcd"), "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", self.peer_url,
@@ -64,7 +64,7 @@ class Member:
                 "--initial-cluster-token", "srrs-test",
                 "--heartbeat-interval", str(HEARTBEAT_MS),
                 "--election-timeout", str(ELECTION_MS),
-                "--logger", "zap", "--log-level", "error"]
+                "--logger", "zap", "--log-level", "error", *extra]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -98,11 +98,20 @@ class Member:
         except (OSError, ValueError):
             return False
 
+    def etcdctl(self, *args: str) -> str:
+        r = subprocess.run([need("etcdctl"), "--endpoints", self.url, *args],
+                           capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+        if r.returncode:
+            raise RuntimeError(f"etcdctl {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
 
 class Cluster:
-    """n members on loopback, started by start() (or `with Cluster(n) as c`)."""
+    """n members on loopback, started by start() (or `with Cluster(n) as c`);
+    extra: more etcd flags for every member."""
 
-    def __init__(self, n: int = 1):
+    def __init__(self, n: int = 1, extra=()):
+        self.extra = tuple(extra)
         self.dir = tempfile.mkdtemp(prefix="srrs-etcd-")
         self.members = [Member(f"m{i}", os.path.join(self.dir, f"m{i}")) for i in range(n)]
 
@@ -116,7 +125,7 @@ class Cluster:
 
     def start(self, timeout: float = 15.0) -> "Cluster":
         for m in self.members:
-            m.start(self.initial_cluster)
+            m.start(self.initial_cluster, extra=self.extra)
         self.wait_healthy(timeout)
         return self
 
@@ -156,7 +165,7 @@ class Cluster:
         return m
 
     def restart(self, m: Member) -> None:
-        m.start(self.initial_cluster, state="existing")
+        m.start(self.initial_cluster, state="existing", extra=self.extra)
 
     def stop(self) -> None:
         for m in self.members:

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from srrs.ctrl import etcd
+from tests.cluster.etcd import Cluster
 
 
 def test_keys_and_txn(etcd1):
@@ -98,3 +99,33 @@ def test_no_member_answers_is_unavailable():
     assert time.monotonic() - t < 2
     with pytest.raises(ValueError):
         etcd.Client(["127.0.0.1:2379"])
+
+
+def test_user_and_password(tmp_path):
+    """etcd with auth on: requests and watches carry a token, fetched again
+    when etcd lets it expire (--auth-token-ttl)."""
+    with Cluster(1, extra=("--auth-token-ttl", "1")) as c:
+        m = c.members[0]
+        m.etcdctl("user", "add", "root:rootpw")
+        m.etcdctl("user", "add", "srrs:pw")
+        m.etcdctl("role", "add", "srrs")
+        m.etcdctl("role", "grant-permission", "srrs", "--prefix=true", "readwrite", "/srrs/")
+        m.etcdctl("user", "grant-role", "srrs", "srrs")
+        m.etcdctl("auth", "enable")
+        with pytest.raises(etcd.EtcdError):
+            etcd.Client(c.endpoints, timeout=1).get1("/srrs/x")
+        with pytest.raises(etcd.EtcdError):
+            etcd.Client(c.endpoints, timeout=1, user="srrs", password="no").get1("/srrs/x")
+        cl = etcd.Client(c.endpoints, timeout=1, user="srrs", password="pw")
+        rev = cl.put("/srrs/x", "1")
+        with pytest.raises(etcd.EtcdError):
+            cl.put("/elsewhere", "1")                   # the role's prefix only
+        w = cl.watch("/srrs/", prefix=True, start_revision=rev)
+        try:
+            assert [e.kv.value for e in w.get(5)] == [b"1"]
+            time.sleep(2.5)                             # the token expires unused
+            cl.put("/srrs/x", "2")
+            assert cl.get1("/srrs/x").value == b"2"
+            assert [e.kv.value for e in w.get(5)] == [b"2"]
+        finally:
+            w.close()
