@@ -185,9 +185,13 @@ class Client:
             raise ValueError(f"bad etcd endpoint {endpoint!r} (use http://HOST:PORT)")
         ca, cert, key = self._tls
         # API path fixed: every etcd from 3.4 on serves /v3/ (no discovery round trip)
-        return etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
-                                   ca_cert=ca, cert_cert=cert, cert_key=key,
-                                   timeout=self.timeout, api_path="/v3/")
+        gw = etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
+                                 ca_cert=ca, cert_cert=cert, cert_key=key,
+                                 timeout=self.timeout, api_path="/v3/")
+        # No proxy or CA bundle from the environment: requests would let
+        # REQUESTS_CA_BUNDLE override our ca_cert, and etcd is never proxied.
+        gw.session.trust_env = False
+        return gw
 
     def _authenticate(self, gw) -> None:
         """A token for this member's session (etcd's simple tokens expire

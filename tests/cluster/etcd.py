@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -33,23 +34,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, body: dict, timeout: float = 0.5) -> dict:
+def _post(url: str, body: dict, timeout: float = 0.5, context=None) -> dict:
     req = urllib.request.Request(url, json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
         return json.loads(r.read())
 
 
+def make_tls(d: str) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate
+    (openssl): {"ca", "server_cert", "server_key", "client_cert", "client_key"} paths."""
+    def ossl(*a):
+        subprocess.run([need("openssl"), *a], check=True, capture_output=True, cwd=d)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=srrs-test-ca")
+    # etcd's JSON gateway dials etcd's own gRPC port with the server
+    # certificate: with --client-cert-auth it must be good for clients too
+    for who, ext in (("server", "subjectAltName=IP:127.0.0.1\n"
+                                "extendedKeyUsage=serverAuth,clientAuth\n"),
+                     ("client", "extendedKeyUsage=clientAuth\n")):
+        with open(os.path.join(d, f"{who}.ext"), "w") as f:
+            f.write(ext)
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", f"/CN=srrs-{who}")
+        ossl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{who}.crt", "-days", "2", "-extfile", f"{who}.ext")
+    j = lambda f: os.path.join(d, f)   # noqa: E731
+    return {"ca": j("ca.crt"), "server_cert": j("server.crt"), "server_key": j("server.key"),
+            "client_cert": j("client.crt"), "client_key": j("client.key")}
+
+
 class Member:
-    def __init__(self, name: str, data_dir: str, host: str = "127.0.0.1"):
+    def __init__(self, name: str, data_dir: str, host: str = "127.0.0.1", tls=None):
         self.name, self.data_dir, self.host = name, data_dir, host
+        self.tls = tls
         self.client_port, self.peer_port = free_port(), free_port()
         self.proc = None
         self.log = os.path.join(os.path.dirname(data_dir), f"{name}.log")
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -65,6 +90,9 @@ class Member:
                 "--heartbeat-interval", str(HEARTBEAT_MS),
                 "--election-timeout", str(ELECTION_MS),
                 "--logger", "zap", "--log-level", "error", *extra]
+        if self.tls:   # clients must show a certificate of our CA
+            argv += ["--cert-file", self.tls["server_cert"], "--key-file", self.tls["server_key"],
+                     "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -86,14 +114,22 @@ class Member:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def _ssl(self):
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls["ca"])
+        ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return ctx
+
     def status(self) -> dict:
         """This member's view: its id and the leader's id (raises when it does not answer)."""
-        h = _post(self.url + "/v3/maintenance/status", {})
+        h = _post(self.url + "/v3/maintenance/status", {}, context=self._ssl())
         return {"id": int(h["header"]["member_id"]), "leader": int(h.get("leader", 0))}
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=0.5) as r:
+            with urllib.request.urlopen(self.url + "/health", timeout=0.5,
+                                        context=self._ssl()) as r:
                 return json.loads(r.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -108,12 +144,15 @@ class Member:
 
 class Cluster:
     """n members on loopback, started by start() (or `with Cluster(n) as c`);
-    extra: more etcd flags for every member."""
+    extra: more etcd flags for every member; tls: clients over https with a
+    client certificate (self.tls: the files)."""
 
-    def __init__(self, n: int = 1, extra=()):
+    def __init__(self, n: int = 1, extra=(), tls: bool = False):
         self.extra = tuple(extra)
         self.dir = tempfile.mkdtemp(prefix="srrs-etcd-")
-        self.members = [Member(f"m{i}", os.path.join(self.dir, f"m{i}")) for i in range(n)]
+        self.tls = make_tls(self.dir) if tls else None
+        self.members = [Member(f"m{i}", os.path.join(self.dir, f"m{i}"), tls=self.tls)
+                        for i in range(n)]
 
     @property
     def initial_cluster(self) -> str:

@@ -129,3 +129,19 @@ def test_user_and_password(tmp_path):
             assert [e.kv.value for e in w.get(5)] == [b"2"]
         finally:
             w.close()
+
+
+def test_tls_with_client_certificate():
+    with Cluster(1, tls=True) as c:
+        t = c.tls
+        with pytest.raises(etcd.Unavailable):       # no client certificate: refused
+            etcd.Client(c.endpoints, timeout=1, deadline=1, ca_cert=t["ca"]).get1("/x")
+        cl = etcd.Client(c.endpoints, timeout=1, ca_cert=t["ca"], cert=t["client_cert"],
+                         key=t["client_key"])
+        rev = cl.put("/x", "1")
+        assert c.endpoints[0].startswith("https://") and cl.get1("/x").value == b"1"
+        w = cl.watch("/x", start_revision=rev)
+        try:
+            assert [e.kv.value for e in w.get(5)] == [b"1"]
+        finally:
+            w.close()
