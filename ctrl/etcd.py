@@ -334,7 +334,11 @@ class Watch:
     def __init__(self, client: Client, key: str, prefix: bool = False, start_revision: int = 0):
         self.client = client
         self._req = _range(key, prefix)
-        self.revision = start_revision - 1 if start_revision else 0   # last delivered
+        self._req["progress_notify"] = True
+        if not start_revision:
+            # "from now" pinned to a revision, so a reopened stream misses nothing
+            start_revision = client.get(key)[1] + 1
+        self.revision = start_revision - 1      # every change up to it is delivered
         self._q: "queue.Queue" = queue.Queue()
         self._stop = threading.Event()
         self._resp = None
@@ -376,9 +380,7 @@ class Watch:
         i = c._cur
         while not self._stop.is_set():
             gw = c._gws[i % len(c._gws)]
-            req = dict(self._req)
-            if self.revision:
-                req["start_revision"] = str(self.revision + 1)
+            req = dict(self._req, start_revision=str(self.revision + 1))
             try:
                 if c._user and "Authorization" not in gw.session.headers:
                     c._authenticate(gw)
@@ -423,6 +425,10 @@ class Watch:
             if evs:
                 self.revision = max(e.kv.mod_revision for e in evs)
                 self._q.put(evs)
+            elif not r.get("created") and "header" in r:
+                # a progress notice: nothing of ours up to here (so a long quiet
+                # watch reopens past later compactions)
+                self.revision = max(self.revision, int(r["header"].get("revision", 0)))
         return self._stop.is_set()
 
 

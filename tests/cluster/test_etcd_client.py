@@ -78,6 +78,24 @@ def test_watch_from_revision_survives_its_member_dying(etcd3):
         w.close()
 
 
+def test_watch_from_now_misses_nothing_when_reopened(etcd3):
+    c = etcd.Client(etcd3.endpoints, timeout=0.5, deadline=5)
+    c.put("/n/old", "x")
+    w = c.watch("/n/", prefix=True)                        # from now: /n/old is not news
+    try:
+        etcd3.members[c._cur].kill()
+        for i in range(3):
+            c.put(f"/n/{i}", str(i))                       # while the stream is reopened
+        got = []
+        while len(got) < 3:
+            b = w.get(5)
+            assert b is not None, f"watch stalled after {got}"
+            got += [e.kv.key for e in b]
+        assert got == ["/n/0", "/n/1", "/n/2"]
+    finally:
+        w.close()
+
+
 def test_watch_of_a_compacted_revision_says_so(etcd1):
     c = etcd.Client(etcd1.endpoints, timeout=1)
     first = c.put("/c/a", "1")
