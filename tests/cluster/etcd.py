@@ -2,7 +2,8 @@
 
 One member (`Cluster(1)`) or a 3-member cluster (`Cluster(3)`) on loopback,
 each member on its own free ports with its data directory under a temp
-directory. Election timing is lowered (heartbeat 50 ms, election 500 ms) so a
+directory; or members in network namespaces on one bridge (`Hub`), for
+partitions; optionally TLS with client certificates, or extra etcd flags. Election timing is lowered (heartbeat 50 ms, election 500 ms) so a
 lost leader is replaced in well under a second and the minimum lease TTL is
 1 s. Members can be killed (kill -9), restarted, and the leader found.
 """
@@ -23,6 +24,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import need
+from tests.pair.netns import have_netns, sh
 
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
@@ -65,9 +67,13 @@ def make_tls(d: str) -> dict:
 
 
 class Member:
-    def __init__(self, name: str, data_dir: str, host: str = "127.0.0.1", tls=None):
+    """netns: run in that network namespace (reached only from namespaces on
+    the same network: status and health go through etcdctl run there)."""
+
+    def __init__(self, name: str, data_dir: str, host: str = "127.0.0.1", tls=None,
+                 netns: str = ""):
         self.name, self.data_dir, self.host = name, data_dir, host
-        self.tls = tls
+        self.tls, self.netns = tls, netns
         self.client_port, self.peer_port = free_port(), free_port()
         self.proc = None
         self.log = os.path.join(os.path.dirname(data_dir), f"{name}.log")
@@ -93,6 +99,8 @@ class Member:
         if self.tls:   # clients must show a certificate of our CA
             argv += ["--cert-file", self.tls["server_cert"], "--key-file", self.tls["server_key"],
                      "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]   # execs etcd: same pid
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -123,10 +131,19 @@ class Member:
 
     def status(self) -> dict:
         """This member's view: its id and the leader's id (raises when it does not answer)."""
+        if self.netns:
+            st = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))[0]["Status"]
+            return {"id": int(st["header"]["member_id"]), "leader": int(st.get("leader", 0))}
         h = _post(self.url + "/v3/maintenance/status", {}, context=self._ssl())
         return {"id": int(h["header"]["member_id"]), "leader": int(h.get("leader", 0))}
 
     def healthy(self) -> bool:
+        if self.netns:
+            try:
+                self.etcdctl("endpoint", "health")
+                return True
+            except RuntimeError:
+                return False
         try:
             with urllib.request.urlopen(self.url + "/health", timeout=0.5,
                                         context=self._ssl()) as r:
@@ -134,8 +151,12 @@ class Member:
         except (OSError, ValueError):
             return False
 
-    def etcdctl(self, *args: str) -> str:
-        r = subprocess.run([need("etcdctl"), "--endpoints", self.url, *args],
+    def etcdctl(self, *args: str, netns: str = "") -> str:
+        """etcdctl against this member, run in its namespace (or in netns)."""
+        ns = netns or self.netns
+        pre = ["ip", "netns", "exec", ns] if ns else []
+        r = subprocess.run([*pre, need("etcdctl"), "--endpoints", self.url,
+                            "--command-timeout=1s", *args],
                            capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
         if r.returncode:
             raise RuntimeError(f"etcdctl {' '.join(args)}: {r.stderr.strip()}")
@@ -145,14 +166,16 @@ class Member:
 class Cluster:
     """n members on loopback, started by start() (or `with Cluster(n) as c`);
     extra: more etcd flags for every member; tls: clients over https with a
-    client certificate (self.tls: the files)."""
+    client certificate (self.tls: the files); hosts: [(netns, address)] of
+    each member instead (see Hub)."""
 
-    def __init__(self, n: int = 1, extra=(), tls: bool = False):
+    def __init__(self, n: int = 1, extra=(), tls: bool = False, hosts=()):
         self.extra = tuple(extra)
         self.dir = tempfile.mkdtemp(prefix="srrs-etcd-")
         self.tls = make_tls(self.dir) if tls else None
-        self.members = [Member(f"m{i}", os.path.join(self.dir, f"m{i}"), tls=self.tls)
-                        for i in range(n)]
+        hosts = list(hosts) or [("", "127.0.0.1")] * n
+        self.members = [Member(f"m{i}", os.path.join(self.dir, f"m{i}"), host, self.tls, ns)
+                        for i, (ns, host) in enumerate(hosts)]
 
     @property
     def initial_cluster(self) -> str:
@@ -216,6 +239,62 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Hub:
+    """Network namespaces on one bridge (in a namespace of its own, so the
+    host's network is never touched): hosts[key] = (netns, address) on
+    10.79.0.0/24. cut(key) sets the host's port on the bridge down (both
+    directions), heal(key) brings it back."""
+
+    def __init__(self, keys, tag: str = "srrs-ce"):
+        self.tag = tag
+        self.hub = f"{tag}hub"
+        self.hosts = {k: (f"{tag}{i}", f"10.79.0.{i + 1}") for i, k in enumerate(keys)}
+
+    def _ns(self, ns, *a):
+        r = subprocess.run(["ip", "netns", "exec", ns, *a], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{ns}: {' '.join(a)}: {r.stderr.strip()}")
+
+    def _port(self, key) -> str:
+        return f"p{list(self.hosts).index(key)}"
+
+    def cut(self, key) -> None:
+        self._ns(self.hub, "ip", "link", "set", self._port(key), "down")
+
+    def heal(self, key) -> None:
+        self._ns(self.hub, "ip", "link", "set", self._port(key), "up")
+
+    def delete(self) -> None:
+        for ns in [self.hub] + [ns for ns, _ in self.hosts.values()]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def __enter__(self) -> "Hub":
+        if not have_netns():
+            pytest.skip("needs root and ip netns")
+        self.delete()
+        try:
+            sh("ip", "netns", "add", self.hub)
+            self._ns(self.hub, "ip", "link", "add", "br0", "type", "bridge")
+            self._ns(self.hub, "ip", "link", "set", "br0", "up")
+            for k, (ns, addr) in self.hosts.items():
+                port = self._port(k)
+                sh("ip", "netns", "add", ns)
+                self._ns(ns, "ip", "link", "set", "lo", "up")
+                sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
+                   port, "netns", self.hub)
+                self._ns(self.hub, "ip", "link", "set", port, "master", "br0")
+                self._ns(self.hub, "ip", "link", "set", port, "up")
+                self._ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+                self._ns(ns, "ip", "link", "set", "eth0", "up")
+        except Exception:
+            self.delete()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.delete()
 
 
 @pytest.fixture
