@@ -292,13 +292,13 @@ class Catalog:
         """size None: delete. One transaction over volume, name, tenant and pair."""
         nk, tk = self.key("names", tenant, name), self.key("tenants", tenant)
         for _ in range(RETRIES):
-            kvs, _ = self._read(nk, tk)
-            if kvs[nk] is None:
+            nkv = self.etcd.get1(nk)
+            if nkv is None:
                 if size is None:
                     return None
                 raise NotFound(f"no volume {tenant}/{name}")
-            vk = self.key("volumes", kvs[nk].value.decode())
-            vkv = self._read(vk)[0][vk]
+            vk = self.key("volumes", nkv.value.decode())
+            vkv = self.etcd.get1(vk)
             if vkv is None:
                 continue                # deleted meanwhile: re-read the name
             v = _rec("volumes", vkv)
@@ -340,8 +340,9 @@ class Catalog:
     def follow(self, stop, timeout: float = 1.0):
         """Yields (snapshot, changes) until stop (a threading.Event) is set:
         first (snapshot, None), then each batch of changes with the snapshot
-        they lead to; after a compaction or etcd unreachable, a fresh
-        (snapshot, None): the caller converges to the whole snapshot again."""
+        they lead to (a watch that loses its member resumes where it was); after
+        a compaction, a fresh (snapshot, None): the caller converges to the
+        whole snapshot again."""
         while not stop.is_set():
             try:
                 snap = self.snapshot()
