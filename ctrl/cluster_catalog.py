@@ -1,0 +1,412 @@
+"""The cluster's catalog in etcd (docs/architecture.md, Cluster).
+
+Key layout under the cluster prefix P (default "/srrs/"), values compact JSON:
+
+  P/members/NAME        a running controller, under its own etcd lease: gone
+                        when it dies (addresses, pair, capacity, allocated,
+                        version, health, zone)
+  P/pairs/NAME          a pair: nodes, capacity, labels (zone, ...) and the
+                        bytes allocated to its volumes
+  P/tenants/NAME        a tenant: quota, used bytes and volume count
+  P/volumes/UUID        a volume: uuid, name, size, tenant, pair, state, generation
+  P/names/TENANT/NAME   the volume uuid of a name (names are unique per tenant)
+
+A volume's create, grow and delete is ONE transaction that compares the mod
+revisions of the tenant, the pair and the name (or volume) keys as read, and
+writes the volume, its name, the tenant's usage and the pair's allocation
+together; a lost race re-reads and decides again. So two creates racing on
+different servers can never take the tenant past its quota (both compare the
+same tenant revision: one commits, the other re-reads the new usage), and a
+name is never given twice.
+
+Controllers follow the catalog with snapshot() then watch(revision + 1).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, List, Optional, Tuple
+
+from . import etcd
+from .placement import NoPlacement, Request, placement
+
+DEFAULT_PREFIX = "/srrs/"
+RETRIES = 32      # lost races before giving up (each one is another writer's commit)
+
+
+class CatalogError(Exception):
+    """A refused catalog change (its message says why, for the operator)."""
+
+
+class NotFound(CatalogError):
+    pass
+
+
+class Conflict(CatalogError):
+    """The name is taken by a volume of another size, or a shrink was asked."""
+
+
+class QuotaExceeded(CatalogError):
+    pass
+
+
+# ---- records -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    pair: str = ""
+    addresses: dict = field(default_factory=dict)   # {"nvmf": [...], "coord": ..., ...}
+    capacity: int = 0
+    allocated: int = 0
+    version: str = ""
+    health: str = "ok"
+    zone: str = ""
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    nodes: tuple = ()
+    capacity: int = 0
+    allocated: int = 0
+    labels: dict = field(default_factory=dict)      # {"zone": "z1", ...}
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.allocated
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    quota: int = 0
+    used: int = 0
+    volumes: int = 0
+
+
+@dataclass(frozen=True)
+class Volume:
+    uuid: str
+    name: str
+    size: int
+    tenant: str
+    pair: str
+    state: str = "creating"     # creating -> ready (the pair's controllers made it)
+    generation: int = 1         # bumped by every change of the record
+
+
+KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume}
+
+
+def _rec(kind: str, kv: etcd.KV):
+    d = json.loads(kv.value)
+    if kind == "pairs":
+        d["nodes"] = tuple(d.get("nodes", ()))
+    return KINDS[kind](**d)
+
+
+def _enc(rec) -> dict:
+    d = asdict(rec)
+    if isinstance(rec, Pair):
+        d["nodes"] = list(rec.nodes)
+    return d
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The catalog at one revision (pure data: what placement reads)."""
+    revision: int = 0
+    members: Dict[str, Member] = field(default_factory=dict)
+    pairs: Dict[str, Pair] = field(default_factory=dict)
+    tenants: Dict[str, Tenant] = field(default_factory=dict)
+    volumes: Dict[str, Volume] = field(default_factory=dict)
+
+    def apply(self, ch: "Change") -> "Snapshot":
+        """This snapshot with one watched change applied."""
+        d = dict(getattr(self, ch.kind))
+        if ch.record is None:
+            d.pop(ch.name, None)
+        else:
+            d[ch.name] = ch.record
+        return replace(self, revision=max(self.revision, ch.revision), **{ch.kind: d})
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str                   # members | pairs | tenants | volumes
+    name: str                   # the member, pair or tenant name; the volume uuid
+    record: object              # the new record, None when deleted
+    revision: int
+
+
+# ---- the catalog ---------------------------------------------------------------------
+
+class Catalog:
+    def __init__(self, client: etcd.Client, prefix: str = DEFAULT_PREFIX):
+        self.etcd = client
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+
+    def key(self, kind: str, *names: str) -> str:
+        for n in names:
+            if not n or "/" in n:
+                raise CatalogError(f"bad {kind} name {n!r}")
+        return self.prefix + kind + "/" + "/".join(names)
+
+    def _split(self, key: str) -> Tuple[str, str]:
+        kind, _, name = key[len(self.prefix):].partition("/")
+        return kind, name
+
+    # -- reads --
+    def snapshot(self) -> Snapshot:
+        """Every member, pair, tenant and volume at one revision."""
+        kvs, rev = self.etcd.get(self.prefix, prefix=True)
+        out: Dict[str, dict] = {k: {} for k in KINDS}
+        for kv in kvs:
+            kind, name = self._split(kv.key)
+            if kind in KINDS:
+                out[kind][name] = _rec(kind, kv)
+        return Snapshot(rev, **out)
+
+    def _read(self, *keys: str) -> Tuple[Dict[str, Optional[etcd.KV]], int]:
+        """Several keys at one revision: {key: KV or None}, revision."""
+        r = self.etcd.txn([], [etcd.get(k) for k in keys])
+        return {k: (v[0] if v else None) for k, v in zip(keys, r.responses)}, r.revision
+
+    def get(self, kind: str, name: str):
+        kv = self.etcd.get1(self.key(kind, name))
+        return _rec(kind, kv) if kv else None
+
+    def volume_by_name(self, tenant: str, name: str) -> Optional[Volume]:
+        kv = self.etcd.get1(self.key("names", tenant, name))
+        return self.get("volumes", kv.value.decode()) if kv else None
+
+    # -- members --
+    def register(self, member: Member, ttl: int = 5, on_lost=None) -> "Registration":
+        """Put the member's key under a new lease and keep it alive."""
+        lease, ttl = self.etcd.grant(ttl)
+        self.etcd.put(self.key("members", member.name), _enc(member), lease)
+        return Registration(self, member, lease, etcd.KeepAlive(self.etcd, lease, ttl, on_lost))
+
+    # -- pairs and tenants (the operator's) --
+    def put_pair(self, name: str, nodes=(), capacity: int = 0, labels=None) -> Pair:
+        """Create or update a pair; its allocation is kept."""
+        return self._upsert("pairs", name, lambda p: replace(
+            p or Pair(name), nodes=tuple(nodes), capacity=int(capacity),
+            labels=dict(labels or {})))
+
+    def put_tenant(self, name: str, quota: int) -> Tenant:
+        """Create a tenant or change its quota (its usage is kept; a quota
+        below the usage refuses new bytes but takes nothing away)."""
+        return self._upsert("tenants", name, lambda t: replace(t or Tenant(name), quota=int(quota)))
+
+    def _upsert(self, kind: str, name: str, fn):
+        k = self.key(kind, name)
+        for _ in range(RETRIES):
+            kv = self.etcd.get1(k)
+            rec = fn(_rec(kind, kv) if kv else None)
+            if self.etcd.txn([etcd.mod_is(k, kv.mod_revision if kv else 0)],
+                             [etcd.put(k, _enc(rec))]).succeeded:
+                return rec
+        raise CatalogError(f"{kind} {name}: too many concurrent changes")
+
+    # -- volumes --
+    def create_volume(self, tenant: str, name: str, size: int, labels=None,
+                      uuid: Optional[str] = None) -> Volume:
+        """One transaction: the volume on the pair placement chooses, the name,
+        the tenant's usage and the pair's allocation. The same name and size
+        again returns the existing volume."""
+        if size <= 0:
+            raise CatalogError(f"volume size must be positive, not {size}")
+        tk, nk = self.key("tenants", tenant), self.key("names", tenant, name)
+        vid = uuid or str(uuidlib.uuid4())
+        for _ in range(RETRIES):
+            snap, kvs = self._placement_view(tk, nk)
+            if kvs[nk] is not None:
+                old = self.get("volumes", kvs[nk].value.decode())
+                if old is None:
+                    continue            # being deleted: read again
+                if old.size != size:
+                    raise Conflict(f"volume {tenant}/{name} exists with size {old.size}")
+                return old
+            t = snap.tenants.get(tenant)
+            if t is None:
+                raise NotFound(f"no tenant {tenant!r}")
+            try:
+                pname = placement(snap, Request(size=size, tenant=tenant, labels=labels or {}))
+            except NoPlacement as e:
+                raise (QuotaExceeded if e.quota else CatalogError)(str(e)) from None
+            p, pk = snap.pairs[pname], self.key("pairs", pname)
+            vol = Volume(vid, name, size, tenant, pname)
+            # Placement decided on these revisions of the tenant and the pair: a
+            # commit to either since (another create, a resize) fails the txn.
+            ok = self.etcd.txn(
+                [etcd.mod_is(tk, kvs[tk].mod_revision), etcd.mod_is(pk, kvs[pk].mod_revision),
+                 etcd.absent(nk)],
+                [etcd.put(self.key("volumes", vid), _enc(vol)), etcd.put(nk, vid),
+                 etcd.put(tk, _enc(replace(t, used=t.used + size, volumes=t.volumes + 1))),
+                 etcd.put(pk, _enc(replace(p, allocated=p.allocated + size)))]).succeeded
+            if ok:
+                return vol
+        raise CatalogError(f"volume {tenant}/{name}: too many concurrent changes")
+
+    def _placement_view(self, tk: str, nk: str) -> Tuple[Snapshot, dict]:
+        """What a create decides on, at one revision: pairs, members, the
+        tenant (no volumes: placement needs none). kvs: {key: KV or None} of
+        the tenant, the name and every pair."""
+        pp, mp = self.prefix + "pairs/", self.prefix + "members/"
+        r = self.etcd.txn([], [etcd.get(pp, prefix=True), etcd.get(mp, prefix=True),
+                               etcd.get(tk), etcd.get(nk)])
+        pairs, members, t, n = r.responses
+        kvs = {kv.key: kv for kv in pairs}
+        kvs[tk], kvs[nk] = (t[0] if t else None), (n[0] if n else None)
+        snap = Snapshot(r.revision,
+                        members={self._split(kv.key)[1]: _rec("members", kv) for kv in members},
+                        pairs={self._split(kv.key)[1]: _rec("pairs", kv) for kv in pairs},
+                        tenants={self._split(tk)[1]: _rec("tenants", t[0])} if t else {})
+        return snap, kvs
+
+    def resize_volume(self, tenant: str, name: str, size: int) -> Volume:
+        """Grow (never shrink) within the tenant's quota and the pair's space."""
+        return self._change(tenant, name, size)
+
+    def delete_volume(self, tenant: str, name: str) -> bool:
+        """False when there is no such volume (a repeated delete)."""
+        return self._change(tenant, name, None) is not None
+
+    def set_volume_state(self, uuid: str, state: str) -> Volume:
+        k = self.key("volumes", uuid)
+        for _ in range(RETRIES):
+            kv = self.etcd.get1(k)
+            if kv is None:
+                raise NotFound(f"no volume {uuid}")
+            v = _rec("volumes", kv)
+            nv = replace(v, state=state, generation=v.generation + 1)
+            if self.etcd.txn([etcd.mod_is(k, kv.mod_revision)], [etcd.put(k, _enc(nv))]).succeeded:
+                return nv
+        raise CatalogError(f"volume {uuid}: too many concurrent changes")
+
+    def _change(self, tenant: str, name: str, size: Optional[int]):
+        """size None: delete. One transaction over volume, name, tenant and pair."""
+        nk, tk = self.key("names", tenant, name), self.key("tenants", tenant)
+        for _ in range(RETRIES):
+            nkv = self.etcd.get1(nk)
+            if nkv is None:
+                if size is None:
+                    return None
+                raise NotFound(f"no volume {tenant}/{name}")
+            vk = self.key("volumes", nkv.value.decode())
+            vkv = self.etcd.get1(vk)
+            if vkv is None:
+                continue                # deleted meanwhile: re-read the name
+            v = _rec("volumes", vkv)
+            pk = self.key("pairs", v.pair)
+            kv2, _ = self._read(tk, pk)
+            if kv2[tk] is None or kv2[pk] is None:
+                raise CatalogError(f"volume {tenant}/{name}: its tenant or pair is gone")
+            t, p = _rec("tenants", kv2[tk]), _rec("pairs", kv2[pk])
+            delta = -v.size if size is None else size - v.size
+            if size is not None:
+                if delta < 0:
+                    raise Conflict(f"volume {tenant}/{name}: cannot shrink {v.size} to {size}")
+                if delta == 0:
+                    return v
+                if t.used + delta > t.quota:
+                    raise QuotaExceeded(f"tenant {tenant}: {t.used} + {delta} bytes exceed "
+                                        f"the quota of {t.quota}")
+                if delta > p.free:
+                    raise CatalogError(f"pair {p.name}: {p.free} bytes free, {delta} asked")
+            cmp = [etcd.mod_is(vk, vkv.mod_revision), etcd.mod_is(tk, kv2[tk].mod_revision),
+                   etcd.mod_is(pk, kv2[pk].mod_revision)]
+            ops = [etcd.put(tk, _enc(replace(t, used=t.used + delta,
+                                             volumes=t.volumes - (size is None)))),
+                   etcd.put(pk, _enc(replace(p, allocated=p.allocated + delta)))]
+            nv = v
+            if size is None:
+                ops += [etcd.delete(vk), etcd.delete(nk)]
+            else:
+                nv = replace(v, size=size, generation=v.generation + 1)
+                ops.append(etcd.put(vk, _enc(nv)))
+            if self.etcd.txn(cmp, ops).succeeded:
+                return nv
+        raise CatalogError(f"volume {tenant}/{name}: too many concurrent changes")
+
+    # -- following it --
+    def watch(self, from_revision: int) -> "CatalogWatch":
+        return CatalogWatch(self, from_revision)
+
+    def follow(self, stop, timeout: float = 1.0):
+        """Yields (snapshot, changes) until stop (a threading.Event) is set:
+        first (snapshot, None), then each batch of changes with the snapshot
+        they lead to (a watch that loses its member resumes where it was); after
+        a compaction, a fresh (snapshot, None): the caller converges to the
+        whole snapshot again."""
+        while not stop.is_set():
+            try:
+                snap = self.snapshot()
+            except etcd.Unavailable:
+                stop.wait(timeout)
+                continue
+            yield snap, None
+            w = self.watch(snap.revision + 1)
+            try:
+                while not stop.is_set():
+                    chs = w.get(timeout)
+                    if chs:
+                        for ch in chs:
+                            snap = snap.apply(ch)
+                        yield snap, chs
+            except etcd.Compacted:
+                continue
+            finally:
+                w.close()
+
+
+class CatalogWatch:
+    """The catalog's changes from a revision (snapshot().revision + 1), in
+    order: get() -> [Change, ...] or None on timeout. Raises etcd.Compacted
+    when that revision is gone: take a new snapshot and watch again."""
+
+    def __init__(self, cat: Catalog, from_revision: int):
+        self.cat = cat
+        self._w = cat.etcd.watch(cat.prefix, prefix=True, start_revision=from_revision)
+
+    def get(self, timeout: Optional[float] = None) -> Optional[List[Change]]:
+        evs = self._w.get(timeout)
+        if evs is None:
+            return None
+        out = []
+        for e in evs:
+            kind, name = self.cat._split(e.kv.key)
+            if kind not in KINDS:
+                continue        # names/ are an index of volumes/
+            rec = _rec(kind, e.kv) if e.type == "put" else None
+            out.append(Change(kind, name, rec, e.kv.mod_revision))
+        return out
+
+    def close(self) -> None:
+        self._w.close()
+
+
+class Registration:
+    """A controller's member key, kept alive under its lease."""
+
+    def __init__(self, cat: Catalog, member: Member, lease: int, keeper: etcd.KeepAlive):
+        self.cat, self.member, self.lease, self.keeper = cat, member, lease, keeper
+
+    def update(self, **fields) -> Member:
+        """New figures (allocated, health, ...) under the same lease."""
+        self.member = replace(self.member, **fields)
+        self.cat.etcd.put(self.cat.key("members", self.member.name), _enc(self.member),
+                          self.lease)
+        return self.member
+
+    @property
+    def lost(self) -> str:
+        return self.keeper.lost
+
+    def close(self) -> None:
+        """Stop renewing and revoke: the key goes at once."""
+        self.keeper.stop(revoke=True)

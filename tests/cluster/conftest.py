@@ -1,0 +1,1 @@
+from tests.cluster.etcd import etcd1, etcd3  # noqa: F401  (fixtures)
