@@ -24,7 +24,7 @@ from srrs.schema import reference as reference_lines
 from srrs.units import SIZE_UNITS, format_size, parse_size  # noqa: F401 (re-exported)
 from srrs.vhost import config as vhost_config
 
-from . import metrics_config, pair_config, pool_config
+from . import cluster_config, metrics_config, pair_config, pool_config
 
 
 class ConfigError(ValueError):
@@ -120,6 +120,7 @@ class Config:
     volume: Tuple[pool_config.VolumeConfig, ...] = ()
     pair: Optional[pair_config.PairConfig] = None
     metrics: Optional[metrics_config.MetricsConfig] = None
+    cluster: Optional[cluster_config.ClusterConfig] = None
     source: str = ""
 
     @property
@@ -159,6 +160,7 @@ SECTIONS: Dict[str, Section] = {
     "volume": Section("volume", pool_config.parse_volume, True, unique("name", "volume")),
     "pair": Section("pair", pair_config.parse, False),
     "metrics": Section("metrics", metrics_config.parse, False),
+    "cluster": Section("cluster", cluster_config.parse, False),
 }
 
 

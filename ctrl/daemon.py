@@ -21,6 +21,7 @@ from ..ffi import sockpath
 from ..ffi.binding import Core, SrrsError
 from ..nvmf import service as nvmf_service
 from ..vhost import service as vhost_service
+from . import cluster as cluster_service
 from . import config as cfg
 from . import logs
 from . import metrics as metrics_service
@@ -54,6 +55,7 @@ class Controller:
         self.vhost: Any = None
         self.pool: Any = None
         self.pair: Any = None
+        self.cluster: Any = None
         self.metrics: Any = None
         self.services: dict = {}
         self.rpc: Optional[RpcServer] = None
@@ -72,6 +74,7 @@ class Controller:
     # the exports close before the pair does (docs/architecture.md, Config).
     SERVICES = (
         ("pool", pool_service.start, "pool"),
+        ("cluster", cluster_service.start, "cluster"),
         ("pair", pair_service.start, "pair"),
         ("nvmf", nvmf_service.start, "nvmf"),
         ("vhost", vhost_service.start, "vhost"),

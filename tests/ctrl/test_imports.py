@@ -91,12 +91,14 @@ def test_contracts_catch_a_violation(tmp_path, folder, text, chain):
 
 def test_services_are_imported_start_functions():
     """The daemon's one registry of services: imported modules' start(), in start order."""
-    from srrs.ctrl import metrics, pair, pool
+    from srrs.ctrl import cluster, metrics, pair, pool
     from srrs.ctrl.daemon import Controller
     from srrs.nvmf import service as nvmf_service
     from srrs.vhost import service as vhost_service
 
-    assert Controller.SERVICES == (("pool", pool.start, "pool"), ("pair", pair.start, "pair"),
+    assert Controller.SERVICES == (("pool", pool.start, "pool"),
+                                   ("cluster", cluster.start, "cluster"),
+                                   ("pair", pair.start, "pair"),
                                    ("nvmf", nvmf_service.start, "nvmf"),
                                    ("vhost", vhost_service.start, "vhost"),
                                    ("metrics", metrics.start, "metrics"))

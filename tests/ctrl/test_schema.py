@@ -70,7 +70,7 @@ def _minimal():
             "pair": {"self": "a", "coord_bind": "tcp://h:1", "peer_coord": "tcp://h:2",
                      "mirror_listen": "h:3", "peer_mirror": "h:4", "witness": "tcp://h:5",
                      "insecure": True},
-            "metrics": {}}
+            "metrics": {}, "cluster": {"etcd": ["http://127.0.0.1:2379"], "name": "a"}}
 
 
 def test_every_section_is_registered_and_takes_its_defaults_from_the_declaration():
@@ -208,7 +208,7 @@ def test_witness_bind_goes_through_the_endpoint_check():
 def test_to_table_round_trips_every_section_and_leaves_defaults_out():
     import toml
 
-    from srrs.ctrl import metrics_config, pair_config, pool_config
+    from srrs.ctrl import cluster_config, metrics_config, pair_config, pool_config
     from srrs.nvmf import config as nvmf_config
     from srrs.vhost import config as vhost_config
 
@@ -216,7 +216,7 @@ def test_to_table_round_trips_every_section_and_leaves_defaults_out():
                "nvmf": nvmf_config.to_dict, "vhost": vhost_config.to_dict,
                "pool": pool_config.pool_to_dict, "tenant": pool_config.tenant_to_dict,
                "volume": pool_config.volume_to_dict, "pair": pair_config.to_toml_dict,
-               "metrics": metrics_config.to_toml_dict}
+               "metrics": metrics_config.to_toml_dict, "cluster": cluster_config.to_toml_dict}
     full = _minimal()
     full["nvmf"] = {"listen": "[::1]:4420", "subsystem": [{"nqn": "nqn.2026-11.io.srrs:a",
                                                            "namespaces": ["m", {"bdev": "n"}]}]}

@@ -1,0 +1,123 @@
+"""The cluster service of a controller (docs/architecture.md, Cluster).
+
+With a `[cluster]` section the controller joins the cluster: it registers
+itself in etcd under a lease (its addresses, its pair, capacity, allocated
+bytes, version, health), keeps the lease alive, refreshes its figures every
+few seconds, and registers again if the lease is lost (etcd down longer than
+the lease). etcd is never on the I/O path: a controller that cannot reach
+etcd keeps serving; only the pair's solo lease (ctrl/cluster_lease.py) and
+catalog changes need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Optional
+
+from srrs import __version__
+
+from . import etcd
+from .cluster_catalog import Catalog, Member
+from .cluster_config import ClusterConfig
+
+log = logging.getLogger("srrs.cluster")
+
+REFRESH_S = 5.0
+
+
+def pair_name(pc: Any) -> str:
+    """A pair's name in the catalog: its two controllers' names, sorted ("a+b")."""
+    if pc is None or not pc.peer:
+        return ""
+    return "+".join(sorted((pc.self_name, pc.peer)))
+
+
+class ClusterService:
+    def __init__(self, ctl: Any, conf: ClusterConfig):
+        self.ctl, self.conf = ctl, conf
+        self.name = conf.name or self._pair_self()
+        if not self.name:
+            raise ValueError("cluster: name: is required without a [pair] section")
+        self.client = etcd.Client(list(conf.etcd), timeout=conf.timeout_s,
+                                  ca_cert=conf.ca_cert or None, cert=conf.cert or None,
+                                  key=conf.key or None, user=conf.user or None,
+                                  password=conf.password())
+        self.catalog = Catalog(self.client, conf.prefix)
+        self.reg = None
+        self.registrations = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="srrs-cluster", daemon=True)
+        self._thread.start()
+
+    # -- what we register ---------------------------------------------------------------
+    def _pair_self(self) -> str:
+        pc = getattr(self.ctl.conf, "pair", None)
+        return pc.self_name if pc is not None and getattr(pc, "self_name", "") else ""
+
+    def member(self) -> Member:
+        pools = self.ctl.pool.status()["pools"] if getattr(self.ctl, "pool", None) else []
+        addrs = {}
+        nv = getattr(self.ctl.conf, "nvmf", None)
+        if nv is not None:
+            addrs["nvmf"] = [str(x) for x in nv.listen]
+        health = "degraded" if any(p.get("degraded") for p in pools) else "ok"
+        return Member(name=self.name, pair=pair_name(getattr(self.ctl.conf, "pair", None)),
+                      addresses=addrs, capacity=sum(p["capacity"] for p in pools),
+                      allocated=sum(p["used"] for p in pools), version=__version__,
+                      health=health, zone=self.conf.zone)
+
+    # -- the thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+                self.last_error = ""
+            except (etcd.EtcdError, OSError, ValueError) as e:
+                if str(e) != self.last_error:
+                    log.warning("cluster: etcd: %s", e)
+                self.last_error = str(e)
+            self._kick.wait(REFRESH_S if not self.last_error else 1.0)
+            self._kick.clear()
+
+    def _tick(self) -> None:
+        if self.reg is not None and self.reg.lost:
+            log.warning("cluster: member key lost (%s): registering again", self.reg.lost)
+            self.reg = None
+        m = self.member()
+        if self.reg is None:
+            self.reg = self.catalog.register(m, ttl=self.conf.lease_s, on_lost=self._kick.set)
+            self.registrations += 1
+            log.info("cluster: registered as %s under %s", self.name, self.conf.prefix)
+        elif m != self.reg.member:
+            self.reg.update(**{k: getattr(m, k) for k in ("capacity", "allocated", "health",
+                                                          "addresses", "zone", "pair")})
+
+    # -- service interface ----------------------------------------------------------------
+    def status(self) -> dict:
+        return {"name": self.name, "prefix": self.conf.prefix, "etcd": list(self.conf.etcd),
+                "registered": self.reg is not None and not self.reg.lost,
+                "registrations": self.registrations, "error": self.last_error}
+
+    def to_toml_dict(self) -> dict:
+        from .cluster_config import to_toml_dict
+
+        return to_toml_dict(self.conf)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        self._thread.join(5)
+        if self.reg is not None:
+            try:
+                self.reg.close()
+            except (etcd.EtcdError, OSError) as e:
+                log.info("cluster: revoking the member lease: %s", e)
+
+
+def start(ctl: Any, section: Optional[ClusterConfig]) -> Optional[ClusterService]:
+    if section is None:
+        return None
+    return ClusterService(ctl, section)
