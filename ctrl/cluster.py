@@ -26,6 +26,15 @@ log = logging.getLogger("srrs.cluster")
 REFRESH_S = 5.0
 
 
+NQN_PREFIX = "nqn.2026-11.io.srrs:vol:"
+
+
+def volume_nqn(uuid: str) -> str:
+    """A cluster volume's subsystem NQN, derived from its uuid: the same on both
+    controllers of its pair and after any move, so hosts keep one namespace."""
+    return NQN_PREFIX + uuid.lower()
+
+
 def pair_name(pc: Any) -> str:
     """A pair's name in the catalog: its two controllers' names, sorted ("a+b")."""
     if pc is None or not pc.peer:
