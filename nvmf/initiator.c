@@ -575,19 +575,15 @@ static int read_ana(struct hpath *p, int *state)
     return rc;
 }
 
-/* Blocking: admin queue (connect, enable, identify, queue count), namespace
- * 1's identity, the ANA state and h->nioq I/O queues. The first path defines
- * the host's namespace; the others must show the same one. */
-static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
+/* Blocking: the admin queue's ICReq, Connect (its cntlid), CAP and enable;
+ * *qsize: the I/O queue size the controller allows (CAP.MQES + 1). */
+static int path_admin_up(struct hpath *p, int to, uint32_t *qsize)
 {
     struct srrs_nvmf_host *h = p->h;
-    const struct srrs_nvmf_host_opts *o = &h->o;
-    if (!p->ana_log && !(p->ana_log = malloc(H_ANA_LOG_LEN)))
-        return srrs_err(-ENOMEM, "nvmf host: out of memory");
     q_close(&p->admin);
     int rc = q_open(p, &p->admin, to);
     if (!rc) {
-        rc = q_connect(h, &p->admin, 0, 32, 0xFFFF, o->kato_ms);
+        rc = q_connect(h, &p->admin, 0, 32, 0xFFFF, h->o.kato_ms);
         if (rc >= 0) {
             p->cntlid = (uint16_t)rc;
             rc = 0;
@@ -596,95 +592,151 @@ static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
     uint64_t cap = 0;
     if (!rc)
         rc = prop(&p->admin, false, PROP_CAP, 0, true, &cap);
-    uint32_t qsize = SRRS_MIN(h->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
+    *qsize = SRRS_MIN(h->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
     if (!rc)
         rc = enable_ctrlr(&p->admin, to);
-    uint8_t *id = calloc(1, 4096);
-    if (!id && !rc)
-        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
-    if (!rc)
-        rc = admin_cmd(&p->admin, ADM_IDENTIFY, 0, 1, 0, id, 4096, NULL);
-    if (!rc) {
-        uint32_t ioccsz;
-        memcpy(&ioccsz, id + 1792, 4);
-        p->ioccsz_bytes = ioccsz >= 4 ? ioccsz * 16 - 64 : 0;
-        p->mdts_bytes = id[77] ? 4096u << id[77] : (1u << 30);
-        if (first) {
-            memcpy(h->info.sn, id + 4, 20);
-            memcpy(h->info.mn, id + 24, 40);
-            memcpy(&h->info.nn, id + 516, 4);
-            h->info.cntlid = p->cntlid;
-            h->info.ioccsz_bytes = p->ioccsz_bytes;
-            h->info.mdts_bytes = p->mdts_bytes;
-        }
-        uint32_t dw0 = 0, n = h->nioq - 1;
-        rc = admin_cmd(&p->admin, ADM_SET_FEATURES, 0, 0x07, n | n << 16, NULL, 0, &dw0);
-        if (!rc && SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1 < h->nioq)
-            rc = srrs_err(-ENOSPC, "nvmf host: target grants only %u I/O queues",
-                          SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1);
+    return rc;
+}
+
+/* Blocking: Identify Controller (in-capsule and transfer limits; the first
+ * path also fills the host's info) and the I/O queue count. id: 4 KiB. */
+static int path_identify_ctrlr(struct hpath *p, bool first, uint8_t *id)
+{
+    struct srrs_nvmf_host *h = p->h;
+    int rc = admin_cmd(&p->admin, ADM_IDENTIFY, 0, 1, 0, id, 4096, NULL);
+    if (rc)
+        return rc;
+    uint32_t ioccsz;
+    memcpy(&ioccsz, id + 1792, 4);
+    p->ioccsz_bytes = ioccsz >= 4 ? ioccsz * 16 - 64 : 0;
+    p->mdts_bytes = id[77] ? 4096u << id[77] : (1u << 30);
+    if (first) {
+        memcpy(h->info.sn, id + 4, 20);
+        memcpy(h->info.mn, id + 24, 40);
+        memcpy(&h->info.nn, id + 516, 4);
+        h->info.cntlid = p->cntlid;
+        h->info.ioccsz_bytes = p->ioccsz_bytes;
+        h->info.mdts_bytes = p->mdts_bytes;
     }
-    if (!rc) {
-        memset(id, 0, 4096);
-        rc = admin_cmd(&p->admin, ADM_IDENTIFY, 1, 0, 0, id, 4096, NULL);
+    uint32_t dw0 = 0, n = h->nioq - 1;
+    rc = admin_cmd(&p->admin, ADM_SET_FEATURES, 0, 0x07, n | n << 16, NULL, 0, &dw0);
+    if (!rc && SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1 < h->nioq)
+        rc = srrs_err(-ENOSPC, "nvmf host: target grants only %u I/O queues",
+                      SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1);
+    return rc;
+}
+
+/* Blocking: Identify Namespace 1. The first path defines the host's
+ * namespace (size, block size, NGUID); the others must show the same one. */
+static int path_identify_ns(struct hpath *p, bool first, uint8_t *id)
+{
+    struct srrs_nvmf_host *h = p->h;
+    memset(id, 0, 4096);
+    int rc = admin_cmd(&p->admin, ADM_IDENTIFY, 1, 0, 0, id, 4096, NULL);
+    if (rc)
+        return rc;
+    uint64_t nsze;
+    memcpy(&nsze, id, 8);
+    uint8_t lbads = id[130 + 4 * (id[26] & 0xf)];
+    if (!nsze || lbads < 9 || lbads > 12)
+        rc = srrs_err(-ENODEV, "nvmf host: namespace 1 is not active at %s:%d", p->addr,
+                      p->port);
+    uint32_t bs = 1u << (lbads & 31);
+    memcpy(&p->anagrpid, id + 92, 4);
+    if (!rc && first) {
+        h->info.block_size = bs;
+        h->info.size = nsze * bs;
+        memcpy(h->nguid, id + 104, 16);
+    } else if (!rc && (bs != h->info.block_size || nsze * bs != h->info.size ||
+                       memcmp(h->nguid, id + 104, 16))) {
+        rc = srrs_err(-EINVAL, "nvmf host: %s:%d serves another namespace (NGUID, size or "
+                      "block size differ): not a path to the same one", p->addr, p->port);
     }
-    if (!rc) {
-        uint64_t nsze;
-        memcpy(&nsze, id, 8);
-        uint8_t lbads = id[130 + 4 * (id[26] & 0xf)];
-        if (!nsze || lbads < 9 || lbads > 12)
-            rc = srrs_err(-ENODEV, "nvmf host: namespace 1 is not active at %s:%d", p->addr,
-                          p->port);
-        uint32_t bs = 1u << (lbads & 31);
-        memcpy(&p->anagrpid, id + 92, 4);
-        if (!rc && first) {
-            h->info.block_size = bs;
-            h->info.size = nsze * bs;
-            memcpy(h->nguid, id + 104, 16);
-        } else if (!rc && (bs != h->info.block_size || nsze * bs != h->info.size ||
-                           memcmp(h->nguid, id + 104, 16))) {
-            rc = srrs_err(-EINVAL, "nvmf host: %s:%d serves another namespace (NGUID, size or "
-                          "block size differ): not a path to the same one", p->addr, p->port);
-        }
-    }
-    free(id);
+    return rc;
+}
+
+/* Blocking: the path's ANA state now (optimized when it reports none). */
+static int path_read_ana(struct hpath *p)
+{
     int ana = ANA_OPTIMIZED;
-    if (!rc && p->anagrpid)
-        rc = read_ana(p, &ana);
+    int rc = p->anagrpid ? read_ana(p, &ana) : 0;
     if (!rc) {
         uint64_t w = atomic_load(&p->ana_word);
         atomic_store(&p->ana_word, ((w >> 8) + 1) << 8 | (uint8_t)ana);
     }
-    struct hq *ioq = NULL;
-    if (!rc && !(ioq = calloc(h->nioq, sizeof(*ioq))))
-        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
-    for (uint32_t i = 0; ioq && i < h->nioq; i++)
-        ioq[i].fd = -1;
-    for (uint32_t i = 0; !rc && i < h->nioq; i++) {
-        struct hq *q = &ioq[i];
-        rc = q_open(p, q, to);
-        if (!rc) {
-            rc = q_connect(h, q, (uint16_t)(i + 1), qsize, p->cntlid, 0);
-            rc = rc > 0 ? 0 : rc;
-        }
-        if (!rc) {
-            q->nslots = qsize - 1;
-            q->slots = calloc(q->nslots, sizeof(*q->slots));
-            q->rbuf = malloc(H_RBUF);
-            if (!q->slots || !q->rbuf)
-                rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
-            for (uint32_t k = q->nslots; !rc && k-- > 0;) {
-                q->slots[k].cid = (uint16_t)k;
-                q->slots[k].q = q;
-                q->slots[k].next = q->free;
-                q->free = &q->slots[k];
-            }
-            fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
-        }
+    return rc;
+}
+
+/* Blocking: one I/O queue (ICReq, Connect), its request slots and receive
+ * buffer; left non-blocking for the reactor. */
+static int ioq_open(struct hpath *p, struct hq *q, uint16_t qid, uint32_t qsize, int to)
+{
+    int rc = q_open(p, q, to);
+    if (!rc) {
+        rc = q_connect(p->h, q, qid, qsize, p->cntlid, 0);
+        rc = rc > 0 ? 0 : rc;
     }
+    if (rc)
+        return rc;
+    q->nslots = qsize - 1;
+    q->slots = calloc(q->nslots, sizeof(*q->slots));
+    q->rbuf = malloc(H_RBUF);
+    if (!q->slots || !q->rbuf)
+        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
+    for (uint32_t k = q->nslots; !rc && k-- > 0;) {
+        q->slots[k].cid = (uint16_t)k;
+        q->slots[k].q = q;
+        q->slots[k].next = q->free;
+        q->free = &q->slots[k];
+    }
+    fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
+    return rc;
+}
+
+/* Blocking: h->nioq I/O queues of qsize entries into *out (freed on failure). */
+static int path_ioqs_open(struct hpath *p, uint32_t qsize, int to, struct hq **out)
+{
+    struct srrs_nvmf_host *h = p->h;
+    struct hq *ioq = calloc(h->nioq, sizeof(*ioq));
+    if (!ioq)
+        return srrs_err(-ENOMEM, "nvmf host: out of memory");
+    for (uint32_t i = 0; i < h->nioq; i++)
+        ioq[i].fd = -1;
+    int rc = 0;
+    for (uint32_t i = 0; !rc && i < h->nioq; i++)
+        rc = ioq_open(p, &ioq[i], (uint16_t)(i + 1), qsize, to);
     if (rc) {
         ioq_free(ioq, h->nioq);
         return rc;
     }
+    *out = ioq;
+    return 0;
+}
+
+/* Blocking: admin queue (connect, enable, identify, queue count), namespace
+ * 1's identity, the ANA state and h->nioq I/O queues. The first path defines
+ * the host's namespace; the others must show the same one. */
+static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
+{
+    if (!p->ana_log && !(p->ana_log = malloc(H_ANA_LOG_LEN)))
+        return srrs_err(-ENOMEM, "nvmf host: out of memory");
+    uint32_t qsize = 0;
+    int rc = path_admin_up(p, to, &qsize);
+    uint8_t *id = calloc(1, 4096);
+    if (!id && !rc)
+        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
+    if (!rc)
+        rc = path_identify_ctrlr(p, first, id);
+    if (!rc)
+        rc = path_identify_ns(p, first, id);
+    free(id);
+    if (!rc)
+        rc = path_read_ana(p);
+    struct hq *ioq = NULL;
+    if (!rc)
+        rc = path_ioqs_open(p, qsize, to, &ioq);
+    if (rc)
+        return rc;
     /* From here the admin queue only answers the monitor's ANA reads. */
     struct timeval tv = {H_PROBE_TIMEOUT_MS / 1000, (H_PROBE_TIMEOUT_MS % 1000) * 1000};
     setsockopt(p->admin.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
