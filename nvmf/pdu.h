@@ -44,48 +44,26 @@ struct pdu_geom {
  * padded to any alignment a peer may ask for (up to 128 bytes): at most 144. */
 #define PDU_HDR_ROOM 152
 
-/* The length of each type's header; 0: a type NVMe/TCP does not define. */
-static inline uint8_t pdu_type_hlen(uint8_t type)
-{
-    switch (type) {
-    case PDU_ICREQ:
-    case PDU_ICRESP:
-        return PDU_IC_LEN;
-    case PDU_CMD:
-        return PDU_CMD_HLEN;
-    case PDU_RSP:
-        return PDU_RSP_HLEN;
-    case PDU_H2C_DATA:
-    case PDU_C2H_DATA:
-        return PDU_DATA_HLEN;
-    case PDU_R2T:
-        return PDU_R2T_HLEN;
-    case PDU_H2C_TERM:
-    case PDU_C2H_TERM:
-        return PDU_TERM_HLEN;
-    default:
-        return 0;
-    }
-}
+/* Per type (index < 16): its header length (0: a type NVMe/TCP does not
+ * define), and masks of the types with a header digest (never connection
+ * setup or termination), with a payload (a termination request carries the
+ * offending header as error data) and the terminations. Tables and masks,
+ * not branches: the receive check runs for every PDU. */
+static const uint8_t pdu_hlen_tab[16] = {
+    [PDU_ICREQ] = PDU_IC_LEN, [PDU_ICRESP] = PDU_IC_LEN, [PDU_H2C_TERM] = PDU_TERM_HLEN,
+    [PDU_C2H_TERM] = PDU_TERM_HLEN, [PDU_CMD] = PDU_CMD_HLEN, [PDU_RSP] = PDU_RSP_HLEN,
+    [PDU_H2C_DATA] = PDU_DATA_HLEN, [PDU_C2H_DATA] = PDU_DATA_HLEN, [PDU_R2T] = PDU_R2T_HLEN};
+#define PDU_TERM_TYPES (PDU_BIT(PDU_H2C_TERM) | PDU_BIT(PDU_C2H_TERM))
+#define PDU_HDGST_TYPES (PDU_BIT(PDU_CMD) | PDU_BIT(PDU_RSP) | PDU_BIT(PDU_H2C_DATA) | \
+                         PDU_BIT(PDU_C2H_DATA) | PDU_BIT(PDU_R2T))
+#define PDU_DATA_TYPES (PDU_BIT(PDU_CMD) | PDU_BIT(PDU_H2C_DATA) | PDU_BIT(PDU_C2H_DATA) | \
+                        PDU_TERM_TYPES)
 
-/* Connection setup and termination PDUs never carry a header digest. */
+static inline uint8_t pdu_type_hlen(uint8_t type) { return type < 16 ? pdu_hlen_tab[type] : 0; }
+
 static inline bool pdu_type_has_hdgst(uint8_t type)
 {
-    return type != PDU_ICREQ && type != PDU_ICRESP && type != PDU_H2C_TERM &&
-           type != PDU_C2H_TERM;
-}
-
-/* Types that may carry a payload (a termination request carries the
- * offending header as its error data). */
-static inline bool pdu_type_has_data(uint8_t type)
-{
-    return type == PDU_CMD || type == PDU_H2C_DATA || type == PDU_C2H_DATA ||
-           type == PDU_H2C_TERM || type == PDU_C2H_TERM;
-}
-
-static inline bool pdu_type_is_term(uint8_t type)
-{
-    return type == PDU_H2C_TERM || type == PDU_C2H_TERM;
+    return type < 16 && (PDU_HDGST_TYPES & PDU_BIT(type));
 }
 
 /* Alignment in bytes of an HPDA/CPDA value (0's based dwords). */
@@ -166,45 +144,49 @@ static inline void pdu_data_hdr(uint8_t *h, uint16_t cccid, uint16_t ttag, uint3
     d->len = len;
 }
 
+static inline uint16_t pdu_bad(uint32_t *fei, uint32_t at)
+{
+    *fei = at;
+    return FES_INVALID_HEADER;
+}
+
 /* Checks a received common header against the rules and what was
  * negotiated; fills g. Returns 0, or the fatal error status (FES) with the
  * offset of the bad field in *fei. Header and data digests are checked when
- * they arrive (pdu_hdgst_ok, pdu_crc). */
-static inline uint16_t pdu_ch_check(const struct pdu_ch *ch, const struct pdu_fmt *f,
-                                    const struct pdu_rules *r, struct pdu_geom *g, uint32_t *fei)
+ * they arrive (pdu_hdgst_ok, pdu_crc). Always inlined: with an end's
+ * constant rules most of it folds away. */
+static inline __attribute__((always_inline)) uint16_t
+pdu_ch_check(const struct pdu_ch *ch, const struct pdu_fmt *f, const struct pdu_rules *r,
+             struct pdu_geom *g, uint32_t *fei)
 {
-    uint8_t want = ch->type < 16 && (r->types & PDU_BIT(ch->type)) ? pdu_type_hlen(ch->type) : 0;
-    *fei = 0;
-    if (!want)
-        return FES_INVALID_HEADER;
-    *fei = offsetof(struct pdu_ch, hlen);
+    uint32_t bit = ch->type < 16 ? PDU_BIT(ch->type) : 0;
+    if (!(r->types & bit))
+        return pdu_bad(fei, 0);
+    uint32_t want = pdu_hlen_tab[ch->type];
     if (ch->hlen != want)
-        return FES_INVALID_HEADER;
-    bool has_hd = pdu_type_has_hdgst(ch->type);
-    bool hd = f->hdgst && has_hd;
-    *fei = offsetof(struct pdu_ch, flags);
-    if (has_hd && !!(ch->flags & PDU_F_HDGST) != hd)
-        return FES_INVALID_HEADER;
-    g->hl = want + (hd ? 4u : 0u);
+        return pdu_bad(fei, offsetof(struct pdu_ch, hlen));
+    bool hd = f->hdgst && (bit & PDU_HDGST_TYPES);
+    if ((bit & PDU_HDGST_TYPES) && !!(ch->flags & PDU_F_HDGST) != hd)
+        return pdu_bad(fei, offsetof(struct pdu_ch, flags));
+    uint32_t hl = want + (hd ? 4u : 0u);
+    g->hl = hl;
     g->pad = 0;
     g->dlen = 0;
-    *fei = offsetof(struct pdu_ch, plen);
-    if (ch->plen < g->hl || (!pdu_type_has_data(ch->type) && ch->plen != g->hl) ||
-        (uint64_t)ch->plen > (uint64_t)g->hl + 256u + r->max_data + 4u)
-        return FES_INVALID_HEADER;
-    if (ch->plen == g->hl || pdu_type_is_term(ch->type)) {
-        g->dlen = ch->plen - g->hl; /* a termination's error data: no PDO, no digest */
+    if (ch->plen < hl || (!(bit & PDU_DATA_TYPES) && ch->plen != hl) ||
+        (uint64_t)ch->plen > (uint64_t)hl + 256u + r->max_data + 4u)
+        return pdu_bad(fei, offsetof(struct pdu_ch, plen));
+    if (ch->plen == hl || (bit & PDU_TERM_TYPES)) {
+        g->dlen = ch->plen - hl; /* a termination's error data: no PDO, no digest */
+        *fei = 0;
         return 0;
     }
     uint32_t dd = f->ddgst ? 4u : 0u;
-    *fei = offsetof(struct pdu_ch, flags);
     if (!!(ch->flags & PDU_F_DDGST) != f->ddgst)
-        return FES_INVALID_HEADER;
-    *fei = offsetof(struct pdu_ch, pdo);
-    if (ch->pdo < g->hl || ch->pdo - g->hl > r->max_pad || ch->plen < (uint32_t)ch->pdo + dd + 1 ||
+        return pdu_bad(fei, offsetof(struct pdu_ch, flags));
+    if (ch->pdo < hl || ch->pdo - hl > r->max_pad || ch->plen < (uint32_t)ch->pdo + dd + 1 ||
         (r->cpda_align > 4 && ch->pdo % r->cpda_align))
-        return FES_INVALID_HEADER;
-    g->pad = ch->pdo - g->hl;
+        return pdu_bad(fei, offsetof(struct pdu_ch, pdo));
+    g->pad = ch->pdo - hl;
     g->dlen = ch->plen - ch->pdo - dd;
     *fei = 0;
     return 0;
