@@ -1557,8 +1557,10 @@ int lv_degraded_err(struct srrs_pool *p, const char *what)
     return 0;
 }
 
-static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
-                              struct frag_probe *pr, bool *used_spec)
+/* The newest superblock among the fragments that carry ours (each must be
+ * readable and name this pool). */
+static int best_superblock(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
+                           const struct frag_probe *pr, const struct sb **out)
 {
     const struct sb *best = NULL;
     for (int i = 0; i < nfrags; i++) {
@@ -1573,74 +1575,95 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         if (!best || pr[i].best->seq > best->seq)
             best = pr[i].best;
     }
-    memcpy(p->uuid, best->pool_uuid, 16);
-    p->cs = best->cluster_size;
-    p->cs_shift = (uint32_t)__builtin_ctz(p->cs);
-    p->placement = (int)best->placement;
-    p->sb_seq = best->seq;
-    bool rewrite = false;
-    char us[33], them[33];
-    uuid_str(p->uuid, us);
-    for (int i = 0; i < nfrags; i++) {
-        if (!frags[i].path || pr[i].kind != FR_OURS)
-            continue;
-        const struct sb *own = pr[i].best;
-        if (memcmp(own->pool_uuid, p->uuid, 16)) {
-            uuid_str(own->pool_uuid, them);
-            return srrs_err(-EINVAL, "fragment %s belongs to another pool (%s, uuid %s), not to %s (uuid %s)",
-                            frags[i].path, own->name, them, best->name, us);
-        }
-        const struct sb_frag *t = &best->frags[own->frag_idx];
-        if ((t->state != FS_ACTIVE && t->state != FS_DRAINING) ||
-            memcmp(t->uuid, own->frags[own->frag_idx].uuid, 16)) {
-            /* Removed (a crash came before its superblock was cleared): it is
-             * not part of the pool; the configuration lists it, so it is added
-             * back as a fresh fragment below. */
-            lv_pool_msg(p, "fragment %s had been removed from pool %s; adding it back as new",
-                        frags[i].path, best->name);
-            int fd = open(frags[i].path, O_RDWR | O_CLOEXEC);
-            int rc = fd < 0 ? -errno : lv_pwrite_full(fd, srrs_zero_buf, 2 * MD_PAGE, 0);
-            if (!rc && fdatasync(fd))
-                rc = -errno;
-            if (fd >= 0)
-                close(fd);
-            if (rc)
-                return srrs_err(rc, "fragment %s: clearing its superblock: %s", frags[i].path,
-                                strerror(-rc));
-            pr[i].kind = FR_FRESH;
-            continue;
-        }
-        if (!pr[i].a_ok || !pr[i].b_ok) {
-            lv_pool_msg(p, "fragment %s: superblock copy %c is invalid; opened from copy %c and rewrote it",
-                     frags[i].path, pr[i].a_ok ? 'B' : 'A', pr[i].a_ok ? 'A' : 'B');
-            rewrite = true;
-        }
-        if (own->seq != best->seq || pr[i].a.seq != pr[i].b.seq)
-            rewrite = true;
-        if (p->frags[own->frag_idx].state)
-            return srrs_err(-EINVAL, "fragment %s is listed twice", frags[i].path);
-        struct lv_frag *f = &p->frags[own->frag_idx];
-        f->state = (int)t->state;
-        f->size = t->size;
-        f->nclusters = t->nclusters;
-        f->data_off = t->data_off;
-        f->md_slots = t->md_slots;
-        f->weight = t->weight;
-        memcpy(f->uuid, t->uuid, 16);
-        int rc = frag_attach(p, own->frag_idx, &frags[i], false, false, 0);
+    *out = best;
+    return 0;
+}
+
+/* A fragment the table says was removed (a crash came before its superblock
+ * was cleared): clear it so it is added back as a fresh one. */
+static int frag_clear_removed(struct srrs_pool *p, const char *path, const char *pool)
+{
+    lv_pool_msg(p, "fragment %s had been removed from pool %s; adding it back as new", path, pool);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int rc = fd < 0 ? -errno : lv_pwrite_full(fd, srrs_zero_buf, 2 * MD_PAGE, 0);
+    if (!rc && fdatasync(fd))
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    if (rc)
+        return srrs_err(rc, "fragment %s: clearing its superblock: %s", path, strerror(-rc));
+    return 0;
+}
+
+/* A fragment's geometry from its superblock table entry t. */
+static void frag_from_sb(struct lv_frag *f, const struct sb_frag *t, uint32_t md_slots)
+{
+    f->state = (int)t->state;
+    f->size = t->size;
+    f->nclusters = t->nclusters;
+    f->data_off = t->data_off;
+    f->md_slots = md_slots;
+    f->weight = t->weight;
+    memcpy(f->uuid, t->uuid, 16);
+}
+
+/* One configured file that carries our superblock: attach it as the table's
+ * fragment. 1: attached; 0: it had been removed and is now fresh (added
+ * below); < 0: error. *rewrite: its superblock copies need rewriting. */
+static int open_own_frag(struct srrs_pool *p, const struct sb *best,
+                         const struct srrs_pool_frag_spec *spec, struct frag_probe *pr,
+                         bool *rewrite)
+{
+    const struct sb *own = pr->best;
+    if (memcmp(own->pool_uuid, p->uuid, 16)) {
+        char us[33], them[33];
+        uuid_str(p->uuid, us);
+        uuid_str(own->pool_uuid, them);
+        return srrs_err(-EINVAL, "fragment %s belongs to another pool (%s, uuid %s), not to %s (uuid %s)",
+                        spec->path, own->name, them, best->name, us);
+    }
+    const struct sb_frag *t = &best->frags[own->frag_idx];
+    if ((t->state != FS_ACTIVE && t->state != FS_DRAINING) ||
+        memcmp(t->uuid, own->frags[own->frag_idx].uuid, 16)) {
+        /* not part of the pool; the configuration lists it, so it comes back fresh */
+        int rc = frag_clear_removed(p, spec->path, best->name);
         if (rc)
             return rc;
-        f->fresh = false;
-        used_spec[i] = true;
+        pr->kind = FR_FRESH;
+        return 0;
     }
-    /* RAM fragments come back empty, in table order. */
+    if (!pr->a_ok || !pr->b_ok) {
+        lv_pool_msg(p, "fragment %s: superblock copy %c is invalid; opened from copy %c and rewrote it",
+                    spec->path, pr->a_ok ? 'B' : 'A', pr->a_ok ? 'A' : 'B');
+        *rewrite = true;
+    }
+    if (own->seq != best->seq || pr->a.seq != pr->b.seq)
+        *rewrite = true;
+    if (p->frags[own->frag_idx].state)
+        return srrs_err(-EINVAL, "fragment %s is listed twice", spec->path);
+    struct lv_frag *f = &p->frags[own->frag_idx];
+    frag_from_sb(f, t, t->md_slots);
+    int rc = frag_attach(p, own->frag_idx, spec, false, false, 0);
+    if (rc)
+        return rc;
+    f->fresh = false;
+    return 1;
+}
+
+/* The table's fragments no configured file carried: file fragments come back
+ * from the table (missing ones degrade the pool), RAM fragments come back
+ * empty from the configuration's RAM entries, in table order. */
+static int open_table_frags(struct srrs_pool *p, const struct sb *best,
+                            const struct srrs_pool_frag_spec *frags, int nfrags, bool *used_spec,
+                            bool *rewrite)
+{
     int next_ram = 0;
     for (int fi = 0; fi < LV_MAX_FRAGS; fi++) {
         const struct sb_frag *t = &best->frags[fi];
         if (t->state != FS_ACTIVE && t->state != FS_DRAINING)
             continue;
         if (!t->ram) {
-            int rc = p->frags[fi].state ? 0 : frag_from_table(p, best, fi, &rewrite);
+            int rc = p->frags[fi].state ? 0 : frag_from_table(p, best, fi, rewrite);
             if (rc)
                 return rc;
             /* The config may name the missing fragment too (a saved config
@@ -1655,14 +1678,7 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
         if (next_ram >= nfrags)
             return srrs_err(-ENOENT, "pool %s: its RAM fragment %d (%llu bytes) is missing from the "
                             "configuration", best->name, fi, (unsigned long long)t->size);
-        struct lv_frag *f = &p->frags[fi];
-        f->state = (int)t->state;
-        f->size = t->size;
-        f->nclusters = t->nclusters;
-        f->data_off = t->data_off;
-        f->md_slots = 0;
-        f->weight = t->weight;
-        memcpy(f->uuid, t->uuid, 16);
+        frag_from_sb(&p->frags[fi], t, 0);
         struct srrs_pool_frag_spec rs = frags[next_ram];
         rs.size = t->size;
         int rc = frag_attach(p, fi, &rs, false, false, 0);
@@ -1670,6 +1686,13 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
             return rc;
         used_spec[next_ram++] = true;
     }
+    return 0;
+}
+
+/* Every fragment attached: read the metadata into volumes, report RAM
+ * clusters lost to a host restart, apply the scan's fixups. */
+static int pool_scan_all(struct srrs_pool *p)
+{
     struct scan s = {.nb = 65536};
     s.h = calloc(s.nb, sizeof(*s.h));
     if (!s.h)
@@ -1694,13 +1717,42 @@ static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_s
     if (!rc)
         rc = scan_apply_fixups(p, &s);
     scan_free(&s);
+    return rc;
+}
+
+static int pool_open_existing(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
+                              struct frag_probe *pr, bool *used_spec)
+{
+    const struct sb *best = NULL;
+    int rc = best_superblock(p, frags, nfrags, pr, &best);
+    if (rc)
+        return rc;
+    memcpy(p->uuid, best->pool_uuid, 16);
+    p->cs = best->cluster_size;
+    p->cs_shift = (uint32_t)__builtin_ctz(p->cs);
+    p->placement = (int)best->placement;
+    p->sb_seq = best->seq;
+    bool rewrite = false;
+    for (int i = 0; i < nfrags; i++) {
+        if (!frags[i].path || pr[i].kind != FR_OURS)
+            continue;
+        rc = open_own_frag(p, best, &frags[i], &pr[i], &rewrite);
+        if (rc < 0)
+            return rc;
+        if (rc == 1)
+            used_spec[i] = true;
+    }
+    rc = open_table_frags(p, best, frags, nfrags, used_spec, &rewrite);
+    if (!rc)
+        rc = pool_scan_all(p);
     if (!rc && rewrite)
         rc = lv_sb_write_all(p);
     return rc;
 }
 
-int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_pool_opts *o,
-                   const struct srrs_pool_frag_spec *frags, int nfrags, struct srrs_pool **out)
+/* A pool object for name with its options checked, nothing opened yet. */
+static int pool_alloc(struct srrs_core *core, const char *name, const struct srrs_pool_opts *o,
+                      int nfrags, struct srrs_pool **out)
 {
     if (!name || !*name || strlen(name) > 40)
         return srrs_err(-EINVAL, "pool name must be 1..40 bytes");
@@ -1731,10 +1783,17 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
         return srrs_err(-ENOMEM, "out of memory");
     }
     memset(p->rs, 0, sizeof(struct lv_rstate) * (size_t)p->nreactors);
-    struct frag_probe *pr_ = calloc((size_t)nfrags, sizeof(*pr_));
-    bool used[LV_MAX_FRAGS] = {0};
-    int rc = pr_ ? 0 : srrs_err(-ENOMEM, "out of memory");
-    bool any_ours = false, any_persistent = false;
+    *out = p;
+    return 0;
+}
+
+/* What each configured fragment holds (pr[i]); *any_ours: some carry this
+ * kind of superblock (the pool exists), *any_persistent: some are files. */
+static int probe_frags(const char *name, const struct srrs_pool_opts *o,
+                       const struct srrs_pool_frag_spec *frags, int nfrags, struct frag_probe *pr,
+                       bool *any_ours, bool *any_persistent)
+{
+    int rc = 0;
     int nosize = -1; /* a fragment to create without a size: an error unless the pool exists */
     for (int i = 0; i < nfrags && !rc; i++) {
         if (!frags[i].path) {
@@ -1742,75 +1801,108 @@ int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_p
                 rc = srrs_err(-EINVAL, "pool %s: a RAM fragment needs a size, a multiple of 4096", name);
             continue;
         }
-        any_persistent = true;
+        *any_persistent = true;
         rc = frag_check_free(name, frags[i].path);
         if (!rc)
-            rc = probe(frags[i].path, &pr_[i]);
+            rc = probe(frags[i].path, &pr[i]);
         if (rc)
             break;
-        if (pr_[i].kind == FR_OURS)
-            any_ours = true;
-        if (pr_[i].kind == FR_FOREIGN && !(o && o->force_create))
+        if (pr[i].kind == FR_OURS)
+            *any_ours = true;
+        if (pr[i].kind == FR_FOREIGN && !(o && o->force_create))
             rc = srrs_err(-EEXIST, "fragment %s holds data that is not an SRRS pool; refusing to "
                           "format it (set force_create to overwrite)", frags[i].path);
-        if (pr_[i].kind == FR_MISSING && !frags[i].size && nosize < 0)
+        if (pr[i].kind == FR_MISSING && !frags[i].size && nosize < 0)
             nosize = i;
     }
     /* In an existing pool the path may be a fragment its table records as
      * missing (the pool opens degraded); else adding it reports the error. */
-    if (!rc && !any_ours && nosize >= 0)
+    if (!rc && !*any_ours && nosize >= 0)
         rc = srrs_err(-ENOENT, "fragment %s does not exist and has no size to create it with",
                       frags[nosize].path);
-    if (!rc) {
-        if (!any_ours) {
-            rc = pool_create_new(p, o, frags, nfrags, any_persistent);
-            for (int i = 0; i < nfrags; i++)
-                used[i] = true;
-        } else {
-            rc = pool_open_existing(p, frags, nfrags, pr_, used);
-        }
-    }
-    /* Fresh fragments the config lists beyond the pool's table are added now. */
+    return rc;
+}
+
+/* Fresh fragments the config lists beyond the pool's table are added now. */
+static int add_listed_frags(struct srrs_pool *p, const struct srrs_pool_frag_spec *frags, int nfrags,
+                            const struct frag_probe *pr, const bool *used)
+{
+    int rc = 0;
     for (int i = 0; i < nfrags && !rc; i++) {
         if (used[i])
             continue;
-        if (frags[i].path && pr_[i].kind == FR_OURS)
+        if (frags[i].path && pr[i].kind == FR_OURS)
             rc = srrs_err(-EINVAL, "fragment %s: already part of the pool", frags[i].path);
         else
             rc = srrs_pool_frag_add(p, &frags[i]) < 0 ? -EINVAL : 0;
         if (rc)
             rc = (int)-EINVAL;
     }
-    free(pr_);
-    if (!rc) {
-        /* Every volume becomes a bdev. */
-        for (uint32_t h = 0; h < VHASH && !rc; h++)
-            for (struct lv_vol *v = p->vhash[h]; v && !rc; v = v->hnext) {
-                rc = vol_register(p, v);
-                if (rc)
-                    rc = srrs_err(rc, "pool %s: volume %s: %s", name, v->name, srrs_last_error());
-            }
-    }
-    if (rc) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
-        for (int i = 0; i < LV_MAX_FRAGS; i++) {
-            struct lv_frag *f = &p->frags[i];
-            if (!f->fresh || (f->ram && !f->shm))
-                continue;
-            /* made by this failed open (shared memory, a new file): nothing left behind */
-            if (f->bdev) {
-                srrs_bdev_close(&f->bdev);
-                srrs_bdev_delete(p->core, f->bdev_name);
-            }
-            if (f->ram)
-                lv_shm_drop(p, i, true);
-            else if (p->created && f->path[0]) /* no superblock elsewhere names it */
-                unlink(f->path);
+    return rc;
+}
+
+/* Every volume becomes a bdev. */
+static int register_volumes(struct srrs_pool *p)
+{
+    int rc = 0;
+    for (uint32_t h = 0; h < VHASH && !rc; h++)
+        for (struct lv_vol *v = p->vhash[h]; v && !rc; v = v->hnext) {
+            rc = vol_register(p, v);
+            if (rc)
+                rc = srrs_err(rc, "pool %s: volume %s: %s", p->name, v->name, srrs_last_error());
         }
-        pool_free(p);
-        return srrs_err(rc, "%s", msg);
+    return rc;
+}
+
+/* A failed open leaves nothing behind it made (shared memory, a new file);
+ * returns rc with the first error's message. */
+static int pool_open_undo(struct srrs_pool *p, int rc)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        if (!f->fresh || (f->ram && !f->shm))
+            continue;
+        if (f->bdev) {
+            srrs_bdev_close(&f->bdev);
+            srrs_bdev_delete(p->core, f->bdev_name);
+        }
+        if (f->ram)
+            lv_shm_drop(p, i, true);
+        else if (p->created && f->path[0]) /* no superblock elsewhere names it */
+            unlink(f->path);
     }
+    pool_free(p);
+    return srrs_err(rc, "%s", msg);
+}
+
+int srrs_pool_open(struct srrs_core *core, const char *name, const struct srrs_pool_opts *o,
+                   const struct srrs_pool_frag_spec *frags, int nfrags, struct srrs_pool **out)
+{
+    struct srrs_pool *p = NULL;
+    int rc = pool_alloc(core, name, o, nfrags, &p);
+    if (rc)
+        return rc;
+    struct frag_probe *pr = calloc((size_t)nfrags, sizeof(*pr));
+    bool used[LV_MAX_FRAGS] = {0};
+    bool any_ours = false, any_persistent = false;
+    rc = pr ? probe_frags(name, o, frags, nfrags, pr, &any_ours, &any_persistent)
+            : srrs_err(-ENOMEM, "out of memory");
+    if (!rc && !any_ours) {
+        rc = pool_create_new(p, o, frags, nfrags, any_persistent);
+        for (int i = 0; i < nfrags; i++)
+            used[i] = true;
+    } else if (!rc) {
+        rc = pool_open_existing(p, frags, nfrags, pr, used);
+    }
+    if (!rc)
+        rc = add_listed_frags(p, frags, nfrags, pr, used);
+    free(pr);
+    if (!rc)
+        rc = register_volumes(p);
+    if (rc)
+        return pool_open_undo(p, rc);
     health_start(p);
     pool_register(p);
     *out = p;

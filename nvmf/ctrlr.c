@@ -589,11 +589,156 @@ int srrs_nvmf_tgt_get_stats(struct srrs_nvmf_tgt *t, struct srrs_nvmf_tgt_stats 
 
 #define IPO_DATA(field) ((1u << 16) | (uint32_t)offsetof(struct nvmf_connect_data, field))
 
+/* A Connect's answer: status and DW0 (the cntlid, or where a bad field is). */
+struct connect_res {
+    uint16_t st;
+    uint32_t res;
+};
+
+/* The parts of a Connect checked before the target is looked at: 0 or the
+ * status (out->res: the offending field). */
+static uint16_t connect_check(struct nvmf_req *req, const struct nvmf_connect_data *d,
+                              struct connect_res *out)
+{
+    struct srrs_nvmf_tgt *t = nvmf_conn_pub(req->c)->tgt;
+    const struct nvme_sqe *cmd = &req->cmd;
+    uint32_t sqsize = cmd->cdw11 & 0xffff;
+    if (cmd->cdw10 & 0xffff) /* RECFMT */
+        return out->st = SC_CONNECT_FORMAT;
+    out->st = SC_CONNECT_INVALID_PARAM;
+    if (!memchr(d->subnqn, 0, sizeof(d->subnqn)) || !d->subnqn[0])
+        out->res = IPO_DATA(subnqn);
+    /* An empty host NQN (SPDK's initiator sends one unless told otherwise) is
+     * accepted as the Linux and SPDK targets do: it can only match a subsystem
+     * that allows any host, never a named allow-list entry. */
+    else if (!memchr(d->hostnqn, 0, sizeof(d->hostnqn)) || strlen(d->hostnqn) > 223)
+        out->res = IPO_DATA(hostnqn);
+    else if (sqsize < 1 || sqsize + 1 > t->opts.max_queue_depth)
+        out->res = 44;
+    else if ((cmd->cdw10 >> 16) > NVMF_MAX_IOQ)
+        out->res = 42;
+    else
+        out->st = 0;
+    return out->st;
+}
+
+/* Under t->lock: an admin queue's Connect makes a controller in the first
+ * free cntlid slot (round-robin over the range). NULL: out says why. */
+static struct nvmf_ctrlr *connect_new_ctrlr_locked(struct srrs_nvmf_tgt *t, struct nvmf_subsys *ss,
+                                                   const struct nvmf_connect_data *d,
+                                                   uint32_t kato_ms, int auth,
+                                                   struct connect_res *out)
+{
+    if (d->cntlid != 0xFFFF && d->cntlid != 0xFFFE) {
+        out->st = SC_CONNECT_INVALID_PARAM;
+        out->res = IPO_DATA(cntlid);
+        return NULL;
+    }
+    uint32_t range = cntlid_range(t), slot = UINT32_MAX;
+    for (uint32_t k = 0; k < range; k++) {
+        uint32_t i = (t->next_cntlid - t->opts.cntlid_min + k) % range;
+        if (!t->ctrlrs[i]) {
+            slot = i;
+            break;
+        }
+    }
+    struct nvmf_ctrlr *ct = slot == UINT32_MAX ? NULL : calloc(1, sizeof(*ct));
+    if (!ct) {
+        out->st = SC_CONNECT_BUSY;
+        return NULL;
+    }
+    ct->tgt = t;
+    ct->ss = ss;
+    ct->cntlid = (uint16_t)(t->opts.cntlid_min + slot);
+    t->next_cntlid = ct->cntlid + 1u > t->opts.cntlid_max ? t->opts.cntlid_min : ct->cntlid + 1u;
+    memcpy(ct->hostnqn, d->hostnqn, strlen(d->hostnqn) + 1); /* <= 223, checked */
+    memcpy(ct->hostid, d->hostid, 16);
+    atomic_store(&ct->refs, 1);
+    ct->kato_ms = kato_ms;
+    ct->last_ka = srrs_ticks();
+    ct->num_io_queues = t->opts.max_io_queues;
+    ct->vwc = true;
+    ct->auth = auth > 0;
+    t->ctrlrs[slot] = ct;
+    t->nctrlrs++;
+    out->res = ct->cntlid;
+    return ct;
+}
+
+/* Under t->lock: an I/O queue's Connect joins the live controller of the same
+ * subsystem, host NQN and host ID, once per qid. *auth: it must authenticate. */
+static struct nvmf_ctrlr *connect_join_ctrlr_locked(struct srrs_nvmf_tgt *t, struct nvmf_subsys *ss,
+                                                    const struct nvmf_connect_data *d,
+                                                    uint16_t qid, struct nvmf_conn *c, int *auth,
+                                                    struct connect_res *out)
+{
+    struct nvmf_ctrlr *ct = ctrlr_find(t, d->cntlid);
+    out->st = SC_CONNECT_INVALID_PARAM;
+    if (!ct || ct->ss != ss || atomic_load(&ct->dead) || strcmp(ct->hostnqn, d->hostnqn) ||
+        memcmp(ct->hostid, d->hostid, 16)) {
+        out->res = IPO_DATA(cntlid);
+        return NULL;
+    }
+    if (qid > ct->num_io_queues || ct->ioq[qid]) {
+        out->res = 42;
+        return NULL;
+    }
+    out->st = 0;
+    ct->ioq[qid] = c;
+    atomic_fetch_add(&ct->refs, 1);
+    out->res = ct->cntlid;
+    *auth |= ct->auth; /* every I/O queue authenticates, as the admin queue did */
+    return ct;
+}
+
+/* Under t->lock: the subsystem and host checks, then the controller. */
+static struct nvmf_ctrlr *connect_locked(struct nvmf_req *req, const struct nvmf_connect_data *d,
+                                         int *auth, struct connect_res *out)
+{
+    struct srrs_nvmf_tgt *t = nvmf_conn_pub(req->c)->tgt;
+    uint16_t qid = (uint16_t)(req->cmd.cdw10 >> 16);
+    struct nvmf_subsys *ss = subsys_find(t, d->subnqn);
+    if (!ss) {
+        out->st = SC_CONNECT_INVALID_PARAM;
+        out->res = IPO_DATA(subnqn);
+        return NULL;
+    }
+    if (!host_allowed(ss, d->hostnqn) || (*auth = nvmf_auth_connect_check(ss, d->hostnqn)) < 0) {
+        out->st = SC_CONNECT_INVALID_HOST;
+        out->res = IPO_DATA(hostnqn);
+        return NULL;
+    }
+    if (qid == 0)
+        return connect_new_ctrlr_locked(t, ss, d, req->cmd.cdw12, *auth, out);
+    return connect_join_ctrlr_locked(t, ss, d, qid, req->c, auth, out);
+}
+
+/* The queue is now the controller's: its size, SQ flow control and, when the
+ * host must authenticate, DH-HMAC-CHAP state (AUTHREQ.ATR in the answer). */
+static void connect_attach(struct nvmf_req *req, struct nvmf_ctrlr *ct, int auth,
+                           struct connect_res *out)
+{
+    struct nvmf_conn_pub *cp = nvmf_conn_pub(req->c);
+    uint16_t qid = (uint16_t)(req->cmd.cdw10 >> 16);
+    cp->ctrlr = ct;
+    cp->qid = qid;
+    cp->sqsize = (uint16_t)((req->cmd.cdw11 & 0xffff) + 1);
+    cp->sqhd_disabled = (req->cmd.cdw11 >> 16) & 0x04; /* CATTR */
+    if (auth > 0 && nvmf_auth_qp_init(cp)) {
+        out->st = SC_CONNECT_BUSY;
+        cp->close_after_tx = true;
+    } else if (auth > 0) {
+        out->res |= NVMF_CONNECT_ATR;
+    }
+    srrs_event_post(cp->tgt->core, SRRS_EV_CONN_UP, ct->cntlid, qid, cp->peer,
+                    "%s queue %u of controller %u connected to %s by %s",
+                    qid ? "I/O" : "admin", qid, ct->cntlid, ct->ss->nqn, ct->hostnqn);
+}
+
 static void fabrics_connect(struct nvmf_req *req)
 {
     struct nvmf_conn_pub *cp = nvmf_conn_pub(req->c);
     struct srrs_nvmf_tgt *t = cp->tgt;
-    const struct nvme_sqe *cmd = &req->cmd;
     if (cp->ctrlr) {
         nvmf_req_complete(req, SC_CMD_SEQ_ERROR, 0);
         return;
@@ -604,114 +749,18 @@ static void fabrics_connect(struct nvmf_req *req)
     }
     struct nvmf_connect_data d;
     memcpy(&d, req->buf, sizeof(d));
-    uint16_t recfmt = cmd->cdw10 & 0xffff, qid = (uint16_t)(cmd->cdw10 >> 16);
-    uint32_t sqsize = cmd->cdw11 & 0xffff;
-    uint8_t cattr = (uint8_t)(cmd->cdw11 >> 16);
-    if (recfmt) {
-        nvmf_req_complete(req, SC_CONNECT_FORMAT, 0);
+    struct connect_res out = {0, 0};
+    if (connect_check(req, &d, &out)) {
+        nvmf_req_complete(req, out.st, out.res);
         return;
     }
-    if (!memchr(d.subnqn, 0, sizeof(d.subnqn)) || !d.subnqn[0]) {
-        nvmf_req_complete(req, SC_CONNECT_INVALID_PARAM, IPO_DATA(subnqn));
-        return;
-    }
-    /* An empty host NQN (SPDK's initiator sends one unless told otherwise) is
-     * accepted as the Linux and SPDK targets do: it can only match a subsystem
-     * that allows any host, never a named allow-list entry. */
-    if (!memchr(d.hostnqn, 0, sizeof(d.hostnqn)) || strlen(d.hostnqn) > 223) {
-        nvmf_req_complete(req, SC_CONNECT_INVALID_PARAM, IPO_DATA(hostnqn));
-        return;
-    }
-    if (sqsize < 1 || sqsize + 1 > t->opts.max_queue_depth) {
-        nvmf_req_complete(req, SC_CONNECT_INVALID_PARAM, 44);
-        return;
-    }
-    if (qid > NVMF_MAX_IOQ) {
-        nvmf_req_complete(req, SC_CONNECT_INVALID_PARAM, 42);
-        return;
-    }
-    uint16_t st = 0;
-    uint32_t res = 0;
     int auth = 0;
-    struct nvmf_ctrlr *ct = NULL;
     pthread_mutex_lock(&t->lock);
-    struct nvmf_subsys *ss = subsys_find(t, d.subnqn);
-    if (!ss) {
-        st = SC_CONNECT_INVALID_PARAM;
-        res = IPO_DATA(subnqn);
-    } else if (!host_allowed(ss, d.hostnqn) || (auth = nvmf_auth_connect_check(ss, d.hostnqn)) < 0) {
-        st = SC_CONNECT_INVALID_HOST;
-        res = IPO_DATA(hostnqn);
-    } else if (qid == 0) {
-        if (d.cntlid != 0xFFFF && d.cntlid != 0xFFFE) {
-            st = SC_CONNECT_INVALID_PARAM;
-            res = IPO_DATA(cntlid);
-        } else {
-            uint32_t range = cntlid_range(t), slot = UINT32_MAX;
-            for (uint32_t k = 0; k < range; k++) {
-                uint32_t i = (t->next_cntlid - t->opts.cntlid_min + k) % range;
-                if (!t->ctrlrs[i]) {
-                    slot = i;
-                    break;
-                }
-            }
-            ct = slot == UINT32_MAX ? NULL : calloc(1, sizeof(*ct));
-            if (!ct) {
-                st = SC_CONNECT_BUSY;
-            } else {
-                ct->tgt = t;
-                ct->ss = ss;
-                ct->cntlid = (uint16_t)(t->opts.cntlid_min + slot);
-                t->next_cntlid = ct->cntlid + 1u > t->opts.cntlid_max ? t->opts.cntlid_min
-                                                                       : ct->cntlid + 1u;
-                memcpy(ct->hostnqn, d.hostnqn, strlen(d.hostnqn) + 1); /* <= 223, checked */
-                memcpy(ct->hostid, d.hostid, 16);
-                atomic_store(&ct->refs, 1);
-                ct->kato_ms = cmd->cdw12;
-                ct->last_ka = srrs_ticks();
-                ct->num_io_queues = t->opts.max_io_queues;
-                ct->vwc = true;
-                ct->auth = auth > 0;
-                t->ctrlrs[slot] = ct;
-                t->nctrlrs++;
-                res = ct->cntlid;
-            }
-        }
-    } else {
-        ct = ctrlr_find(t, d.cntlid);
-        if (!ct || ct->ss != ss || atomic_load(&ct->dead) || strcmp(ct->hostnqn, d.hostnqn) ||
-            memcmp(ct->hostid, d.hostid, 16)) {
-            st = SC_CONNECT_INVALID_PARAM;
-            res = IPO_DATA(cntlid);
-            ct = NULL;
-        } else if (qid > ct->num_io_queues || ct->ioq[qid]) {
-            st = SC_CONNECT_INVALID_PARAM;
-            res = 42;
-            ct = NULL;
-        } else {
-            ct->ioq[qid] = req->c;
-            atomic_fetch_add(&ct->refs, 1);
-            res = ct->cntlid;
-            auth |= ct->auth; /* every I/O queue authenticates, as the admin queue did */
-        }
-    }
+    struct nvmf_ctrlr *ct = connect_locked(req, &d, &auth, &out);
     pthread_mutex_unlock(&t->lock);
-    if (ct) {
-        cp->ctrlr = ct;
-        cp->qid = qid;
-        cp->sqsize = (uint16_t)(sqsize + 1);
-        cp->sqhd_disabled = cattr & 0x04;
-        if (auth > 0 && nvmf_auth_qp_init(cp)) {
-            st = SC_CONNECT_BUSY;
-            cp->close_after_tx = true;
-        } else if (auth > 0) {
-            res |= NVMF_CONNECT_ATR;
-        }
-        srrs_event_post(t->core, SRRS_EV_CONN_UP, ct->cntlid, qid, cp->peer,
-                        "%s queue %u of controller %u connected to %s by %s",
-                        qid ? "I/O" : "admin", qid, ct->cntlid, ss->nqn, ct->hostnqn);
-    }
-    nvmf_req_complete(req, st, res);
+    if (ct)
+        connect_attach(req, ct, auth, &out);
+    nvmf_req_complete(req, out.st, out.res);
 }
 
 static uint64_t prop_cap(const struct srrs_nvmf_tgt *t)

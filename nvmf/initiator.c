@@ -20,6 +20,7 @@
  * drops the path (a keep-alive of sorts).
  */
 #include "nvmf/nvmf_int.h"
+#include "nvmf/pdu.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -61,8 +62,8 @@ struct hreq {
     int status;
     uint16_t nvme;              /* NVMe status of the response (SC | SCT << 8 | DNR) */
     struct tx_pdu tx_cmd, tx_h2c;
-    uint8_t h_cmd[PDU_CMD_HLEN + 8];
-    uint8_t h_h2c[PDU_DATA_HLEN + 8];
+    uint8_t h_cmd[PDU_HDR_ROOM];   /* header, digest and padding to the target's CPDA */
+    uint8_t h_h2c[PDU_HDR_ROOM];
     struct hreq *next;
 };
 
@@ -72,7 +73,7 @@ struct hq {
     int fd;
     uint16_t qid;
     uint32_t nslots;
-    bool hdgst, ddgst;
+    struct pdu_fmt fmt;         /* digests and the target's CPDA, from the ICResp */
     struct hreq *slots;
     struct hreq *free;
     /* rx */
@@ -81,6 +82,7 @@ struct hq {
     int rx_state;               /* 0 header, 1 data, 2 data digest */
     uint8_t hdr[PDU_MAX_HDR];
     uint32_t hdr_have, hdr_need;
+    struct pdu_geom rx_geo;     /* of the PDU being received (pdu_ch_check) */
     struct hreq *rx_req;
     uint8_t *rx_dst;
     uint32_t rx_left, rx_crc, pad_left;
@@ -225,23 +227,34 @@ static int recv_all(int fd, void *p, size_t n)
     return 0;
 }
 
+/* A received header the rules refuse (nvmf/pdu.h): -EPROTO naming the field. */
+static int bad_pdu(const struct pdu_ch *ch, uint16_t fes, uint32_t fei)
+{
+    return srrs_err(-EPROTO, "nvmf host: bad PDU (type %u): FES %u at byte %u", ch->type, fes, fei);
+}
+
 static int q_icreq(struct hq *q, bool hd, bool dd)
 {
-    struct pdu_icreq ic = {0};
-    ic.ch.type = PDU_ICREQ;
-    ic.ch.hlen = PDU_IC_LEN;
-    ic.ch.plen = PDU_IC_LEN;
-    ic.dgst = (uint8_t)((hd ? 1 : 0) | (dd ? 2 : 0));
-    int rc = send_all(q->fd, &ic, sizeof(ic));
+    uint8_t ic[PDU_IC_LEN];
+    pdu_ic_build(ic, PDU_ICREQ, 0, hd, dd, 0);
+    int rc = send_all(q->fd, ic, sizeof(ic));
     struct pdu_icresp r;
     if (!rc)
         rc = recv_all(q->fd, &r, sizeof(r));
     if (rc)
         return rc;
-    if (r.ch.type != PDU_ICRESP || r.ch.plen != PDU_IC_LEN || r.pfv != 0)
-        return srrs_err(-EPROTO, "nvmf host: bad ICResp (type %u)", r.ch.type);
-    q->hdgst = r.dgst & 1;
-    q->ddgst = r.dgst & 2;
+    struct pdu_fmt none = {0};
+    struct pdu_geom g;
+    uint32_t fei;
+    uint16_t fes = pdu_ch_check(&r.ch, &none, &pdu_rules_host_ic, &g, &fei);
+    if (!fes)
+        fes = pdu_ic_check((const uint8_t *)&r, &fei);
+    if (fes)
+        return srrs_err(-EPROTO, "nvmf host: bad ICResp (type %u): FES %u at byte %u", r.ch.type,
+                        fes, fei);
+    q->fmt.hdgst = r.dgst & 1;
+    q->fmt.ddgst = r.dgst & 2;
+    q->fmt.align = pdu_align_bytes(r.cpda);
     if (q->h->info.maxh2cdata == 0 || r.maxh2cdata < q->h->info.maxh2cdata)
         q->h->info.maxh2cdata = r.maxh2cdata;
     if (r.maxh2cdata < 4096)
@@ -249,57 +262,34 @@ static int q_icreq(struct hq *q, bool hd, bool dd)
     return 0;
 }
 
-static uint32_t seal(bool hdgst, bool ddgst, uint8_t *h, uint8_t type, uint8_t flags, uint8_t hlen,
-                     uint32_t dlen)
-{
-    struct pdu_ch *ch = (struct pdu_ch *)h;
-    uint32_t hl = hlen + (hdgst ? 4u : 0u);
-    bool dd = ddgst && dlen;
-    ch->type = type;
-    ch->flags = (uint8_t)(flags | (hdgst ? PDU_F_HDGST : 0) | (dd ? PDU_F_DDGST : 0));
-    ch->hlen = hlen;
-    ch->pdo = dlen ? (uint8_t)hl : 0;
-    ch->plen = hl + dlen + (dd ? 4u : 0u);
-    if (hdgst) {
-        uint32_t c = srrs_crc32c(0, h, hlen);
-        memcpy(h + hlen, &c, 4);
-    }
-    return hl;
-}
-
-/* Reads one PDU header (with digest) on a blocking socket. */
+/* Reads one PDU header (with digest, and the padding after it) on a blocking
+ * socket; *payload: the data bytes that follow (then their digest). */
 static int read_pdu_hdr(struct hq *q, uint8_t *hdr, uint32_t *payload)
 {
     int rc = recv_all(q->fd, hdr, PDU_CH_LEN);
     if (rc)
         return rc;
     struct pdu_ch *ch = (struct pdu_ch *)hdr;
-    if (ch->hlen < PDU_CH_LEN || ch->hlen > PDU_IC_LEN)
-        return srrs_err(-EPROTO, "nvmf host: bad header length %u", ch->hlen);
-    bool hd = q->hdgst && ch->type != PDU_C2H_TERM;
-    uint32_t hl = ch->hlen + (hd ? 4u : 0u);
-    if (ch->plen < hl)
-        return srrs_err(-EPROTO, "nvmf host: bad PDU length");
-    rc = recv_all(q->fd, hdr + PDU_CH_LEN, hl - PDU_CH_LEN);
+    struct pdu_geom g;
+    uint32_t fei;
+    uint16_t fes = pdu_ch_check(ch, &q->fmt, &pdu_rules_host, &g, &fei);
+    if (fes)
+        return bad_pdu(ch, fes, fei);
+    rc = recv_all(q->fd, hdr + PDU_CH_LEN, g.hl - PDU_CH_LEN);
     if (rc)
         return rc;
     if (ch->type == PDU_C2H_TERM)
         return srrs_err(-ECONNRESET, "nvmf host: target sent a termination request (FES %u)",
                         ((struct pdu_term *)hdr)->fes);
-    if (hd) {
-        uint32_t want;
-        memcpy(&want, hdr + ch->hlen, 4);
-        if (want != srrs_crc32c(0, hdr, ch->hlen))
-            return srrs_err(-EPROTO, "nvmf host: header digest error");
-    }
-    *payload = ch->plen - hl;
-    if (*payload && ch->pdo > hl) {
+    if (g.hl > ch->hlen && !pdu_hdgst_ok(hdr))
+        return srrs_err(-EPROTO, "nvmf host: header digest error");
+    if (g.pad) {
         uint8_t pad[256];
-        rc = recv_all(q->fd, pad, ch->pdo - hl);
+        rc = recv_all(q->fd, pad, g.pad);
         if (rc)
             return rc;
-        *payload -= ch->pdo - hl;
     }
+    *payload = g.dlen;
     return 0;
 }
 
@@ -307,7 +297,7 @@ static int read_pdu_hdr(struct hq *q, uint8_t *hdr, uint32_t *payload)
 static int sync_cmd(struct hq *q, struct nvme_sqe *sqe, const void *out, uint32_t out_len, void *in,
                     uint32_t in_len, struct nvme_cqe *cqe)
 {
-    uint8_t hdr[PDU_MAX_HDR + 8] = {0};
+    uint8_t hdr[SRRS_MAX(PDU_MAX_HDR, PDU_HDR_ROOM)] = {0};
     sqe->cid = 0x1000 | (sqe->cid & 0xfff);
     sqe->flags = 0x40; /* PSDT: SGL */
     if (out_len) {
@@ -318,12 +308,12 @@ static int sync_cmd(struct hq *q, struct nvme_sqe *sqe, const void *out, uint32_
         sqe->sgl.len = in_len;
     }
     memcpy(hdr + PDU_CH_LEN, sqe, sizeof(*sqe));
-    uint32_t hl = seal(q->hdgst, q->ddgst, hdr, PDU_CMD, 0, PDU_CMD_HLEN, out_len);
+    uint32_t hl = pdu_seal(&q->fmt, hdr, PDU_CMD, 0, out_len);
     int rc = send_all(q->fd, hdr, hl);
     if (!rc && out_len)
         rc = send_all(q->fd, out, out_len);
-    if (!rc && out_len && q->ddgst) {
-        uint32_t c = srrs_crc32c(0, out, out_len);
+    if (!rc && out_len && q->fmt.ddgst) {
+        uint32_t c = pdu_crc(0, out, out_len);
         rc = send_all(q->fd, &c, 4);
     }
     if (rc)
@@ -341,8 +331,8 @@ static int sync_cmd(struct hq *q, struct nvme_sqe *sqe, const void *out, uint32_
         if (ch->type != PDU_C2H_DATA)
             return srrs_err(-EPROTO, "nvmf host: unexpected PDU type %u", ch->type);
         struct pdu_data *d = (struct pdu_data *)hdr;
-        uint32_t dd = q->ddgst ? 4 : 0;
-        if (payload < dd || d->len != payload - dd || d->off > in_len || d->len > in_len - d->off)
+        uint32_t dd = q->fmt.ddgst ? 4 : 0;
+        if (d->len != payload || d->off > in_len || d->len > in_len - d->off)
             return srrs_err(-EPROTO, "nvmf host: C2HData outside the buffer");
         rc = recv_all(q->fd, (uint8_t *)in + d->off, d->len);
         uint32_t got = 0;
@@ -350,7 +340,7 @@ static int sync_cmd(struct hq *q, struct nvme_sqe *sqe, const void *out, uint32_
             rc = recv_all(q->fd, &got, 4);
         if (rc)
             return rc;
-        if (dd && got != srrs_crc32c(0, (uint8_t *)in + d->off, d->len))
+        if (dd && got != pdu_crc(0, (uint8_t *)in + d->off, d->len))
             return srrs_err(-EPROTO, "nvmf host: data digest error");
         if (ch->flags & PDU_F_SUCCESS) {
             memset(cqe, 0, sizeof(*cqe));
@@ -585,19 +575,15 @@ static int read_ana(struct hpath *p, int *state)
     return rc;
 }
 
-/* Blocking: admin queue (connect, enable, identify, queue count), namespace
- * 1's identity, the ANA state and h->nioq I/O queues. The first path defines
- * the host's namespace; the others must show the same one. */
-static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
+/* Blocking: the admin queue's ICReq, Connect (its cntlid), CAP and enable;
+ * *qsize: the I/O queue size the controller allows (CAP.MQES + 1). */
+static int path_admin_up(struct hpath *p, int to, uint32_t *qsize)
 {
     struct srrs_nvmf_host *h = p->h;
-    const struct srrs_nvmf_host_opts *o = &h->o;
-    if (!p->ana_log && !(p->ana_log = malloc(H_ANA_LOG_LEN)))
-        return srrs_err(-ENOMEM, "nvmf host: out of memory");
     q_close(&p->admin);
     int rc = q_open(p, &p->admin, to);
     if (!rc) {
-        rc = q_connect(h, &p->admin, 0, 32, 0xFFFF, o->kato_ms);
+        rc = q_connect(h, &p->admin, 0, 32, 0xFFFF, h->o.kato_ms);
         if (rc >= 0) {
             p->cntlid = (uint16_t)rc;
             rc = 0;
@@ -606,95 +592,151 @@ static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
     uint64_t cap = 0;
     if (!rc)
         rc = prop(&p->admin, false, PROP_CAP, 0, true, &cap);
-    uint32_t qsize = SRRS_MIN(h->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
+    *qsize = SRRS_MIN(h->qsize, (uint32_t)(cap & 0xffff) + 1); /* CAP.MQES */
     if (!rc)
         rc = enable_ctrlr(&p->admin, to);
-    uint8_t *id = calloc(1, 4096);
-    if (!id && !rc)
-        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
-    if (!rc)
-        rc = admin_cmd(&p->admin, ADM_IDENTIFY, 0, 1, 0, id, 4096, NULL);
-    if (!rc) {
-        uint32_t ioccsz;
-        memcpy(&ioccsz, id + 1792, 4);
-        p->ioccsz_bytes = ioccsz >= 4 ? ioccsz * 16 - 64 : 0;
-        p->mdts_bytes = id[77] ? 4096u << id[77] : (1u << 30);
-        if (first) {
-            memcpy(h->info.sn, id + 4, 20);
-            memcpy(h->info.mn, id + 24, 40);
-            memcpy(&h->info.nn, id + 516, 4);
-            h->info.cntlid = p->cntlid;
-            h->info.ioccsz_bytes = p->ioccsz_bytes;
-            h->info.mdts_bytes = p->mdts_bytes;
-        }
-        uint32_t dw0 = 0, n = h->nioq - 1;
-        rc = admin_cmd(&p->admin, ADM_SET_FEATURES, 0, 0x07, n | n << 16, NULL, 0, &dw0);
-        if (!rc && SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1 < h->nioq)
-            rc = srrs_err(-ENOSPC, "nvmf host: target grants only %u I/O queues",
-                          SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1);
+    return rc;
+}
+
+/* Blocking: Identify Controller (in-capsule and transfer limits; the first
+ * path also fills the host's info) and the I/O queue count. id: 4 KiB. */
+static int path_identify_ctrlr(struct hpath *p, bool first, uint8_t *id)
+{
+    struct srrs_nvmf_host *h = p->h;
+    int rc = admin_cmd(&p->admin, ADM_IDENTIFY, 0, 1, 0, id, 4096, NULL);
+    if (rc)
+        return rc;
+    uint32_t ioccsz;
+    memcpy(&ioccsz, id + 1792, 4);
+    p->ioccsz_bytes = ioccsz >= 4 ? ioccsz * 16 - 64 : 0;
+    p->mdts_bytes = id[77] ? 4096u << id[77] : (1u << 30);
+    if (first) {
+        memcpy(h->info.sn, id + 4, 20);
+        memcpy(h->info.mn, id + 24, 40);
+        memcpy(&h->info.nn, id + 516, 4);
+        h->info.cntlid = p->cntlid;
+        h->info.ioccsz_bytes = p->ioccsz_bytes;
+        h->info.mdts_bytes = p->mdts_bytes;
     }
-    if (!rc) {
-        memset(id, 0, 4096);
-        rc = admin_cmd(&p->admin, ADM_IDENTIFY, 1, 0, 0, id, 4096, NULL);
+    uint32_t dw0 = 0, n = h->nioq - 1;
+    rc = admin_cmd(&p->admin, ADM_SET_FEATURES, 0, 0x07, n | n << 16, NULL, 0, &dw0);
+    if (!rc && SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1 < h->nioq)
+        rc = srrs_err(-ENOSPC, "nvmf host: target grants only %u I/O queues",
+                      SRRS_MIN(dw0 & 0xffff, dw0 >> 16) + 1);
+    return rc;
+}
+
+/* Blocking: Identify Namespace 1. The first path defines the host's
+ * namespace (size, block size, NGUID); the others must show the same one. */
+static int path_identify_ns(struct hpath *p, bool first, uint8_t *id)
+{
+    struct srrs_nvmf_host *h = p->h;
+    memset(id, 0, 4096);
+    int rc = admin_cmd(&p->admin, ADM_IDENTIFY, 1, 0, 0, id, 4096, NULL);
+    if (rc)
+        return rc;
+    uint64_t nsze;
+    memcpy(&nsze, id, 8);
+    uint8_t lbads = id[130 + 4 * (id[26] & 0xf)];
+    if (!nsze || lbads < 9 || lbads > 12)
+        rc = srrs_err(-ENODEV, "nvmf host: namespace 1 is not active at %s:%d", p->addr,
+                      p->port);
+    uint32_t bs = 1u << (lbads & 31);
+    memcpy(&p->anagrpid, id + 92, 4);
+    if (!rc && first) {
+        h->info.block_size = bs;
+        h->info.size = nsze * bs;
+        memcpy(h->nguid, id + 104, 16);
+    } else if (!rc && (bs != h->info.block_size || nsze * bs != h->info.size ||
+                       memcmp(h->nguid, id + 104, 16))) {
+        rc = srrs_err(-EINVAL, "nvmf host: %s:%d serves another namespace (NGUID, size or "
+                      "block size differ): not a path to the same one", p->addr, p->port);
     }
-    if (!rc) {
-        uint64_t nsze;
-        memcpy(&nsze, id, 8);
-        uint8_t lbads = id[130 + 4 * (id[26] & 0xf)];
-        if (!nsze || lbads < 9 || lbads > 12)
-            rc = srrs_err(-ENODEV, "nvmf host: namespace 1 is not active at %s:%d", p->addr,
-                          p->port);
-        uint32_t bs = 1u << (lbads & 31);
-        memcpy(&p->anagrpid, id + 92, 4);
-        if (!rc && first) {
-            h->info.block_size = bs;
-            h->info.size = nsze * bs;
-            memcpy(h->nguid, id + 104, 16);
-        } else if (!rc && (bs != h->info.block_size || nsze * bs != h->info.size ||
-                           memcmp(h->nguid, id + 104, 16))) {
-            rc = srrs_err(-EINVAL, "nvmf host: %s:%d serves another namespace (NGUID, size or "
-                          "block size differ): not a path to the same one", p->addr, p->port);
-        }
-    }
-    free(id);
+    return rc;
+}
+
+/* Blocking: the path's ANA state now (optimized when it reports none). */
+static int path_read_ana(struct hpath *p)
+{
     int ana = ANA_OPTIMIZED;
-    if (!rc && p->anagrpid)
-        rc = read_ana(p, &ana);
+    int rc = p->anagrpid ? read_ana(p, &ana) : 0;
     if (!rc) {
         uint64_t w = atomic_load(&p->ana_word);
         atomic_store(&p->ana_word, ((w >> 8) + 1) << 8 | (uint8_t)ana);
     }
-    struct hq *ioq = NULL;
-    if (!rc && !(ioq = calloc(h->nioq, sizeof(*ioq))))
-        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
-    for (uint32_t i = 0; ioq && i < h->nioq; i++)
-        ioq[i].fd = -1;
-    for (uint32_t i = 0; !rc && i < h->nioq; i++) {
-        struct hq *q = &ioq[i];
-        rc = q_open(p, q, to);
-        if (!rc) {
-            rc = q_connect(h, q, (uint16_t)(i + 1), qsize, p->cntlid, 0);
-            rc = rc > 0 ? 0 : rc;
-        }
-        if (!rc) {
-            q->nslots = qsize - 1;
-            q->slots = calloc(q->nslots, sizeof(*q->slots));
-            q->rbuf = malloc(H_RBUF);
-            if (!q->slots || !q->rbuf)
-                rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
-            for (uint32_t k = q->nslots; !rc && k-- > 0;) {
-                q->slots[k].cid = (uint16_t)k;
-                q->slots[k].q = q;
-                q->slots[k].next = q->free;
-                q->free = &q->slots[k];
-            }
-            fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
-        }
+    return rc;
+}
+
+/* Blocking: one I/O queue (ICReq, Connect), its request slots and receive
+ * buffer; left non-blocking for the reactor. */
+static int ioq_open(struct hpath *p, struct hq *q, uint16_t qid, uint32_t qsize, int to)
+{
+    int rc = q_open(p, q, to);
+    if (!rc) {
+        rc = q_connect(p->h, q, qid, qsize, p->cntlid, 0);
+        rc = rc > 0 ? 0 : rc;
     }
+    if (rc)
+        return rc;
+    q->nslots = qsize - 1;
+    q->slots = calloc(q->nslots, sizeof(*q->slots));
+    q->rbuf = malloc(H_RBUF);
+    if (!q->slots || !q->rbuf)
+        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
+    for (uint32_t k = q->nslots; !rc && k-- > 0;) {
+        q->slots[k].cid = (uint16_t)k;
+        q->slots[k].q = q;
+        q->slots[k].next = q->free;
+        q->free = &q->slots[k];
+    }
+    fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
+    return rc;
+}
+
+/* Blocking: h->nioq I/O queues of qsize entries into *out (freed on failure). */
+static int path_ioqs_open(struct hpath *p, uint32_t qsize, int to, struct hq **out)
+{
+    struct srrs_nvmf_host *h = p->h;
+    struct hq *ioq = calloc(h->nioq, sizeof(*ioq));
+    if (!ioq)
+        return srrs_err(-ENOMEM, "nvmf host: out of memory");
+    for (uint32_t i = 0; i < h->nioq; i++)
+        ioq[i].fd = -1;
+    int rc = 0;
+    for (uint32_t i = 0; !rc && i < h->nioq; i++)
+        rc = ioq_open(p, &ioq[i], (uint16_t)(i + 1), qsize, to);
     if (rc) {
         ioq_free(ioq, h->nioq);
         return rc;
     }
+    *out = ioq;
+    return 0;
+}
+
+/* Blocking: admin queue (connect, enable, identify, queue count), namespace
+ * 1's identity, the ANA state and h->nioq I/O queues. The first path defines
+ * the host's namespace; the others must show the same one. */
+static int path_setup(struct hpath *p, bool first, int to, struct hq **ioq_out)
+{
+    if (!p->ana_log && !(p->ana_log = malloc(H_ANA_LOG_LEN)))
+        return srrs_err(-ENOMEM, "nvmf host: out of memory");
+    uint32_t qsize = 0;
+    int rc = path_admin_up(p, to, &qsize);
+    uint8_t *id = calloc(1, 4096);
+    if (!id && !rc)
+        rc = srrs_err(-ENOMEM, "nvmf host: out of memory");
+    if (!rc)
+        rc = path_identify_ctrlr(p, first, id);
+    if (!rc)
+        rc = path_identify_ns(p, first, id);
+    free(id);
+    if (!rc)
+        rc = path_read_ana(p);
+    struct hq *ioq = NULL;
+    if (!rc)
+        rc = path_ioqs_open(p, qsize, to, &ioq);
+    if (rc)
+        return rc;
     /* From here the admin queue only answers the monitor's ANA reads. */
     struct timeval tv = {H_PROBE_TIMEOUT_MS / 1000, (H_PROBE_TIMEOUT_MS % 1000) * 1000};
     setsockopt(p->admin.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -1174,14 +1216,7 @@ static void hq_fail(struct hq *q, const char *why)
 static void hpdu_set(struct hq *q, struct tx_pdu *p, struct hreq *r, uint8_t *h, uint32_t hl,
                      void *data, uint32_t dlen)
 {
-    p->req = (struct nvmf_req *)(void *)r; /* opaque owner tag */
-    p->hdr = h;
-    p->hlen = hl;
-    p->data = data;
-    p->dlen = dlen;
-    p->has_ddgst = q->ddgst && dlen;
-    if (p->has_ddgst)
-        p->ddgst = srrs_crc32c(0, data, dlen);
+    pdu_tx_set(&q->fmt, p, r, h, hl, data, dlen); /* r: an opaque owner tag here */
     r->tx_pending++;
     htx_queue(q, p);
 }
@@ -1222,7 +1257,7 @@ static int hq_submit(struct hq *q, struct srrs_bench_req *b)
     sqe->sgl.len = b->len;
     bool incap = r->write && b->len <= q->p->ioccsz_bytes;
     sqe->sgl.type = incap ? SGL_DATA_BLOCK_OFFSET : SGL_TRANSPORT_DATA_BLOCK;
-    uint32_t hl = seal(q->hdgst, q->ddgst, r->h_cmd, PDU_CMD, 0, PDU_CMD_HLEN, incap ? b->len : 0);
+    uint32_t hl = pdu_seal(&q->fmt, r->h_cmd, PDU_CMD, 0, incap ? b->len : 0);
     hpdu_set(q, &r->tx_cmd, r, r->h_cmd, hl, incap ? b->buf : NULL, incap ? b->len : 0);
     return 0;
 }
@@ -1262,7 +1297,7 @@ static void h_data_end(struct hq *q)
 {
     struct hreq *r = q->rx_req;
     bool success = q->rx_success;
-    if (q->ddgst) {
+    if (q->fmt.ddgst) {
         uint32_t got;
         memcpy(&got, q->ddg, 4);
         if (got != q->rx_crc && r)
@@ -1273,79 +1308,111 @@ static void h_data_end(struct hq *q)
         hreq_done(q, r, r->status);
 }
 
+/* n payload bytes landed at rx_dst (copied there, or received there). */
+static void h_data_in(struct hq *q, uint32_t n)
+{
+    if (q->fmt.ddgst)
+        q->rx_crc = pdu_crc(q->rx_crc, q->rx_dst, n);
+    q->rx_dst += n;
+    q->rx_left -= n;
+    if (q->rx_left)
+        return;
+    if (q->fmt.ddgst)
+        q->rx_state = 2;
+    else
+        h_data_end(q);
+}
+
+static void h_rsp_hdr(struct hq *q)
+{
+    struct nvme_cqe cqe;
+    memcpy(&cqe, q->hdr + PDU_CH_LEN, sizeof(cqe));
+    h_rx_next(q);
+    struct hreq *r = h_req(q, cqe.cid);
+    if (r) {
+        r->nvme = cqe.status >> 1;
+        hreq_done(q, r, r->nvme ? -EIO : r->status);
+    }
+}
+
+/* Read data for a command of ours: straight into the job's buffer. */
+static void h_c2h_hdr(struct hq *q)
+{
+    const struct pdu_ch *ch = (const struct pdu_ch *)q->hdr;
+    const struct pdu_data *d = (const struct pdu_data *)q->hdr;
+    struct hreq *r = h_req(q, d->cccid);
+    if (!r)
+        return;
+    if (r->write || q->rx_geo.dlen != d->len || d->off > r->breq->len ||
+        d->len > r->breq->len - d->off || !d->len) {
+        hq_fail(q, "bad C2HData");
+        return;
+    }
+    q->rx_req = r;
+    q->rx_dst = (uint8_t *)r->breq->buf + d->off;
+    q->rx_left = d->len;
+    q->rx_crc = 0;
+    q->ddg_have = 0;
+    q->pad_left = q->rx_geo.pad;
+    q->rx_success = ch->flags & PDU_F_SUCCESS;
+    q->rx_state = 1;
+}
+
+/* The target asks for a write's data: queue one H2CData with it. */
+static void h_r2t_hdr(struct hq *q)
+{
+    const struct pdu_data *d = (const struct pdu_data *)q->hdr;
+    uint16_t ttag = d->ttag;
+    uint32_t off = d->off, len = d->len;
+    struct hreq *r = h_req(q, d->cccid);
+    h_rx_next(q);
+    if (!r)
+        return;
+    if (!r->write || off > r->breq->len || len > r->breq->len - off || !len ||
+        len > q->h->info.maxh2cdata) {
+        hq_fail(q, "bad R2T");
+        return;
+    }
+    bool last = off + len == r->breq->len;
+    pdu_data_hdr(r->h_h2c, r->cid, ttag, off, len);
+    uint32_t hl = pdu_seal(&q->fmt, r->h_h2c, PDU_H2C_DATA, last ? PDU_F_LAST : 0, len);
+    hpdu_set(q, &r->tx_h2c, r, r->h_h2c, hl, (uint8_t *)r->breq->buf + off, len);
+}
+
 static void h_hdr_done(struct hq *q)
 {
-    struct pdu_ch *ch = (struct pdu_ch *)q->hdr;
-    bool hd = q->hdgst;
-    if (hd) {
-        uint32_t want;
-        memcpy(&want, q->hdr + ch->hlen, 4);
-        if (want != srrs_crc32c(0, q->hdr, ch->hlen)) {
-            hq_fail(q, "header digest");
-            return;
-        }
+    const struct pdu_ch *ch = (const struct pdu_ch *)q->hdr;
+    if (q->rx_geo.hl > ch->hlen && !pdu_hdgst_ok(q->hdr)) {
+        hq_fail(q, "header digest");
+        return;
     }
-    uint32_t hl = q->hdr_need;
     switch (ch->type) {
-    case PDU_RSP: {
-        struct nvme_cqe cqe;
-        memcpy(&cqe, q->hdr + PDU_CH_LEN, sizeof(cqe));
-        h_rx_next(q);
-        struct hreq *r = h_req(q, cqe.cid);
-        if (r) {
-            r->nvme = cqe.status >> 1;
-            hreq_done(q, r, r->nvme ? -EIO : r->status);
-        }
+    case PDU_RSP:
+        h_rsp_hdr(q);
         return;
-    }
-    case PDU_C2H_DATA: {
-        struct pdu_data *d = (struct pdu_data *)q->hdr;
-        uint32_t dd = q->ddgst ? 4 : 0;
-        struct hreq *r = h_req(q, d->cccid);
-        if (!r)
-            return;
-        if (r->write || ch->plen < (uint32_t)ch->pdo + dd || ch->pdo < hl ||
-            ch->plen - ch->pdo - dd != d->len || d->off > r->breq->len ||
-            d->len > r->breq->len - d->off || !d->len) {
-            hq_fail(q, "bad C2HData");
-            return;
-        }
-        q->rx_req = r;
-        q->rx_dst = (uint8_t *)r->breq->buf + d->off;
-        q->rx_left = d->len;
-        q->rx_crc = 0;
-        q->ddg_have = 0;
-        q->pad_left = ch->pdo - hl;
-        q->rx_success = ch->flags & PDU_F_SUCCESS;
-        q->rx_state = 1;
+    case PDU_C2H_DATA:
+        h_c2h_hdr(q);
         return;
-    }
-    case PDU_R2T: {
-        struct pdu_data *d = (struct pdu_data *)q->hdr;
-        struct hreq *r = h_req(q, d->cccid);
-        h_rx_next(q);
-        if (!r)
-            return;
-        if (!r->write || d->off > r->breq->len || d->len > r->breq->len - d->off || !d->len ||
-            d->len > q->h->info.maxh2cdata) {
-            hq_fail(q, "bad R2T");
-            return;
-        }
-        struct pdu_data *o = (struct pdu_data *)r->h_h2c;
-        memset(r->h_h2c, 0, sizeof(r->h_h2c));
-        o->cccid = r->cid;
-        o->ttag = d->ttag;
-        o->off = d->off;
-        o->len = d->len;
-        bool last = d->off + d->len == r->breq->len;
-        uint32_t h2 = seal(q->hdgst, q->ddgst, r->h_h2c, PDU_H2C_DATA, last ? PDU_F_LAST : 0,
-                           PDU_DATA_HLEN, d->len);
-        hpdu_set(q, &r->tx_h2c, r, r->h_h2c, h2, (uint8_t *)r->breq->buf + d->off, d->len);
+    case PDU_R2T:
+        h_r2t_hdr(q);
         return;
-    }
     default:
         hq_fail(q, "unexpected PDU");
     }
+}
+
+/* The common header is in: check it (nvmf/pdu.h) and learn the header's length. */
+static bool h_ch_check(struct hq *q)
+{
+    const struct pdu_ch *ch = (const struct pdu_ch *)q->hdr;
+    uint32_t fei;
+    if (pdu_ch_check(ch, &q->fmt, &pdu_rules_host, &q->rx_geo, &fei) ||
+        ch->type == PDU_C2H_TERM) {
+        hq_fail(q, "termination or bad header");
+        return false;
+    }
+    q->hdr_need = q->rx_geo.hl;
+    return true;
 }
 
 static void h_parse(struct hq *q)
@@ -1359,14 +1426,8 @@ static void h_parse(struct hq *q)
             memcpy(q->hdr + q->hdr_have, p, n);
             q->hdr_have += n;
             q->rhead += n;
-            if (q->hdr_have == PDU_CH_LEN) {
-                struct pdu_ch *ch = (struct pdu_ch *)q->hdr;
-                if (ch->type == PDU_C2H_TERM || ch->hlen != PDU_DATA_HLEN) {
-                    hq_fail(q, "termination or bad header");
-                    return;
-                }
-                q->hdr_need = ch->hlen + (q->hdgst ? 4u : 0u);
-            }
+            if (q->hdr_have == PDU_CH_LEN && !h_ch_check(q))
+                return;
             if (q->hdr_have == q->hdr_need && q->hdr_have > PDU_CH_LEN)
                 h_hdr_done(q);
         } else if (q->rx_state == 1) {
@@ -1378,17 +1439,8 @@ static void h_parse(struct hq *q)
             }
             n = SRRS_MIN(q->rx_left, avail);
             memcpy(q->rx_dst, p, n);
-            if (q->ddgst)
-                q->rx_crc = srrs_crc32c(q->rx_crc, q->rx_dst, n);
-            q->rx_dst += n;
-            q->rx_left -= n;
             q->rhead += n;
-            if (!q->rx_left) {
-                if (q->ddgst)
-                    q->rx_state = 2;
-                else
-                    h_data_end(q);
-            }
+            h_data_in(q, n);
         } else {
             n = SRRS_MIN(4 - q->ddg_have, avail);
             memcpy(q->ddg + q->ddg_have, p, n);
@@ -1423,16 +1475,7 @@ static int hq_rx(struct hq *q)
             if (drained)
                 q->rx_ready = false;
             if (direct) {
-                if (q->ddgst)
-                    q->rx_crc = srrs_crc32c(q->rx_crc, q->rx_dst, (size_t)n);
-                q->rx_dst += n;
-                q->rx_left -= (uint32_t)n;
-                if (!q->rx_left) {
-                    if (q->ddgst)
-                        q->rx_state = 2;
-                    else
-                        h_data_end(q);
-                }
+                h_data_in(q, (uint32_t)n);
             } else {
                 q->rtail = (uint32_t)n;
             }

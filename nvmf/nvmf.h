@@ -241,6 +241,21 @@ int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t 
 /* control. Shuts the controller down (CC.SHN) and closes the sockets. Nulls *h. */
 void srrs_nvmf_host_disconnect(struct srrs_nvmf_host **h);
 
+/* ---- PDU framing rules (nvmf/pdu.h), for tests --------------------------- */
+
+/* any. Checks a received common header (8 bytes at ch) as the target (host 0)
+ * or the initiator (host 1) does on a queue with these digests, having asked
+ * the peer for cpda_align (bytes; <= 4: none; both ends ask for none today):
+ * 0 or the fatal error status (FES), *fei the offending byte; geom[3]:
+ * header + digest, padding and payload bytes. */
+int srrs_nvmf_pdu_check(int host, const uint8_t *ch, int hdgst, int ddgst, uint32_t cpda_align,
+                        uint32_t *fei, uint32_t *geom);
+/* any. Frames the header whose specific part is in h (room: 152 bytes) for
+ * dlen payload bytes, padding to align (the peer's HPDA/CPDA in bytes);
+ * returns the bytes before the payload. */
+uint32_t srrs_nvmf_pdu_seal(uint8_t *h, uint8_t type, uint8_t flags, uint32_t dlen, int hdgst,
+                            int ddgst, uint32_t align);
+
 /* ---- transport floor (benchmark only) ------------------------------------ */
 
 /* control. Busy-polled TCP ping-pong on loopback (server thread on

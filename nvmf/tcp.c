@@ -11,6 +11,7 @@
  * PDU. Nothing here allocates, locks or runs Python per I/O.
  */
 #include "nvmf/nvmf_int.h"
+#include "nvmf/pdu.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -50,12 +51,11 @@ struct nvmf_conn {
     struct srrs_reactor *r;
     int fd;
     uint8_t state;
-    bool hdgst, ddgst;
+    struct pdu_fmt fmt;         /* digests and the host's HPDA, from the ICReq */
     bool rx_ready;
     bool want_out;
     bool fatal;
     uint32_t maxr2t;
-    uint32_t hpda_align;        /* C2H data starts at a multiple of this (host's HPDA) */
     uint16_t sqhd;
     /* receive */
     uint8_t *rbuf;
@@ -65,6 +65,7 @@ struct nvmf_conn {
     uint32_t hdr_have, hdr_need;
     uint32_t pad_left;
     uint8_t rx_type;
+    struct pdu_geom rx_geo;     /* of the PDU being received (pdu_ch_check) */
     bool rx_has_data;           /* the PDU carries a payload (and so a data digest) */
     struct nvmf_req *rx_req;
     uint8_t *rx_dst;
@@ -123,11 +124,6 @@ struct nvmf_listener {
 struct nvmf_conn_pub *nvmf_conn_pub(struct nvmf_conn *c) { return &c->pub; }
 int nvmf_conn_reactor(struct nvmf_conn *c) { return srrs_reactor_idx(c->r); }
 
-static inline bool pdu_has_hdgst(uint8_t type)
-{
-    return type != PDU_ICREQ && type != PDU_ICRESP && type != PDU_H2C_TERM && type != PDU_C2H_TERM;
-}
-
 static inline uint32_t sqe_dir(const struct nvme_sqe *cmd)
 {
     /* Data direction is the low two opcode bits (fabrics: of fctype). */
@@ -149,43 +145,11 @@ static void tx_queue(struct nvmf_conn *c, struct tx_pdu *p)
         p->req->tx_pending++;
 }
 
-/* Fills the common header (and the header digest) of a PDU whose specific
- * header is already in h; returns the bytes before the data. */
-static uint32_t pdu_seal(struct nvmf_conn *c, uint8_t *h, uint8_t type, uint8_t flags, uint8_t hlen,
-                         uint32_t dlen)
-{
-    struct pdu_ch *ch = (struct pdu_ch *)h;
-    bool hd = c->hdgst && pdu_has_hdgst(type);
-    bool dd = c->ddgst && dlen;
-    uint32_t hl = hlen + (hd ? 4u : 0u);
-    uint32_t pdo = hl;
-    if (dlen && c->hpda_align > 4) {
-        pdo = (hl + c->hpda_align - 1) / c->hpda_align * c->hpda_align;
-        memset(h + hl, 0, pdo - hl);
-    }
-    ch->type = type;
-    ch->flags = (uint8_t)(flags | (hd ? PDU_F_HDGST : 0) | (dd ? PDU_F_DDGST : 0));
-    ch->hlen = hlen;
-    ch->pdo = dlen ? (uint8_t)pdo : 0;
-    ch->plen = pdo + dlen + (dd ? 4u : 0u);
-    if (hd) {
-        uint32_t crc = srrs_crc32c(0, h, hlen);
-        memcpy(h + hlen, &crc, 4);
-    }
-    return dlen ? pdo : hl;
-}
-
+/* A queued PDU of this connection (nvmf/pdu.h frames it). */
 static void tx_set(struct nvmf_conn *c, struct tx_pdu *p, struct nvmf_req *req, uint8_t *h,
                    uint32_t hl, void *data, uint32_t dlen)
 {
-    p->req = req;
-    p->hdr = h;
-    p->hlen = hl;
-    p->data = data;
-    p->dlen = dlen;
-    p->has_ddgst = c->ddgst && dlen;
-    if (p->has_ddgst)
-        p->ddgst = srrs_crc32c(0, data, dlen);
+    pdu_tx_set(&c->fmt, p, req, h, hl, data, dlen);
 }
 
 static void req_free(struct nvmf_req *req);
@@ -320,13 +284,10 @@ void nvmf_req_complete(struct nvmf_req *req, uint16_t status, uint64_t result)
     cqe->status = (uint16_t)(status << 1);
     req->state = REQ_TX;
     if (!status && req->c2h && req->dlen && req->buf) {
-        struct pdu_data *d = (struct pdu_data *)req->h_data;
-        memset(d, 0, sizeof(*d));
-        d->cccid = req->cmd.cid;
-        d->len = req->dlen;
+        pdu_data_hdr(req->h_data, req->cmd.cid, 0, 0, req->dlen);
         bool success = c->pub.sqhd_disabled;
-        uint32_t hl = pdu_seal(c, req->h_data, PDU_C2H_DATA,
-                               PDU_F_LAST | (success ? PDU_F_SUCCESS : 0), PDU_DATA_HLEN, req->dlen);
+        uint32_t hl = pdu_seal(&c->fmt, req->h_data, PDU_C2H_DATA,
+                               PDU_F_LAST | (success ? PDU_F_SUCCESS : 0), req->dlen);
         tx_set(c, &req->tx_data, req, req->h_data, hl, req->buf, req->dlen);
         tx_queue(c, &req->tx_data);
         if (success)
@@ -334,7 +295,7 @@ void nvmf_req_complete(struct nvmf_req *req, uint16_t status, uint64_t result)
     }
     struct pdu_rsp *r = (struct pdu_rsp *)req->h_rsp;
     r->cqe = *cqe;
-    uint32_t hl = pdu_seal(c, req->h_rsp, PDU_RSP, 0, PDU_RSP_HLEN, 0);
+    uint32_t hl = pdu_seal(&c->fmt, req->h_rsp, PDU_RSP, 0, 0);
     tx_set(c, &req->tx_rsp, req, req->h_rsp, hl, NULL, 0);
     tx_queue(c, &req->tx_rsp);
 }
@@ -627,13 +588,9 @@ static void req_exec(struct nvmf_req *req)
 static void r2t_send(struct nvmf_req *req)
 {
     struct nvmf_conn *c = req->c;
-    struct pdu_data *d = (struct pdu_data *)req->h_r2t;
-    memset(d, 0, sizeof(*d));
-    d->cccid = req->cmd.cid;
-    d->ttag = req->idx;
-    d->off = 0;
-    d->len = req->dlen; /* dlen <= MDTS = MAXH2CDATA: one R2T per command */
-    uint32_t hl = pdu_seal(c, req->h_r2t, PDU_R2T, 0, PDU_R2T_HLEN, 0);
+    /* dlen <= MDTS = MAXH2CDATA: one R2T per command */
+    pdu_data_hdr(req->h_r2t, req->cmd.cid, req->idx, 0, req->dlen);
+    uint32_t hl = pdu_seal(&c->fmt, req->h_r2t, PDU_R2T, 0, 0);
     tx_set(c, &req->tx_r2t, req, req->h_r2t, hl, NULL, 0);
     req->state = REQ_H2C;
     req->r2t_at = srrs_ticks();
@@ -842,16 +799,8 @@ static void conn_fatal(struct nvmf_conn *c, uint16_t fes, uint32_t fei)
                     "bad PDU (type %u): FES %u at byte %u; closing the connection",
                     c->hdr_have ? c->hdr[0] : 0xff, fes, fei);
     /* C2HTermReq carrying the offending header, then close. */
-    uint32_t copy = SRRS_MIN(c->hdr_have, (uint32_t)PDU_IC_LEN);
-    struct pdu_term *t = (struct pdu_term *)c->misc_hdr;
-    memset(t, 0, sizeof(*t));
-    t->ch.type = PDU_C2H_TERM;
-    t->ch.hlen = PDU_TERM_HLEN;
-    t->ch.plen = PDU_TERM_HLEN + copy;
-    t->fes = fes;
-    t->fei = fei;
-    memcpy(c->misc_hdr + PDU_TERM_HLEN, c->hdr, copy);
-    tx_set(c, &c->tx_misc, NULL, c->misc_hdr, PDU_TERM_HLEN + copy, NULL, 0);
+    uint32_t len = pdu_term_build(c->misc_hdr, PDU_C2H_TERM, fes, fei, c->hdr, c->hdr_have);
+    tx_set(c, &c->tx_misc, NULL, c->misc_hdr, len, NULL, 0);
     tx_queue(c, &c->tx_misc);
     conn_flush(c);
     nvmf_conn_close(c, "protocol error");
@@ -886,12 +835,10 @@ static bool conn_alloc_reqs(struct nvmf_conn *c)
 static void icreq_handle(struct nvmf_conn *c)
 {
     const struct pdu_icreq *ic = (const struct pdu_icreq *)c->hdr;
-    if (ic->pfv != 0) {
-        conn_fatal(c, FES_UNSUPPORTED, offsetof(struct pdu_icreq, pfv));
-        return;
-    }
-    if (ic->hpda > 31) {
-        conn_fatal(c, FES_INVALID_HEADER, offsetof(struct pdu_icreq, hpda));
+    uint32_t fei;
+    uint16_t fes = pdu_ic_check(c->hdr, &fei);
+    if (fes) {
+        conn_fatal(c, fes, fei);
         return;
     }
     if (!conn_alloc_reqs(c)) {
@@ -900,18 +847,11 @@ static void icreq_handle(struct nvmf_conn *c)
     }
     atomic_store(&c->spoke, true);
     const struct srrs_nvmf_tgt_opts *o = &c->pub.tgt->opts;
-    c->hdgst = (ic->dgst & 1) && o->allow_hdgst;
-    c->ddgst = (ic->dgst & 2) && o->allow_ddgst;
+    c->fmt.hdgst = (ic->dgst & 1) && o->allow_hdgst;
+    c->fmt.ddgst = (ic->dgst & 2) && o->allow_ddgst;
+    c->fmt.align = pdu_align_bytes(ic->hpda);
     c->maxr2t = ic->maxr2t;
-    c->hpda_align = (ic->hpda + 1u) * 4u;
-    struct pdu_icresp *r = (struct pdu_icresp *)c->misc_hdr;
-    memset(r, 0, sizeof(*r));
-    r->ch.type = PDU_ICRESP;
-    r->ch.hlen = PDU_IC_LEN;
-    r->ch.plen = PDU_IC_LEN;
-    r->cpda = 0;
-    r->dgst = (uint8_t)((c->hdgst ? 1 : 0) | (c->ddgst ? 2 : 0));
-    r->maxh2cdata = NVMF_MAXH2CDATA;
+    pdu_ic_build(c->misc_hdr, PDU_ICRESP, 0, c->fmt.hdgst, c->fmt.ddgst, NVMF_MAXH2CDATA);
     tx_set(c, &c->tx_misc, NULL, c->misc_hdr, PDU_IC_LEN, NULL, 0);
     tx_queue(c, &c->tx_misc);
     c->state = CONN_READY;
@@ -941,7 +881,7 @@ static void cmd_ready(struct nvmf_req *req)
 static void rx_data_end(struct nvmf_conn *c)
 {
     bool ok = true;
-    if (c->ddgst && c->rx_has_data) {
+    if (c->fmt.ddgst && c->rx_has_data) {
         uint32_t got;
         memcpy(&got, c->ddg, 4);
         ok = got == c->rx_crc;
@@ -985,167 +925,133 @@ static void rx_data(struct nvmf_conn *c, const uint8_t *src, uint32_t n, bool co
     if (c->rx_dst) {
         if (copy)
             memcpy(c->rx_dst, src, n);
-        if (c->ddgst)
-            c->rx_crc = srrs_crc32c(c->rx_crc, c->rx_dst, n);
+        if (c->fmt.ddgst)
+            c->rx_crc = pdu_crc(c->rx_crc, c->rx_dst, n);
         c->rx_dst += n;
-    } else if (c->ddgst) {
-        c->rx_crc = srrs_crc32c(c->rx_crc, src, n);
+    } else if (c->fmt.ddgst) {
+        c->rx_crc = pdu_crc(c->rx_crc, src, n);
     }
     c->rx_left -= n;
     if (c->rx_left)
         return;
-    if (c->ddgst)
+    if (c->fmt.ddgst)
         c->rx_state = RX_DDGST;
     else
         rx_data_end(c);
 }
 
 /* The common header is in: check it against the PDU type and what was
- * negotiated, and learn how long the whole header is. false: fatal. */
+ * negotiated (nvmf/pdu.h), and learn how long the whole header is. false: fatal. */
 static bool rx_ch_check(struct nvmf_conn *c)
 {
     const struct pdu_ch *ch = (const struct pdu_ch *)c->hdr;
-    uint8_t want;
-    switch (ch->type) {
-    case PDU_ICREQ:
-        want = PDU_IC_LEN;
-        break;
-    case PDU_CMD:
-        want = PDU_CMD_HLEN;
-        break;
-    case PDU_H2C_DATA:
-    case PDU_H2C_TERM:
-        want = PDU_DATA_HLEN;
-        break;
-    default:
-        conn_fatal(c, FES_INVALID_HEADER, 0);
-        return false;
-    }
-    if ((c->state == CONN_IC) != (ch->type == PDU_ICREQ) && ch->type != PDU_H2C_TERM) {
+    bool known = ch->type < 16 && (pdu_rules_target.types & PDU_BIT(ch->type));
+    if (known && (c->state == CONN_IC) != (ch->type == PDU_ICREQ) && ch->type != PDU_H2C_TERM) {
         conn_fatal(c, FES_PDU_SEQUENCE, 0);
         return false;
     }
-    if (ch->hlen != want) {
-        conn_fatal(c, FES_INVALID_HEADER, 2);
+    uint32_t fei;
+    uint16_t fes = pdu_ch_check(ch, &c->fmt, &pdu_rules_target, &c->rx_geo, &fei);
+    if (fes) {
+        conn_fatal(c, fes, fei);
         return false;
     }
-    bool hd = c->hdgst && pdu_has_hdgst(ch->type);
-    if (pdu_has_hdgst(ch->type) && !!(ch->flags & PDU_F_HDGST) != hd) {
-        conn_fatal(c, FES_INVALID_HEADER, 1);
-        return false;
-    }
-    uint32_t hl = want + (hd ? 4u : 0u);
-    if (ch->plen < hl || (ch->type == PDU_ICREQ && ch->plen != PDU_IC_LEN) ||
-        ch->plen > hl + 256u + NVMF_MAXH2CDATA + 4u) {
-        conn_fatal(c, FES_INVALID_HEADER, 4);
-        return false;
-    }
-    c->hdr_need = hl;
+    c->hdr_need = c->rx_geo.hl;
     return true;
 }
 
-static void rx_hdr_done(struct nvmf_conn *c)
+/* A command capsule's header is in: take a request slot and receive its
+ * in-capsule data. */
+static void rx_cmd_hdr(struct nvmf_conn *c)
+{
+    const struct pdu_geom *g = &c->rx_geo;
+    if (g->dlen > NVMF_ICDSZ) {
+        conn_fatal(c, FES_DATA_LIMIT, 4);
+        return;
+    }
+    struct nvmf_req *req = c->free_reqs;
+    if (!req) { /* more commands than the queue has entries */
+        conn_fatal(c, FES_PDU_SEQUENCE, 0);
+        return;
+    }
+    c->free_reqs = req->next;
+    c->outstanding++;
+    memcpy(&req->cmd, c->hdr + PDU_CH_LEN, sizeof(req->cmd));
+    req->state = REQ_RECV_CAPSULE;
+    req->h2c = req->c2h = req->in_capsule = req->data_err = false;
+    req->dlen = req->rcvd = 0;
+    req->buf = NULL;
+    req->pool_len = 0;
+    req->ns = NULL;
+    req->pending = 0;
+    req->tx_pending = 0;
+    req->next = NULL;
+    req->first_status = capsule_check(req, g->dlen);
+    c->sqhd = c->pub.sqsize ? (uint16_t)((c->sqhd + 1u) % c->pub.sqsize) : (uint16_t)(c->sqhd + 1u);
+    c->st_cmds++;
+    rx_begin_data(c, req, req->icbuf, g->dlen, g->pad);
+}
+
+/* An H2CData header is in: it must continue its R2T's transfer exactly. */
+static void rx_h2c_hdr(struct nvmf_conn *c)
 {
     const struct pdu_ch *ch = (const struct pdu_ch *)c->hdr;
-    uint32_t hl = c->hdr_need;
-    if (hl > ch->hlen) {
-        uint32_t want, got = srrs_crc32c(0, c->hdr, ch->hlen);
-        memcpy(&want, c->hdr + ch->hlen, 4);
-        if (want != got) {
-            conn_fatal(c, FES_HDGST, 0);
-            return;
-        }
-    }
-    c->rx_type = ch->type;
-    if (ch->type == PDU_ICREQ) {
-        rx_next_pdu(c);
-        icreq_handle(c);
-        return;
-    }
-    if (ch->type == PDU_H2C_TERM) {
-        const struct pdu_term *t = (const struct pdu_term *)c->hdr;
-        srrs_event_post(c->pub.tgt->core, SRRS_EV_PROTO_ERROR, t->fes, t->fei, c->pub.peer,
-                        "host terminated the connection: FES %u", t->fes);
-        nvmf_conn_close(c, "host termination request");
-        return;
-    }
-    /* Payload geometry: [hl, pdo) padding, [pdo, plen - ddgst) data. */
-    uint32_t payload = 0, pad = 0;
-    if (ch->plen > hl) {
-        uint32_t dd = c->ddgst ? 4u : 0u;
-        if (!!(ch->flags & PDU_F_DDGST) != c->ddgst) {
-            conn_fatal(c, FES_INVALID_HEADER, 1);
-            return;
-        }
-        if (ch->pdo < hl || ch->pdo - hl > 128u || ch->plen < (uint32_t)ch->pdo + dd + 1) {
-            conn_fatal(c, FES_INVALID_HEADER, 3);
-            return;
-        }
-        pad = ch->pdo - hl;
-        payload = ch->plen - ch->pdo - dd;
-    }
-    if (ch->type == PDU_CMD) {
-        if (payload > NVMF_ICDSZ) {
-            conn_fatal(c, FES_DATA_LIMIT, 4);
-            return;
-        }
-        struct nvmf_req *req = c->free_reqs;
-        if (!req) { /* more commands than the queue has entries */
-            conn_fatal(c, FES_PDU_SEQUENCE, 0);
-            return;
-        }
-        c->free_reqs = req->next;
-        c->outstanding++;
-        memcpy(&req->cmd, c->hdr + PDU_CH_LEN, sizeof(req->cmd));
-        req->state = REQ_RECV_CAPSULE;
-        req->h2c = req->c2h = req->in_capsule = req->data_err = false;
-        req->dlen = req->rcvd = 0;
-        req->buf = NULL;
-        req->pool_len = 0;
-        req->ns = NULL;
-        req->pending = 0;
-        req->tx_pending = 0;
-        req->next = NULL;
-        req->first_status = capsule_check(req, payload);
-        c->sqhd = c->pub.sqsize ? (uint16_t)((c->sqhd + 1u) % c->pub.sqsize) : (uint16_t)(c->sqhd + 1u);
-        c->st_cmds++;
-        rx_begin_data(c, req, req->icbuf, payload, pad);
-        return;
-    }
-    /* H2CData */
     const struct pdu_data *d = (const struct pdu_data *)c->hdr;
     if (d->ttag >= c->nreqs) {
         conn_fatal(c, FES_INVALID_HEADER, offsetof(struct pdu_data, ttag));
         return;
     }
     struct nvmf_req *req = &c->reqs[d->ttag];
-    if (req->state != REQ_H2C) {
-        conn_fatal(c, FES_PDU_SEQUENCE, offsetof(struct pdu_data, ttag));
-        return;
-    }
-    if (d->cccid != req->cmd.cid) {
-        conn_fatal(c, FES_INVALID_HEADER, offsetof(struct pdu_data, cccid));
-        return;
-    }
-    if (d->off != req->rcvd) {
-        conn_fatal(c, FES_DATA_RANGE, offsetof(struct pdu_data, off));
-        return;
-    }
-    if (!d->len || d->len > req->dlen - req->rcvd) {
-        conn_fatal(c, FES_DATA_RANGE, offsetof(struct pdu_data, len));
-        return;
-    }
-    if (payload != d->len) {
-        conn_fatal(c, FES_INVALID_HEADER, 4);
-        return;
-    }
-    if ((ch->flags & PDU_F_LAST) && d->off + d->len != req->dlen) {
-        conn_fatal(c, FES_PDU_SEQUENCE, 1);
+    uint16_t fes = 0;
+    uint32_t fei = 0;
+    if (req->state != REQ_H2C)
+        fes = FES_PDU_SEQUENCE, fei = offsetof(struct pdu_data, ttag);
+    else if (d->cccid != req->cmd.cid)
+        fes = FES_INVALID_HEADER, fei = offsetof(struct pdu_data, cccid);
+    else if (d->off != req->rcvd)
+        fes = FES_DATA_RANGE, fei = offsetof(struct pdu_data, off);
+    else if (!d->len || d->len > req->dlen - req->rcvd)
+        fes = FES_DATA_RANGE, fei = offsetof(struct pdu_data, len);
+    else if (c->rx_geo.dlen != d->len)
+        fes = FES_INVALID_HEADER, fei = 4;
+    else if ((ch->flags & PDU_F_LAST) && d->off + d->len != req->dlen)
+        fes = FES_PDU_SEQUENCE, fei = 1;
+    if (fes) {
+        conn_fatal(c, fes, fei);
         return;
     }
     uint8_t *dst = req->buf + d->off;
     req->rcvd += d->len; /* counted now; rx_data_end runs the command when all is in */
-    rx_begin_data(c, req, dst, d->len, pad);
+    rx_begin_data(c, req, dst, d->len, c->rx_geo.pad);
+}
+
+/* The whole header (and its digest) is in. */
+static void rx_hdr_done(struct nvmf_conn *c)
+{
+    const struct pdu_ch *ch = (const struct pdu_ch *)c->hdr;
+    if (c->rx_geo.hl > ch->hlen && !pdu_hdgst_ok(c->hdr)) {
+        conn_fatal(c, FES_HDGST, 0);
+        return;
+    }
+    c->rx_type = ch->type;
+    switch (ch->type) {
+    case PDU_ICREQ:
+        rx_next_pdu(c);
+        icreq_handle(c);
+        return;
+    case PDU_H2C_TERM: {
+        const struct pdu_term *t = (const struct pdu_term *)c->hdr;
+        srrs_event_post(c->pub.tgt->core, SRRS_EV_PROTO_ERROR, t->fes, t->fei, c->pub.peer,
+                        "host terminated the connection: FES %u", t->fes);
+        nvmf_conn_close(c, "host termination request");
+        return;
+    }
+    case PDU_CMD:
+        rx_cmd_hdr(c);
+        return;
+    default: /* H2CData: pdu_ch_check let no other type through */
+        rx_h2c_hdr(c);
+    }
 }
 
 /* Consumes the staging buffer. */
@@ -1459,7 +1365,7 @@ static struct nvmf_conn *conn_alloc(struct srrs_nvmf_tgt *t, int fd, const char 
     c->outstanding = 0; /* slots come with the ICReq (conn_alloc_reqs) */
     c->fd = fd;
     c->pub.tgt = t;
-    c->hpda_align = 4;
+    c->fmt.align = 4;
     c->born = srrs_ticks();
     snprintf(c->pub.peer, sizeof(c->pub.peer), "%s", peer);
     snprintf(c->src, sizeof(c->src), "%s", src);
@@ -1766,8 +1672,8 @@ void nvmf_conn_info(struct nvmf_conn *c, struct srrs_nvmf_qpair_info *o)
     o->reactor = c->r ? srrs_reactor_idx(c->r) : -1;
     o->sqsize = c->pub.sqsize;
     o->outstanding = c->outstanding;
-    o->hdgst = c->hdgst;
-    o->ddgst = c->ddgst;
+    o->hdgst = c->fmt.hdgst;
+    o->ddgst = c->fmt.ddgst;
     o->cmds = c->st_cmds;
     o->reads = c->st_reads;
     o->writes = c->st_writes;
