@@ -126,12 +126,12 @@ class ClusterService:
         self._stop.set()
         self._kick.set()
         self._thread.join(5)
-        self.view.close()
         if self.reg is not None:
             try:
                 self.reg.close()
             except (etcd.EtcdError, OSError) as e:
                 log.info("cluster: revoking the member lease: %s", e)
+        self.view.close()   # after the revoke: the member key goes first
 
 
 def start(ctl: Any, section: Optional[ClusterConfig]) -> Optional[ClusterService]:

@@ -132,9 +132,10 @@ class NvmfTarget:
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
         """Closes listeners and connections (in-flight I/O drains), frees the target."""
-        if self.ptr != ffi.NULL:
-            lib.srrs_nvmf_tgt_destroy(self._pp)
-            self.ptr = ffi.NULL
+        with self._lock:    # set_discovery runs on the cluster view's thread
+            if self.ptr != ffi.NULL:
+                lib.srrs_nvmf_tgt_destroy(self._pp)
+                self.ptr = ffi.NULL
 
     def __enter__(self) -> "NvmfTarget":
         return self
@@ -282,8 +283,10 @@ class NvmfTarget:
                 setattr(arr[i], f, keep[-1])
             keep.append(ffi.new("char[]", "\n".join(e.get("hosts", ())).encode()))
             arr[i].hosts = keep[-1]
-        check(lib.srrs_nvmf_discovery_set(self.ptr, arr, len(entries)), "nvmf discovery")
         with self._lock:
+            if self.ptr == ffi.NULL:
+                return      # closed meanwhile
+            check(lib.srrs_nvmf_discovery_set(self.ptr, arr, len(entries)), "nvmf discovery")
             self._discovery = [dict(e, hosts=list(e.get("hosts", ()))) for e in entries]
 
     def discovery_table(self) -> List[dict]:

@@ -199,3 +199,24 @@ def test_target_table_filters_per_host_and_replaces_local_listing():
     finally:
         tgt.close()
         core.close()
+
+
+def test_discovery_entries_pure():
+    """From a snapshot: a volume at every registered address of its pair's
+    controllers, a peer's wildcard address left out (nobody can reach it), this
+    controller's own wildcard kept (the C target reports the address the host
+    used), no entry for a volume without hosts or not exported yet."""
+    from srrs.ctrl.cluster_catalog import Pair, Snapshot, Volume
+    from srrs.ctrl.cluster_view import discovery_entries
+
+    snap = Snapshot(9, members={
+        "x1": Member("x1", "x1+x2", {"nvmf": ["0.0.0.0:4420", "[fd00::1]:4421"]}),
+        "x2": Member("x2", "x1+x2", {"nvmf": ["0.0.0.0:4420", "10.0.0.2:4420"]})},
+        pairs={"x1+x2": Pair("x1+x2", ("x1", "x2"))},
+        volumes={u: Volume(u, u, 1, "t", "x1+x2", st, 1, h) for u, st, h in (
+            ("u1", "ready", ("*",)), ("u2", "ready", ()), ("u3", "creating", ("*",)))})
+    got = [(e["subnqn"], e["traddr"], e["trsvcid"], tuple(e["hosts"]))
+           for e in discovery_entries(snap, "x1")]
+    n = volume_nqn("u1")
+    assert got == [(n, "0.0.0.0", "4420", ("*",)), (n, "fd00::1", "4421", ("*",)),
+                   (n, "10.0.0.2", "4420", ("*",))]
