@@ -536,7 +536,8 @@ def _nvmf(out: _Families, c: str, n: dict) -> None:
 def _cluster(out: _Families, c: str, st: dict, svc: Any) -> None:
     cat = st.get("catalog") or {}
     out.add("srrs_cluster_registered", [c], st["registered"])
-    out.add("srrs_cluster_catalog_synced", [c], bool(cat.get("synced")))
+    # the watch retries by itself while etcd is away: the member refresh's error says so
+    out.add("srrs_cluster_catalog_synced", [c], bool(cat.get("synced")) and not st.get("error"))
     out.add("srrs_cluster_etcd_errors_total", [c], st.get("etcd_errors", 0))
     out.add("srrs_cluster_registrations_total", [c], st["registrations"])
     out.add("srrs_cluster_catalog_changes_total", [c], cat.get("changes", 0))
