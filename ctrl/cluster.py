@@ -20,6 +20,7 @@ from srrs import __version__
 from . import etcd
 from .cluster_catalog import Catalog, Member
 from .cluster_config import ClusterConfig
+from .cluster_view import ClusterView, DiscoveryFeed
 
 log = logging.getLogger("srrs.cluster")
 
@@ -53,6 +54,10 @@ class ClusterService:
                                   key=conf.key or None, user=conf.user or None,
                                   password=conf.password())
         self.catalog = Catalog(self.client, conf.prefix)
+        # the cached catalog: status, console, metrics and cluster-wide discovery read it
+        self.view = ClusterView(self.catalog, self.name)
+        self.discovery = DiscoveryFeed(ctl, self.name)
+        self.view.add_listener(self.discovery)
         self.reg = None
         self.registrations = 0
         self.last_error = ""
@@ -108,7 +113,9 @@ class ClusterService:
     def status(self) -> dict:
         return {"name": self.name, "prefix": self.conf.prefix, "etcd": list(self.conf.etcd),
                 "registered": self.reg is not None and not self.reg.lost,
-                "registrations": self.registrations, "error": self.last_error}
+                "registrations": self.registrations, "error": self.last_error,
+                "etcd_errors": self.client.errors, "discovery_pushes": self.discovery.pushes,
+                "catalog": self.view.summary()}
 
     def to_toml_dict(self) -> dict:
         from .cluster_config import to_toml_dict
@@ -124,6 +131,7 @@ class ClusterService:
                 self.reg.close()
             except (etcd.EtcdError, OSError) as e:
                 log.info("cluster: revoking the member lease: %s", e)
+        self.view.close()   # after the revoke: the member key goes first
 
 
 def start(ctl: Any, section: Optional[ClusterConfig]) -> Optional[ClusterService]:

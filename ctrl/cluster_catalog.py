@@ -96,6 +96,7 @@ class Volume:
     pair: str
     state: str = "creating"     # creating -> ready (the pair's controllers made it)
     generation: int = 1         # bumped by every change of the record
+    hosts: tuple = ()           # host NQNs that may connect ("*": any; none: no host)
 
 
 KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume}
@@ -105,7 +106,11 @@ def _rec(kind: str, kv: etcd.KV):
     d = json.loads(kv.value)
     if kind == "pairs":
         d["nodes"] = tuple(d.get("nodes", ()))
-    return KINDS[kind](**d)
+    if kind == "volumes":
+        d["hosts"] = tuple(d.get("hosts", ()))
+    # a field a newer controller wrote is not ours to refuse (mixed versions in a rollout)
+    known = KINDS[kind].__dataclass_fields__
+    return KINDS[kind](**{k: v for k, v in d.items() if k in known})
 
 
 def _enc(rec) -> dict:

@@ -128,6 +128,24 @@ class PoolView:
 
 
 @dataclass(frozen=True)
+class ClusterPanel:
+    """The cluster as one controller's cached catalog has it (status "cluster")."""
+    controller: str          # whose view
+    member: str              # its member name
+    prefix: str
+    etcd: str                # "ok", or why etcd is not answering
+    revision: int
+    volumes: int
+    members_total: int
+    members_up: int
+    members: tuple           # ((name, up, pair, health, allocated, capacity), …)
+    pairs: tuple             # ((name, nodes, up, allocated, capacity, volumes), …)
+    tenants: tuple           # ((name, used, quota, volumes), …)
+    pairs_total: int = 0
+    tenants_total: int = 0
+
+
+@dataclass(frozen=True)
 class ReactorRow:
     reactor: int
     state: str
@@ -168,6 +186,7 @@ class ScreenView:
     exports: list = field(default_factory=list)
     pools: list = field(default_factory=list)
     witness: Optional[dict] = None       # {endpoint, state, error, rtt_ms}
+    cluster: Optional[ClusterPanel] = None
 
 
 @dataclass
@@ -201,6 +220,7 @@ def build(inputs: list, now: Optional[float] = None, witness: Optional[dict] = N
     v.pair = _safe(pair_view, None, inputs, now)
     v.exports = [e for i in up for e in _safe(_exports, [], i)]
     v.pools = [p for i in up for p in _safe(_pools, [], i)]
+    v.cluster = _safe(cluster_panel, None, up)
     v.alerts = _stamp(_safe(alerts, [], inputs, v, witness), now, seen)
     return v
 
@@ -481,6 +501,36 @@ def _pools(i: Input) -> list:
     return out
 
 
+def cluster_panel(up: list) -> Optional[ClusterPanel]:
+    """The newest catalog among the controllers that are in a cluster (all of
+    them follow the same one; a controller cut off from etcd lags)."""
+    best = None
+    for i in up:
+        c = i.status.get("cluster")
+        if isinstance(c, dict) and isinstance(c.get("catalog"), dict) and c["catalog"]:
+            if best is None or c["catalog"].get("revision", 0) > best[1]["catalog"]["revision"]:
+                best = (i, c)
+    if best is None:
+        return None
+    i, c = best
+    cat = c["catalog"]
+    err = c.get("error") or cat.get("error") or ""
+    return ClusterPanel(
+        controller=i.name, member=str(c.get("name", "")), prefix=str(c.get("prefix", "")),
+        etcd=f"unreachable: {err}" if err else "ok", revision=int(cat.get("revision", 0)),
+        volumes=int(cat.get("volumes", 0)), members_total=int(cat.get("members_total", 0)),
+        members_up=int(cat.get("members_up", 0)),
+        members=tuple((str(m["name"]), bool(m["up"]), str(m.get("pair", "")),
+                       str(m.get("health", "")), int(m.get("allocated", 0)),
+                       int(m.get("capacity", 0))) for m in cat.get("members") or ()),
+        pairs=tuple((str(p["name"]), tuple(p.get("nodes") or ()), int(p.get("up", 0)),
+                     int(p.get("allocated", 0)), int(p.get("capacity", 0)),
+                     int(p.get("volumes", 0))) for p in cat.get("pairs") or ()),
+        tenants=tuple((str(t["name"]), int(t.get("used", 0)), int(t.get("quota", 0)),
+                       int(t.get("volumes", 0))) for t in cat.get("tenants") or ()),
+        pairs_total=int(cat.get("pairs_total", 0)), tenants_total=int(cat.get("tenants_total", 0)))
+
+
 # ---- alerts -------------------------------------------------------------------------------
 
 def alerts(inputs: list, v: ScreenView, witness: Optional[dict] = None) -> list:
@@ -510,6 +560,8 @@ def alerts(inputs: list, v: ScreenView, witness: Optional[dict] = None) -> list:
         if r.errors:
             out.append(Alert("error", f"volume {r.name}", f"{r.errors} I/O errors", 0.0,
                              f"ioerr:{r.name}"))
+    if v.cluster is not None:
+        out += _cluster_alerts(v.cluster)
     out.sort(key=lambda a: a.level != "error")
     return out
 
@@ -562,6 +614,26 @@ def _pool_alerts(p: PoolView) -> list:
             out.append(Alert("warning", f"tenant {t}", f"quota {100.0 * used / quota:.0f} % used "
                              f"({fmt_bytes(used)} of {fmt_bytes(quota)})", 0.0,
                              f"quota:{p.controller}:{t}"))
+    return out
+
+
+def _cluster_alerts(c: ClusterPanel) -> list:
+    out = []
+    if c.etcd != "ok":
+        out.append(Alert("warning", "cluster", f"etcd {c.etcd} (I/O goes on; catalog changes "
+                         "wait)", 0.0, "cluster:etcd"))
+    down = [m for m in c.members if not m[1]]
+    if len(down) > 3:
+        out.append(Alert("warning", "cluster", f"{c.members_total - c.members_up} members not "
+                         "registered", 0.0, "cluster:down"))
+    else:
+        out += [Alert("warning", f"cluster member {m[0]}", f"not registered (pair {m[2]})"
+                      if m[2] else "not registered", 0.0, f"cluster:down:{m[0]}") for m in down]
+    for name, used, quota, _ in c.tenants:
+        if quota and 100.0 * used / quota >= QUOTA_ALERT_PCT:
+            out.append(Alert("warning", f"cluster tenant {name}", f"quota {100.0 * used / quota:.0f}"
+                             f" % used ({fmt_bytes(used)} of {fmt_bytes(quota)})", 0.0,
+                             f"cluster:quota:{name}"))
     return out
 
 

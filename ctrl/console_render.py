@@ -25,7 +25,15 @@ from rich.panel import Panel
 from rich.segment import Segment
 from rich.text import Text
 
-from .console_model import ControllerView, PairView, ScreenView, VolumeRow, fmt_bytes, fmt_duration
+from .console_model import (
+    ClusterPanel,
+    ControllerView,
+    PairView,
+    ScreenView,
+    VolumeRow,
+    fmt_bytes,
+    fmt_duration,
+)
 
 SPARK = "▁▂▃▄▅▆▇█"
 EVENTS_MIN_H = 4
@@ -396,6 +404,79 @@ def pool_lines(pools: tuple, width: int) -> list:
     return out
 
 
+def _capped(rows: list, cap: Optional[int]) -> tuple:
+    """(rows shown, how many more) for a grid of at most cap lines."""
+    if cap is None or len(rows) <= cap:
+        return rows, 0
+    return rows[:max(1, cap - 1)], len(rows) - max(1, cap - 1)
+
+
+def _pct(used: int, total: int) -> float:
+    return 100.0 * used / total if total else 0.0
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _member_style(up: bool, health: str) -> str:
+    return "green" if up and health == "ok" else "yellow" if up else "bold red"
+
+
+def cluster_lines(c: ClusterPanel, width: int, cap: Optional[int] = None) -> list:
+    """The cluster panel's body: a summary line, then members, pairs and
+    tenants as grids of at most cap rows each ("+N more …" on the last)."""
+    head = Text(no_wrap=True, overflow="ellipsis")
+    head.append(f"{_n(c.members_total, 'member')}, {c.members_up} up · "
+                f"{_n(c.pairs_total, 'pair')} · {_n(c.tenants_total, 'tenant')} · "
+                f"{_n(c.volumes, 'volume')}")
+    head.append("  etcd ", style="dim")
+    head.append(c.etcd, style="green" if c.etcd == "ok" else "bold yellow")
+    head.append(f"  revision {c.revision}  as {c.controller} sees it", style="dim")
+    out = [head]
+
+    def table(cols: list, rows: list, total: int, what: str) -> None:
+        shown, more = _capped(rows, cap)
+        more += max(0, total - len(rows))          # the status itself lists at most so many
+        if not shown:
+            return
+        kept = fit_columns([(p, t, j, [r[k] for r in shown]) for k, (p, t, j) in enumerate(cols)],
+                           width)
+        t = grid([(c[1], c[2]) for c in kept], [list(x) for x in zip(*[c[3] for c in kept])])
+        if more:
+            t.append(f"\n +{more} more {what}", style="dim")
+        out.append(t)
+
+    compact = cap is not None and cap <= 2
+    state = {n: ("up " + h if up else "down") for n, up, _, h, _, _ in c.members}
+    if not compact:
+        table([(1, "member", "left"), (1, "state", "left"), (2, "pair", "left"),
+               (1, "allocated", "right"), (1, "capacity", "right"), (3, "use", "left")],
+              [[elide(n, 24), Text(state[n], style=_member_style(up, h)), elide(p, 24) or "-",
+                fmt_bytes(a), fmt_bytes(cp), bar(_pct(a, cp))]
+               for n, up, p, h, a, cp in c.members], c.members_total, "members")
+    table([(1, "pair", "left"), (2 if compact else 5, "controllers", "left"),
+           (1, "free", "right"), (2, "allocated", "right"), (1, "capacity", "right"),
+           (4, "use", "left"), (1, "volumes", "right")],
+          [[elide(n, 28), Text(", ".join(f"{x} {state.get(x, 'down')}" for x in nodes),
+                               style="" if up == len(nodes) else "yellow"),
+            fmt_bytes(cp - a), fmt_bytes(a), fmt_bytes(cp), bar(_pct(a, cp)), str(nv)]
+           for n, nodes, up, a, cp, nv in c.pairs], c.pairs_total, "pairs")
+    if compact:     # a small screen: the tenants on one line, fullest first
+        t = Text("tenants ", style="dim", no_wrap=True, overflow="ellipsis")
+        for k, (n, u, q, _) in enumerate(sorted(c.tenants, key=lambda x: -_pct(x[1], x[2]))):
+            t.append(("" if k == 0 else " · ") + f"{elide(n, 24)} {fmt_bytes(u)} of "
+                     f"{fmt_bytes(q)} ({_pct(u, q):.0f} %)")
+        if c.tenants:
+            out.append(t)
+        return out
+    table([(1, "tenant", "left"), (1, "used", "right"), (1, "quota", "right"),
+           (3, "quota use", "left"), (2, "volumes", "right")],
+          [[elide(n, 24), fmt_bytes(u), fmt_bytes(q), bar(_pct(u, q)), str(nv)]
+           for n, u, q, nv in c.tenants], c.tenants_total, "tenants")
+    return out
+
+
 def controller_panel(c: ControllerView, width: int, focused: bool, compact: bool,
                      history: Optional[dict] = None) -> Panel:
     up = c.state == "up"
@@ -539,10 +620,15 @@ def _cached_lines(fn, value, width: int, *args) -> list:
 
 
 @lru_cache(maxsize=32)
-def _slow_lines(exports: tuple, pools: tuple, width: int) -> tuple:
-    """Exports and pools rendered to lines, reused while they are unchanged:
-    they move slowly and are a big part of a frame's drawing cost."""
+def _slow_lines(exports: tuple, pools: tuple, width: int, cluster: Optional[ClusterPanel] = None,
+                cap: Optional[int] = None) -> tuple:
+    """Exports, pools and the cluster rendered to lines, reused while they are
+    unchanged: they move slowly and are a big part of a frame's drawing cost."""
     items = []
+    if cluster is not None:
+        items.append(Panel(Group(*cluster_lines(cluster, width - 4, cap)),
+                           title=f" cluster {cluster.prefix} ", title_align="left",
+                           box=box.ROUNDED, padding=(0, 1), border_style="blue"))
     if exports:
         items.append(Panel(Group(*export_lines(exports, width - 4)), title=" exports ",
                            title_align="left", box=box.ROUNDED, padding=(0, 1),
@@ -567,7 +653,8 @@ def screen(v: ScreenView, width: int, height: Optional[int], ui: Ui,
     if v.alerts:
         top.append(_cached_lines(alerts_panel, tuple(v.alerts), width,
                                  ALERTS_MAX if height is not None else 10 ** 6))
-    slow = list(_slow_lines(tuple(v.exports), tuple(v.pools), width))
+    slow = list(_slow_lines(tuple(v.exports), tuple(v.pools), width, v.cluster,
+                            None if height is None else cluster_rows(height)))
     n = len(v.controllers)
     side = n > 1 and width >= 160
     compact = height is not None and height < 30
@@ -611,6 +698,12 @@ def screen(v: ScreenView, width: int, height: Optional[int], ui: Ui,
     ev = con.render_lines(events_panel(ui.events, ev_h, ui.focus == n, ui.ev_back, width),
                           con.options.update(width=width, height=ev_h), pad=True)[:ev_h]
     return Lines(body + ev), offsets
+
+
+def cluster_rows(height: int) -> int:
+    """Rows per cluster grid on a screen this high: the volumes and the
+    controllers keep most of a small screen."""
+    return 2 if height < 50 else 4 if height < 80 else 12
 
 
 def _vol_panel(t: Text, n: int) -> Panel:

@@ -178,6 +178,7 @@ class Client:
         self._gws = [self._gw(e) for e in endpoints]
         self._cur = 0
         self._lock = threading.Lock()
+        self.errors = 0     # failed requests to a member (metrics: srrs_cluster_etcd_errors_total)
 
     def _gw(self, endpoint: str):
         u = urlsplit(endpoint)
@@ -218,7 +219,9 @@ class Client:
                 return gw.post(gw.get_url(path), json=body)
             except _DOWN as e:
                 err = e
+                self.errors += 1
             except gwx.Etcd3Exception as e:
+                self.errors += 1
                 why = _reason(e)
                 if not (self._user and "invalid auth token" in why
                         and gw.session.headers.pop("Authorization", None)):

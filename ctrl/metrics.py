@@ -9,7 +9,7 @@ name is a bug that fails the scrape, never a new series). The rules, which
   its name (`_seconds`, `_bytes`, `_ratio`), before `_total` for counters;
 * labels say which thing a sample is about (controller, reactor, bdev,
   export, volume, pool, fragment, tenant, peer, subsystem, ana_group,
-  device, job), never a figure; three more kinds of label are allowed: `op`
+  device, job, member, pair), never a figure; three more kinds of label are allowed: `op`
   (read|write|other) splitting an I/O family, `le`/`quantile` of
   histograms and summaries, and the `state`/`mode` of a state set, where
   each possible state is a sample, 1 for the current one and 0 for the
@@ -92,6 +92,8 @@ _PR = _C + ("peer",)
 _M = _C + ("volume",)
 _S = _C + ("subsystem",)
 _D = _C + ("device",)
+_CM = _C + ("member",)
+_CP = _C + ("pair",)
 
 
 def _f(name, typ, labels, help_, unit=""):
@@ -246,6 +248,32 @@ TABLE = (
        "subsystem"),
     _f("srrs_nvmf_ana_state", GAUGE, _S + ("ana_group", "state"),
        "ANA state of the group: 1 for the current one"),
+    # -- the cluster as this controller's cached catalog has it (docs/architecture.md, Cluster) --
+    _f("srrs_cluster_registered", GAUGE, _C, "1 while this controller's member key is in etcd"),
+    _f("srrs_cluster_catalog_synced", GAUGE, _C, "1 while the catalog watch follows etcd (0: "
+       "etcd unreachable, the last catalog is kept)"),
+    _f("srrs_cluster_members", GAUGE, _C, "Controllers registered in the cluster"),
+    _f("srrs_cluster_member_up", GAUGE, _CM, "1 while the member is registered; 0 for a pair's "
+       "controller that is not"),
+    _f("srrs_cluster_pairs", GAUGE, _C, "Pairs in the catalog"),
+    _f("srrs_cluster_pair_capacity_bytes", GAUGE, _CP, "Capacity of the pair", "bytes"),
+    _f("srrs_cluster_pair_allocated_bytes", GAUGE, _CP, "Bytes allocated to the pair's volumes",
+       "bytes"),
+    _f("srrs_cluster_pair_volumes", GAUGE, _CP, "Catalog volumes placed on the pair"),
+    _f("srrs_cluster_tenant_quota_bytes", GAUGE, _T, "The tenant's cluster-wide quota", "bytes"),
+    _f("srrs_cluster_tenant_used_bytes", GAUGE, _T, "Bytes of the tenant's catalog volumes",
+       "bytes"),
+    _f("srrs_cluster_volumes", GAUGE, _C, "Volumes in the catalog"),
+    _f("srrs_cluster_etcd_errors_total", COUNTER, _C, "etcd requests that failed (a member "
+       "down, no leader, refused)"),
+    _f("srrs_cluster_registrations_total", COUNTER, _C, "Times this controller registered (1, "
+       "then once per lost lease)"),
+    _f("srrs_cluster_catalog_changes_total", COUNTER, _C, "Catalog changes applied from the "
+       "watch"),
+    _f("srrs_cluster_catalog_snapshots_total", COUNTER, _C, "Whole-catalog reads (the first, "
+       "then after an etcd outage or a compaction)"),
+    _f("srrs_cluster_discovery_updates_total", COUNTER, _C, "Discovery log changes pushed to "
+       "the NVMe/TCP target from the catalog"),
     # -- vhost-user devices --------------------------------------------------------------------
     _f("srrs_vhost_connected", GAUGE, _D, "1 while a vhost-user front end is connected"),
     _f("srrs_vhost_connections_total", COUNTER, _D, "Front-end connections accepted"),
@@ -505,6 +533,37 @@ def _nvmf(out: _Families, c: str, n: dict) -> None:
             out.states("srrs_nvmf_ana_state", lv + [g["id"]], ANA_STATES, g["state"])
 
 
+def _cluster(out: _Families, c: str, st: dict, svc: Any) -> None:
+    cat = st.get("catalog") or {}
+    out.add("srrs_cluster_registered", [c], st["registered"])
+    # the watch retries by itself while etcd is away: the member refresh's error says so
+    out.add("srrs_cluster_catalog_synced", [c], bool(cat.get("synced")) and not st.get("error"))
+    out.add("srrs_cluster_etcd_errors_total", [c], st.get("etcd_errors", 0))
+    out.add("srrs_cluster_registrations_total", [c], st["registrations"])
+    out.add("srrs_cluster_catalog_changes_total", [c], cat.get("changes", 0))
+    out.add("srrs_cluster_catalog_snapshots_total", [c], cat.get("snapshots", 0))
+    out.add("srrs_cluster_discovery_updates_total", [c], st.get("discovery_pushes", 0))
+    snap = getattr(getattr(svc, "view", None), "snap", None)
+    if snap is None:
+        return      # no catalog read yet: no cluster figures rather than zeroes
+    out.add("srrs_cluster_members", [c], len(snap.members))
+    out.add("srrs_cluster_pairs", [c], len(snap.pairs))
+    out.add("srrs_cluster_volumes", [c], len(snap.volumes))
+    nodes = {n for p in snap.pairs.values() for n in p.nodes} | set(snap.members)
+    for n in sorted(nodes):
+        out.add("srrs_cluster_member_up", [c, n], n in snap.members)
+    per_pair: dict = {}
+    for v in snap.volumes.values():
+        per_pair[v.pair] = per_pair.get(v.pair, 0) + 1
+    for p in snap.pairs.values():
+        out.add("srrs_cluster_pair_capacity_bytes", [c, p.name], p.capacity)
+        out.add("srrs_cluster_pair_allocated_bytes", [c, p.name], p.allocated)
+        out.add("srrs_cluster_pair_volumes", [c, p.name], per_pair.get(p.name, 0))
+    for t in snap.tenants.values():
+        out.add("srrs_cluster_tenant_quota_bytes", [c, t.name], t.quota)
+        out.add("srrs_cluster_tenant_used_bytes", [c, t.name], t.used)
+
+
 def _vhost(out: _Families, c: str, devices: list) -> None:
     for d in devices:
         lv = [c, d["name"]]
@@ -532,6 +591,8 @@ def families(st: dict, services: Optional[dict] = None) -> Iterable[Metric]:
         _nvmf(out, c, st["nvmf"])
     if st.get("vhost"):
         _vhost(out, c, st["vhost"])
+    if st.get("cluster"):
+        _cluster(out, c, st["cluster"], (services or {}).get("cluster"))
     return out
 
 

@@ -207,6 +207,7 @@ void srrs_nvmf_tgt_destroy(struct srrs_nvmf_tgt **pt)
     for (uint32_t i = 0; i < cntlid_range(t); i++)
         free(t->ctrlrs[i]);
     free(t->ctrlrs);
+    nvmf_disc_free(t);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->hs_lock);
     free(t);
@@ -257,7 +258,7 @@ int srrs_nvmf_subsystem_add(struct srrs_nvmf_tgt *t, const char *nqn, const char
         rc = srrs_err(-ENOSPC, "nvmf: at most %d subsystems", NVMF_MAX_SUBSYS - 1);
     if (!rc) {
         t->subsys[slot] = ss;
-        t->genctr++;
+        nvmf_disc_changed(t);
     }
     pthread_mutex_unlock(&t->lock);
     if (rc)
@@ -326,7 +327,7 @@ int srrs_nvmf_subsystem_remove(struct srrs_nvmf_tgt *t, const char *nqn)
         if (t->subsys[i] == ss)
             t->subsys[i] = NULL;
     ss->removed = true;
-    t->genctr++;
+    nvmf_disc_changed(t);
     for (uint32_t i = 0; i < cntlid_range(t); i++)
         if (t->ctrlrs[i] && t->ctrlrs[i]->ss == ss)
             atomic_store(&t->ctrlrs[i]->dead, true);
@@ -362,7 +363,7 @@ int srrs_nvmf_subsystem_allow_any_host(struct srrs_nvmf_tgt *t, const char *nqn,
     int rc = subsys_op(t, nqn, &ss);
     if (!rc) {
         atomic_store(&ss->allow_any, allow != 0);
-        t->genctr++;
+        nvmf_disc_changed(t);
     }
     pthread_mutex_unlock(&t->lock);
     return rc;
@@ -390,7 +391,7 @@ int srrs_nvmf_host_add(struct srrs_nvmf_tgt *t, const char *nqn, const char *hos
     }
     if (!rc) {
         snprintf(ss->hosts[ss->nhosts++], 224, "%s", hostnqn);
-        t->genctr++;
+        nvmf_disc_changed(t);
     }
     pthread_mutex_unlock(&t->lock);
     return rc;
@@ -408,7 +409,7 @@ int srrs_nvmf_host_remove(struct srrs_nvmf_tgt *t, const char *nqn, const char *
             if (!strcmp(ss->hosts[i], hostnqn)) {
                 memmove(ss->hosts[i], ss->hosts[i + 1], (ss->nhosts - i - 1) * sizeof(*ss->hosts));
                 ss->nhosts--;
-                t->genctr++;
+                nvmf_disc_changed(t);
                 rc = 0;
                 break;
             }
@@ -895,7 +896,8 @@ static void aen_deliver(struct nvmf_conn *c)
     struct nvmf_ctrlr *ct = nvmf_conn_pub(c)->ctrlr;
     static const struct {
         uint32_t bit, cfg, info, lid;
-    } kinds[] = {{AEN_NS_CHANGED, 1u << 8, 0x00, 0x04}, {AEN_ANA_CHANGE, 1u << 11, 0x03, 0x0C}};
+    } kinds[] = {{AEN_NS_CHANGED, 1u << 8, 0x00, 0x04}, {AEN_ANA_CHANGE, 1u << 11, 0x03, 0x0C},
+                 {AEN_DISC_CHANGED, 1u << 31, 0xF0, 0x70}};
     for (size_t k = 0; k < SRRS_ARRAY_SIZE(kinds); k++) {
         uint32_t pend = atomic_load(&ct->aen_pending);
         if (!(pend & kinds[k].bit))
@@ -969,7 +971,7 @@ static void identify_ctrlr(struct nvmf_req *req, struct nvmf_ctrlr *ct)
     d[77] = 8;                                    /* MDTS: 2^8 x 4 KiB = 1 MiB */
     put16(d + 78, ct->cntlid);
     put32(d + 80, 0x00010400);
-    put32(d + 92, disc ? 0 : (1u << 8 | 1u << 11)); /* OAES: ns attribute, ANA change */
+    put32(d + 92, disc ? 1u << 31 : (1u << 8 | 1u << 11)); /* OAES: log change; ns attr, ANA */
     put32(d + 96, 1);                             /* CTRATT: 128-bit host identifier */
     d[111] = disc ? 2 : 1;                        /* CNTRLTYPE */
     d[258] = 3;                                   /* ACL */
@@ -1122,32 +1124,22 @@ static size_t log_discovery(struct nvmf_ctrlr *ct, const char *local, uint8_t *d
     uint64_t n = 0;
     for (int i = 0; i < NVMF_MAX_SUBSYS; i++) {
         struct nvmf_subsys *ss = t->subsys[i];
-        if (!ss || ss->discovery || !host_allowed(ss, ct->hostnqn))
+        if (!ss || ss->discovery || !host_allowed(ss, ct->hostnqn) || nvmf_disc_lists(t, ss->nqn))
             continue;
         for (int l = 0; l < nl; l++) {
             n++;
             if (off + 1024 > cap)
                 continue;
-            uint8_t *e = d + off;
-            off += 1024;
-            e[0] = 3;                                   /* TRTYPE: TCP */
-            e[1] = strchr(addrs[l], ':') ? 2 : 1;       /* ADRFAM */
-            e[2] = 2;                                   /* SUBTYPE: NVMe subsystem */
-            e[3] = 0x04; /* TREQ: secure channel not specified (no TLS); SQ flow control disable ok */
-            put16(e + 4, (uint16_t)(l + 1));            /* PORTID */
-            put16(e + 6, 0xFFFF);                       /* CNTLID: dynamic */
-            put16(e + 8, 32);                           /* ASQSZ */
             char port[32];
             snprintf(port, sizeof(port), "%d", ports[l]);
-            put_str(e + 32, 32, port, 0);
-            put_str(e + 256, 256, ss->nqn, 0);
             /* A wildcard listener is reached at the address this host used. */
             bool any = !strcmp(addrs[l], "0.0.0.0") || !strcmp(addrs[l], "::");
-            const char *traddr = any && local[0] ? local : addrs[l];
-            e[1] = strchr(traddr, ':') ? 2 : 1;
-            put_str(e + 512, 256, traddr, 0);
+            nvmf_disc_entry_put(d + off, (uint16_t)(l + 1), any && local[0] ? local : addrs[l],
+                                port, ss->nqn);
+            off += 1024;
         }
     }
+    off = nvmf_disc_log_cluster(t, ct->hostnqn, local, d, off, cap, &n);
     put64(d, t->genctr);
     put64(d + 8, n);
     return off;
@@ -1254,8 +1246,11 @@ static void admin_get_log(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         }
         break;
     case 0x70:
-        if (disc)
+        if (disc) {
             n = log_discovery(ct, nvmf_conn_pub(req->c)->local_addr, d, cap);
+            if (!rae)
+                ct->aen_masked &= ~(uint32_t)AEN_DISC_CHANGED;
+        }
         break;
     }
     pthread_mutex_unlock(&t->lock);

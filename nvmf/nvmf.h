@@ -118,6 +118,26 @@ int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsi
  * ANA-change AEN on every controller of the subsystem. */
 int srrs_nvmf_ana_set(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t anagrpid, int state);
 
+/* ---- cluster-wide discovery (nvmf/discovery.c) ---------------------------- */
+
+/* One subsystem port of the cluster, as the discovery log lists it to the
+ * hosts that hosts admits ('\n'-separated host NQNs; "*" admits any; empty:
+ * none). traddr "0.0.0.0" or "::" is this target's wildcard listener,
+ * reported at the address the host connected to. */
+struct srrs_nvmf_disc_entry {
+    const char *subnqn;
+    const char *traddr;
+    const char *trsvcid;
+    const char *hosts;
+};
+/* control. Replaces the cluster table (copied); the discovery log lists its
+ * entries a host may access besides the local subsystems (a local subsystem
+ * the table lists is reported at the table's addresses only). Bumps the log
+ * generation and raises the discovery-log-change AEN on every discovery
+ * controller. n 0 empties it. -EINVAL, -ENOMEM. */
+int srrs_nvmf_discovery_set(struct srrs_nvmf_tgt *tgt, const struct srrs_nvmf_disc_entry *e,
+                            uint32_t n);
+
 /* ---- introspection ------------------------------------------------------- */
 
 struct srrs_nvmf_qpair_info {

@@ -271,6 +271,7 @@ struct nvmf_subsys {
 /* Asynchronous events a controller has pending (ctrlr->aen_pending bits). */
 #define AEN_NS_CHANGED 0x1
 #define AEN_ANA_CHANGE 0x2
+#define AEN_DISC_CHANGED 0x4
 
 struct nvmf_conn;
 
@@ -312,6 +313,7 @@ struct srrs_nvmf_tgt {
     struct nvmf_ctrlr **ctrlrs; /* index cntlid - cntlid_min */
     uint32_t next_cntlid;
     uint64_t genctr;            /* discovery log generation */
+    struct nvmf_disc_table *disc; /* the cluster's subsystems (discovery.c), under lock */
     struct nvmf_listener *listeners;
     struct nvmf_group *groups[SRRS_MAX_REACTORS];
     struct nvmf_conn *conns;    /* every connection, under lock */
@@ -468,6 +470,16 @@ int nvmf_listener_add(struct srrs_nvmf_tgt *tgt, const char *addr, int port);
 int nvmf_listener_remove(struct srrs_nvmf_tgt *tgt, const char *addr, int port);
 void nvmf_transport_fini(struct srrs_nvmf_tgt *tgt);
 /* Under tgt->lock. */
+/* discovery.c: the cluster's subsystems in the discovery log (under tgt->lock) */
+struct nvmf_disc_table;
+void nvmf_disc_changed(struct srrs_nvmf_tgt *tgt);
+bool nvmf_disc_lists(const struct srrs_nvmf_tgt *tgt, const char *nqn);
+void nvmf_disc_entry_put(uint8_t *e, uint16_t portid, const char *traddr, const char *trsvcid,
+                         const char *subnqn);
+size_t nvmf_disc_log_cluster(const struct srrs_nvmf_tgt *tgt, const char *hostnqn,
+                             const char *local, uint8_t *d, size_t off, size_t cap, uint64_t *n);
+void nvmf_disc_free(struct srrs_nvmf_tgt *tgt);
+
 int nvmf_listeners_snapshot(struct srrs_nvmf_tgt *tgt, char (*addrs)[64], int *ports, int max);
 void nvmf_conn_info(struct nvmf_conn *c, struct srrs_nvmf_qpair_info *out);
 struct nvmf_conn *nvmf_conn_next(struct nvmf_conn *c);

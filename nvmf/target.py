@@ -95,6 +95,7 @@ class NvmfTarget:
                                  handshake_timeout_ms=handshake_timeout_ms)
         self._listeners: List[C.NvmfListen] = []
         self._subsys: Dict[str, dict] = {}
+        self._discovery: List[dict] = []   # the cluster's table (set_discovery)
 
     @classmethod
     def from_config(cls, core: Core, cfg: C.NvmfConfig) -> "NvmfTarget":
@@ -131,9 +132,10 @@ class NvmfTarget:
     # -- lifecycle -----------------------------------------------------------
     def close(self) -> None:
         """Closes listeners and connections (in-flight I/O drains), frees the target."""
-        if self.ptr != ffi.NULL:
-            lib.srrs_nvmf_tgt_destroy(self._pp)
-            self.ptr = ffi.NULL
+        with self._lock:    # set_discovery runs on the cluster view's thread
+            if self.ptr != ffi.NULL:
+                lib.srrs_nvmf_tgt_destroy(self._pp)
+                self.ptr = ffi.NULL
 
     def __enter__(self) -> "NvmfTarget":
         return self
@@ -267,6 +269,29 @@ class NvmfTarget:
               f"nvmf ANA group {group} of {nqn}")
         with self._lock:
             self._sub(nqn)["ana"][group] = C.ANA_NAMES[st]
+
+    def set_discovery(self, entries: Sequence[dict]) -> None:
+        """The cluster's subsystem ports for the discovery log (ctrl/cluster_view.py):
+        [{"subnqn", "traddr", "trsvcid", "hosts": [host NQN or "*", ...]}, ...],
+        replacing the previous table; the C target filters it per host at each
+        log request and raises the discovery-log-change AEN."""
+        keep = []
+        arr = ffi.new("struct srrs_nvmf_disc_entry[]", max(len(entries), 1))
+        for i, e in enumerate(entries):
+            for f in ("subnqn", "traddr", "trsvcid"):
+                keep.append(ffi.new("char[]", str(e[f]).encode()))
+                setattr(arr[i], f, keep[-1])
+            keep.append(ffi.new("char[]", "\n".join(e.get("hosts", ())).encode()))
+            arr[i].hosts = keep[-1]
+        with self._lock:
+            if self.ptr == ffi.NULL:
+                return      # closed meanwhile
+            check(lib.srrs_nvmf_discovery_set(self.ptr, arr, len(entries)), "nvmf discovery")
+            self._discovery = [dict(e, hosts=list(e.get("hosts", ()))) for e in entries]
+
+    def discovery_table(self) -> List[dict]:
+        with self._lock:
+            return list(self._discovery)
 
     def subsystems(self) -> List[dict]:
         with self._lock:

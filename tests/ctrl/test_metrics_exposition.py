@@ -1,12 +1,14 @@
 """The Prometheus exposition of a real controller with every section (a pool
 with a tenant and a volume exported over NVMe/TCP and vhost-user, a pair
-whose peer and witness are away, a finished load job), parsed with the client
+whose peer and witness are away, a finished load job, a cluster on a real
+etcd with a pair and a tenant in its catalog), parsed with the client
 library's parser: every family is one of ctrl/metrics.py TABLE, typed and
 named by its unit, labelled only by identity, and each declared family is
 there."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import urllib.request
@@ -14,13 +16,15 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from srrs.ctrl import metrics
+from srrs.ctrl import etcd, metrics
+from srrs.ctrl.cluster_catalog import Catalog
+from tests.cluster.etcd import Cluster
 
 from .helpers import Controller
 
 NQN = "nqn.2026-11.io.srrs:metrics"
 IDENTITY = {"controller", "reactor", "bdev", "export", "kind", "volume", "job", "pool",
-            "fragment", "tenant", "peer", "subsystem", "ana_group", "device"}
+            "fragment", "tenant", "peer", "subsystem", "ana_group", "device", "member", "pair"}
 SPLITS = {"op": {"read", "write", "other"}, "quantile": {"0.5", "0.99", "0.999"}}
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio")
 
@@ -38,6 +42,14 @@ def _ports(n: int) -> list:
 
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory):
+    with Cluster(1) as e:
+        cat = Catalog(etcd.Client(e.endpoints), "/srrs/mx")
+        cat.put_pair("mx+my", nodes=("mx", "my"), capacity=1 << 30)
+        cat.put_tenant("ct", quota=1 << 30)
+        yield from _exposition(tmp_path_factory, e)
+
+
+def _exposition(tmp_path_factory, e):
     d = tmp_path_factory.mktemp("metrics")
     nvmf, coord, peer_coord, mirror, peer_mirror, witness = _ports(6)
     sock = f"{d}/c.sock"
@@ -96,9 +108,18 @@ insecure = true
 
 [metrics]
 listen = "127.0.0.1:0"
+
+[cluster]
+etcd = {json.dumps(e.endpoints)}
+name = "mx"
+prefix = "/srrs/mx"
 """)
     c = Controller(str(conf), sock)
     try:
+        deadline = time.monotonic() + 20
+        while not c.rpc("status")["cluster"]["catalog"].get("pairs"):
+            assert time.monotonic() < deadline, "the cluster catalog was not read"
+            time.sleep(0.05)
         jid = c.rpc("bench_bdev_start", {"bdev": "v1", "time_s": 0.3, "qd": 4, "bs": 4096,
                                          "rw": "randrw"})
         deadline = time.monotonic() + 20
