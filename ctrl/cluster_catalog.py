@@ -147,12 +147,33 @@ class Change:
     revision: int
 
 
+@dataclass(frozen=True)
+class _View:
+    """Every pair (KV and record) and member at one revision; never changed
+    in place, so creates on several threads share it without a lock."""
+    revision: int = 0
+    pairs: Dict[str, Tuple[etcd.KV, Pair]] = field(default_factory=dict)
+    members: Dict[str, Member] = field(default_factory=dict)
+
+    def advance(self, revision: int, cat: "Catalog", pairs, members) -> "_View":
+        """With the pairs and members written since (KVs) applied."""
+        if not pairs and not members:
+            return replace(self, revision=revision)
+        ps, ms = dict(self.pairs), dict(self.members)
+        for kv in pairs:
+            ps[cat._split(kv.key)[1]] = (kv, _rec("pairs", kv))
+        for kv in members:
+            ms[cat._split(kv.key)[1]] = _rec("members", kv)
+        return _View(revision, ps, ms)
+
+
 # ---- the catalog ---------------------------------------------------------------------
 
 class Catalog:
     def __init__(self, client: etcd.Client, prefix: str = DEFAULT_PREFIX):
         self.etcd = client
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self._view = _View()        # pairs and members as of its revision (creates)
 
     def key(self, kind: str, *names: str) -> str:
         for n in names:
@@ -260,16 +281,33 @@ class Catalog:
     def _placement_view(self, tk: str, nk: str) -> Tuple[Snapshot, dict]:
         """What a create decides on, at one revision: pairs, members, the
         tenant (no volumes: placement needs none). kvs: {key: KV or None} of
-        the tenant, the name and every pair."""
+        the tenant, the name and every pair.
+
+        Pairs and members are kept from the last call (_View) and only what
+        was written since is read: a range with min_mod_revision returns the
+        keys written after the view's revision, and its count says whether a
+        key went (then the range is read whole). So the view is exactly the
+        store at this read's revision, as fresh as reading every key, without
+        sending every pair and member (docs/architecture.md, Cluster)."""
         pp, mp = self.prefix + "pairs/", self.prefix + "members/"
-        r = self.etcd.txn([], [etcd.get(pp, prefix=True), etcd.get(mp, prefix=True),
+        v = self._view
+        since = v.revision + 1 if v.revision else 0
+        r = self.etcd.txn([], [etcd.get(pp, prefix=True, min_mod_revision=since),
+                               etcd.get(mp, prefix=True, min_mod_revision=since),
                                etcd.get(tk), etcd.get(nk)])
-        pairs, members, t, n = r.responses
-        kvs = {kv.key: kv for kv in pairs}
+        (pairs, members, t, n), (npairs, nmembers, _, _) = r.responses, r.counts
+        v = v.advance(r.revision, self, pairs, members)
+        if (len(v.pairs), len(v.members)) != (npairs, nmembers):
+            # a pair or member went since (a controller died): read them whole
+            r2 = self.etcd.txn([], [etcd.get(pp, prefix=True), etcd.get(mp, prefix=True),
+                                    etcd.get(tk), etcd.get(nk)])
+            (pairs, members, t, n), r = r2.responses, r2
+            v = _View().advance(r.revision, self, pairs, members)
+        self._view = v if v.revision >= self._view.revision else self._view
+        kvs = {self.key("pairs", name): kv for name, (kv, _) in v.pairs.items()}
         kvs[tk], kvs[nk] = (t[0] if t else None), (n[0] if n else None)
-        snap = Snapshot(r.revision,
-                        members={self._split(kv.key)[1]: _rec("members", kv) for kv in members},
-                        pairs={self._split(kv.key)[1]: _rec("pairs", kv) for kv in pairs},
+        snap = Snapshot(r.revision, members=v.members,
+                        pairs={name: rec for name, (_, rec) in v.pairs.items()},
                         tenants={self._split(tk)[1]: _rec("tenants", t[0])} if t else {})
         return snap, kvs
 

@@ -74,6 +74,8 @@ class TxnResult:
     succeeded: bool
     revision: int               # the store's revision after the txn
     responses: tuple            # per op: a tuple of KV for a get, None otherwise
+    counts: tuple = ()          # per op: a get's count of keys in its range (before
+                                # min_mod_revision drops some), None otherwise
 
 
 # ---- wire helpers ------------------------------------------------------------------
@@ -151,8 +153,15 @@ def delete(key: str, prefix: bool = False) -> dict:
     return {"request_delete_range": _range(key, prefix)}
 
 
-def get(key: str, prefix: bool = False) -> dict:
-    return {"request_range": _range(key, prefix)}
+def get(key: str, prefix: bool = False, min_mod_revision: int = 0) -> dict:
+    """min_mod_revision: only the keys written at or after it are returned;
+    the result's count still counts every key in the range (so a reader that
+    holds the range as of min_mod_revision - 1 sees what changed, and by the
+    count whether any key went)."""
+    d = _range(key, prefix)
+    if min_mod_revision:
+        d["min_mod_revision"] = str(min_mod_revision)
+    return {"request_range": d}
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -263,12 +272,13 @@ class Client:
         """All compares hold -> success ops, else failure ops; atomically."""
         r = self.call("/kv/txn", {"compare": list(compare), "success": list(success),
                                   "failure": list(failure)}, deadline)
-        resps = []
+        resps, counts = [], []
         for x in r.get("responses", ()):
             rr = x.get("response_range")
             resps.append(tuple(_kv(d) for d in rr.get("kvs", ())) if rr is not None else None)
+            counts.append(int(rr.get("count", 0)) if rr is not None else None)
         return TxnResult(bool(r.get("succeeded", False)), int(r["header"]["revision"]),
-                         tuple(resps))
+                         tuple(resps), tuple(counts))
 
     # -- leases --
     def grant(self, ttl: int, deadline: Optional[float] = None) -> Tuple[int, int]:
