@@ -261,7 +261,8 @@ class Catalog:
             if t is None:
                 raise NotFound(f"no tenant {tenant!r}")
             try:
-                pname = placement(snap, Request(size=size, tenant=tenant, labels=labels or {}))
+                pname = placement(snap, Request(size=size, tenant=tenant, labels=labels or {},
+                                                spread=vid))
             except NoPlacement as e:
                 raise (QuotaExceeded if e.quota else CatalogError)(str(e)) from None
             p, pk = snap.pairs[pname], self.key("pairs", pname)

@@ -64,3 +64,16 @@ def test_pairs_without_a_live_controller_are_skipped():
     s = snap({"p1": Pair("p1", capacity=50 * G)}, dead=("p1",))
     with pytest.raises(NoPlacement):
         placement(s, Request(G, "t"))
+
+
+def test_racing_creates_spread_over_near_equal_pairs_only():
+    """With a spread key (the new volume's uuid) creates racing on many
+    controllers pick different near-equal pairs instead of all losing the
+    compare-and-swap on one; a clearly emptier pair still always wins."""
+    even = snap({f"p{i}": Pair(f"p{i}", capacity=100 * G, allocated=i * G // 4) for i in range(8)})
+    picks = {placement(even, Request(G, "t", spread=f"uuid-{k}")) for k in range(64)}
+    assert len(picks) >= 6 and picks <= {f"p{i}" for i in range(8)}
+    assert placement(even, Request(G, "t", spread="x")) == placement(even, Request(G, "t", spread="x"))
+    lopsided = snap({"big": Pair("big", capacity=100 * G),
+                     "small": Pair("small", capacity=100 * G, allocated=10 * G)})
+    assert {placement(lopsided, Request(G, "t", spread=f"u{k}")) for k in range(64)} == {"big"}
