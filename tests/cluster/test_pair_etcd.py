@@ -161,10 +161,12 @@ def test_kill9_under_verified_multipath_load_solo_through_etcd_then_resync(etcd_
     assert "etcd ok" in subprocess.run(SRRS + ["-s", b.sock, "pair", "status"],
                                        capture_output=True, text=True).stdout
     mon = Monitor(a, b)
-    bench = _bench(tmp_path, ports, 14)
+    bench = _bench(tmp_path, ports, 10)
+    t0 = time.monotonic()
     try:
         _wait_load(a, b, bench)
         gen0 = b.pair()["data_gen"]
+        print(f"\nload on both paths {time.monotonic() - t0:.1f} s")
         a.kill9()
         b.wait_state("SOLO", timeout=10)
         # granted by etcd, under the new generation b writes alone
@@ -173,10 +175,14 @@ def test_kill9_under_verified_multipath_load_solo_through_etcd_then_resync(etcd_
         c0 = _cmds(b)
         time.sleep(1)
         assert _cmds(b) - c0 > 300         # b alone serves
+        print(f"b SOLO {time.monotonic() - t0:.1f} s")
         a.restart()
+        print(f"a restarted {time.monotonic() - t0:.1f} s")
         a.wait_state("PAIRED", timeout=20)
         b.wait_state("PAIRED", timeout=20)
+        print(f"PAIRED {time.monotonic() - t0:.1f} s")
         res = _bench_result(bench)
+        print(f"bench done {time.monotonic() - t0:.1f} s")
     finally:
         mon.stop()
     assert ("b", "SOLO") in mon.seen
