@@ -2,15 +2,16 @@
 
 It owns three ZeroMQ sockets: a ROUTER at coord_bind (the peer's heartbeats
 and commands come in), a DEALER to the peer's ROUTER (ours go out) and a
-DEALER to the witness (lease requests, pings), or, when the controller has a
+DEALER to the witness (lease requests, pings); or, when the controller has a
 [cluster] section, etcd is the witness: ha's lease requests go to
 cluster_lease.SoloLease on a thread of their own (etcd calls block) and its
-answers come back as the same ha events (docs/architecture.md, Cluster). Every heartbeat_ms it sends a
-heartbeat carrying the sum of our reactors' loop counters (a wedged data plane
-stops it, so the peer counts us dead), polls the mirror link's state, and
-feeds Tick; every message becomes an ha event. The actions that come back are
-carried out here: mirror mode and lease deadline into C, ANA state to the
-exports, lease requests to the witness, generations to state_dir.
+answers come back as the same ha events (docs/architecture.md, Cluster).
+Every heartbeat_ms it sends a heartbeat carrying the sum of our reactors'
+loop counters (a wedged data plane stops it, so the peer counts us dead),
+polls the mirror link's state, and feeds Tick; every message becomes an ha
+event. The actions that come back are carried out here: mirror mode and
+lease deadline into C, ANA state to the exports, lease requests to the
+witness, generations to state_dir.
 
 Time is time.monotonic() (CLOCK_MONOTONIC), the clock the C mirror checks the
 lease deadline against.
@@ -113,6 +114,7 @@ class PairService:
                            read_lease_s=conf.read_lease_ms / 1000,
                            witness_timeout_s=max(0.2, min(1.0, conf.lease_ms / 4000)))
         self.timing = timing
+        self._etcd_setup(ctl, conf, timing)
         now = time.monotonic()
         self.state, acts = ha.initial(
             conf.me_id, conf.peer_id, now, timing,
@@ -126,7 +128,6 @@ class PairService:
         self.agreement = [[v.name, sizes.get(v.name, 0), conf.stripe_size]
                           for v in conf.volumes]
         self._disagree = ""
-        self._etcd_setup(ctl, conf, timing)
         self.zctx = zmq.Context()
         self._auth = None
         self._open_sockets()

@@ -296,3 +296,48 @@ def test_cut_off_from_peer_and_etcd_fences_within_its_lease_peer_goes_solo(tmp_p
             for c in ctls.values():
                 c.kill9()
             ec.stop()
+
+
+# ---- a Linux guest ----------------------------------------------------------------
+
+def test_linux_guest_fio_verify_rides_through_kill9_with_etcd_witness(etcd_pair):
+    """The kernel's native NVMe multipath over both controllers, fio verify
+    running; kill -9 of a: b goes SOLO through etcd, a restarts, RESYNC ->
+    PAIRED, fio sees no error."""
+    from tests.guest.harness import Guest, require_guest
+
+    require_guest()
+    ec, a, b, ports = etcd_pair
+    with Guest(smp=2, kernel_args=("nvme_core.multipath=Y",)) as g:
+        for n in ("a", "b"):
+            g.check(f"nvme connect -t tcp -a 10.0.2.2 -s {ports['nvmf_' + n]} -n {NQN} "
+                    "--ctrl-loss-tmo=-1 --reconnect-delay=1", timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            paths = g.run("ls /sys/block | grep -cE '^nvme0c[0-9]+n1$'")[1].strip()
+            if paths == "2":
+                break
+            time.sleep(0.2)
+        assert paths == "2", g.run("nvme list-subsys; ls /sys/block")[1]
+        mon = Monitor(a, b)
+        try:
+            fio = g.spawn("fio --name=f --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 "
+                          "--rw=randwrite --bsrange=4k-128k --size=48M --iodepth=8 "
+                          "--time_based --runtime=20 --verify=crc32c --verify_fatal=1 "
+                          "--verify_backlog=128")
+            time.sleep(4)
+            a.kill9()
+            b.wait_state("SOLO", timeout=10)
+            assert _holder(ec) == "b"
+            time.sleep(2)
+            a.restart(wait=False)
+            a.wait_ready(60)     # the guest's CPU load slows a controller's start
+            a.wait_state("PAIRED", timeout=30)
+            b.wait_state("PAIRED", timeout=30)
+            rc, out = fio.wait(timeout=120)
+        finally:
+            mon.stop()
+        # --verify_backlog read back and checked what was written, the failover included
+        assert rc == 0 and "err= 0" in out, out
+        g.run("nvme disconnect-all", timeout=60)
+    assert ("b", "SOLO") in mon.seen
