@@ -511,6 +511,7 @@ class PairService:
         client = cluster.new_client(timeout=min(cluster.conf.timeout_s, wt), deadline=wt)
         self.solo = SoloLease(client, cluster.conf.prefix)
         self._etcd_q: queue.Queue = queue.Queue()
+        self._granted: dict = {}   # sent_at -> next_gen of grants not yet fed to ha
 
     def _etcd_run(self) -> None:
         """Carries out ha's RequestLease and ReleaseLease against etcd, in order;
@@ -542,8 +543,23 @@ class PairService:
         if isinstance(a, ha.RequestLease):
             if self.state.lease_sent_at != a.sent_at:
                 return None   # superseded while queued: ha waits for a newer one
-            return self.solo.request(c.pair_id, c.me_id, t.lease_s, a.data_gen, a.next_gen,
-                                     a.sent_at, deadline=t.witness_timeout_s)
+            ev = self.solo.request(c.pair_id, c.me_id, t.lease_s, a.data_gen, a.next_gen,
+                                   a.sent_at, deadline=t.witness_timeout_s)
+            if isinstance(ev, ha.LeaseGranted):
+                with self.lock:
+                    self._granted[a.sent_at] = a.next_gen
+            return ev
+        if isinstance(a, tuple):   # ("unwind", next_gen): a grant ha did not take
+            with self.lock:
+                s = self.state
+                if (s.lease_sent_at is not None or ha.lease_valid(s, time.monotonic())
+                        or s.role == ha.SOLO):
+                    return None    # a lease in use or coming: nothing to undo
+                data = s.data_gen
+            if self.solo.unwind(c.pair_id, c.me_id, a[1], data):
+                log.warning("pair: etcd granted a lease after we stopped waiting for it: "
+                            "given back, the pair's generation back to %s", data)
+            return None
         if isinstance(a, ha.ReleaseLease):
             self.solo.release(c.pair_id, c.me_id, deadline=2 * t.lease_s)
             return None
@@ -562,6 +578,11 @@ class PairService:
             now = time.monotonic()
             old = self.state
             self.state, acts = ha.step(self.state, ev, now)
+            if isinstance(ev, ha.LeaseGranted) and self.solo is not None:
+                ng = self._granted.pop(ev.sent_at, None)
+                if old.lease_sent_at != ev.sent_at and ng is not None:
+                    # etcd wrote ng as the pair's generation; we will never write under it
+                    self._etcd_q.put(("unwind", ng))
             if self.state.role != old.role:
                 log.warning("pair %s: %s -> %s (%s, epoch %d)", self.conf.self_name, old.role,
                             self.state.role, self.state.reason, self.state.epoch)

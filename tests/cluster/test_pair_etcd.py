@@ -21,7 +21,7 @@ import time
 import pytest
 
 from srrs.ctrl import config as cfg
-from srrs.ctrl import etcd
+from srrs.ctrl import etcd, ha
 from srrs.ctrl.cluster_lease import SoloLease
 from tests.cluster.etcd import Cluster, Hub
 from tests.pair.procs import SRRS, Ctl, free_ports, nvmf_conf, pair_conf
@@ -149,6 +149,22 @@ def test_config_one_witness(tmp_path):
     del conf["pair"]["witness"], conf["cluster"]
     with pytest.raises(cfg.ConfigError, match=r"pair.witness: is required"):
         cfg.loads(launch.dumps(conf), "x.toml")
+
+
+def test_a_grant_never_used_is_unwound_so_the_peer_is_not_outdated(etcd1):
+    """A grant whose answer came after ha stopped waiting (a controller under
+    load): P/gen names a generation no replica has. Unwound, the peer with the
+    shared generation can be granted again; an unwind after the peer took the
+    lease changes nothing."""
+    solo = SoloLease(etcd.Client(etcd1.endpoints, timeout=0.5))
+    g1, g2a = [1, "a"], [2, "a"]
+    assert isinstance(solo.request(PAIR, "a", 2.0, g1, g2a, 1.0), ha.LeaseGranted)
+    assert isinstance(solo.request(PAIR, "b", 2.0, g1, [2, "b"], 2.0), ha.LeaseDenied)
+    assert solo.unwind(PAIR, "a", g2a, g1)
+    assert solo.holder(PAIR) == {"holder": "", "gen": g1, "lease": 0}
+    assert isinstance(solo.request(PAIR, "b", 2.0, g1, [2, "b"], 3.0), ha.LeaseGranted)
+    assert not solo.unwind(PAIR, "a", g2a, g1)          # b holds it now: untouched
+    assert solo.holder(PAIR)["holder"] == "b"
 
 
 # ---- failover ----------------------------------------------------------------------
