@@ -278,6 +278,31 @@ def test_quorum_lost_while_paired_changes_nothing(etcd_pair, tmp_path):
     assert res["ios"] > 0
 
 
+def test_peer_lost_without_etcd_fences_then_etcd_back_goes_solo(etcd_pair):
+    ec, a, b, ports = etcd_pair
+    for m in ec.members[:2]:
+        m.kill()
+    mon = Monitor(a, b)
+    try:
+        b.kill9()
+        a.wait_state("FENCED", timeout=10)
+        deadline = time.monotonic() + 5
+        while a.pair()["witness_ok"]:         # its lease requests go unanswered
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.5)
+        assert a.pair()["ana"] == "inaccessible"
+        assert a.pair_state() == "FENCED"      # no lease without etcd: never alone
+        before = list(mon.samples)
+        for m in ec.members[:2]:
+            ec.restart(m)
+        a.wait_state("SOLO", timeout=15)
+        assert _holder(ec) == "a"
+    finally:
+        mon.stop()
+    assert before and all(sa != "SOLO" for sa, _ in before)
+
+
 # ---- partition (network namespaces) -------------------------------------------------
 
 def test_cut_off_from_peer_and_etcd_fences_within_its_lease_peer_goes_solo(tmp_path):
