@@ -374,13 +374,13 @@ def test_linux_guest_fio_verify_rides_through_kill9_with_etcd_witness(etcd_pair)
         try:
             fio = g.spawn("fio --name=f --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 "
                           "--rw=randwrite --bsrange=4k-128k --size=48M --iodepth=8 "
-                          "--time_based --runtime=20 --verify=crc32c --verify_fatal=1 "
+                          "--time_based --runtime=14 --verify=crc32c --verify_fatal=1 "
                           "--verify_backlog=128")
-            time.sleep(4)
+            time.sleep(3)
             a.kill9()
             b.wait_state("SOLO", timeout=10)
             assert _holder(ec) == "b"
-            time.sleep(2)
+            time.sleep(1)
             a.restart(wait=False)
             a.wait_ready(60)     # the guest's CPU load slows a controller's start
             a.wait_state("PAIRED", timeout=30)
