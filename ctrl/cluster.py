@@ -49,10 +49,7 @@ class ClusterService:
         self.name = conf.name or self._pair_self()
         if not self.name:
             raise ValueError("cluster: name: is required without a [pair] section")
-        self.client = etcd.Client(list(conf.etcd), timeout=conf.timeout_s,
-                                  ca_cert=conf.ca_cert or None, cert=conf.cert or None,
-                                  key=conf.key or None, user=conf.user or None,
-                                  password=conf.password())
+        self.client = self.new_client()
         self.catalog = Catalog(self.client, conf.prefix)
         # the cached catalog: status, console, metrics and cluster-wide discovery read it
         self.view = ClusterView(self.catalog, self.name)
@@ -65,6 +62,16 @@ class ClusterService:
         self._kick = threading.Event()
         self._thread = threading.Thread(target=self._run, name="srrs-cluster", daemon=True)
         self._thread.start()
+
+    def new_client(self, timeout: Optional[float] = None,
+                   deadline: Optional[float] = None) -> etcd.Client:
+        """A client of our etcd with this section's TLS and user; the pair takes
+        its own, with its own timeouts (its lease requests must not wait behind
+        a registration, nor for longer than its witness timeout)."""
+        c = self.conf
+        return etcd.Client(list(c.etcd), timeout=timeout or c.timeout_s, deadline=deadline,
+                           ca_cert=c.ca_cert or None, cert=c.cert or None, key=c.key or None,
+                           user=c.user or None, password=c.password())
 
     # -- what we register ---------------------------------------------------------------
     def _pair_self(self) -> str:

@@ -118,6 +118,29 @@ class SoloLease:
                 # refused outright (not a lost member): an answer, not a silence
                 return ha.LeaseDenied(sent_at, f"etcd: {e}")
 
+    def unwind(self, pair: str, node: str, granted_gen, data_gen) -> bool:
+        """Undo a grant its requester never used: its answer came after the
+        requester stopped waiting for it (ha ignores it), so the node never
+        acknowledged a write under granted_gen. Left in place, P/gen would
+        name a generation no replica has, and the peer (data_gen equal to
+        ours) would be refused as outdated for ever. Only while P/gen is still
+        granted_gen and the solo key is ours or gone: P/gen back to data_gen
+        (the requester's current one), the solo key deleted. The caller makes
+        sure it holds no lease and waits for none. True when undone."""
+        solo_k, gen_k = self.keys(pair)
+        (solo, gen), _ = self._read(pair)
+        if gen is None or json.loads(gen.value) != list(ha.Gen.from_json(granted_gen).to_json()):
+            return False
+        if solo is not None and json.loads(solo.value).get("holder") != node:
+            return False
+        ops = [etcd.put(gen_k, list(ha.Gen.from_json(data_gen).to_json()))]
+        ops += [etcd.delete(solo_k)] if solo is not None else []
+        r = self.etcd.txn([etcd.mod_is(gen_k, gen.mod_revision),
+                           etcd.mod_is(solo_k, solo.mod_revision if solo else 0)], ops)
+        if r.succeeded and solo is not None:
+            self._revoke(solo.lease)
+        return r.succeeded
+
     def release(self, pair: str, node: str, deadline: float = 2.0) -> bool:
         """Give the lease back (ha.ReleaseLease): only its holder can. True when
         this node held it and it is gone now."""

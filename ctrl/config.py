@@ -243,6 +243,7 @@ def loads(text: str, path: str = "<config>") -> Config:
     raw.setdefault("controller", {})
     try:
         kw = {s.attr: _section(n, s, raw[n]) for n, s in SECTIONS.items() if n in raw}
+        pair_config.check_witness(kw.get("pair"), kw.get("cluster"))
     except SchemaError as e:
         raise ctx.fail(e.path, e.msg) from None
     return Config(source=path, **kw)

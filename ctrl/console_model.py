@@ -408,15 +408,16 @@ def pair_view(inputs: list, now: float) -> Optional[PairView]:
         next((p for p in recs.values() if p.get("state") == "RESYNC"), None)
     if solo is not None:
         since = _clock(now - float(solo.get("in_state_s", 0.0)))
-        lease = "witness granted lease" if solo.get("witness_ok") else "lease held"
+        lease = f"{_witness(solo)} granted lease" if solo.get("witness_ok") else "lease held"
         return PairView(name, "SOLO", f"Solo on {solo['self']} — {solo['peer']} unreachable "
                         f"since {since}, {lease}", "warning", detail)
     if fenced and len(fenced) == len(recs):
         p = fenced[0]
         if not p.get("peer_alive") and not p.get("witness_ok"):
-            why = "cannot reach peer or witness"
+            why = f"cannot reach peer or {_witness(p)}"
         elif p.get("lease_denied"):
-            why = f"the witness denied the lease ({p['lease_denied']})"
+            who = "etcd" if _witness(p) == "etcd" else "the witness"
+            why = f"{who} denied the lease ({p['lease_denied']})"
         elif p.get("behind"):
             why = "this replica is behind: waiting for the peer to resync it"
         else:
@@ -443,11 +444,16 @@ def pair_view(inputs: list, now: float) -> Optional[PairView]:
     return PairView(name, "PAIRED", "Paired — both replicas current", "ok", detail)
 
 
+def _witness(p: dict) -> str:
+    """Who grants the pair's lease: etcd (a cluster's pair) or its witness."""
+    return "etcd" if p.get("witness") == "etcd" else "witness"
+
+
 def _pair_detail(recs: dict, down: list) -> str:
     parts = [f"{n} {p.get('state')} (ANA {p.get('ana', '?')})" for n, p in sorted(recs.items())]
     parts += [f"{i.name} not answering" for i in down]
     p = next(iter(recs.values()))
-    parts.append("witness " + ("ok" if p.get("witness_ok") else "unreachable"))
+    parts.append(f"{_witness(p)} " + ("ok" if p.get("witness_ok") else "unreachable"))
     parts.append("mirror link " + ("up" if p.get("mirror_up") else "down"))
     return " · ".join(parts)
 

@@ -2,12 +2,16 @@
 
 It owns three ZeroMQ sockets: a ROUTER at coord_bind (the peer's heartbeats
 and commands come in), a DEALER to the peer's ROUTER (ours go out) and a
-DEALER to the witness (lease requests, pings). Every heartbeat_ms it sends a
-heartbeat carrying the sum of our reactors' loop counters (a wedged data plane
-stops it, so the peer counts us dead), polls the mirror link's state, and
-feeds Tick; every message becomes an ha event. The actions that come back are
-carried out here: mirror mode and lease deadline into C, ANA state to the
-exports, lease requests to the witness, generations to state_dir.
+DEALER to the witness (lease requests, pings); or, when the controller has a
+[cluster] section, etcd is the witness: ha's lease requests go to
+cluster_lease.SoloLease on a thread of their own (etcd calls block) and its
+answers come back as the same ha events (docs/architecture.md, Cluster).
+Every heartbeat_ms it sends a heartbeat carrying the sum of our reactors'
+loop counters (a wedged data plane stops it, so the peer counts us dead),
+polls the mirror link's state, and feeds Tick; every message becomes an ha
+event. The actions that come back are carried out here: mirror mode and
+lease deadline into C, ANA state to the exports, lease requests to the
+witness, generations to state_dir.
 
 Time is time.monotonic() (CLOCK_MONOTONIC), the clock the C mirror checks the
 lease deadline against.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -109,6 +114,7 @@ class PairService:
                            read_lease_s=conf.read_lease_ms / 1000,
                            witness_timeout_s=max(0.2, min(1.0, conf.lease_ms / 4000)))
         self.timing = timing
+        self._etcd_setup(ctl, conf, timing)
         now = time.monotonic()
         self.state, acts = ha.initial(
             conf.me_id, conf.peer_id, now, timing,
@@ -136,6 +142,10 @@ class PairService:
         self._probe = threading.Thread(target=self._probe_run, name="srrs-pair-probe",
                                        daemon=True)
         self._probe.start()
+        if self.solo is not None:
+            self._etcd = threading.Thread(target=self._etcd_run, name="srrs-pair-etcd",
+                                          daemon=True)
+            self._etcd.start()
 
     # -- persistence ------------------------------------------------------------
     def _fresh_replicas(self) -> dict:
@@ -297,6 +307,9 @@ class PairService:
         self.peer_sock.immediate = True    # nothing queued for a peer that is not there
         curve_client_setup(self.peer_sock, c.secret_key or None, c.peer_public_key or None)
         self.peer_sock.connect(c.peer_coord)
+        self.wit = None
+        if self.solo is not None:
+            return
         self.wit = self.zctx.socket(zmq.DEALER)
         self.wit.linger = 0
         self.wit.sndhwm = 4
@@ -338,7 +351,8 @@ class PairService:
 
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.wit, zmq.POLLIN)
+        if self.wit is not None:
+            poller.register(self.wit, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         period = self.conf.heartbeat_ms / 1000
         next_beat = 0.0
@@ -349,7 +363,8 @@ class PairService:
                 next_beat = now + period
                 self._drain()
                 self._beat()
-                if now >= next_ping and self.state.lease_sent_at is None:
+                if (self.wit is not None and now >= next_ping
+                        and self.state.lease_sent_at is None):
                     next_ping = now + 1.0
                     self._send(self.wit, {"op": "ping", "sent_at": now})
             timeout = max(0, int((next_beat - time.monotonic()) * 1000))
@@ -388,7 +403,7 @@ class PairService:
             except zmq.Again:
                 break
             self._on_peer(frames[-1])
-        while True:
+        while self.wit is not None:
             try:
                 body = self.wit.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -480,12 +495,94 @@ class PairService:
         except (ValueError, KeyError, TypeError) as e:
             log.warning("bad witness message: %s", e)
 
+    # -- etcd as the witness (docs/architecture.md, Cluster) -------------------------
+    def _etcd_setup(self, ctl: Any, conf: PairConfig, timing: ha.Timing) -> None:
+        self.solo = None
+        cluster = getattr(ctl, "cluster", None)
+        if conf.witness:
+            return
+        if cluster is None:
+            raise ValueError("pair: witness: is required without a [cluster] section")
+        from .cluster_lease import SoloLease
+
+        # One etcd call may take at most the witness timeout: an answer after
+        # it is ignored by ha anyway (the request is retried).
+        wt = timing.witness_timeout_s
+        client = cluster.new_client(timeout=min(cluster.conf.timeout_s, wt), deadline=wt)
+        self.solo = SoloLease(client, cluster.conf.prefix)
+        self._etcd_q: queue.Queue = queue.Queue()
+        self._granted: dict = {}   # sent_at -> next_gen of grants not yet fed to ha
+
+    def _etcd_run(self) -> None:
+        """Carries out ha's RequestLease and ReleaseLease against etcd, in order;
+        idle, checks once a second that etcd answers (the witness's ping)."""
+        while not self._stop.is_set():
+            try:
+                a = self._etcd_q.get(timeout=1.0)
+            except queue.Empty:
+                a = "ping"
+            if a is None:
+                return
+            try:
+                ev = self._etcd_do(a)
+            except Exception as e:   # never let the thread die: a silent witness fences
+                log.error("pair: etcd witness: %s", e)
+                ev = ha.WitnessUnreachable(a.sent_at if isinstance(a, ha.RequestLease) else -1.0)
+            if ev is not None:
+                with self.lock:
+                    self._cmds.append(ev)
+                try:
+                    os.write(self._wake_w, b"!")
+                except (BlockingIOError, OSError):
+                    pass
+
+    def _etcd_do(self, a):
+        from . import etcd
+
+        c, t = self.conf, self.timing
+        if isinstance(a, ha.RequestLease):
+            if self.state.lease_sent_at != a.sent_at:
+                return None   # superseded while queued: ha waits for a newer one
+            ev = self.solo.request(c.pair_id, c.me_id, t.lease_s, a.data_gen, a.next_gen,
+                                   a.sent_at, deadline=t.witness_timeout_s)
+            if isinstance(ev, ha.LeaseGranted):
+                with self.lock:
+                    self._granted[a.sent_at] = a.next_gen
+            return ev
+        if isinstance(a, tuple):   # ("unwind", next_gen): a grant ha did not take
+            with self.lock:
+                s = self.state
+                if (s.lease_sent_at is not None or ha.lease_valid(s, time.monotonic())
+                        or s.role == ha.SOLO):
+                    return None    # a lease in use or coming: nothing to undo
+                data = s.data_gen
+            if self.solo.unwind(c.pair_id, c.me_id, a[1], data):
+                log.warning("pair: etcd granted a lease after we stopped waiting for it: "
+                            "given back, the pair's generation back to %s", data)
+            return None
+        if isinstance(a, ha.ReleaseLease):
+            self.solo.release(c.pair_id, c.me_id, deadline=2 * t.lease_s)
+            return None
+        if self.state.lease_sent_at is not None or not self._etcd_q.empty():
+            return None
+        try:
+            self.solo.holder(c.pair_id)
+            return ha.WitnessReachable()
+        except etcd.EtcdError:
+            # sent_at -1 answers no request: only witness_ok changes
+            return ha.WitnessUnreachable(-1.0)
+
     # -- the state machine ---------------------------------------------------------
     def feed(self, ev) -> None:
         with self.lock:
             now = time.monotonic()
             old = self.state
             self.state, acts = ha.step(self.state, ev, now)
+            if isinstance(ev, ha.LeaseGranted) and self.solo is not None:
+                ng = self._granted.pop(ev.sent_at, None)
+                if old.lease_sent_at != ev.sent_at and ng is not None:
+                    # etcd wrote ng as the pair's generation; we will never write under it
+                    self._etcd_q.put(("unwind", ng))
             if self.state.role != old.role:
                 log.warning("pair %s: %s -> %s (%s, epoch %d)", self.conf.self_name, old.role,
                             self.state.role, self.state.reason, self.state.epoch)
@@ -506,6 +603,8 @@ class PairService:
                         fn(a.state)
                     except Exception as e:
                         log.error("ANA listener: %s", e)
+            elif isinstance(a, (ha.RequestLease, ha.ReleaseLease)) and self.solo is not None:
+                self._etcd_q.put(a)
             elif isinstance(a, ha.RequestLease):
                 self._send(self.wit, {"op": "lease", "pair": self.conf.pair_id,
                                       "node": self.conf.me_id, "sent_at": a.sent_at,
@@ -551,6 +650,7 @@ class PairService:
             now = time.monotonic()
             st = self.state.to_json(now)
             st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
+                      witness="etcd" if self.solo is not None else self.conf.witness,
                       config_mismatch=self._disagree,
                       alerts=self.alerts[-10:], link=link, volumes=vols)
             return st
@@ -564,10 +664,14 @@ class PairService:
         self._stop.set()
         self._thread.join(5)
         self._probe.join(5)
+        if self.solo is not None:
+            self._etcd_q.put(None)
+            self._etcd.join(5)
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         for s in (self.router, self.peer_sock, self.wit):
-            s.close(0)
+            if s is not None:
+                s.close(0)
         if self._auth is not None:
             self._auth.stop()
         self.zctx.term()

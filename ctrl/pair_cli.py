@@ -10,7 +10,8 @@ from . import logs
 def format_pair_status(st: dict) -> None:
     print(f"pair {st['pair']}: {st['name']} {st['state']} (epoch {st['epoch']}, {st['reason']}) "
           f"ana {st['ana']}  peer {st['peer_state'] or '?'} alive {st['peer_alive']}  "
-          f"mirror {'up' if st['mirror_up'] else 'down'}  witness "
+          f"mirror {'up' if st['mirror_up'] else 'down'}  "
+          f"{'etcd' if st.get('witness') == 'etcd' else 'witness'} "
           f"{'ok' if st['witness_ok'] else 'unreachable'}  lease {st['lease_left_s']}s  "
           f"gen {st['data_gen']}")
     if st["split_brain"]:

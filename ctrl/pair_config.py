@@ -8,7 +8,8 @@
     peer_coord = "tcp://127.0.0.1:5602"
     mirror_listen = "127.0.0.1:4521"    # the C mirror link (TCP)
     peer_mirror = "127.0.0.1:4522"
-    witness = "tcp://127.0.0.1:5600"
+    witness = "tcp://127.0.0.1:5600"    # `srrs witness`; none with a [cluster] section,
+                                        #   whose etcd is then the pair's witness
     peer_rpc_socket = "/tmp/srrs-b.sock" # optional: the peer's JSON-RPC socket, so that
                                         #   `srrs console --pair FILE` finds both controllers
     volumes = ["v0"]                    # paired volumes: the mirror bdev takes the name
@@ -29,7 +30,7 @@
                                         #   alone until the one it granted ran out)
     secret_key = "keys/a.key_secret"    # CURVE (srrs keygen): coordination and witness
     peer_public_key = "keys/b.key"
-    witness_public_key = "keys/w.key"
+    witness_public_key = "keys/w.key"   # (not with etcd as the witness)
     mirror_secret = "keys/mirror.secret" # the mirror link's secret (srrs keygen), the same
                                         #   file on both controllers, mode 0600
     mirror_allow = ["10.0.0.2"]         # optional: the only source addresses the mirror
@@ -150,7 +151,8 @@ class PairConfig:
                                  help="the C mirror link's TCP HOST:PORT")
     peer_mirror: str = setting(nonempty=True, check=address(min_port=1), doc_type="address",
                                help="the peer's mirror link HOST:PORT")
-    witness: str = _zmq("the witness's endpoint")
+    witness: str = _zmq("the witness's endpoint (`srrs witness`); none with [cluster], whose "
+                        "etcd is then the witness", default="")
     peer: str = setting("", nonempty=True, check=check_name, help="the other's name (default: "
                         "identities are the coordination addresses); required with keys")
     volumes: Tuple[PairVolume, ...] = setting((), coerce=_volume_tables, check=_check_volumes,
@@ -237,9 +239,28 @@ def read_mirror_secret(path: str) -> bytes:
     return key
 
 
+def check_witness(pair: Optional[PairConfig], cluster: Any) -> None:
+    """One witness: `srrs witness` (pair.witness) or, with a [cluster] section,
+    etcd (docs/architecture.md, Cluster). Both is refused, not ranked: an
+    operator who moved a pair to etcd must not have its old witness grant a
+    lease as well."""
+    if pair is None:
+        return
+    if cluster is not None and pair.witness:
+        raise SchemaError(("pair", "witness"), "remove it: with a [cluster] section etcd is "
+                          "the pair's witness")
+    if cluster is None and not pair.witness:
+        raise SchemaError(("pair", "witness"), "is required (the `srrs witness` endpoint), "
+                          "unless a [cluster] section makes etcd the witness")
+    if cluster is not None and pair.witness_public_key:
+        raise SchemaError(("pair", "witness_public_key"), "remove it: etcd is the pair's "
+                          "witness ([cluster] has its TLS settings)")
+
+
 def _check_keys(c: PairConfig) -> None:
-    """All four key files, or none and insecure = true."""
-    keys = {k: getattr(c, k) for k in KEY_FILES}
+    """All four key files (three with etcd as the witness: no witness key), or
+    none and insecure = true."""
+    keys = {k: getattr(c, k) for k in KEY_FILES if c.witness or k != "witness_public_key"}
     if not any(keys.values()):
         if not c.insecure:
             raise SchemaError(("secret_key",), "a pair needs keys (secret_key, peer_public_key,"
@@ -251,7 +272,7 @@ def _check_keys(c: PairConfig) -> None:
     if not all(keys.values()):
         missing = [k for k, v in keys.items() if not v][0]
         raise SchemaError((missing,), "the keys go together: secret_key, peer_public_key, "
-                          "witness_public_key and mirror_secret")
+                          "witness_public_key (with a witness) and mirror_secret")
     for k, v in keys.items():
         if not os.path.exists(v):
             raise SchemaError((k,), f"{v} does not exist (make keys with `srrs keygen`)")
