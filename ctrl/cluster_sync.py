@@ -56,7 +56,10 @@ class CatalogSync:
         self.converged = 0           # full passes done
         self._ana: dict = {}         # nqn -> the ANA state we set
         self._stop = threading.Event()
-        self.pair.ana_listeners.append(lambda _s: self._apply_ana())
+        # The pair calls its listeners under its own lock; ours only wakes the tick
+        # thread (a converge holding self.lock may be waiting on the pair).
+        self._kick = threading.Event()
+        self.pair.ana_listeners.append(lambda _s: self._kick.set())
         self._threads = [threading.Thread(target=fn, name=n, daemon=True) for fn, n in
                          ((self._follow, "srrs-catalog"), (self._tick, "srrs-catalog-tick"))]
         for t in self._threads:
@@ -86,7 +89,11 @@ class CatalogSync:
 
     def _tick(self) -> None:
         """Retries what failed; ANA once the peer has the mirror; `ready` in the catalog."""
-        while not self._stop.wait(1.0):
+        while not self._stop.is_set():
+            self._kick.wait(1.0)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             try:
                 with self.lock:
                     if self.errors and self.snap is not None:
@@ -216,6 +223,7 @@ class CatalogSync:
 
     def close(self) -> None:
         self._stop.set()
+        self._kick.set()
         for t in self._threads:
             t.join(5)
 

@@ -52,6 +52,9 @@ class PairService:
         # peer's last heartbeat listed. Not part of the agreement (see add_volume).
         self.runtime: dict = {}
         self.peer_runtime: frozenset = frozenset()
+        # Not self.lock: a mirror create waits for the link's reactor, and the
+        # coordination thread (heartbeats, lease timing) must never wait for that.
+        self._rt_lock = threading.Lock()
         legacy = f"/var/tmp/srrs-pair-{conf.self_name}"
         if (conf.state_dir.startswith(legacy + "-") and not os.path.exists(conf.state_dir)
                 and os.path.exists(os.path.join(legacy, "pair.json"))):
@@ -542,7 +545,7 @@ class PairService:
     # heartbeat lists them instead (peer_has), so an export can wait for the peer.
     def add_volume(self, name: str, replica: str, vol_id: int) -> None:
         """A mirror bdev `name` over `replica` (renamed `name`.replica when equal)."""
-        with self.lock:
+        with self._rt_lock:
             if name in self.runtime or name in self._mirrors:
                 return
             bitmap = os.path.join(self.conf.state_dir, f"{name}.bitmap")
@@ -555,7 +558,7 @@ class PairService:
     def remove_volume(self, name: str, forget: bool = True) -> None:
         """The mirror goes (its replica gets its name back); forget: its bitmap too
         (the volume is deleted, not being grown)."""
-        with self.lock:
+        with self._rt_lock:
             if name not in self.runtime:
                 return
             self.ctl.core.bdev_delete(name)
