@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Optional
 
 from . import etcd, ha
@@ -33,6 +34,11 @@ log = logging.getLogger("srrs.cluster.sync")
 
 PREFIX = "c-"           # pool volume / mirror bdev name of a cluster volume: c-UUID
 MAX_VOL_ID = 63         # ffi/mirror_int.h M_MAX_VOLS - 1
+# Host I/O of a volume stopped here this long before its mirror goes (delete,
+# grow): the peer, told by the same catalog change, has stopped its own by then,
+# so no write it replicates reaches a mirror we no longer have (that would
+# drop the link).
+GRACE_S = 2.0
 
 
 def bdev_name(uuid: str) -> str:
@@ -54,6 +60,7 @@ class CatalogSync:
         self.have: dict = {}         # uuid -> Volume as made here
         self.errors: dict = {}       # uuid -> the last error making it
         self.converged = 0           # full passes done
+        self._quiet: dict = {}       # uuid -> when its host I/O stopped here (delete, grow)
         self._ana: dict = {}         # nqn -> the ANA state we set
         self._stop = threading.Event()
         # The pair calls its listeners under its own lock; ours only wakes the tick
@@ -96,7 +103,7 @@ class CatalogSync:
                 return
             try:
                 with self.lock:
-                    if self.errors and self.snap is not None:
+                    if (self.errors or self._quiet) and self.snap is not None:
                         self.converge(self.snap)
                 self._apply_ana()
                 self._mark_ready()
@@ -135,8 +142,8 @@ class CatalogSync:
             self.pool.volume_create(name, size, thin=True)
             log.info("cluster volume %s/%s (%s): replica created, %d bytes", v.tenant, v.name,
                      v.uuid, size)
-        elif info["size"] < size:
-            self._grow(v, name, nqn, size)
+        elif info["size"] < size and not self._grow(v, name, nqn, size):
+            return              # the next tick goes on
         self.pair.add_volume(name, name, vol_id(v))
         nv = self.ctl.nvmf
         subs = {s["nqn"]: s for s in nv.subsystems()}
@@ -146,8 +153,10 @@ class CatalogSync:
             subs[nqn] = {"hosts": [], "allow_any_host": "*" in v.hosts, "namespaces": []}
         s = subs[nqn]
         if not any(ns["nsid"] == 1 for ns in s["namespaces"]):
+            # its ANA state first: the namespace must not appear optimized before
+            # the peer has the mirror (of this size)
+            self._set_ana(nqn, self._state(v.uuid), force=True)
             nv.add_namespace(nqn, name, nsid=1, uuid=v.uuid, ana_group=1)
-            self._ana.pop(nqn, None)
         if s["allow_any_host"] != ("*" in v.hosts):
             nv.set_allow_any_host(nqn, "*" in v.hosts)
         want = {h for h in v.hosts if h != "*"}
@@ -157,15 +166,28 @@ class CatalogSync:
             nv.remove_host(nqn, h)
         self.have[v.uuid] = v
 
-    def _grow(self, v: Volume, name: str, nqn: str, size: int) -> None:
-        """A mirror bdev has its size for life: the namespace and the mirror go,
-        the replica grows, both come back (the dirty bitmap is kept)."""
+    def _quiesced(self, u: str, name: str) -> bool:
+        """True once GRACE_S has passed since host I/O stopped here (or there is no
+        mirror to protect)."""
+        since = self._quiet.setdefault(u, time.monotonic())
+        if name in self.pair.runtime and time.monotonic() - since < GRACE_S:
+            return False
+        del self._quiet[u]
+        return True
+
+    def _grow(self, v: Volume, name: str, nqn: str, size: int) -> bool:
+        """A mirror bdev has its size for life: the namespace goes, then (GRACE_S
+        later) the mirror, the replica grows, both come back (the dirty bitmap
+        is kept). False while waiting."""
         nv = self.ctl.nvmf
         if any(s["nqn"] == nqn and s["namespaces"] for s in nv.subsystems()):
             nv.remove_namespace(nqn, 1)
+        if not self._quiesced(v.uuid, name):
+            return False
         self.pair.remove_volume(name, forget=False)
         self.pool.volume_resize(name, size)
         log.info("cluster volume %s/%s (%s): grown to %d bytes", v.tenant, v.name, v.uuid, size)
+        return True
 
     def _remove(self, u: str) -> None:
         name, nqn = bdev_name(u), volume_nqn(u)
@@ -173,11 +195,13 @@ class CatalogSync:
         if any(s["nqn"] == nqn for s in nv.subsystems()):
             nv.remove_subsystem(nqn)
         self._ana.pop(nqn, None)
+        self.have.pop(u, None)
+        if not self._quiesced(u, name):
+            return
         self.pair.remove_volume(name)
         if self.pool.volume_info(name) is not None:
             self.pool.volume_delete(name)
             log.info("cluster volume %s: replica deleted", u)
-        self.have.pop(u, None)
 
     # -- ANA and readiness -----------------------------------------------------------
     def _state(self, u: str) -> str:
@@ -191,14 +215,16 @@ class CatalogSync:
     def _apply_ana(self) -> None:
         with self.lock:
             for u in list(self.have):
-                nqn, st = volume_nqn(u), self._state(u)
-                if self._ana.get(nqn) == st:
-                    continue
-                try:
-                    self.ctl.nvmf.set_ana_state(nqn, 1, st)
-                    self._ana[nqn] = st
-                except (OSError, KeyError) as e:
-                    log.warning("catalog sync: ANA of %s: %s", nqn, e)
+                self._set_ana(volume_nqn(u), self._state(u))
+
+    def _set_ana(self, nqn: str, st: str, force: bool = False) -> None:
+        if self._ana.get(nqn) == st and not force:
+            return              # every change raises an AEN on the hosts' controllers
+        try:
+            self.ctl.nvmf.set_ana_state(nqn, 1, st)
+            self._ana[nqn] = st
+        except (OSError, KeyError) as e:
+            log.warning("catalog sync: ANA of %s: %s", nqn, e)
 
     def _mark_ready(self) -> None:
         """Node 0 of the pair writes `ready` once both controllers have the volume."""

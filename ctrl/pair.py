@@ -48,10 +48,10 @@ class PairService:
         self._link_pp = None
         self._mirrors: list = []
         self._resync_started = 0.0
-        # Runtime paired volumes (add_volume): {mirror name: vol id}, and the ones the
+        # Runtime paired volumes (add_volume): {mirror name: size}, and the ones the
         # peer's last heartbeat listed. Not part of the agreement (see add_volume).
         self.runtime: dict = {}
-        self.peer_runtime: frozenset = frozenset()
+        self.peer_runtime: dict = {}
         # Not self.lock: a mirror create waits for the link's reactor, and the
         # coordination thread (heartbeats, lease timing) must never wait for that.
         self._rt_lock = threading.Lock()
@@ -415,7 +415,7 @@ class PairService:
             "type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
             "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
             "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement,
-            "runtime": sorted(self.runtime)})
+            "runtime": sorted(self.runtime.items())})
         self.feed(ha.Tick())
 
     def _probe_run(self) -> None:
@@ -462,7 +462,7 @@ class PairService:
                         self._apply([ha.Alert("error", msg)], time.monotonic())
                     return
                 self._disagree = ""
-                self.peer_runtime = frozenset(m.get("runtime", ()))
+                self.peer_runtime = {str(n): int(z) for n, z in m.get("runtime", ())}
                 ev = ha.PeerHeartbeat(int(m["epoch"]), str(m["role"]), int(m["loops"]),
                                       ha.Gen.from_json(m["data_gen"]),
                                       ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]))
@@ -542,7 +542,8 @@ class PairService:
     # (the same on both controllers: the catalog's slot), with its dirty bitmap in
     # state_dir. They are left out of the agreement: the two controllers add them
     # at different moments, and a difference must not make the peer "dead". The
-    # heartbeat lists them instead (peer_has), so an export can wait for the peer.
+    # heartbeat lists them with their sizes instead (peer_has), so an export can wait
+    # for the peer's mirror of the same size.
     def add_volume(self, name: str, replica: str, vol_id: int) -> None:
         """A mirror bdev `name` over `replica` (renamed `name`.replica when equal)."""
         with self._rt_lock:
@@ -553,7 +554,7 @@ class PairService:
                                                      vol_id, self.conf.stripe_size,
                                                      bitmap.encode()), f"mirror {name}")
             self._mirrors.append(name)
-            self.runtime[name] = vol_id
+            self.runtime[name] = self.ctl.core.bdev_info(name)["size"]
 
     def remove_volume(self, name: str, forget: bool = True) -> None:
         """The mirror goes (its replica gets its name back); forget: its bitmap too
@@ -571,7 +572,9 @@ class PairService:
                 pass
 
     def peer_has(self, name: str) -> bool:
-        return name in self.peer_runtime
+        """The peer's last heartbeat listed the mirror `name` with our size."""
+        mine = self.runtime.get(name)
+        return mine is not None and self.peer_runtime.get(name) == mine
 
     # -- operator ---------------------------------------------------------------------
     def resync(self, source: str) -> None:
