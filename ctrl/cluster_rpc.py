@@ -63,10 +63,14 @@ _VNAME = _P("name", help="volume name (unique per tenant)", positional=True)
 def cluster_status(ctl, p: dict):
     """This controller in the cluster (registration, convergence) and the cluster's totals."""
     svc = _svc(ctl)
-    snap = _call(svc.catalog.snapshot)
     out = dict(svc.status())
     sync = getattr(ctl, "catalog_sync", None)
     out["sync"] = sync.status() if sync is not None else None
+    try:        # this controller's view still answers while etcd does not
+        snap = svc.catalog.snapshot()
+    except etcd.EtcdError as e:
+        out["catalog_error"] = str(e)
+        return out
     out.update(revision=snap.revision, members=sorted(snap.members), pairs=len(snap.pairs),
                tenants=len(snap.tenants), volumes=len(snap.volumes))
     return out
