@@ -254,9 +254,12 @@ class PairService:
 
     def mirror_info(self) -> list:
         out = []
-        for name in self._mirrors:
+        for name in list(self._mirrors):   # runtime volumes come and go meanwhile
             i = self._ffi.new("struct srrs_mirror_info *")
-            self._check(self._lib.srrs_mirror_get_info(self.link, name.encode(), i))
+            rc = self._lib.srrs_mirror_get_info(self.link, name.encode(), i)
+            if rc < 0 and name not in self._mirrors:
+                continue
+            self._check(rc)
             d = {k: getattr(i, k) for k in ("vol_id", "stripe_size", "stripes", "dirty_stripes",
                                             "resync_left", "resync_bytes", "resync_active",
                                             "resync_done", "writes", "replicated", "forwarded",
@@ -562,8 +565,12 @@ class PairService:
         with self._rt_lock:
             if name not in self.runtime:
                 return
-            self.ctl.core.bdev_delete(name)
-            self._mirrors.remove(name)
+            self._mirrors.remove(name)     # first: status stops asking for it
+            try:
+                self.ctl.core.bdev_delete(name)
+            except BaseException:
+                self._mirrors.append(name)
+                raise
             del self.runtime[name]
         if forget:
             try:
