@@ -109,8 +109,8 @@ class Volume:
     pair: str
     state: str = "creating"     # creating -> ready (the pair's controllers made it)
     generation: int = 1         # bumped by every change of the record
+    hosts: tuple = ()           # host NQNs that may connect ("*": any; none: no host)
     slot: int = -1              # its mirror slot in the pair (Pair.slots)
-    hosts: tuple = ()           # host NQNs its subsystem admits ("*": any)
 
 
 KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume}
@@ -121,7 +121,9 @@ def _rec(kind: str, kv: etcd.KV):
     for k in ("nodes", "slots", "hosts"):
         if k in d:
             d[k] = tuple(d[k])
-    return KINDS[kind](**d)
+    # a field a newer controller wrote is not ours to refuse (mixed versions in a rollout)
+    known = KINDS[kind].__dataclass_fields__
+    return KINDS[kind](**{k: v for k, v in d.items() if k in known})
 
 
 def _enc(rec) -> dict:
