@@ -34,6 +34,9 @@ from .placement import NoPlacement, Request, placement
 
 DEFAULT_PREFIX = "/srrs/"
 RETRIES = 32      # lost races before giving up (each one is another writer's commit)
+# Mirror slots of a pair: its cluster volumes take mirror volume ids 63 - slot
+# (ffi/mirror_int.h M_MAX_VOLS = 64), configured [pair] volumes 0, 1, ...
+MAX_SLOTS = 48
 
 
 class CatalogError(Exception):
@@ -73,10 +76,20 @@ class Pair:
     capacity: int = 0
     allocated: int = 0
     labels: dict = field(default_factory=dict)      # {"zone": "z1", ...}
+    # The pair's mirror slots: slots[i] is the uuid of the volume on slot i ("" free).
+    # A volume's slot is its mirror volume id on both controllers (Convergence).
+    slots: tuple = ()
 
     @property
     def free(self) -> int:
         return self.capacity - self.allocated
+
+    def free_slot(self) -> int:
+        """The lowest free mirror slot, -1 when all MAX_SLOTS are taken."""
+        for i, u in enumerate(self.slots):
+            if not u:
+                return i
+        return len(self.slots) if len(self.slots) < MAX_SLOTS else -1
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class Volume:
     state: str = "creating"     # creating -> ready (the pair's controllers made it)
     generation: int = 1         # bumped by every change of the record
     hosts: tuple = ()           # host NQNs that may connect ("*": any; none: no host)
+    slot: int = -1              # its mirror slot in the pair (Pair.slots)
 
 
 KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume}
@@ -104,10 +118,9 @@ KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume}
 
 def _rec(kind: str, kv: etcd.KV):
     d = json.loads(kv.value)
-    if kind == "pairs":
-        d["nodes"] = tuple(d.get("nodes", ()))
-    if kind == "volumes":
-        d["hosts"] = tuple(d.get("hosts", ()))
+    for k in ("nodes", "slots", "hosts"):
+        if k in d:
+            d[k] = tuple(d[k])
     # a field a newer controller wrote is not ours to refuse (mixed versions in a rollout)
     known = KINDS[kind].__dataclass_fields__
     return KINDS[kind](**{k: v for k, v in d.items() if k in known})
@@ -115,8 +128,9 @@ def _rec(kind: str, kv: etcd.KV):
 
 def _enc(rec) -> dict:
     d = asdict(rec)
-    if isinstance(rec, Pair):
-        d["nodes"] = list(rec.nodes)
+    for k in ("nodes", "slots", "hosts"):
+        if k in d:
+            d[k] = list(d[k])
     return d
 
 
@@ -240,7 +254,7 @@ class Catalog:
 
     # -- volumes --
     def create_volume(self, tenant: str, name: str, size: int, labels=None,
-                      uuid: Optional[str] = None) -> Volume:
+                      uuid: Optional[str] = None, hosts=()) -> Volume:
         """One transaction: the volume on the pair placement chooses, the name,
         the tenant's usage and the pair's allocation. The same name and size
         again returns the existing volume."""
@@ -266,7 +280,10 @@ class Catalog:
             except NoPlacement as e:
                 raise (QuotaExceeded if e.quota else CatalogError)(str(e)) from None
             p, pk = snap.pairs[pname], self.key("pairs", pname)
-            vol = Volume(vid, name, size, tenant, pname)
+            slot = p.free_slot()
+            slots = p.slots + ("",) * (slot + 1 - len(p.slots))
+            slots = slots[:slot] + (vid,) + slots[slot + 1:]
+            vol = Volume(vid, name, size, tenant, pname, slot=slot, hosts=tuple(hosts))
             # Placement decided on these revisions of the tenant and the pair: a
             # commit to either since (another create, a resize) fails the txn.
             ok = self.etcd.txn(
@@ -274,7 +291,8 @@ class Catalog:
                  etcd.absent(nk)],
                 [etcd.put(self.key("volumes", vid), _enc(vol)), etcd.put(nk, vid),
                  etcd.put(tk, _enc(replace(t, used=t.used + size, volumes=t.volumes + 1))),
-                 etcd.put(pk, _enc(replace(p, allocated=p.allocated + size)))]).succeeded
+                 etcd.put(pk, _enc(replace(p, allocated=p.allocated + size,
+                                           slots=slots)))]).succeeded
             if ok:
                 return vol
         raise CatalogError(f"volume {tenant}/{name}: too many concurrent changes")
@@ -321,13 +339,23 @@ class Catalog:
         return self._change(tenant, name, None) is not None
 
     def set_volume_state(self, uuid: str, state: str) -> Volume:
+        return self._update_volume(uuid, state=state)
+
+    def set_volume_hosts(self, tenant: str, name: str, hosts) -> Volume:
+        """The host NQNs the volume's subsystem admits (replaces the list)."""
+        v = self.volume_by_name(tenant, name)
+        if v is None:
+            raise NotFound(f"no volume {tenant}/{name}")
+        return self._update_volume(v.uuid, hosts=tuple(hosts))
+
+    def _update_volume(self, uuid: str, **fields) -> Volume:
         k = self.key("volumes", uuid)
         for _ in range(RETRIES):
             kv = self.etcd.get1(k)
             if kv is None:
                 raise NotFound(f"no volume {uuid}")
             v = _rec("volumes", kv)
-            nv = replace(v, state=state, generation=v.generation + 1)
+            nv = replace(v, generation=v.generation + 1, **fields)
             if self.etcd.txn([etcd.mod_is(k, kv.mod_revision)], [etcd.put(k, _enc(nv))]).succeeded:
                 return nv
         raise CatalogError(f"volume {uuid}: too many concurrent changes")
@@ -364,9 +392,12 @@ class Catalog:
                     raise CatalogError(f"pair {p.name}: {p.free} bytes free, {delta} asked")
             cmp = [etcd.mod_is(vk, vkv.mod_revision), etcd.mod_is(tk, kv2[tk].mod_revision),
                    etcd.mod_is(pk, kv2[pk].mod_revision)]
+            slots = p.slots
+            if size is None and 0 <= v.slot < len(slots) and slots[v.slot] == v.uuid:
+                slots = slots[:v.slot] + ("",) + slots[v.slot + 1:]
             ops = [etcd.put(tk, _enc(replace(t, used=t.used + delta,
                                              volumes=t.volumes - (size is None)))),
-                   etcd.put(pk, _enc(replace(p, allocated=p.allocated + delta)))]
+                   etcd.put(pk, _enc(replace(p, allocated=p.allocated + delta, slots=slots)))]
             nv = v
             if size is None:
                 ops += [etcd.delete(vk), etcd.delete(nk)]

@@ -7,6 +7,7 @@ etcd = ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]
 name = "a"                  # this controller's member name (default: [pair] self)
 prefix = "/srrs/"           # every key of the cluster lives under it
 zone = "z1"                 # optional label placement may use
+pool = "p0"                 # the pool of the cluster volumes' replicas (default: the only one)
 lease_s = 5                 # the member key's lease: gone this long after a death
 ca_cert = "/etc/srrs/etcd-ca.pem"   # optional TLS to etcd
 cert = "/etc/srrs/etcd-client.pem"
@@ -47,6 +48,8 @@ class ClusterConfig:
                         help="this controller's member name (default: [pair] self)")
     prefix: str = setting("/srrs/", check=_prefix, help="key prefix of the cluster in etcd")
     zone: str = setting("", help="a label placement may use")
+    pool: str = setting("", help="the pool the replicas of cluster volumes go to "
+                                 "(default: the only pool)")
     lease_s: int = setting(5, range=(1, 60), help="the member key's etcd lease, seconds")
     timeout_s: float = setting(1.0, range=(0.05, 30.0), help="one etcd request, seconds")
     ca_cert: str = setting("", help="CA file of etcd's TLS certificates")

@@ -22,8 +22,8 @@ from ..ffi.binding import Core, SrrsError
 from ..nvmf import service as nvmf_service
 from ..vhost import service as vhost_service
 from . import cluster as cluster_service
+from . import cluster_sync, logs
 from . import config as cfg
-from . import logs
 from . import metrics as metrics_service
 from . import pair as pair_service
 from . import pool as pool_service
@@ -56,6 +56,7 @@ class Controller:
         self.pool: Any = None
         self.pair: Any = None
         self.cluster: Any = None
+        self.catalog_sync: Any = None
         self.metrics: Any = None
         self.services: dict = {}
         self.rpc: Optional[RpcServer] = None
@@ -77,6 +78,8 @@ class Controller:
         ("cluster", cluster_service.start, "cluster"),
         ("pair", pair_service.start, "pair"),
         ("nvmf", nvmf_service.start, "nvmf"),
+        # after the pair and the exports: it adds mirrors and subsystems to them
+        ("catalog_sync", cluster_sync.start, "cluster"),
         ("vhost", vhost_service.start, "vhost"),
         ("metrics", metrics_service.start, "metrics"),
     )

@@ -431,6 +431,10 @@ class Pair:
             if peer_rpc:
                 pt["peer_rpc_socket"] = os.path.join(self.dir, f"{peer}.sock")
             conf = merge({"controller": controller(n, sock, reactors, poll_mode)}, node(n))
+            if "cluster" in conf:  # etcd is the pair's witness: no srrs witness
+                pt.pop("witness", None)
+                pt.pop("witness_public_key", None)
+                self._witness = None
             conf["pair"] = pt
             self.nodes[n] = Controller(os.path.join(self.dir, f"{n}.toml"), conf, sock=sock,
                                        prefix=prefix.get(n, ()), session=session,
@@ -439,7 +443,7 @@ class Pair:
     def start(self, paired_timeout: Optional[float] = 30) -> "Pair":
         """The witness, then both controllers; waits for their sockets, then (unless
         paired_timeout is None) for both PAIRED."""
-        self.witness = Witness(**self._witness)
+        self.witness = Witness(**self._witness) if self._witness else None
         for c in self.nodes.values():
             c.start(wait=False)
         for c in self.nodes.values():

@@ -10,10 +10,10 @@ import json
 from ..nvmf import rpc as nvmf_rpc
 from ..rpcdef import MethodTable, kinds_table
 from ..vhost import rpc as vhost_rpc
-from . import core_rpc, pair_rpc, pool_rpc
+from . import cluster_rpc, core_rpc, pair_rpc, pool_rpc
 
 TABLE = MethodTable()
-for _module in (core_rpc, nvmf_rpc, vhost_rpc, pool_rpc, pair_rpc):
+for _module in (core_rpc, nvmf_rpc, vhost_rpc, pool_rpc, pair_rpc, cluster_rpc):
     TABLE.merge(_module.METHODS)
 
 

@@ -53,6 +53,13 @@ class PairService:
         self._link_pp = None
         self._mirrors: list = []
         self._resync_started = 0.0
+        # Runtime paired volumes (add_volume): {mirror name: size}, and the ones the
+        # peer's last heartbeat listed. Not part of the agreement (see add_volume).
+        self.runtime: dict = {}
+        self.peer_runtime: dict = {}
+        # Not self.lock: a mirror create waits for the link's reactor, and the
+        # coordination thread (heartbeats, lease timing) must never wait for that.
+        self._rt_lock = threading.Lock()
         legacy = f"/var/tmp/srrs-pair-{conf.self_name}"
         if (conf.state_dir.startswith(legacy + "-") and not os.path.exists(conf.state_dir)
                 and os.path.exists(os.path.join(legacy, "pair.json"))):
@@ -257,9 +264,12 @@ class PairService:
 
     def mirror_info(self) -> list:
         out = []
-        for name in self._mirrors:
+        for name in list(self._mirrors):   # runtime volumes come and go meanwhile
             i = self._ffi.new("struct srrs_mirror_info *")
-            self._check(self._lib.srrs_mirror_get_info(self.link, name.encode(), i))
+            rc = self._lib.srrs_mirror_get_info(self.link, name.encode(), i)
+            if rc < 0 and name not in self._mirrors:
+                continue
+            self._check(rc)
             d = {k: getattr(i, k) for k in ("vol_id", "stripe_size", "stripes", "dirty_stripes",
                                             "resync_left", "resync_bytes", "resync_active",
                                             "resync_done", "writes", "replicated", "forwarded",
@@ -422,7 +432,8 @@ class PairService:
         self._send(self.peer_sock, {
             "type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
             "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
-            "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement})
+            "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement,
+            "runtime": sorted(self.runtime.items())})
         self.feed(ha.Tick())
 
     def _probe_run(self) -> None:
@@ -469,6 +480,7 @@ class PairService:
                         self._apply([ha.Alert("error", msg)], time.monotonic())
                     return
                 self._disagree = ""
+                self.peer_runtime = {str(n): int(z) for n, z in m.get("runtime", ())}
                 ev = ha.PeerHeartbeat(int(m["epoch"]), str(m["role"]), int(m["loops"]),
                                       ha.Gen.from_json(m["data_gen"]),
                                       ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]))
@@ -625,6 +637,50 @@ class PairService:
                 del self.alerts[:-100]
                 self.alerts_raised += 1
                 (log.error if a.level == "error" else log.warning)("pair: %s", a.message)
+
+    # -- runtime paired volumes ---------------------------------------------------------
+    # Cluster volumes (ctrl/cluster_sync.py) come and go while the pair runs. Each is
+    # a mirror over a local replica like a configured volume, on vol id `vol_id`
+    # (the same on both controllers: the catalog's slot), with its dirty bitmap in
+    # state_dir. They are left out of the agreement: the two controllers add them
+    # at different moments, and a difference must not make the peer "dead". The
+    # heartbeat lists them with their sizes instead (peer_has), so an export can wait
+    # for the peer's mirror of the same size.
+    def add_volume(self, name: str, replica: str, vol_id: int) -> None:
+        """A mirror bdev `name` over `replica` (renamed `name`.replica when equal)."""
+        with self._rt_lock:
+            if name in self.runtime or name in self._mirrors:
+                return
+            bitmap = os.path.join(self.conf.state_dir, f"{name}.bitmap")
+            self._check(self._lib.srrs_mirror_create(self.link, name.encode(), replica.encode(),
+                                                     vol_id, self.conf.stripe_size,
+                                                     bitmap.encode()), f"mirror {name}")
+            self._mirrors.append(name)
+            self.runtime[name] = self.ctl.core.bdev_info(name)["size"]
+
+    def remove_volume(self, name: str, forget: bool = True) -> None:
+        """The mirror goes (its replica gets its name back); forget: its bitmap too
+        (the volume is deleted, not being grown)."""
+        with self._rt_lock:
+            if name not in self.runtime:
+                return
+            self._mirrors.remove(name)     # first: status stops asking for it
+            try:
+                self.ctl.core.bdev_delete(name)
+            except BaseException:
+                self._mirrors.append(name)
+                raise
+            del self.runtime[name]
+        if forget:
+            try:
+                os.unlink(os.path.join(self.conf.state_dir, f"{name}.bitmap"))
+            except FileNotFoundError:
+                pass
+
+    def peer_has(self, name: str) -> bool:
+        """The peer's last heartbeat listed the mirror `name` with our size."""
+        mine = self.runtime.get(name)
+        return mine is not None and self.peer_runtime.get(name) == mine
 
     # -- operator ---------------------------------------------------------------------
     def resync(self, source: str) -> None:

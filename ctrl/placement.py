@@ -47,12 +47,18 @@ def _live_pairs(snap) -> set:
     return {m.pair for m in snap.members.values() if m.pair and m.health != "down"}
 
 
+def _has_slot(p) -> bool:
+    """A pair takes at most as many cluster volumes as its mirror has slots."""
+    free_slot = getattr(p, "free_slot", None)
+    return free_slot is None or free_slot() >= 0
+
+
 def candidates(snap, req: Request) -> list:
     """(free bytes, pair name) of the pairs that could take it, best first."""
     live = _live_pairs(snap)
     out = [(p.capacity - p.allocated, name) for name, p in snap.pairs.items()
            if name in live and all(p.labels.get(k) == v for k, v in req.labels.items())
-           and p.capacity - p.allocated >= req.size]
+           and p.capacity - p.allocated >= req.size and _has_slot(p)]
     return sorted(out, key=lambda c: (-c[0], c[1]))
 
 

@@ -164,7 +164,9 @@ class NvmfTarget:
 
     # -- subsystems --------------------------------------------------------------
     def add_subsystem(self, nqn: str, serial: Optional[str] = None, model: Optional[str] = None,
-                      allow_any_host: bool = False) -> None:
+                      allow_any_host: bool = False, persist: bool = True) -> None:
+        """persist=False: made at run time from elsewhere (the cluster catalog,
+        ctrl/cluster_sync.py) and left out of save_config."""
         C.check_nqn(nqn, "nqn")
         serial = serial or default_serial(nqn)
         model = model or "SRRS NVMe-oF"
@@ -172,7 +174,7 @@ class NvmfTarget:
                                           int(allow_any_host)), f"nvmf subsystem {nqn}")
         with self._lock:
             self._subsys[nqn] = {"serial": serial, "model": model, "allow_any_host": allow_any_host,
-                                 "hosts": [], "namespaces": {}, "ana": {}}
+                                 "hosts": [], "namespaces": {}, "ana": {}, "persist": persist}
 
     def remove_subsystem(self, nqn: str) -> None:
         check(lib.srrs_nvmf_subsystem_remove(self.ptr, nqn.encode()), f"nvmf subsystem {nqn}")
@@ -363,7 +365,11 @@ class NvmfTarget:
     def to_config(self) -> C.NvmfConfig:
         """The running state as config (for save_config)."""
         subs = []
+        with self._lock:
+            skip = {n for n, s in self._subsys.items() if not s.get("persist", True)}
         for s in self.subsystems():
+            if s["nqn"] in skip:
+                continue
             auth = tuple(C.NvmfHostAuth(**a) for a in s["dhchap_hosts"])
             named = {a.nqn for a in auth}
             hosts = (["*"] if s["allow_any_host"] else []) + [

@@ -91,7 +91,7 @@ def test_contracts_catch_a_violation(tmp_path, folder, text, chain):
 
 def test_services_are_imported_start_functions():
     """The daemon's one registry of services: imported modules' start(), in start order."""
-    from srrs.ctrl import cluster, metrics, pair, pool
+    from srrs.ctrl import cluster, cluster_sync, metrics, pair, pool
     from srrs.ctrl.daemon import Controller
     from srrs.nvmf import service as nvmf_service
     from srrs.vhost import service as vhost_service
@@ -100,6 +100,7 @@ def test_services_are_imported_start_functions():
                                    ("cluster", cluster.start, "cluster"),
                                    ("pair", pair.start, "pair"),
                                    ("nvmf", nvmf_service.start, "nvmf"),
+                                   ("catalog_sync", cluster_sync.start, "cluster"),
                                    ("vhost", vhost_service.start, "vhost"),
                                    ("metrics", metrics.start, "metrics"))
 

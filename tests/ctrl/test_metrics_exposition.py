@@ -1,6 +1,6 @@
 """The Prometheus exposition of a real controller with every section (a pool
 with a tenant and a volume exported over NVMe/TCP and vhost-user, a pair
-whose peer and witness are away, a finished load job, a cluster on a real
+whose peer is away (etcd is its witness), a finished load job, a cluster on a real
 etcd with a pair and a tenant in its catalog), parsed with the client
 library's parser: every family is one of ctrl/metrics.py TABLE, typed and
 named by its unit, labelled only by identity, and each declared family is
@@ -51,7 +51,7 @@ def exposition(tmp_path_factory):
 
 def _exposition(tmp_path_factory, e):
     d = tmp_path_factory.mktemp("metrics")
-    nvmf, coord, peer_coord, mirror, peer_mirror, witness = _ports(6)
+    nvmf, coord, peer_coord, mirror, peer_mirror = _ports(5)
     sock = f"{d}/c.sock"
     conf = d / "c.toml"
     conf.write_text(f"""
@@ -101,7 +101,6 @@ coord_bind = "tcp://127.0.0.1:{coord}"
 peer_coord = "tcp://127.0.0.1:{peer_coord}"
 mirror_listen = "127.0.0.1:{mirror}"
 peer_mirror = "127.0.0.1:{peer_mirror}"
-witness = "tcp://127.0.0.1:{witness}"
 volumes = ["pv0"]
 state_dir = "{d}/state"
 insecure = true

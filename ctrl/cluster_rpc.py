@@ -1,0 +1,158 @@
+"""RPC methods of the cluster (`srrs cluster ...`), declared in `METHODS`
+(srrs.rpcdef). Any controller with [cluster] answers them from etcd: the
+catalog is the same from everywhere, and a change is one catalog transaction
+(ctrl/cluster_catalog.py) that the controllers of the volume's pair then
+converge to (ctrl/cluster_sync.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from ..rpcdef import (
+    AlreadyExists,
+    InvalidParams,
+    MethodTable,
+    NoSpace,
+    NotConfigured,
+    NotFound,
+    RpcError,
+)
+from ..rpcdef import P as _P
+from . import cluster_catalog as cat
+from . import etcd
+from .cluster import volume_nqn
+
+METHODS = MethodTable()
+
+
+def _svc(ctl):
+    if getattr(ctl, "cluster", None) is None:
+        raise NotConfigured("this controller has no [cluster] section")
+    return ctl.cluster
+
+
+def _call(fn, *a, **kw):
+    """A catalog call, its refusals as the RPC error kinds."""
+    try:
+        return fn(*a, **kw)
+    except cat.QuotaExceeded as e:
+        raise NoSpace(str(e)) from None
+    except cat.Conflict as e:
+        raise AlreadyExists(str(e)) from None
+    except cat.NotFound as e:
+        raise NotFound(str(e)) from None
+    except cat.CatalogError as e:
+        msg = str(e)
+        raise (NoSpace if "free" in msg else InvalidParams)(msg) from None
+    except etcd.EtcdError as e:
+        raise RpcError(f"etcd: {e}") from None
+
+
+def _vol(v: cat.Volume) -> dict:
+    d = asdict(v)
+    d["hosts"] = list(v.hosts)
+    d["nqn"] = volume_nqn(v.uuid)
+    return d
+
+
+_TENANT = _P("tenant", help="the tenant owning the volume")
+_VNAME = _P("name", help="volume name (unique per tenant)", positional=True)
+
+
+@METHODS.method("cluster_status")
+def cluster_status(ctl, p: dict):
+    """This controller in the cluster (registration, convergence) and the cluster's totals."""
+    svc = _svc(ctl)
+    out = dict(svc.status())
+    sync = getattr(ctl, "catalog_sync", None)
+    out["sync"] = sync.status() if sync is not None else None
+    try:        # this controller's view still answers while etcd does not
+        snap = svc.catalog.snapshot()
+    except etcd.EtcdError as e:
+        out["catalog_error"] = str(e)
+        return out
+    out.update(revision=snap.revision, members=sorted(snap.members), pairs=len(snap.pairs),
+               tenants=len(snap.tenants), volumes=len(snap.volumes))
+    return out
+
+
+@METHODS.method("cluster_pairs")
+def cluster_pairs(ctl, p: dict):
+    """Every pair: nodes, capacity, allocated, free, labels, live members, volume count."""
+    snap = _call(_svc(ctl).catalog.snapshot)
+    nvol: dict = {}
+    for v in snap.volumes.values():
+        nvol[v.pair] = nvol.get(v.pair, 0) + 1
+    out = []
+    for name, pr in sorted(snap.pairs.items()):
+        d = asdict(pr)
+        d.update(nodes=list(pr.nodes), free=pr.free, volumes=nvol.get(name, 0),
+                 members=sorted(m.name for m in snap.members.values() if m.pair == name))
+        d.pop("slots", None)
+        out.append(d)
+    return out
+
+
+@METHODS.method("cluster_volumes", _P("tenant", default="", help="only this tenant's"))
+def cluster_volumes(ctl, p: dict):
+    """Every volume of the catalog (uuid, name, size, tenant, pair, state, hosts, NQN)."""
+    snap = _call(_svc(ctl).catalog.snapshot)
+    return [_vol(v) for v in sorted(snap.volumes.values(), key=lambda v: (v.tenant, v.name))
+            if not p["tenant"] or v.tenant == p["tenant"]]
+
+
+@METHODS.method("cluster_tenants")
+def cluster_tenants(ctl, p: dict):
+    """Every tenant: quota, used bytes, volume count."""
+    snap = _call(_svc(ctl).catalog.snapshot)
+    return [asdict(t) for _, t in sorted(snap.tenants.items())]
+
+
+@METHODS.method("cluster_tenant_set", _P("name", help="tenant name", positional=True),
+                _P("quota", "size", help="bytes the tenant's volumes may total"))
+def cluster_tenant_set(ctl, p: dict):
+    """Create a tenant or change its quota (its usage is kept)."""
+    return asdict(_call(_svc(ctl).catalog.put_tenant, p["name"], p["quota"]))
+
+
+@METHODS.method("cluster_pair_set", _P("name", help="pair name (its controllers' names, "
+                                                    "sorted, joined by '+')", positional=True),
+                _P("capacity", "size", help="bytes its volumes may total"),
+                _P("zone", default="", help="zone label placement may ask for"),
+                _P("nodes", "list", None, help="its two controllers' names"))
+def cluster_pair_set(ctl, p: dict):
+    """Declare a pair (or change its capacity / zone); its allocation is kept."""
+    nodes = p.get("nodes") or p["name"].split("+")
+    labels = {"zone": p["zone"]} if p["zone"] else {}
+    pr = _call(_svc(ctl).catalog.put_pair, p["name"], nodes, p["capacity"], labels)
+    return {**asdict(pr), "nodes": list(pr.nodes), "slots": list(pr.slots)}
+
+
+@METHODS.method("cluster_volume_create", _VNAME, _P("size", "size", help="bytes"), _TENANT,
+                _P("zone", default="", help="only a pair with this zone label"),
+                _P("hosts", "list", None, help="host NQNs allowed (\"*\": any; default none)"))
+def cluster_volume_create(ctl, p: dict):
+    """Create a volume on the pair placement picks (most free space), within the
+    tenant's quota; the same name and size again returns the existing volume."""
+    labels = {"zone": p["zone"]} if p["zone"] else {}
+    return _vol(_call(_svc(ctl).catalog.create_volume, p["tenant"], p["name"], p["size"],
+                      labels=labels, hosts=tuple(p.get("hosts") or ())))
+
+
+@METHODS.method("cluster_volume_delete", _VNAME, _TENANT)
+def cluster_volume_delete(ctl, p: dict):
+    """Delete a volume (its replicas and subsystem go); false when there was none."""
+    return _call(_svc(ctl).catalog.delete_volume, p["tenant"], p["name"])
+
+
+@METHODS.method("cluster_volume_resize", _VNAME, _TENANT, _P("size", "size", help="new size"))
+def cluster_volume_resize(ctl, p: dict):
+    """Grow a volume (never shrink) within the tenant's quota and its pair's space."""
+    return _vol(_call(_svc(ctl).catalog.resize_volume, p["tenant"], p["name"], p["size"]))
+
+
+@METHODS.method("cluster_volume_hosts", _VNAME, _TENANT,
+                _P("hosts", "list", help="host NQNs allowed (replaces the list; \"*\": any)"))
+def cluster_volume_hosts(ctl, p: dict):
+    """Set the host allow-list of a volume's subsystem (both controllers follow)."""
+    return _vol(_call(_svc(ctl).catalog.set_volume_hosts, p["tenant"], p["name"], p["hosts"]))

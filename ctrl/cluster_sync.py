@@ -1,0 +1,261 @@
+"""Convergence: a controller's replicas and exports follow the catalog
+(docs/architecture.md, Cluster, Convergence).
+
+A controller with [cluster] and [pair] follows the catalog (a snapshot, then
+its changes; a full snapshot again after a compaction or a restart) and makes
+its part of the volumes of ITS pair match it. For a volume with uuid U:
+
+  * a thin pool volume `c-U` in the cluster pool ([cluster] pool, else the
+    only pool), grown (never shrunk) to the catalog size;
+  * a mirror bdev `c-U` over it on the pair's link (the replica steps aside to
+    `c-U.replica`), mirror volume id 63 - the catalog slot, the same on both
+    controllers;
+  * one NVMe/TCP subsystem `volume_nqn(U)`: NSID 1 with NGUID/UUID = U, ANA
+    group 1 following the pair's ANA state (inaccessible until the peer has
+    the mirror too, except SOLO), the catalog's host allow-list.
+
+Everything named `c-*` in the cluster pool that the catalog no longer has on
+this pair is taken down and deleted. A change that fails (a full pool, a
+busy export) is retried every second until it succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+from . import etcd, ha
+from .cluster import pair_name, volume_nqn
+from .cluster_catalog import Snapshot, Volume
+
+log = logging.getLogger("srrs.cluster.sync")
+
+PREFIX = "c-"           # pool volume / mirror bdev name of a cluster volume: c-UUID
+MAX_VOL_ID = 63         # ffi/mirror_int.h M_MAX_VOLS - 1
+# Host I/O of a volume stopped here this long before its mirror goes (delete,
+# grow): the peer, told by the same catalog change, has stopped its own by then,
+# so no write it replicates reaches a mirror we no longer have (that would
+# drop the link).
+GRACE_S = 2.0
+
+
+def bdev_name(uuid: str) -> str:
+    return PREFIX + uuid
+
+
+def vol_id(v: Volume) -> int:
+    return MAX_VOL_ID - v.slot
+
+
+class CatalogSync:
+    def __init__(self, ctl: Any, cluster: Any):
+        self.ctl, self.cluster = ctl, cluster
+        self.pair = ctl.pair
+        self.pair_name = pair_name(ctl.conf.pair)
+        self.pool = self._pick_pool(cluster.conf.pool)
+        self.lock = threading.RLock()
+        self.snap: Optional[Snapshot] = None
+        self.have: dict = {}         # uuid -> Volume as made here
+        self.errors: dict = {}       # uuid -> the last error making it
+        self.converged = 0           # full passes done
+        self._quiet: dict = {}       # uuid -> when its host I/O stopped here (delete, grow)
+        self._ana: dict = {}         # nqn -> the ANA state we set
+        self._stop = threading.Event()
+        # The pair calls its listeners under its own lock; ours only wakes the tick
+        # thread (a converge holding self.lock may be waiting on the pair).
+        self._kick = threading.Event()
+        self.pair.ana_listeners.append(lambda _s: self._kick.set())
+        self._threads = [threading.Thread(target=fn, name=n, daemon=True) for fn, n in
+                         ((self._follow, "srrs-catalog"), (self._tick, "srrs-catalog-tick"))]
+        for t in self._threads:
+            t.start()
+
+    def _pick_pool(self, name: str):
+        pools = self.ctl.pool.pools if self.ctl.pool is not None else {}
+        if name:
+            if name not in pools:
+                raise ValueError(f"cluster.pool: no pool {name!r}")
+            return pools[name]
+        if len(pools) != 1:
+            raise ValueError("cluster.pool: is required with "
+                             f"{'no' if not pools else 'several'} pools")
+        return next(iter(pools.values()))
+
+    # -- threads -------------------------------------------------------------------
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for snap, _changes in self.cluster.catalog.follow(self._stop):
+                    self.converge(snap)
+            except (etcd.EtcdError, OSError) as e:
+                # etcd gone past its deadline: what we serve stays; read it all again
+                log.warning("catalog sync: following the catalog: %s", e)
+                self._stop.wait(1.0)
+
+    def _tick(self) -> None:
+        """Retries what failed; ANA once the peer has the mirror; `ready` in the catalog."""
+        while not self._stop.is_set():
+            self._kick.wait(1.0)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
+            try:
+                with self.lock:
+                    if (self.errors or self._quiet) and self.snap is not None:
+                        self.converge(self.snap)
+                self._apply_ana()
+                self._mark_ready()
+            except Exception as e:  # never let the thread die silently
+                log.error("catalog sync: %s", e)
+
+    # -- converging -------------------------------------------------------------------
+    def converge(self, snap: Snapshot) -> None:
+        with self.lock:
+            self.snap = snap
+            want = {u: v for u, v in snap.volumes.items() if v.pair == self.pair_name}
+            here = {n[len(PREFIX):] for n in (v["name"] for v in self.pool.volume_list())
+                    if n.startswith(PREFIX)} | set(self.have)
+            for u in sorted(here - set(want)):
+                self._try(u, self._remove, u)
+            for u, v in sorted(want.items()):
+                self._try(u, self._ensure, v)
+            self.converged += 1
+        self._apply_ana()
+
+    def _try(self, u: str, fn, arg) -> None:
+        try:
+            fn(arg)
+            self.errors.pop(u, None)
+        except Exception as e:
+            if str(e) != self.errors.get(u):
+                log.error("catalog sync: volume %s: %s", u, e)
+            self.errors[u] = str(e)
+
+    def _ensure(self, v: Volume) -> None:
+        name, nqn = bdev_name(v.uuid), volume_nqn(v.uuid)
+        cs = self.pool.conf.cluster_size
+        size = -(-v.size // cs) * cs
+        info = self.pool.volume_info(name)
+        if info is None:
+            self.pool.volume_create(name, size, thin=True)
+            log.info("cluster volume %s/%s (%s): replica created, %d bytes", v.tenant, v.name,
+                     v.uuid, size)
+        elif info["size"] < size and not self._grow(v, name, nqn, size):
+            return              # the next tick goes on
+        self.pair.add_volume(name, name, vol_id(v))
+        nv = self.ctl.nvmf
+        subs = {s["nqn"]: s for s in nv.subsystems()}
+        if nqn not in subs:
+            nv.add_subsystem(nqn, allow_any_host="*" in v.hosts, persist=False)
+            self._ana.pop(nqn, None)
+            subs[nqn] = {"hosts": [], "allow_any_host": "*" in v.hosts, "namespaces": []}
+        s = subs[nqn]
+        if not any(ns["nsid"] == 1 for ns in s["namespaces"]):
+            # its ANA state first: the namespace must not appear optimized before
+            # the peer has the mirror (of this size)
+            self._set_ana(nqn, self._state(v.uuid), force=True)
+            nv.add_namespace(nqn, name, nsid=1, uuid=v.uuid, ana_group=1)
+        if s["allow_any_host"] != ("*" in v.hosts):
+            nv.set_allow_any_host(nqn, "*" in v.hosts)
+        want = {h for h in v.hosts if h != "*"}
+        for h in sorted(want - set(s["hosts"])):
+            nv.add_host(nqn, h)
+        for h in sorted(set(s["hosts"]) - want):
+            nv.remove_host(nqn, h)
+        self.have[v.uuid] = v
+
+    def _quiesced(self, u: str, name: str) -> bool:
+        """True once GRACE_S has passed since host I/O stopped here (or there is no
+        mirror to protect)."""
+        since = self._quiet.setdefault(u, time.monotonic())
+        if name in self.pair.runtime and time.monotonic() - since < GRACE_S:
+            return False
+        del self._quiet[u]
+        return True
+
+    def _grow(self, v: Volume, name: str, nqn: str, size: int) -> bool:
+        """A mirror bdev has its size for life: the namespace goes, then (GRACE_S
+        later) the mirror, the replica grows, both come back (the dirty bitmap
+        is kept). False while waiting."""
+        nv = self.ctl.nvmf
+        if any(s["nqn"] == nqn and s["namespaces"] for s in nv.subsystems()):
+            nv.remove_namespace(nqn, 1)
+        if not self._quiesced(v.uuid, name):
+            return False
+        self.pair.remove_volume(name, forget=False)
+        self.pool.volume_resize(name, size)
+        log.info("cluster volume %s/%s (%s): grown to %d bytes", v.tenant, v.name, v.uuid, size)
+        return True
+
+    def _remove(self, u: str) -> None:
+        name, nqn = bdev_name(u), volume_nqn(u)
+        nv = self.ctl.nvmf
+        if any(s["nqn"] == nqn for s in nv.subsystems()):
+            nv.remove_subsystem(nqn)
+        self._ana.pop(nqn, None)
+        self.have.pop(u, None)
+        if not self._quiesced(u, name):
+            return
+        self.pair.remove_volume(name)
+        if self.pool.volume_info(name) is not None:
+            self.pool.volume_delete(name)
+            log.info("cluster volume %s: replica deleted", u)
+
+    # -- ANA and readiness -----------------------------------------------------------
+    def _state(self, u: str) -> str:
+        """The volume's ANA state: the pair's, but inaccessible while the peer has
+        not made its mirror yet (a write replicated to it would break the link)."""
+        if self.pair.ana != ha.ANA_OPTIMIZED:
+            return "inaccessible"
+        alone = self.pair.state.role == ha.SOLO
+        return "optimized" if alone or self.pair.peer_has(bdev_name(u)) else "inaccessible"
+
+    def _apply_ana(self) -> None:
+        with self.lock:
+            for u in list(self.have):
+                self._set_ana(volume_nqn(u), self._state(u))
+
+    def _set_ana(self, nqn: str, st: str, force: bool = False) -> None:
+        if self._ana.get(nqn) == st and not force:
+            return              # every change raises an AEN on the hosts' controllers
+        try:
+            self.ctl.nvmf.set_ana_state(nqn, 1, st)
+            self._ana[nqn] = st
+        except (OSError, KeyError) as e:
+            log.warning("catalog sync: ANA of %s: %s", nqn, e)
+
+    def _mark_ready(self) -> None:
+        """Node 0 of the pair writes `ready` once both controllers have the volume."""
+        if self.pair.conf.me_id > self.pair.conf.peer_id:
+            return
+        with self.lock:
+            todo = [v for u, v in self.have.items() if v.state == "creating"
+                    and u not in self.errors and self.pair.peer_has(bdev_name(u))]
+        for v in todo:
+            try:
+                self.cluster.catalog.set_volume_state(v.uuid, "ready")
+            except Exception as e:  # a catalog refusal or etcd away: next tick
+                log.info("catalog sync: %s ready: %s", v.uuid, e)
+
+    # -- service interface -------------------------------------------------------------
+    def status(self) -> dict:
+        with self.lock:
+            return {"pair": self.pair_name, "pool": self.pool.name,
+                    "revision": self.snap.revision if self.snap else 0,
+                    "volumes": len(self.have), "converged": self.converged,
+                    "errors": dict(self.errors)}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        for t in self._threads:
+            t.join(5)
+
+
+def start(ctl: Any, section: Any) -> Optional[CatalogSync]:
+    """After the pair and the exports: it makes mirrors and subsystems."""
+    if section is None or ctl.cluster is None or ctl.pair is None or ctl.nvmf is None:
+        return None
+    return CatalogSync(ctl, ctl.cluster)

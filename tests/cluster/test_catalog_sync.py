@@ -1,0 +1,257 @@
+"""Catalog convergence and `srrs cluster` (docs/architecture.md, Cluster): a real
+etcd and two pairs of real controller processes (a+b, c+d) on loopback.
+
+Volumes created with the CLI land on the emptiest pair; the catalog, the
+replicas (pool volumes on both controllers of the pair), the mirrors and the
+subsystems (our initiator's discovery) agree; two creates racing through
+different controllers for the last of a quota: exactly one wins; a resize
+grows the replicas and the namespace; a controller restarted after its
+catalog changed converges."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from srrs.ctrl import launch
+from srrs.ctrl.cluster import volume_nqn
+from srrs.nvmf.target import discover
+from srrs.rpcdef import NoSpace
+
+from .etcd import Cluster
+
+MiB = 1 << 20
+HOST = "nqn.2014-08.org.nvmexpress:uuid:catalogsync-host"
+PREFIX = "/srrs/cs"
+
+
+def _node(tmp, etcd, ports):
+    def node(n):
+        # v0: a configured paired volume beside the catalog's (on a file: a RAM
+        # replica would make every restart a full resync of every volume)
+        return {"bdev": [launch.bdev("v0", "file", "16MiB", path=str(tmp / f"{n}.v0"))],
+                "pool": [launch.pool("p0", [launch.fragment(tmp / f"{n}.pool", "512MiB")])],
+                "nvmf": launch.nvmf([f"127.0.0.1:{ports[n]}"]),
+                "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
+    return node
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cs")
+    etcd = Cluster(1).start()
+    ports = dict(zip("abcd", launch.free_ports(4)))
+    pairs = []
+    try:
+        for names in (("a", "b"), ("c", "d")):
+            d = tmp / "".join(names)
+            d.mkdir()
+            pairs.append(launch.Pair(d, node=_node(tmp, etcd, ports), names=names, volumes=("v0",),
+                                     secure=False).start())
+        yield etcd, pairs, ports
+    finally:
+        for p in pairs:
+            p.stop()
+        etcd.stop()
+
+
+def _ctl(pairs, n):
+    return next(p.nodes[n] for p in pairs if n in p.nodes)
+
+
+def cli(ctl, *args):
+    r = subprocess.run([sys.executable, "-m", "srrs.ctrl.cli", "-s", ctl.sock,
+                        "cluster", *args, "--json"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ))
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
+
+
+def _wait(fn, timeout=20.0, what="condition"):
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {v!r})")
+        time.sleep(0.2)
+
+
+def _replicas(ctl):
+    """{uuid: size} of this controller's cluster replicas in its pool."""
+    return {v["name"][2:]: v["size"] for v in ctl.rpc("volume_list")
+            if v["name"].startswith("c-")}
+
+
+def _subsystems(ctl):
+    return {s["nqn"]: s for s in ctl.rpc("nvmf_get_subsystems")
+            if s["nqn"].startswith("nqn.2026-11.io.srrs:vol:")}
+
+
+def _agrees(pairs, ports, want):
+    """Every controller has exactly the volumes of `want` ({uuid: Volume dict}) on its pair."""
+    for p in pairs:
+        for n, ctl in p.nodes.items():
+            mine = {u: v for u, v in want.items() if n in v["pair"].split("+")}
+            if set(_replicas(ctl)) != set(mine):
+                return False
+            subs = _subsystems(ctl)
+            if set(subs) != {volume_nqn(u) for u in mine}:
+                return False
+            for u, v in mine.items():
+                s = subs[volume_nqn(u)]
+                ns = s["namespaces"]
+                if [x["nsid"] for x in ns] != [1] or ns[0]["uuid"] != u:
+                    return False
+                if sorted(s["hosts"]) != sorted(h for h in v["hosts"] if h != "*"):
+                    return False
+    return True
+
+
+def _catalog(ctl):
+    return {v["uuid"]: v for v in ctl.rpc("cluster_volumes")}
+
+
+def test_cli_placement_and_agreement(world):
+    etcd, pairs, ports = world
+    a, c = _ctl(pairs, "a"), _ctl(pairs, "c")
+    assert cli(a, "pair-set", "a+b", "--capacity", "192MiB", "--zone", "z1")[0] == 0
+    assert cli(a, "pair-set", "c+d", "--capacity", "320MiB")[0] == 0
+    rc, t, err = cli(c, "tenant-set", "t1", "--quota", "4GiB")
+    assert rc == 0 and t["quota"] == 4 << 30, err
+    _wait(lambda: {x["name"] for x in cli(a, "pairs")[1] if x["members"]} == {"a+b", "c+d"},
+          what="both pairs live")
+    got = {}
+    for name in ("v1", "v2", "v3"):
+        rc, v, err = cli(a, "volume-create", name, "--size", "64MiB", "--tenant", "t1",
+                         "--hosts", HOST)
+        assert rc == 0, err
+        got[name] = v
+    # most free space first: 320M free -> c+d, 256M -> c+d, then 192M = 192M: a tie,
+    # which the new volume's uuid breaks (placement spreads racing creates)
+    assert [got[n]["pair"] for n in ("v1", "v2")] == ["c+d", "c+d"]
+    assert got["v3"]["pair"] in ("a+b", "c+d")
+    # idempotent by name; another size is a conflict (AlreadyExists)
+    rc, again, _ = cli(c, "volume-create", "v1", "--size", "64MiB", "--tenant", "t1")
+    assert rc == 0 and again["uuid"] == got["v1"]["uuid"]
+    rc, _, err = cli(c, "volume-create", "v1", "--size", "1GiB", "--tenant", "t1")
+    assert rc != 0 and "exists" in err
+    rc, _, err = cli(c, "volume-create", "big", "--size", "4GiB", "--tenant", "t1")
+    assert rc != 0 and "quota" in err
+    # the zone label: only a+b has z1
+    rc, v4, err = cli(c, "volume-create", "v4", "--size", "64MiB", "--tenant", "t1",
+                      "--zone", "z1", "--hosts", "*")
+    assert rc == 0 and v4["pair"] == "a+b", err
+    _wait(lambda: _agrees(pairs, ports, _catalog(a)), what="catalog, replicas and subsystems")
+    cat = _catalog(a)
+    assert {v["name"] for v in cat.values()} == {"v1", "v2", "v3", "v4"}
+    _wait(lambda: all(v["state"] == "ready" for v in _catalog(a).values()), what="ready")
+    # the discovery log of every controller lists every volume this host may use,
+    # anywhere in the cluster, at the addresses of the two controllers of its pair
+    every = {volume_nqn(u) for u in cat}
+    for n in "abcd":
+        log = discover("127.0.0.1", ports[n], hostnqn=HOST)
+        assert {e["subnqn"] for e in log if e["subtype"] == "nvme"} == every
+    # both controllers of a pair export the mirror (not the replica) and its ANA state
+    for n in "cd":
+        ctl = _ctl(pairs, n)
+        st = ctl.rpc("pair_status")
+        # the configured paired volume v0 (mirror volume id 0) and the catalog's
+        assert {m["name"] for m in st["volumes"]} == {"v0"} | {f"c-{got[x]['uuid']}"
+                                                               for x in ("v1", "v2")}
+        _wait(lambda ctl=ctl: all(s["ana_groups"][0]["state"] == "optimized"
+                                  for s in _subsystems(ctl).values()), what="ANA optimized")
+    # the host list follows the catalog
+    rc, _, err = cli(a, "volume-hosts", "v1", "--tenant", "t1", "--hosts", "[]")
+    assert rc == 0, err
+    _wait(lambda: _agrees(pairs, ports, _catalog(a)), what="hosts")
+    assert not [e for e in discover("127.0.0.1", ports["c"], hostnqn=HOST)
+                if e["subnqn"] == volume_nqn(got["v1"]["uuid"])]
+    rc, tenants, _ = cli(a, "tenants")
+    assert rc == 0 and next(t for t in tenants if t["name"] == "t1")["used"] == 4 * 64 * MiB
+    rc, st, _ = cli(c, "status")
+    assert rc == 0 and st["volumes"] == 4 and st["sync"]["pair"] == "c+d"
+    # the catalog's volumes are not the config's: save_config leaves them out
+    saved = os.path.join(os.path.dirname(c.config), "saved.toml")
+    c.rpc("save_config", {"path": saved})
+    text = open(saved).read()
+    assert "io.srrs:vol:" not in text and '"c-' not in text
+
+
+def test_resize_grows_replicas_and_namespace(world):
+    etcd, pairs, ports = world
+    a = _ctl(pairs, "a")
+    v = next(x for x in _catalog(a).values() if x["name"] == "v4")
+    rc, nv, err = cli(a, "volume-resize", "v4", "--tenant", "t1", "--size", "96MiB")
+    assert rc == 0 and nv["size"] == 96 * MiB, err
+    for n in "ab":
+        ctl = _ctl(pairs, n)
+        _wait(lambda ctl=ctl: _replicas(ctl).get(v["uuid"]) == 96 * MiB, what=f"replica on {n}")
+        _wait(lambda ctl=ctl: any(b["name"] == f"c-{v['uuid']}" and b["size"] == 96 * MiB
+                                  for b in ctl.rpc("bdev_list")), what=f"mirror on {n}")
+        _wait(lambda ctl=ctl: [x["nsid"] for x in
+                               _subsystems(ctl)[volume_nqn(v["uuid"])]["namespaces"]] == [1],
+              what=f"namespace back on {n}")
+    rc, _, err = cli(a, "volume-resize", "v4", "--tenant", "t1", "--size", "32MiB")
+    assert rc != 0 and "shrink" in err
+
+
+def test_quota_race_through_two_controllers(world):
+    etcd, pairs, ports = world
+    a, c = _ctl(pairs, "a"), _ctl(pairs, "c")
+    c.rpc("cluster_tenant_set", {"name": "race", "quota": 0})
+    size = 4 * MiB
+    for i in range(10):
+        c.rpc("cluster_tenant_set", {"name": "race", "quota": (i + 1) * size})
+        barrier, res = threading.Barrier(2), {}
+
+        def go(ctl, name, barrier=barrier, res=res):
+            barrier.wait()
+            try:
+                res[name] = ctl.rpc("cluster_volume_create",
+                                    {"name": name, "size": size, "tenant": "race"})
+            except NoSpace as e:
+                res[name] = e
+
+        ts = [threading.Thread(target=go, args=(ctl, f"r{i}{x}")) for ctl, x in ((a, "a"), (c, "c"))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        won = [k for k, v in res.items() if isinstance(v, dict)]
+        assert len(won) == 1 and len(res) == 2, res
+    t = next(x for x in a.rpc("cluster_tenants") if x["name"] == "race")
+    assert t["used"] == 10 * size and t["volumes"] == 10
+
+
+def test_restart_converges(world):
+    etcd, pairs, ports = world
+    a, b = _ctl(pairs, "a"), _ctl(pairs, "b")
+    a.rpc("cluster_pair_set", {"name": "a+b", "capacity": 1 << 30, "zone": "z1"})
+    a.rpc("cluster_tenant_set", {"name": "rs", "quota": 1 << 30})
+    old = a.rpc("cluster_volume_create", {"name": "old", "size": 16 * MiB, "tenant": "rs",
+                                          "zone": "z1"})
+    _wait(lambda: _agrees(pairs, ports, _catalog(a)), what="converged before")
+    assert old["uuid"] in _replicas(b)
+    b.stop()
+    assert a.rpc("cluster_volume_delete", {"name": "old", "tenant": "rs"}) is True
+    nv = a.rpc("cluster_volume_create", {"name": "new", "size": 32 * MiB, "tenant": "rs",
+                                         "zone": "z1", "hosts": [HOST]})
+    assert nv["pair"] == "a+b"
+    _wait(lambda: nv["uuid"] in _replicas(a), what="the new volume on a")
+    b.restart()
+    try:
+        _wait(lambda: _agrees(pairs, ports, _catalog(a)), timeout=30, what="b converged")
+        assert nv["uuid"] in _replicas(b) and old["uuid"] not in _replicas(b)
+        pairs[0].wait_state("PAIRED", 30)
+    except (AssertionError, RuntimeError):
+        for x in (a, b):     # what the pair and the sync saw, for the failure report
+            print(json.dumps({"pair": x.rpc("pair_status"), "status": x.rpc("cluster_status")},
+                             indent=1))
+        raise
+    log = discover("127.0.0.1", ports["b"], hostnqn=HOST)
+    assert volume_nqn(nv["uuid"]) in {e["subnqn"] for e in log}
