@@ -109,6 +109,10 @@ class Demo:
     failovers: list = field(default_factory=list)
     note: str = ""                                   # chaos step, for the console footer
     before: dict = field(default_factory=dict)       # bdev counters at load start
+    cpu0: float = 0.0                                # this process's CPU time at t0, t1
+    cpu1: float = 0.0
+    loadavg: float = 0.0                             # the 1-min load average at t1
+    reactors: int = 1                                # per controller
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -188,10 +192,11 @@ def start_pair(d: Demo) -> None:
     controllers' public keys), the witness, then both controllers, PAIRED.
     Each in its own session: a Ctrl-C in the terminal reaches the demo, which
     stops them itself (SIGTERM) after reading their figures."""
+    d.reactors = 2 if (os.cpu_count() or 1) >= 4 else 1
     d.pair = launch.Pair(
         d.tmp, lambda n: node_config(d, n), volumes=("v0", "v1"), max_lease=2,
         witness_args=["--state", os.path.join(d.tmp, "witness.json")],
-        reactors=2 if (os.cpu_count() or 1) >= 4 else 1, session=True, ready_timeout=20,
+        reactors=d.reactors, session=True, ready_timeout=20,
         peer_rpc_socket=True, heartbeat_ms=100, miss_count=10, lease_ms=2000)
     for n, node in d.nodes.items():
         node.ctl = d.pair.nodes[n]
@@ -223,6 +228,7 @@ def start_load(d: Demo) -> None:
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        preexec_fn=_nice)
     d.t0 = time.monotonic()
+    d.cpu0 = time.process_time()
 
 
 def _nice() -> None:
@@ -233,12 +239,47 @@ def _nice() -> None:
 
 # ---- the pair: state watcher and chaos --------------------------------------------------
 
+class _StateProbe:
+    """A controller's pair state over one kept RPC connection: ten samples a
+    second as fresh connections were 20 accepts a second in the controllers'
+    RPC threads, beside the load being measured. A broken connection (the
+    controller killed or restarted) is retried once at once on a new one."""
+
+    def __init__(self, sock: str):
+        self.sock = sock
+        self.c: Optional[RpcClient] = None
+
+    def state(self) -> str:
+        for _ in range(2):
+            try:
+                if self.c is None:
+                    self.c = RpcClient(self.sock, timeout=1.0)
+                return self.c.call("pair_status")["state"]
+            except (OSError, RpcError, ValueError, KeyError, TypeError):
+                self.close()
+        return "DOWN"
+
+    def close(self) -> None:
+        if self.c is not None:
+            self.c.close()
+            self.c = None
+
+
 def watch(d: Demo) -> None:
     """Samples both controllers' pair state; every change is a transition, every
     entry into SOLO a failover (the chaos thread fills in its planned ones)."""
+    probes = {n: _StateProbe(node.sock) for n, node in d.nodes.items()}
+    try:
+        _watch(d, probes)
+    finally:
+        for p in probes.values():
+            p.close()
+
+
+def _watch(d: Demo, probes: dict) -> None:
     while not d.stop.wait(WATCH_S):
         for node in d.nodes.values():
-            st = node.ctl.pair_state()
+            st = probes[node.name].state()
             with d.lock:
                 old = d.states.get(node.name)
                 if old == st:
@@ -360,6 +401,8 @@ def collect(d: Demo) -> bool:
     percentiles and per-path figures); cut short (q), the controllers' counters.
     Returns True when the run was cut short."""
     d.t1 = time.monotonic()
+    d.cpu1 = time.process_time()
+    d.loadavg = os.getloadavg()[0]
     early = d.t1 - d.t0 < d.duration - 1.0
     if early:
         _early_figures(d)
@@ -472,12 +515,27 @@ def summary(d: Demo, early: bool) -> tuple:
     if d.chaos and not planned and not early:
         lines.append("srrs demo: chaos: no controller was killed (run too short?)")
         ok = False
+    lines.append(bounds(d, elapsed))
     survived = sum(1 for f in d.failovers if f.paired is not None)
     lines.append(f"srrs demo: {elapsed:.1f} s, pair a+b with witness, "
                  f"{survived} failover{'s' if survived != 1 else ''} survived, "
                  f"{'no I/O errors' if ok else 'FAILED: I/O errors, a path without I/O, or the pair not back'}"
                  f"; everything stopped and deleted")
     return lines, ok
+
+
+def bounds(d: Demo, elapsed: float) -> str:
+    """What bounds the figures above: everything shares this machine's CPUs.
+    The console's share is this process's CPU time over the load (the
+    console, the state watcher and the chaos thread)."""
+    ncpu = os.cpu_count() or 1
+    reactors = d.reactors
+    console = 100.0 * max(0.0, d.cpu1 - d.cpu0) / elapsed
+    return (f"srrs demo: bounds: {ncpu} CPU{'s' if ncpu != 1 else ''} (load average "
+            f"{d.loadavg:.1f}) shared by 2 controllers ({reactors} adaptive reactor"
+            f"{'s' if reactors != 1 else ''} each, mirroring every write), a witness, "
+            f"{len(d.loads)} load generators (a busy-polling C reactor each) and the console "
+            f"({console:.1f} % of a core); `ci/bench-pair` measures the pair alone")
 
 
 # ---- stop -----------------------------------------------------------------------------
