@@ -92,7 +92,7 @@ class Failover:
 class Demo:
     duration: float
     chaos: bool = False
-    refresh_hz: float = 4.0
+    refresh_hz: float = 2.0
     console: bool = True
     tmp: str = ""
     nqn: str = ""
@@ -372,21 +372,25 @@ def stop_threads(d: Demo) -> None:
 
 # ---- console, results -----------------------------------------------------------------
 
-def show(d: Demo) -> None:
+def console_app(d: Demo):
+    """The console, made (rich imported, sources connected) before the load
+    starts: its start-up is no part of the load's figures or its share."""
     from .console import ConsoleApp
     from .witness import WitnessProbe
 
-    end = d.t0 + d.duration
-
     def footer() -> str:
-        s = f"demo: {max(0, end - time.monotonic()):.0f} s left"
+        s = f"demo: {max(0, d.t0 + d.duration - time.monotonic()):.0f} s left"
         return f"{s} · {d.note}" if d.note else s
 
-    app = ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
-                     footer=footer,
-                     witness=WitnessProbe(d.pair.witness_addr,
-                                          secret_key=f"{d.pair.keys['a']}_secret",
-                                          server_public_key=d.pair.keys["witness_public"]))
+    return ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
+                      footer=footer,
+                      witness=WitnessProbe(d.pair.witness_addr,
+                                           secret_key=f"{d.pair.keys['a']}_secret",
+                                           server_public_key=d.pair.keys["witness_public"]))
+
+
+def show(d: Demo, app) -> None:
+    end = d.t0 + d.duration
     try:
         if d.console and sys.stdout.isatty():
             app.run_live(max(0.0, end - time.monotonic()))
@@ -579,7 +583,7 @@ def _raise_interrupt(signo, frame):
     raise KeyboardInterrupt
 
 
-def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
+def run(duration: float = 60.0, refresh_hz: float = 2.0, console: bool = True,
         chaos: bool = False) -> int:
     d = Demo(duration=max(1.0, duration), chaos=chaos, refresh_hz=refresh_hz, console=console)
     # SIGTERM and SIGHUP (terminal closed) stop the run like Ctrl-C: through the
@@ -588,12 +592,14 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
     d.tmp = tempfile.mkdtemp(prefix="srrs-demo-")
     lines: list = []
     ok = False
+    app = None
     try:
         plan(d)
         start_pair(d)
+        app = console_app(d)
         start_load(d)
         start_threads(d)
-        show(d)
+        show(d, app)
         d.stop.set()  # no new kill; a restart under way finishes
         early = collect(d)
         stop_threads(d)
@@ -610,6 +616,8 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
             old.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, signal.SIG_IGN)
         try:
+            if app is not None:
+                app.close()  # closing twice is harmless; the load may never have started
             stop_all(d)
         finally:
             _wipe_fragments(d)
