@@ -13,6 +13,7 @@ import time
 import pytest
 
 from srrs.ctrl import launch
+from srrs.vhost.client import VhostClient
 from tests.nvmf import wire
 
 NQN = "nqn.2026-11.io.srrs:idle"
@@ -43,6 +44,19 @@ def _cpu_s(pid: int) -> float:
 
 def _wakeups(c) -> list:
     return [r["wakeups"] for r in c.rpc("reactor_stats")]
+
+
+def _switches(pid: int) -> int:
+    """Voluntary context switches of all the process's threads: each wake-up
+    from a sleep (a timeout or an fd) counts one."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                n += int(next(x for x in f if x.startswith("voluntary_ctxt_switches")).split()[1])
+        except (OSError, StopIteration):
+            pass
+    return n
 
 
 @pytest.mark.quiet
@@ -92,3 +106,14 @@ def test_fragment_deleted_while_idle_is_noticed_without_a_timer(idle):
         assert time.monotonic() < deadline, p
         time.sleep(0.1)
     assert "deleted" in p["fragments"][0]["error"]
+
+
+def test_connected_idle_vhost_front_end_wakes_nothing(idle):
+    """A front end connected and idle: the device's protocol thread blocks on
+    its socket and event fd (it polled every 250 ms), the reactors sleep."""
+    with VhostClient(str(idle.tmp / "vh0.sock")):
+        time.sleep(1.0)  # the session's set-up messages done
+        s0 = _switches(idle.pid)
+        time.sleep(3)
+        woke = _switches(idle.pid) - s0
+    assert woke <= 3, f"{woke} wake-ups in 3 s of idle with a vhost-user front end connected"
