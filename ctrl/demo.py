@@ -92,7 +92,7 @@ class Failover:
 class Demo:
     duration: float
     chaos: bool = False
-    refresh_hz: float = 4.0
+    refresh_hz: float = 2.0
     console: bool = True
     tmp: str = ""
     nqn: str = ""
@@ -109,6 +109,10 @@ class Demo:
     failovers: list = field(default_factory=list)
     note: str = ""                                   # chaos step, for the console footer
     before: dict = field(default_factory=dict)       # bdev counters at load start
+    cpu0: float = 0.0                                # this process's CPU time at t0, t1
+    cpu1: float = 0.0
+    loadavg: float = 0.0                             # the 1-min load average at t1
+    reactors: int = 1                                # per controller
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -188,10 +192,11 @@ def start_pair(d: Demo) -> None:
     controllers' public keys), the witness, then both controllers, PAIRED.
     Each in its own session: a Ctrl-C in the terminal reaches the demo, which
     stops them itself (SIGTERM) after reading their figures."""
+    d.reactors = 2 if (os.cpu_count() or 1) >= 4 else 1
     d.pair = launch.Pair(
         d.tmp, lambda n: node_config(d, n), volumes=("v0", "v1"), max_lease=2,
         witness_args=["--state", os.path.join(d.tmp, "witness.json")],
-        reactors=2 if (os.cpu_count() or 1) >= 4 else 1, session=True, ready_timeout=20,
+        reactors=d.reactors, session=True, ready_timeout=20,
         peer_rpc_socket=True, heartbeat_ms=100, miss_count=10, lease_ms=2000)
     for n, node in d.nodes.items():
         node.ctl = d.pair.nodes[n]
@@ -223,6 +228,7 @@ def start_load(d: Demo) -> None:
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        preexec_fn=_nice)
     d.t0 = time.monotonic()
+    d.cpu0 = time.process_time()
 
 
 def _nice() -> None:
@@ -233,12 +239,47 @@ def _nice() -> None:
 
 # ---- the pair: state watcher and chaos --------------------------------------------------
 
+class _StateProbe:
+    """A controller's pair state over one kept RPC connection: ten samples a
+    second as fresh connections were 20 accepts a second in the controllers'
+    RPC threads, beside the load being measured. A broken connection (the
+    controller killed or restarted) is retried once at once on a new one."""
+
+    def __init__(self, sock: str):
+        self.sock = sock
+        self.c: Optional[RpcClient] = None
+
+    def state(self) -> str:
+        for _ in range(2):
+            try:
+                if self.c is None:
+                    self.c = RpcClient(self.sock, timeout=1.0)
+                return self.c.call("pair_status")["state"]
+            except (OSError, RpcError, ValueError, KeyError, TypeError):
+                self.close()
+        return "DOWN"
+
+    def close(self) -> None:
+        if self.c is not None:
+            self.c.close()
+            self.c = None
+
+
 def watch(d: Demo) -> None:
     """Samples both controllers' pair state; every change is a transition, every
     entry into SOLO a failover (the chaos thread fills in its planned ones)."""
+    probes = {n: _StateProbe(node.sock) for n, node in d.nodes.items()}
+    try:
+        _watch(d, probes)
+    finally:
+        for p in probes.values():
+            p.close()
+
+
+def _watch(d: Demo, probes: dict) -> None:
     while not d.stop.wait(WATCH_S):
         for node in d.nodes.values():
-            st = node.ctl.pair_state()
+            st = probes[node.name].state()
             with d.lock:
                 old = d.states.get(node.name)
                 if old == st:
@@ -331,21 +372,25 @@ def stop_threads(d: Demo) -> None:
 
 # ---- console, results -----------------------------------------------------------------
 
-def show(d: Demo) -> None:
+def console_app(d: Demo):
+    """The console, made (rich imported, sources connected) before the load
+    starts: its start-up is no part of the load's figures or its share."""
     from .console import ConsoleApp
     from .witness import WitnessProbe
 
-    end = d.t0 + d.duration
-
     def footer() -> str:
-        s = f"demo: {max(0, end - time.monotonic()):.0f} s left"
+        s = f"demo: {max(0, d.t0 + d.duration - time.monotonic()):.0f} s left"
         return f"{s} · {d.note}" if d.note else s
 
-    app = ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
-                     footer=footer,
-                     witness=WitnessProbe(d.pair.witness_addr,
-                                          secret_key=f"{d.pair.keys['a']}_secret",
-                                          server_public_key=d.pair.keys["witness_public"]))
+    return ConsoleApp([n.sock for n in d.nodes.values()], refresh_hz=d.refresh_hz,
+                      footer=footer,
+                      witness=WitnessProbe(d.pair.witness_addr,
+                                           secret_key=f"{d.pair.keys['a']}_secret",
+                                           server_public_key=d.pair.keys["witness_public"]))
+
+
+def show(d: Demo, app) -> None:
+    end = d.t0 + d.duration
     try:
         if d.console and sys.stdout.isatty():
             app.run_live(max(0.0, end - time.monotonic()))
@@ -360,6 +405,8 @@ def collect(d: Demo) -> bool:
     percentiles and per-path figures); cut short (q), the controllers' counters.
     Returns True when the run was cut short."""
     d.t1 = time.monotonic()
+    d.cpu1 = time.process_time()
+    d.loadavg = os.getloadavg()[0]
     early = d.t1 - d.t0 < d.duration - 1.0
     if early:
         _early_figures(d)
@@ -472,12 +519,27 @@ def summary(d: Demo, early: bool) -> tuple:
     if d.chaos and not planned and not early:
         lines.append("srrs demo: chaos: no controller was killed (run too short?)")
         ok = False
+    lines.append(bounds(d, elapsed))
     survived = sum(1 for f in d.failovers if f.paired is not None)
     lines.append(f"srrs demo: {elapsed:.1f} s, pair a+b with witness, "
                  f"{survived} failover{'s' if survived != 1 else ''} survived, "
                  f"{'no I/O errors' if ok else 'FAILED: I/O errors, a path without I/O, or the pair not back'}"
                  f"; everything stopped and deleted")
     return lines, ok
+
+
+def bounds(d: Demo, elapsed: float) -> str:
+    """What bounds the figures above: everything shares this machine's CPUs.
+    The console's share is this process's CPU time over the load (the
+    console, the state watcher and the chaos thread)."""
+    ncpu = os.cpu_count() or 1
+    reactors = d.reactors
+    console = 100.0 * max(0.0, d.cpu1 - d.cpu0) / elapsed
+    return (f"srrs demo: bounds: {ncpu} CPU{'s' if ncpu != 1 else ''} (load average "
+            f"{d.loadavg:.1f}) shared by 2 controllers ({reactors} adaptive reactor"
+            f"{'s' if reactors != 1 else ''} each, mirroring every write), a witness, "
+            f"{len(d.loads)} load generators (a busy-polling C reactor each) and the console "
+            f"({console:.1f} % of a core); `ci/bench-pair` measures the pair alone")
 
 
 # ---- stop -----------------------------------------------------------------------------
@@ -521,7 +583,7 @@ def _raise_interrupt(signo, frame):
     raise KeyboardInterrupt
 
 
-def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
+def run(duration: float = 60.0, refresh_hz: float = 2.0, console: bool = True,
         chaos: bool = False) -> int:
     d = Demo(duration=max(1.0, duration), chaos=chaos, refresh_hz=refresh_hz, console=console)
     # SIGTERM and SIGHUP (terminal closed) stop the run like Ctrl-C: through the
@@ -530,12 +592,14 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
     d.tmp = tempfile.mkdtemp(prefix="srrs-demo-")
     lines: list = []
     ok = False
+    app = None
     try:
         plan(d)
         start_pair(d)
+        app = console_app(d)
         start_load(d)
         start_threads(d)
-        show(d)
+        show(d, app)
         d.stop.set()  # no new kill; a restart under way finishes
         early = collect(d)
         stop_threads(d)
@@ -552,6 +616,8 @@ def run(duration: float = 60.0, refresh_hz: float = 4.0, console: bool = True,
             old.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, signal.SIG_IGN)
         try:
+            if app is not None:
+                app.close()  # closing twice is harmless; the load may never have started
             stop_all(d)
         finally:
             _wipe_fragments(d)

@@ -237,7 +237,7 @@ class RpcServer:
         last_tick = time.monotonic()
         while True:
             try:
-                for key, ev in self._sel.select(1.0):
+                for key, ev in self._sel.select(self._tick_timeout()):
                     if key.data == "stop":
                         return
                     if key.data is None:
@@ -289,6 +289,12 @@ class RpcServer:
                 self._arm(c)
         if len(self._conns) < MAX_CONNS and not self._accept_pause:
             self._set_accepting(True)
+
+    def _tick_timeout(self) -> Optional[float]:
+        # The tick's duties (timeouts of connections, the accept pause) exist only
+        # with connections or accepting off: an idle controller's RPC thread
+        # sleeps in select until a client comes (docs/architecture.md, Other threads).
+        return 1.0 if self._conns or not self._accepting or self._accept_pause else None
 
     def _tick(self, now: float) -> None:
         for c in list(self._conns.values()):

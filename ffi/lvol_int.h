@@ -254,6 +254,7 @@ struct srrs_pool {
     struct srrs_poller *health_poller;
     uint64_t health_ticks;
     int health_due;        /* atomic: an I/O on a fragment failed */
+    int health_ifd;        /* inotify on the fragments' files: wakes the check when idle */
     uint32_t nfailed;
     bool degraded;                /* a fragment of the table is missing: no allocation */
     struct srrs_pool *onext;      /* open pools of this process (by uuid) */

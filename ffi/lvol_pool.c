@@ -5,6 +5,8 @@
  */
 #include "lvol_int.h"
 
+#include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 
 /* ---- control-thread operations run on P ------------------------------------- */
@@ -1357,12 +1359,50 @@ static void shm_health(struct srrs_pool *p, int fi)
                     "fragment %d: %s", p->name, fi, f->why);
 }
 
+/* Any thread. A watch on each live fragment's file (a RAM fragment's shared
+ * memory file): unlinking, renaming or replacing it (IN_ATTRIB on the link
+ * count, IN_MOVE_SELF, IN_DELETE_SELF) fires the health poller's fd at once,
+ * so an idle pool needs no timer to notice before the next write is
+ * acknowledged. Truncation raises only IN_MODIFY, which every write of ours
+ * raises too: the periodic check, which runs while I/O flows, finds it.
+ * Adding a watch the inode already has is a no-op. */
+static void health_watch(struct srrs_pool *p)
+{
+    for (int i = 0; p->health_ifd >= 0 && i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        int st = __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
+        if ((st != FS_ACTIVE && st != FS_DRAINING) || f->failed || !f->bdev)
+            continue;
+        char path[512];
+        if (f->ram && (!f->shm || f->shm_unlinked))
+            continue;
+        if (f->ram)
+            shm_path(p, i, path, sizeof(path));
+        else
+            snprintf(path, sizeof(path), "%s", f->path);
+        inotify_add_watch(p->health_ifd, path, IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF);
+    }
+}
+
+/* P. Empties the inotify fd (level-triggered in the reactor's epoll set);
+ * true if a watched file changed. */
+static bool health_notified(struct srrs_pool *p)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    bool any = false;
+    while (p->health_ifd >= 0 && read(p->health_ifd, buf, sizeof(buf)) > 0)
+        any = true;
+    return any;
+}
+
 static int health_poll(void *arg)
 {
     struct srrs_pool *p = arg;
     bool due = __atomic_exchange_n(&p->health_due, 0, __ATOMIC_RELAXED);
+    due |= health_notified(p);
     if (!due && ++p->health_ticks % HEALTH_EVERY)
         return 0;
+    health_watch(p);
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];
         int st = __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
@@ -1384,8 +1424,15 @@ static int health_poll(void *arg)
 static void health_start_msg(void *arg)
 {
     struct srrs_pool *p = arg;
-    if (!p->health_poller)
-        p->health_poller = srrs_poller_register(p->pr, health_poll, p, HEALTH_TICK_US);
+    if (p->health_poller)
+        return;
+    p->health_poller = srrs_poller_register(p->pr, health_poll, p, HEALTH_TICK_US);
+    /* Idle, the reactor sleeps on the inotify fd, not on the tick (without
+     * inotify the tick alone remains, as before). */
+    if (p->health_poller && p->health_ifd >= 0 &&
+        !srrs_poller_set_fd(p->health_poller, p->health_ifd, EPOLLIN, false))
+        srrs_poller_set_fd_wakes(p->health_poller);
+    health_watch(p);
 }
 
 static void health_stop_msg(void *arg)
@@ -1394,12 +1441,18 @@ static void health_stop_msg(void *arg)
     srrs_poller_unregister(&p->health_poller);
 }
 
-static void health_start(struct srrs_pool *p) { srrs_reactor_call(p->pr, health_start_msg, p); }
+static void health_start(struct srrs_pool *p)
+{
+    p->health_ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    srrs_reactor_call(p->pr, health_start_msg, p);
+}
 
 static void pool_free(struct srrs_pool *p)
 {
     if (p->health_poller)
         srrs_reactor_call(p->pr, health_stop_msg, p);
+    if (p->health_ifd >= 0)
+        close(p->health_ifd);
     if (p->registered)
         pool_unregister(p);
     for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
@@ -1770,6 +1823,7 @@ static int pool_alloc(struct srrs_core *core, const char *name, const struct srr
     pthread_mutex_init(&p->lock, NULL);
     p->core = core;
     p->pr = pr;
+    p->health_ifd = -1;
     snprintf(p->name, sizeof(p->name), "%s", name);
     p->cs = cs;
     p->cs_shift = (uint32_t)__builtin_ctz(cs);
@@ -2080,6 +2134,7 @@ int srrs_pool_frag_add(struct srrs_pool *p, const struct srrs_pool_frag_spec *sp
         return srrs_err(rc, "%s", msg);
     }
     __atomic_store_n(&f->hidden, false, __ATOMIC_RELEASE);
+    health_watch(p);
     lv_pool_msg(p, "fragment %d (%s, %llu clusters) added", fi, f->path, (unsigned long long)f->nclusters);
     return fi;
 }

@@ -190,6 +190,7 @@ struct srrs_poller {
     uint64_t next_due;
     int fd;
     bool fd_is_eventfd;
+    bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
     bool dead;
     struct srrs_reactor *r;
 };
@@ -703,6 +704,8 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t events)
 
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn) { p->presleep = fn; }
 
+void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
 {
     for (uint32_t i = 0; i < r->nhooks; i++) {
@@ -766,12 +769,12 @@ static int run_pollers(struct srrs_reactor *r, uint64_t now, uint64_t *next_due)
             continue;
         if (p->period) {
             if (now < p->next_due) {
-                if (p->next_due < *next_due)
+                if (p->next_due < *next_due && !p->fd_wakes)
                     *next_due = p->next_due;
                 continue;
             }
             p->next_due = now + p->period;
-            if (p->next_due < *next_due)
+            if (p->next_due < *next_due && !p->fd_wakes)
                 *next_due = p->next_due;
         }
         if (p->fn(p->arg) > 0)
@@ -822,6 +825,8 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
             ssize_t k = read(p->fd, &v, sizeof(v));
             (void)k;
         }
+        if (p && !p->dead && p->fd_wakes)
+            p->next_due = 0; /* its fd fired: run it on this loop, not at its period */
     }
     r->st_wakeups++;
     uint64_t after = srrs_ticks();

@@ -110,6 +110,12 @@ void srrs_poller_unregister(struct srrs_poller **p);
  * it). eventfd: the reactor reads it to reset it when it fires. */
 int srrs_poller_set_fd(struct srrs_poller *p, int fd, uint32_t epoll_events, bool eventfd);
 int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
+/* Reactor thread. A timed poller whose duty is its fd (a listening socket, an
+ * inotify fd): its period does not bound an adaptive reactor's sleep, so an
+ * idle reactor sleeps until the fd fires, and then runs it at once; while the
+ * reactor spins it still runs every period (docs/architecture.md, Poll modes
+ * and adaptive sleep). */
+void srrs_poller_set_fd_wakes(struct srrs_poller *p);
 /* Reactor thread. Called before the reactor sleeps; return > 0 if work is
  * pending (e.g. a ring filled while notifications were off): no sleep then. */
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);

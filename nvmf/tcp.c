@@ -1476,8 +1476,9 @@ static void listener_start_fn(void *arg)
     struct listener_op *op = arg;
     struct nvmf_listener *l = op->l;
     /* accept4() allocates a socket and a file before it finds the queue
-     * empty: never call it every loop. 1 ms adds at most 1 ms to a connect;
-     * the fd in the reactor's epoll set still wakes an adaptive reactor. */
+     * empty: never call it every loop. 1 ms adds at most 1 ms to a connect
+     * while the reactor spins; a sleeping reactor sleeps on the socket alone
+     * (fd_wakes: no 1 ms wake-ups when idle) and accepts as soon as it fires. */
     l->poller = srrs_poller_register(l->r, listener_poll, l, LISTEN_POLL_US);
     if (!l->poller) {
         op->rc = -ENOMEM;
@@ -1486,6 +1487,8 @@ static void listener_start_fn(void *arg)
     op->rc = srrs_poller_set_fd(l->poller, l->fd, EPOLLIN, false);
     if (op->rc)
         srrs_poller_unregister(&l->poller);
+    else
+        srrs_poller_set_fd_wakes(l->poller);
 }
 
 static void listener_stop_fn(void *arg)

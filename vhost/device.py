@@ -240,7 +240,10 @@ class VhostBlkDevice:
                 broken = self._broken()
                 if broken:
                     return f"device stopped: {broken}"
-                ready = sel.select(0.25)
+                # no timeout: a broken queue writes the device's event fd and
+                # stop() shuts both sockets down, so every reason to look again
+                # is an fd here; an idle connected front end costs no wake-up
+                ready = sel.select()
                 if any(key.fileobj is self._lsock for key, _ in ready):
                     if self._peer_gone(conn):
                         return ""   # the new front end is accepted next

@@ -62,6 +62,7 @@ def _run_demo(tmp_path, *args, timeout=120):
     assert all(v[1].endswith("errors 0") for v in paths.values()), r.stdout
     assert "0 timed out; verified True" in r.stdout
     assert "no I/O errors" in r.stdout and "pair a+b with witness" in r.stdout
+    assert re.search(r"bounds: \d+ CPUs? .* the console \([\d.]+ % of a core\)", r.stdout)
     # progress lines while it ran (stdout is not a terminal here): both
     # controllers and the witness
     assert re.search(r"^\S+ a: [\d,]+ IOPS", r.stdout, re.M)
