@@ -97,13 +97,23 @@ def pool_fragments(ctl, p):
     return _svc(ctl).pool(p["pool"]).fragments()
 
 
-@METHODS.method("volume_create", _P("name", help="volume name"), _POOL,
+@METHODS.method("volume_create", _P("name", default=None, help="volume name"), _POOL,
                 _P("size", "size", help="e.g. 10GiB (a multiple of 4096)"),
                 _P("thin", "bool", None, "allocate on first write (default true)"),
-                _P("tenant", default=None, help="tenant whose quota it counts against"))
+                _P("tenant", default=None, help="tenant whose quota it counts against"),
+                _P("names", "list", None, "instead of name: many volumes alike, in one call "
+                   "(their metadata commits grouped); returns their infos"))
 def volume_create(ctl, p):
-    """Create a volume (also a bdev)."""
-    return _svc(ctl).volume_create(_parse(parse_volume, p))
+    """Create a volume (also a bdev), or with `names` many alike."""
+    if (p.get("name") is None) == (p.get("names") is None):
+        raise InvalidParams("give name or names (one of them)")
+    if p.get("name") is not None:
+        return _svc(ctl).volume_create(_parse(parse_volume, p))
+    if not p["names"] or not all(isinstance(n, str) for n in p["names"]):
+        raise InvalidParams("names: a non-empty list of volume names")
+    base = {k: v for k, v in p.items() if k != "names" and v is not None}
+    vols = [_parse(parse_volume, {**base, "name": n}) for n in p["names"]]
+    return _svc(ctl).volume_create_many(vols)
 
 
 @METHODS.method("volume_delete", _P("name", help="volume name", positional=True))
@@ -121,12 +131,19 @@ def volume_resize(ctl, p):
 
 
 @METHODS.method("volume_list", _P("name", default=None, help="only this volume", positional=True),
-                _P("pool", "str", "", "only this pool's volumes"))
+                _P("pool", "str", "", "only this pool's volumes"),
+                _P("offset", "int", 0, "skip this many (in name order)"),
+                _P("limit", "int", 0, "at most this many (0: all)"))
 def volume_list(ctl, p):
-    """Volumes with size and allocated space."""
+    """Volumes with size and allocated space, in name order; a page of them
+    with offset/limit (the count is the pools' `volumes` in status)."""
     svc = _svc(ctl)
     if p.get("name") is not None:
         return [svc.volume_info(p["name"])]
+    if p["offset"] < 0 or p["limit"] < 0:
+        raise InvalidParams("offset and limit must be >= 0")
+    if p["offset"] or p["limit"]:
+        return svc.volume_page(p["pool"], p["offset"], p["limit"])
     return svc.volume_list(p["pool"])
 
 
