@@ -4,6 +4,8 @@ unless asked (`detail`); `volume_list` and `bdev_list` page with
 offset/limit in name order; `volume_create` takes `names` (one call, commits
 grouped). Functional only: the timings are ci/bench-scale's."""
 
+import time
+
 import pytest
 from ctrl.helpers import Controller
 
@@ -29,9 +31,10 @@ def ctl(tmp_path_factory):
                                    "max_ios": 200})
         c.rpc("bench_bdev_start", {"bdev": "v007", "rw": "randwrite", "time_s": 0,
                                    "max_ios": 100})
-        for _ in range(200):
+        for _ in range(400):
             if all(j["state"] == "done" for j in c.rpc("bench_bdev_results")):
                 break
+            time.sleep(0.025)
         yield c
     finally:
         c.stop()
