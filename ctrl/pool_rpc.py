@@ -133,13 +133,18 @@ def volume_resize(ctl, p):
 @METHODS.method("volume_list", _P("name", default=None, help="only this volume", positional=True),
                 _P("pool", "str", "", "only this pool's volumes"),
                 _P("offset", "int", 0, "skip this many (in name order)"),
-                _P("limit", "int", 0, "at most this many (0: all)"))
+                _P("limit", "int", 0, "at most this many (0: all)"),
+                _P("names", "list", None, "only these volumes (unknown names are left out)"))
 def volume_list(ctl, p):
     """Volumes with size and allocated space, in name order; a page of them
     with offset/limit (the count is the pools' `volumes` in status)."""
     svc = _svc(ctl)
     if p.get("name") is not None:
         return [svc.volume_info(p["name"])]
+    if p.get("names") is not None:
+        want = sorted({n for n in p["names"] if isinstance(n, str) and n in svc.volumes})
+        return [i for i in map(svc.volume_info, want)
+                if i is not None and (not p["pool"] or i["pool"] == p["pool"])]
     if p["offset"] < 0 or p["limit"] < 0:
         raise InvalidParams("offset and limit must be >= 0")
     if p["offset"] or p["limit"]:
