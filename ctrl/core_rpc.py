@@ -45,7 +45,7 @@ _PAGE = (_P("offset", "int", 0, "skip this many (in name order)"),
          _P("limit", "int", 0, "at most this many (0: all)"))
 
 
-def page(items: list, p: dict) -> list:
+def _page(items: list, p: dict) -> list:
     """items[offset:offset+limit] of a list in name order (limit 0: to the end)."""
     off, lim = p["offset"], p["limit"]
     if off < 0 or lim < 0:
@@ -60,7 +60,7 @@ def bdev_list(ctl, p: dict):
     if p.get("name") is not None:
         return [ctl.core.bdev_info(p["name"])]
     if p["offset"] or p["limit"]:
-        names = page(ctl.core.bdev_names(), p)
+        names = _page(ctl.core.bdev_names(), p)
         return [ctl.core.bdev_info(n) for n in names]
     return ctl.core.bdev_list()
 
