@@ -5,8 +5,11 @@ defaulted by ctrl/pool_config.py, which parses them like a config table."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..rpcdef import InvalidParams, MethodTable, NotConfigured
 from ..rpcdef import P as _P
+from ..schema import check_name
 from .pool_config import PLACEMENTS, parse_fragment, parse_pool, parse_tenant, parse_volume
 
 METHODS = MethodTable()
@@ -112,8 +115,12 @@ def volume_create(ctl, p):
     if not p["names"] or not all(isinstance(n, str) for n in p["names"]):
         raise InvalidParams("names: a non-empty list of volume names")
     base = {k: v for k, v in p.items() if k != "names" and v is not None}
-    vols = [_parse(parse_volume, {**base, "name": n}) for n in p["names"]]
-    return _svc(ctl).volume_create_many(vols)
+    first = _parse(parse_volume, {**base, "name": p["names"][0]})
+    # the rest differ only by name: checked as [[volume]] names are, without
+    # parsing the whole table again (a tenth of a create's cost)
+    for n in p["names"]:
+        _parse(check_name, n)
+    return _svc(ctl).volume_create_many([replace(first, name=n) for n in p["names"]])
 
 
 @METHODS.method("volume_delete", _P("name", help="volume name", positional=True))

@@ -83,6 +83,8 @@ def test_volume_create_names_checks_first(ctl):
         ctl.rpc("volume_create", {"names": ["new1", "v003"], "pool": "p0", "size": "16MiB"})
     with pytest.raises(RpcError, match="already exists"):
         ctl.rpc("volume_create", {"names": ["dup", "dup"], "pool": "p0", "size": "16MiB"})
+    with pytest.raises(RpcError, match="bad name"):
+        ctl.rpc("volume_create", {"names": ["new1", "a/b"], "pool": "p0", "size": "16MiB"})
     with pytest.raises(RpcError, match="name or names"):
         ctl.rpc("volume_create", {"name": "x", "names": ["y"], "pool": "p0", "size": "16MiB"})
     assert ctl.rpc("volume_list", {"offset": 0, "limit": 1000}) == ctl.rpc("volume_list")
