@@ -21,7 +21,8 @@ def ctl(tmp_path_factory):
     sock = str(tmp / "s.sock")
     cfg = launch.write_config(tmp / "c.toml", launch.config(
         launch.controller("pg", sock, reactors=1),
-        pools=[launch.pool("p0", [launch.fragment(tmp / "f.img", "4GiB")])]))
+        pools=[launch.pool("p0", [launch.fragment(tmp / "f.img", "4GiB")])],
+        metrics=launch.metrics(f"127.0.0.1:{launch.free_port()}")))
     c = Controller(cfg, sock)
     try:
         names = [f"v{i:03d}" for i in range(N)]
@@ -95,3 +96,20 @@ def test_volume_create_names_checks_first(ctl):
     ctl.rpc("volume_delete", {"name": "new1"})
     ctl.rpc("volume_delete", {"name": "new2"})
     assert ctl.rpc("status")["bdev_count"] == N + 1
+
+
+def test_volume_list_names(ctl):
+    got = ctl.rpc("volume_list", {"names": ["v050", "nope", "v002"]})
+    assert [v["name"] for v in got] == ["v002", "v050"]
+    assert got[1] == ctl.rpc("volume_list", {"name": "v050"})[0]
+
+
+def test_scrape_lists_the_busiest_and_counts_all(ctl):
+    import urllib.request
+
+    url = f"http://{ctl.rpc('status')['metrics']['listen']}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        text = r.read().decode()
+    assert f'srrs_bdevs{{controller="pg"}} {float(N + 1)}' in text
+    # below SCRAPE_TOP_BDEVS (100) every volume has its series, as before
+    assert text.count("srrs_volume_size_bytes{") == N
