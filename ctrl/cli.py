@@ -96,6 +96,9 @@ def _fmt_status(st: dict) -> None:
     for b in st["bdevs"]:
         print(f"  bdev {b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  bs {b['block_size']}"
               f"  r {b['reads']} w {b['writes']} err {b['errors']}  {b['path']}")
+    if st.get("bdev_count", 0) > len(st["bdevs"]):
+        print(f"  ... {st['bdev_count']} bdevs: the busiest and the exported shown "
+              "(--detail or `srrs bdev list --offset N --limit M` for the rest)")
     for key in ("nvmf", "vhost"):
         if key in st:
             print(f"  {key}: {json.dumps(st[key], sort_keys=True)}")

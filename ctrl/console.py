@@ -51,7 +51,7 @@ from .rpc import RpcClient, RpcError
 HISTORY_S = 60
 RATE_WINDOW_S = 1.0
 SLOW_POLL_S = 0.5
-VOLUMES_POLL_S = 5.0     # used bytes and tenants change slowly; one RPC for all volumes
+VOLUMES_POLL_S = 5.0     # used bytes and tenants change slowly; one RPC for the listed volumes
 WITNESS_POLL_S = 1.0
 CORE_KEYS = ("name", "pid", "uptime_s", "rpc_socket", "poll_mode", "reactors", "bdevs")
 
@@ -121,13 +121,18 @@ class Source:
         return st, jobs, evs, restarted
 
     def _fetch_volumes(self, now: float, st: dict) -> None:
-        """volume_list every VOLUMES_POLL_S (one RPC for all volumes, never one per
-        volume), only from a controller with pools."""
+        """volume_list of the volumes status lists, every VOLUMES_POLL_S (one RPC,
+        never one per volume), only from a controller with pools."""
         if not self._vol_rpc or "pool" not in st or now - self._vol_t < VOLUMES_POLL_S:
             return
         self._vol_t = now
         try:
-            vols = self._call("volume_list")
+            # only the volumes that status lists (the busiest and the exported):
+            # bounded at any volume count (docs/architecture.md, Control plane at scale)
+            bdevs = [b for b in st.get("bdevs", []) if isinstance(b, dict)]
+            names = [b.get("name") for b in bdevs] + [b.get("path") for b in bdevs
+                                                       if b.get("module") == "mirror"]
+            vols = self._call("volume_list", {"names": names})
         except RpcError:
             self._vol_rpc = False
             return

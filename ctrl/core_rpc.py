@@ -41,11 +41,27 @@ def bdev_delete(ctl, p: dict):
     return True
 
 
-@METHODS.method("bdev_list", _P("name", default=None, help="only this bdev", positional=True))
+_PAGE = (_P("offset", "int", 0, "skip this many (in name order)"),
+         _P("limit", "int", 0, "at most this many (0: all)"))
+
+
+def _page(items: list, p: dict) -> list:
+    """items[offset:offset+limit] of a list in name order (limit 0: to the end)."""
+    off, lim = p["offset"], p["limit"]
+    if off < 0 or lim < 0:
+        raise InvalidParams("offset and limit must be >= 0")
+    return items[off:off + lim] if lim else items[off:]
+
+
+@METHODS.method("bdev_list", _P("name", default=None, help="only this bdev", positional=True),
+                *_PAGE)
 def bdev_list(ctl, p: dict):
-    """List bdevs with their I/O counters and latency histograms."""
+    """List bdevs with their I/O counters and latency histograms, in name order."""
     if p.get("name") is not None:
         return [ctl.core.bdev_info(p["name"])]
+    if p["offset"] or p["limit"]:
+        names = _page(ctl.core.bdev_names(), p)
+        return [ctl.core.bdev_info(n) for n in names]
     return ctl.core.bdev_list()
 
 
@@ -65,10 +81,16 @@ def reactor_set_poll_mode(ctl, p: dict):
     return True
 
 
-@METHODS.method("status", noun="status")
+@METHODS.method("status", _P("detail", "bool", False, "every bdev (megabytes at 10,000 volumes)"),
+                _P("top", "int", 32, "without detail: how many of the busiest bdevs to list"),
+                noun="status")
 def status(ctl, p: dict):
-    """Controller name, pid, uptime, reactors, bdevs and exports."""
-    return ctl.status()
+    """Controller name, pid, uptime, reactors, bdevs and exports. The bdevs are
+    summarised (bdev_count, bdev_totals) with the `top` busiest listed; every
+    one with `detail` (or page through bdev_list)."""
+    if p["top"] < 0:
+        raise InvalidParams("top must be >= 0")
+    return ctl.status(detail=p["detail"], top=p["top"])
 
 
 @METHODS.method("events", _P("since", "float", 0, "only events after this unix time"),

@@ -27,6 +27,7 @@ from . import config as cfg
 from . import metrics as metrics_service
 from . import pair as pair_service
 from . import pool as pool_service
+from .iostats import exports_of
 from .methods import TABLE as METHODS
 from .rpc import RpcServer
 
@@ -137,8 +138,13 @@ class Controller:
         self.fresh_bdevs.pop(name, None)
 
     # -- state ---------------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self, detail: bool = False, top: int = 32) -> dict:
+        """bdevs: every one with detail, else the `top` busiest (by completed
+        I/Os) in one C pass, with the count and the summed counters: the answer
+        stays small and fast at 100,000 volumes (docs/architecture.md, Control
+        plane at scale). Below `top` bdevs both are the same list."""
         reactors = self.core.all_reactor_stats()
+        count, totals, bdevs = self.core.bdev_top(top)
         out = {
             "name": self.name,
             "pid": os.getpid(),
@@ -146,11 +152,25 @@ class Controller:
             "rpc_socket": self.conf.controller.rpc_socket,
             "poll_mode": self.core.poll_mode,
             "reactors": reactors,
-            "bdevs": self.core.bdev_list(),
+            "bdevs": self.core.bdev_list() if detail else bdevs,
+            "bdev_count": count,
+            "bdev_totals": totals,
         }
         for name, svc in self.services.items():
             if svc is not None and hasattr(svc, "status"):
                 out[name] = svc.status()
+        if not detail:
+            # exported bdevs too (up to `top` more), idle or not: the console's
+            # and the metrics' export rows read their figures from this list
+            have = {b["name"] for b in bdevs}
+            more = sorted({e["volume"] for e in exports_of(out)} - have)[:top]
+            for n in more:
+                try:
+                    bdevs.append(self.core.bdev_info(n))
+                except SrrsError:
+                    pass  # gone meanwhile
+            if more:
+                bdevs.sort(key=lambda b: b["name"])
         return out
 
     def to_toml_dict(self) -> dict:

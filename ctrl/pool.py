@@ -236,6 +236,7 @@ class PoolService:
         self.pools: dict[str, Pool] = {}
         self.tenants: dict[str, TenantConfig] = {}
         self.volumes: dict[str, VolumeConfig] = {}
+        self._names: Optional[list] = None  # sorted volume names (pages), None: stale
 
     # -- building ------------------------------------------------------------------
     def pool_create(self, conf: PoolConfig) -> Pool:
@@ -251,6 +252,7 @@ class PoolService:
         for v in p.volume_list():
             self.volumes.setdefault(v["name"], VolumeConfig(
                 name=v["name"], pool=conf.name, size=v["size"], thin=v["thin"], tenant=v["tenant"]))
+        self._names = None
         return p
 
     def pool_close(self, name: str) -> None:
@@ -259,6 +261,7 @@ class PoolService:
         del self.pools[name]
         for v in [v for v in self.volumes.values() if v.pool == name]:
             del self.volumes[v.name]
+        self._names = None
 
     def pool(self, name: str) -> Pool:
         p = self.pools.get(name)
@@ -299,6 +302,22 @@ class PoolService:
             out.append(d)
         return sorted(out, key=lambda d: d["name"])
 
+    def volume_create_many(self, vols: list) -> list:
+        """Create many volumes in one call; checked first (names, pools, tenants),
+        then created concurrently so that their metadata commits share the
+        pool's fragment flushes (group commit): thousands a second where one
+        create per call pays a flush each (docs/architecture.md, Control plane
+        at scale). The infos in the order given."""
+        seen = set()
+        for v in vols:
+            if v.name in seen or v.name in self.volumes:
+                raise AlreadyExists(f"volume {v.name} already exists")
+            seen.add(v.name)
+            self.pool(v.pool)
+            if v.tenant and v.tenant not in self.tenants:
+                raise NotFound(f"volume {v.name}: tenant {v.tenant} does not exist")
+        return _create_parallel(self, vols)
+
     def volume_create(self, v: VolumeConfig) -> dict:
         p = self.pool(v.pool)
         if v.tenant and v.tenant not in self.tenants:
@@ -307,6 +326,7 @@ class PoolService:
         size = -(-v.size // cs) * cs  # whole clusters
         info = p.volume_create(v.name, size, v.thin, v.tenant)
         self.volumes[v.name] = replace(v, size=size)
+        self._names = None
         info["pool"] = v.pool
         return info
 
@@ -319,6 +339,7 @@ class PoolService:
     def volume_delete(self, name: str) -> None:
         self._owner(name).volume_delete(name)
         del self.volumes[name]
+        self._names = None
 
     def volume_resize(self, name: str, size: int) -> dict:
         p = self._owner(name)
@@ -336,6 +357,26 @@ class PoolService:
         for p in self.pools.values():
             if not pool or p.name == pool:
                 out += p.volume_list()
+        return out
+
+    def volume_names(self, pool: str = "") -> list:
+        """Volume names in name order (of one pool if given), from the model:
+        a page of volume_list looks up only its own volumes in C."""
+        if self._names is None:
+            self._names = sorted(self.volumes)
+        if not pool:
+            return self._names
+        return [n for n in self._names if self.volumes[n].pool == pool]
+
+    def volume_page(self, pool: str, offset: int, limit: int) -> list:
+        names = self.volume_names(pool)
+        names = names[offset:offset + limit] if limit else names[offset:]
+        out = []
+        for n in names:
+            v = self.volumes.get(n)
+            info = self.pools[v.pool].volume_info(n) if v and v.pool in self.pools else None
+            if info is not None:
+                out.append(info)
         return out
 
     def apply_config_volume(self, v: VolumeConfig) -> None:
@@ -378,18 +419,24 @@ class PoolService:
                 log.error("closing pool %s: %s", name, e)
 
 
-def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> None:
-    """New volumes of a config, created concurrently: their metadata commits
-    share fragment flushes (group commit) instead of paying one each."""
+def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> list:
+    """New volumes (a config's, or one volume_create call's), created
+    concurrently: their metadata commits share fragment flushes (group commit)
+    instead of paying one each. Their infos in order; the first error is
+    raised once every create has ended (the others stay created)."""
     if len(vols) < 64:
-        for v in vols:
-            svc.volume_create(v)
-        return
+        return [svc.volume_create(v) for v in vols]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(threads) as ex:
-        for f in [ex.submit(svc.volume_create, v) for v in vols]:
-            f.result()
+        futs = [ex.submit(svc.volume_create, v) for v in vols]
+        errs = [f.exception() for f in futs]
+    first = next((e for e in errs if e is not None), None)
+    if first is not None:
+        log.error("creating %d volumes: %d created, the first error: %s", len(vols),
+                  sum(e is None for e in errs), first)
+        raise first
+    return [f.result() for f in futs]
 
 
 def start(ctl, pools_section) -> PoolService:

@@ -287,12 +287,9 @@ static void registry_destroy(struct srrs_core *core, void *val)
 
 static inline uint64_t stat_get(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
-static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
+/* The counters only (no names): what ranking and totals need. */
+static void fill_counters(struct srrs_bdev *b, struct srrs_bdev_info *o)
 {
-    memset(o, 0, sizeof(*o));
-    snprintf(o->name, sizeof(o->name), "%s", b->name);
-    snprintf(o->module, sizeof(o->module), "%s", b->mod->name);
-    snprintf(o->path, sizeof(o->path), "%s", b->path);
     o->num_blocks = b->num_blocks;
     o->block_size = b->block_size;
     o->open_count = atomic_load(&b->open_count);
@@ -310,6 +307,15 @@ static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
         o->direct_ios += stat_get(&s->direct_ios);
         o->buffered_ios += stat_get(&s->buffered_ios);
     }
+}
+
+static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
+{
+    memset(o, 0, sizeof(*o));
+    snprintf(o->name, sizeof(o->name), "%s", b->name);
+    snprintf(o->module, sizeof(o->module), "%s", b->mod->name);
+    snprintf(o->path, sizeof(o->path), "%s", b->path);
+    fill_counters(b, o);
 }
 
 /* Racy by design: each reactor goes on writing its channel's counters while a
@@ -343,6 +349,58 @@ int srrs_bdev_list(struct srrs_core *core, struct srrs_bdev_info *out, int max)
         for (struct srrs_bdev *b = reg->buckets[h]; b; b = b->hnext, n++)
             if (n < max)
                 fill_info(b, &out[n]);
+    pthread_mutex_unlock(&reg->lock);
+    return n;
+}
+
+static uint64_t completed(const struct srrs_bdev_info *o)
+{
+    return o->reads + o->writes + o->flushes + o->unmaps + o->write_zeroes;
+}
+
+/* a ranks before b: more completed I/Os, then the smaller name */
+static bool busier(uint64_t na, const char *a, uint64_t nb, const char *b)
+{
+    return na != nb ? na > nb : strcmp(a, b) < 0;
+}
+
+int srrs_bdev_top(struct srrs_core *core, struct srrs_bdev_info *top, int max,
+                  struct srrs_bdev_info *tot)
+{
+    struct bdev_registry *reg = registry(core);
+    if (!reg || !tot || max < 0 || (max && !top))
+        return srrs_err(-EINVAL, "srrs_bdev_top: bad arguments");
+    memset(tot, 0, sizeof(*tot));
+    int n = 0, kept = 0;
+    pthread_mutex_lock(&reg->lock);
+    for (uint32_t h = 0; h < REG_BUCKETS; h++)
+        for (struct srrs_bdev *b = reg->buckets[h]; b; b = b->hnext, n++) {
+            struct srrs_bdev_info c = {0};
+            fill_counters(b, &c);
+            tot->num_blocks += c.num_blocks;
+            tot->open_count += c.open_count;
+            tot->reads += c.reads;
+            tot->writes += c.writes;
+            tot->bytes_read += c.bytes_read;
+            tot->bytes_written += c.bytes_written;
+            tot->flushes += c.flushes;
+            tot->unmaps += c.unmaps;
+            tot->write_zeroes += c.write_zeroes;
+            tot->errors += c.errors;
+            tot->direct_ios += c.direct_ios;
+            tot->buffered_ios += c.buffered_ios;
+            /* insertion into the sorted top: max is small (tens), the pass is O(n) */
+            uint64_t ops = completed(&c);
+            int i = kept;
+            while (i > 0 && busier(ops, b->name, completed(&top[i - 1]), top[i - 1].name))
+                i--;
+            if (i >= max)
+                continue;
+            if (kept < max)
+                kept++;
+            memmove(&top[i + 1], &top[i], (size_t)(kept - 1 - i) * sizeof(*top));
+            fill_info(b, &top[i]);
+        }
     pthread_mutex_unlock(&reg->lock);
     return n;
 }

@@ -440,6 +440,36 @@ class Core:
                 d["latency"] = idle = idle or latency_dict()
         return out
 
+    def bdev_names(self) -> list:
+        """Every bdev's name, sorted (what paging bdev_list needs: no counters)."""
+        n = 1024
+        while True:
+            arr = ffi.new("struct srrs_bdev_info[]", n)
+            total = check(lib.srrs_bdev_list(self.ptr, arr, n))
+            if total <= n:
+                return sorted(ffi.string(arr[i].name).decode(errors="replace")
+                              for i in range(total))
+            n = total + 64
+
+    def bdev_top(self, limit: int) -> tuple:
+        """(number of bdevs, their counters summed, the `limit` busiest by
+        completed I/Os with latency as bdev_list, sorted by name): one C pass,
+        whatever the count (docs/architecture.md, Control plane at scale)."""
+        arr = ffi.new("struct srrs_bdev_info[]", max(limit, 1))
+        tot = ffi.new("struct srrs_bdev_info *")
+        n = check(lib.srrs_bdev_top(self.ptr, arr, limit, tot))
+        top = [bdev_info_dict(arr[i]) for i in range(min(n, limit))]
+        lat = ffi.new("struct srrs_bdev_latency *")
+        idle = None
+        for d in top:
+            if _completed(d) and lib.srrs_bdev_get_latency(self.ptr, d["name"].encode(), lat) == 0:
+                d["latency"] = latency_dict(lat)
+            else:
+                d["latency"] = idle = idle or latency_dict()
+        totals = _struct_to_dict(tot, _BDEV_FIELDS)
+        del totals["block_size"]
+        return n, totals, sorted(top, key=lambda d: d["name"])
+
     def bdev_info(self, name: str) -> dict:
         info = ffi.new("struct srrs_bdev_info *")
         check(lib.srrs_bdev_get_info(self.ptr, name.encode(), info), f"bdev {name}")

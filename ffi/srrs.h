@@ -181,6 +181,13 @@ int srrs_bdev_delete(struct srrs_core *core, const char *name);
 /* control. Fills up to max infos, returns how many bdevs exist. */
 int srrs_bdev_list(struct srrs_core *core, struct srrs_bdev_info *out, int max);
 int srrs_bdev_get_info(struct srrs_core *core, const char *name, struct srrs_bdev_info *out);
+/* control. One pass over every bdev, for a status that stays small at any
+ * count (docs/architecture.md, Control plane at scale): the counters summed
+ * over all bdevs in *tot (names empty, num_blocks summed), and in top[0..max)
+ * the bdevs with the most completed I/Os (ties: the smaller name), busiest
+ * first. Returns the number of bdevs; top holds min(that, max). */
+int srrs_bdev_top(struct srrs_core *core, struct srrs_bdev_info *top, int max,
+                  struct srrs_bdev_info *tot);
 /* control. The latency histograms of bdev `name`, summed over every reactor's
  * channel. Each reactor keeps writing while this reads (no lock on the I/O
  * path), so the sums may lag a few I/Os behind and behind srrs_bdev_info's
