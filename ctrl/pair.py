@@ -507,9 +507,27 @@ class PairService:
         except (ValueError, KeyError, TypeError) as e:
             log.warning("bad witness message: %s", e)
 
+    def _witness_unwind(self, old, ev, now: float) -> None:
+        """A grant that came after ha stopped waiting for it (ignored): the
+        witness recorded its next generation as the pair's, though we never
+        write under it, and would refuse our peer as outdated for ever. Give it
+        back while we hold no lease and wait for none (a newer request with the
+        same next generation makes it real instead)."""
+        ng = self._wit_asked.pop(ev.sent_at, None)
+        s = self.state
+        if (ng is None or old.lease_sent_at == ev.sent_at or s.lease_sent_at is not None
+                or s.role == ha.SOLO or ha.lease_valid(s, now)):
+            return
+        log.warning("pair: the witness granted a lease after we stopped waiting for it: "
+                    "giving it back, the pair's generation back to %s", s.data_gen.to_json())
+        self._send(self.wit, {"op": "unwind", "pair": self.conf.pair_id,
+                              "node": self.conf.me_id, "granted_gen": ng.to_json(),
+                              "data_gen": s.data_gen.to_json()})
+
     # -- etcd as the witness (docs/architecture.md, Cluster) -------------------------
     def _etcd_setup(self, ctl: Any, conf: PairConfig, timing: ha.Timing) -> None:
         self.solo = None
+        self._wit_asked: dict = {}  # sent_at -> next_gen of lease requests sent to the witness
         cluster = getattr(ctl, "cluster", None)
         if conf.witness:
             return
@@ -595,6 +613,8 @@ class PairService:
                 if old.lease_sent_at != ev.sent_at and ng is not None:
                     # etcd wrote ng as the pair's generation; we will never write under it
                     self._etcd_q.put(("unwind", ng))
+            elif isinstance(ev, ha.LeaseGranted) and self.wit is not None:
+                self._witness_unwind(old, ev, now)
             if self.state.role != old.role:
                 log.warning("pair %s: %s -> %s (%s, epoch %d)", self.conf.self_name, old.role,
                             self.state.role, self.state.reason, self.state.epoch)
@@ -618,6 +638,9 @@ class PairService:
             elif isinstance(a, (ha.RequestLease, ha.ReleaseLease)) and self.solo is not None:
                 self._etcd_q.put(a)
             elif isinstance(a, ha.RequestLease):
+                self._wit_asked[a.sent_at] = a.next_gen
+                while len(self._wit_asked) > 64:   # answers that never came
+                    self._wit_asked.pop(next(iter(self._wit_asked)))
                 self._send(self.wit, {"op": "lease", "pair": self.conf.pair_id,
                                       "node": self.conf.me_id, "sent_at": a.sent_at,
                                       "lease_s": self.timing.lease_s,

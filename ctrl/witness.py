@@ -27,6 +27,8 @@ Protocol (JSON, one frame; ROUTER/DEALER):
       | {"op": "lease", "ok": false, "sent_at": T, "reason": "...", "holder": H}
   {"op": "release", "pair": P, "node": N}  -> {"op": "release", "ok": true}
       | {"op": "release", "ok": false, "reason": "not authorized"}
+  {"op": "unwind", "pair": P, "node": N, "granted_gen": [n, node], "data_gen": [n, node]}
+     -> {"op": "unwind", "ok": true|false}   (a grant N never used, given back)
   {"op": "ping", "sent_at": T}             -> {"op": "pong", "sent_at": T}
 """
 
@@ -81,6 +83,19 @@ class LeaseTable:
         rec.expires = now + lease_s
         rec.gen = list(next_gen)
         return True, "", node
+
+    def unwind(self, pair: str, node: str, granted_gen, data_gen) -> bool:
+        """Undo a grant its requester never used (the answer reached it after it
+        stopped waiting): the pair's generation goes back from granted_gen to
+        data_gen, and the lease, if still node's, is released. Only while the
+        pair's generation is still granted_gen and no other node holds the
+        lease. True when undone."""
+        rec = self.pairs.get(pair)
+        if rec is None or rec.gen != list(granted_gen) or rec.holder not in ("", node):
+            return False
+        rec.gen = list(data_gen)
+        rec.holder, rec.expires = "", 0.0
+        return True
 
     def release(self, pair: str, node: str) -> None:
         rec = self.pairs.get(pair)
@@ -196,7 +211,7 @@ def serve(bind: str, state_file: Optional[str] = None, secret_key: Optional[str]
             reply = _handle(table, body, time.monotonic(), who)
             if reply is None:
                 continue
-            if reply.get("op") == "lease" and reply.get("ok") and state_file:
+            if reply.get("op") in ("lease", "unwind") and reply.get("ok") and state_file:
                 _save(state_file, table)
             sock.send_multipart([ident, json.dumps(reply).encode()])
     finally:
@@ -238,7 +253,7 @@ def _handle(table: LeaseTable, body: bytes, now: float,
         return {"op": "pong", "sent_at": m.get("sent_at")}
     try:
         pair, node = str(m["pair"]), str(m["node"])
-        if op in ("release", "lease") and (node not in pair.split("+") or
+        if op in ("release", "lease", "unwind") and (node not in pair.split("+") or
                                            (who is not None and who != node)):
             log.warning("%s for %s in %s refused: the request came with %s's key", op, node,
                         pair, who or "no known")
@@ -248,6 +263,11 @@ def _handle(table: LeaseTable, body: bytes, now: float,
             table.release(pair, node)
             log.info("%s released the lease of %s", node, pair)
             return {"op": "release", "ok": True}
+        if op == "unwind":
+            ok = table.unwind(pair, node, list(m["granted_gen"]), list(m["data_gen"]))
+            log.warning("%s gave back a grant of %s it never used: %s", node, pair,
+                        "generation restored" if ok else "nothing to undo")
+            return {"op": "unwind", "ok": ok}
         if op == "lease":
             lease_s = float(m["lease_s"])
             ok, reason, holder = table.request(pair, node, lease_s, list(m["data_gen"]),

@@ -144,3 +144,34 @@ def test_witness_curve(tmp_path):
 def test_witness_bad_args(tmp_path, args):
     p = Proc(["witness"] + args, str(tmp_path / "w.log"))
     assert p.proc.wait(20) in (1, 2)
+
+
+def test_table_a_late_grant_given_back_does_not_outdate_the_peer():
+    """A grant whose answer reached a after it stopped waiting (ha ignores it):
+    the table recorded a's next generation, which no replica ever has. Without
+    the unwind, b (as current as a) is refused as outdated for ever once a dies."""
+    t = LeaseTable(started=-100)
+    assert t.request("p", "a", 3, G0, GA, 0.0)[0]             # answered too late for a
+    assert not t.request("p", "b", 3, G0, GB, 5.0)[0]          # the trap: b "outdated"
+    assert not t.unwind("p", "b", GA, G0)                     # only the grantee gives it back
+    assert not t.unwind("p", "a", [9, "a"], G0)               # and only that grant
+    assert t.unwind("p", "a", GA, G0)
+    assert t.request("p", "b", 3, G0, GB, 5.1)[0]
+    assert not t.unwind("p", "a", GB, G0)                     # b's lease is not a's to undo
+
+
+def test_witness_process_unwind_is_authorized_and_persisted(tmp_path):
+    port, = free_ports(1)
+    addr = f"tcp://127.0.0.1:{port}"
+    state = tmp_path / "w.state"
+    w = Witness(tmp_path, addr, max_lease=1.0, extra=["--state", str(state)])
+    try:
+        a, b = _client(addr), _client(addr)
+        _until_ok(a, lambda: _lease("a", G0, GA))
+        unwind = {"op": "unwind", "pair": "a+b", "granted_gen": GA, "data_gen": G0}
+        assert _ask(b, dict(unwind, node="c"))["ok"] is False   # not in the pair
+        assert _ask(a, dict(unwind, node="a"))["ok"] is True
+        assert json.loads(state.read_text())["a+b"]["gen"] == G0
+        assert _ask(b, _lease("b", G0, GB))["ok"]               # not outdated, not held
+    finally:
+        assert w.stop() == 0
