@@ -258,4 +258,9 @@ def start(ctl: Any, section: Any) -> Optional[CatalogSync]:
     """After the pair and the exports: it makes mirrors and subsystems."""
     if section is None or ctl.cluster is None or ctl.pair is None or ctl.nvmf is None:
         return None
+    if not section.pool and (ctl.pool is None or not ctl.pool.pools):
+        # a controller without a pool holds no catalog volumes; its pair may
+        # still use etcd as its witness
+        log.info("cluster: no pool, so no catalog volumes on this controller")
+        return None
     return CatalogSync(ctl, ctl.cluster)
