@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import io
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,13 +43,40 @@ LOOPBACK = "127.0.0.1"
 
 # ---- ports and paths ------------------------------------------------------------------
 
+def _below_ephemeral() -> tuple:
+    """Ports the kernel never picks for an outgoing connection: below its
+    ephemeral range (ip_local_port_range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (10000, low - 1) if low > 11000 else (low, 65535)
+
+
 def free_ports(n: int, host: str = LOOPBACK) -> list:
     """n distinct TCP ports free on host right now (bound together, then released:
-    the caller binds them soon after; a collision is possible but rare)."""
-    socks = [socket.socket() for _ in range(n)]
+    the caller binds them soon after). Taken at random below the ephemeral
+    range: a port the kernel handed out as ephemeral and we released could be
+    taken meanwhile by any outgoing connection on the machine (an etcd client
+    opening thousands, in a parallel test lane), one of ours only by another
+    caller that draws the same random port."""
+    lo, hi = _below_ephemeral()
+    socks: list = []
     try:
-        for s in socks:
+        for _ in range(50 * n):
+            if len(socks) == n:
+                break
+            s = socket.socket()
+            try:
+                s.bind((host, random.randint(lo, hi)))
+                socks.append(s)
+            except OSError:
+                s.close()
+        while len(socks) < n:  # a crowded range: let the kernel choose
+            s = socket.socket()
             s.bind((host, 0))
+            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ import urllib.request
 
 import pytest
 
+from srrs.ctrl import launch
 from tests.conftest import need
 from tests.pair.netns import have_netns, sh
 
@@ -31,9 +31,7 @@ ELECTION_MS = 500
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return launch.free_port()   # below the ephemeral range (see there)
 
 
 def _post(url: str, body: dict, timeout: float = 0.5, context=None) -> dict:
