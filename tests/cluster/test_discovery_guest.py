@@ -13,6 +13,10 @@ from tests.guest import harness as guest_harness
 from .etcd import Cluster
 from .test_discovery import H1, H2, _cluster, _publish
 
+# No timing asserted, only outcomes: the side lane (ci/test) runs it beside the
+# main one, which keeps the main lane inside CI's budget.
+pytestmark = pytest.mark.side
+
 H = guest_harness.HOST_FROM_GUEST
 
 

@@ -351,6 +351,7 @@ def test_cut_off_from_peer_and_etcd_fences_within_its_lease_peer_goes_solo(tmp_p
 
 # ---- a Linux guest ----------------------------------------------------------------
 
+@pytest.mark.side
 def test_linux_guest_fio_verify_rides_through_kill9_with_etcd_witness(etcd_pair):
     """The kernel's native NVMe multipath over both controllers, fio verify
     running; kill -9 of a: b goes SOLO through etcd, a restarts, RESYNC ->
