@@ -30,6 +30,17 @@ HEARTBEAT_MS = 50
 ELECTION_MS = 500
 
 
+def wait_until(fn, timeout=10.0):
+    """fn()'s first truthy value within timeout, else its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    return fn()
+
+
 def free_port() -> int:
     return launch.free_port()   # below the ephemeral range (see there)
 

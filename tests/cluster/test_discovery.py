@@ -7,7 +7,6 @@ changes. Volume records are written with the Catalog API (convergence, which
 creates the replicas, is not needed to discover them)."""
 
 import struct
-import time
 from dataclasses import replace
 
 import pytest
@@ -19,21 +18,12 @@ from srrs.nvmf.target import DISCOVERY_NQN, discover
 from tests.nvmf import wire
 
 from .etcd import Cluster
+from .etcd import wait_until as _wait
 
 PREFIX = "/srrs/disc"
 H1 = "nqn.2014-08.org.nvmexpress:uuid:5352532d-0000-4000-8000-0000000000d1"
 H2 = "nqn.2014-08.org.nvmexpress:uuid:5352532d-0000-4000-8000-0000000000d2"
 GiB = 1 << 30
-
-
-def _wait(fn, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    return fn()
 
 
 def _controller(tmp_path, c, name: str, port: int) -> launch.Controller:

@@ -12,21 +12,12 @@ from srrs.ctrl import config as cfg
 from srrs.ctrl import launch
 
 from .etcd import Cluster
+from .etcd import wait_until as _wait
 
 
 def _member(c: Cluster, name: str):
     out = c.members[0].etcdctl("get", f"/srrs/t1/members/{name}", "--print-value-only")
     return json.loads(out) if out.strip() else None
-
-
-def _wait(fn, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    return fn()
 
 
 def _conf(tmp_path, c: Cluster, **kw):
