@@ -34,9 +34,10 @@ from .placement import NoPlacement, Request, placement
 
 DEFAULT_PREFIX = "/srrs/"
 RETRIES = 32      # lost races before giving up (each one is another writer's commit)
-# Mirror slots of a pair: its cluster volumes take mirror volume ids 63 - slot
-# (ffi/mirror_int.h M_MAX_VOLS = 64), configured [pair] volumes 0, 1, ...
-MAX_SLOTS = 48
+# Mirror slots of a pair: its cluster volumes take mirror volume ids 1023 - slot
+# (ffi/mirror_int.h M_MAX_VOLS = 1024), configured [pair] volumes 0, 1, ...; each
+# is also one NVMe/TCP subsystem (nvmf/nvmf_int.h NVMF_MAX_SUBSYS = 1024)
+MAX_SLOTS = 1000
 
 
 class CatalogError(Exception):

@@ -8,7 +8,7 @@ its part of the volumes of ITS pair match it. For a volume with uuid U:
   * a thin pool volume `c-U` in the cluster pool ([cluster] pool, else the
     only pool), grown (never shrunk) to the catalog size;
   * a mirror bdev `c-U` over it on the pair's link (the replica steps aside to
-    `c-U.replica`), mirror volume id 63 - the catalog slot, the same on both
+    `c-U.replica`), mirror volume id 1023 - the catalog slot, the same on both
     controllers;
   * one NVMe/TCP subsystem `volume_nqn(U)`: NSID 1 with NGUID/UUID = U, ANA
     group 1 following the pair's ANA state (inaccessible until the peer has
@@ -33,7 +33,7 @@ from .cluster_catalog import Snapshot, Volume
 log = logging.getLogger("srrs.cluster.sync")
 
 PREFIX = "c-"           # pool volume / mirror bdev name of a cluster volume: c-UUID
-MAX_VOL_ID = 63         # ffi/mirror_int.h M_MAX_VOLS - 1
+MAX_VOL_ID = 1023       # ffi/mirror_int.h M_MAX_VOLS - 1
 # Host I/O of a volume stopped here this long before its mirror goes (delete,
 # grow): the peer, told by the same catalog change, has stopped its own by then,
 # so no write it replicates reaches a mirror we no longer have (that would

@@ -24,7 +24,7 @@
 #include "mirror_auth.h"
 
 #define M_MAGIC 0x524d5253u /* "SRMR" */
-#define M_MAX_VOLS 64
+#define M_MAX_VOLS 1024 /* volume ids 0..1023 on one link (the frame header has 16 bits) */
 #define M_NPIECES 8192u
 #define M_NFRAMES 16384u
 #define M_PIECE_IOV 130 /* a virtio request may carry seg_max (126) segments, plus slack */

@@ -1184,8 +1184,11 @@ static void admin_get_log(struct nvmf_req *req, struct nvmf_ctrlr *ct)
         nvmf_req_complete(req, SC_INVALID_FIELD, 0);
         return;
     }
-    size_t cap = 1024 + 1024 * 64 * 16;
-    uint8_t *d = calloc(1, cap); /* admin path: allocation is fine here */
+    /* Room for 16,384 discovery entries (a host may reach thousands of cluster
+     * volumes, two paths each): calloc of this size maps fresh zero pages, so
+     * only the pages a log fills cost anything. Admin path: allocation is fine. */
+    size_t cap = 1024 + 1024 * 16384;
+    uint8_t *d = calloc(1, cap);
     if (!d) {
         nvmf_req_complete(req, SC_INTERNAL, 0);
         return;

@@ -898,10 +898,61 @@ void srrs_nvmf_host_disconnect(struct srrs_nvmf_host **ph)
     *ph = NULL;
 }
 
+/* Part of a log page: len bytes at offset off (one transfer; len <= LOG_CHUNK). */
+static int get_log_part(struct hq *q, uint8_t lid, uint8_t *buf, uint32_t len, uint64_t off)
+{
+    struct nvme_sqe sqe = {0};
+    uint32_t numd = len / 4 - 1;
+    sqe.opc = ADM_GET_LOG_PAGE;
+    sqe.cdw10 = lid | (numd & 0xffff) << 16;
+    sqe.cdw11 = numd >> 16;
+    sqe.cdw12 = (uint32_t)off;
+    sqe.cdw13 = (uint32_t)(off >> 32);
+    struct nvme_cqe cqe;
+    int rc = sync_cmd(q, &sqe, NULL, 0, buf, len, &cqe);
+    if (!rc && cmd_status(&cqe))
+        rc = srrs_err(-EIO, "nvmf host: get log page 0x%x at %llu failed (status 0x%x)", lid,
+                      (unsigned long long)off, cmd_status(&cqe));
+    return rc;
+}
+
+/* Transfers small enough for any target's MDTS we might meet (4 KiB pages x 32). */
+#define LOG_CHUNK (128u * 1024)
+
+/* The discovery log: its header, then the records in LOG_CHUNK pieces at
+ * increasing offsets, then the header again; a generation counter that moved
+ * meanwhile (the log changed under us) starts it over. Returns numrec. */
+static int read_discovery_log(struct hq *a, uint8_t *log, uint32_t len)
+{
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint64_t gen, numrec, again;
+        uint32_t first = SRRS_MIN(len, LOG_CHUNK);
+        int rc = get_log_part(a, 0x70, log, first, 0);
+        if (rc)
+            return rc;
+        memcpy(&gen, log, 8);
+        memcpy(&numrec, log + 8, 8);
+        uint64_t want = SRRS_MIN((uint64_t)len, 1024 * (numrec + 1));
+        for (uint64_t off = first; !rc && off < want; off += LOG_CHUNK)
+            rc = get_log_part(a, 0x70, log + off, (uint32_t)SRRS_MIN(want - off, LOG_CHUNK), off);
+        uint8_t hdr[16];
+        if (!rc && want > first)
+            rc = get_log_part(a, 0x70, hdr, sizeof(hdr), 0);
+        else
+            memcpy(hdr, log, sizeof(hdr));
+        if (rc)
+            return rc;
+        memcpy(&again, hdr, 8);
+        if (again == gen)
+            return numrec > INT32_MAX ? INT32_MAX : (int)numrec;
+    }
+    return srrs_err(-EAGAIN, "nvmf discover: the log kept changing while being read");
+}
+
 int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t *buf, int max,
                        int timeout_ms)
 {
-    if (!addr || max < 0)
+    if (!addr || max < 0 || max > 1 << 20)
         return srrs_err(-EINVAL, "nvmf discover: bad arguments");
     struct srrs_nvmf_host *h = host_new(addr, port, NVMF_DISCOVERY_NQN, hostnqn, timeout_ms);
     if (!h)
@@ -916,23 +967,18 @@ int srrs_nvmf_discover(const char *addr, int port, const char *hostnqn, uint8_t 
         rc = enable_ctrlr(a, h->o.timeout_ms);
     uint32_t len = 1024u * (uint32_t)(max + 1);
     uint8_t *log = calloc(1, len);
-    if (!log)
+    if (!log && !rc)
         rc = srrs_err(-ENOMEM, "nvmf discover: out of memory");
-    uint64_t numrec = 0;
+    int numrec = 0;
     if (!rc) {
-        uint32_t numd = len / 4 - 1;
-        rc = admin_cmd(a, ADM_GET_LOG_PAGE, 0, 0x70 | (numd & 0xffff) << 16, numd >> 16, log, len,
-                       NULL);
+        numrec = read_discovery_log(a, log, len);
+        rc = numrec < 0 ? numrec : 0;
     }
-    if (!rc) {
-        memcpy(&numrec, log + 8, 8);
-        uint64_t n = SRRS_MIN(numrec, (uint64_t)max);
-        if (buf)
-            memcpy(buf, log + 1024, n * 1024);
-    }
+    if (!rc && buf)
+        memcpy(buf, log + 1024, (size_t)SRRS_MIN(numrec, max) * 1024);
     free(log);
     host_free(h);
-    return rc ? rc : (int)numrec;
+    return rc ? rc : numrec;
 }
 
 /* ---- I/O phase (reactor) --------------------------------------------------------- */

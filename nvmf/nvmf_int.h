@@ -219,7 +219,7 @@ enum { FCTYPE_PROP_SET = 0x00, FCTYPE_CONNECT = 0x01, FCTYPE_PROP_GET = 0x04,
 
 #define NVMF_MAX_NS 256        /* namespaces per subsystem (NN): 10,000 volumes fit 40 subsystems */
 #define NVMF_MAX_ANA 32        /* ANA groups per subsystem */
-#define NVMF_MAX_SUBSYS 128
+#define NVMF_MAX_SUBSYS 1024 /* one per cluster volume of the pair, plus configured ones */
 #define NVMF_MAX_IOQ 64
 #define NVMF_MAX_AER 4
 #define NVMF_ICDSZ 8192        /* in-capsule data per command */

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from srrs.ffi.binding import BenchOpts, VerifyMap
+from srrs.ffi.binding import BenchOpts, SrrsError, VerifyMap, check, lib
 
 from .mirror_util import make_pair, paired, replica_diff, wait
 
@@ -314,3 +314,27 @@ def test_solo_write_stays_dirty_when_a_resync_starts_before_the_bitmaps_meet(tmp
     finally:
         a.close()
         b.close()
+
+
+def test_a_link_carries_volume_ids_up_to_1023(tmp_path):
+    """A pair's cluster volumes take mirror ids 1023 - slot (ctrl/cluster_sync.py):
+    a mirror on the highest id replicates like id 0, and 1024 is refused with
+    the range in the message."""
+    import os
+
+    with paired(tmp_path) as (a, b):
+        for s in (a, b):
+            s.core.bdev_create_malloc("r1", 8 << 20)
+            check(lib.srrs_mirror_create(s.link, b"w", b"r1", 1023, 1 << 20,
+                                         str(tmp_path / f"{s.name}.w.bitmap").encode()), "w")
+        try:
+            data = os.urandom(8192)
+            assert a.core.test_io("w", "write", 4096, 8192, data)[0] == 0
+            assert b.core.test_io("r1", "read", 4096, 8192)[1] == data    # on the peer's replica
+            assert b.core.test_io("w", "read", 4096, 8192) == (0, data)
+            with pytest.raises(SrrsError, match=r"volume id 1024 out of range 0\.\.1023"):
+                check(lib.srrs_mirror_create(a.link, b"x", b"r1", 1024, 1 << 20,
+                                             str(tmp_path / "x.bitmap").encode()), "x")
+        finally:
+            for s in (a, b):
+                s.core.bdev_delete("w")
