@@ -190,19 +190,29 @@ static void ordered_write(struct mlink *l, struct piece *p)
         p->m->st.writes++;
 }
 
+/* The gate every host I/O passes first: held while a lease is being asked
+ * for (SOLO or FENCED decides), failed as a path error while fenced or SOLO
+ * past the lease. False: the piece was held or finished here. */
+static bool host_gate(struct mlink *l, struct piece *p)
+{
+    if (l->mode == MODE_PENDING) {
+        hold(l, p);
+        return false;
+    }
+    if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
+        p->m->st.fenced++;
+        piece_host_done(l, p, -ENOTCONN);
+        piece_put(l, p);
+        return false;
+    }
+    return true;
+}
+
 static void host_write_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
-    if (l->mode == MODE_PENDING) {
-        hold(l, p); /* a lease is being asked for: SOLO or FENCED decides */
+    if (!host_gate(l, p))
         return;
-    }
-    if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
-        m->st.fenced++;
-        piece_host_done(l, p, -ENOTCONN);
-        piece_put(l, p);
-        return;
-    }
     if (mode_resync(l->mode) && !m->resync_ready) {
         hold(l, p);
         return;
@@ -263,16 +273,8 @@ static bool read_fallback(struct mlink *l, struct piece *p)
 static void host_read_start(struct mlink *l, struct piece *p)
 {
     struct mirror *m = p->m;
-    if (l->mode == MODE_PENDING) {
-        hold(l, p);
+    if (!host_gate(l, p))
         return;
-    }
-    if (l->mode == MODE_FENCED || (l->mode == MODE_SOLO && !lease_ok(l))) {
-        m->st.fenced++;
-        piece_host_done(l, p, -ENOTCONN);
-        piece_put(l, p);
-        return;
-    }
     if (l->mode == MODE_RTGT && !m->resync_ready) {
         hold(l, p);
         return;
