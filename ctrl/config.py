@@ -244,9 +244,25 @@ def loads(text: str, path: str = "<config>") -> Config:
     try:
         kw = {s.attr: _section(n, s, raw[n]) for n, s in SECTIONS.items() if n in raw}
         pair_config.check_witness(kw.get("pair"), kw.get("cluster"))
+        if kw.get("nvmf") is not None and kw.get("pair") is not None:
+            kw["nvmf"] = _pair_cntlids(kw["nvmf"], kw["pair"], raw["nvmf"])
     except SchemaError as e:
         raise ctx.fail(e.path, e.msg) from None
     return Config(source=path, **kw)
+
+
+def _pair_cntlids(nv, pair, raw: dict):
+    """Both controllers of a pair export the same subsystems (the paired
+    volumes, every cluster volume), and a host refuses a second path whose
+    controller ID another path of the subsystem has ("duplicate cntlid"): the
+    two take disjoint halves of the range unless [nvmf] sets one — the name
+    that sorts first the lower half (docs/architecture.md, Exports)."""
+    if "cntlid_min" in raw or "cntlid_max" in raw:
+        return nv
+    half = (nv.cntlid_min + nv.cntlid_max) // 2
+    lo, hi = ((nv.cntlid_min, half) if pair.me_id < pair.peer_id
+              else (half + 1, nv.cntlid_max))
+    return replace(nv, cntlid_min=lo, cntlid_max=hi)
 
 
 def load(path: str) -> Config:

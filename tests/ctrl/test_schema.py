@@ -235,3 +235,31 @@ def test_to_table_round_trips_every_section_and_leaves_defaults_out():
     assert frags == [{"ram": "4MiB", "weight": 100}, {"path": "/f", "weight": 7, "size": "1GiB"}]
     assert "force_create" not in pool_config.pool_to_dict(
         pool_config.parse_pool(dict(full["pool"], force_create=True)))
+
+
+def test_a_pair_splits_the_cntlid_range_unless_nvmf_sets_it(tmp_path):
+    """Both controllers of a pair export the same subsystems: a host refuses a
+    path whose cntlid another path of the subsystem has."""
+    from srrs.ctrl import config as cfg
+
+    def conf(me, peer, extra=""):
+        return cfg.loads(f"""
+[nvmf]
+listen = ["127.0.0.1:4420"]
+{extra}
+[pair]
+self = "{me}"
+peer = "{peer}"
+coord_bind = "tcp://127.0.0.1:7001"
+peer_coord = "tcp://127.0.0.1:7002"
+mirror_listen = "127.0.0.1:7003"
+peer_mirror = "127.0.0.1:7004"
+witness = "tcp://127.0.0.1:7005"
+state_dir = "{tmp_path}/s-{me}"
+insecure = true
+""")
+    a, b = conf("a", "b").nvmf, conf("b", "a").nvmf
+    assert (a.cntlid_min, a.cntlid_max, b.cntlid_min, b.cntlid_max) == (1, 16384, 16385, 32767)
+    c = conf("b", "a", "cntlid_min = 1001\ncntlid_max = 2000").nvmf
+    assert (c.cntlid_min, c.cntlid_max) == (1001, 2000)
+    assert cfg.loads('[nvmf]\nlisten = ["127.0.0.1:4420"]').nvmf.cntlid_min == 1
