@@ -1,12 +1,15 @@
-"""Catalog convergence and `srrs cluster` (docs/architecture.md, Cluster): a real
-etcd and two pairs of real controller processes (a+b, c+d) on loopback.
+"""Catalog convergence and `srrs cluster` (docs/architecture.md, Cluster): three
+real etcd members and two pairs of real controller processes (a+b, c+d), each
+etcd member and each controller in a network namespace of its own on one
+bridge (tests/cluster/etcd.py Hub), and a Linux guest in one more.
 
 Volumes created with the CLI land on the emptiest pair; the catalog, the
-replicas (pool volumes on both controllers of the pair), the mirrors and the
-subsystems (our initiator's discovery) agree; two creates racing through
-different controllers for the last of a quota: exactly one wins; a resize
-grows the replicas and the namespace; a controller restarted after its
-catalog changed converges."""
+replicas (pool volumes on both controllers of the pair), the mirrors, the
+subsystems and the guest kernel's `nvme discover` of every controller agree,
+and `nvme connect-all` gives the guest every volume at its size; two creates
+racing through different controllers for the last of a quota: exactly one
+wins; a resize grows the replicas and the namespace; a controller restarted
+after its catalog changed converges."""
 
 import json
 import os
@@ -21,8 +24,10 @@ from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
 from srrs.nvmf.target import discover
 from srrs.rpcdef import NoSpace
+from tests.guest import harness as guest_harness
+from tests.pair.netns import in_netns
 
-from .etcd import Cluster
+from .etcd import Cluster, Hub
 
 # No timing asserted, only outcomes: the side lane (ci/test) runs it beside the
 # main one, which keeps the main lane inside CI's budget.
@@ -33,13 +38,41 @@ HOST = "nqn.2014-08.org.nvmexpress:uuid:catalogsync-host"
 PREFIX = "/srrs/cs"
 
 
-def _node(tmp, etcd, ports):
+KEYS = ["e0", "e1", "e2", "a", "b", "c", "d", "h"]   # etcd x3, controllers, the hosts' side
+
+
+class World:
+    def __init__(self, etcd, pairs, ports, hub):
+        self.etcd, self.pairs, self.ports, self.hub = etcd, pairs, ports, hub
+        self.ns_h = hub.hosts["h"][0]
+        self._guest = None
+
+    def addr(self, n):
+        return self.hub.hosts[n][1]
+
+    def discover(self, n):
+        """Our initiator's discovery log of controller n, from the hosts' namespace."""
+        with in_netns(self.ns_h):
+            return discover(self.addr(n), self.ports[n], hostnqn=HOST)
+
+    def guest(self):
+        """A Linux guest (host NQN HOST) whose QEMU runs in the hosts' namespace,
+        booted on first use and kept for the module."""
+        if self._guest is None:
+            guest_harness.require_guest()
+            self._guest = guest_harness.Guest(smp=1, hostnqn=HOST,
+                                              modules=("nvme_tcp", "crc32c_generic"),
+                                              prefix=("ip", "netns", "exec", self.ns_h)).start()
+        return self._guest
+
+
+def _node(tmp, etcd, ports, hub):
     def node(n):
         # v0: a configured paired volume beside the catalog's (on a file: a RAM
         # replica would make every restart a full resync of every volume)
         return {"bdev": [launch.bdev("v0", "file", "16MiB", path=str(tmp / f"{n}.v0"))],
                 "pool": [launch.pool("p0", [launch.fragment(tmp / f"{n}.pool", "512MiB")])],
-                "nvmf": launch.nvmf([f"127.0.0.1:{ports[n]}"]),
+                "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{ports[n]}"]),
                 "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
     return node
 
@@ -47,20 +80,28 @@ def _node(tmp, etcd, ports):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cs")
-    etcd = Cluster(1).start()
     ports = dict(zip("abcd", launch.free_ports(4)))
     pairs = []
-    try:
-        for names in (("a", "b"), ("c", "d")):
-            d = tmp / "".join(names)
-            d.mkdir()
-            pairs.append(launch.Pair(d, node=_node(tmp, etcd, ports), names=names, volumes=("v0",),
-                                     secure=False).start())
-        yield etcd, pairs, ports
-    finally:
-        for p in pairs:
-            p.stop()
-        etcd.stop()
+    with Hub(KEYS, tag="srrs-cs") as hub:
+        etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
+        w = World(etcd, pairs, ports, hub)
+        try:
+            etcd.start()
+            for names in (("a", "b"), ("c", "d")):
+                d = tmp / "".join(names)
+                d.mkdir()
+                pairs.append(launch.Pair(
+                    d, node=_node(tmp, etcd, ports, hub), names=names, volumes=("v0",),
+                    secure=False, hosts={n: hub.hosts[n][1] for n in names},
+                    prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names}).start())
+            yield w
+        finally:
+            if w._guest is not None:
+                print(w._guest.diagnostics())
+                w._guest.close()
+            for p in pairs:
+                p.stop()
+            etcd.stop()
 
 
 def _ctl(pairs, n):
@@ -116,12 +157,60 @@ def _agrees(pairs, ports, want):
     return True
 
 
+def _entries(out):
+    """nvme discover's text: one {field: value} per log entry."""
+    ents = []
+    for block in out.split("=====Discovery Log Entry")[1:]:
+        e = {}
+        for line in block.splitlines():
+            k, sep, v = line.partition(":")
+            if sep and k.strip() and " " not in k.strip():
+                e[k.strip()] = v.strip()
+        ents.append(e)
+    return ents
+
+
+def _guest_agrees(w, cat):
+    """The Linux kernel's initiator agrees with the catalog: `nvme discover` of
+    every controller lists every volume (HOST is on every allow-list) at the
+    two controllers of its pair, and `nvme connect-all` through one of them
+    gives the guest one multipath namespace per volume, with its uuid and size."""
+    g = w.guest()
+    want = {volume_nqn(u): {(w.addr(m), str(w.ports[m])) for m in v["pair"].split("+")}
+            for u, v in cat.items()}
+    for n in "abcd":
+        out = g.check(f"nvme discover -t tcp -a {w.addr(n)} -s {w.ports[n]}", timeout=60)
+        got = {}
+        for e in _entries(out):
+            if e.get("subnqn", "").startswith("nqn.2026-11.io.srrs:vol:"):
+                got.setdefault(e["subnqn"], set()).add((e["traddr"], e["trsvcid"]))
+        assert got == want, f"discovery of {n}:\n{out}"
+    g.check(f"nvme connect-all -t tcp -a {w.addr('a')} -s {w.ports['a']}", timeout=120)
+    try:
+        # a multipath head nvme<S>n<N> and its paths nvme<S>c<C>n<N>
+        heads = ("for d in /sys/block/nvme*; do n=${d##*/}; case $n in *c*) continue;; esac; "
+                 "echo $(cat $d/uuid) $(cat $d/size) "
+                 "$(ls -d /sys/block/${n%n*}c*n${n##*n} | wc -l); done")
+        want_ns = {(u, v["size"] // 512, 2) for u, v in cat.items()}
+        seen = set()
+        for _ in range(100):       # both paths of every namespace, as they come up
+            seen = {(u, int(sz), int(np)) for u, sz, np in
+                    (ln.split() for ln in g.check(heads, timeout=30).splitlines() if ln.strip())}
+            if seen == want_ns:
+                break
+            g.check("sleep 0.3")
+        assert seen == want_ns, g.run("nvme list-subsys; ls /sys/block")[1]
+    finally:
+        g.run("nvme disconnect-all", timeout=60)
+
+
 def _catalog(ctl):
     return {v["uuid"]: v for v in ctl.rpc("cluster_volumes")}
 
 
 def test_cli_placement_and_agreement(world):
-    etcd, pairs, ports = world
+    w = world
+    pairs, ports = w.pairs, w.ports
     a, c = _ctl(pairs, "a"), _ctl(pairs, "c")
     assert cli(a, "pair-set", "a+b", "--capacity", "192MiB", "--zone", "z1")[0] == 0
     assert cli(a, "pair-set", "c+d", "--capacity", "320MiB")[0] == 0
@@ -158,8 +247,9 @@ def test_cli_placement_and_agreement(world):
     # anywhere in the cluster, at the addresses of the two controllers of its pair
     every = {volume_nqn(u) for u in cat}
     for n in "abcd":
-        log = discover("127.0.0.1", ports[n], hostnqn=HOST)
+        log = w.discover(n)
         assert {e["subnqn"] for e in log if e["subtype"] == "nvme"} == every
+    _guest_agrees(w, cat)
     # both controllers of a pair export the mirror (not the replica) and its ANA state
     for n in "cd":
         ctl = _ctl(pairs, n)
@@ -173,7 +263,7 @@ def test_cli_placement_and_agreement(world):
     rc, _, err = cli(a, "volume-hosts", "v1", "--tenant", "t1", "--hosts", "[]")
     assert rc == 0, err
     _wait(lambda: _agrees(pairs, ports, _catalog(a)), what="hosts")
-    assert not [e for e in discover("127.0.0.1", ports["c"], hostnqn=HOST)
+    assert not [e for e in w.discover("c")
                 if e["subnqn"] == volume_nqn(got["v1"]["uuid"])]
     rc, tenants, _ = cli(a, "tenants")
     assert rc == 0 and next(t for t in tenants if t["name"] == "t1")["used"] == 4 * 64 * MiB
@@ -187,7 +277,7 @@ def test_cli_placement_and_agreement(world):
 
 
 def test_resize_grows_replicas_and_namespace(world):
-    etcd, pairs, ports = world
+    pairs = world.pairs
     a = _ctl(pairs, "a")
     v = next(x for x in _catalog(a).values() if x["name"] == "v4")
     rc, nv, err = cli(a, "volume-resize", "v4", "--tenant", "t1", "--size", "96MiB")
@@ -205,7 +295,7 @@ def test_resize_grows_replicas_and_namespace(world):
 
 
 def test_quota_race_through_two_controllers(world):
-    etcd, pairs, ports = world
+    pairs = world.pairs
     a, c = _ctl(pairs, "a"), _ctl(pairs, "c")
     c.rpc("cluster_tenant_set", {"name": "race", "quota": 0})
     size = 4 * MiB
@@ -233,7 +323,8 @@ def test_quota_race_through_two_controllers(world):
 
 
 def test_restart_converges(world):
-    etcd, pairs, ports = world
+    w = world
+    pairs, ports = w.pairs, w.ports
     a, b = _ctl(pairs, "a"), _ctl(pairs, "b")
     a.rpc("cluster_pair_set", {"name": "a+b", "capacity": 1 << 30, "zone": "z1"})
     a.rpc("cluster_tenant_set", {"name": "rs", "quota": 1 << 30})
@@ -257,5 +348,5 @@ def test_restart_converges(world):
             print(json.dumps({"pair": x.rpc("pair_status"), "status": x.rpc("cluster_status")},
                              indent=1))
         raise
-    log = discover("127.0.0.1", ports["b"], hostnqn=HOST)
+    log = w.discover("b")
     assert volume_nqn(nv["uuid"]) in {e["subnqn"] for e in log}

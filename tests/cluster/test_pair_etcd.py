@@ -1,5 +1,8 @@
 """etcd as the pair's witness, on real etcd and real controller processes
-(docs/architecture.md, Cluster: etcd as the pairs' witness).
+(docs/architecture.md, Cluster: etcd as the pairs' witness). Every etcd member
+and every controller runs in a network namespace of its own on one bridge
+(tests/cluster/etcd.py Hub); the load, the guest and our etcd reads come from
+one more.
 
 A controller with a [cluster] section has no `witness =` in [pair]: its
 coordinator asks etcd for the pair's solo lease (cluster_lease.SoloLease).
@@ -24,6 +27,7 @@ from srrs.ctrl import config as cfg
 from srrs.ctrl import etcd, ha
 from srrs.ctrl.cluster_lease import SoloLease
 from tests.cluster.etcd import Cluster, Hub
+from tests.pair.netns import in_netns
 from tests.pair.procs import SRRS, Ctl, free_ports, nvmf_conf, pair_conf
 
 NQN = "nqn.2026-11.io.srrs:etcdpair"
@@ -75,25 +79,36 @@ class Monitor:
 
 @pytest.fixture
 def etcd_pair(tmp_path):
-    """3 etcd members and two controllers on loopback, PAIRED; etcd is their witness."""
+    """3 etcd members and two controllers, each in its own network namespace on
+    one bridge, PAIRED; etcd is their witness. The hosts' side (the bench, a
+    guest, our etcd reads) lives in a namespace of its own, "h": ports gains
+    addr_a, addr_b and ns_h, ec.client_ns is "h"'s namespace."""
     ports = _ports()
-    ec = Cluster(3).start()
-    ctls = {}
-    try:
-        for n, peer, lo in (("a", "b", 1), ("b", "a", 1001)):
-            ctls[n] = Ctl(tmp_path, n, etcd_pair_conf(n, peer, ports, tmp_path, ec.endpoints,
-                                                      lo))
-        ctls["a"].wait_state("PAIRED", 20)
-        ctls["b"].wait_state("PAIRED", 20)
-        yield ec, ctls["a"], ctls["b"], ports
-    finally:
-        for c in ctls.values():
-            c.kill9()
-        ec.stop()
+    keys = ["e0", "e1", "e2", "a", "b", "h"]
+    with Hub(keys, tag="srrs-ep") as hub:
+        ec = Cluster(hosts=[hub.hosts[k] for k in keys[:3]])
+        ec.client_ns = hub.hosts["h"][0]
+        ports.update(addr_a=hub.hosts["a"][1], addr_b=hub.hosts["b"][1], ns_h=ec.client_ns)
+        ctls = {}
+        try:
+            ec.start()
+            for n, peer, lo in (("a", "b", 1), ("b", "a", 1001)):
+                ns, addr = hub.hosts[n]
+                conf = etcd_pair_conf(n, peer, ports, tmp_path, ec.endpoints, lo, host=addr,
+                                      peer_host=hub.hosts[peer][1])
+                ctls[n] = Ctl(tmp_path, n, conf, prefix=["ip", "netns", "exec", ns])
+            ctls["a"].wait_state("PAIRED", 20)
+            ctls["b"].wait_state("PAIRED", 20)
+            yield ec, ctls["a"], ctls["b"], ports
+        finally:
+            for c in ctls.values():
+                c.kill9()
+            ec.stop()
 
 
 def _holder(ec, gen=False):
-    h = SoloLease(etcd.Client(ec.endpoints, timeout=0.5)).holder(PAIR)
+    with in_netns(getattr(ec, "client_ns", "")):
+        h = SoloLease(etcd.Client(ec.endpoints, timeout=0.5)).holder(PAIR)
     return (h["holder"], h["gen"]) if gen else h["holder"]
 
 
@@ -101,10 +116,11 @@ def _bench(tmp_path, ports, seconds):
     """`srrs bench nvmf --verify`, round-robin over both controllers' paths."""
     out = open(tmp_path / "bench.json", "w+")
     p = subprocess.Popen(
-        SRRS + ["bench", "nvmf", "--target", f"127.0.0.1:{ports['nvmf_a']}",
-                "--target", f"127.0.0.1:{ports['nvmf_b']}", "--nqn", NQN, "--rw", "randwrite",
-                "--bs", "4096", "--qd", "16", "--queues", "2", "--time", str(seconds),
-                "--verify", "--path-timeout", "15", "--json"],
+        ["ip", "netns", "exec", ports["ns_h"]] + SRRS +
+        ["bench", "nvmf", "--target", f"{ports['addr_a']}:{ports['nvmf_a']}",
+         "--target", f"{ports['addr_b']}:{ports['nvmf_b']}", "--nqn", NQN, "--rw", "randwrite",
+         "--bs", "4096", "--qd", "16", "--queues", "2", "--time", str(seconds),
+         "--verify", "--path-timeout", "15", "--json"],
         stdout=out, stderr=subprocess.PIPE, text=True)
     p.out = out
     return p
@@ -356,27 +372,18 @@ def test_linux_guest_fio_verify_rides_through_kill9_with_etcd_witness(etcd_pair)
     """The kernel's native NVMe multipath over both controllers, fio verify
     running; kill -9 of a: b goes SOLO through etcd, a restarts, RESYNC ->
     PAIRED, fio sees no error."""
-    from tests.guest.harness import Guest, require_guest
+    from tests.guest.harness import Guest, fio_verify, require_guest
 
     require_guest()
     ec, a, b, ports = etcd_pair
-    with Guest(smp=2, kernel_args=("nvme_core.multipath=Y",)) as g:
-        for n in ("a", "b"):
-            g.check(f"nvme connect -t tcp -a 10.0.2.2 -s {ports['nvmf_' + n]} -n {NQN} "
-                    "--ctrl-loss-tmo=-1 --reconnect-delay=1", timeout=60)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            paths = g.run("ls /sys/block | grep -cE '^nvme0c[0-9]+n1$'")[1].strip()
-            if paths == "2":
-                break
-            time.sleep(0.2)
-        assert paths == "2", g.run("nvme list-subsys; ls /sys/block")[1]
+    # QEMU in the hosts' namespace: its user networking reaches the controllers'
+    with Guest(smp=2, kernel_args=("nvme_core.multipath=Y",),
+               prefix=("ip", "netns", "exec", ports["ns_h"])) as g:
+        dev = g.connect_paths(NQN, [(ports[f"addr_{n}"], ports[f"nvmf_{n}"]) for n in "ab"],
+                              "--ctrl-loss-tmo=-1 --reconnect-delay=1")
         mon = Monitor(a, b)
         try:
-            fio = g.spawn("fio --name=f --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 "
-                          "--rw=randwrite --bsrange=4k-128k --size=48M --iodepth=8 "
-                          "--time_based --runtime=14 --verify=crc32c --verify_fatal=1 "
-                          "--verify_backlog=128")
+            fio = g.spawn(fio_verify(dev, "48M", 14))
             time.sleep(3)
             a.kill9()
             b.wait_state("SOLO", timeout=10)

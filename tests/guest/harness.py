@@ -274,6 +274,17 @@ def vhost_blk_args(sock: str | os.PathLike, num_queues: int | None = None,
 _live_guests: "weakref.WeakSet[Guest]" = weakref.WeakSet()
 
 
+def fio_verify(dev: str, size: str, runtime: float, bsrange: str = "4k-128k", iodepth: int = 8,
+               backlog: int = 128, name: str = "f", extra: str = "") -> str:
+    """A time-based fio random-write run on dev whose --verify_backlog reads
+    back and checks what it wrote as it goes (a failover in the middle included):
+    any error fails the command; its output says "err= 0" when there was none."""
+    return (f"fio --name={name} --filename={dev} --ioengine=libaio --direct=1 --rw=randwrite "
+            f"--bsrange={bsrange} --size={size} --iodepth={iodepth} --time_based "
+            f"--runtime={runtime:g} --verify=crc32c --verify_fatal=1 --verify_backlog={backlog} "
+            f"{extra}").rstrip()
+
+
 @atexit.register
 def _kill_leftovers() -> None:
     for g in list(_live_guests):
@@ -324,6 +335,10 @@ class Guest:
                        the guest to report that it killed the command
       verbose_console  also log the early boot messages on the serial console
                        (default "quiet" until init; env SRRS_GUEST_VERBOSE=1)
+      prefix           runs QEMU under this command, e.g. ("ip", "netns", "exec", NS):
+                       the guest's user networking then leaves from that namespace,
+                       so the guest reaches the addresses NS reaches (10.0.2.2 is
+                       NS's loopback); the agent and QMP sockets are files, as ever
     """
 
     def __init__(self, extra_qemu_args: Sequence[str] = (), smp: int = 2, mem: str = "512M",
@@ -333,7 +348,8 @@ class Guest:
                  machine: str = "pc", workdir: str | os.PathLike | None = None,
                  keep_workdir: bool | None = None, command_grace: float = 30.0,
                  verbose_console: bool | None = None, name: str = "guest",
-                 backports: bool = False):
+                 backports: bool = False, prefix: Sequence[str] = ()):
+        self.prefix = [str(a) for a in prefix]
         self.extra_qemu_args = [str(a) for a in extra_qemu_args]
         self.smp = int(smp)
         self.mem = str(mem)
@@ -459,7 +475,7 @@ class Guest:
             lsock.listen(1)
             self._transcript = open(w / "agent.log", "wb", buffering=0)
             qemu_log = open(w / "qemu.log", "wb")
-            cmd = self.qemu_command()
+            cmd = self.prefix + self.qemu_command()
             (w / "qemu.cmdline").write_text(shlex.join(cmd) + "\n")
             preexec = _set_pdeathsig if threading.current_thread() is threading.main_thread() else None
             try:
@@ -815,6 +831,28 @@ class Guest:
             f"cat {d}/pid\n")
         pid = int(self.check(script, timeout=30).strip())
         return GuestJob(self, name, d, pid)
+
+    # ------------------------------------------------------- NVMe multipath
+
+    def connect_paths(self, nqn: str, paths: Iterable[tuple], opts: str = "",
+                      timeout: float = 30.0) -> str:
+        """`nvme connect` to nqn at every (address, port) of paths, then wait
+        until the kernel's native multipath shows them all under the first
+        subsystem's namespace 1; returns its block device (/dev/nvme0n1)."""
+        paths = list(paths)
+        for addr, port in paths:
+            self.check(f"nvme connect -t tcp -a {addr} -s {port} -n {nqn} {opts}".rstrip(),
+                       timeout=60)
+        want, n = str(len(paths)), ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.run("ls /sys/block | grep -cE '^nvme0c[0-9]+n1$'")[1].strip()
+            if n == want:
+                return "/dev/nvme0n1"
+            time.sleep(0.2)
+        raise GuestError(f"{n or 0} of {want} paths after {timeout} s:\n"
+                         + self.run("nvme list-subsys; ls /sys/block")[1])
+
 
     # -------------------------------------------------------- file helpers
 

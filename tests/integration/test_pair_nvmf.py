@@ -10,7 +10,7 @@ import time
 import pytest
 
 from srrs.ctrl import launch
-from tests.guest.harness import Guest, require_guest, vhost_blk_args
+from tests.guest.harness import HOST_FROM_GUEST, Guest, fio_verify, require_guest, vhost_blk_args
 from tests.nvmf import wire
 from tests.pair.procs import Ctl, Witness, free_ports, nvmf_conf, pair_conf
 
@@ -111,19 +111,9 @@ def test_linux_multipath_rides_through_kill9_of_either_controller(pair):
     a.wait_state("PAIRED")
     b.wait_state("PAIRED")
     with Guest(smp=2, kernel_args=("nvme_core.multipath=Y",)) as g:
-        for n in ("a", "b"):
-            g.check(f"nvme connect -t tcp -a 10.0.2.2 -s {ports['nvmf_' + n]} -n {NQN} "
-                    "--ctrl-loss-tmo=-1 --reconnect-delay=1", timeout=60)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            paths = g.run("ls /sys/block | grep -cE '^nvme0c[0-9]+n1$'")[1].strip()
-            if paths == "2":
-                break
-            time.sleep(0.2)
-        assert paths == "2", g.run("nvme list-subsys; ls /sys/block")[1]
-        fio = g.spawn("fio --name=f --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 "
-                      "--rw=randwrite --bsrange=4k-128k --size=96M --iodepth=8 --time_based "
-                      "--runtime=45 --verify=crc32c --verify_fatal=1 --verify_backlog=128")
+        dev = g.connect_paths(NQN, [(HOST_FROM_GUEST, ports[f"nvmf_{n}"]) for n in "ab"],
+                              "--ctrl-loss-tmo=-1 --reconnect-delay=1")
+        fio = g.spawn(fio_verify(dev, "96M", 45))
         time.sleep(6)
         t0 = time.time()
         a.kill9()
@@ -151,6 +141,8 @@ def test_linux_multipath_rides_through_kill9_of_either_controller(pair):
     assert same_files(a.tmp / "a-v0.img", b.tmp / "b-v0.img") == []
 
 
+# a long verified guest run with no timing asserted: the side lane (ci/test)
+@pytest.mark.side
 def test_both_paths_at_once_round_robin_replicas_identical(pair):
     """Multipath iopolicy=round-robin: every other I/O goes to the other
     controller, so both order writes to overlapping ranges concurrently."""
@@ -159,19 +151,10 @@ def test_both_paths_at_once_round_robin_replicas_identical(pair):
     a.wait_state("PAIRED")
     b.wait_state("PAIRED")
     with Guest(smp=2, kernel_args=("nvme_core.multipath=Y",)) as g:
-        for n in ("a", "b"):
-            g.check(f"nvme connect -t tcp -a 10.0.2.2 -s {ports['nvmf_' + n]} -n {NQN}",
-                    timeout=60)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if g.run("ls /sys/block | grep -cE '^nvme0c[0-9]+n1$'")[1].strip() == "2":
-                break
-            time.sleep(0.2)
+        dev = g.connect_paths(NQN, [(HOST_FROM_GUEST, ports[f"nvmf_{n}"]) for n in "ab"])
         g.check("echo round-robin > /sys/class/nvme-subsystem/nvme-subsys0/iopolicy")
-        out = g.check("fio --name=rr --filename=/dev/nvme0n1 --ioengine=libaio --direct=1 "
-                      "--rw=randwrite --bsrange=4k-256k --size=64M --iodepth=16 --numjobs=2 "
-                      "--time_based --runtime=60 --verify=crc32c --verify_fatal=1 "
-                      "--verify_backlog=64 --group_reporting", timeout=600)
+        out = g.check(fio_verify(dev, "64M", 60, bsrange="4k-256k", iodepth=16, backlog=64,
+                                 name="rr", extra="--numjobs=2 --group_reporting"), timeout=600)
         assert "err= 0" in out, out
         g.run("nvme disconnect-all", timeout=60)
     both = [c.pair() for c in (a, b)]
@@ -182,6 +165,8 @@ def test_both_paths_at_once_round_robin_replicas_identical(pair):
     assert same_files(a.tmp / "a-v0.img", b.tmp / "b-v0.img") == []
 
 
+# a long verified guest run with no timing asserted: the side lane (ci/test)
+@pytest.mark.side
 def test_vm_on_vhost_user_at_a_keeps_running_when_b_dies_and_returns(pair):
     require_guest()
     w, a, b, ports = pair
@@ -190,9 +175,7 @@ def test_vm_on_vhost_user_at_a_keeps_running_when_b_dies_and_returns(pair):
     sock = str(a.tmp / "vh-a.sock")
     with Guest(extra_qemu_args=vhost_blk_args(sock, num_queues=2), smp=2, net=False,
                modules=()) as g:
-        fio = g.spawn("fio --name=vm --filename=/dev/vda --ioengine=libaio --direct=1 "
-                      "--rw=randwrite --bsrange=4k-128k --size=96M --iodepth=8 --time_based "
-                      "--runtime=30 --verify=crc32c --verify_fatal=1 --verify_backlog=64")
+        fio = g.spawn(fio_verify("/dev/vda", "96M", 30, backlog=64, name="vm"))
         time.sleep(5)
         b.kill9()
         a.wait_state("SOLO", timeout=10)

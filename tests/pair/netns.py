@@ -4,6 +4,7 @@ by veth pairs; a link is cut by setting its first end down."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import subprocess
@@ -25,6 +26,40 @@ def have_netns():
         return False
     subprocess.run(["ip", "netns", "del", "srrs-probe"], capture_output=True)
     return True
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET):
+        e = ctypes.get_errno()
+        raise OSError(e, f"setns({what}): {os.strerror(e)}")
+
+
+@contextlib.contextmanager
+def in_netns(ns: str):
+    """Sockets this thread opens inside the block live in network namespace
+    ns (setns(2) of a network namespace is per thread, and a socket keeps the
+    namespace it was made in); "" is the current one. For the test process's
+    own clients (etcd, discovery) of hosts that only a namespace reaches."""
+    if not ns:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            _setns(there, ns)
+        finally:
+            os.close(there)
+        try:
+            yield
+        finally:
+            _setns(own, "back")
+    finally:
+        os.close(own)
 
 
 class Topology:
