@@ -256,8 +256,9 @@ struct srrs_reactor {
 
     struct buf_class bufs[3];
 
-    /* stats: written by the reactor, read racily (aligned u64) by control */
-    volatile uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups;
+    /* stats: written by the reactor alone (srrs_stat_add), read by control
+     * threads with relaxed atomic loads (STAT): untorn on any CPU, no fence */
+    uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups;
     _Atomic uint64_t sleep_since; /* ticks; 0 when awake (so stats count a sleep in progress) */
 
     /* test hooks */
@@ -754,7 +755,7 @@ static int run_msgs(struct srrs_reactor *r)
         fn(arg);
         n++;
     }
-    r->st_msgs += (uint64_t)n;
+    srrs_stat_add(&r->st_msgs, (uint64_t)n);
     return n;
 }
 
@@ -828,9 +829,9 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
         if (p && !p->dead && p->fd_wakes)
             p->next_due = 0; /* its fd fired: run it on this loop, not at its period */
     }
-    r->st_wakeups++;
+    srrs_stat_add(&r->st_wakeups, 1);
     uint64_t after = srrs_ticks();
-    r->st_sleep += srrs_ticks_to_ns(after - now);
+    srrs_stat_add(&r->st_sleep, srrs_ticks_to_ns(after - now));
     atomic_store_explicit(&r->sleep_since, 0, memory_order_relaxed);
 }
 
@@ -884,12 +885,12 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
 
         uint64_t end = srrs_ticks();
         if (work) {
-            r->st_busy += end - now;
+            srrs_stat_add(&r->st_busy, end - now);
             last_work = end;
         } else {
-            r->st_idle += end - now;
+            srrs_stat_add(&r->st_idle, end - now);
         }
-        r->st_loops++;
+        srrs_stat_add(&r->st_loops, 1);
 
         if (srrs_unlikely(atomic_load_explicit(&r->state, memory_order_relaxed) == R_STOPPING)) {
             if ((r->io_outstanding == 0 && mpsc_empty(&r->msgs) && !r->cpl_head) ||
@@ -955,22 +956,24 @@ int srrs_core_set_poll_mode(struct srrs_core *core, int mode, uint32_t idle_spin
     return 0;
 }
 
+#define STAT(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
 int srrs_reactor_get_stats(struct srrs_core *core, int idx, struct srrs_reactor_stats *o)
 {
     struct srrs_reactor *r = srrs_core_reactor(core, idx);
     if (!r)
         return srrs_err(-EINVAL, "reactor %d does not exist", idx);
     memset(o, 0, sizeof(*o));
-    o->loops = r->st_loops;
-    o->busy_ns = srrs_ticks_to_ns(r->st_busy);
-    o->idle_ns = srrs_ticks_to_ns(r->st_idle);
-    o->sleep_ns = r->st_sleep;
+    o->loops = STAT(r->st_loops);
+    o->busy_ns = srrs_ticks_to_ns(STAT(r->st_busy));
+    o->idle_ns = srrs_ticks_to_ns(STAT(r->st_idle));
+    o->sleep_ns = STAT(r->st_sleep);
     uint64_t since = atomic_load_explicit(&r->sleep_since, memory_order_relaxed);
     uint64_t now = srrs_ticks();
     if (since && now > since)
         o->sleep_ns += srrs_ticks_to_ns(now - since);
-    o->msgs = r->st_msgs;
-    o->wakeups = r->st_wakeups;
+    o->msgs = STAT(r->st_msgs);
+    o->wakeups = STAT(r->st_wakeups);
     o->io_outstanding = r->io_outstanding;
     o->pollers = r->npollers;
     o->poll_mode = r->poll_mode;
