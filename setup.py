@@ -9,11 +9,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def gen_csi() -> None:
     """ctrl/csi_pb2.py from ctrl/csi.proto with grpcio-tools (docs/architecture.md,
-    Kubernetes CSI plugin): generated at build time, never committed; skipped
-    while it is newer than the .proto."""
+    Kubernetes CSI plugin): generated at build time, never committed. Always
+    made again: the last build (ci/setup's in-place one, with the machine's
+    grpcio-tools) must match the protobuf runtime installed beside it."""
     src, out = os.path.join(HERE, "ctrl", "csi.proto"), os.path.join(HERE, "ctrl", "csi_pb2.py")
-    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
-        return
     import grpc_tools
     from grpc_tools import protoc
 

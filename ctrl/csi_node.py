@@ -55,10 +55,10 @@ def _unescape(s: str) -> str:
     return "".join(out)
 
 
-def mounts(mountinfo: str = "/proc/self/mountinfo") -> List[dict]:
+def mounts(mountinfo: str = "/proc/self/mountinfo", read=_read) -> List[dict]:
     """Every mount: {target, source, fstype, root, options}."""
     out = []
-    for line in _read(mountinfo).splitlines():
+    for line in read(mountinfo).splitlines():
         pre, _, post = line.partition(" - ")
         a, b = pre.split(), post.split()
         if len(a) < 6 or len(b) < 2:
@@ -69,51 +69,96 @@ def mounts(mountinfo: str = "/proc/self/mountinfo") -> List[dict]:
 
 
 class Host:
-    """What the node service reads and runs on the host; the roots are
-    parameters so that tests can point them at a fake sysfs."""
+    """Everything the node service reads, runs and changes on the host, in one
+    place: the roots are parameters (a fake sysfs in tests), and a test can
+    run the same node service against a Linux guest's kernel by answering
+    these few calls there (tests/guest)."""
 
     def __init__(self, sysfs: str = "/sys", mountinfo: str = "/proc/self/mountinfo",
                  dev: str = "/dev"):
         self.sysfs, self.mountinfo, self.dev = sysfs, mountinfo, dev
 
+    # -- the primitives ---------------------------------------------------------------
     def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if check and r.returncode:
             raise Fail(Code.INTERNAL, f"{' '.join(argv)}: {(r.stderr or r.stdout).strip()}")
         return r
 
+    def read(self, path: str) -> str:
+        return _read(path)
+
+    def listdir(self, path: str) -> List[str]:
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def touch(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "a").close()
+
+    def remove(self, path: str) -> None:
+        """A target directory or file the CO gave us, once unmounted."""
+        if os.path.isdir(path):
+            os.rmdir(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+    def statvfs(self, path: str) -> tuple:
+        """(bytes total, free, available; inodes total, free, available)."""
+        st = os.statvfs(path)
+        return (st.f_blocks * st.f_frsize, st.f_bfree * st.f_frsize, st.f_bavail * st.f_frsize,
+                st.f_files, st.f_ffree, st.f_favail)
+
+    def filesize(self, path: str) -> int:
+        with open(path, "rb") as f:
+            return f.seek(0, os.SEEK_END)
+
+    # -- built on them ----------------------------------------------------------------
     def controllers(self, nqn: str) -> List[dict]:
         """The kernel's NVMe controllers of this subsystem: {name, traddr, trsvcid, state}."""
         base = os.path.join(self.sysfs, "class", "nvme")
         out = []
-        for name in sorted(os.listdir(base)) if os.path.isdir(base) else ():
+        for name in self.listdir(base):
             d = os.path.join(base, name)
-            if _read(os.path.join(d, "subsysnqn")) != nqn:
+            if self.read(os.path.join(d, "subsysnqn")) != nqn:
                 continue
-            addr = dict(kv.split("=", 1) for kv in _read(os.path.join(d, "address")).split(",")
+            addr = dict(kv.split("=", 1) for kv in self.read(os.path.join(d, "address")).split(",")
                         if "=" in kv)
             out.append({"name": name, "traddr": addr.get("traddr", ""),
-                        "trsvcid": addr.get("trsvcid", ""), "state": _read(os.path.join(d, "state"))})
+                        "trsvcid": addr.get("trsvcid", ""),
+                        "state": self.read(os.path.join(d, "state"))})
         return out
 
     def device(self, uuid: str) -> Optional[str]:
         """/dev/nvmeXnY: the multipath head whose NGUID (or UUID) is the volume's."""
         base = os.path.join(self.sysfs, "block")
         want = uuid.lower()
-        for name in sorted(os.listdir(base)) if os.path.isdir(base) else ():
+        for name in self.listdir(base):
             if not name.startswith("nvme") or "c" in name[4:]:
                 continue        # nvmeXcYnZ: one path of a head, hidden
             for attr in ("nguid", "uuid"):
-                if _read(os.path.join(base, name, attr)).lower() == want:
+                if self.read(os.path.join(base, name, attr)).lower() == want:
                     return os.path.join(self.dev, name)
         return None
 
     def size(self, dev: str) -> int:
-        return int(_read(os.path.join(self.sysfs, "block", os.path.basename(dev), "size")) or 0) * 512
+        return int(self.read(os.path.join(self.sysfs, "block", os.path.basename(dev), "size"))
+                   or 0) * 512
 
     def mount_at(self, path: str) -> Optional[dict]:
-        path = os.path.realpath(path)
-        found = [m for m in mounts(self.mountinfo) if m["target"] == path]
+        path = self.realpath(path)
+        found = [m for m in mounts(self.mountinfo, self.read) if m["target"] == path]
         return found[-1] if found else None
 
 
@@ -204,10 +249,10 @@ class NodeService:
     def _mount_fs(self, dev: str, staging: str, mnt, vctx) -> None:
         m = self.host.mount_at(staging)
         if m is not None:
-            if os.path.realpath(m["source"]) != os.path.realpath(dev):
+            if self.host.realpath(m["source"]) != self.host.realpath(dev):
                 raise Fail(Code.ALREADY_EXISTS, f"{staging} has {m['source']} mounted, not {dev}")
             return
-        os.makedirs(staging, exist_ok=True)
+        self.host.makedirs(staging)
         want = mnt.fs_type or vctx.get("fsType") or "ext4"
         have = self.host.run("blkid", "-p", "-o", "value", "-s", "TYPE", dev, check=False)
         fs = have.stdout.strip()
@@ -247,13 +292,12 @@ class NodeService:
                 src = self.host.device(vid)
                 if src is None:
                     raise Fail(Code.FAILED_PRECONDITION, f"volume {vid} is not staged")
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                open(target, "a").close()
+                self.host.touch(target)
             else:
                 if self.host.mount_at(staging) is None:
                     raise Fail(Code.FAILED_PRECONDITION, f"{staging} is not staged")
                 src = staging
-                os.makedirs(target, exist_ok=True)
+                self.host.makedirs(target)
             self.host.run("mount", "--bind", src, target)
             if req.readonly:
                 self.host.run("mount", "-o", "remount,bind,ro", target)
@@ -265,10 +309,7 @@ class NodeService:
         with self.busy(vid):
             while self.host.mount_at(target) is not None:
                 self.host.run("umount", target)
-            if os.path.isdir(target):
-                os.rmdir(target)
-            elif os.path.lexists(target):
-                os.unlink(target)
+            self.host.remove(target)
             return pb.NodeUnpublishVolumeResponse()
 
     # -- stats and expansion ----------------------------------------------------------------
@@ -285,25 +326,21 @@ class NodeService:
     def NodeGetVolumeStats(self, req):
         vid = need(req.volume_id, "volume_id")
         path = need(req.volume_path, "volume_path")
-        if not os.path.exists(path):
+        if not self.host.exists(path):
             raise Fail(Code.NOT_FOUND, f"{path} does not exist")
         U = pb.VolumeUsage
-        if os.path.isdir(path):
-            st = os.statvfs(path)
-            usage = [U(unit=U.BYTES, total=st.f_blocks * st.f_frsize,
-                       available=st.f_bavail * st.f_frsize,
-                       used=(st.f_blocks - st.f_bfree) * st.f_frsize),
-                     U(unit=U.INODES, total=st.f_files, available=st.f_favail,
-                       used=st.f_files - st.f_ffree)]
+        if self.host.isdir(path):
+            bt, bf, ba, it, if_, ia = self.host.statvfs(path)
+            usage = [U(unit=U.BYTES, total=bt, available=ba, used=bt - bf),
+                     U(unit=U.INODES, total=it, available=ia, used=it - if_)]
         else:
-            with open(path, "rb") as f:
-                usage = [U(unit=U.BYTES, total=f.seek(0, os.SEEK_END))]
+            usage = [U(unit=U.BYTES, total=self.host.filesize(path))]
         return pb.NodeGetVolumeStatsResponse(usage=usage, volume_condition=self._condition(vid))
 
     def NodeExpandVolume(self, req):
         vid = need(req.volume_id, "volume_id")
         path = need(req.volume_path, "volume_path")
-        if not os.path.exists(path):
+        if not self.host.exists(path):
             raise Fail(Code.NOT_FOUND, f"{path} does not exist")
         want = req.capacity_range.required_bytes
         with self.busy(vid):
@@ -319,7 +356,7 @@ class NodeService:
                     raise Fail(Code.INTERNAL, f"{dev} is {self.host.size(dev)} bytes, not {want}")
                 time.sleep(0.5)
             m = self.host.mount_at(path)
-            if os.path.isdir(path) and m is not None:
+            if self.host.isdir(path) and m is not None:
                 if m["fstype"] == "xfs":
                     self.host.run("xfs_growfs", path)
                 else:
