@@ -18,6 +18,7 @@ import threading
 from concurrent import futures
 
 import grpc
+from google.protobuf import wrappers_pb2
 
 from .. import __version__
 from . import csi_pb2 as pb
@@ -96,7 +97,7 @@ class Identity:
         """ready: false while a service cannot work (etcd or the local controller
         unreachable); the liveness probe and the sidecars wait on it."""
         ready = all(s.ready() for s in (self.controller, self.node) if s is not None)
-        return pb.ProbeResponse(ready={"value": ready})
+        return pb.ProbeResponse(ready=wrappers_pb2.BoolValue(value=ready))
 
 
 # ---- the server ------------------------------------------------------------------
@@ -124,6 +125,9 @@ def _wrap(name: str, fn):
         except etcd.EtcdError as e:
             log.warning("%s: etcd: %s", name, e)
             ctx.abort(Code.UNAVAILABLE, f"etcd: {e}")
+        except Exception as e:      # a bug of ours: say what, keep serving
+            log.exception("%s failed", name)
+            ctx.abort(Code.INTERNAL, f"{type(e).__name__}: {e}")
     return call
 
 

@@ -25,6 +25,8 @@ import re
 import uuid as uuidlib
 from typing import Optional
 
+from google.protobuf.wrappers_pb2 import Int64Value
+
 from . import cluster_catalog as cat
 from . import csi_pb2 as pb
 from . import etcd
@@ -131,6 +133,8 @@ class ControllerService:
             raise Fail(Code.INVALID_ARGUMENT, f"provisioning {p['provisioning']!r}: SRRS "
                                               "volumes are thin")
         p.setdefault("tenant", self.default_tenant)
+        if not p["tenant"] or "/" in p["tenant"]:
+            raise Fail(Code.INVALID_ARGUMENT, f"tenant {p['tenant']!r}: no '/' and not empty")
         return p
 
     def _rkey(self, name: str) -> str:
@@ -209,22 +213,21 @@ class ControllerService:
         rk = self._rkey(name)
         for _ in range(cat.RETRIES):
             rec, rev = self._record(name)
-            if rec is not None:
+            v = self.cat.get("volumes", rec["uuid"]) if rec else None
+            if v is not None:
                 if rec["params"] != params:
                     raise Fail(Code.ALREADY_EXISTS, f"volume {name} exists with parameters "
                                                     f"{rec['params']}")
-                v = self.cat.get("volumes", rec["uuid"])
-                if v is not None:
-                    if not fits(v.size, rng):
-                        raise Fail(Code.ALREADY_EXISTS, f"volume {name} exists with "
-                                                        f"{v.size} bytes")
-                    return self._csi_volume(v, rec)
-                # the record of a create that did not reach the catalog: go on with it
-            else:
-                rec = {"uuid": str(uuidlib.uuid4()), "params": params, "block": block}
-                if not self.cat.etcd.txn([etcd.absent(rk)], [etcd.put(rk, rec)]).succeeded:
-                    continue            # another plugin wrote it meanwhile: read again
-            return self._create_in_catalog(name, size, rec, zones)
+                if not fits(v.size, rng):
+                    raise Fail(Code.ALREADY_EXISTS, f"volume {name} exists with {v.size} bytes")
+                return self._csi_volume(v, rec)
+            # new, or the record of a create that never reached the catalog: (re)write it
+            new = {"uuid": rec["uuid"] if rec else str(uuidlib.uuid4()), "params": params,
+                   "block": block}
+            if self.cat.etcd.txn([etcd.mod_is(rk, rev) if rec else etcd.absent(rk)],
+                                 [etcd.put(rk, new)]).succeeded:
+                return self._create_in_catalog(name, size, new, zones)
+            # another plugin wrote it meanwhile: read again
         raise Fail(Code.ABORTED, f"volume {name}: too many concurrent changes")
 
     def _create_in_catalog(self, name, size, rec, zones):
@@ -298,13 +301,11 @@ class ControllerService:
 
     def ControllerUnpublishVolume(self, req):
         vid = need(req.volume_id, "volume_id")
-        node = req.node_id
-        v = self._volume(vid)
-        if v is not None:
+        node = req.node_id      # none: unpublish from every node
+        keep = (lambda h: h != node) if node else (lambda h: h == "*")
+        if self._volume(vid) is not None:
             try:
-                self.cat.edit_volume_hosts(vid, lambda hs: tuple(
-                    h for h in hs if node and h != node) if node else
-                    tuple(h for h in hs if h == "*"))
+                self.cat.edit_volume_hosts(vid, lambda hs: tuple(h for h in hs if keep(h)))
             except cat.NotFound:
                 pass            # deleted meanwhile: unpublished everywhere
         return pb.ControllerUnpublishVolumeResponse()
@@ -377,8 +378,8 @@ class ControllerService:
         t = snap.tenants.get(params["tenant"])
         room = max(0, t.quota - t.used) if t is not None else 0
         return pb.GetCapacityResponse(available_capacity=min(total, room),
-                                      maximum_volume_size={"value": min(biggest, room)},
-                                      minimum_volume_size={"value": ALIGN})
+                                      maximum_volume_size=Int64Value(value=min(biggest, room)),
+                                      minimum_volume_size=Int64Value(value=ALIGN))
 
     def ControllerExpandVolume(self, req):
         vid = need(req.volume_id, "volume_id")

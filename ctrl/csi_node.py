@@ -256,11 +256,14 @@ class NodeService:
         want = mnt.fs_type or vctx.get("fsType") or "ext4"
         have = self.host.run("blkid", "-p", "-o", "value", "-s", "TYPE", dev, check=False)
         fs = have.stdout.strip()
-        if have.returncode == 2 or not fs:      # nothing on it: a new volume
+        if have.returncode == 2:                # blkid: nothing on it, a new volume
             args = ("mkfs.ext4", "-F", "-q", "-E", "nodiscard,lazy_itable_init=1") \
                 if want == "ext4" else ("mkfs.xfs", "-q", "-K")
             self.host.run(*args, dev)
             fs = want
+        elif have.returncode or not fs:         # never make a filesystem over what we cannot name
+            raise Fail(Code.INTERNAL, f"{dev}: blkid says {have.returncode} "
+                                      f"{(have.stderr or have.stdout).strip()!r}: not formatting it")
         opts = ",".join(mnt.mount_flags)
         self.host.run("mount", "-t", fs, *(("-o", opts) if opts else ()), dev, staging)
         log.info("csi: staged %s (%s) at %s", dev, fs, staging)

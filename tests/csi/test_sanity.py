@@ -8,10 +8,11 @@ a registered member: enough for placement, topology and capacity.
 Idempotency, the error codes the CSI spec prescribes, pagination, capacity per
 topology segment, publish/unpublish (the subsystem's host list), expansion
 (the replicas grow), and Probe false once etcd or the local controller is gone.
-One module-scoped world; the Probe test, which takes it down, runs last."""
+One module-scoped world; the Probe test, which takes it down, runs last.
+No timing asserted, only outcomes: the side lane (ci/test), as
+tests/cluster/test_catalog_sync.py."""
 
 import os
-import time
 
 import grpc
 import pytest
@@ -22,6 +23,8 @@ from srrs.ctrl.cluster import volume_nqn
 from srrs.ctrl.cluster_catalog import Catalog, Member
 from srrs.ctrl.csi import DRIVER, TOPOLOGY_ZONE, Client
 from tests.cluster.etcd import Cluster, wait_until
+
+pytestmark = pytest.mark.side
 
 MiB = 1 << 20
 PREFIX = "/srrs/csi/"
@@ -365,6 +368,4 @@ def test_probe_false_without_controller_or_etcd(w):
     a.start()
     assert wait_until(w.ready, 20)
     w.etcd.members[0].kill()
-    t0 = time.monotonic()
     assert wait_until(lambda: not w.ready(), 15)
-    assert time.monotonic() - t0 < 15
