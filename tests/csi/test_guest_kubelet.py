@@ -132,6 +132,15 @@ class Node:
             srv.stop(0)
 
 
+def _exported(w, n, vid, size):
+    """Controller n exports the grown mirror again (a grow takes the namespace
+    down and back: ctrl/cluster_sync.py)."""
+    ctl = w.pair.nodes[n]
+    subs = [s for s in ctl.rpc("nvmf_get_subsystems") if s["nqn"] == volume_nqn(vid)]
+    return (subs and [x["nsid"] for x in subs[0]["namespaces"]] == [1]
+            and any(b["name"] == f"c-{vid}" and b["size"] == size for b in ctl.rpc("bdev_list")))
+
+
 def _flow(w, g, tmp, name, cap, is_block):
     ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
     node = Node(g, tmp)
@@ -181,6 +190,7 @@ def _flow(w, g, tmp, name, cap, is_block):
     assert r.capacity_bytes == 96 * MiB and r.node_expansion_required == (not is_block)
     for n in "ab":
         assert wait_until(lambda n=n: w.replicas(n).get(vid) == 96 * MiB, 30), n
+        assert wait_until(lambda n=n: _exported(w, n, vid, 96 * MiB), 30), n
     grown = node("NodeExpandVolume", volume_id=vid, volume_path=target,
                  capacity_range=rng(96 * MiB), staging_target_path=staging, volume_capability=cap)
     assert grown.capacity_bytes == 96 * MiB
