@@ -118,4 +118,4 @@ def test_node_refusals_and_idempotent_teardown(host, tmp_path):
         node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id=other,
                                                            staging_target_path=str(tmp_path / "s")))
     assert not target.exists()
-    assert NodeService(node_id="", host=h).ready() is False
+    assert node.ready()
