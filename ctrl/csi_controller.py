@@ -252,9 +252,11 @@ class ControllerService:
         if v is None:                           # refused: leave nothing behind
             self.cat.etcd.delete(rk)
             raise err
-        if rec["uuid"] != v.uuid:               # made by `srrs cluster volume-create` first
-            rec = dict(rec, uuid=v.uuid)
-            self.cat.etcd.put(rk, rec)
+        # the listeners of the pair as of now (both controllers, normally): a
+        # publish while one is down still names its path (the kernel then
+        # reconnects it when it is back, never a path it never had)
+        rec = dict(rec, uuid=v.uuid, paths=self._paths(v))
+        self.cat.etcd.put(rk, rec)
         log.info("csi: created %s/%s = %s on %s (%d bytes)", tenant, name, v.uuid, v.pair, v.size)
         return self._csi_volume(v, rec)
 
@@ -296,8 +298,12 @@ class ControllerService:
             v = self.cat.edit_volume_hosts(vid, lambda hs: hs if node in hs else hs + (node,))
         except cat.NotFound:
             raise Fail(Code.NOT_FOUND, f"no volume {vid}") from None
+        rec = self._record(v.name)[0] or {}
+        known = [p for p in rec.get("paths", "").split(",") if p] if rec.get("uuid") == v.uuid \
+            else []
+        paths = list(dict.fromkeys([p for p in self._paths(v).split(",") if p] + known))
         return pb.ControllerPublishVolumeResponse(publish_context={
-            "nqn": volume_nqn(v.uuid), "paths": self._paths(v)})
+            "nqn": volume_nqn(v.uuid), "paths": ",".join(paths)})
 
     def ControllerUnpublishVolume(self, req):
         vid = need(req.volume_id, "volume_id")

@@ -220,6 +220,8 @@ class NodeService:
         if not paths and not self.host.controllers(nqn):
             raise Fail(Code.INVALID_ARGUMENT, "publish_context has no paths (ControllerPublish "
                                               "gives them)")
+        if not self.host.exists(os.path.join(self.host.sysfs, "module", "nvme_tcp")):
+            self.host.run("modprobe", "nvme-tcp", check=False)   # a node that never used it
         start, err = time.monotonic(), ""
         while True:
             have = {(c["traddr"], c["trsvcid"]) for c in self.host.controllers(nqn)}

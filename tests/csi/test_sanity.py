@@ -363,10 +363,16 @@ def test_delete_is_idempotent_and_removes_the_replicas(w):
 
 
 def test_probe_false_without_controller_or_etcd(w):
-    """Last: it takes the world down."""
+    """Last: it takes the world down. On the way: a publish while a controller
+    is down still names its path (remembered at create)."""
+    v = w.create("pvc-down", 4 * MiB, parameters={"zone": "z1"})
     a = w.pair.nodes["a"]
     a.stop()
     assert wait_until(lambda: not w.ready(), 10)
+    assert wait_until(lambda: "a" not in w.cat.snapshot().members, 15)
+    ctx = w.call("Controller", "ControllerPublishVolume", volume_id=v.volume_id, node_id=N1,
+                 volume_capability=mount()).publish_context
+    assert sorted(ctx["paths"].split(",")) == sorted(f"127.0.0.1:{p}" for p in w.ports.values())
     a.start()
     assert wait_until(w.ready, 20)
     w.etcd.members[0].kill()
