@@ -6,8 +6,8 @@ its type, help and default (`srrs volume create --name v0 --size 10GiB
 --pool p0`). They are thin clients of the controller's JSON-RPC socket
 (-s/--socket, default $SRRS_SOCKET or the runtime dir's srrs.sock); `--json`
 prints the raw result, otherwise FORMATTERS or a plain rendering. Written by
-hand: start, rpc (any method with JSON params), console, demo, bench, and
-ctrl/pair_cli.py's witness and keygen.
+hand: start, rpc (any method with JSON params), console, demo, bench,
+ctrl/pair_cli.py's witness and keygen, and ctrl/csi_cli.py's csi.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..rpcdef import Method, MethodTable
 from ..units import parse_size
 from . import config as cfg
 from . import logs
+from .csi_cli import add_parser as add_csi_parser
 from .methods import TABLE
 from .pair_cli import add_parsers as add_pair_parsers
 from .pair_cli import format_pair_status
@@ -439,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     add_pair_parsers(sub)  # witness, keygen
+    add_csi_parser(sub)    # the Kubernetes CSI plugin
 
     p = sub.add_parser("bench", help="C load generator")
     bsub = p.add_subparsers(dest="bench_target", required=True)

@@ -349,14 +349,24 @@ class Catalog:
             raise NotFound(f"no volume {tenant}/{name}")
         return self._update_volume(v.uuid, hosts=tuple(hosts))
 
+    def edit_volume_hosts(self, uuid: str, fn) -> Volume:
+        """hosts = fn(hosts) in one compare-and-swap of the volume, so that two
+        nodes attached at once (CSI ControllerPublish) both stay; unchanged
+        hosts write nothing."""
+        return self._update_volume(uuid, hosts=lambda v: tuple(fn(v.hosts)))
+
     def _update_volume(self, uuid: str, **fields) -> Volume:
+        """fields: new values, or functions of the current record."""
         k = self.key("volumes", uuid)
         for _ in range(RETRIES):
             kv = self.etcd.get1(k)
             if kv is None:
                 raise NotFound(f"no volume {uuid}")
             v = _rec("volumes", kv)
-            nv = replace(v, generation=v.generation + 1, **fields)
+            new = {f: (x(v) if callable(x) else x) for f, x in fields.items()}
+            if all(getattr(v, f) == x for f, x in new.items()):
+                return v
+            nv = replace(v, generation=v.generation + 1, **new)
             if self.etcd.txn([etcd.mod_is(k, kv.mod_revision)], [etcd.put(k, _enc(nv))]).succeeded:
                 return nv
         raise CatalogError(f"volume {uuid}: too many concurrent changes")

@@ -52,7 +52,8 @@ DEFAULT_MODULES = [
 # Host binaries copied in, as "guest path=host path" or a name looked up on PATH
 # (then placed in /usr/bin). Missing optional ones are skipped with a warning.
 REQUIRED_BINARIES = ["nvme", "fio"]
-OPTIONAL_BINARIES = ["mkfs.ext4", "blkdiscard", "e2fsck", "lsblk"]
+OPTIONAL_BINARIES = ["mkfs.ext4", "blkdiscard", "e2fsck", "lsblk",
+                     "blkid", "resize2fs"]   # the CSI node plugin (tests/csi/test_guest_kubelet.py)
 
 BUSYBOX_CANDIDATES = ["/bin/busybox", "/usr/bin/busybox"]
 
