@@ -772,10 +772,9 @@ static int file_engine(const char *name, uint32_t flags)
     if (f)
         fclose(f);
     sysctl[strcspn(sysctl, "\n")] = 0;
-    return srrs_err(probe, "bdev %s: engine uring: io_uring_setup refused: %s%s%s%s (a seccomp "
-                    "profile, kernel.io_uring_disabled or an old kernel); use engine = \"threads\" "
-                    "or \"auto\"", name, strerror(-probe), sysctl[0] ? " (kernel.io_uring_disabled = " : "",
-                    sysctl, sysctl[0] ? ")" : "");
+    return srrs_err(probe, "bdev %s: engine uring: io_uring_setup refused: %s (kernel.io_uring_disabled "
+                    "= %s; else a seccomp profile or a kernel without io_uring); use engine = "
+                    "\"threads\" or \"auto\"", name, strerror(-probe), sysctl[0] ? sysctl : "absent");
 }
 
 static const struct srrs_bdev_module file_module = {

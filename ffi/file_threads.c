@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -153,6 +154,21 @@ static void *tp_worker(void *arg)
     }
 }
 
+/* Workers run on the process's CPUs but the reactor's own (a thread inherits
+ * its creator's pinning: a busy-polling reactor would share its one CPU with
+ * them); on the reactor's CPUs only when the process has no other. */
+static void tp_place(pthread_t th)
+{
+    cpu_set_t all, own;
+    if (sched_getaffinity(getpid(), sizeof(all), &all) ||
+        pthread_getaffinity_np(pthread_self(), sizeof(own), &own))
+        return;
+    cpu_set_t rest;
+    CPU_XOR(&rest, &all, &own);
+    CPU_AND(&rest, &rest, &all);
+    pthread_setaffinity_np(th, sizeof(cpu_set_t), CPU_COUNT(&rest) ? &rest : &all);
+}
+
 /* Reactor: one more worker. Workers block every signal: they belong to the
  * process's main thread (Python's handlers), and a blocking syscall of ours
  * must not see EINTR. */
@@ -178,6 +194,7 @@ static int tp_spawn(struct srrs_tpool *tp)
     snprintf(name, sizeof(name), "srrs-io%d.%d", srrs_reactor_idx(tp->r) & 0xff, i);
     name[15] = 0;
     pthread_setname_np(w->th, name);
+    tp_place(w->th);
     tp->w[i] = w;
     atomic_store_explicit(&tp->nworkers, i + 1, memory_order_release);
     return 0;
