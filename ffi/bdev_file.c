@@ -728,9 +728,28 @@ int srrs_bdev_file_check(struct srrs_bdev *b, char *why, size_t len)
     return -EIO;
 }
 
-/* 0 if io_uring works in this process, else io_uring_setup's -errno. Probed
- * once with the ring size the reactors use: a seccomp filter, the sysctl and
- * the kernel do not change under a running process. */
+/* The operations this file uses; the kernel names what it supports through
+ * IORING_REGISTER_PROBE (5.6+), which the last of them (READ, WRITE,
+ * FALLOCATE) needs too: an older kernel cannot serve this engine. */
+static const uint8_t uring_ops[] = {IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_FSYNC,
+                                    IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FALLOCATE};
+
+static bool uring_has_ops(int fd)
+{
+    size_t len = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *pr = calloc(1, len);
+    bool ok = pr && sys_uring_register(fd, IORING_REGISTER_PROBE, pr, 256) == 0;
+    for (size_t i = 0; ok && i < SRRS_ARRAY_SIZE(uring_ops); i++)
+        ok = uring_ops[i] <= pr->last_op && (pr->ops[uring_ops[i]].flags & IO_URING_OP_SUPPORTED);
+    free(pr);
+    return ok;
+}
+
+/* 0 if io_uring works in this process, else why not as a -errno: setup's
+ * (EINVAL: a kernel before 5.5, which lacks IORING_SETUP_CQSIZE), or ENOSYS
+ * when the kernel lacks an operation this file uses. Probed once with the
+ * ring size the reactors use: a seccomp filter, the sysctl and the kernel do
+ * not change under a running process. */
 static int uring_probe(void)
 {
     static _Atomic int cached = 1; /* 1: not probed yet */
@@ -742,7 +761,7 @@ static int uring_probe(void)
     p.flags = IORING_SETUP_CQSIZE;
     p.cq_entries = URING_ENTRIES * 2;
     int fd = sys_uring_setup(URING_ENTRIES, &p);
-    v = fd < 0 ? -errno : 0;
+    v = fd < 0 ? -errno : uring_has_ops(fd) ? 0 : -ENOSYS;
     if (fd >= 0)
         close(fd);
     atomic_store(&cached, v);
@@ -750,7 +769,10 @@ static int uring_probe(void)
 }
 
 /* Refusals that the threads engine answers (anything else is an error to report). */
-static bool uring_refused(int err) { return err == -ENOSYS || err == -EPERM || err == -EACCES; }
+static bool uring_refused(int err)
+{
+    return err == -ENOSYS || err == -EPERM || err == -EACCES || err == -EINVAL;
+}
 
 /* The engine flags ask for, resolved (auto: io_uring unless refused); -errno + srrs_err. */
 static int file_engine(const char *name, uint32_t flags)
