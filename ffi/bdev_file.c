@@ -694,6 +694,15 @@ static int file_fail(struct file_disk *d, const char *fmt, ...)
 
 static const struct srrs_bdev_module file_module;
 
+/* An unprivileged controller's usual stumble, said with its remedy. */
+static const char *no_access_hint(bool blockdev)
+{
+    return blockdev ? " (the controller's user needs read-write access to the device: its owner, "
+                      "the disk group, or root)"
+                    : " (the controller's user needs read-write access to the file and its "
+                      "directory)";
+}
+
 /*
  * Is the file still the one we opened, whole? A file truncated or deleted
  * under us would otherwise read back as zeroes (past its new end) or swallow
@@ -845,7 +854,9 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
             owner_describe(st.st_rdev, 0, true, who, sizeof(who));
             rc = srrs_err(-EBUSY, "bdev %s: %s is %s", name, path, who);
         } else {
-            rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+            int e = errno;
+            rc = srrs_err(-e, "bdev %s: cannot open %s: %s%s", name, path, strerror(e),
+                          e == EACCES || e == EPERM ? no_access_hint(d->is_blockdev) : "");
         }
         free(d);
         return rc;

@@ -38,7 +38,7 @@ def start(d, prefix, engine=None) -> launch.Controller:
 
 
 def engines(c) -> dict:
-    """What status, pool_list and the metrics say the fragments' engine is."""
+    """What pool_list, bdev_list, the metrics and the console say the fragments' engine is."""
     pool = c.rpc("pool_list")[0]
     frag_bdevs = {f["bdev"]: f["engine"] for f in pool["fragments"]}
     listed = {b["name"]: b["engine"] for b in c.rpc("bdev_list") if b["name"] in frag_bdevs}
@@ -46,8 +46,12 @@ def engines(c) -> dict:
         text = r.read().decode()
     metric = {ln.split('bdev="')[1].split('"')[0]: ln.split('engine="')[1].split('"')[0]
               for ln in text.splitlines() if ln.startswith("srrs_bdev_engine_info{")}
+    con = subprocess.run(launch.SRRS + ["console", "-s", c.sock, "--once"], capture_output=True,
+                         text=True, timeout=60).stdout
+    shown = {e for ln in con.splitlines() if "frag" in ln for e in ("uring", "threads")
+             if f" {e} " in f" {ln} "}
     return {"pool_list": set(frag_bdevs.values()), "bdev_list": set(listed.values()),
-            "metrics": {metric.get(b) for b in frag_bdevs}}
+            "metrics": {metric.get(b) for b in frag_bdevs}, "console": shown}
 
 
 def bench_cli(c) -> dict:

@@ -11,11 +11,14 @@ tests/pool/test_crash.py and tests/pair/test_pair_proc.py (their
 import os
 import pwd
 import shutil
+import sys
 import tempfile
 
 import pytest
 
-from . import confined, no_uring
+from srrs.ctrl import launch
+
+from . import as_user, confined, no_uring
 
 
 def test_no_uring_controller_serves_and_survives_kill9(tmp_path):
@@ -23,7 +26,7 @@ def test_no_uring_controller_serves_and_survives_kill9(tmp_path):
     try:
         # chosen automatically, and shown where an operator looks
         assert confined.engines(c) == {k: {"threads"} for k in ("pool_list", "bdev_list",
-                                                                "metrics")}
+                                                                "metrics", "console")}
         r = confined.bench_cli(c)
         assert r["verified"] and r["verify_errors"] == 0 and r["errors"] == 0, r
         confined.write_kill_restart_verify(c)
@@ -34,13 +37,13 @@ def test_no_uring_controller_serves_and_survives_kill9(tmp_path):
 
 @pytest.mark.side
 def test_unprivileged_controller_with_its_own_fragments():
-    """`setpriv` to nobody: no capability left (CapEff 0), the fragments
-    created by and owned by that user, NVMe/TCP and vhost-user served."""
+    """As nobody (tests/engine/as_user.py): no capability left (CapEff 0),
+    the fragments created by and owned by that user, NVMe/TCP and vhost-user
+    served; what would need privilege fails saying which and why."""
     nobody = pwd.getpwnam("nobody")
     d = tempfile.mkdtemp(prefix="srrs-nobody-")
     os.chown(d, nobody.pw_uid, nobody.pw_gid)
-    prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-              "--inh-caps=-all", "--"]
+    prefix = [sys.executable, as_user.__file__, "nobody", "--"]
     c = None
     try:
         c = confined.start(d, prefix)
@@ -52,6 +55,26 @@ def test_unprivileged_controller_with_its_own_fragments():
         r = confined.bench_cli(c)
         assert r["verified"] and r["verify_errors"] == 0 and r["errors"] == 0, r
         confined.write_kill_restart_verify(c)
+        c.kill9()
+        # what needs privilege says which, and why
+        root_only = f"{d}/root-only.img"
+        with open(root_only, "wb") as f:
+            f.truncate(1 << 20)
+        os.chmod(root_only, 0o600)
+        for extra, want in (
+                ({"bdev": [launch.bdev("b0", "file", None, path=root_only)]},
+                 f"cannot open {root_only}: Permission denied (the controller's user needs "
+                 "read-write access to the file"),
+                ({"nvmf": launch.nvmf(["127.0.0.1:999"])},
+                 "nvmf listener 127.0.0.1:999: Permission denied (a port below "
+                 "net.ipv4.ip_unprivileged_port_start, 1024 by default, needs root or "
+                 "CAP_NET_BIND_SERVICE)")):
+            bad = launch.Controller(f"{d}/bad.toml", launch.config(
+                launch.controller("bad", f"{d}/bad.sock"), extra=extra), prefix=prefix,
+                start=False)
+            bad.start(wait=False)
+            assert bad.wait(30) != 0
+            assert want in bad.output(), bad.tail()
     finally:
         if c is not None:
             c.kill9()

@@ -86,7 +86,7 @@ def test_engine_is_declared_and_checked():
     for conf, want in ((CONF.format(type="malloc", path="", engine="threads"),
                         "t.toml:8: bdev[0].engine: only a file bdev has an I/O engine"),
                        (CONF.format(type="file", path='path = "/tmp/x.img"\n', engine="aio"),
-                        "t.toml:8: bdev[0].engine:")):
+                        "t.toml:9: bdev[0].engine: must be one of auto, uring, threads")):
         with pytest.raises(cfg.ConfigError) as ei:
             cfg.loads(conf, "t.toml")
         assert str(ei.value).startswith(want), str(ei.value)
