@@ -67,6 +67,8 @@ class FragmentConfig:
         return self
 
     def _table(self, t: dict) -> dict:
+        if t.get("engine") == "auto":
+            del t["engine"]  # the default, and a RAM fragment has none: saved configs stay as written
         ram, size = t.pop("ram", False), t.pop("size", 0)
         if ram:
             return {"ram": size, **t}
