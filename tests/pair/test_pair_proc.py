@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from ..engine import no_uring
+from tests.engine import no_uring
+
 from .procs import Ctl, Witness, alloc_ports, pair_conf, same_files
 
 
