@@ -28,7 +28,12 @@
 
 #define TP_QSIZE 1024u /* power of two */
 #define TP_MASK (TP_QSIZE - 1)
-#define TP_MAX_WORKERS 8
+#define TP_MAX_WORKERS 16
+/* How long a worker that ran out of I/O keeps looking before it sleeps: at
+ * low queue depth the next I/O comes within a few microseconds of the last
+ * completion, and a futex wake-up plus the scheduler cost more than that
+ * (tens of microseconds, milliseconds on a busy host). */
+#define TP_SPIN_NS 50000
 
 struct tp_cell {
     _Atomic uint32_t seq; /* == position: free for the producer; == position + 1: holds io */
@@ -58,7 +63,8 @@ struct srrs_tpool {
     /* shared */
     _Atomic uint32_t q_head __attribute__((aligned(SRRS_CACHELINE)));
     _Atomic uint32_t wake_seq __attribute__((aligned(SRRS_CACHELINE)));
-    _Atomic int idle;
+    _Atomic int idle;     /* asleep or about to */
+    _Atomic int spinning; /* 1: a worker looks for I/O before sleeping */
     _Atomic int stop;
     _Atomic int sleeping __attribute__((aligned(SRRS_CACHELINE))); /* the reactor is about to sleep */
     struct tp_cell q[TP_QSIZE];
@@ -126,12 +132,40 @@ static void tp_done(struct tp_worker *w, struct srrs_io *io)
     }
 }
 
+/* Worker: the next I/O within TP_SPIN_NS, else NULL. One worker spins at a
+ * time (more would only burn the CPUs the others need), reading until an
+ * I/O is there: no store to the queue's cache lines while it waits. */
+static struct srrs_io *tp_spin(struct srrs_tpool *tp)
+{
+    int none = 0;
+    if (!atomic_compare_exchange_strong_explicit(&tp->spinning, &none, 1, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return NULL;
+    uint64_t until = srrs_now_ns() + TP_SPIN_NS;
+    struct srrs_io *io = NULL;
+    do {
+        for (int i = 0; i < 64; i++) {
+            uint32_t pos = atomic_load_explicit(&tp->q_head, memory_order_relaxed);
+            if (atomic_load_explicit(&tp->q[pos & TP_MASK].seq, memory_order_relaxed) == pos + 1) {
+                io = tp_pop(tp);
+                if (io)
+                    goto out;
+            }
+        }
+    } while (srrs_now_ns() < until && !atomic_load_explicit(&tp->stop, memory_order_relaxed));
+out:
+    atomic_store_explicit(&tp->spinning, 0, memory_order_relaxed);
+    return io;
+}
+
 static void *tp_worker(void *arg)
 {
     struct tp_worker *w = arg;
     struct srrs_tpool *tp = w->tp;
     for (;;) {
         struct srrs_io *io = tp_pop(tp);
+        if (!io)
+            io = tp_spin(tp);
         if (!io) {
             /* Announce idleness, then look again: tp_kick reads idle after
              * queueing, so an I/O is either seen here or its kick wakes us. */
@@ -224,8 +258,9 @@ static void tp_kick(struct srrs_tpool *tp)
     tp->pushed = 0;
     atomic_thread_fence(memory_order_seq_cst);
     int idle = atomic_load_explicit(&tp->idle, memory_order_relaxed);
+    int spin = atomic_load_explicit(&tp->spinning, memory_order_relaxed);
     uint32_t queued = tp->q_tail - atomic_load_explicit(&tp->q_head, memory_order_relaxed);
-    if (queued > (uint32_t)idle)
+    if (queued > (uint32_t)(idle + spin))
         tp_spawn(tp); /* best effort: the running workers get through the queue anyway */
     if (idle > 0) {
         atomic_fetch_add(&tp->wake_seq, 1);
