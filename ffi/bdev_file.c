@@ -777,10 +777,12 @@ static int uring_probe(void)
     return v;
 }
 
-/* Refusals that the threads engine answers (anything else is an error to report). */
+/* Refusals that the threads engine answers (anything else is an error to
+ * report). ENOMEM: before 5.12 a ring counts against RLIMIT_MEMLOCK, which
+ * is 64 KiB for an unprivileged user by default. */
 static bool uring_refused(int err)
 {
-    return err == -ENOSYS || err == -EPERM || err == -EACCES || err == -EINVAL;
+    return err == -ENOSYS || err == -EPERM || err == -EACCES || err == -EINVAL || err == -ENOMEM;
 }
 
 /* The engine flags ask for, resolved (auto: io_uring unless refused); -errno + srrs_err. */

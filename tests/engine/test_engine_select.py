@@ -1,8 +1,8 @@
 """Which file I/O engine a bdev gets (docs/architecture.md, File I/O engines):
 auto is io_uring where the kernel allows it and the worker threads where
-io_uring_setup is refused (ENOSYS, EPERM, EACCES: a seccomp filter applied by
-tests/engine/no_uring.py stands in for an old kernel, Docker's profile and
-kernel.io_uring_disabled); `engine` forces one, declared in the config."""
+io_uring_setup is refused (ENOSYS, EPERM, EACCES, ENOMEM: a seccomp filter
+applied by tests/engine/no_uring.py stands in for an old kernel, Docker's
+profile, kernel.io_uring_disabled and a memlock limit before Linux 5.12); `engine` forces one, declared in the config."""
 
 import errno
 import os
@@ -35,7 +35,7 @@ with Core(reactors=1) as c:
 """
 
 
-@pytest.mark.parametrize("err", ["EPERM", "ENOSYS", "EACCES"])
+@pytest.mark.parametrize("err", ["EPERM", "ENOSYS", "EACCES", "ENOMEM"])
 def test_auto_takes_threads_when_io_uring_is_refused(tmp_path, err):
     r = subprocess.run(no_uring.PREFIX[:-1] + ["--errno", err, "--", sys.executable, "-c", PROBE,
                                                str(tmp_path)],
