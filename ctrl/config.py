@@ -101,8 +101,7 @@ class BdevConfig:
     grow: bool = setting(False, save=False, help="file: an existing smaller file may be "
                          "grown to size")
     engine: str = setting("auto", choices=FILE_ENGINES, help="file: the I/O engine; auto: "
-                          "io_uring, or worker threads where io_uring is refused (ENOSYS, "
-                          "EPERM, EACCES)")
+                          "io_uring, or worker threads where io_uring is missing or refused")
 
     def _finish(self, raw: dict) -> "BdevConfig":
         if self.grow and self.type != "file":
