@@ -95,7 +95,7 @@ def _fmt_status(st: dict) -> None:
         print(f"  reactor {r['reactor']}: {r['state']:8} {r['poll_mode']:8} busy {r['busy_pct']:5.1f}%"
               f"  loops {r['loops']}  in-flight {r['io_outstanding']}  cpu {r['cpu']}")
     for b in st["bdevs"]:
-        print(f"  bdev {b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  bs {b['block_size']}"
+        print(f"  bdev {b['name']:16} {_module(b):7} {_fmt_bytes(b['size']):>10}  bs {b['block_size']}"
               f"  r {b['reads']} w {b['writes']} err {b['errors']}  {b['path']}")
     if st.get("bdev_count", 0) > len(st["bdevs"]):
         print(f"  ... {st['bdev_count']} bdevs: the busiest and the exported shown "
@@ -105,9 +105,14 @@ def _fmt_status(st: dict) -> None:
             print(f"  {key}: {json.dumps(st[key], sort_keys=True)}")
 
 
+def _module(b: dict) -> str:
+    """The module, and a file bdev's I/O engine: `file/threads`."""
+    return f"{b['module']}/{b['engine']}" if b.get("engine") else b["module"]
+
+
 def _fmt_bdev_list(res: list) -> None:
     for b in res:
-        print(f"{b['name']:16} {b['module']:7} {_fmt_bytes(b['size']):>10}  "
+        print(f"{b['name']:16} {_module(b):7} {_fmt_bytes(b['size']):>10}  "
               f"bs {b['block_size']:5}  open {b['open_count']}  {b['path']}")
 
 
@@ -318,7 +323,8 @@ def cmd_bench_bdev(args) -> int:
         elif b.type == "null":
             core.bdev_create_null(b.name, b.size, b.block_size)
         else:
-            core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow)
+            core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow,
+                                  engine=b.engine)
         size = core.bdev_info(b.name)["size"]
         span = size // args.queues
         span -= span % (1 << 20) if span >= (1 << 21) else span % b.block_size

@@ -18,7 +18,16 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import toml
 
 from srrs.nvmf import config as nvmf_config
-from srrs.schema import SchemaError, Size, check_name, keypath, setting, to_table, unique
+from srrs.schema import (
+    FILE_ENGINES,
+    SchemaError,
+    Size,
+    check_name,
+    keypath,
+    setting,
+    to_table,
+    unique,
+)
 from srrs.schema import parse as parse_schema
 from srrs.schema import reference as reference_lines
 from srrs.units import SIZE_UNITS, format_size, parse_size  # noqa: F401 (re-exported)
@@ -91,10 +100,15 @@ class BdevConfig:
     path: str = setting("", help="file: its path (required)")
     grow: bool = setting(False, save=False, help="file: an existing smaller file may be "
                          "grown to size")
+    engine: str = setting("auto", choices=FILE_ENGINES, help="file: the I/O engine; auto: "
+                          "io_uring, or worker threads where io_uring is missing or refused")
 
     def _finish(self, raw: dict) -> "BdevConfig":
         if self.grow and self.type != "file":
             raise SchemaError(("grow",), f"only a file bdev can grow, this one is {self.type}")
+        if self.engine != "auto" and self.type != "file":
+            raise SchemaError(("engine",), f"only a file bdev has an I/O engine, this one is "
+                              f"{self.type}")
         if self.type == "file":
             if not self.path:
                 raise SchemaError(("path",), "is required for a file bdev")

@@ -123,7 +123,7 @@ class PoolView:
     capacity: int
     used: int
     health: str              # "ok" | "degraded"
-    fragments: tuple         # ((label, used, capacity, state), …)
+    fragments: tuple         # ((label, used, capacity, state, engine), …)
     tenants: tuple = ()      # ((name, used, quota), …)
 
 
@@ -308,7 +308,8 @@ def _volumes(up: list, down: tuple = ()) -> list:
             name = b["name"]
             if name in hidden:
                 continue
-            a = acc.setdefault(name, {"size": b["size"], "kind": b.get("module", ""), "ana": [],
+            kind = b.get("module", "") + (f"/{b['engine']}" if b.get("engine") else "")
+            a = acc.setdefault(name, {"size": b["size"], "kind": kind, "ana": [],
                                       "r": 0.0, "w": 0.0, "m": 0.0, "p50": None, "p99": None,
                                       "errors": 0, "bdevs": [], "used": None, "tenant": ""})
             # a mirror's replica is the pool volume of the same name, opened as NAME.replica
@@ -499,7 +500,8 @@ def _pools(i: Input) -> list:
     for p in sec.get("pools") or ():
         frags = tuple((("ram" if f.get("ram") else str(f.get("path") or f.get("bdev"))),
                        int(f.get("used", 0)), int(f.get("capacity", 0)),
-                       "failed" if f.get("failed") else str(f.get("state", "")))
+                       "failed" if f.get("failed") else str(f.get("state", "")),
+                       str(f.get("engine") or ""))
                       for f in p.get("fragments") or ())
         out.append(PoolView(i.name, str(p.get("name")), int(p.get("capacity", 0)),
                             int(p.get("used", 0)), str(p.get("state", "ok")), frags,
@@ -606,7 +608,7 @@ def _controller_alerts(i: Input) -> list:
 def _pool_alerts(p: PoolView) -> list:
     out = []
     obj = f"pool {p.name} on {p.controller}"
-    for label, _, _, state in p.fragments:
+    for label, _, _, state, _ in p.fragments:
         if state in ("failed", "missing"):
             out.append(Alert("error", obj, f"fragment {label} {state}", 0.0,
                              f"frag:{p.controller}:{p.name}:{label}"))

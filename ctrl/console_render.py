@@ -389,9 +389,9 @@ def pool_lines(pools: tuple, width: int) -> list:
                  style="dim")
         out.append(t)
         room = width - 6
-        for label, used, cap, state in p.fragments:
+        for label, used, cap, state, engine in p.fragments:
             s = Text("   ", no_wrap=True, overflow="ellipsis")
-            tail = f"  {fmt_bytes(used)} of {fmt_bytes(cap)}  "
+            tail = f"  {fmt_bytes(used)} of {fmt_bytes(cap)}  " + (f"{engine}  " if engine else "")
             s.append(elide(label, max(10, room - len(tail) - len(state))))
             s.append(tail, style="dim")
             s.append(state, style=state_style(state))

@@ -9,6 +9,7 @@ import threading
 
 from ..rpcdef import InvalidParams, MethodTable
 from ..rpcdef import P as _P
+from ..schema import FILE_ENGINES
 from . import config as cfg
 
 METHODS = MethodTable()
@@ -26,7 +27,9 @@ def _bdev_fail(keypath, msg):
                 _P("size", "size", None, "e.g. 256MiB (a file bdev: default the file's size)"),
                 _P("block_size", "int", None, "512 or 4096 (default 4096)", choices=(512, 4096)),
                 _P("path", default=None, help="file bdev: the file or block device"),
-                _P("grow", "bool", None, "file: grow an existing smaller file to size"))
+                _P("grow", "bool", None, "file: grow an existing smaller file to size"),
+                _P("engine", default=None, choices=FILE_ENGINES,
+                   help="file: auto (io_uring, else threads), uring or threads"))
 def bdev_create(ctl, p: dict):
     """Create a bdev; returns its info."""
     b = cfg.parse_bdev(p, _bdev_fail)

@@ -121,7 +121,8 @@ class Controller:
             self.fresh_bdevs[b.name] = "RAM"
         else:
             existed = os.path.exists(b.path)
-            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow)
+            self.core.bdev_create_file(b.name, b.path, b.size, b.block_size, grow=b.grow,
+                                       engine=b.engine)
             if not existed:
                 self.fresh_bdevs[b.name] = f"{b.path} created"
         self.bdevs[b.name] = b

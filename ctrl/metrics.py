@@ -122,6 +122,8 @@ TABLE = (
        "the busiest SCRAPE_TOP_BDEVS and the exported ones)"),
     _f("srrs_bdev_info", GAUGE, _B + ("module",), "The bdev exists; its module (malloc, null, "
        "file, lvol, mirror) as a label"),
+    _f("srrs_bdev_engine_info", GAUGE, _B + ("engine",), "A file bdev's I/O engine (uring, "
+       "threads) as a label"),
     _f("srrs_bdev_size_bytes", GAUGE, _B, "Size of the bdev", "bytes"),
     _f("srrs_bdev_open_descriptors", GAUGE, _B, "Open descriptors of the bdev (its users)"),
     _f("srrs_bdev_read_ops_total", COUNTER, _B, "Read I/Os completed"),
@@ -386,6 +388,8 @@ def _bdevs(out: _Families, c: str, bdevs: list) -> None:
     for b in bdevs:
         lv = [c, b["name"]]
         out.add("srrs_bdev_info", lv + [b["module"]], 1)
+        if b.get("engine"):
+            out.add("srrs_bdev_engine_info", lv + [b["engine"]], 1)
         out.add("srrs_bdev_size_bytes", lv, b["size"])
         out.add("srrs_bdev_open_descriptors", lv, b["open_count"])
         for name, field in _BDEV_COUNTERS:

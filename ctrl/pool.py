@@ -51,6 +51,7 @@ def _frag_specs(frags):
             specs[i].path = b
         specs[i].size = f.size
         specs[i].weight = f.weight
+        specs[i].engine = binding.file_engine_flags(f.engine)
     return specs, keep
 
 
@@ -80,15 +81,17 @@ class Pool:
         for m in self.messages():
             log.warning("pool %s: %s", self.name, m)
 
-    def _sync_fragments(self) -> None:
+    def _sync_fragments(self, added: tuple = ()) -> None:
         """The config model lists the fragments the pool has (its table may
         name more than the config did: added online), so save_config keeps them."""
         frags = []
+        engines = {f.path: f.engine for f in self.conf.fragments + added if not f.ram}
         for f in self.fragments():
             if f["state"] in ("empty", "removed"):
                 continue
             frags.append(FragmentConfig(size=f["size"], ram=True, weight=f["weight"]) if f["ram"]
-                         else FragmentConfig(path=f["path"], size=f["size"], weight=f["weight"]))
+                         else FragmentConfig(path=f["path"], size=f["size"], weight=f["weight"],
+                                             engine=engines.get(f["path"], "auto")))
         self.conf = replace(self.conf, fragments=tuple(frags))
 
     # -- pool ------------------------------------------------------------------
@@ -146,14 +149,14 @@ class Pool:
                         "md_slots": fi.md_slots, "md_slots_used": fi.md_slots_used,
                         "drain": {"moved": fi.drain_moved, "total": fi.drain_total,
                                   "error": fi.drain_error},
-                        "failed": bool(fi.failed), "error": _s(fi.error),
+                        "failed": bool(fi.failed), "error": _s(fi.error), "engine": _s(fi.engine),
                         "lost_clusters": fi.lost_clusters})
         return out
 
     def frag_add(self, frag: FragmentConfig) -> int:
         specs, keep = _frag_specs([frag])
         idx = check(lib.srrs_pool_frag_add(self.ptr, specs), f"pool {self.name}")
-        self._sync_fragments()
+        self._sync_fragments(added=(frag,))
         return idx
 
     def frag_drain(self, idx: int, max_inflight: int = 4) -> None:

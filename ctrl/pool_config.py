@@ -26,7 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Tuple
 
-from srrs.schema import SchemaError, Size, at, check_name, power_of_two, setting, to_table
+from srrs.schema import (
+    FILE_ENGINES,
+    SchemaError,
+    Size,
+    at,
+    check_name,
+    power_of_two,
+    setting,
+    to_table,
+)
 from srrs.schema import parse as parse_schema
 from srrs.units import parse_size
 
@@ -42,8 +51,12 @@ class FragmentConfig:
     ram: bool = setting(False, doc_type="size", doc_default="-", help="RAM of this size instead of a path "
                         "(at least 4MiB)")
     weight: int = setting(100, range=(1, 1000), help="share of new clusters")
+    engine: str = setting("auto", choices=FILE_ENGINES, help="a path: its I/O engine; auto: "
+                          "io_uring, or worker threads where io_uring is refused")
 
     def _finish(self, raw: dict) -> "FragmentConfig":
+        if self.ram and self.engine != "auto":
+            raise SchemaError(("engine",), "a RAM fragment has no I/O engine")
         if self.ram:
             if self.size < (4 << 20) or self.size % 4096:
                 raise SchemaError(("ram",), "must be at least 4MiB and a multiple of 4096")
@@ -54,6 +67,8 @@ class FragmentConfig:
         return self
 
     def _table(self, t: dict) -> dict:
+        if t.get("engine") == "auto":
+            del t["engine"]  # the default, and a RAM fragment has none: saved configs stay as written
         ram, size = t.pop("ram", False), t.pop("size", 0)
         if ram:
             return {"ram": size, **t}

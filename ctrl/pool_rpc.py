@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from ..rpcdef import InvalidParams, MethodTable, NotConfigured
 from ..rpcdef import P as _P
-from ..schema import check_name
+from ..schema import FILE_ENGINES, check_name
 from .pool_config import PLACEMENTS, parse_fragment, parse_pool, parse_tenant, parse_volume
 
 METHODS = MethodTable()
@@ -66,7 +66,9 @@ def pool_list(ctl, p):
 @METHODS.method("pool_add_fragment", _POOL, _P("path", default=None, help="absolute file or device path"),
                 _P("size", "size", None, "size of a file fragment (default: the file's)"),
                 _P("ram", "size", None, "a RAM fragment of this size instead of a path"),
-                _P("weight", "int", None, "placement weight 1..1000 (default 100)"))
+                _P("weight", "int", None, "placement weight 1..1000 (default 100)"),
+                _P("engine", default=None, choices=FILE_ENGINES,
+                   help="a path: auto (io_uring, else threads), uring or threads"))
 def pool_add_fragment(ctl, p):
     """Add a fragment to a live pool."""
     pool = _svc(ctl).pool(p["pool"])

@@ -315,6 +315,7 @@ static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
     snprintf(o->name, sizeof(o->name), "%s", b->name);
     snprintf(o->module, sizeof(o->module), "%s", b->mod->name);
     snprintf(o->path, sizeof(o->path), "%s", b->path);
+    snprintf(o->engine, sizeof(o->engine), "%s", b->engine);
     fill_counters(b, o);
 }
 

@@ -1,13 +1,16 @@
 /*
  * file bdev: a regular file (created sparse if missing), a partition or a
- * whole block device, through io_uring with raw syscalls and the kernel's
- * <linux/io_uring.h> (no liburing). One ring per reactor shared by every file
+ * whole block device, through one of two engines (docs/architecture.md, File
+ * I/O engines). io_uring, with raw syscalls and the kernel's
+ * <linux/io_uring.h> (no liburing): one ring per reactor shared by every file
  * bdev on it; SQEs are queued during the loop and submitted in one
- * io_uring_enter per poll; completions are reaped by the same poller.
+ * io_uring_enter per poll; completions are reaped by the same poller. Where
+ * io_uring is refused, or when asked, worker threads (file_threads.c).
  * I/O whose offset, length and buffers are 4 KiB-aligned goes through an
  * O_DIRECT descriptor, the rest through the page cache.
  */
 #include "srrs_int.h"
+#include "file_threads.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -172,7 +175,8 @@ struct file_disk {
     int fd_buf;
     int fd_own;      /* holds the lock / exclusive claim; never used for I/O */
     bool is_blockdev;
-    bool no_fallocate;
+    bool no_fallocate; /* set by the reactor or a worker thread: atomic accesses */
+    uint32_t engine;   /* SRRS_FILE_URING or SRRS_FILE_THREADS */
     int failed;      /* set by the health check: every I/O fails with -EIO from then on */
     dev_t dev;       /* the inode opened, to notice the path now naming another file */
     ino_t ino;
@@ -197,7 +201,8 @@ struct file_req {
 _Static_assert(sizeof(struct file_req) <= SRRS_IO_DRIVER_CTX, "file_req too big");
 
 struct file_ch {
-    struct uring *u;
+    struct uring *u;          /* io_uring engine */
+    struct srrs_tpool *tp;    /* threads engine */
 };
 
 /* Each reactor keeps its ring in a per-thread slot: the reactor is a thread. */
@@ -278,7 +283,8 @@ static void file_submit(struct srrs_bdev *b, void *chp, struct srrs_io *io)
         srrs_io_complete(io, -EIO);
         return;
     }
-    if ((io->op == SRRS_IO_WRITE_ZEROES || io->op == SRRS_IO_UNMAP) && d->no_fallocate) {
+    if ((io->op == SRRS_IO_WRITE_ZEROES || io->op == SRRS_IO_UNMAP) && !ch->tp &&
+        __atomic_load_n(&d->no_fallocate, __ATOMIC_RELAXED)) {
         srrs_io_complete(io, file_fallback_sync(d, io, 0));
         return;
     }
@@ -290,6 +296,15 @@ static void file_submit(struct srrs_bdev *b, void *chp, struct srrs_io *io)
             srrs_io_complete(io, -EINVAL);
             return;
         }
+    }
+    if (ch->tp) {
+        struct file_req *q = req_of(io);
+        q->direct = (io->op == SRRS_IO_READ || io->op == SRRS_IO_WRITE) && d->fd_direct >= 0 &&
+                    iov_aligned(io);
+        if (io->op == SRRS_IO_READ || io->op == SRRS_IO_WRITE)
+            srrs_bdev_count_path(io, q->direct);
+        srrs_tpool_submit(ch->tp, io);
+        return;
     }
     if (u->wait_head || !file_prep(u, d, io)) {
         io->next = NULL;
@@ -373,7 +388,7 @@ static void file_cqe(struct uring *u, struct srrs_io *io, int res)
     if (res < 0) {
         if ((q->kind == SRRS_IO_WRITE_ZEROES || q->kind == SRRS_IO_UNMAP) &&
             (res == -EOPNOTSUPP || res == -EINVAL || res == -ENOTTY)) {
-            d->no_fallocate = true;
+            __atomic_store_n(&d->no_fallocate, true, __ATOMIC_RELAXED);
             res = file_fallback_sync(d, io, 0);
         } else if (res == -EAGAIN || res == -EINTR) {
             res = file_fallback_sync(d, io, 0);
@@ -387,6 +402,36 @@ static void file_cqe(struct uring *u, struct srrs_io *io, int res)
     }
     if (!q->pending)
         file_req_finish(io);
+}
+
+/* A worker thread of the threads engine: io done with blocking syscalls,
+ * with the io_uring path's fallbacks (short transfers, no fallocate). */
+static int file_thread_run(struct srrs_io *io)
+{
+    struct file_disk *d = io->bdev->ctx;
+    ssize_t n;
+    if (io->op == SRRS_IO_READ || io->op == SRRS_IO_WRITE) {
+        int fd = req_of(io)->direct ? d->fd_direct : d->fd_buf;
+        do
+            n = io->op == SRRS_IO_READ ? preadv(fd, io->iov, io->iovcnt, (off_t)io->offset)
+                                       : pwritev(fd, io->iov, io->iovcnt, (off_t)io->offset);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return errno == EAGAIN ? file_fallback_sync(d, io, 0) : -errno;
+        return (uint64_t)n < io->len ? file_fallback_sync(d, io, (uint64_t)n) : 0;
+    }
+    if (io->op == SRRS_IO_FLUSH)
+        return fdatasync(d->fd_buf) ? -errno : 0;
+    if (!__atomic_load_n(&d->no_fallocate, __ATOMIC_RELAXED)) {
+        int mode = FALLOC_FL_KEEP_SIZE |
+                   (io->op == SRRS_IO_UNMAP ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+        if (!fallocate(d->fd_buf, mode, (off_t)io->offset, (off_t)io->len))
+            return 0;
+        if (errno != EOPNOTSUPP && errno != EINVAL && errno != ENOTTY)
+            return -errno;
+        __atomic_store_n(&d->no_fallocate, true, __ATOMIC_RELAXED);
+    }
+    return file_fallback_sync(d, io, 0);
 }
 
 static int uring_poll(void *arg)
@@ -433,10 +478,17 @@ static int uring_presleep(void *arg)
 
 static void *file_ch_create(struct srrs_bdev *b, struct srrs_reactor *r)
 {
-    (void)b;
     struct file_ch *ch = calloc(1, sizeof(*ch));
     if (!ch)
         return NULL;
+    if (((struct file_disk *)b->ctx)->engine == SRRS_FILE_THREADS) {
+        ch->tp = srrs_tpool_get(r, file_thread_run);
+        if (!ch->tp) {
+            free(ch);
+            return NULL;
+        }
+        return ch;
+    }
     if (!t_uring) {
         struct uring *u = uring_open();
         if (!u) {
@@ -463,8 +515,10 @@ static void file_ch_destroy(struct srrs_bdev *b, void *chp)
     (void)b;
     struct file_ch *ch = chp;
     struct uring *u = ch->u;
+    if (ch->tp)
+        srrs_tpool_put(ch->tp);
     free(ch);
-    if (--u->refs)
+    if (!u || --u->refs)
         return;
     /* Called on the reactor, or in the control thread once it has stopped. */
     while (u->inflight)
@@ -640,6 +694,15 @@ static int file_fail(struct file_disk *d, const char *fmt, ...)
 
 static const struct srrs_bdev_module file_module;
 
+/* An unprivileged controller's usual stumble, said with its remedy. */
+static const char *no_access_hint(bool blockdev)
+{
+    return blockdev ? " (the controller's user needs read-write access to the device: its owner, "
+                      "the disk group, or root)"
+                    : " (the controller's user needs read-write access to the file and its "
+                      "directory)";
+}
+
 /*
  * Is the file still the one we opened, whole? A file truncated or deleted
  * under us would otherwise read back as zeroes (past its new end) or swallow
@@ -674,6 +737,79 @@ int srrs_bdev_file_check(struct srrs_bdev *b, char *why, size_t len)
     return -EIO;
 }
 
+/* The operations this file uses; the kernel names what it supports through
+ * IORING_REGISTER_PROBE (5.6+), which the last of them (READ, WRITE,
+ * FALLOCATE) needs too: an older kernel cannot serve this engine. */
+static const uint8_t uring_ops[] = {IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_FSYNC,
+                                    IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FALLOCATE};
+
+static bool uring_has_ops(int fd)
+{
+    size_t len = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
+    struct io_uring_probe *pr = calloc(1, len);
+    bool ok = pr && sys_uring_register(fd, IORING_REGISTER_PROBE, pr, 256) == 0;
+    for (size_t i = 0; ok && i < SRRS_ARRAY_SIZE(uring_ops); i++)
+        ok = uring_ops[i] <= pr->last_op && (pr->ops[uring_ops[i]].flags & IO_URING_OP_SUPPORTED);
+    free(pr);
+    return ok;
+}
+
+/* 0 if io_uring works in this process, else why not as a -errno: setup's
+ * (EINVAL: a kernel before 5.5, which lacks IORING_SETUP_CQSIZE), or ENOSYS
+ * when the kernel lacks an operation this file uses. Probed once with the
+ * ring size the reactors use: a seccomp filter, the sysctl and the kernel do
+ * not change under a running process. */
+static int uring_probe(void)
+{
+    static _Atomic int cached = 1; /* 1: not probed yet */
+    int v = atomic_load(&cached);
+    if (v != 1)
+        return v;
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_CQSIZE;
+    p.cq_entries = URING_ENTRIES * 2;
+    int fd = sys_uring_setup(URING_ENTRIES, &p);
+    v = fd < 0 ? -errno : uring_has_ops(fd) ? 0 : -ENOSYS;
+    if (fd >= 0)
+        close(fd);
+    atomic_store(&cached, v);
+    return v;
+}
+
+/* Refusals that the threads engine answers (anything else is an error to
+ * report). ENOMEM: before 5.12 a ring counts against RLIMIT_MEMLOCK, which
+ * is 64 KiB for an unprivileged user by default. */
+static bool uring_refused(int err)
+{
+    return err == -ENOSYS || err == -EPERM || err == -EACCES || err == -EINVAL || err == -ENOMEM;
+}
+
+/* The engine flags ask for, resolved (auto: io_uring unless refused); -errno + srrs_err. */
+static int file_engine(const char *name, uint32_t flags)
+{
+    uint32_t want = flags & (SRRS_FILE_URING | SRRS_FILE_THREADS);
+    if (want == (SRRS_FILE_URING | SRRS_FILE_THREADS))
+        return srrs_err(-EINVAL, "bdev %s: engine: uring or threads, not both", name);
+    if (want == SRRS_FILE_THREADS)
+        return SRRS_FILE_THREADS;
+    int probe = uring_probe();
+    if (!probe || (!want && !uring_refused(probe)))
+        return SRRS_FILE_URING; /* another error: the ring's setup reports it at first I/O */
+    if (!want)
+        return SRRS_FILE_THREADS;
+    char sysctl[8] = "";
+    FILE *f = fopen("/proc/sys/kernel/io_uring_disabled", "re");
+    if (f && !fgets(sysctl, sizeof(sysctl), f))
+        sysctl[0] = 0;
+    if (f)
+        fclose(f);
+    sysctl[strcspn(sysctl, "\n")] = 0;
+    return srrs_err(probe, "bdev %s: engine uring: io_uring_setup refused: %s (kernel.io_uring_disabled "
+                    "= %s; else a seccomp profile or a kernel without io_uring); use engine = "
+                    "\"threads\" or \"auto\"", name, strerror(-probe), sysctl[0] ? sysctl : "absent");
+}
+
 static const struct srrs_bdev_module file_module = {
     .name = "file",
     .submit = file_submit,
@@ -699,9 +835,13 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
     if (!exists && size == 0)
         return srrs_err(-ENOENT, "bdev %s: %s does not exist and no size was given to create it",
                         name, path);
+    int engine = file_engine(name, flags);
+    if (engine < 0)
+        return engine;
     struct file_disk *d = calloc(1, sizeof(*d));
     if (!d)
         return srrs_err(-ENOMEM, "bdev %s: out of memory", name);
+    d->engine = (uint32_t)engine;
     d->fd_direct = -1;
     d->is_blockdev = exists && S_ISBLK(st.st_mode);
     snprintf(d->name, sizeof(d->name), "%s", name);
@@ -716,7 +856,9 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
             owner_describe(st.st_rdev, 0, true, who, sizeof(who));
             rc = srrs_err(-EBUSY, "bdev %s: %s is %s", name, path, who);
         } else {
-            rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+            int e = errno;
+            rc = srrs_err(-e, "bdev %s: cannot open %s: %s%s", name, path, strerror(e),
+                          e == EACCES || e == EPERM ? no_access_hint(d->is_blockdev) : "");
         }
         free(d);
         return rc;
@@ -808,6 +950,8 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
     struct srrs_bdev *b = srrs_bdev_open(core, name);
     if (b) {
         snprintf(b->path, sizeof(b->path), "%s", path);
+        snprintf(b->engine, sizeof(b->engine), "%s",
+                 engine == SRRS_FILE_THREADS ? "threads" : "uring");
         srrs_bdev_close(&b);
     }
     return 0;

@@ -39,7 +39,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 # The named ints of the contract headers (their enums, which cffi exposes as
@@ -173,6 +173,11 @@ def check(rc: int, what: str = "") -> int:
     return rc
 
 
+def file_engine_flags(engine: str) -> int:
+    """The SRRS_FILE_* engine flag of an engine name (auto, uring, threads)."""
+    return {"auto": 0, "uring": lib.SRRS_FILE_URING, "threads": lib.SRRS_FILE_THREADS}[engine]
+
+
 def crc32c(data: bytes, crc: int = 0) -> int:
     return lib.srrs_crc32c(crc, data, len(data))
 
@@ -197,7 +202,8 @@ _BENCH_FIELDS = ("ios", "reads", "writes", "bytes", "errors", "verify_errors", "
 
 
 def bdev_info_dict(info) -> dict:
-    d = {"name": _s(info.name), "module": _s(info.module), "path": _s(info.path)}
+    d = {"name": _s(info.name), "module": _s(info.module), "path": _s(info.path),
+         "engine": _s(info.engine)}
     d.update(_struct_to_dict(info, _BDEV_FIELDS))
     d["size"] = d["num_blocks"] * d["block_size"]
     return d
@@ -412,10 +418,11 @@ class Core:
               f"bdev {name}")
 
     def bdev_create_file(self, name: str, path: str, size: int = 0, block_size: int = 4096,
-                         grow: bool = False) -> None:
+                         grow: bool = False, engine: str = "auto") -> None:
+        """engine: auto, uring or threads (docs/architecture.md, File I/O engines)."""
+        flags = (lib.SRRS_FILE_GROW if grow else 0) | file_engine_flags(engine)
         check(lib.srrs_bdev_create_file(self.ptr, name.encode(), os.fsencode(path), size,
-                                        block_size, lib.SRRS_FILE_GROW if grow else 0),
-              f"bdev {name}")
+                                        block_size, flags), f"bdev {name}")
 
     def bdev_delete(self, name: str) -> None:
         check(lib.srrs_bdev_delete(self.ptr, name.encode()), f"bdev {name}")

@@ -855,7 +855,8 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
         struct stat st;
         f->fresh = stat(spec->path, &st) != 0;
         rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS,
-                                   SRRS_FILE_GROW);
+                                   SRRS_FILE_GROW |
+                                       (spec->engine & (SRRS_FILE_URING | SRRS_FILE_THREADS)));
         snprintf(f->path, sizeof(f->path), "%s", spec->path);
     }
     if (rc)
@@ -2041,6 +2042,8 @@ int srrs_pool_frag_get_info(struct srrs_pool *p, int idx, struct srrs_pool_frag_
     o->weight = f->weight;
     snprintf(o->path, sizeof(o->path), "%s", f->path);
     snprintf(o->bdev, sizeof(o->bdev), "%s", f->bdev_name);
+    if (f->bdev)
+        snprintf(o->engine, sizeof(o->engine), "%s", f->bdev->engine);
     memcpy(o->uuid, f->uuid, 16);
     o->size = f->size;
     o->total_clusters = f->nclusters;

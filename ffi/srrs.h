@@ -152,6 +152,7 @@ struct srrs_bdev_info {
     uint64_t errors;
     uint64_t direct_ios;    /* file: I/Os sent with O_DIRECT */
     uint64_t buffered_ios;  /* file: I/Os sent through the page cache */
+    char engine[8];         /* file: "uring" or "threads" (the engine in use); else "" */
 };
 
 /* Latency of a bdev's successful I/Os, submit -> completion, in three
@@ -172,6 +173,12 @@ int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t siz
  * owns its file exclusively: an OFD write lock on a file, O_EXCL on a block
  * device; a second owner (this process or another) gets -EBUSY naming the first. */
 #define SRRS_FILE_GROW 1
+/* The I/O engine (docs/architecture.md, File I/O engines): neither flag is
+ * auto (io_uring, or the worker threads where io_uring is refused: ENOSYS,
+ * EPERM, EACCES); SRRS_FILE_URING insists on io_uring (refused: an error);
+ * SRRS_FILE_THREADS always uses the worker threads. */
+#define SRRS_FILE_URING 2
+#define SRRS_FILE_THREADS 4
 int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size, uint32_t block_size, uint32_t flags);
 /* control. 0 if no file bdev (of any process) owns the regular file at path,
  * else -EBUSY with a message naming the owner. */

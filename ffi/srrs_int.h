@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 4
+#define SRRS_ABI_VERSION 5
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -260,6 +260,7 @@ static inline void srrs_stat_add(uint64_t *p, uint64_t v)
 struct srrs_bdev {
     char name[SRRS_NAME_MAX];
     char path[256];
+    char engine[8];                /* file: the I/O engine in use (srrs_bdev_info.engine) */
     const struct srrs_bdev_module *mod;
     void *ctx;
     struct srrs_core *core;

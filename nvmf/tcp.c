@@ -1523,7 +1523,10 @@ int nvmf_listener_add(struct srrs_nvmf_tgt *t, const char *addr, int port)
     if (rc) {
         if (fd >= 0)
             close(fd);
-        return srrs_err(rc, "nvmf listener %s:%d: %s", addr, port, strerror(-rc));
+        /* the one privilege a listener may need: say which */
+        return srrs_err(rc, "nvmf listener %s:%d: %s%s", addr, port, strerror(-rc),
+                        rc == -EACCES ? " (a port below net.ipv4.ip_unprivileged_port_start, 1024 "
+                                        "by default, needs root or CAP_NET_BIND_SERVICE)" : "");
     }
     struct sockaddr_storage sa;
     socklen_t sl = sizeof(sa);

@@ -29,6 +29,10 @@ from .units import format_size, parse_address, parse_size
 Size = NewType("Size", int)
 MISSING = dataclasses.MISSING
 
+#: The I/O engines of a file bdev or fragment (docs/architecture.md, File I/O
+#: engines): auto is io_uring, or the worker threads where io_uring is refused.
+FILE_ENGINES = ("auto", "uring", "threads")
+
 
 class SchemaError(ValueError):
     """A config value that does not fit; str() is "key.path: message"."""

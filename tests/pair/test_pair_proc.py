@@ -7,17 +7,23 @@ import time
 
 import pytest
 
+from tests.engine import no_uring
+
 from .procs import Ctl, Witness, alloc_ports, pair_conf, same_files
 
 
 @pytest.fixture
-def pair(tmp_path):
+def pair(tmp_path, request):
+    """param "no-uring": b runs under a seccomp filter refusing io_uring, so its
+    replica file takes the worker-thread engine; a keeps io_uring."""
     ports = alloc_ports()
     w = Witness(tmp_path, f"tcp://127.0.0.1:{ports['witness']}", max_lease=2.0)
     ctls = {}
+    b_prefix = no_uring.PREFIX if getattr(request, "param", "") == "no-uring" else ()
     try:
         for n, p in (("a", "b"), ("b", "a")):
-            ctls[n] = Ctl(tmp_path, n, pair_conf(n, p, ports, tmp_path))
+            ctls[n] = Ctl(tmp_path, n, pair_conf(n, p, ports, tmp_path),
+                          prefix=b_prefix if n == "b" else ())
         yield w, ctls["a"], ctls["b"], tmp_path
     finally:
         for c in ctls.values():
@@ -53,10 +59,16 @@ def test_paired_writes_from_both_sides_identical(pair):
     assert quiesce_and_compare(a, b, tmp) == []
 
 
-def test_kill9_solo_restart_resync_identical(pair):
+@pytest.mark.parametrize("pair", ["uring", pytest.param("no-uring", marks=pytest.mark.side)],
+                         indirect=True)
+def test_kill9_solo_restart_resync_identical(pair, request):
     w, a, b, tmp = pair
     a.wait_state("PAIRED")
     b.wait_state("PAIRED")
+    want = {"a": "uring", "b": "threads" if request.node.callspec.params["pair"] == "no-uring"
+            else "uring"}
+    for c in (a, b):
+        assert [x["engine"] for x in c.rpc("bdev_list") if x["module"] == "file"] == [want[c.name]]
     j = a.bench(rw="randrw", time_s=1, verify=True)
     assert j["result"]["errors"] == 0 and j["result"]["verify_errors"] == 0
     t0 = time.time()

@@ -1,7 +1,7 @@
 """Crash-test writer (run as a subprocess, killed with SIGKILL at a random moment).
 
 Opens the pool with the binding, makes sure volume `cv` exists, prints
-"ready", then T threads write forever, each in its own region of the volume
+"ready ENGINE" (its fragments' file I/O engine), then T threads write forever, each in its own region of the volume
 and one write at a time, logging to log-T.txt: "S seq off nblk" before the
 write is submitted and "A seq" once it is acknowledged (O_APPEND writes, in
 the kernel before the next I/O starts, so they survive SIGKILL).
@@ -36,7 +36,7 @@ def main():
     pool = open_pool(core, [frag_file(f, size) for f in frags], cluster_size=CS)
     if pool.volume_info("cv") is None:
         pool.volume_create("cv", VOL_SIZE)
-    print("ready", flush=True)
+    print("ready", pool.fragments()[0]["engine"], flush=True)
     region = VOL_SIZE // 4096 // THREADS
 
     def writer(t):

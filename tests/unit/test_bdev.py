@@ -1,4 +1,7 @@
-"""bdev integrity on malloc, a sparse file and a loop block device.
+"""bdev integrity on malloc, a sparse file and a loop block device; the file
+and device tests run with both file I/O engines (io_uring and the worker
+threads: docs/architecture.md, File I/O engines), flush, write-zeroes and
+unmap included.
 
 20,000 random-offset writes of random sizes (512 B .. 1 MiB, aligned and not
 aligned to 4 KiB, some from buffers 512 B off a page boundary) recording each
@@ -14,6 +17,7 @@ from srrs.ffi.binding import BenchOpts, Core, SrrsError, VerifyMap
 
 SIZE = 256 << 20
 BS = 512
+ENGINES = ("uring", "threads")
 
 
 def _integrity(core, name, size):
@@ -60,10 +64,12 @@ def test_malloc_integrity():
         _edges(core, "m0", SIZE)
 
 
-def test_sparse_file_integrity_direct_and_buffered(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sparse_file_integrity_direct_and_buffered(tmp_path, engine):
     path = tmp_path / "f0.img"
     with Core(reactors=2) as core:
-        core.bdev_create_file("f0", str(path), SIZE, BS)
+        core.bdev_create_file("f0", str(path), SIZE, BS, engine=engine)
+        assert core.bdev_info("f0")["engine"] == engine
         st = os.stat(path)
         assert st.st_size == SIZE and st.st_blocks * 512 < SIZE // 16, "file is not sparse"
         _integrity(core, "f0", SIZE)
@@ -73,9 +79,10 @@ def test_sparse_file_integrity_direct_and_buffered(tmp_path):
         _edges(core, "f0", SIZE)
 
 
-def test_loop_device_integrity(loopdev):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_loop_device_integrity(loopdev, engine):
     with Core(reactors=1) as core:
-        core.bdev_create_file("l0", loopdev, 0, BS)
+        core.bdev_create_file("l0", loopdev, 0, BS, engine=engine)
         assert core.bdev_info("l0")["size"] == SIZE
         _integrity(core, "l0", SIZE)
         _edges(core, "l0", SIZE)
@@ -98,11 +105,12 @@ def test_bdev_errors_are_clear(tmp_path):
         assert core.bdev_list() == []
 
 
-def test_file_errors_propagate_as_status(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_file_errors_propagate_as_status(tmp_path, engine):
     """A kernel I/O error becomes the I/O's status, never a crash."""
     path = tmp_path / "f.img"
     with Core(reactors=1) as core:
-        core.bdev_create_file("f", str(path), 1 << 20, 512)
+        core.bdev_create_file("f", str(path), 1 << 20, 512, engine=engine)
         os.truncate(path, 4096)  # the file shrinks under us: past its end is an error, not zeroes
         st, data = core.test_io("f", "read", 8192, 4096)
         assert st == -errno.EIO
