@@ -61,6 +61,7 @@ class CatalogSync:
         self.errors: dict = {}       # uuid -> the last error making it
         self.converged = 0           # full passes done
         self._quiet: dict = {}       # uuid -> when its host I/O stopped here (delete, grow)
+        self._growing: set = set()   # uuids whose grow has begun here
         self._ana: dict = {}         # nqn -> the ANA state we set
         self._stop = threading.Event()
         # The pair calls its listeners under its own lock; ours only wakes the tick
@@ -176,17 +177,38 @@ class CatalogSync:
         return True
 
     def _grow(self, v: Volume, name: str, nqn: str, size: int) -> bool:
-        """A mirror bdev has its size for life: the namespace goes, then (GRACE_S
-        later) the mirror, the replica grows, both come back (the dirty bitmap
-        is kept). False while waiting."""
-        nv = self.ctl.nvmf
-        if any(s["nqn"] == nqn and s["namespaces"] for s in nv.subsystems()):
-            nv.remove_namespace(nqn, 1)
+        """Online: a mirror bdev has its size for life, so the namespace stays
+        (hosts keep their device) but turns ANA-inaccessible here (host I/O
+        moves to no path and waits); GRACE_S later it rests on a placeholder of
+        its size while the mirror goes, the replica grows and a new mirror
+        comes, then reads and writes that one, and hosts take the new size
+        from the namespace-changed AEN. It turns accessible again once the
+        peer has the mirror of the new size (_state). False while waiting."""
+        nv, core = self.ctl.nvmf, self.ctl.core
+        exported = any(s["nqn"] == nqn and s["namespaces"] for s in nv.subsystems())
+        self._growing.add(v.uuid)       # _state: inaccessible until done
+        if exported:
+            self._set_ana(nqn, "inaccessible")
         if not self._quiesced(v.uuid, name):
             return False
+        hold = name + ".hold"
+        held = any(b["name"] == hold for b in core.bdev_list())   # a grow that failed midway
+        if exported and not held:
+            # never read or written: the namespace is inaccessible until it is back
+            # on a mirror (commands check the ANA state before the bdev)
+            info = core.bdev_info(name)
+            core.bdev_create_null(hold, info["size"], info["block_size"])
+            nv.replace_namespace(nqn, 1, hold)
+            held = True
         self.pair.remove_volume(name, forget=False)
         self.pool.volume_resize(name, size)
-        log.info("cluster volume %s/%s (%s): grown to %d bytes", v.tenant, v.name, v.uuid, size)
+        self.pair.add_volume(name, name, vol_id(v))
+        if held:    # back on the (new) mirror only: never on the bare replica
+            nv.replace_namespace(nqn, 1, name)
+            core.bdev_delete(hold)
+        self._growing.discard(v.uuid)
+        log.info("cluster volume %s/%s (%s): grown online to %d bytes", v.tenant, v.name,
+                 v.uuid, size)
         return True
 
     def _remove(self, u: str) -> None:
@@ -196,9 +218,12 @@ class CatalogSync:
             nv.remove_subsystem(nqn)
         self._ana.pop(nqn, None)
         self.have.pop(u, None)
+        self._growing.discard(u)
         if not self._quiesced(u, name):
             return
         self.pair.remove_volume(name)
+        if any(b["name"] == name + ".hold" for b in self.ctl.core.bdev_list()):
+            self.ctl.core.bdev_delete(name + ".hold")   # a grow that failed midway
         if self.pool.volume_info(name) is not None:
             self.pool.volume_delete(name)
             log.info("cluster volume %s: replica deleted", u)
@@ -207,7 +232,7 @@ class CatalogSync:
     def _state(self, u: str) -> str:
         """The volume's ANA state: the pair's, but inaccessible while the peer has
         not made its mirror yet (a write replicated to it would break the link)."""
-        if self.pair.ana != ha.ANA_OPTIMIZED:
+        if self.pair.ana != ha.ANA_OPTIMIZED or u in self._growing:
             return "inaccessible"
         alone = self.pair.state.role == ha.SOLO
         return "optimized" if alone or self.pair.peer_has(bdev_name(u)) else "inaccessible"

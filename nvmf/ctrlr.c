@@ -499,6 +499,21 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, co
 
 static uint64_t ns_inflight_fn(void *arg) { return ns_inflight(arg); }
 
+/* The old namespace's I/O drains before its bdev closes (as srrs_nvmf_ns_remove). */
+static void ns_retire(struct srrs_nvmf_tgt *t, struct nvmf_ns *ns)
+{
+    nvmf_kick_reactors(t);
+    reactors_barrier(t);
+    if (wait_until_zero(ns_inflight_fn, ns, 10000)) {
+        ns_free(ns);
+    } else {
+        pthread_mutex_lock(&t->lock);
+        ns->next_dead = t->dead_ns;
+        t->dead_ns = ns;
+        pthread_mutex_unlock(&t->lock);
+    }
+}
+
 int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid)
 {
     struct nvmf_subsys *ss;
@@ -517,16 +532,58 @@ int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid)
     pthread_mutex_unlock(&t->lock);
     if (rc)
         return rc;
-    nvmf_kick_reactors(t);
-    reactors_barrier(t);
-    if (wait_until_zero(ns_inflight_fn, ns, 10000)) {
-        ns_free(ns);
-    } else {
-        pthread_mutex_lock(&t->lock);
-        ns->next_dead = t->dead_ns;
-        t->dead_ns = ns;
-        pthread_mutex_unlock(&t->lock);
+    ns_retire(t, ns);
+    return 0;
+}
+
+int srrs_nvmf_ns_replace(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid,
+                         const char *bdev)
+{
+    if (nsid < 1 || nsid > NVMF_MAX_NS)
+        return srrs_err(-EINVAL, "nvmf: nsid must be 1..%d", NVMF_MAX_NS);
+    struct srrs_bdev *b;
+    int rc = srrs_bdev_open_export(t->core, bdev, &b);
+    if (rc)
+        return rc;
+    struct nvmf_ns *ns = calloc(1, sizeof(*ns)), *old = NULL;
+    if (!ns) {
+        srrs_bdev_close(&b);
+        return srrs_err(-ENOMEM, "nvmf: out of memory");
     }
+    ns->bdev = b;
+    ns->num_blocks = b->num_blocks;
+    ns->block_size = b->block_size;
+    ns->block_shift = nvmf_ctz_shift(b->block_size);
+    ns->nsid = nsid;
+    struct nvmf_subsys *ss;
+    pthread_mutex_lock(&t->lock);
+    rc = subsys_op(t, nqn, &ss);
+    if (!rc) {
+        old = atomic_load(&ss->ns[nsid]);
+        if (!old)
+            rc = srrs_err(-ENOENT, "nvmf subsystem %s: no namespace %u", nqn, nsid);
+        else if (old->block_size != b->block_size)
+            rc = srrs_err(-EINVAL, "nvmf subsystem %s: namespace %u has %u-byte blocks, %s %u",
+                          nqn, nsid, old->block_size, bdev, b->block_size);
+        for (uint32_t i = 1; i <= NVMF_MAX_NS && !rc; i++) {
+            struct nvmf_ns *o = atomic_load(&ss->ns[i]);
+            if (o && i != nsid && o->bdev == b)
+                rc = srrs_err(-EEXIST, "nvmf subsystem %s: namespace %u already has this bdev",
+                              nqn, i);
+        }
+    }
+    if (!rc) {
+        memcpy(ns->uuid, old->uuid, 16);
+        ns->anagrpid = old->anagrpid;
+        atomic_store_explicit(&ss->ns[nsid], ns, memory_order_release);
+        subsys_notify(t, ss, AEN_NS_CHANGED, nsid);
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (rc) {
+        ns_free(ns);
+        return rc;
+    }
+    ns_retire(t, old);
     return 0;
 }
 

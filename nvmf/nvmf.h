@@ -114,6 +114,13 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid, 
                      const uint8_t *uuid, uint32_t anagrpid);
 /* control. Waits for the namespace's in-flight I/O, then closes the bdev. */
 int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid);
+/* control. Namespace nsid now reads and writes bdev, with the same NSID,
+ * UUID/NGUID and ANA group: hosts keep the namespace (and its block device)
+ * and take its new size from the namespace-attribute-changed AEN. Waits for
+ * the I/O in flight on the old bdev, then closes it. The block size must not
+ * change. */
+int srrs_nvmf_ns_replace(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid,
+                         const char *bdev);
 /* control. state: enum srrs_ana_state (1..3). Raises an
  * ANA-change AEN on every controller of the subsystem. */
 int srrs_nvmf_ana_set(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t anagrpid, int state);

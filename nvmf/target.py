@@ -207,6 +207,17 @@ class NvmfTarget:
         with self._lock:
             self._sub(nqn)["namespaces"].pop(nsid, None)
 
+    def replace_namespace(self, nqn: str, nsid: int, bdev: str) -> None:
+        """Namespace nsid reads and writes bdev from now on: same NSID, UUID and
+        ANA group, so hosts keep the device and take the new size from the
+        namespace-changed AEN (an online grow)."""
+        check(lib.srrs_nvmf_ns_replace(self.ptr, nqn.encode(), nsid, bdev.encode()),
+              f"nvmf namespace {nsid} of {nqn} onto {bdev}")
+        with self._lock:
+            ns = self._sub(nqn)["namespaces"].get(nsid)
+            if ns is not None:
+                ns["bdev"] = bdev
+
     def add_host(self, nqn: str, hostnqn: str) -> None:
         C.check_nqn(hostnqn, "hostnqn")
         check(lib.srrs_nvmf_host_add(self.ptr, nqn.encode(), hostnqn.encode()),

@@ -8,8 +8,9 @@ Mount (ext4): CreateVolume -> ControllerPublish -> NodeStage -> NodePublish ->
 the guest writes and checksums files -> kill -9 one controller of the pair ->
 the files stay readable and writable -> NodeUnpublish -> NodeUnstage (no
 path left) -> ControllerUnpublish -> DeleteVolume (no replica left). Then the
-same with a Block volume. Online expansion in the guest is a strict xfail:
-the controllers' grow takes the namespace down (see its test).
+same with a Block volume. And online expansion: ControllerExpandVolume, then
+NodeExpandVolume grows the mounted filesystem (the controllers' grow keeps
+the namespace, ctrl/cluster_sync.py).
 
 The guest has no Python: `GuestHost` answers the node service's few host
 calls (ctrl/csi_node.py Host) with shell commands over the guest agent, and
@@ -227,10 +228,6 @@ def test_kubelet_flow_block(env):
     _flow(w, g, tmp, "pvc-guest-blk", block(AM.SINGLE_NODE_WRITER), is_block=True)
 
 
-@pytest.mark.xfail(strict=True, reason="a grow takes the volume's namespace down and back on "
-                   "both controllers (ctrl/cluster_sync.py, Convergence): the guest's kernel "
-                   "drops the multipath head, so the mounted filesystem is lost before "
-                   "NodeExpandVolume can grow it")
 def test_kubelet_flow_online_expansion(env):
     w, g, tmp = env
     _flow(w, g, tmp, "pvc-guest-grow", mount(AM.SINGLE_NODE_WRITER, "ext4"), is_block=False,
