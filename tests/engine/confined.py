@@ -85,3 +85,25 @@ def write_kill_restart_verify(c) -> None:
         assert rv["verified_blocks"] == maps["vhost"].written_blocks > 0
     for m in maps.values():
         m.close()
+
+
+def guest_disks(c) -> None:
+    """A Linux guest (tests/guest/harness.py) whose VM disk is v1 over
+    vhost-user and whose kernel initiator reaches v0 over NVMe/TCP: fio writes
+    both and verifies as it goes."""
+    from tests.guest.harness import (
+        HOST_FROM_GUEST,
+        Guest,
+        fio_verify,
+        require_guest,
+        vhost_blk_args,
+    )
+
+    require_guest()
+    with Guest(extra_qemu_args=vhost_blk_args(f"{c.dir}/v1.sock", num_queues=1), smp=1) as g:
+        out = g.check(fio_verify("/dev/vda", "32M", 3, name="vm"), timeout=300)
+        assert "err= 0" in out, out
+        dev = g.connect_paths(NQN, [(HOST_FROM_GUEST, c.port)])
+        out = g.check(fio_verify(dev, "32M", 3, name="nvme"), timeout=300)
+        assert "err= 0" in out, out
+        g.run("nvme disconnect-all", timeout=60)

@@ -39,7 +39,8 @@ def test_no_uring_controller_serves_and_survives_kill9(tmp_path):
 def test_unprivileged_controller_with_its_own_fragments():
     """As nobody (tests/engine/as_user.py): no capability left (CapEff 0),
     the fragments created by and owned by that user, NVMe/TCP and vhost-user
-    served; what would need privilege fails saying which and why."""
+    served, to our initiators and to a Linux guest (its VM disk on vhost-user,
+    a namespace through its kernel's nvme-tcp); what would need privilege fails saying which and why."""
     nobody = pwd.getpwnam("nobody")
     d = tempfile.mkdtemp(prefix="srrs-nobody-")
     os.chown(d, nobody.pw_uid, nobody.pw_gid)
@@ -55,6 +56,7 @@ def test_unprivileged_controller_with_its_own_fragments():
         r = confined.bench_cli(c)
         assert r["verified"] and r["verify_errors"] == 0 and r["errors"] == 0, r
         confined.write_kill_restart_verify(c)
+        confined.guest_disks(c)      # a VM's disk and a Linux host's namespace
         c.kill9()
         # what needs privilege says which, and why
         root_only = f"{d}/root-only.img"
