@@ -433,19 +433,13 @@ static void derive_uuid(const char *nqn, const char *bdev, uint8_t out[16])
     out[8] = (uint8_t)((out[8] & 0x3f) | 0x80);
 }
 
-int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, const char *bdev,
-                     const uint8_t *uuid, uint32_t anagrpid)
+/* A namespace over bdev, opened as an export (not yet in any subsystem). */
+static int ns_open(struct srrs_nvmf_tgt *t, const char *bdev, struct nvmf_ns **out)
 {
-    if (nsid > NVMF_MAX_NS)
-        return srrs_err(-EINVAL, "nvmf: nsid must be 1..%d", NVMF_MAX_NS);
-    if (!anagrpid)
-        anagrpid = 1;
-    if (anagrpid > NVMF_MAX_ANA)
-        return srrs_err(-EINVAL, "nvmf: ANA group must be 1..%d", NVMF_MAX_ANA);
     struct srrs_bdev *b;
-    int orc = srrs_bdev_open_export(t->core, bdev, &b);
-    if (orc)
-        return orc;
+    int rc = srrs_bdev_open_export(t->core, bdev, &b);
+    if (rc)
+        return rc;
     struct nvmf_ns *ns = calloc(1, sizeof(*ns));
     if (!ns) {
         srrs_bdev_close(&b);
@@ -455,6 +449,24 @@ int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, co
     ns->num_blocks = b->num_blocks;
     ns->block_size = b->block_size;
     ns->block_shift = nvmf_ctz_shift(b->block_size);
+    *out = ns;
+    return 0;
+}
+
+int srrs_nvmf_ns_add(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, const char *bdev,
+                     const uint8_t *uuid, uint32_t anagrpid)
+{
+    if (nsid > NVMF_MAX_NS)
+        return srrs_err(-EINVAL, "nvmf: nsid must be 1..%d", NVMF_MAX_NS);
+    if (!anagrpid)
+        anagrpid = 1;
+    if (anagrpid > NVMF_MAX_ANA)
+        return srrs_err(-EINVAL, "nvmf: ANA group must be 1..%d", NVMF_MAX_ANA);
+    struct nvmf_ns *ns;
+    int orc = ns_open(t, bdev, &ns);
+    if (orc)
+        return orc;
+    struct srrs_bdev *b = ns->bdev;
     ns->anagrpid = anagrpid;
     struct nvmf_subsys *ss;
     pthread_mutex_lock(&t->lock);
@@ -541,19 +553,11 @@ int srrs_nvmf_ns_replace(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid
 {
     if (nsid < 1 || nsid > NVMF_MAX_NS)
         return srrs_err(-EINVAL, "nvmf: nsid must be 1..%d", NVMF_MAX_NS);
-    struct srrs_bdev *b;
-    int rc = srrs_bdev_open_export(t->core, bdev, &b);
+    struct nvmf_ns *ns, *old = NULL;
+    int rc = ns_open(t, bdev, &ns);
     if (rc)
         return rc;
-    struct nvmf_ns *ns = calloc(1, sizeof(*ns)), *old = NULL;
-    if (!ns) {
-        srrs_bdev_close(&b);
-        return srrs_err(-ENOMEM, "nvmf: out of memory");
-    }
-    ns->bdev = b;
-    ns->num_blocks = b->num_blocks;
-    ns->block_size = b->block_size;
-    ns->block_shift = nvmf_ctz_shift(b->block_size);
+    struct srrs_bdev *b = ns->bdev;
     ns->nsid = nsid;
     struct nvmf_subsys *ss;
     pthread_mutex_lock(&t->lock);
