@@ -640,11 +640,12 @@ static int lk_io_take(const struct file_disk *d, int fd)
     return rc;
 }
 
-static int file_old_io_err(const char *what, const char *path)
+/* The message reads on after "pool P: fragment " or "bdev B: ". */
+static int file_old_io_err(const char *path)
 {
-    return srrs_err(-EBUSY, "%s: %s: its previous owner is gone but writes it had in flight have not "
+    return srrs_err(-EBUSY, "%s: its previous owner is gone but writes it had in flight have not "
                     "completed after %d s (the kernel still holds them); refusing to use it before "
-                    "they land", what, path, LK_IO_WAIT_MS / 1000);
+                    "they land", path, LK_IO_WAIT_MS / 1000);
 }
 
 void srrs_file_set_label(const char *bdev, const char *label)
@@ -675,7 +676,7 @@ int srrs_file_check_free(const char *path)
     int old_io = rc ? 0 : file_wait_old_io(fd);
     close(fd);
     if (old_io)
-        return file_old_io_err("file", path);
+        return file_old_io_err(path);
     if (!rc)
         return 0;
     owner_describe(st.st_dev, st.st_ino, false, who, sizeof(who));
@@ -810,7 +811,10 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
      * a crashed previous owner's writes land before we touch the file. */
     d->fd_own = d->fd_buf;
     if (file_wait_old_io(d->fd_own)) {
-        rc = file_old_io_err(name, path);
+        char msg[512];
+        file_old_io_err(path);
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        rc = srrs_err(-EBUSY, "bdev %s: %s", name, msg);
         close(d->fd_own);
         free(d);
         return rc;
