@@ -630,13 +630,76 @@ static void owner_describe(dev_t dev, ino_t ino, bool blockdev, char *out, size_
         snprintf(out, n, "locked by another process");
 }
 
-/* A write lock on the whole file, held by this open file description until
- * it is closed: an OFD lock, so a second open in this process conflicts too
- * and closing some other descriptor of the file does not drop it. */
-static int file_lock(int fd)
+/*
+ * A file's owner holds two OFD locks (docs/architecture.md, Pool: fragments
+ * and clusters), each on one byte well past any data, each held by its open
+ * file description until the kernel frees it (not at close() of some other
+ * descriptor of the file; a second open in this process conflicts too):
+ *  - LK_OWN, a write lock on fd_own, the claim: a descriptor that never
+ *    carries I/O, so the claim ends the moment the owner's process does;
+ *  - LK_IO, a read lock on each descriptor that carries I/O. io_uring holds a
+ *    reference to the file of every request in flight, and the requests of a
+ *    killed process complete (and drop it) asynchronously, after the process
+ *    is reaped: an O_DIRECT write, or the unwritten-extent conversion that
+ *    makes it visible, can land well after that. LK_IO lives until the last
+ *    of them is done.
+ * A new owner waits for LK_IO to clear before it reads or writes a byte: a
+ * write of the dead owner landing later would change what it has read (a
+ * block read back as zeroes turning into data nobody wrote since) or
+ * overwrite what it has written since.
+ */
+#define LK_OWN 0x7fff0000000ll
+#define LK_IO (LK_OWN + 1)
+#define LK_IO_WAIT_MS 20000 /* a previous owner's I/O that takes longer: refused, never raced */
+
+static int lk_set(int fd, short type, off_t at)
 {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = at, .l_len = 1};
     return fcntl(fd, F_OFD_SETLK, &fl) ? -errno : 0;
+}
+
+/* Does another open file description hold a lock on byte at? 1 yes, 0 no, -errno. */
+static int lk_held(int fd, off_t at)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = at, .l_len = 1};
+    return fcntl(fd, F_OFD_GETLK, &fl) ? -errno : fl.l_type != F_UNLCK;
+}
+
+/* The claim: LK_OWN, write. */
+static int file_lock(int fd) { return lk_set(fd, F_WRLCK, LK_OWN); }
+
+/* Control thread, with the claim held (or free: nobody alive owns the file).
+ * 0 once no description of a previous owner carries I/O; -EBUSY if one still
+ * does after LK_IO_WAIT_MS. A filesystem without locks cannot tell: 0. */
+static int file_wait_old_io(int fd)
+{
+    uint64_t end = srrs_now_ns() + LK_IO_WAIT_MS * 1000000ull;
+    while (lk_held(fd, LK_IO) > 0) {
+        if (srrs_now_ns() > end)
+            return -EBUSY;
+        usleep(1000); /* they land within a device's latency, normally milliseconds */
+    }
+    return 0;
+}
+
+/* LK_IO on a descriptor that will carry I/O. Should a block device node
+ * refuse locks, its O_EXCL claim still stands and only the wait for a
+ * crashed owner's writes is lost there. Sets errno. */
+static int lk_io_take(const struct file_disk *d, int fd)
+{
+    int rc = lk_set(fd, F_RDLCK, LK_IO);
+    if (rc && d->is_blockdev)
+        return 0;
+    errno = -rc;
+    return rc;
+}
+
+/* The message reads on after "pool P: fragment " or "bdev B: ". */
+static int file_old_io_err(const char *path)
+{
+    return srrs_err(-EBUSY, "%s: its previous owner is gone but writes it had in flight have not "
+                    "completed after %d s (the kernel still holds them); refusing to use it before "
+                    "they land", path, LK_IO_WAIT_MS / 1000);
 }
 
 void srrs_file_set_label(const char *bdev, const char *label)
@@ -661,9 +724,13 @@ int srrs_file_check_free(const char *path)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0; /* the open that follows reports it */
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
-    int rc = fcntl(fd, F_OFD_GETLK, &fl) ? 0 : fl.l_type != F_UNLCK;
+    int rc = lk_held(fd, LK_OWN) > 0;
+    /* No live owner: a crashed one's writes may still be landing. Callers
+     * read the file next (the pool its superblocks and metadata). */
+    int old_io = rc ? 0 : file_wait_old_io(fd);
     close(fd);
+    if (old_io)
+        return file_old_io_err(path);
     if (!rc)
         return 0;
     owner_describe(st.st_dev, st.st_ino, false, who, sizeof(who));
@@ -881,11 +948,24 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
     }
     /* The claim stays on its own descriptor: io_uring keeps references to the
      * files of requests in flight and drops them asynchronously after a
-     * crash, which would keep the lock for a while after the process is gone. */
+     * crash, which would keep the claim for a while after the process is
+     * gone. The I/O descriptors hold LK_IO instead, which we wait out here:
+     * a crashed previous owner's writes land before we touch the file. */
     d->fd_own = d->fd_buf;
+    if (file_wait_old_io(d->fd_own)) {
+        char msg[512];
+        file_old_io_err(path);
+        snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        rc = srrs_err(-EBUSY, "bdev %s: %s", name, msg);
+        close(d->fd_own);
+        free(d);
+        return rc;
+    }
     d->fd_buf = open(path, O_RDWR | O_CLOEXEC);
-    if (d->fd_buf < 0) {
+    if (d->fd_buf < 0 || lk_io_take(d, d->fd_buf)) {
         rc = srrs_err(-errno, "bdev %s: cannot open %s: %s", name, path, strerror(errno));
+        if (d->fd_buf >= 0)
+            close(d->fd_buf);
         close(d->fd_own);
         free(d);
         return rc;
@@ -938,6 +1018,10 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         goto fail;
     }
     d->fd_direct = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+    if (d->fd_direct >= 0 && lk_io_take(d, d->fd_direct)) {
+        rc = srrs_err(-errno, "bdev %s: cannot lock %s: %s", name, path, strerror(errno));
+        goto fail;
+    }
     pthread_mutex_lock(&owners_lock);
     d->onext = owners;
     owners = d;
