@@ -250,12 +250,16 @@ static void page_finish(struct lv_page *pg)
     }
 }
 
-static void page_write_b(struct lv_page *pg)
+/* Submits copy 0 (A) or 1 (B) of the page image. */
+static void page_write(struct lv_page *pg, int copy)
 {
     struct lv_frag *f = &pg->pool->frags[pg->frag];
-    pg->step = 2;
-    srrs_io_prep(pg->io, f->bdev, SRRS_IO_WRITE, lv_slot_offset(f, pg->slot, 1), MD_PAGE, pg->buf,
-                 page_io_done, pg);
+    int op = SRRS_IO_WRITE;
+    if (srrs_unlikely(pg->t_fail) && (pg->t_fail & 3) == (copy ? 3 : 1) && !(pg->t_fail & 4))
+        op = SRRS_IO_FLUSH; /* test hook: this copy is not written, and fails */
+    pg->step = copy ? 2 : 0;
+    srrs_io_prep(pg->io, f->bdev, op, lv_slot_offset(f, pg->slot, copy), op == SRRS_IO_WRITE ? MD_PAGE : 0,
+                 op == SRRS_IO_WRITE ? pg->buf : NULL, page_io_done, pg);
     srrs_bdev_submit(pg->io);
 }
 
@@ -277,11 +281,14 @@ static void frag_flush_done(struct srrs_io *io, void *arg)
     while (pg) {
         struct lv_page *n = pg->fl_link;
         pg->fl_link = NULL;
-        if (st) {
-            pg->status = st;
+        int pst = st;
+        if (srrs_unlikely(pg->t_fail) && (pg->t_fail & 3) == 2)
+            pst = -EIO; /* test hook */
+        if (pst) {
+            pg->status = pst;
             page_finish(pg);
         } else {
-            page_write_b(pg);
+            page_write(pg, 1);
         }
         pg = n;
     }
@@ -315,6 +322,8 @@ static void page_io_done(struct srrs_io *io, void *arg)
 {
     struct lv_page *pg = arg;
     struct srrs_pool *p = pg->pool;
+    if (srrs_unlikely(pg->t_fail) && (unsigned)(pg->t_fail & 3) == pg->step + 1u)
+        io->status = -EIO; /* test hook: written (or not), reported failed */
     if (io->status && !pg->status)
         pg->status = io->status;
     if (!io->status)
@@ -333,13 +342,12 @@ static void page_io_done(struct srrs_io *io, void *arg)
             frag_flush_start(p, f);
         return;
     }
-    page_write_b(pg);
+    page_write(pg, 1);
 }
 
 static void page_start(struct lv_page *pg)
 {
     struct srrs_pool *p = pg->pool;
-    struct lv_frag *f = &p->frags[pg->frag];
     if (pg->busy || !pg->want)
         return;
     pg->buf = srrs_buf_get(p->pr, MD_PAGE);
@@ -367,10 +375,13 @@ static void page_start(struct lv_page *pg)
     pg->next = NULL;
     pg->step = 0;
     pg->status = 0;
+    pg->t_fail = 0;
+    if (srrs_unlikely(p->t_fail_n)) {
+        pg->t_fail = p->t_fail[0];
+        memmove(p->t_fail, p->t_fail + 1, --p->t_fail_n);
+    }
     page_fill(p, pg, pg->buf, ++p->seq);
-    srrs_io_prep(pg->io, f->bdev, SRRS_IO_WRITE, lv_slot_offset(f, pg->slot, 0), MD_PAGE, pg->buf,
-                 page_io_done, pg);
-    srrs_bdev_submit(pg->io);
+    page_write(pg, 0);
 }
 
 /* P. Commit the page (now or after the write in flight); w->fn runs once a
@@ -383,6 +394,41 @@ void lv_page_commit(struct lv_page *pg, struct lv_wait *w)
     }
     pg->want = true;
     page_start(pg);
+}
+
+/* control. Test hook (ffi/lvol.h). */
+struct md_fail_arg {
+    struct srrs_pool *p;
+    uint32_t count;
+    uint8_t code;
+    int rc;
+};
+
+static void md_fail_msg(void *arg)
+{
+    struct md_fail_arg *a = arg;
+    struct srrs_pool *p = a->p;
+    if (!a->count) {
+        p->t_fail_n = 0;
+        return;
+    }
+    if (p->t_fail_n + a->count > sizeof(p->t_fail)) {
+        a->rc = -ENOSPC;
+        return;
+    }
+    for (uint32_t i = 0; i < a->count; i++)
+        p->t_fail[p->t_fail_n++] = a->code;
+}
+
+int srrs_test_pool_md_fail(struct srrs_pool *p, uint32_t count, int step, int reached)
+{
+    if (step < 0 || step > 2)
+        return srrs_err(-EINVAL, "step must be 0 (copy A), 1 (the flush) or 2 (copy B)");
+    struct md_fail_arg a = {p, count, (uint8_t)(1 + step + (reached ? 4 : 0)), 0};
+    int rc = srrs_reactor_call(p->pr, md_fail_msg, &a);
+    if (!rc && a.rc)
+        rc = srrs_err(a.rc, "at most 16 metadata failures can be queued");
+    return rc;
 }
 
 /* P. A free metadata slot, preferring the persistent fragment with most free slots. */

@@ -124,6 +124,7 @@ struct lv_page {
     bool busy, want, tomb;
     bool ondisk;            /* a copy was written: the slot may hold this page */
     uint8_t step;
+    uint8_t t_fail;         /* test hook: 1 + step this commit fails at (+4: the write is done), 0: none */
     int status;
     struct lv_wait *cur, *next;
     void *buf;
@@ -232,6 +233,8 @@ struct srrs_pool {
     struct lv_tenant *tenants;
     struct lv_alloc *ahash[AHASH];
     uint64_t alloc_failures, md_writes;
+    uint8_t t_fail[16];           /* test hook (P): lv_page.t_fail of the next commits, in order */
+    uint32_t t_fail_n;
     uint64_t full_event_ns;
     int created, repaired;
     pthread_mutex_t lock;         /* control thread side: volume table, messages */
