@@ -58,7 +58,8 @@ struct srrs_pool_info {
     int32_t created;        /* 1: this open formatted the fragments */
     int32_t repaired;       /* metadata copies rewritten at open */
     uint32_t failed_frags;  /* fragments that shrank, vanished or failed: the pool is degraded */
-    uint32_t pad2;
+    uint32_t md_unsure_pages; /* metadata pages whose last commit failed and may be on disk:
+                               * writes to their changed clusters wait for a new commit */
     uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
 };
 
