@@ -165,6 +165,8 @@ TABLE = (
     _f("srrs_pool_metadata_slots", GAUGE, _P, "Volume metadata slots of the pool"),
     _f("srrs_pool_metadata_slots_used", GAUGE, _P, "Volume metadata slots in use"),
     _f("srrs_pool_metadata_writes_total", COUNTER, _P, "Metadata writes of the pool"),
+    _f("srrs_pool_metadata_unsure_pages", GAUGE, _P, "Metadata pages whose last commit failed "
+       "and may be on disk: writes to their changed clusters wait for a new commit"),
     _f("srrs_pool_alloc_failures_total", COUNTER, _P, "Cluster allocations that failed (pool "
        "full)"),
     _f("srrs_pool_fragment_capacity_bytes", GAUGE, _F, "Capacity of the fragment", "bytes"),
@@ -456,6 +458,7 @@ def _pools(out: _Families, c: str, st: dict, svc: Any, bdevs: list = ()) -> None
         out.add("srrs_pool_metadata_slots", lv, p["md_slots"])
         out.add("srrs_pool_metadata_slots_used", lv, p["md_slots_used"])
         out.add("srrs_pool_metadata_writes_total", lv, p["md_writes"])
+        out.add("srrs_pool_metadata_unsure_pages", lv, p.get("md_unsure_pages", 0))
         out.add("srrs_pool_alloc_failures_total", lv, p["alloc_failures"])
         for f in p["fragments"]:
             fl = lv + [f["index"]]

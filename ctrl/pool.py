@@ -116,6 +116,10 @@ class Pool:
         if i.lost_clusters:
             alerts.append(f"{i.lost_clusters} cluster(s) lost with a RAM fragment's memory: "
                           "reads of them fail until rewritten")
+        if i.md_unsure_pages:
+            alerts.append(f"{i.md_unsure_pages} metadata page(s) failed to commit and may be on "
+                          "disk in another state: writes to their changed clusters wait for a new "
+                          "commit and fail while the metadata device fails")
         state = "degraded" if alerts else "ok"
         return {"name": self.name, "state": state, "alerts": alerts, "degraded": state != "ok",
                 "failed_fragments": i.failed_frags, "lost_clusters": i.lost_clusters,
@@ -125,7 +129,8 @@ class Pool:
                 "free": i.free_clusters * cs, "total_clusters": i.total_clusters,
                 "used_clusters": i.used_clusters, "free_clusters": i.free_clusters,
                 "volumes": i.nvolumes, "md_slots": i.md_slots_total, "md_slots_used": i.md_slots_used,
-                "md_writes": i.md_writes, "alloc_failures": i.alloc_failures,
+                "md_writes": i.md_writes, "md_unsure_pages": i.md_unsure_pages,
+                "alloc_failures": i.alloc_failures,
                 "created": bool(i.created), "repaired": i.repaired,
                 "fragments": frags, "messages": self.messages()}
 

@@ -31,6 +31,14 @@
  *   is reported and rewritten from the other; both bad -> the pool refuses to
  *   open, naming the fragment and slot.
  *
+ * - A failed commit may have reached the disk anyway (copy A durable before
+ *   B failed; a write that landed, its completion lost): RAM stays the truth.
+ *   The waiters undo before the next commit of the page is filled; clusters
+ *   the failed image may map are held (lv_page_hold) and entries it may
+ *   contradict are E_SUSPECT (lv_page_mark) until a commit filled after the
+ *   failure is durable; a write to a suspect entry waits for that commit
+ *   (lv_page_repair) and fails with it.
+ *
  * - One reactor per pool ("P") owns allocation: free-cluster bitmaps, the md
  *   slots, tenants, and every metadata write. Volume I/O runs on whatever
  *   reactor submits it: the cluster map is a two-level array read lock-free
@@ -157,6 +165,8 @@ void lv_vol_free(struct lv_vol *v)
     uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
     for (uint32_t i = 0; top && i < v->nchunks; i++) {
         free(top[i]);
+        if (v->pages[i])
+            free(v->pages[i]->held);
         free(v->pages[i]);
     }
     free(top);
@@ -225,6 +235,194 @@ static void page_start(struct lv_page *pg);
 
 static void page_io_done(struct srrs_io *io, void *arg);
 
+/* May a metadata write that failed with st have reached the medium? Only
+ * errors that refuse the write before it touches the file say no (a full
+ * filesystem, no memory); an I/O error, or a completion lost, may hide a
+ * write that landed (docs/architecture.md, Metadata and its crash safety). */
+static bool md_maybe_written(int st)
+{
+    return st != -ENOSPC && st != -EDQUOT && st != -ENOMEM && st != -EFBIG && st != -EROFS &&
+           st != -EBADF && st != -EINVAL && st != -ERANGE;
+}
+
+struct lv_heldfree {
+    struct lv_wait w;
+    struct srrs_pool *p;
+    uint64_t *e;
+    uint32_t n;
+};
+
+static void heldfree_done(struct lv_wait *w, int status)
+{
+    (void)status;
+    struct lv_heldfree *hf = (struct lv_heldfree *)w;
+    for (uint32_t i = 0; i < hf->n; i++)
+        lv_cluster_put(hf->p, hf->e[i]);
+    free(hf->e);
+    free(hf);
+}
+
+/* P. A commit filled after the last failure is durable: both copies of the
+ * slot now hold RAM's state with a higher sequence number than any image the
+ * failure may have left, so suspect entries are plain again and the held
+ * clusters go back to the pool, after a barrier (a read may still be using a
+ * moved-to cluster). */
+static void page_settle(struct lv_page *pg)
+{
+    struct srrs_pool *p = pg->pool;
+    struct lv_vol *v = pg->vol;
+    uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
+    uint64_t *chunk = pg->idx < v->nchunks ? top[pg->idx] : NULL;
+    for (uint32_t i = 0; chunk && i < MD_ENTRIES; i++)
+        if (chunk[i] & E_SUSPECT)
+            map_set(chunk, i, chunk[i] & ~E_SUSPECT);
+    if (pg->nheld) {
+        struct lv_heldfree *hf = calloc(1, sizeof(*hf));
+        if (hf) {
+            hf->p = p;
+            hf->e = pg->held;
+            hf->n = pg->nheld;
+            hf->w.fn = heldfree_done;
+            lv_barrier_request(p, &hf->w);
+        } else {
+            free(pg->held); /* leaked: they stay in use until the next open */
+        }
+        pg->held = NULL;
+        pg->nheld = pg->capheld = 0;
+    }
+    pg->unsure = false;
+    __atomic_store_n(&p->md_unsure, p->md_unsure - 1, __ATOMIC_RELAXED);
+    lv_pool_msg(p, "volume %s metadata page %u committed again: its on-disk state is known", v->name,
+                pg->idx);
+}
+
+/* P. This failed commit may have reached the slot. */
+static void page_unsure(struct lv_page *pg)
+{
+    struct srrs_pool *p = pg->pool;
+    pg->mark_gen++;
+    if (pg->unsure)
+        return;
+    pg->unsure = true;
+    __atomic_store_n(&p->md_unsure, p->md_unsure + 1, __ATOMIC_RELAXED);
+    lv_pool_msg(p, "volume %s metadata page %u (fragment %u slot %llu): a commit failed and may have "
+                "reached the disk; its clusters are held and writes that depend on it wait for it "
+                "to be committed again", pg->vol->name, pg->idx, pg->frag, (unsigned long long)pg->slot);
+}
+
+/* P. Called by a failed commit's waiter for a cluster taken for it (a new
+ * allocation, a move's target): the failed image may map it, so it is held
+ * until a later commit of the page supersedes that image; a failure that
+ * cannot have reached the disk gives it back at once. */
+void lv_page_hold(struct lv_page *pg, uint64_t e)
+{
+    struct srrs_pool *p = pg->pool;
+    if (!pg->maybe) {
+        lv_cluster_put(p, e);
+        return;
+    }
+    if (pg->nheld == pg->capheld) {
+        uint32_t cap = pg->capheld ? pg->capheld * 2 : 4;
+        uint64_t *n = realloc(pg->held, cap * sizeof(*n));
+        if (!n)
+            return; /* leaked: it stays in use until the next open rebuilds the free map */
+        pg->held = n;
+        pg->capheld = cap;
+    }
+    pg->held[pg->nheld++] = e & E_LOC_MASK;
+}
+
+/* P. Called by a failed commit's waiter that keeps entry value e (a failed
+ * unmap or move): the failed image may say otherwise, so the entry becomes
+ * E_SUSPECT. Returns the value to store. */
+uint64_t lv_page_mark(struct lv_page *pg, uint64_t e)
+{
+    return pg->maybe && e_alloc(e) ? e | E_SUSPECT : e;
+}
+
+static void repair_done(struct lv_wait *w, int status)
+{
+    struct lv_page *pg = (struct lv_page *)((uint8_t *)w - offsetof(struct lv_page, rw));
+    pg->rw_busy = false;
+    struct srrs_io *io = pg->rq_head;
+    pg->rq_head = pg->rq_tail = NULL;
+    while (io) {
+        struct srrs_io *n = io->next;
+        lv_child_reply(io, status); /* 0: it runs again and finds the entry plain */
+        io = n;
+    }
+}
+
+/* P. Commit the page again with RAM's state (once queued, a second call joins it). */
+static void lv_page_repair(struct lv_page *pg)
+{
+    if (pg->rw_busy)
+        return;
+    pg->rw_busy = true;
+    pg->rw.fn = repair_done;
+    lv_page_commit(pg, &pg->rw);
+}
+
+/* P. A write (or zeroing, unmap) to an E_SUSPECT entry: it runs once a commit
+ * of the page filled after the failure is durable, or fails with that commit. */
+static void page_repair_wait(struct lv_page *pg, struct srrs_io *child)
+{
+    child->next = NULL;
+    if (pg->rq_tail)
+        pg->rq_tail->next = child;
+    else
+        pg->rq_head = child;
+    pg->rq_tail = child;
+    lv_page_repair(pg);
+}
+
+/* P. The page object of a deleted volume goes: its held clusters are free
+ * (the tombstone makes every page of the volume an orphan). */
+void lv_page_release(struct srrs_pool *p, struct lv_page *pg)
+{
+    for (uint32_t i = 0; i < pg->nheld; i++)
+        lv_cluster_put(p, pg->held[i]);
+    pg->nheld = 0;
+    if (pg->unsure) {
+        pg->unsure = false;
+        __atomic_store_n(&p->md_unsure, p->md_unsure - 1, __ATOMIC_RELAXED);
+    }
+    lv_slot_free(p, pg->frag, pg->slot);
+}
+
+/* Runs a failed commit's waiters: they undo in RAM (lv_page_hold,
+ * lv_page_mark). A commit one of them asks for (a thick create's next
+ * allocation) starts only once all of them have run, so no image carries
+ * half an undo; then the retry of an unsure page, and the slot of a fresh
+ * map page nothing reached goes back (lv_page_drop_unused). */
+static void page_undo(struct lv_page *pg, struct lv_wait *w, int status)
+{
+    struct lv_vol *v = pg->vol;
+    if (!v) { /* a tombstone for a vacated slot: its waiter frees it */
+        while (w) {
+            struct lv_wait *n = w->next;
+            w->fn(w, status);
+            w = n;
+        }
+        return;
+    }
+    uint32_t idx = pg->idx;
+    bool was_repair = false;
+    for (struct lv_wait *x = w; x; x = x->next)
+        was_repair |= x == &pg->rw;
+    pg->undoing = true;
+    while (w) {
+        struct lv_wait *n = w->next;
+        w->fn(w, status);
+        w = n;
+    }
+    pg->undoing = false;
+    if (pg->unsure && !was_repair)
+        lv_page_repair(pg); /* one retry now with RAM's state; later ones come with writes */
+    page_start(pg);
+    lv_page_drop_unused(v, idx);
+}
+
 static void page_finish(struct lv_page *pg)
 {
     struct srrs_pool *p = pg->pool;
@@ -234,28 +432,40 @@ static void page_finish(struct lv_page *pg)
     pg->buf = NULL;
     pg->busy = false;
     p->md_writes++;
+    p->md_inflight--;
     struct lv_wait *w = pg->cur;
     pg->cur = NULL;
     int status = pg->status;
-    if (status)
-        srrs_event_post(p->core, SRRS_EV_BDEV_ERROR, (uint64_t)-status, pg->slot, p->name,
-                        "metadata write to fragment %u slot %llu failed: %s", pg->frag,
-                        (unsigned long long)pg->slot, strerror(-status));
-    if (pg->want)
-        page_start(pg);
-    while (w) {
-        struct lv_wait *n = w->next;
-        w->fn(w, status);
-        w = n;
+    if (!status) {
+        if (pg->unsure && pg->fill_gen == pg->mark_gen)
+            page_settle(pg);
+        if (pg->want)
+            page_start(pg);
+        while (w) {
+            struct lv_wait *n = w->next;
+            w->fn(w, status);
+            w = n;
+        }
+        return;
     }
+    srrs_event_post(p->core, SRRS_EV_BDEV_ERROR, (uint64_t)-status, pg->slot, p->name,
+                    "metadata write to fragment %u slot %llu failed: %s", pg->frag,
+                    (unsigned long long)pg->slot, strerror(-status));
+    if (pg->maybe && pg->vol)
+        page_unsure(pg);
+    page_undo(pg, w, status);
 }
 
-static void page_write_b(struct lv_page *pg)
+/* Submits copy 0 (A) or 1 (B) of the page image. */
+static void page_write(struct lv_page *pg, int copy)
 {
     struct lv_frag *f = &pg->pool->frags[pg->frag];
-    pg->step = 2;
-    srrs_io_prep(pg->io, f->bdev, SRRS_IO_WRITE, lv_slot_offset(f, pg->slot, 1), MD_PAGE, pg->buf,
-                 page_io_done, pg);
+    int op = SRRS_IO_WRITE;
+    if (srrs_unlikely(pg->t_fail) && (pg->t_fail & 3) == (copy ? 3 : 1) && !(pg->t_fail & 4))
+        op = SRRS_IO_FLUSH; /* test hook: this copy is not written, and fails */
+    pg->step = copy ? 2 : 0;
+    srrs_io_prep(pg->io, f->bdev, op, lv_slot_offset(f, pg->slot, copy), op == SRRS_IO_WRITE ? MD_PAGE : 0,
+                 op == SRRS_IO_WRITE ? pg->buf : NULL, page_io_done, pg);
     srrs_bdev_submit(pg->io);
 }
 
@@ -277,11 +487,14 @@ static void frag_flush_done(struct srrs_io *io, void *arg)
     while (pg) {
         struct lv_page *n = pg->fl_link;
         pg->fl_link = NULL;
-        if (st) {
-            pg->status = st;
+        int pst = st;
+        if (srrs_unlikely(pg->t_fail) && (pg->t_fail & 3) == 2)
+            pst = -EIO; /* test hook */
+        if (pst) {
+            pg->status = pst;
             page_finish(pg);
         } else {
-            page_write_b(pg);
+            page_write(pg, 1);
         }
         pg = n;
     }
@@ -315,10 +528,13 @@ static void page_io_done(struct srrs_io *io, void *arg)
 {
     struct lv_page *pg = arg;
     struct srrs_pool *p = pg->pool;
-    if (io->status && !pg->status)
-        pg->status = io->status;
-    if (!io->status)
-        pg->ondisk = true;
+    int st = io->status;
+    if (srrs_unlikely(pg->t_fail) && (unsigned)(pg->t_fail & 3) == pg->step + 1u)
+        st = -EIO; /* test hook: written (or not), reported failed */
+    if (st && !pg->status)
+        pg->status = st;
+    if (!st || md_maybe_written(st))
+        pg->maybe = pg->ondisk = true;
     struct lv_frag *f = &p->frags[pg->frag];
     if (pg->status || pg->step == 2) {
         page_finish(pg);
@@ -333,14 +549,13 @@ static void page_io_done(struct srrs_io *io, void *arg)
             frag_flush_start(p, f);
         return;
     }
-    page_write_b(pg);
+    page_write(pg, 1);
 }
 
 static void page_start(struct lv_page *pg)
 {
     struct srrs_pool *p = pg->pool;
-    struct lv_frag *f = &p->frags[pg->frag];
-    if (pg->busy || !pg->want)
+    if (pg->busy || pg->undoing || !pg->want)
         return;
     pg->buf = srrs_buf_get(p->pr, MD_PAGE);
     pg->io = srrs_io_get(p->pr);
@@ -351,14 +566,12 @@ static void page_start(struct lv_page *pg)
         if (pg->io)
             srrs_io_put(pg->io);
         pg->buf = NULL;
+        pg->io = NULL;
         struct lv_wait *w = pg->next;
         pg->next = NULL;
         pg->want = false;
-        while (w) {
-            struct lv_wait *n = w->next;
-            w->fn(w, -ENOMEM);
-            w = n;
-        }
+        pg->maybe = false; /* nothing was written: the waiters give back what they took */
+        page_undo(pg, w, -ENOMEM);
         return;
     }
     pg->busy = true;
@@ -367,10 +580,16 @@ static void page_start(struct lv_page *pg)
     pg->next = NULL;
     pg->step = 0;
     pg->status = 0;
+    pg->maybe = false;
+    pg->fill_gen = pg->mark_gen;
+    pg->t_fail = 0;
+    if (srrs_unlikely(p->t_fail_n)) {
+        pg->t_fail = p->t_fail[0];
+        memmove(p->t_fail, p->t_fail + 1, --p->t_fail_n);
+    }
+    p->md_inflight++;
     page_fill(p, pg, pg->buf, ++p->seq);
-    srrs_io_prep(pg->io, f->bdev, SRRS_IO_WRITE, lv_slot_offset(f, pg->slot, 0), MD_PAGE, pg->buf,
-                 page_io_done, pg);
-    srrs_bdev_submit(pg->io);
+    page_write(pg, 0);
 }
 
 /* P. Commit the page (now or after the write in flight); w->fn runs once a
@@ -383,6 +602,41 @@ void lv_page_commit(struct lv_page *pg, struct lv_wait *w)
     }
     pg->want = true;
     page_start(pg);
+}
+
+/* control. Test hook (ffi/lvol.h). */
+struct md_fail_arg {
+    struct srrs_pool *p;
+    uint32_t count;
+    uint8_t code;
+    int rc;
+};
+
+static void md_fail_msg(void *arg)
+{
+    struct md_fail_arg *a = arg;
+    struct srrs_pool *p = a->p;
+    if (!a->count) {
+        p->t_fail_n = 0;
+        return;
+    }
+    if (p->t_fail_n + a->count > sizeof(p->t_fail)) {
+        a->rc = -ENOSPC;
+        return;
+    }
+    for (uint32_t i = 0; i < a->count; i++)
+        p->t_fail[p->t_fail_n++] = a->code;
+}
+
+int srrs_test_pool_md_fail(struct srrs_pool *p, uint32_t count, int step, int reached)
+{
+    if (step < 0 || step > 2)
+        return srrs_err(-EINVAL, "step must be 0 (copy A), 1 (the flush) or 2 (copy B)");
+    struct md_fail_arg a = {p, count, (uint8_t)(1 + step + (reached ? 4 : 0)), 0};
+    int rc = srrs_reactor_call(p->pr, md_fail_msg, &a);
+    if (!rc && a.rc)
+        rc = srrs_err(a.rc, "at most 16 metadata failures can be queued");
+    return rc;
 }
 
 /* P. A free metadata slot, preferring the persistent fragment with most free slots. */
@@ -444,14 +698,16 @@ struct lv_page *lv_page_get(struct lv_vol *v, uint32_t idx)
     return pg;
 }
 
-/* P. A map page whose first commit failed: if nothing was ever written to its
- * slot and no entry or write needs it, the slot goes back to the pool, so a
- * failed first write leaves nothing allocated. Page 0 (the volume record)
+/* P. A map page whose first commit failed: if nothing can have reached its
+ * slot (the writes were refused, e.g. a full filesystem: see md_maybe_written)
+ * and no entry or write needs it, the slot goes back to the pool, so a failed
+ * first write leaves nothing allocated. Page 0 (the volume record)
  * goes with the volume; a drain may be holding a page, so none is dropped then. */
 void lv_page_drop_unused(struct lv_vol *v, uint32_t idx)
 {
     struct lv_page *pg = idx && idx < v->nchunks ? v->pages[idx] : NULL;
-    if (!pg || pg->ondisk || pg->busy || pg->want || pg->next || pg->cur || v->pool->drain)
+    if (!pg || pg->ondisk || pg->busy || pg->undoing || pg->want || pg->next || pg->cur ||
+        v->pool->drain)
         return;
     uint64_t **top = atomic_load_explicit(&v->top, memory_order_relaxed);
     for (uint32_t i = 0; top[idx] && i < MD_ENTRIES; i++)
@@ -567,19 +823,17 @@ static void alloc_committed(struct lv_wait *w, int status)
     struct lv_vol *v = a->vol;
     uint64_t *chunk = lv_map_chunk(v, a->c);
     if (status) {
-        /* Not durable: undo, the write fails. */
+        /* Not durable: undo, the write fails. The failed image may map the
+         * cluster: it is held until that image is superseded. */
         map_set(chunk, a->c, 0);
-        lv_cluster_put(v->pool, a->entry);
+        lv_page_hold(v->pages[a->c / MD_ENTRIES], a->entry);
         v->allocated--;
         if (v->tenant)
             v->tenant->used--;
     } else {
         map_set(chunk, a->c, a->entry);
     }
-    uint32_t idx = (uint32_t)(a->c / MD_ENTRIES);
-    alloc_finish(a, status);
-    if (status)
-        lv_page_drop_unused(v, idx);
+    alloc_finish(a, status); /* a fresh page's slot goes back in page_undo */
 }
 
 /* At most one event per second per tenant / pool: a full volume under load
@@ -731,6 +985,10 @@ static void p_alloc_msg(void *arg)
         wq_push(a, child);
         return;
     }
+    if (srrs_unlikely(map_get(v, lc->c) & E_SUSPECT)) {
+        page_repair_wait(v->pages[lc->c / MD_ENTRIES], child);
+        return;
+    }
     if (lc->noalloc) {
         lv_child_reply(child, 0);
         return;
@@ -821,7 +1079,10 @@ static void unmap_committed(struct lv_wait *w, int status)
     struct lv_free *fr = (struct lv_free *)w;
     struct lv_vol *v = fr->a.vol;
     struct srrs_pool *p = v->pool;
-    map_set(lv_map_chunk(v, fr->a.c), fr->a.c, status ? fr->old_e : 0);
+    /* Failed: the cluster stays mapped, suspect if the failed image (saying
+     * unmapped) may be on disk. */
+    map_set(lv_map_chunk(v, fr->a.c), fr->a.c,
+            status ? lv_page_mark(v->pages[fr->a.c / MD_ENTRIES], fr->old_e) : 0);
     lv_alloc_unhash(p, &fr->a);
     struct srrs_io *io = fr->a.wq_head;
     while (io) {
@@ -951,7 +1212,7 @@ static void child_go(struct srrs_io *child)
         }
         break;
     case SRRS_IO_WRITE:
-        if (!mapped || (e & E_LOCKED)) {
+        if (!mapped || (e & (E_LOCKED | E_SUSPECT))) {
             lc->noalloc = false;
             send_to(p->pr, p_alloc_msg, child);
             return;
@@ -966,7 +1227,7 @@ static void child_go(struct srrs_io *child)
             child_cb(child, NULL);
             return;
         }
-        if ((e & (E_PENDING | E_LOCKED))) {
+        if ((e & (E_PENDING | E_LOCKED | E_SUSPECT))) {
             lc->noalloc = true;
             send_to(p->pr, p_alloc_msg, child);
             return;

@@ -58,7 +58,8 @@ struct srrs_pool_info {
     int32_t created;        /* 1: this open formatted the fragments */
     int32_t repaired;       /* metadata copies rewritten at open */
     uint32_t failed_frags;  /* fragments that shrank, vanished or failed: the pool is degraded */
-    uint32_t pad2;
+    uint32_t md_unsure_pages; /* metadata pages whose last commit failed and may be on disk:
+                               * writes to their changed clusters wait for a new commit */
     uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
 };
 
@@ -141,3 +142,10 @@ int srrs_lvol_resize(struct srrs_pool *pool, const char *name, uint64_t size);
 /* control. Fills up to max, returns how many volumes the pool has. */
 int srrs_lvol_list(struct srrs_pool *pool, struct srrs_lvol_info *out, int max);
 int srrs_lvol_get_info(struct srrs_pool *pool, const char *name, struct srrs_lvol_info *out);
+
+/* control. Test hook: `count` more metadata page commits of the pool (after
+ * those already queued, at most 16) fail with -EIO at `step` (0: copy A, 1:
+ * the flush after copy A, 2: copy B); with `reached` that copy is written and
+ * only its completion fails (the disk holds it), else it is not written.
+ * count 0 clears the queue. */
+int srrs_test_pool_md_fail(struct srrs_pool *pool, uint32_t count, int step, int reached);

@@ -93,14 +93,15 @@ static void move_release(struct lv_move *mv, uint64_t e)
     mv->d->pending--;
 }
 
+/* The move stops; the entry keeps the old cluster. The new one (if taken)
+ * goes back after the batch's second barrier (a read may have used it while
+ * the entry pointed there), unless move_committed held it. */
 static void move_fail(struct lv_move *mv, int st)
 {
     struct srrs_pool *p = mv->d->p;
     if (!mv->d->error)
         mv->d->error = st;
     mv->failed = true;
-    if (mv->new_e)
-        lv_cluster_put(p, mv->new_e);
     srrs_event_post(p->core, SRRS_EV_BDEV_ERROR, (uint64_t)-st, 0, p->name,
                     "drain of fragment %d: moving a cluster of volume %s failed: %s", mv->d->idx,
                     mv->a.vol->name, strerror(-st));
@@ -111,7 +112,16 @@ static void move_committed(struct lv_wait *w, int status)
 {
     struct lv_move *mv = (struct lv_move *)w;
     if (status) {
-        map_set(lv_map_chunk(mv->a.vol, mv->a.c), mv->a.c, mv->old_e | E_LOCKED);
+        /* The failed image (pointing at new_e) may be on disk: new_e is held
+         * until a later commit of the page supersedes it, and the entry keeps
+         * old_e as suspect, so a write to it waits for that commit
+         * (docs/architecture.md, Metadata and its crash safety). */
+        struct lv_page *pg = mv->a.vol->pages[mv->a.c / MD_ENTRIES];
+        if (pg->maybe) {
+            lv_page_hold(pg, mv->new_e);
+            mv->new_e = 0;
+        }
+        mv->old_e = lv_page_mark(pg, mv->old_e);
         move_fail(mv, status);
         return;
     }
@@ -365,6 +375,8 @@ static int drain_poll(void *arg)
             if (!mv->failed) {
                 lv_cluster_put(p, mv->old_e);
                 p->frags[d->idx].drain_moved++;
+            } else if (mv->new_e) {
+                lv_cluster_put(p, mv->new_e);
             }
             free(mv);
         }

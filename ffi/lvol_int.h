@@ -45,6 +45,10 @@ enum { FS_EMPTY = SRRS_FRAG_EMPTY, FS_ACTIVE = SRRS_FRAG_ACTIVE, FS_DRAINING = S
 /* A cluster whose map page may have lived on a missing fragment: unknown, so
  * its I/O fails (never zeroes) until the fragment is back. */
 #define E_GONE (1ull << 61)
+/* In memory only: a failed commit of this entry's page may have left another
+ * value on disk (a failed unmap or move kept this one). Reads use it; a write
+ * waits at P until the page is committed again (page_repair_wait in lvol.c). */
+#define E_SUSPECT (1ull << 60)
 static inline bool e_alloc(uint64_t e) { return (e >> 48 & 0xff) != 0; }
 static inline uint32_t e_frag(uint64_t e) { return (uint32_t)((e >> 48) & 0xff) - 1; }
 static inline uint64_t e_cl(uint64_t e) { return e & E_CL_MASK; }
@@ -122,13 +126,27 @@ struct lv_page {
     uint32_t frag;
     uint64_t slot;
     bool busy, want, tomb;
-    bool ondisk;            /* a copy was written: the slot may hold this page */
+    bool ondisk;            /* a copy may have reached the slot: the slot may hold this page */
+    bool maybe;             /* the commit in flight (or just failed) may have reached the slot */
+    /* A failed commit may have left on disk an image RAM no longer matches
+     * (docs/architecture.md, Metadata and its crash safety): its clusters are
+     * held, its changed entries are E_SUSPECT, until a commit filled after
+     * the failure (fill_gen == mark_gen) is durable. */
+    bool unsure;
+    bool rw_busy;           /* the repair commit (rw) is queued or in flight */
+    bool undoing;           /* a failed commit's waiters run: no commit starts, no drop */
     uint8_t step;
+    uint8_t t_fail;         /* test hook: 1 + step this commit fails at (+4: the write is done), 0: none */
     int status;
+    uint32_t mark_gen, fill_gen;
     struct lv_wait *cur, *next;
     void *buf;
     struct srrs_io *io;
     struct lv_page *fl_link; /* waiting for / covered by a fragment flush */
+    uint64_t *held;         /* clusters a failed image may map: freed once it is superseded */
+    uint32_t nheld, capheld;
+    struct srrs_io *rq_head, *rq_tail; /* writes to E_SUSPECT entries waiting for the repair */
+    struct lv_wait rw;
 };
 
 struct lv_frag {
@@ -232,6 +250,10 @@ struct srrs_pool {
     struct lv_tenant *tenants;
     struct lv_alloc *ahash[AHASH];
     uint64_t alloc_failures, md_writes;
+    uint32_t md_unsure;           /* pages with lv_page.unsure (P; read by get_info) */
+    uint32_t md_inflight;         /* page commits in flight (P): close waits for them */
+    uint8_t t_fail[16];           /* test hook (P): lv_page.t_fail of the next commits, in order */
+    uint32_t t_fail_n;
     uint64_t full_event_ns;
     int created, repaired;
     pthread_mutex_t lock;         /* control thread side: volume table, messages */
@@ -370,6 +392,7 @@ struct lv_op {
     const char *name;
     const char *tenant;
     uint64_t size, quota;
+    uint64_t old_size;      /* resize: the size before */
     int thin;
     struct lv_vol *vol;
     /* thick allocation */
@@ -475,6 +498,9 @@ void lv_cluster_put(struct srrs_pool *p, uint64_t e);
 uint64_t lv_cluster_take(struct srrs_pool *p, int fi, bool *zero);
 uint64_t *lv_map_chunk(struct lv_vol *v, uint64_t c);
 void lv_page_commit(struct lv_page *pg, struct lv_wait *w);
+void lv_page_hold(struct lv_page *pg, uint64_t e);
+uint64_t lv_page_mark(struct lv_page *pg, uint64_t e);
+void lv_page_release(struct srrs_pool *p, struct lv_page *pg);
 void lv_page_drop_unused(struct lv_vol *v, uint32_t idx);
 struct lv_page *lv_page_get(struct lv_vol *v, uint32_t idx);
 int lv_pick_frag(struct srrs_pool *p);

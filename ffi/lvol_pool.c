@@ -170,7 +170,7 @@ static void vol_release(struct srrs_pool *p, struct lv_vol *v)
             if (e_alloc(top[k][i]))
                 lv_cluster_put(p, top[k][i]);
         if (v->pages[k])
-            lv_slot_free(p, v->pages[k]->frag, v->pages[k]->slot);
+            lv_page_release(p, v->pages[k]);
     }
     if (v->tenant) {
         v->tenant->used -= v->allocated;
@@ -214,6 +214,31 @@ static void p_create_undo(void *arg)
     op_put(op);
 }
 
+static void vol_md_busy_msg(void *arg)
+{
+    struct lv_op *op = arg;
+    struct lv_vol *v = op->vol;
+    for (uint32_t k = 0; k < v->nchunks && !op->rc; k++) {
+        struct lv_page *pg = v->pages[k];
+        if (pg && (pg->busy || pg->want || pg->rw_busy))
+            op->rc = -EBUSY;
+    }
+}
+
+/* control. A volume without I/O (its bdev is gone) may still have a page
+ * commit in flight: the retry after a failed one. Its pages are freed with
+ * the volume, so that commit ends first. */
+static void vol_md_quiesce(struct srrs_pool *p, struct lv_vol *v)
+{
+    for (int tries = 0; tries < 5000 && !srrs_reactor_is_stopping(p->pr); tries++) {
+        struct lv_op op = {.p = p, .vol = v};
+        srrs_reactor_call(p->pr, vol_md_busy_msg, &op);
+        if (!op.rc)
+            return;
+        usleep(1000);
+    }
+}
+
 static void p_delete(void *arg)
 {
     struct lv_op *op = arg;
@@ -224,6 +249,20 @@ static void p_delete(void *arg)
     op->pending++;
     lv_page_commit(v->pages[0], &op->w);
     op_put(op);
+}
+
+/* A thin volume whose new size could not be committed keeps its old one,
+ * restored here, before the page's next commit (and the retry after a
+ * failure that may have reached the disk) is filled. */
+static void resize_page_done(struct lv_wait *w, int status)
+{
+    struct lv_op *op = (struct lv_op *)w;
+    struct lv_vol *v = op->vol;
+    if (status && v->thin) {
+        v->size = op->old_size;
+        v->nclusters = op->old_size / op->p->cs;
+    }
+    op_page_done(w, status);
 }
 
 static void p_resize(void *arg)
@@ -237,9 +276,10 @@ static void p_resize(void *arg)
         op_put(op);
         return;
     }
+    op->old_size = v->size;
     v->size = op->size;
     v->nclusters = op->size / p->cs;
-    op->w.fn = op_page_done;
+    op->w.fn = resize_page_done;
     op->pending++;
     lv_page_commit(v->pages[0], &op->w);
     if (!v->thin)
@@ -366,6 +406,7 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
         struct lv_op d = {.vol = op.vol};
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", srrs_last_error());
+        vol_md_quiesce(p, op.vol);
         if (op_run(p, &d, p_create_undo))
             return srrs_err(rc, "%s; its record is on disk and could not be erased (%s): delete "
                             "volume %s once the fragment has space", msg, d.err, name);
@@ -378,6 +419,7 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
         char msg[256];
         snprintf(msg, sizeof(msg), "%s", srrs_last_error());
         struct lv_op d = {.vol = op.vol};
+        vol_md_quiesce(p, op.vol);
         op_run(p, &d, p_delete);
         return srrs_err(rc, "%s", msg);
     }
@@ -413,6 +455,7 @@ int srrs_lvol_delete(struct srrs_pool *p, const char *name)
         if (rc)
             return rc;
     }
+    vol_md_quiesce(p, v);
     struct lv_op op = {.vol = v};
     return op_run(p, &op, p_delete);
 }
@@ -1311,6 +1354,12 @@ struct maint_stop {
     bool busy;
 };
 
+static void md_idle_msg(void *arg)
+{
+    struct maint_stop *ms = arg;
+    ms->busy = ms->p->md_inflight != 0;
+}
+
 /* Stops the maintenance poller once no barrier is pending (their waiters and
  * the reactors' acks point at the pool). */
 static void maint_stop_msg(void *arg)
@@ -1456,6 +1505,15 @@ static void pool_free(struct srrs_pool *p)
         close(p->health_ifd);
     if (p->registered)
         pool_unregister(p);
+    /* A page commit may still be in flight (the retry after a failed one):
+     * it points at the pages. Its end may request a barrier: waited below. */
+    for (int tries = 0; tries < 5000 && !srrs_reactor_is_stopping(p->pr); tries++) {
+        struct maint_stop ms = {.p = p};
+        srrs_reactor_call(p->pr, md_idle_msg, &ms);
+        if (!ms.busy)
+            break;
+        usleep(1000);
+    }
     for (int tries = 0; p->maint_poller && tries < 5000; tries++) {
         struct maint_stop ms = {.p = p};
         srrs_reactor_call(p->pr, maint_stop_msg, &ms);
@@ -2018,6 +2076,7 @@ int srrs_pool_get_info(struct srrs_pool *p, struct srrs_pool_info *o)
     o->seq = p->seq;
     o->alloc_failures = p->alloc_failures;
     o->md_writes = p->md_writes;
+    o->md_unsure_pages = __atomic_load_n(&p->md_unsure, __ATOMIC_RELAXED);
     o->created = p->created;
     o->repaired = p->repaired;
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
