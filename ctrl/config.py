@@ -101,7 +101,8 @@ class BdevConfig:
     grow: bool = setting(False, save=False, help="file: an existing smaller file may be "
                          "grown to size")
     engine: str = setting("auto", choices=FILE_ENGINES, help="file: the I/O engine; auto: "
-                          "io_uring, or worker threads where io_uring is missing or refused")
+                          "io_uring; where it is missing or refused, native AIO if the file takes "
+                          "O_DIRECT, else worker threads")
 
     def _finish(self, raw: dict) -> "BdevConfig":
         if self.grow and self.type != "file":

@@ -29,7 +29,7 @@ def _bdev_fail(keypath, msg):
                 _P("path", default=None, help="file bdev: the file or block device"),
                 _P("grow", "bool", None, "file: grow an existing smaller file to size"),
                 _P("engine", default=None, choices=FILE_ENGINES,
-                   help="file: auto (io_uring, else threads), uring or threads"))
+                   help="file: auto (io_uring, else aio, else threads), uring, aio or threads"))
 def bdev_create(ctl, p: dict):
     """Create a bdev; returns its info."""
     b = cfg.parse_bdev(p, _bdev_fail)

@@ -123,7 +123,7 @@ TABLE = (
     _f("srrs_bdev_info", GAUGE, _B + ("module",), "The bdev exists; its module (malloc, null, "
        "file, lvol, mirror) as a label"),
     _f("srrs_bdev_engine_info", GAUGE, _B + ("engine",), "A file bdev's I/O engine (uring, "
-       "threads) as a label"),
+       "aio, threads) as a label"),
     _f("srrs_bdev_size_bytes", GAUGE, _B, "Size of the bdev", "bytes"),
     _f("srrs_bdev_open_descriptors", GAUGE, _B, "Open descriptors of the bdev (its users)"),
     _f("srrs_bdev_read_ops_total", COUNTER, _B, "Read I/Os completed"),

@@ -52,7 +52,8 @@ class FragmentConfig:
                         "(at least 4MiB)")
     weight: int = setting(100, range=(1, 1000), help="share of new clusters")
     engine: str = setting("auto", choices=FILE_ENGINES, help="a path: its I/O engine; auto: "
-                          "io_uring, or worker threads where io_uring is refused")
+                          "io_uring; where it is refused, native AIO if the file takes O_DIRECT, "
+                          "else worker threads")
 
     def _finish(self, raw: dict) -> "FragmentConfig":
         if self.ram and self.engine != "auto":

@@ -68,7 +68,7 @@ def pool_list(ctl, p):
                 _P("ram", "size", None, "a RAM fragment of this size instead of a path"),
                 _P("weight", "int", None, "placement weight 1..1000 (default 100)"),
                 _P("engine", default=None, choices=FILE_ENGINES,
-                   help="a path: auto (io_uring, else threads), uring or threads"))
+                   help="a path: auto (io_uring, else aio, else threads), uring, aio or threads"))
 def pool_add_fragment(ctl, p):
     """Add a fragment to a live pool."""
     pool = _svc(ctl).pool(p["pool"])

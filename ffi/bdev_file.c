@@ -1,15 +1,19 @@
 /*
  * file bdev: a regular file (created sparse if missing), a partition or a
- * whole block device, through one of two engines (docs/architecture.md, File
- * I/O engines). io_uring, with raw syscalls and the kernel's
+ * whole block device, through one of three engines (docs/architecture.md,
+ * File I/O engines). io_uring, with raw syscalls and the kernel's
  * <linux/io_uring.h> (no liburing): one ring per reactor shared by every file
  * bdev on it; SQEs are queued during the loop and submitted in one
  * io_uring_enter per poll; completions are reaped by the same poller. Where
- * io_uring is refused, or when asked, worker threads (file_threads.c).
+ * io_uring is refused, Linux native AIO (file_aio.c) when the file takes
+ * O_DIRECT, else worker threads (file_threads.c); or whichever is asked for.
  * I/O whose offset, length and buffers are 4 KiB-aligned goes through an
- * O_DIRECT descriptor, the rest through the page cache.
+ * O_DIRECT descriptor, the rest through the page cache (with native AIO: in
+ * the worker threads, like its fallocate, and fdatasync on kernels without
+ * IOCB_CMD_FDSYNC).
  */
 #include "srrs_int.h"
+#include "file_aio.h"
 #include "file_threads.h"
 
 #include <errno.h>
@@ -176,7 +180,7 @@ struct file_disk {
     int fd_own;      /* holds the lock / exclusive claim; never used for I/O */
     bool is_blockdev;
     bool no_fallocate; /* set by the reactor or a worker thread: atomic accesses */
-    uint32_t engine;   /* SRRS_FILE_URING or SRRS_FILE_THREADS */
+    uint32_t engine;   /* SRRS_FILE_URING, SRRS_FILE_AIO or SRRS_FILE_THREADS */
     int failed;      /* set by the health check: every I/O fails with -EIO from then on */
     dev_t dev;       /* the inode opened, to notice the path now naming another file */
     ino_t ino;
@@ -202,6 +206,7 @@ _Static_assert(sizeof(struct file_req) <= SRRS_IO_DRIVER_CTX, "file_req too big"
 
 struct file_ch {
     struct uring *u;          /* io_uring engine */
+    struct srrs_aio *aio;     /* native AIO engine (with tp for what it does not do) */
     struct srrs_tpool *tp;    /* threads engine */
 };
 
@@ -294,6 +299,19 @@ static void file_submit(struct srrs_bdev *b, void *chp, struct srrs_io *io)
             n += io->iov[i].iov_len;
         if (srrs_unlikely(n != io->len)) {
             srrs_io_complete(io, -EINVAL);
+            return;
+        }
+    }
+    if (ch->aio) {
+        /* aligned reads and writes on the O_DIRECT descriptor (the engine
+         * needs one), and fdatasync where the kernel has it; the rest in
+         * the worker threads below */
+        bool rw = io->op == SRRS_IO_READ || io->op == SRRS_IO_WRITE;
+        if ((rw && iov_aligned(io)) || (io->op == SRRS_IO_FLUSH && srrs_aio_has_fdsync(ch->aio))) {
+            req_of(io)->direct = rw;
+            if (rw)
+                srrs_bdev_count_path(io, true);
+            srrs_aio_submit(ch->aio, io);
             return;
         }
     }
@@ -434,6 +452,39 @@ static int file_thread_run(struct srrs_io *io)
     return file_fallback_sync(d, io, 0);
 }
 
+/* Native AIO: the descriptor of an I/O it carries. */
+static int file_aio_fd(struct srrs_io *io)
+{
+    struct file_disk *d = io->bdev->ctx;
+    return io->op == SRRS_IO_FLUSH ? d->fd_buf : d->fd_direct;
+}
+
+/* Native AIO: an I/O is done, with the io_uring path's fallbacks. */
+static void file_aio_done(struct srrs_io *io, long long res, bool submitted)
+{
+    struct file_disk *d = io->bdev->ctx;
+    if (io->op == SRRS_IO_FLUSH) {
+        if (!submitted && res == -EINVAL) {
+            /* no IOCB_CMD_FDSYNC (before Linux 4.18): this flush and the
+             * next go to the worker threads; at teardown, done here */
+            struct file_ch *ch = io->bdev->ch[srrs_reactor_idx(io->r)];
+            if (ch && ch->tp) {
+                srrs_tpool_submit(ch->tp, io);
+                return;
+            }
+            res = fdatasync(d->fd_buf) ? -errno : 0;
+        }
+        srrs_io_complete(io, res < 0 ? (int)res : 0);
+        return;
+    }
+    int rc = 0;
+    if (res < 0)
+        rc = res == -EAGAIN || res == -EINTR ? file_fallback_sync(d, io, 0) : (int)res;
+    else if ((uint64_t)res < io->len)
+        rc = file_fallback_sync(d, io, (uint64_t)res);
+    srrs_io_complete(io, rc);
+}
+
 static int uring_poll(void *arg)
 {
     struct uring *u = arg;
@@ -481,11 +532,24 @@ static void *file_ch_create(struct srrs_bdev *b, struct srrs_reactor *r)
     struct file_ch *ch = calloc(1, sizeof(*ch));
     if (!ch)
         return NULL;
-    if (((struct file_disk *)b->ctx)->engine == SRRS_FILE_THREADS) {
+    uint32_t engine = ((struct file_disk *)b->ctx)->engine;
+    if (engine == SRRS_FILE_THREADS || engine == SRRS_FILE_AIO) {
         ch->tp = srrs_tpool_get(r, file_thread_run);
         if (!ch->tp) {
             free(ch);
             return NULL;
+        }
+        if (engine == SRRS_FILE_AIO) {
+            ch->aio = srrs_aio_get(r, file_aio_done, file_aio_fd);
+            /* The process's contexts are capped system-wide (fs.aio-max-nr),
+             * and the cap may be reached after the probe at creation: this
+             * reactor's I/O on the bdev then takes the worker threads, said
+             * once to the control plane rather than failing every I/O. */
+            if (!ch->aio)
+                srrs_event_post(b->core, SRRS_EV_LOG, 0, 0, b->name,
+                                "bdev %s: engine aio: reactor %d has no AIO context (%s); its I/O "
+                                "on this bdev goes through the worker threads", b->name,
+                                srrs_reactor_idx(r), srrs_last_error());
         }
         return ch;
     }
@@ -515,6 +579,8 @@ static void file_ch_destroy(struct srrs_bdev *b, void *chp)
     (void)b;
     struct file_ch *ch = chp;
     struct uring *u = ch->u;
+    if (ch->aio)
+        srrs_aio_put(ch->aio); /* before the threads: a flush may move there */
     if (ch->tp)
         srrs_tpool_put(ch->tp);
     free(ch);
@@ -844,37 +910,65 @@ static int uring_probe(void)
     return v;
 }
 
-/* Refusals that the threads engine answers (anything else is an error to
- * report). ENOMEM: before 5.12 a ring counts against RLIMIT_MEMLOCK, which
- * is 64 KiB for an unprivileged user by default. */
+/* Refusals that auto answers with another engine (anything else is an
+ * error to report). ENOMEM: before 5.12 a ring counts against
+ * RLIMIT_MEMLOCK, which is 64 KiB for an unprivileged user by default. */
 static bool uring_refused(int err)
 {
     return err == -ENOSYS || err == -EPERM || err == -EACCES || err == -EINVAL || err == -ENOMEM;
 }
 
-/* The engine flags ask for, resolved (auto: io_uring unless refused); -errno + srrs_err. */
+/* A one-line /proc/sys value for a message, "absent" if unreadable. */
+static void read_sysctl(const char *path, char *out, size_t n)
+{
+    FILE *f = fopen(path, "re");
+    if (!f || !fgets(out, (int)n, f))
+        snprintf(out, n, "absent");
+    if (f)
+        fclose(f);
+    out[strcspn(out, "\n")] = 0;
+}
+
+/* Native AIO, chosen but not yet sure: auto takes it only if the file takes
+ * O_DIRECT, which is known once it is open (else the worker threads). */
+#define FILE_AIO_IF_DIRECT 0x100
+
+/* The engine flags ask for, resolved as far as it can be before the file is
+ * open (auto: io_uring unless refused, then native AIO unless refused, then
+ * the worker threads); -errno + srrs_err. */
 static int file_engine(const char *name, uint32_t flags)
 {
-    uint32_t want = flags & (SRRS_FILE_URING | SRRS_FILE_THREADS);
-    if (want == (SRRS_FILE_URING | SRRS_FILE_THREADS))
-        return srrs_err(-EINVAL, "bdev %s: engine: uring or threads, not both", name);
+    uint32_t want = flags & (SRRS_FILE_URING | SRRS_FILE_AIO | SRRS_FILE_THREADS);
+    if (want & (want - 1))
+        return srrs_err(-EINVAL, "bdev %s: engine: one of uring, aio or threads, not more", name);
     if (want == SRRS_FILE_THREADS)
         return SRRS_FILE_THREADS;
+    char sysctl[24], used[24];
+    if (want == SRRS_FILE_AIO) {
+        int probe = srrs_aio_probe();
+        if (!probe)
+            return SRRS_FILE_AIO;
+        read_sysctl("/proc/sys/fs/aio-max-nr", sysctl, sizeof(sysctl));
+        read_sysctl("/proc/sys/fs/aio-nr", used, sizeof(used));
+        return srrs_err(probe, "bdev %s: engine aio: io_setup refused: %s (fs.aio-nr = %s of "
+                        "fs.aio-max-nr = %s; else a seccomp profile, a kernel without AIO or "
+                        "qemu-user); use engine = \"threads\" or \"auto\"", name, strerror(-probe),
+                        used, sysctl);
+    }
     int probe = uring_probe();
     if (!probe || (!want && !uring_refused(probe)))
         return SRRS_FILE_URING; /* another error: the ring's setup reports it at first I/O */
     if (!want)
-        return SRRS_FILE_THREADS;
-    char sysctl[8] = "";
-    FILE *f = fopen("/proc/sys/kernel/io_uring_disabled", "re");
-    if (f && !fgets(sysctl, sizeof(sysctl), f))
-        sysctl[0] = 0;
-    if (f)
-        fclose(f);
-    sysctl[strcspn(sysctl, "\n")] = 0;
+        return srrs_aio_probe() ? SRRS_FILE_THREADS : SRRS_FILE_AIO | FILE_AIO_IF_DIRECT;
+    read_sysctl("/proc/sys/kernel/io_uring_disabled", sysctl, sizeof(sysctl));
     return srrs_err(probe, "bdev %s: engine uring: io_uring_setup refused: %s (kernel.io_uring_disabled "
                     "= %s; else a seccomp profile or a kernel without io_uring); use engine = "
-                    "\"threads\" or \"auto\"", name, strerror(-probe), sysctl[0] ? sysctl : "absent");
+                    "\"aio\", \"threads\" or \"auto\"", name, strerror(-probe), sysctl);
+}
+
+static const char *engine_name(uint32_t engine)
+{
+    return engine == SRRS_FILE_THREADS ? "threads" : engine == SRRS_FILE_AIO ? "aio" : "uring";
 }
 
 static const struct srrs_bdev_module file_module = {
@@ -1018,10 +1112,20 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
         goto fail;
     }
     d->fd_direct = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+    int direct_errno = d->fd_direct < 0 ? errno : 0;
     if (d->fd_direct >= 0 && lk_io_take(d, d->fd_direct)) {
         rc = srrs_err(-errno, "bdev %s: cannot lock %s: %s", name, path, strerror(errno));
         goto fail;
     }
+    if (engine & FILE_AIO_IF_DIRECT)
+        engine = d->fd_direct >= 0 ? SRRS_FILE_AIO : SRRS_FILE_THREADS;
+    else if (engine == SRRS_FILE_AIO && d->fd_direct < 0) {
+        rc = srrs_err(-EINVAL, "bdev %s: engine aio: %s refuses O_DIRECT (%s; ramfs does, and tmpfs "
+                      "before Linux 6.6), and native AIO without it blocks in io_submit; use "
+                      "engine = \"threads\" or \"auto\"", name, path, strerror(direct_errno));
+        goto fail;
+    }
+    d->engine = (uint32_t)engine;
     pthread_mutex_lock(&owners_lock);
     d->onext = owners;
     owners = d;
@@ -1034,8 +1138,7 @@ int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *
     struct srrs_bdev *b = srrs_bdev_open(core, name);
     if (b) {
         snprintf(b->path, sizeof(b->path), "%s", path);
-        snprintf(b->engine, sizeof(b->engine), "%s",
-                 engine == SRRS_FILE_THREADS ? "threads" : "uring");
+        snprintf(b->engine, sizeof(b->engine), "%s", engine_name((uint32_t)engine));
         srrs_bdev_close(&b);
     }
     return 0;

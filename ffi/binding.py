@@ -174,8 +174,9 @@ def check(rc: int, what: str = "") -> int:
 
 
 def file_engine_flags(engine: str) -> int:
-    """The SRRS_FILE_* engine flag of an engine name (auto, uring, threads)."""
-    return {"auto": 0, "uring": lib.SRRS_FILE_URING, "threads": lib.SRRS_FILE_THREADS}[engine]
+    """The SRRS_FILE_* engine flag of an engine name (auto, uring, aio, threads)."""
+    return {"auto": 0, "uring": lib.SRRS_FILE_URING, "aio": lib.SRRS_FILE_AIO,
+            "threads": lib.SRRS_FILE_THREADS}[engine]
 
 
 def crc32c(data: bytes, crc: int = 0) -> int:
@@ -419,7 +420,7 @@ class Core:
 
     def bdev_create_file(self, name: str, path: str, size: int = 0, block_size: int = 4096,
                          grow: bool = False, engine: str = "auto") -> None:
-        """engine: auto, uring or threads (docs/architecture.md, File I/O engines)."""
+        """engine: auto, uring, aio or threads (docs/architecture.md, File I/O engines)."""
         flags = (lib.SRRS_FILE_GROW if grow else 0) | file_engine_flags(engine)
         check(lib.srrs_bdev_create_file(self.ptr, name.encode(), os.fsencode(path), size,
                                         block_size, flags), f"bdev {name}")

@@ -28,7 +28,7 @@ struct srrs_pool_frag_spec {
     const char *path;       /* file (created sparse), partition or block device; NULL: RAM */
     uint64_t size;          /* file: size to create; RAM: bytes; block device: 0 = whole */
     uint32_t weight;        /* placement preference, 1..1000 (0: 100) */
-    uint32_t engine;        /* file I/O engine: 0 auto, SRRS_FILE_URING, SRRS_FILE_THREADS */
+    uint32_t engine;        /* file I/O engine: 0 auto, SRRS_FILE_URING, _AIO, _THREADS */
 };
 
 struct srrs_pool_opts {
@@ -84,7 +84,7 @@ struct srrs_pool_frag_info {
     int32_t pad2;
     uint64_t lost_clusters; /* RAM: mapped clusters whose memory was gone at open */
     char error[160];        /* what the health check found (also: a RAM fragment's file removed) */
-    char engine[8];         /* file I/O engine in use ("uring", "threads"); "" for RAM */
+    char engine[8];         /* file I/O engine in use ("uring", "aio", "threads"); "" for RAM */
 };
 
 struct srrs_lvol_info {

@@ -899,7 +899,7 @@ static int frag_attach(struct srrs_pool *p, int fi, const struct srrs_pool_frag_
         f->fresh = stat(spec->path, &st) != 0;
         rc = srrs_bdev_create_file(p->core, f->bdev_name, spec->path, layout ? spec->size : 0, LV_BS,
                                    SRRS_FILE_GROW |
-                                       (spec->engine & (SRRS_FILE_URING | SRRS_FILE_THREADS)));
+                                       (spec->engine & (SRRS_FILE_URING | SRRS_FILE_AIO | SRRS_FILE_THREADS)));
         snprintf(f->path, sizeof(f->path), "%s", spec->path);
     }
     if (rc)

@@ -152,7 +152,7 @@ struct srrs_bdev_info {
     uint64_t errors;
     uint64_t direct_ios;    /* file: I/Os sent with O_DIRECT */
     uint64_t buffered_ios;  /* file: I/Os sent through the page cache */
-    char engine[8];         /* file: "uring" or "threads" (the engine in use); else "" */
+    char engine[8];         /* file: "uring", "aio" or "threads" (the engine in use); else "" */
 };
 
 /* Latency of a bdev's successful I/Os, submit -> completion, in three
@@ -173,12 +173,15 @@ int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t siz
  * owns its file exclusively: an OFD write lock on a file, O_EXCL on a block
  * device; a second owner (this process or another) gets -EBUSY naming the first. */
 #define SRRS_FILE_GROW 1
-/* The I/O engine (docs/architecture.md, File I/O engines): neither flag is
- * auto (io_uring, or the worker threads where io_uring is refused: ENOSYS,
- * EPERM, EACCES); SRRS_FILE_URING insists on io_uring (refused: an error);
- * SRRS_FILE_THREADS always uses the worker threads. */
+/* The I/O engine (docs/architecture.md, File I/O engines): no flag is auto
+ * (io_uring; where it is refused, ENOSYS, EPERM, EACCES, ENOMEM, native AIO
+ * if io_setup is allowed and the file takes O_DIRECT; else the worker
+ * threads); SRRS_FILE_URING insists on io_uring and SRRS_FILE_AIO on native
+ * AIO (refused, or no O_DIRECT: an error saying why); SRRS_FILE_THREADS
+ * always uses the worker threads. At most one of the three. */
 #define SRRS_FILE_URING 2
 #define SRRS_FILE_THREADS 4
+#define SRRS_FILE_AIO 8
 int srrs_bdev_create_file(struct srrs_core *core, const char *name, const char *path, uint64_t size, uint32_t block_size, uint32_t flags);
 /* control. 0 if no file bdev (of any process) owns the regular file at path,
  * else -EBUSY with a message naming the owner. */

@@ -30,8 +30,9 @@ Size = NewType("Size", int)
 MISSING = dataclasses.MISSING
 
 #: The I/O engines of a file bdev or fragment (docs/architecture.md, File I/O
-#: engines): auto is io_uring, or the worker threads where io_uring is refused.
-FILE_ENGINES = ("auto", "uring", "threads")
+#: engines): auto is io_uring; where it is refused, native AIO if the file
+#: takes O_DIRECT, else the worker threads.
+FILE_ENGINES = ("auto", "uring", "aio", "threads")
 
 
 class SchemaError(ValueError):

@@ -48,7 +48,7 @@ def engines(c) -> dict:
               for ln in text.splitlines() if ln.startswith("srrs_bdev_engine_info{")}
     con = subprocess.run(launch.SRRS + ["console", "-s", c.sock, "--once"], capture_output=True,
                          text=True, timeout=60).stdout
-    shown = {e for ln in con.splitlines() if "frag" in ln for e in ("uring", "threads")
+    shown = {e for ln in con.splitlines() if "frag" in ln for e in ("uring", "aio", "threads")
              if f" {e} " in f" {ln} "}
     return {"pool_list": set(frag_bdevs.values()), "bdev_list": set(listed.values()),
             "metrics": {metric.get(b) for b in frag_bdevs}, "console": shown}

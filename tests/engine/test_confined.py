@@ -1,7 +1,7 @@
 """Runs confined (docs/architecture.md, File I/O engines; README, Supported
 kernels, CPUs and engines): a controller whose io_uring is refused by a
-seccomp filter (as in Docker's default profile) falls back to the worker
-threads on its own; one run as an unprivileged user (no capability, no
+seccomp filter (as in Docker's default profile) falls back on its own to
+native AIO (or the worker threads, where the files refuse O_DIRECT); one run as an unprivileged user (no capability, no
 hugepages, no /dev access) with file fragments it owns. Both serve verified
 I/O over NVMe/TCP and vhost-user and lose nothing to SIGKILL + restart. The
 crash loop and the pair with an io_uring controller under the same filter:
@@ -23,14 +23,15 @@ from . import as_user, confined, no_uring
 
 def test_no_uring_controller_serves_and_survives_kill9(tmp_path):
     c = confined.start(tmp_path, no_uring.PREFIX)
+    want = no_uring.fallback_engine(tmp_path)
     try:
         # chosen automatically, and shown where an operator looks
-        assert confined.engines(c) == {k: {"threads"} for k in ("pool_list", "bdev_list",
-                                                                "metrics", "console")}
+        assert confined.engines(c) == {k: {want} for k in ("pool_list", "bdev_list",
+                                                           "metrics", "console")}
         r = confined.bench_cli(c)
         assert r["verified"] and r["verify_errors"] == 0 and r["errors"] == 0, r
         confined.write_kill_restart_verify(c)
-        assert confined.engines(c)["pool_list"] == {"threads"}
+        assert confined.engines(c)["pool_list"] == {want}
     finally:
         c.kill9()
 

@@ -50,12 +50,14 @@ def _parse(logdir):
 
 
 @pytest.mark.side
-@pytest.mark.parametrize("drain,no_uring_filter", [(False, False), (True, False), (False, True)],
-                         ids=["writes", "writes+drain", "writes-no-uring"])
-def test_sigkill_30_rounds(tmp_path, drain, no_uring_filter):
+@pytest.mark.parametrize("drain,refused", [(False, ""), (True, ""), (False, "uring"),
+                                           (False, "uring+aio")],
+                         ids=["writes", "writes+drain", "writes-no-uring", "writes-no-uring-no-aio"])
+def test_sigkill_30_rounds(tmp_path, drain, refused):
     """no-uring: the writer runs under a seccomp filter refusing io_uring, so
-    its fragments take the worker-thread engine (docs/architecture.md, File
-    I/O engines); this process reopens them with io_uring."""
+    its fragments take native AIO (docs/architecture.md, File I/O engines;
+    the worker threads where the files refuse O_DIRECT); no-aio: AIO refused
+    too, the worker threads. This process reopens them with io_uring."""
     frags = [str(tmp_path / "f0.img"), str(tmp_path / "f1.img")]
     logdir = tmp_path / "logs"
     logdir.mkdir()
@@ -64,17 +66,19 @@ def test_sigkill_30_rounds(tmp_path, drain, no_uring_filter):
     total_acked = 0
     env = dict(os.environ, PYTHONUNBUFFERED="1", CRASH_DRAIN="1" if drain else "0")
     # the acceptance figure is 30 plain rounds; with a drain racing the kill, or
-    # the threads engine (30 rounds pass too: SRRS_CRASH_ROUNDS=90), 10
-    rounds = ROUNDS if not (drain or no_uring_filter) else max(ROUNDS // 3, 1)
+    # a fallback engine (30 rounds pass too: SRRS_CRASH_ROUNDS=90), 10
+    rounds = ROUNDS if not (drain or refused) else max(ROUNDS // 3, 1)
+    prefix = {"": [], "uring": no_uring.PREFIX, "uring+aio": no_uring.PREFIX_NO_AIO}[refused]
+    engines = {"": (b"uring", b"aio", b"threads"),   # auto: this host's
+               "uring": (no_uring.fallback_engine(tmp_path).encode(),),
+               "uring+aio": (b"threads",)}[refused]
     for rnd in range(rounds):
         for name in os.listdir(logdir):
             os.unlink(logdir / name)
-        prefix = no_uring.PREFIX if no_uring_filter else []
         proc = subprocess.Popen(prefix + [sys.executable, WRITER, str(logdir), str(rnd + 1)] + frags,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         line = proc.stdout.readline()
-        want = (b"threads",) if no_uring_filter else (b"uring", b"threads")  # auto: this host's
-        assert line.split()[:1] == [b"ready"] and line.split()[1:] in ([w] for w in want), (
+        assert line.split()[:1] == [b"ready"] and line.split()[1:] in ([e] for e in engines), (
             line, proc.stderr.read() if proc.poll() is not None else "")
         time.sleep(rng.uniform(0.2, 1.0))
         proc.send_signal(signal.SIGKILL)

@@ -1,7 +1,7 @@
 """bdev integrity on malloc, a sparse file and a loop block device; the file
-and device tests run with both file I/O engines (io_uring and the worker
-threads: docs/architecture.md, File I/O engines), flush, write-zeroes and
-unmap included.
+and device tests run with each file I/O engine (io_uring, native AIO and the
+worker threads: docs/architecture.md, File I/O engines), flush, write-zeroes
+and unmap included.
 
 20,000 random-offset writes of random sizes (512 B .. 1 MiB, aligned and not
 aligned to 4 KiB, some from buffers 512 B off a page boundary) recording each
@@ -17,7 +17,7 @@ from srrs.ffi.binding import BenchOpts, Core, SrrsError, VerifyMap
 
 SIZE = 256 << 20
 BS = 512
-ENGINES = ("uring", "threads")
+ENGINES = ("uring", "aio", "threads")
 
 
 def _integrity(core, name, size):
