@@ -24,7 +24,7 @@ copied:
 
 The output name carries a key over the inputs (the base archive, this script,
 the size+mtime of every copied installed file, the content of the package's
-files: clones of one commit share it), so an up-to-date archive is reused
+files: a checkout that only changed mtimes keeps it), so an up-to-date archive is reused
 (~54 MB on the base's ~99 MB: Python 3.11, grpcio, protobuf).
 
 Usage: build_pylayer.py --base INITRAMFS --out-dir DIR   (prints the path)
@@ -232,9 +232,8 @@ def main() -> int:
     sos = [exe] + libpython + [f for f in files + list(pkg.values()) if f.endswith(".so")]
     libs = sorted({d for s in sos for d in ldd_deps(s)} - set(libpython))
 
-    # The key: installed files by size and mtime, the package (a checkout's
-    # files have the checkout's mtimes) by content, so that every clone of one
-    # commit shares one archive.
+    # The key: installed files by size and mtime, the package by content (git
+    # sets a checkout's mtimes; its C extension differs per build all the same).
     h = hashlib.sha256(Path(__file__).read_bytes())
     base_st = args.base.stat()
     h.update(f"{args.base}:{base_st.st_size}:{base_st.st_mtime_ns}".encode())
@@ -273,10 +272,16 @@ def main() -> int:
         c.trailer()
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)
-    # Checkouts share the cache: drop only layers unused for a day ("up to date" touches).
+    # Every clone builds its own (the C extension's bytes differ), at ~150 MB
+    # each: beyond the newest 4, drop those unused for an hour (a use touches
+    # it: here when up to date, and the harness before every boot, which
+    # rebuilds one that went missing). A running guest has read its copy.
     for p in sorted(args.out_dir.glob("*-py-*.cpio"), key=lambda p: p.stat().st_mtime)[:-4]:
-        if p.stat().st_mtime < time.time() - 86400:
-            p.unlink(missing_ok=True)
+        try:
+            if p.stat().st_mtime < time.time() - 3600:
+                p.unlink()
+        except OSError:
+            pass
     log(f"built {out} ({out.stat().st_size / 1e6:.1f} MB, {len(files) + len(pkg)} files)")
     print(out)
     return 0

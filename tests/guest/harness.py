@@ -198,15 +198,22 @@ _pylayers: dict[Path, Path] = {}
 
 def python_initramfs(base: Path) -> Path:
     """The base initramfs with the Python layer appended (ci/guest/build_pylayer.py;
-    cached next to it, rebuilt when an input changed: ~5 s)."""
+    cached next to it, rebuilt when an input changed: a few seconds). Touched
+    on every use: the builder prunes those unused for an hour."""
     with _artifacts_lock:
-        if base not in _pylayers:
-            script = REPO_ROOT / "ci" / "guest" / "build_pylayer.py"
-            r = subprocess.run([sys.executable, str(script), "--base", str(base), "--out-dir",
-                                str(base.parent)], capture_output=True, text=True, timeout=600)
-            if r.returncode:
-                raise GuestUnavailable(f"{script} failed:\n{_tail(r.stderr + r.stdout, 30)}")
-            _pylayers[base] = Path(r.stdout.strip().splitlines()[-1])
+        p = _pylayers.get(base)
+        if p is not None:
+            try:
+                os.utime(p)
+                return p
+            except OSError:         # pruned meanwhile: build it again
+                pass
+        script = REPO_ROOT / "ci" / "guest" / "build_pylayer.py"
+        r = subprocess.run([sys.executable, str(script), "--base", str(base), "--out-dir",
+                            str(base.parent)], capture_output=True, text=True, timeout=600)
+        if r.returncode:
+            raise GuestUnavailable(f"{script} failed:\n{_tail(r.stderr + r.stdout, 30)}")
+        _pylayers[base] = Path(r.stdout.strip().splitlines()[-1])
         return _pylayers[base]
 
 
