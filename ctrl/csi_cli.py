@@ -1,9 +1,13 @@
 """`srrs csi`'s command line (ctrl/csi.py runs it): kept apart so that every
-other `srrs` command starts without loading gRPC."""
+other `srrs` command starts without loading gRPC, and `srrs csi` without
+loading the rest of the command line (main(): ctrl/entry.py dispatches to it)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from typing import Optional
 
 from . import logs
 
@@ -40,3 +44,13 @@ def add_parser(sub) -> None:
                         "does not answer")
     logs.add_arguments(p)
     p.set_defaults(fn=_main)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """`srrs csi ARGS` with this parser alone: the same arguments and plugin
+    as through ctrl/cli.py, without its method table and config modules (a
+    third of the plugin's start; seconds in a TCG guest)."""
+    ap = argparse.ArgumentParser(prog="srrs")
+    add_parser(ap.add_subparsers(dest="cmd", required=True))
+    args = ap.parse_args(["csi", *(sys.argv[1:] if argv is None else argv)])
+    return args.fn(args)

@@ -8,7 +8,7 @@ The layer is one more newc cpio appended to the base archive (the kernel
 unpacks concatenated archives in order). Every file keeps its host path, so
 the interpreter finds its prefix and libraries as on the host; the package is
 laid out under /opt/srrs as pyproject.toml maps it and `/usr/bin/srrs` runs
-`python -m srrs.ctrl.cli`. Files keep their host mtimes so the stdlib's
+`python -m srrs.ctrl.entry` (the console script's module). Files keep their host mtimes so the stdlib's
 compiled .pyc stay valid (no compiling in the guest: under TCG that would
 cost more than the import); the package's modules are compiled here. What is
 copied:
@@ -85,10 +85,11 @@ threading.Thread(target=poke, daemon=True).start()
 sys.argv = ["srrs", "csi", "--mode", "node", "--endpoint", "unix://" + sock,
             "--node-id", "nqn.2014-08.org.nvmexpress:uuid:trace"]
 try:
-    runpy.run_module("srrs.ctrl.cli", run_name="__main__", alter_sys=True)
+    runpy.run_module("srrs.ctrl.entry", run_name="__main__", alter_sys=True)
 except SystemExit as e:
     if e.code:
         raise
+import srrs.ctrl.cli  # noqa: E402,F401  (the rest of `srrs` in the guest too)
 print(json.dumps(sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())})))
 """
 
@@ -267,7 +268,7 @@ def main() -> int:
                 d, n = os.path.split(g)
                 c.put(f"{d}/__pycache__/{n[:-3]}.{sys.implementation.cache_tag}.pyc",
                       pyc(data, f, PKG_MTIME), 0o644)
-        c.put("usr/bin/srrs", (f"#!/bin/sh\nPYTHONPATH=/opt/srrs exec {exe} -m srrs.ctrl.cli "
+        c.put("usr/bin/srrs", (f"#!/bin/sh\nPYTHONPATH=/opt/srrs exec {exe} -m srrs.ctrl.entry "
                                f'"$@"\n').encode(), 0o755)
         c.trailer()
     os.chmod(tmp, 0o644)
