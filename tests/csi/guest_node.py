@@ -26,7 +26,7 @@ from tests.guest import harness
 
 GUEST_PORT = 10000
 MODULES = ("nvme_tcp", "crc32c_generic", "ext4")
-# The Python image is ~185 MB in a rootfs capped at half the RAM; the plugin
+# The Python image is ~155 MB in a rootfs capped at half the RAM; the plugin
 # and the page cache of the test's files need the rest (tests/guest/README.md).
 MEM = "768M"
 

@@ -64,6 +64,7 @@ def env(tmp_path_factory):
                   f"{sum(node.start_s) / len(node.start_s):.1f} s on average")
         try:
             node.kill9()
+            print(g.check("free -m"))       # what the Python image leaves of mem
         except guest_harness.GuestError:
             pass
         print(g.diagnostics())

@@ -392,7 +392,7 @@ class Guest:
                              f"initramfs must fit in a rootfs capped at half the RAM)")
         if python and _mem_mib(self.mem) < PY_MIN_MEM_MIB:
             raise ValueError(f"mem={mem}: the Python guest needs at least {PY_MIN_MEM_MIB}M "
-                             f"(its initramfs is ~185 MB, in a rootfs capped at half the RAM)")
+                             f"(its initramfs is ~155 MB, in a rootfs capped at half the RAM)")
         self.hostid = hostid or str(uuid.uuid4())
         self.hostnqn = hostnqn or f"nqn.2014-08.org.nvmexpress:uuid:{self.hostid}"
         for what, v in (("hostnqn", self.hostnqn), ("hostid", self.hostid)):
