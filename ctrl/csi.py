@@ -1,6 +1,6 @@
 """`srrs csi`: the Kubernetes CSI plugin (docs/architecture.md, Kubernetes CSI plugin).
 
-One gRPC server on a Unix socket serves the CSI services of `--mode`:
+One gRPC server on a Unix socket (or tcp://HOST:PORT) serves the CSI services of `--mode`:
 Identity always, Controller (ctrl/csi_controller.py: volumes in the cluster
 catalog in etcd) for `controller` and `all`, Node (ctrl/csi_node.py: the
 kernel's NVMe/TCP initiator, mounts) for `node` and `all`. The services are
@@ -142,29 +142,42 @@ def socket_path(endpoint: str) -> str:
     return endpoint
 
 
+def grpc_target(endpoint: str) -> str:
+    """The gRPC address of an endpoint: tcp://HOST:PORT (the CSI spec allows
+    it; it has no authentication: tests/csi/guest_node.py reaches a node
+    plugin inside a VM through a forwarded port) or a Unix socket (socket_path)."""
+    if endpoint.startswith("tcp://"):
+        return endpoint[len("tcp://"):]
+    return "unix:" + socket_path(endpoint)
+
+
 class Server:
     """The gRPC server of the given services on a Unix socket (a stale socket
-    file of a killed plugin is replaced)."""
+    file of a killed plugin is replaced) or a TCP address."""
 
     def __init__(self, endpoint: str, controller=None, node=None, workers: int = 8):
-        self.path = socket_path(endpoint)
+        self.target = grpc_target(endpoint)
+        self.path = self.target[len("unix:"):] if self.target.startswith("unix:") else ""
         self.identity = Identity(controller, node)
         self.controller, self.node = controller, node
-        os.makedirs(os.path.dirname(self.path) or "/", exist_ok=True)
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(workers, thread_name_prefix="srrs-csi"))
+        if self.path:
+            os.makedirs(os.path.dirname(self.path) or "/", exist_ok=True)
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+        # no SO_REUSEPORT: a second plugin on the same TCP port fails instead of sharing it
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(workers, thread_name_prefix="srrs-csi"),
+                                options=[("grpc.so_reuseport", 0)])
         self.grpc.add_generic_rpc_handlers([_handler("Identity", self.identity)] + [
             _handler(n, s) for n, s in (("Controller", controller), ("Node", node))
             if s is not None])
-        if not self.grpc.add_insecure_port("unix:" + self.path):
-            raise OSError(f"cannot listen on {self.path}")
+        if not self.grpc.add_insecure_port(self.target):
+            raise OSError(f"cannot listen on {self.target}")
 
     def start(self) -> "Server":
         self.grpc.start()
         log.info("csi: serving %s on %s", ", ".join(
             n for n, s in (("identity", 1), ("controller", self.controller), ("node", self.node))
-            if s), self.path)
+            if s), self.target)
         return self
 
     def stop(self, grace: float = 2.0) -> None:
@@ -180,7 +193,9 @@ class Client:
     message; a refusal raises grpc.RpcError (.code(), .details())."""
 
     def __init__(self, endpoint: str, timeout: float = 30.0):
-        self.channel = grpc.insecure_channel("unix:" + socket_path(endpoint))
+        target = grpc_target(endpoint)
+        # a CSI endpoint is the node's own or a test's forwarded port: never via a proxy
+        self.channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
         self.timeout = timeout
         self._stubs: dict = {}
 
@@ -228,7 +243,8 @@ def build(args) -> Server:
         ctl = ControllerService(_catalog(args), default_tenant=args.tenant,
                                 controller_socket=args.controller_socket)
     if args.mode in ("node", "all"):
-        node = NodeService(node_id=args.node_id, zone=args.zone)
+        node = NodeService(node_id=args.node_id, zone=args.zone,
+                           connect_s=getattr(args, "connect_timeout", None))
     return Server(args.endpoint, ctl, node)
 
 

@@ -70,9 +70,8 @@ def mounts(mountinfo: str = "/proc/self/mountinfo", read=_read) -> List[dict]:
 
 class Host:
     """Everything the node service reads, runs and changes on the host, in one
-    place: the roots are parameters (a fake sysfs in tests), and a test can
-    run the same node service against a Linux guest's kernel by answering
-    these few calls there (tests/guest)."""
+    place: the roots are parameters (a fake sysfs in tests/csi/test_node_host.py;
+    tests/csi/test_guest_kubelet.py runs the plugin itself in a Linux guest)."""
 
     def __init__(self, sysfs: str = "/sys", mountinfo: str = "/proc/self/mountinfo",
                  dev: str = "/dev"):
@@ -172,9 +171,11 @@ def _split_paths(paths: str) -> List[tuple]:
 
 
 class NodeService:
-    def __init__(self, node_id: Optional[str] = None, zone: str = "", host: Optional[Host] = None):
+    def __init__(self, node_id: Optional[str] = None, zone: str = "", host: Optional[Host] = None,
+                 connect_s: Optional[float] = None):
         self.node_id = node_id or _read("/etc/nvme/hostnqn")
         self.zone, self.host = zone, host or Host()
+        self.connect_s = CONNECT_S if connect_s is None else connect_s
         self.busy = Busy()
 
     def ready(self) -> bool:
@@ -229,7 +230,7 @@ class NodeService:
             waited = time.monotonic() - start
             # all paths, or one after a while (its peer may be down: the kernel
             # only reconnects paths it once had), or give up
-            if not todo or (have and waited > PARTIAL_S) or waited > CONNECT_S:
+            if not todo or (have and waited > PARTIAL_S) or waited > self.connect_s:
                 break
             for a, port in todo:
                 r = self.host.run("nvme", "connect", "-t", "tcp", "-a", a, "-s", port, "-n", nqn,

@@ -27,10 +27,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import etcd3gw
-import requests
-from etcd3gw import exceptions as gwx
-
 log = logging.getLogger("srrs.etcd")
 
 
@@ -166,8 +162,30 @@ def get(key: str, prefix: bool = False, min_mod_revision: int = 0) -> dict:
 
 # ---- the client ------------------------------------------------------------------------
 
-_DOWN = (gwx.ConnectionFailedError, gwx.ConnectionTimeoutError, gwx.InternalServerError,
-         requests.RequestException)
+class _Lib:
+    """etcd3gw and requests, imported by the first Client: every `srrs` command
+    imports this module (the method table), few talk to etcd, and the two
+    cost most of the command line's start (~1 s on a small host; the CSI node
+    plugin never uses them)."""
+
+    def __init__(self):
+        import etcd3gw
+        import requests
+        from etcd3gw import exceptions as gwx
+
+        self.etcd3gw, self.gwx, self.requests = etcd3gw, gwx, requests
+        self.down = (gwx.ConnectionFailedError, gwx.ConnectionTimeoutError,
+                     gwx.InternalServerError, requests.RequestException)
+
+
+_lib: Optional[_Lib] = None
+
+
+def _gwlib() -> _Lib:
+    global _lib
+    if _lib is None:
+        _lib = _Lib()
+    return _lib
 
 
 class Client:
@@ -195,7 +213,7 @@ class Client:
             raise ValueError(f"bad etcd endpoint {endpoint!r} (use http://HOST:PORT)")
         ca, cert, key = self._tls
         # API path fixed: every etcd from 3.4 on serves /v3/ (no discovery round trip)
-        gw = etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
+        gw = _gwlib().etcd3gw.Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
                                  ca_cert=ca, cert_cert=cert, cert_key=key,
                                  timeout=self.timeout, api_path="/v3/")
         # No proxy or CA bundle from the environment: requests would let
@@ -217,7 +235,7 @@ class Client:
     def call(self, path: str, body: dict, deadline: Optional[float] = None) -> dict:
         """One gateway request, moved to the next member while one is down."""
         end = time.monotonic() + (self.deadline if deadline is None else deadline)
-        err = None
+        err, lib = None, _gwlib()
         while True:
             with self._lock:
                 i = self._cur
@@ -226,10 +244,10 @@ class Client:
                 if self._user and "Authorization" not in gw.session.headers:
                     self._authenticate(gw)
                 return gw.post(gw.get_url(path), json=body)
-            except _DOWN as e:
+            except lib.down as e:
                 err = e
                 self.errors += 1
-            except gwx.Etcd3Exception as e:
+            except lib.gwx.Etcd3Exception as e:
                 self.errors += 1
                 why = _reason(e)
                 if not (self._user and "invalid auth token" in why
@@ -389,7 +407,7 @@ class Watch:
             r.close()
 
     def _run(self) -> None:
-        c = self.client
+        c, lib = self.client, _gwlib()
         i = c._cur
         while not self._stop.is_set():
             gw = c._gws[i % len(c._gws)]
@@ -407,7 +425,8 @@ class Watch:
             except Compacted as e:
                 self._q.put(e)
                 return
-            except (OSError, ValueError, requests.RequestException, gwx.Etcd3Exception) as e:
+            except (OSError, ValueError, lib.requests.RequestException,
+                    lib.gwx.Etcd3Exception) as e:
                 if self._stop.is_set():
                     return
                 log.debug("watch on %s broke: %s", gw.base_url, e)

@@ -57,7 +57,11 @@ def code(fn, *a, **kw):
 
 
 class World:
-    def __init__(self, tmp):
+    """addr: where the controllers' NVMe/TCP listeners are (what a publish
+    context names); a guest needs one it reaches (tests/csi/guest_node.py)."""
+
+    def __init__(self, tmp, addr: str = "127.0.0.1"):
+        self.addr = addr
         self.etcd = Cluster(1).start()
         port = launch.free_ports(2)
         self.ports = dict(zip("ab", port))
@@ -65,7 +69,7 @@ class World:
             "bdev": [launch.bdev("v0", "file", "16MiB", path=str(tmp / f"{n}.v0"))],
             "pool": [launch.pool("p0", [launch.fragment(tmp / f"{n}.pool", "512MiB")])],
             # disjoint controller ids: a host joins the pair's two paths (multipath)
-            "nvmf": launch.nvmf([f"127.0.0.1:{self.ports[n]}"],
+            "nvmf": launch.nvmf([f"{addr}:{self.ports[n]}"],
                                 cntlid_min=1 if n == "a" else 1001),
             "cluster": {"etcd": self.etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
         (tmp / "ab").mkdir()

@@ -193,6 +193,30 @@ def find_artifacts(setup: bool | None = None, backports: bool = False) -> GuestA
         return art
 
 
+_pylayers: dict[Path, Path] = {}
+
+
+def python_initramfs(base: Path) -> Path:
+    """The base initramfs with the Python layer appended (ci/guest/build_pylayer.py;
+    cached next to it, rebuilt when an input changed: a few seconds). Touched
+    on every use: the builder prunes those unused for an hour."""
+    with _artifacts_lock:
+        p = _pylayers.get(base)
+        if p is not None:
+            try:
+                os.utime(p)
+                return p
+            except OSError:         # pruned meanwhile: build it again
+                pass
+        script = REPO_ROOT / "ci" / "guest" / "build_pylayer.py"
+        r = subprocess.run([sys.executable, str(script), "--base", str(base), "--out-dir",
+                            str(base.parent)], capture_output=True, text=True, timeout=600)
+        if r.returncode:
+            raise GuestUnavailable(f"{script} failed:\n{_tail(r.stderr + r.stdout, 30)}")
+        _pylayers[base] = Path(r.stdout.strip().splitlines()[-1])
+        return _pylayers[base]
+
+
 def _run_setup(args: Sequence[str] = ()) -> dict[str, str]:
     if not SETUP_SCRIPT.exists():
         raise GuestUnavailable(f"{SETUP_SCRIPT} not found")
@@ -303,6 +327,7 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
 
 
 MIN_MEM_MIB = 384
+PY_MIN_MEM_MIB = 512
 
 
 def _mem_mib(mem: str) -> float:
@@ -335,6 +360,12 @@ class Guest:
                        the guest to report that it killed the command
       verbose_console  also log the early boot messages on the serial console
                        (default "quiet" until init; env SRRS_GUEST_VERBOSE=1)
+      python           boot the Python variant of the image (ci/guest/build_pylayer.py:
+                       this host's interpreter, the site-packages `srrs csi --mode node`
+                       needs and this checkout's `srrs` in the guest, as `srrs`);
+                       needs mem >= PY_MIN_MEM_MIB
+      hostfwd          (host port, guest port) pairs: QEMU user networking forwards
+                       the host's 127.0.0.1:host port to the guest's port (TCP)
       prefix           runs QEMU under this command, e.g. ("ip", "netns", "exec", NS):
                        the guest's user networking then leaves from that namespace,
                        so the guest reaches the addresses NS reaches (10.0.2.2 is
@@ -348,7 +379,10 @@ class Guest:
                  machine: str = "pc", workdir: str | os.PathLike | None = None,
                  keep_workdir: bool | None = None, command_grace: float = 30.0,
                  verbose_console: bool | None = None, name: str = "guest",
-                 backports: bool = False, prefix: Sequence[str] = ()):
+                 backports: bool = False, prefix: Sequence[str] = (),
+                 python: bool = False, hostfwd: Iterable[tuple] = ()):
+        self.python = python
+        self.hostfwd = [(int(h), int(g)) for h, g in hostfwd]
         self.prefix = [str(a) for a in prefix]
         self.extra_qemu_args = [str(a) for a in extra_qemu_args]
         self.smp = int(smp)
@@ -356,6 +390,9 @@ class Guest:
         if _mem_mib(self.mem) < MIN_MEM_MIB:
             raise ValueError(f"mem={mem}: the guest needs at least {MIN_MEM_MIB}M (its ~100 MB "
                              f"initramfs must fit in a rootfs capped at half the RAM)")
+        if python and _mem_mib(self.mem) < PY_MIN_MEM_MIB:
+            raise ValueError(f"mem={mem}: the Python guest needs at least {PY_MIN_MEM_MIB}M "
+                             f"(its initramfs is ~155 MB, in a rootfs capped at half the RAM)")
         self.hostid = hostid or str(uuid.uuid4())
         self.hostnqn = hostnqn or f"nqn.2014-08.org.nvmexpress:uuid:{self.hostid}"
         for what, v in (("hostnqn", self.hostnqn), ("hostid", self.hostid)):
@@ -438,7 +475,8 @@ class Guest:
         cmd = [QEMU, "-accel", "tcg", "-machine", self.machine, "-cpu", "max",
                "-smp", str(self.smp), *memfd_args(self.mem),
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-               "-kernel", str(art.kernel), "-initrd", str(art.initramfs),
+               "-kernel", str(art.kernel),
+               "-initrd", str(python_initramfs(art.initramfs) if self.python else art.initramfs),
                "-append", " ".join(append),
                "-chardev", f"file,id=ser0,path={w / 'console.log'}", "-serial", "chardev:ser0",
                "-device", "virtio-serial-pci,id=vser0",
@@ -447,7 +485,8 @@ class Guest:
                "-device", "virtio-rng-pci",
                "-qmp", f"unix:{w / 'qmp.sock'},server=on,wait=off"]
         if self.net:
-            cmd += ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+            fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in self.hostfwd)
+            cmd += ["-netdev", "user,id=n0" + fwd, "-device", "virtio-net-pci,netdev=n0"]
         return cmd + self.extra_qemu_args
 
     def start(self) -> "Guest":
