@@ -11,6 +11,7 @@ does (files, sockets, io_uring, memory) happens after the switch.
 """
 
 import ctypes
+import encodings.idna  # noqa: F401  (getaddrinfo's host codec, imported lazily: /root is 0700)
 import http.server  # noqa: F401  (what the metrics server imports when it starts)
 import os
 import pwd
