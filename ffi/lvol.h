@@ -141,3 +141,8 @@ int srrs_lvol_resize(struct srrs_pool *pool, const char *name, uint64_t size);
 /* control. Fills up to max, returns how many volumes the pool has. */
 int srrs_lvol_list(struct srrs_pool *pool, struct srrs_lvol_info *out, int max);
 int srrs_lvol_get_info(struct srrs_pool *pool, const char *name, struct srrs_lvol_info *out);
+/* control. One bit per cluster of the volume (LSB first; len >= ceil(clusters
+ * / 8) bytes): set where the cluster is allocated. Returns how many are. What
+ * a volume move copies (docs/architecture.md, Cluster, Volume moves). */
+int64_t srrs_lvol_alloc_bitmap(struct srrs_pool *pool, const char *name, uint8_t *out,
+                               uint64_t len);
