@@ -141,7 +141,8 @@ class _Link:
                 "stripe": mi.stripe_size, "tx_bytes": li.tx_bytes}
 
     def mark(self, bits: bytes) -> int:
-        return self.check(self.lib.srrs_mirror_mark_dirty(self.link, self.name.encode(), bits,
+        buf = self.ffi.from_buffer("uint8_t[]", bits)
+        return self.check(self.lib.srrs_mirror_mark_dirty(self.link, self.name.encode(), buf,
                                                           len(bits)), "move mirror bitmap")
 
     def close(self) -> None:

@@ -62,7 +62,10 @@ def _node(tmp, etcd, ports, hub):
     def node(n):
         return {"bdev": [launch.bdev("v0", "file", "16MiB", path=str(tmp / f"{n}.v0"))],
                 "pool": [launch.pool("p0", [launch.fragment(tmp / f"{n}.pool", "512MiB")])],
-                "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{ports[n]}"]),
+                # the four controllers may all be paths of one subsystem (during a
+                # move): their controller IDs must differ, not only within a pair
+                "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{ports[n]}"],
+                                    cntlid_min=1 + 1000 * "abcd".index(n)),
                 "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
     return node
 
