@@ -462,6 +462,8 @@ class Catalog:
             nv = v
             if size is None:
                 ops += [etcd.delete(vk), etcd.delete(nk)]
+                if kv2[mk] is not None:
+                    ops.append(etcd.delete(mk))     # a finished move's record goes too
             else:
                 nv = replace(v, size=size, generation=v.generation + 1)
                 ops.append(etcd.put(vk, _enc(nv)))

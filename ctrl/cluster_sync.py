@@ -29,6 +29,7 @@ from typing import Any, Optional
 from . import etcd, ha
 from .cluster import pair_name, volume_nqn
 from .cluster_catalog import Snapshot, Volume
+from .cluster_move import Mover
 
 log = logging.getLogger("srrs.cluster.sync")
 
@@ -68,9 +69,7 @@ class CatalogSync:
         # thread (a converge holding self.lock may be waiting on the pair).
         self._kick = threading.Event()
         self.pair.ana_listeners.append(lambda _s: self._kick.set())
-        from .cluster_move import Mover   # it reads this module's names
-
-        self.mover = Mover(self)
+        self.mover = Mover(self)       # volume moves (ctrl/cluster_move.py)
         self._threads = [threading.Thread(target=fn, name=n, daemon=True) for fn, n in
                          ((self._follow, "srrs-catalog"), (self._tick, "srrs-catalog-tick"))]
         for t in self._threads:

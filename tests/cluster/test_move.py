@@ -212,7 +212,7 @@ def _check_end(w, vols, src="ab", dst="cd"):
             _wait(lambda n=n, u=u: _ana(w.ctl(n), u) == "optimized", 30, f"optimized on {n}")
         dst_addrs = {w.addr(n) for n in dst}
 
-        def paths_ok(u=u):
+        def paths_ok(u=u, dst_addrs=dst_addrs):
             ps = _paths(w, u)
             good = [p for p in ps if p[1] == "live" and p[2] == "optimized"]
             return bool(good) and all(p[0] in dst_addrs for p in good) and ps
@@ -271,6 +271,42 @@ def test_move_under_load(world):
     print(f"moves done in {took:.1f} s:", json.dumps([ms[v["uuid"]] for v in (v1, v2)]))
     for v in (v1, v2):
         g.run(f"nvme disconnect -n {volume_nqn(v['uuid'])}", timeout=60)
+
+
+def test_move_cancel(world):
+    """A move cancelled while it waits for the guest's destination paths: the
+    volume stays on a+b (both serve it again), c and d delete their replicas
+    and subsystems, the destination's reservation is freed, fio saw no error."""
+    w = world
+    g = w.guest()
+    v = _create(w, "x1")
+    u = v["uuid"]
+    _connect(w, u, "ab")
+    dev = _dev(w, u)
+    job = g.spawn(fio_verify(dev, "16M", 30, name="x1"), name="x1")
+    time.sleep(2)
+    a = w.ctl("a")
+    cd_before = next(p for p in a.rpc("cluster_pairs") if p["name"] == "c+d")["allocated"]
+    try:
+        _move(w, "x1")
+        _wait(lambda: _moves(a)[u]["waiting"], 60, "copied, waiting for hosts")
+        rc, _, err = cli(a, "move-cancel", "x1", "--tenant", "t")
+        assert rc == 0, err
+        _wait(lambda: _moves(a)[u]["phase"] == "cancelled", 60, "cancelled")
+        for n in "cd":
+            _wait(lambda n=n: u not in _replicas(w.ctl(n))
+                  and volume_nqn(u) not in _subsystems(w.ctl(n)), 60, f"gone from {n}")
+        for n in "ab":
+            _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 30, f"optimized on {n}")
+        cd = next(p for p in a.rpc("cluster_pairs") if p["name"] == "c+d")["allocated"]
+        assert cd == cd_before
+        assert {x["uuid"]: x for x in a.rpc("cluster_volumes")}[u]["pair"] == "a+b"
+    except BaseException:
+        _dump(w, (v,))
+        raise
+    r = job.wait(timeout=150)
+    assert r.rc == 0 and "err= 0" in r.output, r.output
+    g.run(f"nvme disconnect -n {volume_nqn(u)}", timeout=60)
 
 
 def _kill_mid_move(w, name, victim, connect_before, connect_mid, connect_end, runtime=75):
