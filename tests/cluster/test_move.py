@@ -66,7 +66,7 @@ def _node(tmp, etcd, ports, hub):
                 # move): their controller IDs must differ, not only within a pair
                 "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{ports[n]}"],
                                     cntlid_min=1 + 1000 * "abcd".index(n)),
-                "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
+                "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 5}}
     return node
 
 
@@ -86,7 +86,10 @@ def world(tmp_path_factory):
                 pairs.append(launch.Pair(
                     d, node=_node(tmp, etcd, ports, hub), names=names, volumes=("v0",),
                     secure=False, hosts={n: hub.hosts[n][1] for n in names},
-                    prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names}).start())
+                    prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names},
+                    # four controllers, etcd and a TCG guest on two shared cores: a
+                    # controller's death counts after 3 s of silence, not 1
+                    heartbeat_ms=200, miss_count=15, lease_ms=4000).start())
             a = w.ctl("a")
             assert cli(a, "pair-set", "a+b", "--capacity", "400MiB", "--zone", "src")[0] == 0
             assert cli(a, "pair-set", "c+d", "--capacity", "400MiB", "--zone", "dst")[0] == 0
@@ -113,9 +116,9 @@ def _create(w, name, size=64 * MiB):
     assert v["pair"] == "a+b"
     _wait(lambda: w.ctl("a").rpc("cluster_volumes", {"tenant": "t"}) and all(
         x["state"] == "ready" for x in w.ctl("a").rpc("cluster_volumes", {"tenant": "t"})
-        if x["uuid"] == v["uuid"]), what=f"{name} ready")
+        if x["uuid"] == v["uuid"]), 60, what=f"{name} ready")
     for n in "ab":
-        _wait(lambda n=n: _ana(w.ctl(n), v["uuid"]) == "optimized", what=f"{name} on {n}")
+        _wait(lambda n=n: _ana(w.ctl(n), v["uuid"]) == "optimized", 60, what=f"{name} on {n}")
     return v
 
 
@@ -342,7 +345,7 @@ def _kill_mid_move(w, name, victim, connect_before, connect_mid, connect_end, ru
         _connect(w, u, connect_mid)
         _wait(lambda: _moves(w.ctl(survivor))[u]["phase"] == "done", 120, "move done")
         ctl_victim.restart()
-        w.pair(victim).wait_state("PAIRED", 60)
+        w.pair(victim).wait_state("PAIRED", 120)
         if connect_end:
             _wait_dest_export(w, u, connect_end)
             _connect(w, u, connect_end)
