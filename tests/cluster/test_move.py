@@ -199,6 +199,16 @@ def _dump(w, us):
         print(e)
 
 
+def _stacks(ctl):
+    """Every thread's C stack of a controller that does not answer (gdb)."""
+    import subprocess
+    pid = ctl.proc.pid if ctl.proc is not None else None
+    if pid and ctl.proc.poll() is None:
+        r = subprocess.run(["gdb", "-batch", "-p", str(pid), "-ex", "thread apply all bt 25"],
+                           capture_output=True, text=True, timeout=120)
+        print(r.stdout[-60000:])
+
+
 def _check_end(w, vols, src="ab", dst="cd"):
     """Catalog on dst; replicas and subsystems only on dst, optimized there;
     the guest's usable paths only on dst."""
@@ -345,7 +355,11 @@ def _kill_mid_move(w, name, victim, connect_before, connect_mid, connect_end, ru
         _connect(w, u, connect_mid)
         _wait(lambda: _moves(w.ctl(survivor))[u]["phase"] == "done", 120, "move done")
         ctl_victim.restart()
-        w.pair(victim).wait_state("PAIRED", 120)
+        try:
+            w.pair(victim).wait_state("PAIRED", 120)
+        except RuntimeError:
+            _stacks(ctl_victim)
+            raise
         if connect_end:
             _wait_dest_export(w, u, connect_end)
             _connect(w, u, connect_end)
