@@ -149,6 +149,7 @@ class Move:
     # waits until every host connected to the tee is (it would lose its paths)
     dst_hosts: tuple = ()
     waiting: str = ""           # why the cutover waits (for the operator)
+    rate: int = 0               # the copy's limit, bytes/s (0: none)
 
 
 MOVE_ACTIVE = ("copying", "cancelling")
@@ -473,7 +474,7 @@ class Catalog:
 
     # -- volume moves (docs/architecture.md, Cluster, Volume moves) --
     def start_move(self, tenant: str, name: str, dst: str, tee: str, target: str,
-                   secret: str, now: float) -> Move:
+                   secret: str, now: float, rate: int = 0) -> Move:
         """One transaction: the move record and the destination pair's
         reservation (allocation and a mirror slot), if the volume, the pair and
         any earlier move record are still as read."""
@@ -508,7 +509,7 @@ class Catalog:
             slots = p.slots + ("",) * (slot + 1 - len(p.slots))
             slots = slots[:slot] + (u,) + slots[slot + 1:]
             mv = Move(u, v.pair, dst, slot, v.size, tee=tee, target=target, secret=secret,
-                      started=now, epoch_started=now, updated=now)
+                      started=now, epoch_started=now, updated=now, rate=int(rate))
             ok = self.etcd.txn(
                 [etcd.mod_is(vk, kvs[vk].mod_revision), etcd.mod_is(pk, kvs[pk].mod_revision),
                  etcd.mod_is(mk, kvs[mk].mod_revision if kvs[mk] else 0)],

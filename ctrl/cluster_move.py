@@ -110,6 +110,7 @@ class _Link:
         self.bitmap = bitmap
         self.mirror = False
         self.down = 0           # polls in a row that found the link down
+        self.rate = 0           # the copy limit set (bytes/s)
         self.rs_at = 0.0
         try:
             if os.path.exists(bitmap):
@@ -125,6 +126,13 @@ class _Link:
     def set_mode(self, mode: str) -> None:
         dl = int((time.monotonic() + FAR) * 1e9) if mode == "solo" else 0
         self.check(self.lib.srrs_mirror_set_mode(self.link, MODES[mode], dl), "move link mode")
+
+    def limit(self, rate: int) -> None:
+        """The copy's bytes/s (0: no limit)."""
+        if rate != self.rate:
+            self.check(self.lib.srrs_mirror_set_copy_limit(self.link, 0, max(0, int(rate))),
+                       "move copy limit")
+            self.rate = rate
 
     def resync(self) -> None:
         self.check(self.lib.srrs_mirror_resync_start(self.link, 0), "move resync")
@@ -399,6 +407,7 @@ class Mover:
                 self._dark.discard(u)
                 self.sync._apply_ana()
             return
+        t.link.limit(m.rate)
         li = t.link.info()
         if li["up"] and li["mode"] == "solo":
             t.link.set_mode("resync_source")
@@ -511,6 +520,12 @@ class Mover:
         try:
             hold = name + ".mvhold"
             if self._ns_bdev(u) == link.name:
+                # writes held for a target that is gone (or going) are applied
+                # here alone first: the namespace's I/O must drain
+                link.set_mode("solo")
+                end = time.monotonic() + 3.0
+                while link.info()["mode"] != "solo" and time.monotonic() < end:
+                    time.sleep(0.05)
                 if not any(b["name"] == hold for b in core.bdev_list()):
                     info = core.bdev_info(link.name)
                     core.bdev_create_null(hold, info["size"], info["block_size"])

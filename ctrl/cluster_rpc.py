@@ -173,7 +173,9 @@ def _first_up(snap: cat.Snapshot, pair: str) -> str:
 
 
 @METHODS.method("cluster_volume_move", _VNAME, _TENANT,
-                _P("to", help="the destination pair"))
+                _P("to", help="the destination pair"),
+                _P("rate", "size", 0, help="the copy's limit in bytes/s (0: none); again "
+                                           "on a running move: its new limit"))
 def cluster_volume_move(ctl, p: dict):
     """Move a volume to another pair online: the destination builds its replicas
     while hosts keep using it, then one etcd transaction cuts over (`srrs cluster
@@ -197,7 +199,12 @@ def cluster_volume_move(ctl, p: dict):
     else:
         tee, target = _first_up(snap, v.pair), _first_up(snap, p["to"])
     m = _call(c.start_move, p["tenant"], p["name"], p["to"], tee, target,
-              os.urandom(32).hex(), time.time())
+              os.urandom(32).hex(), time.time(), p["rate"])
+    if m.rate != p["rate"]:
+        from dataclasses import replace
+
+        m = _call(c.update_move, v.uuid, lambda x: replace(x, rate=p["rate"])
+                  if x.phase == "copying" else None) or m
     return move_row(m, snap)
 
 

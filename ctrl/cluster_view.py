@@ -162,7 +162,7 @@ def move_row(m, snap: Optional[Snapshot] = None) -> dict:
     d = {k: getattr(m, k) for k in ("uuid", "src", "dst", "phase", "epoch", "tee", "target",
                                     "total", "copied", "started", "finished", "pause_ms",
                                     "error", "size", "waiting")}
-    d.update(quiet=list(m.quiet), dst_hosts=list(m.dst_hosts), name=f"{v.tenant}/{v.name}" if v is not None else "",
+    d.update(limit=m.rate, quiet=list(m.quiet), dst_hosts=list(m.dst_hosts), name=f"{v.tenant}/{v.name}" if v is not None else "",
              progress=round(m.copied / m.total, 4) if m.total else (1.0 if m.phase == "done"
                                                                    else 0.0),
              rate=round(rate), eta_s=round(left / rate, 1) if rate > 0 and

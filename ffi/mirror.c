@@ -84,6 +84,7 @@ static void vol_detach_fn(void *a)
                 unlist(&l->held, p);
                 unlist(&l->rwait, p);
                 unlist(&m->lock_wait, p);
+                unlist(&l->throttled, p);
                 p->waiting = false;
             }
             if (p->kind == P_COPY)
@@ -395,6 +396,32 @@ int64_t srrs_mirror_mark_dirty(struct srrs_mirror_link *link, const char *name,
         return srrs_err(-EINVAL, "mirror: mark_dirty needs a name and bits");
     srrs_reactor_call(x.l->r, mark_dirty_fn, &x);
     return x.rc == -ENOENT ? srrs_err(-ENOENT, "mirror %s does not exist", name) : x.rc;
+}
+
+struct limit_arg {
+    struct mlink *l;
+    uint32_t copies;
+    uint64_t rate;
+};
+
+static void copy_limit_fn(void *a)
+{
+    struct limit_arg *x = a;
+    x->l->copy_max = x->copies;
+    if (x->l->copy_rate != x->rate) {
+        x->l->copy_rate = x->rate;
+        x->l->copy_tokens = 0;
+        x->l->copy_tok_at = srrs_ticks();
+    }
+    copy_refill(x->l); /* no limit any more: what waited goes on */
+}
+
+int srrs_mirror_set_copy_limit(struct srrs_mirror_link *link, uint32_t copies,
+                               uint64_t bytes_per_s)
+{
+    struct limit_arg x = {(struct mlink *)link, copies, bytes_per_s};
+    srrs_reactor_call(x.l->r, copy_limit_fn, &x);
+    return 0;
 }
 
 int srrs_mirror_set_mode(struct srrs_mirror_link *link, int mode, uint64_t lease_deadline_ns)

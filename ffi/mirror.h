@@ -126,6 +126,11 @@ int srrs_mirror_create_over(struct srrs_mirror_link *link, const char *name, con
  * number of bits given (set), or -ENOENT. */
 int64_t srrs_mirror_mark_dirty(struct srrs_mirror_link *link, const char *name,
                                const uint8_t *bits, uint64_t len);
+/* control. Throttles the resync copy of the link's mirrors: at most copies
+ * stripes at once (0: 16) and bytes_per_s (0: no limit; a token bucket, 100 ms
+ * of burst). A volume move's rate (docs/architecture.md, Volume moves). */
+int srrs_mirror_set_copy_limit(struct srrs_mirror_link *link, uint32_t copies,
+                               uint64_t bytes_per_s);
 /* control. Every mirror of the link; lease_deadline_ns (CLOCK_MONOTONIC) bounds solo. */
 int srrs_mirror_set_mode(struct srrs_mirror_link *link, int mode, uint64_t lease_deadline_ns);
 /* control. Start copying: source (mode 3) copies dirty stripes of both sides
