@@ -99,6 +99,9 @@ class _Link:
         o.ping_ms = 50
         o.timeout_ms = 1000
         o.read_lease_ms = 500
+        # only the tee (node 0) has host I/O: it orders every stripe and never
+        # forwards one (both legs of a write then run at once)
+        o.node0_orders = 1
         key = bytes.fromhex(secret)
         if len(key) != 32:
             raise ValueError("move secret: not 32 bytes")

@@ -63,6 +63,8 @@ struct srrs_mirror_link_opts {
     uint8_t secret[32];        /* the pair's mirror secret (srrs keygen), both sides alike */
     uint32_t secret_len;       /* 32: authenticated link; 0: none (insecure, isolated network) */
     char allow[4][64];         /* numeric source addresses accepted ("": any that authenticates) */
+    int32_t node0_orders;      /* 1: node 0 orders every stripe (a volume move's tee: the
+                                  only side with host I/O never forwards); both sides alike */
 };
 
 struct srrs_mirror_link_info {

@@ -232,6 +232,8 @@ static inline bool we_order(struct mirror *m, uint64_t s)
     struct mlink *l = m->l;
     if (l->mode == MODE_SOLO)
         return true;
+    if (l->o.node0_orders)
+        return l->o.node == 0;
     if (mode_resync(l->mode) && m->need[s])
         return source_node(l) == l->o.node;
     return (int)(s & 1) == l->o.node;
