@@ -13,6 +13,7 @@ controller) is killed with SIGKILL in the middle of a move: the move resumes
 on the survivor and completes; the guest sees no error; the data verifies."""
 
 import json
+import os
 import time
 
 import pytest
@@ -75,7 +76,9 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mv")
     ports = dict(zip("abcd", launch.free_ports(4)))
     pairs = []
-    with Hub(KEYS, tag="srrs-mv") as hub:
+    # a tag of this run's own: worktrees of this repository run this module
+    # at the same time, and a Hub deletes the namespaces of its tag first
+    with Hub(KEYS, tag=f"srrs-mv{os.getpid() % 100000}-") as hub:
         etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
         w = World(etcd, pairs, ports, hub)
         try:
