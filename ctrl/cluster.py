@@ -16,6 +16,7 @@ import threading
 from typing import Any, Optional
 
 from srrs import __version__
+from srrs.units import parse_address
 
 from . import etcd
 from .cluster_catalog import Catalog, Member
@@ -84,6 +85,12 @@ class ClusterService:
         nv = getattr(self.ctl.conf, "nvmf", None)
         if nv is not None:
             addrs["nvmf"] = [str(x) for x in nv.listen]
+        pc = getattr(self.ctl.conf, "pair", None)
+        if pc is not None and getattr(pc, "mirror_listen", ""):
+            # where this controller takes a volume move's link (ctrl/cluster_move.py)
+            host, _ = parse_address(str(pc.mirror_listen))
+            host = f"[{host}]" if ":" in host else host
+            addrs["move"] = f"{host}:{self.conf.move_port}"
         health = "degraded" if any(p.get("degraded") for p in pools) else "ok"
         return Member(name=self.name, pair=pair_name(getattr(self.ctl.conf, "pair", None)),
                       addresses=addrs, capacity=sum(p["capacity"] for p in pools),

@@ -115,12 +115,53 @@ class Volume:
     labels: dict = field(default_factory=dict)  # what its pair must carry (zone): placement, moves
 
 
-KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume}
+@dataclass(frozen=True)
+class Move:
+    """An online volume move (docs/architecture.md, Cluster, Volume moves).
+
+    `tee` is the source controller that serves the volume's hosts and sends
+    every write to `target`, a destination controller, over an authenticated
+    move link (`secret`); the other source controller stops serving it and
+    says so in `quiet`. `epoch` is bumped whenever the tee or the target
+    changes (a death): the copy then starts over. The destination pair's
+    allocation and mirror slot `dst_slot` are reserved from the start; one
+    transaction ends the move (the volume's pair and slot flip, the source
+    pair's are freed) or its cancel (the reservation is freed)."""
+    uuid: str
+    src: str
+    dst: str
+    dst_slot: int = -1
+    size: int = 0
+    phase: str = "copying"      # copying -> done | cancelling -> cancelled
+    epoch: int = 1
+    tee: str = ""
+    target: str = ""
+    quiet: tuple = ()           # source controllers no longer serving the volume
+    secret: str = ""            # hex: the move link's key (32 bytes)
+    total: int = 0              # bytes this epoch's copy has to copy (allocated clusters)
+    copied: int = 0
+    started: float = 0.0        # time.time() of the move's start
+    epoch_started: float = 0.0  # ... of this epoch's copy
+    updated: float = 0.0        # ... of the last progress written
+    finished: float = 0.0
+    pause_ms: float = 0.0       # host I/O held at cutover on the tee (ANA change to txn)
+    error: str = ""
+    # host NQNs connected to the target's export of the volume: the cutover
+    # waits until every host connected to the tee is (it would lose its paths)
+    dst_hosts: tuple = ()
+    waiting: str = ""           # why the cutover waits (for the operator)
+    rate: int = 0               # the copy's limit, bytes/s (0: none)
+
+
+MOVE_ACTIVE = ("copying", "cancelling")
+
+KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume,
+         "moves": Move}
 
 
 def _rec(kind: str, kv: etcd.KV):
     d = json.loads(kv.value)
-    for k in ("nodes", "slots", "hosts"):
+    for k in ("nodes", "slots", "hosts", "quiet", "dst_hosts"):
         if k in d:
             d[k] = tuple(d[k])
     # a field a newer controller wrote is not ours to refuse (mixed versions in a rollout)
@@ -130,7 +171,7 @@ def _rec(kind: str, kv: etcd.KV):
 
 def _enc(rec) -> dict:
     d = asdict(rec)
-    for k in ("nodes", "slots", "hosts"):
+    for k in ("nodes", "slots", "hosts", "quiet", "dst_hosts"):
         if k in d:
             d[k] = list(d[k])
     return d
@@ -144,6 +185,12 @@ class Snapshot:
     pairs: Dict[str, Pair] = field(default_factory=dict)
     tenants: Dict[str, Tenant] = field(default_factory=dict)
     volumes: Dict[str, Volume] = field(default_factory=dict)
+    moves: Dict[str, Move] = field(default_factory=dict)
+
+    def moving(self, uuid: str) -> Optional[Move]:
+        """The volume's move while it runs (copying or being cancelled)."""
+        m = self.moves.get(uuid)
+        return m if m is not None and m.phase in MOVE_ACTIVE else None
 
     def apply(self, ch: "Change") -> "Snapshot":
         """This snapshot with one watched change applied."""
@@ -157,7 +204,7 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Change:
-    kind: str                   # members | pairs | tenants | volumes
+    kind: str                   # members | pairs | tenants | volumes | moves
     name: str                   # the member, pair or tenant name; the volume uuid
     record: object              # the new record, None when deleted
     revision: int
@@ -387,10 +434,13 @@ class Catalog:
             if vkv is None:
                 continue                # deleted meanwhile: re-read the name
             v = _rec("volumes", vkv)
-            pk = self.key("pairs", v.pair)
-            kv2, _ = self._read(tk, pk)
+            pk, mk = self.key("pairs", v.pair), self.key("moves", v.uuid)
+            kv2, _ = self._read(tk, pk, mk)
             if kv2[tk] is None or kv2[pk] is None:
                 raise CatalogError(f"volume {tenant}/{name}: its tenant or pair is gone")
+            if kv2[mk] is not None and _rec("moves", kv2[mk]).phase in MOVE_ACTIVE:
+                raise Conflict(f"volume {tenant}/{name} is moving to "
+                               f"{_rec('moves', kv2[mk]).dst}: cancel the move or wait")
             t, p = _rec("tenants", kv2[tk]), _rec("pairs", kv2[pk])
             delta = -v.size if size is None else size - v.size
             if size is not None:
@@ -404,7 +454,8 @@ class Catalog:
                 if delta > p.free:
                     raise CatalogError(f"pair {p.name}: {p.free} bytes free, {delta} asked")
             cmp = [etcd.mod_is(vk, vkv.mod_revision), etcd.mod_is(tk, kv2[tk].mod_revision),
-                   etcd.mod_is(pk, kv2[pk].mod_revision)]
+                   etcd.mod_is(pk, kv2[pk].mod_revision),
+                   etcd.mod_is(mk, kv2[mk].mod_revision if kv2[mk] else 0)]
             slots = p.slots
             if size is None and 0 <= v.slot < len(slots) and slots[v.slot] == v.uuid:
                 slots = slots[:v.slot] + ("",) + slots[v.slot + 1:]
@@ -414,12 +465,138 @@ class Catalog:
             nv = v
             if size is None:
                 ops += [etcd.delete(vk), etcd.delete(nk)]
+                if kv2[mk] is not None:
+                    ops.append(etcd.delete(mk))     # a finished move's record goes too
             else:
                 nv = replace(v, size=size, generation=v.generation + 1)
                 ops.append(etcd.put(vk, _enc(nv)))
             if self.etcd.txn(cmp, ops).succeeded:
                 return nv
         raise CatalogError(f"volume {tenant}/{name}: too many concurrent changes")
+
+    # -- volume moves (docs/architecture.md, Cluster, Volume moves) --
+    def start_move(self, tenant: str, name: str, dst: str, tee: str, target: str,
+                   secret: str, now: float, rate: int = 0) -> Move:
+        """One transaction: the move record and the destination pair's
+        reservation (allocation and a mirror slot), if the volume, the pair and
+        any earlier move record are still as read."""
+        nk, pk = self.key("names", tenant, name), self.key("pairs", dst)
+        for _ in range(RETRIES):
+            nkv = self.etcd.get1(nk)
+            if nkv is None:
+                raise NotFound(f"no volume {tenant}/{name}")
+            u = nkv.value.decode()
+            vk, mk = self.key("volumes", u), self.key("moves", u)
+            kvs, _ = self._read(vk, pk, mk)
+            if kvs[vk] is None:
+                continue
+            v = _rec("volumes", kvs[vk])
+            if kvs[pk] is None:
+                raise NotFound(f"no pair {dst!r}")
+            p = _rec("pairs", kvs[pk])
+            old = _rec("moves", kvs[mk]) if kvs[mk] is not None else None
+            if old is not None and old.phase in MOVE_ACTIVE:
+                if old.dst == dst:
+                    return old          # the same move again
+                raise Conflict(f"volume {tenant}/{name} is already moving to {old.dst}")
+            if v.pair == dst:
+                raise Conflict(f"volume {tenant}/{name} is on {dst} already")
+            if v.state != "ready":
+                raise CatalogError(f"volume {tenant}/{name} is {v.state}, not ready")
+            if v.size > p.free:
+                raise CatalogError(f"pair {dst}: {p.free} bytes free, {v.size} asked")
+            slot = p.free_slot()
+            if slot < 0:
+                raise CatalogError(f"pair {dst}: no free mirror slot")
+            slots = p.slots + ("",) * (slot + 1 - len(p.slots))
+            slots = slots[:slot] + (u,) + slots[slot + 1:]
+            mv = Move(u, v.pair, dst, slot, v.size, tee=tee, target=target, secret=secret,
+                      started=now, epoch_started=now, updated=now, rate=int(rate))
+            ok = self.etcd.txn(
+                [etcd.mod_is(vk, kvs[vk].mod_revision), etcd.mod_is(pk, kvs[pk].mod_revision),
+                 etcd.mod_is(mk, kvs[mk].mod_revision if kvs[mk] else 0)],
+                [etcd.put(mk, _enc(mv)),
+                 etcd.put(pk, _enc(replace(p, allocated=p.allocated + v.size, slots=slots)))]
+            ).succeeded
+            if ok:
+                return mv
+        raise CatalogError(f"volume {tenant}/{name}: too many concurrent changes")
+
+    def update_move(self, uuid: str, fn) -> Optional[Move]:
+        """move = fn(move) in one compare-and-swap; fn returns None to change
+        nothing (then None is returned, as for no move)."""
+        k = self.key("moves", uuid)
+        for _ in range(RETRIES):
+            kv = self.etcd.get1(k)
+            if kv is None:
+                return None
+            new = fn(_rec("moves", kv))
+            if new is None:
+                return None
+            if self.etcd.txn([etcd.mod_is(k, kv.mod_revision)], [etcd.put(k, _enc(new))]).succeeded:
+                return new
+        raise CatalogError(f"move of {uuid}: too many concurrent changes")
+
+    def finish_move(self, uuid: str, epoch: int, now: float, pause_ms: float = 0.0) -> bool:
+        """The cutover, one transaction: the volume's pair and slot become the
+        destination's, the source pair's allocation and slot are freed, the
+        move is done -- only if the move is still copying at `epoch`. False
+        when it is not (cancelled, or another tee or target took over)."""
+        mk, vk = self.key("moves", uuid), self.key("volumes", uuid)
+        for _ in range(RETRIES):
+            kvs, _ = self._read(mk, vk)
+            if kvs[mk] is None or kvs[vk] is None:
+                return False
+            m, v = _rec("moves", kvs[mk]), _rec("volumes", kvs[vk])
+            if m.phase == "done" and m.epoch == epoch and v.pair == m.dst:
+                return True         # committed by us, the answer lost
+            if m.phase != "copying" or m.epoch != epoch:
+                return False
+            sk = self.key("pairs", v.pair)
+            skv = self.etcd.get1(sk)
+            ops = [etcd.put(vk, _enc(replace(v, pair=m.dst, slot=m.dst_slot,
+                                             generation=v.generation + 1))),
+                   etcd.put(mk, _enc(replace(m, phase="done", finished=now, copied=m.total,
+                                             updated=now, pause_ms=pause_ms)))]
+            cmp = [etcd.mod_is(mk, kvs[mk].mod_revision), etcd.mod_is(vk, kvs[vk].mod_revision),
+                   etcd.mod_is(sk, skv.mod_revision if skv else 0)]
+            if skv is not None:
+                p = _rec("pairs", skv)
+                slots = p.slots
+                if 0 <= v.slot < len(slots) and slots[v.slot] == uuid:
+                    slots = slots[:v.slot] + ("",) + slots[v.slot + 1:]
+                ops.append(etcd.put(sk, _enc(replace(p, allocated=p.allocated - v.size,
+                                                     slots=slots))))
+            if self.etcd.txn(cmp, ops).succeeded:
+                return True
+        raise CatalogError(f"move of {uuid}: too many concurrent changes")
+
+    def end_cancel(self, uuid: str, now: float, error: str = "") -> bool:
+        """A cancelled move's end: the destination's reservation is freed, the
+        move is `cancelled`. False when it is not being cancelled."""
+        mk = self.key("moves", uuid)
+        for _ in range(RETRIES):
+            kv = self.etcd.get1(mk)
+            if kv is None:
+                return False
+            m = _rec("moves", kv)
+            if m.phase != "cancelling":
+                return False
+            dk = self.key("pairs", m.dst)
+            dkv = self.etcd.get1(dk)
+            ops = [etcd.put(mk, _enc(replace(m, phase="cancelled", finished=now, updated=now,
+                                             error=error or m.error)))]
+            cmp = [etcd.mod_is(mk, kv.mod_revision), etcd.mod_is(dk, dkv.mod_revision if dkv else 0)]
+            if dkv is not None:
+                p = _rec("pairs", dkv)
+                slots = p.slots
+                if 0 <= m.dst_slot < len(slots) and slots[m.dst_slot] == uuid:
+                    slots = slots[:m.dst_slot] + ("",) + slots[m.dst_slot + 1:]
+                ops.append(etcd.put(dk, _enc(replace(p, allocated=p.allocated - m.size,
+                                                     slots=slots))))
+            if self.etcd.txn(cmp, ops).succeeded:
+                return True
+        raise CatalogError(f"move of {uuid}: too many concurrent changes")
 
     # -- following it --
     def watch(self, from_revision: int) -> "CatalogWatch":

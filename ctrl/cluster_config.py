@@ -9,6 +9,8 @@ prefix = "/srrs/"           # every key of the cluster lives under it
 zone = "z1"                 # optional label placement may use
 pool = "p0"                 # the pool of the cluster volumes' replicas (default: the only one)
 lease_s = 5                 # the member key's lease: gone this long after a death
+move_port = 7400            # volume moves: a destination controller's move links listen on
+                            #   its [pair] mirror_listen host, port move_port + the slot
 ca_cert = "/etc/srrs/etcd-ca.pem"   # optional TLS to etcd
 cert = "/etc/srrs/etcd-client.pem"
 key = "/etc/srrs/etcd-client.key"
@@ -51,6 +53,10 @@ class ClusterConfig:
     pool: str = setting("", help="the pool the replicas of cluster volumes go to "
                                  "(default: the only pool)")
     lease_s: int = setting(5, range=(1, 60), help="the member key's etcd lease, seconds")
+    move_port: int = setting(7400, range=(1, 64535),
+                             help="volume moves: a destination controller accepts a move's "
+                                  "link on its [pair] mirror_listen host at this port plus the "
+                                  "volume's mirror slot (0..999)")
     timeout_s: float = setting(1.0, range=(0.05, 30.0), help="one etcd request, seconds")
     ca_cert: str = setting("", help="CA file of etcd's TLS certificates")
     cert: str = setting("", help="client certificate for etcd (with key)")

@@ -156,3 +156,80 @@ def cluster_volume_resize(ctl, p: dict):
 def cluster_volume_hosts(ctl, p: dict):
     """Set the host allow-list of a volume's subsystem (both controllers follow)."""
     return _vol(_call(_svc(ctl).catalog.set_volume_hosts, p["tenant"], p["name"], p["hosts"]))
+
+
+# ---- volume moves (docs/architecture.md, Cluster, Volume moves) ----------------------------
+
+def _first_up(snap: cat.Snapshot, pair: str) -> str:
+    """The pair's first registered controller (by name) that takes move links."""
+    p = snap.pairs.get(pair)
+    nodes = sorted(set(p.nodes if p else ()) |
+                   {m.name for m in snap.members.values() if m.pair == pair})
+    for n in nodes:
+        m = snap.members.get(n)
+        if m is not None and "move" in m.addresses:
+            return n
+    raise InvalidParams(f"pair {pair}: no registered controller to run the move")
+
+
+@METHODS.method("cluster_volume_move", _VNAME, _TENANT,
+                _P("to", help="the destination pair"),
+                _P("rate", "size", 0, help="the copy's limit in bytes/s (0: none); again "
+                                           "on a running move: its new limit"))
+def cluster_volume_move(ctl, p: dict):
+    """Move a volume to another pair online: the destination builds its replicas
+    while hosts keep using it, then one etcd transaction cuts over (`srrs cluster
+    moves` shows progress, rate and ETA; `move-cancel` stops it)."""
+    import os
+    import time
+
+    from .cluster_view import move_row
+
+    c = _svc(ctl).catalog
+    snap = _call(c.snapshot)
+    v = next((x for x in snap.volumes.values()
+              if x.tenant == p["tenant"] and x.name == p["name"]), None)
+    if v is None:
+        raise NotFound(f"no volume {p['tenant']}/{p['name']}")
+    if p["to"] not in snap.pairs:
+        raise NotFound(f"no pair {p['to']!r}")
+    old = snap.moving(v.uuid)
+    if old is not None:
+        tee, target = old.tee, old.target
+    else:
+        tee, target = _first_up(snap, v.pair), _first_up(snap, p["to"])
+    m = _call(c.start_move, p["tenant"], p["name"], p["to"], tee, target,
+              os.urandom(32).hex(), time.time(), p["rate"])
+    if m.rate != p["rate"]:
+        from dataclasses import replace
+
+        m = _call(c.update_move, v.uuid, lambda x: replace(x, rate=p["rate"])
+                  if x.phase == "copying" else None) or m
+    return move_row(m, snap)
+
+
+@METHODS.method("cluster_moves", _P("all", "bool", False, help="finished moves too"))
+def cluster_moves(ctl, p: dict):
+    """Volume moves: phase, source and destination, tee and target, progress,
+    rate (bytes/s) and ETA (s)."""
+    from .cluster_view import move_row
+
+    snap = _call(_svc(ctl).catalog.snapshot)
+    return [move_row(m, snap) for m in sorted(snap.moves.values(), key=lambda m: m.started)
+            if p["all"] or m.phase in cat.MOVE_ACTIVE]
+
+
+@METHODS.method("cluster_move_cancel", _VNAME, _TENANT)
+def cluster_move_cancel(ctl, p: dict):
+    """Cancel a volume's move: it stays on its pair, the destination's replicas go."""
+    from dataclasses import replace
+
+    c = _svc(ctl).catalog
+    v = _call(c.volume_by_name, p["tenant"], p["name"])
+    if v is None:
+        raise NotFound(f"no volume {p['tenant']}/{p['name']}")
+    m = _call(c.update_move, v.uuid, lambda x: replace(x, phase="cancelling")
+              if x.phase == "copying" else None)
+    if m is None:
+        raise NotFound(f"volume {p['tenant']}/{p['name']} is not moving")
+    return True

@@ -29,6 +29,7 @@ from typing import Any, Optional
 from . import etcd, ha
 from .cluster import pair_name, volume_nqn
 from .cluster_catalog import Snapshot, Volume
+from .cluster_move import Mover
 
 log = logging.getLogger("srrs.cluster.sync")
 
@@ -68,6 +69,7 @@ class CatalogSync:
         # thread (a converge holding self.lock may be waiting on the pair).
         self._kick = threading.Event()
         self.pair.ana_listeners.append(lambda _s: self._kick.set())
+        self.mover = Mover(self)       # volume moves (ctrl/cluster_move.py)
         self._threads = [threading.Thread(target=fn, name=n, daemon=True) for fn, n in
                          ((self._follow, "srrs-catalog"), (self._tick, "srrs-catalog-tick"))]
         for t in self._threads:
@@ -113,9 +115,12 @@ class CatalogSync:
 
     # -- converging -------------------------------------------------------------------
     def converge(self, snap: Snapshot) -> None:
+        self.mover.update(snap)     # first: its ANA rules apply to what we export now
         with self.lock:
             self.snap = snap
             want = {u: v for u, v in snap.volumes.items() if v.pair == self.pair_name}
+            # volumes moving here: replicas and an inaccessible export before the cutover
+            want.update(self.mover.wanted(snap))
             here = {n[len(PREFIX):] for n in (v["name"] for v in self.pool.volume_list())
                     if n.startswith(PREFIX)} | set(self.have)
             for u in sorted(here - set(want)):
@@ -217,6 +222,7 @@ class CatalogSync:
         if any(s["nqn"] == nqn for s in nv.subsystems()):
             nv.remove_subsystem(nqn)
         self._ana.pop(nqn, None)
+        self.mover.release(u)       # a move's mirror over the replica goes first
         self.have.pop(u, None)
         self._growing.discard(u)
         if not self._quiesced(u, name):
@@ -234,6 +240,8 @@ class CatalogSync:
         not made its mirror yet (a write replicated to it would break the link)."""
         if self.pair.ana != ha.ANA_OPTIMIZED or u in self._growing:
             return "inaccessible"
+        if self.mover.ana(u):
+            return "inaccessible"   # a move: not ours yet, not the tee, or cutting over
         alone = self.pair.state.role == ha.SOLO
         return "optimized" if alone or self.pair.peer_has(bdev_name(u)) else "inaccessible"
 
@@ -270,11 +278,12 @@ class CatalogSync:
             return {"pair": self.pair_name, "pool": self.pool.name,
                     "revision": self.snap.revision if self.snap else 0,
                     "volumes": len(self.have), "converged": self.converged,
-                    "errors": dict(self.errors)}
+                    "errors": dict(self.errors), "moves": self.mover.status()}
 
     def close(self) -> None:
         self._stop.set()
         self._kick.set()
+        self.mover.close()
         for t in self._threads:
             t.join(5)
 

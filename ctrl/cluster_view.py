@@ -143,10 +143,31 @@ def summarize(snap: Snapshot) -> dict:
              for p in sorted(snap.pairs.values(), key=lambda p: p.name)]
     tenants = [{"name": t.name, "quota": t.quota, "used": t.used, "volumes": t.volumes}
                for t in sorted(snap.tenants.values(), key=lambda t: t.name)]
-    return {"revision": snap.revision, "volumes": len(snap.volumes),
+    moves = [move_row(m, snap) for m in sorted(snap.moves.values(), key=lambda m: m.uuid)
+             if m.phase in ("copying", "cancelling")]
+    return {"revision": snap.revision, "volumes": len(snap.volumes), "moves": moves[:MAX_ROWS],
+            "moves_active": len(moves),
             "members_total": len(members), "members_up": len(snap.members),
             "pairs_total": len(pairs), "tenants_total": len(tenants),
             "members": members[:MAX_ROWS], "pairs": pairs[:MAX_ROWS], "tenants": tenants[:MAX_ROWS]}
+
+
+def move_row(m, snap: Optional[Snapshot] = None) -> dict:
+    """A move as `srrs cluster moves` shows it: the record, its volume's name,
+    progress (0..1), rate (bytes/s of this epoch's copy) and ETA (seconds)."""
+    v = snap.volumes.get(m.uuid) if snap is not None else None
+    el = (m.updated - m.epoch_started) if m.updated and m.epoch_started else 0.0
+    rate = m.copied / el if el > 0 else 0.0
+    left = max(0, m.total - m.copied)
+    d = {k: getattr(m, k) for k in ("uuid", "src", "dst", "phase", "epoch", "tee", "target",
+                                    "total", "copied", "started", "finished", "pause_ms",
+                                    "error", "size", "waiting")}
+    d.update(limit=m.rate, quiet=list(m.quiet), dst_hosts=list(m.dst_hosts), name=f"{v.tenant}/{v.name}" if v is not None else "",
+             progress=round(m.copied / m.total, 4) if m.total else (1.0 if m.phase == "done"
+                                                                   else 0.0),
+             rate=round(rate), eta_s=round(left / rate, 1) if rate > 0 and
+             m.phase == "copying" else None)
+    return d
 
 
 # ---- cluster-wide discovery ------------------------------------------------------------
@@ -185,11 +206,18 @@ def discovery_entries(snap: Snapshot, self_name: str = "") -> List[dict]:
     for v in sorted(snap.volumes.values(), key=lambda v: v.uuid):
         if not v.hosts or v.state in HIDDEN_STATES:
             continue
-        if v.pair not in addrs:
-            addrs[v.pair] = pair_addresses(snap, v.pair, self_name)
-        for a, p in addrs[v.pair]:
-            out.append({"subnqn": volume_nqn(v.uuid), "traddr": a, "trsvcid": p,
-                        "hosts": sorted(v.hosts)})
+        pairs = [v.pair]
+        m = snap.moving(v.uuid)
+        if m is not None and m.phase == "copying":
+            # a move: the destination's paths too, so hosts connect them before
+            # the cutover (docs/architecture.md, Cluster, Volume moves)
+            pairs.append(m.dst)
+        for pr in pairs:
+            if pr not in addrs:
+                addrs[pr] = pair_addresses(snap, pr, self_name)
+            for a, p in addrs[pr]:
+                out.append({"subnqn": volume_nqn(v.uuid), "traddr": a, "trsvcid": p,
+                            "hosts": sorted(v.hosts)})
     return out
 
 
@@ -207,10 +235,10 @@ class DiscoveryFeed:
         self._pushed = (None, None)     # (target, entries) last pushed
 
     def __call__(self, snap: Snapshot) -> None:
-        key = (snap.volumes, snap.pairs,
+        key = (snap.volumes, snap.pairs, snap.moves,
                {n: (m.pair, repr(m.addresses)) for n, m in snap.members.items()})
-        if (self._entries is None or key[0] is not self._key[0] or key[1] is not self._key[1]
-                or key[2] != self._key[2]):
+        if (self._entries is None or any(key[i] is not self._key[i] for i in range(3))
+                or key[3] != self._key[3]):
             self._entries = discovery_entries(snap, self.self_name)
             self._key = key
         tgt = getattr(self.ctl, "nvmf", None)

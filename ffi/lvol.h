@@ -149,3 +149,9 @@ int srrs_lvol_get_info(struct srrs_pool *pool, const char *name, struct srrs_lvo
  * only its completion fails (the disk holds it), else it is not written.
  * count 0 clears the queue. */
 int srrs_test_pool_md_fail(struct srrs_pool *pool, uint32_t count, int step, int reached);
+
+/* control. One bit per cluster of the volume (LSB first; len >= ceil(clusters
+ * / 8) bytes): set where the cluster is allocated. Returns how many are. What
+ * a volume move copies (docs/architecture.md, Cluster, Volume moves). */
+int64_t srrs_lvol_alloc_bitmap(struct srrs_pool *pool, const char *name, uint8_t *out,
+                               uint64_t len);

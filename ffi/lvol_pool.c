@@ -519,6 +519,26 @@ int srrs_lvol_get_info(struct srrs_pool *p, const char *name, struct srrs_lvol_i
     return 0;
 }
 
+int64_t srrs_lvol_alloc_bitmap(struct srrs_pool *p, const char *name, uint8_t *out,
+                               uint64_t len)
+{
+    struct lv_vol *v = vol_find(p, name);
+    if (!v)
+        return -ENOENT;
+    if (!out || len < (v->nclusters + 7) / 8)
+        return srrs_err(-EINVAL, "volume %s: the bitmap needs %llu bytes", name,
+                        (unsigned long long)((v->nclusters + 7) / 8));
+    memset(out, 0, len);
+    int64_t n = 0;
+    for (uint64_t c = 0; c < v->nclusters; c++) {
+        if (map_get(v, c)) { /* committed or pending: its write may be in flight */
+            out[c >> 3] |= (uint8_t)(1u << (c & 7));
+            n++;
+        }
+    }
+    return n;
+}
+
 int srrs_pool_tenant_set(struct srrs_pool *p, const char *name, uint64_t quota)
 {
     if (!name || !*name || strlen(name) >= SRRS_NAME_MAX)

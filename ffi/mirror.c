@@ -84,6 +84,7 @@ static void vol_detach_fn(void *a)
                 unlist(&l->held, p);
                 unlist(&l->rwait, p);
                 unlist(&m->lock_wait, p);
+                unlist(&l->throttled, p);
                 p->waiting = false;
             }
             if (p->kind == P_COPY)
@@ -229,13 +230,14 @@ static void vol_attach_fn(void *a)
 
 /* The replica opened and made the mirror's alone (renamed NAME.replica when
  * the mirror takes its name). On failure nothing is kept open. */
-static int mirror_take_replica(struct mirror *m, const char *name, const char *replica)
+static int mirror_take_replica(struct mirror *m, const char *name, const char *replica,
+                               bool shared)
 {
     struct mlink *l = m->l;
     m->replica = srrs_bdev_open(l->core, replica);
     if (!m->replica)
         return srrs_err(-ENOENT, "mirror %s: replica bdev %s does not exist", name, replica);
-    if (m->replica->owner[0] || atomic_load(&m->replica->open_count) > 1) {
+    if (m->replica->owner[0] || (!shared && atomic_load(&m->replica->open_count) > 1)) {
         /* A replica written by anything but this mirror would differ from its peer. */
         int rc = srrs_err(-EBUSY, "mirror %s: replica bdev %s is in use (%s)", name, replica,
                           m->replica->owner[0] ? m->replica->owner : "an export or a job");
@@ -294,8 +296,9 @@ static int mirror_map_bitmap(struct mirror *m, const char *name, uint64_t stripe
     return 0;
 }
 
-int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
-                       uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path)
+static int mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
+                         uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path,
+                         bool shared)
 {
     struct mlink *l = (struct mlink *)link;
     if (vol_id >= M_MAX_VOLS)
@@ -309,7 +312,12 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         return srrs_err(-ENOMEM, "mirror %s: out of memory", name);
     m->l = l;
     m->vol = vol_id;
-    int rc = mirror_take_replica(m, name, replica);
+    if (shared && !strcmp(name, replica)) {
+        free(m);
+        return srrs_err(-EINVAL, "mirror %s: a mirror over a replica in use needs its own name",
+                        name);
+    }
+    int rc = mirror_take_replica(m, name, replica, shared);
     if (rc) {
         free(m);
         return rc;
@@ -334,6 +342,85 @@ int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const ch
         return rc;
     }
     snprintf(m->bdev->path, sizeof(m->bdev->path), "%s", m->replica->name);
+    return 0;
+}
+
+int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
+                       uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path)
+{
+    return mirror_create(link, name, replica, vol_id, stripe_size, bitmap_path, false);
+}
+
+int srrs_mirror_create_over(struct srrs_mirror_link *link, const char *name, const char *replica,
+                            uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path)
+{
+    return mirror_create(link, name, replica, vol_id, stripe_size, bitmap_path, true);
+}
+
+struct dirty_arg {
+    struct mlink *l;
+    const char *name;
+    const uint8_t *bits;
+    uint64_t len;
+    int64_t rc;
+};
+
+static void mark_dirty_fn(void *a)
+{
+    struct dirty_arg *x = a;
+    struct mlink *l = x->l;
+    x->rc = -ENOENT;
+    for (int i = 0; i < M_MAX_VOLS; i++) {
+        struct mirror *m = l->vols[i];
+        if (!m || strcmp(m->bdev->name, x->name))
+            continue;
+        int64_t n = 0;
+        size_t len = SRRS_MIN((size_t)x->len, m->bm_len);
+        for (size_t j = 0; j < len; j++) {
+            uint8_t b = x->bits[j];
+            if (j == m->bm_len - 1 && (m->nstripes & 7))
+                b &= (uint8_t)((1u << (m->nstripes & 7)) - 1); /* no stripe past the end */
+            m->bm[j] |= b;
+            n += __builtin_popcount(b);
+        }
+        x->rc = n;
+        return;
+    }
+}
+
+int64_t srrs_mirror_mark_dirty(struct srrs_mirror_link *link, const char *name,
+                               const uint8_t *bits, uint64_t len)
+{
+    struct dirty_arg x = {(struct mlink *)link, name, bits, len, 0};
+    if (!name || (!bits && len))
+        return srrs_err(-EINVAL, "mirror: mark_dirty needs a name and bits");
+    srrs_reactor_call(x.l->r, mark_dirty_fn, &x);
+    return x.rc == -ENOENT ? srrs_err(-ENOENT, "mirror %s does not exist", name) : x.rc;
+}
+
+struct limit_arg {
+    struct mlink *l;
+    uint32_t copies;
+    uint64_t rate;
+};
+
+static void copy_limit_fn(void *a)
+{
+    struct limit_arg *x = a;
+    x->l->copy_max = x->copies;
+    if (x->l->copy_rate != x->rate) {
+        x->l->copy_rate = x->rate;
+        x->l->copy_tokens = 0;
+        x->l->copy_tok_at = srrs_ticks();
+    }
+    copy_refill(x->l); /* no limit any more: what waited goes on */
+}
+
+int srrs_mirror_set_copy_limit(struct srrs_mirror_link *link, uint32_t copies,
+                               uint64_t bytes_per_s)
+{
+    struct limit_arg x = {(struct mlink *)link, copies, bytes_per_s};
+    srrs_reactor_call(x.l->r, copy_limit_fn, &x);
     return 0;
 }
 

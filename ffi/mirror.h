@@ -63,6 +63,8 @@ struct srrs_mirror_link_opts {
     uint8_t secret[32];        /* the pair's mirror secret (srrs keygen), both sides alike */
     uint32_t secret_len;       /* 32: authenticated link; 0: none (insecure, isolated network) */
     char allow[4][64];         /* numeric source addresses accepted ("": any that authenticates) */
+    int32_t node0_orders;      /* 1: node 0 orders every stripe (a volume move's tee: the
+                                  only side with host I/O never forwards); both sides alike */
 };
 
 struct srrs_mirror_link_info {
@@ -114,6 +116,23 @@ int srrs_mirror_link_destroy(struct srrs_mirror_link **link);
  * the peer's size). bitmap_path: file holding the dirty bitmap (created). */
 int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
                        uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path);
+/* control. The same over a replica that may be open elsewhere: the export
+ * that reads and writes it now is switched onto the new mirror with
+ * srrs_nvmf_ns_replace (which waits for the I/O in flight on the replica).
+ * name must differ from replica. A volume move's tee (docs/architecture.md,
+ * Cluster, Volume moves). */
+int srrs_mirror_create_over(struct srrs_mirror_link *link, const char *name, const char *replica,
+                            uint32_t vol_id, uint64_t stripe_size, const char *bitmap_path);
+/* control. ORs bits (one per stripe, LSB first, len bytes) into the mirror's
+ * dirty bitmap: what the next resync copies besides the peer's. Returns the
+ * number of bits given (set), or -ENOENT. */
+int64_t srrs_mirror_mark_dirty(struct srrs_mirror_link *link, const char *name,
+                               const uint8_t *bits, uint64_t len);
+/* control. Throttles the resync copy of the link's mirrors: at most copies
+ * stripes at once (0: 16) and bytes_per_s (0: no limit; a token bucket, 100 ms
+ * of burst). A volume move's rate (docs/architecture.md, Volume moves). */
+int srrs_mirror_set_copy_limit(struct srrs_mirror_link *link, uint32_t copies,
+                               uint64_t bytes_per_s);
 /* control. Every mirror of the link; lease_deadline_ns (CLOCK_MONOTONIC) bounds solo. */
 int srrs_mirror_set_mode(struct srrs_mirror_link *link, int mode, uint64_t lease_deadline_ns);
 /* control. Start copying: source (mode 3) copies dirty stripes of both sides

@@ -166,6 +166,14 @@ struct mlink {
     uint64_t rl_granted;        /* the peer may read alone before this: no solo until then */
     uint64_t rl_asked;          /* our last lease request */
     struct piece *rwait;        /* reads waiting for a lease */
+    /* resync copy throttle (srrs_mirror_set_copy_limit): copies in parallel
+     * (0: M_COPIES), bytes/s (0: no limit) as a token bucket refilled by the
+     * timer; copy pieces wait on `throttled` for tokens */
+    uint32_t copy_max;
+    uint64_t copy_rate;
+    int64_t copy_tokens;
+    uint64_t copy_tok_at;       /* ticks */
+    struct piece *throttled;
     bool solo_wait;             /* solo asked for while a grant runs: pending until rl_granted */
     struct mirror *vols[M_MAX_VOLS];
     struct srrs_mirror_link_info st;
@@ -224,6 +232,8 @@ static inline bool we_order(struct mirror *m, uint64_t s)
     struct mlink *l = m->l;
     if (l->mode == MODE_SOLO)
         return true;
+    if (l->o.node0_orders)
+        return l->o.node == 0;
     if (mode_resync(l->mode) && m->need[s])
         return source_node(l) == l->o.node;
     return (int)(s & 1) == l->o.node;
@@ -349,6 +359,7 @@ bool rx_read_data(struct mlink *l, const struct mhdr *h, const uint8_t *payload)
 /* ---- mirror_resync.c ----------------------------------------------------- */
 
 void copy_next(struct mirror *m, struct piece *p);
+void copy_refill(struct mlink *l);
 void resync_maybe_start(struct mirror *m);
 void resync_reset(struct mlink *l);
 void resync_start_fn(void *a);

@@ -655,6 +655,8 @@ static int listen_poll(void *arg)
 static int timer_poll(void *arg)
 {
     struct mlink *l = arg;
+    if (l->throttled || l->copy_rate)
+        copy_refill(l);
     uint64_t now = srrs_ticks();
     if (l->fd >= 0 && !l->connecting) {
         /* Authenticated: only the peer's own frames prove it alive, not

@@ -74,6 +74,16 @@ void copy_next(struct mirror *m, struct piece *p)
     if (p->locked && copy_chunk_acked(m, p))
         return;
     if (!p->relock) {
+        if (l->copy_rate) {
+            if (l->copy_tokens <= 0) {
+                /* throttled: the timer lets it go on (copy_refill) */
+                p->waiting = true;
+                p->next = l->throttled;
+                l->throttled = p;
+                return;
+            }
+            l->copy_tokens -= (int64_t)m->stripe;
+        }
         while (m->copy_cursor < m->nstripes && !m->need[m->copy_cursor])
             m->copy_cursor++;
         if (m->copy_cursor >= m->nstripes) {
@@ -106,6 +116,29 @@ void copy_next(struct mirror *m, struct piece *p)
     if (local_submit(l, p, SRRS_IO_READ)) {
         p->status = -ENOMEM;
         copy_next(m, p);
+    }
+}
+
+/* Timer: the copy throttle's tokens (at most 100 ms worth), and the copies
+ * that waited for them go on; all of them when the resync cannot go on
+ * (copy_next then ends them) or the limit went. */
+void copy_refill(struct mlink *l)
+{
+    uint64_t now = srrs_ticks();
+    if (l->copy_rate) {
+        uint64_t dt_us = (now - l->copy_tok_at) / l->tick_us;
+        int64_t cap = (int64_t)SRRS_MAX(l->copy_rate / 10, 1u);
+        int64_t add = dt_us >= 1000000u ? cap : (int64_t)(l->copy_rate * dt_us / 1000000u);
+        l->copy_tokens = SRRS_MIN(l->copy_tokens + add, cap);
+    }
+    l->copy_tok_at = now;
+    bool all = !l->copy_rate || l->mode != MODE_RSRC || !link_ready(l);
+    while (l->throttled && (all || l->copy_tokens > 0)) {
+        struct piece *p = l->throttled;
+        l->throttled = p->next;
+        p->next = NULL;
+        p->waiting = false;
+        copy_next(p->m, p);
     }
 }
 
@@ -160,8 +193,8 @@ void resync_maybe_start(struct mirror *m)
     if (l->mode == MODE_RSRC) {
         m->resync_active = true;
         struct piece *ps[M_COPIES];
-        uint32_t n = 0;
-        while (n < M_COPIES && (ps[n] = piece_get(l, P_COPY, m)))
+        uint32_t n = 0, lim = l->copy_max && l->copy_max < M_COPIES ? l->copy_max : M_COPIES;
+        while (n < lim && (ps[n] = piece_get(l, P_COPY, m)))
             n++;
         m->ncopy = n;
         if (!n) {

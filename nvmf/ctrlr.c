@@ -548,6 +548,30 @@ int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid)
     return 0;
 }
 
+int srrs_nvmf_ns_drain(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, int timeout_ms)
+{
+    struct nvmf_subsys *ss;
+    struct nvmf_ns *ns = NULL;
+    pthread_mutex_lock(&t->lock);
+    int rc = subsys_op(t, nqn, &ss);
+    if (!rc) {
+        ns = nsid >= 1 && nsid <= NVMF_MAX_NS ? atomic_load(&ss->ns[nsid]) : NULL;
+        if (!ns)
+            rc = srrs_err(-ENOENT, "nvmf subsystem %s: no namespace %u", nqn, nsid);
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (rc)
+        return rc;
+    /* The namespace stays (it is freed only by remove/replace on this control
+     * thread's side of the target lock, which the caller serialises with). */
+    nvmf_kick_reactors(t);
+    reactors_barrier(t);
+    if (!wait_until_zero(ns_inflight_fn, ns, timeout_ms > 0 ? timeout_ms : 1))
+        return srrs_err(-ETIMEDOUT, "nvmf subsystem %s: namespace %u still has I/O in flight",
+                        nqn, nsid);
+    return 0;
+}
+
 int srrs_nvmf_ns_replace(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid,
                          const char *bdev)
 {

@@ -121,6 +121,10 @@ int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsi
  * change. */
 int srrs_nvmf_ns_replace(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid,
                          const char *bdev);
+/* control. Waits until no I/O is in flight on namespace nsid (after an ANA
+ * change to inaccessible: every command that passed the ANA check before it
+ * has completed). -ETIMEDOUT after timeout_ms. */
+int srrs_nvmf_ns_drain(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t nsid, int timeout_ms);
 /* control. state: enum srrs_ana_state (1..3). Raises an
  * ANA-change AEN on every controller of the subsystem. */
 int srrs_nvmf_ana_set(struct srrs_nvmf_tgt *tgt, const char *nqn, uint32_t anagrpid, int state);

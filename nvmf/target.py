@@ -218,6 +218,13 @@ class NvmfTarget:
             if ns is not None:
                 ns["bdev"] = bdev
 
+    def drain_namespace(self, nqn: str, nsid: int, timeout_ms: int = 10000) -> None:
+        """Waits until namespace nsid has no I/O in flight (after its ANA group went
+        inaccessible: every command admitted before has completed); TimeoutError
+        after timeout_ms."""
+        check(lib.srrs_nvmf_ns_drain(self.ptr, nqn.encode(), nsid, timeout_ms),
+              f"nvmf namespace {nsid} of {nqn}")
+
     def add_host(self, nqn: str, hostnqn: str) -> None:
         C.check_nqn(hostnqn, "hostnqn")
         check(lib.srrs_nvmf_host_add(self.ptr, nqn.encode(), hostnqn.encode()),

@@ -1,0 +1,388 @@
+"""Online volume moves between pairs (docs/architecture.md, Cluster, Volume moves):
+three real etcd members, two pairs of real controllers (a+b, c+d), each in a
+network namespace of its own on one bridge, and a Linux guest in one more
+whose kernel (nvme-tcp, native multipath) runs fio with verification on the
+volumes the whole time.
+
+test_move_under_load: two volumes move from a+b to c+d while fio writes and
+verifies them: zero I/O errors, data written before the move verifies after
+it, the guest's paths end on c and d, no replica or subsystem is left on a
+or b, and a thin volume stays thin on the destination.
+test_move_kill_*: the tee (a source controller) or the target (a destination
+controller) is killed with SIGKILL in the middle of a move: the move resumes
+on the survivor and completes; the guest sees no error; the data verifies."""
+
+import json
+import os
+import time
+
+import pytest
+
+from srrs.ctrl import launch
+from srrs.ctrl.cluster import volume_nqn
+from tests.guest import harness as guest_harness
+from tests.guest.harness import fio_verify
+from tests.pair.netns import in_netns
+
+from .etcd import Cluster, Hub
+from .test_catalog_sync import _ctl, _replicas, _subsystems, _wait, cli
+
+pytestmark = pytest.mark.side
+
+MiB = 1 << 20
+HOST = "nqn.2014-08.org.nvmexpress:uuid:move-host"
+PREFIX = "/srrs/mv"
+KEYS = ["e0", "e1", "e2", "a", "b", "c", "d", "h"]
+
+
+class World:
+    def __init__(self, etcd, pairs, ports, hub):
+        self.etcd, self.pairs, self.ports, self.hub = etcd, pairs, ports, hub
+        self.ns_h = hub.hosts["h"][0]
+        self._guest = None
+
+    def addr(self, n):
+        return self.hub.hosts[n][1]
+
+    def ctl(self, n):
+        return _ctl(self.pairs, n)
+
+    def pair(self, n):
+        return next(p for p in self.pairs if n in p.nodes)
+
+    def guest(self):
+        if self._guest is None:
+            guest_harness.require_guest()
+            self._guest = guest_harness.Guest(smp=1, hostnqn=HOST,
+                                              modules=("nvme_tcp", "crc32c_generic"),
+                                              prefix=("ip", "netns", "exec", self.ns_h)).start()
+        return self._guest
+
+
+def _node(tmp, etcd, ports, hub):
+    def node(n):
+        return {"bdev": [launch.bdev("v0", "file", "16MiB", path=str(tmp / f"{n}.v0"))],
+                "pool": [launch.pool("p0", [launch.fragment(tmp / f"{n}.pool", "512MiB")])],
+                # the four controllers may all be paths of one subsystem (during a
+                # move): their controller IDs must differ, not only within a pair
+                "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{ports[n]}"],
+                                    cntlid_min=1 + 1000 * "abcd".index(n)),
+                "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 5}}
+    return node
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mv")
+    ports = dict(zip("abcd", launch.free_ports(4)))
+    pairs = []
+    # a tag of this run's own: worktrees of this repository run this module
+    # at the same time, and a Hub deletes the namespaces of its tag first
+    with Hub(KEYS, tag=f"srrs-mv{os.getpid() % 100000}-") as hub:
+        etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
+        w = World(etcd, pairs, ports, hub)
+        try:
+            etcd.start()
+            for names in (("a", "b"), ("c", "d")):
+                d = tmp / "".join(names)
+                d.mkdir()
+                pairs.append(launch.Pair(
+                    d, node=_node(tmp, etcd, ports, hub), names=names, volumes=("v0",),
+                    secure=False, hosts={n: hub.hosts[n][1] for n in names},
+                    prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names},
+                    # four controllers, etcd and a TCG guest on two shared cores: a
+                    # controller's death counts after 3 s of silence, not 1
+                    heartbeat_ms=200, miss_count=15, lease_ms=4000).start())
+            a = w.ctl("a")
+            assert cli(a, "pair-set", "a+b", "--capacity", "400MiB", "--zone", "src")[0] == 0
+            assert cli(a, "pair-set", "c+d", "--capacity", "400MiB", "--zone", "dst")[0] == 0
+            assert cli(a, "tenant-set", "t", "--quota", "4GiB")[0] == 0
+            _wait(lambda: {x["name"] for x in cli(a, "pairs")[1] if len(x["members"]) == 2}
+                  == {"a+b", "c+d"}, what="both pairs registered")
+            yield w
+        finally:
+            if w._guest is not None:
+                print(w._guest.diagnostics())
+                w._guest.close()
+            for p in pairs:
+                p.stop()
+            etcd.stop()
+
+
+def _moves(ctl):
+    return {m["uuid"]: m for m in ctl.rpc("cluster_moves", {"all": True})}
+
+
+def _create(w, name, size=64 * MiB):
+    v = w.ctl("a").rpc("cluster_volume_create", {"name": name, "size": size, "tenant": "t",
+                                                 "zone": "src", "hosts": [HOST]})
+    assert v["pair"] == "a+b"
+    _wait(lambda: w.ctl("a").rpc("cluster_volumes", {"tenant": "t"}) and all(
+        x["state"] == "ready" for x in w.ctl("a").rpc("cluster_volumes", {"tenant": "t"})
+        if x["uuid"] == v["uuid"]), 60, what=f"{name} ready")
+    for n in "ab":
+        _wait(lambda n=n: _ana(w.ctl(n), v["uuid"]) == "optimized", 60, what=f"{name} on {n}")
+    return v
+
+
+def _ana(ctl, u):
+    s = _subsystems(ctl).get(volume_nqn(u))
+    if not s or not s["namespaces"]:
+        return None
+    return s["ana_groups"][0]["state"]
+
+
+def _connect(w, u, nodes):
+    g = w.guest()
+    for n in nodes:
+        g.check(f"nvme connect -t tcp -a {w.addr(n)} -s {w.ports[n]} -n {volume_nqn(u)}",
+                timeout=60)
+
+
+def _dev(w, u):
+    """The guest's multipath block device of the namespace with uuid u."""
+    g = w.guest()
+    cmd = ("for d in /sys/block/nvme*n*; do n=${d##*/}; case $n in *c*) continue;; esac; "
+           "echo $n $(cat $d/uuid); done")
+
+    def find():
+        for ln in g.check(cmd).splitlines():
+            p = ln.split()
+            if len(p) == 2 and p[1] == u:
+                return "/dev/" + p[0]
+        return None
+    return _wait(find, 30, f"guest device of {u}")
+
+
+def _paths(w, u):
+    """[(address, controller state, ANA state of the path)] of the guest's paths to u."""
+    g = w.guest()
+    nqn = volume_nqn(u)
+    cmd = ("for c in /sys/class/nvme/nvme*; do [ \"$(cat $c/subsysnqn)\" = '%s' ] || continue; "
+           "a=$(cat $c/address | tr ',' ' '); s=$(cat $c/state); "
+           "for p in $c/nvme*c*n*; do [ -e $p/ana_state ] && echo \"$a|$s|$(cat $p/ana_state)\"; "
+           "done; done" % nqn)
+    out = []
+    for ln in g.check(cmd).splitlines():
+        parts = ln.split("|")
+        if len(parts) == 3:
+            addr = next((x.split("=", 1)[1] for x in parts[0].split()
+                         if x.startswith("traddr=")), "")
+            out.append((addr, parts[1], parts[2]))
+    return out
+
+
+def _pre(dev, size, rw="write"):
+    return (f"fio --name=pre --filename={dev} --ioengine=libaio --direct=1 --rw={rw} --bs=64k "
+            f"--size={size} --offset=0 --iodepth=4 --verify=crc32c --verify_fatal=1 "
+            f"--do_verify=0")
+
+
+def _move(w, name, to="c+d"):
+    rc, m, err = cli(w.ctl("a"), "volume-move", name, "--tenant", "t", "--to", to)
+    assert rc == 0, err
+    return m
+
+
+def _wait_dest_export(w, u, nodes="cd"):
+    for n in nodes:
+        _wait(lambda n=n: _ana(w.ctl(n), u) is not None, 60, f"destination export on {n}")
+
+
+def _dump(w, us):
+    for n in "abcd":
+        try:
+            st = w.ctl(n).rpc("cluster_status")
+            print(n, json.dumps(st.get("sync"), indent=1))
+        except Exception as e:  # a killed controller
+            print(n, e)
+    try:
+        print(json.dumps(_moves(w.ctl("c")), indent=1))
+    except Exception as e:
+        print(e)
+
+
+def _stacks(ctl):
+    """Every thread's C stack of a controller that does not answer (gdb)."""
+    import subprocess
+    pid = ctl.proc.pid if ctl.proc is not None else None
+    if pid and ctl.proc.poll() is None:
+        r = subprocess.run(["gdb", "-batch", "-p", str(pid), "-ex", "thread apply all bt 25"],
+                           capture_output=True, text=True, timeout=120)
+        print(r.stdout[-60000:])
+
+
+def _check_end(w, vols, src="ab", dst="cd"):
+    """Catalog on dst; replicas and subsystems only on dst, optimized there;
+    the guest's usable paths only on dst."""
+    c = w.ctl(dst[0])
+    cat = {v["uuid"]: v for v in c.rpc("cluster_volumes")}
+    for v in vols:
+        u = v["uuid"]
+        assert cat[u]["pair"] == "+".join(sorted(dst))
+        for n in src:
+            _wait(lambda n=n, u=u: u not in _replicas(w.ctl(n))
+                  and volume_nqn(u) not in _subsystems(w.ctl(n)), 60, f"{u} gone from {n}")
+        for n in dst:
+            assert u in _replicas(w.ctl(n))
+            _wait(lambda n=n, u=u: _ana(w.ctl(n), u) == "optimized", 30, f"optimized on {n}")
+        dst_addrs = {w.addr(n) for n in dst}
+
+        def paths_ok(u=u, dst_addrs=dst_addrs):
+            ps = _paths(w, u)
+            good = [p for p in ps if p[1] == "live" and p[2] == "optimized"]
+            return bool(good) and all(p[0] in dst_addrs for p in good) and ps
+        _wait(paths_ok, 60, f"guest paths of {u} on {dst}")
+
+
+def test_move_under_load(world):
+    w = world
+    g = w.guest()
+    v1, v2 = _create(w, "m1"), _create(w, "m2")
+    for v in (v1, v2):
+        _connect(w, v["uuid"], "ab")
+    d1, d2 = _dev(w, v1["uuid"]), _dev(w, v2["uuid"])
+    # data written before the move: 16 MiB of v1, 4 MiB of v2 (v2 stays thin)
+    g.check(_pre(d1, "16M"), timeout=300)
+    g.check(_pre(d2, "4M"), timeout=300)
+    alloc_src = {x["name"]: x["allocated_clusters"] for x in w.ctl("a").rpc("volume_list")}
+    runtime = 60
+    j1 = g.spawn(fio_verify(d1, "32M", runtime, name="l1", extra="--offset=16M"), name="l1")
+    j2 = g.spawn(fio_verify(d2, "4M", runtime, name="l2", extra="--offset=8M"), name="l2")
+    time.sleep(5)
+    t0 = time.monotonic()
+    try:
+        for v in (v1, v2):
+            m = _move(w, v["name"])
+            assert m["phase"] == "copying" and m["dst"] == "c+d"
+        # the discovery log lists the destination's paths during the move
+        with in_netns(w.ns_h):
+            from srrs.nvmf.target import discover
+            log = discover(w.addr("a"), w.ports["a"], hostnqn=HOST)
+        got = {(e["traddr"]) for e in log if e["subnqn"] == volume_nqn(v1["uuid"])}
+        assert {w.addr(n) for n in "cd"} <= got, log
+        # the host connects the new paths (inaccessible until the cutover)
+        for v in (v1, v2):
+            _wait_dest_export(w, v["uuid"])
+            _connect(w, v["uuid"], "cd")
+        _wait(lambda: all(_moves(w.ctl("c"))[v["uuid"]]["phase"] == "done" for v in (v1, v2)),
+              120, "moves done")
+        took = time.monotonic() - t0
+        _check_end(w, (v1, v2))
+    except BaseException:
+        _dump(w, (v1, v2))
+        raise
+    for j in (j1, j2):
+        r = j.wait(timeout=runtime + 120)
+        assert r.rc == 0 and "err= 0" in r.output, r.output
+    # what was written before the move reads back right from the destination
+    g.check(_pre(d1, "16M") + " --verify_only", timeout=300)
+    g.check(_pre(d2, "4M") + " --verify_only", timeout=300)
+    # thin stays thin: the destination holds what the source had allocated, not the size
+    for n in "cd":
+        alloc = {x["name"]: x["allocated_clusters"] for x in w.ctl(n).rpc("volume_list")}
+        got = alloc["c-" + v2["uuid"]]
+        assert got <= alloc_src["c-" + v2["uuid"]] + 8 + 1 and got < 64 // 2, (got, alloc_src)
+    ms = _moves(w.ctl("a"))
+    print(f"moves done in {took:.1f} s:", json.dumps([ms[v["uuid"]] for v in (v1, v2)]))
+    for v in (v1, v2):
+        g.run(f"nvme disconnect -n {volume_nqn(v['uuid'])}", timeout=60)
+
+
+def test_move_cancel(world):
+    """A move cancelled while it waits for the guest's destination paths: the
+    volume stays on a+b (both serve it again), c and d delete their replicas
+    and subsystems, the destination's reservation is freed, fio saw no error."""
+    w = world
+    g = w.guest()
+    v = _create(w, "x1")
+    u = v["uuid"]
+    _connect(w, u, "ab")
+    dev = _dev(w, u)
+    job = g.spawn(fio_verify(dev, "16M", 30, name="x1"), name="x1")
+    time.sleep(2)
+    a = w.ctl("a")
+    cd_before = next(p for p in a.rpc("cluster_pairs") if p["name"] == "c+d")["allocated"]
+    try:
+        _move(w, "x1")
+        _wait(lambda: _moves(a)[u]["waiting"], 60, "copied, waiting for hosts")
+        rc, _, err = cli(a, "move-cancel", "x1", "--tenant", "t")
+        assert rc == 0, err
+        _wait(lambda: _moves(a)[u]["phase"] == "cancelled", 60, "cancelled")
+        for n in "cd":
+            _wait(lambda n=n: u not in _replicas(w.ctl(n))
+                  and volume_nqn(u) not in _subsystems(w.ctl(n)), 60, f"gone from {n}")
+        for n in "ab":
+            _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 30, f"optimized on {n}")
+        cd = next(p for p in a.rpc("cluster_pairs") if p["name"] == "c+d")["allocated"]
+        assert cd == cd_before
+        assert {x["uuid"]: x for x in a.rpc("cluster_volumes")}[u]["pair"] == "a+b"
+    except BaseException:
+        _dump(w, (v,))
+        raise
+    r = job.wait(timeout=150)
+    assert r.rc == 0 and "err= 0" in r.output, r.output
+    g.run(f"nvme disconnect -n {volume_nqn(u)}", timeout=60)
+
+
+def _kill_mid_move(w, name, victim, connect_before, connect_mid, connect_end, runtime=75):
+    """A volume on a+b under fio verify; its move to c+d started; `victim` is
+    killed (SIGKILL) while the move waits for the guest's destination paths
+    (the guest has connected `connect_before` of c, d); once a survivor took
+    the victim's part, `connect_mid`; the move completes on the survivors, the
+    victim restarts and converges (then `connect_end`), the guest saw no
+    error, the data written before verifies."""
+    g = w.guest()
+    v = _create(w, name)
+    u = v["uuid"]
+    _connect(w, u, "ab")
+    dev = _dev(w, u)
+    g.check(_pre(dev, "16M"), timeout=300)
+    job = g.spawn(fio_verify(dev, "32M", runtime, name=name, extra="--offset=16M"), name=name)
+    time.sleep(3)
+    ctl_victim = w.ctl(victim)
+    try:
+        m = _move(w, name)
+        _wait_dest_export(w, u)
+        _connect(w, u, connect_before)
+        first = m
+        # the copy is under way or done, the cutover not (a destination host path missing)
+        _wait(lambda: _moves(w.ctl("a" if victim != "a" else "b"))[u]["copied"] > 0, 60,
+              "copying")
+        assert _moves(w.ctl("c" if victim != "c" else "d"))[u]["phase"] == "copying"
+        ctl_victim.kill9()
+        survivor = {"a": "b", "b": "a", "c": "d", "d": "c"}[victim]
+        role = "tee" if victim in "ab" else "target"
+        _wait(lambda: _moves(w.ctl(survivor))[u][role] == survivor, 60, f"{survivor} took over")
+        assert _moves(w.ctl(survivor))[u]["epoch"] > first["epoch"]
+        _connect(w, u, connect_mid)
+        _wait(lambda: _moves(w.ctl(survivor))[u]["phase"] == "done", 120, "move done")
+        ctl_victim.restart()
+        try:
+            w.pair(victim).wait_state("PAIRED", 120)
+        except RuntimeError:
+            _stacks(ctl_victim)
+            raise
+        if connect_end:
+            _wait_dest_export(w, u, connect_end)
+            _connect(w, u, connect_end)
+        _check_end(w, (v,))
+    except BaseException:
+        _dump(w, (v,))
+        raise
+    r = job.wait(timeout=runtime + 120)
+    assert r.rc == 0 and "err= 0" in r.output, r.output
+    g.check(_pre(dev, "16M") + " --verify_only", timeout=300)
+    g.run(f"nvme disconnect -n {volume_nqn(u)}", timeout=60)
+
+
+def test_move_kill_tee(world):
+    # a is the tee (the first registered source controller); the guest connects
+    # the destination's paths only after b took the tee over
+    _kill_mid_move(world, "k1", "a", connect_before="", connect_mid="cd", connect_end="")
+
+
+def test_move_kill_target(world):
+    # c is the target; the guest has d's path only, so the cutover waits for it
+    # (hosts must be connected to the target); c dies, d becomes the target
+    _kill_mid_move(world, "k2", "c", connect_before="d", connect_mid="", connect_end="c")
