@@ -112,6 +112,7 @@ class Volume:
     generation: int = 1         # bumped by every change of the record
     hosts: tuple = ()           # host NQNs that may connect ("*": any; none: no host)
     slot: int = -1              # its mirror slot in the pair (Pair.slots)
+    labels: dict = field(default_factory=dict)  # what its pair must carry (zone): placement, moves
 
 
 @dataclass(frozen=True)
@@ -330,7 +331,8 @@ class Catalog:
             slot = p.free_slot()
             slots = p.slots + ("",) * (slot + 1 - len(p.slots))
             slots = slots[:slot] + (vid,) + slots[slot + 1:]
-            vol = Volume(vid, name, size, tenant, pname, slot=slot, hosts=tuple(hosts))
+            vol = Volume(vid, name, size, tenant, pname, slot=slot, hosts=tuple(hosts),
+                         labels=dict(labels or {}))
             # Placement decided on these revisions of the tenant and the pair: a
             # commit to either since (another create, a resize) fails the txn.
             ok = self.etcd.txn(

@@ -583,6 +583,23 @@ def _raise_interrupt(signo, frame):
     raise KeyboardInterrupt
 
 
+def why(d: Demo, per_log: int = 12) -> list:
+    """A failed run's evidence, read before its directory goes: the warnings
+    and errors the controllers and the witness logged (the last per_log of each)."""
+    out = []
+    for name in ("a", "b", "witness"):
+        path = os.path.join(d.tmp, f"{name}.log")
+        try:
+            with open(path, errors="replace") as f:
+                hits = [ln.rstrip() for ln in f
+                        if any(f" {lv} " in ln for lv in ("WARNING", "ERROR", "CRITICAL"))]
+        except OSError:
+            continue
+        for ln in hits[-per_log:]:
+            out.append(f"srrs demo: {name} log: {ln}")
+    return out
+
+
 def run(duration: float = 60.0, refresh_hz: float = 2.0, console: bool = True,
         chaos: bool = False) -> int:
     d = Demo(duration=max(1.0, duration), chaos=chaos, refresh_hz=refresh_hz, console=console)
@@ -604,6 +621,8 @@ def run(duration: float = 60.0, refresh_hz: float = 2.0, console: bool = True,
         early = collect(d)
         stop_threads(d)
         lines, ok = summary(d, early)
+        if not ok:
+            lines += why(d)
     except KeyboardInterrupt:
         lines = ["srrs demo: interrupted"]
     except (RuntimeError, OSError) as e:

@@ -350,3 +350,66 @@ def test_restart_converges(world):
         raise
     log = w.discover("b")
     assert volume_nqn(nv["uuid"]) in {e["subnqn"] for e in log}
+
+
+AUTOCONNECT = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "host",
+                           "srrs-autoconnect")
+
+
+def _paths(g):
+    """{(subnqn, traddr, trsvcid)} of the guest kernel's SRRS I/O controllers."""
+    out = g.check("for d in /sys/class/nvme/nvme*; do [ -e $d/subsysnqn ] || continue; "
+                  "echo $(cat $d/subsysnqn) $(cat $d/address); done", timeout=30)
+    got = set()
+    for ln in out.splitlines():
+        nqn, _, addr = ln.partition(" ")
+        if not nqn.startswith("nqn.2026-11.io.srrs:vol:"):
+            continue
+        kv = dict(x.split("=", 1) for x in addr.strip().split(",") if "=" in x)
+        got.add((nqn, kv.get("traddr"), kv.get("trsvcid")))
+    return got
+
+
+def test_plain_host_follows_the_cluster(world):
+    """deploy/host/srrs-autoconnect, run in the guest as a user would (busybox
+    sh, nvme-cli, the kernel's nvme-tcp): a persistent discovery controller on
+    two controllers; a volume created for the host gets both its paths with no
+    `nvme connect` by anyone (the discovery-log-change event); a volume whose
+    allow-list drops the host, or that is deleted, loses its paths."""
+    w = world
+    pairs = w.pairs
+    a = _ctl(pairs, "a")
+    g = w.guest()
+    a.rpc("cluster_tenant_set", {"name": "ac", "quota": 1 << 30})
+    a.rpc("cluster_pair_set", {"name": "a+b", "capacity": 1 << 30})
+    a.rpc("cluster_pair_set", {"name": "c+d", "capacity": 1 << 30})
+    g.write_file("/tmp/srrs-autoconnect", open(AUTOCONNECT).read(), mode=0o755)
+    eps = f"{w.addr('a')}:{w.ports['a']} {w.addr('c')}:{w.ports['c']}"
+    job = g.spawn(f"/tmp/srrs-autoconnect -q {HOST} -i 20 {eps}", name="autoconnect")
+    try:
+        vol = a.rpc("cluster_volume_create", {"name": "auto", "size": 16 * MiB, "tenant": "ac",
+                                              "hosts": [HOST]})
+        nqn = volume_nqn(vol["uuid"])
+        want = {(nqn, w.addr(m), str(w.ports[m])) for m in vol["pair"].split("+")}
+        t0 = time.monotonic()
+        _wait(lambda: _paths(g) >= want, timeout=15, what="both paths of the new volume")
+        took = time.monotonic() - t0
+        assert took < 15, took      # the event, not the 20 s periodic pass
+        dev = g.check(f"for d in /sys/block/nvme*n1; do [ \"$(cat $d/uuid)\" = {vol['uuid']} ] "
+                      "&& echo ${d##*/}; done", timeout=30).split()
+        assert dev, g.run("nvme list-subsys")[1]
+        # the host leaves the allow-list: its paths go (the volume stays)
+        a.rpc("cluster_volume_hosts", {"name": "auto", "tenant": "ac", "hosts": []})
+        _wait(lambda: not {p for p in _paths(g) if p[0] == nqn}, timeout=40,
+              what="paths gone after the allow-list change")
+        # back on the list, then deleted: paths come, then go
+        a.rpc("cluster_volume_hosts", {"name": "auto", "tenant": "ac", "hosts": [HOST]})
+        _wait(lambda: _paths(g) >= want, timeout=40, what="paths back")
+        assert a.rpc("cluster_volume_delete", {"name": "auto", "tenant": "ac"}) is True
+        _wait(lambda: not {p for p in _paths(g) if p[0] == nqn}, timeout=40,
+              what="paths gone after delete")
+        assert job.poll() is None, job.output()
+    finally:
+        print(job.output() if job else "")
+        job.kill()
+        g.run("nvme disconnect-all", timeout=60)
