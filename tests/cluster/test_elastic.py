@@ -160,6 +160,25 @@ def _guest_paths(g, nqn):
     return got
 
 
+def _dump(w):
+    """What the cluster thought, for a failure report."""
+    import json
+    for p in w.pairs:
+        for n, ctl in p.nodes.items():
+            try:
+                st = ctl.rpc("cluster_status")
+                print(n, json.dumps({k: st.get(k) for k in ("sync", "name", "pair")}, indent=1,
+                                    default=str)[:4000])
+            except Exception as e:     # a controller that is down
+                print(n, e)
+    try:
+        a = w.ctl("a")
+        print(json.dumps({"pairs": _pairs(a), "moves": a.rpc("cluster_moves", {"all": True}),
+                          "volumes": _vols(a)}, indent=1, default=str))
+    except Exception as e:
+        print(e)
+
+
 def _pre(dev, rw="write"):
     return (f"fio --name=pre --filename={dev} --ioengine=libaio --direct=1 --rw={rw} --bs=64k "
             f"--size=8M --offset=0 --iodepth=4 --verify=crc32c --verify_fatal=1 --do_verify=0")
@@ -222,6 +241,9 @@ def test_scale_out_rebalance_then_drain_back(world):
         v9 = a.rpc("cluster_volume_create", {"name": "after", "size": 16 * MiB, "tenant": "t"})
         assert v9["pair"] == "a+b"
         assert ac.poll() is None, ac.output()
+    except BaseException:
+        _dump(w)
+        raise
     finally:
         for j in jobs:
             j.kill("INT")           # fio stops, having verified what it wrote as it went
