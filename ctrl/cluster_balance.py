@@ -133,7 +133,7 @@ class Balancer:
         bound = max(1, int(goal.get("max_moves", 2)))
         room = bound - len(active)
         plan = plan_rebalance(snap, spread=spread, max_moves=max(0, room), busy=active)
-        if plan.balanced and not active:
+        if plan.spread_before <= spread and not active:     # reached, nothing running
             self.catalog.set_rebalance_goal(None)
             self.last["rebalance"] = f"balanced (spread {plan.spread_before:.3f})"
             log.info("rebalance done: spread %.3f within %.3f", plan.spread_before, spread)
