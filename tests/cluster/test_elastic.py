@@ -26,7 +26,7 @@ from tests.guest.harness import fio_verify
 from .etcd import Cluster, Hub
 from .test_catalog_sync import _agrees, _replicas, _wait, cli
 
-pytestmark = pytest.mark.side
+# Runs in the main lane (ci/test): the side lane carries the other cluster guest tests.
 
 MiB = 1 << 20
 HOST = "nqn.2014-08.org.nvmexpress:uuid:elastic-host"
