@@ -194,7 +194,7 @@ def test_scale_out_rebalance_then_drain_back(world):
     _wait(lambda: all(v["state"] == "ready" for v in _vols(a).values()), what="ready")
     g.write_file("/tmp/srrs-autoconnect", open(AUTOCONNECT).read(), mode=0o755)
     eps = f"{w.addr('a')}:{w.ports['a']} {w.addr('b')}:{w.ports['b']}"
-    ac = g.spawn(f"/tmp/srrs-autoconnect -q {HOST} -i 10 {eps}", name="autoconnect")
+    ac = g.spawn(f"/tmp/srrs-autoconnect -q {HOST} -i 5 {eps}", name="autoconnect")
     jobs = []
     try:
         devs = _guest_devs(g, uuids)
