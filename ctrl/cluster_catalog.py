@@ -80,6 +80,9 @@ class Pair:
     # The pair's mirror slots: slots[i] is the uuid of the volume on slot i ("" free).
     # A volume's slot is its mirror volume id on both controllers (Convergence).
     slots: tuple = ()
+    # "" (in service) | "draining" (its volumes move away; it takes none) |
+    # "retired" (drained: empty, takes none) (Rebalance and drain)
+    state: str = ""
 
     @property
     def free(self) -> int:
@@ -154,6 +157,7 @@ class Move:
 
 
 MOVE_ACTIVE = ("copying", "cancelling")
+PAIR_STATES = ("", "draining", "retired")
 
 KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume,
          "moves": Move}
@@ -285,6 +289,39 @@ class Catalog:
         return self._upsert("pairs", name, lambda p: replace(
             p or Pair(name), nodes=tuple(nodes), capacity=int(capacity),
             labels=dict(labels or {})))
+
+    def set_pair_state(self, name: str, state: str, only_from=None) -> Optional[Pair]:
+        """Set a pair's state ("", "draining", "retired"); with only_from, only
+        if its state is one of those (else None, nothing changed)."""
+        if state not in PAIR_STATES:
+            raise CatalogError(f"pair state {state!r}: expected one of {PAIR_STATES}")
+        k = self.key("pairs", name)
+        for _ in range(RETRIES):
+            kv = self.etcd.get1(k)
+            if kv is None:
+                raise NotFound(f"no pair {name!r}")
+            p = _rec("pairs", kv)
+            if only_from is not None and p.state not in only_from:
+                return None
+            if p.state == state:
+                return p
+            new = replace(p, state=state)
+            if self.etcd.txn([etcd.mod_is(k, kv.mod_revision)],
+                             [etcd.put(k, _enc(new))]).succeeded:
+                return new
+        raise CatalogError(f"pair {name}: too many concurrent changes")
+
+    def rebalance_goal(self) -> Optional[dict]:
+        """The standing rebalance (spread, max_moves, started), None when none."""
+        kv = self.etcd.get1(self.key("rebalance", "goal"))
+        return json.loads(kv.value) if kv is not None else None
+
+    def set_rebalance_goal(self, goal: Optional[dict]) -> None:
+        k = self.key("rebalance", "goal")
+        if goal is None:
+            self.etcd.txn([], [etcd.delete(k)])
+        else:
+            self.etcd.txn([], [etcd.put(k, goal)])
 
     def put_tenant(self, name: str, quota: int) -> Tenant:
         """Create a tenant or change its quota (its usage is kept; a quota

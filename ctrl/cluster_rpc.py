@@ -233,3 +233,75 @@ def cluster_move_cancel(ctl, p: dict):
     if m is None:
         raise NotFound(f"volume {p['tenant']}/{p['name']} is not moving")
     return True
+
+
+# ---- rebalance and drain (docs/architecture.md, Cluster, Rebalance and drain) --------------
+
+def _busy(snap: cat.Snapshot) -> set:
+    return {u for u, m in snap.moves.items() if m.phase in cat.MOVE_ACTIVE}
+
+
+@METHODS.method("cluster_rebalance",
+                _P("spread", "float", 0.10, help="most minus least used pair to reach (0.10: "
+                                                 "ten points of capacity)"),
+                _P("max_moves", "int", 2, help="moves running at a time"),
+                _P("dry_run", "bool", False, help="only show the first round's plan"),
+                _P("stop", "bool", False, help="drop the standing rebalance (moves running "
+                                               "finish)"))
+def cluster_rebalance(ctl, p: dict):
+    """Move volumes until every pair's use (allocated / capacity) is within the
+    spread, a bounded number of moves at a time; returns the first round's plan.
+    The rebalance stands in etcd until reached; one controller drives it."""
+    from .rebalance import plan_rebalance
+
+    c = _svc(ctl).catalog
+    if p["stop"]:
+        _call(c.set_rebalance_goal, None)
+        return {"stopped": True}
+    if not 0 <= p["spread"] <= 1:
+        raise InvalidParams(f"spread {p['spread']}: expected 0 to 1")
+    if p["max_moves"] < 1:
+        raise InvalidParams("max_moves must be at least 1")
+    snap = _call(c.snapshot)
+    busy = _busy(snap)
+    plan = plan_rebalance(snap, spread=p["spread"], max_moves=max(0, p["max_moves"] - len(busy)),
+                          busy=busy)
+    out = dict(plan.as_dict(), running=len(busy), dry_run=p["dry_run"])
+    if not p["dry_run"]:
+        import time
+
+        _call(c.set_rebalance_goal, {"spread": p["spread"], "max_moves": p["max_moves"],
+                                     "started": time.time()})
+    return out
+
+
+@METHODS.method("cluster_drain", _P("pair", help="the pair to empty", positional=True),
+                _P("dry_run", "bool", False, help="only show the plan"))
+def cluster_drain(ctl, p: dict):
+    """Move every volume off a pair, then retire it (it takes no new volume from
+    the start). Refused, with nothing moved, when the rest of the cluster cannot
+    take its volumes."""
+    from .rebalance import DrainRefused, plan_drain
+
+    c = _svc(ctl).catalog
+    snap = _call(c.snapshot)
+    pr = snap.pairs.get(p["pair"])
+    if pr is None:
+        raise NotFound(f"no pair {p['pair']!r}")
+    if pr.state == "retired":
+        return {"pair": p["pair"], "state": "retired", "moves": []}
+    try:
+        plan = plan_drain(snap, p["pair"], busy=_busy(snap))
+    except DrainRefused as e:
+        raise NoSpace(str(e)) from None
+    if not p["dry_run"]:
+        _call(c.set_pair_state, p["pair"], "draining")
+    return dict(plan.as_dict(), pair=p["pair"], dry_run=p["dry_run"],
+                state=pr.state if p["dry_run"] else "draining")
+
+
+@METHODS.method("cluster_undrain", _P("pair", help="the pair", positional=True))
+def cluster_undrain(ctl, p: dict):
+    """Put a draining or retired pair back in service (moves running finish)."""
+    pr = _call(_svc(ctl).catalog.set_pair_state, p["pair"], "")
+    return {**asdict(pr), "nodes": list(pr.nodes), "slots": list(pr.slots)}

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from . import etcd, ha
 from .cluster import pair_name, volume_nqn
+from .cluster_balance import Balancer
 from .cluster_catalog import Snapshot, Volume
 from .cluster_move import Mover
 
@@ -70,6 +71,7 @@ class CatalogSync:
         self._kick = threading.Event()
         self.pair.ana_listeners.append(lambda _s: self._kick.set())
         self.mover = Mover(self)       # volume moves (ctrl/cluster_move.py)
+        self.balancer = Balancer(self)  # rebalance and drains (ctrl/cluster_balance.py)
         self._threads = [threading.Thread(target=fn, name=n, daemon=True) for fn, n in
                          ((self._follow, "srrs-catalog"), (self._tick, "srrs-catalog-tick"))]
         for t in self._threads:
@@ -116,6 +118,7 @@ class CatalogSync:
     # -- converging -------------------------------------------------------------------
     def converge(self, snap: Snapshot) -> None:
         self.mover.update(snap)     # first: its ANA rules apply to what we export now
+        self.balancer.update(snap)
         with self.lock:
             self.snap = snap
             want = {u: v for u, v in snap.volumes.items() if v.pair == self.pair_name}
@@ -278,11 +281,13 @@ class CatalogSync:
             return {"pair": self.pair_name, "pool": self.pool.name,
                     "revision": self.snap.revision if self.snap else 0,
                     "volumes": len(self.have), "converged": self.converged,
-                    "errors": dict(self.errors), "moves": self.mover.status()}
+                    "errors": dict(self.errors), "moves": self.mover.status(),
+                    "balance": self.balancer.status()}
 
     def close(self) -> None:
         self._stop.set()
         self._kick.set()
+        self.balancer.close()
         self.mover.close()
         for t in self._threads:
             t.join(5)

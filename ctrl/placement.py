@@ -7,7 +7,8 @@ The snapshot needs `.tenants` ({name: record with quota, used}), `.pairs`
 ({name: record with capacity, allocated, labels, nodes}) and `.members`
 ({name: record with pair}). The tenant's quota must hold the size; then,
 among the pairs whose labels include every requested label (zone = "z1")
-and that have a registered (live) controller, the one with the most free
+and that have a registered (live) controller and are in service (not
+draining or retired), the one with the most free
 space that fits the volume; ties go to the smaller name so every controller
 picks the same pair from the same snapshot.
 
@@ -58,7 +59,8 @@ def candidates(snap, req: Request) -> list:
     live = _live_pairs(snap)
     out = [(p.capacity - p.allocated, name) for name, p in snap.pairs.items()
            if name in live and all(p.labels.get(k) == v for k, v in req.labels.items())
-           and p.capacity - p.allocated >= req.size and _has_slot(p)]
+           and p.capacity - p.allocated >= req.size and _has_slot(p)
+           and not getattr(p, "state", "")]        # draining or retired: takes nothing
     return sorted(out, key=lambda c: (-c[0], c[1]))
 
 

@@ -88,6 +88,8 @@ class _State:
         for name, p in snap.pairs.items():
             if name not in live:
                 continue
+            if getattr(p, "state", ""):
+                self.exclude.add(name)      # draining or retired: takes nothing
             self.cap[name], self.alloc[name] = p.capacity, p.allocated
             self.slots[name], self.labels[name] = _free_slots(p), dict(p.labels)
         busy = set(busy)
@@ -240,6 +242,9 @@ def plan_drain(snap, pair: str, busy: Iterable[str] = (), exclude: Iterable[str]
     busy = set(busy)
     moving = [v.uuid for v in snap.volumes.values() if v.pair == pair and v.uuid in busy]
     st = _State(snap, busy, set(exclude) | {pair})
+    if pair not in st.cap:
+        raise DrainRefused(f"pair {pair} has no live controller: its volumes cannot be "
+                           f"copied off it until one is back")
     vols = sorted((v for v in snap.volumes.values() if v.pair == pair and v.uuid not in busy),
                   key=lambda v: (-v.size, v.uuid))
     not_ready = [v for v in vols if v.state != "ready"]
