@@ -181,6 +181,14 @@ def _enc(rec) -> dict:
     return d
 
 
+def _released(p: Pair, slot: int, uuid: str, size: int) -> Pair:
+    """The pair with a volume's allocation and mirror slot given back."""
+    slots = p.slots
+    if 0 <= slot < len(slots) and slots[slot] == uuid:
+        slots = slots[:slot] + ("",) + slots[slot + 1:]
+    return replace(p, allocated=p.allocated - size, slots=slots)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The catalog at one revision (pure data: what placement reads)."""
@@ -598,12 +606,8 @@ class Catalog:
             cmp = [etcd.mod_is(mk, kvs[mk].mod_revision), etcd.mod_is(vk, kvs[vk].mod_revision),
                    etcd.mod_is(sk, skv.mod_revision if skv else 0)]
             if skv is not None:
-                p = _rec("pairs", skv)
-                slots = p.slots
-                if 0 <= v.slot < len(slots) and slots[v.slot] == uuid:
-                    slots = slots[:v.slot] + ("",) + slots[v.slot + 1:]
-                ops.append(etcd.put(sk, _enc(replace(p, allocated=p.allocated - v.size,
-                                                     slots=slots))))
+                ops.append(etcd.put(sk, _enc(_released(_rec("pairs", skv), v.slot, uuid,
+                                                        v.size))))
             if self.etcd.txn(cmp, ops).succeeded:
                 return True
         raise CatalogError(f"move of {uuid}: too many concurrent changes")
@@ -625,12 +629,8 @@ class Catalog:
                                              error=error or m.error)))]
             cmp = [etcd.mod_is(mk, kv.mod_revision), etcd.mod_is(dk, dkv.mod_revision if dkv else 0)]
             if dkv is not None:
-                p = _rec("pairs", dkv)
-                slots = p.slots
-                if 0 <= m.dst_slot < len(slots) and slots[m.dst_slot] == uuid:
-                    slots = slots[:m.dst_slot] + ("",) + slots[m.dst_slot + 1:]
-                ops.append(etcd.put(dk, _enc(replace(p, allocated=p.allocated - m.size,
-                                                     slots=slots))))
+                ops.append(etcd.put(dk, _enc(_released(_rec("pairs", dkv), m.dst_slot, uuid,
+                                                        m.size))))
             if self.etcd.txn(cmp, ops).succeeded:
                 return True
         raise CatalogError(f"move of {uuid}: too many concurrent changes")
