@@ -211,7 +211,7 @@ int srrs_mirror_link_destroy(struct srrs_mirror_link **pl)
     for (int i = 0; i < M_MAX_VOLS; i++)
         if (l->vols[i])
             return srrs_err(-EBUSY, "mirror link: mirror %s still exists",
-                            l->vols[i]->bdev->name);
+                            l->vols[i]->name);
     struct link_arg x = {l, 0};
     srrs_reactor_call(l->r, link_stop_fn, &x);
     link_free(l);
@@ -312,6 +312,10 @@ static int mirror_create(struct srrs_mirror_link *link, const char *name, const 
         return srrs_err(-ENOMEM, "mirror %s: out of memory", name);
     m->l = l;
     m->vol = vol_id;
+    if (snprintf(m->name, sizeof(m->name), "%s", name) >= (int)sizeof(m->name)) {
+        free(m);
+        return srrs_err(-ENAMETOOLONG, "mirror %s: name too long", name);
+    }
     if (shared && !strcmp(name, replica)) {
         free(m);
         return srrs_err(-EINVAL, "mirror %s: a mirror over a replica in use needs its own name",
@@ -372,7 +376,7 @@ static void mark_dirty_fn(void *a)
     x->rc = -ENOENT;
     for (int i = 0; i < M_MAX_VOLS; i++) {
         struct mirror *m = l->vols[i];
-        if (!m || strcmp(m->bdev->name, x->name))
+        if (!m || strcmp(m->name, x->name))
             continue;
         int64_t n = 0;
         size_t len = SRRS_MIN((size_t)x->len, m->bm_len);
@@ -478,11 +482,11 @@ static void info_fn(void *a)
     x->rc = -ENOENT;
     for (int i = 0; i < M_MAX_VOLS; i++) {
         struct mirror *m = l->vols[i];
-        if (!m || strcmp(m->bdev->name, x->name))
+        if (!m || strcmp(m->name, x->name))
             continue;
         struct srrs_mirror_info *o = x->mi;
         memset(o, 0, sizeof(*o));
-        snprintf(o->name, sizeof(o->name), "%s", m->bdev->name);
+        snprintf(o->name, sizeof(o->name), "%s", m->name);
         snprintf(o->replica, sizeof(o->replica), "%s", m->replica->name);
         o->vol_id = m->vol;
         o->mode = l->mode;

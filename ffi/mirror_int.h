@@ -113,7 +113,12 @@ struct frame {
 
 struct mirror {
     struct mlink *l;
-    struct srrs_bdev *bdev;     /* ours */
+    struct srrs_bdev *bdev;     /* ours: NULL until registered, after the attach */
+    /* The mirror's name, set before the reactor can see it: the reactor's
+     * lookups by name (status, mark dirty) and events use this, never
+     * bdev->name, because the bdev is registered only after the attach
+     * (docs/architecture.md, The mirror link). */
+    char name[SRRS_NAME_MAX];
     struct srrs_bdev *replica;
     char replica_name[SRRS_NAME_MAX]; /* its name before we took it over */
     bool renamed;               /* the mirror took the replica's name (replica is NAME.replica) */

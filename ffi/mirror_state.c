@@ -260,7 +260,7 @@ static bool read_fallback(struct mlink *l, struct piece *p)
     if (!m->read_err_ev_at || now - m->read_err_ev_at >= srrs_us_to_ticks(1000000)) {
         m->read_err_ev_at = now; /* one report a second: every read may fail */
         srrs_event_post(l->core, SRRS_EV_MIRROR_READ_ERR, m->st.local_read_errors, p->off,
-                        m->bdev->name, "replica %s failed a read at %llu (%d): served by the "
+                        m->name, "replica %s failed a read at %llu (%d): served by the "
                         "peer (%llu local read errors so far)", m->replica->name,
                         (unsigned long long)p->off, p->status,
                         (unsigned long long)m->st.local_read_errors);
