@@ -170,6 +170,7 @@ struct mlink {
     uint64_t rl_until;          /* our local reads are safe before this (granted by the peer) */
     uint64_t rl_granted;        /* the peer may read alone before this: no solo until then */
     uint64_t rl_asked;          /* our last lease request */
+    uint64_t rl_fail_ev_at;     /* ticks: last failed lease reads reported (one a second) */
     struct piece *rwait;        /* reads waiting for a lease */
     /* resync copy throttle (srrs_mirror_set_copy_limit): copies in parallel
      * (0: M_COPIES), bytes/s (0: no limit) as a token bucket refilled by the
