@@ -68,14 +68,19 @@ def _keys(prefix: str, name: str):
     return p + "cntlids/" + name, p + "cntlid-index/"
 
 
-def _record(kv: etcd.KV) -> int:
+def _record(kv: etcd.KV, block: int) -> int:
+    """The index of a member's record; one made with another range size is
+    refused (its range would overlap ranges of this size)."""
     try:
-        i = int(json.loads(kv.value)["index"])
+        d = json.loads(kv.value)
+        i, lo, hi = int(d["index"]), int(d["min"]), int(d["max"])
     except (ValueError, KeyError, TypeError):
         raise CntlidError(f"{kv.key}: not a controller-ID range record: {kv.value[:80]!r}") \
             from None
-    if i < 0:
-        raise CntlidError(f"{kv.key}: negative index {i}")
+    r = range_of(i, block) if i >= 0 else None
+    if r is None or (r.min, r.max) != (lo, hi):
+        raise CntlidError(f"{kv.key}: range {lo}..{hi} (index {i}) is not one of this "
+                          f"version's ranges of {block} IDs")
     return i
 
 
@@ -91,7 +96,7 @@ def claim(client: etcd.Client, prefix: str, name: str, block: int = BLOCK,
     for _ in range(RETRIES):
         r = client.txn([], [etcd.get(mine), etcd.get(ip, prefix=True)])
         if r.responses[0]:
-            i = _record(r.responses[0][0])
+            i = _record(r.responses[0][0], block)
             if i >= max_index:
                 raise CntlidError(f"{mine}: index {i} is past the last range ({max_index - 1})")
             return range_of(i, block)

@@ -60,6 +60,13 @@ def test_lowest_free_index_and_a_full_space(etcd1):
     cl.delete(P + "cntlid-index/00001")
     assert cc.claim(cl, P, "d", max_index=3).index == 1
     assert cc.claim(cl, P, "a", max_index=3).index == 0
+    # a record of another range size (or garbage) is refused, not reinterpreted
+    cl.put(P + "cntlids/q", {"index": 5, "min": 1, "max": 64})
+    with pytest.raises(cc.CntlidError, match=r"cntlids/q: range 1..64 \(index 5\) is not one"):
+        cc.claim(cl, P, "q")
+    cl.put(P + "cntlids/q", "junk")
+    with pytest.raises(cc.CntlidError, match=r"not a controller-ID range record"):
+        cc.claim(cl, P, "q")
 
 
 def test_concurrent_claims_never_collide(etcd1):
