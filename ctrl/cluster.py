@@ -52,12 +52,13 @@ class ClusterService:
             raise ValueError("cluster: name: is required without a [pair] section")
         self.client = self.new_client()
         # before the NVMe/TCP target exists (the daemon starts us first): its
-        # controller-ID range, unless [nvmf] sets one (ctrl/cluster_cntlid.py)
+        # controller-ID range, with [nvmf] unless that sets one (ctrl/cluster_cntlid.py)
         self.cntlids: Optional[cluster_cntlid.CntlidRange] = None
         pc = getattr(ctl.conf, "pair", None)
         self._state_dir = getattr(pc, "state_dir", "") if pc is not None else ""
         self._kept = False      # the range is kept in state_dir (a start without etcd)
-        if not getattr(ctl.conf, "cntlid_set", False):
+        if getattr(ctl.conf, "nvmf", None) is not None and not getattr(ctl.conf, "cntlid_set",
+                                                                         False):
             try:
                 self.cntlids = cluster_cntlid.claim_at_start(
                     self.client, conf.prefix, self.name, state_dir=self._state_dir)
