@@ -18,7 +18,7 @@ from typing import Any, Optional
 from srrs import __version__
 from srrs.units import parse_address
 
-from . import etcd
+from . import cluster_cntlid, etcd
 from .cluster_catalog import Catalog, Member
 from .cluster_config import ClusterConfig
 from .cluster_view import ClusterView, DiscoveryFeed
@@ -51,6 +51,20 @@ class ClusterService:
         if not self.name:
             raise ValueError("cluster: name: is required without a [pair] section")
         self.client = self.new_client()
+        # before the NVMe/TCP target exists (the daemon starts us first): its
+        # controller-ID range, with [nvmf] unless that sets one (ctrl/cluster_cntlid.py)
+        self.cntlids: Optional[cluster_cntlid.CntlidRange] = None
+        pc = getattr(ctl.conf, "pair", None)
+        self._state_dir = getattr(pc, "state_dir", "") if pc is not None else ""
+        self._kept = False      # the range is kept in state_dir (a start without etcd)
+        if getattr(ctl.conf, "nvmf", None) is not None and not getattr(ctl.conf, "cntlid_set",
+                                                                         False):
+            try:
+                self.cntlids = cluster_cntlid.claim_at_start(
+                    self.client, conf.prefix, self.name, state_dir=self._state_dir)
+            except BaseException:
+                self.client.close()
+                raise
         self.catalog = Catalog(self.client, conf.prefix)
         # the cached catalog: status, console, metrics and cluster-wide discovery read it
         self.view = ClusterView(self.catalog, self.name)
@@ -111,6 +125,9 @@ class ClusterService:
             self._kick.clear()
 
     def _tick(self) -> None:
+        if self.cntlids is not None and not self._kept:
+            self._kept = cluster_cntlid.keep(self._state_dir, self.conf.prefix, self.name,
+                                             self.cntlids)
         if self.reg is not None and self.reg.lost:
             log.warning("cluster: member key lost (%s): registering again", self.reg.lost)
             self.reg = None
@@ -129,6 +146,7 @@ class ClusterService:
                 "registered": self.reg is not None and not self.reg.lost,
                 "registrations": self.registrations, "error": self.last_error,
                 "etcd_errors": self.client.errors, "discovery_pushes": self.discovery.pushes,
+                "cntlids": self.cntlids.as_dict() if self.cntlids is not None else None,
                 "catalog": self.view.summary()}
 
     def to_toml_dict(self) -> dict:
