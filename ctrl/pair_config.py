@@ -35,6 +35,9 @@
                                         #   file on both controllers, mode 0600
     mirror_allow = ["10.0.0.2"]         # optional: the only source addresses the mirror
                                         #   link accepts (numeric)
+    name = "a+b"                        # optional: the pair's name (default: both names,
+                                        #   sorted, joined by '+'); a replacement server
+                                        #   keeps the pair's old name (`srrs cluster replace`)
     insecure = false                    # true: no keys at all (an isolated network only)
 
 The four key files go together; without them a pair refuses to start unless
@@ -179,6 +182,9 @@ class PairConfig:
     mirror_allow: Tuple[str, ...] = setting((), check=_check_allow, help="the only numeric "
                                             "source addresses the mirror link accepts")
     insecure: bool = setting(False, help="no keys at all (an isolated network only)")
+    name: str = setting("", nonempty=True, check=check_name, help="the pair's name: its solo "
+                        "lease and, with [cluster], its catalog name (default: both controllers' "
+                        "names, sorted, joined by '+'; kept when a server is replaced)")
 
     @property
     def me_id(self) -> str:
@@ -190,7 +196,7 @@ class PairConfig:
 
     @property
     def pair_id(self) -> str:
-        return "+".join(sorted((self.me_id, self.peer_id)))
+        return self.name or "+".join(sorted((self.me_id, self.peer_id)))
 
     def _finish(self, raw: dict) -> "PairConfig":
         if self.peer == self.self_name:

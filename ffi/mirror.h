@@ -112,6 +112,13 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
                             struct srrs_mirror_link **out);
 /* control. Mirror bdevs of the link must be deleted first (-EBUSY). Nulls *link. */
 int srrs_mirror_link_destroy(struct srrs_mirror_link **link);
+/* control. A new peer for the link (docs/architecture.md, Cluster, Replacing a
+ * server): its mirror address and our node index with it. Only while the link
+ * does not serve a peer (mode solo, fenced or pending): -EBUSY otherwise. A
+ * connection to the old peer is dropped; the next is dialled (node 0) or
+ * accepted (node 1) under the new settings. */
+int srrs_mirror_link_set_peer(struct srrs_mirror_link *link, const char *host, uint16_t port,
+                              int node);
 /* control. A mirror bdev `name` over local bdev `replica` (opened; must match
  * the peer's size). bitmap_path: file holding the dirty bitmap (created). */
 int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,
