@@ -128,6 +128,14 @@ def _check_volumes(vols: tuple) -> None:
         seen |= {v.replica, v.name}
 
 
+def _pair_name(v: str) -> None:
+    """A pair's name: names joined by '+' ("a+b", the default form)."""
+    if len(v) > 127:
+        raise ValueError(f"pair name {v!r} too long")
+    for part in v.split("+"):
+        check_name(part)
+
+
 def _check_allow(v: tuple) -> None:
     if len(v) > 4:
         raise ValueError(f"expected a list of at most 4 addresses, got {list(v)!r}")
@@ -182,7 +190,7 @@ class PairConfig:
     mirror_allow: Tuple[str, ...] = setting((), check=_check_allow, help="the only numeric "
                                             "source addresses the mirror link accepts")
     insecure: bool = setting(False, help="no keys at all (an isolated network only)")
-    name: str = setting("", nonempty=True, check=check_name, help="the pair's name: its solo "
+    name: str = setting("", nonempty=True, check=_pair_name, help="the pair's name: its solo "
                         "lease and, with [cluster], its catalog name (default: both controllers' "
                         "names, sorted, joined by '+'; kept when a server is replaced)")
 
