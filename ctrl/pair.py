@@ -41,6 +41,9 @@ MIRROR_MODES = binding.MIRROR_MODES
 MODE_NAMES = binding.MIRROR_MODE_NAMES
 
 
+REDIAL_S = 2.0     # the peer's DEALER opened again this often while the peer is unheard
+
+
 class _Retarget:
     """A new peer for the coordination thread (PairService.retarget)."""
 
@@ -351,6 +354,22 @@ class PairService:
         curve_client_setup(self.peer_sock, c.secret_key or None, c.peer_public_key or None)
         self.peer_sock.connect(c.peer_coord)
 
+    def _redial(self, now: float) -> None:
+        """A CURVE handshake the peer's ROUTER refused is never retried by ZeroMQ:
+        a controller started before the catalog named it its survivor's peer
+        (Replacing a server), or whose peer had another key for a while, would
+        stay unheard for ever. While the peer does not hear us, the DEALER is opened
+        again every REDIAL_S (its heartbeats say whether it hears ours)."""
+        st = self.state
+        if not self.conf.secret_key or (ha.peer_alive(st, now) and st.peer_sees_us):
+            self._redial_at = now + REDIAL_S
+            return
+        if now < getattr(self, "_redial_at", 0.0):
+            return
+        self._redial_at = now + REDIAL_S
+        self.peer_sock.close(0)
+        self._open_peer_sock()
+
     def _curve_server(self, sock):
         """Our ROUTER accepts only the peer's public key."""
         import zmq.auth
@@ -398,6 +417,7 @@ class PairService:
                 next_beat = now + period
                 self._drain()
                 self._beat()
+                self._redial(now)
                 if (self.wit is not None and now >= next_ping
                         and self.state.lease_sent_at is None):
                     next_ping = now + 1.0
