@@ -153,6 +153,14 @@ class ClusterService:
         if self.reg is not None and self.reg.lost:
             log.warning("cluster: member key lost (%s): registering again", self.reg.lost)
             self.reg = None
+        snap, pn = self.view.snap, pair_name(self._pair_conf())
+        pr = snap.pairs.get(pn) if snap is not None and pn else None
+        if self.reg is not None and pr is not None and self.name in pr.replaced:
+            # replaced while running (its key is deleted, its lease is not): the
+            # registration goes for good, never to be written again by update()
+            log.error("cluster: %s was replaced out of pair %s: deregistering", self.name, pn)
+            self.reg.close()
+            self.reg = None
         m = self.member()
         if self.reg is None:
             self.check_not_replaced()

@@ -41,6 +41,8 @@ MIRROR_MODES = binding.MIRROR_MODES
 MODE_NAMES = binding.MIRROR_MODE_NAMES
 
 
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 ".-:+=^!/*?&<>()[]{}@%$#")
 REDIAL_S = 2.0     # the peer's DEALER opened again this often while the peer is unheard
 
 
@@ -783,7 +785,10 @@ class PairService:
         c = self.conf
         if not c.peer:
             raise ValueError("pair: a replace needs named controllers ([pair] peer)")
-        if peer in (c.self_name, ""):
+        from srrs.schema import check_name
+
+        check_name(peer)       # the catalog's: outside input (a file name below)
+        if peer == c.self_name:
             raise ValueError(f"pair: bad new peer {peer!r}")
         check_zmq(coord)
         host, port = parse_address(mirror)
@@ -793,8 +798,9 @@ class PairService:
             raise ValueError(f"pair: the peer changes only while not paired ({role})")
         key_path = c.peer_public_key
         if c.secret_key:
-            if not public_key or len(public_key) != 40:
-                raise ValueError(f"pair: {peer} registered no CURVE public key")
+            if len(public_key) != 40 or any(ch not in _Z85 for ch in public_key):
+                raise ValueError(f"pair: {peer} registered no CURVE public key (Z85, 40 "
+                                 "characters)")
             key_path = os.path.join(c.state_dir, f"peer-{peer}.key")
             tmp = key_path + ".tmp"
             with open(tmp, "w", encoding="ascii") as f:

@@ -36,7 +36,7 @@ from .test_elastic import AUTOCONNECT, _guest_devs, _guest_paths, _pre
 MiB = 1 << 20
 HOST = "nqn.2014-08.org.nvmexpress:uuid:replace-host"
 PREFIX = "/srrs/rp"
-NODES = "abc"
+NODES = "abcd"
 KEYS = ["e0", "e1", "e2", *NODES, "h"]
 PAIR = "a+b"
 
@@ -47,7 +47,7 @@ class World:
         self.ports = dict(zip(NODES, launch.free_ports(len(NODES))))
         self.ns_h = hub.hosts["h"][0]
         self.pair = None
-        self.c = None
+        self.new = {}      # the replacement servers started
         self._guest = None
 
     def addr(self, n):
@@ -70,34 +70,39 @@ class World:
                                         for n in "ab"}).start()
 
     def ctl(self, n):
-        return self.c if n == "c" else self.pair.nodes[n]
+        return self.new[n] if n in self.new else self.pair.nodes[n]
 
-    def start_c(self):
-        """The new server: its own CURVE key, the pair's mirror secret, [pair]
-        name = "a+b" and a as its peer (what an operator gives it)."""
-        if self.c is not None:
-            return self.c
+    def start_new(self, n):
+        """A new server n for pair a+b: its own CURVE key, the pair's mirror
+        secret, [pair] name = "a+b" and the survivor a as its peer (what an
+        operator gives it)."""
+        if n in self.new:
+            return self.new[n]
         from srrs.ctrl.witness import keygen
 
         p = self.pair
         kdir = os.path.join(p.keys["dir"], "pair")
         with contextlib.redirect_stdout(io.StringIO()):
-            keygen(argparse.Namespace(dir=kdir, name="c", no_mirror_secret=True))
+            keygen(argparse.Namespace(dir=kdir, name=n, no_mirror_secret=True))
         cport = launch.free_ports(2)
-        pa = dict(p.ports, coord_c=cport[0], mirror_c=cport[1])
-        pt = launch.pair("c", "a", pa, os.path.join(p.dir, "state-c"), ("v0",),
-                         keys=dict(p.keys, c=os.path.join(kdir, "c.key")),
-                         host=self.addr("c"), peer_host=self.addr("a"))
+        pa = dict(p.ports, **{f"coord_{n}": cport[0], f"mirror_{n}": cport[1]})
+        pt = launch.pair(n, "a", pa, os.path.join(p.dir, f"state-{n}"), ("v0",),
+                         keys=dict(p.keys, **{n: os.path.join(kdir, f"{n}.key")}),
+                         host=self.addr(n), peer_host=self.addr("a"))
         pt["name"] = PAIR          # the pair keeps its name
         pt.pop("witness", None)
         pt.pop("witness_public_key", None)
-        sock = os.path.join(p.dir, "c.sock")
-        conf = launch.merge({"controller": launch.controller("c", sock)}, self.node("c"))
+        sock = os.path.join(p.dir, f"{n}.sock")
+        conf = launch.merge({"controller": launch.controller(n, sock)}, self.node(n))
         conf["pair"] = pt
-        self.c = launch.Controller(os.path.join(p.dir, "c.toml"), conf, sock=sock,
-                                   prefix=("ip", "netns", "exec", self.hub.hosts["c"][0]),
-                                   name="c")
-        return self.c
+        self.new[n] = launch.Controller(os.path.join(p.dir, f"{n}.toml"), conf, sock=sock,
+                                        prefix=("ip", "netns", "exec", self.hub.hosts[n][0]),
+                                        name=n)
+        return self.new[n]
+
+    def peer_of_a(self):
+        """a's current peer (b, or whoever replaced it)."""
+        return self.ctl("a").rpc("pair_status")["peer"]
 
     def guest(self):
         if self._guest is None:
@@ -127,9 +132,8 @@ def world(tmp_path_factory):
             if w._guest is not None:
                 print(w._guest.diagnostics())
                 w._guest.close()
-            for c in (w.c,):
-                if c is not None:
-                    c.stop()
+            for c in w.new.values():
+                c.stop()
             if w.pair is not None:
                 w.pair.stop()
             etcd.stop()
@@ -153,14 +157,14 @@ def test_replace_refused(world):
     rc, _, err = cli(a, "replace", "b", "--with", "a")
     assert rc != 0 and "a is already a node of pair a+b" in err, err
     # c registers for a+b, but a is PAIRED with b: b may be serving, nothing changes
-    w.start_c()
+    w.start_new("c")
     _wait(lambda: "c" in _members(a), 30, "c registered")
     rc, _, err = cli(a, "replace", "b", "--with", "c")
     assert rc != 0 and "the survivor a does not serve alone" in err, err
     assert _pairs(a)[PAIR]["nodes"] == ["a", "b"] and "b" in _members(a)
     assert w.pair.states() == {"a": "PAIRED", "b": "PAIRED"}
     # c is no path of the pair's volumes before the catalog names it
-    assert w.c.pair_state() in ("STARTING", "FENCED")
+    assert w.ctl("c").pair_state() in ("STARTING", "FENCED")
 
 
 def _digests(tmp, n, uuids):
@@ -188,56 +192,93 @@ def _digests(tmp, n, uuids):
     return out
 
 
-def test_replace_a_dead_server_under_load(world):
+def test_replace_a_live_server_cut_off(world):
+    """b is alive but cut off (its network down): a goes SOLO, c replaces b;
+    healed, b stays out: its registration does not come back, it gets no solo
+    lease, a does not hear it, and it cannot start again."""
     w = world
+    if w.peer_of_a() != "b":
+        pytest.skip("b was replaced already")
     a, b = w.ctl("a"), w.ctl("b")
+    c = w.start_new("c")
+    _wait(lambda: "c" in _members(a), 30, "c registered")
+    w.hub.cut("b")
+    try:
+        _wait(lambda: a.pair_state() == "SOLO", 30, "a SOLO")
+        rc, out, err = cli(a, "replace", "b", "--with", "c")
+        assert rc == 0 and out["nodes"] == ["a", "c"], err
+        _wait(lambda: a.pair_state() == "PAIRED" and c.pair_state() == "PAIRED", 60,
+              "PAIRED a+c")
+    finally:
+        w.hub.heal("b")
+    _wait(lambda: "replaced out of pair" in open(b.log_path).read(), 30,
+          "b sees it was replaced")
+    time.sleep(4)       # more than b's lease TTL and a few of its heartbeats
+    assert "b" not in _members(a) and b.alive()
+    assert b.pair_state() in ("STARTING", "FENCED"), b.rpc("pair_status")
+    assert a.pair_state() == "PAIRED" and w.peer_of_a() == "c"
+    assert _pairs(a)[PAIR]["nodes"] == ["a", "c"]
+    b.stop()
+    with pytest.raises(RuntimeError, match="replaced out of pair a\\+b"):
+        b.restart()
+
+
+def test_replace_a_dead_server_under_load(world):
+    """The peer of a (b, or c after the test above) is killed (-9) under a
+    guest's fio verify on three volumes; a new server replaces it."""
+    w = world
+    a = w.ctl("a")
+    old = w.peer_of_a()
+    new = "c" if old == "b" else "d"
     g = w.guest()
     vols = [a.rpc("cluster_volume_create", {"name": f"r{i}", "size": 40 * MiB, "tenant": "t",
                                             "hosts": [HOST]}) for i in range(3)]
     uuids = [v["uuid"] for v in vols]
     _wait(lambda: all(v["state"] == "ready" for v in a.rpc("cluster_volumes")), 60, "ready")
     g.write_file("/tmp/srrs-autoconnect", open(AUTOCONNECT).read(), mode=0o755)
-    eps = f"{w.addr('a')}:{w.ports['a']} {w.addr('b')}:{w.ports['b']}"
+    eps = f"{w.addr('a')}:{w.ports['a']} {w.addr(old)}:{w.ports[old]}"
     ac = g.spawn(f"/tmp/srrs-autoconnect -q {HOST} -i 2 {eps}", name="autoconnect")
     jobs = []
     t = {}
     try:
         devs = _guest_devs(g, uuids)
         for u in uuids:
+            _wait(lambda u=u: _guest_paths(g, volume_nqn(u)) == {w.addr("a"), w.addr(old)},
+                  60, f"guest paths of {u} on a+{old}")
             g.check(_pre(devs[u]), timeout=300)
             jobs.append(g.spawn(fio_verify(devs[u], "16M", 600, name=f"r{u[:6]}",
                                            extra="--offset=16M"), name=f"r{u[:6]}"))
         time.sleep(2)
-        # b dies; a serves alone
+        # the old server dies; a serves alone
         t0 = time.monotonic()
-        b.kill9()
+        w.ctl(old).kill9()
         _wait(lambda: a.pair_state() == "SOLO", 30, "a SOLO")
         t["solo"] = time.monotonic() - t0
-        c = w.start_c()
-        _wait(lambda: "c" in _members(a), 30, "c registered")
-        rc, out, err = cli(a, "replace", "b", "--with", "c")
+        c = w.start_new(new)
+        _wait(lambda: new in _members(a), 30, f"{new} registered")
+        rc, out, err = cli(a, "replace", old, "--with", new)
         assert rc == 0, err
-        assert out == {"pair": PAIR, "nodes": ["a", "c"], "replaced": ["b"], "survivor": "a"}
+        assert out["nodes"] == ["a", new] and old in out["replaced"] and out["survivor"] == "a"
         t1 = time.monotonic()
-        # a takes c as its peer; c gets a full copy while a serves
+        # a takes the new server as its peer, which gets a full copy while a serves
         _wait(lambda: a.pair_state() == "PAIRED" and c.pair_state() == "PAIRED", 90,
-              "PAIRED a+c")
+              f"PAIRED a+{new}")
         t["paired"] = time.monotonic() - t1
         st = a.rpc("pair_status")
-        assert st["peer"] == "c" and st["pair"] == PAIR, st
-        # the catalog: a+c keeps the pair's name; b's registration is gone
+        assert st["peer"] == new and st["pair"] == PAIR, st
+        # the catalog: the pair keeps its name; the old registration is gone
         pr = _pairs(a)[PAIR]
-        assert pr["nodes"] == ["a", "c"] and pr["members"] == ["a", "c"], pr
-        assert "b" not in _members(a)
-        assert set(_replicas(c)) == set(uuids)
-        # the host's usable paths: a and c, not b (autoconnect follows discovery)
+        assert pr["nodes"] == ["a", new] and pr["members"] == ["a", new], pr
+        assert old not in _members(a)
+        assert set(uuids) <= set(_replicas(c))
+        # the host's usable paths: a and the new server (autoconnect follows discovery)
         for u in uuids:
-            _wait(lambda u=u: _guest_paths(g, volume_nqn(u)) == {w.addr("a"), w.addr("c")},
-                  60, f"guest paths of {u} on a+c")
+            _wait(lambda u=u: _guest_paths(g, volume_nqn(u)) == {w.addr("a"), w.addr(new)},
+                  60, f"guest paths of {u} on a+{new}")
         time.sleep(2)     # more load on the new pair
         assert ac.poll() is None, ac.output()
     except BaseException:
-        for n in "ac":
+        for n in ("a", new):
             try:
                 print(n, w.ctl(n).rpc("pair_status"), w.ctl(n).rpc("cluster_status"))
             except Exception as e:
@@ -255,16 +296,17 @@ def test_replace_a_dead_server_under_load(world):
         assert "verify:" not in r.output and "bad magic" not in r.output, r.output
     for u in uuids:
         g.check(_pre(devs[u]) + " --verify_only", timeout=300)
-    # b cannot come back: replaced out of the pair, it does not start
+    # the dead server cannot come back: replaced out of the pair, it does not start
     with pytest.raises(RuntimeError, match="replaced out of pair a\\+b"):
-        b.restart()
+        w.ctl(old).restart()
     # replicas byte-identical on disk (both stopped once idle and PAIRED)
     _wait(lambda: all(v["dirty_stripes"] == 0 for v in a.rpc("pair_status")["volumes"]), 30,
           "nothing dirty")
-    w.c.stop()
-    w.pair.nodes["a"].stop()
-    da, dc = _digests(w.tmp, "a", uuids), _digests(w.tmp, "c", uuids)
+    c.stop()
+    a.stop()
+    da, dc = _digests(w.tmp, "a", uuids), _digests(w.tmp, new, uuids)
     for u in uuids:
         diff = [i for i, (x, y) in enumerate(zip(da[u], dc[u])) if x != y]
         assert len(da[u]) == len(dc[u]) and not diff, (u, diff)
-    print(f"SOLO after {t['solo']:.1f} s, PAIRED a+c {t['paired']:.1f} s after the replace")
+    print(f"SOLO after {t['solo']:.1f} s, PAIRED a+{new} {t['paired']:.1f} s after the "
+          "replace")
