@@ -221,6 +221,12 @@ def test_replace_a_live_server_cut_off(world):
     b.stop()
     with pytest.raises(RuntimeError, match="replaced out of pair a\\+b"):
         b.restart()
+    # a restarted with its old file (peer b) takes c again from the catalog
+    a.stop()
+    a.restart()
+    _wait(lambda: a.pair_state() == "PAIRED" and c.pair_state() == "PAIRED", 60,
+          "PAIRED a+c after a's restart")
+    assert w.peer_of_a() == "c"
 
 
 def test_replace_a_dead_server_under_load(world):
