@@ -354,7 +354,7 @@ class Catalog:
             holder = json.loads(solo.value).get("holder", "") if solo is not None else ""
             if holder != surv:
                 raise CatalogError(f"the survivor {surv} does not serve alone (the solo lease "
-                                   f"of {pr.name} is {'held by ' + holder if holder else 'free'}"
+                                   f"of {pr.name} is {'held by ' + holder if holder else 'not held'}"
                                    f"): {old} may still be serving; stop it (or wait until "
                                    f"{surv} is SOLO) and try again")
             busy = [m for m in snap.moves.values()

@@ -48,7 +48,7 @@ def test_replace_node(etcd1):
     ev = _ask(lease, "c")
     assert isinstance(ev, ha.LeaseDenied) and "c is not a node of pair a+b" in ev.reason
     # the survivor must hold the solo lease: b may be serving otherwise
-    with pytest.raises(CatalogError, match="the survivor a does not serve alone.*free"):
+    with pytest.raises(CatalogError, match="the survivor a does not serve alone.*not held"):
         cat.replace_node("b", "c")
     assert isinstance(_ask(lease, "b"), ha.LeaseGranted)
     with pytest.raises(CatalogError, match="does not serve alone.*held by b"):
