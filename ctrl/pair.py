@@ -46,6 +46,12 @@ _Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 REDIAL_S = 2.0     # the peer's DEALER opened again this often while the peer is unheard
 
 
+def link_id(name: str) -> int:
+    """A controller's identity on the mirror link (its HELLO): 64 bits of a
+    digest of its name, never 0 (0: none)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") or 1
+
+
 class _Retarget:
     """A new peer for the coordination thread (PairService.retarget)."""
 
@@ -233,6 +239,7 @@ class PairService:
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
         o.read_lease_ms = self.conf.read_lease_ms
+        o.self_id = link_id(self.conf.me_id)   # in HELLO: a replaced peer is told apart
         self._mirror_auth_opts(o)
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
@@ -811,7 +818,8 @@ class PairService:
         new = replace(c, peer=peer, peer_coord=coord, peer_mirror=mirror,
                       peer_public_key=key_path, name=name or c.pair_id)
         node = 0 if new.me_id < new.peer_id else 1
-        self._check(self._lib.srrs_mirror_link_set_peer(self.link, host.encode(), port, node),
+        self._check(self._lib.srrs_mirror_link_set_peer(self.link, host.encode(), port, node,
+                                                        link_id(new.peer_id)),
                     "mirror link peer")
         cmd = _Retarget(new)
         with self.lock:

@@ -646,6 +646,7 @@ struct peer_arg {
     const char *host;
     uint16_t port;
     int node;
+    uint64_t peer_id;
     int rc;
 };
 
@@ -661,18 +662,19 @@ static void set_peer_fn(void *a)
     snprintf(l->o.peer_host, sizeof(l->o.peer_host), "%s", x->host);
     l->o.peer_port = x->port;
     l->o.node = x->node;
+    l->o.peer_id = x->peer_id;
     l->last_try = 0;
     x->rc = 0;
 }
 
 int srrs_mirror_link_set_peer(struct srrs_mirror_link *link, const char *host, uint16_t port,
-                              int node)
+                              int node, uint64_t peer_id)
 {
     if (!link || !host || !*host || strlen(host) >= sizeof(((struct mlink *)0)->o.peer_host) ||
         !port || (node != 0 && node != 1))
         return srrs_err(-EINVAL, "mirror link: bad peer %s:%u (node %d)", host ? host : "?",
                         port, node);
-    struct peer_arg x = {(struct mlink *)link, host, port, node, 0};
+    struct peer_arg x = {(struct mlink *)link, host, port, node, peer_id, 0};
     srrs_reactor_call(x.l->r, set_peer_fn, &x);
     if (x.rc)
         return srrs_err(x.rc, "mirror link: the peer changes only while solo or fenced");
