@@ -645,6 +645,46 @@ int srrs_mirror_test_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg
     return 0;
 }
 
+struct peer_arg {
+    struct mlink *l;
+    const char *host;
+    uint16_t port;
+    int node;
+    uint64_t peer_id;
+    int rc;
+};
+
+static void set_peer_fn(void *a)
+{
+    struct peer_arg *x = a;
+    struct mlink *l = x->l;
+    if (l->mode != MODE_SOLO && l->mode != MODE_FENCED && l->mode != MODE_PENDING) {
+        x->rc = -EBUSY; /* paired or resyncing: stripe owners and copies depend on the peer */
+        return;
+    }
+    link_drop(l, "peer replaced");
+    snprintf(l->o.peer_host, sizeof(l->o.peer_host), "%s", x->host);
+    l->o.peer_port = x->port;
+    l->o.node = x->node;
+    l->o.peer_id = x->peer_id;
+    l->last_try = 0;
+    x->rc = 0;
+}
+
+int srrs_mirror_link_set_peer(struct srrs_mirror_link *link, const char *host, uint16_t port,
+                              int node, uint64_t peer_id)
+{
+    if (!link || !host || !*host || strlen(host) >= sizeof(((struct mlink *)0)->o.peer_host) ||
+        !port || (node != 0 && node != 1))
+        return srrs_err(-EINVAL, "mirror link: bad peer %s:%u (node %d)", host ? host : "?",
+                        port, node);
+    struct peer_arg x = {(struct mlink *)link, host, port, node, peer_id, 0};
+    srrs_reactor_call(x.l->r, set_peer_fn, &x);
+    if (x.rc)
+        return srrs_err(x.rc, "mirror link: the peer changes only while solo or fenced");
+    return 0;
+}
+
 static void drop_fn(void *a) { link_drop(a, "dropped by a test"); }
 
 int srrs_mirror_test_drop(struct srrs_mirror_link *link)
