@@ -80,6 +80,11 @@ def _host(addr: str) -> str:
     return host
 
 
+
+def move_key(m: Move) -> str:
+    """One move's identity (its link key is drawn afresh for every move)."""
+    return "move:" + m.secret[:16]
+
 class _Link:
     """One move link and its mirror `mv-U` (C objects, ffi/mirror.h)."""
 
@@ -582,6 +587,8 @@ class Mover:
             name, pair = "c-" + u, self.ctl.pair
             if name not in pair.runtime or not (pair.peer_has(name) or self._solo()):
                 return          # our pair's mirror of it first, on both controllers
+            if self.sync.made.get(u) != move_key(m):
+                return          # a replica made for this move, never an older one's
             if self._ns_bdev(u) != name:
                 return          # and our export of it (the move mirror then holds it)
             tee = snap.members.get(m.tee)

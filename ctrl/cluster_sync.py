@@ -30,7 +30,7 @@ from . import etcd, ha
 from .cluster import pair_name, volume_nqn
 from .cluster_balance import Balancer
 from .cluster_catalog import Snapshot, Volume
-from .cluster_move import Mover
+from .cluster_move import Mover, move_key
 from .cluster_replace import Replacer
 
 log = logging.getLogger("srrs.cluster.sync")
@@ -65,6 +65,12 @@ class CatalogSync:
         self.converged = 0           # full passes done
         self._quiet: dict = {}       # uuid -> when its host I/O stopped here (delete, grow)
         self._growing: set = set()   # uuids whose grow has begun here
+        # uuid -> what our replica of it was made for: "home" (the catalog
+        # places it here) or "move:<id>" (the destination of that move). A
+        # volume moved away and straight back must not find its old replica
+        # (stale where the tee's clusters are unallocated, and holding the old
+        # mirror slot): docs/architecture.md, Volume moves.
+        self.made: dict = {}
         self._ana: dict = {}         # nqn -> the ANA state we set
         self._stop = threading.Event()
         # The pair calls its listeners under its own lock; ours only wakes the tick
@@ -127,14 +133,23 @@ class CatalogSync:
         with self.lock:
             self.snap = snap
             want = {u: v for u, v in snap.volumes.items() if v.pair == self.pair_name}
+            made = {u: "home" for u in want}
             # volumes moving here: replicas and an inaccessible export before the cutover
-            want.update(self.mover.wanted(snap))
+            moving = self.mover.wanted(snap)
+            want.update(moving)
+            made.update({u: move_key(snap.moves[u]) for u in moving})
             here = {n[len(PREFIX):] for n in (v["name"] for v in self.pool.volume_list())
                     if n.startswith(PREFIX)} | set(self.have)
             for u in sorted(here - set(want)):
                 self._try(u, self._remove, u)
             for u, v in sorted(want.items()):
-                self._try(u, self._ensure, v)
+                old = self.made.setdefault(u, made[u]) if u in here else None
+                if old is not None and old != made[u] and made[u] != "home":
+                    # an older incarnation of a volume moving here: gone first
+                    self._try(u, self._remove, u)
+                    if u in self._quiet or self.pool.volume_info(bdev_name(u)) is not None:
+                        continue        # still quiescing: the tick comes back
+                self._try(u, self._ensure_as, (v, made[u]))
             self.converged += 1
         self._apply_ana()
 
@@ -146,6 +161,11 @@ class CatalogSync:
             if str(e) != self.errors.get(u):
                 log.error("catalog sync: volume %s: %s", u, e)
             self.errors[u] = str(e)
+
+    def _ensure_as(self, arg) -> None:
+        v, made = arg
+        self._ensure(v)
+        self.made[v.uuid] = made
 
     def _ensure(self, v: Volume) -> None:
         name, nqn = bdev_name(v.uuid), volume_nqn(v.uuid)
@@ -232,6 +252,7 @@ class CatalogSync:
         self._ana.pop(nqn, None)
         self.mover.release(u)       # a move's mirror over the replica goes first
         self.have.pop(u, None)
+        self.made[u] = "gone"       # whatever comes next gets a fresh replica
         self._growing.discard(u)
         if not self._quiesced(u, name):
             return
@@ -241,6 +262,7 @@ class CatalogSync:
         if self.pool.volume_info(name) is not None:
             self.pool.volume_delete(name)
             log.info("cluster volume %s: replica deleted", u)
+        self.made.pop(u, None)
 
     # -- ANA and readiness -----------------------------------------------------------
     def _state(self, u: str) -> str:

@@ -392,3 +392,40 @@ def repro_move_kill_target(world):
     # c is the target; the guest has d's path only, so the cutover waits for it
     # (hosts must be connected to the target); c dies, d becomes the target
     _kill_mid_move(world, "k2", "c", connect_before="d", connect_mid="", connect_end="c")
+
+
+def test_move_away_and_straight_back(world):
+    """A volume moved a+b -> c+d and at once back, before a+b's grace for its
+    old replica ran out: a+b makes fresh replicas for the move back, never
+    the old ones (stale where the tee's clusters are unallocated, and on the
+    old mirror slot, which the catalog may have given to another volume:
+    a drain after a rebalance once stalled on "volume id 1023 already used").
+    The move back completes and a+b's mirror of it sits on its catalog slot."""
+    w = world
+    a = w.ctl("a")
+    v = _create(w, "bk", size=16 * MiB)
+    u = v["uuid"]
+    _move(w, "bk")
+    _wait(lambda: _moves(a).get(u, {}).get("phase") == "done", 90, "moved to c+d")
+    t_back = time.time()
+    _move(w, "bk", to="a+b")
+    try:
+        _wait(lambda: (lambda m: m.get("phase") == "done" and m.get("dst") == "a+b")(
+            _moves(a).get(u, {})), 120, "moved back to a+b")
+        for n in "ab":
+            _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 60, f"optimized on {n}")
+            # the old replica went before the new one came
+            log = w.ctl(n).output()
+            created = [i for i, ln in enumerate(log.splitlines())
+                       if f"({u}): replica created" in ln]
+            deleted = [i for i, ln in enumerate(log.splitlines())
+                       if f"cluster volume {u}: replica deleted" in ln]
+            assert len(created) == 2 and deleted and created[0] < deleted[0] < created[1], \
+                (n, created, deleted)
+            slot = {x["uuid"]: x for x in a.rpc("cluster_volumes")}[u]["slot"]
+            vols = {x["name"]: x for x in w.ctl(n).rpc("pair_status")["volumes"]}
+            assert vols[f"c-{u}"]["vol_id"] == 1023 - slot, (n, slot, vols[f"c-{u}"])
+        assert time.time() - t_back < 120
+    except BaseException:
+        _dump(w, (v,))
+        raise
