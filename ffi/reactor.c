@@ -241,6 +241,7 @@ struct srrs_reactor {
     /* pollers: compacted array, dead entries removed between loops */
     struct srrs_poller **pollers;
     uint32_t npollers, cap_pollers;
+    uint32_t nfd_wakes;     /* pollers ever marked fd_wakes (a hint: 0 skips a scan) */
     bool pollers_dirty;
 
     struct stop_hook *hooks;
@@ -330,6 +331,7 @@ static __thread struct srrs_reactor *t_reactor;
 struct srrs_reactor *srrs_reactor_self(void) { return t_reactor; }
 struct srrs_core *srrs_reactor_core(struct srrs_reactor *r) { return r->core; }
 int srrs_reactor_idx(struct srrs_reactor *r) { return r->idx; }
+int srrs_reactor_poll_mode(struct srrs_reactor *r) { return r->poll_mode; }
 int srrs_core_num_reactors(struct srrs_core *core) { return core->nreactors; }
 
 struct srrs_reactor *srrs_core_reactor(struct srrs_core *core, int idx)
@@ -705,7 +707,12 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t events)
 
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn) { p->presleep = fn; }
 
-void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+void srrs_poller_set_fd_wakes(struct srrs_poller *p)
+{
+    if (!p->fd_wakes)
+        p->r->nfd_wakes++;
+    p->fd_wakes = true;
+}
 
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
 {
@@ -831,6 +838,17 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     }
     srrs_stat_add(&r->st_wakeups, 1);
     uint64_t after = srrs_ticks();
+    /* The sleep watched every fd_wakes poller's fd: one whose fd did not fire
+     * has nothing to do; its period counts again from now (a reactor serving
+     * QD1 sleeps between two I/Os: no accept4 that finds nothing then). A
+     * ready fd that did not fit in evs fires again at the next sleep. */
+    if (r->nfd_wakes) {
+        for (uint32_t i = 0; i < r->npollers; i++) {
+            struct srrs_poller *p = r->pollers[i];
+            if (p->fd_wakes && p->next_due && !p->dead)
+                p->next_due = after + p->period;
+        }
+    }
     srrs_stat_add(&r->st_sleep, srrs_ticks_to_ns(after - now));
     atomic_store_explicit(&r->sleep_since, 0, memory_order_relaxed);
 }

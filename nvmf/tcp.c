@@ -108,6 +108,7 @@ struct nvmf_group {
     int stop_hook;
     struct nvmf_conn *conns;
     uint32_t nconns;
+    bool polled_empty;          /* the last epoll_wait found nothing */
 };
 
 struct nvmf_listener {
@@ -1194,7 +1195,19 @@ static int group_poll(void *arg)
 {
     struct nvmf_group *g = arg;
     struct epoll_event evs[64];
-    int n = epoll_wait(g->epfd, evs, 64, 0);
+    int n = 0;
+    /* Adaptive reactor: after an epoll_wait that found nothing, skip one. If
+     * the round then finds no work the reactor sleeps in epoll_wait on a set
+     * that holds this group's epoll fd (level-triggered: a socket that became
+     * readable meanwhile wakes it at once); if it spins on, the next round
+     * looks. At QD1 this saves the empty call of the round before each sleep
+     * (docs/architecture.md, Poll modes and adaptive sleep). Busy: every round. */
+    if (g->polled_empty && srrs_reactor_poll_mode(g->r) == SRRS_POLL_ADAPTIVE) {
+        g->polled_empty = false;
+    } else {
+        n = epoll_wait(g->epfd, evs, 64, 0);
+        g->polled_empty = n <= 0;
+    }
     for (int i = 0; i < n; i++) {
         struct nvmf_conn *c = evs[i].data.ptr;
         if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))
