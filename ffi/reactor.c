@@ -429,14 +429,16 @@ void srrs_io_complete(struct srrs_io *io, int status)
 static int run_completions(struct srrs_reactor *r, uint64_t now)
 {
     int n = 0;
-    /* Detach the list: callbacks may complete more I/O (runs next loop). */
     struct srrs_io *io = r->cpl_head;
+    if (!io)
+        return 0; /* an idle round writes nothing */
+    /* Detach the list: callbacks may complete more I/O (runs next loop). */
     r->cpl_head = r->cpl_tail = NULL;
     /* One clock reading for the batch, handed to the I/O hook (the layer
      * above accounts latency with it): each I/O's latency ends where the
      * callbacks that see its completion begin (the TSC read costs as much as
      * the rest of a fast device's accounting: once per batch, not per I/O). */
-    if (io && !now)
+    if (!now)
         now = srrs_ticks();
     srrs_io_done_fn done = __atomic_load_n(&r->core->io_done, __ATOMIC_ACQUIRE);
     while (io) {
@@ -762,7 +764,8 @@ static int run_msgs(struct srrs_reactor *r)
         fn(arg);
         n++;
     }
-    srrs_stat_add(&r->st_msgs, (uint64_t)n);
+    if (n) /* an idle round writes no counter it does not have to */
+        srrs_stat_add(&r->st_msgs, (uint64_t)n);
     return n;
 }
 
