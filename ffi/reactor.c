@@ -191,6 +191,7 @@ struct srrs_poller {
     int fd;
     bool fd_is_eventfd;
     bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
+    srrs_msg_fn on_fire;    /* an fd watch (srrs_fd_watch_add): not a poller of the loop */
     bool dead;
     struct srrs_reactor *r;
 };
@@ -709,6 +710,35 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t events)
 
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn) { p->presleep = fn; }
 
+struct srrs_poller *srrs_fd_watch_add(struct srrs_reactor *r, int fd, uint32_t events,
+                                      srrs_msg_fn fn, void *arg)
+{
+    struct srrs_poller *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->on_fire = fn;
+    w->arg = arg;
+    w->fd = fd;
+    w->r = r;
+    struct epoll_event ev = {.events = events, .data.ptr = w};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev)) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void srrs_fd_watch_del(struct srrs_poller **pw)
+{
+    struct srrs_poller *w = pw ? *pw : NULL;
+    if (!w)
+        return;
+    /* Reactor thread, outside its sleep: no epoll event still names w. */
+    epoll_ctl(w->r->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    free(w);
+    *pw = NULL;
+}
+
 void srrs_poller_set_fd_wakes(struct srrs_poller *p)
 {
     if (!p->fd_wakes)
@@ -829,6 +859,10 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     uint64_t v;
     for (int i = 0; i < n; i++) {
         struct srrs_poller *p = evs[i].data.ptr;
+        if (p && p->on_fire) {
+            p->on_fire(p->arg);
+            continue;
+        }
         if (!p) {
             ssize_t k = read(r->msg_efd, &v, sizeof(v));
             (void)k;

@@ -119,6 +119,15 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
  * not fire starts its period again (docs/architecture.md, Poll modes and
  * adaptive sleep). */
 void srrs_poller_set_fd_wakes(struct srrs_poller *p);
+/* Reactor thread. An fd the reactor's sleep watches for a module: when a
+ * sleep's epoll_wait reports it, fn(arg) runs at once (on the reactor, before
+ * any poller), never per loop; a poller that polls the fd itself can then skip
+ * a readiness call (the NVMe/TCP sockets: docs/architecture.md, Poll modes and
+ * adaptive sleep). NULL when out of memory or epoll refuses the fd. Delete it
+ * (on the reactor thread) before closing the fd. */
+struct srrs_poller *srrs_fd_watch_add(struct srrs_reactor *r, int fd, uint32_t epoll_events,
+                                      srrs_msg_fn fn, void *arg);
+void srrs_fd_watch_del(struct srrs_poller **w);
 /* Reactor thread. Called before the reactor sleeps; return > 0 if work is
  * pending (e.g. a ring filled while notifications were off): no sleep then. */
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);
