@@ -146,10 +146,14 @@ def test_reads_ride_through_a_silent_peer(pair):
                 for lba, d in data.items():
                     st, got = _read(io, lba, 4096)
                     results.append((round(time.monotonic() - t0, 2), lba, st, got == d))
-            bad = [r for r in results if r[2] != 0 or not r[3]]
+            # served, with the data; or an ANA path error while a is fenced for
+            # the lease request (the target answers that before the mirror;
+            # a host retries it); never a failed lease read, never other data
+            bad = [r for r in results if not (r[2] == 0 and r[3]) and r[2] >> 8 != 3]
             assert not bad, bad[:10]
             assert a.pair()["state"] == "SOLO"
             assert a.pair()["link"]["lease_reads_failed"] == 0
+            assert [r for r in results if r[0] > 1.5 and r[2] == 0]   # served solo
             assert max(r[0] for r in results) > 1.5     # reads ran through the failover
         finally:
             os.kill(b.pid, signal.SIGCONT)
