@@ -97,8 +97,8 @@ static void vol_detach_fn(void *a)
         }
         x->busy = true;
     }
-    if (!x->busy)
-        l->vols[m->vol] = NULL;
+    if (!x->busy && l->vols[m->vol] == m)
+        l->vols[m->vol] = NULL; /* (a mirror whose attach failed never held the slot) */
 }
 
 static void mirror_destroy(struct srrs_bdev *b)
@@ -219,6 +219,12 @@ int srrs_mirror_link_destroy(struct srrs_mirror_link **pl)
     return 0;
 }
 
+static void vol_check_fn(void *a)
+{
+    struct vol_arg *x = a;
+    x->busy = x->l->vols[x->m->vol] != NULL;
+}
+
 static void vol_attach_fn(void *a)
 {
     struct vol_arg *x = a;
@@ -328,7 +334,7 @@ static int mirror_create(struct srrs_mirror_link *link, const char *name, const 
         return rc;
     }
     struct vol_arg x = {l, m, false, false};
-    srrs_reactor_call(l->r, vol_attach_fn, &x);
+    srrs_reactor_call(l->r, vol_check_fn, &x);
     if (x.busy) {
         mirror_free(m);
         return srrs_err(-EEXIST, "mirror %s: volume id %u already used", name, vol_id);
@@ -336,12 +342,20 @@ static int mirror_create(struct srrs_mirror_link *link, const char *name, const 
     rc = srrs_bdev_register(l->core, name, &mirror_module, m, m->replica->num_blocks,
                             m->replica->block_size, &m->bdev);
     if (rc) {
-        x.busy = false;
-        srrs_reactor_call(l->r, vol_detach_fn, &x);
         mirror_free(m);
         return rc;
     }
     snprintf(m->bdev->path, sizeof(m->bdev->path), "%s", m->replica->name);
+    /* On the link only now, whole: the reactor reads every attached mirror's
+     * bdev (its name for get_info and events) at any time, and the peer's
+     * frames for this volume id are taken from here on. */
+    srrs_reactor_call(l->r, vol_attach_fn, &x);
+    if (x.busy) {
+        /* taken meanwhile by a concurrent create: ours goes (its destroy
+         * leaves the slot to the other) */
+        srrs_bdev_delete(l->core, name);
+        return srrs_err(-EEXIST, "mirror %s: volume id %u already used", name, vol_id);
+    }
     return 0;
 }
 
