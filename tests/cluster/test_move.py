@@ -8,9 +8,10 @@ test_move_under_load: two volumes move from a+b to c+d while fio writes and
 verifies them: zero I/O errors, data written before the move verifies after
 it, the guest's paths end on c and d, no replica or subsystem is left on a
 or b, and a thin volume stays thin on the destination.
-repro_move_kill_* (out of CI, see below): the tee (a source controller) or the
-target (a destination controller) is killed with SIGKILL in the middle of a move: the move resumes
-on the survivor and completes; the guest sees no error; the data verifies."""
+test_move_kill_*: the tee (a source controller) or the target (a destination
+controller) is killed with SIGKILL in the middle of a move: the move resumes
+on the survivor and completes; the killed one restarts and pairs again; the
+guest sees no error; the data verifies."""
 
 import json
 import os
@@ -203,13 +204,16 @@ def _dump(w, us):
 
 
 def _stacks(ctl):
-    """Every thread's C stack of a controller that does not answer (gdb)."""
+    """Every thread's C stack of a controller that does not answer (gdb), or
+    how it ended and its log's tail when it is gone (a crash, not a hang)."""
     import subprocess
     pid = ctl.proc.pid if ctl.proc is not None else None
     if pid and ctl.proc.poll() is None:
         r = subprocess.run(["gdb", "-batch", "-p", str(pid), "-ex", "thread apply all bt 25"],
                            capture_output=True, text=True, timeout=120)
         print(r.stdout[-60000:])
+    elif pid:
+        print(f"controller {ctl.name} exited {ctl.proc.returncode}:\n{ctl.tail(60)}")
 
 
 def _check_end(w, vols, src="ab", dst="cd"):
@@ -376,19 +380,13 @@ def _kill_mid_move(w, name, victim, connect_before, connect_mid, connect_end, ru
     g.run(f"nvme disconnect -n {volume_nqn(u)}", timeout=60)
 
 
-# Out of CI until the defect is fixed (docs/architecture.md, Known gaps: a controller
-# restarted after a kill -9 in the middle of a move sometimes never comes back, seen
-# once each for the target in a clean-clone CI run and for other restarts under load;
-# the tee case passed in CI and three local runs, the target case passed three times
-# and failed once). Both stay here as reproducers: `pytest -k repro` does not collect
-# them; call them from a test to run them.
-def repro_move_kill_tee(world):
+def test_move_kill_tee(world):
     # a is the tee (the first registered source controller); the guest connects
     # the destination's paths only after b took the tee over
     _kill_mid_move(world, "k1", "a", connect_before="", connect_mid="cd", connect_end="")
 
 
-def repro_move_kill_target(world):
+def test_move_kill_target(world):
     # c is the target; the guest has d's path only, so the cutover waits for it
     # (hosts must be connected to the target); c dies, d becomes the target
     _kill_mid_move(world, "k2", "c", connect_before="d", connect_mid="", connect_end="c")
