@@ -100,6 +100,9 @@ def _fmt_status(st: dict) -> None:
     if st.get("bdev_count", 0) > len(st["bdevs"]):
         print(f"  ... {st['bdev_count']} bdevs: the busiest and the exported shown "
               "(--detail or `srrs bdev list --offset N --limit M` for the rest)")
+    ids = (st.get("nvmf") or {}).get("cntlids")
+    if ids:
+        print(f"  nvmf controller IDs {ids['min']}..{ids['max']} ({ids['from']})")
     for key in ("nvmf", "vhost"):
         if key in st:
             print(f"  {key}: {json.dumps(st[key], sort_keys=True)}")

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from srrs import __version__
 from srrs.units import parse_address
 
-from . import etcd
+from . import cluster_cntlid, etcd
 from .cluster_catalog import Catalog, Member
 from .cluster_config import ClusterConfig
 from .cluster_view import ClusterView, DiscoveryFeed
@@ -41,7 +41,19 @@ def pair_name(pc: Any) -> str:
     """A pair's name in the catalog: its two controllers' names, sorted ("a+b")."""
     if pc is None or not pc.peer:
         return ""
-    return "+".join(sorted((pc.self_name, pc.peer)))
+    return getattr(pc, "name", "") or "+".join(sorted((pc.self_name, pc.peer)))
+
+
+class Replaced(ValueError):
+    """This controller was replaced out of its pair."""
+
+
+def _public_key(secret_key_file: str) -> str:
+    """The CURVE public key (Z85 text) of a `srrs keygen` secret key file."""
+    import zmq.auth
+
+    pub, _ = zmq.auth.load_certificate(secret_key_file)
+    return pub.decode("ascii")
 
 
 class ClusterService:
@@ -51,7 +63,25 @@ class ClusterService:
         if not self.name:
             raise ValueError("cluster: name: is required without a [pair] section")
         self.client = self.new_client()
+        # before the NVMe/TCP target exists (the daemon starts us first): its
+        # controller-ID range, with [nvmf] unless that sets one (ctrl/cluster_cntlid.py)
+        self.cntlids: Optional[cluster_cntlid.CntlidRange] = None
+        pc = getattr(ctl.conf, "pair", None)
+        self._state_dir = getattr(pc, "state_dir", "") if pc is not None else ""
+        self._kept = False      # the range is kept in state_dir (a start without etcd)
+        if getattr(ctl.conf, "nvmf", None) is not None and not getattr(ctl.conf, "cntlid_set",
+                                                                         False):
+            try:
+                self.cntlids = cluster_cntlid.claim_at_start(
+                    self.client, conf.prefix, self.name, state_dir=self._state_dir)
+            except BaseException:
+                self.client.close()
+                raise
         self.catalog = Catalog(self.client, conf.prefix)
+        try:
+            self.check_not_replaced()
+        except etcd.EtcdError as e:   # the thread checks again before it registers
+            log.warning("cluster: etcd: %s (checked again before registering)", e)
         # the cached catalog: status, console, metrics and cluster-wide discovery read it
         self.view = ClusterView(self.catalog, self.name)
         self.discovery = DiscoveryFeed(ctl, self.name)
@@ -85,17 +115,40 @@ class ClusterService:
         nv = getattr(self.ctl.conf, "nvmf", None)
         if nv is not None:
             addrs["nvmf"] = [str(x) for x in nv.listen]
-        pc = getattr(self.ctl.conf, "pair", None)
+        pc = self._pair_conf()
         if pc is not None and getattr(pc, "mirror_listen", ""):
             # where this controller takes a volume move's link (ctrl/cluster_move.py)
             host, _ = parse_address(str(pc.mirror_listen))
             host = f"[{host}]" if ":" in host else host
             addrs["move"] = f"{host}:{self.conf.move_port}"
+            # what a survivor needs to take us as its new peer (Replacing a server)
+            addrs["coord"] = str(pc.coord_bind)
+            addrs["mirror"] = str(pc.mirror_listen)
+            if getattr(pc, "secret_key", ""):
+                addrs["curve"] = _public_key(pc.secret_key)
         health = "degraded" if any(p.get("degraded") for p in pools) else "ok"
-        return Member(name=self.name, pair=pair_name(getattr(self.ctl.conf, "pair", None)),
+        return Member(name=self.name, pair=pair_name(pc),
                       addresses=addrs, capacity=sum(p["capacity"] for p in pools),
                       allocated=sum(p["used"] for p in pools), version=__version__,
                       health=health, zone=self.conf.zone)
+
+    def _pair_conf(self):
+        """The running pair's [pair] (a replace re-targets it), else the file's."""
+        svc = getattr(self.ctl, "pair", None)
+        return svc.conf if svc is not None else getattr(self.ctl.conf, "pair", None)
+
+    def check_not_replaced(self) -> None:
+        """A controller replaced out of its pair (`srrs cluster replace`) never
+        comes back into it: it does not start, nor register (docs/architecture.md,
+        Cluster, Replacing a server)."""
+        pn = pair_name(self._pair_conf())
+        if not pn:
+            return
+        pr = self.catalog.snapshot().pairs.get(pn)
+        if pr is not None and self.name in pr.replaced:
+            raise Replaced(f"cluster: {self.name} was replaced out of pair {pn} (its nodes are "
+                           f"now {', '.join(pr.nodes)}): it never rejoins it; give this server "
+                           "a new name and another pair")
 
     # -- the thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -111,11 +164,23 @@ class ClusterService:
             self._kick.clear()
 
     def _tick(self) -> None:
+        if self.cntlids is not None and not self._kept:
+            self._kept = cluster_cntlid.keep(self._state_dir, self.conf.prefix, self.name,
+                                             self.cntlids)
         if self.reg is not None and self.reg.lost:
             log.warning("cluster: member key lost (%s): registering again", self.reg.lost)
             self.reg = None
+        snap, pn = self.view.snap, pair_name(self._pair_conf())
+        pr = snap.pairs.get(pn) if snap is not None and pn else None
+        if self.reg is not None and pr is not None and self.name in pr.replaced:
+            # replaced while running (its key is deleted, its lease is not): the
+            # registration goes for good, never to be written again by update()
+            log.error("cluster: %s was replaced out of pair %s: deregistering", self.name, pn)
+            self.reg.close()
+            self.reg = None
         m = self.member()
         if self.reg is None:
+            self.check_not_replaced()
             self.reg = self.catalog.register(m, ttl=self.conf.lease_s, on_lost=self._kick.set)
             self.registrations += 1
             log.info("cluster: registered as %s under %s", self.name, self.conf.prefix)
@@ -129,6 +194,7 @@ class ClusterService:
                 "registered": self.reg is not None and not self.reg.lost,
                 "registrations": self.registrations, "error": self.last_error,
                 "etcd_errors": self.client.errors, "discovery_pushes": self.discovery.pushes,
+                "cntlids": self.cntlids.as_dict() if self.cntlids is not None else None,
                 "catalog": self.view.summary()}
 
     def to_toml_dict(self) -> dict:

@@ -83,6 +83,9 @@ class Pair:
     # "" (in service) | "draining" (its volumes move away; it takes none) |
     # "retired" (drained: empty, takes none) (Rebalance and drain)
     state: str = ""
+    # controllers replaced out of the pair (`srrs cluster replace`): never again
+    # one of its nodes, nor a registered member of it (Replacing a server)
+    replaced: tuple = ()
 
     @property
     def free(self) -> int:
@@ -165,7 +168,7 @@ KINDS = {"members": Member, "pairs": Pair, "tenants": Tenant, "volumes": Volume,
 
 def _rec(kind: str, kv: etcd.KV):
     d = json.loads(kv.value)
-    for k in ("nodes", "slots", "hosts", "quiet", "dst_hosts"):
+    for k in ("nodes", "slots", "hosts", "quiet", "dst_hosts", "replaced"):
         if k in d:
             d[k] = tuple(d[k])
     # a field a newer controller wrote is not ours to refuse (mixed versions in a rollout)
@@ -175,7 +178,7 @@ def _rec(kind: str, kv: etcd.KV):
 
 def _enc(rec) -> dict:
     d = asdict(rec)
-    for k in ("nodes", "slots", "hosts", "quiet", "dst_hosts"):
+    for k in ("nodes", "slots", "hosts", "quiet", "dst_hosts", "replaced"):
         if k in d:
             d[k] = list(d[k])
     return d
@@ -292,11 +295,85 @@ class Catalog:
         return Registration(self, member, lease, etcd.KeepAlive(self.etcd, lease, ttl, on_lost))
 
     # -- pairs and tenants (the operator's) --
-    def put_pair(self, name: str, nodes=(), capacity: int = 0, labels=None) -> Pair:
-        """Create or update a pair; its allocation is kept."""
+    def put_pair(self, name: str, nodes=(), capacity: int = 0, labels=None,
+                 new_nodes=None) -> Pair:
+        """Create or update a pair; its allocation is kept. nodes None: an
+        existing pair keeps its nodes (a replaced server stays out), a new one
+        gets new_nodes."""
         return self._upsert("pairs", name, lambda p: replace(
-            p or Pair(name), nodes=tuple(nodes), capacity=int(capacity),
-            labels=dict(labels or {})))
+            p or Pair(name), capacity=int(capacity), labels=dict(labels or {}),
+            nodes=tuple(nodes) if nodes is not None else
+            (p.nodes if p is not None else tuple(new_nodes or ()))))
+
+    def replace_node(self, old: str, new: str) -> Pair:
+        """`srrs cluster replace OLD --with NEW` (docs/architecture.md, Cluster,
+        Replacing a server): one transaction gives the pair the nodes
+        [survivor, NEW], records OLD as replaced (never again a node nor a
+        member of it) and deletes OLD's registration; the survivor re-targets
+        its pair to NEW (ctrl/cluster_replace.py). Refused, nothing changed,
+        unless OLD is a node of a pair, NEW is registered for that pair and in
+        no pair's nodes, the survivor is registered and healthy and serves
+        alone under the pair's solo lease (so OLD is fenced), and no move runs
+        to or from the pair."""
+        if old == new:
+            raise CatalogError(f"{old} cannot replace itself")
+        for _ in range(RETRIES):
+            snap = self.snapshot()
+            pr = next((p for p in snap.pairs.values() if old in p.nodes), None)
+            if pr is None:
+                raise NotFound(f"{old} is a node of no pair")
+            if len(pr.nodes) != 2:
+                raise CatalogError(f"pair {pr.name} has nodes {list(pr.nodes)}, not two")
+            other = next((p.name for p in snap.pairs.values() if new in p.nodes), None)
+            if other is not None:
+                raise CatalogError(f"{new} is already a node of pair {other}")
+            if new in pr.replaced:
+                raise CatalogError(f"{new} was replaced out of pair {pr.name}: it never "
+                                   "comes back")
+            nm = snap.members.get(new)
+            if nm is None:
+                raise CatalogError(f"{new} is not registered: start it first, with [pair] "
+                                   f"name = \"{pr.name}\" naming the survivor as its peer")
+            if nm.pair != pr.name:
+                raise CatalogError(f"{new} is registered for pair {nm.pair or '(none)'!r}, "
+                                   f"not {pr.name!r}: start it with [pair] name = "
+                                   f"\"{pr.name}\"")
+            missing = [k for k in ("coord", "mirror") if not nm.addresses.get(k)]
+            if missing:
+                raise CatalogError(f"{new} registered no {' and '.join(missing)} address "
+                                   "(a controller of this version with a [pair] section)")
+            surv = next(n for n in pr.nodes if n != old)
+            sm = snap.members.get(surv)
+            if sm is None:
+                raise CatalogError(f"the survivor {surv} is not registered: replacing {old} "
+                                   "would leave the pair with no server holding its data")
+            if sm.health != "ok":
+                raise CatalogError(f"the survivor {surv} is not healthy ({sm.health})")
+            sk = self.key("solo", pr.name)
+            solo = self.etcd.get1(sk)
+            holder = json.loads(solo.value).get("holder", "") if solo is not None else ""
+            if holder != surv:
+                raise CatalogError(f"the survivor {surv} does not serve alone (the solo lease "
+                                   f"of {pr.name} is {'held by ' + holder if holder else 'not held'}"
+                                   f"): {old} may still be serving; stop it (or wait until "
+                                   f"{surv} is SOLO) and try again")
+            busy = [m for m in snap.moves.values()
+                    if m.phase in MOVE_ACTIVE and pr.name in (m.src, m.dst)]
+            if busy:
+                raise CatalogError(f"a volume move to or from {pr.name} is running "
+                                   f"({len(busy)}): cancel it or let it finish first")
+            nodes = tuple(sorted((surv, new)))
+            rec = replace(pr, nodes=nodes, replaced=tuple(sorted(set(pr.replaced) | {old})))
+            pk, mk = self.key("pairs", pr.name), self.key("members", new)
+            kvs = {k: self.etcd.get1(k) for k in (pk, mk)}
+            if kvs[pk] is None or kvs[mk] is None or _rec("pairs", kvs[pk]) != pr:
+                continue
+            cmp = [etcd.mod_is(pk, kvs[pk].mod_revision), etcd.mod_is(mk, kvs[mk].mod_revision),
+                   etcd.mod_is(sk, solo.mod_revision)]
+            if self.etcd.txn(cmp, [etcd.put(pk, _enc(rec)),
+                                   etcd.delete(self.key("members", old))]).succeeded:
+                return rec
+        raise CatalogError(f"replacing {old}: too many concurrent changes")
 
     def set_pair_state(self, name: str, state: str, only_from=None) -> Optional[Pair]:
         """Set a pair's state ("", "draining", "retired"); with only_from, only

@@ -65,6 +65,12 @@ class SoloLease:
         r = self.etcd.txn([], [etcd.get(k) for k in self.keys(pair)])
         return tuple(v[0] if v else None for v in r.responses), r.revision
 
+    def _read3(self, pair: str):
+        """The solo key, the generation and the pair's catalog record, at one revision."""
+        ks = (*self.keys(pair), self.prefix + "pairs/" + pair)
+        r = self.etcd.txn([], [etcd.get(k) for k in ks])
+        return tuple(v[0] if v else None for v in r.responses)
+
     def _decide(self, pair, node, lease_s, data_gen, next_gen, solo, gen) -> tuple:
         """The witness's rule on etcd's record: (ok, reason). A key that
         exists is a lease that may still run (its end is etcd's business)."""
@@ -95,7 +101,15 @@ class SoloLease:
                 log.info("solo lease %s for %s: etcd unreachable (%s)", pair, node, why)
                 return ha.WitnessUnreachable(sent_at)
             try:
-                (solo, gen), _ = self._read(pair)
+                solo, gen, pr = self._read3(pair)
+                nodes = json.loads(pr.value).get("nodes") if pr is not None else None
+                if nodes and node not in nodes:
+                    # The catalog's node list fences: a controller registered for
+                    # the pair ahead of `srrs cluster replace`, or one replaced out
+                    # of it, never serves alone (Replacing a server).
+                    reason = f"{node} is not a node of pair {pair} ({', '.join(nodes)})"
+                    log.info("solo lease %s refused to %s: %s", pair, node, reason)
+                    return ha.LeaseDenied(sent_at, reason)
                 ok, reason = self._decide(pair, node, lease_s, dg, ng, solo, gen)
                 if not ok:
                     log.info("solo lease %s refused to %s: %s", pair, node, reason)
@@ -103,7 +117,8 @@ class SoloLease:
                 lid, _ = self.etcd.grant(math.ceil(lease_s), deadline=left)
                 r = self.etcd.txn(
                     [etcd.mod_is(solo_k, solo.mod_revision if solo else 0),
-                     etcd.mod_is(gen_k, gen.mod_revision if gen else 0)],
+                     etcd.mod_is(gen_k, gen.mod_revision if gen else 0),
+                     etcd.mod_is(self.prefix + "pairs/" + pair, pr.mod_revision if pr else 0)],
                     [etcd.put(solo_k, {"holder": node, "gen": ng}, lid), etcd.put(gen_k, ng)],
                     deadline=max(0.01, end - time.monotonic()))
                 if r.succeeded:

@@ -122,9 +122,10 @@ def cluster_tenant_set(ctl, p: dict):
                 _P("nodes", "list", None, help="its two controllers' names"))
 def cluster_pair_set(ctl, p: dict):
     """Declare a pair (or change its capacity / zone); its allocation is kept."""
-    nodes = p.get("nodes") or p["name"].split("+")
+    # without --nodes an existing pair keeps its own (a replaced server stays out)
     labels = {"zone": p["zone"]} if p["zone"] else {}
-    pr = _call(_svc(ctl).catalog.put_pair, p["name"], nodes, p["capacity"], labels)
+    pr = _call(_svc(ctl).catalog.put_pair, p["name"], p.get("nodes") or None, p["capacity"],
+               labels, new_nodes=p["name"].split("+"))
     return {**asdict(pr), "nodes": list(pr.nodes), "slots": list(pr.slots)}
 
 
@@ -305,3 +306,18 @@ def cluster_undrain(ctl, p: dict):
     """Put a draining or retired pair back in service (moves running finish)."""
     pr = _call(_svc(ctl).catalog.set_pair_state, p["pair"], "")
     return {**asdict(pr), "nodes": list(pr.nodes), "slots": list(pr.slots)}
+
+
+@METHODS.method("cluster_replace", _P("node", help="the controller to replace (a dead or "
+                                                   "fenced server of a pair)", positional=True),
+                _P("with", help="the new controller, started and registered for that pair"))
+def cluster_replace(ctl, p: dict):
+    """Replace one server of a pair: the new controller becomes the survivor's
+    peer and gets a full copy of every volume while the survivor serves; the
+    old one's registration goes and it never rejoins (docs/architecture.md,
+    Cluster, Replacing a server). Refused, nothing changed, unless the survivor
+    is healthy and SOLO, the new controller registered for the pair and no move
+    runs on the pair."""
+    pr = _call(_svc(ctl).catalog.replace_node, p["node"], p["with"])
+    return {"pair": pr.name, "nodes": list(pr.nodes), "replaced": list(pr.replaced),
+            "survivor": next(n for n in pr.nodes if n != p["with"])}

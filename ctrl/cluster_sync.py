@@ -31,6 +31,7 @@ from .cluster import pair_name, volume_nqn
 from .cluster_balance import Balancer
 from .cluster_catalog import Snapshot, Volume
 from .cluster_move import Mover
+from .cluster_replace import Replacer
 
 log = logging.getLogger("srrs.cluster.sync")
 
@@ -72,6 +73,7 @@ class CatalogSync:
         self.pair.ana_listeners.append(lambda _s: self._kick.set())
         self.mover = Mover(self)       # volume moves (ctrl/cluster_move.py)
         self.balancer = Balancer(self)  # rebalance and drains (ctrl/cluster_balance.py)
+        self.replacer = Replacer(self)  # a replaced peer (ctrl/cluster_replace.py)
         self._threads = [threading.Thread(target=fn, name=n, daemon=True) for fn, n in
                          ((self._follow, "srrs-catalog"), (self._tick, "srrs-catalog-tick"))]
         for t in self._threads:
@@ -110,6 +112,8 @@ class CatalogSync:
                 with self.lock:
                     if (self.errors or self._quiet) and self.snap is not None:
                         self.converge(self.snap)
+                if self.replacer.waiting and self.snap is not None:
+                    self.replacer.update(self.snap)
                 self._apply_ana()
                 self._mark_ready()
             except Exception as e:  # never let the thread die silently
@@ -117,6 +121,7 @@ class CatalogSync:
 
     # -- converging -------------------------------------------------------------------
     def converge(self, snap: Snapshot) -> None:
+        self.replacer.update(snap)  # a server replaced: our pair's new peer
         self.mover.update(snap)     # first: its ANA rules apply to what we export now
         self.balancer.update(snap)
         with self.lock:
@@ -282,7 +287,8 @@ class CatalogSync:
                     "revision": self.snap.revision if self.snap else 0,
                     "volumes": len(self.have), "converged": self.converged,
                     "errors": dict(self.errors), "moves": self.mover.status(),
-                    "balance": self.balancer.status()}
+                    "balance": self.balancer.status(),
+                    "replace": self.replacer.status()}
 
     def close(self) -> None:
         self._stop.set()

@@ -181,11 +181,18 @@ def _split_listen(s: str):
 
 def pair_addresses(snap: Snapshot, pair: str, self_name: str = "") -> List[tuple]:
     """The NVMe/TCP (addr, port) of the running controllers of a pair, from
-    their registrations. A wildcard address is kept only for this controller
+    their registrations (its two nodes once the catalog names them). A wildcard address is kept only for this controller
     (its C target reports it at the address the host connected to); nobody can
     reach a peer's wildcard."""
     p = snap.pairs.get(pair)
-    nodes = set(p.nodes if p else ()) | {m.name for m in snap.members.values() if m.pair == pair}
+    if p is not None and len(p.nodes) == 2:
+        # the pair's nodes only: a controller registered for it ahead of a replace
+        # (`srrs cluster replace`) is no path before the catalog names it
+        nodes = set(p.nodes)
+    else:
+        nodes = {m.name for m in snap.members.values() if m.pair == pair} | set(
+            p.nodes if p else ())
+        nodes -= set(p.replaced if p else ())
     out = []
     for n in sorted(nodes):
         m = snap.members.get(n)

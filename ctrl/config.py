@@ -137,6 +137,9 @@ class Config:
     metrics: Optional[metrics_config.MetricsConfig] = None
     cluster: Optional[cluster_config.ClusterConfig] = None
     source: str = ""
+    # [nvmf] sets cntlid_min or cntlid_max: then neither the pair's halves nor
+    # a cluster range (ctrl/cluster_cntlid.py) replace them
+    cntlid_set: bool = False
 
     @property
     def sections(self) -> Dict[str, Any]:
@@ -263,7 +266,9 @@ def loads(text: str, path: str = "<config>") -> Config:
             kw["nvmf"] = _pair_cntlids(kw["nvmf"], kw["pair"], raw["nvmf"])
     except SchemaError as e:
         raise ctx.fail(e.path, e.msg) from None
-    return Config(source=path, **kw)
+    nv = raw.get("nvmf")
+    return Config(source=path, cntlid_set=isinstance(nv, dict) and (
+        "cntlid_min" in nv or "cntlid_max" in nv), **kw)
 
 
 def _pair_cntlids(nv, pair, raw: dict):

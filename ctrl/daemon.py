@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from ..ffi import sockpath
 from ..ffi.binding import Core, SrrsError
+from ..nvmf import config as nvmf_config
 from ..nvmf import service as nvmf_service
 from ..vhost import service as vhost_service
 from . import cluster as cluster_service
@@ -87,10 +88,34 @@ class Controller:
 
     def _start_exports(self) -> None:
         for attr, start, key in self.SERVICES:
-            svc = start(self, self.conf.sections.get(key))
+            section = self.conf.sections.get(key)
+            if attr == "nvmf":
+                section = self._nvmf_section(section)
+            svc = start(self, section)
             setattr(self, attr, svc)
             self.services[attr] = svc
+            if attr == "nvmf" and svc is not None:
+                svc.cntlid_from = self._cntlid_from()
         self._wire_ana()
+
+    def _nvmf_section(self, section: Any) -> Any:
+        """[nvmf] with the controller-ID range the cluster service claimed in
+        etcd before the target is made (docs/architecture.md, Exports)."""
+        got = getattr(self.cluster, "cntlids", None)
+        if got is None:
+            return section
+        return replace(section if section is not None else nvmf_config.NvmfConfig(),
+                       cntlid_min=got.min, cntlid_max=got.max)
+
+    def _cntlid_from(self) -> str:
+        """Where the target's controller-ID range comes from (status)."""
+        got = getattr(self.cluster, "cntlids", None)
+        if got is not None:
+            return f"cluster range {got.index}" + (" (kept copy)" if got.source == "cache" else "")
+        if self.conf.cntlid_set:
+            return "config"
+        return "pair half" if self.conf.pair is not None and self.conf.nvmf is not None \
+            else "default"
 
     def _wire_ana(self) -> None:
         """The pair's ANA state drives the ANA groups of every NVMe/TCP namespace

@@ -592,11 +592,26 @@ def why(d: Demo, per_log: int = 12) -> list:
         try:
             with open(path, errors="replace") as f:
                 hits = [ln.rstrip() for ln in f
-                        if any(f" {lv} " in ln for lv in ("WARNING", "ERROR", "CRITICAL"))]
+                        if any(f" {lv} " in ln for lv in ("WARNING", "ERROR", "CRITICAL"))
+                        or "read(s) failed" in ln]
         except OSError:
             continue
         for ln in hits[-per_log:]:
             out.append(f"srrs demo: {name} log: {ln}")
+    # where a mirror failed host I/O itself: fenced (no lease), or a read that
+    # waited a whole read lease with the link up
+    for name, node in (d.pair.nodes.items() if d.pair is not None else ()):
+        try:
+            st = _rpc(node.sock, "pair_status", timeout=3)
+        except (RpcError, OSError, ValueError) as e:
+            out.append(f"srrs demo: {name}: pair_status: {e}")
+            continue
+        link = st.get("link") or {}
+        vols = ", ".join(f"{v['name']} fenced {v.get('fenced_ios', 0)} read errors "
+                         f"{v.get('local_read_errors', 0)}" for v in st.get("volumes") or [])
+        out.append(f"srrs demo: {name} mirror: mode {link.get('mode')}, lease reads failed "
+                   f"{link.get('lease_reads_failed', 0)}, held writes {link.get('held_writes', 0)};"
+                   f" {vols}")
     return out
 
 

@@ -41,6 +41,25 @@ MIRROR_MODES = binding.MIRROR_MODES
 MODE_NAMES = binding.MIRROR_MODE_NAMES
 
 
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 ".-:+=^!/*?&<>()[]{}@%$#")
+REDIAL_S = 2.0     # the peer's DEALER opened again this often while the peer is unheard
+
+
+def link_id(name: str) -> int:
+    """A controller's identity on the mirror link (its HELLO): 64 bits of a
+    digest of its name, never 0 (0: none)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") or 1
+
+
+class _Retarget:
+    """A new peer for the coordination thread (PairService.retarget)."""
+
+    def __init__(self, conf: PairConfig):
+        self.conf = conf
+        self.done = threading.Event()
+
+
 class PairService:
     def __init__(self, ctl: Any, conf: PairConfig):
         self.ctl = ctl
@@ -220,6 +239,7 @@ class PairService:
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
         o.read_lease_ms = self.conf.read_lease_ms
+        o.self_id = link_id(self.conf.me_id)   # in HELLO: a replaced peer is told apart
         self._mirror_auth_opts(o)
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")
@@ -319,12 +339,7 @@ class PairService:
         if c.secret_key:
             self._auth = self._curve_server(self.router)
         self.router.bind(c.coord_bind)
-        self.peer_sock = self.zctx.socket(zmq.DEALER)
-        self.peer_sock.linger = 0
-        self.peer_sock.sndhwm = 4
-        self.peer_sock.immediate = True    # nothing queued for a peer that is not there
-        curve_client_setup(self.peer_sock, c.secret_key or None, c.peer_public_key or None)
-        self.peer_sock.connect(c.peer_coord)
+        self._open_peer_sock()
         self.wit = None
         if self.solo is not None:
             return
@@ -335,17 +350,47 @@ class PairService:
         curve_client_setup(self.wit, c.secret_key or None, c.witness_public_key or None)
         self.wit.connect(c.witness)
 
+    def _open_peer_sock(self) -> None:
+        import zmq
+
+        from .witness import curve_client_setup
+
+        c = self.conf
+        self.peer_sock = self.zctx.socket(zmq.DEALER)
+        self.peer_sock.linger = 0
+        self.peer_sock.sndhwm = 4
+        self.peer_sock.immediate = True    # nothing queued for a peer that is not there
+        curve_client_setup(self.peer_sock, c.secret_key or None, c.peer_public_key or None)
+        self.peer_sock.connect(c.peer_coord)
+
+    def _redial(self, now: float) -> None:
+        """A CURVE handshake the peer's ROUTER refused is never retried by ZeroMQ:
+        a controller started before the catalog named it its survivor's peer
+        (Replacing a server), or whose peer had another key for a while, would
+        stay unheard for ever. While the peer does not hear us, the DEALER is opened
+        again every REDIAL_S (its heartbeats say whether it hears ours)."""
+        st = self.state
+        if not self.conf.secret_key or (ha.peer_alive(st, now) and st.peer_sees_us):
+            self._redial_at = now + REDIAL_S
+            return
+        if now < getattr(self, "_redial_at", 0.0):
+            return
+        self._redial_at = now + REDIAL_S
+        self.peer_sock.close(0)
+        self._open_peer_sock()
+
     def _curve_server(self, sock):
         """Our ROUTER accepts only the peer's public key."""
         import zmq.auth
         from zmq.auth.thread import ThreadAuthenticator
 
         pub, sec = zmq.auth.load_certificate(self.conf.secret_key)
-        peer_pub, _ = zmq.auth.load_certificate(self.conf.peer_public_key)
+        self._peer_pub, _ = zmq.auth.load_certificate(self.conf.peer_public_key)
+        svc = self
 
         class _Only:
             def callback(self, domain, key):
-                return key == peer_pub
+                return key == svc._peer_pub     # a replace changes it (retarget)
 
         auth = ThreadAuthenticator(self.zctx)
         auth.start()
@@ -381,6 +426,7 @@ class PairService:
                 next_beat = now + period
                 self._drain()
                 self._beat()
+                self._redial(now)
                 if (self.wit is not None and now >= next_ping
                         and self.state.lease_sent_at is None):
                     next_ping = now + 1.0
@@ -402,7 +448,9 @@ class PairService:
             with self.lock:
                 cmds, self._cmds = self._cmds, []
             for ev in cmds:
-                if isinstance(ev, tuple):
+                if isinstance(ev, _Retarget):
+                    self._retarget_here(ev)
+                elif isinstance(ev, tuple):
                     self._mirror_seen(*ev)
                 else:
                     self.feed(ev)
@@ -725,6 +773,88 @@ class PairService:
         """The peer's last heartbeat listed the mirror `name` with our size."""
         mine = self.runtime.get(name)
         return mine is not None and self.peer_runtime.get(name) == mine
+
+    # -- a replaced peer (docs/architecture.md, Cluster, Replacing a server) ------------
+    def retarget(self, peer: str, coord: str, mirror: str, public_key: str = "",
+                 name: str = "", timeout: float = 10.0) -> None:
+        """Take `peer` (coordination endpoint coord, mirror link at mirror, CURVE
+        public key public_key in Z85) as our peer from now on, the pair keeping
+        its name: the catalog replaced the old one. Only while we serve no peer
+        (STARTING, FENCED or SOLO): the mirror link drops the old peer's
+        connection and dials or accepts the new one, the coordination sockets
+        take the new endpoint and key, and ha forgets what it heard of the old
+        peer. Generations stay: the new, empty replicas make ha choose a full
+        copy from us. save_config writes the new [pair]."""
+        from dataclasses import replace
+
+        from .pair_config import check_zmq
+
+        c = self.conf
+        if not c.peer:
+            raise ValueError("pair: a replace needs named controllers ([pair] peer)")
+        from srrs.schema import check_name
+
+        check_name(peer)       # the catalog's: outside input (a file name below)
+        if peer == c.self_name:
+            raise ValueError(f"pair: bad new peer {peer!r}")
+        check_zmq(coord)
+        host, port = parse_address(mirror)
+        with self.lock:
+            role = self.state.role
+        if role not in (ha.STARTING, ha.FENCED, ha.SOLO):
+            raise ValueError(f"pair: the peer changes only while not paired ({role})")
+        key_path = c.peer_public_key
+        if c.secret_key:
+            if len(public_key) != 40 or any(ch not in _Z85 for ch in public_key):
+                raise ValueError(f"pair: {peer} registered no CURVE public key (Z85, 40 "
+                                 "characters)")
+            key_path = os.path.join(c.state_dir, f"peer-{peer}.key")
+            tmp = key_path + ".tmp"
+            with open(tmp, "w", encoding="ascii") as f:
+                # the format `srrs keygen` writes (zmq.auth.load_certificate reads it)
+                f.write(f"# the CURVE public key of {peer}, taken from the catalog\n"
+                        f"metadata\ncurve\n    public-key = \"{public_key}\"\n")
+            os.replace(tmp, key_path)
+        new = replace(c, peer=peer, peer_coord=coord, peer_mirror=mirror,
+                      peer_public_key=key_path, name=name or c.pair_id)
+        node = 0 if new.me_id < new.peer_id else 1
+        self._check(self._lib.srrs_mirror_link_set_peer(self.link, host.encode(), port, node,
+                                                        link_id(new.peer_id)),
+                    "mirror link peer")
+        cmd = _Retarget(new)
+        with self.lock:
+            self._cmds.append(cmd)
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass
+        if not cmd.done.wait(timeout):
+            raise TimeoutError("pair: the coordination thread did not take the new peer")
+        log.warning("pair %s: new peer %s (coordination %s, mirror %s, node %d); pair %s",
+                    c.self_name, peer, coord, mirror, node, new.pair_id)
+
+    def _retarget_here(self, cmd: "_Retarget") -> None:
+        """On the coordination thread (the one that uses the sockets)."""
+        from dataclasses import replace
+
+        import zmq.auth
+
+        new = cmd.conf
+        try:
+            if self._auth is not None:
+                self._peer_pub, _ = zmq.auth.load_certificate(new.peer_public_key)
+            self.peer_sock.close(0)
+            with self.lock:
+                self.conf = new
+                self.state = replace(self.state, peer=new.peer_id, peer_seen=None, peer_loops=-1,
+                                     peer_loops_at=None, peer_role="", peer_epoch=0,
+                                     peer_data_gen=ha.NULL_GEN, peer_base_gen=ha.NULL_GEN,
+                                     peer_sees_us=False, split_brain="")
+                self.peer_runtime, self._peer_rt, self._peer_rt_seen = {}, None, None
+                self._disagree = ""
+            self._open_peer_sock()
+        finally:
+            cmd.done.set()
 
     # -- operator ---------------------------------------------------------------------
     def resync(self, source: str) -> None:

@@ -35,6 +35,9 @@
                                         #   file on both controllers, mode 0600
     mirror_allow = ["10.0.0.2"]         # optional: the only source addresses the mirror
                                         #   link accepts (numeric)
+    name = "a+b"                        # optional: the pair's name (default: both names,
+                                        #   sorted, joined by '+'); a replacement server
+                                        #   keeps the pair's old name (`srrs cluster replace`)
     insecure = false                    # true: no keys at all (an isolated network only)
 
 The four key files go together; without them a pair refuses to start unless
@@ -125,6 +128,14 @@ def _check_volumes(vols: tuple) -> None:
         seen |= {v.replica, v.name}
 
 
+def _pair_name(v: str) -> None:
+    """A pair's name: names joined by '+' ("a+b", the default form)."""
+    if len(v) > 127:
+        raise ValueError(f"pair name {v!r} too long")
+    for part in v.split("+"):
+        check_name(part)
+
+
 def _check_allow(v: tuple) -> None:
     if len(v) > 4:
         raise ValueError(f"expected a list of at most 4 addresses, got {list(v)!r}")
@@ -179,6 +190,9 @@ class PairConfig:
     mirror_allow: Tuple[str, ...] = setting((), check=_check_allow, help="the only numeric "
                                             "source addresses the mirror link accepts")
     insecure: bool = setting(False, help="no keys at all (an isolated network only)")
+    name: str = setting("", nonempty=True, check=_pair_name, help="the pair's name: its solo "
+                        "lease and, with [cluster], its catalog name (default: both controllers' "
+                        "names, sorted, joined by '+'; kept when a server is replaced)")
 
     @property
     def me_id(self) -> str:
@@ -190,7 +204,7 @@ class PairConfig:
 
     @property
     def pair_id(self) -> str:
-        return "+".join(sorted((self.me_id, self.peer_id)))
+        return self.name or "+".join(sorted((self.me_id, self.peer_id)))
 
     def _finish(self, raw: dict) -> "PairConfig":
         if self.peer == self.self_name:

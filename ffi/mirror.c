@@ -97,8 +97,8 @@ static void vol_detach_fn(void *a)
         }
         x->busy = true;
     }
-    if (!x->busy && l->vols[m->vol] == m)
-        l->vols[m->vol] = NULL; /* (a mirror whose attach failed never held the slot) */
+    if (!x->busy)
+        l->vols[m->vol] = NULL;
 }
 
 static void mirror_destroy(struct srrs_bdev *b)
@@ -211,18 +211,12 @@ int srrs_mirror_link_destroy(struct srrs_mirror_link **pl)
     for (int i = 0; i < M_MAX_VOLS; i++)
         if (l->vols[i])
             return srrs_err(-EBUSY, "mirror link: mirror %s still exists",
-                            l->vols[i]->bdev->name);
+                            l->vols[i]->name);
     struct link_arg x = {l, 0};
     srrs_reactor_call(l->r, link_stop_fn, &x);
     link_free(l);
     *pl = NULL;
     return 0;
-}
-
-static void vol_check_fn(void *a)
-{
-    struct vol_arg *x = a;
-    x->busy = x->l->vols[x->m->vol] != NULL;
 }
 
 static void vol_attach_fn(void *a)
@@ -318,6 +312,10 @@ static int mirror_create(struct srrs_mirror_link *link, const char *name, const 
         return srrs_err(-ENOMEM, "mirror %s: out of memory", name);
     m->l = l;
     m->vol = vol_id;
+    if (snprintf(m->name, sizeof(m->name), "%s", name) >= (int)sizeof(m->name)) {
+        free(m);
+        return srrs_err(-ENAMETOOLONG, "mirror %s: name too long", name);
+    }
     if (shared && !strcmp(name, replica)) {
         free(m);
         return srrs_err(-EINVAL, "mirror %s: a mirror over a replica in use needs its own name",
@@ -334,7 +332,7 @@ static int mirror_create(struct srrs_mirror_link *link, const char *name, const 
         return rc;
     }
     struct vol_arg x = {l, m, false, false};
-    srrs_reactor_call(l->r, vol_check_fn, &x);
+    srrs_reactor_call(l->r, vol_attach_fn, &x);
     if (x.busy) {
         mirror_free(m);
         return srrs_err(-EEXIST, "mirror %s: volume id %u already used", name, vol_id);
@@ -342,20 +340,12 @@ static int mirror_create(struct srrs_mirror_link *link, const char *name, const 
     rc = srrs_bdev_register(l->core, name, &mirror_module, m, m->replica->num_blocks,
                             m->replica->block_size, &m->bdev);
     if (rc) {
+        x.busy = false;
+        srrs_reactor_call(l->r, vol_detach_fn, &x);
         mirror_free(m);
         return rc;
     }
     snprintf(m->bdev->path, sizeof(m->bdev->path), "%s", m->replica->name);
-    /* On the link only now, whole: the reactor reads every attached mirror's
-     * bdev (its name for get_info and events) at any time, and the peer's
-     * frames for this volume id are taken from here on. */
-    srrs_reactor_call(l->r, vol_attach_fn, &x);
-    if (x.busy) {
-        /* taken meanwhile by a concurrent create: ours goes (its destroy
-         * leaves the slot to the other) */
-        srrs_bdev_delete(l->core, name);
-        return srrs_err(-EEXIST, "mirror %s: volume id %u already used", name, vol_id);
-    }
     return 0;
 }
 
@@ -386,7 +376,7 @@ static void mark_dirty_fn(void *a)
     x->rc = -ENOENT;
     for (int i = 0; i < M_MAX_VOLS; i++) {
         struct mirror *m = l->vols[i];
-        if (!m || strcmp(m->bdev->name, x->name))
+        if (!m || strcmp(m->name, x->name))
             continue;
         int64_t n = 0;
         size_t len = SRRS_MIN((size_t)x->len, m->bm_len);
@@ -492,11 +482,11 @@ static void info_fn(void *a)
     x->rc = -ENOENT;
     for (int i = 0; i < M_MAX_VOLS; i++) {
         struct mirror *m = l->vols[i];
-        if (!m || strcmp(m->bdev->name, x->name))
+        if (!m || strcmp(m->name, x->name))
             continue;
         struct srrs_mirror_info *o = x->mi;
         memset(o, 0, sizeof(*o));
-        snprintf(o->name, sizeof(o->name), "%s", m->bdev->name);
+        snprintf(o->name, sizeof(o->name), "%s", m->name);
         snprintf(o->replica, sizeof(o->replica), "%s", m->replica->name);
         o->vol_id = m->vol;
         o->mode = l->mode;
@@ -652,6 +642,46 @@ int srrs_mirror_test_hmac(const uint8_t *key, size_t key_len, const uint8_t *msg
     mac_begin(&k, &x);
     mac_update(&x, msg, len);
     mac_end(&k, &x, out32);
+    return 0;
+}
+
+struct peer_arg {
+    struct mlink *l;
+    const char *host;
+    uint16_t port;
+    int node;
+    uint64_t peer_id;
+    int rc;
+};
+
+static void set_peer_fn(void *a)
+{
+    struct peer_arg *x = a;
+    struct mlink *l = x->l;
+    if (l->mode != MODE_SOLO && l->mode != MODE_FENCED && l->mode != MODE_PENDING) {
+        x->rc = -EBUSY; /* paired or resyncing: stripe owners and copies depend on the peer */
+        return;
+    }
+    link_drop(l, "peer replaced");
+    snprintf(l->o.peer_host, sizeof(l->o.peer_host), "%s", x->host);
+    l->o.peer_port = x->port;
+    l->o.node = x->node;
+    l->o.peer_id = x->peer_id;
+    l->last_try = 0;
+    x->rc = 0;
+}
+
+int srrs_mirror_link_set_peer(struct srrs_mirror_link *link, const char *host, uint16_t port,
+                              int node, uint64_t peer_id)
+{
+    if (!link || !host || !*host || strlen(host) >= sizeof(((struct mlink *)0)->o.peer_host) ||
+        !port || (node != 0 && node != 1))
+        return srrs_err(-EINVAL, "mirror link: bad peer %s:%u (node %d)", host ? host : "?",
+                        port, node);
+    struct peer_arg x = {(struct mlink *)link, host, port, node, peer_id, 0};
+    srrs_reactor_call(x.l->r, set_peer_fn, &x);
+    if (x.rc)
+        return srrs_err(x.rc, "mirror link: the peer changes only while solo or fenced");
     return 0;
 }
 

@@ -65,6 +65,9 @@ struct srrs_mirror_link_opts {
     char allow[4][64];         /* numeric source addresses accepted ("": any that authenticates) */
     int32_t node0_orders;      /* 1: node 0 orders every stripe (a volume move's tee: the
                                   only side with host I/O never forwards); both sides alike */
+    uint64_t self_id;          /* our identity (a digest of our name), sent in HELLO; 0: none */
+    uint64_t peer_id;          /* the peer's: a HELLO with another drops the connection;
+                                  0: not checked (set by srrs_mirror_link_set_peer) */
 };
 
 struct srrs_mirror_link_info {
@@ -112,6 +115,15 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
                             struct srrs_mirror_link **out);
 /* control. Mirror bdevs of the link must be deleted first (-EBUSY). Nulls *link. */
 int srrs_mirror_link_destroy(struct srrs_mirror_link **link);
+/* control. A new peer for the link (docs/architecture.md, Cluster, Replacing a
+ * server): its mirror address and our node index with it. Only while the link
+ * does not serve a peer (mode solo, fenced or pending): -EBUSY otherwise. A
+ * connection to the old peer is dropped; the next is dialled (node 0) or
+ * accepted (node 1) under the new settings, and from now on a connection whose
+ * HELLO carries another identity than peer_id (0: any) is dropped: the old
+ * peer, which still holds the secret, cannot take the link's place. */
+int srrs_mirror_link_set_peer(struct srrs_mirror_link *link, const char *host, uint16_t port,
+                              int node, uint64_t peer_id);
 /* control. A mirror bdev `name` over local bdev `replica` (opened; must match
  * the peer's size). bitmap_path: file holding the dirty bitmap (created). */
 int srrs_mirror_create(struct srrs_mirror_link *link, const char *name, const char *replica,

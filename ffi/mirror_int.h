@@ -113,7 +113,12 @@ struct frame {
 
 struct mirror {
     struct mlink *l;
-    struct srrs_bdev *bdev;     /* ours */
+    struct srrs_bdev *bdev;     /* ours: NULL until registered, after the attach */
+    /* The mirror's name, set before the reactor can see it: the reactor's
+     * lookups by name (status, mark dirty) and events use this, never
+     * bdev->name, because the bdev is registered only after the attach
+     * (docs/architecture.md, The mirror link). */
+    char name[SRRS_NAME_MAX];
     struct srrs_bdev *replica;
     char replica_name[SRRS_NAME_MAX]; /* its name before we took it over */
     bool renamed;               /* the mirror took the replica's name (replica is NAME.replica) */
@@ -165,6 +170,7 @@ struct mlink {
     uint64_t rl_until;          /* our local reads are safe before this (granted by the peer) */
     uint64_t rl_granted;        /* the peer may read alone before this: no solo until then */
     uint64_t rl_asked;          /* our last lease request */
+    uint64_t rl_fail_ev_at;     /* ticks: last failed lease reads reported (one a second) */
     struct piece *rwait;        /* reads waiting for a lease */
     /* resync copy throttle (srrs_mirror_set_copy_limit): copies in parallel
      * (0: M_COPIES), bytes/s (0: no limit) as a token bucket refilled by the

@@ -151,11 +151,17 @@ int tx_flush(struct mlink *l)
 
 /* ---- receiving -------------------------------------------------------------------- */
 
-/* HELLO: the peer's node index, first frame of every connection. */
+/* HELLO: the peer's node index and identity, first frame of every connection. */
 static bool rx_hello(struct mlink *l, const struct mhdr *h)
 {
     if (h->off != (uint64_t)(1 - l->o.node))
         return false; /* both think they are the same node */
+    if (l->o.peer_id && h->aux != l->o.peer_id) {
+        /* another controller holding the secret: a replaced peer (set_peer);
+         * counted as a refused connection too */
+        l->st.auth_failures++;
+        return false;
+    }
     l->hello_rx = true;
     srrs_event_post(l->core, SRRS_EV_MIRROR_UP, l->conn_gen, 0, "mirror-link",
                     "mirror link up (%s:%u)", l->o.peer_host, l->o.peer_port);
@@ -424,7 +430,7 @@ static int conn_poll(void *arg)
         l->st.connects++;
         l->conn_gen++;
         l->last_rx = srrs_ticks();
-        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, 0, NULL, 0, 0, NULL);
+        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }
     /* A recv() that finds nothing costs a syscall per poll round; while the
      * peer is quiet, try again after 1, 2, 4, 8 us rather than every round. */
@@ -478,7 +484,7 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
         l->st.connects++;
         l->conn_gen++;
         l->last_rx = srrs_ticks();
-        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, 0, NULL, 0, 0, NULL);
+        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }
     return 0;
 }

@@ -15,7 +15,7 @@ static void resync_finish(struct mirror *m)
     m->resync_done = true;
     if (l->mode == MODE_RSRC && link_ready(l))
         frame_send(l, T_RESYNC_DONE, m, 0, 0, 0, 0, NULL, 0, 0, NULL);
-    srrs_event_post(l->core, SRRS_EV_MIRROR_UP, m->vol, m->resync_bytes, m->bdev->name,
+    srrs_event_post(l->core, SRRS_EV_MIRROR_UP, m->vol, m->resync_bytes, m->name,
                     "resync complete: %llu bytes copied", (unsigned long long)m->resync_bytes);
 }
 

@@ -260,7 +260,7 @@ static bool read_fallback(struct mlink *l, struct piece *p)
     if (!m->read_err_ev_at || now - m->read_err_ev_at >= srrs_us_to_ticks(1000000)) {
         m->read_err_ev_at = now; /* one report a second: every read may fail */
         srrs_event_post(l->core, SRRS_EV_MIRROR_READ_ERR, m->st.local_read_errors, p->off,
-                        m->bdev->name, "replica %s failed a read at %llu (%d): served by the "
+                        m->name, "replica %s failed a read at %llu (%d): served by the "
                         "peer (%llu local read errors so far)", m->replica->name,
                         (unsigned long long)p->off, p->status,
                         (unsigned long long)m->st.local_read_errors);
@@ -313,21 +313,34 @@ static void host_read_start(struct mlink *l, struct piece *p)
     }
 }
 
+/* The peer's own frames arrived after t: it is alive (authenticated links
+ * count only frames whose MAC held). */
+static bool heard_since(struct mlink *l, uint64_t t)
+{
+    return (l->auth_on ? SRRS_MAX(l->last_mac_rx, l->last_rx_conn) : l->last_rx) > t;
+}
+
 /* Reads waiting for a read lease: try again (a grant came, the mode changed),
  * or (expire) fail those that waited a whole lease length while the link was
- * up -- the peer hears us but grants nothing: it left the pair and serves on
- * its own; the host retries there. With the link down they wait for the mode. */
+ * up and the peer kept talking -- it hears us but grants nothing: it left the
+ * pair and serves on its own; the host retries there. A peer that says
+ * nothing may be dying with its socket still open (a kill -9 while a thread
+ * waits on the disk): the link's silence timeout drops it, and then, as with
+ * the link down, the reads wait for the mode (solo serves them, fenced fails
+ * them), so a single-path host rides through the peer's death
+ * (docs/architecture.md, Witness and leases). */
 void rl_retry(struct mlink *l, bool expire)
 {
     struct piece *w = l->rwait;
     l->rwait = NULL;
-    uint64_t now = srrs_ticks();
+    uint64_t now = srrs_ticks(), failed = 0;
     while (w) {
         struct piece *next = w->next;
         w->next = NULL;
-        if (expire && now - w->wait_at >= l->rl_len && link_ready(l)) {
+        if (expire && now - w->wait_at >= l->rl_len && link_ready(l) && heard_since(l, w->wait_at)) {
             w->waiting = false;
             l->st.lease_reads_failed++;
+            failed++;
             piece_host_done(l, w, -ENOTCONN);
             piece_put(l, w);
         } else if (expire) {
@@ -338,6 +351,15 @@ void rl_retry(struct mlink *l, bool expire)
             host_read_start(l, w);
         }
         w = next;
+    }
+    if (failed && (!l->rl_fail_ev_at || now - l->rl_fail_ev_at >= srrs_us_to_ticks(1000000))) {
+        l->rl_fail_ev_at = now; /* one report a second */
+        srrs_event_post(l->core, SRRS_EV_LOG, l->st.lease_reads_failed, 0, "mirror-link",
+                        "%llu read(s) failed (path error): no read lease from the peer for "
+                        "%llu ms with the link up (mode %d, %llu failed so far)",
+                        (unsigned long long)failed,
+                        (unsigned long long)(srrs_ticks_to_ns(l->rl_len) / 1000000), l->mode,
+                        (unsigned long long)l->st.lease_reads_failed);
     }
 }
 

@@ -229,7 +229,8 @@ class NvmfConfig:
     listen: Tuple[NvmfListen, ...] = setting(
         (), coerce=_listen_list, dump=lambda v: list(map(str, v)),
         doc_type="address or list of addresses", help="numeric; port 0: any free port")
-    cntlid_min: int = setting(1, range=(1, 0xFFEF), help="unset in a [pair]: each controller "
+    cntlid_min: int = setting(1, range=(1, 0xFFEF), help="with neither key set: a [cluster] "
+                              "member's own range from etcd; else in a [pair] each controller "
                               "takes half of min..max")
     cntlid_max: int = setting(32767, range=(1, 0xFFEF))
     max_io_queues: int = setting(16, range=(1, 64), help="per controller")

@@ -526,20 +526,26 @@ static void ns_retire(struct srrs_nvmf_tgt *t, struct nvmf_ns *ns)
     }
 }
 
+/* Under t->lock: subsystem nqn's namespace nsid, or an error that says which is missing. */
+static int ns_lookup(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid,
+                     struct nvmf_subsys **ss, struct nvmf_ns **ns)
+{
+    int rc = subsys_op(t, nqn, ss);
+    if (rc)
+        return rc;
+    *ns = nsid >= 1 && nsid <= NVMF_MAX_NS ? atomic_load(&(*ss)->ns[nsid]) : NULL;
+    return *ns ? 0 : srrs_err(-ENOENT, "nvmf subsystem %s: no namespace %u", nqn, nsid);
+}
+
 int srrs_nvmf_ns_remove(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid)
 {
     struct nvmf_subsys *ss;
     struct nvmf_ns *ns = NULL;
     pthread_mutex_lock(&t->lock);
-    int rc = subsys_op(t, nqn, &ss);
+    int rc = ns_lookup(t, nqn, nsid, &ss, &ns);
     if (!rc) {
-        ns = nsid >= 1 && nsid <= NVMF_MAX_NS ? atomic_load(&ss->ns[nsid]) : NULL;
-        if (!ns)
-            rc = srrs_err(-ENOENT, "nvmf subsystem %s: no namespace %u", nqn, nsid);
-        else {
-            atomic_store(&ss->ns[nsid], NULL);
-            subsys_notify(t, ss, AEN_NS_CHANGED, nsid);
-        }
+        atomic_store(&ss->ns[nsid], NULL);
+        subsys_notify(t, ss, AEN_NS_CHANGED, nsid);
     }
     pthread_mutex_unlock(&t->lock);
     if (rc)
@@ -553,12 +559,7 @@ int srrs_nvmf_ns_drain(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid, 
     struct nvmf_subsys *ss;
     struct nvmf_ns *ns = NULL;
     pthread_mutex_lock(&t->lock);
-    int rc = subsys_op(t, nqn, &ss);
-    if (!rc) {
-        ns = nsid >= 1 && nsid <= NVMF_MAX_NS ? atomic_load(&ss->ns[nsid]) : NULL;
-        if (!ns)
-            rc = srrs_err(-ENOENT, "nvmf subsystem %s: no namespace %u", nqn, nsid);
-    }
+    int rc = ns_lookup(t, nqn, nsid, &ss, &ns);
     pthread_mutex_unlock(&t->lock);
     if (rc)
         return rc;
@@ -585,12 +586,9 @@ int srrs_nvmf_ns_replace(struct srrs_nvmf_tgt *t, const char *nqn, uint32_t nsid
     ns->nsid = nsid;
     struct nvmf_subsys *ss;
     pthread_mutex_lock(&t->lock);
-    rc = subsys_op(t, nqn, &ss);
+    rc = ns_lookup(t, nqn, nsid, &ss, &old);
     if (!rc) {
-        old = atomic_load(&ss->ns[nsid]);
-        if (!old)
-            rc = srrs_err(-ENOENT, "nvmf subsystem %s: no namespace %u", nqn, nsid);
-        else if (old->block_size != b->block_size)
+        if (old->block_size != b->block_size)
             rc = srrs_err(-EINVAL, "nvmf subsystem %s: namespace %u has %u-byte blocks, %s %u",
                           nqn, nsid, old->block_size, bdev, b->block_size);
         for (uint32_t i = 1; i <= NVMF_MAX_NS && !rc; i++) {

@@ -96,6 +96,10 @@ class NvmfTarget:
         self._listeners: List[C.NvmfListen] = []
         self._subsys: Dict[str, dict] = {}
         self._discovery: List[dict] = []   # the cluster's table (set_discovery)
+        # where cntlid_min/max came from, set by the daemon: "config" (the file
+        # sets them), "pair half", "cluster range N", "default"; "" not said.
+        # Only "config" and "" are saved by save_config (the others are derived again).
+        self.cntlid_from = ""
 
     @classmethod
     def from_config(cls, core: Core, cfg: C.NvmfConfig) -> "NvmfTarget":
@@ -371,14 +375,20 @@ class NvmfTarget:
         """For `srrs status` and the console."""
         return {"listeners": self.listeners(), "subsystems": self.subsystems(),
                 "controllers": self.list_controllers(), "stats": self.stats(),
-                "auth": self.auth_stats()}
+                "auth": self.auth_stats(),
+                "cntlids": {"min": self._cfg.cntlid_min, "max": self._cfg.cntlid_max,
+                            "from": self.cntlid_from or "config"}}
 
     def to_toml_dict(self) -> dict:
         """The `[nvmf]` table for save_config ({} when there is nothing to save)."""
         cfg = self.to_config()
         if not cfg.listen and not cfg.subsystems:
             return {}
-        return C.to_dict(cfg)
+        d = C.to_dict(cfg)
+        if self.cntlid_from not in ("", "config"):
+            d.pop("cntlid_min", None)
+            d.pop("cntlid_max", None)
+        return d
 
     def to_config(self) -> C.NvmfConfig:
         """The running state as config (for save_config)."""

@@ -60,9 +60,8 @@ class World:
                     "pool": [launch.pool("p0", [launch.fragment(self.tmp / f"{n}.pool",
                                                                 "512MiB")])],
                     # every controller may be a path of one subsystem (a move):
-                    # controller IDs unique across the cluster
-                    "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{self.ports[n]}"],
-                                        cntlid_min=1 + 1000 * NODES.index(n)),
+                    # each claims a cluster-unique controller-ID range in etcd
+                    "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{self.ports[n]}"]),
                     "cluster": {"etcd": self.etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
         p = launch.Pair(d, node=node, names=names, volumes=("v0",), secure=False,
                         hosts={n: hub.hosts[n][1] for n in names},

@@ -68,9 +68,9 @@ class World:
         node = lambda n: {   # noqa: E731
             "bdev": [launch.bdev("v0", "file", "16MiB", path=str(tmp / f"{n}.v0"))],
             "pool": [launch.pool("p0", [launch.fragment(tmp / f"{n}.pool", "512MiB")])],
-            # disjoint controller ids: a host joins the pair's two paths (multipath)
-            "nvmf": launch.nvmf([f"{addr}:{self.ports[n]}"],
-                                cntlid_min=1 if n == "a" else 1001),
+            # each claims its own controller-ID range in etcd: a host joins the
+            # pair's two paths (multipath)
+            "nvmf": launch.nvmf([f"{addr}:{self.ports[n]}"]),
             "cluster": {"etcd": self.etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
         (tmp / "ab").mkdir()
         self.pair = launch.Pair(tmp / "ab", node=node, secure=False)

@@ -15,8 +15,9 @@ MODES = binding.MIRROR_MODES  # enum srrs_mirror_mode (ffi/mirror.h)
 
 class Side:
     def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1,
-                 secret=b"", allow=()):
+                 secret=b"", allow=(), ident=0):
         self.name = name
+        self.ident = ident     # our identity in HELLO (0: none)
         self.secret = secret   # b"": no authentication
         self.allow = allow     # source addresses accepted (): any
         self.core = Core(reactors=reactors)
@@ -40,6 +41,7 @@ class Side:
         o.peer_port = self.pport
         o.ping_ms = 20
         o.timeout_ms = 2000
+        o.self_id = self.ident
         if self.secret:
             o.secret = self.secret
             o.secret_len = len(self.secret)

@@ -340,61 +340,6 @@ def test_a_link_carries_volume_ids_up_to_1023(tmp_path):
                 s.core.bdev_delete("w")
 
 
-# A child process: a segfault there fails the test instead of killing pytest.
-_CREATE_RACE = """
-import pathlib, sys, threading, time
-from srrs.ffi.binding import check, ffi, lib
-from tests.pair.mirror_util import paired
-tmp, secs = pathlib.Path(sys.argv[1]), float(sys.argv[2])
-with paired(tmp) as (a, b):
-    for i in range(8):
-        a.core.bdev_create_malloc(f"q{i}", 1 << 20)
-    stop, polls = threading.Event(), [0]
-    def poll():
-        mi = ffi.new("struct srrs_mirror_info *")
-        while not stop.is_set():
-            lib.srrs_mirror_get_info(a.link, b"v", mi)   # reads every attached mirror
-            polls[0] += 1
-    t = threading.Thread(target=poll)
-    t.start()
-    rounds = 0
-    try:
-        end = time.monotonic() + secs
-        while time.monotonic() < end:
-            for i in range(8):
-                check(lib.srrs_mirror_create(a.link, f"m{i}".encode(), f"q{i}".encode(), 1 + i,
-                                             1 << 20, str(tmp / f"m{i}.bitmap").encode()), "m")
-            for i in range(8):
-                a.core.bdev_delete(f"m{i}")
-            rounds += 1
-    finally:
-        stop.set()
-        t.join()
-print(rounds, polls[0])
-"""
-
-
-def test_mirror_create_while_the_link_is_asked(tmp_path):
-    """A controller restarted beside a running peer makes its cluster volumes'
-    mirrors while the pair's probe asks the link for every mirror's figures
-    (srrs_mirror_get_info walks all of them on the reactor): a mirror must be
-    on the link only once it is whole. It was attached before its bdev was
-    registered, and an info call in between read a NULL bdev (the controller
-    died: a restarted controller of a volume move that never paired again)."""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONFAULTHANDLER="1")
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (env.get("PYTHONPATH", ""), root) if x)
-    r = subprocess.run([sys.executable, "-c", _CREATE_RACE, str(tmp_path), "4"],
-                       capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rounds, polls = map(int, r.stdout.split())
-    assert rounds > 10 and polls > 1000, (rounds, polls)
-
-
 def test_mirror_create_on_a_volume_id_in_use(tmp_path):
     """A second mirror on a volume id the link already carries is refused; the
     first goes on, and the refused one's replica keeps its name."""

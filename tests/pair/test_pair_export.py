@@ -119,3 +119,41 @@ def test_table_form_and_refused_replica_in_config(tmp_path):
             c.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "bdev": "v0"})
     finally:
         c.kill9()
+
+
+def test_reads_ride_through_a_silent_peer(pair):
+    """b stops dead with its sockets open (SIGSTOP: as a kill -9'd controller
+    whose threads still finish a disk wait): a's reads wait for a's mode
+    instead of failing after one read lease, so a single-path host sees no
+    error; a goes SOLO and serves them (docs/architecture.md, Witness and
+    leases). Before: a read failed with a path error after L (500 ms)."""
+    import signal
+    import time
+
+    a, b, ports, tmp, kind = pair
+    if kind != "file":
+        pytest.skip("one replica kind is enough")
+    adm, io = _io(ports["nvmf_a"])
+    try:
+        data = {lba: os.urandom(4096) for lba in (0, 256, 300, 1000)}   # both owners
+        for lba, d in data.items():
+            assert _write(io, lba, d) == 0
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            results = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 4.0:
+                for lba, d in data.items():
+                    st, got = _read(io, lba, 4096)
+                    results.append((round(time.monotonic() - t0, 2), lba, st, got == d))
+            bad = [r for r in results if r[2] != 0 or not r[3]]
+            assert not bad, bad[:10]
+            assert a.pair()["state"] == "SOLO"
+            assert a.pair()["link"]["lease_reads_failed"] == 0
+            assert max(r[0] for r in results) > 1.5     # reads ran through the failover
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        b.wait_state("PAIRED", 30)
+    finally:
+        for c in (io, adm):
+            c.close()
