@@ -338,3 +338,19 @@ def test_a_link_carries_volume_ids_up_to_1023(tmp_path):
         finally:
             for s in (a, b):
                 s.core.bdev_delete("w")
+
+
+def test_mirror_create_on_a_volume_id_in_use(tmp_path):
+    """A second mirror on a volume id the link already carries is refused; the
+    first goes on, and the refused one's replica keeps its name."""
+    with paired(tmp_path) as (a, b):
+        a.core.bdev_create_malloc("q", 8 << 20)
+        with pytest.raises(SrrsError, match="volume id 0 already used"):
+            check(lib.srrs_mirror_create(a.link, b"q", b"q", 0, 1 << 20,
+                                         str(tmp_path / "q.bitmap").encode()), "q")
+        names = {x["name"] for x in a.core.bdev_list()}
+        assert "q" in names and "q.replica" not in names
+        assert a.info()["dirty_stripes"] == 0
+        data = b"\x5a" * 4096
+        assert a.core.test_io("v", "write", 0, 4096, data)[0] == 0
+        assert b.core.test_io("r0", "read", 0, 4096)[1] == data
