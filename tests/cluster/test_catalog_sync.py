@@ -58,11 +58,16 @@ class World:
         """A Linux guest (host NQN HOST) whose QEMU runs in the hosts' namespace,
         booted on first use and kept for the module."""
         if self._guest is None:
-            guest_harness.require_guest()
-            self._guest = guest_harness.Guest(smp=1, hostnqn=HOST,
-                                              modules=("nvme_tcp", "crc32c_generic"),
-                                              prefix=("ip", "netns", "exec", self.ns_h)).start()
+            self._guest = netns_guest(self.ns_h, HOST)
         return self._guest
+
+
+def netns_guest(ns: str, hostnqn: str):
+    """A Linux guest with the NVMe/TCP initiator whose QEMU runs in network
+    namespace ns (the cluster tests' host), started."""
+    guest_harness.require_guest()
+    return guest_harness.Guest(smp=1, hostnqn=hostnqn, modules=("nvme_tcp", "crc32c_generic"),
+                               prefix=("ip", "netns", "exec", ns)).start()
 
 
 def _node(tmp, etcd, ports, hub):

@@ -20,11 +20,10 @@ import pytest
 
 from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
-from tests.guest import harness as guest_harness
 from tests.guest.harness import fio_verify
 
 from .etcd import Cluster, Hub
-from .test_catalog_sync import _agrees, _replicas, _wait, cli
+from .test_catalog_sync import _agrees, _replicas, _wait, cli, netns_guest
 
 # Runs in the main lane (ci/test): the side lane carries the other cluster guest tests.
 
@@ -71,10 +70,7 @@ class World:
 
     def guest(self):
         if self._guest is None:
-            guest_harness.require_guest()
-            self._guest = guest_harness.Guest(smp=1, hostnqn=HOST,
-                                              modules=("nvme_tcp", "crc32c_generic"),
-                                              prefix=("ip", "netns", "exec", self.ns_h)).start()
+            self._guest = netns_guest(self.ns_h, HOST)
         return self._guest
 
 

@@ -21,12 +21,11 @@ import pytest
 
 from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
-from tests.guest import harness as guest_harness
 from tests.guest.harness import fio_verify
 from tests.pair.netns import in_netns
 
 from .etcd import Cluster, Hub
-from .test_catalog_sync import _ctl, _replicas, _subsystems, _wait, cli
+from .test_catalog_sync import _ctl, _replicas, _subsystems, _wait, cli, netns_guest
 
 pytestmark = pytest.mark.side
 
@@ -53,10 +52,7 @@ class World:
 
     def guest(self):
         if self._guest is None:
-            guest_harness.require_guest()
-            self._guest = guest_harness.Guest(smp=1, hostnqn=HOST,
-                                              modules=("nvme_tcp", "crc32c_generic"),
-                                              prefix=("ip", "netns", "exec", self.ns_h)).start()
+            self._guest = netns_guest(self.ns_h, HOST)
         return self._guest
 
 

@@ -26,11 +26,10 @@ import pytest
 
 from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
-from tests.guest import harness as guest_harness
 from tests.guest.harness import fio_verify
 
 from .etcd import Cluster, Hub
-from .test_catalog_sync import _replicas, _wait, cli
+from .test_catalog_sync import _replicas, _wait, cli, netns_guest
 from .test_elastic import AUTOCONNECT, _guest_devs, _guest_paths, _pre
 
 MiB = 1 << 20
@@ -106,10 +105,7 @@ class World:
 
     def guest(self):
         if self._guest is None:
-            guest_harness.require_guest()
-            self._guest = guest_harness.Guest(smp=1, hostnqn=HOST,
-                                              modules=("nvme_tcp", "crc32c_generic"),
-                                              prefix=("ip", "netns", "exec", self.ns_h)).start()
+            self._guest = netns_guest(self.ns_h, HOST)
         return self._guest
 
 
