@@ -104,8 +104,11 @@ def test_demo_console_quit_early(tmp_path):
     since = time.time()
     t = Tmux(tmp_path, ["env", f"TMPDIR={tmpdir}"] + SRRS + ["demo", "--duration", "60"])
     try:
-        s = t.wait_for(lambda s: "s left" in s and (bdev_row(s, "v0") or (0,))[0] > 0,
-                       timeout=30, what="demo console with IOPS")
+        # both loads running (v0 over NVMe/TCP, v1 over vhost-user): a load
+        # without I/O when q comes fails the run, rightly
+        s = t.wait_for(lambda s: "s left" in s and all((bdev_row(s, b) or (0,))[0] > 0
+                                                       for b in ("v0", "v1")),
+                       timeout=30, what="demo console with IOPS on both volumes")
         assert "v0" in s and "witness" in s
         t.send("q")
         assert t.rc(timeout=20) == 0
