@@ -26,6 +26,8 @@
 #define M_MAGIC 0x524d5253u /* "SRMR" */
 #define M_MAX_VOLS 1024 /* volume ids 0..1023 on one link (the frame header has 16 bits) */
 #define M_NPIECES 8192u
+/* lease lengths a read waits for a peer's first grant after (re)joining (rl_retry) */
+#define RL_FIRST_GRANT 8u
 #define M_NFRAMES 16384u
 #define M_PIECE_IOV 130 /* a virtio request may carry seg_max (126) segments, plus slack */
 #define M_CHUNK SRRS_BUF_MAX
@@ -171,6 +173,8 @@ struct mlink {
     uint64_t rl_granted;        /* the peer may read alone before this: no solo until then */
     uint64_t rl_asked;          /* our last lease request */
     uint64_t rl_fail_ev_at;     /* ticks: last failed lease reads reported (one a second) */
+    bool rl_peer_granted;       /* the peer granted us a lease since we (re)joined it on this
+                                   connection: until then it may still be starting */
     struct piece *rwait;        /* reads waiting for a lease */
     /* resync copy throttle (srrs_mirror_set_copy_limit): copies in parallel
      * (0: M_COPIES), bytes/s (0: no limit) as a token bucket refilled by the

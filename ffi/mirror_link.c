@@ -429,6 +429,7 @@ static int conn_poll(void *arg)
         l->up = true;
         l->st.connects++;
         l->conn_gen++;
+        l->rl_peer_granted = false;
         l->last_rx = srrs_ticks();
         frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }
@@ -483,6 +484,7 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
         l->up = true;
         l->st.connects++;
         l->conn_gen++;
+        l->rl_peer_granted = false;
         l->last_rx = srrs_ticks();
         frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }

@@ -334,10 +334,17 @@ void rl_retry(struct mlink *l, bool expire)
     struct piece *w = l->rwait;
     l->rwait = NULL;
     uint64_t now = srrs_ticks(), failed = 0;
+    /* A peer that has not granted once since we joined it may be a controller
+     * that just (re)started: talking, its control plane not yet in the pair
+     * (a restart under load takes longer than L). Nothing is read without a
+     * grant or solo either way; failing sooner only sends a multipath host to
+     * its other path, and fails a single-path one. So give such a peer
+     * RL_FIRST_GRANT lease lengths before the path error. */
+    uint64_t limit = l->rl_peer_granted ? l->rl_len : RL_FIRST_GRANT * l->rl_len;
     while (w) {
         struct piece *next = w->next;
         w->next = NULL;
-        if (expire && now - w->wait_at >= l->rl_len && link_ready(l) && heard_since(l, w->wait_at)) {
+        if (expire && now - w->wait_at >= limit && link_ready(l) && heard_since(l, w->wait_at)) {
             w->waiting = false;
             l->st.lease_reads_failed++;
             failed++;
@@ -555,6 +562,8 @@ void set_mode_fn(void *a)
     l->lease_deadline = x->deadline;
     l->st.mode = x->mode;
     l->solo_wait = false;
+    if (!mode_needs_peer(old) && mode_needs_peer(x->mode))
+        l->rl_peer_granted = false; /* (re)joining: the peer may still be starting */
     if (x->mode == MODE_SOLO && srrs_ticks() < l->rl_granted) {
         /* The peer may still read alone on our grant: hold (pending) until it
          * ran out; timer_poll goes solo then. */
@@ -677,6 +686,7 @@ bool rx_ping(struct mlink *l, const struct mhdr *h)
         uint64_t until = h->aux + srrs_us_to_ticks(h->off * 1000);
         if (until > l->rl_until)
             l->rl_until = until;
+        l->rl_peer_granted = true;
         rl_retry(l, false);
     }
     return true;

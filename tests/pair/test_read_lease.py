@@ -11,7 +11,7 @@ import pytest
 from srrs.ctrl import ha
 from srrs.ctrl.ha import FENCED, PAIRED, SOLO
 
-from .mirror_util import paired, wait
+from .mirror_util import MODES, paired, wait
 from .sim import Sim
 
 T = ha.Timing()
@@ -175,3 +175,43 @@ def test_read_without_lease_and_link_waits_for_the_mode(pair, then):
     t.join(5)
     assert not t.is_alive()
     assert res["r"] == ((0, data) if then == "solo" else (-errno.ENOTCONN, bytes(4096)))
+
+
+def test_rejoined_peer_gets_time_for_its_first_grant(pair):
+    """A peer that just restarted talks before its control plane joins the
+    pair (a restart under load takes longer than L): the current side, back
+    in a resync as source, holds its reads for the peer's first grant instead
+    of failing them after L -- a single-path host (vhost) saw I/O errors there
+    (srrs demo --chaos). Nothing is read without the grant meanwhile."""
+    import threading
+
+    a, b = pair
+    data = b"r" * 4096
+    assert a.core.test_io("v", "write", 0, 4096, data)[0] == 0
+    b.mode("fenced")                                   # b "restarts": it grants nothing
+    a.mode("solo")
+    wait(lambda: _lease_left_us(a)[2] == MODES["solo"], what="a solo")
+    a.mode("resync_source")                            # b is heard again: a rejoins it
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("r", a.core.test_io("v", "read", 0, 4096)))
+    t.start()
+    t.join(1.5)                                        # 3 L: the old rule failed it at L
+    assert t.is_alive(), f"answered without the peer's grant: {res}"
+    b.mode("resync_target")                            # b's control plane joins: it grants
+    t.join(5)
+    assert not t.is_alive()
+    assert res["r"] == (0, data)
+    assert a.link_info()["read_lease_left_us"] > 0
+
+
+def test_rejoined_peer_that_never_grants_fails_reads_in_the_end(pair):
+    """...but a peer that talks and never grants is not waited for forever."""
+    a, b = pair
+    b.mode("fenced")
+    a.mode("solo")
+    wait(lambda: _lease_left_us(a)[2] == MODES["solo"], what="a solo")
+    a.mode("resync_source")
+    t0 = time.monotonic()
+    assert a.core.test_io("v", "read", 0, 4096)[0] == -errno.ENOTCONN
+    took = time.monotonic() - t0
+    assert 3.5 < took < 8, took                        # RL_FIRST_GRANT (8) lease lengths
