@@ -9,6 +9,8 @@ prefix = "/srrs/"           # every key of the cluster lives under it
 zone = "z1"                 # optional label placement may use
 pool = "p0"                 # the pool of the cluster volumes' replicas (default: the only one)
 lease_s = 5                 # the member key's lease: gone this long after a death
+drain_s = 2.0               # a volume leaving this controller: its mirror stays this long
+                            #   after its export went, for the host I/O still in flight
 move_port = 7400            # volume moves: a destination controller's move links listen on
                             #   its [pair] mirror_listen host, port move_port + the slot
 ca_cert = "/etc/srrs/etcd-ca.pem"   # optional TLS to etcd
@@ -57,6 +59,10 @@ class ClusterConfig:
                              help="volume moves: a destination controller accepts a move's "
                                   "link on its [pair] mirror_listen host at this port plus the "
                                   "volume's mirror slot (0..999)")
+    drain_s: float = setting(2.0, range=(0.0, 600.0),
+                             help="a volume leaving this controller (deleted, moved away, "
+                                  "grown): its mirror and replica stay this long after its "
+                                  "export went, for host I/O still in flight, seconds")
     timeout_s: float = setting(1.0, range=(0.05, 30.0), help="one etcd request, seconds")
     ca_cert: str = setting("", help="CA file of etcd's TLS certificates")
     cert: str = setting("", help="client certificate for etcd (with key)")

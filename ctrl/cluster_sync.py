@@ -37,11 +37,6 @@ log = logging.getLogger("srrs.cluster.sync")
 
 PREFIX = "c-"           # pool volume / mirror bdev name of a cluster volume: c-UUID
 MAX_VOL_ID = 1023       # ffi/mirror_int.h M_MAX_VOLS - 1
-# Host I/O of a volume stopped here this long before its mirror goes (delete,
-# grow): the peer, told by the same catalog change, has stopped its own by then,
-# so no write it replicates reaches a mirror we no longer have (that would
-# drop the link).
-GRACE_S = 2.0
 
 
 def bdev_name(uuid: str) -> str:
@@ -58,6 +53,11 @@ class CatalogSync:
         self.pair = ctl.pair
         self.pair_name = pair_name(ctl.conf.pair)
         self.pool = self._pick_pool(cluster.conf.pool)
+        # Host I/O of a volume stopped here this long before its mirror goes
+        # (delete, grow, moved away): the peer, told by the same catalog change,
+        # has stopped its own by then, so no write it replicates reaches a
+        # mirror we no longer have (that would drop the link).
+        self.grace_s = cluster.conf.drain_s
         self.lock = threading.RLock()
         self.snap: Optional[Snapshot] = None
         self.have: dict = {}         # uuid -> Volume as made here
@@ -144,8 +144,10 @@ class CatalogSync:
                 self._try(u, self._remove, u)
             for u, v in sorted(want.items()):
                 old = self.made.setdefault(u, made[u]) if u in here else None
-                if old is not None and old != made[u] and made[u] != "home":
-                    # an older incarnation of a volume moving here: gone first
+                if old is not None and old != made[u] and (made[u] != "home" or old == "gone"):
+                    # an older incarnation of a volume moving here (or back home while
+                    # its old replica is still on its way out): gone first. A replica
+                    # made for a move that completed here (move:... -> home) stays.
                     self._try(u, self._remove, u)
                     if u in self._quiet or self.pool.volume_info(bdev_name(u)) is not None:
                         continue        # still quiescing: the tick comes back
@@ -201,10 +203,10 @@ class CatalogSync:
         self.have[v.uuid] = v
 
     def _quiesced(self, u: str, name: str) -> bool:
-        """True once GRACE_S has passed since host I/O stopped here (or there is no
+        """True once [cluster] drain_s has passed since host I/O stopped here (or there is no
         mirror to protect)."""
         since = self._quiet.setdefault(u, time.monotonic())
-        if name in self.pair.runtime and time.monotonic() - since < GRACE_S:
+        if name in self.pair.runtime and time.monotonic() - since < self.grace_s:
             return False
         del self._quiet[u]
         return True
@@ -212,7 +214,7 @@ class CatalogSync:
     def _grow(self, v: Volume, name: str, nqn: str, size: int) -> bool:
         """Online: a mirror bdev has its size for life, so the namespace stays
         (hosts keep their device) but turns ANA-inaccessible here (host I/O
-        moves to no path and waits); GRACE_S later it rests on a placeholder of
+        moves to no path and waits); drain_s later it rests on a placeholder of
         its size while the mirror goes, the replica grows and a new mirror
         comes, then reads and writes that one, and hosts take the new size
         from the namespace-changed AEN. It turns accessible again once the
@@ -254,6 +256,7 @@ class CatalogSync:
         self.have.pop(u, None)
         self.made[u] = "gone"       # whatever comes next gets a fresh replica
         self._growing.discard(u)
+        self.pair.retire(name)      # the peer must not pair a new mirror with this one
         if not self._quiesced(u, name):
             return
         self.pair.remove_volume(name)

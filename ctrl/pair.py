@@ -80,7 +80,10 @@ class PairService:
         # The heartbeat carries the list's digest, and the list itself only until
         # the peer's heartbeat says it holds that digest (rt_seen): at 1,000
         # cluster volumes the list is ~45 KB, ten times a second.
-        self._rt_ver = 0                # bumped by add_volume / remove_volume
+        self._rt_ver = 0                # bumped by add_volume / remove_volume / retire
+        # Mirrors on their way out (retire): kept until their host I/O is over,
+        # no longer listed to the peer, so it never takes them for a new one.
+        self._retired: set = set()
         self._rt_out = (-1, [], "")     # (version, sorted list, digest) last built
         self._peer_rt = None            # digest of the peer's list we hold
         self._peer_rt_seen = None       # digest of our list the peer holds
@@ -487,7 +490,8 @@ class PairService:
         s = self.state
         ver = self._rt_ver
         if ver != self._rt_out[0]:
-            rt = sorted(dict(self.runtime).items())
+            retired = set(self._retired)
+            rt = sorted((n, z) for n, z in dict(self.runtime).items() if n not in retired)
             self._rt_out = (ver, rt, hashlib.blake2b(json.dumps(rt).encode(),
                                                      digest_size=8).hexdigest())
         _, rt, digest = self._rt_out
@@ -762,6 +766,7 @@ class PairService:
                 self._mirrors.append(name)
                 raise
             del self.runtime[name]
+            self._retired.discard(name)
             self._rt_ver += 1
         if forget:
             try:
@@ -769,8 +774,20 @@ class PairService:
             except FileNotFoundError:
                 pass
 
+    def retire(self, name: str) -> None:
+        """The mirror `name` is on its way out (remove_volume once its host I/O
+        is over): the peer no longer sees it listed, so a new mirror of that
+        name there never takes this one for its partner (docs/architecture.md,
+        Volume moves: a volume moved away and straight back)."""
+        with self._rt_lock:
+            if name in self.runtime and name not in self._retired:
+                self._retired.add(name)
+                self._rt_ver += 1
+
     def peer_has(self, name: str) -> bool:
         """The peer's last heartbeat listed the mirror `name` with our size."""
+        if name in self._retired:
+            return False
         mine = self.runtime.get(name)
         return mine is not None and self.peer_runtime.get(name) == mine
 

@@ -64,7 +64,10 @@ def _node(tmp, etcd, ports, hub):
                 # move): their controller IDs must differ, not only within a pair
                 "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{ports[n]}"],
                                     cntlid_min=1 + 1000 * "abcd".index(n)),
-                "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 5}}
+                # b keeps a volume that left it longer than the others: a move
+                # back then always comes inside b's wait (move_away_and_straight_back)
+                "cluster": {"etcd": etcd.endpoints, "prefix": PREFIX, "lease_s": 5,
+                            "drain_s": 6.0 if n == "b" else 2.0}}
     return node
 
 
@@ -403,7 +406,10 @@ def test_move_away_and_straight_back(world):
     the old ones (stale where the tee's clusters are unallocated, and on the
     old mirror slot, which the catalog may have given to another volume:
     a drain after a rebalance once stalled on "volume id 1023 already used").
-    The move back completes and a+b's mirror of it sits on its catalog slot."""
+    The move back completes and a+b's mirror of it sits on its catalog slot.
+    b keeps what left it 6 s (drain_s), longer than the move back takes: b's
+    old mirror, still there, must not count as b's half of the new one (it
+    did: the move back completed at once and b adopted its old replica)."""
     w = world
     a = w.ctl("a")
     v = _create(w, "bk", size=16 * MiB)
