@@ -374,6 +374,11 @@ def _paths(g):
     return got
 
 
+def _discovery_ctrls(g) -> int:
+    out = g.check("cat /sys/class/nvme/nvme*/subsysnqn 2>/dev/null; true", timeout=30)
+    return sum(ln.strip() == "nqn.2014-08.org.nvmexpress.discovery" for ln in out.splitlines())
+
+
 def test_plain_host_follows_the_cluster(world):
     """deploy/host/srrs-autoconnect, run in the guest as a user would (busybox
     sh, nvme-cli, the kernel's nvme-tcp): a persistent discovery controller on
@@ -391,6 +396,9 @@ def test_plain_host_follows_the_cluster(world):
     eps = f"{w.addr('a')}:{w.ports['a']} {w.addr('c')}:{w.ports['c']}"
     job = g.spawn(f"/tmp/srrs-autoconnect -q {HOST} -i 20 {eps}", name="autoconnect")
     try:
+        # its persistent discovery controllers first: the 15 s below are for the
+        # event's path, not for a guest still booting on a loaded machine
+        _wait(lambda: _discovery_ctrls(g) >= 2, timeout=90, what="the discovery controllers")
         vol = a.rpc("cluster_volume_create", {"name": "auto", "size": 16 * MiB, "tenant": "ac",
                                               "hosts": [HOST]})
         nqn = volume_nqn(vol["uuid"])
