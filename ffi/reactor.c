@@ -191,6 +191,7 @@ struct srrs_poller {
     int fd;
     bool fd_is_eventfd;
     bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
+    srrs_msg_fn on_fire;    /* an fd watch (srrs_fd_watch_add): not a poller of the loop */
     bool dead;
     struct srrs_reactor *r;
 };
@@ -241,6 +242,7 @@ struct srrs_reactor {
     /* pollers: compacted array, dead entries removed between loops */
     struct srrs_poller **pollers;
     uint32_t npollers, cap_pollers;
+    uint32_t nfd_wakes;     /* pollers ever marked fd_wakes (a hint: 0 skips a scan) */
     bool pollers_dirty;
 
     struct stop_hook *hooks;
@@ -330,6 +332,7 @@ static __thread struct srrs_reactor *t_reactor;
 struct srrs_reactor *srrs_reactor_self(void) { return t_reactor; }
 struct srrs_core *srrs_reactor_core(struct srrs_reactor *r) { return r->core; }
 int srrs_reactor_idx(struct srrs_reactor *r) { return r->idx; }
+int srrs_reactor_poll_mode(struct srrs_reactor *r) { return r->poll_mode; }
 int srrs_core_num_reactors(struct srrs_core *core) { return core->nreactors; }
 
 struct srrs_reactor *srrs_core_reactor(struct srrs_core *core, int idx)
@@ -427,14 +430,16 @@ void srrs_io_complete(struct srrs_io *io, int status)
 static int run_completions(struct srrs_reactor *r, uint64_t now)
 {
     int n = 0;
-    /* Detach the list: callbacks may complete more I/O (runs next loop). */
     struct srrs_io *io = r->cpl_head;
+    if (!io)
+        return 0; /* an idle round writes nothing */
+    /* Detach the list: callbacks may complete more I/O (runs next loop). */
     r->cpl_head = r->cpl_tail = NULL;
     /* One clock reading for the batch, handed to the I/O hook (the layer
      * above accounts latency with it): each I/O's latency ends where the
      * callbacks that see its completion begin (the TSC read costs as much as
      * the rest of a fast device's accounting: once per batch, not per I/O). */
-    if (io && !now)
+    if (!now)
         now = srrs_ticks();
     srrs_io_done_fn done = __atomic_load_n(&r->core->io_done, __ATOMIC_ACQUIRE);
     while (io) {
@@ -705,7 +710,41 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t events)
 
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn) { p->presleep = fn; }
 
-void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+struct srrs_poller *srrs_fd_watch_add(struct srrs_reactor *r, int fd, uint32_t events,
+                                      srrs_msg_fn fn, void *arg)
+{
+    struct srrs_poller *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->on_fire = fn;
+    w->arg = arg;
+    w->fd = fd;
+    w->r = r;
+    struct epoll_event ev = {.events = events, .data.ptr = w};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev)) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void srrs_fd_watch_del(struct srrs_poller **pw)
+{
+    struct srrs_poller *w = pw ? *pw : NULL;
+    if (!w)
+        return;
+    /* Reactor thread, outside its sleep: no epoll event still names w. */
+    epoll_ctl(w->r->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    free(w);
+    *pw = NULL;
+}
+
+void srrs_poller_set_fd_wakes(struct srrs_poller *p)
+{
+    if (!p->fd_wakes)
+        p->r->nfd_wakes++;
+    p->fd_wakes = true;
+}
 
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
 {
@@ -755,7 +794,8 @@ static int run_msgs(struct srrs_reactor *r)
         fn(arg);
         n++;
     }
-    srrs_stat_add(&r->st_msgs, (uint64_t)n);
+    if (n) /* an idle round writes no counter it does not have to */
+        srrs_stat_add(&r->st_msgs, (uint64_t)n);
     return n;
 }
 
@@ -819,6 +859,10 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     uint64_t v;
     for (int i = 0; i < n; i++) {
         struct srrs_poller *p = evs[i].data.ptr;
+        if (p && p->on_fire) {
+            p->on_fire(p->arg);
+            continue;
+        }
         if (!p) {
             ssize_t k = read(r->msg_efd, &v, sizeof(v));
             (void)k;
@@ -831,6 +875,17 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     }
     srrs_stat_add(&r->st_wakeups, 1);
     uint64_t after = srrs_ticks();
+    /* The sleep watched every fd_wakes poller's fd: one whose fd did not fire
+     * has nothing to do; its period counts again from now (a reactor serving
+     * QD1 sleeps between two I/Os: no accept4 that finds nothing then). A
+     * ready fd that did not fit in evs fires again at the next sleep. */
+    if (r->nfd_wakes) {
+        for (uint32_t i = 0; i < r->npollers; i++) {
+            struct srrs_poller *p = r->pollers[i];
+            if (p->fd_wakes && p->next_due && !p->dead)
+                p->next_due = after + p->period;
+        }
+    }
     srrs_stat_add(&r->st_sleep, srrs_ticks_to_ns(after - now));
     atomic_store_explicit(&r->sleep_since, 0, memory_order_relaxed);
 }
