@@ -191,6 +191,7 @@ struct srrs_poller {
     int fd;
     bool fd_is_eventfd;
     bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
+    bool fd_only;           /* fd_wakes, and the fd is its whole duty (srrs_poller_set_fd_only) */
     srrs_msg_fn on_fire;    /* an fd watch (srrs_fd_watch_add): not a poller of the loop */
     bool dead;
     struct srrs_reactor *r;
@@ -242,7 +243,7 @@ struct srrs_reactor {
     /* pollers: compacted array, dead entries removed between loops */
     struct srrs_poller **pollers;
     uint32_t npollers, cap_pollers;
-    uint32_t nfd_wakes;     /* pollers ever marked fd_wakes (a hint: 0 skips a scan) */
+    uint32_t nfd_only;      /* pollers ever marked fd_only (a hint: 0 skips a scan) */
     bool pollers_dirty;
 
     struct stop_hook *hooks;
@@ -739,11 +740,13 @@ void srrs_fd_watch_del(struct srrs_poller **pw)
     *pw = NULL;
 }
 
-void srrs_poller_set_fd_wakes(struct srrs_poller *p)
+void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+
+void srrs_poller_set_fd_only(struct srrs_poller *p)
 {
-    if (!p->fd_wakes)
-        p->r->nfd_wakes++;
-    p->fd_wakes = true;
+    if (!p->fd_only)
+        p->r->nfd_only++;
+    p->fd_wakes = p->fd_only = true;
 }
 
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
@@ -875,14 +878,18 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     }
     srrs_stat_add(&r->st_wakeups, 1);
     uint64_t after = srrs_ticks();
-    /* The sleep watched every fd_wakes poller's fd: one whose fd did not fire
+    /* The sleep watched every fd_only poller's fd: one whose fd did not fire
      * has nothing to do; its period counts again from now (a reactor serving
      * QD1 sleeps between two I/Os: no accept4 that finds nothing then). A
-     * ready fd that did not fit in evs fires again at the next sleep. */
-    if (r->nfd_wakes) {
+     * ready fd that did not fit in evs fires again at the next sleep. Not so
+     * a poller whose fd covers only part of its duty (srrs_poller_set_fd_wakes:
+     * the pool's health check, whose inotify fd never reports a truncation):
+     * the sleep did its periodic work no good, so it stays due at its period,
+     * or a reactor that sleeps more often than that would never run it. */
+    if (r->nfd_only) {
         for (uint32_t i = 0; i < r->npollers; i++) {
             struct srrs_poller *p = r->pollers[i];
-            if (p->fd_wakes && p->next_due && !p->dead)
+            if (p->fd_only && p->next_due && !p->dead)
                 p->next_due = after + p->period;
         }
     }

@@ -112,13 +112,18 @@ void srrs_poller_unregister(struct srrs_poller **p);
  * it). eventfd: the reactor reads it to reset it when it fires. */
 int srrs_poller_set_fd(struct srrs_poller *p, int fd, uint32_t epoll_events, bool eventfd);
 int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
-/* Reactor thread. A timed poller whose duty is its fd (a listening socket, an
+/* Reactor thread. A timed poller whose fd wakes a sleeping reactor for it (an
  * inotify fd): its period does not bound an adaptive reactor's sleep, so an
- * idle reactor sleeps until the fd fires, and then runs it at once; while the
- * reactor spins it still runs every period, and a sleep in which its fd did
- * not fire starts its period again (docs/architecture.md, Poll modes and
- * adaptive sleep). */
+ * idle reactor sleeps until the fd fires, and then runs it at once; awake, the
+ * reactor runs it every period, as any timed poller, sleeps or not
+ * (docs/architecture.md, Poll modes and adaptive sleep). */
 void srrs_poller_set_fd_wakes(struct srrs_poller *p);
+/* Reactor thread. srrs_poller_set_fd_wakes for a poller whose fd is its whole
+ * duty (a listening socket): a sleep that watched the fd and saw it not fire
+ * did its work, so the poller's period starts again when the sleep ends. Not
+ * for a poller with periodic work its fd does not report (the pool's health
+ * check finds a truncated file by its period alone). */
+void srrs_poller_set_fd_only(struct srrs_poller *p);
 /* Reactor thread. An fd the reactor's sleep watches for a module: when a
  * sleep's epoll_wait reports it, fn(arg) runs at once (on the reactor, before
  * any poller), never per loop; a poller that polls the fd itself can then skip

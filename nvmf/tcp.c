@@ -1512,7 +1512,8 @@ static void listener_start_fn(void *arg)
     /* accept4() allocates a socket and a file before it finds the queue
      * empty: never call it every loop. 1 ms adds at most 1 ms to a connect
      * while the reactor spins; a sleeping reactor sleeps on the socket alone
-     * (fd_wakes: no 1 ms wake-ups when idle) and accepts as soon as it fires. */
+     * (fd_only: no 1 ms wake-ups when idle, no accept4 after a sleep that saw
+     * no connection) and accepts as soon as it fires. */
     l->poller = srrs_poller_register(l->r, listener_poll, l, LISTEN_POLL_US);
     if (!l->poller) {
         op->rc = -ENOMEM;
@@ -1522,7 +1523,7 @@ static void listener_start_fn(void *arg)
     if (op->rc)
         srrs_poller_unregister(&l->poller);
     else
-        srrs_poller_set_fd_wakes(l->poller);
+        srrs_poller_set_fd_only(l->poller);
 }
 
 static void listener_stop_fn(void *arg)
