@@ -1182,3 +1182,92 @@ int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor)
     srrs_reactor_call(r, test_wake_fn, &w);
     return (int64_t)(w.t1 - t0);
 }
+
+struct srrs_test_poller {
+    struct srrs_reactor *r;
+    struct srrs_poller *p;
+    uint32_t period_us;
+    int kind;
+    int efd;
+    int rc;
+    _Atomic uint64_t runs;
+};
+
+static int test_poller_run(void *arg)
+{
+    struct srrs_test_poller *t = arg;
+    uint64_t v;
+    ssize_t k = read(t->efd, &v, sizeof(v)); /* nonblocking: empty is EAGAIN */
+    atomic_fetch_add_explicit(&t->runs, 1, memory_order_relaxed);
+    return k > 0;
+}
+
+static void test_poller_add_fn(void *arg)
+{
+    struct srrs_test_poller *t = arg;
+    t->p = srrs_poller_register(t->r, test_poller_run, t, t->period_us);
+    if (!t->p) {
+        t->rc = -ENOMEM;
+        return;
+    }
+    t->rc = srrs_poller_set_fd(t->p, t->efd, EPOLLIN, false);
+    if (t->rc)
+        srrs_poller_unregister(&t->p);
+    else if (t->kind == 1)
+        srrs_poller_set_fd_wakes(t->p);
+    else if (t->kind == 2)
+        srrs_poller_set_fd_only(t->p);
+}
+
+static void test_poller_del_fn(void *arg)
+{
+    struct srrs_test_poller *t = arg;
+    srrs_poller_unregister(&t->p);
+}
+
+int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us, int fd_kind,
+                         struct srrs_test_poller **out)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r || !out || fd_kind < 0 || fd_kind > 2 || !period_us)
+        return srrs_err(-EINVAL, "test_poller_add: bad reactor, kind or period");
+    struct srrs_test_poller *t = calloc(1, sizeof(*t));
+    if (!t)
+        return srrs_err(-ENOMEM, "test_poller_add: out of memory");
+    t->r = r;
+    t->period_us = period_us;
+    t->kind = fd_kind;
+    t->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (t->efd < 0) {
+        int rc = -errno;
+        free(t);
+        return srrs_err(rc, "test_poller_add: eventfd: %s", strerror(-rc));
+    }
+    srrs_reactor_call(r, test_poller_add_fn, t);
+    if (t->rc) {
+        int rc = t->rc;
+        close(t->efd);
+        free(t);
+        return srrs_err(rc, "test_poller_add: %s", strerror(-rc));
+    }
+    *out = t;
+    return 0;
+}
+
+int srrs_test_poller_fd(struct srrs_test_poller *t) { return t->efd; }
+
+uint64_t srrs_test_poller_runs(struct srrs_test_poller *t)
+{
+    return atomic_load_explicit(&t->runs, memory_order_relaxed);
+}
+
+void srrs_test_poller_del(struct srrs_test_poller **pt)
+{
+    struct srrs_test_poller *t = pt ? *pt : NULL;
+    if (!t)
+        return;
+    srrs_reactor_call(t->r, test_poller_del_fn, t);
+    close(t->efd);
+    free(t);
+    *pt = NULL;
+}
