@@ -39,7 +39,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 # The named ints of the contract headers (their enums, which cffi exposes as
@@ -295,6 +295,29 @@ class BenchOpts:
         return o
 
 
+class TestPoller:
+    """A test poller on a reactor (Core.test_poller): fire() writes its eventfd,
+    runs counts its runs; delete it before its core."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def fire(self) -> None:
+        os.write(lib.srrs_test_poller_fd(self.ptr), (1).to_bytes(8, "little"))
+
+    @property
+    def runs(self) -> int:
+        return lib.srrs_test_poller_runs(self.ptr)
+
+    def delete(self) -> None:
+        if self.ptr is not None:
+            p = ffi.new("struct srrs_test_poller **", self.ptr)
+            lib.srrs_test_poller_del(p)
+            self.ptr = None
+
+
 class Core:
     """The data plane of one controller: N reactor threads and the bdev registry.
 
@@ -511,6 +534,15 @@ class Core:
 
     def test_wake_latency_ns(self, reactor: int) -> int:
         return check(lib.srrs_test_wake_latency_ns(self.ptr, reactor))
+
+    def test_poller(self, reactor: int, period_us: int, fd_kind: str) -> "TestPoller":
+        """A timed poller counting its runs, with an eventfd to fire it; fd_kind:
+        'none' (the fd is only in the reactor's set), 'wakes'
+        (srrs_poller_set_fd_wakes) or 'only' (srrs_poller_set_fd_only)."""
+        kind = {"none": 0, "wakes": 1, "only": 2}[fd_kind]
+        out = ffi.new("struct srrs_test_poller **")
+        check(lib.srrs_test_poller_add(self.ptr, reactor, period_us, kind, out))
+        return TestPoller(out[0])
 
     def test_io(self, bdev: str, op: str, offset: int, length: int, data: bytes = b"",
                 reactor: int = 0) -> tuple:

@@ -1498,7 +1498,9 @@ static void health_start_msg(void *arg)
         return;
     p->health_poller = srrs_poller_register(p->pr, health_poll, p, HEALTH_TICK_US);
     /* Idle, the reactor sleeps on the inotify fd, not on the tick (without
-     * inotify the tick alone remains, as before). */
+     * inotify the tick alone remains, as before). fd_wakes, not fd_only: the
+     * fd never reports a truncation, so the tick still runs while the reactor
+     * is awake however often it sleeps between I/Os (health_watch). */
     if (p->health_poller && p->health_ifd >= 0 &&
         !srrs_poller_set_fd(p->health_poller, p->health_ifd, EPOLLIN, false))
         srrs_poller_set_fd_wakes(p->health_poller);

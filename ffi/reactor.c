@@ -191,6 +191,8 @@ struct srrs_poller {
     int fd;
     bool fd_is_eventfd;
     bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
+    bool fd_only;           /* fd_wakes, and the fd is its whole duty (srrs_poller_set_fd_only) */
+    srrs_msg_fn on_fire;    /* an fd watch (srrs_fd_watch_add): not a poller of the loop */
     bool dead;
     struct srrs_reactor *r;
 };
@@ -241,6 +243,7 @@ struct srrs_reactor {
     /* pollers: compacted array, dead entries removed between loops */
     struct srrs_poller **pollers;
     uint32_t npollers, cap_pollers;
+    uint32_t nfd_only;      /* pollers ever marked fd_only (a hint: 0 skips a scan) */
     bool pollers_dirty;
 
     struct stop_hook *hooks;
@@ -330,6 +333,7 @@ static __thread struct srrs_reactor *t_reactor;
 struct srrs_reactor *srrs_reactor_self(void) { return t_reactor; }
 struct srrs_core *srrs_reactor_core(struct srrs_reactor *r) { return r->core; }
 int srrs_reactor_idx(struct srrs_reactor *r) { return r->idx; }
+int srrs_reactor_poll_mode(struct srrs_reactor *r) { return r->poll_mode; }
 int srrs_core_num_reactors(struct srrs_core *core) { return core->nreactors; }
 
 struct srrs_reactor *srrs_core_reactor(struct srrs_core *core, int idx)
@@ -427,14 +431,16 @@ void srrs_io_complete(struct srrs_io *io, int status)
 static int run_completions(struct srrs_reactor *r, uint64_t now)
 {
     int n = 0;
-    /* Detach the list: callbacks may complete more I/O (runs next loop). */
     struct srrs_io *io = r->cpl_head;
+    if (!io)
+        return 0; /* an idle round writes nothing */
+    /* Detach the list: callbacks may complete more I/O (runs next loop). */
     r->cpl_head = r->cpl_tail = NULL;
     /* One clock reading for the batch, handed to the I/O hook (the layer
      * above accounts latency with it): each I/O's latency ends where the
      * callbacks that see its completion begin (the TSC read costs as much as
      * the rest of a fast device's accounting: once per batch, not per I/O). */
-    if (io && !now)
+    if (!now)
         now = srrs_ticks();
     srrs_io_done_fn done = __atomic_load_n(&r->core->io_done, __ATOMIC_ACQUIRE);
     while (io) {
@@ -705,7 +711,43 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t events)
 
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn) { p->presleep = fn; }
 
+struct srrs_poller *srrs_fd_watch_add(struct srrs_reactor *r, int fd, uint32_t events,
+                                      srrs_msg_fn fn, void *arg)
+{
+    struct srrs_poller *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->on_fire = fn;
+    w->arg = arg;
+    w->fd = fd;
+    w->r = r;
+    struct epoll_event ev = {.events = events, .data.ptr = w};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev)) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void srrs_fd_watch_del(struct srrs_poller **pw)
+{
+    struct srrs_poller *w = pw ? *pw : NULL;
+    if (!w)
+        return;
+    /* Reactor thread, outside its sleep: no epoll event still names w. */
+    epoll_ctl(w->r->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+    free(w);
+    *pw = NULL;
+}
+
 void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+
+void srrs_poller_set_fd_only(struct srrs_poller *p)
+{
+    if (!p->fd_only)
+        p->r->nfd_only++;
+    p->fd_wakes = p->fd_only = true;
+}
 
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
 {
@@ -755,7 +797,8 @@ static int run_msgs(struct srrs_reactor *r)
         fn(arg);
         n++;
     }
-    srrs_stat_add(&r->st_msgs, (uint64_t)n);
+    if (n) /* an idle round writes no counter it does not have to */
+        srrs_stat_add(&r->st_msgs, (uint64_t)n);
     return n;
 }
 
@@ -819,6 +862,10 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     uint64_t v;
     for (int i = 0; i < n; i++) {
         struct srrs_poller *p = evs[i].data.ptr;
+        if (p && p->on_fire) {
+            p->on_fire(p->arg);
+            continue;
+        }
         if (!p) {
             ssize_t k = read(r->msg_efd, &v, sizeof(v));
             (void)k;
@@ -831,6 +878,21 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     }
     srrs_stat_add(&r->st_wakeups, 1);
     uint64_t after = srrs_ticks();
+    /* The sleep watched every fd_only poller's fd: one whose fd did not fire
+     * has nothing to do; its period counts again from now (a reactor serving
+     * QD1 sleeps between two I/Os: no accept4 that finds nothing then). A
+     * ready fd that did not fit in evs fires again at the next sleep. Not so
+     * a poller whose fd covers only part of its duty (srrs_poller_set_fd_wakes:
+     * the pool's health check, whose inotify fd never reports a truncation):
+     * the sleep did its periodic work no good, so it stays due at its period,
+     * or a reactor that sleeps more often than that would never run it. */
+    if (r->nfd_only) {
+        for (uint32_t i = 0; i < r->npollers; i++) {
+            struct srrs_poller *p = r->pollers[i];
+            if (p->fd_only && p->next_due && !p->dead)
+                p->next_due = after + p->period;
+        }
+    }
     srrs_stat_add(&r->st_sleep, srrs_ticks_to_ns(after - now));
     atomic_store_explicit(&r->sleep_since, 0, memory_order_relaxed);
 }
@@ -1119,4 +1181,93 @@ int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor)
     uint64_t t0 = srrs_now_ns();
     srrs_reactor_call(r, test_wake_fn, &w);
     return (int64_t)(w.t1 - t0);
+}
+
+struct srrs_test_poller {
+    struct srrs_reactor *r;
+    struct srrs_poller *p;
+    uint32_t period_us;
+    int kind;
+    int efd;
+    int rc;
+    _Atomic uint64_t runs;
+};
+
+static int test_poller_run(void *arg)
+{
+    struct srrs_test_poller *t = arg;
+    uint64_t v;
+    ssize_t k = read(t->efd, &v, sizeof(v)); /* nonblocking: empty is EAGAIN */
+    atomic_fetch_add_explicit(&t->runs, 1, memory_order_relaxed);
+    return k > 0;
+}
+
+static void test_poller_add_fn(void *arg)
+{
+    struct srrs_test_poller *t = arg;
+    t->p = srrs_poller_register(t->r, test_poller_run, t, t->period_us);
+    if (!t->p) {
+        t->rc = -ENOMEM;
+        return;
+    }
+    t->rc = srrs_poller_set_fd(t->p, t->efd, EPOLLIN, false);
+    if (t->rc)
+        srrs_poller_unregister(&t->p);
+    else if (t->kind == 1)
+        srrs_poller_set_fd_wakes(t->p);
+    else if (t->kind == 2)
+        srrs_poller_set_fd_only(t->p);
+}
+
+static void test_poller_del_fn(void *arg)
+{
+    struct srrs_test_poller *t = arg;
+    srrs_poller_unregister(&t->p);
+}
+
+int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us, int fd_kind,
+                         struct srrs_test_poller **out)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r || !out || fd_kind < 0 || fd_kind > 2 || !period_us)
+        return srrs_err(-EINVAL, "test_poller_add: bad reactor, kind or period");
+    struct srrs_test_poller *t = calloc(1, sizeof(*t));
+    if (!t)
+        return srrs_err(-ENOMEM, "test_poller_add: out of memory");
+    t->r = r;
+    t->period_us = period_us;
+    t->kind = fd_kind;
+    t->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (t->efd < 0) {
+        int rc = -errno;
+        free(t);
+        return srrs_err(rc, "test_poller_add: eventfd: %s", strerror(-rc));
+    }
+    srrs_reactor_call(r, test_poller_add_fn, t);
+    if (t->rc) {
+        int rc = t->rc;
+        close(t->efd);
+        free(t);
+        return srrs_err(rc, "test_poller_add: %s", strerror(-rc));
+    }
+    *out = t;
+    return 0;
+}
+
+int srrs_test_poller_fd(struct srrs_test_poller *t) { return t->efd; }
+
+uint64_t srrs_test_poller_runs(struct srrs_test_poller *t)
+{
+    return atomic_load_explicit(&t->runs, memory_order_relaxed);
+}
+
+void srrs_test_poller_del(struct srrs_test_poller **pt)
+{
+    struct srrs_test_poller *t = pt ? *pt : NULL;
+    if (!t)
+        return;
+    srrs_reactor_call(t->r, test_poller_del_fn, t);
+    close(t->efd);
+    free(t);
+    *pt = NULL;
 }

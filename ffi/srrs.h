@@ -270,6 +270,17 @@ int srrs_test_msg_check(struct srrs_core *core, int reactor, uint32_t sender,
                         uint64_t *count, uint64_t *order_errors);
 /* control. ns from posting a message to an idle reactor to its execution. */
 int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor);
+/* control. A timed poller of period_us on reactor `reactor` that counts its
+ * runs and empties its eventfd (srrs_test_poller_fd: write to it to fire it).
+ * fd_kind 0: the fd is in the reactor's set, no more; 1: the fd wakes a
+ * sleeping reactor for it (srrs_poller_set_fd_wakes); 2: and it is its whole
+ * duty (srrs_poller_set_fd_only). Delete it before the core. */
+struct srrs_test_poller;
+int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us, int fd_kind,
+                         struct srrs_test_poller **out);
+int srrs_test_poller_fd(struct srrs_test_poller *t);
+uint64_t srrs_test_poller_runs(struct srrs_test_poller *t);
+void srrs_test_poller_del(struct srrs_test_poller **t);
 /* control. One synchronous I/O (op: enum srrs_io_op)
  * through the reactor, buf copied through a pool buffer. Returns the I/O status. */
 int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *bdev, int op,

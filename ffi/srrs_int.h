@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 5
+#define SRRS_ABI_VERSION 6
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -92,6 +92,8 @@ struct srrs_reactor *srrs_reactor_self(void);
 struct srrs_reactor *srrs_core_reactor(struct srrs_core *core, int idx);
 struct srrs_core *srrs_reactor_core(struct srrs_reactor *r);
 int srrs_reactor_idx(struct srrs_reactor *r);
+/* Reactor thread: its poll mode now (enum srrs_poll_mode). */
+int srrs_reactor_poll_mode(struct srrs_reactor *r);
 bool srrs_reactor_is_stopping(struct srrs_reactor *r);
 
 /* Any thread. Lock-free; wakes the reactor only if it sleeps.
@@ -110,12 +112,27 @@ void srrs_poller_unregister(struct srrs_poller **p);
  * it). eventfd: the reactor reads it to reset it when it fires. */
 int srrs_poller_set_fd(struct srrs_poller *p, int fd, uint32_t epoll_events, bool eventfd);
 int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
-/* Reactor thread. A timed poller whose duty is its fd (a listening socket, an
+/* Reactor thread. A timed poller whose fd wakes a sleeping reactor for it (an
  * inotify fd): its period does not bound an adaptive reactor's sleep, so an
- * idle reactor sleeps until the fd fires, and then runs it at once; while the
- * reactor spins it still runs every period (docs/architecture.md, Poll modes
- * and adaptive sleep). */
+ * idle reactor sleeps until the fd fires, and then runs it at once; awake, the
+ * reactor runs it every period, as any timed poller, sleeps or not
+ * (docs/architecture.md, Poll modes and adaptive sleep). */
 void srrs_poller_set_fd_wakes(struct srrs_poller *p);
+/* Reactor thread. srrs_poller_set_fd_wakes for a poller whose fd is its whole
+ * duty (a listening socket): a sleep that watched the fd and saw it not fire
+ * did its work, so the poller's period starts again when the sleep ends. Not
+ * for a poller with periodic work its fd does not report (the pool's health
+ * check finds a truncated file by its period alone). */
+void srrs_poller_set_fd_only(struct srrs_poller *p);
+/* Reactor thread. An fd the reactor's sleep watches for a module: when a
+ * sleep's epoll_wait reports it, fn(arg) runs at once (on the reactor, before
+ * any poller), never per loop; a poller that polls the fd itself can then skip
+ * a readiness call (the NVMe/TCP sockets: docs/architecture.md, Poll modes and
+ * adaptive sleep). NULL when out of memory or epoll refuses the fd. Delete it
+ * (on the reactor thread) before closing the fd. */
+struct srrs_poller *srrs_fd_watch_add(struct srrs_reactor *r, int fd, uint32_t epoll_events,
+                                      srrs_msg_fn fn, void *arg);
+void srrs_fd_watch_del(struct srrs_poller **w);
 /* Reactor thread. Called before the reactor sleeps; return > 0 if work is
  * pending (e.g. a ring filled while notifications were off): no sleep then. */
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);

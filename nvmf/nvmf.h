@@ -290,8 +290,10 @@ uint32_t srrs_nvmf_pdu_seal(uint8_t *h, uint8_t type, uint8_t flags, uint32_t dl
 /* ---- transport floor (benchmark only) ------------------------------------ */
 
 /* control. Busy-polled TCP ping-pong on loopback (server thread on
- * server_cpu, client on the calling thread pinned to client_cpu; -1: no
- * pinning), qd messages in flight: req_len bytes out, resp_len back. Fills
- * ios, iops, mibps, lat_avg/p50/p99/p999 of out. */
+ * server_cpu, named "srrs-pingpong", client on the calling thread pinned to
+ * client_cpu; -1: no pinning), qd messages in flight: req_len bytes out,
+ * resp_len back. server_blocks: the server blocks in recv instead of
+ * polling. Fills ios, iops, mibps, lat_avg/p50/p99/p999 of out. */
 int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double seconds,
-                      int server_cpu, int client_cpu, struct srrs_bench_result *out);
+                      int server_cpu, int client_cpu, int server_blocks,
+                      struct srrs_bench_result *out);

@@ -2,7 +2,8 @@
  * The transport floor for the NVMe/TCP benchmark: a plain TCP ping-pong on
  * loopback with the same message sizes as the NVMe/TCP exchange (request
  * capsule out, data + response back), both sides busy-polling non-blocking
- * sockets like the reactors do. Not used on any data path.
+ * sockets like the reactors do, or the server blocking in recv (one recv and
+ * one send per exchange: the syscall floor). Not used on any data path.
  */
 #include "nvmf/nvmf_int.h"
 
@@ -19,6 +20,7 @@ struct pp_side {
     uint32_t in_len, out_len;
     volatile int *stop;
     int cpu;
+    int flags; /* MSG_DONTWAIT (busy-polled) or 0 (blocking) */
 };
 
 static void pin(int cpu)
@@ -31,10 +33,10 @@ static void pin(int cpu)
     pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
-static int send_full(int fd, const uint8_t *b, size_t n, volatile int *stop)
+static int send_full(int fd, const uint8_t *b, size_t n, volatile int *stop, int flags)
 {
     while (n && !*stop) {
-        ssize_t s = send(fd, b, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t s = send(fd, b, n, flags | MSG_NOSIGNAL);
         if (s > 0) {
             b += s;
             n -= (size_t)s;
@@ -45,10 +47,10 @@ static int send_full(int fd, const uint8_t *b, size_t n, volatile int *stop)
     return n ? -1 : 0;
 }
 
-static int recv_full(int fd, uint8_t *b, size_t n, volatile int *stop)
+static int recv_full(int fd, uint8_t *b, size_t n, volatile int *stop, int flags)
 {
     while (n && !*stop) {
-        ssize_t s = recv(fd, b, n, MSG_DONTWAIT);
+        ssize_t s = recv(fd, b, n, flags);
         if (s > 0) {
             b += s;
             n -= (size_t)s;
@@ -65,7 +67,8 @@ static void *pp_server(void *arg)
     pin(s->cpu);
     uint8_t *in = malloc(s->in_len), *out = calloc(1, s->out_len);
     while (in && out && !*s->stop) {
-        if (recv_full(s->fd, in, s->in_len, s->stop) || send_full(s->fd, out, s->out_len, s->stop))
+        if (recv_full(s->fd, in, s->in_len, s->stop, s->flags) ||
+            send_full(s->fd, out, s->out_len, s->stop, s->flags))
             break;
     }
     free(in);
@@ -74,7 +77,8 @@ static void *pp_server(void *arg)
 }
 
 int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double seconds,
-                      int server_cpu, int client_cpu, struct srrs_bench_result *out)
+                      int server_cpu, int client_cpu, int server_blocks,
+                      struct srrs_bench_result *out)
 {
     if (!req_len || !resp_len || !qd || qd > 1024 || seconds <= 0 || !out)
         return srrs_err(-EINVAL, "pingpong: bad arguments");
@@ -102,9 +106,11 @@ int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double s
     setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     setsockopt(sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     volatile int stop = 0;
-    struct pp_side srv = {sfd, req_len, resp_len, &stop, server_cpu};
+    struct pp_side srv = {sfd, req_len, resp_len, &stop, server_cpu,
+                          server_blocks ? 0 : MSG_DONTWAIT};
     pthread_t th;
     pthread_create(&th, NULL, pp_server, &srv);
+    pthread_setname_np(th, "srrs-pingpong"); /* ci/bench-syscalls finds the server by name */
     pin(client_cpu);
     uint8_t *req = calloc(1, req_len), *resp = malloc(resp_len);
     uint64_t *start = calloc(qd, sizeof(uint64_t));
@@ -115,11 +121,11 @@ int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double s
     int rc = 0;
     for (uint32_t i = 0; i < qd && !rc; i++) {
         start[i] = srrs_ticks();
-        rc = send_full(cfd, req, req_len, &stop);
+        rc = send_full(cfd, req, req_len, &stop, MSG_DONTWAIT);
     }
     uint32_t head = 0, inflight = qd;
     while (!rc && inflight) {
-        rc = recv_full(cfd, resp, resp_len, &stop);
+        rc = recv_full(cfd, resp, resp_len, &stop, MSG_DONTWAIT);
         uint64_t now = srrs_ticks();
         if (rc)
             break;
@@ -132,7 +138,7 @@ int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double s
             inflight--;
         } else {
             start[head] = srrs_ticks();
-            rc = send_full(cfd, req, req_len, &stop);
+            rc = send_full(cfd, req, req_len, &stop, MSG_DONTWAIT);
         }
         head = (head + 1) % qd; /* responses come back in order */
     }

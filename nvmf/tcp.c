@@ -49,6 +49,7 @@ struct nvmf_conn {
     struct nvmf_conn_pub pub;
     struct nvmf_group *grp;
     struct srrs_reactor *r;
+    struct srrs_poller *watch;  /* the socket in the reactor's own set (conn_woken) */
     int fd;
     uint8_t state;
     struct pdu_fmt fmt;         /* digests and the host's HPDA, from the ICReq */
@@ -108,6 +109,8 @@ struct nvmf_group {
     int stop_hook;
     struct nvmf_conn *conns;
     uint32_t nconns;
+    bool polled_empty;          /* the last epoll_wait found nothing */
+    bool woken;                 /* a sleep reported its ready sockets (conn_woken) */
 };
 
 struct nvmf_listener {
@@ -758,6 +761,7 @@ void nvmf_conn_close(struct nvmf_conn *c, const char *why)
     c->state = CONN_CLOSED;
     hs_unlink(c);
     if (c->fd >= 0) {
+        srrs_fd_watch_del(&c->watch);
         epoll_ctl(c->grp->epfd, EPOLL_CTL_DEL, c->fd, NULL);
         shutdown(c->fd, SHUT_RDWR);
         close(c->fd);
@@ -1194,7 +1198,26 @@ static int group_poll(void *arg)
 {
     struct nvmf_group *g = arg;
     struct epoll_event evs[64];
-    int n = epoll_wait(g->epfd, evs, 64, 0);
+    int n = 0;
+    /* Woken from a sleep whose epoll_wait named the ready sockets (each socket
+     * is also in the reactor's own set): they are marked, no call needed; one
+     * that did not fit in the sleep's events is found by the next round.
+     * Adaptive reactor: after an epoll_wait that found nothing, skip one. If
+     * the round then finds no work the reactor sleeps in epoll_wait on a set
+     * that holds the sockets (level-triggered: one that became readable
+     * meanwhile wakes it at once); if it spins on, the next round looks. At
+     * QD1 this saves the empty call of the round before each sleep and the
+     * call after it (docs/architecture.md, Poll modes and adaptive sleep).
+     * Busy: every round. */
+    if (g->woken) {
+        g->woken = false;
+        g->polled_empty = false;
+    } else if (g->polled_empty && srrs_reactor_poll_mode(g->r) == SRRS_POLL_ADAPTIVE) {
+        g->polled_empty = false;
+    } else {
+        n = epoll_wait(g->epfd, evs, 64, 0);
+        g->polled_empty = n <= 0;
+    }
     for (int i = 0; i < n; i++) {
         struct nvmf_conn *c = evs[i].data.ptr;
         if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP))
@@ -1321,6 +1344,14 @@ static struct nvmf_group *group_get(struct srrs_nvmf_tgt *t, struct srrs_reactor
     return g;
 }
 
+/* A sleeping reactor's epoll_wait named the socket (srrs_fd_watch_add). */
+static void conn_woken(void *arg)
+{
+    struct nvmf_conn *c = arg;
+    c->rx_ready = true;
+    c->grp->woken = true;
+}
+
 static void conn_adopt(void *arg)
 {
     struct nvmf_conn *c = arg;
@@ -1339,6 +1370,9 @@ static void conn_adopt(void *arg)
         return;
     }
     c->grp = g;
+    /* No watch (out of memory): the group's epoll fd in the reactor's set
+     * still wakes a sleep; the group then looks with its own epoll_wait. */
+    c->watch = srrs_fd_watch_add(c->r, c->fd, EPOLLIN, conn_woken, c);
     c->gnext = g->conns;
     g->conns = c;
     g->nconns++;
@@ -1478,7 +1512,8 @@ static void listener_start_fn(void *arg)
     /* accept4() allocates a socket and a file before it finds the queue
      * empty: never call it every loop. 1 ms adds at most 1 ms to a connect
      * while the reactor spins; a sleeping reactor sleeps on the socket alone
-     * (fd_wakes: no 1 ms wake-ups when idle) and accepts as soon as it fires. */
+     * (fd_only: no 1 ms wake-ups when idle, no accept4 after a sleep that saw
+     * no connection) and accepts as soon as it fires. */
     l->poller = srrs_poller_register(l->r, listener_poll, l, LISTEN_POLL_US);
     if (!l->poller) {
         op->rc = -ENOMEM;
@@ -1488,7 +1523,7 @@ static void listener_start_fn(void *arg)
     if (op->rc)
         srrs_poller_unregister(&l->poller);
     else
-        srrs_poller_set_fd_wakes(l->poller);
+        srrs_poller_set_fd_only(l->poller);
 }
 
 static void listener_stop_fn(void *arg)

@@ -92,3 +92,44 @@ def test_busy_mode_spins():
         time.sleep(1.0)
         b1 = _schedstat(tid)
         assert (b1[0] - b0[0]) / 1e9 < 0.05, "reactor kept spinning after switching to adaptive"
+
+
+def test_fd_woken_pollers_while_the_reactor_sleeps_between_messages():
+    """A timed poller whose fd wakes a sleeping reactor for it (the pool's
+    health check: its inotify fd never reports a truncation) still runs at its
+    period while the reactor sleeps between messages, as at QD1 between I/Os;
+    one whose fd is its whole duty (the NVMe/TCP listener) does not: each sleep
+    watched its fd (docs/architecture.md, Poll modes and adaptive sleep)."""
+    period = 0.02
+    with Core(reactors=1, poll_mode="adaptive") as core:
+        wakes = core.test_poller(0, int(period * 1e6), "wakes")
+        only = core.test_poller(0, int(period * 1e6), "only")
+        try:
+            # Idle: neither period wakes the reactor.
+            time.sleep(0.1)
+            w0, runs0 = core.reactor_stats(0)["wakeups"], (wakes.runs, only.runs)
+            time.sleep(0.5)
+            assert core.reactor_stats(0)["wakeups"] - w0 <= 1
+            assert (wakes.runs, only.runs) == runs0
+            # A message every 2 ms: the reactor (200 us idle spin) sleeps between them.
+            a0, b0, w0, t0 = wakes.runs, only.runs, core.reactor_stats(0)["wakeups"], time.monotonic()
+            while time.monotonic() - t0 < 1.0:
+                core.test_wake_latency_ns(0)
+                time.sleep(0.002)
+            dt = time.monotonic() - t0
+            a, b, sleeps = wakes.runs - a0, only.runs - b0, core.reactor_stats(0)["wakeups"] - w0
+            assert sleeps > 100, f"the reactor slept only {sleeps} times"
+            # Each sleep started its period again before the fix: 0 runs.
+            assert a >= 0.5 * dt / period, f"fd_wakes poller ran {a} times in {dt:.2f} s of {period} s periods"
+            assert b < a / 2, f"fd_only poller ran {b} times (fd_wakes: {a}) though every sleep watched its fd"
+            # Its fd fires: each runs at once.
+            a0, b0 = wakes.runs, only.runs
+            wakes.fire()
+            only.fire()
+            deadline = time.monotonic() + 2.0
+            while (wakes.runs == a0 or only.runs == b0) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert wakes.runs > a0 and only.runs > b0
+        finally:
+            wakes.delete()
+            only.delete()
