@@ -298,4 +298,7 @@ def plan_drain(snap, pair: str, busy: Iterable[str] = (), exclude: Iterable[str]
 
 
 def _gib(n: int) -> str:
+    """GiB, or MiB below one GiB (a 48 MiB pair is not "0.0 GiB" free)."""
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.1f} MiB"
     return f"{n / (1 << 30):.1f} GiB"

@@ -24,7 +24,7 @@ import pytest
 
 from srrs.ctrl import launch
 from tests.conftest import need
-from tests.pair.netns import have_netns, sh
+from tests.pair.netns import require_netns, sh
 
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
@@ -280,8 +280,7 @@ class Hub:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def __enter__(self) -> "Hub":
-        if not have_netns():
-            pytest.skip("needs root and ip netns")
+        require_netns()
         self.delete()
         try:
             sh("ip", "netns", "add", self.hub)

@@ -5,9 +5,11 @@ namespace of its own, and a Linux guest in one more that follows the cluster
 with deploy/host/srrs-autoconnect (persistent discovery, connect-all on each
 change, stale paths dropped) while fio writes and verifies every volume.
 
-test_drain_refused_when_the_rest_lacks_space: a lone pair cannot be drained;
-nothing moves and the refusal says why.
-test_scale_out_rebalance_then_drain_back: 1 pair -> 2 pairs added ->
+test_drain_refused_when_the_rest_lacks_space: a lone pair cannot be drained,
+nor can it once another live pair (c+d) joins with too little capacity for its
+volume; nothing moves and the refusal says why.
+test_scale_out_rebalance_then_drain_back: 1 pair -> 2 pairs added (or c+d,
+left too small by the test before, given its capacity) ->
 `srrs cluster rebalance` -> `srrs cluster drain` of both new pairs -> back on
 one pair; zero I/O errors, the data verifies, the new pairs are retired and
 empty, and the catalog, the replicas and the subsystems agree."""
@@ -48,6 +50,14 @@ class World:
 
     def ctl(self, n):
         return next(p.nodes[n] for p in self.pairs if n in p.nodes)
+
+    def nodes(self):
+        return [n for p in self.pairs for n in p.nodes]
+
+    def pair(self, names):
+        """The running pair of these controllers, started if it is not."""
+        return next((p for p in self.pairs if set(p.nodes) == set(names)), None) or \
+            self.start_pair(names)
 
     def start_pair(self, names):
         d = self.tmp / "".join(names)
@@ -112,17 +122,48 @@ def _active(ctl):
 
 
 def test_drain_refused_when_the_rest_lacks_space(world):
-    a = world.ctl("a")
+    w = world
+    a = w.ctl("a")
     v = a.rpc("cluster_volume_create", {"name": "r0", "size": 64 * MiB, "tenant": "t",
                                         "hosts": [HOST]})
     _wait(lambda: _vols(a)[v["uuid"]]["state"] == "ready", what="r0 ready")
-    rc, _, err = cli(a, "drain", "a+b")
-    assert rc != 0 and "cannot be drained" in err and "nothing was moved" in err, err
-    assert "t/r0" in err and "fit on no other live pair" in err, err
-    assert a.rpc("cluster_moves", {"all": True}) == []
-    assert _pairs(a)["a+b"]["state"] == ""
-    assert _vols(a)[v["uuid"]]["pair"] == "a+b"
-    # a dry run says the same; an unknown pair is not found
+
+    def refused(n_other, free):
+        for dry in ((), ("--dry-run",)):        # a dry run says the same
+            rc, out, err = cli(a, "drain", "a+b", *dry)
+            assert rc != 0 and out is None, (dry, out, err)
+            assert "cannot be drained" in err and "nothing was moved" in err, err
+            assert "t/r0" in err and "fit on no other live pair" in err, err
+            assert "t/r0, 64.0 MiB" in err, err
+            assert f"the other {n_other} live pair(s) have {free} free" in err, err
+
+    def snapshot():
+        """The catalog's volumes and pairs; the controllers' replicas."""
+        return (_vols(a), {n: {k: p[k] for k in ("state", "capacity", "allocated", "volumes")}
+                           for n, p in _pairs(a).items()},
+                {n: set(_replicas(w.ctl(n))) for n in w.nodes()})
+
+    def unchanged(before):
+        assert a.rpc("cluster_moves", {"all": True}) == []
+        assert snapshot() == before
+
+    # a lone pair: there is no other pair at all
+    before = snapshot()
+    refused(0, "0.0 MiB")
+    unchanged(before)
+    assert before[0][v["uuid"]]["pair"] == "a+b" and before[1]["a+b"]["state"] == ""
+    assert before[2] == {"a": {v["uuid"]}, "b": {v["uuid"]}}
+    # another live pair, too small for r0 (c+d gets its real capacity when the
+    # cluster scales out, below)
+    w.pair(("c", "d"))
+    assert cli(a, "pair-set", "c+d", "--capacity", "48MiB")[0] == 0
+    _wait(lambda: (lambda p: p and len(p["members"]) == 2 and p["capacity"] == 48 * MiB)(
+          _pairs(a).get("c+d")), 60, "c+d registered, 48 MiB")
+    before = snapshot()
+    refused(1, "48.0 MiB")
+    unchanged(before)
+    assert before[1]["c+d"]["allocated"] == 0 and before[2]["c"] == before[2]["d"] == set()
+    # an unknown pair is not found
     rc, _, err = cli(a, "drain", "nope")
     assert rc != 0 and "no pair" in err
 
@@ -200,8 +241,8 @@ def test_scale_out_rebalance_then_drain_back(world):
         time.sleep(3)
         # scale out: two pairs join (they register; placement and rebalance see them)
         t0 = time.monotonic()
-        w.start_pair(("c", "d"))
-        w.start_pair(("e", "f"))
+        w.pair(("c", "d"))          # running already, too small, after the drain test
+        w.pair(("e", "f"))
         for p in ("c+d", "e+f"):
             assert cli(a, "pair-set", p, "--capacity", "400MiB")[0] == 0
         _wait(lambda: sum(len(x["members"]) == 2 for x in _pairs(a).values()) == 3,

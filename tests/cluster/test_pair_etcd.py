@@ -17,6 +17,8 @@ throughout: never two SOLO."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import threading
 import time
@@ -75,6 +77,42 @@ class Monitor:
         both = [s for s in self.samples if s == ("SOLO", "SOLO")]
         assert not both, f"both SOLO in {len(both)} samples"
         return self
+
+
+_ROLE_LOG = re.compile(r"pair (\w+): (\w+) -> (\w+) \((.*), epoch \d+\)")
+
+
+def _log_at(c) -> int:
+    """Where c's log (appended to across restarts) ends now."""
+    return os.path.getsize(c.log_path)
+
+
+def _roles(c, since: int) -> list:
+    """c's state transitions its log records after offset `since` (ctrl/pair.py
+    logs each one): [(old, new, reason)]. Unlike the 50 ms Monitor, this
+    misses none, however short."""
+    with open(c.log_path, "rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return [(m[2], m[3], m[4]) for m in _ROLE_LOG.finditer(text) if m[1] == c.name]
+
+
+def assert_resync_then_paired(a, b, a_at: int, b_at: int) -> None:
+    """After a's kill -9 (b's log from b_at) and restart (a's from a_at): b
+    went SOLO, then RESYNC as the source, then PAIRED once the resync was done;
+    a came back through RESYNC as the target, never PAIRED before it, and ends
+    PAIRED."""
+    ra, rb = _roles(a, a_at), _roles(b, b_at)
+    seq_b = [new for _, new, _ in rb]
+    assert "SOLO" in seq_b and seq_b[-1] == "PAIRED", rb
+    i = seq_b.index("SOLO")
+    assert seq_b[i + 1:] == ["RESYNC", "PAIRED"], rb
+    assert "resync as source" in rb[i + 1][2] and rb[i + 2][2] == "resync done", rb
+    seq_a = [new for _, new, _ in ra]
+    assert "RESYNC" in seq_a and seq_a[-1] == "PAIRED", ra
+    j = seq_a.index("RESYNC")
+    assert "PAIRED" not in seq_a[:j] and "resync as target" in ra[j][2], ra
+    assert ra[-1][0] == "RESYNC" and ra[-1][2] == "resync done", ra
 
 
 @pytest.fixture
@@ -208,6 +246,7 @@ def test_kill9_under_verified_multipath_load_solo_through_etcd_then_resync(etcd_
         _wait_load(a, b, bench)
         gen0 = b.pair()["data_gen"]
         print(f"\nload on both paths {time.monotonic() - t0:.1f} s")
+        b_at = _log_at(b)
         a.kill9()
         b.wait_state("SOLO", timeout=10)
         # granted by etcd, under the new generation b writes alone
@@ -217,6 +256,7 @@ def test_kill9_under_verified_multipath_load_solo_through_etcd_then_resync(etcd_
         time.sleep(1)
         assert _cmds(b) - c0 > 300         # b alone serves
         print(f"b SOLO {time.monotonic() - t0:.1f} s")
+        a_at = _log_at(a)
         a.restart()
         print(f"a restarted {time.monotonic() - t0:.1f} s")
         a.wait_state("PAIRED", timeout=20)
@@ -227,8 +267,8 @@ def test_kill9_under_verified_multipath_load_solo_through_etcd_then_resync(etcd_
     finally:
         mon.stop()
     assert ("b", "SOLO") in mon.seen
-    resynced = sum(v["resync_bytes"] for c in (a, b) for v in c.pair()["volumes"])
-    assert ("a", "RESYNC") in mon.seen or ("b", "RESYNC") in mon.seen or resynced > 0
+    assert_resync_then_paired(a, b, a_at, b_at)
+    assert sum(v["resync_bytes"] for c in (a, b) for v in c.pair()["volumes"]) > 0
     assert res["failovers"] > 0
     assert _holder(ec) == ""               # released once PAIRED again
 
@@ -385,10 +425,12 @@ def test_linux_guest_fio_verify_rides_through_kill9_with_etcd_witness(etcd_pair)
         try:
             fio = g.spawn(fio_verify(dev, "48M", 14))
             time.sleep(3)
+            b_at = _log_at(b)
             a.kill9()
             b.wait_state("SOLO", timeout=10)
             assert _holder(ec) == "b"
             time.sleep(1)
+            a_at = _log_at(a)
             a.restart(wait=False)
             a.wait_ready(60)     # the guest's CPU load slows a controller's start
             a.wait_state("PAIRED", timeout=30)
@@ -400,3 +442,6 @@ def test_linux_guest_fio_verify_rides_through_kill9_with_etcd_witness(etcd_pair)
         assert rc == 0 and "err= 0" in out, out
         g.run("nvme disconnect-all", timeout=60)
     assert ("b", "SOLO") in mon.seen
+    # the restarted pair went through RESYNC before PAIRED, both sides (their logs)
+    assert_resync_then_paired(a, b, a_at, b_at)
+    assert sum(v["resync_bytes"] for c in (a, b) for v in c.pair()["volumes"]) > 0

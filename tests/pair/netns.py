@@ -11,6 +11,8 @@ import subprocess
 
 import pytest
 
+from tests.guest.harness import in_ci
+
 
 def sh(*args):
     r = subprocess.run(list(args), capture_output=True, text=True)
@@ -18,14 +20,34 @@ def sh(*args):
         raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
 
 
-def have_netns():
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        return False
-    r = subprocess.run(["ip", "netns", "add", "srrs-probe"], capture_output=True)
+def _netns_missing() -> str:
+    """Why this runner cannot build network namespaces ("" if it can)."""
+    if os.geteuid() != 0:
+        return "not root"
+    if not shutil.which("ip"):
+        return "no ip(8)"
+    r = subprocess.run(["ip", "netns", "add", "srrs-probe"], capture_output=True, text=True)
     if r.returncode:
-        return False
+        return f"ip netns add: {r.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", "srrs-probe"], capture_output=True)
-    return True
+    return ""
+
+
+def have_netns():
+    return not _netns_missing()
+
+
+def require_netns() -> None:
+    """For pytest: network namespaces can be built here. Outside CI their
+    absence skips the test; under CI it fails the run, like a missing guest
+    (harness.require_guest) or host tool (conftest.need)."""
+    why = _netns_missing()
+    if not why:
+        return
+    msg = f"needs root and ip netns ({why})"
+    if in_ci():
+        pytest.fail(f"{msg}: required under CI", pytrace=False)
+    pytest.skip(msg)
 
 
 CLONE_NEWNET = 0x40000000
@@ -82,9 +104,9 @@ class Topology:
 
     @contextlib.contextmanager
     def up(self):
-        """Build it (skip the test without root and `ip netns`), yield, tear it down."""
-        if not have_netns():
-            pytest.skip("needs root and ip netns")
+        """Build it (without root and `ip netns`: skip, or fail under CI), yield,
+        tear it down."""
+        require_netns()
         self._delete()
         try:
             for ns in self.ns.values():
