@@ -290,9 +290,16 @@ class NodeService:
         vid = need(req.volume_id, "volume_id")
         target = need(req.target_path, "target_path")
         cap = self._cap(req)
-        staging = need(req.staging_target_path, "staging_target_path")
+        staging = req.staging_target_path
+        if not staging:         # the spec's code: we have STAGE_UNSTAGE_VOLUME, stage first
+            raise Fail(Code.FAILED_PRECONDITION, "staging_target_path is required (NodeStage "
+                                                 "gives it)")
         with self.busy(vid):
-            if self.host.mount_at(target) is not None:
+            m = self.host.mount_at(target)
+            if m is not None:
+                why = self._published_differs(vid, target, m, cap, req.readonly)
+                if why:
+                    raise Fail(Code.ALREADY_EXISTS, f"{target} is published already, {why}")
                 return pb.NodePublishVolumeResponse()
             if cap.HasField("block"):
                 src = self.host.device(vid)
@@ -308,6 +315,21 @@ class NodeService:
             if req.readonly:
                 self.host.run("mount", "-o", "remount,bind,ro", target)
             return pb.NodePublishVolumeResponse()
+
+    def _published_differs(self, vid: str, target: str, m: dict, cap, readonly: bool) -> str:
+        """Why what is mounted at target is not this publish (the spec's
+        ALREADY_EXISTS: same target, other arguments), "" when it is."""
+        is_block = cap.HasField("block")
+        if is_block == self.host.isdir(target):
+            return "as a " + ("directory (Mount)" if is_block else "device (Block)")
+        if ("ro" in m["options"].split(",")) != bool(readonly):
+            return "mounted read-write" if readonly else "mounted read-only"
+        dev = self.host.device(vid)
+        if dev is not None:     # a bind of our staging mount (its device) or of the device
+            src = os.path.basename(m["root"]) if is_block else self.host.realpath(m["source"])
+            if src != (os.path.basename(dev) if is_block else self.host.realpath(dev)):
+                return f"from {m['source']}{m['root']}, not volume {vid} ({dev})"
+        return ""
 
     def NodeUnpublishVolume(self, req):
         vid = need(req.volume_id, "volume_id")

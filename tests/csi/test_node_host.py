@@ -104,6 +104,10 @@ def test_node_refusals_and_idempotent_teardown(host, tmp_path):
         volume_id=U, staging_target_path="/x")) == C.INVALID_ARGUMENT
     assert _code(node.NodePublishVolume, pb.NodePublishVolumeRequest(
         volume_id=U, staging_target_path="/x", volume_capability=cap)) == C.INVALID_ARGUMENT
+    # we have STAGE_UNSTAGE_VOLUME: a publish without a staging path is the spec's
+    # FAILED_PRECONDITION (stage first), not a malformed request
+    assert _code(node.NodePublishVolume, pb.NodePublishVolumeRequest(
+        volume_id=U, target_path="/t", volume_capability=cap)) == C.FAILED_PRECONDITION
     assert _code(node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
         volume_id=U, volume_path=str(tmp_path / "nope"))) == C.NOT_FOUND
     assert _code(node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
