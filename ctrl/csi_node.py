@@ -351,11 +351,34 @@ class NodeService:
                                                               "paths are down")
         return pb.VolumeCondition(abnormal=False, message=f"{live} paths live")
 
+    def _not_there(self, vid: str, path: str) -> str:
+        """Why path does not hold volume vid ("" when it does): the spec's
+        NOT_FOUND for stats and expansion. It must be a mount (our staging
+        mount or a bind of it, or a Block target bound to the device) of the
+        volume's namespace head; with the head gone (no path left), a mount of
+        an NVMe device that no longer exists still counts (abnormal)."""
+        if not self.host.exists(path):
+            return f"{path} does not exist"
+        m = self.host.mount_at(path)
+        if m is None:
+            return f"nothing is mounted at {path}"
+        # a Block target is a bind of the device node: its root names it
+        name = os.path.basename(self.host.realpath(m["source"]) if self.host.isdir(path)
+                                else m["root"])
+        dev = self.host.device(vid)
+        if dev is not None:
+            return "" if name == os.path.basename(dev) else \
+                f"{path} holds {name}, not volume {vid} ({dev})"
+        gone = name.startswith("nvme") and not self.host.exists(
+            os.path.join(self.host.sysfs, "block", name))
+        return "" if gone else f"{path} holds {name}, not volume {vid}"
+
     def NodeGetVolumeStats(self, req):
         vid = need(req.volume_id, "volume_id")
         path = need(req.volume_path, "volume_path")
-        if not self.host.exists(path):
-            raise Fail(Code.NOT_FOUND, f"{path} does not exist")
+        why = self._not_there(vid, path)
+        if why:
+            raise Fail(Code.NOT_FOUND, why)
         U = pb.VolumeUsage
         if self.host.isdir(path):
             bt, bf, ba, it, if_, ia = self.host.statvfs(path)
@@ -375,6 +398,9 @@ class NodeService:
             dev = self.host.device(vid)
             if dev is None:
                 raise Fail(Code.NOT_FOUND, f"volume {vid} is not attached here")
+            why = self._not_there(vid, path)
+            if why:
+                raise Fail(Code.NOT_FOUND, why)
             end = time.monotonic() + DEVICE_S
             while self.host.size(dev) < want:
                 for c in self.host.controllers(volume_nqn(vid)):   # the new size, now

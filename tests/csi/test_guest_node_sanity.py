@@ -13,7 +13,8 @@ FAILED_PRECONDITION; stage and publish repeated with the same arguments are OK
 and change nothing, a publish at the same target with other arguments is
 ALREADY_EXISTS; unpublish and unstage of what is not published or staged are
 OK; stats and expansion of a path that does not exist, or that is not the
-volume's, are NOT_FOUND. One guest, one real pair and etcd, one plugin process
+volume's, are NOT_FOUND. The same for a Block volume (the target a bind of the
+device). One guest, one real pair and etcd, one plugin process
 for the module. No timing asserted: side lane."""
 
 import grpc
@@ -56,6 +57,7 @@ def env(tmp_path_factory):
         if node.start_s:
             print(f"node plugin start: {node.start_s[0]:.1f} s")
         try:
+            print(f"--- node plugin log ---\n{node.log()}")
             node.kill9()
         except guest_harness.GuestError:
             pass
@@ -65,9 +67,10 @@ def env(tmp_path_factory):
 
 
 def code(node, method, **kw):
-    """The gRPC status code the plugin's call ends with (OK when it succeeds)."""
+    """The gRPC status code the plugin's call ends with (OK when it succeeds;
+    refusals are expected here: the plugin's log is printed once, at the end)."""
     try:
-        node.call(method, **kw)
+        node.call(method, quiet=True, **kw)
         return C.OK
     except grpc.RpcError as e:
         return e.code()
@@ -155,9 +158,13 @@ def test_stats_and_expand_of_unknown_paths(env):
     assert code(node, "NodeGetVolumeStats", volume_id=NOVOL, volume_path=nope) == C.NOT_FOUND
     assert code(node, "NodeExpandVolume", volume_id=NOVOL, volume_path=nope,
                 capacity_range=rng(64 * MiB)) == C.NOT_FOUND
-    # a path that exists but holds no volume of that id
-    assert code(node, "NodeExpandVolume", volume_id=NOVOL, volume_path="/root",
-                capacity_range=rng(64 * MiB)) == C.NOT_FOUND
+    # a path that exists but holds no volume of that id: a plain directory, a
+    # mount of something else
+    for path in ("/root", "/proc"):
+        assert code(node, "NodeGetVolumeStats", volume_id=NOVOL, volume_path=path) \
+            == C.NOT_FOUND, path
+        assert code(node, "NodeExpandVolume", volume_id=NOVOL, volume_path=path,
+                    capacity_range=rng(64 * MiB)) == C.NOT_FOUND, path
 
 
 def test_stage_and_publish_idempotent(env):
@@ -206,6 +213,11 @@ def test_stage_and_publish_idempotent(env):
     assert r.capacity_bytes == 32 * MiB
     assert code(node, "NodeExpandVolume", volume_id=NOVOL, volume_path=target,
                 capacity_range=rng(32 * MiB)) == C.NOT_FOUND
+    # the volume's id with a path that is not where it is: NOT_FOUND
+    assert code(node, "NodeGetVolumeStats", volume_id=vid, volume_path="/root") == C.NOT_FOUND
+    assert code(node, "NodeExpandVolume", volume_id=vid, volume_path="/root",
+                capacity_range=rng(32 * MiB)) == C.NOT_FOUND
+    assert code(node, "NodeGetVolumeStats", volume_id=NOVOL, volume_path=target) == C.NOT_FOUND
     for _ in range(2):
         node.call("NodeUnpublishVolume", volume_id=vid, target_path=target)
     assert g.run(f"test -e {target}").rc != 0
@@ -214,5 +226,46 @@ def test_stage_and_publish_idempotent(env):
         node.call("NodeUnstageVolume", volume_id=vid, staging_target_path=staging)
     assert mounts_at(staging) == 0
     assert g.run(f"grep -l {nqn} /sys/class/nvme/*/subsysnqn").rc != 0     # no path left
+    ctl("ControllerUnpublishVolume", volume_id=vid, node_id=g.hostnqn)
+    ctl("DeleteVolume", volume_id=vid)
+
+
+def test_block_stage_and_publish_idempotent(env):
+    """A Block volume: stage and publish twice are OK (the target is the
+    device, bound once); a Mount publish or a read-only one at that target is
+    ALREADY_EXISTS; stats answer from the target; teardown twice leaves
+    nothing."""
+    w, g, node = env
+    ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
+    cap = block(AM.SINGLE_NODE_WRITER)
+    v = ctl("CreateVolume", name="pvc-node-sanity-blk", capacity_range=rng(16 * MiB),
+            volume_capabilities=[cap], parameters={"zone": "z1"}).volume
+    vid, nqn = v.volume_id, volume_nqn(v.volume_id)
+    assert wait_until(lambda: w.cat.get("volumes", vid).state == "ready", 30)
+    ctx = ctl("ControllerPublishVolume", volume_id=vid, node_id=g.hostnqn,
+              volume_capability=cap).publish_context
+    staging = f"{KUBELET}/plugins/kubernetes.io/csi/volumeDevices/staging/{vid}"
+    target = f"{KUBELET}/plugins/kubernetes.io/csi/volumeDevices/publish/{vid}/p3"
+    stage = dict(volume_id=vid, publish_context=ctx, staging_target_path=staging,
+                 volume_capability=cap, volume_context=v.volume_context)
+    publish = dict(stage, target_path=target)
+    for _ in range(2):
+        node.call("NodeStageVolume", **stage)
+        node.call("NodePublishVolume", **publish)
+    assert int(g.check(f"grep -c ' {target} ' /proc/mounts")) == 1
+    assert g.run(f"test -b {target}").rc == 0
+    assert code(node, "NodePublishVolume", **dict(publish, readonly=True)) == C.ALREADY_EXISTS
+    assert code(node, "NodePublishVolume", **dict(publish, volume_capability=mount())) \
+        == C.ALREADY_EXISTS
+    st = node.call("NodeGetVolumeStats", volume_id=vid, volume_path=target)
+    assert [(u.unit, u.total) for u in st.usage] == [(pb.VolumeUsage.BYTES, 16 * MiB)]
+    assert not st.volume_condition.abnormal, st
+    assert code(node, "NodeGetVolumeStats", volume_id=NOVOL, volume_path=target) == C.NOT_FOUND
+    for _ in range(2):
+        node.call("NodeUnpublishVolume", volume_id=vid, target_path=target)
+        assert g.run(f"test -e {target}").rc != 0
+    for _ in range(2):
+        node.call("NodeUnstageVolume", volume_id=vid, staging_target_path=staging)
+    assert g.run(f"grep -l {nqn} /sys/class/nvme/*/subsysnqn").rc != 0
     ctl("ControllerUnpublishVolume", volume_id=vid, node_id=g.hostnqn)
     ctl("DeleteVolume", volume_id=vid)
