@@ -209,6 +209,13 @@ class NodeService:
         staging = need(req.staging_target_path, "staging_target_path")
         cap = self._cap(req)
         with self.busy(vid):
+            m = self.host.mount_at(staging)
+            if m is not None:       # staged already: the same volume, as asked?
+                want = cap.mount.fs_type if cap.HasField("mount") else ""
+                if cap.HasField("block") or (want and want != m["fstype"]):
+                    raise Fail(Code.ALREADY_EXISTS, f"{staging} has {m['fstype']} from "
+                                                    f"{m['source']} mounted: not this "
+                                                    "capability")
             dev = self._attach(vid, req.publish_context)
             if cap.HasField("mount"):
                 self._mount_fs(dev, staging, cap.mount, req.volume_context)
@@ -301,6 +308,11 @@ class NodeService:
                 if why:
                     raise Fail(Code.ALREADY_EXISTS, f"{target} is published already, {why}")
                 return pb.NodePublishVolumeResponse()
+            if cap.access_mode.mode == pb.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER:
+                other = self._published_elsewhere(vid, staging, target)
+                if other:           # the spec's code for a second target of a single writer
+                    raise Fail(Code.FAILED_PRECONDITION, f"volume {vid} is SINGLE_NODE_SINGLE_"
+                                                         f"WRITER and published at {other}")
             if cap.HasField("block"):
                 src = self.host.device(vid)
                 if src is None:
@@ -329,6 +341,21 @@ class NodeService:
             src = os.path.basename(m["root"]) if is_block else self.host.realpath(m["source"])
             if src != (os.path.basename(dev) if is_block else self.host.realpath(dev)):
                 return f"from {m['source']}{m['root']}, not volume {vid} ({dev})"
+        return ""
+
+    def _published_elsewhere(self, vid: str, staging: str, target: str) -> str:
+        """A target other than this one where the volume is mounted now (a bind
+        of its staging mount or of its device), "" when none."""
+        dev = self.host.device(vid)
+        if dev is None:
+            return ""
+        name, mine = os.path.basename(dev), {self.host.realpath(p) for p in (staging, target)}
+        for m in mounts(self.host.mountinfo, self.host.read):
+            if m["target"] in mine:
+                continue
+            if (os.path.basename(m["source"]) == name and m["root"] == "/") or \
+                    (os.path.basename(m["root"]) == name and m["source"] != dev):
+                return m["target"]
         return ""
 
     def NodeUnpublishVolume(self, req):

@@ -10,12 +10,12 @@ What the CSI spec prescribes, beyond the happy path: NodeGetInfo and
 NodeGetCapabilities; a REQUIRED field missing is INVALID_ARGUMENT; a publish
 without a staging path (we stage) or of a volume not staged is
 FAILED_PRECONDITION; stage and publish repeated with the same arguments are OK
-and change nothing, a publish at the same target with other arguments is
-ALREADY_EXISTS; unpublish and unstage of what is not published or staged are
-OK; stats and expansion of a path that does not exist, or that is not the
-volume's, are NOT_FOUND. The same for a Block volume (the target a bind of the
-device). One guest, one real pair and etcd, one plugin process
-for the module. No timing asserted: side lane."""
+and change nothing, a stage or a publish at the same path with other
+arguments is ALREADY_EXISTS, a second target of a single writer
+FAILED_PRECONDITION; unpublish and unstage of what is not published or staged
+are OK; stats and expansion of a path that does not exist, or that is not the
+volume's, are NOT_FOUND. An ext4 and a Block volume. One guest, one real pair
+and etcd, one plugin process for the module. No timing asserted: side lane."""
 
 import grpc
 import pytest
@@ -190,6 +190,10 @@ def test_stage_and_publish_idempotent(env):
         node.call("NodeStageVolume", **stage)
     assert mounts_at(staging) == 1
     assert g.check(f"grep -l {nqn} /sys/class/nvme/*/subsysnqn | wc -l").strip() == "2"
+    # staged already, as another filesystem or as Block
+    for other in (mount(AM.SINGLE_NODE_WRITER, "xfs"), block()):
+        assert code(node, "NodeStageVolume", **dict(stage, volume_capability=other)) \
+            == C.ALREADY_EXISTS, other
     publish = dict(stage, target_path=target)
     for _ in range(2):
         node.call("NodePublishVolume", **publish)
@@ -199,6 +203,10 @@ def test_stage_and_publish_idempotent(env):
     assert code(node, "NodePublishVolume", **dict(publish, volume_capability=block())) \
         == C.ALREADY_EXISTS
     assert mounts_at(target) == 1
+    # SINGLE_NODE_WRITER: a second target on this node is fine (Kubernetes'
+    # ReadWriteOnce lets two pods of one node share it)
+    node.call("NodePublishVolume", **dict(publish, target_path=target + "2"))
+    node.call("NodeUnpublishVolume", volume_id=vid, target_path=target + "2")
     g.check(f"echo sane > {target}/f && sync")
     st = node.call("NodeGetVolumeStats", volume_id=vid, volume_path=target,
                    staging_target_path=staging)
@@ -231,13 +239,13 @@ def test_stage_and_publish_idempotent(env):
 
 
 def test_block_stage_and_publish_idempotent(env):
-    """A Block volume: stage and publish twice are OK (the target is the
-    device, bound once); a Mount publish or a read-only one at that target is
-    ALREADY_EXISTS; stats answer from the target; teardown twice leaves
-    nothing."""
+    """A Block volume, SINGLE_NODE_SINGLE_WRITER: stage and publish twice are OK
+    (the target is the device, bound once); a Mount publish or a read-only one
+    at that target is ALREADY_EXISTS, a second target FAILED_PRECONDITION;
+    stats answer from the target; teardown twice leaves nothing."""
     w, g, node = env
     ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
-    cap = block(AM.SINGLE_NODE_WRITER)
+    cap = block(AM.SINGLE_NODE_SINGLE_WRITER)
     v = ctl("CreateVolume", name="pvc-node-sanity-blk", capacity_range=rng(16 * MiB),
             volume_capabilities=[cap], parameters={"zone": "z1"}).volume
     vid, nqn = v.volume_id, volume_nqn(v.volume_id)
@@ -257,6 +265,9 @@ def test_block_stage_and_publish_idempotent(env):
     assert code(node, "NodePublishVolume", **dict(publish, readonly=True)) == C.ALREADY_EXISTS
     assert code(node, "NodePublishVolume", **dict(publish, volume_capability=mount())) \
         == C.ALREADY_EXISTS
+    assert code(node, "NodePublishVolume", **dict(publish, target_path=target + "b")) \
+        == C.FAILED_PRECONDITION
+    assert g.run(f"test -e {target}b").rc != 0
     st = node.call("NodeGetVolumeStats", volume_id=vid, volume_path=target)
     assert [(u.unit, u.total) for u in st.usage] == [(pb.VolumeUsage.BYTES, 16 * MiB)]
     assert not st.volume_condition.abnormal, st
