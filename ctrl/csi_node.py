@@ -209,6 +209,13 @@ class NodeService:
         staging = need(req.staging_target_path, "staging_target_path")
         cap = self._cap(req)
         with self.busy(vid):
+            m = self.host.mount_at(staging)
+            if m is not None:       # staged already: the same volume, as asked?
+                want = cap.mount.fs_type if cap.HasField("mount") else ""
+                if cap.HasField("block") or (want and want != m["fstype"]):
+                    raise Fail(Code.ALREADY_EXISTS, f"{staging} has {m['fstype']} from "
+                                                    f"{m['source']} mounted: not this "
+                                                    "capability")
             dev = self._attach(vid, req.publish_context)
             if cap.HasField("mount"):
                 self._mount_fs(dev, staging, cap.mount, req.volume_context)
@@ -290,10 +297,22 @@ class NodeService:
         vid = need(req.volume_id, "volume_id")
         target = need(req.target_path, "target_path")
         cap = self._cap(req)
-        staging = need(req.staging_target_path, "staging_target_path")
+        staging = req.staging_target_path
+        if not staging:         # the spec's code: we have STAGE_UNSTAGE_VOLUME, stage first
+            raise Fail(Code.FAILED_PRECONDITION, "staging_target_path is required (NodeStage "
+                                                 "gives it)")
         with self.busy(vid):
-            if self.host.mount_at(target) is not None:
+            m = self.host.mount_at(target)
+            if m is not None:
+                why = self._published_differs(vid, target, m, cap, req.readonly)
+                if why:
+                    raise Fail(Code.ALREADY_EXISTS, f"{target} is published already, {why}")
                 return pb.NodePublishVolumeResponse()
+            if cap.access_mode.mode == pb.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER:
+                other = self._published_elsewhere(vid, staging, target)
+                if other:           # the spec's code for a second target of a single writer
+                    raise Fail(Code.FAILED_PRECONDITION, f"volume {vid} is SINGLE_NODE_SINGLE_"
+                                                         f"WRITER and published at {other}")
             if cap.HasField("block"):
                 src = self.host.device(vid)
                 if src is None:
@@ -308,6 +327,36 @@ class NodeService:
             if req.readonly:
                 self.host.run("mount", "-o", "remount,bind,ro", target)
             return pb.NodePublishVolumeResponse()
+
+    def _published_differs(self, vid: str, target: str, m: dict, cap, readonly: bool) -> str:
+        """Why what is mounted at target is not this publish (the spec's
+        ALREADY_EXISTS: same target, other arguments), "" when it is."""
+        is_block = cap.HasField("block")
+        if is_block == self.host.isdir(target):
+            return "as a " + ("directory (Mount)" if is_block else "device (Block)")
+        if ("ro" in m["options"].split(",")) != bool(readonly):
+            return "mounted read-write" if readonly else "mounted read-only"
+        dev = self.host.device(vid)
+        if dev is not None:     # a bind of our staging mount (its device) or of the device
+            src = os.path.basename(m["root"]) if is_block else self.host.realpath(m["source"])
+            if src != (os.path.basename(dev) if is_block else self.host.realpath(dev)):
+                return f"from {m['source']}{m['root']}, not volume {vid} ({dev})"
+        return ""
+
+    def _published_elsewhere(self, vid: str, staging: str, target: str) -> str:
+        """A target other than this one where the volume is mounted now (a bind
+        of its staging mount or of its device), "" when none."""
+        dev = self.host.device(vid)
+        if dev is None:
+            return ""
+        name, mine = os.path.basename(dev), {self.host.realpath(p) for p in (staging, target)}
+        for m in mounts(self.host.mountinfo, self.host.read):
+            if m["target"] in mine:
+                continue
+            if (os.path.basename(m["source"]) == name and m["root"] == "/") or \
+                    (os.path.basename(m["root"]) == name and m["source"] != dev):
+                return m["target"]
+        return ""
 
     def NodeUnpublishVolume(self, req):
         vid = need(req.volume_id, "volume_id")
@@ -329,11 +378,34 @@ class NodeService:
                                                               "paths are down")
         return pb.VolumeCondition(abnormal=False, message=f"{live} paths live")
 
+    def _not_there(self, vid: str, path: str) -> str:
+        """Why path does not hold volume vid ("" when it does): the spec's
+        NOT_FOUND for stats and expansion. It must be a mount (our staging
+        mount or a bind of it, or a Block target bound to the device) of the
+        volume's namespace head; with the head gone (no path left), a mount of
+        an NVMe device that no longer exists still counts (abnormal)."""
+        if not self.host.exists(path):
+            return f"{path} does not exist"
+        m = self.host.mount_at(path)
+        if m is None:
+            return f"nothing is mounted at {path}"
+        # a Block target is a bind of the device node: its root names it
+        name = os.path.basename(self.host.realpath(m["source"]) if self.host.isdir(path)
+                                else m["root"])
+        dev = self.host.device(vid)
+        if dev is not None:
+            return "" if name == os.path.basename(dev) else \
+                f"{path} holds {name}, not volume {vid} ({dev})"
+        gone = name.startswith("nvme") and not self.host.exists(
+            os.path.join(self.host.sysfs, "block", name))
+        return "" if gone else f"{path} holds {name}, not volume {vid}"
+
     def NodeGetVolumeStats(self, req):
         vid = need(req.volume_id, "volume_id")
         path = need(req.volume_path, "volume_path")
-        if not self.host.exists(path):
-            raise Fail(Code.NOT_FOUND, f"{path} does not exist")
+        why = self._not_there(vid, path)
+        if why:
+            raise Fail(Code.NOT_FOUND, why)
         U = pb.VolumeUsage
         if self.host.isdir(path):
             bt, bf, ba, it, if_, ia = self.host.statvfs(path)
@@ -353,6 +425,9 @@ class NodeService:
             dev = self.host.device(vid)
             if dev is None:
                 raise Fail(Code.NOT_FOUND, f"volume {vid} is not attached here")
+            why = self._not_there(vid, path)
+            if why:
+                raise Fail(Code.NOT_FOUND, why)
             end = time.monotonic() + DEVICE_S
             while self.host.size(dev) < want:
                 for c in self.host.controllers(volume_nqn(vid)):   # the new size, now

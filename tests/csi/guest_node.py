@@ -136,15 +136,16 @@ class NodePlugin:
     def log(self) -> str:
         return self.job.output() if self.job is not None else ""
 
-    def call(self, method: str, **kw):
+    def call(self, method: str, quiet: bool = False, **kw):
         """One Node call, as the kubelet makes it (a refusal raises grpc.RpcError
-        and prints the plugin's log)."""
+        and, unless quiet, prints the plugin's log)."""
         self.wait_ready()
         c = Client(self.endpoint, timeout=self.timeout)
         try:
             return c.call("Node", method, **kw)
         except grpc.RpcError:
-            print(f"--- node plugin ({self.starts}) log ---\n{self.log()}")
+            if not quiet:
+                print(f"--- node plugin ({self.starts}) log ---\n{self.log()}")
             raise
         finally:
             c.close()

@@ -46,7 +46,9 @@ def host(tmp_path):
     mi.write_text(
         "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
         f"40 22 259:3 / {str(staged).replace(' ', chr(92) + '040')} rw,relatime - ext4 "
-        "/dev/nvme0n1 rw\n")
+        "/dev/nvme0n1 rw\n"
+        # a volume whose every path is gone: its head left sysfs, its mount stayed
+        f"41 22 259:9 / {tmp_path / 'orphan'} rw,relatime - ext4 /dev/nvme7n1 rw\n")
     return Host(sysfs=str(sys), mountinfo=str(mi), dev="/dev"), staged
 
 
@@ -60,11 +62,14 @@ def test_sysfs_and_mountinfo(host):
     assert h.size("/dev/nvme0n1") == 32 << 20
     m = h.mount_at(str(staged))
     assert m["source"] == "/dev/nvme0n1" and m["fstype"] == "ext4"
-    assert [x["target"] for x in mounts(h.mountinfo)] == ["/proc", str(staged)]
+    assert [x["target"] for x in mounts(h.mountinfo)] == ["/proc", str(staged),
+                                                           str(staged.parent / "orphan")]
 
 
 def test_node_answers_from_the_host(host, tmp_path):
-    h, _ = host
+    h, staged = host
+    staged.mkdir()
+    (tmp_path / "orphan").mkdir()
     node = NodeService(node_id=HOST, zone="z1", host=h)
     info = node.NodeGetInfo(pb.NodeGetInfoRequest())
     assert info.node_id == HOST and dict(info.accessible_topology.segments) == {TOPOLOGY_ZONE: "z1"}
@@ -72,14 +77,21 @@ def test_node_answers_from_the_host(host, tmp_path):
     assert {c.rpc.type for c in node.NodeGetCapabilities(None).capabilities} >= {
         R.STAGE_UNSTAGE_VOLUME, R.GET_VOLUME_STATS, R.EXPAND_VOLUME, R.VOLUME_CONDITION}
     st = node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(volume_id=U,
-                                                               volume_path=str(tmp_path)))
+                                                               volume_path=str(staged)))
     units = {u.unit: u for u in st.usage}
     assert units[pb.VolumeUsage.BYTES].total > 0 and units[pb.VolumeUsage.INODES].total > 0
     # one of the two paths is reconnecting: abnormal, and says so
     assert st.volume_condition.abnormal and "1 of 2" in st.volume_condition.message
     gone = node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(
-        volume_id="99999999-9999-9999-9999-999999999999", volume_path=str(tmp_path)))
+        volume_id="99999999-9999-9999-9999-999999999999", volume_path=str(tmp_path / "orphan")))
     assert gone.volume_condition.abnormal and "no NVMe/TCP path" in gone.volume_condition.message
+    # a path that is not the volume's: a plain directory, or another volume's mount
+    for vid, path in ((U, tmp_path), ("99999999-9999-9999-9999-999999999999", staged),
+                      ("11111111-2222-3333-4444-555555555555", staged)):
+        with pytest.raises(Fail) as e:
+            node.NodeGetVolumeStats(pb.NodeGetVolumeStatsRequest(volume_id=vid,
+                                                                 volume_path=str(path)))
+        assert e.value.code == grpc.StatusCode.NOT_FOUND, (vid, path)
 
 
 def _code(fn, req):
@@ -104,6 +116,10 @@ def test_node_refusals_and_idempotent_teardown(host, tmp_path):
         volume_id=U, staging_target_path="/x")) == C.INVALID_ARGUMENT
     assert _code(node.NodePublishVolume, pb.NodePublishVolumeRequest(
         volume_id=U, staging_target_path="/x", volume_capability=cap)) == C.INVALID_ARGUMENT
+    # we have STAGE_UNSTAGE_VOLUME: a publish without a staging path is the spec's
+    # FAILED_PRECONDITION (stage first), not a malformed request
+    assert _code(node.NodePublishVolume, pb.NodePublishVolumeRequest(
+        volume_id=U, target_path="/t", volume_capability=cap)) == C.FAILED_PRECONDITION
     assert _code(node.NodeGetVolumeStats, pb.NodeGetVolumeStatsRequest(
         volume_id=U, volume_path=str(tmp_path / "nope"))) == C.NOT_FOUND
     assert _code(node.NodeExpandVolume, pb.NodeExpandVolumeRequest(
