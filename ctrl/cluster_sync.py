@@ -21,7 +21,9 @@ busy export) is retried every second until it succeeds.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Optional
@@ -36,6 +38,63 @@ from .cluster_replace import Replacer
 log = logging.getLogger("srrs.cluster.sync")
 
 PREFIX = "c-"           # pool volume / mirror bdev name of a cluster volume: c-UUID
+MADE_FILE = "cluster-made.json"
+
+
+class Made(dict):
+    """uuid -> what our replica of it was made for (CatalogSync.made), kept
+    across restarts in the pair's state_dir: a controller restarted while a
+    replica is on its way out ("gone") or was made for a move ("move:...")
+    must not take it for a home replica (docs/architecture.md, Volume
+    moves). Only those entries are written ("home" is what an unknown
+    replica is), so a file write is as rare as a move or a delete."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+            if not isinstance(raw, dict):
+                raise ValueError("not an object")
+            for u, v in raw.items():
+                if isinstance(u, str) and isinstance(v, str) and (
+                        v == "gone" or v.startswith("move:")):
+                    super().__setitem__(u, v)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            log.warning("catalog sync: %s: %s (replicas found are taken as home ones)", path, e)
+
+    def _save(self) -> None:
+        keep = {u: v for u, v in self.items() if v != "home"}
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(keep, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.error("catalog sync: writing %s: %s", self.path, e)
+
+    def __setitem__(self, u: str, v: str) -> None:
+        old = self.get(u, "home")
+        super().__setitem__(u, v)
+        if old != v and (old != "home" or v != "home"):
+            self._save()
+
+    def setdefault(self, u: str, v: str) -> str:
+        if u not in self:
+            self[u] = v
+        return self[u]
+
+    def pop(self, u: str, *default):
+        had = self.get(u, "home")
+        out = super().pop(u, *default)
+        if had != "home":
+            self._save()
+        return out
 MAX_VOL_ID = 1023       # ffi/mirror_int.h M_MAX_VOLS - 1
 
 
@@ -70,7 +129,7 @@ class CatalogSync:
         # volume moved away and straight back must not find its old replica
         # (stale where the tee's clusters are unallocated, and holding the old
         # mirror slot): docs/architecture.md, Volume moves.
-        self.made: dict = {}
+        self.made = Made(os.path.join(self.pair.conf.state_dir, MADE_FILE))
         self._ana: dict = {}         # nqn -> the ANA state we set
         self._stop = threading.Event()
         # The pair calls its listeners under its own lock; ours only wakes the tick
