@@ -365,7 +365,7 @@ void rl_retry(struct mlink *l, bool expire)
                         "%llu read(s) failed (path error): no read lease from the peer for "
                         "%llu ms with the link up (mode %d, %llu failed so far)",
                         (unsigned long long)failed,
-                        (unsigned long long)(srrs_ticks_to_ns(l->rl_len) / 1000000), l->mode,
+                        (unsigned long long)(srrs_ticks_to_ns(limit) / 1000000), l->mode,
                         (unsigned long long)l->st.lease_reads_failed);
     }
 }
