@@ -17,8 +17,9 @@
 
 /* ---- sending --------------------------------------------------------------- */
 
-/* The header (its mac zeroed) and the payload: the MAC the header carries. */
-static void frame_mac(struct fmac *k, const struct mhdr *h, const struct iovec *iov,
+/* The header (its mac zeroed) and the payload: the MAC the header carries.
+ * false: no MAC could be computed (ffi/mirror_auth.h, fmac_end). */
+static bool frame_mac(struct fmac *k, const struct mhdr *h, const struct iovec *iov,
                       int iovcnt, uint8_t mac[MA_MAC])
 {
     struct mhdr z = *h;
@@ -27,7 +28,7 @@ static void frame_mac(struct fmac *k, const struct mhdr *h, const struct iovec *
     fmac_update(k, &z, sizeof(z));
     for (int i = 0; i < iovcnt; i++)
         fmac_update(k, iov[i].iov_base, iov[i].iov_len);
-    fmac_end(k, mac);
+    return fmac_end(k, mac);
 }
 
 void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint64_t off,
@@ -62,8 +63,15 @@ void frame_send(struct mlink *l, int type, struct mirror *m, uint32_t tag, uint6
         f->iov[f->iovcnt++] = iov[i];
     }
     f->h.crc = crc;
-    if (l->auth_on)
-        frame_mac(&l->ftx, &f->h, iov, iovcnt, f->h.mac);
+    if (l->auth_on && !frame_mac(&l->ftx, &f->h, iov, iovcnt, f->h.mac)) {
+        /* no MAC for it: the frame never goes out, nor anything after it */
+        if (done_piece)
+            piece_put(l, done_piece);
+        f->next = l->ffree;
+        l->ffree = f;
+        link_drop(l, "frame MAC failed");
+        return;
+    }
     f->total = sizeof(f->h) + len;
     f->sent = 0;
     f->done_piece = done_piece;
@@ -219,9 +227,9 @@ static bool rx_mac_ok(struct mlink *l, const struct mhdr *h, const uint8_t *payl
 {
     uint8_t mac[MA_MAC];
     struct iovec v = {(void *)payload, h->len};
-    frame_mac(&l->frx, h, &v, 1, mac);
+    bool ok = frame_mac(&l->frx, h, &v, 1, mac);
     /* A replayed frame of this connection has a good MAC and a spent number. */
-    if (!mac_diff(mac, h->mac, MA_MAC) && h->seq >= l->rx_seq) {
+    if (ok && !mac_diff(mac, h->mac, MA_MAC) && h->seq >= l->rx_seq) {
         l->last_mac_rx = srrs_ticks();
         return true;
     }
@@ -606,8 +614,10 @@ static void auth_done(void *arg, int fd, const uint8_t ktx[MA_KEY], const uint8_
         close(fd);
         return;
     }
-    fmac_key(&l->ftx, ktx);
-    fmac_key(&l->frx, krx);
+    if (fmac_key(&l->ftx, ktx) || fmac_key(&l->frx, krx)) {
+        close(fd);
+        return;
+    }
     l->last_rx_conn = srrs_ticks();
     conn_attach(l, fd, false);
 }
