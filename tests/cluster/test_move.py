@@ -11,7 +11,10 @@ or b, and a thin volume stays thin on the destination.
 test_move_kill_*: the tee (a source controller) or the target (a destination
 controller) is killed with SIGKILL in the middle of a move: the move resumes
 on the survivor and completes; the killed one restarts and pairs again; the
-guest sees no error; the data verifies."""
+guest sees no error; the data verifies.
+test_move_away_and_straight_back / test_restart_inside_the_drain_...: a move
+back to a+b while a+b's old replica is still leaving never adopts the old
+replica, also across a SIGKILL and restart of b in that window."""
 
 import json
 import os
@@ -435,6 +438,43 @@ def test_move_away_and_straight_back(world):
             vols = {x["name"]: x for x in w.ctl(n).rpc("pair_status")["volumes"]}
             assert vols[f"c-{u}"]["vol_id"] == 1023 - slot, (n, slot, vols[f"c-{u}"])
         assert time.time() - t_back < 120
+    except BaseException:
+        _dump(w, (v,))
+        raise
+
+
+def test_restart_inside_the_drain_of_a_volume_moved_away_and_back(world):
+    """b is killed (SIGKILL) while its old replica of a volume that moved to
+    c+d is still leaving (b's drain_s, 6 s), the move back to a+b is put in
+    the catalog while b is down, and b restarts: what b made that replica for
+    ("gone") is in its state_dir (cluster-made.json), so it deletes the old
+    replica and makes a fresh one for the move back; it must never adopt the
+    old one as its home replica (stale where the tee's clusters are
+    unallocated). Without the file b adopted it (docs/architecture.md,
+    Volume moves)."""
+    w = world
+    a, b = w.ctl("a"), w.ctl("b")
+    v = _create(w, "rs", size=16 * MiB)
+    u = v["uuid"]
+    _move(w, "rs")
+    _wait(lambda: _moves(a).get(u, {}).get("phase") == "done", 90, "moved to c+d")
+    mark = len(b.output().splitlines())
+    b.kill9()
+    try:
+        left = [ln for ln in b.output().splitlines()[:mark]
+                if f"cluster volume {u}: replica deleted" in ln]
+        assert not left, "b deleted its old replica before the kill: drain_s too short here"
+        _move(w, "rs", to="a+b")
+        b.restart()
+        _wait(lambda: (lambda m: m.get("phase") == "done" and m.get("dst") == "a+b")(
+            _moves(a).get(u, {})), 150, "moved back to a+b")
+        for n in "ab":
+            _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 60, f"optimized on {n}")
+        after = b.output().splitlines()[mark:]
+        created = [i for i, ln in enumerate(after) if f"({u}): replica created" in ln]
+        deleted = [i for i, ln in enumerate(after) if f"cluster volume {u}: replica deleted" in ln]
+        assert deleted and created and deleted[0] < created[0], (created, deleted)
+        w.pair("b").wait_state("PAIRED", 120)
     except BaseException:
         _dump(w, (v,))
         raise
