@@ -15,13 +15,16 @@ given (a guest's 127.0.0.1 is its own).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import socket
 import time
 
 import grpc
 
+from srrs.ctrl import csi_pb2 as pb
 from srrs.ctrl.csi import Client
+from tests.cluster.etcd import wait_until
 from tests.guest import harness
 
 GUEST_PORT = 10000
@@ -61,6 +64,52 @@ def guest(port: int, **kw) -> harness.Guest:
     opts = dict(smp=1, mem=MEM, modules=MODULES, python=True, hostfwd=[(port, GUEST_PORT)])
     opts.update(kw)
     return harness.Guest(**opts)
+
+
+@contextlib.contextmanager
+def guest_with_plugin(make_world, port: int, node_args=(), node_timeout: float = 300.0,
+                      start_early: bool = False):
+    """(w, g, node) for a module of Node tests: a guest booted, the node plugin
+    in it (started at once when start_early, while make_world() brings the
+    pair, etcd and the controller plugin up; else by the test), and
+    w = make_world(). On the way out: the plugin's figures and log, the
+    guest's memory and diagnostics, and everything stopped."""
+    g = guest(port)
+    node = NodePlugin(g, port, args=node_args, timeout=node_timeout)
+    w = None
+    try:
+        g.start()
+        print(f"guest boot: {g.boot_seconds:.1f} s")
+        if start_early:
+            node.start(wait=False)
+        w = make_world()
+        yield w, g, node
+    finally:
+        if node.start_s:
+            print(f"node plugin starts: {len(node.start_s)}, "
+                  f"{sum(node.start_s) / len(node.start_s):.1f} s on average")
+        try:
+            print(f"--- node plugin log ---\n{node.log()}")
+            node.kill9()
+            print(g.check("free -m"))       # what the Python image leaves of mem
+        except harness.GuestError:
+            pass
+        print(g.diagnostics())
+        g.close()
+        if w is not None:
+            w.close()
+
+
+def published(w, node_id: str, name: str, size: int, cap):
+    """CreateVolume (zone z1) until ready, then ControllerPublishVolume to
+    node_id, as the provisioner and the attacher do: (volume, publish
+    context)."""
+    v = w.call("Controller", "CreateVolume", name=name, capacity_range=pb.CapacityRange(required_bytes=size),
+               volume_capabilities=[cap], parameters={"zone": "z1"}).volume
+    assert wait_until(lambda: w.cat.get("volumes", v.volume_id).state == "ready", 30)
+    ctx = w.call("Controller", "ControllerPublishVolume", volume_id=v.volume_id,
+                 node_id=node_id, volume_capability=cap).publish_context
+    return v, ctx
 
 
 class NodePlugin:

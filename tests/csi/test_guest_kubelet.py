@@ -49,27 +49,10 @@ def env(tmp_path_factory):
     guest_harness.require_guest()
     addr = guest_node.require_host_address()
     tmp = tmp_path_factory.mktemp("csig")
-    port = launch.free_ports(1)[0]
-    w = World(tmp, addr=addr)
-    g = guest_node.guest(port)
-    node = guest_node.NodePlugin(g, port)
-    try:
-        g.start()
-        print(f"guest boot: {g.boot_seconds:.1f} s")
+    with guest_node.guest_with_plugin(lambda: World(tmp, addr=addr),
+                                      launch.free_ports(1)[0]) as (w, g, node):
         g.check("cat /sys/module/nvme_core/parameters/multipath")
         yield w, g, node
-    finally:
-        if node.start_s:
-            print(f"node plugin starts: {len(node.start_s)}, "
-                  f"{sum(node.start_s) / len(node.start_s):.1f} s on average")
-        try:
-            node.kill9()
-            print(g.check("free -m"))       # what the Python image leaves of mem
-        except guest_harness.GuestError:
-            pass
-        print(g.diagnostics())
-        g.close()
-        w.close()
 
 
 def _restarted(node):
@@ -108,12 +91,8 @@ def _flow(w, g, node, name, cap, is_block, repeat):
     times = range(2 if repeat else 1)
     node_id = call("NodeGetInfo").node_id if repeat else g.hostnqn
     assert node_id == g.hostnqn         # the guest's /etc/nvme/hostnqn
-    v = ctl("CreateVolume", name=name, capacity_range=rng(64 * MiB), volume_capabilities=[cap],
-            parameters={"zone": "z1"}).volume
+    v, ctx = guest_node.published(w, node_id, name, 64 * MiB, cap)
     vid, nqn = v.volume_id, volume_nqn(v.volume_id)
-    assert wait_until(lambda: w.cat.get("volumes", vid).state == "ready", 30)
-    ctx = ctl("ControllerPublishVolume", volume_id=vid, node_id=node_id,
-              volume_capability=cap).publish_context
     assert sorted(ctx["paths"].split(",")) == sorted(f"{w.addr}:{p}" for p in w.ports.values())
     staging = f"/var/lib/kubelet/plugins/kubernetes.io/csi/csi.srrs.io/{vid}/globalmount"
     target = f"/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/{name}/mount"

@@ -24,7 +24,6 @@ from srrs.ctrl import csi_pb2 as pb
 from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
 from srrs.ctrl.csi import TOPOLOGY_ZONE
-from tests.cluster.etcd import wait_until
 from tests.guest import harness as guest_harness
 
 from . import guest_node
@@ -43,27 +42,10 @@ def env(tmp_path_factory):
     guest_harness.require_guest()
     addr = guest_node.require_host_address()
     tmp = tmp_path_factory.mktemp("csins")
-    port = launch.free_ports(1)[0]
-    g = guest_node.guest(port)
-    node = guest_node.NodePlugin(g, port, args=["--zone", "z1"], timeout=120)
-    w = None
-    try:
-        g.start()
-        print(f"guest boot: {g.boot_seconds:.1f} s")
-        node.start(wait=False)          # it starts while the pair comes up
-        w = World(tmp, addr=addr)
-        yield w, g, node
-    finally:
-        if node.start_s:
-            print(f"node plugin start: {node.start_s[0]:.1f} s")
-        try:
-            print(f"--- node plugin log ---\n{node.log()}")
-            node.kill9()
-        except guest_harness.GuestError:
-            pass
-        g.close()
-        if w is not None:
-            w.close()
+    with guest_node.guest_with_plugin(lambda: World(tmp, addr=addr), launch.free_ports(1)[0],
+                                      node_args=["--zone", "z1"], node_timeout=120,
+                                      start_early=True) as env:
+        yield env
 
 
 def code(node, method, **kw):
@@ -175,12 +157,8 @@ def test_stage_and_publish_idempotent(env):
     w, g, node = env
     ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
     cap = mount(AM.SINGLE_NODE_WRITER, "ext4")
-    v = ctl("CreateVolume", name="pvc-node-sanity", capacity_range=rng(32 * MiB),
-            volume_capabilities=[cap], parameters={"zone": "z1"}).volume
+    v, ctx = guest_node.published(w, g.hostnqn, "pvc-node-sanity", 32 * MiB, cap)
     vid, nqn = v.volume_id, volume_nqn(v.volume_id)
-    assert wait_until(lambda: w.cat.get("volumes", vid).state == "ready", 30)
-    ctx = ctl("ControllerPublishVolume", volume_id=vid, node_id=g.hostnqn,
-              volume_capability=cap).publish_context
     staging = f"{KUBELET}/plugins/kubernetes.io/csi/csi.srrs.io/{vid}/globalmount"
     target = f"{KUBELET}/pods/p2/volumes/kubernetes.io~csi/pvc-node-sanity/mount"
     mounts_at = lambda p: int(g.check(f"grep -c ' {p} ' /proc/mounts || true"))  # noqa: E731
@@ -246,12 +224,8 @@ def test_block_stage_and_publish_idempotent(env):
     w, g, node = env
     ctl = lambda m, **kw: w.call("Controller", m, **kw)   # noqa: E731
     cap = block(AM.SINGLE_NODE_SINGLE_WRITER)
-    v = ctl("CreateVolume", name="pvc-node-sanity-blk", capacity_range=rng(16 * MiB),
-            volume_capabilities=[cap], parameters={"zone": "z1"}).volume
+    v, ctx = guest_node.published(w, g.hostnqn, "pvc-node-sanity-blk", 16 * MiB, cap)
     vid, nqn = v.volume_id, volume_nqn(v.volume_id)
-    assert wait_until(lambda: w.cat.get("volumes", vid).state == "ready", 30)
-    ctx = ctl("ControllerPublishVolume", volume_id=vid, node_id=g.hostnqn,
-              volume_capability=cap).publish_context
     staging = f"{KUBELET}/plugins/kubernetes.io/csi/volumeDevices/staging/{vid}"
     target = f"{KUBELET}/plugins/kubernetes.io/csi/volumeDevices/publish/{vid}/p3"
     stage = dict(volume_id=vid, publish_context=ctx, staging_target_path=staging,
