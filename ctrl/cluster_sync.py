@@ -95,6 +95,7 @@ class Made(dict):
         if had != "home":
             self._save()
         return out
+STATUS_WAIT_S = 0.2     # status(): the wait for the lock before a view without it
 MAX_VOL_ID = 1023       # ffi/mirror_int.h M_MAX_VOLS - 1
 
 
@@ -366,13 +367,25 @@ class CatalogSync:
 
     # -- service interface -------------------------------------------------------------
     def status(self) -> dict:
-        with self.lock:
+        """A converge or a move step holds self.lock across etcd and pair
+        calls (seconds when etcd is slow), and `srrs cluster status` must
+        answer meanwhile: past STATUS_WAIT_S the view is taken without the
+        lock (each field one read, the dicts copied whole: atomic under the
+        interpreter lock), less the moves' live link figures, which need the
+        links to stay open while they are read ("moves": {"busy": true})."""
+        locked = self.lock.acquire(timeout=STATUS_WAIT_S)
+        try:
+            snap = self.snap
             return {"pair": self.pair_name, "pool": self.pool.name,
-                    "revision": self.snap.revision if self.snap else 0,
+                    "revision": snap.revision if snap else 0,
                     "volumes": len(self.have), "converged": self.converged,
-                    "errors": dict(self.errors), "moves": self.mover.status(),
+                    "errors": dict(self.errors),
+                    "moves": self.mover.status() if locked else {"busy": True},
                     "balance": self.balancer.status(),
                     "replace": self.replacer.status()}
+        finally:
+            if locked:
+                self.lock.release()
 
     def close(self) -> None:
         self._stop.set()
