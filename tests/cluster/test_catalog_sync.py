@@ -24,10 +24,9 @@ from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
 from srrs.nvmf.target import discover
 from srrs.rpcdef import NoSpace
-from tests.guest import harness as guest_harness
 from tests.pair.netns import in_netns
 
-from .etcd import Cluster, Hub
+from . import world as world_mod
 
 # No timing asserted, only outcomes. It runs in the main lane (ci/test): the
 # side lane took the move tests' kill -9 cases, and the two lanes stay even.
@@ -40,34 +39,11 @@ PREFIX = "/srrs/cs"
 KEYS = ["e0", "e1", "e2", "a", "b", "c", "d", "h"]   # etcd x3, controllers, the hosts' side
 
 
-class World:
-    def __init__(self, etcd, pairs, ports, hub):
-        self.etcd, self.pairs, self.ports, self.hub = etcd, pairs, ports, hub
-        self.ns_h = hub.hosts["h"][0]
-        self._guest = None
-
-    def addr(self, n):
-        return self.hub.hosts[n][1]
-
+class World(world_mod.World):
     def discover(self, n):
         """Our initiator's discovery log of controller n, from the hosts' namespace."""
         with in_netns(self.ns_h):
             return discover(self.addr(n), self.ports[n], hostnqn=HOST)
-
-    def guest(self):
-        """A Linux guest (host NQN HOST) whose QEMU runs in the hosts' namespace,
-        booted on first use and kept for the module."""
-        if self._guest is None:
-            self._guest = netns_guest(self.ns_h, HOST)
-        return self._guest
-
-
-def netns_guest(ns: str, hostnqn: str):
-    """A Linux guest with the NVMe/TCP initiator whose QEMU runs in network
-    namespace ns (the cluster tests' host), started."""
-    guest_harness.require_guest()
-    return guest_harness.Guest(smp=1, hostnqn=hostnqn, modules=("nvme_tcp", "crc32c_generic"),
-                               prefix=("ip", "netns", "exec", ns)).start()
 
 
 def _node(tmp, etcd, ports, hub):
@@ -84,28 +60,10 @@ def _node(tmp, etcd, ports, hub):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cs")
-    ports = dict(zip("abcd", launch.free_ports(4)))
-    pairs = []
-    with Hub(KEYS, tag="srrs-cs") as hub:
-        etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
-        w = World(etcd, pairs, ports, hub)
-        try:
-            etcd.start()
-            for names in (("a", "b"), ("c", "d")):
-                d = tmp / "".join(names)
-                d.mkdir()
-                pairs.append(launch.Pair(
-                    d, node=_node(tmp, etcd, ports, hub), names=names, volumes=("v0",),
-                    secure=False, hosts={n: hub.hosts[n][1] for n in names},
-                    prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names}).start())
-            yield w
-        finally:
-            if w._guest is not None:
-                print(w._guest.diagnostics())
-                w._guest.close()
-            for p in pairs:
-                p.stop()
-            etcd.stop()
+    with world_mod.netns_world(World, tmp, KEYS, "srrs-cs", "abcd", HOST) as w:
+        for names in (("a", "b"), ("c", "d")):
+            w.start_pair(names, _node(tmp, w.etcd, w.ports, w.hub))
+        yield w
 
 
 def _ctl(pairs, n):

@@ -24,8 +24,8 @@ from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
 from tests.guest.harness import fio_verify
 
-from .etcd import Cluster, Hub
-from .test_catalog_sync import _agrees, _replicas, _wait, cli, netns_guest
+from . import world as world_mod
+from .test_catalog_sync import _agrees, _replicas, _wait, cli
 
 # Runs in the main lane (ci/test): the side lane carries the other cluster guest tests.
 
@@ -38,19 +38,7 @@ AUTOCONNECT = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "hos
                            "srrs-autoconnect")
 
 
-class World:
-    def __init__(self, tmp, etcd, ports, hub):
-        self.tmp, self.etcd, self.ports, self.hub = tmp, etcd, ports, hub
-        self.pairs = []
-        self.ns_h = hub.hosts["h"][0]
-        self._guest = None
-
-    def addr(self, n):
-        return self.hub.hosts[n][1]
-
-    def ctl(self, n):
-        return next(p.nodes[n] for p in self.pairs if n in p.nodes)
-
+class World(world_mod.World):
     def nodes(self):
         return [n for p in self.pairs for n in p.nodes]
 
@@ -60,53 +48,28 @@ class World:
             self.start_pair(names)
 
     def start_pair(self, names):
-        d = self.tmp / "".join(names)
-        d.mkdir()
-        hub = self.hub
-
         def node(n):
             return {"bdev": [launch.bdev("v0", "file", "16MiB", path=str(self.tmp / f"{n}.v0"))],
                     "pool": [launch.pool("p0", [launch.fragment(self.tmp / f"{n}.pool",
                                                                 "512MiB")])],
                     # every controller may be a path of one subsystem (a move):
                     # each claims a cluster-unique controller-ID range in etcd
-                    "nvmf": launch.nvmf([f"{hub.hosts[n][1]}:{self.ports[n]}"]),
+                    "nvmf": launch.nvmf([f"{self.addr(n)}:{self.ports[n]}"]),
                     "cluster": {"etcd": self.etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
-        p = launch.Pair(d, node=node, names=names, volumes=("v0",), secure=False,
-                        hosts={n: hub.hosts[n][1] for n in names},
-                        prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names})
-        self.pairs.append(p.start())
-        return p
-
-    def guest(self):
-        if self._guest is None:
-            self._guest = netns_guest(self.ns_h, HOST)
-        return self._guest
+        return super().start_pair(names, node)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("el")
-    ports = dict(zip(NODES, launch.free_ports(len(NODES))))
-    with Hub(KEYS, tag="srrs-el") as hub:
-        etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
-        w = World(tmp, etcd, ports, hub)
-        try:
-            etcd.start()
-            w.start_pair(("a", "b"))
-            a = w.ctl("a")
-            assert cli(a, "pair-set", "a+b", "--capacity", "400MiB")[0] == 0
-            assert cli(a, "tenant-set", "t", "--quota", "4GiB")[0] == 0
-            _wait(lambda: {x["name"] for x in cli(a, "pairs")[1] if len(x["members"]) == 2}
-                  == {"a+b"}, what="a+b registered")
-            yield w
-        finally:
-            if w._guest is not None:
-                print(w._guest.diagnostics())
-                w._guest.close()
-            for p in w.pairs:
-                p.stop()
-            etcd.stop()
+    with world_mod.netns_world(World, tmp, KEYS, "srrs-el", NODES, HOST) as w:
+        w.start_pair(("a", "b"))
+        a = w.ctl("a")
+        assert cli(a, "pair-set", "a+b", "--capacity", "400MiB")[0] == 0
+        assert cli(a, "tenant-set", "t", "--quota", "4GiB")[0] == 0
+        _wait(lambda: {x["name"] for x in cli(a, "pairs")[1] if len(x["members"]) == 2}
+              == {"a+b"}, what="a+b registered")
+        yield w
 
 
 def _pairs(ctl):

@@ -27,8 +27,8 @@ from srrs.ctrl.cluster import volume_nqn
 from tests.guest.harness import fio_verify
 from tests.pair.netns import in_netns
 
-from .etcd import Cluster, Hub
-from .test_catalog_sync import _ctl, _replicas, _subsystems, _wait, cli, netns_guest
+from .test_catalog_sync import _replicas, _subsystems, _wait, cli
+from .world import World, netns_world
 
 pytestmark = pytest.mark.side
 
@@ -36,27 +36,6 @@ MiB = 1 << 20
 HOST = "nqn.2014-08.org.nvmexpress:uuid:move-host"
 PREFIX = "/srrs/mv"
 KEYS = ["e0", "e1", "e2", "a", "b", "c", "d", "h"]
-
-
-class World:
-    def __init__(self, etcd, pairs, ports, hub):
-        self.etcd, self.pairs, self.ports, self.hub = etcd, pairs, ports, hub
-        self.ns_h = hub.hosts["h"][0]
-        self._guest = None
-
-    def addr(self, n):
-        return self.hub.hosts[n][1]
-
-    def ctl(self, n):
-        return _ctl(self.pairs, n)
-
-    def pair(self, n):
-        return next(p for p in self.pairs if n in p.nodes)
-
-    def guest(self):
-        if self._guest is None:
-            self._guest = netns_guest(self.ns_h, HOST)
-        return self._guest
 
 
 def _node(tmp, etcd, ports, hub):
@@ -77,39 +56,21 @@ def _node(tmp, etcd, ports, hub):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mv")
-    ports = dict(zip("abcd", launch.free_ports(4)))
-    pairs = []
     # a tag of this run's own: worktrees of this repository run this module
     # at the same time, and a Hub deletes the namespaces of its tag first
-    with Hub(KEYS, tag=f"srrs-mv{os.getpid() % 100000}-") as hub:
-        etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
-        w = World(etcd, pairs, ports, hub)
-        try:
-            etcd.start()
-            for names in (("a", "b"), ("c", "d")):
-                d = tmp / "".join(names)
-                d.mkdir()
-                pairs.append(launch.Pair(
-                    d, node=_node(tmp, etcd, ports, hub), names=names, volumes=("v0",),
-                    secure=False, hosts={n: hub.hosts[n][1] for n in names},
-                    prefix={n: ("ip", "netns", "exec", hub.hosts[n][0]) for n in names},
-                    # four controllers, etcd and a TCG guest on two shared cores: a
-                    # controller's death counts after 3 s of silence, not 1
-                    heartbeat_ms=200, miss_count=15, lease_ms=4000).start())
-            a = w.ctl("a")
-            assert cli(a, "pair-set", "a+b", "--capacity", "400MiB", "--zone", "src")[0] == 0
-            assert cli(a, "pair-set", "c+d", "--capacity", "400MiB", "--zone", "dst")[0] == 0
-            assert cli(a, "tenant-set", "t", "--quota", "4GiB")[0] == 0
-            _wait(lambda: {x["name"] for x in cli(a, "pairs")[1] if len(x["members"]) == 2}
-                  == {"a+b", "c+d"}, what="both pairs registered")
-            yield w
-        finally:
-            if w._guest is not None:
-                print(w._guest.diagnostics())
-                w._guest.close()
-            for p in pairs:
-                p.stop()
-            etcd.stop()
+    with netns_world(World, tmp, KEYS, f"srrs-mv{os.getpid() % 100000}-", "abcd", HOST) as w:
+        for names in (("a", "b"), ("c", "d")):
+            # four controllers, etcd and a TCG guest on two shared cores: a
+            # controller's death counts after 3 s of silence, not 1
+            w.start_pair(names, _node(tmp, w.etcd, w.ports, w.hub),
+                         heartbeat_ms=200, miss_count=15, lease_ms=4000)
+        a = w.ctl("a")
+        assert cli(a, "pair-set", "a+b", "--capacity", "400MiB", "--zone", "src")[0] == 0
+        assert cli(a, "pair-set", "c+d", "--capacity", "400MiB", "--zone", "dst")[0] == 0
+        assert cli(a, "tenant-set", "t", "--quota", "4GiB")[0] == 0
+        _wait(lambda: {x["name"] for x in cli(a, "pairs")[1] if len(x["members"]) == 2}
+              == {"a+b", "c+d"}, what="both pairs registered")
+        yield w
 
 
 def _moves(ctl):

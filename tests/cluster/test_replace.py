@@ -28,8 +28,8 @@ from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
 from tests.guest.harness import fio_verify
 
-from .etcd import Cluster, Hub
-from .test_catalog_sync import _replicas, _wait, cli, netns_guest
+from . import world as world_mod
+from .test_catalog_sync import _replicas, _wait, cli
 from .test_elastic import AUTOCONNECT, _guest_devs, _guest_paths, _pre
 
 MiB = 1 << 20
@@ -40,17 +40,14 @@ KEYS = ["e0", "e1", "e2", *NODES, "h"]
 PAIR = "a+b"
 
 
-class World:
-    def __init__(self, tmp, etcd, hub):
-        self.tmp, self.etcd, self.hub = tmp, etcd, hub
-        self.ports = dict(zip(NODES, launch.free_ports(len(NODES))))
-        self.ns_h = hub.hosts["h"][0]
-        self.pair = None
+class World(world_mod.World):
+    def __init__(self, *a):
+        super().__init__(*a)
         self.new = {}      # the replacement servers started
-        self._guest = None
 
-    def addr(self, n):
-        return self.hub.hosts[n][1]
+    @property
+    def ab(self):
+        return self.pairs[0]
 
     def node(self, n):
         return {"bdev": [launch.bdev("v0", "file", "16MiB", path=str(self.tmp / f"{n}.v0"))],
@@ -60,16 +57,8 @@ class World:
                                     cntlid_min=1 + 1000 * NODES.index(n)),
                 "cluster": {"etcd": self.etcd.endpoints, "prefix": PREFIX, "lease_s": 3}}
 
-    def start_pair(self):
-        d = self.tmp / "ab"
-        d.mkdir()
-        self.pair = launch.Pair(d, node=self.node, names=("a", "b"), volumes=("v0",),
-                                secure=True, hosts={n: self.addr(n) for n in "ab"},
-                                prefix={n: ("ip", "netns", "exec", self.hub.hosts[n][0])
-                                        for n in "ab"}).start()
-
     def ctl(self, n):
-        return self.new[n] if n in self.new else self.pair.nodes[n]
+        return self.new[n] if n in self.new else super().ctl(n)
 
     def start_new(self, n):
         """A new server n for pair a+b: its own CURVE key, the pair's mirror
@@ -79,7 +68,7 @@ class World:
             return self.new[n]
         from srrs.ctrl.witness import keygen
 
-        p = self.pair
+        p = self.ab
         kdir = os.path.join(p.keys["dir"], "pair")
         with contextlib.redirect_stdout(io.StringIO()):
             keygen(argparse.Namespace(dir=kdir, name=n, no_mirror_secret=True))
@@ -95,7 +84,7 @@ class World:
         conf = launch.merge({"controller": launch.controller(n, sock)}, self.node(n))
         conf["pair"] = pt
         self.new[n] = launch.Controller(os.path.join(p.dir, f"{n}.toml"), conf, sock=sock,
-                                        prefix=("ip", "netns", "exec", self.hub.hosts[n][0]),
+                                        prefix=self.netns(n),
                                         name=n)
         return self.new[n]
 
@@ -103,36 +92,23 @@ class World:
         """a's current peer (b, or whoever replaced it)."""
         return self.ctl("a").rpc("pair_status")["peer"]
 
-    def guest(self):
-        if self._guest is None:
-            self._guest = netns_guest(self.ns_h, HOST)
-        return self._guest
+    def close(self):
+        for c in self.new.values():
+            c.stop()
+        super().close()
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rp")
-    with Hub(KEYS, tag="srrs-rp") as hub:
-        etcd = Cluster(hosts=[hub.hosts[k] for k in KEYS[:3]])
-        w = World(tmp, etcd, hub)
-        try:
-            etcd.start()
-            w.start_pair()
-            a = w.ctl("a")
-            assert cli(a, "pair-set", PAIR, "--capacity", "200MiB")[0] == 0
-            assert cli(a, "tenant-set", "t", "--quota", "1GiB")[0] == 0
-            _wait(lambda: [len(x["members"]) for x in cli(a, "pairs")[1]] == [2],
-                  what="a+b registered")
-            yield w
-        finally:
-            if w._guest is not None:
-                print(w._guest.diagnostics())
-                w._guest.close()
-            for c in w.new.values():
-                c.stop()
-            if w.pair is not None:
-                w.pair.stop()
-            etcd.stop()
+    with world_mod.netns_world(World, tmp, KEYS, "srrs-rp", NODES, HOST) as w:
+        w.start_pair(("a", "b"), w.node, secure=True)
+        a = w.ctl("a")
+        assert cli(a, "pair-set", PAIR, "--capacity", "200MiB")[0] == 0
+        assert cli(a, "tenant-set", "t", "--quota", "1GiB")[0] == 0
+        _wait(lambda: [len(x["members"]) for x in cli(a, "pairs")[1]] == [2],
+              what="a+b registered")
+        yield w
 
 
 def _pairs(ctl):
@@ -158,7 +134,7 @@ def test_replace_refused(world):
     rc, _, err = cli(a, "replace", "b", "--with", "c")
     assert rc != 0 and "the survivor a does not serve alone" in err, err
     assert _pairs(a)[PAIR]["nodes"] == ["a", "b"] and "b" in _members(a)
-    assert w.pair.states() == {"a": "PAIRED", "b": "PAIRED"}
+    assert w.ab.states() == {"a": "PAIRED", "b": "PAIRED"}
     # c is no path of the pair's volumes before the catalog names it
     assert w.ctl("c").pair_state() in ("STARTING", "FENCED")
 
