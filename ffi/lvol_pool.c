@@ -5,6 +5,7 @@
  */
 #include "lvol_int.h"
 
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
@@ -2071,6 +2072,12 @@ static int pool_scan_all(struct srrs_pool *p)
     if (!rc)
         rc = scan_apply_fixups(p, &s);
     scan_free(&s);
+#ifdef __GLIBC__
+    /* The scan held a copy of every page (400 MiB at 100,000 volumes), freed
+     * now between the volumes' allocations: give those pages back to the
+     * system rather than keep them resident for the controller's lifetime. */
+    malloc_trim(0);
+#endif
     return rc;
 }
 
