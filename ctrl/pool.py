@@ -9,6 +9,7 @@ save_config writes back, and serves the pool_/volume_/tenant_ RPCs
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from dataclasses import replace
@@ -364,7 +365,7 @@ class PoolService:
         size = -(-v.size // cs) * cs  # whole clusters
         info = p.volume_create(v.name, size, v.thin, v.tenant)
         self.volumes[v.name] = replace(v, size=size)
-        self._names = None
+        self._names_add([v.name])
         info["pool"] = v.pool
         return info
 
@@ -378,18 +379,31 @@ class PoolService:
         cs = p.conf.cluster_size
         size = -(-v0.size // cs) * cs
         infos, err = p.volume_create_many([v.name for v in vols], size, v0.tenant)
-        made = 0
+        made = []
         for v, info in zip(vols, infos):
             if info is None:
                 continue
             self.volumes[v.name] = replace(v, size=size)
             info["pool"] = v.pool
-            made += 1
-        if made:
-            self._names = None
+            made.append(v.name)
+        self._names_add(made)
         if err is not None:
             raise err
         return infos
+
+    def _names_add(self, new: list) -> None:
+        """New volume names into the sorted list pages read, kept rather than
+        rebuilt: one into its place, many appended and sorted (a sorted run
+        and a short tail, which the sort merges in linear time). A list kept
+        by the threads of a parallel create is rebuilt instead."""
+        names = self._names
+        if names is None or not new:
+            return
+        if len(new) == 1:
+            bisect.insort(names, new[0])
+        else:
+            names.extend(new)
+            names.sort()
 
     def _owner(self, name: str) -> Pool:
         v = self.volumes.get(name)
@@ -400,7 +414,11 @@ class PoolService:
     def volume_delete(self, name: str) -> None:
         self._owner(name).volume_delete(name)
         del self.volumes[name]
-        self._names = None
+        names = self._names
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                del names[i]
 
     def volume_resize(self, name: str, size: int) -> dict:
         p = self._owner(name)
@@ -524,6 +542,7 @@ def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> list:
                     errs.append(f.exception())
                 else:
                     out[i] = f.result()
+        svc._names = None  # each thread added its own: rebuilt once, from the model
     if errs:
         log.error("creating %d volumes: %d created, the first error: %s", len(vols),
                   sum(x is not None for x in out), errs[0])
