@@ -131,7 +131,8 @@ class Pool:
                 "free": i.free_clusters * cs, "total_clusters": i.total_clusters,
                 "used_clusters": i.used_clusters, "free_clusters": i.free_clusters,
                 "volumes": i.nvolumes, "md_slots": i.md_slots_total, "md_slots_used": i.md_slots_used,
-                "md_writes": i.md_writes, "md_unsure_pages": i.md_unsure_pages,
+                "md_writes": i.md_writes, "md_flushes": i.md_flushes,
+                "md_unsure_pages": i.md_unsure_pages,
                 "alloc_failures": i.alloc_failures,
                 "created": bool(i.created), "repaired": i.repaired,
                 "fragments": frags, "messages": self.messages()}

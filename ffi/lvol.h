@@ -61,6 +61,8 @@ struct srrs_pool_info {
     uint32_t md_unsure_pages; /* metadata pages whose last commit failed and may be on disk:
                                * writes to their changed clusters wait for a new commit */
     uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
+    uint64_t md_flushes;    /* fragment flushes of metadata commits: one covers every page
+                             * whose copy A completed before it (group commit) */
 };
 
 struct srrs_pool_frag_info {

@@ -2325,6 +2325,7 @@ int srrs_pool_get_info(struct srrs_pool *p, struct srrs_pool_info *o)
     o->seq = p->seq;
     o->alloc_failures = p->alloc_failures;
     o->md_writes = p->md_writes;
+    o->md_flushes = __atomic_load_n(&p->md_flushes, __ATOMIC_RELAXED);
     o->md_unsure_pages = __atomic_load_n(&p->md_unsure, __ATOMIC_RELAXED);
     o->created = p->created;
     o->repaired = p->repaired;
