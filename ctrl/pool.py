@@ -9,6 +9,7 @@ save_config writes back, and serves the pool_/volume_/tenant_ RPCs
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from dataclasses import replace
@@ -22,6 +23,7 @@ from .pool_config import FragmentConfig, PoolConfig, TenantConfig, VolumeConfig
 log = logging.getLogger("srrs.pool")
 
 FRAG_STATES = binding.FRAG_STATES  # enum srrs_frag_state (ffi/lvol.h)
+_NAME_MAX = 64  # struct srrs_lvol_info name[]: srrs_lvol_create_many's name stride
 
 
 def _s(c) -> str:
@@ -129,7 +131,8 @@ class Pool:
                 "free": i.free_clusters * cs, "total_clusters": i.total_clusters,
                 "used_clusters": i.used_clusters, "free_clusters": i.free_clusters,
                 "volumes": i.nvolumes, "md_slots": i.md_slots_total, "md_slots_used": i.md_slots_used,
-                "md_writes": i.md_writes, "md_unsure_pages": i.md_unsure_pages,
+                "md_writes": i.md_writes, "md_flushes": i.md_flushes,
+                "md_unsure_pages": i.md_unsure_pages,
                 "alloc_failures": i.alloc_failures,
                 "created": bool(i.created), "repaired": i.repaired,
                 "fragments": frags, "messages": self.messages()}
@@ -206,6 +209,35 @@ class Pool:
         check(lib.srrs_lvol_create(self.ptr, name.encode(), size, int(thin),
                                    tenant.encode() if tenant else ffi.NULL, v), f"volume {name}")
         return _vol_dict(v)
+
+    def volume_create_many(self, names: list, size: int, tenant: str = "") -> tuple:
+        """Thin volumes alike, in one call into C: their records are committed
+        together, sharing the fragment flushes (group commit), each durable
+        before it counts as created (srrs_lvol_create_many, ffi/lvol.h). Returns
+        (infos, error): infos[i] the i-th volume's info or None where it was not
+        created; error the first failure (a SrrsError) or None."""
+        infos: list = [None] * len(names)
+        err = None
+        step = lib.SRRS_LVOL_MANY_MAX
+        for at in range(0, len(names), step):
+            part = names[at:at + step]
+            n = len(part)
+            buf = b"".join(nm.encode().ljust(_NAME_MAX, b"\0")[:_NAME_MAX] for nm in part)
+            out = ffi.new("struct srrs_lvol_info[]", n)
+            rcs = ffi.new("int[]", n)
+            rc = lib.srrs_lvol_create_many(self.ptr, buf, n, size,
+                                           tenant.encode() if tenant else ffi.NULL, out, rcs)
+            if rc < 0 and err is None:
+                try:
+                    check(rc, f"pool {self.name}")
+                except SrrsError as e:
+                    err = e
+            if rc < 0 and not any(rcs[i] == 0 for i in range(n)):
+                continue
+            for i in range(n):
+                if rcs[i] == 0:
+                    infos[at + i] = _vol_dict(out[i])
+        return infos, err
 
     def volume_delete(self, name: str) -> None:
         check(lib.srrs_lvol_delete(self.ptr, name.encode()), f"volume {name}")
@@ -334,9 +366,45 @@ class PoolService:
         size = -(-v.size // cs) * cs  # whole clusters
         info = p.volume_create(v.name, size, v.thin, v.tenant)
         self.volumes[v.name] = replace(v, size=size)
-        self._names = None
+        self._names_add([v.name])
         info["pool"] = v.pool
         return info
+
+    def volume_create_alike(self, vols: list) -> list:
+        """Thin volumes of one pool, size and tenant (checked by the caller), in
+        one pass of the pool's reactor (Pool.volume_create_many). Their infos in
+        order; the first error is raised once every create has ended (the
+        others stay created)."""
+        v0 = vols[0]
+        p = self.pool(v0.pool)
+        cs = p.conf.cluster_size
+        size = -(-v0.size // cs) * cs
+        infos, err = p.volume_create_many([v.name for v in vols], size, v0.tenant)
+        made = []
+        for v, info in zip(vols, infos):
+            if info is None:
+                continue
+            self.volumes[v.name] = replace(v, size=size)
+            info["pool"] = v.pool
+            made.append(v.name)
+        self._names_add(made)
+        if err is not None:
+            raise err
+        return infos
+
+    def _names_add(self, new: list) -> None:
+        """New volume names into the sorted list pages read, kept rather than
+        rebuilt: one into its place, many appended and sorted (a sorted run
+        and a short tail, which the sort merges in linear time). A list kept
+        by the threads of a parallel create is rebuilt instead."""
+        names = self._names
+        if names is None or not new:
+            return
+        if len(new) == 1:
+            bisect.insort(names, new[0])
+        else:
+            names.extend(new)
+            names.sort()
 
     def _owner(self, name: str) -> Pool:
         v = self.volumes.get(name)
@@ -347,7 +415,11 @@ class PoolService:
     def volume_delete(self, name: str) -> None:
         self._owner(name).volume_delete(name)
         del self.volumes[name]
-        self._names = None
+        names = self._names
+        if names is not None:
+            i = bisect.bisect_left(names, name)
+            if i < len(names) and names[i] == name:
+                del names[i]
 
     def volume_resize(self, name: str, size: int) -> dict:
         p = self._owner(name)
@@ -428,23 +500,55 @@ class PoolService:
 
 
 def _create_parallel(svc: PoolService, vols: list, threads: int = 16) -> list:
-    """New volumes (a config's, or one volume_create call's), created
-    concurrently: their metadata commits share fragment flushes (group commit)
-    instead of paying one each. Their infos in order; the first error is
+    """New volumes (a config's, or one volume_create call's), created so that
+    their metadata commits share fragment flushes (group commit) instead of
+    paying one each: thin volumes of the same pool, size and tenant in one pass
+    of the pool's reactor (PoolService.volume_create_alike), the rest (thick
+    ones, odd ones out) from threads. Their infos in order; the first error is
     raised once every create has ended (the others stay created)."""
-    if len(vols) < 64:
+    if len(vols) < 2:
         return [svc.volume_create(v) for v in vols]
-    from concurrent.futures import ThreadPoolExecutor
+    groups: dict = {}
+    rest = []
+    for i, v in enumerate(vols):
+        if v.thin:
+            groups.setdefault((v.pool, v.size, v.tenant), []).append(i)
+        else:
+            rest.append(i)
+    out: list = [None] * len(vols)
+    errs = []
+    for idx in groups.values():
+        if len(idx) < 2:
+            rest += idx
+            continue
+        try:
+            for i, info in zip(idx, svc.volume_create_alike([vols[i] for i in idx])):
+                out[i] = info
+        except Exception as e:  # noqa: BLE001 - raised below, after the others ran
+            errs.append(e)
+    rest.sort()
+    if len(rest) < 64:
+        for i in rest:
+            try:
+                out[i] = svc.volume_create(vols[i])
+            except Exception as e:  # noqa: BLE001
+                errs.append(e)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads) as ex:
-        futs = [ex.submit(svc.volume_create, v) for v in vols]
-        errs = [f.exception() for f in futs]
-    first = next((e for e in errs if e is not None), None)
-    if first is not None:
+        with ThreadPoolExecutor(threads) as ex:
+            futs = {i: ex.submit(svc.volume_create, vols[i]) for i in rest}
+            for i, f in futs.items():
+                if f.exception() is not None:
+                    errs.append(f.exception())
+                else:
+                    out[i] = f.result()
+        svc._names = None  # each thread added its own: rebuilt once, from the model
+    if errs:
         log.error("creating %d volumes: %d created, the first error: %s", len(vols),
-                  sum(e is None for e in errs), first)
-        raise first
-    return [f.result() for f in futs]
+                  sum(x is not None for x in out), errs[0])
+        raise errs[0]
+    return out
 
 
 def start(ctl, pools_section) -> PoolService:

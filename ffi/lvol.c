@@ -520,6 +520,7 @@ static void frag_flush_start(struct srrs_pool *p, struct lv_frag *f)
         }
         return;
     }
+    __atomic_store_n(&p->md_flushes, p->md_flushes + 1, __ATOMIC_RELAXED);
     srrs_io_prep(io, f->bdev, SRRS_IO_FLUSH, 0, 0, NULL, frag_flush_done, f);
     srrs_bdev_submit(io);
 }

@@ -61,6 +61,8 @@ struct srrs_pool_info {
     uint32_t md_unsure_pages; /* metadata pages whose last commit failed and may be on disk:
                                * writes to their changed clusters wait for a new commit */
     uint64_t lost_clusters; /* mapped clusters whose RAM was gone at open: reads fail until rewritten */
+    uint64_t md_flushes;    /* fragment flushes of metadata commits: one covers every page
+                             * whose copy A completed before it (group commit) */
 };
 
 struct srrs_pool_frag_info {
@@ -135,6 +137,16 @@ int srrs_pool_tenant_get_info(struct srrs_pool *pool, const char *name, struct s
  * every cluster is allocated (and zeroed) now. tenant may be NULL or "". */
 int srrs_lvol_create(struct srrs_pool *pool, const char *name, uint64_t size, int thin,
                      const char *tenant, struct srrs_lvol_info *out);
+/* control. n thin volumes alike, named names[i * 64] (NUL-terminated, 64
+ * bytes apart), created in one pass on the pool reactor with up to 256 records
+ * in commit at once, so the records share the fragments' flushes (group
+ * commit); a volume is created (and answered) only once its record is durable.
+ * rcs[i]: 0 created (out[i] filled when out is given) or its -errno. Returns
+ * the number created, or the first failure's -errno (every volume was tried;
+ * the ones created stay). n is 1..SRRS_LVOL_MANY_MAX. */
+#define SRRS_LVOL_MANY_MAX 65536
+int srrs_lvol_create_many(struct srrs_pool *pool, const char *names, uint32_t n, uint64_t size,
+                          const char *tenant, struct srrs_lvol_info *out, int *rcs);
 /* control. -EBUSY while an export has it open. Frees its clusters. */
 int srrs_lvol_delete(struct srrs_pool *pool, const char *name);
 /* control. Grows a volume online (shrinking: -EINVAL). */

@@ -249,7 +249,7 @@ struct srrs_pool {
     uint32_t nvols;
     struct lv_tenant *tenants;
     struct lv_alloc *ahash[AHASH];
-    uint64_t alloc_failures, md_writes;
+    uint64_t alloc_failures, md_writes, md_flushes;
     uint32_t md_unsure;           /* pages with lv_page.unsure (P; read by get_info) */
     uint32_t md_inflight;         /* page commits in flight (P): close waits for them */
     uint8_t t_fail[16];           /* test hook (P): lv_page.t_fail of the next commits, in order */

@@ -290,6 +290,7 @@ struct srrs_bdev {
     struct srrs_bdev_stats *stats; /* one per reactor */
     void **ch;                     /* one per reactor */
     struct srrs_bdev *hnext;       /* registry hash chain */
+    uint32_t reg_idx;              /* its place in the registry's array of all bdevs */
 };
 
 /* Control thread. Registers a bdev built by a module (takes ctx). */

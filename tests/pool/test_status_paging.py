@@ -98,6 +98,24 @@ def test_volume_create_names_checks_first(ctl):
     assert ctl.rpc("status")["bdev_count"] == N + 1
 
 
+def test_pages_follow_creates_and_deletes(ctl):
+    """The sorted names pages read are kept across a single create, a batch
+    and deletes: every page equals the same slice of the whole list."""
+    ctl.rpc("volume_list", {"offset": 0, "limit": 1})  # the list is built
+    ctl.rpc("volume_create", {"name": "v0405", "pool": "p0", "size": "16MiB"})
+    ctl.rpc("volume_create", {"names": ["a9", "v0500", "zz"], "pool": "p0", "size": "16MiB"})
+    ctl.rpc("volume_delete", {"name": "v010"})
+    every = ctl.rpc("volume_list")
+    assert [v["name"] for v in every] == sorted(v["name"] for v in every)
+    for off in range(0, len(every), 7):
+        assert ctl.rpc("volume_list", {"offset": off, "limit": 7}) == every[off:off + 7]
+    for n in ("v0405", "a9", "v0500", "zz"):
+        ctl.rpc("volume_delete", {"name": n})
+    ctl.rpc("volume_create", {"name": "v010", "pool": "p0", "size": "16MiB"})
+    assert [v["name"] for v in ctl.rpc("volume_list", {"offset": 0, "limit": N})] == \
+        [f"v{i:03d}" for i in range(N)]
+
+
 def test_volume_list_names(ctl):
     got = ctl.rpc("volume_list", {"names": ["v050", "nope", "v002"]})
     assert [v["name"] for v in got] == ["v002", "v050"]
