@@ -251,6 +251,8 @@ struct srrs_reactor {
 
     /* deferred I/O completions */
     struct srrs_io *cpl_head, *cpl_tail;
+    /* end-of-round work (srrs_reactor_flush) */
+    struct srrs_flush *flush_head, *flush_tail;
 
     /* I/O object pool */
     struct srrs_io *io_mem;
@@ -451,6 +453,53 @@ static int run_completions(struct srrs_reactor *r, uint64_t now)
         n++;
     }
     return n;
+}
+
+void srrs_reactor_flush(struct srrs_reactor *r, struct srrs_flush *f)
+{
+    if (f->queued)
+        return;
+    f->queued = true;
+    f->next = NULL;
+    if (r->flush_tail)
+        r->flush_tail->next = f;
+    else
+        r->flush_head = f;
+    r->flush_tail = f;
+}
+
+void srrs_reactor_flush_cancel(struct srrs_reactor *r, struct srrs_flush *f)
+{
+    if (!f->queued)
+        return;
+    struct srrs_flush *prev = NULL;
+    for (struct srrs_flush *x = r->flush_head; x; prev = x, x = x->next) {
+        if (x != f)
+            continue;
+        if (prev)
+            prev->next = x->next;
+        else
+            r->flush_head = x->next;
+        if (r->flush_tail == x)
+            r->flush_tail = prev;
+        break;
+    }
+    f->queued = false;
+    f->next = NULL;
+}
+
+static void run_flushes(struct srrs_reactor *r)
+{
+    struct srrs_flush *f = r->flush_head;
+    /* Detach: an entry queued by a flush runs at the end of the next round. */
+    r->flush_head = r->flush_tail = NULL;
+    while (f) {
+        struct srrs_flush *next = f->next;
+        f->queued = false;
+        f->next = NULL;
+        f->fn(f->arg);
+        f = next;
+    }
 }
 
 static void reactor_free(struct srrs_reactor *r)
@@ -850,7 +899,7 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     if (presleep_says_work(r))
         return;
     atomic_store_explicit(&r->sleeping, 1, memory_order_seq_cst);
-    if (!mpsc_empty(&r->msgs) || r->cpl_head ||
+    if (!mpsc_empty(&r->msgs) || r->cpl_head || r->flush_head ||
         atomic_load_explicit(&r->stop_requested, memory_order_seq_cst) == 1) {
         atomic_store_explicit(&r->sleeping, 0, memory_order_relaxed);
         return;
@@ -942,6 +991,13 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
         int work = run_msgs(r);
         work += run_completions(r, work ? 0 : now);
         work += run_pollers(r, now, &next_due);
+        /* I/O the pollers completed at once (null, malloc, an error) finishes
+         * in this round, not the next: one round per QD1 request, not two
+         * (docs/architecture.md, Threads). */
+        if (r->cpl_head)
+            work += run_completions(r, 0);
+        if (r->flush_head)
+            run_flushes(r);
         if (srrs_unlikely(r->pollers_dirty))
             pollers_compact(r);
 
@@ -969,8 +1025,8 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
     /* Pollers left by modules are theirs to free at destroy; drop ours. */
     atomic_store(&r->state, R_STOPPED);
     /* Run what raced in after the last check so no sync caller hangs. */
-    while (run_msgs(r))
-        ;
+    while (run_msgs(r) || r->flush_head)
+        run_flushes(r);
     t_reactor = NULL;
     return r->io_outstanding ? srrs_err(-ETIMEDOUT, "reactor %d: %llu I/O still in flight at stop",
                                         idx, (unsigned long long)r->io_outstanding)

@@ -137,6 +137,21 @@ void srrs_fd_watch_del(struct srrs_poller **w);
  * pending (e.g. a ring filled while notifications were off): no sleep then. */
 void srrs_poller_set_presleep(struct srrs_poller *p, srrs_poller_fn fn);
 
+/* Reactor thread. Work a module defers to the end of the poll round, after
+ * the round's completions have run: one notification or send for all the
+ * I/O a round completed (the vhost-user call eventfd). The module embeds the
+ * entry; queueing a queued entry does nothing; fn runs once, at the end of
+ * the round that queued it (an entry queued by a flush runs next round).
+ * Cancel before the entry's memory goes away (docs/architecture.md, Threads). */
+struct srrs_flush {
+    srrs_msg_fn fn;
+    void *arg;
+    struct srrs_flush *next;
+    bool queued;
+};
+void srrs_reactor_flush(struct srrs_reactor *r, struct srrs_flush *f);
+void srrs_reactor_flush_cancel(struct srrs_reactor *r, struct srrs_flush *f);
+
 /* Reactor thread: run fn(arg) when the reactor is asked to stop (exports stop
  * taking new work). Returns a handle for srrs_reactor_del_stop_hook. */
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg);

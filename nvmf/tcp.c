@@ -53,6 +53,7 @@ struct nvmf_conn {
     int fd;
     uint8_t state;
     struct pdu_fmt fmt;         /* digests and the host's HPDA, from the ICReq */
+    struct srrs_flush flush;    /* the round's responses, sent at its end (conn_flush_end) */
     bool rx_ready;
     bool want_out;
     bool fatal;
@@ -203,6 +204,16 @@ static int conn_flush(struct nvmf_conn *c)
     return 1;
 }
 
+/* End of the round in which requests completed: their responses go out now,
+ * in one sendmsg with whatever else the round queued, not on the next round's
+ * poll (docs/architecture.md, Threads: flushes). */
+static void conn_flush_end(void *arg)
+{
+    struct nvmf_conn *c = arg;
+    if (c->state != CONN_CLOSED && !c->want_out) /* want_out: the socket was full, EPOLLOUT says when */
+        conn_flush(c);
+}
+
 /* ---- requests ----------------------------------------------------------------- */
 
 static void req_free(struct nvmf_req *req)
@@ -293,14 +304,19 @@ void nvmf_req_complete(struct nvmf_req *req, uint16_t status, uint64_t result)
                                PDU_F_LAST | (success ? PDU_F_SUCCESS : 0), req->dlen);
         tx_set(c, &req->tx_data, req, req->h_data, hl, req->buf, req->dlen);
         tx_queue(c, &req->tx_data);
-        if (success)
+        if (success) {
+            if (srrs_likely(c->r == srrs_reactor_self()))
+                srrs_reactor_flush(c->r, &c->flush);
             return;
+        }
     }
     struct pdu_rsp *r = (struct pdu_rsp *)req->h_rsp;
     r->cqe = *cqe;
     uint32_t hl = pdu_seal(&c->fmt, req->h_rsp, PDU_RSP, 0, 0);
     tx_set(c, &req->tx_rsp, req, req->h_rsp, hl, NULL, 0);
     tx_queue(c, &req->tx_rsp);
+    if (srrs_likely(c->r == srrs_reactor_self()))
+        srrs_reactor_flush(c->r, &c->flush);
 }
 
 void nvmf_conn_park_aer(struct nvmf_req *req)
@@ -1188,6 +1204,7 @@ static void conn_destroy(struct nvmf_conn *c)
     t->nconns--;
     pthread_mutex_unlock(&t->lock);
     atomic_fetch_add(&t->st_closed, 1);
+    srrs_reactor_flush_cancel(c->r, &c->flush);
     free(c->reqs);
     free(c->icmem);
     free(c->rbuf);
@@ -1397,6 +1414,7 @@ static struct nvmf_conn *conn_alloc(struct srrs_nvmf_tgt *t, int fd, const char 
         return NULL;
     }
     c->outstanding = 0; /* slots come with the ICReq (conn_alloc_reqs) */
+    c->flush = (struct srrs_flush){.fn = conn_flush_end, .arg = c};
     c->fd = fd;
     c->pub.tgt = t;
     c->fmt.align = 4;
