@@ -45,6 +45,8 @@
 struct uring {
     int fd;
     int efd;
+    bool defer;              /* DEFER_TASKRUN: completions are posted only when we enter */
+    unsigned *sq_flags;      /* IORING_SQ_TASKRUN: completions wait for an enter */
     unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
     unsigned *cq_head, *cq_tail, *cq_mask;
     struct io_uring_sqe *sqes;
@@ -89,7 +91,15 @@ static void uring_close(struct uring *u)
     free(u);
 }
 
-static struct uring *uring_open(void)
+/* own: opened on the reactor thread that will be its only submitter. The
+ * disk's completion interrupt may land on another CPU (one virtio queue):
+ * a plain ring then runs each completion as task work signalled to the
+ * reactor (an IPI per completion while it runs); with DEFER_TASKRUN the
+ * completions wait, the kernel sets IORING_SQ_TASKRUN (and signals the
+ * eventfd for a sleeping reactor), and the reactor collects them in its next
+ * io_uring_enter, one batch per poll (docs/architecture.md, File I/O
+ * engines). Kernels before 6.1 refuse the flags: a plain ring then. */
+static struct uring *uring_open(bool own)
 {
     struct uring *u = calloc(1, sizeof(*u));
     if (!u)
@@ -99,7 +109,20 @@ static struct uring *uring_open(void)
     memset(&p, 0, sizeof(p));
     p.flags = IORING_SETUP_CQSIZE;
     p.cq_entries = URING_ENTRIES * 2;
-    u->fd = sys_uring_setup(URING_ENTRIES, &p);
+    u->fd = -1;
+    if (own) {
+        p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+                   IORING_SETUP_TASKRUN_FLAG;
+        u->fd = sys_uring_setup(URING_ENTRIES, &p);
+        u->defer = u->fd >= 0;
+        if (u->fd < 0) {
+            memset(&p, 0, sizeof(p));
+            p.flags = IORING_SETUP_CQSIZE;
+            p.cq_entries = URING_ENTRIES * 2;
+        }
+    }
+    if (u->fd < 0)
+        u->fd = sys_uring_setup(URING_ENTRIES, &p);
     if (u->fd < 0) {
         srrs_err(-errno, "io_uring_setup: %s", strerror(errno));
         u->fd = -1;
@@ -125,6 +148,7 @@ static struct uring *uring_open(void)
     if (u->sqes == MAP_FAILED)
         goto fail_errno;
     uint8_t *sq = u->sq_ring, *cq = u->cq_ring;
+    u->sq_flags = (unsigned *)(sq + p.sq_off.flags);
     u->sq_head = (unsigned *)(sq + p.sq_off.head);
     u->sq_tail = (unsigned *)(sq + p.sq_off.tail);
     u->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
@@ -160,12 +184,22 @@ static inline struct io_uring_sqe *uring_get_sqe(struct uring *u)
     return sqe;
 }
 
+/* Completions the kernel holds for our next enter (DEFER_TASKRUN). */
+static inline bool uring_cq_held(struct uring *u)
+{
+    return u->defer && (__atomic_load_n(u->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_TASKRUN);
+}
+
+/* Submit what is queued and, deferred, collect the held completions in the
+ * same enter (min_complete 0: it never waits). */
 static int uring_flush(struct uring *u)
 {
-    if (!u->to_submit)
+    bool held = uring_cq_held(u);
+    if (!u->to_submit && !held)
         return 0;
-    __atomic_store_n(u->sq_tail, u->sq_local_tail, __ATOMIC_RELEASE);
-    int n = sys_uring_enter(u->fd, u->to_submit, 0, 0);
+    if (u->to_submit)
+        __atomic_store_n(u->sq_tail, u->sq_local_tail, __ATOMIC_RELEASE);
+    int n = sys_uring_enter(u->fd, u->to_submit, 0, held ? IORING_ENTER_GETEVENTS : 0);
     if (n > 0)
         u->to_submit -= (unsigned)n;
     /* On -EAGAIN/-EBUSY the SQEs stay published; the next enter retries. */
@@ -485,9 +519,9 @@ static void file_aio_done(struct srrs_io *io, long long res, bool submitted)
     srrs_io_complete(io, rc);
 }
 
-static int uring_poll(void *arg)
+/* Completions posted in the CQ ring, to their I/Os. */
+static int uring_reap(struct uring *u)
 {
-    struct uring *u = arg;
     int work = 0;
     unsigned head = *u->cq_head;
     unsigned tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
@@ -502,6 +536,16 @@ static int uring_poll(void *arg)
         if (head == tail)
             tail = __atomic_load_n(u->cq_tail, __ATOMIC_ACQUIRE);
     }
+    return work;
+}
+
+/* One enter a round at most: this round's submissions and, deferred, the
+ * completions the kernel holds, which are reaped at once (what they submit
+ * goes out with the next round's enter, or before a sleep). */
+static int uring_poll(void *arg)
+{
+    struct uring *u = arg;
+    int work = uring_reap(u);
     while (u->wait_head) {
         struct srrs_io *io = u->wait_head;
         if (!file_prep(u, io->bdev->ctx, io))
@@ -511,8 +555,11 @@ static int uring_poll(void *arg)
             u->wait_tail = NULL;
         work++;
     }
-    if (u->to_submit)
+    bool held = uring_cq_held(u);
+    if (u->to_submit || held)
         work += uring_flush(u);
+    if (held)
+        work += uring_reap(u);
     return work;
 }
 
@@ -520,7 +567,7 @@ static int uring_poll(void *arg)
 static int uring_presleep(void *arg)
 {
     struct uring *u = arg;
-    if (u->to_submit) {
+    if (u->to_submit || uring_cq_held(u)) {
         uring_flush(u);
         return 1;
     }
@@ -554,7 +601,7 @@ static void *file_ch_create(struct srrs_bdev *b, struct srrs_reactor *r)
         return ch;
     }
     if (!t_uring) {
-        struct uring *u = uring_open();
+        struct uring *u = uring_open(srrs_reactor_self() == r);
         if (!u) {
             free(ch);
             return NULL;
@@ -586,7 +633,9 @@ static void file_ch_destroy(struct srrs_bdev *b, void *chp)
     free(ch);
     if (!u || --u->refs)
         return;
-    /* Called on the reactor, or in the control thread once it has stopped. */
+    /* Called on the reactor, or in the control thread once it has stopped
+     * (a deferred ring then refuses the enter, -EEXIST: closing it cancels
+     * and waits for what is still in flight). */
     while (u->inflight)
         if (sys_uring_enter(u->fd, u->to_submit, 1, IORING_ENTER_GETEVENTS) >= 0 || errno == EINTR)
             uring_poll(u);

@@ -152,6 +152,7 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
     l->rl_granted = srrs_ticks() + l->rl_len + l->rl_len / 16 + srrs_us_to_ticks(1000);
     l->fd = -1;
     l->lfd = -1;
+    l->rxw.fd = -1;
     l->stop_hook = -1;
     l->tick_us = SRRS_MAX(1u, srrs_us_to_ticks(1));
     l->mode = MODE_FENCED;

@@ -23,6 +23,8 @@
 #include "mirror.h"
 #include "mirror_auth.h"
 
+#include <linux/io_uring.h>
+
 #define M_MAGIC 0x524d5253u /* "SRMR" */
 #define M_MAX_VOLS 1024 /* volume ids 0..1023 on one link (the frame header has 16 bits) */
 #define M_NPIECES 8192u
@@ -142,6 +144,23 @@ struct mirror {
     uint64_t read_err_ev_at;    /* ticks: last local read error reported (one a second) */
 };
 
+/* The link socket's readiness (mirror_link.c, rxw_*): a small io_uring ring
+ * (COOP_TASKRUN, TASKRUN_FLAG) with one multishot POLLIN on the socket. Data
+ * arriving sets IORING_SQ_TASKRUN in the shared ring (no IPI) and the poll's
+ * CQE follows at our next system call: a recv() is made only then, never to
+ * find nothing. fd < 0: no ring (old kernel): recv() on a backoff instead. */
+struct rxwatch {
+    int fd;
+    bool armed;                 /* the multishot poll is in place on the link's fd */
+    unsigned *sq_flags, *sq_head, *sq_tail, *sq_mask, *sq_array;
+    unsigned *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    void *ring;
+    size_t ring_len, sqes_len;
+    uint64_t armed_for;         /* user_data of the poll: counts the polls armed */
+};
+
 struct mlink {
     struct srrs_core *core;
     struct srrs_reactor *r;
@@ -160,6 +179,10 @@ struct mlink {
     uint8_t *rx;
     size_t rx_start, rx_end;
     uint64_t rx_next;           /* ticks: no recv() before this (backoff while idle) */
+    struct rxwatch rxw;         /* the socket's readiness, without a recv() (see rxwatch) */
+    bool rx_more;               /* recv() again without a sign: the last one may not have
+                                   drained the socket, or frames wait for buffers */
+    bool rx_drained;            /* the last recv() returned less than it asked for */
     uint32_t rx_idle;           /* recv()s in a row that found nothing */
     uint64_t tick_us;           /* ticks per microsecond */
     struct mhdr dh;             /* a large frame being received straight into dbuf */

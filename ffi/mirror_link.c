@@ -11,9 +11,163 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+/* ---- the socket's readiness (struct rxwatch) ------------------------------- */
+
+#define RXW_ENTRIES 4u
+#define RXW_CQ 64u
+
+static int rxw_enter(int fd, unsigned submit, unsigned min_complete, unsigned flags)
+{
+    return (int)syscall(__NR_io_uring_enter, fd, submit, min_complete, flags, NULL, 0);
+}
+
+static void rxw_close(struct rxwatch *w)
+{
+    if (w->sqes && w->sqes != MAP_FAILED)
+        munmap(w->sqes, w->sqes_len);
+    if (w->ring && w->ring != MAP_FAILED)
+        munmap(w->ring, w->ring_len);
+    if (w->fd >= 0)
+        close(w->fd);
+    memset(w, 0, sizeof(*w));
+    w->fd = -1;
+}
+
+/* On the link's reactor (the poll's task work goes to the task that armed
+ * it). Any failure: no ring, and the link recv()s on a backoff as before. */
+static void rxw_open(struct rxwatch *w)
+{
+    memset(w, 0, sizeof(*w));
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    p.cq_entries = RXW_CQ;
+    w->fd = (int)syscall(__NR_io_uring_setup, RXW_ENTRIES, &p);
+    if (w->fd < 0 || !(p.features & IORING_FEAT_SINGLE_MMAP) ||
+        !(p.features & IORING_FEAT_NODROP)) {
+        rxw_close(w);
+        return;
+    }
+    w->ring_len = SRRS_MAX(p.sq_off.array + p.sq_entries * sizeof(unsigned),
+                           p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe));
+    w->ring = mmap(NULL, w->ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, w->fd,
+                   IORING_OFF_SQ_RING);
+    w->sqes_len = p.sq_entries * sizeof(struct io_uring_sqe);
+    w->sqes = mmap(NULL, w->sqes_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, w->fd,
+                   IORING_OFF_SQES);
+    if (w->ring == MAP_FAILED || w->sqes == MAP_FAILED) {
+        rxw_close(w);
+        return;
+    }
+    uint8_t *r = w->ring;
+    w->sq_flags = (unsigned *)(r + p.sq_off.flags);
+    w->sq_head = (unsigned *)(r + p.sq_off.head);
+    w->sq_tail = (unsigned *)(r + p.sq_off.tail);
+    w->sq_mask = (unsigned *)(r + p.sq_off.ring_mask);
+    w->sq_array = (unsigned *)(r + p.sq_off.array);
+    w->cq_head = (unsigned *)(r + p.cq_off.head);
+    w->cq_tail = (unsigned *)(r + p.cq_off.tail);
+    w->cq_mask = (unsigned *)(r + p.cq_off.ring_mask);
+    w->cqes = (struct io_uring_cqe *)(r + p.cq_off.cqes);
+}
+
+/* One SQE, submitted now (the ring has RXW_ENTRIES slots and at most one
+ * request in flight besides a cancel: never full). */
+static int rxw_submit(struct rxwatch *w, uint8_t op, int fd, uint64_t addr, uint32_t len,
+                      uint32_t events, uint64_t user_data)
+{
+    unsigned tail = *w->sq_tail, idx = tail & *w->sq_mask;
+    struct io_uring_sqe *sqe = &w->sqes[idx];
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = op;
+    sqe->fd = fd;
+    sqe->addr = addr;
+    sqe->len = len;
+    sqe->poll32_events = events;
+    sqe->user_data = user_data;
+    w->sq_array[idx] = idx;
+    __atomic_store_n(w->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    return rxw_enter(w->fd, 1, 0, 0) == 1 ? 0 : -1;
+}
+
+/* The multishot POLLIN on the link's socket (a socket already readable
+ * posts its CQE at once). */
+static void rxw_arm(struct mlink *l)
+{
+    struct rxwatch *w = &l->rxw;
+    if (w->fd < 0 || w->armed || l->fd < 0)
+        return;
+    w->armed_for++; /* a cancelled poll's late CQE never matches the new one */
+    w->armed = !rxw_submit(w, IORING_OP_POLL_ADD, l->fd, 0, IORING_POLL_ADD_MULTI,
+                           POLLIN | POLLRDHUP, w->armed_for);
+    if (!w->armed)
+        rxw_close(w); /* refused: the backoff from now on, not a retry per round */
+    l->rx_more = true; /* whatever came before the poll: one recv() finds it */
+}
+
+/* Before the link's socket is closed: the poll holds a reference to it, and
+ * the socket would stay open (the peer never told) while the poll lives.
+ * Cancelled synchronously; if that is refused, the whole ring goes (its
+ * teardown cancels the poll) and a new one is opened. */
+static void rxw_disarm(struct mlink *l)
+{
+    struct rxwatch *w = &l->rxw;
+    if (w->fd < 0 || !w->armed)
+        return;
+    w->armed = false;
+    struct io_uring_sync_cancel_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.addr = w->armed_for;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    if (syscall(__NR_io_uring_register, w->fd, IORING_REGISTER_SYNC_CANCEL, &reg, 1) < 0 &&
+        errno != ENOENT) {
+        rxw_close(w);
+        rxw_open(w);
+        return;
+    }
+    *w->cq_head = __atomic_load_n(w->cq_tail, __ATOMIC_ACQUIRE); /* its CQEs are void */
+}
+
+/* Did anything arrive since we last looked? The poll's task work pending
+ * (IORING_SQ_TASKRUN) or its CQE posted. A CQE without IORING_CQE_F_MORE
+ * ended the poll (e.g. the CQ overflowed): it is armed again, and a recv()
+ * is due whatever it said. Called every round while armed: it empties the
+ * CQ (64 entries), so the ring never overflows. */
+static bool rxw_ready(struct mlink *l)
+{
+    struct rxwatch *w = &l->rxw;
+    unsigned fl = __atomic_load_n(w->sq_flags, __ATOMIC_ACQUIRE);
+    bool ready = fl & IORING_SQ_TASKRUN;
+    if (srrs_unlikely(fl & IORING_SQ_CQ_OVERFLOW)) {
+        /* CQEs the full ring could not take wait in the kernel (the poll's
+         * last among them, if the overflow ended it): into the ring now. */
+        rxw_enter(w->fd, 0, 0, IORING_ENTER_GETEVENTS);
+        ready = true;
+    }
+    unsigned head = *w->cq_head, tail = __atomic_load_n(w->cq_tail, __ATOMIC_ACQUIRE);
+    if (head != tail) {
+        for (; head != tail; head++) {
+            const struct io_uring_cqe *c = &w->cqes[head & *w->cq_mask];
+            if (c->user_data == w->armed_for && !(c->flags & IORING_CQE_F_MORE))
+                w->armed = false;
+        }
+        __atomic_store_n(w->cq_head, head, __ATOMIC_RELEASE);
+        ready = true;
+    }
+    if (!w->armed) {
+        rxw_arm(l);
+        ready = true;
+    }
+    return ready;
+}
 
 /* ---- sending --------------------------------------------------------------- */
 
@@ -286,7 +440,9 @@ static int rx_check(struct mlink *l, struct mhdr *h, uint8_t *payload, void **ow
  * dropped; 0: not all here yet (or nothing to read); 1: the frame was handled. */
 static int rx_direct(struct mlink *l, int *work)
 {
-    ssize_t k = recv(l->fd, l->dbuf + l->dgot, l->dh.len - l->dgot, MSG_DONTWAIT);
+    size_t want = l->dh.len - l->dgot;
+    ssize_t k = recv(l->fd, l->dbuf + l->dgot, want, MSG_DONTWAIT);
+    l->rx_drained = k < (ssize_t)want;
     if (k == 0) {
         link_drop(l, "peer closed the connection");
         return -1;
@@ -323,9 +479,11 @@ static int rx_fill(struct mlink *l, int *work)
         l->rx_end -= l->rx_start;
         l->rx_start = 0;
     }
+    l->rx_drained = false;
     if (l->rx_end < M_RXBUF) {
-        ssize_t k = recv(l->fd, l->rx + l->rx_end, SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end),
-                         MSG_DONTWAIT);
+        size_t want = SRRS_MIN(M_RX_RECV, M_RXBUF - l->rx_end);
+        ssize_t k = recv(l->fd, l->rx + l->rx_end, want, MSG_DONTWAIT);
+        l->rx_drained = k < (ssize_t)want;
         if (k == 0) {
             link_drop(l, "peer closed the connection");
             return -1;
@@ -379,8 +537,10 @@ static int rx_frames(struct mlink *l)
         int rc = rx_check(l, &h, l->rx + l->rx_start + M_HDR, &own);
         if (rc < 0)
             return -1;
-        if (rc == 0)
+        if (rc == 0) {
+            l->rx_more = true; /* waits for buffers, not for the socket */
             break;
+        }
         l->rx_start += M_HDR + h.len;
         progress = true;
     }
@@ -390,6 +550,7 @@ static int rx_frames(struct mlink *l)
 static int rx_poll(struct mlink *l)
 {
     int work = 0;
+    l->rx_more = false;
     for (;;) {
         if (l->dbuf) {
             int rc = rx_direct(l, &work);
@@ -407,7 +568,13 @@ static int rx_poll(struct mlink *l)
         if (!rc)
             break;
         work = 1;
+        /* Watched, a recv() that drained the socket is the last: the poll
+         * tells when more comes (not a recv() that finds nothing). */
+        if (l->rx_drained && l->rxw.armed && !l->dbuf)
+            break;
     }
+    if (!l->rx_drained && l->fd >= 0)
+        l->rx_more = true;
     return work;
 }
 
@@ -423,6 +590,7 @@ static int conn_poll(void *arg)
         socklen_t sl = sizeof(err);
         getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &err, &sl);
         if (err) {
+            rxw_disarm(l);
             close(l->fd);
             l->fd = -1;
             l->connecting = false;
@@ -441,9 +609,19 @@ static int conn_poll(void *arg)
         l->last_rx = srrs_ticks();
         frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }
+    int work = 0;
+    if (l->rxw.armed) {
+        /* recv() only on a sign that something came (struct rxwatch). The
+         * CQ is emptied every round, rx_more or not: left to fill up, it
+         * would overflow and end the poll. */
+        if (rxw_ready(l) || l->rx_more)
+            work = rx_poll(l);
+        if (l->fd >= 0)
+            work |= tx_flush(l);
+        return work;
+    }
     /* A recv() that finds nothing costs a syscall per poll round; while the
      * peer is quiet, try again after 1, 2, 4, 8 us rather than every round. */
-    int work = 0;
     uint64_t now = srrs_ticks();
     if (now >= l->rx_next) {
         work = rx_poll(l);
@@ -488,6 +666,8 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
         return -ENOMEM;
     }
     srrs_poller_set_presleep(l->p_conn, conn_presleep);
+    l->rx_more = false;
+    rxw_arm(l);
     if (!connecting) {
         l->up = true;
         l->st.connects++;
@@ -505,6 +685,7 @@ void link_drop(struct mlink *l, const char *why)
         return;
     bool was_up = l->hello_rx;
     srrs_poller_unregister(&l->p_conn);
+    rxw_disarm(l);
     close(l->fd);
     l->fd = -1;
     l->up = l->hello_rx = l->connecting = false;
@@ -694,6 +875,7 @@ static int timer_poll(void *arg)
     } else if (l->fd >= 0 && l->connecting &&
                now - l->last_try > srrs_us_to_ticks((uint64_t)l->o.timeout_ms * 1000)) {
         srrs_poller_unregister(&l->p_conn);
+        rxw_disarm(l);
         close(l->fd);
         l->fd = -1;
         l->connecting = false;
@@ -730,6 +912,7 @@ void link_start_fn(void *a)
 {
     struct link_arg *x = a;
     struct mlink *l = x->l;
+    rxw_open(&l->rxw);
     l->p_timer = srrs_poller_register(l->r, timer_poll, l, SRRS_MAX(1u, l->o.ping_ms / 2) * 1000u);
     if (l->lfd >= 0) {
         /* Timed, not every loop: an accept4() per poll round costs a syscall per
@@ -780,6 +963,7 @@ void link_free(struct mlink *l)
     OPENSSL_cleanse(l->auth.secret, sizeof(l->auth.secret));
     fmac_free(&l->ftx);
     fmac_free(&l->frx);
+    rxw_close(&l->rxw);
     if (l->lfd >= 0)
         close(l->lfd);
     free(l->pieces);
