@@ -39,7 +39,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 
 # The named ints of the contract headers (their enums, which cffi exposes as
@@ -411,6 +411,7 @@ class Core:
             "busy_pct": (100.0 * st.busy_ns / total) if total else 0.0,
             "msgs": st.msgs,
             "wakeups": st.wakeups,
+            "yields": st.yields,
             "io_outstanding": st.io_outstanding,
             "pollers": st.pollers,
         }

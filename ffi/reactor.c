@@ -203,6 +203,8 @@ struct stop_hook {
 };
 
 #define MSG_RING_SIZE 65536u
+/* adaptive: an idle spin yields the CPU once per this many us (docs/architecture.md) */
+#define YIELD_GAP_US 10
 #define MSG_BUDGET 256
 #define IO_POOL_SIZE 16384u
 
@@ -261,7 +263,7 @@ struct srrs_reactor {
 
     /* stats: written by the reactor alone (srrs_stat_add), read by control
      * threads with relaxed atomic loads (STAT): untorn on any CPU, no fence */
-    uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups;
+    uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups, st_yields;
     _Atomic uint64_t sleep_since; /* ticks; 0 when awake (so stats count a sleep in progress) */
 
     /* test hooks */
@@ -928,6 +930,8 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
     }
     uint64_t last_work = srrs_ticks();
     uint64_t now = last_work;
+    uint64_t last_yield = last_work;
+    const uint64_t yield_gap = srrs_us_to_ticks(YIELD_GAP_US);
     for (;;) {
         int mode = atomic_load_explicit(&r->want_poll_mode, memory_order_relaxed);
         if (srrs_unlikely(mode != r->poll_mode)) {
@@ -963,6 +967,15 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
             end - last_work >= r->idle_spin) {
             reactor_sleep(r, end, next_due);
             end = srrs_ticks();
+        } else if (!work && r->poll_mode == SRRS_POLL_ADAPTIVE && end - last_work >= yield_gap &&
+                   end - last_yield >= yield_gap) {
+            /* Idle spin: let a thread this one woke on its own CPU run (an
+             * io_uring worker, a co-pinned reactor), which the scheduler may
+             * otherwise hold off until the spin ends (docs/architecture.md,
+             * Poll modes and adaptive sleep). */
+            sched_yield();
+            srrs_stat_add(&r->st_yields, 1);
+            end = last_yield = srrs_ticks();
         }
         now = end;
     }
@@ -1036,6 +1049,7 @@ int srrs_reactor_get_stats(struct srrs_core *core, int idx, struct srrs_reactor_
         o->sleep_ns += srrs_ticks_to_ns(now - since);
     o->msgs = STAT(r->st_msgs);
     o->wakeups = STAT(r->st_wakeups);
+    o->yields = STAT(r->st_yields);
     o->io_outstanding = r->io_outstanding;
     o->pollers = r->npollers;
     o->poll_mode = r->poll_mode;

@@ -63,6 +63,7 @@ struct srrs_reactor_stats {
     int32_t state;          /* enum srrs_reactor_state */
     int32_t tid;
     int32_t cpu;
+    uint64_t yields;        /* adaptive idle spin: sched_yield calls (docs/architecture.md) */
 };
 
 /* control. Creates the reactors (not yet running). */
