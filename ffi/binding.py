@@ -524,6 +524,9 @@ class Core:
         return bench_result_dict(res)
 
     # -- test hooks ----------------------------------------------------------------
+    def test_io_hold(self, reactor: int, hold: bool) -> None:
+        check(lib.srrs_test_io_hold(self.ptr, reactor, int(hold)), "test io hold")
+
     def test_msg_send(self, reactor: int, sender: int, seq: int) -> None:
         check(lib.srrs_test_msg_send(self.ptr, reactor, sender, seq))
 

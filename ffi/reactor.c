@@ -967,12 +967,12 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
             end - last_work >= r->idle_spin) {
             reactor_sleep(r, end, next_due);
             end = srrs_ticks();
-        } else if (!work && r->poll_mode == SRRS_POLL_ADAPTIVE && end - last_work >= yield_gap &&
-                   end - last_yield >= yield_gap) {
-            /* Idle spin: let a thread this one woke on its own CPU run (an
-             * io_uring worker, a co-pinned reactor), which the scheduler may
-             * otherwise hold off until the spin ends (docs/architecture.md,
-             * Poll modes and adaptive sleep). */
+        } else if (!work && r->io_outstanding && r->poll_mode == SRRS_POLL_ADAPTIVE &&
+                   end - last_work >= yield_gap && end - last_yield >= yield_gap) {
+            /* Idle spin waiting for an I/O: let a thread this one woke on its
+             * own CPU run (the io_uring worker that has the I/O), which the
+             * scheduler may otherwise hold off until the spin ends
+             * (docs/architecture.md, Poll modes and adaptive sleep). */
             sched_yield();
             srrs_stat_add(&r->st_yields, 1);
             end = last_yield = srrs_ticks();
@@ -1195,6 +1195,36 @@ int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor)
     uint64_t t0 = srrs_now_ns();
     srrs_reactor_call(r, test_wake_fn, &w);
     return (int64_t)(w.t1 - t0);
+}
+
+struct test_hold {
+    struct srrs_reactor *r;
+    int hold;
+    int rc;
+};
+
+static __thread struct srrs_io *t_held_io;
+
+static void test_hold_fn(void *arg)
+{
+    struct test_hold *h = arg;
+    if (h->hold && !t_held_io) {
+        t_held_io = srrs_io_get(h->r);
+        h->rc = t_held_io ? 0 : -ENOMEM;
+    } else if (!h->hold && t_held_io) {
+        srrs_io_put(t_held_io);
+        t_held_io = NULL;
+    }
+}
+
+int srrs_test_io_hold(struct srrs_core *core, int reactor, int hold)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r)
+        return srrs_err(-EINVAL, "test_io_hold: bad reactor");
+    struct test_hold h = {r, hold, 0};
+    int rc = srrs_reactor_call(r, test_hold_fn, &h);
+    return rc ? rc : h.rc;
 }
 
 struct srrs_test_poller {
