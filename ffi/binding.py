@@ -542,8 +542,9 @@ class Core:
     def test_poller(self, reactor: int, period_us: int, fd_kind: str) -> "TestPoller":
         """A timed poller counting its runs, with an eventfd to fire it; fd_kind:
         'none' (the fd is only in the reactor's set), 'wakes'
-        (srrs_poller_set_fd_wakes) or 'only' (srrs_poller_set_fd_only)."""
-        kind = {"none": 0, "wakes": 1, "only": 2}[fd_kind]
+        (srrs_poller_set_fd_wakes), 'only' (srrs_poller_set_fd_only) or 'lazy'
+        (srrs_poller_set_lazy: its period does not bound a sleep)."""
+        kind = {"none": 0, "wakes": 1, "only": 2, "lazy": 3}[fd_kind]
         out = ffi.new("struct srrs_test_poller **")
         check(lib.srrs_test_poller_add(self.ptr, reactor, period_us, kind, out))
         return TestPoller(out[0])

@@ -192,6 +192,7 @@ struct srrs_poller {
     bool fd_is_eventfd;
     bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
     bool fd_only;           /* fd_wakes, and the fd is its whole duty (srrs_poller_set_fd_only) */
+    bool lazy;              /* timed: its period does not bound a sleep (srrs_poller_set_lazy) */
     srrs_msg_fn on_fire;    /* an fd watch (srrs_fd_watch_add): not a poller of the loop */
     bool dead;
     struct srrs_reactor *r;
@@ -744,6 +745,8 @@ void srrs_fd_watch_del(struct srrs_poller **pw)
 
 void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
 
+void srrs_poller_set_lazy(struct srrs_poller *p, bool lazy) { p->lazy = lazy; }
+
 void srrs_poller_set_fd_only(struct srrs_poller *p)
 {
     if (!p->fd_only)
@@ -805,7 +808,7 @@ static int run_msgs(struct srrs_reactor *r)
 }
 
 /* One pass over the pollers. Timed pollers run when due. */
-static int run_pollers(struct srrs_reactor *r, uint64_t now, uint64_t *next_due)
+static int run_pollers(struct srrs_reactor *r, uint64_t now)
 {
     int work = 0;
     uint32_t n = r->npollers; /* pollers added during the pass run next loop */
@@ -814,14 +817,9 @@ static int run_pollers(struct srrs_reactor *r, uint64_t now, uint64_t *next_due)
         if (p->dead)
             continue;
         if (p->period) {
-            if (now < p->next_due) {
-                if (p->next_due < *next_due && !p->fd_wakes)
-                    *next_due = p->next_due;
+            if (now < p->next_due)
                 continue;
-            }
             p->next_due = now + p->period;
-            if (p->next_due < *next_due && !p->fd_wakes)
-                *next_due = p->next_due;
         }
         if (p->fn(p->arg) > 0)
             work++;
@@ -840,8 +838,24 @@ static bool presleep_says_work(struct srrs_reactor *r)
     return work;
 }
 
-static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_due)
+/* The earliest due time of the timed pollers that bound a sleep, as the
+ * presleep checks left them (one may have turned a lazy poller on or off). */
+static uint64_t sleep_due(struct srrs_reactor *r)
 {
+    uint64_t due = UINT64_MAX;
+    for (uint32_t i = 0; i < r->npollers; i++) {
+        struct srrs_poller *p = r->pollers[i];
+        if (p->period && !p->dead && !p->fd_wakes && !p->lazy && p->next_due < due)
+            due = p->next_due;
+    }
+    return due;
+}
+
+static void reactor_sleep(struct srrs_reactor *r, uint64_t now)
+{
+    if (presleep_says_work(r))
+        return;
+    uint64_t next_due = sleep_due(r);
     int timeout_ms = -1;
     if (next_due != UINT64_MAX) {
         uint64_t d = next_due > now ? srrs_ticks_to_ns(next_due - now) : 0;
@@ -849,8 +863,6 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     }
     if (atomic_load_explicit(&r->state, memory_order_relaxed) == R_STOPPING)
         timeout_ms = timeout_ms < 0 || timeout_ms > 1 ? 1 : timeout_ms;
-    if (presleep_says_work(r))
-        return;
     atomic_store_explicit(&r->sleeping, 1, memory_order_seq_cst);
     if (!mpsc_empty(&r->msgs) || r->cpl_head ||
         atomic_load_explicit(&r->stop_requested, memory_order_seq_cst) == 1) {
@@ -942,10 +954,9 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
             atomic_load_explicit(&r->state, memory_order_relaxed) == R_RUNNING)
             reactor_begin_stop(r);
 
-        uint64_t next_due = UINT64_MAX;
         int work = run_msgs(r);
         work += run_completions(r, work ? 0 : now);
-        work += run_pollers(r, now, &next_due);
+        work += run_pollers(r, now);
         if (srrs_unlikely(r->pollers_dirty))
             pollers_compact(r);
 
@@ -965,7 +976,7 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
         }
         if (!work && (r->poll_mode == SRRS_POLL_ADAPTIVE || srrs_reactor_is_stopping(r)) &&
             end - last_work >= r->idle_spin) {
-            reactor_sleep(r, end, next_due);
+            reactor_sleep(r, end);
             end = srrs_ticks();
         } else if (!work && r->io_outstanding && r->poll_mode == SRRS_POLL_ADAPTIVE &&
                    end - last_work >= yield_gap && end - last_yield >= yield_gap) {
@@ -1261,6 +1272,8 @@ static void test_poller_add_fn(void *arg)
         srrs_poller_set_fd_wakes(t->p);
     else if (t->kind == 2)
         srrs_poller_set_fd_only(t->p);
+    else if (t->kind == 3)
+        srrs_poller_set_lazy(t->p, true);
 }
 
 static void test_poller_del_fn(void *arg)
@@ -1273,7 +1286,7 @@ int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us
                          struct srrs_test_poller **out)
 {
     struct srrs_reactor *r = srrs_core_reactor(core, reactor);
-    if (!r || !out || fd_kind < 0 || fd_kind > 2 || !period_us)
+    if (!r || !out || fd_kind < 0 || fd_kind > 3 || !period_us)
         return srrs_err(-EINVAL, "test_poller_add: bad reactor, kind or period");
     struct srrs_test_poller *t = calloc(1, sizeof(*t));
     if (!t)

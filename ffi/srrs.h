@@ -278,7 +278,8 @@ int srrs_test_io_hold(struct srrs_core *core, int reactor, int hold);
  * runs and empties its eventfd (srrs_test_poller_fd: write to it to fire it).
  * fd_kind 0: the fd is in the reactor's set, no more; 1: the fd wakes a
  * sleeping reactor for it (srrs_poller_set_fd_wakes); 2: and it is its whole
- * duty (srrs_poller_set_fd_only). Delete it before the core. */
+ * duty (srrs_poller_set_fd_only); 3: it is lazy (srrs_poller_set_lazy: its
+ * period does not bound a sleep). Delete it before the core. */
 struct srrs_test_poller;
 int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us, int fd_kind,
                          struct srrs_test_poller **out);

@@ -118,6 +118,13 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
  * reactor runs it every period, as any timed poller, sleeps or not
  * (docs/architecture.md, Poll modes and adaptive sleep). */
 void srrs_poller_set_fd_wakes(struct srrs_poller *p);
+/* Reactor thread. A lazy timed poller runs at its period while the reactor
+ * is awake, but its period does not bound an adaptive reactor's sleep: for
+ * periodic duties that only some state needs (timeouts of the connections
+ * a module holds), which its presleep check turns on and off as that state
+ * comes and goes; the reactor takes a sleep's timeout after the presleep
+ * checks (docs/architecture.md, Poll modes and adaptive sleep). */
+void srrs_poller_set_lazy(struct srrs_poller *p, bool lazy);
 /* Reactor thread. srrs_poller_set_fd_wakes for a poller whose fd is its whole
  * duty (a listening socket): a sleep that watched the fd and saw it not fire
  * did its work, so the poller's period starts again when the sleep ends. Not

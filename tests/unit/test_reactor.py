@@ -135,6 +135,39 @@ def test_fd_woken_pollers_while_the_reactor_sleeps_between_messages():
             only.delete()
 
 
+def test_lazy_timed_poller_runs_while_awake_and_never_wakes_a_sleeping_reactor():
+    """A lazy timed poller (the NVMe/TCP group tick while no connection has a
+    deadline) runs at its period while the reactor spins, but its period does
+    not bound a sleep: an idle reactor sleeps with no timeout; a plain timed
+    poller wakes it every period."""
+    period = 0.01
+    with Core(reactors=1, poll_mode="adaptive", idle_spin_us=300_000) as core:
+        lazy = core.test_poller(0, int(period * 1e6), "lazy")
+        try:
+            time.sleep(0.5)  # past the start-up spin: asleep
+            w0, r0 = core.reactor_stats(0)["wakeups"], lazy.runs
+            time.sleep(0.5)
+            assert core.reactor_stats(0)["wakeups"] - w0 == 0
+            assert lazy.runs == r0
+            # awake (a message, then 300 ms of idle spin): it runs at its period
+            core.test_msg_send(0, 0, 0)
+            time.sleep(0.4)
+            assert lazy.runs - r0 >= 5, lazy.runs - r0
+            w1 = core.reactor_stats(0)["wakeups"]
+            assert w1 - w0 == 1, (w0, w1)
+        finally:
+            lazy.delete()
+        timed = core.test_poller(0, int(period * 1e6), "none")
+        try:
+            time.sleep(0.5)
+            w0, r0 = core.reactor_stats(0)["wakeups"], timed.runs
+            time.sleep(0.5)
+            assert core.reactor_stats(0)["wakeups"] - w0 >= 0.5 * 0.5 / period
+            assert timed.runs - r0 >= 0.5 * 0.5 / period
+        finally:
+            timed.delete()
+
+
 def test_adaptive_idle_spin_with_io_in_flight_yields_the_cpu_and_no_other_does():
     """An adaptive reactor spinning without work while an I/O is in flight
     yields its CPU every 10 us (the io_uring worker that has the I/O, woken on
