@@ -1470,8 +1470,24 @@ static int health_poll(void *arg)
     struct srrs_pool *p = arg;
     bool due = __atomic_exchange_n(&p->health_due, 0, __ATOMIC_RELAXED);
     due |= health_notified(p);
-    if (!due && ++p->health_ticks % HEALTH_EVERY)
+    /* I/O that ran since the last tick owes a check after it: until one has
+     * run the tick bounds the reactor's sleep, then rests (lazy: an idle pool
+     * wakes for its inotify fd alone; docs/architecture.md, Poll modes and
+     * adaptive sleep). */
+    uint64_t ios = 0;
+    for (int i = 0; i < LV_MAX_FRAGS; i++)
+        if (p->frags[i].bdev)
+            ios += srrs_bdev_ios(p->frags[i].bdev);
+    if (ios != p->health_ios) {
+        p->health_ios = ios;
+        p->health_owed = true;
+    }
+    if (!due && ++p->health_ticks % HEALTH_EVERY) {
+        srrs_poller_set_lazy(p->health_poller, !p->health_owed);
         return 0;
+    }
+    p->health_owed = false;
+    srrs_poller_set_lazy(p->health_poller, true);
     health_watch(p);
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];

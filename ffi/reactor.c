@@ -743,7 +743,7 @@ void srrs_fd_watch_del(struct srrs_poller **pw)
     *pw = NULL;
 }
 
-void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = p->lazy = true; }
 
 void srrs_poller_set_lazy(struct srrs_poller *p, bool lazy) { p->lazy = lazy; }
 
@@ -751,7 +751,7 @@ void srrs_poller_set_fd_only(struct srrs_poller *p)
 {
     if (!p->fd_only)
         p->r->nfd_only++;
-    p->fd_wakes = p->fd_only = true;
+    p->fd_wakes = p->fd_only = p->lazy = true;
 }
 
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
@@ -845,7 +845,7 @@ static uint64_t sleep_due(struct srrs_reactor *r)
     uint64_t due = UINT64_MAX;
     for (uint32_t i = 0; i < r->npollers; i++) {
         struct srrs_poller *p = r->pollers[i];
-        if (p->period && !p->dead && !p->fd_wakes && !p->lazy && p->next_due < due)
+        if (p->period && !p->dead && !p->lazy && p->next_due < due)
             due = p->next_due;
     }
     return due;
