@@ -1475,9 +1475,12 @@ static int health_poll(void *arg)
      * wakes for its inotify fd alone; docs/architecture.md, Poll modes and
      * adaptive sleep). */
     uint64_t ios = 0;
-    for (int i = 0; i < LV_MAX_FRAGS; i++)
-        if (p->frags[i].bdev)
-            ios += srrs_bdev_ios(p->frags[i].bdev);
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        int st = __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
+        if ((st == FS_ACTIVE || st == FS_DRAINING) && f->bdev)
+            ios += srrs_bdev_ios(f->bdev);
+    }
     if (ios != p->health_ios) {
         p->health_ios = ios;
         p->health_owed = true;
