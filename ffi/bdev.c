@@ -343,6 +343,13 @@ static void fill_counters(struct srrs_bdev *b, struct srrs_bdev_info *o)
     }
 }
 
+uint64_t srrs_bdev_ios(struct srrs_bdev *b)
+{
+    struct srrs_bdev_info c = {0};
+    fill_counters(b, &c);
+    return c.reads + c.writes + c.flushes + c.unmaps + c.write_zeroes + c.errors;
+}
+
 static void fill_info(struct srrs_bdev *b, struct srrs_bdev_info *o)
 {
     memset(o, 0, sizeof(*o));

@@ -39,7 +39,7 @@ ffi = _srrs.ffi
 lib = _srrs.lib
 
 #: Must equal SRRS_ABI_VERSION in ffi/srrs_int.h; bumped with any change to ffi/srrs.h.
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 
 # The named ints of the contract headers (their enums, which cffi exposes as
@@ -411,6 +411,7 @@ class Core:
             "busy_pct": (100.0 * st.busy_ns / total) if total else 0.0,
             "msgs": st.msgs,
             "wakeups": st.wakeups,
+            "yields": st.yields,
             "io_outstanding": st.io_outstanding,
             "pollers": st.pollers,
         }
@@ -523,6 +524,9 @@ class Core:
         return bench_result_dict(res)
 
     # -- test hooks ----------------------------------------------------------------
+    def test_io_hold(self, reactor: int, hold: bool) -> None:
+        check(lib.srrs_test_io_hold(self.ptr, reactor, int(hold)), "test io hold")
+
     def test_msg_send(self, reactor: int, sender: int, seq: int) -> None:
         check(lib.srrs_test_msg_send(self.ptr, reactor, sender, seq))
 
@@ -538,8 +542,9 @@ class Core:
     def test_poller(self, reactor: int, period_us: int, fd_kind: str) -> "TestPoller":
         """A timed poller counting its runs, with an eventfd to fire it; fd_kind:
         'none' (the fd is only in the reactor's set), 'wakes'
-        (srrs_poller_set_fd_wakes) or 'only' (srrs_poller_set_fd_only)."""
-        kind = {"none": 0, "wakes": 1, "only": 2}[fd_kind]
+        (srrs_poller_set_fd_wakes), 'only' (srrs_poller_set_fd_only) or 'lazy'
+        (srrs_poller_set_lazy: its period does not bound a sleep)."""
+        kind = {"none": 0, "wakes": 1, "only": 2, "lazy": 3}[fd_kind]
         out = ffi.new("struct srrs_test_poller **")
         check(lib.srrs_test_poller_add(self.ptr, reactor, period_us, kind, out))
         return TestPoller(out[0])

@@ -277,6 +277,8 @@ struct srrs_pool {
     uint64_t health_ticks;
     int health_due;        /* atomic: an I/O on a fragment failed */
     int health_ifd;        /* inotify on the fragments' files: wakes the check when idle */
+    uint64_t health_ios;   /* the fragments' I/O count at the last tick */
+    bool health_owed;      /* I/O ran since the last check: one more before the tick rests */
     uint32_t nfailed;
     bool degraded;                /* a fragment of the table is missing: no allocation */
     struct srrs_pool *onext;      /* open pools of this process (by uuid) */

@@ -1691,8 +1691,27 @@ static int health_poll(void *arg)
     struct srrs_pool *p = arg;
     bool due = __atomic_exchange_n(&p->health_due, 0, __ATOMIC_RELAXED);
     due |= health_notified(p);
-    if (!due && ++p->health_ticks % HEALTH_EVERY)
+    /* I/O owes a check after it: from a tick that saw the fragments' I/O
+     * count move until a check runs at a tick that saw it still, the tick
+     * bounds the reactor's sleep; then it rests (lazy: an idle pool wakes for
+     * its inotify fd alone; docs/architecture.md, Poll modes and adaptive
+     * sleep). */
+    uint64_t ios = 0;
+    for (int i = 0; i < LV_MAX_FRAGS; i++) {
+        struct lv_frag *f = &p->frags[i];
+        int st = __atomic_load_n(&f->state, __ATOMIC_ACQUIRE);
+        if ((st == FS_ACTIVE || st == FS_DRAINING) && f->bdev)
+            ios += srrs_bdev_ios(f->bdev);
+    }
+    bool moved = ios != p->health_ios;
+    p->health_ios = ios;
+    p->health_owed |= moved;
+    if (!due && ++p->health_ticks % HEALTH_EVERY) {
+        srrs_poller_set_lazy(p->health_poller, !p->health_owed);
         return 0;
+    }
+    p->health_owed = moved; /* I/O still flowing owes one more after it */
+    srrs_poller_set_lazy(p->health_poller, !p->health_owed);
     health_watch(p);
     for (int i = 0; i < LV_MAX_FRAGS; i++) {
         struct lv_frag *f = &p->frags[i];

@@ -192,6 +192,7 @@ struct srrs_poller {
     bool fd_is_eventfd;
     bool fd_wakes;          /* timed: only its fd wakes a sleeping reactor for it */
     bool fd_only;           /* fd_wakes, and the fd is its whole duty (srrs_poller_set_fd_only) */
+    bool lazy;              /* timed: its period does not bound a sleep (srrs_poller_set_lazy) */
     srrs_msg_fn on_fire;    /* an fd watch (srrs_fd_watch_add): not a poller of the loop */
     bool dead;
     struct srrs_reactor *r;
@@ -203,6 +204,8 @@ struct stop_hook {
 };
 
 #define MSG_RING_SIZE 65536u
+/* adaptive: an idle spin yields the CPU once per this many us (docs/architecture.md) */
+#define YIELD_GAP_US 10
 #define MSG_BUDGET 256
 #define IO_POOL_SIZE 16384u
 
@@ -263,7 +266,7 @@ struct srrs_reactor {
 
     /* stats: written by the reactor alone (srrs_stat_add), read by control
      * threads with relaxed atomic loads (STAT): untorn on any CPU, no fence */
-    uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups;
+    uint64_t st_loops, st_busy, st_idle, st_sleep, st_msgs, st_wakeups, st_yields;
     _Atomic uint64_t sleep_since; /* ticks; 0 when awake (so stats count a sleep in progress) */
 
     /* test hooks */
@@ -789,13 +792,15 @@ void srrs_fd_watch_del(struct srrs_poller **pw)
     *pw = NULL;
 }
 
-void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = true; }
+void srrs_poller_set_fd_wakes(struct srrs_poller *p) { p->fd_wakes = p->lazy = true; }
+
+void srrs_poller_set_lazy(struct srrs_poller *p, bool lazy) { p->lazy = lazy; }
 
 void srrs_poller_set_fd_only(struct srrs_poller *p)
 {
     if (!p->fd_only)
         p->r->nfd_only++;
-    p->fd_wakes = p->fd_only = true;
+    p->fd_wakes = p->fd_only = p->lazy = true;
 }
 
 int srrs_reactor_add_stop_hook(struct srrs_reactor *r, srrs_msg_fn fn, void *arg)
@@ -852,7 +857,7 @@ static int run_msgs(struct srrs_reactor *r)
 }
 
 /* One pass over the pollers. Timed pollers run when due. */
-static int run_pollers(struct srrs_reactor *r, uint64_t now, uint64_t *next_due)
+static int run_pollers(struct srrs_reactor *r, uint64_t now)
 {
     int work = 0;
     uint32_t n = r->npollers; /* pollers added during the pass run next loop */
@@ -861,14 +866,9 @@ static int run_pollers(struct srrs_reactor *r, uint64_t now, uint64_t *next_due)
         if (p->dead)
             continue;
         if (p->period) {
-            if (now < p->next_due) {
-                if (p->next_due < *next_due && !p->fd_wakes)
-                    *next_due = p->next_due;
+            if (now < p->next_due)
                 continue;
-            }
             p->next_due = now + p->period;
-            if (p->next_due < *next_due && !p->fd_wakes)
-                *next_due = p->next_due;
         }
         if (p->fn(p->arg) > 0)
             work++;
@@ -887,8 +887,24 @@ static bool presleep_says_work(struct srrs_reactor *r)
     return work;
 }
 
-static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_due)
+/* The earliest due time of the timed pollers that bound a sleep, as the
+ * presleep checks left them (one may have turned a lazy poller on or off). */
+static uint64_t sleep_due(struct srrs_reactor *r)
 {
+    uint64_t due = UINT64_MAX;
+    for (uint32_t i = 0; i < r->npollers; i++) {
+        struct srrs_poller *p = r->pollers[i];
+        if (p->period && !p->dead && !p->lazy && p->next_due < due)
+            due = p->next_due;
+    }
+    return due;
+}
+
+static void reactor_sleep(struct srrs_reactor *r, uint64_t now)
+{
+    if (presleep_says_work(r))
+        return;
+    uint64_t next_due = sleep_due(r);
     int timeout_ms = -1;
     if (next_due != UINT64_MAX) {
         uint64_t d = next_due > now ? srrs_ticks_to_ns(next_due - now) : 0;
@@ -896,8 +912,6 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now, uint64_t next_du
     }
     if (atomic_load_explicit(&r->state, memory_order_relaxed) == R_STOPPING)
         timeout_ms = timeout_ms < 0 || timeout_ms > 1 ? 1 : timeout_ms;
-    if (presleep_says_work(r))
-        return;
     atomic_store_explicit(&r->sleeping, 1, memory_order_seq_cst);
     if (!mpsc_empty(&r->msgs) || r->cpl_head || r->flush_head ||
         atomic_load_explicit(&r->stop_requested, memory_order_seq_cst) == 1) {
@@ -977,6 +991,8 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
     }
     uint64_t last_work = srrs_ticks();
     uint64_t now = last_work;
+    uint64_t last_yield = last_work;
+    const uint64_t yield_gap = srrs_us_to_ticks(YIELD_GAP_US);
     for (;;) {
         int mode = atomic_load_explicit(&r->want_poll_mode, memory_order_relaxed);
         if (srrs_unlikely(mode != r->poll_mode)) {
@@ -987,10 +1003,9 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
             atomic_load_explicit(&r->state, memory_order_relaxed) == R_RUNNING)
             reactor_begin_stop(r);
 
-        uint64_t next_due = UINT64_MAX;
         int work = run_msgs(r);
         work += run_completions(r, work ? 0 : now);
-        work += run_pollers(r, now, &next_due);
+        work += run_pollers(r, now);
         /* I/O the pollers completed at once (null, malloc, an error) finishes
          * in this round, not the next: one round per QD1 request, not two
          * (docs/architecture.md, Threads). */
@@ -1017,8 +1032,17 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
         }
         if (!work && (r->poll_mode == SRRS_POLL_ADAPTIVE || srrs_reactor_is_stopping(r)) &&
             end - last_work >= r->idle_spin) {
-            reactor_sleep(r, end, next_due);
+            reactor_sleep(r, end);
             end = srrs_ticks();
+        } else if (!work && r->io_outstanding && r->poll_mode == SRRS_POLL_ADAPTIVE &&
+                   end - last_work >= yield_gap && end - last_yield >= yield_gap) {
+            /* Idle spin waiting for an I/O: let a thread this one woke on its
+             * own CPU run (the io_uring worker that has the I/O), which the
+             * scheduler may otherwise hold off until the spin ends
+             * (docs/architecture.md, Poll modes and adaptive sleep). */
+            sched_yield();
+            srrs_stat_add(&r->st_yields, 1);
+            end = last_yield = srrs_ticks();
         }
         now = end;
     }
@@ -1092,6 +1116,7 @@ int srrs_reactor_get_stats(struct srrs_core *core, int idx, struct srrs_reactor_
         o->sleep_ns += srrs_ticks_to_ns(now - since);
     o->msgs = STAT(r->st_msgs);
     o->wakeups = STAT(r->st_wakeups);
+    o->yields = STAT(r->st_yields);
     o->io_outstanding = r->io_outstanding;
     o->pollers = r->npollers;
     o->poll_mode = r->poll_mode;
@@ -1239,6 +1264,36 @@ int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor)
     return (int64_t)(w.t1 - t0);
 }
 
+struct test_hold {
+    struct srrs_reactor *r;
+    int hold;
+    int rc;
+};
+
+static __thread struct srrs_io *t_held_io;
+
+static void test_hold_fn(void *arg)
+{
+    struct test_hold *h = arg;
+    if (h->hold && !t_held_io) {
+        t_held_io = srrs_io_get(h->r);
+        h->rc = t_held_io ? 0 : -ENOMEM;
+    } else if (!h->hold && t_held_io) {
+        srrs_io_put(t_held_io);
+        t_held_io = NULL;
+    }
+}
+
+int srrs_test_io_hold(struct srrs_core *core, int reactor, int hold)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r)
+        return srrs_err(-EINVAL, "test_io_hold: bad reactor");
+    struct test_hold h = {r, hold, 0};
+    int rc = srrs_reactor_call(r, test_hold_fn, &h);
+    return rc ? rc : h.rc;
+}
+
 struct srrs_test_poller {
     struct srrs_reactor *r;
     struct srrs_poller *p;
@@ -1273,6 +1328,8 @@ static void test_poller_add_fn(void *arg)
         srrs_poller_set_fd_wakes(t->p);
     else if (t->kind == 2)
         srrs_poller_set_fd_only(t->p);
+    else if (t->kind == 3)
+        srrs_poller_set_lazy(t->p, true);
 }
 
 static void test_poller_del_fn(void *arg)
@@ -1285,7 +1342,7 @@ int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us
                          struct srrs_test_poller **out)
 {
     struct srrs_reactor *r = srrs_core_reactor(core, reactor);
-    if (!r || !out || fd_kind < 0 || fd_kind > 2 || !period_us)
+    if (!r || !out || fd_kind < 0 || fd_kind > 3 || !period_us)
         return srrs_err(-EINVAL, "test_poller_add: bad reactor, kind or period");
     struct srrs_test_poller *t = calloc(1, sizeof(*t));
     if (!t)

@@ -63,6 +63,7 @@ struct srrs_reactor_stats {
     int32_t state;          /* enum srrs_reactor_state */
     int32_t tid;
     int32_t cpu;
+    uint64_t yields;        /* adaptive idle spin with I/O in flight: sched_yield calls */
 };
 
 /* control. Creates the reactors (not yet running). */
@@ -270,11 +271,15 @@ int srrs_test_msg_check(struct srrs_core *core, int reactor, uint32_t sender,
                         uint64_t *count, uint64_t *order_errors);
 /* control. ns from posting a message to an idle reactor to its execution. */
 int64_t srrs_test_wake_latency_ns(struct srrs_core *core, int reactor);
+/* control. hold 1: reactor `reactor` takes one I/O object and keeps it (an
+ * I/O in flight, io_outstanding 1); hold 0: gives it back. */
+int srrs_test_io_hold(struct srrs_core *core, int reactor, int hold);
 /* control. A timed poller of period_us on reactor `reactor` that counts its
  * runs and empties its eventfd (srrs_test_poller_fd: write to it to fire it).
  * fd_kind 0: the fd is in the reactor's set, no more; 1: the fd wakes a
  * sleeping reactor for it (srrs_poller_set_fd_wakes); 2: and it is its whole
- * duty (srrs_poller_set_fd_only). Delete it before the core. */
+ * duty (srrs_poller_set_fd_only); 3: it is lazy (srrs_poller_set_lazy: its
+ * period does not bound a sleep). Delete it before the core. */
 struct srrs_test_poller;
 int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us, int fd_kind,
                          struct srrs_test_poller **out);

@@ -18,7 +18,7 @@
 
 #include "srrs.h"
 
-#define SRRS_ABI_VERSION 6
+#define SRRS_ABI_VERSION 7
 #define SRRS_MAX_REACTORS 64
 #define SRRS_NAME_MAX 64
 #define SRRS_CACHELINE 64
@@ -118,6 +118,15 @@ int srrs_poller_mod_fd(struct srrs_poller *p, uint32_t epoll_events);
  * reactor runs it every period, as any timed poller, sleeps or not
  * (docs/architecture.md, Poll modes and adaptive sleep). */
 void srrs_poller_set_fd_wakes(struct srrs_poller *p);
+/* Reactor thread. A lazy timed poller runs at its period while the reactor
+ * is awake, but its period does not bound an adaptive reactor's sleep: for
+ * periodic duties that only some state needs (timeouts of the connections
+ * a module holds), which its presleep check turns on and off as that state
+ * comes and goes; the reactor takes a sleep's timeout after the presleep
+ * checks (docs/architecture.md, Poll modes and adaptive sleep). A poller
+ * set fd_wakes or fd_only is lazy from then on, until it says otherwise (the
+ * pool's health check, while a check is owed after I/O). */
+void srrs_poller_set_lazy(struct srrs_poller *p, bool lazy);
 /* Reactor thread. srrs_poller_set_fd_wakes for a poller whose fd is its whole
  * duty (a listening socket): a sleep that watched the fd and saw it not fire
  * did its work, so the poller's period starts again when the sleep ends. Not
@@ -317,6 +326,9 @@ int srrs_bdev_register(struct srrs_core *core, const char *name, const struct sr
  * every I/O with -EIO from then on: returns that -EIO (why says what), else 0.
  * A few syscalls: for a timer or an I/O error, never per I/O. 0 for other modules. */
 int srrs_bdev_file_check(struct srrs_bdev *b, char *why, size_t len);
+/* Any thread, b open. I/Os completed (every kind, errors too), summed over the
+ * reactors' channels with relaxed loads: a figure that moves while I/O flows. */
+uint64_t srrs_bdev_ios(struct srrs_bdev *b);
 /* Control thread. A RAM bdev over memory the caller owns (a shared mapping
  * that outlives the process): the caller unmaps it after deleting the bdev. */
 int srrs_bdev_create_mem(struct srrs_core *core, const char *name, void *mem, uint64_t size,

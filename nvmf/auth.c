@@ -453,6 +453,11 @@ void nvmf_auth_qp_free(struct nvmf_conn_pub *cp)
     cp->auth = NULL;
 }
 
+bool nvmf_auth_running(const struct nvmf_conn_pub *cp)
+{
+    return cp->auth && cp->auth->deadline;
+}
+
 bool nvmf_auth_expired(struct nvmf_conn_pub *cp, uint64_t now)
 {
     struct nvmf_auth_qp *a = cp->auth;

@@ -110,11 +110,16 @@ void nvmf_disc_changed(struct srrs_nvmf_tgt *t)
 {
     t->genctr++;
     uint32_t n = (uint32_t)t->opts.cntlid_max - t->opts.cntlid_min + 1;
+    bool any = false;
     for (uint32_t i = 0; i < n; i++) {
         struct nvmf_ctrlr *ct = t->ctrlrs[i];
-        if (ct && ct->ss->discovery)
+        if (ct && ct->ss->discovery) {
             atomic_fetch_or(&ct->aen_pending, AEN_DISC_CHANGED);
+            any = true;
+        }
     }
+    if (any) /* the reactors deliver it now: their tick may be off (group_tick_presleep) */
+        nvmf_kick_reactors(t);
 }
 
 /* Under tgt->lock: the cluster table lists nqn (its pair's addresses replace

@@ -525,6 +525,8 @@ void nvmf_auth_subsys_free(struct nvmf_subsys *ss);
 int nvmf_auth_qp_init(struct nvmf_conn_pub *cp);
 void nvmf_auth_qp_free(struct nvmf_conn_pub *cp);
 bool nvmf_auth_expired(struct nvmf_conn_pub *cp, uint64_t now);
+/* A transaction is under way: it has a deadline (nvmf_auth_expired). */
+bool nvmf_auth_running(const struct nvmf_conn_pub *cp);
 void nvmf_auth_exec(struct nvmf_req *req, bool send);
 /* Host: one authentication transaction on queue q over xfer (see auth.c). */
 typedef int (*nvmf_auth_xfer_fn)(void *q, bool send, void *buf, uint32_t len);

@@ -1323,6 +1323,39 @@ static int group_tick(void *arg)
     return 0;
 }
 
+/* Whether a connection of the group has a deadline the tick must watch: a
+ * handshake, an authentication, an R2T waiting for its data, a keep-alive
+ * timeout, an AEN to deliver, or a close another thread asked for. */
+static bool group_needs_tick(const struct nvmf_group *g)
+{
+    for (const struct nvmf_conn *c = g->conns; c; c = c->gnext) {
+        const struct nvmf_ctrlr *ct = c->pub.ctrlr;
+        if (c->state == CONN_CLOSED)
+            continue;
+        if (!ct || atomic_load(&c->evict) || atomic_load(&ct->dead) || c->pub.unauth ||
+            nvmf_auth_running(&c->pub))
+            return true;
+        if (c->pub.qid == 0 && (ct->kato_ms || atomic_load(&ct->aen_pending)))
+            return true;
+        for (uint32_t i = 0; i < c->nreqs; i++)
+            if (c->reqs[i].state == REQ_H2C)
+                return true;
+    }
+    return false;
+}
+
+/* Before the reactor sleeps: the tick bounds the sleep only while a
+ * connection needs it (docs/architecture.md, Poll modes and adaptive sleep);
+ * an idle host's connections leave the reactor asleep with no timeout. Work
+ * that comes from another thread (an AEN, a controller torn down, an
+ * eviction) sends its message (nvmf_kick_reactors), which wakes it. */
+static int group_tick_presleep(void *arg)
+{
+    struct nvmf_group *g = arg;
+    srrs_poller_set_lazy(g->tick, !group_needs_tick(g));
+    return 0;
+}
+
 static void group_close_all_fn(void *arg);
 
 /* The reactor stops: its connections stop taking commands; what is at the
@@ -1347,6 +1380,8 @@ static struct nvmf_group *group_get(struct srrs_nvmf_tgt *t, struct srrs_reactor
     g->epfd = epoll_create1(EPOLL_CLOEXEC);
     g->poller = srrs_poller_register(r, group_poll, g, 0);
     g->tick = srrs_poller_register(r, group_tick, g, GROUP_TICK_US);
+    if (g->tick)
+        srrs_poller_set_presleep(g->tick, group_tick_presleep);
     if (g->epfd < 0 || !g->poller || !g->tick ||
         srrs_poller_set_fd(g->poller, g->epfd, EPOLLIN, false)) {
         srrs_poller_unregister(&g->poller);

@@ -117,3 +117,25 @@ def test_connected_idle_vhost_front_end_wakes_nothing(idle):
         time.sleep(3)
         woke = _switches(idle.pid) - s0
     assert woke <= 3, f"{woke} wake-ups in 3 s of idle with a vhost-user front end connected"
+
+
+def test_connected_idle_nvmf_host_wakes_nothing(idle):
+    """A host connected over NVMe/TCP with no keep-alive timeout, idle: the
+    poll groups' 100 ms tick watches deadlines no connection has (handshake,
+    authentication, an R2T's data, keep-alive), so it bounds no sleep: the
+    reactors sleep with no timeout (they woke 10 times a second per group)."""
+    adm, cntlid = wire.admin_session("127.0.0.1", idle.port, NQN)
+    io = wire.io_session("127.0.0.1", idle.port, NQN, cntlid)
+    try:
+        time.sleep(1.0)  # the handshakes' deadlines gone
+        w0 = _wakeups(idle)
+        time.sleep(3)
+        w1 = _wakeups(idle)
+        assert all(b - a <= 3 for a, b in zip(w0, w1)), (w0, w1)
+        # still served at once
+        s = wire.sqe(0x02, io.next_cid(), nsid=1, cdw10=0, cdw12=0, sgl_len=4096)
+        assert io.cmd(s, read_len=4096)[0] == 0
+    finally:
+        io.close()
+        adm.close()
+

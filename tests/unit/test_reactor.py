@@ -133,3 +133,73 @@ def test_fd_woken_pollers_while_the_reactor_sleeps_between_messages():
         finally:
             wakes.delete()
             only.delete()
+
+
+def test_lazy_timed_poller_runs_while_awake_and_never_wakes_a_sleeping_reactor():
+    """A lazy timed poller (the NVMe/TCP group tick while no connection has a
+    deadline) runs at its period while the reactor spins, but its period does
+    not bound a sleep: an idle reactor sleeps with no timeout; a plain timed
+    poller wakes it every period."""
+    period = 0.01
+    with Core(reactors=1, poll_mode="adaptive", idle_spin_us=300_000) as core:
+        lazy = core.test_poller(0, int(period * 1e6), "lazy")
+        try:
+            time.sleep(0.5)  # past the start-up spin: asleep
+            w0, r0 = core.reactor_stats(0)["wakeups"], lazy.runs
+            time.sleep(0.5)
+            assert core.reactor_stats(0)["wakeups"] - w0 == 0
+            assert lazy.runs == r0
+            # awake (a message, then 300 ms of idle spin): it runs at its period
+            core.test_msg_send(0, 0, 0)
+            time.sleep(0.4)
+            assert lazy.runs - r0 >= 5, lazy.runs - r0
+            w1 = core.reactor_stats(0)["wakeups"]
+            assert w1 - w0 == 1, (w0, w1)
+        finally:
+            lazy.delete()
+        timed = core.test_poller(0, int(period * 1e6), "none")
+        try:
+            time.sleep(0.5)
+            w0, r0 = core.reactor_stats(0)["wakeups"], timed.runs
+            time.sleep(0.5)
+            assert core.reactor_stats(0)["wakeups"] - w0 >= 0.5 * 0.5 / period
+            assert timed.runs - r0 >= 0.5 * 0.5 / period
+        finally:
+            timed.delete()
+
+
+def test_adaptive_idle_spin_with_io_in_flight_yields_the_cpu_and_no_other_does():
+    """An adaptive reactor spinning without work while an I/O is in flight
+    yields its CPU every 10 us (the io_uring worker that has the I/O, woken on
+    that CPU, runs then instead of after the spin); spinning with no I/O in
+    flight (waiting for the network) it does not, asleep it makes no call at
+    all, and busy it never yields."""
+    with Core(reactors=1, poll_mode="adaptive", idle_spin_us=200_000) as core:
+        time.sleep(0.5)  # past the start-up spin: asleep
+        s0 = core.reactor_stats(0)
+        time.sleep(0.3)
+        s1 = core.reactor_stats(0)
+        assert s1["yields"] == s0["yields"] and s1["wakeups"] == s0["wakeups"], (s0, s1)
+        core.test_msg_send(0, 0, 0)  # work, then 200 ms of idle spin, no I/O in flight
+        time.sleep(0.5)
+        s2 = core.reactor_stats(0)
+        assert s2["wakeups"] - s1["wakeups"] == 1, (s1, s2)
+        assert s2["yields"] == s1["yields"], (s1, s2)
+        assert core.test_msg_check(0, 0) == (1, 0)
+        core.test_io_hold(0, True)  # an I/O in flight: 200 ms of spin waiting for it
+        time.sleep(0.5)
+        s3 = core.reactor_stats(0)
+        assert s3["io_outstanding"] == 1
+        # at most one per 10 us of the spin; at least some however loaded the machine
+        assert 20 <= s3["yields"] - s2["yields"] <= 200_000 // 10 + 10, (s2, s3)
+        core.test_io_hold(0, False)
+        time.sleep(0.5)
+        s4 = core.reactor_stats(0)
+        time.sleep(0.3)
+        s5 = core.reactor_stats(0)
+        assert s5["yields"] == s4["yields"] and s5["wakeups"] == s4["wakeups"], (s4, s5)
+    with Core(reactors=1, poll_mode="busy") as core:
+        core.test_io_hold(0, True)
+        time.sleep(0.3)
+        assert core.reactor_stats(0)["yields"] == 0
+        core.test_io_hold(0, False)
