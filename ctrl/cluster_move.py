@@ -65,6 +65,7 @@ log = logging.getLogger("srrs.cluster.move")
 MOVE_PREFIX = "mv-"
 POLL_S = 0.1            # link state while a move runs here
 PROGRESS_S = 1.0        # progress written to etcd at most this often
+RESYNC_ASK_S = 2.0      # a copy whose bitmaps have not met this long asks again
 DRAIN_MS = 5000         # cutover: the namespace's I/O in flight must end within this
 FAR = 10 * 365 * 86400  # solo "lease" of a move mirror: it never fences by itself
 MODES = binding.MIRROR_MODES
@@ -145,6 +146,17 @@ class _Link:
     def resync(self) -> None:
         self.check(self.lib.srrs_mirror_resync_start(self.link, 0), "move resync")
         self.rs_at = time.monotonic()
+
+    def arm_target(self) -> None:
+        """The target side enters resync_target and asks the tee for its bitmap.
+        A copy starts once the two sides' dirty bitmaps have met, and a side
+        that is not yet in a resync mode ignores the other's: the tee may have
+        connected, gone resync_source and sent its bitmap before this side's
+        mode was set (the link listens from its creation). Asking on entry
+        starts the copy whichever side came first (before, the copy waited
+        forever with the link up and the tee's host writes held)."""
+        self.set_mode("resync_target")
+        self.resync()
 
     def info(self) -> dict:
         li = self.ffi.new("struct srrs_mirror_link_info *")
@@ -425,6 +437,12 @@ class Mover:
             # the target is gone: writes go on here alone, their stripes dirty
             t.link.set_mode("solo")
             log.warning("volume move %s: link to %s down: the tee goes on alone", u, m.target)
+        elif li["up"] and li["mode"] == "resync_source" and not (li["active"] or li["done"]) \
+                and time.monotonic() - t.link.rs_at >= RESYNC_ASK_S:
+            # the bitmaps have not met (one was sent to a side not yet in its resync
+            # mode): ask again; a side already copying ignores it
+            t.link.resync()
+            log.warning("volume move %s: the copy has not started: bitmaps asked for again", u)
         now = time.monotonic()
         copied = max(0, t.total - li["dirty"] * li["stripe"])
         if copied != t.copied and now - t.progress_at >= PROGRESS_S:
@@ -603,7 +621,7 @@ class Mover:
                        self.sync.pool.conf.cluster_size,
                        os.path.join(pc.state_dir, f"{move_name(u)}.bitmap"))
             try:
-                tl.set_mode("resync_target")
+                tl.arm_target()
             except BaseException:
                 tl.close()
                 raise
@@ -621,7 +639,7 @@ class Mover:
             # a dropped link stays down in a resync mode until the mode changes:
             # re-armed (every second while down), it takes the tee's next connection
             tl.set_mode("fenced")
-            tl.set_mode("resync_target")
+            tl.arm_target()
 
 
 def _alloc_bitmap(pool: Any, name: str, nclusters: int) -> bytes:
