@@ -499,8 +499,17 @@ static void io_exec(struct nvmf_req *req)
     struct nvmf_ctrlr *ct = c->pub.ctrlr;
     const struct nvme_sqe *cmd = &req->cmd;
     uint32_t cc = atomic_load_explicit(&ct->cc, memory_order_relaxed);
-    if (!(cc & 1) || (cc >> 14 & 3) || atomic_load_explicit(&ct->dead, memory_order_relaxed)) {
+    if (!(cc & 1) || (cc >> 14 & 3)) {
         nvmf_req_complete(req, SC_CMD_SEQ_ERROR, 0);
+        return;
+    }
+    if (atomic_load_explicit(&ct->dead, memory_order_relaxed)) {
+        /* Torn down (its subsystem removed, its admin queue gone, keep-alive
+         * expired): the queue closes at the poll group's next check. A command
+         * that came meanwhile gets a path error without DNR, which a multipath
+         * host retries on another path (docs/architecture.md, ANA and
+         * multipath); with DNR, Linux would return it to the application. */
+        nvmf_req_complete(req, SC_ANA_INACCESSIBLE, 0);
         return;
     }
     uint32_t nsid = cmd->nsid;

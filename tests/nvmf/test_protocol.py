@@ -359,3 +359,44 @@ def test_hpda_alignment(target):
     t, f, hlen, pdo, plen = struct.unpack("<BBBBI", ch)
     assert t == wire.C2H_DATA and pdo == 32 and plen == 32 + 4096
     c.close()
+
+
+def test_io_on_a_controller_being_torn_down_is_a_path_error(target):
+    """A subsystem removed (a volume moved away: ctrl/cluster_sync.py) tears
+    its controllers down, and a host may have commands on the way. Those are
+    answered with a path error without DNR (ANA Inaccessible), which a
+    multipath host retries on another path; never with DNR (Command Sequence
+    Error before), which Linux returns to the application as EIO (seen in
+    tests/cluster/test_elastic.py: fio read EIO at a move's cutover)."""
+    import threading
+
+    seen = {}
+    for _ in range(12):    # the window is short: a dozen teardowns
+        if NQN not in [x["nqn"] for x in target.subsystems()]:
+            target.add_subsystem(NQN, "SRRSTEST", "SRRS test", allow_any_host=True)
+            target.add_namespace(NQN, "m0")
+        a, cntlid = wire.admin_session("127.0.0.1", target.port, NQN)
+        io = wire.io_session("127.0.0.1", target.port, NQN, cntlid)
+        gone = threading.Timer(0.2, target.remove_subsystem, (NQN,))
+        gone.start()
+        try:
+            while True:
+                # 128 KiB reads keep the reactor on this queue long enough to
+                # meet the teardown in the middle of a batch
+                batch = b"".join(io.pdu(wire.CMD, wire.sqe(0x02, io.next_cid(), nsid=1,
+                                                           cdw10=32 * i, cdw12=31,
+                                                           sgl_len=128 << 10, sgl_type=0x5A))
+                                 for i in range(32))
+                io.send(batch)
+                for _ in range(32):
+                    st = io.wait(128 << 10)[0]
+                    seen[st] = seen.get(st, 0) + 1
+        except (wire.Closed, OSError):
+            pass
+        finally:
+            gone.join()
+            a.close()
+            io.close()
+    assert seen.get(0), seen
+    bad = {hex(st): n for st, n in seen.items() if st and (st & 0x4000 or st >> 8 & 7 != 3)}
+    assert not bad, f"statuses a host fails the I/O on: {bad} (all: {seen})"
