@@ -321,6 +321,14 @@ def decide(me: str, data: Gen, base: Gen, peer: str, pdata: Gen, pbase: Gen) -> 
     if pdata == NULL_GEN:
         return "full_source"
     if data == pdata:
+        # The same generation, but one side may have written alone under it
+        # after the other's copy completed (the creator's own resync-done was
+        # lost to a cut, and it went SOLO again on the generation it still
+        # held as its own): that side (base not yet its data) is the source.
+        if base != data and pbase == pdata:
+            return "source"
+        if pbase != pdata and base == data:
+            return "target"
         return "insync"
     if pbase == data:
         return "target"
@@ -383,8 +391,10 @@ def _rejoin(s: State, now: float) -> Tuple[State, list]:
                f"Not resolved automatically: choose the survivor with "
                f"`srrs pair resync --source NAME` (the other replica's solo writes are discarded)")
         return replace(s, split_brain=msg), [Alert("error", msg)]
-    if d == "insync":
-        # Only stripes in flight at the cut may differ; the lower name copies.
+    insync = d == "insync"
+    if insync:
+        # Only stripes in flight at the cut may differ (never an acknowledged
+        # write); the lower name copies, and neither replica is behind.
         d = "source" if s.me < s.peer else "target"
     full = d.startswith("full_")
     role = d.replace("full_", "")
@@ -393,7 +403,7 @@ def _rejoin(s: State, now: float) -> Tuple[State, list]:
         # Should be impossible (we hold a lease and our data is newer or equal);
         # still, never keep acknowledging while being overwritten.
         acts.append(Alert("error", f"{s.me} was SOLO but generations make it the resync target"))
-    behind = s.behind or (role == "target" and d != "insync")
+    behind = s.behind or (role == "target" and not insync)
     s = _enter(s, RESYNC, now, f"peer {s.peer} back: resync as {role}" + (" (full)" if full else ""),
                resync_role=role, lease_sent_at=None, behind=behind)
     if behind:

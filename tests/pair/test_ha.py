@@ -243,6 +243,46 @@ def test_target_losing_source_fences_without_lease_request():
     assert sim.roles()["b"] == FENCED
 
 
+def test_in_sync_rejoin_target_is_not_behind_and_goes_solo_when_the_source_dies():
+    """Seen in the 20-event test under load (CI): right after a heal both were
+    PAIRED, b fenced on a late heartbeat and rejoined in sync (same generation)
+    as the copying target; a was killed during that copy. Only stripes in
+    flight at the cut differ in an in-sync rejoin, never an acknowledged
+    write: b is not behind and must go SOLO, not stay fenced for ever."""
+    sim = Sim()
+    sim.run(1.0)
+    assert sim.roles() == {"a": PAIRED, "b": PAIRED}
+    sim.resync_ticks = 200
+    b = sim.nodes["b"]
+    sim.feed(b, ha.MirrorDown())          # b alone sees a link flap
+    assert sim.roles()["b"] == FENCED
+    sim.run(0.5)
+    st = b.state
+    assert st.role == RESYNC and st.resync_role == "target" and not st.behind
+    assert st.data_gen == sim.nodes["a"].state.data_gen
+    sim.kill("a")
+    sim.run(T.peer_timeout_s + 1.0)
+    assert sim.roles()["b"] == SOLO
+    assert b.state.data_gen == Gen(b.state.base_gen.n + 1, "b")
+
+
+def test_same_generation_written_alone_after_the_peers_copy_is_not_in_sync():
+    """b wrote alone under 7:b, a's copy completed (a holds 7:b/7:b), the
+    link went before b saw its own resync end (b still 7:b over base 6:b) and
+    b went SOLO again on 7:b: b's later writes exist only on b. Equal data
+    generations are not 'in sync' then: b is the source, a the target (behind),
+    whatever the names say (the lower name would otherwise copy, over b's writes)."""
+    g6, g7 = Gen(6, "b"), Gen(7, "b")
+    assert ha.decide("b", g7, g6, "a", g7, g7) == "source"
+    assert ha.decide("a", g7, g7, "b", g7, g6) == "target"
+    s, _ = ha.initial("a", "b", 0.0, T, g7, g7)
+    s, acts = ha.step(s, ha.PeerHeartbeat(3, FENCED, 1, g7, g6), 0.01)
+    s, acts = ha.step(s, ha.PeerHeartbeat(3, FENCED, 2, g7, g6, True), 0.02)
+    s, acts = ha.step(s, ha.MirrorUp(), 0.03)
+    s, acts = ha.step(s, ha.Tick(), 0.04)
+    assert s.role == RESYNC and s.resync_role == "target" and s.behind
+
+
 def test_starting_alone_goes_solo_with_lease():
     sim = Sim()
     sim.kill("b")
