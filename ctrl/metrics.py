@@ -210,6 +210,8 @@ TABLE = (
        "replayed a sequence number"),
     _f("srrs_pair_link_auth_failures_total", COUNTER, _PR, "Mirror connections refused "
        "(handshake, deadline, address)"),
+    _f("srrs_pair_link_forwards_sent_back_total", COUNTER, _PR, "Forwarded writes sent back "
+       "to be sent again: the two sides' modes did not agree yet"),
     _f("srrs_pair_link_held_writes", GAUGE, _PR, "Writes waiting for the peer now"),
     _f("srrs_pair_link_lease_read_failures_total", COUNTER, _PR,
        "Reads failed for want of a read lease"),
@@ -488,6 +490,7 @@ _LINK = (("srrs_pair_link_connects_total", "connects"),
          ("srrs_pair_link_protocol_errors_total", "proto_errors"),
          ("srrs_pair_link_mac_errors_total", "mac_errors"),
          ("srrs_pair_link_auth_failures_total", "auth_failures"),
+         ("srrs_pair_link_forwards_sent_back_total", "fwd_bounced"),
          ("srrs_pair_link_held_writes", "held_writes"),
          ("srrs_pair_link_lease_read_failures_total", "lease_reads_failed"))
 _MIRROR = (("srrs_mirror_writes_total", "writes"), ("srrs_mirror_peer_writes_total", "replicated"),

@@ -324,7 +324,7 @@ class PairService:
         d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
                                         "rx_bytes", "crc_errors", "proto_errors",
                                         "held_writes", "lease_reads_failed", "mac_errors",
-                                        "auth_failures")}
+                                        "auth_failures", "fwd_bounced")}
         d["read_lease_left_s"] = round(max(0, i.read_lease_left_us) / 1e6, 3)
         d["grant_left_s"] = round(max(0, i.grant_left_us) / 1e6, 3)
         d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))

@@ -82,6 +82,7 @@ static void vol_detach_fn(void *a)
             /* Deleting under a peer that never answers: fail what waits for it. */
             if (p->waiting) {
                 unlist(&l->held, p);
+                unlist(&l->rebound, p);
                 unlist(&l->rwait, p);
                 unlist(&m->lock_wait, p);
                 unlist(&l->throttled, p);
@@ -471,6 +472,8 @@ static void info_fn(void *a)
                 !l->pieces[i].conn_gen)
                 held++;
         for (struct piece *p = l->held; p; p = p->next)
+            held++;
+        for (struct piece *p = l->rebound; p; p = p->next)
             held++;
         x->li->held_writes = held;
         uint64_t now = srrs_ticks();

@@ -87,6 +87,8 @@ struct srrs_mirror_link_info {
     uint64_t mac_errors;       /* frames whose MAC failed or that replayed a spent sequence
                                   number: discarded, never acted on */
     uint64_t auth_failures;    /* connections refused: failed handshake, deadline, address */
+    uint64_t fwd_bounced;      /* forwards for a stripe we do not order (yet): sent back to be
+                                  sent again once both sides' modes agree */
 };
 
 struct srrs_mirror_info {

@@ -38,6 +38,14 @@
 #define M_RX_DIRECT (64u << 10)    /* larger payloads are received straight into a pool buffer */
 #define M_HDR 64
 #define M_COPIES 16                /* stripes copied in parallel by a resync source */
+/* FWD_DONE status: "not ordered here now, order it yourself or send it again".
+ * Modes change on the two sides one after the other, so a forward may reach
+ * an owner that no longer orders its stripe (a resync target that just learnt
+ * the stripes to copy, while the forwarder is still PAIRED). A code no bdev
+ * returns. The forwarder sends it again after a timer tick, at most
+ * M_BOUNCE_MAX times (then the host write fails as a path error). */
+#define M_REORDER (-EREMCHG)
+#define M_BOUNCE_MAX 40
 
 /* enum srrs_mirror_mode (ffi/mirror.h) under short names */
 enum {
@@ -100,6 +108,7 @@ struct piece {
     bool waiting;        /* on the stripe-lock wait list or held */
     bool relock;         /* copy: retry the lock of `stripe` when woken */
     bool retried;        /* host read: its local read failed, the peer was asked */
+    uint8_t bounced;     /* host write: times the owner sent its forward back (M_REORDER) */
     uint32_t peer_tag;   /* the peer's tag this piece answers */
     uint64_t conn_gen;   /* connection the remote part was sent on */
     struct piece *next;
@@ -176,6 +185,7 @@ struct mlink {
     struct frame *frames, *ffree, *txq, *txq_tail;
     struct piece *pieces, *pfree;
     struct piece *held;         /* waiting for the peer while the link is down */
+    struct piece *rebound;      /* forwards the owner sent back: sent again at the next timer tick */
     uint8_t *rx;
     size_t rx_start, rx_end;
     uint64_t rx_next;           /* ticks: no recv() before this (backoff while idle) */
@@ -377,6 +387,8 @@ int local_submit(struct mlink *l, struct piece *p, int op);
 void rl_ask(struct mlink *l, uint64_t now);
 void rl_retry(struct mlink *l, bool expire);
 void resolve_held(struct mlink *l);
+void fwd_bounce(struct mlink *l, struct piece *p);
+void rebound_retry(struct mlink *l);
 void set_mode_fn(void *a);
 /* frame handlers (rx_frame's dispatch): false = a protocol error (errno
  * ENOBUFS: out of buffers, retry later) */

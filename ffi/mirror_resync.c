@@ -160,7 +160,6 @@ void resync_maybe_start(struct mirror *m)
     m->copy_cursor = 0;
     /* Held pieces of this volume may go now. */
     struct piece *h = l->held, *keep = NULL;
-    bool bad_fwd = false;
     l->held = NULL;
     while (h) {
         struct piece *next = h->next;
@@ -168,8 +167,9 @@ void resync_maybe_start(struct mirror *m)
         h->waiting = false;
         if (h->m == m && h->kind == P_PEER_FWD && h->conn_gen == l->conn_gen &&
             !we_order(m, h->stripe)) {
-            piece_put(l, h);
-            bad_fwd = true; /* the two sides disagree on who orders it */
+            /* Forwarded before the forwarder's mode caught up with ours
+             * (PAIRED there, a stripe the source orders here): back to it. */
+            fwd_bounce(l, h);
         } else if (h->m == m) {
             piece_dispatch(l, h);
         } else {
@@ -184,11 +184,6 @@ void resync_maybe_start(struct mirror *m)
         k->next = l->held;
         l->held = k;
         k = next;
-    }
-    if (bad_fwd) {
-        l->st.proto_errors++;
-        link_drop(l, "forward for a stripe we do not order");
-        return;
     }
     if (l->mode == MODE_RSRC) {
         m->resync_active = true;

@@ -513,6 +513,7 @@ void piece_step(struct mlink *l, struct piece *p)
 void resolve_held(struct mlink *l)
 {
     rl_retry(l, false);
+    rebound_retry(l); /* forwards sent back: what they mean in the new mode */
     /* pieces held before they were sent (forwarder without link, resync not ready) */
     struct piece *h = l->held;
     l->held = NULL;
@@ -727,11 +728,37 @@ static bool rx_forward(struct mlink *l, struct mirror *m, struct piece *p, uint6
         return true;
     }
     if (!we_order(m, s)) {
-        piece_put(l, p);
-        return false; /* it thinks we own a stripe we do not */
+        /* It thinks we order a stripe we do not: its mode has not caught up
+         * with ours yet (or ours with its): back to the forwarder. */
+        fwd_bounce(l, p);
+        return true;
     }
     ordered_write(l, p);
     return true;
+}
+
+/* A forward for a stripe we do not order: answered M_REORDER (the forwarder
+ * sends it again once the modes agree), nothing applied here. */
+void fwd_bounce(struct mlink *l, struct piece *p)
+{
+    l->st.fwd_bounced++;
+    if (p->conn_gen == l->conn_gen && link_ready(l))
+        frame_send(l, T_FWD_DONE, p->m, p->peer_tag, 0, M_REORDER, 0, NULL, 0, 0, NULL);
+    piece_put(l, p);
+}
+
+/* Timer: the forwards the owner sent back go again (or are ordered here now). */
+void rebound_retry(struct mlink *l)
+{
+    struct piece *h = l->rebound;
+    l->rebound = NULL;
+    while (h) {
+        struct piece *next = h->next;
+        h->next = NULL;
+        h->waiting = false;
+        piece_dispatch(l, h);
+        h = next;
+    }
 }
 
 /* WRITE (the owner's copy), FORWARD (a write for a stripe we order), RESYNC
@@ -810,6 +837,21 @@ bool rx_fwd_done(struct mlink *l, const struct mhdr *h)
     if (!p || p->kind != P_HOST_WRITE || !p->remote_wait || p->locked)
         return false;
     p->remote_wait = false;
+    if (h->status == M_REORDER) {
+        if (p->applied || p->status)
+            return false; /* it ordered it (WRITE_REF) and then sent it back */
+        if (++p->bounced > M_BOUNCE_MAX) {
+            /* The modes never agreed: not ours to apply alone; a path error. */
+            l->st.proto_errors++;
+            p->status = -ENOTCONN;
+            piece_step(l, p);
+            return true;
+        }
+        p->waiting = true;
+        p->next = l->rebound;
+        l->rebound = p;
+        return true;
+    }
     if (h->status && !p->status)
         p->status = h->status;
     if (!p->applied && !p->status) {

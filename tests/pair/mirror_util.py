@@ -76,7 +76,7 @@ class Side:
         return {k: getattr(li, k) for k in ("up", "mode", "connects", "crc_errors",
                                             "proto_errors", "held_writes",
                                             "read_lease_left_us", "grant_left_us", "mac_errors",
-                                            "auth_failures", "rx_frames")}
+                                            "auth_failures", "rx_frames", "fwd_bounced")}
 
     def info(self):
         mi = ffi.new("struct srrs_mirror_info *")

@@ -316,6 +316,56 @@ def test_solo_write_stays_dirty_when_a_resync_starts_before_the_bitmaps_meet(tmp
         b.close()
 
 
+def test_forward_reaching_a_resync_target_that_no_longer_orders_it_is_sent_again(tmp_path):
+    """Seen in the 20-event test under load: b left PAIRED for a moment and
+    came back as an in-sync resync target while a was still PAIRED. a
+    forwarded a host write for stripe 1 (b's by parity) and b held it until
+    the bitmaps met; the stripe was dirty, so the source (a) orders it now,
+    and b dropped the link ("forward for a stripe we do not order"): both
+    fenced, held I/O, a new resync -- a flap caused by nothing but the order in
+    which the two sides changed modes. The owner now sends such a forward back
+    (M_REORDER) and the forwarder sends it again once the modes agree: the
+    write succeeds, on both replicas, and the link stays up."""
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        stripe1 = 1 << 20                      # stripe 1: ordered by b (node 1) when paired
+        assert a.core.test_io("v", "write", stripe1, 4096, os.urandom(4096))[0] == 0
+        w = os.urandom(4096)
+        b.mode("solo")                         # b alone for a moment: stripe 1 dirty on b
+        wait(lambda: b.link_info()["mode"] == 2, what="b solo")
+        assert b.core.test_io("v", "write", stripe1 + 8192, 4096, os.urandom(4096))[0] == 0
+        assert b.info()["dirty_stripes"] >= 1
+        b.mode("resync_target")                # b back, in sync, the higher name: target
+        connects = (a.link_info()["connects"], b.link_info()["connects"])
+        res = {}
+        t = threading.Thread(target=lambda: res.setdefault(
+            "w", a.core.test_io("v", "write", stripe1 + 4096, 4096, w)))
+        t.start()                              # a, still PAIRED, forwards it to b: held
+        time.sleep(0.3)
+        assert t.is_alive()
+        a.mode("resync_source")
+        a.resync()
+        b.resync()
+        t.join(10)
+        assert not t.is_alive() and res["w"][0] == 0, res
+        wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 10, "resync")
+        la, lb = a.link_info(), b.link_info()
+        assert lb["fwd_bounced"] >= 1
+        assert la["proto_errors"] == lb["proto_errors"] == 0
+        assert (la["connects"], lb["connects"]) == connects and la["up"] and lb["up"]
+        for side in (a, b):
+            assert side.core.test_io("r0", "read", stripe1 + 4096, 4096)[1] == w
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_link_carries_volume_ids_up_to_1023(tmp_path):
     """A pair's cluster volumes take mirror ids 1023 - slot (ctrl/cluster_sync.py):
     a mirror on the highest id replicates like id 0, and 1024 is refused with
