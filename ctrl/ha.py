@@ -119,6 +119,7 @@ class PeerHeartbeat:
     data_gen: Gen = NULL_GEN
     base_gen: Gen = NULL_GEN
     sees_peer: bool = True           # the peer hears us (asymmetric partitions)
+    behind: bool = False             # the peer is a resync target whose copy is not complete
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,8 @@ class State:
     peer_data_gen: Gen = NULL_GEN
     peer_base_gen: Gen = NULL_GEN
     peer_sees_us: bool = False
+    peer_behind: bool = False
+    peer_rs_since: Optional[float] = None   # we PAIRED, the peer in RESYNC since
     mirror_up: bool = False
     # lease
     lease_until: float = 0.0
@@ -311,8 +314,9 @@ def may_ack_alone(s: State, now: float) -> bool:
     return lease_valid(s, now) and now >= s.peer_read_until and not granting(s.role)
 
 
-def decide(me: str, data: Gen, base: Gen, peer: str, pdata: Gen, pbase: Gen) -> str:
-    """Resync direction from both replicas' generations:
+def decide(me: str, data: Gen, base: Gen, peer: str, pdata: Gen, pbase: Gen,
+           behind: bool = False, pbehind: bool = False) -> str:
+    """Resync direction from both replicas' generations (and `behind` flags):
     'insync' | 'source' | 'target' | 'full_target' | 'full_source' | 'split'."""
     if data == NULL_GEN and pdata == NULL_GEN:
         return "insync"
@@ -320,6 +324,14 @@ def decide(me: str, data: Gen, base: Gen, peer: str, pdata: Gen, pbase: Gen) -> 
         return "full_target"
     if pdata == NULL_GEN:
         return "full_source"
+    if pbehind != behind:
+        # One side is a resync target whose copy did not complete: it never
+        # wrote alone since, and all it lacks is in the two bitmaps (its own
+        # keeps every stripe not yet copied). Its generations are still the
+        # old ones while the other's may already be the new pair's (its
+        # resync-done came, the target's did not): by generations alone that
+        # looks like a split brain.
+        return "source" if pbehind else "target"
     if data == pdata:
         # The same generation, but one side may have written alone under it
         # after the other's copy completed (the creator's own resync-done was
@@ -350,7 +362,7 @@ def _enter(s: State, role: str, now: float, reason: str, **kw) -> State:
     epoch = s.epoch
     if role in (PAIRED, SOLO, RESYNC) and role != s.role:
         epoch = max(s.epoch, s.peer_epoch) + 1
-    return replace(s, role=role, since=now, reason=reason, epoch=epoch, **kw)
+    return replace(s, role=role, since=now, reason=reason, epoch=epoch, peer_rs_since=None, **kw)
 
 
 def _fence(s: State, now: float, reason: str, request: bool = True) -> Tuple[State, list]:
@@ -382,7 +394,8 @@ def _request(s: State, now: float) -> Tuple[State, list]:
 def _rejoin(s: State, now: float) -> Tuple[State, list]:
     """Peer usable again while we are not paired: resync in the direction the
     generations say, or report a split brain and stay as we are."""
-    d = decide(s.me, s.data_gen, s.base_gen, s.peer, s.peer_data_gen, s.peer_base_gen)
+    d = decide(s.me, s.data_gen, s.base_gen, s.peer, s.peer_data_gen, s.peer_base_gen,
+               s.behind, s.peer_behind)
     if d == "split":
         if s.split_brain:
             return s, []
@@ -435,6 +448,15 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
                else "peer does not hear us" if not s.peer_sees_us else "mirror link down")
         s, a = _peer_lost(s, now, why)
         return s, acts + a
+    if (s.role == PAIRED and s.peer_role == RESYNC and s.peer_rs_since is not None
+            and now - s.peer_rs_since > 2 * t.peer_timeout_s):
+        # The peer waits in a resync we are not part of: it left and rejoined
+        # while ours ended (our resync-done came, and its epoch tied ours, so
+        # its heartbeats looked like the end of our own resync). A target's
+        # resync-done follows the source's within moments; this long, it is
+        # waiting for us. Rejoin: a resync again, the peer's bitmap says what.
+        s2, a = _rejoin(s, now)
+        return s2, acts + a
     if s.role == SOLO:
         if not lease_valid(s, now):
             s, a = _fence(s, now, "lease expired")
@@ -478,9 +500,12 @@ def _tick(s: State, now: float) -> Tuple[State, list]:
 def _heartbeat(s: State, e: PeerHeartbeat, now: float) -> Tuple[State, list]:
     loops_at = now if e.loops != s.peer_loops else s.peer_loops_at
     was_alive = peer_alive(s, now)
+    rs_since = None
+    if s.role == PAIRED and e.role == RESYNC:
+        rs_since = s.peer_rs_since if s.peer_rs_since is not None else now
     s = replace(s, peer_seen=now, peer_loops=e.loops, peer_loops_at=loops_at, peer_role=e.role,
                 peer_epoch=e.epoch, peer_data_gen=e.data_gen, peer_base_gen=e.base_gen,
-                peer_sees_us=e.sees_peer)
+                peer_sees_us=e.sees_peer, peer_behind=e.behind, peer_rs_since=rs_since)
     acts: list = []
     if not was_alive and peer_alive(s, now):
         acts.append(Alert("warning", f"peer {s.peer} alive ({e.role}, epoch {e.epoch})"))

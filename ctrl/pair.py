@@ -87,6 +87,13 @@ class PairService:
         self._rt_out = (-1, [], "")     # (version, sorted list, digest) last built
         self._peer_rt = None            # digest of the peer's list we hold
         self._peer_rt_seen = None       # digest of our list the peer holds
+        # Heartbeats carry this process's boot id and a sequence number: one
+        # older than the newest heard from the same boot is stale (ROUTER
+        # fair-queues between the peer's old and new connections after a
+        # redial or a heal) and would undo what a newer one said.
+        self._hb_boot = os.urandom(8).hex()
+        self._hb_seq = 0
+        self._peer_hb = ("", -1)
         # Not self.lock: a mirror create waits for the link's reactor, and the
         # coordination thread (heartbeats, lease timing) must never wait for that.
         self._rt_lock = threading.Lock()
@@ -497,8 +504,10 @@ class PairService:
         _, rt, digest = self._rt_out
         hb = {"type": "hb", "node": self.conf.me_id, "epoch": s.epoch, "role": s.role,
               "loops": loops, "data_gen": s.data_gen.to_json(), "base_gen": s.base_gen.to_json(),
-              "sees_peer": ha.peer_alive(s, now), "volumes": self.agreement,
+              "sees_peer": ha.peer_alive(s, now), "behind": s.behind,
+              "boot": self._hb_boot, "seq": self._hb_seq, "volumes": self.agreement,
               "rt": digest, "rt_seen": self._peer_rt}
+        self._hb_seq += 1
         if self._peer_rt_seen != digest:    # lost or not yet sent: (again) in full
             hb["runtime"] = rt
         self._send(self.peer_sock, hb)
@@ -539,6 +548,13 @@ class PairService:
                             self.conf.peer_id)
                 return
             if m["type"] == "hb":
+                boot, seq = str(m.get("boot", "")), int(m.get("seq", -1))
+                if boot and boot == self._peer_hb[0] and seq <= self._peer_hb[1]:
+                    log.debug("stale heartbeat from %s (seq %d, newest %d): ignored",
+                              m.get("node"), seq, self._peer_hb[1])
+                    return
+                if boot:
+                    self._peer_hb = (boot, seq)
                 if m.get("volumes") != self.agreement:
                     # Never pair over different volumes: the peer stays "dead" to us.
                     msg = (f"peer {self.conf.peer_id} declares volumes {m.get('volumes')}, we "
@@ -554,7 +570,8 @@ class PairService:
                 self._peer_rt_seen = m.get("rt_seen")
                 ev = ha.PeerHeartbeat(int(m["epoch"]), str(m["role"]), int(m["loops"]),
                                       ha.Gen.from_json(m["data_gen"]),
-                                      ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]))
+                                      ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]),
+                                      bool(m.get("behind", False)))
             elif m["type"] == "resync":
                 ev = ha.AdminResync(str(m["source"]))
             else:
@@ -868,6 +885,7 @@ class PairService:
                                      peer_data_gen=ha.NULL_GEN, peer_base_gen=ha.NULL_GEN,
                                      peer_sees_us=False, split_brain="")
                 self.peer_runtime, self._peer_rt, self._peer_rt_seen = {}, None, None
+                self._peer_hb = ("", -1)
                 self._disagree = ""
             self._open_peer_sock()
         finally:

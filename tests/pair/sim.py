@@ -98,7 +98,8 @@ class Sim:
             if n.alive and p.alive and self.can(n.name, p.name):
                 self.feed(p, ha.PeerHeartbeat(n.state.epoch, n.state.role, n.loops,
                                               n.state.data_gen, n.state.base_gen,
-                                              ha.peer_alive(n.state, self.t)))
+                                              ha.peer_alive(n.state, self.t),
+                                              n.state.behind))
         # the mirror link: up iff both alive and the link is not cut
         a, b = self.nodes["a"], self.nodes["b"]
         up = a.alive and b.alive and self.can("a", "b") and not a.wedged and not b.wedged

@@ -283,6 +283,91 @@ def test_same_generation_written_alone_after_the_peers_copy_is_not_in_sync():
     assert s.role == RESYNC and s.resync_role == "target" and s.behind
 
 
+def test_peer_waiting_in_a_resync_we_ended_is_rejoined_not_left_for_ever():
+    """Seen in CI's 20-event test (seed 801255063): after a heal b fenced
+    during its resync as target (a heartbeat said a did not hear it), and
+    rejoined as target with an epoch that tied the one a took on PAIRED when
+    its resync-done came. a took b's RESYNC heartbeats for the end of its own
+    resync and stayed PAIRED; b waited for a resync a was not part of, for
+    ever. By generations alone (a on the new pair's g/g, b still on its old
+    h/h) the two also looked like a split brain."""
+    g, h = Gen(5, "a"), Gen(4, "b")
+    s, _ = ha.initial("a", "b", 0.0, T, g, g)
+    t = 0.1
+    s, _ = ha.step(s, ha.MirrorUp(), t)
+    s, _ = ha.step(s, ha.PeerHeartbeat(3, FENCED, 1, g, g, True), t)
+    assert s.role == RESYNC
+    s, _ = ha.step(s, ha.ResyncDone(), t + 0.1)
+    assert s.role == PAIRED
+    ep = s.epoch
+    assert ha.decide("a", g, g, "b", h, h) == "split"           # by generations alone
+    assert ha.decide("a", g, g, "b", h, h, False, True) == "source"
+    assert ha.decide("b", h, h, "a", g, g, True, False) == "target"
+    rejoined = None
+    for i in range(int(4 * T.peer_timeout_s / 0.1)):
+        t += 0.1
+        s, acts = ha.step(s, ha.PeerHeartbeat(ep, RESYNC, 10 + i, h, h, True, True), t)
+        s, acts2 = ha.step(s, ha.Tick(), t)
+        if s.role != PAIRED:
+            rejoined = (t, acts + acts2)
+            break
+    assert rejoined, "a stayed PAIRED while b waited in RESYNC"
+    assert rejoined[0] - 0.2 <= 2 * T.peer_timeout_s + 0.3
+    assert s.role == RESYNC and s.resync_role == "source" and not s.split_brain
+    assert ha.StartResync("source", False) in rejoined[1]
+
+
+def test_peer_finishing_our_resync_is_not_rejoined():
+    """The other side of that rule: a target's resync-done follows the
+    source's within moments; its RESYNC heartbeats meanwhile change nothing."""
+    g = Gen(5, "a")
+    s, _ = ha.initial("a", "b", 0.0, T, g, g)
+    s, _ = ha.step(s, ha.MirrorUp(), 0.1)
+    s, _ = ha.step(s, ha.PeerHeartbeat(3, FENCED, 1, g, g, True), 0.1)
+    s, _ = ha.step(s, ha.ResyncDone(), 0.2)
+    ep, t = s.epoch, 0.2
+    for i in range(int(T.peer_timeout_s / 0.1)):
+        t += 0.1
+        s, acts = ha.step(s, ha.PeerHeartbeat(ep - 1, RESYNC, 10 + i, g, g, True, True), t)
+        s, acts = ha.step(s, ha.Tick(), t)
+        assert s.role == PAIRED and not acts
+    s, _ = ha.step(s, ha.PeerHeartbeat(ep, PAIRED, 99, g, g, True), t + 0.1)
+    s, acts = ha.step(s, ha.Tick(), t + 0.2)
+    assert s.role == PAIRED and s.peer_rs_since is None
+
+
+def test_stale_heartbeat_is_ignored():
+    """A heartbeat older than one already heard from the same process (ROUTER
+    fair-queues between the peer's old and new connections) must not undo
+    what the newer one said: it made b fence ("peer does not hear us") right
+    after a heal, twice in CI."""
+    import json
+
+    from srrs.ctrl.pair import PairService
+
+    svc = PairService.__new__(PairService)
+    got = []
+    svc.feed = got.append
+    svc.conf = type("C", (), {"peer_id": "a", "self_name": "b"})()
+    svc.agreement = [["v0", 1, 2]]
+    svc._disagree, svc._peer_hb = "", ("", -1)
+    svc.peer_runtime, svc._peer_rt, svc._peer_rt_seen = {}, None, None
+
+    def hb(seq, sees, boot="b1"):
+        return json.dumps({"type": "hb", "node": "a", "epoch": 3, "role": PAIRED, "loops": seq,
+                           "data_gen": [5, "a"], "base_gen": [5, "a"], "sees_peer": sees,
+                           "behind": False, "boot": boot, "seq": seq,
+                           "volumes": [["v0", 1, 2]]}).encode()
+
+    svc._on_peer(hb(5, True))
+    svc._on_peer(hb(3, False))          # older, from the same process: stale
+    svc._on_peer(hb(5, False))          # not newer either
+    assert [e.sees_peer for e in got] == [True]
+    svc._on_peer(hb(6, False))
+    svc._on_peer(hb(1, True, boot="b2"))   # a restarted peer starts again
+    assert [e.sees_peer for e in got] == [True, False, True]
+
+
 def test_starting_alone_goes_solo_with_lease():
     sim = Sim()
     sim.kill("b")
