@@ -148,7 +148,21 @@ def test_demo_sigterm_cleans_up(tmp_path, sig):
         time.sleep(0.1)
     time.sleep(1.0)
     p.send_signal(getattr(signal, f"SIG{sig}"))
-    out, err = p.communicate(timeout=30)
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        # what the clean-up was doing when it stalled (CI saw one, once, under load)
+        logs = {}
+        for d, _, fs in os.walk(tmpdir):
+            for f in fs:
+                if f.endswith(".log"):
+                    with open(os.path.join(d, f), errors="replace") as fh:
+                        logs[f] = fh.read()[-3000:]
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"demo did not stop within 30 s of SIG{sig}\nstderr: {err[-3000:]}\n"
+                             f"stdout: {out[-2000:]}\n"
+                             + "\n".join(f"--- {k}\n{v}" for k, v in logs.items())) from None
     # like q: the run stops early, the summary is still printed
     assert p.returncode == 0, err
     assert re.search(r"[\d,]+ IOPS .*stopped early.*errors 0", out), out
