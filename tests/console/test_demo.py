@@ -127,8 +127,13 @@ def test_demo_sigterm_cleans_up(tmp_path, sig):
     tmpdir.mkdir()
     env = dict(os.environ, TMPDIR=str(tmpdir))
     since = time.time()
+    # As from a terminal: a job a non-interactive shell starts in the background
+    # inherits SIGINT ignored, and a Python started so never turns it into
+    # KeyboardInterrupt (the demo then rightly ignores it; CI run as such a
+    # job failed here for that reason alone).
     p = subprocess.Popen(SRRS + ["demo", "--duration", "60"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # signal once the load runs (earlier, the demo stops with "interrupted", exit 1)
     deadline = time.monotonic() + 30
     while True:
