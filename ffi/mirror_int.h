@@ -388,7 +388,7 @@ void rl_ask(struct mlink *l, uint64_t now);
 void rl_retry(struct mlink *l, bool expire);
 void resolve_held(struct mlink *l);
 void fwd_bounce(struct mlink *l, struct piece *p);
-void rebound_retry(struct mlink *l);
+void dispatch_all(struct mlink *l, struct piece **head);
 void set_mode_fn(void *a);
 /* frame handlers (rx_frame's dispatch): false = a protocol error (errno
  * ENOBUFS: out of buffers, retry later) */

@@ -887,7 +887,7 @@ static int timer_poll(void *arg)
     if (l->rwait)
         rl_retry(l, true);
     if (l->rebound)
-        rebound_retry(l);
+        dispatch_all(l, &l->rebound); /* forwards the owner sent back go again */
     if (l->solo_wait && (now >= l->rl_granted || !lease_ok(l))) {
         /* The peer's read lease from us is over: solo may begin (or the
          * witness lease ended first: fenced, below). */

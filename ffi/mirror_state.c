@@ -151,11 +151,32 @@ static void send_write(struct mlink *l, struct piece *p, int type)
                NULL);
 }
 
-void hold(struct mlink *l, struct piece *p)
+/* A piece onto one of the link's waiting lists (held, rebound). */
+static void park(struct piece **head, struct piece *p)
 {
     p->waiting = true;
-    p->next = l->held;
-    l->held = p;
+    p->next = *head;
+    *head = p;
+}
+
+void hold(struct mlink *l, struct piece *p)
+{
+    park(&l->held, p);
+}
+
+/* Every piece of a waiting list dispatched again (what they mean now); the
+ * list is taken whole first, so what is parked again starts a new one. */
+void dispatch_all(struct mlink *l, struct piece **head)
+{
+    struct piece *h = *head;
+    *head = NULL;
+    while (h) {
+        struct piece *next = h->next;
+        h->next = NULL;
+        h->waiting = false;
+        piece_dispatch(l, h);
+        h = next;
+    }
 }
 
 /* Start an ordered write (host write we order, or a peer's forward). */
@@ -513,17 +534,9 @@ void piece_step(struct mlink *l, struct piece *p)
 void resolve_held(struct mlink *l)
 {
     rl_retry(l, false);
-    rebound_retry(l); /* forwards sent back: what they mean in the new mode */
+    dispatch_all(l, &l->rebound); /* forwards sent back: what they mean in the new mode */
     /* pieces held before they were sent (forwarder without link, resync not ready) */
-    struct piece *h = l->held;
-    l->held = NULL;
-    while (h) {
-        struct piece *next = h->next;
-        h->next = NULL;
-        h->waiting = false;
-        piece_dispatch(l, h);
-        h = next;
-    }
+    dispatch_all(l, &l->held);
     /* pieces whose remote part was lost with a connection */
     for (uint32_t i = 0; i < M_NPIECES; i++) {
         struct piece *p = &l->pieces[i];
@@ -747,20 +760,6 @@ void fwd_bounce(struct mlink *l, struct piece *p)
     piece_put(l, p);
 }
 
-/* Timer: the forwards the owner sent back go again (or are ordered here now). */
-void rebound_retry(struct mlink *l)
-{
-    struct piece *h = l->rebound;
-    l->rebound = NULL;
-    while (h) {
-        struct piece *next = h->next;
-        h->next = NULL;
-        h->waiting = false;
-        piece_dispatch(l, h);
-        h = next;
-    }
-}
-
 /* WRITE (the owner's copy), FORWARD (a write for a stripe we order), RESYNC
  * (a chunk of a stripe being copied to us): one stripe's worth of data. */
 bool rx_data(struct mlink *l, struct mirror *m, const struct mhdr *h, uint8_t *payload,
@@ -847,9 +846,7 @@ bool rx_fwd_done(struct mlink *l, const struct mhdr *h)
             piece_step(l, p);
             return true;
         }
-        p->waiting = true;
-        p->next = l->rebound;
-        l->rebound = p;
+        park(&l->rebound, p); /* sent again at the next timer tick */
         return true;
     }
     if (h->status && !p->status)
