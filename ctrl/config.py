@@ -76,6 +76,10 @@ class ControllerConfig:
                              help="adaptive sleeps in epoll when idle; busy spins")
     idle_spin_us: int = setting(200, range=(0, 1_000_000),
                                 help="adaptive: spin this long before sleeping")
+    lock_code: bool = setting(True, help="lock the I/O path's code (the core, libc, "
+                              "libcrypto: a few MiB) in memory, so that reclaim cannot drop "
+                              "it while the controller idles and its first I/O then wait on "
+                              "disk reads")
 
     def _finish(self, raw: dict) -> "ControllerConfig":
         if self.cpus and "reactors" not in raw:

@@ -53,6 +53,15 @@ class Controller:
         c = conf.controller
         self.core = Core(reactors=c.reactors, poll_mode=c.poll_mode, idle_spin_us=c.idle_spin_us,
                          cpus=c.cpus)
+        self.code_lock: dict = {}
+        if c.lock_code:
+            # docs/architecture.md, Poll modes and adaptive sleep: the first
+            # I/O after a quiet spell must not wait on reclaimed code pages
+            self.code_lock = self.core.lock_code()
+            if "error" in self.code_lock:
+                log.warning("controller %s: the I/O path's code is not all locked in memory "
+                            "(a first I/O after a quiet spell may wait on disk reads): %s",
+                            self.name, self.code_lock["error"])
         self.nvmf: Any = None
         self.vhost: Any = None
         self.pool: Any = None

@@ -8,9 +8,19 @@
 #include "srrs_int.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ---- verify map ---------------------------------------------------------- */
 
@@ -545,4 +555,230 @@ int srrs_bench_bdev(struct srrs_core *core, int reactor, const char *name,
     int rc = srrs_bench_run(r, &t, o, out);
     srrs_bdev_close(&b);
     return rc;
+}
+
+/* ---- the platform's wake-up floor ---------------------------------------- */
+/* A thread sleeping in epoll_wait, as a sleeping reactor does, and nothing
+ * else: on an eventfd (what a vhost-user kick wakes), or on a TCP loopback
+ * socket (what an NVMe/TCP command wakes: the stack's receive path, the
+ * wake-up, a 1-byte answer back). What waking it costs after an idle spell
+ * (a vCPU in a halt, cold caches) is the floor under any sleeping target's
+ * first I/O (ci/bench-idle). Woken, it spins a while for the next ping, as
+ * an adaptive reactor does: the pings then answered are its busy figure. */
+
+struct srrs_wake_probe {
+    pthread_t th;
+    int efd, ep, cpu, mode;
+    int csock, ssock; /* TCP mode: the pinger's end, the sleeper's */
+    bool started;
+    uint32_t spin_us;
+    _Atomic uint64_t want; /* eventfd mode: the ping to answer */
+    _Atomic uint64_t done; /* eventfd mode: the last one answered */
+    _Atomic int stop;
+};
+
+/* the sleeper's side of one round: true if it answered a ping */
+static bool probe_answer(struct srrs_wake_probe *p)
+{
+    if (p->mode == SRRS_WAKE_PROBE_TCP) {
+        char b[64];
+        ssize_t n = recv(p->ssock, b, sizeof(b), MSG_DONTWAIT);
+        if (n <= 0)
+            return false;
+        for (ssize_t i = 0; i < n; i++)
+            if (send(p->ssock, "a", 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1)
+                return false;
+        return true;
+    }
+    uint64_t w = atomic_load_explicit(&p->want, memory_order_acquire);
+    if (w == atomic_load_explicit(&p->done, memory_order_relaxed))
+        return false;
+    atomic_store_explicit(&p->done, w, memory_order_release);
+    return true;
+}
+
+static void *probe_main(void *a)
+{
+    struct srrs_wake_probe *p = a;
+    if (p->cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(p->cpu, &set);
+        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    }
+    while (!atomic_load(&p->stop)) {
+        struct epoll_event ev;
+        if (epoll_wait(p->ep, &ev, 1, -1) <= 0)
+            continue;
+        uint64_t v;
+        if (read(p->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+            break;
+        uint64_t spin_end = srrs_now_ns() + (uint64_t)p->spin_us * 1000;
+        do {
+            if (probe_answer(p))
+                spin_end = srrs_now_ns() + (uint64_t)p->spin_us * 1000;
+        } while (srrs_now_ns() < spin_end && !atomic_load_explicit(&p->stop, memory_order_relaxed));
+    }
+    return NULL;
+}
+
+/* a connected TCP pair over loopback, Nagle off both ends */
+static int probe_tcp(struct srrs_wake_probe *p)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    int one = 1, rc = 0;
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0 ||
+        getsockname(ls, (struct sockaddr *)&sa, &sl) < 0 ||
+        (p->csock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+        connect(p->csock, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        (p->ssock = accept4(ls, NULL, NULL, SOCK_CLOEXEC)) < 0)
+        rc = -errno;
+    if (ls >= 0)
+        close(ls);
+    if (!rc && (setsockopt(p->csock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
+                setsockopt(p->ssock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0))
+        rc = -errno;
+    return rc;
+}
+
+int srrs_wake_probe_create(int cpu, uint32_t spin_us, int mode, struct srrs_wake_probe **out)
+{
+    if (mode != SRRS_WAKE_PROBE_EVENTFD && mode != SRRS_WAKE_PROBE_TCP)
+        return srrs_err(-EINVAL, "wake probe: mode %d", mode);
+    struct srrs_wake_probe *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->cpu = cpu;
+    p->mode = mode;
+    p->spin_us = spin_us;
+    p->csock = p->ssock = -1;
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    p->ep = epoll_create1(EPOLL_CLOEXEC);
+    int rc = 0;
+    if (p->efd < 0 || p->ep < 0)
+        rc = -errno;
+    if (!rc && mode == SRRS_WAKE_PROBE_TCP)
+        rc = probe_tcp(p);
+    if (!rc) {
+        struct epoll_event ev = {.events = EPOLLIN};
+        if (epoll_ctl(p->ep, EPOLL_CTL_ADD, p->efd, &ev) < 0 ||
+            (mode == SRRS_WAKE_PROBE_TCP && epoll_ctl(p->ep, EPOLL_CTL_ADD, p->ssock, &ev) < 0))
+            rc = -errno;
+    }
+    if (rc)
+        srrs_err(rc, "wake probe: %s", strerror(-rc));
+    else if ((rc = -pthread_create(&p->th, NULL, probe_main, p)) == 0)
+        p->started = true;
+    if (rc) {
+        srrs_wake_probe_destroy(&p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+void srrs_wake_probe_destroy(struct srrs_wake_probe **pp)
+{
+    struct srrs_wake_probe *p = *pp;
+    if (!p)
+        return;
+    *pp = NULL;
+    if (p->started) {
+        atomic_store(&p->stop, 1);
+        uint64_t one = 1;
+        if (write(p->efd, &one, sizeof(one)) < 0)
+            (void)0;
+        pthread_join(p->th, NULL);
+    }
+    int fds[4] = {p->efd, p->ep, p->csock, p->ssock};
+    for (int i = 0; i < 4; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(p);
+}
+
+struct ping_arg {
+    struct srrs_wake_probe *p;
+    uint32_t busy_n;
+    uint64_t first_ns, busy_ns;
+    int rc;
+};
+
+/* one ping from the pinger's side: ns from posting it to seeing it answered
+ * (at most 1 s) */
+static int64_t ping_once(struct srrs_wake_probe *p, bool kick)
+{
+    uint64_t t0 = srrs_now_ns(), t;
+    uint64_t w = 0;
+    if (p->mode == SRRS_WAKE_PROBE_TCP) {
+        if (send(p->csock, "p", 1, MSG_NOSIGNAL) != 1)
+            return -errno;
+    } else {
+        w = atomic_load(&p->want) + 1;
+        atomic_store_explicit(&p->want, w, memory_order_release);
+        uint64_t one = 1;
+        if (kick && write(p->efd, &one, sizeof(one)) < 0)
+            return -errno;
+    }
+    do {
+        t = srrs_now_ns();
+        if (p->mode == SRRS_WAKE_PROBE_TCP) {
+            char b;
+            ssize_t n = recv(p->csock, &b, 1, MSG_DONTWAIT);
+            if (n == 1)
+                return (int64_t)(t - t0);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                return n ? -errno : -ECONNRESET;
+        } else if (atomic_load_explicit(&p->done, memory_order_acquire) == w) {
+            return (int64_t)(t - t0);
+        }
+    } while (t - t0 < 1000000000ull);
+    return -ETIMEDOUT;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void ping_fn(void *a)
+{
+    struct ping_arg *x = a;
+    int64_t ns = ping_once(x->p, true);
+    if (ns < 0) {
+        x->rc = (int)ns;
+        return;
+    }
+    x->first_ns = (uint64_t)ns;
+    uint64_t v[256];
+    uint32_t n = SRRS_MIN(x->busy_n, 256u);
+    for (uint32_t i = 0; i < n; i++) {
+        if ((ns = ping_once(x->p, false)) < 0) {
+            x->rc = (int)ns;
+            return;
+        }
+        v[i] = (uint64_t)ns;
+    }
+    if (n) {
+        qsort(v, n, sizeof(v[0]), cmp_u64);
+        x->busy_ns = v[n / 2];
+    }
+}
+
+int srrs_wake_probe_ping(struct srrs_core *core, int reactor, struct srrs_wake_probe *p,
+                         uint32_t busy_n, uint64_t *first_ns, uint64_t *busy_ns)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r || !p)
+        return srrs_err(-EINVAL, "wake probe: no reactor %d", reactor);
+    struct ping_arg x = {.p = p, .busy_n = busy_n};
+    int rc = srrs_reactor_call(r, ping_fn, &x);
+    if (rc || x.rc)
+        return srrs_err(rc ? rc : x.rc, "wake probe: the sleeper did not answer");
+    *first_ns = x.first_ns;
+    *busy_ns = x.busy_ns;
+    return 0;
 }

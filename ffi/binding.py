@@ -295,6 +295,29 @@ class BenchOpts:
         return o
 
 
+class WakeProbe:
+    """The platform's wake-up floor (ci/bench-idle): a thread pinned to `cpu`
+    sleeping in epoll_wait as a sleeping reactor does, and nothing else, on an
+    eventfd (mode "eventfd": a vhost-user kick's path) or on a TCP loopback
+    socket it answers with a byte (mode "tcp": an NVMe/TCP command's);
+    Core.wake_probe() times waking it."""
+
+    MODES = {"eventfd": 0, "tcp": 1}
+
+    def __init__(self, cpu: int, spin_us: int = 200, mode: str = "eventfd"):
+        if mode not in self.MODES:
+            raise ValueError(f"wake probe mode {mode!r}: one of {sorted(self.MODES)}")
+        p = ffi.new("struct srrs_wake_probe **")
+        check(lib.srrs_wake_probe_create(cpu, spin_us, self.MODES[mode], p), "wake probe")
+        self.ptr = p[0]
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            p = ffi.new("struct srrs_wake_probe **", self.ptr)
+            lib.srrs_wake_probe_destroy(p)
+            self.ptr = None
+
+
 class TestPoller:
     """A test poller on a reactor (Core.test_poller): fire() writes its eventfd,
     runs counts its runs; delete it before its core."""
@@ -522,6 +545,24 @@ class Core:
         check(lib.srrs_bench_bdev(self.ptr, reactor, bdev.encode(), opts.to_c(vmap), res),
               f"bench {bdev}")
         return bench_result_dict(res)
+
+    def lock_code(self) -> dict:
+        """Lock the I/O path's code in memory (srrs_lock_code): {locked,
+        wanted} bytes, and error (a message) when some could not be locked."""
+        locked, wanted = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        rc = lib.srrs_lock_code(locked, wanted)
+        out = {"locked": locked[0], "wanted": wanted[0]}
+        if rc:
+            out["error"] = last_error() or os.strerror(-rc)
+        return out
+
+    def wake_probe(self, probe: "WakeProbe", reactor: int = 0, busy_n: int = 100) -> dict:
+        """One ping of a WakeProbe from reactor `reactor` (see WakeProbe): the
+        first wakes the sleeper, busy_n more find it spinning; ns."""
+        first, busy = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        check(lib.srrs_wake_probe_ping(self.ptr, reactor, probe.ptr, busy_n, first, busy),
+              "wake probe")
+        return {"first_ns": first[0], "busy_ns": busy[0]}
 
     # -- test hooks ----------------------------------------------------------------
     def test_io_hold(self, reactor: int, hold: bool) -> None:

@@ -6,7 +6,9 @@
  */
 #include "srrs_int.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
@@ -102,6 +104,71 @@ static void *mem_alloc(size_t len, bool *huge, int extra)
 }
 
 void *srrs_mem_alloc(size_t len, bool *huge) { return mem_alloc(len, huge, 0); }
+
+/* ---- the I/O path's code, kept in memory --------------------------------- */
+/* A quiet controller's code pages are file pages like any other: proactive
+ * reclaim (DAMON's pageout, memory.reclaim, kswapd) drops those untouched for
+ * a while, and the first I/O after a quiet minute then waits on major faults
+ * reading them back from disk. The read-only segments (code, constants) of
+ * the core and of the libraries its reactors run on the I/O path (libc, and
+ * libcrypto for the mirror's MACs) are locked (docs/architecture.md, Poll
+ * modes and adaptive sleep). Their pages are shared with every other user of
+ * those files: locking costs a few MiB, once. */
+
+struct lock_ctx {
+    uintptr_t self; /* the core's load address */
+    uint64_t locked, wanted;
+    int err;
+};
+
+static bool lock_wanted(const struct dl_phdr_info *info, const struct lock_ctx *c)
+{
+    if ((uintptr_t)info->dlpi_addr == c->self)
+        return true;
+    const char *n = info->dlpi_name;
+    const char *base = n ? strrchr(n, '/') : NULL;
+    base = base ? base + 1 : n;
+    return base && (!strncmp(base, "libc.so", 7) || !strncmp(base, "libcrypto.so", 12));
+}
+
+static int lock_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct lock_ctx *c = arg;
+    if (!lock_wanted(info, c))
+        return 0;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || (ph->p_flags & PF_W) || !ph->p_memsz)
+            continue;
+        uintptr_t a = ((uintptr_t)info->dlpi_addr + ph->p_vaddr) & ~(pg - 1);
+        uintptr_t e = ((uintptr_t)info->dlpi_addr + ph->p_vaddr + ph->p_memsz + pg - 1) & ~(pg - 1);
+        c->wanted += e - a;
+        if (mlock((void *)a, e - a) == 0)
+            c->locked += e - a;
+        else if (!c->err)
+            c->err = -errno;
+    }
+    return 0;
+}
+
+int srrs_lock_code(uint64_t *locked, uint64_t *wanted)
+{
+    Dl_info di;
+    struct lock_ctx c = {0};
+    if (!dladdr((void *)srrs_lock_code, &di) || !di.dli_fbase)
+        return srrs_err(-ENOENT, "lock code: the core's own object was not found");
+    c.self = (uintptr_t)di.dli_fbase;
+    dl_iterate_phdr(lock_object, &c);
+    *locked = c.locked;
+    *wanted = c.wanted;
+    if (c.err)
+        return srrs_err(c.err, "lock code: mlock: %s (%llu of %llu KiB locked; RLIMIT_MEMLOCK "
+                        "or CAP_IPC_LOCK allows more)", strerror(-c.err),
+                        (unsigned long long)(c.locked >> 10), (unsigned long long)(c.wanted >> 10));
+    return 0;
+}
 void *srrs_mem_alloc_populated(size_t len, bool *huge) { return mem_alloc(len, huge, MAP_POPULATE); }
 
 void srrs_mem_free(void *p, size_t len)

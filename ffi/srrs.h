@@ -262,6 +262,32 @@ uint64_t srrs_verify_map_written(struct srrs_verify_map *map);
 int srrs_bench_bdev(struct srrs_core *core, int reactor, const char *bdev,
                     const struct srrs_bench_opts *opts, struct srrs_bench_result *out);
 
+/* control. Locks in memory the read-only segments (code, constants) of the
+ * core and of libc and libcrypto, which its reactors run on the I/O path: a
+ * quiet controller's code is not reclaimed, and its first I/O after a quiet
+ * spell takes no major fault. Best effort: locked and wanted bytes are set
+ * either way; an error says why some were not (RLIMIT_MEMLOCK). */
+int srrs_lock_code(uint64_t *locked, uint64_t *wanted);
+
+/* The platform's wake-up floor (ci/bench-idle): a thread pinned to `cpu`
+ * that sleeps in epoll_wait, as a sleeping reactor does, on an eventfd (a
+ * vhost-user kick's path) or on a TCP loopback socket that it answers with
+ * a byte (an NVMe/TCP command's), and spins spin_us after each wake-up for
+ * the next ping. */
+enum srrs_wake_probe_mode {
+    SRRS_WAKE_PROBE_EVENTFD = 0,
+    SRRS_WAKE_PROBE_TCP = 1,
+};
+struct srrs_wake_probe;
+/* control. */
+int srrs_wake_probe_create(int cpu, uint32_t spin_us, int mode, struct srrs_wake_probe **out);
+void srrs_wake_probe_destroy(struct srrs_wake_probe **probe);
+/* control. On reactor `reactor` (the client's, busy-polling): one ping that
+ * wakes the sleeper (first_ns, post to answer seen), then busy_n (<= 256)
+ * more while it spins (busy_ns: their median). */
+int srrs_wake_probe_ping(struct srrs_core *core, int reactor, struct srrs_wake_probe *probe,
+                         uint32_t busy_n, uint64_t *first_ns, uint64_t *busy_ns);
+
 /* ---- test hooks (used by the unit tests; cheap, always built) --------- */
 
 /* any thread. Posts a message to reactor `reactor` recording (sender, seq). */
