@@ -334,6 +334,11 @@ class TestPoller:
     def runs(self) -> int:
         return lib.srrs_test_poller_runs(self.ptr)
 
+    @property
+    def seq(self) -> int:
+        """Its last run's number among every test poller's runs (0: never)."""
+        return lib.srrs_test_poller_seq(self.ptr)
+
     def delete(self) -> None:
         if self.ptr is not None:
             p = ffi.new("struct srrs_test_poller **", self.ptr)

@@ -273,6 +273,11 @@ struct stop_hook {
 #define MSG_RING_SIZE 65536u
 /* adaptive: an idle spin yields the CPU once per this many us (docs/architecture.md) */
 #define YIELD_GAP_US 10
+/* after a wake-up, timed pollers of a period of TIMER_HOLD_MIN_US or more
+ * (background duties: health checks, ticks; not the pool's 20 us barrier
+ * poller, which I/O may wait on) wait at most TIMER_HOLD_US for its I/O */
+#define TIMER_HOLD_US 1000
+#define TIMER_HOLD_MIN_US 10000
 #define MSG_BUDGET 256
 #define IO_POOL_SIZE 16384u
 
@@ -307,6 +312,13 @@ struct srrs_reactor {
     int msg_efd;
     int poll_mode;
     uint64_t idle_spin;     /* ticks */
+    /* After a sleep, timed pollers whose fd did not fire wait until the I/O
+     * that woke the reactor is answered (docs/architecture.md, Poll modes
+     * and adaptive sleep): until a round without work and with no I/O in
+     * flight, or hold_until. */
+    bool hold_timers;
+    uint64_t hold_until;
+    uint64_t hold_min_period; /* ticks: shorter-period pollers are part of an I/O's flow */
     uint64_t drain_deadline;
     uint32_t drain_ms;
 
@@ -613,6 +625,7 @@ static int reactor_create(struct srrs_core *core, int idx, const struct srrs_cor
     atomic_store(&r->want_poll_mode, o->poll_mode);
     atomic_store(&r->want_idle_spin_us, o->idle_spin_us);
     r->idle_spin = srrs_us_to_ticks(o->idle_spin_us);
+    r->hold_min_period = srrs_us_to_ticks(TIMER_HOLD_MIN_US);
     int rc = -ENOMEM;
     if (mpsc_init(&r->msgs, MSG_RING_SIZE))
         goto fail;
@@ -928,12 +941,13 @@ static int run_pollers(struct srrs_reactor *r, uint64_t now)
 {
     int work = 0;
     uint32_t n = r->npollers; /* pollers added during the pass run next loop */
+    bool hold = r->hold_timers;
     for (uint32_t i = 0; i < n; i++) {
         struct srrs_poller *p = r->pollers[i];
         if (p->dead)
             continue;
         if (p->period) {
-            if (now < p->next_due)
+            if (now < p->next_due || (hold && p->next_due && p->period >= r->hold_min_period))
                 continue;
             p->next_due = now + p->period;
         }
@@ -969,6 +983,10 @@ static uint64_t sleep_due(struct srrs_reactor *r)
 
 static void reactor_sleep(struct srrs_reactor *r, uint64_t now)
 {
+    if (r->hold_timers) {
+        r->hold_timers = false; /* the held timers run before any sleep */
+        return;
+    }
     if (presleep_says_work(r))
         return;
     uint64_t next_due = sleep_due(r);
@@ -1008,6 +1026,13 @@ static void reactor_sleep(struct srrs_reactor *r, uint64_t now)
     }
     srrs_stat_add(&r->st_wakeups, 1);
     uint64_t after = srrs_ticks();
+    if (n > 0) {
+        /* Woken by an fd or a message: what woke us goes first; the timed
+         * pollers that fell due while we slept (a health check, a group's
+         * tick: 20-30 us of a cold first round) run once it is answered. */
+        r->hold_timers = true;
+        r->hold_until = after + srrs_us_to_ticks(TIMER_HOLD_US);
+    }
     /* The sleep watched every fd_only poller's fd: one whose fd did not fire
      * has nothing to do; its period counts again from now (a reactor serving
      * QD1 sleeps between two I/Os: no accept4 that finds nothing then). A
@@ -1084,6 +1109,12 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
             pollers_compact(r);
 
         uint64_t end = srrs_ticks();
+        bool released = false;
+        if (srrs_unlikely(r->hold_timers) &&
+            ((!work && !r->io_outstanding) || end >= r->hold_until)) {
+            r->hold_timers = false; /* the wake's I/O is answered: timers next round, */
+            released = true;        /* not after a sleep */
+        }
         if (work) {
             srrs_stat_add(&r->st_busy, end - now);
             last_work = end;
@@ -1097,7 +1128,8 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
                 end > r->drain_deadline)
                 break;
         }
-        if (!work && (r->poll_mode == SRRS_POLL_ADAPTIVE || srrs_reactor_is_stopping(r)) &&
+        if (!work && !released &&
+            (r->poll_mode == SRRS_POLL_ADAPTIVE || srrs_reactor_is_stopping(r)) &&
             end - last_work >= r->idle_spin) {
             reactor_sleep(r, end);
             end = srrs_ticks();
@@ -1369,11 +1401,15 @@ struct srrs_test_poller {
     int efd;
     int rc;
     _Atomic uint64_t runs;
+    _Atomic uint64_t seq; /* test_seq at its last run: the order pollers ran in */
 };
+
+static _Atomic uint64_t test_seq;
 
 static int test_poller_run(void *arg)
 {
     struct srrs_test_poller *t = arg;
+    atomic_store_explicit(&t->seq, atomic_fetch_add(&test_seq, 1) + 1, memory_order_relaxed);
     uint64_t v;
     ssize_t k = read(t->efd, &v, sizeof(v)); /* nonblocking: empty is EAGAIN */
     atomic_fetch_add_explicit(&t->runs, 1, memory_order_relaxed);
@@ -1439,6 +1475,11 @@ int srrs_test_poller_fd(struct srrs_test_poller *t) { return t->efd; }
 uint64_t srrs_test_poller_runs(struct srrs_test_poller *t)
 {
     return atomic_load_explicit(&t->runs, memory_order_relaxed);
+}
+
+uint64_t srrs_test_poller_seq(struct srrs_test_poller *t)
+{
+    return atomic_load_explicit(&t->seq, memory_order_relaxed);
 }
 
 void srrs_test_poller_del(struct srrs_test_poller **pt)

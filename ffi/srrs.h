@@ -311,6 +311,9 @@ int srrs_test_poller_add(struct srrs_core *core, int reactor, uint32_t period_us
                          struct srrs_test_poller **out);
 int srrs_test_poller_fd(struct srrs_test_poller *t);
 uint64_t srrs_test_poller_runs(struct srrs_test_poller *t);
+/* Of all test pollers' runs in the process, the number of this one's last
+ * (0: never ran): the order they ran in. */
+uint64_t srrs_test_poller_seq(struct srrs_test_poller *t);
 void srrs_test_poller_del(struct srrs_test_poller **t);
 /* control. One synchronous I/O (op: enum srrs_io_op)
  * through the reactor, buf copied through a pool buffer. Returns the I/O status. */

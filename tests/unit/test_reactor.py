@@ -203,3 +203,43 @@ def test_adaptive_idle_spin_with_io_in_flight_yields_the_cpu_and_no_other_does()
         time.sleep(0.3)
         assert core.reactor_stats(0)["yields"] == 0
         core.test_io_hold(0, False)
+
+
+def test_a_wake_serves_what_woke_it_before_timers_that_fell_due():
+    """After a sleep, what woke the reactor (here a poller whose fd fired, as
+    a vhost queue's kick) runs before the background timed pollers that fell
+    due while it slept (the pool's health check, a group's tick: 25-30 us of
+    a cold first round); those wait until the I/O in flight is answered (at
+    most 1 ms) and always run before the next sleep; a short-period poller (an
+    I/O may wait on it: the pool's 20 us barrier poller) is never held
+    (docs/architecture.md, Poll modes and adaptive sleep)."""
+    with Core(reactors=1, poll_mode="adaptive", idle_spin_us=0) as core:
+        # registered first: before the fix, a due timer ran ahead of the fd's poller
+        bg = core.test_poller(0, 20_000, "lazy")        # background duty, due after a sleep
+        short = core.test_poller(0, 2_000, "lazy")      # part of an I/O's flow
+        io = core.test_poller(0, 10_000_000, "wakes")   # runs when its fd fires
+        try:
+            for hold in (False, True):
+                core.test_io_hold(0, hold)  # an I/O in flight, or none
+                try:
+                    for _ in range(5):
+                        time.sleep(0.1)  # asleep; bg and short fall due
+                        w0 = core.reactor_stats(0)["wakeups"]
+                        b0, s0, i0 = bg.runs, short.runs, io.runs
+                        io.fire()
+                        deadline = time.monotonic() + 2.0
+                        while (bg.runs == b0 or io.runs == i0) and time.monotonic() < deadline:
+                            time.sleep(0.001)
+                        assert io.runs > i0, "the fired poller did not run"
+                        assert bg.runs > b0, "the held timer never ran (starved)"
+                        assert io.seq < bg.seq, (
+                            f"hold={hold}: a due 20 ms timer ran (#{bg.seq}) before the fired "
+                            f"poller (#{io.seq})")
+                        assert short.runs > s0 and short.seq < bg.seq or not hold, (
+                            f"the 2 ms poller was held (#{short.seq}; bg #{bg.seq})")
+                        assert core.reactor_stats(0)["wakeups"] - w0 >= 1
+                finally:
+                    core.test_io_hold(0, False)
+        finally:
+            for p in (bg, short, io):
+                p.delete()
