@@ -404,3 +404,47 @@ def test_mirror_create_on_a_volume_id_in_use(tmp_path):
         data = b"\x5a" * 4096
         assert a.core.test_io("v", "write", 0, 4096, data)[0] == 0
         assert b.core.test_io("r0", "read", 0, 4096)[1] == data
+
+
+def test_a_side_fencing_out_of_a_pair_mode_drops_the_link(tmp_path):
+    """CI, test_random_events seed 82763241: b, the source of a resync, fenced
+    for 50 ms ("peer does not hear us") and came back as the source of a new
+    resync on a link that had stayed up. a, the target, never saw it: it kept
+    its half of the old resync (which stripes it orders) while b started
+    over, and b's copy of a stripe overwrote a write that a had ordered and
+    acknowledged (lost on both replicas). A side that leaves a mode shared
+    with the peer for fenced now drops the link, so that the peer's control
+    plane decides again and both enter their modes anew; the writes in flight
+    fail (path errors), none is lost."""
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        for ma, mb in (("paired", "paired"), ("resync_target", "resync_source")):
+            a.mode(ma)
+            b.mode(mb)
+            wait(lambda: a.up() and b.up(), what="link up")
+            c0 = a.link_info()["connects"]
+            b.mode("fenced")                   # b leaves the shared mode
+            wait(lambda c0=c0: a.link_info()["connects"] > c0 or not a.up(), 10,
+                 f"a sees the link drop ({ma}/{mb})")
+            # a's control plane decides again (the link stays down until it
+            # does: lost in a pair mode), then both enter their modes anew
+            a.mode("fenced")
+            a.mode(ma)
+            b.mode(mb)
+            wait(lambda: a.up() and b.up(), what="link up again")
+        # and what is written afterwards is on both replicas, after a resync
+        a.mode("resync_target")
+        b.mode("resync_source")
+        w = os.urandom(4096)
+        assert b.core.test_io("v", "write", 3 << 20, 4096, w)[0] == 0
+        a.resync()
+        b.resync()
+        wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 10, "resync")
+        for side in (a, b):
+            assert side.core.test_io("r0", "read", 3 << 20, 4096)[1] == w
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()
