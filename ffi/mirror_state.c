@@ -586,18 +586,6 @@ void set_mode_fn(void *a)
         rl_retry(l, false);
         return;
     }
-    if (mode_needs_peer(old) && x->mode == MODE_FENCED)
-        /* Out of a mode the peer shares, into fenced: the peer must see it.
-         * On a link that stays up it would not, and keep its half of the old
-         * resync (its stripes' owners, its copies done) while we come back
-         * with a new one: two sides that disagree on which stripe whose
-         * writes order, and a copy from the source overwriting a write the
-         * target ordered and acknowledged (CI, test_random_events, seed
-         * 82763241: b fenced for 50 ms inside a resync and came back as its
-         * source; a, the target, never noticed). A dropped link makes the
-         * peer's control plane decide again, and both enter their modes
-         * anew (docs/architecture.md, Pair). */
-        link_drop(l, "fenced: the peer starts its mode over with us");
     if (x->mode == MODE_SOLO || x->mode == MODE_FENCED)
         l->need_rejoin = false; /* what waited for the old connection is settled now */
     if (old != x->mode && mode_resync(x->mode))
