@@ -600,12 +600,7 @@ static bool probe_answer(struct srrs_wake_probe *p)
 static void *probe_main(void *a)
 {
     struct srrs_wake_probe *p = a;
-    if (p->cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(p->cpu, &set);
-        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    }
+    srrs_pin_self(p->cpu);
     while (!atomic_load(&p->stop)) {
         struct epoll_event ev;
         if (epoll_wait(p->ep, &ev, 1, -1) <= 0)

@@ -105,6 +105,24 @@ static void *mem_alloc(size_t len, bool *huge, int extra)
 
 void *srrs_mem_alloc(size_t len, bool *huge) { return mem_alloc(len, huge, 0); }
 
+void *srrs_mem_alloc_populated(size_t len, bool *huge) { return mem_alloc(len, huge, MAP_POPULATE); }
+
+void srrs_pin_self(int cpu)
+{
+    if (cpu < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+void srrs_mem_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, (len + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1));
+}
+
 /* ---- the I/O path's code, kept in memory --------------------------------- */
 /* A quiet controller's code pages are file pages like any other: proactive
  * reclaim (DAMON's pageout, memory.reclaim, kswapd) drops those untouched for
@@ -168,13 +186,6 @@ int srrs_lock_code(uint64_t *locked, uint64_t *wanted)
                         "or CAP_IPC_LOCK allows more)", strerror(-c.err),
                         (unsigned long long)(c.locked >> 10), (unsigned long long)(c.wanted >> 10));
     return 0;
-}
-void *srrs_mem_alloc_populated(size_t len, bool *huge) { return mem_alloc(len, huge, MAP_POPULATE); }
-
-void srrs_mem_free(void *p, size_t len)
-{
-    if (p)
-        munmap(p, (len + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1));
 }
 
 /* ---- MPSC ring -------------------------------------------------------- */
@@ -1075,12 +1086,7 @@ int srrs_reactor_run(struct srrs_core *core, int idx)
         return srrs_err(-EBUSY, "reactor %d already ran", idx);
     t_reactor = r;
     r->tid = (int)syscall(SYS_gettid);
-    if (r->cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(r->cpu, &set);
-        pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    }
+    srrs_pin_self(r->cpu);
     uint64_t last_work = srrs_ticks();
     uint64_t now = last_work;
     uint64_t last_yield = last_work;

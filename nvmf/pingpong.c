@@ -23,16 +23,6 @@ struct pp_side {
     int flags; /* MSG_DONTWAIT (busy-polled) or 0 (blocking) */
 };
 
-static void pin(int cpu)
-{
-    if (cpu < 0)
-        return;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
 static int send_full(int fd, const uint8_t *b, size_t n, volatile int *stop, int flags)
 {
     while (n && !*stop) {
@@ -64,7 +54,7 @@ static int recv_full(int fd, uint8_t *b, size_t n, volatile int *stop, int flags
 static void *pp_server(void *arg)
 {
     struct pp_side *s = arg;
-    pin(s->cpu);
+    srrs_pin_self(s->cpu);
     uint8_t *in = malloc(s->in_len), *out = calloc(1, s->out_len);
     while (in && out && !*s->stop) {
         if (recv_full(s->fd, in, s->in_len, s->stop, s->flags) ||
@@ -111,7 +101,7 @@ int srrs_tcp_pingpong(uint32_t req_len, uint32_t resp_len, uint32_t qd, double s
     pthread_t th;
     pthread_create(&th, NULL, pp_server, &srv);
     pthread_setname_np(th, "srrs-pingpong"); /* ci/bench-syscalls finds the server by name */
-    pin(client_cpu);
+    srrs_pin_self(client_cpu);
     uint8_t *req = calloc(1, req_len), *resp = malloc(resp_len);
     uint64_t *start = calloc(qd, sizeof(uint64_t));
     uint32_t nb = 4096;
