@@ -144,6 +144,12 @@ struct mirror {
     uint8_t *need;              /* resync: stripe still to copy */
     uint8_t *peer_bm;           /* resync: the peer's bitmap as received */
     bool peer_bm_done, resync_ready, resync_active, resync_done, resync_full;
+    bool resync_started;        /* srrs_mirror_resync_start came since the mode was entered:
+                                   until then our bitmap is not final (a full copy marks it
+                                   whole), so it is neither sent nor used */
+    bool bm_sent;               /* our bitmap went out since this resync began, on this
+                                   connection: asked for (tag 0) at most once, so a peer
+                                   asked again has started over (rx_bitmap) */
     uint64_t resync_left, resync_bytes, copy_cursor;
     uint32_t ncopy;             /* stripe copies in progress (M_COPIES at most) */
     struct piece *lock_wait;    /* pieces waiting for a stripe lock */

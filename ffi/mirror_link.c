@@ -328,7 +328,8 @@ static bool rx_hello(struct mlink *l, const struct mhdr *h)
     srrs_event_post(l->core, SRRS_EV_MIRROR_UP, l->conn_gen, 0, "mirror-link",
                     "mirror link up (%s:%u)", l->o.peer_host, l->o.peer_port);
     for (int i = 0; i < M_MAX_VOLS; i++)
-        if (l->vols[i] && mode_resync(l->mode) && !l->vols[i]->resync_ready)
+        if (l->vols[i] && mode_resync(l->mode) && l->vols[i]->resync_started &&
+            !l->vols[i]->resync_ready)
             send_bitmap(l->vols[i], 0);
     return true;
 }
@@ -727,6 +728,8 @@ void link_drop(struct mlink *l, const char *why)
     }
     for (int i = 0; i < M_MAX_VOLS; i++) {
         struct mirror *m = l->vols[i];
+        if (m) /* a new connection asks for the bitmaps again */
+            m->bm_sent = false;
         if (m && mode_resync(l->mode)) {
             m->resync_ready = false;
             m->peer_bm_done = false;

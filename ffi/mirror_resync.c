@@ -145,7 +145,8 @@ void copy_refill(struct mlink *l)
 void resync_maybe_start(struct mirror *m)
 {
     struct mlink *l = m->l;
-    if (!mode_resync(l->mode) || m->resync_ready || !m->peer_bm_done || m->ncopy)
+    if (!mode_resync(l->mode) || !m->resync_started || m->resync_ready || !m->peer_bm_done ||
+        m->ncopy)
         return;
     uint64_t n = 0;
     for (uint64_t s = 0; s < m->nstripes; s++) {
@@ -207,6 +208,9 @@ void send_bitmap(struct mirror *m, int reply)
 {
     struct mlink *l = m->l;
     size_t off = 0;
+    if (!reply && m->bm_sent)
+        return; /* asked for once per resync and connection (rx_bitmap) */
+    m->bm_sent = true;
     do {
         /* A copy: the bitmap keeps changing while the frame waits to be sent. */
         size_t n = SRRS_MIN(m->bm_len - off, (size_t)M_CHUNK);
@@ -232,15 +236,19 @@ void resync_start_fn(void *a)
         struct mirror *m = l->vols[i];
         if (!m)
             continue;
-        /* Entering the resync mode reset the volume's resync state; the peer's
-         * bitmap may already be here (it started first): then we are running. */
-        if (m->resync_ready || m->resync_done)
+        /* Entering the resync mode reset the volume's resync state. Our
+         * bitmap is final now (whole for a full copy) and goes out, asking
+         * for the peer's; the peer's may be here already (it started
+         * first): then we are running. Asked again: nothing changes. */
+        if (m->resync_started)
             continue;
+        m->resync_started = true;
         m->resync_full = x->full && l->mode == MODE_RSRC;
         if (x->full && l->mode == MODE_RTGT)
             memset(m->bm, 0xff, m->bm_len); /* everything here is suspect */
         if (link_ready(l))
             send_bitmap(m, 0);
+        resync_maybe_start(m);
     }
 }
 
@@ -250,10 +258,25 @@ bool rx_bitmap(struct mlink *l, struct mirror *m, const struct mhdr *h, const ui
 {
     if (!mode_resync(l->mode) || h->off > m->bm_len || h->len > m->bm_len - h->off)
         return m->resync_ready || !mode_resync(l->mode); /* late: ignore */
+    if (h->tag == 0 && m->resync_ready) {
+        /* Our resync runs on the peer's bitmap of this connection, and the
+         * peer asks for ours again: it left its resync mode and entered one
+         * anew (a fence of a few ms, the link up all along) and reset its
+         * half -- which stripes are still to copy, and so who orders them
+         * -- while ours stands. Writes ordered by both on a stripe, a copy
+         * over an acknowledged write: not something to reconcile in flight.
+         * The link goes; it stays down until the control planes set the
+         * modes again, and both start over from their dirty bitmaps, which
+         * keep every stripe still to copy (docs/architecture.md, Pair). */
+        link_drop(l, "the peer started its resync over");
+        return true;
+    }
     memcpy(m->peer_bm + h->off, payload, h->len);
     if (h->aux == 1) {
         m->peer_bm_done = true;
-        if (h->tag == 0)
+        /* Not started here yet: ours is not final; it goes out, asking for
+         * the peer's again, when we start (resync_start_fn). */
+        if (h->tag == 0 && m->resync_started)
             send_bitmap(m, 1);
         resync_maybe_start(m);
     }
@@ -283,6 +306,7 @@ void resync_reset(struct mlink *l)
         m->resync_ready = m->peer_bm_done = false;
         m->resync_done = m->resync_active = false;
         m->resync_bytes = 0;
+        m->bm_sent = m->resync_started = false;
         memset(m->peer_bm, 0, m->bm_len);
     }
 }

@@ -404,3 +404,69 @@ def test_mirror_create_on_a_volume_id_in_use(tmp_path):
         data = b"\x5a" * 4096
         assert a.core.test_io("v", "write", 0, 4096, data)[0] == 0
         assert b.core.test_io("r0", "read", 0, 4096)[1] == data
+
+
+def test_a_resync_side_starting_over_on_a_live_link_makes_its_peer_start_over(tmp_path):
+    """CI, test_random_events seed 82763241: b, the source of a running
+    resync, fenced for 50 ms ("peer does not hear us") and came back as the
+    source of a new resync on a link that had stayed up. a, the target, kept
+    its half of the old resync -- which stripes the source still orders --
+    while b computed new ones, and b's copy of a stripe overwrote a write that
+    a had ordered and acknowledged (lost on both replicas). A side whose
+    resync is running and whose peer starts one over (its bitmap asked for
+    again on the same connection) now drops the link: what the two sides
+    disagree on is settled by both control planes entering their modes anew.
+    A bitmap goes out once per resync and connection, so nothing else asks
+    for one again."""
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        for src, tgt in ((b, a), (a, b)):
+            # a resync that runs for a while: everything, at 4 MiB/s
+            check(lib.srrs_mirror_set_copy_limit(src.link, 1, 4 << 20))
+
+            def enter(tgt=tgt, src=src):
+                # the target first: its full bitmap is what the source gets
+                tgt.mode("resync_target")
+                tgt.resync(full=True)
+                src.mode("resync_source")
+                src.resync(full=True)
+                src.resync()          # asked twice: no second bitmap goes out
+                tgt.resync()
+
+            enter()
+            wait(lambda src=src: src.info()["resync_active"], what="copy running")
+            time.sleep(0.2)
+            c0 = (a.link_info()["connects"], b.link_info()["connects"])
+            assert a.up() and b.up() and src.info()["resync_active"]
+            for side in (src, tgt):     # either side may be the one starting over
+                side.mode("fenced")
+                side.mode("resync_source" if side is src else "resync_target")
+                side.resync(full=True)
+                peer = tgt if side is src else src
+                wait(lambda peer=peer, c0=c0: not peer.up()
+                     or (a.link_info()["connects"], b.link_info()["connects"]) != c0, 10,
+                     "the peer drops the link")
+                # both control planes decide again (the link stays down until they do)
+                for s in (a, b):
+                    s.mode("fenced")
+                enter()
+                wait(lambda: a.up() and b.up(), what="link up again")
+                wait(lambda src=src: src.info()["resync_active"], what="copy running again")
+                c0 = (a.link_info()["connects"], b.link_info()["connects"])
+            check(lib.srrs_mirror_set_copy_limit(src.link, 0, 0))
+            w = os.urandom(4096)
+            assert tgt.core.test_io("v", "write", 5 << 20, 4096, w)[0] == 0
+            wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 30, "resync")
+            for side in (a, b):
+                assert side.core.test_io("r0", "read", 5 << 20, 4096)[1] == w
+            assert replica_diff(a, b) == []
+            a.mode("paired")
+            b.mode("paired")
+    finally:
+        a.close()
+        b.close()
