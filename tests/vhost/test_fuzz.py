@@ -12,6 +12,7 @@ import random
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -27,13 +28,29 @@ from .conftest import wait_for
 pytestmark = pytest.mark.side
 
 CASES = int(os.environ.get("SRRS_FUZZ_CASES", "3000"))
+
+
+@pytest.fixture(autouse=True)
+def _quick_gil_handoff():
+    """Front ends and device threads are Python threads of one process, a
+    message each way per step: with the default 5 ms switch interval, a thread
+    woken by a reply waits up to that long for the interpreter while another
+    runs Python. 0.2 ms makes the ring fuzz ~40 % faster (same cases)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
+    yield
+    sys.setswitchinterval(old)
 DESC = struct.Struct("<QIHH")
 NEXT, WRITE, INDIRECT = 1, 2, 4
 QS = 16
 
 
 class Bystander:
-    """A second device with verified random I/O running the whole time."""
+    """A second device with verified random I/O the whole time: bursts of
+    20 ms every 50 ms. Flat out, its client's and the back end's reactors would
+    poll two cores busy, and the fuzzing front end and the device threads
+    would wait for a core at every message (3-4 ms a case instead of well
+    under one)."""
 
     def __init__(self, svc, bench_core, tmp_path):
         svc.core.bdev_create_malloc("ok0", 16 << 20, 4096)
@@ -48,8 +65,9 @@ class Bystander:
     def _run(self):
         with VhostClient(self.sock) as cl:
             while not self.stop.is_set():
-                self.results.append(cl.bench(self.core, BenchOpts(rw="randrw", qd=16, time_s=0.5),
+                self.results.append(cl.bench(self.core, BenchOpts(rw="randrw", qd=16, time_s=0.02),
                                              verify=True))
+                self.stop.wait(0.03)
 
     def check(self):
         self.stop.set()
