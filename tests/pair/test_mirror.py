@@ -470,3 +470,40 @@ def test_a_resync_side_starting_over_on_a_live_link_makes_its_peer_start_over(tm
     finally:
         a.close()
         b.close()
+
+
+def test_a_full_copy_target_starting_after_the_sources_bitmap_came_is_behind_everywhere(tmp_path):
+    """A full copy's target marks its whole bitmap when its resync starts.
+    The source's bitmap may come first -- between the target's control plane
+    setting the mode and starting the resync -- and the target used to start
+    on it at once, its own bitmap still unmarked: it took itself to be
+    current on stripes never copied, and served their reads from its empty
+    replica (zeros for data the source has). A side's bitmap is now sent and
+    used only once its resync was started."""
+    import os
+
+    a, b = make_pair(tmp_path)
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        w = os.urandom(4096)
+        assert a.core.test_io("v", "write", 40 << 20, 4096, w)[0] == 0
+        # b's replica lost its data (a new, empty replica): a full copy to it
+        assert b.core.test_io("r0", "write", 40 << 20, 4096, bytes(4096))[0] == 0
+        check(lib.srrs_mirror_set_copy_limit(a.link, 1, 1 << 20))   # the copy lasts
+        b.mode("resync_target")
+        a.mode("resync_source")
+        a.resync(full=True)           # a's bitmap reaches b before b's resync starts
+        time.sleep(0.3)
+        b.resync(full=True)
+        wait(lambda: a.info()["resync_active"], what="copy running")
+        assert b.info()["resync_left"] >= 60       # every stripe not yet copied
+        assert b.core.test_io("v", "read", 40 << 20, 4096)[1] == w   # from a
+        check(lib.srrs_mirror_set_copy_limit(a.link, 0, 0))
+        wait(lambda: a.info()["resync_done"] and b.info()["resync_done"], 30, "resync")
+        assert b.core.test_io("r0", "read", 40 << 20, 4096)[1] == w
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()
