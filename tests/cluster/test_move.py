@@ -21,6 +21,7 @@ import os
 import time
 
 import pytest
+import toml
 
 from srrs.ctrl import launch
 from srrs.ctrl.cluster import volume_nqn
@@ -140,6 +141,18 @@ def _pre(dev, size, rw="write"):
     return (f"fio --name=pre --filename={dev} --ioengine=libaio --direct=1 --rw={rw} --bs=64k "
             f"--size={size} --offset=0 --iodepth=4 --verify=crc32c --verify_fatal=1 "
             f"--do_verify=0")
+
+
+def _made(ctl):
+    """What ctl's catalog sync recorded its replicas as made for (the pair's
+    state_dir/cluster-made.json: only "gone" and "move:..." entries)."""
+    conf = toml.load(ctl.config)
+    sd = next(s["state_dir"] for s in conf.values() if isinstance(s, dict) and "state_dir" in s)
+    try:
+        with open(os.path.join(sd, "cluster-made.json")) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def _move(w, name, to="c+d"):
@@ -419,6 +432,9 @@ def test_restart_inside_the_drain_of_a_volume_moved_away_and_back(world):
     u = v["uuid"]
     _move(w, "rs")
     _wait(lambda: _moves(a).get(u, {}).get("phase") == "done", 90, "moved to c+d")
+    # b has seen the move end and recorded its replica as leaving (CI, loaded:
+    # killed before its catalog sync got there, b had nothing to remember)
+    _wait(lambda: _made(b).get(u) == "gone", 30, "b's old replica on its way out")
     mark = len(b.output().splitlines())
     b.kill9()
     try:
