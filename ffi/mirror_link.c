@@ -728,9 +728,10 @@ void link_drop(struct mlink *l, const char *why)
     }
     for (int i = 0; i < M_MAX_VOLS; i++) {
         struct mirror *m = l->vols[i];
-        if (m) /* a new connection asks for the bitmaps again */
-            m->bm_sent = false;
-        if (m && mode_resync(l->mode)) {
+        if (!m)
+            continue;
+        m->bm_sent = false; /* a new connection asks for the bitmaps again */
+        if (mode_resync(l->mode)) {
             m->resync_ready = false;
             m->peer_bm_done = false;
         }

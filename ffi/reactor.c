@@ -107,6 +107,12 @@ void *srrs_mem_alloc(size_t len, bool *huge) { return mem_alloc(len, huge, 0); }
 
 void *srrs_mem_alloc_populated(size_t len, bool *huge) { return mem_alloc(len, huge, MAP_POPULATE); }
 
+void srrs_mem_free(void *p, size_t len)
+{
+    if (p)
+        munmap(p, (len + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1));
+}
+
 void srrs_pin_self(int cpu)
 {
     if (cpu < 0)
@@ -115,12 +121,6 @@ void srrs_pin_self(int cpu)
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
-void srrs_mem_free(void *p, size_t len)
-{
-    if (p)
-        munmap(p, (len + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1));
 }
 
 /* ---- the I/O path's code, kept in memory --------------------------------- */

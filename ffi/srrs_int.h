@@ -370,11 +370,11 @@ extern const uint8_t *srrs_zero_buf;
 
 /* Buffers from mmap: huge pages when the system has them reserved, else 4 KiB pages. */
 void *srrs_mem_alloc(size_t len, bool *huge);
-/* The calling thread onto CPU cpu (cpu < 0: left as it is). */
-void srrs_pin_self(int cpu);
 /* The same, every page faulted in now (RAM disks: no page fault on the I/O path). */
 void *srrs_mem_alloc_populated(size_t len, bool *huge);
 void srrs_mem_free(void *p, size_t len);
+/* The calling thread onto CPU cpu (cpu < 0: left as it is). */
+void srrs_pin_self(int cpu);
 
 /* ---- load generator targets (bdev, nvmf initiator, vhost client) ------- */
 

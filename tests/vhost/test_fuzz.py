@@ -29,6 +29,10 @@ pytestmark = pytest.mark.side
 
 CASES = int(os.environ.get("SRRS_FUZZ_CASES", "3000"))
 
+DESC = struct.Struct("<QIHH")
+NEXT, WRITE, INDIRECT = 1, 2, 4
+QS = 16
+
 
 @pytest.fixture(autouse=True)
 def _quick_gil_handoff():
@@ -40,9 +44,6 @@ def _quick_gil_handoff():
     sys.setswitchinterval(0.0002)
     yield
     sys.setswitchinterval(old)
-DESC = struct.Struct("<QIHH")
-NEXT, WRITE, INDIRECT = 1, 2, 4
-QS = 16
 
 
 class Bystander:
