@@ -119,6 +119,15 @@ class Volume:
     hosts: tuple = ()           # host NQNs that may connect ("*": any; none: no host)
     slot: int = -1              # its mirror slot in the pair (Pair.slots)
     labels: dict = field(default_factory=dict)  # what its pair must carry (zone): placement, moves
+    # what its pair's replicas were made for: move_key() of the move that brought
+    # it to its pair, "" where it was created (or by a controller before this
+    # field): a replica made for anything else is stale (ctrl/cluster_sync.py)
+    placed: str = ""
+
+
+def move_key(m: "Move") -> str:
+    """One move's identity (its link key is drawn afresh for every move)."""
+    return "move:" + m.secret[:16]
 
 
 @dataclass(frozen=True)
@@ -676,7 +685,7 @@ class Catalog:
                 return False
             sk = self.key("pairs", v.pair)
             skv = self.etcd.get1(sk)
-            ops = [etcd.put(vk, _enc(replace(v, pair=m.dst, slot=m.dst_slot,
+            ops = [etcd.put(vk, _enc(replace(v, pair=m.dst, slot=m.dst_slot, placed=move_key(m),
                                              generation=v.generation + 1))),
                    etcd.put(mk, _enc(replace(m, phase="done", finished=now, copied=m.total,
                                              updated=now, pause_ms=pause_ms)))]

@@ -58,7 +58,7 @@ from srrs.units import parse_address
 from ..ffi import binding
 from . import etcd, ha
 from .cluster import volume_nqn
-from .cluster_catalog import CatalogError, Move, Snapshot
+from .cluster_catalog import CatalogError, Move, Snapshot, move_key  # noqa: F401 (re-exported)
 
 log = logging.getLogger("srrs.cluster.move")
 
@@ -80,11 +80,6 @@ def _host(addr: str) -> str:
     host, _ = parse_address(addr)
     return host
 
-
-
-def move_key(m: Move) -> str:
-    """One move's identity (its link key is drawn afresh for every move)."""
-    return "move:" + m.secret[:16]
 
 class _Link:
     """One move link and its mirror `mv-U` (C objects, ffi/mirror.h)."""

@@ -21,6 +21,7 @@ busy export) is retried every second until it succeeds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -101,6 +102,34 @@ MAX_VOL_ID = 1023       # ffi/mirror_int.h M_MAX_VOLS - 1
 
 def bdev_name(uuid: str) -> str:
     return PREFIX + uuid
+
+
+# A replica's pool-volume uuid records what it was made for, with the replica
+# itself, from its create on: TAG, then 6 bytes of a hash of the volume's uuid
+# and its placement ("home", or move_key() of the move that brought it), then 6
+# random bytes (a pool volume's uuid must be unique). Pool volumes made before
+# this (random uuids) carry no such record.
+REPLICA_TAG = b"SRp\x01"
+
+
+def _placement_hash(u: str, placed: str) -> bytes:
+    return hashlib.sha256(f"{u}|{placed}".encode()).digest()[:6]
+
+
+def replica_uuid(u: str, placed: str) -> bytes:
+    return REPLICA_TAG + _placement_hash(u, placed) + os.urandom(6)
+
+
+def replica_made_for(pool_uuid: str, u: str, placed: str) -> Optional[bool]:
+    """Whether the replica whose pool-volume uuid this is was made for `placed`;
+    None when it does not say (made before replicas recorded it)."""
+    try:
+        b = bytes.fromhex(pool_uuid.replace("-", ""))
+    except ValueError:
+        return None
+    if len(b) != 16 or b[:4] != REPLICA_TAG:
+        return None
+    return b[4:10] == _placement_hash(u, placed)
 
 
 def vol_id(v: Volume) -> int:
@@ -194,12 +223,17 @@ class CatalogSync:
             self.snap = snap
             want = {u: v for u, v in snap.volumes.items() if v.pair == self.pair_name}
             made = {u: "home" for u in want}
+            # what a replica here must have been made for (replica_uuid): the move
+            # that brought the volume to this pair ("" where unknown: not checked)
+            placed = {u: v.placed for u, v in want.items()}
             # volumes moving here: replicas and an inaccessible export before the cutover
             moving = self.mover.wanted(snap)
             want.update(moving)
             made.update({u: move_key(snap.moves[u]) for u in moving})
-            here = {n[len(PREFIX):] for n in (v["name"] for v in self.pool.volume_list())
-                    if n.startswith(PREFIX)} | set(self.have)
+            placed.update({u: made[u] for u in moving})
+            found = {d["name"][len(PREFIX):]: d["uuid"] for d in self.pool.volume_list()
+                     if d["name"].startswith(PREFIX)}
+            here = set(found) | set(self.have)
             for u in sorted(here - set(want)):
                 self._try(u, self._remove, u)
             for u, v in sorted(want.items()):
@@ -208,10 +242,23 @@ class CatalogSync:
                     # an older incarnation of a volume moving here (or back home while
                     # its old replica is still on its way out): gone first. A replica
                     # made for a move that completed here (move:... -> home) stays.
+                    stale = True
+                else:
+                    # not made in this run: what the replica itself says it was made
+                    # for (a controller down while the volume moved away and back
+                    # finds its replica of before with no note: stale where the
+                    # move's copy did not write)
+                    stale = (u in found and u not in self.have and placed[u] != "" and
+                             replica_made_for(found[u], u, placed[u]) is False)
+                    if stale:
+                        log.warning("cluster volume %s: the replica here was made before the "
+                                    "volume left this pair (it is now here by %s): a fresh one "
+                                    "replaces it", u, placed[u])
+                if stale:
                     self._try(u, self._remove, u)
                     if u in self._quiet or self.pool.volume_info(bdev_name(u)) is not None:
                         continue        # still quiescing: the tick comes back
-                self._try(u, self._ensure_as, (v, made[u]))
+                self._try(u, self._ensure_as, (v, made[u], placed[u] or "home"))
             self.converged += 1
         self._apply_ana()
 
@@ -225,17 +272,17 @@ class CatalogSync:
             self.errors[u] = str(e)
 
     def _ensure_as(self, arg) -> None:
-        v, made = arg
-        self._ensure(v)
+        v, made, placed = arg
+        self._ensure(v, placed)
         self.made[v.uuid] = made
 
-    def _ensure(self, v: Volume) -> None:
+    def _ensure(self, v: Volume, placed: str = "home") -> None:
         name, nqn = bdev_name(v.uuid), volume_nqn(v.uuid)
         cs = self.pool.conf.cluster_size
         size = -(-v.size // cs) * cs
         info = self.pool.volume_info(name)
         if info is None:
-            self.pool.volume_create(name, size, thin=True)
+            self.pool.volume_create(name, size, thin=True, uuid=replica_uuid(v.uuid, placed))
             log.info("cluster volume %s/%s (%s): replica created, %d bytes", v.tenant, v.name,
                      v.uuid, size)
         elif info["size"] < size and not self._grow(v, name, nqn, size):

@@ -204,10 +204,17 @@ class Pool:
                 "quota_failures": t.quota_failures}
 
     # -- volumes ---------------------------------------------------------------------
-    def volume_create(self, name: str, size: int, thin: bool = True, tenant: str = "") -> dict:
+    def volume_create(self, name: str, size: int, thin: bool = True, tenant: str = "",
+                      uuid: Optional[bytes] = None) -> dict:
+        """uuid: the volume's 16-byte uuid, kept with its record for life (None:
+        a random one); the pool refuses one another volume has."""
         v = ffi.new("struct srrs_lvol_info *")
-        check(lib.srrs_lvol_create(self.ptr, name.encode(), size, int(thin),
-                                   tenant.encode() if tenant else ffi.NULL, v), f"volume {name}")
+        if uuid is not None and len(uuid) != 16:
+            raise ValueError(f"volume {name}: a uuid is 16 bytes, not {len(uuid)}")
+        check(lib.srrs_lvol_create_uuid(self.ptr, name.encode(), size, int(thin),
+                                        tenant.encode() if tenant else ffi.NULL,
+                                        uuid if uuid is not None else ffi.NULL, v),
+              f"volume {name}")
         return _vol_dict(v)
 
     def volume_create_many(self, names: list, size: int, tenant: str = "") -> tuple:

@@ -137,6 +137,13 @@ int srrs_pool_tenant_get_info(struct srrs_pool *pool, const char *name, struct s
  * every cluster is allocated (and zeroed) now. tenant may be NULL or "". */
 int srrs_lvol_create(struct srrs_pool *pool, const char *name, uint64_t size, int thin,
                      const char *tenant, struct srrs_lvol_info *out);
+/* control. The same with the volume's uuid given (16 bytes; NULL: a random
+ * one, as above). The pool keeps it with the volume's record for the volume's
+ * life, so a caller can tell which of its creates a volume found at open came
+ * from (docs/architecture.md, Volume moves). -EEXIST when another volume of
+ * the pool has that uuid. */
+int srrs_lvol_create_uuid(struct srrs_pool *pool, const char *name, uint64_t size, int thin,
+                          const char *tenant, const uint8_t *uuid, struct srrs_lvol_info *out);
 /* control. n thin volumes alike, named names[i * 64] (NUL-terminated, 64
  * bytes apart), created in one pass on the pool reactor with up to 256 records
  * in commit at once, so the records share the fragments' flushes (group

@@ -393,6 +393,7 @@ struct lv_op {
     /* arguments */
     const char *name;
     const char *tenant;
+    const uint8_t *uuid;    /* create: the volume's uuid (NULL: a random one) */
     uint64_t size, quota;
     uint64_t old_size;      /* resize: the size before */
     int thin;

@@ -124,9 +124,23 @@ static void p_create(void *arg)
         op_put(op);
         return;
     }
+    if (op->uuid) {
+        bool taken = false;
+        pthread_mutex_lock(&p->lock);
+        for (uint32_t h = 0; h < VHASH && !taken; h++)
+            for (struct lv_vol *o = p->vhash[h]; o && !taken; o = o->hnext)
+                taken = !memcmp(o->uuid, op->uuid, 16);  /* its tombstone too */
+        pthread_mutex_unlock(&p->lock);
+        if (taken) {
+            op_fail(op, -EEXIST, "volume %s: another volume of pool %s has that uuid", op->name,
+                    p->name);
+            op_put(op);
+            return;
+        }
+    }
     struct lv_vol *v = calloc(1, sizeof(*v));
     if (!v || lv_vol_alloc_top(v, op->size / p->cs) ||
-        getrandom(v->uuid, 16, 0) != 16) {
+        (op->uuid ? (memcpy(v->uuid, op->uuid, 16), false) : getrandom(v->uuid, 16, 0) != 16)) {
         free(v);
         op_fail(op, -ENOMEM, "volume %s: out of memory", op->name);
         op_put(op);
@@ -385,6 +399,12 @@ static int check_vol_size(struct srrs_pool *p, const char *name, uint64_t size)
 int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int thin,
                      const char *tenant, struct srrs_lvol_info *out)
 {
+    return srrs_lvol_create_uuid(p, name, size, thin, tenant, NULL, out);
+}
+
+int srrs_lvol_create_uuid(struct srrs_pool *p, const char *name, uint64_t size, int thin,
+                          const char *tenant, const uint8_t *uuid, struct srrs_lvol_info *out)
+{
     int rc = check_vol_name(name);
     if (rc)
         return rc;
@@ -400,7 +420,7 @@ int srrs_lvol_create(struct srrs_pool *p, const char *name, uint64_t size, int t
         srrs_bdev_close(&b);
         return srrs_err(-EEXIST, "volume %s: a bdev of that name already exists", name);
     }
-    struct lv_op op = {.name = name, .tenant = tenant, .size = size, .thin = thin};
+    struct lv_op op = {.name = name, .tenant = tenant, .size = size, .thin = thin, .uuid = uuid};
     rc = op_run(p, &op, p_create);
     if (rc && op.vol) {
         /* Its record or clusters could not be committed: take it all back. */

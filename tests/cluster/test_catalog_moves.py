@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from srrs.ctrl.cluster_catalog import CatalogError, Conflict
+from srrs.ctrl.cluster_catalog import CatalogError, Conflict, move_key
 
 from .test_catalog import G, catalog, two_pairs
 
@@ -52,6 +52,7 @@ def test_move_reserves_flips_and_frees(etcd1):
     s = cat.snapshot()
     nv = s.volumes[v.uuid]
     assert (nv.pair, nv.slot, nv.generation) == ("p1", 0, v.generation + 2)
+    assert v.placed == "" and nv.placed == move_key(s.moves[v.uuid])   # what p1's replicas are for
     assert s.pairs["p2"].allocated == 0 and s.pairs["p2"].slots == ("",)
     assert s.pairs["p1"].allocated == 4 * G
     assert s.moves[v.uuid].phase == "done" and s.moves[v.uuid].pause_ms == 12.5

@@ -455,3 +455,42 @@ def test_restart_inside_the_drain_of_a_volume_moved_away_and_back(world):
     except BaseException:
         _dump(w, (v,))
         raise
+
+
+def test_a_controller_down_while_its_volume_moved_away_and_back_makes_a_fresh_replica(world):
+    """b is killed (SIGKILL) before its volume moves anywhere, so b never
+    records its replica as leaving; the volume moves to c+d and back to a+b
+    while b is down; b restarts and finds its replica of before with no note.
+    The replica says what it was made for (its pool-volume uuid: the volume's
+    creation on a+b), the catalog says the volume is on a+b by the move back:
+    b deletes it and makes a fresh one, which the pair's resync fills. It
+    adopted the old one before (stale wherever the moves' copies did not
+    write): docs/architecture.md, Volume moves."""
+    w = world
+    a, b = w.ctl("a"), w.ctl("b")
+    v = _create(w, "dn", size=16 * MiB)
+    u = v["uuid"]
+    before = {x["name"]: x["uuid"] for x in b.rpc("volume_list")}[f"c-{u}"]
+    mark = len(b.output().splitlines())
+    b.kill9()
+    try:
+        _move(w, "dn")
+        _wait(lambda: _moves(a).get(u, {}).get("phase") == "done", 120, "moved to c+d")
+        _move(w, "dn", to="a+b")
+        _wait(lambda: (lambda m: m.get("phase") == "done" and m.get("dst") == "a+b")(
+            _moves(a).get(u, {})), 150, "moved back to a+b (b down)")
+        assert {x["uuid"]: x for x in a.rpc("cluster_volumes")}[u]["placed"].startswith("move:")
+        b.restart()
+        w.pair("b").wait_state("PAIRED", 120)
+        for n in "ab":
+            _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 60, f"optimized on {n}")
+        after = b.output().splitlines()[mark:]
+        created = [i for i, ln in enumerate(after) if f"({u}): replica created" in ln]
+        deleted = [i for i, ln in enumerate(after) if f"cluster volume {u}: replica deleted" in ln]
+        assert deleted and created and deleted[0] < created[0], (created, deleted)
+        assert any("made before the volume left this pair" in ln for ln in after)
+        now = {x["name"]: x["uuid"] for x in b.rpc("volume_list")}[f"c-{u}"]
+        assert now != before
+    except BaseException:
+        _dump(w, (v,))
+        raise

@@ -198,3 +198,35 @@ def test_concurrent_first_writes_to_one_cluster_allocate_once(tmp_path):
             assert pool.info()["used_clusters"] == 2
             pool.volume_delete(name)
         pool.close()
+
+
+def test_a_volume_created_with_its_uuid_keeps_it_across_reopen(tmp_path):
+    """srrs_lvol_create_uuid: the caller's uuid is the volume's for life (the
+    cluster's replicas record in it what they were made for,
+    docs/architecture.md, Volume moves); one another volume has is refused."""
+    frags = [frag_file(tmp_path / "a.img", 128 * MiB)]
+    mine = bytes(range(16))
+    with Core(reactors=1) as core:
+        pool = open_pool(core, frags)
+        v = pool.volume_create("tagged", 16 * MiB, uuid=mine)
+        assert v["uuid"].replace("-", "") == mine.hex()
+        with pytest.raises(SrrsError, match="has that uuid"):
+            pool.volume_create("again", 16 * MiB, uuid=mine)
+        assert pool.volume_info("again") is None
+        with pytest.raises(ValueError, match="16 bytes"):
+            pool.volume_create("short", 16 * MiB, uuid=b"\1" * 15)
+        data = os.urandom(1 << 20)
+        assert core.test_io("tagged", "write", 0, len(data), data)[0] == 0
+        pool.volume_delete("tagged")
+        other = pool.volume_create("other", 16 * MiB)     # random: not ours
+        assert other["uuid"].replace("-", "") != mine.hex()
+        pool.volume_create("tagged", 16 * MiB, uuid=mine)  # free again once deleted
+        assert core.test_io("tagged", "read", 0, len(data))[1] == bytes(len(data))
+        pool.close()
+    with Core(reactors=1) as core:
+        pool = open_pool(core, frags)
+        vols = {v["name"]: v for v in pool.volume_list()}
+        assert set(vols) == {"tagged", "other"}
+        assert vols["tagged"]["uuid"].replace("-", "") == mine.hex()
+        assert core.test_io("tagged", "read", 0, 1 << 20)[1] == bytes(1 << 20)
+        pool.close()
