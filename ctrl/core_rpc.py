@@ -123,6 +123,8 @@ def save_config(ctl, p: dict):
                 _P("offset", "size", 0, "start of the span"),
                 _P("span", "size", 0, "bytes covered (0: to the end)"),
                 _P("verify", "bool", False, "check every read against what was written"),
+                _P("also", default="", help="a second bdev every write also goes to, the I/O "
+                                            "completing once both have (reads: bdev only)"),
                 when="runtime", noun="job", verb="start")
 def bench_bdev_start(ctl, p: dict):
     """Start a C load job on a reactor in the background (like bdevperf inside
@@ -133,6 +135,8 @@ def bench_bdev_start(ctl, p: dict):
     if not 0 <= reactor < ctl.core.num_reactors:
         raise InvalidParams(f"reactor must be 0..{ctl.core.num_reactors - 1}")
     info = ctl.core.bdev_info(name)
+    if p["also"]:
+        ctl.core.bdev_info(p["also"])     # a clear error when it does not exist
     opts = BenchOpts(rw=p["rw"], bs=p["bs"], bs_max=p["bs_max"], qd=p["qd"],
                      time_s=float(p["time_s"]), max_ios=p["max_ios"], seed=p["seed"],
                      offset=p["offset"], span=p["span"])
@@ -143,7 +147,8 @@ def bench_bdev_start(ctl, p: dict):
 
     def run():
         try:
-            job["result"] = ctl.core.bench_bdev(name, opts, reactor=reactor, vmap=vmap)
+            job["result"] = ctl.core.bench_bdev(name, opts, reactor=reactor, vmap=vmap,
+                                                also=p["also"])
             job["state"] = "done"
         except OSError as e:
             job["state"] = f"failed: {e}"

@@ -557,6 +557,90 @@ int srrs_bench_bdev(struct srrs_core *core, int reactor, const char *name,
     return rc;
 }
 
+/* ---- two bdevs written as one ------------------------------------------------ */
+
+/* Every write goes to both bdevs at once, same offset and buffer, and
+ * completes once both have (the first failure's status); reads go to the
+ * first. A synchronous mirror without its link or its second process: what
+ * waiting for the slower of two writes costs at a queue depth
+ * (ci/bench-pair's "both" row). Per slot: writes outstanding, status. */
+struct dual_target {
+    struct srrs_bdev *b[2];
+    struct srrs_reactor *r;
+    uint8_t *left;
+    int *st;
+};
+
+static void dual_target_done(struct srrs_io *io, void *arg)
+{
+    struct srrs_bench_req *q = arg;
+    struct dual_target *dt = ((struct bench_job *)q->job)->t->ctx;
+    int st = io->status;
+    srrs_io_put(io);
+    if (st && !dt->st[q->slot])
+        dt->st[q->slot] = st;
+    if (--dt->left[q->slot] == 0)
+        srrs_bench_req_done(q, dt->st[q->slot]);
+}
+
+static int dual_target_submit(void *ctx, struct srrs_bench_req *q)
+{
+    struct dual_target *dt = ctx;
+    int n = q->op == SRRS_IO_WRITE ? 2 : 1;
+    struct srrs_io *io[2] = {srrs_io_get(dt->r), n == 2 ? srrs_io_get(dt->r) : NULL};
+    if (!io[0] || (n == 2 && !io[1])) {
+        for (int i = 0; i < 2; i++)
+            if (io[i])
+                srrs_io_put(io[i]);
+        return -EAGAIN;
+    }
+    dt->left[q->slot] = (uint8_t)n;
+    dt->st[q->slot] = 0;
+    for (int i = 0; i < n; i++) {
+        srrs_io_prep(io[i], dt->b[i], q->op, q->offset, q->len, q->buf, dual_target_done, q);
+        srrs_bdev_submit(io[i]);
+    }
+    return 0;
+}
+
+int srrs_bench_bdev2(struct srrs_core *core, int reactor, const char *name, const char *name2,
+                     const struct srrs_bench_opts *o, struct srrs_bench_result *out)
+{
+    struct srrs_reactor *r = srrs_core_reactor(core, reactor);
+    if (!r)
+        return srrs_err(-EINVAL, "bench: no reactor %d", reactor);
+    if (!o || o->qd < 1 || o->qd > 4096)
+        return srrs_err(-EINVAL, "bench: qd must be 1..4096");
+    struct dual_target dt = {.r = r};
+    if (!(dt.b[0] = srrs_bdev_open(core, name)))
+        return -ENOENT;
+    if (!(dt.b[1] = srrs_bdev_open(core, name2))) {
+        srrs_bdev_close(&dt.b[0]);
+        return -ENOENT;
+    }
+    int rc;
+    if (dt.b[0]->block_size != dt.b[1]->block_size) {
+        rc = srrs_err(-EINVAL, "bench: %s and %s differ in block size", name, name2);
+        goto out;
+    }
+    dt.left = calloc(o->qd, 1);
+    dt.st = calloc(o->qd, sizeof(int));
+    if (!dt.left || !dt.st) {
+        rc = srrs_err(-ENOMEM, "bench: out of memory");
+        goto out;
+    }
+    struct srrs_bench_target t = {.size = SRRS_MIN(dt.b[0]->size, dt.b[1]->size),
+                                  .block_size = dt.b[0]->block_size, .ctx = &dt,
+                                  .submit = dual_target_submit};
+    rc = srrs_bench_run(r, &t, o, out);
+out:
+    free(dt.left);
+    free(dt.st);
+    srrs_bdev_close(&dt.b[0]);
+    srrs_bdev_close(&dt.b[1]);
+    return rc;
+}
+
 /* ---- the platform's wake-up floor ---------------------------------------- */
 /* A thread sleeping in epoll_wait, as a sleeping reactor does, and nothing
  * else: on an eventfd (what a vhost-user kick wakes), or on a TCP loopback

@@ -545,10 +545,16 @@ class Core:
 
     # -- load --------------------------------------------------------------------
     def bench_bdev(self, bdev: str, opts: BenchOpts, reactor: int = 0,
-                   vmap: Optional[VerifyMap] = None) -> dict:
+                   vmap: Optional[VerifyMap] = None, also: str = "") -> dict:
+        """also: a second bdev every write goes to as well, completing once both
+        have (srrs_bench_bdev2: a mirror's two writes without its link)."""
         res = ffi.new("struct srrs_bench_result *")
-        check(lib.srrs_bench_bdev(self.ptr, reactor, bdev.encode(), opts.to_c(vmap), res),
-              f"bench {bdev}")
+        if also:
+            check(lib.srrs_bench_bdev2(self.ptr, reactor, bdev.encode(), also.encode(),
+                                       opts.to_c(vmap), res), f"bench {bdev} + {also}")
+        else:
+            check(lib.srrs_bench_bdev(self.ptr, reactor, bdev.encode(), opts.to_c(vmap), res),
+                  f"bench {bdev}")
         return bench_result_dict(res)
 
     def lock_code(self) -> dict:

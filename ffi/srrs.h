@@ -261,6 +261,11 @@ uint64_t srrs_verify_map_written(struct srrs_verify_map *map);
 /* control. Runs a load job against a bdev on reactor `reactor` and waits for it. */
 int srrs_bench_bdev(struct srrs_core *core, int reactor, const char *bdev,
                     const struct srrs_bench_opts *opts, struct srrs_bench_result *out);
+/* control. The same against two bdevs written as one: every write goes to
+ * both at once and completes once both have (the first failure's status),
+ * reads go to `bdev`; the size is the smaller one's. */
+int srrs_bench_bdev2(struct srrs_core *core, int reactor, const char *bdev, const char *bdev2,
+                     const struct srrs_bench_opts *opts, struct srrs_bench_result *out);
 
 /* control. Locks in memory the read-only segments (code, constants) of the
  * core and of libc and libcrypto, which its reactors run on the I/O path: a

@@ -114,3 +114,25 @@ def test_file_errors_propagate_as_status(tmp_path, engine):
         os.truncate(path, 4096)  # the file shrinks under us: past its end is an error, not zeroes
         st, data = core.test_io("f", "read", 8192, 4096)
         assert st == -errno.EIO
+
+
+def test_bench_writes_two_bdevs_as_one():
+    """srrs_bench_bdev2 (ci/bench-pair's "both" row): every write lands on both
+    bdevs, verified reads of each see it; a missing one is an error."""
+    size = 16 << 20
+    with Core(reactors=1) as core:
+        core.bdev_create_malloc("m0", size, 4096)
+        core.bdev_create_malloc("m1", size, 4096)
+        vmap = VerifyMap(size // 4096, 4096)
+        w = core.bench_bdev("m0", BenchOpts(rw="randwrite", bs=4096, bs_max=64 << 10, qd=32,
+                                            time_s=0, max_ios=3000, seed=3), vmap=vmap, also="m1")
+        assert w["errors"] == 0 and w["writes"] == 3000, w
+        for name in ("m0", "m1"):
+            r = core.bench_bdev(name, BenchOpts(rw="read", bs=1 << 20, qd=4, time_s=0,
+                                                max_ios=size >> 20), vmap=vmap)
+            assert r["errors"] == 0 and r["verify_errors"] == 0, (name, r)
+            assert r["verified_blocks"] == vmap.written_blocks > 0
+        vmap.close()
+        with pytest.raises(SrrsError):
+            core.bench_bdev("m0", BenchOpts(rw="randwrite", bs=4096, qd=4, time_s=0,
+                                            max_ios=10), also="nope")
