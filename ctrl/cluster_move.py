@@ -102,7 +102,8 @@ class _Link:
         o.read_lease_ms = 500
         # only the tee (node 0) has host I/O: it orders every stripe and never
         # forwards one (both legs of a write then run at once)
-        o.node0_orders = 1
+        o.sole_orderer = 1     # node 0, the tee
+        o.sole_orderer_agreed = 1   # both ends' from the one move record
         key = bytes.fromhex(secret)
         if len(key) != 32:
             raise ValueError("move secret: not 32 bytes")

@@ -250,6 +250,7 @@ class PairService:
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
         o.read_lease_ms = self.conf.read_lease_ms
         o.self_id = link_id(self.conf.me_id)   # in HELLO: a replaced peer is told apart
+        o.sole_orderer = self.conf.sole_orderer
         self._mirror_auth_opts(o)
         pp = ffi.new("struct srrs_mirror_link **")
         check(lib.srrs_mirror_link_create(core, o, pp), "mirror link")

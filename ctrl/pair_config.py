@@ -172,6 +172,11 @@ class PairConfig:
                              "/var/tmp/srrs-pair-SELF-KEY, KEY a digest of both names and "
                              "addresses)")
     stripe_size: Size = setting(1 << 20, check=power_of_two(64 << 10, 64 << 20))
+    orderer: str = setting("", nonempty=True, check=check_name, doc_default="(split)",
+                           help="the controller (self or peer) that orders every write, "
+                           "for hosts that write through that one: the other forwards all of "
+                           "its writes; default: each orders every other stripe. The same on "
+                           "both (a peer set otherwise is refused)")
     heartbeat_ms: int = setting(200, range=(10, 60000),
                                 help="the peer is dead after heartbeat_ms * miss_count")
     miss_count: int = setting(5, range=(2, 1000))
@@ -203,6 +208,16 @@ class PairConfig:
         return self.peer if self.peer else self.peer_coord
 
     @property
+    def sole_orderer(self) -> int:
+        """srrs_mirror_link_opts.sole_orderer: 0 split, 1 + the orderer's node
+        (node 0 is the smaller of the two identities)."""
+        if not self.orderer:
+            return 0
+        me = self.orderer == self.self_name
+        return 1 + ((0 if self.me_id < self.peer_id else 1) if me else
+                    (1 if self.me_id < self.peer_id else 0))
+
+    @property
     def pair_id(self) -> str:
         return self.name or "+".join(sorted((self.me_id, self.peer_id)))
 
@@ -213,6 +228,10 @@ class PairConfig:
             raise SchemaError(("peer_coord",), "must differ from coord_bind")
         if self.mirror_listen == self.peer_mirror:
             raise SchemaError(("peer_mirror",), "must differ from mirror_listen")
+        if self.orderer and self.orderer not in (self.self_name, self.peer):
+            raise SchemaError(("orderer",), f"must be {self.self_name!r} (self) or the peer"
+                              + (f" ({self.peer!r})" if self.peer else " (name it: peer)")
+                              + f", got {self.orderer!r}")
         lease, hb = self.lease_ms, self.heartbeat_ms
         if lease < 2 * hb:
             raise SchemaError(("lease_ms",), f"must be at least two heartbeats ({2 * hb}), "

@@ -134,6 +134,9 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
         return srrs_err(-EINVAL, "mirror link: no reactor %d", o->reactor);
     if (o->node != 0 && o->node != 1)
         return srrs_err(-EINVAL, "mirror link: node must be 0 or 1");
+    if (o->sole_orderer < 0 || o->sole_orderer > 2)
+        return srrs_err(-EINVAL, "mirror link: sole_orderer must be 0 (split), 1 (node 0) or 2 "
+                        "(node 1)");
     struct mlink *l = calloc(1, sizeof(*l));
     if (!l)
         return srrs_err(-ENOMEM, "mirror link: out of memory");

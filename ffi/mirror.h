@@ -63,8 +63,15 @@ struct srrs_mirror_link_opts {
     uint8_t secret[32];        /* the pair's mirror secret (srrs keygen), both sides alike */
     uint32_t secret_len;       /* 32: authenticated link; 0: none (insecure, isolated network) */
     char allow[4][64];         /* numeric source addresses accepted ("": any that authenticates) */
-    int32_t node0_orders;      /* 1: node 0 orders every stripe (a volume move's tee: the
-                                  only side with host I/O never forwards); both sides alike */
+    int32_t sole_orderer;      /* 0: stripe i is ordered by node i % 2; 1 + n: node n orders
+                                  every stripe, the other forwards all its writes (a volume
+                                  move's tee; a pair whose hosts write through one controller).
+                                  Both sides alike: HELLO carries it, and a peer whose value
+                                  differs is refused (both would order some stripes), as is
+                                  one that does not say (a controller before this field)
+                                  while ours is not 0, unless sole_orderer_agreed */
+    int32_t sole_orderer_agreed; /* 1: both sides' sole_orderer come from one plan (a volume
+                                  move's link): a peer that does not say is taken to agree */
     uint64_t self_id;          /* our identity (a digest of our name), sent in HELLO; 0: none */
     uint64_t peer_id;          /* the peer's: a HELLO with another drops the connection;
                                   0: not checked (set by srrs_mirror_link_set_peer) */

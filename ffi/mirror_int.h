@@ -183,6 +183,7 @@ struct mlink {
     int lfd, fd;
     bool connecting, up, hello_rx;
     uint32_t ev_mask;           /* epoll events asked for on fd (EPOLLOUT: the socket was full) */
+    bool order_told;            /* an orderer mismatch was posted (once until a link is up) */
     bool need_rejoin;           /* lost in paired/resync: stay down until the mode changes */
     uint64_t conn_gen;
     struct srrs_poller *p_listen, *p_conn, *p_timer;
@@ -276,13 +277,16 @@ static inline int source_node(struct mlink *l)
 
 /* Who orders stripe s now: its owner s % 2, or the resync source while the
  * stripe is not yet copied. In SOLO we order everything. */
+/* HELLO's tag: this bit, and srrs_mirror_link_opts.sole_orderer in the low bits. */
+#define HELLO_ORDER 0x100u
+
 static inline bool we_order(struct mirror *m, uint64_t s)
 {
     struct mlink *l = m->l;
     if (l->mode == MODE_SOLO)
         return true;
-    if (l->o.node0_orders)
-        return l->o.node == 0;
+    if (l->o.sole_orderer)
+        return l->o.node == l->o.sole_orderer - 1;
     if (mode_resync(l->mode) && m->need[s])
         return source_node(l) == l->o.node;
     return (int)(s & 1) == l->o.node;

@@ -314,6 +314,12 @@ int tx_flush(struct mlink *l)
 /* ---- receiving -------------------------------------------------------------------- */
 
 /* HELLO: the peer's node index and identity, first frame of every connection. */
+static const char *order_name(uint32_t v)
+{
+    return v == 0 ? "by stripe (split)" : v == 1 ? "all on node 0" : v == 2 ? "all on node 1"
+                                                                             : "(unknown)";
+}
+
 static bool rx_hello(struct mlink *l, const struct mhdr *h)
 {
     if (h->off != (uint64_t)(1 - l->o.node))
@@ -324,6 +330,23 @@ static bool rx_hello(struct mlink *l, const struct mhdr *h)
         l->st.auth_failures++;
         return false;
     }
+    /* HELLO's tag: HELLO_ORDER | sole_orderer (0 from controllers before it) */
+    uint32_t theirs = h->tag & HELLO_ORDER ? h->tag & ~HELLO_ORDER : 0;
+    bool said = h->tag & HELLO_ORDER;
+    if (said ? theirs != (uint32_t)l->o.sole_orderer
+             : l->o.sole_orderer && !l->o.sole_orderer_agreed) {
+        /* Both would order some stripes, each applying its writes to them in
+         * its own order: never paired. Told once until a link comes up. */
+        if (!l->order_told)
+            srrs_event_post(l->core, SRRS_EV_MIRROR_DOWN, l->conn_gen, 0, "mirror-link",
+                            "mirror link refused: the peer orders writes %s, we %s (the pair's "
+                            "orderer must be the same on both)",
+                            said ? order_name(theirs) : "by stripe (split: it does not say)",
+                            order_name((uint32_t)l->o.sole_orderer));
+        l->order_told = true;
+        return false;   /* counted in proto_errors, the connection dropped */
+    }
+    l->order_told = false;
     l->hello_rx = true;
     srrs_event_post(l->core, SRRS_EV_MIRROR_UP, l->conn_gen, 0, "mirror-link",
                     "mirror link up (%s:%u)", l->o.peer_host, l->o.peer_port);
@@ -608,7 +631,8 @@ static int conn_poll(void *arg)
         l->conn_gen++;
         l->rl_peer_granted = false;
         l->last_rx = srrs_ticks();
-        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
+        frame_send(l, T_HELLO, NULL, HELLO_ORDER | (uint32_t)l->o.sole_orderer,
+                   (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }
     int work = 0;
     if (l->rxw.armed) {
@@ -675,7 +699,8 @@ static int conn_attach(struct mlink *l, int fd, bool connecting)
         l->conn_gen++;
         l->rl_peer_granted = false;
         l->last_rx = srrs_ticks();
-        frame_send(l, T_HELLO, NULL, 0, (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
+        frame_send(l, T_HELLO, NULL, HELLO_ORDER | (uint32_t)l->o.sole_orderer,
+                   (uint64_t)l->o.node, 0, l->o.self_id, NULL, 0, 0, NULL);
     }
     return 0;
 }

@@ -15,8 +15,9 @@ MODES = binding.MIRROR_MODES  # enum srrs_mirror_mode (ffi/mirror.h)
 
 class Side:
     def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1,
-                 secret=b"", allow=(), ident=0):
+                 secret=b"", allow=(), ident=0, sole_orderer=0):
         self.name = name
+        self.sole_orderer = sole_orderer   # 0: split by stripe; 1 + n: node n orders all
         self.ident = ident     # our identity in HELLO (0: none)
         self.secret = secret   # b"": no authentication
         self.allow = allow     # source addresses accepted (): any
@@ -42,6 +43,7 @@ class Side:
         o.ping_ms = 20
         o.timeout_ms = 2000
         o.self_id = self.ident
+        o.sole_orderer = self.sole_orderer
         if self.secret:
             o.secret = self.secret
             o.secret_len = len(self.secret)
@@ -99,12 +101,12 @@ class Side:
 
 
 # The links of these tests authenticate (one secret per pair), as a pair's do.
-def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1, secret=None):
+def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1, secret=None, sole_orderer=(0, 0)):
     if secret is None:
         secret = os.urandom(32)
     pa, pb = free_ports(2)
-    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors, secret)
-    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors, secret)
+    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors, secret, sole_orderer=sole_orderer[0])
+    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors, secret, sole_orderer=sole_orderer[1])
     return a, b
 
 

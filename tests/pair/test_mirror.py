@@ -507,3 +507,56 @@ def test_a_full_copy_target_starting_after_the_sources_bitmap_came_is_behind_eve
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("orderer", [1, 2])
+def test_one_controller_orders_every_stripe(tmp_path, orderer):
+    """[pair] orderer: one side orders every stripe (for hosts that write
+    through it: none of its writes is forwarded, both legs start at once),
+    the other forwards all of its writes; writes from both sides at once
+    land identical on both replicas."""
+    a, b = make_pair(tmp_path, sole_orderer=(orderer, orderer))
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        owner, other = (a, b) if orderer == 1 else (b, a)
+        r = bench(owner, bs=4096, bs_max=256 << 10, time_s=0.5)
+        assert r["errors"] == 0 and r["ios"] > 0
+        assert owner.info()["forwarded"] == 0
+        before = other.info()["forwarded"]
+        r = bench(other, bs=4096, time_s=0, max_ios=500, qd=8)
+        assert r["errors"] == 0 and other.info()["forwarded"] - before == 500
+        ra, rb = both(lambda: bench(a, bs=4096, bs_max=1 << 20, time_s=1.0),
+                      lambda: bench(b, bs=4096, bs_max=1 << 20, time_s=1.0))
+        assert ra["errors"] == rb["errors"] == 0
+        assert owner.info()["forwarded"] == 0
+        wait(lambda: a.info()["dirty_stripes"] == 0 and b.info()["dirty_stripes"] == 0, 5,
+             "every dirty bit cleared")
+        assert replica_diff(a, b) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_peer_that_orders_otherwise_is_refused(tmp_path):
+    """Both sides must agree on who orders (HELLO carries it): one side set to
+    order everything and the other to split would both order the odd stripes.
+    The link never comes up, and the side that read the other's HELLO first
+    says why in an event (the other sees the connection close)."""
+    a, b = make_pair(tmp_path, sole_orderer=(1, 0))
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.link_info()["proto_errors"] + b.link_info()["proto_errors"] > 0,
+             what="a side refuses the other's HELLO")
+        time.sleep(0.3)
+        texts = [e["msg"] for side in (a, b) for e in side.core.events()]
+        assert not any("mirror link up" in t for t in texts), texts
+        assert any("the peer orders writes by stripe (split), we all on node 0" in t or
+                   "the peer orders writes all on node 0, we by stripe (split)" in t
+                   for t in texts), texts
+        assert not a.info()["replicated"] and not b.info()["replicated"]
+    finally:
+        a.close()
+        b.close()
