@@ -126,17 +126,25 @@ static const struct srrs_bdev_module mirror_module = {
 
 /* ---- control ----------------------------------------------------------------------------------- */
 
+static int link_opts_check(const struct srrs_mirror_link_opts *o)
+{
+    if (o->node != 0 && o->node != 1)
+        return srrs_err(-EINVAL, "mirror link: node must be 0 or 1");
+    if (o->sole_orderer < 0 || o->sole_orderer > 2)
+        return srrs_err(-EINVAL, "mirror link: sole_orderer must be 0 (split), 1 (node 0) or 2 "
+                        "(node 1)");
+    return 0;
+}
+
 int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_link_opts *o,
                             struct srrs_mirror_link **out)
 {
     struct srrs_reactor *r = srrs_core_reactor(core, o->reactor);
     if (!r)
         return srrs_err(-EINVAL, "mirror link: no reactor %d", o->reactor);
-    if (o->node != 0 && o->node != 1)
-        return srrs_err(-EINVAL, "mirror link: node must be 0 or 1");
-    if (o->sole_orderer < 0 || o->sole_orderer > 2)
-        return srrs_err(-EINVAL, "mirror link: sole_orderer must be 0 (split), 1 (node 0) or 2 "
-                        "(node 1)");
+    int rc = link_opts_check(o);
+    if (rc)
+        return rc;
     struct mlink *l = calloc(1, sizeof(*l));
     if (!l)
         return srrs_err(-ENOMEM, "mirror link: out of memory");
@@ -175,7 +183,7 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
     for (uint32_t i = 0; i < M_NFRAMES; i++)
         l->frames[i].next = i + 1 < M_NFRAMES ? &l->frames[i + 1] : NULL;
     l->ffree = &l->frames[0];
-    int rc = auth_setup(l);
+    rc = auth_setup(l);
     if (rc) {
         link_free(l);
         return rc;

@@ -275,11 +275,12 @@ static inline int source_node(struct mlink *l)
     return l->mode == MODE_RSRC ? l->o.node : 1 - l->o.node;
 }
 
-/* Who orders stripe s now: its owner s % 2, or the resync source while the
- * stripe is not yet copied. In SOLO we order everything. */
 /* HELLO's tag: this bit, and srrs_mirror_link_opts.sole_orderer in the low bits. */
 #define HELLO_ORDER 0x100u
 
+/* Who orders stripe s now: the sole orderer if the link has one, else its
+ * owner s % 2, or the resync source while the stripe is not yet copied. In
+ * SOLO we order everything. */
 static inline bool we_order(struct mirror *m, uint64_t s)
 {
     struct mlink *l = m->l;

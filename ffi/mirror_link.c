@@ -313,13 +313,14 @@ int tx_flush(struct mlink *l)
 
 /* ---- receiving -------------------------------------------------------------------- */
 
-/* HELLO: the peer's node index and identity, first frame of every connection. */
 static const char *order_name(uint32_t v)
 {
     return v == 0 ? "by stripe (split)" : v == 1 ? "all on node 0" : v == 2 ? "all on node 1"
                                                                              : "(unknown)";
 }
 
+/* HELLO: the peer's node index, identity and who orders writes, first frame
+ * of every connection. */
 static bool rx_hello(struct mlink *l, const struct mhdr *h)
 {
     if (h->off != (uint64_t)(1 - l->o.node))

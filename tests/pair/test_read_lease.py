@@ -191,6 +191,9 @@ def test_rejoined_peer_gets_time_for_its_first_grant(pair):
     b.mode("fenced")                                   # b "restarts": it grants nothing
     a.mode("solo")
     wait(lambda: _lease_left_us(a)[2] == MODES["solo"], what="a solo")
+    # b's last grant to a may outlive a's to b (which a's solo waited out): a
+    # read under it is served, rightly, and would end the test early (CI)
+    wait(lambda: _lease_left_us(a)[0] <= 0, what="b's last grant to a over")
     a.mode("resync_source")                            # b is heard again: a rejoins it
     res = {}
     t = threading.Thread(target=lambda: res.setdefault("r", a.core.test_io("v", "read", 0, 4096)))
@@ -210,6 +213,9 @@ def test_rejoined_peer_that_never_grants_fails_reads_in_the_end(pair):
     b.mode("fenced")
     a.mode("solo")
     wait(lambda: _lease_left_us(a)[2] == MODES["solo"], what="a solo")
+    # b's last grant to a may outlive a's to b (which a's solo waited out): a
+    # read under it is served, rightly, and would end the test early (CI)
+    wait(lambda: _lease_left_us(a)[0] <= 0, what="b's last grant to a over")
     a.mode("resync_source")
     t0 = time.monotonic()
     assert a.core.test_io("v", "read", 0, 4096)[0] == -errno.ENOTCONN
