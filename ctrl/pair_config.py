@@ -213,9 +213,8 @@ class PairConfig:
         (node 0 is the smaller of the two identities)."""
         if not self.orderer:
             return 0
-        me = self.orderer == self.self_name
-        return 1 + ((0 if self.me_id < self.peer_id else 1) if me else
-                    (1 if self.me_id < self.peer_id else 0))
+        ident = self.me_id if self.orderer == self.self_name else self.peer_id
+        return 1 if ident == min(self.me_id, self.peer_id) else 2
 
     @property
     def pair_id(self) -> str:

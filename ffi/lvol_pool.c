@@ -139,8 +139,10 @@ static void p_create(void *arg)
         }
     }
     struct lv_vol *v = calloc(1, sizeof(*v));
+    if (v && op->uuid)
+        memcpy(v->uuid, op->uuid, 16);
     if (!v || lv_vol_alloc_top(v, op->size / p->cs) ||
-        (op->uuid ? (memcpy(v->uuid, op->uuid, 16), false) : getrandom(v->uuid, 16, 0) != 16)) {
+        (!op->uuid && getrandom(v->uuid, 16, 0) != 16)) {
         free(v);
         op_fail(op, -ENOMEM, "volume %s: out of memory", op->name);
         op_put(op);

@@ -417,6 +417,21 @@ def test_move_away_and_straight_back(world):
         raise
 
 
+def _wait_moved_back(a, u, what):
+    _wait(lambda: (lambda m: m.get("phase") == "done" and m.get("dst") == "a+b")(
+        _moves(a).get(u, {})), 150, what)
+
+
+def _deleted_then_created(ctl, u, mark):
+    """ctl's log lines after line `mark`, which must delete its replica of u
+    before they create one (a fresh replica, never the old one adopted)."""
+    after = ctl.output().splitlines()[mark:]
+    created = [i for i, ln in enumerate(after) if f"({u}): replica created" in ln]
+    deleted = [i for i, ln in enumerate(after) if f"cluster volume {u}: replica deleted" in ln]
+    assert deleted and created and deleted[0] < created[0], (created, deleted)
+    return after
+
+
 def test_restart_inside_the_drain_of_a_volume_moved_away_and_back(world):
     """b is killed (SIGKILL) while its old replica of a volume that moved to
     c+d is still leaving (b's drain_s, 6 s), the move back to a+b is put in
@@ -443,14 +458,10 @@ def test_restart_inside_the_drain_of_a_volume_moved_away_and_back(world):
         assert not left, "b deleted its old replica before the kill: drain_s too short here"
         _move(w, "rs", to="a+b")
         b.restart()
-        _wait(lambda: (lambda m: m.get("phase") == "done" and m.get("dst") == "a+b")(
-            _moves(a).get(u, {})), 150, "moved back to a+b")
+        _wait_moved_back(a, u, "moved back to a+b")
         for n in "ab":
             _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 60, f"optimized on {n}")
-        after = b.output().splitlines()[mark:]
-        created = [i for i, ln in enumerate(after) if f"({u}): replica created" in ln]
-        deleted = [i for i, ln in enumerate(after) if f"cluster volume {u}: replica deleted" in ln]
-        assert deleted and created and deleted[0] < created[0], (created, deleted)
+        _deleted_then_created(b, u, mark)
         w.pair("b").wait_state("PAIRED", 120)
     except BaseException:
         _dump(w, (v,))
@@ -477,17 +488,13 @@ def test_a_controller_down_while_its_volume_moved_away_and_back_makes_a_fresh_re
         _move(w, "dn")
         _wait(lambda: _moves(a).get(u, {}).get("phase") == "done", 120, "moved to c+d")
         _move(w, "dn", to="a+b")
-        _wait(lambda: (lambda m: m.get("phase") == "done" and m.get("dst") == "a+b")(
-            _moves(a).get(u, {})), 150, "moved back to a+b (b down)")
+        _wait_moved_back(a, u, "moved back to a+b (b down)")
         assert {x["uuid"]: x for x in a.rpc("cluster_volumes")}[u]["placed"].startswith("move:")
         b.restart()
         w.pair("b").wait_state("PAIRED", 120)
         for n in "ab":
             _wait(lambda n=n: _ana(w.ctl(n), u) == "optimized", 60, f"optimized on {n}")
-        after = b.output().splitlines()[mark:]
-        created = [i for i, ln in enumerate(after) if f"({u}): replica created" in ln]
-        deleted = [i for i, ln in enumerate(after) if f"cluster volume {u}: replica deleted" in ln]
-        assert deleted and created and deleted[0] < created[0], (created, deleted)
+        after = _deleted_then_created(b, u, mark)
         assert any("made before the volume left this pair" in ln for ln in after)
         now = {x["name"]: x["uuid"] for x in b.rpc("volume_list")}[f"c-{u}"]
         assert now != before
