@@ -249,6 +249,7 @@ class PairService:
         o.ping_ms = max(10, self.conf.heartbeat_ms // 4)
         o.timeout_ms = self.conf.heartbeat_ms * self.conf.miss_count
         o.read_lease_ms = self.conf.read_lease_ms
+        o.hold_ms = self.conf.vhost_hold_ms
         o.self_id = link_id(self.conf.me_id)   # in HELLO: a replaced peer is told apart
         o.sole_orderer = self.conf.sole_orderer
         self._mirror_auth_opts(o)
@@ -332,7 +333,8 @@ class PairService:
         d = {k: getattr(i, k) for k in ("up", "connects", "tx_frames", "rx_frames", "tx_bytes",
                                         "rx_bytes", "crc_errors", "proto_errors",
                                         "held_writes", "lease_reads_failed", "mac_errors",
-                                        "auth_failures", "fwd_bounced")}
+                                        "auth_failures", "fwd_bounced", "held_ios",
+                                        "hold_retries", "hold_expired")}
         d["read_lease_left_s"] = round(max(0, i.read_lease_left_us) / 1e6, 3)
         d["grant_left_s"] = round(max(0, i.grant_left_us) / 1e6, 3)
         d["mode"] = MODE_NAMES.get(i.mode, str(i.mode))

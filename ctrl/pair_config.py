@@ -185,6 +185,12 @@ class PairConfig:
     read_lease_ms: int = setting(500, range=(20, 10000), doc_default="`500` or lease_ms / 2",
                                  help="read lease the peer grants while paired, at most half "
                                  "of lease_ms")
+    vhost_hold_ms: int = setting(120000, range=(0, 86400000),
+                                 help="how long a VM's (vhost-user's) I/O waits while this "
+                                 "controller cannot serve (fenced, starting) before it fails: "
+                                 "held, and started again when it can (a VM has no other "
+                                 "path); 0 fails it at once, as NVMe/TCP's (ANA: the host "
+                                 "turns to the peer)")
     secret_key: str = setting("", nonempty=True, help="CURVE secret key (srrs keygen), mode 0600")
     peer_public_key: str = setting("", nonempty=True, help="the peer's CURVE public key")
     witness_public_key: str = setting("", nonempty=True, help="the witness's CURVE public key")

@@ -496,6 +496,12 @@ int srrs_bdev_get_latency(struct srrs_core *core, const char *name, struct srrs_
 
 static inline bool io_has_range(int op) { return op != SRRS_IO_FLUSH; }
 
+void srrs_bdev_release_held(struct srrs_bdev *b)
+{
+    if (b && b->mod->release_held)
+        b->mod->release_held(b);
+}
+
 void srrs_bdev_submit(struct srrs_io *io)
 {
     struct srrs_bdev *b = io->bdev;
@@ -744,6 +750,7 @@ int srrs_bdev_create_null(struct srrs_core *core, const char *name, uint64_t siz
 struct test_io {
     struct srrs_bdev *b;
     int op;
+    uint8_t flags;
     uint64_t offset, len;
     void *user;
     void *buf;
@@ -786,6 +793,7 @@ static void test_io_start(void *a)
             memcpy(t->buf, t->user, t->len);
     }
     srrs_io_prep(io, t->b, t->op, t->offset, t->len, t->buf, test_io_done, t);
+    io->flags = t->flags;
     srrs_bdev_submit(io);
 }
 
@@ -799,6 +807,8 @@ static void test_io_poll(void *a)
 int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *name, int op, uint64_t offset,
                       uint64_t len, void *buf)
 {
+    uint8_t flags = (uint8_t)(op >> 8);
+    op &= 0xff;
     struct srrs_reactor *r = srrs_core_reactor(core, reactor);
     if (!r)
         return srrs_err(-EINVAL, "no reactor %d", reactor);
@@ -807,7 +817,7 @@ int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *name, int
     struct srrs_bdev *b = srrs_bdev_open(core, name);
     if (!b)
         return -ENOENT;
-    struct test_io t = {.b = b, .op = op, .offset = offset, .len = len, .user = buf};
+    struct test_io t = {.b = b, .op = op, .flags = flags, .offset = offset, .len = len, .user = buf};
     srrs_reactor_call(r, test_io_start, &t);
     while (!__atomic_load_n(&t.done, __ATOMIC_ACQUIRE)) {
         srrs_reactor_call(r, test_io_poll, NULL); /* completes run on the reactor */
@@ -815,6 +825,16 @@ int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *name, int
     }
     srrs_bdev_close(&b);
     return t.status;
+}
+
+int srrs_test_bdev_release_held(struct srrs_core *core, const char *name)
+{
+    struct srrs_bdev *b = srrs_bdev_open(core, name);
+    if (!b)
+        return -ENOENT;
+    srrs_bdev_release_held(b);
+    srrs_bdev_close(&b);
+    return 0;
 }
 
 /* ---- latency test hooks ---------------------------------------------------- */

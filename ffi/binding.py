@@ -602,16 +602,22 @@ class Core:
         return TestPoller(out[0])
 
     def test_io(self, bdev: str, op: str, offset: int, length: int, data: bytes = b"",
-                reactor: int = 0) -> tuple:
-        """One synchronous I/O: returns (status, bytes read)."""
+                reactor: int = 0, one_path: bool = False) -> tuple:
+        """One synchronous I/O: returns (status, bytes read). one_path: a
+        single-path host's, as vhost-user's (ffi/mirror.h hold_ms)."""
         buf = ffi.new("uint8_t[]", max(length, 1))
         if op == "write":
             if len(data) != length:
                 raise ValueError("data length must equal length")
             ffi.memmove(buf, data, length)
-        st = lib.srrs_test_bdev_io(self.ptr, reactor, bdev.encode(), IO_OPS[op], offset, length,
-                                   buf)
+        st = lib.srrs_test_bdev_io(self.ptr, reactor, bdev.encode(),
+                                   IO_OPS[op] | (0x100 if one_path else 0), offset, length, buf)
         return st, bytes(ffi.buffer(buf, length)) if op == "read" else b""
+
+    def test_release_held(self, bdev: str) -> None:
+        """What bdev holds for single-path hosts is let go, as when a
+        vhost-user queue stops (a mirror's hold_ms)."""
+        check(lib.srrs_test_bdev_release_held(self.ptr, bdev.encode()), f"bdev {bdev}")
 
     def test_lat_record(self, bdev: str, cls: str, ns: int, count: int = 1,
                         reactor: int = 0) -> None:

@@ -21,6 +21,9 @@ static void mirror_submit(struct srrs_bdev *b, void *ch, struct srrs_io *io)
 {
     (void)ch;
     struct mirror *m = b->ctx;
+    struct hctx *h = (struct hctx *)io->driver_ctx;
+    h->held_since = 0; /* never held yet (opts.hold_ms) */
+    h->epoch = __atomic_load_n(&m->release_epoch, __ATOMIC_ACQUIRE);
     if (io->r == m->l->r) {
         host_start(io);
         return;
@@ -74,6 +77,7 @@ static void vol_detach_fn(void *a)
     struct vol_arg *x = a;
     struct mirror *m = x->m;
     struct mlink *l = x->l;
+    retry_fail(l, m); /* held for a retry: the volume goes, they fail */
     for (uint32_t i = 0; i < M_NPIECES; i++) {
         struct piece *p = &l->pieces[i];
         if (p->kind == P_FREE || p->m != m)
@@ -118,10 +122,30 @@ static void mirror_destroy(struct srrs_bdev *b)
     mirror_free(m);
 }
 
+static void release_fn(void *a)
+{
+    struct mirror *m = a;
+    retry_fail(m->l, m);
+}
+
+/* A host stops a queue (vhost-user GET_VRING_BASE, a memory table change, a
+ * disconnect): it waits for what it has in flight, so nothing of it may wait
+ * here for the mirror to serve again. Its I/O submitted so far is not held
+ * from now on (the epoch), what is held fails on the link's reactor. */
+static void mirror_release_held(struct srrs_bdev *b)
+{
+    struct mirror *m = b->ctx;
+    __atomic_add_fetch(&m->release_epoch, 1, __ATOMIC_RELEASE);
+    srrs_bdev_release_held(m->replica); /* a move link's mirror over the pair's */
+    while (srrs_reactor_send(m->l->r, release_fn, m) == -EAGAIN)
+        ;
+}
+
 static const struct srrs_bdev_module mirror_module = {
     .name = "mirror",
     .submit = mirror_submit,
     .destroy = mirror_destroy,
+    .release_held = mirror_release_held,
 };
 
 /* ---- control ----------------------------------------------------------------------------------- */
@@ -160,6 +184,7 @@ int srrs_mirror_link_create(struct srrs_core *core, const struct srrs_mirror_lin
     if (!l->o.read_lease_ms)
         l->o.read_lease_ms = 500;
     l->rl_len = srrs_us_to_ticks((uint64_t)l->o.read_lease_ms * 1000);
+    l->hold_ticks = srrs_us_to_ticks((uint64_t)l->o.hold_ms * 1000);
     /* A previous incarnation of this controller may have granted just now. */
     l->rl_granted = srrs_ticks() + l->rl_len + l->rl_len / 16 + srrs_us_to_ticks(1000);
     l->fd = -1;
@@ -487,6 +512,9 @@ static void info_fn(void *a)
         for (struct piece *p = l->rebound; p; p = p->next)
             held++;
         x->li->held_writes = held;
+        x->li->held_ios = 0;
+        for (struct srrs_io *io = l->retry; io; io = io->next)
+            x->li->held_ios++;
         uint64_t now = srrs_ticks();
         x->li->read_lease_left_us = l->rl_until > now
                                         ? (int64_t)(srrs_ticks_to_ns(l->rl_until - now) / 1000) : 0;

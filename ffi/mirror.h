@@ -15,7 +15,9 @@
  *
  * Modes (srrs_mirror_set_mode), from the pair's state machine (ctrl/ha.py):
  *   0 fenced         every I/O fails with -ENOTCONN (a path error: the host retries
- *                    on the other path); writes held for the peer fail too
+ *                    on the other path); writes held for the peer fail too. A
+ *                    single-path host's I/O (a VM's) is held instead, up to
+ *                    opts.hold_ms, and started again whole once the mirror serves
  *   1 paired         writes applied by the stripe owner, then on the peer; ack when
  *                    both have them; reads local
  *   2 solo           writes applied locally and their stripes marked dirty in the
@@ -75,6 +77,12 @@ struct srrs_mirror_link_opts {
     uint64_t self_id;          /* our identity (a digest of our name), sent in HELLO; 0: none */
     uint64_t peer_id;          /* the peer's: a HELLO with another drops the connection;
                                   0: not checked (set by srrs_mirror_link_set_peer) */
+    uint32_t hold_ms;          /* a host I/O of a single-path host (SRRS_IO_F_ONE_PATH: a
+                                  VM over vhost-user) that would fail with a path error
+                                  (fenced, starting, solo past its lease, no read lease) is
+                                  held and started again, whole, once the mirror serves
+                                  (paired, resync, solo), for up to this long from its
+                                  first failure; then it fails. 0: fails at once */
 };
 
 struct srrs_mirror_link_info {
@@ -96,6 +104,9 @@ struct srrs_mirror_link_info {
     uint64_t auth_failures;    /* connections refused: failed handshake, deadline, address */
     uint64_t fwd_bounced;      /* forwards for a stripe we do not order (yet): sent back to be
                                   sent again once both sides' modes agree */
+    uint64_t held_ios;         /* single-path host I/Os held right now (hold_ms) */
+    uint64_t hold_retries;     /* held host I/Os started again */
+    uint64_t hold_expired;     /* held host I/Os failed after hold_ms */
 };
 
 struct srrs_mirror_info {

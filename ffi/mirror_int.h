@@ -157,6 +157,8 @@ struct mirror {
         uint64_t writes, replicated, forwarded, remote_reads, fenced, local_read_errors;
     } st;
     uint64_t read_err_ev_at;    /* ticks: last local read error reported (one a second) */
+    uint32_t release_epoch;     /* mirror_release_held calls (atomic): I/O submitted
+                                   before the last one is never held for a retry */
 };
 
 /* The link socket's readiness (mirror_link.c, rxw_*): a small io_uring ring
@@ -216,6 +218,12 @@ struct mlink {
     bool rl_peer_granted;       /* the peer granted us a lease since we (re)joined it on this
                                    connection: until then it may still be starting */
     struct piece *rwait;        /* reads waiting for a lease */
+    /* single-path host I/Os failed with a path error, held for a retry
+     * (opts.hold_ms): linked by srrs_io.next, oldest first */
+    struct srrs_io *retry, *retry_tail;
+    uint64_t hold_ticks;        /* opts.hold_ms in ticks */
+    uint64_t hold_ev_at;        /* ticks: last hold/expiry event (one a second) */
+    bool stopping;              /* the link or its reactor is going: nothing is held */
     /* resync copy throttle (srrs_mirror_set_copy_limit): copies in parallel
      * (0: M_COPIES), bytes/s (0: no limit) as a token bucket refilled by the
      * timer; copy pieces wait on `throttled` for tokens */
@@ -246,6 +254,8 @@ enum { RL_ASK = 1, RL_GRANT = 2 }; /* T_PING tags */
 struct hctx {
     uint32_t left;
     int32_t status;
+    uint64_t held_since;        /* ticks: first held for a retry (hold_ms); 0: never */
+    uint32_t epoch;             /* the mirror's release_epoch when it was submitted */
 };
 
 /* srrs_mirror_set_mode / srrs_mirror_resync_start, run on the link's reactor. */
@@ -383,6 +393,8 @@ void link_free(struct mlink *l);
 
 void host_start(void *arg);
 void host_io_done(struct mlink *l, struct srrs_io *io, int status);
+void retry_poll(struct mlink *l);
+void retry_fail(struct mlink *l, const struct mirror *m);
 /* Takes the io, not the piece: a caller without a piece passes no 2 KiB
  * struct built for the call (one file, the compiler had dropped it). */
 static inline void piece_host_done(struct mlink *l, struct piece *p, int status)

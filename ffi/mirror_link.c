@@ -916,6 +916,8 @@ static int timer_poll(void *arg)
     }
     if (l->rwait)
         rl_retry(l, true);
+    if (l->retry)
+        retry_poll(l);
     if (l->rebound)
         dispatch_all(l, &l->rebound); /* forwards the owner sent back go again */
     if (l->solo_wait && (now >= l->rl_granted || !lease_ok(l))) {
@@ -966,7 +968,9 @@ void link_stop_fn(void *a)
         link_drop(l, "link destroyed");
     mauth_close_all(&l->auth);
     l->mode = MODE_FENCED;
+    l->stopping = true; /* nothing is held for a retry from now on */
     resolve_held(l);
+    retry_fail(l, NULL);
     srrs_poller_unregister(&l->p_timer);
     srrs_poller_unregister(&l->p_listen);
     if (l->stop_hook >= 0)
@@ -979,9 +983,11 @@ static void link_on_stop(void *arg)
     struct mlink *l = arg;
     l->stop_hook = -1;
     l->mode = MODE_FENCED;
+    l->stopping = true;
     link_drop(l, "reactor stopping");
     mauth_close_all(&l->auth);
     resolve_held(l);
+    retry_fail(l, NULL);
 }
 
 void hook_fn(void *a)

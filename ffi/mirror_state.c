@@ -36,6 +36,67 @@ static void host_done_msg(void *arg)
     srrs_io_complete(io, io->status);
 }
 
+/* Host I/O io completes with status, on its own reactor. */
+static void host_io_finish(struct mlink *l, struct srrs_io *io, int status)
+{
+    if (io->r == l->r) {
+        srrs_io_complete(io, status);
+    } else {
+        io->status = status;
+        while (srrs_reactor_send(io->r, host_done_msg, io) == -EAGAIN)
+            ;
+    }
+}
+
+/* One report a second of held I/O (started to hold, or some held too long). */
+static void hold_event(struct mlink *l, uint64_t now, uint64_t n, bool expired)
+{
+    if (l->hold_ev_at && now - l->hold_ev_at < srrs_us_to_ticks(1000000))
+        return;
+    l->hold_ev_at = now;
+    if (expired)
+        srrs_event_post(l->core, SRRS_EV_LOG, l->st.hold_expired, 0, "mirror-link",
+                        "%llu held I/O(s) of single-path hosts failed: the mirror did not "
+                        "serve for %u ms (mode %d, %llu so far)", (unsigned long long)n,
+                        l->o.hold_ms, l->mode, (unsigned long long)l->st.hold_expired);
+    else
+        srrs_event_post(l->core, SRRS_EV_LOG, 0, 0, "mirror-link",
+                        "holding I/O of single-path hosts (vhost-user) while the mirror does "
+                        "not serve (mode %d): started again when it does, failed after %u ms",
+                        l->mode, l->o.hold_ms);
+}
+
+/* A single-path host's I/O that ends in a path error is held instead
+ * (opts.hold_ms): true when it was. Its host has no other path to turn to,
+ * and the guest has seen nothing of it yet, so starting it again whole once
+ * the mirror serves is what the host's own retry would do (a write applied
+ * here before, or on the peer alone, is written again with the same data). */
+static bool hold_for_retry(struct mlink *l, struct srrs_io *io)
+{
+    struct hctx *h = (struct hctx *)io->driver_ctx;
+    const struct mirror *m = io->bdev->ctx;
+    if (!l->hold_ticks || l->stopping || !(io->flags & SRRS_IO_F_ONE_PATH) ||
+        h->epoch != __atomic_load_n(&m->release_epoch, __ATOMIC_ACQUIRE))
+        return false;
+    uint64_t now = srrs_ticks();
+    if (!h->held_since) {
+        h->held_since = now;
+        if (!l->retry)
+            hold_event(l, now, 0, false);
+    } else if (now - h->held_since >= l->hold_ticks) {
+        l->st.hold_expired++;
+        hold_event(l, now, 1, true);
+        return false;
+    }
+    io->next = NULL;
+    if (l->retry_tail)
+        l->retry_tail->next = io;
+    else
+        l->retry = io;
+    l->retry_tail = io;
+    return true;
+}
+
 /* One part of host I/O io is done (a piece, or host_start's own hold). */
 void host_io_done(struct mlink *l, struct srrs_io *io, int status)
 {
@@ -43,14 +104,68 @@ void host_io_done(struct mlink *l, struct srrs_io *io, int status)
     if (status && !h->status)
         h->status = status;
     if (--h->left == 0) {
-        if (io->r == l->r) {
-            srrs_io_complete(io, h->status);
-        } else {
-            io->status = h->status;
-            while (srrs_reactor_send(io->r, host_done_msg, io) == -EAGAIN)
-                ;
-        }
+        if (h->status == -ENOTCONN && hold_for_retry(l, io))
+            return;
+        host_io_finish(l, io, h->status);
     }
+}
+
+/* The held host I/Os (hold_for_retry): started again while the mirror serves
+ * (paired, resync, solo under its lease), failed once held hold_ms, kept
+ * otherwise. From the timer and after a mode change. */
+void retry_poll(struct mlink *l)
+{
+    struct srrs_io *io = l->retry;
+    if (!io)
+        return;
+    l->retry = l->retry_tail = NULL;
+    bool serve = mode_needs_peer(l->mode) || (l->mode == MODE_SOLO && lease_ok(l));
+    uint64_t now = srrs_ticks(), expired = 0;
+    while (io) {
+        struct srrs_io *next = io->next;
+        struct hctx *h = (struct hctx *)io->driver_ctx;
+        io->next = NULL;
+        if (now - h->held_since >= l->hold_ticks) {
+            l->st.hold_expired++;
+            expired++;
+            host_io_finish(l, io, -ENOTCONN);
+        } else if (serve) {
+            l->st.hold_retries++;
+            host_start(io); /* fails again: back on the (new) list */
+        } else {
+            if (l->retry_tail)
+                l->retry_tail->next = io;
+            else
+                l->retry = io;
+            l->retry_tail = io;
+        }
+        io = next;
+    }
+    if (expired)
+        hold_event(l, now, expired, true);
+}
+
+/* Fail the held host I/Os (of mirror m; NULL: all): it goes, or the link does. */
+void retry_fail(struct mlink *l, const struct mirror *m)
+{
+    struct srrs_io *io = l->retry, *keep = NULL, *keep_tail = NULL;
+    l->retry = l->retry_tail = NULL;
+    while (io) {
+        struct srrs_io *next = io->next;
+        io->next = NULL;
+        if (!m || io->bdev->ctx == m) {
+            host_io_finish(l, io, -ENOTCONN);
+        } else {
+            if (keep_tail)
+                keep_tail->next = io;
+            else
+                keep = io;
+            keep_tail = io;
+        }
+        io = next;
+    }
+    l->retry = keep;
+    l->retry_tail = keep_tail;
 }
 
 /* ---- stripe locks --------------------------------------------------------------- */
@@ -135,6 +250,7 @@ int local_submit(struct mlink *l, struct piece *p, int op)
     io->cb = local_done;
     io->cb_arg = p;
     io->status = 0;
+    io->flags = p->host ? p->host->flags : 0; /* a move link's mirror over the pair's */
     p->local_wait++;
     srrs_bdev_submit(io);
     return 0;
@@ -592,6 +708,7 @@ void set_mode_fn(void *a)
         resync_reset(l);
     if (x->mode == MODE_SOLO || x->mode == MODE_FENCED || x->mode == MODE_PAIRED)
         resolve_held(l);
+    retry_poll(l); /* held host I/O: the mirror may serve again */
 }
 
 /* ---- host I/O into pieces ---------------------------------------------------------------- */

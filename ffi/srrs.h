@@ -320,10 +320,15 @@ uint64_t srrs_test_poller_runs(struct srrs_test_poller *t);
  * (0: never ran): the order they ran in. */
 uint64_t srrs_test_poller_seq(struct srrs_test_poller *t);
 void srrs_test_poller_del(struct srrs_test_poller **t);
-/* control. One synchronous I/O (op: enum srrs_io_op)
- * through the reactor, buf copied through a pool buffer. Returns the I/O status. */
+/* control. One synchronous I/O (op: enum srrs_io_op in the low byte, the
+ * I/O's flags in the next: 0x100 is a single-path host's, as vhost-user's,
+ * see ffi/mirror.h hold_ms) through the reactor, buf copied through a pool
+ * buffer. Returns the I/O status. */
 int srrs_test_bdev_io(struct srrs_core *core, int reactor, const char *bdev, int op,
                       uint64_t offset, uint64_t len, void *buf);
+/* control. What bdev holds for single-path hosts is let go, as when a
+ * vhost-user queue stops (ffi/srrs_int.h, release_held). */
+int srrs_test_bdev_release_held(struct srrs_core *core, const char *bdev);
 /* any thread. The latency bucket (see struct srrs_bdev_latency) of ns nanoseconds. */
 uint32_t srrs_test_lat_bucket(uint64_t ns);
 /* control. Records `count` completions of class cls (0 read 1 write 2 other)

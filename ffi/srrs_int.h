@@ -189,12 +189,17 @@ typedef void (*srrs_io_cb)(struct srrs_io *io, void *arg);
 #define SRRS_IO_INLINE_IOV 4
 #define SRRS_IO_DRIVER_CTX 64
 
+/* srrs_io.flags */
+#define SRRS_IO_F_ONE_PATH 0x01 /* its host has no other path to the volume (vhost-user): a
+                                   path error is an I/O error there, so a mirror that cannot
+                                   serve holds it for a while instead (ffi/mirror.h) */
+
 struct srrs_io {
     struct srrs_bdev *bdev;
     uint64_t submit_ticks;  /* set by srrs_bdev_submit: the bdev's latency is submit -> completion */
     struct srrs_reactor *r;
     uint8_t op;
-    uint8_t flags;
+    uint8_t flags;          /* SRRS_IO_F_*; 0 from srrs_io_get */
     int32_t status;         /* 0 or -errno, valid in the callback */
     uint64_t offset;        /* bytes */
     uint64_t len;           /* bytes */
@@ -243,6 +248,11 @@ struct srrs_bdev_module {
     void (*channel_destroy)(struct srrs_bdev *bdev, void *ch);
     /* Control thread, after every channel is destroyed. */
     void (*destroy)(struct srrs_bdev *bdev);
+    /* Any thread. The single-path hosts' I/O (SRRS_IO_F_ONE_PATH) this bdev
+     * holds while it cannot serve is let go: failed, and what is in flight
+     * now is not held again (its host is stopping a queue that must drain).
+     * NULL: it holds none. */
+    void (*release_held)(struct srrs_bdev *bdev);
 };
 
 /*
@@ -344,6 +354,8 @@ int srrs_bdev_rename(struct srrs_core *core, struct srrs_bdev *b, const char *ne
 /* Reactor thread. Fills io->bdev/op/offset/len before; checks range and
  * alignment (bad: completes with -ERANGE / -EINVAL), counts, dispatches. */
 void srrs_bdev_submit(struct srrs_io *io);
+/* Any thread: the bdev's module's release_held, if it has one. */
+void srrs_bdev_release_held(struct srrs_bdev *b);
 /* Reactor thread, at completion before io->cb: counts the I/O and its latency
  * up to now_ticks (the reactor reads the clock once per completion batch). */
 /* The same at srrs_ticks() (a completion outside the reactor's batch). */

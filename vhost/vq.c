@@ -454,6 +454,7 @@ static void vq_submit_io(struct vq *vq, struct vreq *q, int op, uint64_t off, ui
         return;
     }
     srrs_io_prep(io, vq->dev->bdev, op, off, len, NULL, vq_io_done, q);
+    io->flags = SRRS_IO_F_ONE_PATH; /* a VM has this one path */
     io->iov = iov;
     io->iovcnt = cnt;
     srrs_bdev_submit(io);
@@ -733,6 +734,8 @@ static void vq_stop_begin_msg(void *arg)
     struct vq *vq = arg;
     int running = VQ_RUNNING;
     atomic_compare_exchange_strong(&vq->state, &running, VQ_STOPPING);
+    /* what the bdev holds for us (a fenced mirror) fails now: we drain */
+    srrs_bdev_release_held(vq->dev->bdev);
 }
 
 /* Control: wait until the queue has nothing in flight (false on timeout). */

@@ -15,8 +15,9 @@ MODES = binding.MIRROR_MODES  # enum srrs_mirror_mode (ffi/mirror.h)
 
 class Side:
     def __init__(self, tmp, name, node, lport, pport, size=64 << 20, kind="malloc", reactors=1,
-                 secret=b"", allow=(), ident=0, sole_orderer=0):
+                 secret=b"", allow=(), ident=0, sole_orderer=0, hold_ms=0):
         self.name = name
+        self.hold_ms = hold_ms      # single-path host I/O held while we cannot serve
         self.sole_orderer = sole_orderer   # 0: split by stripe; 1 + n: node n orders all
         self.ident = ident     # our identity in HELLO (0: none)
         self.secret = secret   # b"": no authentication
@@ -44,6 +45,7 @@ class Side:
         o.timeout_ms = 2000
         o.self_id = self.ident
         o.sole_orderer = self.sole_orderer
+        o.hold_ms = self.hold_ms
         if self.secret:
             o.secret = self.secret
             o.secret_len = len(self.secret)
@@ -78,7 +80,8 @@ class Side:
         return {k: getattr(li, k) for k in ("up", "mode", "connects", "crc_errors",
                                             "proto_errors", "held_writes",
                                             "read_lease_left_us", "grant_left_us", "mac_errors",
-                                            "auth_failures", "rx_frames", "fwd_bounced")}
+                                            "auth_failures", "rx_frames", "fwd_bounced",
+                                            "held_ios", "hold_retries", "hold_expired")}
 
     def info(self):
         mi = ffi.new("struct srrs_mirror_info *")
@@ -101,12 +104,15 @@ class Side:
 
 
 # The links of these tests authenticate (one secret per pair), as a pair's do.
-def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1, secret=None, sole_orderer=(0, 0)):
+def make_pair(tmp, kind="malloc", size=64 << 20, reactors=1, secret=None, sole_orderer=(0, 0),
+              hold_ms=(0, 0)):
     if secret is None:
         secret = os.urandom(32)
     pa, pb = free_ports(2)
-    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors, secret, sole_orderer=sole_orderer[0])
-    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors, secret, sole_orderer=sole_orderer[1])
+    a = Side(tmp, "a", 0, pa, pb, size, kind, reactors, secret, sole_orderer=sole_orderer[0],
+             hold_ms=hold_ms[0])
+    b = Side(tmp, "b", 1, pb, pa, size, kind, reactors, secret, sole_orderer=sole_orderer[1],
+             hold_ms=hold_ms[1])
     return a, b
 
 

@@ -560,3 +560,98 @@ def test_a_peer_that_orders_otherwise_is_refused(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def _in_thread(fn):
+    """fn() in a thread: (thread, results list it appends its value to)."""
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_single_path_io_is_held_while_fenced_and_served_when_paired(tmp_path):
+    """hold_ms (docs/architecture.md, Pair: a single-path host): fenced, a
+    VM's I/O (vhost-user: one path) waits instead of failing, and is started
+    again, whole, once the mirror serves; a multipath host's (NVMe/TCP) fails
+    at once as before, a path error its host retries on the peer."""
+    import errno
+    import os
+    import time
+
+    a, b = make_pair(tmp_path, hold_ms=(5000, 0))
+    try:
+        a.mode("paired")
+        b.mode("paired")
+        wait(lambda: a.up() and b.up(), what="link up")
+        a.mode("fenced")
+        data = os.urandom(8192)
+        assert a.core.test_io("v", "write", 0, 8192, data)[0] == -errno.ENOTCONN
+        # across the stripe boundary: two pieces, started again as one I/O
+        off = (1 << 20) - 4096
+        t, out = _in_thread(lambda: a.core.test_io("v", "write", off, 8192, data,
+                                                   one_path=True))
+        wait(lambda: a.link_info()["held_ios"] == 1, what="held")
+        time.sleep(0.5)
+        assert t.is_alive() and not out
+        t2, out2 = _in_thread(lambda: a.core.test_io("v", "read", off, 8192, one_path=True))
+        wait(lambda: a.link_info()["held_ios"] == 2, what="the read held too")
+        a.mode("paired")
+        t.join(10)
+        t2.join(10)
+        assert out == [(0, b"")], out
+        assert out2 and out2[0][0] == 0, out2
+        li = a.link_info()
+        assert li["held_ios"] == 0 and li["hold_retries"] >= 2 and li["hold_expired"] == 0, li
+        # on both replicas: the write went through the pair
+        for s in (a, b):
+            assert s.core.test_io("r0", "read", off, 8192)[1] == data
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_held_io_fails_when_the_hold_runs_out_or_its_host_stops_the_queue(tmp_path):
+    """Held no longer than hold_ms; and let go at once when its host stops the
+    queue (vhost-user GET_VRING_BASE, a disconnect: the queue must drain), while
+    I/O submitted after that is held again."""
+    import errno
+    import time
+
+    a, b = make_pair(tmp_path, hold_ms=(400, 0))
+    try:
+        a.mode("fenced")
+        t0 = time.monotonic()
+        st, _ = a.core.test_io("v", "read", 0, 4096, one_path=True)
+        took = time.monotonic() - t0
+        assert st == -errno.ENOTCONN and 0.39 <= took < 5, (st, took)
+        assert a.link_info()["hold_expired"] == 1
+        a.core.test_release_held("v")       # holds nothing: no effect
+    finally:
+        a.close()
+        b.close()
+    a, b = make_pair(tmp_path, hold_ms=(10000, 0))
+    try:
+        a.mode("fenced")
+        t, out = _in_thread(lambda: a.core.test_io("v", "write", 0, 4096, b"x" * 4096,
+                                                   one_path=True))
+        wait(lambda: a.link_info()["held_ios"] == 1, what="held")
+        t0 = time.monotonic()
+        a.core.test_release_held("v")
+        t.join(10)
+        assert out == [(-errno.ENOTCONN, b"")] and time.monotonic() - t0 < 1, out
+        assert a.link_info()["held_ios"] == 0
+        t, out = _in_thread(lambda: a.core.test_io("v", "write", 0, 4096, b"y" * 4096,
+                                                   one_path=True))
+        wait(lambda: a.link_info()["held_ios"] == 1, what="held again")
+        wait(lambda: a.up() and b.up(), what="link up")
+        b.mode("paired")
+        a.mode("paired")
+        t.join(10)
+        assert out == [(0, b"")], out
+        wait(lambda: b.core.test_io("r0", "read", 0, 4096)[1] == b"y" * 4096, what="on b")
+    finally:
+        a.close()
+        b.close()
