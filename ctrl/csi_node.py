@@ -14,6 +14,7 @@ stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -154,6 +155,18 @@ class Host:
     def size(self, dev: str) -> int:
         return int(self.read(os.path.join(self.sysfs, "block", os.path.basename(dev), "size"))
                    or 0) * 512
+
+    def ns_size(self, dev: str) -> Optional[int]:
+        """The namespace's size as its controller says now (Identify
+        Namespace: NSZE blocks of the LBA format in use), whatever the kernel
+        has seen yet; None when it cannot be asked."""
+        r = self.run("nvme", "id-ns", dev, "-o", "json", check=False)
+        try:
+            ns = json.loads(r.stdout) if r.returncode == 0 else None
+            fmt = ns["lbafs"][ns["flbas"] & 0xF]
+            return int(ns["nsze"]) << int(fmt["ds"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
 
     def mount_at(self, path: str) -> Optional[dict]:
         path = self.realpath(path)
@@ -429,10 +442,18 @@ class NodeService:
             if why:
                 raise Fail(Code.NOT_FOUND, why)
             end = time.monotonic() + DEVICE_S
+            asked = False
             while self.host.size(dev) < want:
                 for c in self.host.controllers(volume_nqn(vid)):   # the new size, now
                     self.host.run("nvme", "ns-rescan", os.path.join(self.host.dev, c["name"]),
                                   check=False)
+                if not asked:
+                    # larger than the volume is (ControllerExpandVolume did not
+                    # grow it so far): the caller's range, not a wait
+                    asked, has = True, self.host.ns_size(dev)
+                    if has is not None and has < want:
+                        raise Fail(Code.OUT_OF_RANGE, f"volume {vid} is {has} bytes, "
+                                   f"not {want}: ControllerExpandVolume grows it first")
                 if time.monotonic() > end:
                     raise Fail(Code.INTERNAL, f"{dev} is {self.host.size(dev)} bytes, not {want}")
                 time.sleep(0.5)

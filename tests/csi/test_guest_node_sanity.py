@@ -14,8 +14,10 @@ and change nothing, a stage or a publish at the same path with other
 arguments is ALREADY_EXISTS, a second target of a single writer
 FAILED_PRECONDITION; unpublish and unstage of what is not published or staged
 are OK; stats and expansion of a path that does not exist, or that is not the
-volume's, are NOT_FOUND. An ext4 and a Block volume. One guest, one real pair
+volume's, are NOT_FOUND; expansion beyond the volume's size is OUT_OF_RANGE. An ext4 and a Block volume. One guest, one real pair
 and etcd, one plugin process for the module. No timing asserted: side lane."""
+
+import time
 
 import grpc
 import pytest
@@ -197,6 +199,12 @@ def test_stage_and_publish_idempotent(env):
                   capacity_range=rng(32 * MiB), staging_target_path=staging,
                   volume_capability=cap)
     assert r.capacity_bytes == 32 * MiB
+    # beyond the volume (ControllerExpandVolume did not grow it): the range is
+    # the caller's error, answered at once from the controller's Identify
+    t0 = time.monotonic()
+    assert code(node, "NodeExpandVolume", volume_id=vid, volume_path=target,
+                capacity_range=rng(64 * MiB)) == C.OUT_OF_RANGE
+    assert time.monotonic() - t0 < 10
     assert code(node, "NodeExpandVolume", volume_id=NOVOL, volume_path=target,
                 capacity_range=rng(32 * MiB)) == C.NOT_FOUND
     # the volume's id with a path that is not where it is: NOT_FOUND
