@@ -33,6 +33,7 @@ from srrs.units import parse_address
 from ..ffi import binding
 from . import ha
 from .pair_config import PairConfig
+from .pair_discovery import PairDiscovery
 
 log = logging.getLogger("srrs.pair")
 
@@ -87,6 +88,10 @@ class PairService:
         self._rt_out = (-1, [], "")     # (version, sorted list, digest) last built
         self._peer_rt = None            # digest of the peer's list we hold
         self._peer_rt_seen = None       # digest of our list the peer holds
+        # both controllers' NVMe/TCP ports in each one's discovery log, without
+        # a cluster (ctrl/pair_discovery.py): digests as for the runtime list
+        self.discovery = PairDiscovery(ctl)
+        self._peer_ex_seen = None       # digest of our ports the peer holds
         # Heartbeats carry this process's boot id and a sequence number: one
         # older than the newest heard from the same boot is stale (ROUTER
         # fair-queues between the peer's old and new connections after a
@@ -513,8 +518,16 @@ class PairService:
         self._hb_seq += 1
         if self._peer_rt_seen != digest:    # lost or not yet sent: (again) in full
             hb["runtime"] = rt
+        ex, ports = self.discovery.outgoing()
+        hb["ex"], hb["ex_seen"] = ex, self.discovery.peer_digest
+        if self._peer_ex_seen != ex:
+            hb["exports"] = ports
         self._send(self.peer_sock, hb)
         self.feed(ha.Tick())
+        try:
+            self.discovery.sync()
+        except Exception as e:   # the log stays as it was; the heartbeats go on
+            log.error("pair: discovery log: %s", e)
 
     def _probe_run(self) -> None:
         """Every heartbeat: the mirror link's state (and resync completion), asked
@@ -571,6 +584,9 @@ class PairService:
                     self.peer_runtime = {str(n): int(z) for n, z in m.get("runtime", ())}
                     self._peer_rt = m.get("rt")
                 self._peer_rt_seen = m.get("rt_seen")
+                self._peer_ex_seen = m.get("ex_seen")
+                if m.get("ex") != self.discovery.peer_digest or "exports" in m:
+                    self.discovery.peer_says(m.get("ex"), m.get("exports"))
                 ev = ha.PeerHeartbeat(int(m["epoch"]), str(m["role"]), int(m["loops"]),
                                       ha.Gen.from_json(m["data_gen"]),
                                       ha.Gen.from_json(m["base_gen"]), bool(m["sees_peer"]),
@@ -888,6 +904,8 @@ class PairService:
                                      peer_data_gen=ha.NULL_GEN, peer_base_gen=ha.NULL_GEN,
                                      peer_sees_us=False, split_brain="")
                 self.peer_runtime, self._peer_rt, self._peer_rt_seen = {}, None, None
+                self._peer_ex_seen = None
+                self.discovery.peer_says(None, [])
                 self._peer_hb = ("", -1)
                 self._disagree = ""
             self._open_peer_sock()
@@ -920,7 +938,8 @@ class PairService:
             st.update(name=self.conf.self_name, ana=self.ana, pair=self.conf.pair_id,
                       witness="etcd" if self.solo is not None else self.conf.witness,
                       config_mismatch=self._disagree,
-                      alerts=self.alerts[-10:], link=link, volumes=vols)
+                      alerts=self.alerts[-10:], link=link, volumes=vols,
+                      discovery=self.discovery.status())
             return st
 
     def to_toml_dict(self) -> dict:

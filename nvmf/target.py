@@ -96,6 +96,10 @@ class NvmfTarget:
         self._listeners: List[C.NvmfListen] = []
         self._subsys: Dict[str, dict] = {}
         self._discovery: List[dict] = []   # the cluster's table (set_discovery)
+        # bumped by every change of what the discovery log lists (listeners,
+        # subsystems, their hosts): a pair's discovery (ctrl/pair_discovery.py)
+        # recomputes its ports only then
+        self.changes = 0
         # where cntlid_min/max came from, set by the daemon: "config" (the file
         # sets them), "pair half", "cluster range N", "default"; "" not said.
         # Only "config" and "" are saved by save_config (the others are derived again).
@@ -154,6 +158,7 @@ class NvmfTarget:
                       f"nvmf listener {addr}:{port}")
         with self._lock:
             self._listeners.append(C.NvmfListen(addr, bound))
+            self.changes += 1
         return bound
 
     def remove_listener(self, addr: str, port: int) -> None:
@@ -161,6 +166,7 @@ class NvmfTarget:
               f"nvmf listener {addr}:{port}")
         with self._lock:
             self._listeners = [x for x in self._listeners if (x.addr, x.port) != (addr, port)]
+            self.changes += 1
 
     def listeners(self) -> List[dict]:
         with self._lock:
@@ -179,11 +185,13 @@ class NvmfTarget:
         with self._lock:
             self._subsys[nqn] = {"serial": serial, "model": model, "allow_any_host": allow_any_host,
                                  "hosts": [], "namespaces": {}, "ana": {}, "persist": persist}
+            self.changes += 1
 
     def remove_subsystem(self, nqn: str) -> None:
         check(lib.srrs_nvmf_subsystem_remove(self.ptr, nqn.encode()), f"nvmf subsystem {nqn}")
         with self._lock:
             self._subsys.pop(nqn, None)
+            self.changes += 1
 
     def _sub(self, nqn: str) -> dict:
         s = self._subsys.get(nqn)
@@ -235,6 +243,7 @@ class NvmfTarget:
               f"nvmf host {hostnqn} in {nqn}")
         with self._lock:
             self._sub(nqn)["hosts"].append(hostnqn)
+            self.changes += 1
 
     def remove_host(self, nqn: str, hostnqn: str) -> None:
         check(lib.srrs_nvmf_host_remove(self.ptr, nqn.encode(), hostnqn.encode()),
@@ -243,6 +252,7 @@ class NvmfTarget:
             hosts = self._sub(nqn)["hosts"]
             if hostnqn in hosts:
                 hosts.remove(hostnqn)
+            self.changes += 1
 
     def set_host_dhchap(self, nqn: str, hostnqn: str, secret_file: Optional[str],
                         ctrl_secret_file: Optional[str] = None, hash: str = DH.DEFAULT_HASH,
@@ -284,6 +294,7 @@ class NvmfTarget:
               f"nvmf subsystem {nqn}")
         with self._lock:
             self._sub(nqn)["allow_any_host"] = bool(allow)
+            self.changes += 1
 
     def set_ana_state(self, nqn: str, group: int, state) -> None:
         """state: optimized / non_optimized / inaccessible / persistent_loss (or 1..4).
