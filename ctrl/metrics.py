@@ -54,7 +54,6 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
-from prometheus_client.exposition import start_http_server
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
@@ -62,7 +61,8 @@ from ..ffi import lathist
 from ..nvmf.config import ANA_STATES
 from . import ha
 from .iostats import exports_of
-from .metrics_config import MetricsConfig, split_host_port, to_toml_dict
+from .metrics_config import MetricsConfig, to_toml_dict
+from .metrics_http import MetricsHTTP
 from .pair import MIRROR_MODES
 from .pool import FRAG_STATES
 
@@ -660,25 +660,22 @@ class MetricsService:
         # the client library's standard process_* and python_info families
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        host, port = split_host_port(conf.listen)
-        try:
-            self.httpd, self.thread = start_http_server(port, host, self.registry)
-        except OSError as e:
-            raise OSError(e.errno, f"[metrics] listen {conf.listen}: {e.strerror or e}") from None
-        bound = self.httpd.server_address
+        self.http = MetricsHTTP(conf, self.registry)
+        bound = self.http.server_address
         self.listen = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
-        log.info("metrics on http://%s/metrics", self.listen)
+        log.info("metrics on %s://%s/metrics (scrapers: %s)", self.http.scheme, self.listen,
+                 self.http.auth)
 
     def status(self) -> dict:
-        return {"listen": self.listen, "scrapes": self.collector.scrapes}
+        return {"listen": self.listen, "scrapes": self.collector.scrapes,
+                "refused": self.http.refused, "scheme": self.http.scheme,
+                "auth": self.http.auth}
 
     def to_toml_dict(self) -> dict:
         return to_toml_dict(self.conf)
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.http.close()
 
 
 def start(ctl: Any, section: Optional[MetricsConfig]) -> Optional[MetricsService]:
