@@ -100,7 +100,8 @@ class _Link:
         o.ping_ms = 50
         o.timeout_ms = 1000
         o.read_lease_ms = 500
-        o.hold_ms = ctl.pair.conf.vhost_hold_ms if ctl.pair else 0
+        pair = getattr(ctl, "pair", None)   # a VM on the tee: its I/O held there too
+        o.hold_ms = pair.conf.vhost_hold_ms if pair is not None else 0
         # only the tee (node 0) has host I/O: it orders every stripe and never
         # forwards one (both legs of a write then run at once)
         o.sole_orderer = 1     # node 0, the tee
