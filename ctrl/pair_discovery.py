@@ -141,8 +141,8 @@ class PairDiscovery:
         table = self._mine + [e for e in self.peer
                               if (e["subnqn"], e["traddr"], e["trsvcid"]) not in mine]
         last_tgt, last = self._pushed
-        if last_tgt is tgt and last == table:
-            return
+        if (last_tgt is tgt and last == table) or (last_tgt is not tgt and not table):
+            return          # unchanged; or nothing to list, and no table yet to empty
         tgt.set_discovery(table)
         self._pushed = (tgt, table)
         self.pushes += 1

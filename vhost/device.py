@@ -58,7 +58,7 @@ STOP_TIMEOUT_MS = 30000
 VQ_STATES = {0: "stopped", 1: "running", 2: "stopping", 3: "broken"}
 _VQ_FIELDS = ("reactor", "num", "last_avail_idx", "used_idx", "inflight", "event_idx", "requests",
               "reads", "writes", "flushes", "discards", "write_zeroes", "get_ids", "errors",
-              "bytes_read", "bytes_written", "calls", "resubmitted")
+              "bytes_read", "bytes_written", "calls", "resubmitted", "left_inflight")
 
 
 def _is_eventfd(fd: int) -> bool:

@@ -42,6 +42,8 @@ struct srrs_vhost_vq_info {
     uint64_t bytes_written;
     uint64_t calls;         /* call eventfd writes */
     uint64_t resubmitted;   /* in-flight requests resumed from the inflight region */
+    uint64_t left_inflight; /* requests left there unanswered when the front end went
+                               (a path error: the next back end resubmits them) */
 };
 
 /* control. Opens bdev (held until destroy). serial: up to 20 bytes (GET_ID). */

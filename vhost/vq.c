@@ -129,7 +129,7 @@ struct vreq {
 
 struct vq_stats {
     uint64_t requests, reads, writes, flushes, discards, write_zeroes, get_ids, errors;
-    uint64_t bytes_read, bytes_written, calls, resubmitted;
+    uint64_t bytes_read, bytes_written, calls, resubmitted, left_inflight;
 };
 
 struct vq {
@@ -161,6 +161,8 @@ struct vq {
     uint16_t *resubmit;            /* heads to resume at start, counter order */
     uint32_t nresubmit;
     struct vq_stats st;
+    bool orphan;     /* stopping because the front end is gone (dev_reset): a path
+                        error is left in the inflight region, not published */
 };
 
 struct srrs_vhost_dev {
@@ -307,11 +309,30 @@ static void vq_complete(struct vreq *q, uint8_t status)
     vq_inflight_set(vq, -1);
 }
 
+/* A path error (-ENOTCONN: the bdev cannot serve now, a fenced mirror) while
+ * the queue stops because its front end is gone: the request stays in the
+ * inflight region, unanswered, and the next back end the front end connects
+ * to (this process again, or the controller restarted) resubmits it, as
+ * after a kill -9; the guest never sees it fail. Without an inflight region
+ * it fails as any error does. */
+static bool vq_leave_inflight(struct vreq *q)
+{
+    struct vq *vq = q->vq;
+    if (!vq->orphan || !vq->infl)
+        return false;
+    vq->st.left_inflight++;
+    q->busy = false;
+    vq_inflight_set(vq, -1);
+    return true;
+}
+
 static void vq_io_done(struct srrs_io *io, void *arg)
 {
     struct vreq *q = arg;
     int st = io->status;
     srrs_io_put(io);
+    if (srrs_unlikely(st == -ENOTCONN) && vq_leave_inflight(q))
+        return;
     vq_complete(q, st ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
 }
 
@@ -738,6 +759,12 @@ static void vq_stop_begin_msg(void *arg)
     srrs_bdev_release_held(vq->dev->bdev);
 }
 
+static void vq_orphan_msg(void *arg)
+{
+    struct vq *vq = arg;
+    vq->orphan = true;
+}
+
 /* Control: wait until the queue has nothing in flight (false on timeout). */
 static bool vq_drain(struct vq *vq, int timeout_ms)
 {
@@ -987,6 +1014,7 @@ int srrs_vhost_vq_get_info(struct srrs_vhost_dev *d, int idx, struct srrs_vhost_
     o->bytes_written = vq->st.bytes_written;
     o->calls = vq->st.calls;
     o->resubmitted = vq->st.resubmitted;
+    o->left_inflight = vq->st.left_inflight;
     return 0;
 }
 
@@ -1323,8 +1351,15 @@ int srrs_vhost_dev_create(struct srrs_core *core, const char *name, const char *
     return 0;
 }
 
+/* The front end is gone (or is being let go): every running queue drains,
+ * its path errors left in the inflight region (vq_leave_inflight). */
 static void dev_stop_all(struct srrs_vhost_dev *d)
 {
+    /* every queue first: the first stop lets go of what the bdev holds for
+     * all of them (release_held), and each completes on its own reactor */
+    for (int i = 0; i < d->nq; i++)
+        if (vq_active(&d->vq[i]))
+            srrs_reactor_call(d->vq[i].r, vq_orphan_msg, &d->vq[i]);
     for (int i = 0; i < d->nq; i++)
         if (vq_active(&d->vq[i]))
             srrs_vhost_vq_stop(d, i, 30000);

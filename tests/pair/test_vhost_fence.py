@@ -6,7 +6,9 @@ while b serves alone. A VM has no other path, so a holds its I/O instead of
 failing it, and starts it again once it is back in the pair: fio verify in
 the guest ends with no error, and the replicas are identical. With a short
 `vhost_hold_ms` the held I/O fails when it runs out, with an event, and the
-disk works again after the heal.
+disk works again after the heal. A fenced controller stopped (SIGTERM) while
+it holds a VM's I/O leaves it in the vhost-user inflight region: restarted,
+it resubmits it once it serves, and the guest sees no error.
 
 Namespaces of their own (srrsV*), so the partition tests may run beside."""
 
@@ -34,7 +36,7 @@ TOPO = Topology(NS, LINKS)
 PORTS = {"coord_a": 5601, "coord_b": 5602, "mirror_a": 4521, "mirror_b": 4522, "witness": 5600}
 
 FIO = ("fio --name=v --filename=/dev/vda --ioengine=libaio --direct=1 --rw=randwrite "
-       "--bsrange=4k-256k --size=40M --iodepth=8 --numjobs=2 --offset_increment=48M "
+       "--bsrange=4k-256k --size=24M --iodepth=8 --numjobs=2 --offset_increment=32M "
        "--verify=crc32c --verify_fatal=1 --group_reporting")
 
 
@@ -154,3 +156,31 @@ def test_held_io_fails_when_the_hold_runs_out(net, tmp_path):
             c.kill9()
         w.kill9()
 
+
+
+def test_a_fenced_controller_stopped_and_restarted_under_a_vm(net, tmp_path):
+    w, a, b, sock = _pair(tmp_path)
+    try:
+        with Guest(extra_qemu_args=vhost_blk_args(sock, num_queues=2, reconnect=1), smp=2,
+                   net=False, modules=()) as g:
+            job = g.spawn(FIO)
+            _wait(lambda: a.pair()["volumes"][0]["writes"] > 50, 60, "writing")
+            _isolate_a()
+            a.wait_state("FENCED", 15)
+            _wait(lambda: a.pair()["link"]["held_ios"], 15, "holding the VM's I/O")
+            t0 = time.monotonic()
+            assert a.stop(30) == 0
+            took = time.monotonic() - t0
+            assert took < 10, took          # the queues drained: nothing waits for the hold
+            _isolate_a(down=False)
+            a.restart()
+            a.wait_state("PAIRED", 60)
+            rc, out = job.wait(timeout=900)
+            assert rc == 0 and "err= 0" in out, out
+            qs = [q for d in a.rpc("vhost_list", {}) for q in d["queues"]]
+            assert sum(q["errors"] for q in qs) == 0, qs
+            assert sum(q["resubmitted"] for q in qs) > 0, qs
+    finally:
+        for c in (a, b):
+            c.kill9()
+        w.kill9()
