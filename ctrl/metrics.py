@@ -213,6 +213,11 @@ TABLE = (
     _f("srrs_pair_link_forwards_sent_back_total", COUNTER, _PR, "Forwarded writes sent back "
        "to be sent again: the two sides' modes did not agree yet"),
     _f("srrs_pair_link_held_writes", GAUGE, _PR, "Writes waiting for the peer now"),
+    _f("srrs_pair_link_held_ios", GAUGE, _PR, "VM (vhost-user) I/Os held now while the mirror "
+       "cannot serve, to be started again when it can"),
+    _f("srrs_pair_link_hold_retries_total", COUNTER, _PR, "Held VM I/Os started again"),
+    _f("srrs_pair_link_hold_expired_total", COUNTER, _PR, "Held VM I/Os failed: the mirror did "
+       "not serve within vhost_hold_ms"),
     _f("srrs_pair_link_lease_read_failures_total", COUNTER, _PR,
        "Reads failed for want of a read lease"),
     _f("srrs_mirror_mode", GAUGE, _M + ("mode",), "Mode of the paired volume's mirror: 1 for "
@@ -492,6 +497,9 @@ _LINK = (("srrs_pair_link_connects_total", "connects"),
          ("srrs_pair_link_auth_failures_total", "auth_failures"),
          ("srrs_pair_link_forwards_sent_back_total", "fwd_bounced"),
          ("srrs_pair_link_held_writes", "held_writes"),
+         ("srrs_pair_link_held_ios", "held_ios"),
+         ("srrs_pair_link_hold_retries_total", "hold_retries"),
+         ("srrs_pair_link_hold_expired_total", "hold_expired"),
          ("srrs_pair_link_lease_read_failures_total", "lease_reads_failed"))
 _MIRROR = (("srrs_mirror_writes_total", "writes"), ("srrs_mirror_peer_writes_total", "replicated"),
            ("srrs_mirror_forwarded_writes_total", "forwarded"),
