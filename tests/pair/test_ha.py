@@ -342,10 +342,13 @@ def test_stale_heartbeat_is_ignored():
     what the newer one said: it made b fence ("peer does not hear us") right
     after a heal, twice in CI."""
     import json
+    from types import SimpleNamespace
 
     from srrs.ctrl.pair import PairService
+    from srrs.ctrl.pair_discovery import PairDiscovery
 
     svc = PairService.__new__(PairService)
+    svc.discovery, svc._peer_ex_seen = PairDiscovery(SimpleNamespace()), None
     got = []
     svc.feed = got.append
     svc.conf = type("C", (), {"peer_id": "a", "self_name": "b"})()
