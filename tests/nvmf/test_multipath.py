@@ -169,9 +169,11 @@ def test_ana_inaccessible_path_moves_io_and_comes_back(two_targets):
             # every path inaccessible for longer than the path timeout: I/O fails
             for t in (t1, t2):
                 t.set_ana_state(NQN, 1, "inaccessible")
+            # timed from before the I/Os start: their path timeout runs from
+            # their submission, which a thread started first may make before a
+            # clock read after it (CI measured 1.4997 s that way)
+            t0 = time.monotonic()
             th, res = _run(h, load, rw="randread", qd=8, time_s=0, max_ios=8)
-            t0 = time.monotonic()
-            t0 = time.monotonic()
             th.join(10)
             assert 1.5 <= time.monotonic() - t0 < 5
             assert res["errors"] == 8 and h.multipath_stats()["path_timeouts"] == 8
