@@ -48,6 +48,17 @@ static void host_io_finish(struct mlink *l, struct srrs_io *io, int status)
     }
 }
 
+/* io onto the end of the list head..tail (linked by srrs_io.next). */
+static void io_append(struct srrs_io **head, struct srrs_io **tail, struct srrs_io *io)
+{
+    io->next = NULL;
+    if (*tail)
+        (*tail)->next = io;
+    else
+        *head = io;
+    *tail = io;
+}
+
 /* One report a second of held I/O (started to hold, or some held too long). */
 static void hold_event(struct mlink *l, uint64_t now, uint64_t n, bool expired)
 {
@@ -88,12 +99,7 @@ static bool hold_for_retry(struct mlink *l, struct srrs_io *io)
         hold_event(l, now, 1, true);
         return false;
     }
-    io->next = NULL;
-    if (l->retry_tail)
-        l->retry_tail->next = io;
-    else
-        l->retry = io;
-    l->retry_tail = io;
+    io_append(&l->retry, &l->retry_tail, io);
     return true;
 }
 
@@ -133,11 +139,7 @@ void retry_poll(struct mlink *l)
             l->st.hold_retries++;
             host_start(io); /* fails again: back on the (new) list */
         } else {
-            if (l->retry_tail)
-                l->retry_tail->next = io;
-            else
-                l->retry = io;
-            l->retry_tail = io;
+            io_append(&l->retry, &l->retry_tail, io);
         }
         io = next;
     }
@@ -156,11 +158,7 @@ void retry_fail(struct mlink *l, const struct mirror *m)
         if (!m || io->bdev->ctx == m) {
             host_io_finish(l, io, -ENOTCONN);
         } else {
-            if (keep_tail)
-                keep_tail->next = io;
-            else
-                keep = io;
-            keep_tail = io;
+            io_append(&keep, &keep_tail, io);
         }
         io = next;
     }
